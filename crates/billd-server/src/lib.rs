@@ -1,0 +1,1 @@
+//! billd-server

@@ -1,0 +1,216 @@
+//! billd persistence: one [`Store`] trait with SQLite and PostgreSQL
+//! implementations. SQL lives here and nowhere else; row types are converted
+//! into plain Rust types so sqlx stays out of the domain.
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// A classified store error. The server maps `Unavailable` on the webhook
+/// path to 503 so that Stripe retries the delivery.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The row asked for does not exist.
+    #[error("not found")]
+    NotFound,
+    /// A uniqueness or check constraint refused the write.
+    #[error("conflict on {constraint}")]
+    Conflict {
+        /// The constraint (or table) that refused the write.
+        constraint: String,
+    },
+    /// The database cannot be reached right now (connection refused, pool
+    /// timed out, database locked past its timeout, disk full...).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else: a bug, corrupt data, a failed migration.
+    #[error("store error: {0}")]
+    Other(String),
+}
+
+/// Result alias for store calls.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Which database a store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite file (WAL, synchronous=FULL).
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+/// Processing status of an inbox row (`stripe_events.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventStatus {
+    /// Stored, waiting for a worker.
+    Pending,
+    /// Claimed by a worker whose lease has not expired.
+    Processing,
+    /// Applied.
+    Processed,
+    /// Processing failed; will be retried at `next_attempt_at`.
+    Failed,
+    /// Failed too often; needs an operator (`billd events replay`).
+    Dead,
+    /// A type billd does not handle; kept for the record.
+    Skipped,
+    /// About a Stripe customer billd cannot link yet; applied once linked.
+    Unlinked,
+}
+
+/// A verified webhook event to insert into the inbox.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// Stripe event id (`evt_…`), the primary key.
+    pub id: String,
+    /// Event type, e.g. `invoice.paid`.
+    pub event_type: String,
+    /// `api_version` of the event, if Stripe sent one.
+    pub api_version: Option<String>,
+    /// `created` of the event (unix seconds, Stripe's clock).
+    pub created: i64,
+    /// `data.object.id`.
+    pub object_id: Option<String>,
+    /// The Stripe customer the event is about, used to serialise processing.
+    pub stripe_customer: Option<String>,
+    /// The raw JSON body exactly as received.
+    pub payload: String,
+    /// When billd received it (unix seconds, billd's clock).
+    pub received_at: i64,
+}
+
+/// What happened to one event of an insert batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// A new row was written.
+    Inserted,
+    /// A row with this event id already existed; nothing was written.
+    Duplicate,
+}
+
+/// An inbox row.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoredEvent {
+    /// Stripe event id.
+    pub id: String,
+    /// Event type.
+    pub event_type: String,
+    /// Event API version.
+    pub api_version: Option<String>,
+    /// Stripe's `created`.
+    pub created: i64,
+    /// `data.object.id`.
+    pub object_id: Option<String>,
+    /// Stripe customer id the event concerns.
+    pub stripe_customer: Option<String>,
+    /// Raw JSON payload.
+    pub payload: String,
+    /// Current status.
+    pub status: EventStatus,
+    /// How many processing attempts have been made.
+    pub attempts: i32,
+    /// When the next attempt may start (failed) or the lease ends (processing).
+    pub next_attempt_at: Option<i64>,
+    /// The last processing error.
+    pub last_error: Option<String>,
+    /// When billd received the event.
+    pub received_at: i64,
+    /// When processing finished (processed, skipped or dead).
+    pub processed_at: Option<i64>,
+}
+
+/// How a worker finished one claimed event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventResult {
+    /// Applied.
+    Processed,
+    /// Not a type billd handles.
+    Skipped,
+    /// The customer cannot be linked yet.
+    Unlinked,
+    /// Failed; retry at the given time.
+    Retry {
+        /// Error message to keep in `last_error`.
+        error: String,
+        /// Unix seconds of the next attempt.
+        next_attempt_at: i64,
+    },
+    /// Failed for the last time.
+    Dead {
+        /// Error message to keep in `last_error`.
+        error: String,
+    },
+}
+
+/// Filter for listing inbox rows.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Only rows with this status.
+    pub status: Option<EventStatus>,
+    /// Only rows of this type.
+    pub event_type: Option<String>,
+    /// At most this many rows, newest first.
+    pub limit: u32,
+}
+
+/// Inbox depth and lag, for `/readyz` and `/metrics`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct InboxStats {
+    /// Number of rows per status.
+    pub by_status: Vec<(EventStatus, i64)>,
+    /// `received_at` of the oldest row waiting to be processed (pending or failed).
+    pub oldest_waiting_received_at: Option<i64>,
+}
+
+/// Everything billd persists. One implementation per database; the same
+/// contract tests run against both.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Which database this is.
+    fn backend(&self) -> Backend;
+
+    /// Applies pending migrations.
+    async fn migrate(&self) -> StoreResult<()>;
+
+    /// Checks that the database answers.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Inserts a batch of events in one transaction (group commit). Returns
+    /// one outcome per input, in order; a duplicate id (in the table or
+    /// earlier in the same batch) is `Duplicate`, not an error. Returns only
+    /// after the transaction is durably committed.
+    async fn insert_events(&self, events: &[NewEvent]) -> StoreResult<Vec<InsertOutcome>>;
+
+    /// Claims up to `limit` events that are due (pending; failed with
+    /// `next_attempt_at <= now`; processing whose lease ended before `now`),
+    /// oldest `created` first, at most one per Stripe customer and never a
+    /// customer that already has an event under a live lease. Claimed rows
+    /// become `processing` with `next_attempt_at = lease_until` and
+    /// `attempts + 1`. Safe with several processes on one database.
+    async fn claim_events(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredEvent>>;
+
+    /// Records how processing of a claimed event ended.
+    async fn finish_event(&self, id: &str, result: EventResult, now: i64) -> StoreResult<()>;
+
+    /// One inbox row.
+    async fn get_event(&self, id: &str) -> StoreResult<Option<StoredEvent>>;
+
+    /// Inbox rows matching a filter, newest first.
+    async fn list_events(&self, filter: &EventFilter) -> StoreResult<Vec<StoredEvent>>;
+
+    /// Puts one event back to `pending` (attempts reset) so it is processed
+    /// again. Returns false when the id is unknown.
+    async fn requeue_event(&self, id: &str, now: i64) -> StoreResult<bool>;
+
+    /// Puts every event with `status` back to `pending`; returns how many.
+    async fn requeue_by_status(&self, status: EventStatus, now: i64) -> StoreResult<u64>;
+
+    /// Depth per status and the age of the oldest waiting event.
+    async fn inbox_stats(&self) -> StoreResult<InboxStats>;
+}

@@ -1,0 +1,2 @@
+//! billd's command-line entry point.
+fn main() {}
