@@ -1,0 +1,1 @@
+//! Stripe API client (idempotency keys, retries with backoff on 429/5xx).

@@ -1,0 +1,1 @@
+//! Lenient parsing of Stripe events and objects for the pinned API version.
