@@ -1,0 +1,447 @@
+//! Access policy, entitlements and quota arithmetic.
+//!
+//! | status | access |
+//! | --- | --- |
+//! | active, trialing | the plan's limits (`paid`) |
+//! | past_due | the plan's limits until `past_due_since + grace` (`grace`), then `blocked` |
+//! | incomplete, incomplete_expired, unpaid, canceled, paused, none | the free plan (`free`) |
+//! | any, with an open dispute | `frozen` until the dispute closes |
+//!
+//! A subscription whose Stripe customer was deleted, or whose paid access
+//! was revoked (lost dispute, full refund under the default policy), gives
+//! the free plan.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{Catalog, FeatureKind, FeatureName, Plan, PlanName};
+use crate::event::SubscriptionStatus;
+use crate::ids::InvoiceId;
+use crate::state::{resolve_plan, CustomerState, SubscriptionState};
+
+/// What a customer may do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    /// The paid plan's limits.
+    Paid,
+    /// The paid plan's limits while a failed payment is retried.
+    Grace,
+    /// The free plan's limits.
+    Free,
+    /// Nothing: the grace period ran out.
+    Blocked,
+    /// Nothing: a dispute is open.
+    Frozen,
+}
+
+impl Access {
+    /// Consumption is possible at all.
+    pub fn allows_consumption(self) -> bool {
+        matches!(self, Access::Paid | Access::Grace | Access::Free)
+    }
+}
+
+/// The access decision with what it was derived from.
+#[derive(Debug, Clone)]
+pub struct AccessView<'a> {
+    /// The decision.
+    pub access: Access,
+    /// The plan whose limits apply (or would apply, when blocked/frozen).
+    pub plan: &'a Plan,
+    /// The subscription that decided it.
+    pub subscription: Option<&'a SubscriptionState>,
+    /// End of the grace period, for `past_due`.
+    pub grace_until: Option<i64>,
+}
+
+/// Decides access at `now`.
+pub fn access_at<'a>(state: &'a CustomerState, catalog: &'a Catalog, now: i64) -> AccessView<'a> {
+    let free = catalog.free_plan();
+    let subscription = state.current_subscription();
+    let frozen = state.has_open_dispute();
+    let Some(sub) = subscription else {
+        return AccessView {
+            access: if frozen { Access::Frozen } else { Access::Free },
+            plan: free,
+            subscription: None,
+            grace_until: None,
+        };
+    };
+    let customer_deleted = state
+        .stripe_customers
+        .get(&sub.snapshot.customer)
+        .is_some_and(|link| link.deleted);
+    let paid_plan = resolve_plan(catalog, &sub.snapshot).unwrap_or(free);
+    let grants_paid = sub.is_live() && !customer_deleted && !state.is_revoked(sub, catalog);
+    let (access, plan, grace_until) = if !grants_paid {
+        (Access::Free, free, None)
+    } else {
+        match sub.snapshot.status {
+            SubscriptionStatus::Active | SubscriptionStatus::Trialing => {
+                (Access::Paid, paid_plan, None)
+            }
+            SubscriptionStatus::PastDue => {
+                let since = sub.past_due_since.unwrap_or(sub.stamp.created);
+                let until = since.saturating_add(catalog.grace_period_secs());
+                let access = if now < until {
+                    Access::Grace
+                } else {
+                    Access::Blocked
+                };
+                (access, paid_plan, Some(until))
+            }
+            _ => (Access::Free, free, None),
+        }
+    };
+    AccessView {
+        access: if frozen { Access::Frozen } else { access },
+        plan,
+        subscription: Some(sub),
+        grace_until,
+    }
+}
+
+/// Which counter a feature's usage is kept in.
+///
+/// Metered usage is keyed by the start of the billing period, so a renewal
+/// (a new period start) starts a fresh counter whatever order the renewal
+/// and the consumptions are recorded in; capacity usage has one counter.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct UsageKey {
+    /// The feature.
+    pub feature: FeatureName,
+    /// The period start for metered features; none for capacity.
+    pub period_start: Option<i64>,
+}
+
+/// Usage counters as the store has them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Usage {
+    counters: BTreeMap<UsageKey, u64>,
+}
+
+impl Usage {
+    /// No usage.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets a counter.
+    pub fn set(&mut self, key: UsageKey, used: u64) {
+        self.counters.insert(key, used);
+    }
+
+    /// Sets a counter, builder style.
+    pub fn with(mut self, key: UsageKey, used: u64) -> Self {
+        self.set(key, used);
+        self
+    }
+
+    /// A counter's value (0 when never used).
+    pub fn used(&self, key: &UsageKey) -> u64 {
+        self.counters.get(key).copied().unwrap_or(0)
+    }
+}
+
+/// A metered billing period `[start, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Period {
+    /// Inclusive start, unix seconds.
+    pub start: i64,
+    /// Exclusive end, unix seconds.
+    pub end: i64,
+}
+
+/// The period metered usage counts against at `now`: the current
+/// subscription's item period while it is live, else the UTC calendar month.
+pub fn usage_period(state: &CustomerState, now: i64) -> Period {
+    let from_subscription = state.current_subscription().and_then(|sub| {
+        let s = &sub.snapshot;
+        match (sub.is_live(), s.current_period_start, s.current_period_end) {
+            (true, Some(start), Some(end)) if start < end => Some(Period { start, end }),
+            _ => None,
+        }
+    });
+    from_subscription.unwrap_or_else(|| calendar_month(now))
+}
+
+/// The UTC calendar month containing `now`.
+pub fn calendar_month(now: i64) -> Period {
+    let (year, month, _) = civil_from_days(now.div_euclid(86_400));
+    let (next_year, next_month) = if month == 12 {
+        (year + 1, 1)
+    } else {
+        (year, month + 1)
+    };
+    Period {
+        start: days_from_civil(year, month, 1) * 86_400,
+        end: days_from_civil(next_year, next_month, 1) * 86_400,
+    }
+}
+
+// Howard Hinnant's algorithms for the proleptic Gregorian calendar.
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// The usage counter for a feature at `now` (what the store increments).
+pub fn usage_key(
+    state: &CustomerState,
+    catalog: &Catalog,
+    feature: &FeatureName,
+    now: i64,
+) -> Option<UsageKey> {
+    let kind = catalog.features().get(feature)?;
+    Some(UsageKey {
+        feature: feature.clone(),
+        period_start: match kind {
+            FeatureKind::Metered => Some(usage_period(state, now).start),
+            FeatureKind::Capacity => None,
+        },
+    })
+}
+
+/// A payment the customer must confirm.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActionRequired {
+    /// Always `confirm_payment` for now (3-D Secure).
+    pub kind: String,
+    /// The invoice.
+    pub invoice: InvoiceId,
+    /// Where the customer confirms (Stripe's hosted invoice page).
+    pub url: Option<String>,
+}
+
+/// A discount as shown to the app.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscountView {
+    /// The discount id.
+    pub id: String,
+    /// The coupon id.
+    pub coupon: Option<String>,
+    /// The coupon's name.
+    pub name: Option<String>,
+    /// Percent off in basis points (2550 = 25.5 %).
+    pub percent_off_bp: Option<i64>,
+    /// Amount off, formatted (`5.00 EUR`).
+    pub amount_off: Option<String>,
+    /// The promotion code entered.
+    pub promotion_code: Option<String>,
+    /// When it ends.
+    pub end: Option<i64>,
+}
+
+/// One feature's quota.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureEntitlement {
+    /// Metered or capacity.
+    pub kind: FeatureKind,
+    /// The limit under the plan that applies.
+    pub limit: u64,
+    /// Used in the current period (metered) or live now (capacity).
+    pub used: u64,
+    /// What may still be consumed (0 when blocked or frozen).
+    pub remaining: u64,
+    /// Usage exceeds the limit (after a downgrade): nothing is deleted,
+    /// consumption is blocked until usage is under the limit.
+    pub over_limit: bool,
+    /// When metered usage resets (the period end).
+    pub resets_at: Option<i64>,
+    /// The counter the store consumes from.
+    pub usage_key: UsageKey,
+}
+
+/// The answer to "what may this customer do now?" (`GET …/entitlements`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entitlements {
+    /// The plan whose limits apply.
+    pub plan: PlanName,
+    /// The Stripe subscription status, or `none`.
+    pub status: String,
+    /// paid, grace, free, blocked or frozen.
+    pub access: Access,
+    /// End of the grace period (past_due).
+    pub grace_until: Option<i64>,
+    /// End of the trial (trialing).
+    pub trial_end: Option<i64>,
+    /// The subscription ends at the period end.
+    pub cancel_at_period_end: bool,
+    /// A payment awaiting confirmation.
+    pub action_required: Option<ActionRequired>,
+    /// The active discount.
+    pub discount: Option<DiscountView>,
+    /// Quotas by feature.
+    pub features: BTreeMap<FeatureName, FeatureEntitlement>,
+}
+
+/// Computes entitlements at `now` from the state and the usage counters.
+pub fn entitlements(
+    state: &CustomerState,
+    catalog: &Catalog,
+    usage: &Usage,
+    now: i64,
+) -> Entitlements {
+    let view = access_at(state, catalog, now);
+    let period = usage_period(state, now);
+    let live_sub = view.subscription.filter(|s| s.is_live());
+    let features = catalog
+        .features()
+        .iter()
+        .map(|(name, kind)| {
+            let key = UsageKey {
+                feature: name.clone(),
+                period_start: (*kind == FeatureKind::Metered).then_some(period.start),
+            };
+            let limit = view.plan.limit(name);
+            let used = usage.used(&key);
+            let remaining = if view.access.allows_consumption() {
+                limit.saturating_sub(used)
+            } else {
+                0
+            };
+            let entitlement = FeatureEntitlement {
+                kind: *kind,
+                limit,
+                used,
+                remaining,
+                over_limit: used > limit,
+                resets_at: (*kind == FeatureKind::Metered).then_some(period.end),
+                usage_key: key,
+            };
+            (name.clone(), entitlement)
+        })
+        .collect();
+    let action_required = state.pending_action().map(|(id, inv)| ActionRequired {
+        kind: "confirm_payment".to_owned(),
+        invoice: id.clone(),
+        url: inv
+            .action_required
+            .as_ref()
+            .and_then(|l| l.value.clone())
+            .or_else(|| inv.invoice.value.hosted_invoice_url.clone()),
+    });
+    let discount = state
+        .discounts
+        .values()
+        .filter(|d| !d.deleted && d.discount.value.end.is_none_or(|end| end > now))
+        .max_by_key(|d| (d.discount.value.start, &d.discount.value.id))
+        .map(|d| {
+            let v = &d.discount.value;
+            DiscountView {
+                id: v.id.to_string(),
+                coupon: v.coupon.as_ref().map(|c| c.id.clone()),
+                name: v.coupon.as_ref().and_then(|c| c.name.clone()),
+                percent_off_bp: v.coupon.as_ref().and_then(|c| c.percent_off_bp),
+                amount_off: v
+                    .coupon
+                    .as_ref()
+                    .and_then(|c| c.amount_off.as_ref().map(ToString::to_string)),
+                promotion_code: v.promotion_code.clone(),
+                end: v.end,
+            }
+        });
+    Entitlements {
+        plan: view.plan.name.clone(),
+        status: view.subscription.map_or_else(
+            || "none".to_owned(),
+            |s| s.snapshot.status.as_str().to_owned(),
+        ),
+        access: view.access,
+        grace_until: view.grace_until,
+        trial_end: live_sub
+            .filter(|s| s.snapshot.status == SubscriptionStatus::Trialing)
+            .and_then(|s| s.snapshot.trial_end),
+        cancel_at_period_end: live_sub.is_some_and(|s| s.snapshot.cancel_at_period_end),
+        action_required,
+        discount,
+        features,
+    }
+}
+
+/// Why a consumption is refused. [`ConsumeError::code`] is stable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConsumeError {
+    /// The amount is zero.
+    #[error("amount must be at least 1")]
+    InvalidAmount,
+    /// The feature is not in the catalog.
+    #[error("unknown feature")]
+    UnknownFeature,
+    /// Access is blocked or frozen.
+    #[error("no access: {0:?}")]
+    NoAccess(Access),
+    /// The consumption would exceed the limit.
+    #[error("quota exceeded: {used} of {limit} used, {requested} requested")]
+    QuotaExceeded {
+        /// The limit.
+        limit: u64,
+        /// Used so far.
+        used: u64,
+        /// The amount asked for.
+        requested: u64,
+    },
+}
+
+impl ConsumeError {
+    /// A stable snake_case code for API errors.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ConsumeError::InvalidAmount => "invalid_amount",
+            ConsumeError::UnknownFeature => "unknown_feature",
+            ConsumeError::NoAccess(_) => "no_access",
+            ConsumeError::QuotaExceeded { .. } => "quota_exceeded",
+        }
+    }
+}
+
+/// Checks a consumption against the entitlements and returns the limit the
+/// store's conditional update must enforce (`used + amount <= limit`).
+pub fn check_consume(
+    ent: &Entitlements,
+    feature: &FeatureName,
+    amount: u64,
+) -> Result<u64, ConsumeError> {
+    if amount == 0 {
+        return Err(ConsumeError::InvalidAmount);
+    }
+    let quota = ent
+        .features
+        .get(feature)
+        .ok_or(ConsumeError::UnknownFeature)?;
+    if !ent.access.allows_consumption() {
+        return Err(ConsumeError::NoAccess(ent.access));
+    }
+    if quota
+        .used
+        .checked_add(amount)
+        .is_none_or(|total| total > quota.limit)
+    {
+        return Err(ConsumeError::QuotaExceeded {
+            limit: quota.limit,
+            used: quota.used,
+            requested: amount,
+        });
+    }
+    Ok(quota.limit)
+}
