@@ -201,35 +201,38 @@ pub fn apply(state: &CustomerState, event: &Event, catalog: &Catalog, now: i64) 
             apply_subscription_deleted(&mut next, event, subscription, catalog, &mut effects)
         }
         EventKind::Checkout { change, session } => {
-            let fact = format!("{}:{}", event.event_type(), session.id);
-            if !next.applied_facts.insert(fact) {
-                Outcome::Duplicate
-            } else {
-                let rank = u8::from(*change == CheckoutChange::Completed);
-                let entry =
-                    next.checkouts
-                        .entry(session.id.clone())
-                        .or_insert_with(|| CheckoutState {
-                            session: Latest {
-                                stamp: stamp(event, rank),
-                                value: session.clone(),
-                            },
-                            completed: false,
-                            expired: false,
-                        });
-                let mut slot = Some(entry.session.clone());
-                Latest::merge(&mut slot, stamp(event, rank), session);
-                if let Some(latest) = slot {
-                    entry.session = latest;
-                }
-                match change {
-                    CheckoutChange::Completed => entry.completed = true,
-                    CheckoutChange::Expired => entry.expired = true,
-                }
-                if let Some(customer) = &session.customer {
-                    next.stripe_customers.entry(customer.clone()).or_default();
-                }
+            // A session's outcome is a lattice (completed beats expired), so
+            // no fact bookkeeping is needed: merging again changes nothing.
+            let this = stamp(event, u8::from(*change == CheckoutChange::Completed));
+            if let Some(customer) = &session.customer {
+                next.stripe_customers.entry(customer.clone()).or_default();
+            }
+            let entry = next
+                .checkouts
+                .entry(session.id.clone())
+                .or_insert_with(|| CheckoutState {
+                    session: Latest {
+                        stamp: this.clone(),
+                        value: session.clone(),
+                    },
+                    completed: false,
+                    expired: false,
+                });
+            let flag = match change {
+                CheckoutChange::Completed => &mut entry.completed,
+                CheckoutChange::Expired => &mut entry.expired,
+            };
+            let first = !*flag;
+            *flag = true;
+            let mut slot = Some(entry.session.clone());
+            let newer = Latest::merge(&mut slot, this, session);
+            if let Some(latest) = slot {
+                entry.session = latest;
+            }
+            if first || newer {
                 Outcome::Applied
+            } else {
+                Outcome::Duplicate
             }
         }
         EventKind::Invoice { change, invoice } => {
@@ -376,13 +379,19 @@ pub fn apply(state: &CustomerState, event: &Event, catalog: &Catalog, now: i64) 
                 .entry(customer.id.clone())
                 .or_default();
             merge_created(link, customer.created);
+            let this = stamp(event, u8::MAX);
             if link.deleted {
+                if link.stamp.as_ref().is_none_or(|s| *s < this) {
+                    link.email = customer.email.clone();
+                    link.metadata = customer.metadata.clone();
+                    link.stamp = Some(this);
+                }
                 Outcome::Duplicate
             } else {
                 link.deleted = true;
                 link.email = customer.email.clone();
                 link.metadata = customer.metadata.clone();
-                link.stamp = Some(stamp(event, u8::MAX));
+                link.stamp = Some(this);
                 effects.push(Effect::AdminAlert {
                     alert: crate::AlertKind::StripeCustomerDeleted,
                     dedupe_key: format!("stripe_customer_deleted:{}", customer.id),
@@ -398,12 +407,17 @@ pub fn apply(state: &CustomerState, event: &Event, catalog: &Catalog, now: i64) 
             let deleted = *change == DiscountChange::Deleted;
             let this = stamp(event, u8::from(deleted));
             match next.discounts.get_mut(&discount.id) {
+                Some(entry) if entry.deleted && !deleted => Outcome::Stale,
                 Some(entry) if entry.deleted => {
-                    if deleted {
-                        Outcome::Duplicate
-                    } else {
-                        Outcome::Stale
+                    // Two deletions (a redelivery under a new event id):
+                    // keep the higher stamp so the order does not matter.
+                    let mut slot = Some(entry.discount.clone());
+                    if Latest::merge(&mut slot, this, discount) {
+                        if let Some(latest) = slot {
+                            entry.discount = latest;
+                        }
                     }
+                    Outcome::Duplicate
                 }
                 Some(entry) if deleted => {
                     entry.deleted = true;
@@ -646,19 +660,23 @@ fn apply_subscription_deleted(
         .entry(subscription.customer.clone())
         .or_default();
     let plan = resolve_plan(catalog, subscription).map(|p| p.name.clone());
-    if next
-        .subscriptions
-        .get(&subscription.id)
-        .is_some_and(|s| s.deleted)
-    {
-        return Outcome::Duplicate;
+    let this = stamp(event, u8::MAX);
+    if let Some(existing) = next.subscriptions.get_mut(&subscription.id) {
+        if existing.deleted {
+            if existing.stamp < this {
+                existing.snapshot = subscription.clone();
+                existing.plan = plan;
+                existing.stamp = this;
+            }
+            return Outcome::Duplicate;
+        }
     }
     next.subscriptions.insert(
         subscription.id.clone(),
         SubscriptionState {
             snapshot: subscription.clone(),
             plan: plan.clone(),
-            stamp: stamp(event, u8::MAX),
+            stamp: this,
             deleted: true,
             past_due_since: None,
             past_due_seen: Default::default(),

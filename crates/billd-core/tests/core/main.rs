@@ -1,0 +1,12 @@
+//! billd-core's integration tests: lifecycle semantics and convergence.
+
+// Helpers outside `#[test]` functions build fixtures that are valid by
+// construction; clippy's allow-unwrap-in-tests does not reach them.
+#![allow(
+    clippy::unwrap_used,
+    reason = "test fixtures are valid by construction"
+)]
+
+mod convergence;
+mod semantics;
+mod support;
