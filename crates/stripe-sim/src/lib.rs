@@ -1,1 +1,242 @@
-//! stripe-sim
+//! stripe-sim: a stateful emulator of the Stripe API for billd's tests and dev mode.
+//!
+//! It speaks Stripe's wire format (form-encoded bodies with nested keys,
+//! `expand[]`, list pagination, `Idempotency-Key`, error objects), keeps every
+//! object as Stripe's JSON for the pinned API version, runs a billing engine
+//! driven by test clocks, and delivers signed webhooks with failure knobs.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let sim = stripe_sim::serve(listener, stripe_sim::SimConfig { seed: 7, ..Default::default() }).await?;
+//! println!("Stripe API at {}", sim.url());
+//! # Ok(()) }
+//! ```
+
+#![recursion_limit = "256"]
+
+pub mod billing;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod form;
+pub mod http;
+pub mod ids;
+pub mod params;
+pub mod resources;
+pub mod state;
+pub mod webhooks;
+
+pub use config::{ApiFaults, RetriesExhausted, SimConfig, WebhookKnobs, API_VERSION};
+pub use http::{SimRequest, SimResponse};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde_json::Value;
+use state::{Delivery, Inner};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+use tokio_util::sync::CancellationToken;
+
+/// A Stripe emulator instance. Cheap to clone; clones share state.
+#[derive(Clone)]
+pub struct Sim {
+    inner: Arc<Mutex<Inner>>,
+    pending_rx: Arc<Mutex<Option<UnboundedReceiver<Delivery>>>>,
+}
+
+impl std::fmt::Debug for Sim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sim").finish_non_exhaustive()
+    }
+}
+
+impl Sim {
+    /// A fresh emulator. Webhook delivery starts with [`Sim::router`] (or [`serve`]),
+    /// which must run inside a Tokio runtime.
+    pub fn new(config: SimConfig) -> Self {
+        let (tx, rx) = unbounded_channel();
+        let mut inner = Inner::new(config);
+        inner.deliveries = Some(tx);
+        Self {
+            inner: Arc::new(Mutex::new(inner)),
+            pending_rx: Arc::new(Mutex::new(Some(rx))),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts the webhook delivery task once (no-op afterwards or outside a runtime).
+    fn start_delivery(&self) {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let rx = self
+            .pending_rx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(rx) = rx {
+            let seed = self.lock().cfg.seed;
+            tokio::spawn(webhooks::run(Arc::downgrade(&self.inner), rx, seed));
+        }
+    }
+
+    /// The emulator as an axum router (all of `/v1/…` and `/_sim/…`).
+    pub fn router(&self) -> Router {
+        self.start_delivery();
+        Router::new().fallback(dispatch).with_state(self.clone())
+    }
+
+    /// Handles one request in-process, without HTTP (also used by the router).
+    pub fn handle(&self, req: &SimRequest) -> SimResponse {
+        http::handle(&mut self.lock(), req)
+    }
+
+    /// Convenience for Rust callers: `method path` with a form body, authenticated with a test key.
+    pub fn call(&self, method: &str, path: &str, form: &str) -> (u16, Value) {
+        let (path, query) = path.split_once('?').unwrap_or((path, ""));
+        let r = self.handle(&SimRequest {
+            method: method.to_string(),
+            path: path.to_string(),
+            query: query.to_string(),
+            authorization: Some("Bearer sk_test_sim".into()),
+            body: form.as_bytes().to_vec(),
+            ..SimRequest::default()
+        });
+        (r.status, r.body)
+    }
+
+    /// The current configuration (knobs included).
+    pub fn config(&self) -> SimConfig {
+        self.lock().cfg.clone()
+    }
+
+    /// Changes the configuration live (webhook knobs, faults, time).
+    pub fn update_config(&self, f: impl FnOnce(&mut SimConfig)) {
+        f(&mut self.lock().cfg);
+    }
+
+    /// Freezes sim-wide time (for objects without a test clock) at `t`, or unfreezes with `None`.
+    pub fn set_time(&self, t: Option<i64>) {
+        self.lock().cfg.frozen_time = t;
+    }
+
+    /// A stored object by id, as Stripe JSON.
+    pub fn object(&self, id: &str) -> Option<Value> {
+        self.lock().objects.get(id).cloned()
+    }
+
+    /// Every event so far, oldest first.
+    pub fn events(&self) -> Vec<Value> {
+        let s = self.lock();
+        s.by_kind
+            .get("event")
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|i| s.objects.get(i).cloned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Runs `f` with the state locked, for tests that need to look or poke deeper.
+    pub fn with_state<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        f(&mut self.lock())
+    }
+}
+
+async fn dispatch(
+    axum::extract::State(sim): axum::extract::State<Sim>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let req = SimRequest {
+        method: method.as_str().to_string(),
+        path: uri.path().to_string(),
+        query: uri.query().unwrap_or_default().to_string(),
+        authorization: header("authorization"),
+        idempotency_key: header("idempotency-key"),
+        stripe_version: header("stripe-version"),
+        content_type: header("content-type"),
+        body: body.to_vec(),
+    };
+    let r = sim.handle(&req);
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = match r.html {
+        Some(page) => (status, axum::response::Html(page)).into_response(),
+        None => (status, axum::Json(r.body)).into_response(),
+    };
+    for (k, v) in r.headers {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            resp.headers_mut().insert(k, v);
+        }
+    }
+    resp
+}
+
+/// A running emulator server.
+#[derive(Debug)]
+pub struct SimHandle {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// The emulator, for reading and setting state from Rust.
+    pub sim: Sim,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SimHandle {
+    /// `http://addr`, for `BILLD_STRIPE_API_BASE` or `stripe.api_base`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Serves a new emulator on `listener`. `public_url` defaults to the listener's address.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    mut config: SimConfig,
+) -> std::io::Result<SimHandle> {
+    let addr = listener.local_addr()?;
+    if config.public_url == SimConfig::default().public_url {
+        config.public_url = format!("http://{addr}");
+    }
+    let sim = Sim::new(config);
+    let app = sim.router();
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { token.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "stripe-sim server stopped");
+        }
+    });
+    Ok(SimHandle {
+        addr,
+        sim,
+        shutdown,
+        task,
+    })
+}

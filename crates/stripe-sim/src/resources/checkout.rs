@@ -1,0 +1,499 @@
+//! `/v1/checkout/sessions` (mode `subscription`) and the browser's side of it:
+//! `POST /_sim/checkout/sessions/{id}/complete`.
+
+use crate::billing::{self, NewSubscription, PayOutcome};
+use crate::error::{ApiError, ApiResult};
+use crate::params::{self, i64_at, str_at};
+use crate::resources::{coupons, customers, payment_methods};
+use crate::state::{previous_attributes, CardBehavior, Inner};
+use serde_json::{json, Value};
+
+/// `POST /v1/checkout/sessions`.
+pub fn create(s: &mut Inner, p: &Value) -> ApiResult {
+    let mode = params::req_str(p, "mode")?;
+    if mode != "subscription" {
+        return Err(ApiError::invalid(
+            "mode",
+            "stripe-sim supports Checkout in mode=subscription only.",
+        ));
+    }
+    let ui_mode = str_at(p, "ui_mode").map(str::to_string);
+    let success_url = str_at(p, "success_url").map(str::to_string);
+    if success_url.is_none() && ui_mode.as_deref() != Some("embedded") {
+        return Err(ApiError::missing("success_url"));
+    }
+    let customer = str_at(p, "customer").map(str::to_string);
+    if let Some(c) = &customer {
+        customers::require(s, c, "customer")?;
+        if str_at(p, "customer_email").is_some() {
+            return Err(ApiError::invalid(
+                "customer_email",
+                "You may only specify one of these parameters: customer, customer_email.",
+            ));
+        }
+    }
+    let now = s.now_for_customer(customer.as_deref());
+    let Some(Value::Array(items)) = params::at(p, "line_items") else {
+        return Err(ApiError::missing("line_items"));
+    };
+    let mut line_items = Vec::new();
+    let mut currency = str_at(p, "currency").map(str::to_lowercase);
+    for (i, it) in items.iter().enumerate() {
+        let pid = str_at(it, "price")
+            .ok_or_else(|| ApiError::missing(&format!("line_items[{i}][price]")))?;
+        let price = s.get("price", pid, &format!("line_items[{i}][price]"))?;
+        if price["type"] != "recurring" {
+            return Err(ApiError::invalid(
+                &format!("line_items[{i}][price]"),
+                "In subscription mode, you must provide at least one recurring price.",
+            ));
+        }
+        let qty = i64_at(it, "quantity")?.unwrap_or(1);
+        let cur = currency
+            .get_or_insert_with(|| price["currency"].as_str().unwrap_or("usd").to_string())
+            .clone();
+        let unit = billing::unit_amount_in(&price, &cur)?;
+        line_items.push((price, qty, unit));
+    }
+    let currency = currency.unwrap_or_else(|| "usd".into());
+    let subtotal: i64 = line_items.iter().map(|(_, q, u)| q * u).sum();
+    let trial_days = i64_at(p, "subscription_data.trial_period_days")?;
+    let allow_promo = params::bool_at(p, "allow_promotion_codes")?;
+    let discounts = match params::at(p, "discounts") {
+        Some(Value::Array(d)) if !d.is_empty() => {
+            if allow_promo == Some(true) {
+                return Err(ApiError::invalid("discounts", "You may only specify one of these parameters: allow_promotion_codes, discounts."));
+            }
+            let cus_for_check = customer.clone().unwrap_or_default();
+            let (coupon, promo) = coupons::from_params(s, p, "discounts.0", &cus_for_check, now)?
+                .ok_or_else(|| ApiError::missing("discounts[0][coupon]"))?;
+            json!([{"coupon": coupon, "promotion_code": promo}])
+        }
+        _ => Value::Null,
+    };
+    let expires_at = i64_at(p, "expires_at")?.unwrap_or(now + 24 * 3600);
+    if expires_at < now + 30 * 60 || expires_at > now + 24 * 3600 {
+        return Err(ApiError::invalid("expires_at", "The `expires_at` timestamp must be between 30 minutes and 24 hours from Checkout Session creation."));
+    }
+    let id = s.id("cs_test");
+    let url = format!("{}/_sim/checkout/{id}", s.cfg.public_url);
+    let automatic_tax = params::bool_at(p, "automatic_tax.enabled")?.unwrap_or(false);
+    let session = json!({
+        "id": id,
+        "object": "checkout.session",
+        "adaptive_pricing": null,
+        "after_expiration": null,
+        "allow_promotion_codes": allow_promo,
+        "amount_subtotal": subtotal,
+        "amount_total": subtotal,
+        "automatic_tax": {"enabled": automatic_tax, "liability": if automatic_tax { json!({"type": "self"}) } else { Value::Null }, "provider": null, "status": if automatic_tax { json!("requires_location_inputs") } else { Value::Null }},
+        "billing_address_collection": str_at(p, "billing_address_collection"),
+        "cancel_url": str_at(p, "cancel_url"),
+        "client_reference_id": str_at(p, "client_reference_id"),
+        "client_secret": null,
+        "collected_information": null,
+        "consent": null,
+        "consent_collection": null,
+        "created": now,
+        "currency": currency,
+        "currency_conversion": null,
+        "custom_fields": [],
+        "custom_text": {"after_submit": null, "shipping_address": null, "submit": null, "terms_of_service_acceptance": null},
+        "customer": customer,
+        "customer_account": null,
+        "customer_creation": if customer.is_some() { Value::Null } else { json!("always") },
+        "customer_details": str_at(p, "customer_email").map(|e| json!({"address": null, "business_name": null, "email": e, "individual_name": null, "name": null, "phone": null, "tax_exempt": "none", "tax_ids": null})),
+        "customer_email": str_at(p, "customer_email"),
+        "customer_update": params::at(p, "customer_update").cloned(),
+        "discounts": discounts,
+        "expires_at": expires_at,
+        "integration_identifier": null,
+        "invoice": null,
+        "invoice_creation": null,
+        "livemode": false,
+        "locale": str_at(p, "locale"),
+        "managed_payments": {"enabled": false},
+        "metadata": params::metadata(p, "metadata"),
+        "mode": "subscription",
+        "origin_context": null,
+        "payment_intent": null,
+        "payment_link": null,
+        "payment_method_collection": str_at(p, "payment_method_collection").unwrap_or("always"),
+        "payment_method_configuration_details": null,
+        "payment_method_options": {"card": {"request_three_d_secure": "automatic"}},
+        "payment_method_types": ["card"],
+        "payment_status": "unpaid",
+        "permissions": null,
+        "phone_number_collection": {"enabled": false},
+        "recovered_from": null,
+        "saved_payment_method_options": {"allow_redisplay_filters": ["always"], "payment_method_remove": "disabled", "payment_method_save": null},
+        "setup_intent": null,
+        "shipping_address_collection": null,
+        "shipping_cost": null,
+        "shipping_options": [],
+        "status": "open",
+        "submit_type": null,
+        "subscription": null,
+        "success_url": success_url,
+        "tax_id_collection": {"enabled": params::bool_at(p, "tax_id_collection.enabled")?.unwrap_or(false), "required": "never"},
+        "total_details": {"amount_discount": 0, "amount_shipping": 0, "amount_tax": 0},
+        "ui_mode": ui_mode.unwrap_or_else(|| "hosted".into()),
+        "url": url,
+        "wallet_options": null,
+    });
+    let session = s.insert(session);
+    // Private: what the subscription will be made of.
+    let items: Vec<Value> = line_items
+        .iter()
+        .map(|(price, q, u)| json!({"price": price["id"], "quantity": q, "unit": u}))
+        .collect();
+    s.checkout_items.insert(
+        id.clone(),
+        (
+            items,
+            trial_days,
+            params::metadata(p, "subscription_data.metadata"),
+        ),
+    );
+    Ok(session)
+}
+
+/// Marks a session past its `expires_at` as expired (`checkout.session.expired`).
+fn refresh_expiry(s: &mut Inner, id: &str) -> ApiResult<Value> {
+    let sess = s.get("checkout.session", id, "id")?;
+    let now = s.now_for_customer(sess["customer"].as_str());
+    if sess["status"] == "open" && sess["expires_at"].as_i64().is_some_and(|t| t <= now) {
+        return expire_at(s, id, now);
+    }
+    Ok(sess)
+}
+
+fn expire_at(s: &mut Inner, id: &str, at: i64) -> ApiResult<Value> {
+    let before = s.get("checkout.session", id, "id")?;
+    let mut after = before.clone();
+    after["status"] = json!("expired");
+    after["url"] = Value::Null;
+    s.put(after.clone());
+    s.emit(
+        "checkout.session.expired",
+        &after,
+        Some(previous_attributes(&before, &after)),
+        at,
+    );
+    Ok(after)
+}
+
+/// `GET /v1/checkout/sessions/{id}`.
+pub fn retrieve(s: &mut Inner, id: &str) -> ApiResult {
+    refresh_expiry(s, id)
+}
+
+/// `GET /v1/checkout/sessions` with `customer`, `status`, `subscription`.
+pub fn list(s: &Inner, p: &Value) -> ApiResult {
+    let customer = str_at(p, "customer").map(str::to_string);
+    let status = str_at(p, "status").map(str::to_string);
+    let sub = str_at(p, "subscription").map(str::to_string);
+    s.list("checkout.session", "/v1/checkout/sessions", p, |o| {
+        customer
+            .as_ref()
+            .is_none_or(|c| o["customer"] == c.as_str())
+            && status.as_ref().is_none_or(|c| o["status"] == c.as_str())
+            && sub.as_ref().is_none_or(|c| o["subscription"] == c.as_str())
+    })
+}
+
+/// `GET /v1/checkout/sessions/{id}/line_items`.
+pub fn line_items(s: &Inner, id: &str) -> ApiResult {
+    let sess = s.get("checkout.session", id, "id")?;
+    let (items, _, _) = s.checkout_items.get(id).cloned().unwrap_or_default();
+    let currency = sess["currency"].clone();
+    let data: Vec<Value> = items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| {
+            let price = s
+                .objects
+                .get(it["price"].as_str().unwrap_or_default())
+                .cloned()
+                .unwrap_or(Value::Null);
+            let total = it["unit"].as_i64().unwrap_or(0) * it["quantity"].as_i64().unwrap_or(1);
+            json!({
+                "id": format!("li_{}_{i}", &id[8..22.min(id.len())]),
+                "object": "item",
+                "amount_discount": 0,
+                "amount_subtotal": total,
+                "amount_tax": 0,
+                "amount_total": total,
+                "currency": currency,
+                "description": price["nickname"],
+                "price": price,
+                "quantity": it["quantity"],
+            })
+        })
+        .collect();
+    Ok(
+        json!({"object": "list", "data": data, "has_more": false, "url": format!("/v1/checkout/sessions/{id}/line_items")}),
+    )
+}
+
+/// `POST /v1/checkout/sessions/{id}/expire`.
+pub fn expire(s: &mut Inner, id: &str) -> ApiResult {
+    let sess = refresh_expiry(s, id)?;
+    if sess["status"] != "open" {
+        return Err(ApiError::state(
+            "checkout_session_not_open",
+            format!("Only Checkout Sessions with a status in [\"open\"] can be expired. This Checkout Session has a status of \"{}\".", sess["status"].as_str().unwrap_or_default()),
+        ));
+    }
+    let at = s.now_for_customer(sess["customer"].as_str());
+    expire_at(s, id, at)
+}
+
+/// `POST /_sim/checkout/sessions/{id}/complete`: what a customer does on the Checkout
+/// page. `payment_method` (default `pm_card_visa`), optional `email`, `promotion_code`
+/// (a code, when the session allows them). A declined card answers 402 and leaves the
+/// session open, as the page would; a card needing 3-D Secure answers the
+/// `requires_action` payment intent, to be settled with
+/// `POST /_sim/payment_intents/{id}/authenticate`.
+pub fn complete(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
+    let sess = refresh_expiry(s, id)?;
+    if sess["status"] != "open" {
+        return Err(ApiError::state(
+            "checkout_session_not_open",
+            format!(
+                "This Checkout Session is {} and can no longer be completed.",
+                sess["status"].as_str().unwrap_or_default()
+            ),
+        ));
+    }
+    if sess["payment_status"] == "unpaid" && s.pending_sessions.values().any(|v| v == id) {
+        return Err(ApiError::state(
+            "checkout_session_requires_action",
+            "This Checkout Session is waiting for 3-D Secure authentication.",
+        ));
+    }
+    let pm_ref = str_at(p, "payment_method")
+        .unwrap_or("pm_card_visa")
+        .to_string();
+    // The page refuses a declining card before anything is created.
+    let behavior = match payment_methods::token_behavior(&pm_ref) {
+        Some(b) => Some(b),
+        None => {
+            s.get("payment_method", &pm_ref, "payment_method")?;
+            s.cards.get(&pm_ref).copied()
+        }
+    };
+    let trial = s
+        .checkout_items
+        .get(id)
+        .and_then(|(_, t, _)| *t)
+        .is_some_and(|d| d > 0);
+    if !trial {
+        if let Some(
+            b @ (CardBehavior::Decline
+            | CardBehavior::CustomerFail
+            | CardBehavior::InsufficientFunds),
+        ) = behavior
+        {
+            return Err(billing::decline_error(Some(b)));
+        }
+    } else if behavior == Some(CardBehavior::Decline) {
+        return Err(billing::decline_error(Some(CardBehavior::Decline)));
+    }
+    let customer = match sess["customer"].as_str() {
+        Some(c) => c.to_string(),
+        None => {
+            let email = str_at(p, "email")
+                .or_else(|| sess["customer_email"].as_str())
+                .unwrap_or("customer@example.com")
+                .to_string();
+            let c = customers::create(s, &json!({"email": email, "name": str_at(p, "name")}))?;
+            c["id"].as_str().unwrap_or_default().to_string()
+        }
+    };
+    let now = s.now_for_customer(Some(&customer));
+    let pm = payment_methods::resolve(s, &pm_ref, Some(&customer))?;
+    let mut coupon = sess["discounts"][0]["coupon"].as_str().map(|c| {
+        (
+            c.to_string(),
+            sess["discounts"][0]["promotion_code"]
+                .as_str()
+                .map(str::to_string),
+        )
+    });
+    if let Some(code) = str_at(p, "promotion_code") {
+        if sess["allow_promotion_codes"] != true {
+            return Err(ApiError::invalid(
+                "promotion_code",
+                "This Checkout Session does not accept promotion codes.",
+            ));
+        }
+        let pc = s
+            .by_kind
+            .get("promotion_code")
+            .into_iter()
+            .flatten()
+            .find(|pid| {
+                s.objects.get(*pid).is_some_and(|o| {
+                    o["code"]
+                        .as_str()
+                        .is_some_and(|c| c.eq_ignore_ascii_case(code))
+                        && o["active"] == true
+                })
+            })
+            .cloned()
+            .ok_or_else(|| ApiError::invalid("promotion_code", "This code is invalid."))?;
+        let c = coupons::redeemable_promotion_code(s, &pc, Some(&customer), now, "promotion_code")?;
+        coupon = Some((c, Some(pc)));
+    }
+    let (items, trial_days, metadata) = s.checkout_items.get(id).cloned().unwrap_or_default();
+    let req = NewSubscription {
+        customer: customer.clone(),
+        items: items
+            .iter()
+            .map(|i| {
+                (
+                    i["price"].as_str().unwrap_or_default().to_string(),
+                    i["quantity"].as_i64().unwrap_or(1),
+                )
+            })
+            .collect(),
+        currency: sess["currency"].as_str().map(str::to_string),
+        metadata,
+        trial_end: trial_days.filter(|d| *d > 0).map(|d| now + d * 86_400),
+        default_payment_method: Some(pm),
+        coupon,
+        missing_payment_method: None,
+        payment_behavior: Some("allow_incomplete".into()),
+        cancel_at_period_end: false,
+    };
+    let (sub, outcome) = billing::create_subscription(s, req)?;
+    let mut before = s.get("checkout.session", id, "id")?;
+    if before["customer"].is_null() {
+        // The customer is visible on the session from the moment it exists.
+        before["customer"] = json!(customer);
+        s.put(before.clone());
+    }
+    match outcome {
+        PayOutcome::Paid => finish(s, id, &sub, now),
+        PayOutcome::RequiresAction(pi) => {
+            s.pending_sessions.insert(pi.clone(), id.to_string());
+            s.get("payment_intent", &pi, "payment_intent")
+        }
+        PayOutcome::Declined(e) => Err(e),
+    }
+}
+
+/// Marks a session complete with its subscription: `checkout.session.completed`.
+pub fn finish(s: &mut Inner, id: &str, sub_id: &str, at: i64) -> ApiResult {
+    let before = s.get("checkout.session", id, "id")?;
+    let sub = s.get("subscription", sub_id, "subscription")?;
+    let cus = s.get(
+        "customer",
+        sub["customer"].as_str().unwrap_or_default(),
+        "customer",
+    )?;
+    let inv = sub["latest_invoice"]
+        .as_str()
+        .and_then(|i| s.objects.get(i))
+        .cloned()
+        .unwrap_or(Value::Null);
+    let mut after = before.clone();
+    after["status"] = json!("complete");
+    after["url"] = Value::Null;
+    after["customer"] = cus["id"].clone();
+    after["subscription"] = json!(sub_id);
+    after["invoice"] = inv["id"].clone();
+    let paid = inv["amount_paid"].as_i64().unwrap_or(0);
+    after["payment_status"] = json!(if inv["amount_due"] == 0 {
+        "no_payment_required"
+    } else {
+        "paid"
+    });
+    if let Some(d) = inv["total_discount_amounts"][0]["amount"].as_i64() {
+        after["total_details"]["amount_discount"] = json!(d);
+        after["amount_total"] = json!(after["amount_subtotal"].as_i64().unwrap_or(0) - d);
+    }
+    if sub["status"] == "trialing" {
+        after["amount_total"] = json!(paid);
+    }
+    after["customer_details"] = json!({
+        "address": null,
+        "business_name": null,
+        "email": cus["email"],
+        "individual_name": null,
+        "name": cus["name"],
+        "phone": null,
+        "tax_exempt": "none",
+        "tax_ids": [],
+    });
+    s.put(after.clone());
+    s.emit("checkout.session.completed", &after, None, at);
+    Ok(after)
+}
+
+/// After 3-D Secure succeeds on a Checkout payment, the session completes.
+pub fn on_authenticated(s: &mut Inner, pi: &str) -> ApiResult<()> {
+    let Some(session) = s.pending_sessions.remove(pi) else {
+        return Ok(());
+    };
+    let Some(inv) = billing::find_invoice_of_pi(s, pi) else {
+        return Ok(());
+    };
+    let inv = s.get("invoice", &inv, "invoice")?;
+    let sub = inv["parent"]["subscription_details"]["subscription"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let at = s.now_for_customer(inv["customer"].as_str());
+    finish(s, &session, &sub, at)?;
+    Ok(())
+}
+
+/// After 3-D Secure fails, the session stays open for another card; the incomplete
+/// subscription it started is left to expire, as on Stripe.
+pub fn on_authentication_failed(s: &mut Inner, pi: &str) {
+    s.pending_sessions.remove(pi);
+}
+
+/// `POST /v1/billing_portal/sessions` (`customer`, `return_url`, `configuration`, `flow_data`).
+pub fn create_portal_session(s: &mut Inner, p: &Value) -> ApiResult {
+    let customer = params::req_str(p, "customer")?.to_string();
+    customers::require(s, &customer, "customer")?;
+    let configuration = match str_at(p, "configuration") {
+        Some(c) => c.to_string(),
+        None => {
+            if s.default_portal_config.is_none() {
+                s.default_portal_config = Some(s.id("bpc"));
+            }
+            s.default_portal_config.clone().unwrap_or_default()
+        }
+    };
+    let id = s.id("bps");
+    let flow = params::at(p, "flow_data").map(|f| {
+        json!({
+            "after_completion": {"hosted_confirmation": null, "redirect": null, "type": f["after_completion"]["type"].as_str().unwrap_or("portal_homepage")},
+            "subscription_cancel": f.get("subscription_cancel").map(|c| json!({"retention": null, "subscription": c["subscription"]})),
+            "subscription_update": f.get("subscription_update").map(|c| json!({"subscription": c["subscription"]})),
+            "subscription_update_confirm": null,
+            "type": f["type"],
+        })
+    });
+    let now = s.now_for_customer(Some(&customer));
+    let url = format!("{}/_sim/billing_portal/{id}", s.cfg.public_url);
+    let session = json!({
+        "id": id,
+        "object": "billing_portal.session",
+        "configuration": configuration,
+        "created": now,
+        "customer": customer,
+        "customer_account": null,
+        "flow": flow,
+        "livemode": false,
+        "locale": str_at(p, "locale"),
+        "on_behalf_of": null,
+        "return_url": str_at(p, "return_url"),
+        "url": url,
+    });
+    Ok(s.insert(session))
+}

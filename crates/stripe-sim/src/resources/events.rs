@@ -1,0 +1,160 @@
+//! `/v1/events` and `/v1/webhook_endpoints`.
+
+use crate::config::API_VERSION;
+use crate::error::{ApiError, ApiResult};
+use crate::params::{self, i64_at, str_at};
+use crate::state::{previous_attributes, Inner};
+use serde_json::{json, Value};
+
+/// `GET /v1/events/{id}`.
+pub fn retrieve(s: &Inner, id: &str) -> ApiResult {
+    s.get("event", id, "id")
+}
+
+/// `GET /v1/events` with `type` (`*` wildcards as Stripe: `invoice.*`), `types[]`,
+/// `created[gt|gte|lt|lte]` or `created`, `delivery_success`.
+pub fn list(s: &Inner, p: &Value) -> ApiResult {
+    let ty = str_at(p, "type").map(str::to_string);
+    let types: Option<Vec<String>> = match params::at(p, "types") {
+        Some(Value::Array(a)) => Some(
+            a.iter()
+                .filter_map(|t| t.as_str().map(str::to_string))
+                .collect(),
+        ),
+        Some(Value::String(t)) => Some(vec![t.clone()]),
+        _ => None,
+    };
+    if ty.is_some() && types.is_some() {
+        return Err(ApiError::invalid(
+            "types",
+            "You may only specify one of these parameters: type, types.",
+        ));
+    }
+    let created_eq = match params::at(p, "created") {
+        Some(Value::String(_)) => i64_at(p, "created")?,
+        _ => None,
+    };
+    let (gt, gte, lt, lte) = (
+        i64_at(p, "created.gt")?,
+        i64_at(p, "created.gte")?,
+        i64_at(p, "created.lt")?,
+        i64_at(p, "created.lte")?,
+    );
+    let delivery = params::bool_at(p, "delivery_success")?;
+    let matches = |pattern: &str, t: &str| match pattern.strip_suffix('*') {
+        Some(prefix) => t.starts_with(prefix),
+        None => pattern == t,
+    };
+    s.list("event", "/v1/events", p, |e| {
+        let t = e["type"].as_str().unwrap_or_default();
+        let c = e["created"].as_i64().unwrap_or(0);
+        let id = e["id"].as_str().unwrap_or_default();
+        ty.as_ref().is_none_or(|x| matches(x, t))
+            && types
+                .as_ref()
+                .is_none_or(|xs| xs.iter().any(|x| matches(x, t)))
+            && created_eq.is_none_or(|x| c == x)
+            && gt.is_none_or(|x| c > x)
+            && gte.is_none_or(|x| c >= x)
+            && lt.is_none_or(|x| c < x)
+            && lte.is_none_or(|x| c <= x)
+            && delivery
+                .is_none_or(|want| (s.delivered(id) && !s.failed_events.contains(id)) == want)
+    })
+}
+
+fn enabled_events(p: &Value) -> ApiResult<Option<Vec<Value>>> {
+    match params::at(p, "enabled_events") {
+        None => Ok(None),
+        Some(Value::Array(a)) if !a.is_empty() => Ok(Some(a.clone())),
+        Some(Value::String(e)) if !e.is_empty() => Ok(Some(vec![json!(e)])),
+        _ => Err(ApiError::invalid(
+            "enabled_events",
+            "enabled_events must list at least one event type.",
+        )),
+    }
+}
+
+/// `POST /v1/webhook_endpoints` (`url`, `enabled_events[]`, `api_version`, `description`,
+/// `metadata`); the `secret` is returned here only, as on Stripe.
+pub fn create_endpoint(s: &mut Inner, p: &Value) -> ApiResult {
+    let url = params::req_str(p, "url")?.to_string();
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(ApiError::invalid(
+            "url",
+            "Invalid URL: must be http or https.",
+        ));
+    }
+    let events = enabled_events(p)?.ok_or_else(|| ApiError::missing("enabled_events"))?;
+    let id = s.id("we");
+    let secret = format!("whsec_{}", s.ids.tail(32));
+    let ep = json!({
+        "id": id,
+        "object": "webhook_endpoint",
+        "api_version": str_at(p, "api_version").unwrap_or(API_VERSION),
+        "application": null,
+        "created": s.now(),
+        "description": str_at(p, "description"),
+        "enabled_events": events,
+        "livemode": false,
+        "metadata": params::metadata(p, "metadata"),
+        "secret": secret,
+        "status": "enabled",
+        "url": url,
+    });
+    Ok(s.insert(ep))
+}
+
+/// Stripe shows the secret on creation only.
+fn public(mut ep: Value) -> Value {
+    if let Some(m) = ep.as_object_mut() {
+        m.remove("secret");
+    }
+    ep
+}
+
+/// `GET /v1/webhook_endpoints/{id}`.
+pub fn retrieve_endpoint(s: &Inner, id: &str) -> ApiResult {
+    s.get_live("webhook_endpoint", id, "id").map(public)
+}
+
+/// `POST /v1/webhook_endpoints/{id}` (`url`, `enabled_events[]`, `disabled`, `description`, `metadata`).
+pub fn update_endpoint(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
+    let before = s.get_live("webhook_endpoint", id, "id")?;
+    let mut after = before.clone();
+    if let Some(u) = str_at(p, "url") {
+        after["url"] = json!(u);
+    }
+    if let Some(e) = enabled_events(p)? {
+        after["enabled_events"] = json!(e);
+    }
+    if let Some(d) = params::bool_at(p, "disabled")? {
+        after["status"] = json!(if d { "disabled" } else { "enabled" });
+    }
+    if let Some(d) = str_at(p, "description") {
+        after["description"] = json!(d);
+    }
+    params::apply_metadata(&mut after, p, "metadata");
+    let _ = previous_attributes(&before, &after);
+    s.put(after.clone());
+    Ok(public(after))
+}
+
+/// `DELETE /v1/webhook_endpoints/{id}`.
+pub fn delete_endpoint(s: &mut Inner, id: &str) -> ApiResult {
+    let mut ep = s.get_live("webhook_endpoint", id, "id")?;
+    ep["deleted"] = json!(true);
+    s.put(ep);
+    Ok(json!({"id": id, "object": "webhook_endpoint", "deleted": true}))
+}
+
+/// `GET /v1/webhook_endpoints`.
+pub fn list_endpoints(s: &Inner, p: &Value) -> ApiResult {
+    let mut list = s.list("webhook_endpoint", "/v1/webhook_endpoints", p, |_| true)?;
+    if let Some(d) = list["data"].as_array_mut() {
+        for ep in d.iter_mut() {
+            *ep = public(ep.take());
+        }
+    }
+    Ok(list)
+}

@@ -1,0 +1,12 @@
+//! One module per Stripe resource family.
+
+pub mod catalog;
+pub mod checkout;
+pub mod coupons;
+pub mod customers;
+pub mod events;
+pub mod invoices;
+pub mod payment_methods;
+pub mod payments;
+pub mod subscriptions;
+pub mod test_clocks;

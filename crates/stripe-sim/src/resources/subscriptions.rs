@@ -1,0 +1,309 @@
+//! `/v1/subscriptions` and `/v1/subscription_items`.
+
+use crate::billing::{self, NewSubscription, PayOutcome};
+use crate::error::{ApiError, ApiResult};
+use crate::params::{self, i64_at, str_at};
+use crate::resources::{coupons, customers, payment_methods};
+use crate::state::Inner;
+use serde_json::{json, Value};
+
+fn parse_items(p: &Value) -> ApiResult<Vec<(String, i64)>> {
+    let Some(Value::Array(items)) = params::at(p, "items") else {
+        return Err(ApiError::missing("items"));
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, it)| {
+            let price = str_at(it, "price")
+                .ok_or_else(|| ApiError::missing(&format!("items[{i}][price]")))?;
+            let qty = i64_at(it, "quantity")?.unwrap_or(1);
+            if qty < 1 {
+                return Err(ApiError::invalid(
+                    &format!("items[{i}][quantity]"),
+                    "Quantity must be at least 1.",
+                ));
+            }
+            Ok((price.to_string(), qty))
+        })
+        .collect()
+}
+
+fn trial_end_from(p: &Value, now: i64) -> ApiResult<Option<i64>> {
+    if let Some(days) = i64_at(p, "trial_period_days")? {
+        if days < 0 {
+            return Err(ApiError::invalid(
+                "trial_period_days",
+                "trial_period_days must be positive.",
+            ));
+        }
+        return Ok((days > 0).then_some(now + days * 86_400));
+    }
+    match str_at(p, "trial_end") {
+        None | Some("now") => Ok(None),
+        Some(t) => {
+            let t: i64 = t
+                .parse()
+                .map_err(|_| ApiError::invalid("trial_end", "Invalid timestamp."))?;
+            if t <= now {
+                return Err(ApiError::invalid(
+                    "trial_end",
+                    "Invalid timestamp: must be an integer Unix timestamp in the future.",
+                ));
+            }
+            Ok(Some(t))
+        }
+    }
+}
+
+/// `POST /v1/subscriptions`.
+pub fn create(s: &mut Inner, p: &Value) -> ApiResult {
+    let customer = params::req_str(p, "customer")?.to_string();
+    customers::require(s, &customer, "customer")?;
+    let items = parse_items(p)?;
+    let now = s.now_for_customer(Some(&customer));
+    let default_pm = match str_at(p, "default_payment_method") {
+        Some(pm) => Some(payment_methods::resolve(s, pm, Some(&customer))?),
+        None => None,
+    };
+    let coupon = coupons::from_params(s, p, "discounts.0", &customer, now)?;
+    let req = NewSubscription {
+        customer,
+        items,
+        currency: str_at(p, "currency").map(str::to_lowercase),
+        metadata: params::metadata(p, "metadata"),
+        trial_end: trial_end_from(p, now)?,
+        default_payment_method: default_pm,
+        coupon,
+        missing_payment_method: str_at(p, "trial_settings.end_behavior.missing_payment_method")
+            .map(str::to_string),
+        payment_behavior: str_at(p, "payment_behavior").map(str::to_string),
+        cancel_at_period_end: params::bool_at(p, "cancel_at_period_end")?.unwrap_or(false),
+    };
+    let (id, _) = billing::create_subscription(s, req)?;
+    s.get("subscription", &id, "id")
+}
+
+/// `GET /v1/subscriptions/{id}`.
+pub fn retrieve(s: &Inner, id: &str) -> ApiResult {
+    s.get("subscription", id, "id")
+}
+
+/// `GET /v1/subscriptions` with `customer`, `price`, `status` (default: all but canceled; `all`), `test_clock`.
+pub fn list(s: &Inner, p: &Value) -> ApiResult {
+    let customer = str_at(p, "customer").map(str::to_string);
+    let price = str_at(p, "price").map(str::to_string);
+    let status = str_at(p, "status").map(str::to_string);
+    let clock = str_at(p, "test_clock").map(str::to_string);
+    s.list("subscription", "/v1/subscriptions", p, |o| {
+        let st = o["status"].as_str().unwrap_or_default();
+        let status_ok = match status.as_deref() {
+            None => !matches!(st, "canceled" | "incomplete_expired"),
+            Some("all") => true,
+            Some("ended") => matches!(st, "canceled" | "incomplete_expired"),
+            Some(x) => st == x,
+        };
+        status_ok
+            && customer
+                .as_ref()
+                .is_none_or(|c| o["customer"] == c.as_str())
+            && clock.as_ref().is_none_or(|c| o["test_clock"] == c.as_str())
+            && price.as_ref().is_none_or(|pr| {
+                o["items"]["data"]
+                    .as_array()
+                    .is_some_and(|d| d.iter().any(|i| i["price"]["id"] == pr.as_str()))
+            })
+    })
+}
+
+/// `POST /v1/subscriptions/{id}`: items (price/quantity with `proration_behavior`),
+/// `cancel_at_period_end`, `cancel_at`, `metadata`, `default_payment_method`, `trial_end=now`.
+pub fn update(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
+    let before = s.get("subscription", id, "id")?;
+    if matches!(
+        before["status"].as_str(),
+        Some("canceled" | "incomplete_expired")
+    ) {
+        return Err(ApiError::state(
+            "resource_missing",
+            "A canceled subscription can only update its cancellation_details and metadata.",
+        ));
+    }
+    let customer = before["customer"].as_str().unwrap_or_default().to_string();
+    let now = s.now_for_customer(Some(&customer));
+    let mut after = before.clone();
+    params::apply_metadata(&mut after, p, "metadata");
+    if let Some(pm) = str_at(p, "default_payment_method") {
+        after["default_payment_method"] = json!(payment_methods::resolve(s, pm, Some(&customer))?);
+    }
+    let (_, period_end) = billing::period(&before);
+    if let Some(c) = params::bool_at(p, "cancel_at_period_end")? {
+        after["cancel_at_period_end"] = json!(c);
+        if c {
+            after["cancel_at"] = json!(period_end);
+            after["canceled_at"] = json!(now);
+            after["cancellation_details"]["reason"] = json!("cancellation_requested");
+        } else {
+            after["cancel_at"] = Value::Null;
+            after["canceled_at"] = Value::Null;
+            after["cancellation_details"]["reason"] = Value::Null;
+        }
+    }
+    if let Some(v) = params::at(p, "cancel_at").and_then(Value::as_str) {
+        if v.is_empty() {
+            after["cancel_at"] = Value::Null;
+            after["canceled_at"] = Value::Null;
+            after["cancel_at_period_end"] = json!(false);
+        } else {
+            let t: i64 = v
+                .parse()
+                .map_err(|_| ApiError::invalid("cancel_at", "Invalid timestamp."))?;
+            after["cancel_at"] = json!(t);
+            after["canceled_at"] = json!(now);
+            after["cancel_at_period_end"] = json!(t == period_end);
+        }
+    }
+    if let Some(c) = params::at(p, "cancellation_details.comment").and_then(Value::as_str) {
+        after["cancellation_details"]["comment"] = json!(c);
+    }
+    if let Some(f) = str_at(p, "cancellation_details.feedback") {
+        after["cancellation_details"]["feedback"] = json!(f);
+    }
+    if str_at(p, "trial_end") == Some("now") && before["status"] == "trialing" {
+        // Ending a trial now starts a paid period immediately.
+        after["trial_end"] = json!(now);
+        if let Some(items) = after["items"]["data"].as_array_mut() {
+            for it in items {
+                it["current_period_end"] = json!(now);
+            }
+        }
+        billing::save_sub(s, &before, &after, now);
+        billing::renew(s, id, now)?;
+        return s.get("subscription", id, "id");
+    }
+    if let Some(pc) = params::at(p, "pause_collection") {
+        after["pause_collection"] = match pc.get("behavior").and_then(Value::as_str) {
+            Some(b) => json!({"behavior": b, "resumes_at": i64_at(pc, "resumes_at")?}),
+            None => Value::Null,
+        };
+    }
+    let behavior = str_at(p, "proration_behavior")
+        .unwrap_or("create_prorations")
+        .to_string();
+    if !matches!(
+        behavior.as_str(),
+        "create_prorations" | "always_invoice" | "none"
+    ) {
+        return Err(ApiError::invalid(
+            "proration_behavior",
+            "Invalid proration_behavior.",
+        ));
+    }
+    let proration_date = i64_at(p, "proration_date")?.unwrap_or(now);
+    let mut lines = Vec::new();
+    if let Some(Value::Array(items)) = params::at(p, "items") {
+        for (i, it) in items.iter().enumerate() {
+            let si = str_at(it, "id").ok_or_else(|| {
+                ApiError::invalid(
+                    &format!("items[{i}][id]"),
+                    "stripe-sim replaces existing items only: pass items[i][id] with the new price or quantity.",
+                )
+            })?;
+            let item = after["items"]["data"]
+                .as_array()
+                .and_then(|d| d.iter().find(|x| x["id"] == si))
+                .cloned()
+                .ok_or_else(|| {
+                    ApiError::no_such("subscription_item", si, &format!("items[{i}][id]"))
+                })?;
+            let price = match str_at(it, "price") {
+                Some(pid) => s.get("price", pid, &format!("items[{i}][price]"))?,
+                None => item["price"].clone(),
+            };
+            billing::unit_amount_in(&price, after["currency"].as_str().unwrap_or_default())?;
+            let qty =
+                i64_at(it, "quantity")?.unwrap_or_else(|| item["quantity"].as_i64().unwrap_or(1));
+            if price["id"] == item["price"]["id"] && item["quantity"] == qty {
+                continue;
+            }
+            if behavior != "none" {
+                lines.extend(billing::proration_lines(
+                    s,
+                    &after,
+                    &item,
+                    &price,
+                    qty,
+                    proration_date,
+                )?);
+            }
+            billing::set_item(&mut after, si, &price, qty);
+        }
+    }
+    billing::save_sub(s, &before, &after, now);
+    if !lines.is_empty() {
+        if behavior == "always_invoice" {
+            let inv = billing::create_invoice_with_lines(s, id, "subscription_update", lines, now)?;
+            match billing::pay_invoice(s, &inv, None, now)? {
+                PayOutcome::Paid => billing::after_invoice_paid(s, &inv, now)?,
+                PayOutcome::Declined(e)
+                    if str_at(p, "payment_behavior") == Some("error_if_incomplete") =>
+                {
+                    return Err(e)
+                }
+                _ => {
+                    let b = s.get("subscription", id, "id")?;
+                    if b["status"] == "active" {
+                        let mut a = b.clone();
+                        a["status"] = json!("past_due");
+                        billing::save_sub(s, &b, &a, now);
+                    }
+                }
+            }
+        } else {
+            s.subs
+                .entry(id.to_string())
+                .or_default()
+                .pending_lines
+                .extend(lines);
+        }
+    }
+    s.get("subscription", id, "id")
+}
+
+/// `DELETE /v1/subscriptions/{id}`.
+pub fn cancel(s: &mut Inner, id: &str) -> ApiResult {
+    billing::cancel_now(s, id, "cancellation_requested")?;
+    s.get("subscription", id, "id")
+}
+
+/// `POST /v1/subscriptions/{id}/resume`.
+pub fn resume(s: &mut Inner, id: &str) -> ApiResult {
+    billing::resume(s, id)?;
+    s.get("subscription", id, "id")
+}
+
+/// `GET /v1/subscription_items?subscription=`.
+pub fn list_items(s: &Inner, p: &Value) -> ApiResult {
+    let sub_id = params::req_str(p, "subscription")?;
+    let sub = s.get("subscription", sub_id, "subscription")?;
+    let mut list = sub["items"].clone();
+    list["url"] = json!("/v1/subscription_items");
+    Ok(list)
+}
+
+/// `GET /v1/subscription_items/{id}`.
+pub fn retrieve_item(s: &Inner, id: &str) -> ApiResult {
+    s.by_kind
+        .get("subscription")
+        .into_iter()
+        .flatten()
+        .filter_map(|sid| s.objects.get(sid))
+        .find_map(|sub| {
+            sub["items"]["data"]
+                .as_array()?
+                .iter()
+                .find(|i| i["id"] == id)
+                .cloned()
+        })
+        .ok_or_else(|| ApiError::no_such("subscription_item", id, "id"))
+}

@@ -1,0 +1,494 @@
+//! The emulator's in-memory state: every object as Stripe's JSON, plus the
+//! private bookkeeping Stripe keeps but does not show (card behaviours,
+//! billing schedules, delivery outcomes).
+
+use crate::config::{SimConfig, API_VERSION};
+use crate::error::{ApiError, ApiResult};
+use crate::ids::IdGen;
+use crate::params;
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// How a card behaves when charged, from Stripe's test payment methods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CardBehavior {
+    /// Charges succeed.
+    Succeed,
+    /// Attaching fails and charges are declined.
+    Decline,
+    /// Attaching works, charges are declined.
+    CustomerFail,
+    /// Every payment needs 3-D Secure.
+    AuthRequired,
+    /// Charges succeed, then a dispute opens.
+    Dispute,
+    /// Declined for insufficient funds.
+    InsufficientFunds,
+}
+
+/// A stored `Idempotency-Key` result.
+#[derive(Debug, Clone)]
+pub struct IdempotentResult {
+    /// Method, path and parameters of the first request.
+    pub fingerprint: String,
+    /// Status answered.
+    pub status: u16,
+    /// Body answered.
+    pub body: Value,
+}
+
+/// Per-subscription schedule state Stripe keeps privately.
+#[derive(Debug, Clone, Default)]
+pub struct SubMeta {
+    /// Pending proration lines, billed on the next invoice.
+    pub pending_lines: Vec<Value>,
+    /// `trial_will_end` already sent for this trial end.
+    pub trial_will_end_sent_for: Option<i64>,
+    /// `invoice.upcoming` already sent for this period end.
+    pub upcoming_sent_for: Option<i64>,
+    /// Unix time at which the first failed renewal payment happened.
+    pub first_failure_at: Option<i64>,
+    /// Coupon applied, with the number of invoices it still discounts (`None` = forever).
+    pub coupon: Option<(String, Option<i64>)>,
+}
+
+/// One webhook delivery to send.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The event delivered.
+    pub event_id: String,
+    /// The endpoint it goes to.
+    pub endpoint_id: String,
+    /// The endpoint URL.
+    pub url: String,
+    /// The endpoint's signing secret.
+    pub secret: String,
+    /// The JSON body.
+    pub payload: String,
+    /// 1-based attempt number.
+    pub attempt: u32,
+}
+
+/// The request being handled, recorded on the events it causes.
+#[derive(Debug, Clone, Default)]
+pub struct RequestCtx {
+    /// `req_…`.
+    pub id: String,
+    /// The `Idempotency-Key` header, if sent.
+    pub idempotency_key: Option<String>,
+}
+
+/// Everything behind the emulator's mutex.
+#[derive(Debug)]
+pub struct Inner {
+    /// Configuration, including live knobs.
+    pub cfg: SimConfig,
+    /// Object id generator.
+    pub ids: IdGen,
+    /// Randomness for knobs, separate so that knobs never change ids.
+    pub knob_rng: IdGen,
+    /// Objects by id, as Stripe JSON.
+    pub objects: HashMap<String, Value>,
+    /// Ids per `object` kind, oldest first.
+    pub by_kind: HashMap<String, Vec<String>>,
+    /// Stored idempotent results by key.
+    pub idempotency: HashMap<String, IdempotentResult>,
+    /// Card behaviour per payment method id.
+    pub cards: HashMap<String, CardBehavior>,
+    /// Subscription schedule state.
+    pub subs: HashMap<String, SubMeta>,
+    /// Events whose delivery failed or was dropped for some endpoint.
+    pub failed_events: HashSet<String>,
+    /// Endpoints still to succeed, per event.
+    pub pending: HashMap<String, HashSet<String>>,
+    /// Checkout sessions waiting for 3-D Secure, by payment intent.
+    pub pending_sessions: HashMap<String, String>,
+    /// Checkout sessions' items `(price, quantity, unit amount)`, trial days and subscription metadata.
+    pub checkout_items: HashMap<String, (Vec<Value>, Option<i64>, Value)>,
+    /// The billing portal configuration used when none is given.
+    pub default_portal_config: Option<String>,
+    /// The current request.
+    pub request: Option<RequestCtx>,
+    /// Requests served, for `Request-Id`.
+    pub request_count: u64,
+    /// Where webhook deliveries go.
+    pub deliveries: Option<UnboundedSender<Delivery>>,
+}
+
+impl Inner {
+    /// Fresh state for `cfg`.
+    pub fn new(cfg: SimConfig) -> Self {
+        Self {
+            ids: IdGen::new(cfg.seed),
+            knob_rng: IdGen::new(cfg.seed ^ 0x5eed_cafe),
+            cfg,
+            objects: HashMap::new(),
+            by_kind: HashMap::new(),
+            idempotency: HashMap::new(),
+            cards: HashMap::new(),
+            subs: HashMap::new(),
+            failed_events: HashSet::new(),
+            pending: HashMap::new(),
+            pending_sessions: HashMap::new(),
+            checkout_items: HashMap::new(),
+            default_portal_config: None,
+            request: None,
+            request_count: 0,
+            deliveries: None,
+        }
+    }
+
+    /// A fresh id with `prefix`.
+    pub fn id(&mut self, prefix: &str) -> String {
+        self.ids.next(prefix)
+    }
+
+    /// Sim-wide "now": the frozen time if set, else the wall clock.
+    pub fn now(&self) -> i64 {
+        self.cfg.frozen_time.unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0)
+        })
+    }
+
+    /// "Now" as seen by a customer: its test clock's frozen time, if it has one.
+    pub fn now_for_customer(&self, customer: Option<&str>) -> i64 {
+        customer
+            .and_then(|c| self.objects.get(c))
+            .and_then(|c| c["test_clock"].as_str())
+            .and_then(|clk| self.objects.get(clk))
+            .and_then(|clk| clk["frozen_time"].as_i64())
+            .unwrap_or_else(|| self.now())
+    }
+
+    /// Stores a new object (it must have `id` and `object`).
+    pub fn insert(&mut self, obj: Value) -> Value {
+        let id = obj["id"].as_str().unwrap_or_default().to_string();
+        let kind = obj["object"].as_str().unwrap_or_default().to_string();
+        self.by_kind.entry(kind).or_default().push(id.clone());
+        self.objects.insert(id, obj.clone());
+        obj
+    }
+
+    /// Replaces a stored object.
+    pub fn put(&mut self, obj: Value) {
+        if let Some(id) = obj["id"].as_str() {
+            self.objects.insert(id.to_string(), obj);
+        }
+    }
+
+    /// The stored object `id` of `kind`, or Stripe's 404.
+    pub fn get(&self, kind: &str, id: &str, param: &str) -> ApiResult<Value> {
+        match self.objects.get(id) {
+            Some(o) if o["object"] == kind => Ok(o.clone()),
+            _ => Err(ApiError::no_such(
+                kind.rsplit('.').next().unwrap_or(kind),
+                id,
+                param,
+            )),
+        }
+    }
+
+    /// A live (not deleted) object of `kind`.
+    pub fn get_live(&self, kind: &str, id: &str, param: &str) -> ApiResult<Value> {
+        let o = self.get(kind, id, param)?;
+        if o["deleted"] == true {
+            return Err(ApiError::no_such(kind, id, param));
+        }
+        Ok(o)
+    }
+
+    /// A Stripe list object over the stored `kind`, newest first, filtered and paginated
+    /// with `limit`, `starting_after`, `ending_before`.
+    pub fn list(
+        &self,
+        kind: &str,
+        url: &str,
+        p: &Value,
+        keep: impl Fn(&Value) -> bool,
+    ) -> ApiResult<Value> {
+        let limit = params::i64_at(p, "limit")?.unwrap_or(10);
+        if !(1..=100).contains(&limit) {
+            return Err(ApiError::invalid(
+                "limit",
+                "This value must be between 1 and 100.",
+            ));
+        }
+        let limit = limit as usize;
+        let all: Vec<&Value> = self
+            .by_kind
+            .get(kind)
+            .map(|ids| {
+                ids.iter()
+                    .rev()
+                    .filter_map(|id| self.objects.get(id))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let items: Vec<&Value> = all
+            .into_iter()
+            .filter(|o| o["deleted"] != true && keep(o))
+            .collect();
+        let (page, has_more) = if let Some(after) = params::str_at(p, "starting_after") {
+            let pos = items
+                .iter()
+                .position(|o| o["id"] == after)
+                .ok_or_else(|| ApiError::no_such(kind, after, "starting_after"))?;
+            let rest = &items[pos + 1..];
+            (
+                rest.iter().take(limit).collect::<Vec<_>>(),
+                rest.len() > limit,
+            )
+        } else if let Some(before) = params::str_at(p, "ending_before") {
+            let pos = items
+                .iter()
+                .position(|o| o["id"] == before)
+                .ok_or_else(|| ApiError::no_such(kind, before, "ending_before"))?;
+            let head = &items[..pos];
+            let start = head.len().saturating_sub(limit);
+            (head[start..].iter().collect::<Vec<_>>(), start > 0)
+        } else {
+            (
+                items.iter().take(limit).collect::<Vec<_>>(),
+                items.len() > limit,
+            )
+        };
+        Ok(json!({
+            "object": "list",
+            "data": page.into_iter().map(|o| (*o).clone()).collect::<Vec<_>>(),
+            "has_more": has_more,
+            "url": url,
+        }))
+    }
+
+    /// Replaces ids with objects along each `expand[]` path (`customer`,
+    /// `data.customer`, `latest_invoice.payment_intent`), four levels at most.
+    pub fn expand(&self, value: &mut Value, paths: &[String]) -> ApiResult<()> {
+        for path in paths {
+            let parts: Vec<&str> = path.split('.').collect();
+            if parts.len() > 4 {
+                return Err(ApiError::invalid(
+                    "expand",
+                    "You cannot expand more than 4 levels of a property.",
+                ));
+            }
+            self.expand_one(value, &parts);
+        }
+        Ok(())
+    }
+
+    fn expand_one(&self, value: &mut Value, parts: &[&str]) {
+        let Some((first, rest)) = parts.split_first() else {
+            return;
+        };
+        match value {
+            Value::Array(items) => {
+                for item in items {
+                    self.expand_one(item, parts);
+                }
+            }
+            Value::Object(map) => {
+                let Some(field) = map.get_mut(*first) else {
+                    return;
+                };
+                if let Some(id) = field.as_str() {
+                    if let Some(obj) = self.objects.get(id) {
+                        *field = obj.clone();
+                    }
+                }
+                if let Value::Array(items) = field {
+                    // e.g. `discounts` is an array of ids
+                    for item in items.iter_mut() {
+                        if let Some(obj) = item.as_str().and_then(|id| self.objects.get(id)) {
+                            *item = obj.clone();
+                        }
+                    }
+                }
+                self.expand_one(field, rest);
+            }
+            _ => {}
+        }
+    }
+
+    /// Records an event at time `at` and queues its webhook deliveries.
+    pub fn emit(&mut self, kind: &str, object: &Value, previous: Option<Value>, at: i64) -> String {
+        let id = self.id("evt");
+        let mut data = json!({ "object": object });
+        if let Some(prev) = previous.filter(|p| p.as_object().is_some_and(|m| !m.is_empty())) {
+            data["previous_attributes"] = prev;
+        }
+        let req = self.request.clone();
+        let endpoints: Vec<Value> = self
+            .by_kind
+            .get("webhook_endpoint")
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|i| self.objects.get(i))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        let targets: Vec<Value> = endpoints
+            .into_iter()
+            .filter(|e| e["deleted"] != true && e["status"] == "enabled")
+            .filter(|e| {
+                e["enabled_events"]
+                    .as_array()
+                    .is_some_and(|evs| evs.iter().any(|t| t == "*" || t == kind))
+            })
+            .collect();
+        let event = json!({
+            "id": id,
+            "object": "event",
+            "api_version": API_VERSION,
+            "created": at,
+            "data": data,
+            "livemode": false,
+            "pending_webhooks": targets.len(),
+            "request": {
+                "id": req.as_ref().map(|r| r.id.clone()),
+                "idempotency_key": req.and_then(|r| r.idempotency_key),
+            },
+            "type": kind,
+        });
+        self.insert(event.clone());
+        let payload = event.to_string();
+        for ep in targets {
+            let endpoint_id = ep["id"].as_str().unwrap_or_default().to_string();
+            self.pending
+                .entry(id.clone())
+                .or_default()
+                .insert(endpoint_id.clone());
+            if self.knob_rng.unit() < self.cfg.webhooks.drop_rate {
+                self.failed_events.insert(id.clone());
+                continue;
+            }
+            let d = Delivery {
+                event_id: id.clone(),
+                endpoint_id,
+                url: ep["url"].as_str().unwrap_or_default().to_string(),
+                secret: ep["secret"].as_str().unwrap_or_default().to_string(),
+                payload: payload.clone(),
+                attempt: 1,
+            };
+            let dup = self.knob_rng.unit() < self.cfg.webhooks.duplicate_rate;
+            if let Some(tx) = &self.deliveries {
+                if dup {
+                    let _ = tx.send(d.clone());
+                }
+                let _ = tx.send(d);
+            }
+        }
+        id
+    }
+
+    /// Records the outcome of one delivery attempt.
+    pub fn delivery_result(&mut self, event_id: &str, endpoint_id: &str, ok: bool) {
+        if ok {
+            if let Some(p) = self.pending.get_mut(event_id) {
+                p.remove(endpoint_id);
+            }
+        } else {
+            self.failed_events.insert(event_id.to_string());
+        }
+        let left = self.pending.get(event_id).map_or(0, HashSet::len);
+        if let Some(ev) = self.objects.get_mut(event_id) {
+            ev["pending_webhooks"] = json!(left);
+        }
+    }
+
+    /// Whether every delivery of an event succeeded.
+    pub fn delivered(&self, event_id: &str) -> bool {
+        self.pending.get(event_id).is_none_or(HashSet::is_empty)
+    }
+}
+
+/// The keys of `after` whose values differ from `before`, with `before`'s values:
+/// Stripe's `data.previous_attributes`.
+pub fn previous_attributes(before: &Value, after: &Value) -> Value {
+    let mut prev = serde_json::Map::new();
+    if let (Value::Object(b), Value::Object(a)) = (before, after) {
+        for (k, v) in a {
+            let old = b.get(k).cloned().unwrap_or(Value::Null);
+            if &old != v {
+                prev.insert(k.clone(), old);
+            }
+        }
+    }
+    Value::Object(prev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state_with_customers(n: usize) -> (Inner, Vec<String>) {
+        let mut s = Inner::new(SimConfig::default());
+        let ids = (0..n)
+            .map(|_| {
+                let id = s.id("cus");
+                s.insert(json!({"id": id, "object": "customer"}));
+                id
+            })
+            .collect();
+        (s, ids)
+    }
+
+    #[test]
+    fn lists_are_newest_first_and_paginate_both_ways() {
+        let (s, ids) = state_with_customers(5);
+        let first = s
+            .list("customer", "/v1/customers", &json!({"limit": "2"}), |_| {
+                true
+            })
+            .ok();
+        let first = first.unwrap_or_default();
+        assert_eq!(first["data"][0]["id"], ids[4]);
+        assert_eq!(first["has_more"], true);
+        let next = s
+            .list(
+                "customer",
+                "/v1/customers",
+                &json!({"limit": "2", "starting_after": ids[3]}),
+                |_| true,
+            )
+            .unwrap_or_default();
+        assert_eq!(next["data"][0]["id"], ids[2]);
+        assert_eq!(next["data"][1]["id"], ids[1]);
+        let back = s
+            .list(
+                "customer",
+                "/v1/customers",
+                &json!({"limit": "2", "ending_before": ids[1]}),
+                |_| true,
+            )
+            .unwrap_or_default();
+        assert_eq!(back["data"][0]["id"], ids[3]);
+        assert_eq!(back["data"][1]["id"], ids[2]);
+        assert_eq!(back["has_more"], true);
+    }
+
+    #[test]
+    fn expand_follows_nested_paths_through_lists() {
+        let mut s = Inner::new(SimConfig::default());
+        s.insert(json!({"id": "cus_1", "object": "customer", "test_clock": "clock_1"}));
+        s.insert(json!({"id": "clock_1", "object": "test_helpers.test_clock"}));
+        let mut v = json!({"object": "list", "data": [{"id": "sub_1", "customer": "cus_1"}]});
+        s.expand(&mut v, &["data.customer.test_clock".to_string()])
+            .ok();
+        assert_eq!(
+            v["data"][0]["customer"]["test_clock"]["object"],
+            "test_helpers.test_clock"
+        );
+    }
+
+    #[test]
+    fn previous_attributes_hold_old_values_of_changed_keys_only() {
+        let prev = previous_attributes(&json!({"a": 1, "b": 2}), &json!({"a": 1, "b": 3, "c": 4}));
+        assert_eq!(prev, json!({"b": 2, "c": null}));
+    }
+}
