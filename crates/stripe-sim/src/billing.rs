@@ -249,7 +249,7 @@ pub fn create_subscription(s: &mut Inner, req: NewSubscription) -> ApiResult<(St
         "description": null,
         "discounts": discounts,
         "ended_at": null,
-        "invoice_settings": {"account_tax_ids": null, "issuer": {"type": "self"}},
+        "invoice_settings": {"account_tax_ids": null, "custom_fields": null, "description": null, "footer": null, "issuer": {"type": "self"}},
         "items": {
             "object": "list",
             "data": items,

@@ -220,12 +220,14 @@ pub fn line_items(s: &Inner, id: &str) -> ApiResult {
             json!({
                 "id": format!("li_{}_{i}", &id[8..22.min(id.len())]),
                 "object": "item",
+                "adjustable_quantity": null,
                 "amount_discount": 0,
                 "amount_subtotal": total,
                 "amount_tax": 0,
                 "amount_total": total,
                 "currency": currency,
                 "description": price["nickname"],
+                "metadata": {},
                 "price": price,
                 "quantity": it["quantity"],
             })

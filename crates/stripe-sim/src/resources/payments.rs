@@ -234,7 +234,7 @@ pub fn open_dispute(s: &mut Inner, charge_id: &str, at: i64) -> ApiResult<String
         "livemode": false,
         "metadata": {},
         "payment_intent": before["payment_intent"],
-        "payment_method_details": {"card": {"brand": before["payment_method_details"]["card"]["brand"], "case_type": "chargeback", "network_reason_code": "10.4"}, "type": "card"},
+        "payment_method_details": {"card": {"brand": before["payment_method_details"]["card"]["brand"], "case_type": "chargeback", "network": before["payment_method_details"]["card"]["network"], "network_reason_code": "10.4"}, "type": "card"},
         "reason": "fraudulent",
         "status": "needs_response",
     });

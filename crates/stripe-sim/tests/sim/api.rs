@@ -1,0 +1,273 @@
+//! The wire protocol: auth, errors, idempotency, lists, expand, headers, faults.
+
+use crate::support::*;
+use stripe_sim::SimRequest;
+
+fn request(method: &str, path: &str, auth: Option<&str>, body: &str) -> SimRequest {
+    SimRequest {
+        method: method.into(),
+        path: path.into(),
+        authorization: auth.map(str::to_string),
+        body: body.as_bytes().to_vec(),
+        ..SimRequest::default()
+    }
+}
+
+#[test]
+fn requests_without_a_test_secret_key_get_401_with_stripes_error_object() {
+    let sim = sim();
+    for auth in [
+        None,
+        Some("Bearer sk_live_123456789"),
+        Some("Bearer pk_test_123"),
+        Some("Token x"),
+    ] {
+        let r = sim.handle(&request("GET", "/v1/customers", auth, ""));
+        assert_eq!(r.status, 401, "{auth:?}");
+        assert_eq!(r.body["error"]["type"], "invalid_request_error");
+        assert!(r.body["error"]["message"].as_str().unwrap().len() > 10);
+    }
+    let r = sim.handle(&request(
+        "GET",
+        "/v1/customers",
+        Some("Basic c2tfdGVzdF94eXo6"),
+        "",
+    ));
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn responses_carry_request_id_and_echo_stripe_version() {
+    let sim = sim();
+    let mut req = request("GET", "/v1/customers", Some("Bearer sk_test_1"), "");
+    req.stripe_version = Some("2025-01-27.acacia".into());
+    let r = sim.handle(&req);
+    let header = |n: &str| {
+        r.headers
+            .iter()
+            .find(|(k, _)| *k == n)
+            .map(|(_, v)| v.clone())
+    };
+    assert!(header("Request-Id").unwrap().starts_with("req_"));
+    assert_eq!(
+        header("Stripe-Version").as_deref(),
+        Some("2025-01-27.acacia")
+    );
+    let r2 = sim.handle(&request(
+        "GET",
+        "/v1/customers",
+        Some("Bearer sk_test_1"),
+        "",
+    ));
+    let v = r2
+        .headers
+        .iter()
+        .find(|(k, _)| *k == "Stripe-Version")
+        .map(|(_, v)| v.clone());
+    assert_eq!(v.as_deref(), Some(stripe_sim::API_VERSION));
+}
+
+#[test]
+fn unknown_urls_and_unknown_ids_are_404() {
+    let sim = sim();
+    let (status, body) = sim.call("GET", "/v1/nothing_here", "");
+    assert_eq!(status, 404);
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Unrecognized request URL"));
+    let (status, body) = sim.call("GET", "/v1/customers/cus_missing", "");
+    assert_eq!(status, 404);
+    assert_eq!(body["error"]["code"], "resource_missing");
+    assert_eq!(body["error"]["param"], "id");
+}
+
+#[test]
+fn same_idempotency_key_replays_and_different_params_are_an_idempotency_error() {
+    let sim = sim();
+    let mut req = request(
+        "POST",
+        "/v1/customers",
+        Some("Bearer sk_test_1"),
+        "email=a@example.com",
+    );
+    req.idempotency_key = Some("key-1".into());
+    let first = sim.handle(&req);
+    let second = sim.handle(&req);
+    assert_eq!(first.status, 200);
+    assert_eq!(first.body, second.body);
+    assert!(second
+        .headers
+        .iter()
+        .any(|(k, v)| *k == "Idempotent-Replayed" && v == "true"));
+    assert_eq!(
+        get(&sim, "/v1/customers")["data"].as_array().unwrap().len(),
+        1
+    );
+    req.body = b"email=b@example.com".to_vec();
+    let third = sim.handle(&req);
+    assert_eq!(third.status, 400);
+    assert_eq!(third.body["error"]["type"], "idempotency_error");
+}
+
+#[test]
+fn lists_paginate_with_has_more_starting_after_and_ending_before() {
+    let sim = sim();
+    let ids: Vec<String> = (0..5)
+        .map(|i| id(&post(&sim, "/v1/customers", &format!("email=u{i}@x.io"))))
+        .collect();
+    let page = get(&sim, "/v1/customers?limit=2");
+    assert_eq!(page["object"], "list");
+    assert_eq!(page["url"], "/v1/customers");
+    assert_eq!(page["has_more"], true);
+    assert_eq!(page["data"][0]["id"], ids[4]);
+    let next = get(
+        &sim,
+        &format!("/v1/customers?limit=2&starting_after={}", ids[3]),
+    );
+    assert_eq!(next["data"][0]["id"], ids[2]);
+    let last = get(
+        &sim,
+        &format!("/v1/customers?limit=2&starting_after={}", ids[1]),
+    );
+    assert_eq!(last["data"].as_array().unwrap().len(), 1);
+    assert_eq!(last["has_more"], false);
+    let before = get(
+        &sim,
+        &format!("/v1/customers?limit=10&ending_before={}", ids[2]),
+    );
+    assert_eq!(before["data"].as_array().unwrap().len(), 2);
+    let (status, _) = sim.call("GET", "/v1/customers?limit=0", "");
+    assert_eq!(status, 400);
+}
+
+#[test]
+fn customers_are_created_updated_filtered_by_email_and_deleted() {
+    let sim = sim();
+    let c = post(
+        &sim,
+        "/v1/customers",
+        "email=jo@example.com&name=Jo&metadata[billd_customer_id]=u1",
+    );
+    let cid = id(&c);
+    assert!(cid.starts_with("cus_"));
+    assert_eq!(c["metadata"]["billd_customer_id"], "u1");
+    post(&sim, "/v1/customers", "email=other@example.com");
+    let updated = post(
+        &sim,
+        &format!("/v1/customers/{cid}"),
+        "name=Joanna&metadata[plan]=pro",
+    );
+    assert_eq!(updated["name"], "Joanna");
+    assert_eq!(updated["metadata"]["billd_customer_id"], "u1");
+    let ev = sim
+        .events()
+        .into_iter()
+        .find(|e| e["type"] == "customer.updated")
+        .unwrap();
+    assert_eq!(ev["data"]["previous_attributes"]["name"], "Jo");
+    let found = get(&sim, "/v1/customers?email=jo@example.com");
+    assert_eq!(found["data"].as_array().unwrap().len(), 1);
+    assert_eq!(found["data"][0]["id"], cid);
+    let deleted = ok(&sim, "DELETE", &format!("/v1/customers/{cid}"), "");
+    assert_eq!(
+        deleted,
+        serde_json::json!({"id": cid, "object": "customer", "deleted": true})
+    );
+    assert_eq!(get(&sim, &format!("/v1/customers/{cid}"))["deleted"], true);
+    assert!(event_types(&sim).contains(&"customer.deleted".to_string()));
+}
+
+#[test]
+fn prices_have_currency_options_and_unique_lookup_keys() {
+    let sim = sim();
+    let price = standard_price(&sim);
+    let p = get(&sim, &format!("/v1/prices/{price}"));
+    assert_eq!(p["currency_options"]["usd"]["unit_amount"], 3500);
+    assert_eq!(p["recurring"]["interval"], "month");
+    let listed = get(&sim, "/v1/prices?lookup_keys[]=standard_monthly");
+    assert_eq!(listed["data"][0]["id"], price);
+    let (status, body) = sim.call(
+        "POST",
+        "/v1/prices",
+        &format!(
+            "product={}&currency=eur&unit_amount=1&lookup_key=standard_monthly",
+            p["product"].as_str().unwrap()
+        ),
+    );
+    assert_eq!(status, 400, "{body}");
+    let prod = get(
+        &sim,
+        &format!("/v1/products/{}", p["product"].as_str().unwrap()),
+    );
+    assert_eq!(prod["default_price"], price);
+}
+
+#[test]
+fn expand_replaces_ids_with_objects_including_nested_and_list_paths() {
+    let sim = sim();
+    let price = standard_price(&sim);
+    let cus = id(&post(&sim, "/v1/customers", "email=e@x.io"));
+    let sub = post(
+        &sim,
+        "/v1/subscriptions",
+        &format!("customer={cus}&items[0][price]={price}&default_payment_method=pm_card_visa&expand[]=latest_invoice.customer&expand[]=customer"),
+    );
+    assert_eq!(sub["customer"]["object"], "customer");
+    assert_eq!(sub["latest_invoice"]["object"], "invoice");
+    assert_eq!(sub["latest_invoice"]["customer"]["id"], cus);
+    let list = get(&sim, "/v1/subscriptions?expand[]=data.customer");
+    assert_eq!(list["data"][0]["customer"]["email"], "e@x.io");
+}
+
+#[test]
+fn injected_faults_answer_500_and_429_for_the_next_calls_then_recover() {
+    let sim = sim();
+    sim.update_config(|c| {
+        c.faults.next_errors = 1;
+        c.faults.next_rate_limits = 1;
+    });
+    let r = sim.handle(&request(
+        "GET",
+        "/v1/customers",
+        Some("Bearer sk_test_1"),
+        "",
+    ));
+    assert_eq!(r.status, 429);
+    assert!(r
+        .headers
+        .iter()
+        .any(|(k, v)| *k == "Stripe-Should-Retry" && v == "true"));
+    let (status, body) = sim.call("GET", "/v1/customers", "");
+    assert_eq!(status, 500);
+    assert_eq!(body["error"]["type"], "api_error");
+    assert_eq!(sim.call("GET", "/v1/customers", "").0, 200);
+}
+
+#[test]
+fn sim_config_control_reads_and_sets_knobs() {
+    let sim = sim();
+    let cfg = post(&sim, "/_sim/config", "webhooks[duplicate_rate]=0.5&faults[next_errors]=2&retry_schedule_days[]=1&retry_schedule_days[]=2");
+    assert_eq!(cfg["webhooks"]["duplicate_rate"], 0.5);
+    assert_eq!(sim.config().faults.next_errors, 2);
+    assert_eq!(sim.config().retry_schedule_days, vec![1, 2]);
+    let (status, _) = sim.call("POST", "/_sim/config", "no_such_knob=1");
+    assert_eq!(status, 400);
+}
+
+#[test]
+fn the_same_seed_and_requests_give_the_same_ids() {
+    let (a, b) = (sim(), sim());
+    for s in [&a, &b] {
+        standard_price(s);
+        post(s, "/v1/customers", "email=x@y.z");
+    }
+    assert_eq!(
+        get(&a, "/v1/customers")["data"][0]["id"],
+        get(&b, "/v1/customers")["data"][0]["id"]
+    );
+    assert_eq!(
+        get(&a, "/v1/prices")["data"][0]["id"],
+        get(&b, "/v1/prices")["data"][0]["id"]
+    );
+}

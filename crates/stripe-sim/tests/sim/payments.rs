@@ -1,0 +1,276 @@
+//! Charges, refunds, disputes, coupons and promotion codes.
+
+use crate::support::*;
+use serde_json::Value;
+
+fn paid_subscription(sim: &stripe_sim::Sim, pm: &str) -> (String, Value) {
+    let price = standard_price(sim);
+    let cus = id(&post(
+        sim,
+        "/v1/customers",
+        &format!("email=r@x.io&payment_method={pm}"),
+    ));
+    let pm_id = get(sim, &format!("/v1/customers/{cus}/payment_methods"))["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    post(
+        sim,
+        &format!("/v1/customers/{cus}"),
+        &format!("invoice_settings[default_payment_method]={pm_id}"),
+    );
+    post(
+        sim,
+        "/v1/subscriptions",
+        &format!("customer={cus}&items[0][price]={price}"),
+    );
+    let charge = get(sim, &format!("/v1/charges?customer={cus}"))["data"][0].clone();
+    (cus, charge)
+}
+
+#[test]
+fn charges_are_listed_by_customer_with_card_details() {
+    let sim = sim();
+    let (cus, charge) = paid_subscription(&sim, "pm_card_mastercard");
+    assert_eq!(charge["status"], "succeeded");
+    assert_eq!(charge["amount"], 3000);
+    assert_eq!(
+        charge["payment_method_details"]["card"]["brand"],
+        "mastercard"
+    );
+    assert_eq!(charge["payment_method_details"]["card"]["last4"], "4444");
+    assert_eq!(
+        get(&sim, &format!("/v1/charges/{}", id(&charge)))["customer"],
+        cus
+    );
+    assert!(get(&sim, "/v1/charges?customer=cus_other")["data"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn partial_then_full_refunds_never_exceed_the_charge() {
+    let sim = sim();
+    let (_, charge) = paid_subscription(&sim, "pm_card_visa");
+    let ch = id(&charge);
+    let r1 = post(
+        &sim,
+        "/v1/refunds",
+        &format!("charge={ch}&amount=1000&reason=requested_by_customer"),
+    );
+    assert_eq!(r1["status"], "succeeded");
+    assert_eq!(r1["amount"], 1000);
+    let after = get(&sim, &format!("/v1/charges/{ch}"));
+    assert_eq!(
+        (
+            after["amount_refunded"].as_i64(),
+            after["refunded"].as_bool()
+        ),
+        (Some(1000), Some(false))
+    );
+    let (status, body) = sim.call("POST", "/v1/refunds", &format!("charge={ch}&amount=2001"));
+    assert_eq!(status, 400, "{body}");
+    let r2 = post(
+        &sim,
+        "/v1/refunds",
+        &format!(
+            "payment_intent={}",
+            charge["payment_intent"].as_str().unwrap()
+        ),
+    );
+    assert_eq!(r2["amount"], 2000);
+    assert_eq!(get(&sim, &format!("/v1/charges/{ch}"))["refunded"], true);
+    assert_eq!(
+        sim.call("POST", "/v1/refunds", &format!("charge={ch}")).0,
+        400
+    );
+    let refunded = sim
+        .events()
+        .into_iter()
+        .filter(|e| e["type"] == "charge.refunded")
+        .collect::<Vec<_>>();
+    assert_eq!(refunded.len(), 2);
+    assert_eq!(
+        refunded[0]["data"]["previous_attributes"]["amount_refunded"],
+        0
+    );
+    assert_eq!(
+        get(&sim, &format!("/v1/refunds?charge={ch}"))["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        event_types(&sim)
+            .iter()
+            .filter(|t| *t == "refund.created")
+            .count(),
+        2
+    );
+}
+
+#[test]
+fn the_dispute_card_opens_a_dispute_that_closes_won_or_lost() {
+    let sim = sim();
+    let (_, charge) = paid_subscription(&sim, "pm_card_createDispute");
+    assert_eq!(
+        get(&sim, &format!("/v1/charges/{}", id(&charge)))["disputed"],
+        true
+    );
+    let disputes = get(&sim, &format!("/v1/disputes?charge={}", id(&charge)));
+    let dp = disputes["data"][0].clone();
+    assert_eq!(dp["status"], "needs_response");
+    assert_eq!(dp["amount"], 3000);
+    assert!(event_types(&sim).contains(&"charge.dispute.created".to_string()));
+    let closed = post(
+        &sim,
+        &format!("/_sim/disputes/{}/close", id(&dp)),
+        "outcome=lost",
+    );
+    assert_eq!(closed["status"], "lost");
+    let ev = sim
+        .events()
+        .into_iter()
+        .find(|e| e["type"] == "charge.dispute.closed")
+        .unwrap();
+    assert_eq!(
+        ev["data"]["previous_attributes"]["status"],
+        "needs_response"
+    );
+    assert_eq!(
+        sim.call(
+            "POST",
+            &format!("/_sim/disputes/{}/close", id(&dp)),
+            "outcome=won"
+        )
+        .0,
+        400
+    );
+    assert!(get(&sim, "/v1/disputes?charge=ch_other")["data"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn promotion_codes_apply_on_checkout_and_honour_max_redemptions_and_expiry() {
+    let sim = sim();
+    let price = standard_price(&sim);
+    post(&sim, "/v1/coupons", "id=HALF&percent_off=50&duration=once");
+    let promo = post(
+        &sim,
+        "/v1/promotion_codes",
+        "promotion[type]=coupon&promotion[coupon]=HALF&code=LAUNCH&max_redemptions=1",
+    );
+    assert_eq!(
+        get(&sim, "/v1/promotion_codes?code=LAUNCH")["data"][0]["id"],
+        id(&promo)
+    );
+    let session = |extra: &str| {
+        post(
+            &sim,
+            "/v1/checkout/sessions",
+            &format!("mode=subscription&line_items[0][price]={price}&success_url=https://a.test/ok{extra}"),
+        )
+    };
+    let cs = session("&allow_promotion_codes=true");
+    let done = post(
+        &sim,
+        &format!("/_sim/checkout/sessions/{}/complete", id(&cs)),
+        "promotion_code=launch",
+    );
+    assert_eq!(done["amount_total"], 1500);
+    assert_eq!(done["total_details"]["amount_discount"], 1500);
+    let sub = get(
+        &sim,
+        &format!(
+            "/v1/subscriptions/{}?expand[]=latest_invoice&expand[]=discounts",
+            done["subscription"].as_str().unwrap()
+        ),
+    );
+    assert_eq!(sub["latest_invoice"]["amount_paid"], 1500);
+    assert_eq!(sub["discounts"][0]["object"], "discount");
+    assert_eq!(sub["discounts"][0]["promotion_code"], id(&promo));
+    assert!(event_types(&sim).contains(&"customer.discount.created".to_string()));
+    assert_eq!(
+        get(&sim, &format!("/v1/promotion_codes/{}", id(&promo)))["times_redeemed"],
+        1
+    );
+    let (status, body) = sim.call(
+        "POST",
+        "/v1/checkout/sessions",
+        &format!("mode=subscription&line_items[0][price]={price}&success_url=https://a.test/ok&discounts[0][promotion_code]={}", id(&promo)),
+    );
+    assert_eq!(status, 400, "{body}");
+    let late = post(
+        &sim,
+        "/v1/promotion_codes",
+        &format!("coupon=HALF&code=LATE&expires_at={}", T0 + 10),
+    );
+    sim.set_time(Some(T0 + 11));
+    let (status, _) = sim.call(
+        "POST",
+        "/v1/checkout/sessions",
+        &format!("mode=subscription&line_items[0][price]={price}&success_url=https://a.test/ok&discounts[0][promotion_code]={}", id(&late)),
+    );
+    assert_eq!(status, 400);
+}
+
+#[test]
+fn a_once_coupon_discounts_only_the_first_invoice() {
+    let sim = sim();
+    let price = standard_price(&sim);
+    post(
+        &sim,
+        "/v1/coupons",
+        "id=TENOFF&amount_off=1000&currency=eur&duration=once",
+    );
+    let (clock, cus) = clocked_customer(&sim, "pm_card_visa");
+    let sub = post(&sim, "/v1/subscriptions", &format!("customer={cus}&items[0][price]={price}&discounts[0][coupon]=TENOFF&expand[]=latest_invoice"));
+    assert_eq!(sub["latest_invoice"]["amount_paid"], 2000);
+    advance(&sim, &clock, T0 + 32 * DAY);
+    let s = get(
+        &sim,
+        &format!("/v1/subscriptions/{}?expand[]=latest_invoice", id(&sub)),
+    );
+    assert_eq!(s["latest_invoice"]["amount_paid"], 3000);
+}
+
+#[test]
+fn payment_methods_attach_detach_and_declining_cards_cannot_attach() {
+    let sim = sim();
+    let cus = id(&post(&sim, "/v1/customers", "email=pm@x.io"));
+    let pm = post(
+        &sim,
+        "/v1/payment_methods/pm_card_visa/attach",
+        &format!("customer={cus}"),
+    );
+    assert!(id(&pm).starts_with("pm_") && id(&pm) != "pm_card_visa");
+    assert_eq!(pm["card"]["brand"], "visa");
+    assert_eq!(pm["card"]["exp_month"], 12);
+    assert!(pm["card"]["exp_year"].as_i64().unwrap() > 2026);
+    let (status, body) = sim.call(
+        "POST",
+        "/v1/payment_methods/pm_card_chargeDeclined/attach",
+        &format!("customer={cus}"),
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (402, Some("card_declined"))
+    );
+    assert_eq!(
+        get(
+            &sim,
+            &format!("/v1/payment_methods?customer={cus}&type=card")
+        )["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let detached = post(&sim, &format!("/v1/payment_methods/{}/detach", id(&pm)), "");
+    assert_eq!(detached["customer"], Value::Null);
+    assert!(event_types(&sim).contains(&"payment_method.detached".to_string()));
+}
