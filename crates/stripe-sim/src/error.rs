@@ -144,6 +144,11 @@ impl ApiError {
         )
     }
 
+    /// Replaces `error.code`.
+    pub fn set_code(&mut self, code: &str) {
+        self.0.code = Some(code.to_string());
+    }
+
     /// Attaches an extra member to the error object.
     pub fn with(mut self, key: &'static str, value: Value) -> Self {
         self.0.extra.push((key, value));

@@ -189,8 +189,12 @@ pub fn handle(s: &mut Inner, req: &SimRequest) -> SimResponse {
             };
         }
     }
-    if req.method == "GET" && segs.len() == 3 && segs[0] == "_sim" && segs[1] == "checkout" {
-        return checkout_page(s, segs[2], headers);
+    if req.method == "GET" && segs.len() == 3 && segs[0] == "_sim" {
+        match segs[1] {
+            "checkout" => return checkout_page(s, segs[2], headers),
+            "invoices" | "billing_portal" => return summary_page(s, segs[1], segs[2], headers),
+            _ => {}
+        }
     }
     s.request = Some(RequestCtx {
         id: request_id,
@@ -331,6 +335,79 @@ fn checkout_page(s: &mut Inner, id: &str, headers: Vec<(&'static str, String)>) 
     }
 }
 
+/// The hosted invoice and billing portal URLs lead somewhere readable.
+fn summary_page(
+    s: &Inner,
+    kind: &str,
+    id: &str,
+    headers: Vec<(&'static str, String)>,
+) -> SimResponse {
+    let (title, object, rows) = if kind == "invoices" {
+        let Ok(inv) = s.get("invoice", id, "id") else {
+            let e = ApiError::no_such("invoice", id, "id");
+            return SimResponse {
+                status: 404,
+                body: e.body(),
+                headers,
+                html: None,
+            };
+        };
+        let rows: Vec<String> = inv["lines"]["data"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|l| {
+                format!(
+                    "<li>{}: {}</li>",
+                    html_escape(l["description"].as_str().unwrap_or_default()),
+                    l["amount"]
+                )
+            })
+            .collect();
+        ("Invoice", inv, rows)
+    } else {
+        let Ok(bps) = s.get("billing_portal.session", id, "id") else {
+            let e = ApiError::no_such("billing portal session", id, "id");
+            return SimResponse {
+                status: 404,
+                body: e.body(),
+                headers,
+                html: None,
+            };
+        };
+        let rows: Vec<String> = s
+            .by_kind
+            .get("subscription")
+            .into_iter()
+            .flatten()
+            .filter_map(|sid| s.objects.get(sid))
+            .filter(|sub| sub["customer"] == bps["customer"])
+            .map(|sub| {
+                format!(
+                    "<li><code>{}</code>: {}</li>",
+                    html_escape(sub["id"].as_str().unwrap_or_default()),
+                    html_escape(sub["status"].as_str().unwrap_or_default())
+                )
+            })
+            .collect();
+        ("Billing portal", bps, rows)
+    };
+    let page = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>stripe-sim {title}</title></head><body>\
+         <h1>stripe-sim {title} (test mode)</h1><p><code>{}</code> {}</p><ul>{}</ul>\
+         <p>Changes go through the Stripe API; this page only shows the state.</p></body></html>",
+        html_escape(object["id"].as_str().unwrap_or_default()),
+        html_escape(object["status"].as_str().unwrap_or_default()),
+        rows.join("")
+    );
+    SimResponse {
+        status: 200,
+        body: Value::Null,
+        headers,
+        html: Some(page),
+    }
+}
+
 fn sim_config(s: &mut Inner, method: &str, p: &Value) -> ApiResult {
     if method == "POST" {
         let mut current = serde_json::to_value(&s.cfg).map_err(|_| ApiError::internal())?;
@@ -391,6 +468,276 @@ fn overlay(target: &mut Value, given: &Value, path: &str) -> ApiResult<()> {
     Ok(())
 }
 
+const CUSTOMER: &[&str] = &[
+    "address",
+    "balance",
+    "cash_balance",
+    "description",
+    "email",
+    "invoice_prefix",
+    "invoice_settings",
+    "metadata",
+    "name",
+    "next_invoice_sequence",
+    "payment_method",
+    "phone",
+    "preferred_locales",
+    "shipping",
+    "source",
+    "tax",
+    "tax_exempt",
+    "tax_id_data",
+    "test_clock",
+    "validate",
+    "default_source",
+];
+const PRODUCT: &[&str] = &[
+    "id",
+    "name",
+    "active",
+    "description",
+    "metadata",
+    "default_price",
+    "default_price_data",
+    "images",
+    "marketing_features",
+    "package_dimensions",
+    "shippable",
+    "statement_descriptor",
+    "tax_code",
+    "unit_label",
+    "url",
+    "type",
+];
+const PRICE: &[&str] = &[
+    "currency",
+    "unit_amount",
+    "product",
+    "product_data",
+    "recurring",
+    "lookup_key",
+    "transfer_lookup_key",
+    "currency_options",
+    "nickname",
+    "metadata",
+    "active",
+    "billing_scheme",
+    "custom_unit_amount",
+    "tax_behavior",
+    "tiers",
+    "tiers_mode",
+    "transform_quantity",
+    "unit_amount_decimal",
+];
+const CHECKOUT: &[&str] = &[
+    "adaptive_pricing",
+    "after_expiration",
+    "allow_promotion_codes",
+    "automatic_tax",
+    "billing_address_collection",
+    "branding_settings",
+    "cancel_url",
+    "client_reference_id",
+    "consent_collection",
+    "currency",
+    "custom_fields",
+    "custom_text",
+    "customer",
+    "customer_creation",
+    "customer_email",
+    "customer_update",
+    "discounts",
+    "expires_at",
+    "invoice_creation",
+    "line_items",
+    "locale",
+    "metadata",
+    "mode",
+    "name_collection",
+    "optional_items",
+    "origin_context",
+    "payment_intent_data",
+    "payment_method_collection",
+    "payment_method_configuration",
+    "payment_method_data",
+    "payment_method_options",
+    "payment_method_types",
+    "permissions",
+    "phone_number_collection",
+    "redirect_on_completion",
+    "return_url",
+    "saved_payment_method_options",
+    "setup_intent_data",
+    "shipping_address_collection",
+    "shipping_options",
+    "submit_type",
+    "subscription_data",
+    "success_url",
+    "tax_id_collection",
+    "ui_mode",
+    "wallet_options",
+];
+const SUBSCRIPTION: &[&str] = &[
+    "customer",
+    "items",
+    "add_invoice_items",
+    "application_fee_percent",
+    "automatic_tax",
+    "backdate_start_date",
+    "billing_cycle_anchor",
+    "billing_cycle_anchor_config",
+    "billing_mode",
+    "billing_thresholds",
+    "cancel_at",
+    "cancel_at_period_end",
+    "cancellation_details",
+    "collection_method",
+    "currency",
+    "days_until_due",
+    "default_payment_method",
+    "default_source",
+    "default_tax_rates",
+    "description",
+    "discounts",
+    "invoice_settings",
+    "metadata",
+    "off_session",
+    "on_behalf_of",
+    "pause_collection",
+    "payment_behavior",
+    "payment_settings",
+    "pending_invoice_item_interval",
+    "proration_behavior",
+    "proration_date",
+    "transfer_data",
+    "trial_end",
+    "trial_from_plan",
+    "trial_period_days",
+    "trial_settings",
+];
+const PREVIEW: &[&str] = &[
+    "customer",
+    "subscription",
+    "subscription_details",
+    "automatic_tax",
+    "currency",
+    "customer_details",
+    "discounts",
+    "invoice_items",
+    "issuer",
+    "on_behalf_of",
+    "preview_mode",
+    "schedule",
+    "schedule_details",
+];
+const REFUND: &[&str] = &[
+    "amount",
+    "charge",
+    "payment_intent",
+    "reason",
+    "metadata",
+    "refund_application_fee",
+    "reverse_transfer",
+    "instructions_email",
+    "origin",
+    "currency",
+    "customer",
+];
+const COUPON: &[&str] = &[
+    "id",
+    "amount_off",
+    "currency",
+    "currency_options",
+    "duration",
+    "duration_in_months",
+    "max_redemptions",
+    "metadata",
+    "name",
+    "percent_off",
+    "redeem_by",
+    "applies_to",
+];
+const PROMOTION_CODE: &[&str] = &[
+    "promotion",
+    "coupon",
+    "code",
+    "active",
+    "customer",
+    "expires_at",
+    "max_redemptions",
+    "metadata",
+    "restrictions",
+];
+const WEBHOOK_ENDPOINT: &[&str] = &[
+    "url",
+    "enabled_events",
+    "api_version",
+    "connect",
+    "description",
+    "metadata",
+    "disabled",
+];
+const PORTAL: &[&str] = &[
+    "customer",
+    "configuration",
+    "flow_data",
+    "locale",
+    "on_behalf_of",
+    "return_url",
+];
+const INVOICE_PAY: &[&str] = &[
+    "payment_method",
+    "off_session",
+    "forgive",
+    "mandate",
+    "paid_out_of_band",
+    "source",
+];
+
+/// The top-level parameters Stripe accepts on the POST endpoints billd uses;
+/// anything else is `parameter_unknown`, as on Stripe, so that a request that
+/// would fail there fails here too.
+fn known_params(rest: &[&str]) -> Option<&'static [&'static str]> {
+    Some(match rest {
+        ["customers"] | ["customers", _] => CUSTOMER,
+        ["products"] | ["products", _] => PRODUCT,
+        ["prices"] | ["prices", _] => PRICE,
+        ["checkout", "sessions"] => CHECKOUT,
+        ["subscriptions"] | ["subscriptions", _] => SUBSCRIPTION,
+        ["invoices", "create_preview"] => PREVIEW,
+        ["invoices", _, "pay"] => INVOICE_PAY,
+        ["refunds"] => REFUND,
+        ["coupons"] => COUPON,
+        ["promotion_codes"] | ["promotion_codes", _] => PROMOTION_CODE,
+        ["webhook_endpoints"] | ["webhook_endpoints", _] => WEBHOOK_ENDPOINT,
+        ["billing_portal", "sessions"] => PORTAL,
+        ["test_helpers", "test_clocks"] => &["frozen_time", "name"],
+        ["test_helpers", "test_clocks", _, "advance"] => &["frozen_time"],
+        ["payment_methods", _, "attach"] => &["customer"],
+        _ => return None,
+    })
+}
+
+fn check_params(method: &str, rest: &[&str], p: &Value) -> ApiResult<()> {
+    if method != "POST" {
+        return Ok(());
+    }
+    let (Some(known), Value::Object(m)) = (known_params(rest), p) else {
+        return Ok(());
+    };
+    match m
+        .keys()
+        .find(|k| k.as_str() != "expand" && !known.contains(&k.as_str()))
+    {
+        Some(k) => {
+            let mut e = ApiError::invalid(k, format!("Received unknown parameter: {k}"));
+            e.set_code("parameter_unknown");
+            Err(e)
+        }
+        None => Ok(()),
+    }
+}
+
 /// The routing table.
 pub fn route(s: &mut Inner, method: &str, segs: &[&str], p: &Value) -> ApiResult {
     let not_found = || ApiError::unrecognized_url(method, &format!("/{}", segs.join("/")));
@@ -422,6 +769,7 @@ pub fn route(s: &mut Inner, method: &str, segs: &[&str], p: &Value) -> ApiResult
     let Some(("v1", rest)) = segs.split_first().map(|(a, b)| (*a, b)) else {
         return Err(not_found());
     };
+    check_params(method, rest, p)?;
     match (method, rest) {
         ("POST", ["customers"]) => customers::create(s, p),
         ("GET", ["customers"]) => customers::list(s, p),

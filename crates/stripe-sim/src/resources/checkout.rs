@@ -32,6 +32,12 @@ pub fn create(s: &mut Inner, p: &Value) -> ApiResult {
             ));
         }
     }
+    if params::at(p, "customer_update").is_some() && customer.is_none() {
+        return Err(ApiError::invalid(
+            "customer_update",
+            "`customer_update` can only be used with `customer`.",
+        ));
+    }
     let now = s.now_for_customer(customer.as_deref());
     let Some(Value::Array(items)) = params::at(p, "line_items") else {
         return Err(ApiError::missing("line_items"));
@@ -104,7 +110,6 @@ pub fn create(s: &mut Inner, p: &Value) -> ApiResult {
         "customer_creation": if customer.is_some() { Value::Null } else { json!("always") },
         "customer_details": str_at(p, "customer_email").map(|e| json!({"address": null, "business_name": null, "email": e, "individual_name": null, "name": null, "phone": null, "tax_exempt": "none", "tax_ids": null})),
         "customer_email": str_at(p, "customer_email"),
-        "customer_update": params::at(p, "customer_update").cloned(),
         "discounts": discounts,
         "expires_at": expires_at,
         "integration_identifier": null,

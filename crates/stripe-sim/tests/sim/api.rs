@@ -271,3 +271,78 @@ fn the_same_seed_and_requests_give_the_same_ids() {
         get(&b, "/v1/prices")["data"][0]["id"]
     );
 }
+
+#[test]
+fn unknown_parameters_are_rejected_as_stripe_does() {
+    let sim = sim();
+    let (status, body) = sim.call("POST", "/v1/customers", "email=a@b.c&emial=typo");
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "parameter_unknown");
+    assert_eq!(body["error"]["param"], "emial");
+    assert_eq!(
+        sim.call("POST", "/v1/customers", "email=a@b.c&expand[]=test_clock")
+            .0,
+        200
+    );
+}
+
+#[test]
+fn hosted_pages_render_for_checkout_invoices_and_the_portal() {
+    let sim = sim();
+    let price = standard_price(&sim);
+    let cs = post(
+        &sim,
+        "/v1/checkout/sessions",
+        &format!("mode=subscription&line_items[0][price]={price}&success_url=https://a.test/ok"),
+    );
+    let page = sim.handle(&stripe_sim::SimRequest {
+        method: "GET".into(),
+        path: format!("/_sim/checkout/{}", id(&cs)),
+        ..Default::default()
+    });
+    assert_eq!(page.status, 200);
+    assert!(page.html.unwrap().contains("30.00 EUR"));
+    let done = post(
+        &sim,
+        &format!("/_sim/checkout/sessions/{}/complete", id(&cs)),
+        "redirect=0",
+    );
+    let inv = get(
+        &sim,
+        &format!("/v1/invoices/{}", done["invoice"].as_str().unwrap()),
+    );
+    let path = inv["hosted_invoice_url"]
+        .as_str()
+        .unwrap()
+        .split_once("/_sim/")
+        .unwrap()
+        .1
+        .to_string();
+    let page = sim.handle(&stripe_sim::SimRequest {
+        method: "GET".into(),
+        path: format!("/_sim/{path}"),
+        ..Default::default()
+    });
+    assert!(page.html.unwrap().contains("paid"));
+}
+
+#[test]
+fn the_checkout_page_form_redirects_to_success_url_with_the_session_id() {
+    let sim = sim();
+    let price = standard_price(&sim);
+    let cs = post(&sim, "/v1/checkout/sessions", &format!("mode=subscription&line_items[0][price]={price}&success_url=https://a.test/ok?s={{CHECKOUT_SESSION_ID}}"));
+    let r = sim.handle(&stripe_sim::SimRequest {
+        method: "POST".into(),
+        path: format!("/_sim/checkout/sessions/{}/complete", id(&cs)),
+        body: b"redirect=1&payment_method=pm_card_visa&email=web%40x.io".to_vec(),
+        ..Default::default()
+    });
+    assert_eq!(r.status, 303);
+    let loc = r
+        .headers
+        .iter()
+        .find(|(k, _)| *k == "Location")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    assert_eq!(loc, format!("https://a.test/ok?s={}", id(&cs)));
+}
