@@ -1,0 +1,237 @@
+//! Prometheus metrics, hand-rolled with atomics: a handful of counters does
+//! not justify a registry crate. Names follow `billd_<thing>_<unit>`, labels
+//! are low-cardinality (reason codes, statuses, outcomes).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use billd_store::{EventStatus, InboxStats};
+
+/// A counter per label value, for the few labelled counters billd has.
+#[derive(Debug, Default)]
+pub struct LabelledCounter(Mutex<BTreeMap<&'static str, u64>>);
+
+impl LabelledCounter {
+    /// Adds one to `label`.
+    pub fn inc(&self, label: &'static str) {
+        if let Ok(mut map) = self.0.lock() {
+            *map.entry(label).or_default() += 1;
+        }
+    }
+
+    /// The current value for `label`.
+    pub fn get(&self, label: &str) -> u64 {
+        self.0
+            .lock()
+            .map(|m| m.get(label).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        self.0
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (*k, *v)).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// All of billd's process-local metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Webhook requests received (any outcome).
+    pub webhooks_received: AtomicU64,
+    /// Webhooks stored as new inbox rows.
+    pub webhooks_accepted: AtomicU64,
+    /// Webhooks whose event id was already stored.
+    pub webhooks_duplicate: AtomicU64,
+    /// Webhooks refused, by reason code.
+    pub webhooks_rejected: LabelledCounter,
+    /// Group-commit transactions.
+    pub ingest_batches: AtomicU64,
+    /// Events written through group commit (sum of batch sizes).
+    pub ingest_batched_events: AtomicU64,
+    /// Processing attempts started by the inbox worker.
+    pub processing_attempts: AtomicU64,
+    /// Processing outcomes (`processed`, `skipped`, `unlinked`, `retry`, `dead`).
+    pub processing_outcomes: LabelledCounter,
+    /// Store errors by class (`unavailable`, `other`, ...).
+    pub store_errors: LabelledCounter,
+}
+
+impl Metrics {
+    /// Counts a store error by its class.
+    pub fn store_error(&self, err: &billd_store::StoreError) {
+        self.store_errors.inc(store_error_kind(err));
+    }
+
+    /// Renders the Prometheus text format. `inbox` comes from the store at
+    /// scrape time (None when the store could not be read), `now` for lag.
+    pub fn render(&self, inbox: Option<&InboxStats>, now: i64) -> String {
+        let mut out = String::with_capacity(2048);
+        counter(
+            &mut out,
+            "billd_webhooks_received_total",
+            "Webhook requests received.",
+            self.webhooks_received.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "billd_webhooks_accepted_total",
+            "Webhook events stored as new inbox rows.",
+            self.webhooks_accepted.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "billd_webhooks_duplicate_total",
+            "Webhook events acknowledged as duplicates of a stored event.",
+            self.webhooks_duplicate.load(Ordering::Relaxed),
+        );
+        labelled(
+            &mut out,
+            "billd_webhooks_rejected_total",
+            "Webhook requests refused, by reason code.",
+            "reason",
+            &self.webhooks_rejected.snapshot(),
+        );
+        counter(
+            &mut out,
+            "billd_ingest_batches_total",
+            "Group-commit transactions written by the webhook writer.",
+            self.ingest_batches.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "billd_ingest_events_total",
+            "Events submitted to group commit (sum of batch sizes).",
+            self.ingest_batched_events.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "billd_processing_attempts_total",
+            "Inbox processing attempts.",
+            self.processing_attempts.load(Ordering::Relaxed),
+        );
+        labelled(
+            &mut out,
+            "billd_processing_outcomes_total",
+            "Inbox processing outcomes.",
+            "outcome",
+            &self.processing_outcomes.snapshot(),
+        );
+        labelled(
+            &mut out,
+            "billd_store_errors_total",
+            "Store errors, by class.",
+            "kind",
+            &self.store_errors.snapshot(),
+        );
+        if let Some(stats) = inbox {
+            let _ = writeln!(
+                out,
+                "# HELP billd_inbox_depth_events Inbox rows by status.\n# TYPE billd_inbox_depth_events gauge"
+            );
+            for status in ALL_STATUSES {
+                let n = stats
+                    .by_status
+                    .iter()
+                    .find(|(s, _)| *s == status)
+                    .map(|(_, n)| *n)
+                    .unwrap_or(0);
+                let _ = writeln!(
+                    out,
+                    "billd_inbox_depth_events{{status=\"{}\"}} {n}",
+                    status_name(status)
+                );
+            }
+            let lag = inbox_lag_secs(stats, now);
+            let _ = writeln!(
+                out,
+                "# HELP billd_processing_lag_seconds Age of the oldest event waiting to be processed.\n# TYPE billd_processing_lag_seconds gauge\nbilld_processing_lag_seconds {lag}"
+            );
+        }
+        out
+    }
+}
+
+/// Every inbox status, in display order.
+pub const ALL_STATUSES: [EventStatus; 7] = [
+    EventStatus::Pending,
+    EventStatus::Processing,
+    EventStatus::Processed,
+    EventStatus::Failed,
+    EventStatus::Dead,
+    EventStatus::Skipped,
+    EventStatus::Unlinked,
+];
+
+/// The snake_case name of a status, as stored and shown.
+pub fn status_name(status: EventStatus) -> &'static str {
+    match status {
+        EventStatus::Pending => "pending",
+        EventStatus::Processing => "processing",
+        EventStatus::Processed => "processed",
+        EventStatus::Failed => "failed",
+        EventStatus::Dead => "dead",
+        EventStatus::Skipped => "skipped",
+        EventStatus::Unlinked => "unlinked",
+    }
+}
+
+/// Seconds the oldest waiting event has waited (0 when none waits).
+pub fn inbox_lag_secs(stats: &InboxStats, now: i64) -> i64 {
+    stats
+        .oldest_waiting_received_at
+        .map(|t| (now - t).max(0))
+        .unwrap_or(0)
+}
+
+/// The metric label of a store error.
+pub fn store_error_kind(err: &billd_store::StoreError) -> &'static str {
+    match err {
+        billd_store::StoreError::NotFound => "not_found",
+        billd_store::StoreError::Conflict { .. } => "conflict",
+        billd_store::StoreError::Unavailable(_) => "unavailable",
+        billd_store::StoreError::Other(_) => "other",
+    }
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}"
+    );
+}
+
+fn labelled(out: &mut String, name: &str, help: &str, label: &str, values: &[(&str, u64)]) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (value_label, value) in values {
+        let _ = writeln!(out, "{name}{{{label}=\"{value_label}\"}} {value}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendering_includes_labelled_counters_inbox_depth_and_lag() {
+        let metrics = Metrics::default();
+        metrics.webhooks_received.fetch_add(3, Ordering::Relaxed);
+        metrics.webhooks_rejected.inc("signature_mismatch");
+        metrics.webhooks_rejected.inc("signature_mismatch");
+        let stats = InboxStats {
+            by_status: vec![(EventStatus::Pending, 4), (EventStatus::Dead, 1)],
+            oldest_waiting_received_at: Some(990),
+        };
+
+        let text = metrics.render(Some(&stats), 1000);
+
+        assert!(text.contains("billd_webhooks_received_total 3\n"));
+        assert!(text.contains("billd_webhooks_rejected_total{reason=\"signature_mismatch\"} 2\n"));
+        assert!(text.contains("billd_inbox_depth_events{status=\"pending\"} 4\n"));
+        assert!(text.contains("billd_inbox_depth_events{status=\"processed\"} 0\n"));
+        assert!(text.contains("billd_processing_lag_seconds 10\n"));
+    }
+}

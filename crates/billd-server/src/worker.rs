@@ -1,0 +1,313 @@
+//! The inbox worker: claims due events, dispatches each by type to a
+//! handler, and records the outcome. Failures retry with exponential backoff
+//! and jitter; after `max_attempts` an event is `dead`. Events left
+//! `processing` by a crashed process come back when their lease ends (the
+//! store's `claim_events` reclaims them).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use billd_store::{EventResult, Store, StoreResult, StoredEvent};
+use rand::Rng;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::metrics::Metrics;
+
+/// How a handler finished an event it accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandlerOutcome {
+    /// Applied.
+    Processed,
+    /// Deliberately ignored.
+    Skipped,
+    /// About a Stripe customer billd cannot link yet.
+    Unlinked,
+}
+
+/// A processing failure; the event is retried.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct HandlerError(#[from] pub anyhow::Error);
+
+/// Applies one type (or several types) of Stripe event.
+#[async_trait]
+pub trait EventHandler: Send + Sync + 'static {
+    /// Handles one claimed event. An `Err` is retried with backoff.
+    async fn handle(&self, event: &StoredEvent) -> Result<HandlerOutcome, HandlerError>;
+}
+
+/// Handlers keyed by event type. Types without a handler are `skipped`.
+#[derive(Clone, Default)]
+pub struct HandlerRegistry {
+    handlers: HashMap<String, Arc<dyn EventHandler>>,
+}
+
+impl HandlerRegistry {
+    /// An empty registry: every event is skipped.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Routes `event_type` to `handler` (replacing an earlier one).
+    pub fn register(&mut self, event_type: &str, handler: Arc<dyn EventHandler>) -> &mut Self {
+        self.handlers.insert(event_type.to_string(), handler);
+        self
+    }
+
+    /// The handler for `event_type`, if any.
+    pub fn get(&self, event_type: &str) -> Option<&Arc<dyn EventHandler>> {
+        self.handlers.get(event_type)
+    }
+}
+
+impl std::fmt::Debug for HandlerRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut types: Vec<&String> = self.handlers.keys().collect();
+        types.sort();
+        f.debug_struct("HandlerRegistry")
+            .field("types", &types)
+            .finish()
+    }
+}
+
+/// Retry delays as data: `base · 2^(attempts-1)`, capped, then jittered
+/// down by up to half so that events failing together do not retry together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// Delay after the first failed attempt, seconds.
+    pub base_secs: i64,
+    /// Longest delay, seconds.
+    pub cap_secs: i64,
+}
+
+impl Backoff {
+    /// The un-jittered delay after `attempts` failed attempts (attempts ≥ 1).
+    pub fn delay_secs(&self, attempts: i32) -> i64 {
+        let exponent = u32::try_from(attempts.saturating_sub(1))
+            .unwrap_or(0)
+            .min(40);
+        self.base_secs
+            .saturating_mul(1_i64 << exponent)
+            .min(self.cap_secs)
+            .max(0)
+    }
+
+    /// The delay with jitter: `unit` in [0, 1) picks a point in
+    /// [delay/2, delay]. Taking `unit` as an argument keeps this testable.
+    pub fn jittered_secs(&self, attempts: i32, unit: f64) -> i64 {
+        let delay = self.delay_secs(attempts);
+        let half = delay / 2;
+        let spread = (delay - half) as f64 * unit.clamp(0.0, 1.0);
+        (half + spread.round() as i64).max(1)
+    }
+}
+
+/// Inbox worker settings.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerConfig {
+    /// Attempts before an event is `dead`.
+    pub max_attempts: i32,
+    /// How long a claim lasts before another worker may reclaim it, seconds.
+    pub lease_secs: i64,
+    /// Events claimed (and processed concurrently) per round.
+    pub concurrency: u32,
+    /// How often to look for due events when nothing wakes the worker.
+    pub poll_interval: Duration,
+    /// Retry backoff.
+    pub backoff: Backoff,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            max_attempts: 10,
+            lease_secs: 300,
+            concurrency: 16,
+            poll_interval: Duration::from_secs(1),
+            backoff: Backoff {
+                base_secs: 10,
+                cap_secs: 3600,
+            },
+        }
+    }
+}
+
+/// Counts of what one round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RoundReport {
+    /// Events claimed.
+    pub claimed: usize,
+    /// Events that will be retried.
+    pub retried: usize,
+    /// Events that became dead.
+    pub dead: usize,
+}
+
+/// The inbox worker.
+#[derive(Clone)]
+pub struct InboxWorker {
+    store: Arc<dyn Store>,
+    registry: Arc<HandlerRegistry>,
+    config: WorkerConfig,
+    metrics: Arc<Metrics>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for InboxWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InboxWorker")
+            .field("registry", &self.registry)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InboxWorker {
+    /// A worker over `store` dispatching to `registry`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        registry: HandlerRegistry,
+        config: WorkerConfig,
+        metrics: Arc<Metrics>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        InboxWorker {
+            store,
+            registry: Arc::new(registry),
+            config,
+            metrics,
+            clock,
+        }
+    }
+
+    /// Runs rounds until `cancel` fires. `wake` is notified by the webhook
+    /// writer after each commit so new events are picked up at once.
+    pub async fn run(self, wake: Arc<Notify>, cancel: CancellationToken) {
+        loop {
+            let full = match self.run_once().await {
+                Ok(report) => report.claimed >= self.config.concurrency as usize,
+                Err(e) => {
+                    self.metrics.store_error(&e);
+                    tracing::warn!(error = %e, "inbox worker round failed");
+                    false
+                }
+            };
+            if full {
+                // More may be due right away; still yield to cancellation.
+                if cancel.is_cancelled() {
+                    break;
+                }
+                continue;
+            }
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = wake.notified() => {}
+                () = tokio::time::sleep(self.config.poll_interval) => {}
+            }
+        }
+        tracing::info!("inbox worker stopped");
+    }
+
+    /// Claims what is due and processes it; returns what happened.
+    pub async fn run_once(&self) -> StoreResult<RoundReport> {
+        let now = self.clock.now();
+        let claimed = self
+            .store
+            .claim_events(now, now + self.config.lease_secs, self.config.concurrency)
+            .await?;
+        let mut report = RoundReport {
+            claimed: claimed.len(),
+            ..RoundReport::default()
+        };
+        // The store hands out at most one event per customer per round, so
+        // these can run concurrently without breaking per-customer order.
+        let results = futures::future::join_all(claimed.iter().map(|e| self.process(e))).await;
+        for result in results {
+            match result? {
+                EventResult::Retry { .. } => report.retried += 1,
+                EventResult::Dead { .. } => report.dead += 1,
+                _ => {}
+            }
+        }
+        Ok(report)
+    }
+
+    #[tracing::instrument(skip_all, fields(event_id = %event.id, event_type = %event.event_type, attempt = event.attempts))]
+    async fn process(&self, event: &StoredEvent) -> StoreResult<EventResult> {
+        self.metrics
+            .processing_attempts
+            .fetch_add(1, Ordering::Relaxed);
+        let outcome = match self.registry.get(&event.event_type) {
+            None => Ok(HandlerOutcome::Skipped),
+            Some(handler) => handler.handle(event).await,
+        };
+        let now = self.clock.now();
+        let result = match outcome {
+            Ok(HandlerOutcome::Processed) => EventResult::Processed,
+            Ok(HandlerOutcome::Skipped) => EventResult::Skipped,
+            Ok(HandlerOutcome::Unlinked) => EventResult::Unlinked,
+            Err(e) if event.attempts >= self.config.max_attempts => {
+                tracing::error!(error = %e, "event is dead after its last attempt");
+                EventResult::Dead {
+                    error: e.to_string(),
+                }
+            }
+            Err(e) => {
+                let unit: f64 = rand::thread_rng().gen();
+                let delay = self.config.backoff.jittered_secs(event.attempts, unit);
+                tracing::warn!(error = %e, retry_in_secs = delay, "event processing failed");
+                EventResult::Retry {
+                    error: e.to_string(),
+                    next_attempt_at: now + delay,
+                }
+            }
+        };
+        self.metrics.processing_outcomes.inc(outcome_label(&result));
+        self.store
+            .finish_event(&event.id, result.clone(), now)
+            .await?;
+        Ok(result)
+    }
+}
+
+fn outcome_label(result: &EventResult) -> &'static str {
+    match result {
+        EventResult::Processed => "processed",
+        EventResult::Skipped => "skipped",
+        EventResult::Unlinked => "unlinked",
+        EventResult::Retry { .. } => "retry",
+        EventResult::Dead { .. } => "dead",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_from_the_base_and_stops_at_the_cap() {
+        let backoff = Backoff {
+            base_secs: 10,
+            cap_secs: 100,
+        };
+        let delays: Vec<i64> = (1..=6).map(|a| backoff.delay_secs(a)).collect();
+        assert_eq!(delays, vec![10, 20, 40, 80, 100, 100]);
+        assert_eq!(backoff.delay_secs(1000), 100);
+    }
+
+    #[test]
+    fn jitter_stays_between_half_the_delay_and_the_delay() {
+        let backoff = Backoff {
+            base_secs: 10,
+            cap_secs: 1000,
+        };
+        assert_eq!(backoff.jittered_secs(3, 0.0), 20);
+        assert_eq!(backoff.jittered_secs(3, 1.0), 40);
+        assert_eq!(backoff.jittered_secs(3, 0.5), 30);
+    }
+}
