@@ -1448,10 +1448,53 @@ pub fn renew(s: &mut Inner, sub_id: &str, t: i64) -> ApiResult<()> {
         // Stripe keeps invoicing unpaid subscriptions but stops attempting payment.
         return Ok(());
     }
+    if let Some(behavior) = collection_paused(s, sub_id, t)? {
+        if s.objects[&inv]["status"] == "open" {
+            match behavior.as_str() {
+                "void" => {
+                    void_invoice(s, &inv, t)?;
+                }
+                _ => mark_uncollectible(s, &inv, t)?,
+            }
+        }
+        return Ok(());
+    }
     match pay_invoice(s, &inv, None, t)? {
         PayOutcome::Paid => after_invoice_paid(s, &inv, t),
         _ => after_invoice_failed(s, &inv, t),
     }
+}
+
+/// The `pause_collection` behaviour in force at `t`, clearing it once `resumes_at` has passed.
+fn collection_paused(s: &mut Inner, sub_id: &str, t: i64) -> ApiResult<Option<String>> {
+    let before = s.get("subscription", sub_id, "id")?;
+    let pc = &before["pause_collection"];
+    let Some(behavior) = pc["behavior"].as_str().map(str::to_string) else {
+        return Ok(None);
+    };
+    if pc["resumes_at"].as_i64().is_some_and(|r| r <= t) {
+        let mut after = before.clone();
+        after["pause_collection"] = Value::Null;
+        save_sub(s, &before, &after, t);
+        return Ok(None);
+    }
+    Ok(Some(behavior))
+}
+
+fn mark_uncollectible(s: &mut Inner, inv_id: &str, at: i64) -> ApiResult<()> {
+    let before = s.get("invoice", inv_id, "id")?;
+    let mut inv = before.clone();
+    inv["status"] = json!("uncollectible");
+    inv["next_payment_attempt"] = Value::Null;
+    inv["status_transitions"]["marked_uncollectible_at"] = json!(at);
+    s.put(inv.clone());
+    s.emit(
+        "invoice.marked_uncollectible",
+        &inv,
+        Some(previous_attributes(&before, &inv)),
+        at,
+    );
+    Ok(())
 }
 
 fn start_new_period(sub: &mut Value, t: i64) {

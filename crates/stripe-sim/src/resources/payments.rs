@@ -103,6 +103,18 @@ pub fn create_refund(s: &mut Inner, p: &Value) -> ApiResult {
             "This charge cannot be refunded: it did not succeed.",
         ));
     }
+    let open_dispute = s.by_kind.get("dispute").into_iter().flatten().any(|d| {
+        s.objects.get(d).is_some_and(|d| {
+            d["charge"] == charge_id.as_str()
+                && !matches!(d["status"].as_str(), Some("won" | "lost"))
+        })
+    });
+    if open_dispute {
+        return Err(ApiError::state(
+            "charge_disputed",
+            format!("Charge {charge_id} has been charged back; cannot issue a refund."),
+        ));
+    }
     let captured = before["amount_captured"].as_i64().unwrap_or(0);
     let refunded = before["amount_refunded"].as_i64().unwrap_or(0);
     let remaining = captured - refunded;

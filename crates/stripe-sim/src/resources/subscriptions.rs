@@ -183,7 +183,15 @@ pub fn update(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
     }
     if let Some(pc) = params::at(p, "pause_collection") {
         after["pause_collection"] = match pc.get("behavior").and_then(Value::as_str) {
-            Some(b) => json!({"behavior": b, "resumes_at": i64_at(pc, "resumes_at")?}),
+            Some(b @ ("void" | "keep_as_draft" | "mark_uncollectible")) => {
+                json!({"behavior": b, "resumes_at": i64_at(pc, "resumes_at")?})
+            }
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    "pause_collection[behavior]",
+                    "Invalid pause_collection behavior.",
+                ))
+            }
             None => Value::Null,
         };
     }

@@ -688,3 +688,82 @@ fn billing_portal_sessions_have_a_url_for_the_customer() {
         404
     );
 }
+
+#[test]
+fn default_incomplete_waits_for_the_payment_intent_to_be_confirmed() {
+    let sim = sim();
+    let price = standard_price(&sim);
+    let cus = id(&post(&sim, "/v1/customers", "email=d@x.io"));
+    let sub = post(
+        &sim,
+        "/v1/subscriptions",
+        &format!("customer={cus}&items[0][price]={price}&payment_behavior=default_incomplete&expand[]=latest_invoice.payments"),
+    );
+    assert_eq!(sub["status"], "incomplete");
+    assert_eq!(sub["latest_invoice"]["attempt_count"], 0);
+    assert!(get(&sim, &format!("/v1/charges?customer={cus}"))["data"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let pi = sub["latest_invoice"]["payments"]["data"][0]["payment"]["payment_intent"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        get(&sim, &format!("/v1/payment_intents/{pi}"))["status"],
+        "requires_payment_method"
+    );
+    let (status, body) = sim.call(
+        "POST",
+        &format!("/v1/payment_intents/{pi}/confirm"),
+        "payment_method=pm_card_chargeCustomerFail",
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (402, Some("card_declined"))
+    );
+    let confirmed = post(
+        &sim,
+        &format!("/v1/payment_intents/{pi}/confirm"),
+        "payment_method=pm_card_visa",
+    );
+    assert_eq!(confirmed["status"], "succeeded");
+    assert_eq!(
+        get(&sim, &format!("/v1/subscriptions/{}", id(&sub)))["status"],
+        "active"
+    );
+}
+
+#[test]
+fn paused_collection_voids_renewal_invoices_until_it_resumes() {
+    let sim = sim();
+    let price = standard_price(&sim);
+    let (clock, cus) = clocked_customer(&sim, "pm_card_visa");
+    let sub = post(
+        &sim,
+        "/v1/subscriptions",
+        &format!("customer={cus}&items[0][price]={price}"),
+    );
+    post(
+        &sim,
+        &format!("/v1/subscriptions/{}", id(&sub)),
+        &format!(
+            "pause_collection[behavior]=void&pause_collection[resumes_at]={}",
+            T0 + 40 * DAY
+        ),
+    );
+    advance(&sim, &clock, T0 + 32 * DAY);
+    let s = get(
+        &sim,
+        &format!("/v1/subscriptions/{}?expand[]=latest_invoice", id(&sub)),
+    );
+    assert_eq!(s["status"], "active");
+    assert_eq!(s["latest_invoice"]["status"], "void");
+    advance(&sim, &clock, T0 + 60 * DAY);
+    let s = get(
+        &sim,
+        &format!("/v1/subscriptions/{}?expand[]=latest_invoice", id(&sub)),
+    );
+    assert_eq!(s["pause_collection"], Value::Null);
+    assert_eq!(s["latest_invoice"]["status"], "paid");
+}

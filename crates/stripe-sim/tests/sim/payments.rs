@@ -274,3 +274,14 @@ fn payment_methods_attach_detach_and_declining_cards_cannot_attach() {
     assert_eq!(detached["customer"], Value::Null);
     assert!(event_types(&sim).contains(&"payment_method.detached".to_string()));
 }
+
+#[test]
+fn a_charge_with_an_open_dispute_cannot_be_refunded() {
+    let sim = sim();
+    let (_, charge) = paid_subscription(&sim, "pm_card_createDispute");
+    let (status, body) = sim.call("POST", "/v1/refunds", &format!("charge={}", id(&charge)));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("charge_disputed"))
+    );
+}

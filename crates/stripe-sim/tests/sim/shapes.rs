@@ -126,16 +126,16 @@ fn every_emitted_object_has_the_keys_of_stripes_example_object() {
     );
     advance(&sim, &clock, T0 + 32 * DAY);
     let charge = get(&sim, &format!("/v1/charges?customer={cus}"))["data"][0].clone();
-    post(
-        &sim,
-        "/v1/refunds",
-        &format!("charge={}&amount=100", id(&charge)),
-    );
-    let dp = get(&sim, "/v1/disputes")["data"][0].clone();
+    let dp = get(&sim, &format!("/v1/disputes?charge={}", id(&charge)))["data"][0].clone();
     post(
         &sim,
         &format!("/_sim/disputes/{}/close", id(&dp)),
         "outcome=won",
+    );
+    post(
+        &sim,
+        "/v1/refunds",
+        &format!("charge={}&amount=100", id(&charge)),
     );
     post(
         &sim,
