@@ -45,6 +45,10 @@ pub enum EmailTemplate {
     InvoiceFinalized,
     /// A renewal is coming up.
     RenewalReminder,
+    /// The card on file expires soon.
+    CardExpiring,
+    /// The grace period after a failed payment ends soon.
+    GraceEnding,
 }
 
 /// Alerts for the operator (`BILLD_ADMIN_EMAIL`).
@@ -62,7 +66,25 @@ pub enum AlertKind {
 }
 
 /// Why billd asks Stripe to cancel a subscription.
-pub type CancelReason = RevocationCause;
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelReason {
+    /// A dispute was lost: paid access stays revoked.
+    DisputeLost,
+    /// The charge was refunded in full (policy `revoke_and_cancel`).
+    FullRefund,
+    /// The customer deleted their account in the app.
+    AccountDeleted,
+}
+
+impl From<RevocationCause> for CancelReason {
+    fn from(cause: RevocationCause) -> Self {
+        match cause {
+            RevocationCause::DisputeLost => CancelReason::DisputeLost,
+            RevocationCause::FullRefund => CancelReason::FullRefund,
+        }
+    }
+}
 
 /// A side effect, written to the outbox in the same transaction as the state.
 ///
@@ -164,11 +186,15 @@ pub struct Decision {
     pub outcome: Outcome,
 }
 
-fn params<const N: usize>(pairs: [(&str, String); N]) -> BTreeMap<String, String> {
+pub(crate) fn params<const N: usize>(pairs: [(&str, String); N]) -> BTreeMap<String, String> {
     pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
 }
 
-fn email(template: EmailTemplate, dedupe_key: String, params: BTreeMap<String, String>) -> Effect {
+pub(crate) fn email(
+    template: EmailTemplate,
+    dedupe_key: String,
+    params: BTreeMap<String, String>,
+) -> Effect {
     Effect::Email {
         template,
         dedupe_key,
@@ -486,7 +512,7 @@ pub fn apply(state: &CustomerState, event: &Event, catalog: &Catalog, now: i64) 
             effects.push(Effect::CancelSubscription {
                 dedupe_key: format!("cancel_subscription:{subscription}"),
                 subscription,
-                reason,
+                reason: reason.into(),
             });
         }
     }
@@ -694,6 +720,15 @@ fn apply_subscription_deleted(
     Outcome::Applied
 }
 
+/// When an upcoming invoice renews the subscription: its line's period
+/// start (the current period's end), else the next payment attempt.
+fn renews_at(invoice: &crate::event::Invoice, fallback: i64) -> i64 {
+    invoice
+        .period_start
+        .or(invoice.next_payment_attempt)
+        .unwrap_or(fallback)
+}
+
 fn apply_invoice(
     next: &mut CustomerState,
     event: &Event,
@@ -710,10 +745,7 @@ fn apply_invoice(
             .map(ToString::to_string)
             .or_else(|| invoice.customer.as_ref().map(ToString::to_string))
             .unwrap_or_default();
-        let when = invoice
-            .next_payment_attempt
-            .or(invoice.period_end)
-            .unwrap_or(event.created);
+        let when = renews_at(invoice, event.created);
         let fact = format!("invoice.{}:{scope}:{when}", change.as_str());
         if !next.applied_facts.insert(fact) {
             return Outcome::Duplicate;
@@ -721,7 +753,7 @@ fn apply_invoice(
         if change == InvoiceChange::Upcoming {
             effects.push(email(
                 EmailTemplate::RenewalReminder,
-                format!("renewal_reminder:{scope}:{when}"),
+                crate::schedule::renewal_reminder_key(&scope, when),
                 params([
                     ("amount_due", invoice.amount_due.to_string()),
                     ("renews_at", when.to_string()),
@@ -832,13 +864,14 @@ fn apply_invoice(
             ));
         }
         InvoiceChange::Upcoming => {
-            let when = invoice
-                .next_payment_attempt
-                .or(invoice.period_end)
-                .unwrap_or(event.created);
+            let when = renews_at(invoice, event.created);
+            let scope = invoice
+                .subscription
+                .as_ref()
+                .map_or_else(|| id.to_string(), ToString::to_string);
             effects.push(email(
                 EmailTemplate::RenewalReminder,
-                format!("renewal_reminder:{id}:{when}"),
+                crate::schedule::renewal_reminder_key(&scope, when),
                 params([
                     ("amount_due", invoice.amount_due.to_string()),
                     ("renews_at", when.to_string()),

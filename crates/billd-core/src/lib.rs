@@ -12,13 +12,16 @@ pub mod catalog;
 pub mod event;
 pub mod ids;
 pub mod money;
+pub mod schedule;
 pub mod state;
 
 pub use access::{
     access_at, check_consume, entitlements, usage_key, usage_period, Access, ConsumeError,
     Entitlements, FeatureEntitlement, Period, Usage, UsageKey,
 };
-pub use apply::{apply, AlertKind, AuditEntry, Decision, Effect, EmailTemplate, Outcome};
+pub use apply::{
+    apply, AlertKind, AuditEntry, CancelReason, Decision, Effect, EmailTemplate, Outcome,
+};
 pub use catalog::{
     Catalog, CatalogError, FeatureKind, FeatureName, Plan, PlanName, Price, RefundPolicy,
 };
@@ -29,4 +32,5 @@ pub use ids::{
     StripeSubscriptionId,
 };
 pub use money::{Currency, Money, MoneyError};
+pub use schedule::{account_deletion_effects, erase_personal_data, scheduled_effects};
 pub use state::{CustomerState, Stamp};

@@ -8,5 +8,6 @@
 )]
 
 mod convergence;
+mod schedule;
 mod semantics;
 mod support;

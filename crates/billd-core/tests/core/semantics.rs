@@ -309,7 +309,7 @@ fn lost_dispute_keeps_paid_access_revoked_and_cancels_the_subscription_at_stripe
     assert_eq!((ent.access, ent.plan.as_str()), (Access::Free, "free"));
     assert!(lost.effects.contains(&Effect::CancelSubscription {
         subscription: sub_id(1),
-        reason: billd_core::state::RevocationCause::DisputeLost,
+        reason: billd_core::CancelReason::DisputeLost,
         dedupe_key: "cancel_subscription:sub_1".to_owned(),
     }));
     // A later (older-second) update of the same subscription does not restore access.
@@ -1012,4 +1012,76 @@ fn link_hints_extract_the_billd_customer_id_from_metadata() {
     assert_eq!(hints.stripe_customer, Some(cus()));
     assert_eq!(e.object_id().as_deref(), Some("sub_1"));
     assert_eq!(e.event_type(), "customer.subscription.updated");
+}
+
+#[test]
+fn customer_state_round_trips_through_json_for_the_store() {
+    let catalog = Catalog::seed();
+    let state = fold(
+        &catalog,
+        &[
+            updated(
+                "evt_1",
+                T0,
+                subscription(1, "pro", SubscriptionStatus::Active, T0),
+            ),
+            updated(
+                "evt_2",
+                T0 + DAY,
+                subscription(1, "pro", SubscriptionStatus::PastDue, T0),
+            ),
+            invoice_event(
+                "evt_3",
+                T0 + DAY,
+                InvoiceChange::PaymentFailed,
+                invoice(1, 1),
+            ),
+            dispute_event(
+                "evt_4",
+                T0 + DAY,
+                DisputeChange::Created,
+                dispute(1, DisputeStatus::NeedsResponse),
+            ),
+            refund_event("evt_5", T0 + DAY, 1, 300),
+        ],
+        T0 + DAY,
+    );
+    let json = serde_json::to_string(&state).unwrap();
+    let back: CustomerState = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, state);
+}
+
+#[test]
+fn entitlements_serialise_to_the_documented_shape() {
+    let catalog = Catalog::seed();
+    let state = fold(
+        &catalog,
+        &[updated(
+            "evt_1",
+            T0,
+            subscription(1, "pro", SubscriptionStatus::Active, T0),
+        )],
+        T0,
+    );
+    let value = serde_json::to_value(entitlements(&state, &catalog, &Usage::new(), T0)).unwrap();
+    assert_eq!(value["plan"], "pro");
+    assert_eq!(value["status"], "active");
+    assert_eq!(value["access"], "paid");
+    assert!(
+        value["grace_until"].is_null()
+            && value["trial_end"].is_null()
+            && value["action_required"].is_null()
+    );
+    assert_eq!(value["cancel_at_period_end"], false);
+    let generations = &value["features"]["generations"];
+    assert_eq!(
+        (
+            generations["limit"].as_u64(),
+            generations["used"].as_u64(),
+            generations["remaining"].as_u64()
+        ),
+        (Some(25), Some(0), Some(25))
+    );
+    assert_eq!(generations["resets_at"].as_i64(), Some(T0 + 30 * DAY));
+    assert!(value["features"]["websites"]["resets_at"].is_null());
 }

@@ -1,0 +1,127 @@
+//! Effects that follow from the passage of time rather than from an event:
+//! the scheduler calls these periodically; dedupe keys make repeated runs
+//! harmless. No Stripe event exists for an expiring card or an ending grace
+//! period, and a missed `invoice.upcoming` must not mean a missed reminder.
+
+use crate::access::{access_at, Access};
+use crate::apply::{email, params, CancelReason, Effect, EmailTemplate};
+use crate::catalog::Catalog;
+use crate::state::CustomerState;
+
+/// Renewal reminders go out this long before the period ends.
+pub const RENEWAL_REMINDER_LEAD_SECS: i64 = 3 * 86_400;
+/// Card expiry warnings go out this long before the expiry month ends.
+pub const CARD_EXPIRY_LEAD_SECS: i64 = 30 * 86_400;
+/// Grace-ending warnings go out this long before access is blocked.
+pub const GRACE_ENDING_LEAD_SECS: i64 = 86_400;
+
+/// The dedupe key of a renewal reminder, shared by `invoice.upcoming` and
+/// the scheduler so that a customer gets one reminder per renewal. Both key
+/// by the renewal instant: the scheduler by the item's `current_period_end`,
+/// `invoice.upcoming` by its line's period start, which is the same second.
+pub fn renewal_reminder_key(scope: &str, renews_at: i64) -> String {
+    format!("renewal_reminder:{scope}:{renews_at}")
+}
+
+/// Reminders, card expiry and grace warnings due at `now`.
+pub fn scheduled_effects(state: &CustomerState, catalog: &Catalog, now: i64) -> Vec<Effect> {
+    let mut effects = Vec::new();
+    let view = access_at(state, catalog, now);
+    if let Some(sub) = view.subscription.filter(|s| s.is_live()) {
+        let s = &sub.snapshot;
+        if let Some(end) = s.current_period_end {
+            let due = view.access == Access::Paid
+                && !s.cancel_at_period_end
+                && now < end
+                && end - now <= RENEWAL_REMINDER_LEAD_SECS;
+            if due {
+                effects.push(email(
+                    EmailTemplate::RenewalReminder,
+                    renewal_reminder_key(s.id.as_str(), end),
+                    params([
+                        ("subscription", s.id.to_string()),
+                        ("plan", view.plan.name.to_string()),
+                        ("renews_at", end.to_string()),
+                    ]),
+                ));
+            }
+        }
+        if let (Access::Grace, Some(until)) = (view.access, view.grace_until) {
+            if until - now <= GRACE_ENDING_LEAD_SECS {
+                effects.push(email(
+                    EmailTemplate::GraceEnding,
+                    format!("grace_ending:{}:{until}", s.id),
+                    params([
+                        ("subscription", s.id.to_string()),
+                        ("grace_until", until.to_string()),
+                    ]),
+                ));
+            }
+        }
+    }
+    for (id, pm) in &state.payment_methods {
+        let Some(card) = &pm.value.card else { continue };
+        let (Some(month), Some(year)) = (card.exp_month, card.exp_year) else {
+            continue;
+        };
+        // A card is valid through the last day of its expiry month.
+        let expires_at = crate::access::calendar_month(month_start(year, month)).end;
+        if now < expires_at && expires_at - now <= CARD_EXPIRY_LEAD_SECS {
+            effects.push(email(
+                EmailTemplate::CardExpiring,
+                format!("card_expiring:{id}:{year:04}-{month:02}"),
+                params([
+                    ("payment_method", id.to_string()),
+                    ("brand", card.brand.clone().unwrap_or_default()),
+                    ("last4", card.last4.clone().unwrap_or_default()),
+                    ("expires", format!("{month:02}/{year:04}")),
+                ]),
+            ));
+        }
+    }
+    effects
+}
+
+fn month_start(year: i32, month: u32) -> i64 {
+    let month = i64::from(month.clamp(1, 12));
+    crate::access::days_from_civil(i64::from(year), month, 1) * 86_400
+}
+
+/// What deleting the customer's account at the app requires at Stripe:
+/// every live subscription canceled first (DESIGN: cancel, then erase).
+pub fn account_deletion_effects(state: &CustomerState) -> Vec<Effect> {
+    state
+        .subscriptions
+        .values()
+        .filter(|s| s.is_live())
+        .map(|s| Effect::CancelSubscription {
+            subscription: s.snapshot.id.clone(),
+            reason: CancelReason::AccountDeleted,
+            dedupe_key: format!("cancel_subscription:{}", s.snapshot.id),
+        })
+        .collect()
+}
+
+/// Removes personal data (emails, card details, metadata) and keeps the
+/// billing history: ids, statuses, amounts and what the audit log refers to.
+pub fn erase_personal_data(state: &CustomerState) -> CustomerState {
+    let mut erased = state.clone();
+    for link in erased.stripe_customers.values_mut() {
+        link.email = None;
+        link.metadata.clear();
+    }
+    for pm in erased.payment_methods.values_mut() {
+        pm.value.card = None;
+    }
+    for checkout in erased.checkouts.values_mut() {
+        checkout.session.value.client_reference_id = None;
+        checkout.session.value.metadata.clear();
+    }
+    for sub in erased.subscriptions.values_mut() {
+        sub.snapshot.metadata.clear();
+    }
+    for invoice in erased.invoices.values_mut() {
+        invoice.invoice.value.metadata.clear();
+    }
+    erased
+}
