@@ -266,7 +266,8 @@ impl Inner {
     }
 
     /// Replaces ids with objects along each `expand[]` path (`customer`,
-    /// `data.customer`, `latest_invoice.payment_intent`), four levels at most.
+    /// `data.customer`, `latest_invoice.customer`), four levels at most. A path
+    /// naming a property the object does not have is a 400, as on Stripe.
     pub fn expand(&self, value: &mut Value, paths: &[String]) -> ApiResult<()> {
         for path in paths {
             let parts: Vec<&str> = path.split('.').collect();
@@ -276,24 +277,31 @@ impl Inner {
                     "You cannot expand more than 4 levels of a property.",
                 ));
             }
-            self.expand_one(value, &parts);
+            // Checkout's line items are not part of the session until expanded.
+            if parts[0] == "line_items" && value["object"] == "checkout.session" {
+                let id = value["id"].as_str().unwrap_or_default().to_string();
+                value["line_items"] = crate::resources::checkout::line_items(self, &id)?;
+            }
+            if !self.expand_one(value, &parts) {
+                return Err(ApiError::invalid(
+                    "expand",
+                    format!("This property cannot be expanded ({path})."),
+                ));
+            }
         }
         Ok(())
     }
 
-    fn expand_one(&self, value: &mut Value, parts: &[&str]) {
+    /// Returns false when an object on the path lacks the next property.
+    fn expand_one(&self, value: &mut Value, parts: &[&str]) -> bool {
         let Some((first, rest)) = parts.split_first() else {
-            return;
+            return true;
         };
         match value {
-            Value::Array(items) => {
-                for item in items {
-                    self.expand_one(item, parts);
-                }
-            }
+            Value::Array(items) => items.iter_mut().all(|item| self.expand_one(item, parts)),
             Value::Object(map) => {
                 let Some(field) = map.get_mut(*first) else {
-                    return;
+                    return false;
                 };
                 if let Some(id) = field.as_str() {
                     if let Some(obj) = self.objects.get(id) {
@@ -308,9 +316,9 @@ impl Inner {
                         }
                     }
                 }
-                self.expand_one(field, rest);
+                self.expand_one(field, rest)
             }
-            _ => {}
+            _ => true,
         }
     }
 

@@ -346,3 +346,51 @@ fn the_checkout_page_form_redirects_to_success_url_with_the_session_id() {
         .unwrap();
     assert_eq!(loc, format!("https://a.test/ok?s={}", id(&cs)));
 }
+
+#[test]
+fn expanding_a_property_the_object_does_not_have_is_a_400() {
+    let sim = sim();
+    let price = standard_price(&sim);
+    let cus = id(&post(&sim, "/v1/customers", "email=e@x.io"));
+    let sub = post(
+        &sim,
+        "/v1/subscriptions",
+        &format!("customer={cus}&items[0][price]={price}&default_payment_method=pm_card_visa"),
+    );
+    // Since API 2025-03-31 an invoice has no payment_intent; its payments list has them.
+    let (status, body) = sim.call(
+        "GET",
+        &format!(
+            "/v1/subscriptions/{}?expand[]=latest_invoice.payment_intent",
+            id(&sub)
+        ),
+        "",
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "expand");
+    let ok = get(
+        &sim,
+        &format!(
+            "/v1/subscriptions/{}?expand[]=latest_invoice.payments.data",
+            id(&sub)
+        ),
+    );
+    assert_eq!(
+        ok["latest_invoice"]["payments"]["data"][0]["payment"]["type"],
+        "payment_intent"
+    );
+}
+
+#[test]
+fn checkout_line_items_are_expandable_on_the_session() {
+    let sim = sim();
+    let price = standard_price(&sim);
+    let cs = post(
+        &sim,
+        "/v1/checkout/sessions",
+        &format!("mode=subscription&line_items[0][price]={price}&line_items[0][quantity]=2&success_url=https://a.test&expand[]=line_items"),
+    );
+    assert_eq!(cs["line_items"]["data"][0]["quantity"], 2);
+    assert_eq!(cs["line_items"]["data"][0]["amount_total"], 6000);
+    assert_eq!(cs["line_items"]["data"][0]["price"]["id"], price);
+}
