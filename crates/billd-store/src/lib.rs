@@ -2,8 +2,38 @@
 //! implementations. SQL lives here and nowhere else; row types are converted
 //! into plain Rust types so sqlx stays out of the domain.
 
+use std::str::FromStr;
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+
+mod claim;
+mod error;
+mod postgres;
+mod row;
+mod sqlite;
+pub mod testing;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+/// Opens the store a database URL names: `sqlite://path` (the file is
+/// created if missing) or `postgres://…` / `postgresql://…`. Does not run
+/// migrations; call [`Store::migrate`].
+pub async fn connect(url: &str) -> StoreResult<Arc<dyn Store>> {
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::connect(url).await?))
+    } else {
+        // The URL may carry a password: name only its scheme.
+        let scheme = url.split_once(':').map_or("", |(scheme, _)| scheme);
+        Err(StoreError::Other(format!(
+            "unsupported database URL scheme {scheme:?}: expected sqlite:// or postgres://"
+        )))
+    }
+}
 
 /// A classified store error. The server maps `Unavailable` on the webhook
 /// path to 503 so that Stripe retries the delivery.
@@ -57,6 +87,54 @@ pub enum EventStatus {
     Skipped,
     /// About a Stripe customer billd cannot link yet; applied once linked.
     Unlinked,
+}
+
+impl EventStatus {
+    /// Every status, in lifecycle order.
+    pub const ALL: [EventStatus; 7] = [
+        EventStatus::Pending,
+        EventStatus::Processing,
+        EventStatus::Processed,
+        EventStatus::Failed,
+        EventStatus::Dead,
+        EventStatus::Skipped,
+        EventStatus::Unlinked,
+    ];
+
+    /// The name stored in `stripe_events.status` (and used by the CLI).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventStatus::Pending => "pending",
+            EventStatus::Processing => "processing",
+            EventStatus::Processed => "processed",
+            EventStatus::Failed => "failed",
+            EventStatus::Dead => "dead",
+            EventStatus::Skipped => "skipped",
+            EventStatus::Unlinked => "unlinked",
+        }
+    }
+}
+
+impl std::fmt::Display for EventStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A status name that is not one of [`EventStatus::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown event status {0:?} (expected one of pending, processing, processed, failed, dead, skipped, unlinked)")]
+pub struct UnknownStatus(pub String);
+
+impl FromStr for EventStatus {
+    type Err = UnknownStatus;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        EventStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| UnknownStatus(s.to_owned()))
+    }
 }
 
 /// A verified webhook event to insert into the inbox.
@@ -150,7 +228,7 @@ pub struct EventFilter {
     pub status: Option<EventStatus>,
     /// Only rows of this type.
     pub event_type: Option<String>,
-    /// At most this many rows, newest first.
+    /// At most this many rows, newest first; 0 means no limit.
     pub limit: u32,
 }
 

@@ -1,0 +1,331 @@
+//! PostgreSQL implementation. Several billd processes may share one
+//! database: claiming locks rows with `FOR UPDATE SKIP LOCKED` and takes a
+//! transaction-scoped advisory lock per Stripe customer, so that two
+//! processes never work on two events of one customer at once.
+
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::QueryBuilder;
+
+use crate::claim::{in_claim_order, page_size, Picker};
+use crate::row::{
+    finish_columns, first_occurrences, into_events, outcomes, EventRow, EVENT_COLUMNS,
+};
+use crate::sqlite::not_processing;
+use crate::{
+    Backend, EventFilter, EventResult, EventStatus, InboxStats, InsertOutcome, NewEvent, Store,
+    StoreError, StoreResult, StoredEvent,
+};
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// How long a call waits for a pooled connection (including connecting to
+/// a server that refuses connections) before reporting `Unavailable`.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections per process.
+const MAX_CONNECTIONS: u32 = 16;
+
+/// Due rows in claim order after a keyset position, leaving out customers
+/// that have an event under a live lease and rows another claimer holds.
+/// `$1` = now, `$2`/`$3` = the last (created, seq) seen, `$4` = page size.
+const CANDIDATES: &str = "SELECT id, stripe_customer, created, seq FROM stripe_events \
+     WHERE status IN ('pending', 'failed', 'processing') \
+       AND (status = 'pending' OR next_attempt_at <= $1) \
+       AND (created, seq) > ($2, $3) \
+       AND (stripe_customer IS NULL OR stripe_customer NOT IN ( \
+             SELECT stripe_customer FROM stripe_events \
+             WHERE status = 'processing' AND next_attempt_at > $1 \
+               AND stripe_customer IS NOT NULL)) \
+     ORDER BY created, seq LIMIT $4 \
+     FOR UPDATE SKIP LOCKED";
+
+/// A billd store in a PostgreSQL database.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://…`), failing with `Unavailable` when
+    /// the server cannot be reached within a few seconds.
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        let pool = pool_options().connect_with(parse(url)?).await?;
+        Ok(PgStore { pool })
+    }
+
+    /// Like [`PgStore::connect`] but connects on first use, so that a process
+    /// can start (and answer 503) while the database is down.
+    pub fn connect_lazy(url: &str) -> StoreResult<Self> {
+        let pool = pool_options().connect_lazy_with(parse(url)?);
+        Ok(PgStore { pool })
+    }
+
+    /// Closes the pool, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn parse(url: &str) -> StoreResult<PgConnectOptions> {
+    // sqlx's message does not echo the URL, so no password leaks through it.
+    PgConnectOptions::from_str(url)
+        .map_err(|e| StoreError::Other(format!("invalid PostgreSQL URL: {e}")))
+}
+
+fn pool_options() -> PgPoolOptions {
+    PgPoolOptions::new()
+        .max_connections(MAX_CONNECTIONS)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        // sqlx serialises concurrent migrators with an advisory lock.
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn insert_events(&self, events: &[NewEvent]) -> StoreResult<Vec<InsertOutcome>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (unique, repeated) = first_occurrences(events);
+        let pick = |f: fn(&NewEvent) -> &str| -> Vec<&str> {
+            unique.iter().map(|&i| f(&events[i])).collect()
+        };
+        let pick_opt = |f: fn(&NewEvent) -> Option<&str>| -> Vec<Option<&str>> {
+            unique.iter().map(|&i| f(&events[i])).collect()
+        };
+        let pick_int = |f: fn(&NewEvent) -> i64| -> Vec<i64> {
+            unique.iter().map(|&i| f(&events[i])).collect()
+        };
+        // One statement for the whole batch: the arrays are unnested in
+        // order, so `seq` follows the batch order. A single statement is
+        // its own transaction and commits (durably, synchronous_commit=on)
+        // before it returns.
+        let inserted: Vec<String> = sqlx::query_scalar(
+            "INSERT INTO stripe_events \
+               (id, type, api_version, created, object_id, stripe_customer, payload, received_at) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], \
+                                  $6::text[], $7::text[], $8::int8[]) \
+             ON CONFLICT (id) DO NOTHING RETURNING id",
+        )
+        .bind(pick(|e| e.id.as_str()))
+        .bind(pick(|e| e.event_type.as_str()))
+        .bind(pick_opt(|e| e.api_version.as_deref()))
+        .bind(pick_int(|e| e.created))
+        .bind(pick_opt(|e| e.object_id.as_deref()))
+        .bind(pick_opt(|e| e.stripe_customer.as_deref()))
+        .bind(pick(|e| e.payload.as_str()))
+        .bind(pick_int(|e| e.received_at))
+        .fetch_all(&self.pool)
+        .await?;
+        let inserted: HashSet<String> = inserted.into_iter().collect();
+        Ok(outcomes(events, &repeated, &inserted))
+    }
+
+    async fn claim_events(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut picker = Picker::new(limit);
+        let page = page_size(limit);
+        let mut after = (i64::MIN, i64::MIN);
+        // Customer → whether this claim may take an event of theirs.
+        let mut usable: HashMap<String, bool> = HashMap::new();
+        loop {
+            let rows: Vec<(String, Option<String>, i64, i64)> = sqlx::query_as(CANDIDATES)
+                .bind(now)
+                .bind(after.0)
+                .bind(after.1)
+                .bind(page)
+                .fetch_all(&mut *tx)
+                .await?;
+            let exhausted = (rows.len() as i64) < page;
+
+            let mut fresh: Vec<String> = Vec::new();
+            for customer in rows.iter().filter_map(|row| row.1.as_ref()) {
+                if !usable.contains_key(customer) && !fresh.contains(customer) {
+                    fresh.push(customer.clone());
+                }
+            }
+            if !fresh.is_empty() {
+                // Another process claiming an event of the same customer right
+                // now holds this lock until it commits; skip that customer.
+                let locked: HashSet<String> = sqlx::query_scalar(
+                    "SELECT c FROM UNNEST($1::text[]) AS c \
+                     WHERE pg_try_advisory_xact_lock(hashtextextended(c, 0))",
+                )
+                .bind(&fresh)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect();
+                // With the lock held, a new statement sees every lease
+                // committed by a claimer that held it before us.
+                let leased: HashSet<String> = if locked.is_empty() {
+                    HashSet::new()
+                } else {
+                    let locked: Vec<&String> = locked.iter().collect();
+                    sqlx::query_scalar(
+                        "SELECT DISTINCT stripe_customer FROM stripe_events \
+                         WHERE status = 'processing' AND next_attempt_at > $1 \
+                           AND stripe_customer = ANY($2)",
+                    )
+                    .bind(now)
+                    .bind(locked)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .into_iter()
+                    .collect()
+                };
+                for customer in fresh {
+                    let ok = locked.contains(&customer) && !leased.contains(&customer);
+                    usable.insert(customer, ok);
+                }
+            }
+
+            for (id, customer, created, seq) in rows {
+                after = (created, seq);
+                let allowed = customer
+                    .as_ref()
+                    .is_none_or(|c| usable.get(c).copied().unwrap_or(false));
+                if allowed {
+                    picker.offer(id, customer);
+                }
+            }
+            if exhausted || picker.is_full() {
+                break;
+            }
+        }
+        let ids = picker.into_ids();
+        if ids.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let rows: Vec<EventRow> = sqlx::query_as(&format!(
+            "UPDATE stripe_events \
+             SET status = 'processing', attempts = attempts + 1, next_attempt_at = $1 \
+             WHERE id = ANY($2) \
+             RETURNING {EVENT_COLUMNS}"
+        ))
+        .bind(lease_until)
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(in_claim_order(&ids, into_events(rows)?))
+    }
+
+    async fn finish_event(&self, id: &str, result: EventResult, now: i64) -> StoreResult<()> {
+        let (status, error, next_attempt_at, processed_at) = finish_columns(&result, now);
+        let done = sqlx::query(
+            "UPDATE stripe_events \
+             SET status = $1, last_error = COALESCE($2, last_error), next_attempt_at = $3, \
+                 processed_at = $4 \
+             WHERE id = $5 AND status = 'processing'",
+        )
+        .bind(status.as_str())
+        .bind(error)
+        .bind(next_attempt_at)
+        .bind(processed_at)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() > 0 {
+            return Ok(());
+        }
+        let current: Option<String> =
+            sqlx::query_scalar("SELECT status FROM stripe_events WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Err(not_processing(current))
+    }
+
+    async fn get_event(&self, id: &str) -> StoreResult<Option<StoredEvent>> {
+        let row: Option<EventRow> = sqlx::query_as(&format!(
+            "SELECT {EVENT_COLUMNS} FROM stripe_events WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(StoredEvent::try_from).transpose()
+    }
+
+    async fn list_events(&self, filter: &EventFilter) -> StoreResult<Vec<StoredEvent>> {
+        let mut query = QueryBuilder::new(format!(
+            "SELECT {EVENT_COLUMNS} FROM stripe_events WHERE 1 = 1"
+        ));
+        if let Some(status) = filter.status {
+            query.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(event_type) = &filter.event_type {
+            query.push(" AND type = ").push_bind(event_type.as_str());
+        }
+        // LIMIT NULL is "no limit" in PostgreSQL.
+        let limit = (filter.limit > 0).then_some(i64::from(filter.limit));
+        query.push(" ORDER BY seq DESC LIMIT ").push_bind(limit);
+        let rows: Vec<EventRow> = query.build_query_as().fetch_all(&self.pool).await?;
+        into_events(rows)
+    }
+
+    async fn requeue_event(&self, id: &str, _now: i64) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE stripe_events \
+             SET status = 'pending', attempts = 0, next_attempt_at = NULL, processed_at = NULL \
+             WHERE id = $1",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn requeue_by_status(&self, status: EventStatus, _now: i64) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE stripe_events \
+             SET status = 'pending', attempts = 0, next_attempt_at = NULL, processed_at = NULL \
+             WHERE status = $1",
+        )
+        .bind(status.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn inbox_stats(&self) -> StoreResult<InboxStats> {
+        let counts: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM stripe_events GROUP BY status")
+                .fetch_all(&self.pool)
+                .await?;
+        let oldest: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(received_at) FROM stripe_events WHERE status IN ('pending', 'failed')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        crate::row::stats(counts, oldest)
+    }
+}

@@ -1,0 +1,352 @@
+//! SQLite implementation: one file in WAL mode with `synchronous=FULL`, so a
+//! commit is on disk when it returns. SQLite has a single writer, so every
+//! write (inserts, claims, status changes) goes through a one-connection
+//! pool; reads use a separate pool and never wait for the writer.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::migrate::Migrator;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::QueryBuilder;
+
+use crate::claim::{in_claim_order, page_size, Picker};
+use crate::row::{
+    finish_columns, first_occurrences, into_events, outcomes, EventRow, EVENT_COLUMNS,
+};
+use crate::{
+    Backend, EventFilter, EventResult, EventStatus, InboxStats, InsertOutcome, NewEvent, Store,
+    StoreError, StoreResult, StoredEvent,
+};
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How long a statement waits for a lock held by another process before
+/// giving up with SQLITE_BUSY (reported as `Unavailable`).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a call waits for a pooled connection (the writer is shared by
+/// every write) before reporting `Unavailable`.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reader connections; reads in WAL mode run beside the writer.
+const READERS: u32 = 4;
+
+/// Largest multi-row INSERT, as a power of two: 2^8 rows × 8 columns stays
+/// far below SQLite's limit on bound variables.
+const MAX_CHUNK_EXP: u32 = 8;
+
+/// Inserted columns, in bind order.
+const INSERT_COLUMNS: &str =
+    "id, type, api_version, created, object_id, stripe_customer, payload, received_at";
+
+/// Due rows in claim order after a keyset position, leaving out customers
+/// that have an event under a live lease. `?1` = now, `?2`/`?3` = the last
+/// (created, seq) seen, `?4` = page size.
+const CANDIDATES: &str = "SELECT id, stripe_customer, created, seq FROM stripe_events \
+     WHERE status IN ('pending', 'failed', 'processing') \
+       AND (status = 'pending' OR next_attempt_at <= ?1) \
+       AND (created, seq) > (?2, ?3) \
+       AND (stripe_customer IS NULL OR stripe_customer NOT IN ( \
+             SELECT stripe_customer FROM stripe_events \
+             WHERE status = 'processing' AND next_attempt_at > ?1 \
+               AND stripe_customer IS NOT NULL)) \
+     ORDER BY created, seq LIMIT ?4";
+
+/// A billd store in one SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+    /// `INSERT … VALUES (…), … RETURNING id` for 2^0 … 2^MAX_CHUNK_EXP rows.
+    /// A batch is split into power-of-two chunks so that only a handful of
+    /// statement shapes exist and all stay in the prepared-statement cache.
+    insert_sql: Vec<String>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the SQLite database at `url`
+    /// (`sqlite://path/to/billd.db`).
+    pub async fn connect(url: &str) -> StoreResult<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Other(format!("invalid SQLite URL: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        // The writer connects first: it creates the file and switches it to
+        // WAL before any reader opens it.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options.clone())
+            .await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(READERS)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_with(options)
+            .await?;
+        let insert_sql = (0..=MAX_CHUNK_EXP)
+            .map(|exp| insert_statement(1 << exp))
+            .collect();
+        Ok(SqliteStore {
+            writer,
+            reader,
+            insert_sql,
+        })
+    }
+
+    /// Closes both pools, waiting for connections in use to be returned.
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+}
+
+fn insert_statement(rows: usize) -> String {
+    let mut sql = format!("INSERT INTO stripe_events ({INSERT_COLUMNS}) VALUES ");
+    for row in 0..rows {
+        if row > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?,?,?,?,?,?,?,?)");
+    }
+    sql.push_str(" ON CONFLICT (id) DO NOTHING RETURNING id");
+    sql
+}
+
+/// Splits `n` rows into the largest power-of-two chunk that fits, returning
+/// its exponent.
+fn chunk_exp(n: usize) -> u32 {
+    let capped = n.min(1 << MAX_CHUNK_EXP);
+    usize::BITS - 1 - capped.leading_zeros()
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    async fn migrate(&self) -> StoreResult<()> {
+        MIGRATOR.run(&self.writer).await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    async fn insert_events(&self, events: &[NewEvent]) -> StoreResult<Vec<InsertOutcome>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (unique, repeated) = first_occurrences(events);
+        let mut inserted = HashSet::with_capacity(unique.len());
+        // IMMEDIATE takes the write lock up front, so the transaction never
+        // has to upgrade a read lock (which could fail with SQLITE_BUSY
+        // without waiting if another process writes to the same file).
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut rest = unique.as_slice();
+        while !rest.is_empty() {
+            let exp = chunk_exp(rest.len());
+            let (chunk, tail) = rest.split_at(1 << exp);
+            let sql = self
+                .insert_sql
+                .get(exp as usize)
+                .ok_or_else(|| StoreError::Other("insert statement missing".to_owned()))?;
+            let mut query = sqlx::query_scalar::<_, String>(sql);
+            for &index in chunk {
+                let event = &events[index];
+                query = query
+                    .bind(event.id.as_str())
+                    .bind(event.event_type.as_str())
+                    .bind(event.api_version.as_deref())
+                    .bind(event.created)
+                    .bind(event.object_id.as_deref())
+                    .bind(event.stripe_customer.as_deref())
+                    .bind(event.payload.as_str())
+                    .bind(event.received_at);
+            }
+            inserted.extend(query.fetch_all(&mut *tx).await?);
+            rest = tail;
+        }
+        tx.commit().await?;
+        Ok(outcomes(events, &repeated, &inserted))
+    }
+
+    async fn claim_events(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut picker = Picker::new(limit);
+        let page = page_size(limit);
+        let mut after = (i64::MIN, i64::MIN);
+        loop {
+            let rows: Vec<(String, Option<String>, i64, i64)> = sqlx::query_as(CANDIDATES)
+                .bind(now)
+                .bind(after.0)
+                .bind(after.1)
+                .bind(page)
+                .fetch_all(&mut *tx)
+                .await?;
+            let exhausted = (rows.len() as i64) < page;
+            for (id, customer, created, seq) in rows {
+                after = (created, seq);
+                picker.offer(id, customer);
+            }
+            if exhausted || picker.is_full() {
+                break;
+            }
+        }
+        let ids = picker.into_ids();
+        if ids.is_empty() {
+            tx.commit().await?;
+            return Ok(Vec::new());
+        }
+        let ids_json = serde_json::to_string(&ids)
+            .map_err(|e| StoreError::Other(format!("encoding claimed ids: {e}")))?;
+        let rows: Vec<EventRow> = sqlx::query_as(&format!(
+            "UPDATE stripe_events \
+             SET status = 'processing', attempts = attempts + 1, next_attempt_at = ?1 \
+             WHERE id IN (SELECT value FROM json_each(?2)) \
+             RETURNING {EVENT_COLUMNS}"
+        ))
+        .bind(lease_until)
+        .bind(ids_json)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(in_claim_order(&ids, into_events(rows)?))
+    }
+
+    async fn finish_event(&self, id: &str, result: EventResult, now: i64) -> StoreResult<()> {
+        let (status, error, next_attempt_at, processed_at) = finish_columns(&result, now);
+        let done = sqlx::query(
+            "UPDATE stripe_events \
+             SET status = ?1, last_error = COALESCE(?2, last_error), next_attempt_at = ?3, \
+                 processed_at = ?4 \
+             WHERE id = ?5 AND status = 'processing'",
+        )
+        .bind(status.as_str())
+        .bind(error)
+        .bind(next_attempt_at)
+        .bind(processed_at)
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
+        if done.rows_affected() > 0 {
+            return Ok(());
+        }
+        let current: Option<String> =
+            sqlx::query_scalar("SELECT status FROM stripe_events WHERE id = ?1")
+                .bind(id)
+                .fetch_optional(&self.writer)
+                .await?;
+        Err(not_processing(current))
+    }
+
+    async fn get_event(&self, id: &str) -> StoreResult<Option<StoredEvent>> {
+        let row: Option<EventRow> = sqlx::query_as(&format!(
+            "SELECT {EVENT_COLUMNS} FROM stripe_events WHERE id = ?1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.map(StoredEvent::try_from).transpose()
+    }
+
+    async fn list_events(&self, filter: &EventFilter) -> StoreResult<Vec<StoredEvent>> {
+        let mut query = QueryBuilder::new(format!(
+            "SELECT {EVENT_COLUMNS} FROM stripe_events WHERE 1 = 1"
+        ));
+        if let Some(status) = filter.status {
+            query.push(" AND status = ").push_bind(status.as_str());
+        }
+        if let Some(event_type) = &filter.event_type {
+            query.push(" AND type = ").push_bind(event_type.as_str());
+        }
+        // SQLite reads a negative LIMIT as "no limit".
+        let limit = if filter.limit == 0 {
+            -1
+        } else {
+            i64::from(filter.limit)
+        };
+        query.push(" ORDER BY seq DESC LIMIT ").push_bind(limit);
+        let rows: Vec<EventRow> = query.build_query_as().fetch_all(&self.reader).await?;
+        into_events(rows)
+    }
+
+    async fn requeue_event(&self, id: &str, _now: i64) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE stripe_events \
+             SET status = 'pending', attempts = 0, next_attempt_at = NULL, processed_at = NULL \
+             WHERE id = ?1",
+        )
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn requeue_by_status(&self, status: EventStatus, _now: i64) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "UPDATE stripe_events \
+             SET status = 'pending', attempts = 0, next_attempt_at = NULL, processed_at = NULL \
+             WHERE status = ?1",
+        )
+        .bind(status.as_str())
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn inbox_stats(&self) -> StoreResult<InboxStats> {
+        let counts: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM stripe_events GROUP BY status")
+                .fetch_all(&self.reader)
+                .await?;
+        let oldest: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(received_at) FROM stripe_events WHERE status IN ('pending', 'failed')",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        crate::row::stats(counts, oldest)
+    }
+}
+
+/// The error for finishing an event that is not under a lease.
+pub(crate) fn not_processing(current: Option<String>) -> StoreError {
+    match current {
+        None => StoreError::NotFound,
+        Some(status) => StoreError::Conflict {
+            constraint: format!("stripe_events.status is {status}, not processing"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_exp;
+
+    #[test]
+    fn batches_split_into_power_of_two_chunks_capped_at_256() {
+        assert_eq!(chunk_exp(1), 0);
+        assert_eq!(chunk_exp(3), 1);
+        assert_eq!(chunk_exp(300), 8);
+        assert_eq!(chunk_exp(44), 5);
+    }
+}
