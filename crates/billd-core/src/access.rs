@@ -345,6 +345,14 @@ pub fn entitlements(
         .discounts
         .values()
         .filter(|d| !d.deleted && d.discount.value.end.is_none_or(|end| end > now))
+        // A discount on a subscription applies only while that subscription lives.
+        .filter(|d| {
+            d.discount
+                .value
+                .subscription
+                .as_ref()
+                .is_none_or(|id| live_sub.is_some_and(|s| &s.snapshot.id == id))
+        })
         .max_by_key(|d| (d.discount.value.start, &d.discount.value.id))
         .map(|d| {
             let v = &d.discount.value;

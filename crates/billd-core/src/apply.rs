@@ -161,7 +161,10 @@ pub struct AuditEntry {
     pub at: i64,
 }
 
-/// What `apply` did with the event.
+/// What `apply` did with the event: informational (metrics, the inbox's
+/// status). The adapter must persist [`Decision::state`] whatever the
+/// outcome: a stale snapshot still records what it observed (e.g. for
+/// `past_due_since`), which is what makes delivery order irrelevant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
@@ -687,6 +690,10 @@ fn apply_subscription_deleted(
         .or_default();
     let plan = resolve_plan(catalog, subscription).map(|p| p.name.clone());
     let this = stamp(event, u8::MAX);
+    let previous_status = next
+        .subscriptions
+        .get(&subscription.id)
+        .map(|s| s.snapshot.status);
     if let Some(existing) = next.subscriptions.get_mut(&subscription.id) {
         if existing.deleted {
             if existing.stamp < this {
@@ -709,14 +716,24 @@ fn apply_subscription_deleted(
             last_not_past_due: None,
         },
     );
-    effects.push(email(
-        EmailTemplate::SubscriptionCanceled,
-        format!("subscription_canceled:{}", subscription.id),
-        params([
-            ("subscription", subscription.id.to_string()),
-            ("plan", plan_label(&plan)),
-        ]),
-    ));
+    // A subscription that never started (its first payment never came)
+    // ends without a goodbye.
+    let started = previous_status.is_none_or(|status| {
+        !matches!(
+            status,
+            SubscriptionStatus::Incomplete | SubscriptionStatus::IncompleteExpired
+        )
+    });
+    if started {
+        effects.push(email(
+            EmailTemplate::SubscriptionCanceled,
+            format!("subscription_canceled:{}", subscription.id),
+            params([
+                ("subscription", subscription.id.to_string()),
+                ("plan", plan_label(&plan)),
+            ]),
+        ));
+    }
     Outcome::Applied
 }
 

@@ -267,12 +267,26 @@ impl CustomerState {
             .map(|(id, _)| id)
     }
 
-    /// The subscription that decides access: a live one if any, the most
-    /// recently created first; otherwise the most recently created ended one.
+    /// The subscription that decides access. A live subscription in a
+    /// paying status (active, trialing, past_due) beats any other live one,
+    /// so that a second, still `incomplete` checkout does not take access
+    /// away from the subscription being paid; then live beats ended; then
+    /// the most recently created wins.
     pub fn current_subscription(&self) -> Option<&SubscriptionState> {
-        self.subscriptions
-            .values()
-            .max_by_key(|s| (s.is_live(), s.snapshot.created, &s.snapshot.id))
+        self.subscriptions.values().max_by_key(|s| {
+            let paying = matches!(
+                s.snapshot.status,
+                SubscriptionStatus::Active
+                    | SubscriptionStatus::Trialing
+                    | SubscriptionStatus::PastDue
+            );
+            let class = match (s.is_live(), paying) {
+                (true, true) => 2,
+                (true, false) => 1,
+                (false, _) => 0,
+            };
+            (class, s.snapshot.created, &s.snapshot.id)
+        })
     }
 
     /// Some dispute is open: access is frozen.
@@ -325,10 +339,19 @@ impl CustomerState {
     }
 
     /// The invoice awaiting customer action (3-D Secure), the newest first.
+    /// An invoice of a subscription that has ended no longer asks for action.
     pub fn pending_action(&self) -> Option<(&InvoiceId, &InvoiceState)> {
         self.invoices
             .iter()
             .filter(|(_, inv)| inv.needs_action())
+            .filter(|(_, inv)| {
+                inv.invoice
+                    .value
+                    .subscription
+                    .as_ref()
+                    .and_then(|id| self.subscriptions.get(id))
+                    .is_none_or(SubscriptionState::is_live)
+            })
             .max_by_key(|(id, inv)| (inv.invoice.value.created, *id))
     }
 

@@ -525,15 +525,37 @@ fn discounts_are_recorded_and_shown_until_deleted() {
     };
     let created = fold(
         &catalog,
-        &[event(
-            "evt_1",
-            T0,
-            EventKind::Discount {
-                change: DiscountChange::Created,
-                discount: discount.clone(),
-            },
-        )],
+        &[
+            updated(
+                "evt_0",
+                T0,
+                subscription(1, "pro", SubscriptionStatus::Active, T0),
+            ),
+            event(
+                "evt_1",
+                T0,
+                EventKind::Discount {
+                    change: DiscountChange::Created,
+                    discount: discount.clone(),
+                },
+            ),
+        ],
         T0,
+    );
+    // Once its subscription has ended, a subscription discount is not shown.
+    let ended = apply(
+        &created,
+        &deleted(
+            "evt_9",
+            T0 + 5,
+            subscription(1, "pro", SubscriptionStatus::Active, T0),
+        ),
+        &catalog,
+        T0 + 5,
+    );
+    assert_eq!(
+        entitlements(&ended.state, &catalog, &Usage::new(), T0 + 5).discount,
+        None
     );
     let shown = entitlements(&created, &catalog, &Usage::new(), T0)
         .discount
@@ -1084,4 +1106,82 @@ fn entitlements_serialise_to_the_documented_shape() {
     );
     assert_eq!(generations["resets_at"].as_i64(), Some(T0 + 30 * DAY));
     assert!(value["features"]["websites"]["resets_at"].is_null());
+}
+
+#[test]
+fn a_second_incomplete_subscription_does_not_take_access_from_the_paid_one() {
+    let catalog = Catalog::seed();
+    let mut second = subscription(2, "pro", SubscriptionStatus::Incomplete, T0);
+    second.created = T0 + DAY;
+    let state = fold(
+        &catalog,
+        &[
+            updated(
+                "evt_1",
+                T0,
+                subscription(1, "standard", SubscriptionStatus::Active, T0),
+            ),
+            updated("evt_2", T0 + DAY, second.clone()),
+        ],
+        T0 + DAY,
+    );
+    let ent = entitlements(&state, &catalog, &Usage::new(), T0 + DAY);
+    assert_eq!((ent.access, ent.plan.as_str()), (Access::Paid, "standard"));
+
+    // Its pending 3-D Secure confirmation is shown; once it expires it is not.
+    let mut sca = invoice(7, 1);
+    sca.subscription = Some(sub_id(2));
+    let pending = apply(
+        &state,
+        &invoice_event("evt_3", T0 + DAY, InvoiceChange::PaymentActionRequired, sca),
+        &catalog,
+        T0 + DAY,
+    );
+    assert!(
+        entitlements(&pending.state, &catalog, &Usage::new(), T0 + DAY)
+            .action_required
+            .is_some()
+    );
+    second.status = SubscriptionStatus::IncompleteExpired;
+    let expired = apply(
+        &pending.state,
+        &updated("evt_4", T0 + 2 * DAY, second.clone()),
+        &catalog,
+        T0 + 2 * DAY,
+    );
+    assert_eq!(
+        entitlements(&expired.state, &catalog, &Usage::new(), T0 + 2 * DAY).action_required,
+        None
+    );
+
+    // Ending it sends no cancellation email: it never started.
+    let gone = apply(
+        &expired.state,
+        &deleted("evt_5", T0 + 2 * DAY + 1, second),
+        &catalog,
+        T0 + 2 * DAY + 1,
+    );
+    assert!(!gone.effects.iter().any(|e| matches!(
+        e,
+        Effect::Email {
+            template: EmailTemplate::SubscriptionCanceled,
+            ..
+        }
+    )));
+
+    // Ending the paid one does.
+    let canceled = apply(
+        &gone.state,
+        &deleted(
+            "evt_6",
+            T0 + 3 * DAY,
+            subscription(1, "standard", SubscriptionStatus::Active, T0),
+        ),
+        &catalog,
+        T0 + 3 * DAY,
+    );
+    assert!(canceled
+        .effects
+        .iter()
+        .any(|e| e.dedupe_key() == "subscription_canceled:sub_1"));
 }
