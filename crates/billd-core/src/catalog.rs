@@ -459,6 +459,16 @@ impl Catalog {
             .find(|plan| plan.prices.values().any(|p| p.matches(id, lookup_key)))
     }
 
+    /// Every price: (plan, currency, price), e.g. for dev mode to create
+    /// the prices known only by lookup key.
+    pub fn prices(&self) -> impl Iterator<Item = (&PlanName, &Currency, &Price)> {
+        self.plans.values().flat_map(|plan| {
+            plan.prices
+                .iter()
+                .map(move |(currency, price)| (&plan.name, currency, price))
+        })
+    }
+
     /// The price of a plan in a currency.
     pub fn price_for(&self, plan: &PlanName, currency: &Currency) -> Option<&Price> {
         self.plans.get(plan)?.prices.get(currency)
@@ -573,6 +583,39 @@ mod tests {
             .plan_for_price(&PriceId::parse("price_other").unwrap(), None)
             .is_none());
         assert_eq!(catalog.grace_period_days(), 5);
+    }
+
+    #[test]
+    fn seed_prices_are_listed_with_lookup_keys_and_amounts_for_dev_mode() {
+        let catalog = Catalog::seed();
+        let listed: Vec<(String, String, Option<String>, Option<i64>)> = catalog
+            .prices()
+            .map(|(plan, currency, price)| {
+                (
+                    plan.to_string(),
+                    currency.to_string(),
+                    price.lookup_key.clone(),
+                    price.unit_amount,
+                )
+            })
+            .collect();
+        assert_eq!(
+            listed,
+            vec![
+                (
+                    "pro".into(),
+                    "eur".into(),
+                    Some("billd_pro_eur".into()),
+                    Some(1900)
+                ),
+                (
+                    "standard".into(),
+                    "eur".into(),
+                    Some("billd_standard_eur".into()),
+                    Some(900)
+                ),
+            ]
+        );
     }
 
     #[test]
