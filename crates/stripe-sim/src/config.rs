@@ -79,6 +79,9 @@ pub struct SimConfig {
     pub incomplete_expiry_hours: i64,
     /// Base URL used in `url` fields (checkout, portal, hosted invoices).
     pub public_url: String,
+    /// Keep the state in this JSON file: loaded by [`crate::Sim::load`], rewritten
+    /// after every change. `None` = memory only.
+    pub snapshot_path: Option<std::path::PathBuf>,
     /// Webhook delivery knobs.
     pub webhooks: WebhookKnobs,
     /// API failure injection.
@@ -97,6 +100,7 @@ impl Default for SimConfig {
             retries_exhausted: RetriesExhausted::Cancel,
             incomplete_expiry_hours: 23,
             public_url: "http://127.0.0.1:12111".to_string(),
+            snapshot_path: None,
             webhooks: WebhookKnobs::default(),
             faults: ApiFaults::default(),
         }

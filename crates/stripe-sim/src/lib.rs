@@ -67,6 +67,42 @@ impl Sim {
         }
     }
 
+    /// An emulator restored from `config.snapshot_path` if that file exists
+    /// (a fresh one otherwise); fails if the file cannot be read or parsed.
+    pub fn load(config: SimConfig) -> std::io::Result<Self> {
+        let path = config.snapshot_path.clone();
+        let sim = Self::new(config);
+        if let Some(path) = path.filter(|p| p.exists()) {
+            let text = std::fs::read_to_string(&path)?;
+            let snap: state::Snapshot = serde_json::from_str(&text).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
+            sim.lock().restore(snap);
+        }
+        Ok(sim)
+    }
+
+    /// Writes the snapshot file (if configured) atomically: temp file, then rename.
+    fn save(&self, s: &Inner) {
+        let Some(path) = &s.cfg.snapshot_path else {
+            return;
+        };
+        let write = || -> std::io::Result<()> {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(
+                &tmp,
+                serde_json::to_vec(&s.snapshot()).map_err(std::io::Error::other)?,
+            )?;
+            std::fs::rename(&tmp, path)
+        };
+        if let Err(e) = write() {
+            tracing::warn!(error = %e, path = %path.display(), "stripe-sim: cannot write snapshot");
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -95,7 +131,12 @@ impl Sim {
 
     /// Handles one request in-process, without HTTP (also used by the router).
     pub fn handle(&self, req: &SimRequest) -> SimResponse {
-        http::handle(&mut self.lock(), req)
+        let mut s = self.lock();
+        let r = http::handle(&mut s, req);
+        if req.method != "GET" && r.status < 500 {
+            self.save(&s);
+        }
+        r
     }
 
     /// Convenience for Rust callers: `method path` with a form body, authenticated with a test key.
@@ -212,7 +253,8 @@ impl SimHandle {
     }
 }
 
-/// Serves a new emulator on `listener`. `public_url` defaults to the listener's address.
+/// Serves an emulator on `listener` (restored from `snapshot_path` if set and present).
+/// `public_url` defaults to the listener's address.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     mut config: SimConfig,
@@ -221,7 +263,7 @@ pub async fn serve(
     if config.public_url == SimConfig::default().public_url {
         config.public_url = format!("http://{addr}");
     }
-    let sim = Sim::new(config);
+    let sim = Sim::load(config)?;
     let app = sim.router();
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();

@@ -6,13 +6,14 @@ use crate::config::{SimConfig, API_VERSION};
 use crate::error::{ApiError, ApiResult};
 use crate::ids::IdGen;
 use crate::params;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// How a card behaves when charged, from Stripe's test payment methods.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CardBehavior {
     /// Charges succeed.
     Succeed,
@@ -29,7 +30,7 @@ pub enum CardBehavior {
 }
 
 /// A stored `Idempotency-Key` result.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IdempotentResult {
     /// Method, path and parameters of the first request.
     pub fingerprint: String,
@@ -40,7 +41,7 @@ pub struct IdempotentResult {
 }
 
 /// Per-subscription schedule state Stripe keeps privately.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SubMeta {
     /// Pending proration lines, billed on the next invoice.
     pub pending_lines: Vec<Value>,
@@ -78,6 +79,35 @@ pub struct RequestCtx {
     pub id: String,
     /// The `Idempotency-Key` header, if sent.
     pub idempotency_key: Option<String>,
+}
+
+/// What a snapshot file holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Format version.
+    pub version: u32,
+    /// Objects by id.
+    pub objects: HashMap<String, Value>,
+    /// Ids per kind, oldest first.
+    pub by_kind: HashMap<String, Vec<String>>,
+    /// Stored idempotent results.
+    pub idempotency: HashMap<String, IdempotentResult>,
+    /// Card behaviours.
+    pub cards: HashMap<String, CardBehavior>,
+    /// Subscription schedule state.
+    pub subs: HashMap<String, SubMeta>,
+    /// Events with a failed or dropped delivery.
+    pub failed_events: HashSet<String>,
+    /// Endpoints still to succeed, per event.
+    pub pending: HashMap<String, HashSet<String>>,
+    /// Checkout sessions waiting for 3-D Secure.
+    pub pending_sessions: HashMap<String, String>,
+    /// Checkout sessions' items.
+    pub checkout_items: HashMap<String, (Vec<Value>, Option<i64>, Value)>,
+    /// Default billing portal configuration.
+    pub default_portal_config: Option<String>,
+    /// Requests served.
+    pub request_count: u64,
 }
 
 /// Everything behind the emulator's mutex.
@@ -140,9 +170,49 @@ impl Inner {
         }
     }
 
-    /// A fresh id with `prefix`.
+    /// A fresh id with `prefix` (never one already stored, which matters after a restore).
     pub fn id(&mut self, prefix: &str) -> String {
-        self.ids.next(prefix)
+        loop {
+            let id = self.ids.next(prefix);
+            if !self.objects.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// The persistent part of the state (pending webhook deliveries are not kept).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            version: 1,
+            objects: self.objects.clone(),
+            by_kind: self.by_kind.clone(),
+            idempotency: self.idempotency.clone(),
+            cards: self.cards.clone(),
+            subs: self.subs.clone(),
+            failed_events: self.failed_events.clone(),
+            pending: self.pending.clone(),
+            pending_sessions: self.pending_sessions.clone(),
+            checkout_items: self.checkout_items.clone(),
+            default_portal_config: self.default_portal_config.clone(),
+            request_count: self.request_count,
+        }
+    }
+
+    /// Replaces the state with a snapshot; ids continue from a seed that depends on
+    /// how much exists, so that a restored emulator stays deterministic.
+    pub fn restore(&mut self, snap: Snapshot) {
+        self.ids = IdGen::new(self.cfg.seed ^ (snap.objects.len() as u64).rotate_left(32));
+        self.objects = snap.objects;
+        self.by_kind = snap.by_kind;
+        self.idempotency = snap.idempotency;
+        self.cards = snap.cards;
+        self.subs = snap.subs;
+        self.failed_events = snap.failed_events;
+        self.pending = snap.pending;
+        self.pending_sessions = snap.pending_sessions;
+        self.checkout_items = snap.checkout_items;
+        self.default_portal_config = snap.default_portal_config;
+        self.request_count = snap.request_count;
     }
 
     /// Sim-wide "now": the frozen time if set, else the wall clock.

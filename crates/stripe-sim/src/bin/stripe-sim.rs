@@ -4,7 +4,7 @@ use stripe_sim::SimConfig;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: stripe-sim [--listen ADDR (default 127.0.0.1:12111)] [--seed N] [--time-scale F]"
+        "usage: stripe-sim [--listen ADDR (default 127.0.0.1:12111)] [--seed N] [--time-scale F] [--snapshot FILE]"
     );
     std::process::exit(2)
 }
@@ -20,6 +20,7 @@ async fn main() -> anyhow::Result<()> {
             "--listen" => listen = value(),
             "--seed" => config.seed = value().parse().unwrap_or_else(|_| usage()),
             "--time-scale" => config.time_scale = value().parse().unwrap_or_else(|_| usage()),
+            "--snapshot" => config.snapshot_path = Some(value().into()),
             "-h" | "--help" => usage(),
             _ => usage(),
         }

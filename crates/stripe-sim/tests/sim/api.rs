@@ -394,3 +394,45 @@ fn checkout_line_items_are_expandable_on_the_session() {
     assert_eq!(cs["line_items"]["data"][0]["amount_total"], 6000);
     assert_eq!(cs["line_items"]["data"][0]["price"]["id"], price);
 }
+
+#[test]
+fn a_snapshot_file_restores_the_state_and_new_ids_do_not_collide() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sim.json");
+    let cfg = stripe_sim::SimConfig {
+        seed: 5,
+        frozen_time: Some(T0),
+        snapshot_path: Some(path.clone()),
+        ..Default::default()
+    };
+    let first = stripe_sim::Sim::load(cfg.clone()).unwrap();
+    let price = standard_price(&first);
+    let cus = id(&post(&first, "/v1/customers", "email=keep@x.io"));
+    drop(first);
+    let again = stripe_sim::Sim::load(cfg).unwrap();
+    assert_eq!(
+        get(&again, &format!("/v1/customers/{cus}"))["email"],
+        "keep@x.io"
+    );
+    let sub = post(
+        &again,
+        "/v1/subscriptions",
+        &format!("customer={cus}&items[0][price]={price}&default_payment_method=pm_card_visa"),
+    );
+    assert_eq!(sub["status"], "active");
+    let other = id(&post(&again, "/v1/customers", "email=new@x.io"));
+    assert_ne!(other, cus);
+    assert_eq!(
+        get(&again, "/v1/customers")["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    std::fs::write(&path, "not json").unwrap();
+    assert!(stripe_sim::Sim::load(stripe_sim::SimConfig {
+        snapshot_path: Some(path),
+        ..Default::default()
+    })
+    .is_err());
+}
