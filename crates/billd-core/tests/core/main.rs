@@ -8,6 +8,7 @@
 )]
 
 mod convergence;
+mod quota;
 mod schedule;
 mod semantics;
 mod support;
