@@ -7,7 +7,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::form;
 use crate::params;
 use crate::resources::{
-    catalog, checkout, coupons, customers, events, invoices, payment_methods, payments,
+    catalog, checkout, coupons, customers, events, invoices, payment_methods, payments, search,
     subscriptions, test_clocks,
 };
 use crate::state::{IdempotentResult, Inner, RequestCtx};
@@ -330,6 +330,9 @@ pub fn route(s: &mut Inner, method: &str, segs: &[&str], p: &Value) -> ApiResult
     match (method, rest) {
         ("POST", ["customers"]) => customers::create(s, p),
         ("GET", ["customers"]) => customers::list(s, p),
+        ("GET", ["customers", "search"]) => {
+            search::search(s, "customer", "/v1/customers/search", p)
+        }
         ("GET", ["customers", id]) => customers::retrieve(s, id),
         ("POST", ["customers", id]) => customers::update(s, id, p),
         ("DELETE", ["customers", id]) => customers::delete(s, id),
@@ -358,6 +361,9 @@ pub fn route(s: &mut Inner, method: &str, segs: &[&str], p: &Value) -> ApiResult
 
         ("POST", ["subscriptions"]) => subscriptions::create(s, p),
         ("GET", ["subscriptions"]) => subscriptions::list(s, p),
+        ("GET", ["subscriptions", "search"]) => {
+            search::search(s, "subscription", "/v1/subscriptions/search", p)
+        }
         ("GET", ["subscriptions", id]) => subscriptions::retrieve(s, id),
         ("POST", ["subscriptions", id]) => subscriptions::update(s, id, p),
         ("DELETE", ["subscriptions", id]) => subscriptions::cancel(s, id),

@@ -8,5 +8,6 @@ pub mod events;
 pub mod invoices;
 pub mod payment_methods;
 pub mod payments;
+pub mod search;
 pub mod subscriptions;
 pub mod test_clocks;

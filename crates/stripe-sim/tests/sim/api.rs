@@ -436,3 +436,34 @@ fn a_snapshot_file_restores_the_state_and_new_ids_do_not_collide() {
     })
     .is_err());
 }
+
+#[test]
+fn customers_and_subscriptions_are_searchable_by_metadata_and_status() {
+    let sim = sim();
+    let price = standard_price(&sim);
+    let a = id(&post(
+        &sim,
+        "/v1/customers",
+        "email=a@x.io&metadata[billd_customer_id]=u-1",
+    ));
+    post(
+        &sim,
+        "/v1/customers",
+        "email=b@x.io&metadata[billd_customer_id]=u-2",
+    );
+    let found = get(
+        &sim,
+        "/v1/customers/search?query=metadata%5B%27billd_customer_id%27%5D%3A%27u-1%27",
+    );
+    assert_eq!(found["object"], "search_result");
+    assert_eq!(found["data"].as_array().unwrap().len(), 1);
+    assert_eq!(found["data"][0]["id"], a);
+    post(&sim, "/v1/subscriptions", &format!("customer={a}&items[0][price]={price}&default_payment_method=pm_card_visa&metadata[billd_plan]=standard"));
+    let subs = get(&sim, "/v1/subscriptions/search?query=status%3A%27active%27%20AND%20metadata%5B%27billd_plan%27%5D%3A%27standard%27");
+    assert_eq!(subs["data"][0]["customer"], a);
+    let (status, body) = sim.call("GET", "/v1/customers/search?query=email%3Dbroken", "");
+    assert_eq!(
+        (status, body["error"]["param"].as_str()),
+        (400, Some("query"))
+    );
+}
