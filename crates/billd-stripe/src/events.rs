@@ -210,7 +210,7 @@ fn parse_kind(event_type: &str, object: &Value) -> Result<Option<EventKind>, Par
     let invoice = |change| -> Result<EventKind, ParseError> {
         Ok(EventKind::Invoice {
             change,
-            invoice: parse_invoice(object)?,
+            invoice: parse_invoice(object, change == InvoiceChange::Upcoming)?,
         })
     };
     let dispute = |change| -> Result<EventKind, ParseError> {
@@ -503,8 +503,15 @@ struct RawSubscriptionDetails {
     subscription: Option<Value>,
 }
 
-fn parse_invoice(object: &Value) -> Result<Invoice, ParseError> {
+/// `preview`: an `invoice.upcoming` object, which is not a real invoice; its
+/// id is absent, null, or a preview id (`upcoming_in_…`) and is dropped.
+fn parse_invoice(object: &Value, preview: bool) -> Result<Invoice, ParseError> {
     let raw: RawInvoice = from_object(object)?;
+    let id = match raw.id.as_deref() {
+        Some(id) if preview && InvoiceId::parse(id).is_err() => None,
+        Some(id) => Some(parse_id("id", id, InvoiceId::parse)?),
+        None => None,
+    };
     let currency = parse_currency("currency", raw.currency.as_deref())?;
     let subscription = raw
         .parent
@@ -518,11 +525,7 @@ fn parse_invoice(object: &Value) -> Result<Invoice, ParseError> {
         .as_ref()
         .and_then(|l| l.data.iter().find_map(|line| line.period.as_ref()));
     Ok(Invoice {
-        id: raw
-            .id
-            .as_deref()
-            .map(|id| parse_id("id", id, InvoiceId::parse))
-            .transpose()?,
+        id,
         customer: parse_ref("customer", raw.customer.as_ref(), StripeCustomerId::parse)?,
         subscription: parse_ref(
             "parent.subscription_details.subscription",

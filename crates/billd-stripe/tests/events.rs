@@ -3,7 +3,10 @@
 
 // Helpers outside `#[test]` functions read fixtures that are valid by
 // construction; clippy's allow-unwrap-in-tests does not reach them.
-#![allow(clippy::unwrap_used, reason = "test fixtures are valid by construction")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "test fixtures are valid by construction"
+)]
 
 use billd_core::event::{
     CheckoutChange, DisputeStatus, InvoiceChange, SubscriptionChange, SubscriptionStatus,
@@ -238,6 +241,16 @@ fn an_upcoming_invoice_without_an_id_still_parses() {
     };
     assert_eq!(invoice.id, None);
     assert!(invoice.subscription.is_some());
+
+    // Preview ids are not invoice ids; only on invoice.upcoming are they dropped.
+    let mut preview = invoice_object();
+    preview["id"] = json!("upcoming_in_1Pgc6tB7WZ01zgkW");
+    let EventKind::Invoice { invoice, .. } = handled("invoice.upcoming", &preview).kind else {
+        panic!("invoice event")
+    };
+    assert_eq!(invoice.id, None);
+    let err = parse_event(&envelope("invoice.paid", &preview)).unwrap_err();
+    assert_eq!(err.code(), "invalid_id");
 }
 
 #[test]
