@@ -816,9 +816,14 @@ async fn a_postgres_server_that_refuses_connections_is_unavailable() {
     // Port 1 on loopback: nothing listens there.
     let url = "postgres://postgres@127.0.0.1:1/postgres";
 
-    let connect_error = PgStore::connect(url).await.map(|_| ());
     let lazy = PgStore::connect_lazy(url).expect("lazy store");
-    let insert_error = lazy.insert_events(&[event("evt_1", None, 1)]).await;
+    let events = [event("evt_1", None, 1)];
+
+    // Both wait out the pool's acquire timeout; wait for them together.
+    let (connect_error, insert_error) = tokio::join!(
+        async { PgStore::connect(url).await.map(|_| ()) },
+        lazy.insert_events(&events)
+    );
 
     assert!(
         matches!(connect_error, Err(StoreError::Unavailable(_))),

@@ -1,0 +1,120 @@
+#!/usr/bin/env bash
+# Runs billd's whole test suite on a fresh machine of this kind (Debian,
+# root, Rust toolchain with cargo-nextest):
+#   - installs PostgreSQL from Debian's packages when it is missing, creates a
+#     throwaway cluster under /tmp/billd-pg.XXXXXX owned by `postgres` (initdb
+#     refuses root) on a free loopback port, exports BILLD_TEST_POSTGRES_URL,
+#     and always stops and removes it on exit;
+#   - installs the Python packages the emulator's tests drive (stripe,
+#     aiosmtpd) when missing;
+#   - runs every test of the workspace (cargo nextest when installed, else
+#     cargo test). Extra arguments are passed on: `bash scripts/test.sh -p billd-store`.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# Builds land outside the clone, so a fresh clone reuses compiled deps.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/cache/billd-target}"
+
+log() { printf 'test.sh: %s\n' "$*" >&2; }
+
+# ------------------------------------------------------------- PostgreSQL
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
+
+PG_BIN="$(pg_bin)"
+if [[ -z "$PG_BIN" || ! -x "$PG_BIN/initdb" ]]; then
+    log "installing PostgreSQL from Debian's packages"
+    # Debian would create and start a default cluster on 5432; we only want
+    # the binaries.
+    mkdir -p /etc/postgresql-common
+    echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq -o Dpkg::Options::=--force-confold postgresql >/dev/null
+    PG_BIN="$(pg_bin)"
+fi
+[[ -x "$PG_BIN/initdb" ]] || { log "initdb not found after installing postgresql"; exit 1; }
+
+# initdb refuses to run as root: as root, run the server as `postgres`.
+if [[ "$(id -u)" -eq 0 ]]; then
+    id postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql --shell /bin/bash postgres
+    as_pg() { runuser -u postgres -- "$@"; }
+else
+    as_pg() { "$@"; }
+fi
+
+PG_DIR="$(mktemp -d /tmp/billd-pg.XXXXXX)"
+chmod 700 "$PG_DIR"
+[[ "$(id -u)" -eq 0 ]] && chown postgres:postgres "$PG_DIR"
+
+cleanup() {
+    local status=$?
+    if [[ -f "$PG_DIR/data/postmaster.pid" ]]; then
+        as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast -w stop >/dev/null 2>&1 \
+            || as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m immediate stop >/dev/null 2>&1 \
+            || true
+    fi
+    rm -rf "$PG_DIR"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+as_pg "$PG_BIN/initdb" -D "$PG_DIR/data" -U postgres --auth=trust -E UTF8 --locale=C >/dev/null
+
+# Tests create a database each and run in parallel: allow many connections.
+# fsync and synchronous_commit stay on: the durability tests rely on them.
+PG_PORT=""
+for _ in 1 2 3 4 5; do
+    PG_PORT="$(free_port)"
+    if as_pg "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 \
+        -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -c unix_socket_directories=$PG_DIR \
+            -c max_connections=300 -c shared_buffers=64MB -c max_wal_size=1GB \
+            -c log_min_messages=warning" \
+        start >/dev/null; then
+        break
+    fi
+    # Someone took the port between our probe and the bind: try another.
+    PG_PORT=""
+done
+if [[ -z "$PG_PORT" ]]; then
+    log "PostgreSQL did not start; its log:"
+    cat "$PG_DIR/server.log" >&2 || true
+    exit 1
+fi
+export BILLD_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+log "PostgreSQL $("$PG_BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PG_PORT ($PG_DIR)"
+
+# ----------------------------------------------------------------- Python
+pip_install() {
+    python3 -m pip --version >/dev/null 2>&1 || {
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+    }
+    # Debian's own python3 refuses system-wide installs (PEP 668) unless told.
+    python3 -m pip install --quiet "$@" 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages "$@"
+}
+python3 -c "import stripe" 2>/dev/null || { log "installing the stripe Python SDK"; pip_install stripe; }
+python3 -c "import aiosmtpd" 2>/dev/null || { log "installing aiosmtpd"; pip_install aiosmtpd; }
+
+# ------------------------------------------------------------------ tests
+# Test the whole workspace unless the caller picked packages.
+scope=(--workspace)
+for arg in "$@"; do
+    case "$arg" in
+        -p | -p* | --package | --package=*) scope=() ;;
+    esac
+done
+
+# nextest ends with one summary line over every test binary
+# ("Summary [...] N tests run: N passed, ..."); cargo test prints one per binary.
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run "${scope[@]}" --all-targets --no-fail-fast "$@"
+else
+    cargo test "${scope[@]}" --all-targets --no-fail-fast "$@"
+fi
