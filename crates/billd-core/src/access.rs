@@ -222,6 +222,15 @@ pub fn usage_key(
     })
 }
 
+/// Every counter entitlements read at `now` (what the store loads into [`Usage`]).
+pub fn usage_keys(state: &CustomerState, catalog: &Catalog, now: i64) -> Vec<UsageKey> {
+    catalog
+        .features()
+        .keys()
+        .filter_map(|feature| usage_key(state, catalog, feature, now))
+        .collect()
+}
+
 /// A payment the customer must confirm.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActionRequired {

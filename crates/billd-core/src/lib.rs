@@ -16,8 +16,8 @@ pub mod schedule;
 pub mod state;
 
 pub use access::{
-    access_at, check_consume, entitlements, usage_key, usage_period, Access, ConsumeError,
-    Entitlements, FeatureEntitlement, Period, Usage, UsageKey,
+    access_at, check_consume, entitlements, usage_key, usage_keys, usage_period, Access,
+    ConsumeError, Entitlements, FeatureEntitlement, Period, Usage, UsageKey,
 };
 pub use apply::{
     apply, AlertKind, AuditEntry, CancelReason, Decision, Effect, EmailTemplate, Outcome,

@@ -1013,6 +1013,10 @@ fn free_customers_count_metered_usage_per_utc_calendar_month() {
         Some(1_798_761_600)
     );
     assert_eq!(ent.status, "none");
+    let keys = billd_core::usage_keys(&state, &catalog, T0 + 14 * DAY + 3600);
+    let in_entitlements: Vec<UsageKey> =
+        ent.features.values().map(|f| f.usage_key.clone()).collect();
+    assert_eq!(keys, in_entitlements);
     assert_eq!(
         ent.features[&feature("websites")].usage_key.period_start,
         None
