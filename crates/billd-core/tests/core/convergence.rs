@@ -11,7 +11,7 @@ use billd_core::event::{
 };
 use billd_core::{
     apply, entitlements, usage_key, Catalog, CheckoutSessionId, CustomerState, DiscountId, Event,
-    EventKind, PaymentMethodId, Usage,
+    EventKind, PaymentMethodId, StripeCustomerId, Usage,
 };
 use proptest::prelude::*;
 
@@ -208,6 +208,24 @@ fn history(steps: &[Step]) -> Vec<Event> {
                 sub = subscription(sub_n, "standard", SubscriptionStatus::Active, t);
                 sub.created = t;
                 alive = true;
+                if customer_deleted {
+                    // The customer comes back: billd links a new Stripe customer.
+                    let customer = StripeCustomer {
+                        id: StripeCustomerId::parse(&format!("cus_{}", sub_n + 1)).unwrap(),
+                        created: Some(t),
+                        email: None,
+                        metadata: BTreeMap::new(),
+                    };
+                    sub.customer = customer.id.clone();
+                    events.push(event(
+                        &next_id("evt"),
+                        t,
+                        EventKind::Customer {
+                            change: CustomerChange::Created,
+                            customer,
+                        },
+                    ));
+                }
                 snapshot(
                     &mut events,
                     next_id("evt"),
