@@ -96,8 +96,6 @@ pub struct Snapshot {
     pub cards: HashMap<String, CardBehavior>,
     /// Subscription schedule state.
     pub subs: HashMap<String, SubMeta>,
-    /// Events with a failed or dropped delivery.
-    pub failed_events: HashSet<String>,
     /// Endpoints still to succeed, per event.
     pub pending: HashMap<String, HashSet<String>>,
     /// Checkout sessions waiting for 3-D Secure.
@@ -129,8 +127,6 @@ pub struct Inner {
     pub cards: HashMap<String, CardBehavior>,
     /// Subscription schedule state.
     pub subs: HashMap<String, SubMeta>,
-    /// Events whose delivery failed or was dropped for some endpoint.
-    pub failed_events: HashSet<String>,
     /// Endpoints still to succeed, per event.
     pub pending: HashMap<String, HashSet<String>>,
     /// Checkout sessions waiting for 3-D Secure, by payment intent.
@@ -159,7 +155,6 @@ impl Inner {
             idempotency: HashMap::new(),
             cards: HashMap::new(),
             subs: HashMap::new(),
-            failed_events: HashSet::new(),
             pending: HashMap::new(),
             pending_sessions: HashMap::new(),
             checkout_items: HashMap::new(),
@@ -189,7 +184,6 @@ impl Inner {
             idempotency: self.idempotency.clone(),
             cards: self.cards.clone(),
             subs: self.subs.clone(),
-            failed_events: self.failed_events.clone(),
             pending: self.pending.clone(),
             pending_sessions: self.pending_sessions.clone(),
             checkout_items: self.checkout_items.clone(),
@@ -207,7 +201,6 @@ impl Inner {
         self.idempotency = snap.idempotency;
         self.cards = snap.cards;
         self.subs = snap.subs;
-        self.failed_events = snap.failed_events;
         self.pending = snap.pending;
         self.pending_sessions = snap.pending_sessions;
         self.checkout_items = snap.checkout_items;
@@ -442,7 +435,6 @@ impl Inner {
                 .or_default()
                 .insert(endpoint_id.clone());
             if self.knob_rng.unit() < self.cfg.webhooks.drop_rate {
-                self.failed_events.insert(id.clone());
                 continue;
             }
             let d = Delivery {
@@ -470,8 +462,6 @@ impl Inner {
             if let Some(p) = self.pending.get_mut(event_id) {
                 p.remove(endpoint_id);
             }
-        } else {
-            self.failed_events.insert(event_id.to_string());
         }
         let left = self.pending.get(event_id).map_or(0, HashSet::len);
         if let Some(ev) = self.objects.get_mut(event_id) {

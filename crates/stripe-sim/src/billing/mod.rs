@@ -168,6 +168,13 @@ pub fn create_subscription(s: &mut Inner, req: NewSubscription) -> ApiResult<(St
         }
         prices.push(price);
     }
+    let interval = price_interval(&prices[0]);
+    if let Some(i) = prices.iter().position(|p| price_interval(p) != interval) {
+        return Err(ApiError::invalid(
+            &format!("items[{i}][price]"),
+            "All prices on a subscription must have the same `recurring.interval` and `recurring.interval_count`.",
+        ));
+    }
     let currency = req
         .currency
         .clone()

@@ -183,6 +183,9 @@ pub fn pay_invoice(
             });
             s.put(pi.clone());
             s.emit("payment_intent.requires_action", &pi, None, at);
+            // A renewal needing authentication is retried like a decline meanwhile.
+            schedule_retry(s, inv_id, at)?;
+            let inv = s.get("invoice", inv_id, "invoice")?;
             s.emit(
                 "invoice.payment_action_required",
                 &inv,

@@ -58,8 +58,7 @@ pub fn list(s: &Inner, p: &Value) -> ApiResult {
             && gte.is_none_or(|x| c >= x)
             && lt.is_none_or(|x| c < x)
             && lte.is_none_or(|x| c <= x)
-            && delivery
-                .is_none_or(|want| (s.delivered(id) && !s.failed_events.contains(id)) == want)
+            && delivery.is_none_or(|want| s.delivered(id) == want)
     })
 }
 

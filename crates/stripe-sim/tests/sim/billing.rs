@@ -767,3 +767,95 @@ fn paused_collection_voids_renewal_invoices_until_it_resumes() {
     assert_eq!(s["pause_collection"], Value::Null);
     assert_eq!(s["latest_invoice"]["status"], "paid");
 }
+
+#[test]
+fn a_renewal_needing_authentication_goes_past_due_and_recovers_when_authenticated() {
+    let sim = sim();
+    let price = standard_price(&sim);
+    let (clock, cus) = clocked_customer(&sim, "pm_card_visa");
+    let sub = post(
+        &sim,
+        "/v1/subscriptions",
+        &format!("customer={cus}&items[0][price]={price}"),
+    );
+    let sca = id(&post(
+        &sim,
+        "/v1/payment_methods/pm_card_authenticationRequired/attach",
+        &format!("customer={cus}"),
+    ));
+    post(
+        &sim,
+        &format!("/v1/customers/{cus}"),
+        &format!("invoice_settings[default_payment_method]={sca}"),
+    );
+    advance(&sim, &clock, T0 + 32 * DAY);
+    let s = get(
+        &sim,
+        &format!(
+            "/v1/subscriptions/{}?expand[]=latest_invoice.payments.data",
+            id(&sub)
+        ),
+    );
+    assert_eq!(s["status"], "past_due");
+    assert_eq!(s["latest_invoice"]["next_payment_attempt"], T0 + 34 * DAY);
+    assert!(event_types(&sim).contains(&"invoice.payment_action_required".to_string()));
+    let pi = s["latest_invoice"]["payments"]["data"][0]["payment"]["payment_intent"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    post(
+        &sim,
+        &format!("/_sim/payment_intents/{pi}/authenticate"),
+        "outcome=success",
+    );
+    assert_eq!(
+        get(&sim, &format!("/v1/subscriptions/{}", id(&sub)))["status"],
+        "active"
+    );
+}
+
+#[test]
+fn subscription_items_must_share_one_billing_interval() {
+    let sim = sim();
+    let monthly = standard_price(&sim);
+    let yearly = id(&post(
+        &sim,
+        "/v1/prices",
+        "product_data[name]=Y&currency=eur&unit_amount=30000&recurring[interval]=year",
+    ));
+    let cus = id(&post(&sim, "/v1/customers", "email=i@x.io"));
+    let (status, body) = sim.call(
+        "POST",
+        "/v1/subscriptions",
+        &format!("customer={cus}&items[0][price]={monthly}&items[1][price]={yearly}&default_payment_method=pm_card_visa"),
+    );
+    assert_eq!(status, 400, "{body}");
+}
+
+#[test]
+fn ending_a_trial_now_bills_immediately() {
+    let sim = sim();
+    let price = standard_price(&sim);
+    let cus = id(&post(
+        &sim,
+        "/v1/customers",
+        "payment_method=pm_card_visa&invoice_settings[default_payment_method]=pm_card_visa",
+    ));
+    let sub = post(
+        &sim,
+        "/v1/subscriptions",
+        &format!("customer={cus}&items[0][price]={price}&trial_period_days=30"),
+    );
+    sim.set_time(Some(T0 + 5 * DAY));
+    let ended = post(
+        &sim,
+        &format!("/v1/subscriptions/{}", id(&sub)),
+        "trial_end=now&expand[]=latest_invoice",
+    );
+    assert_eq!(ended["status"], "active");
+    assert_eq!(ended["latest_invoice"]["amount_paid"], 3000);
+    assert_eq!(
+        ended["items"]["data"][0]["current_period_start"],
+        T0 + 5 * DAY
+    );
+}
