@@ -1,6 +1,6 @@
 //! Domain events: what billd learns from Stripe, already parsed and typed.
 //!
-//! `billd-stripe` maps raw webhook JSON to these; [`crate::apply`] consumes
+//! `billd-stripe` maps raw webhook JSON to these; [`crate::apply()`] consumes
 //! them. Each carries the Stripe event id and its `created` second.
 
 use std::collections::BTreeMap;

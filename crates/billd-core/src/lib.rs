@@ -2,9 +2,11 @@
 //! state, access policy and quota rules.
 //!
 //! No I/O and no async: adapters parse Stripe payloads into [`Event`]s, call
-//! [`apply`] inside their transaction, persist [`Decision::state`], and write
+//! [`apply()`] inside their transaction, persist [`Decision::state`], and write
 //! [`Decision::effects`] to the outbox and [`Decision::audit`] to the audit
 //! log. Time is always an argument (unix seconds).
+
+#![warn(missing_docs)]
 
 pub mod access;
 pub mod apply;
