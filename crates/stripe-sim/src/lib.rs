@@ -1,9 +1,10 @@
 //! stripe-sim: a stateful emulator of the Stripe API for billd's tests and dev mode.
 //!
 //! It speaks Stripe's wire format (form-encoded bodies with nested keys,
-//! `expand[]`, list pagination, `Idempotency-Key`, error objects), keeps every
-//! object as Stripe's JSON for the pinned API version, runs a billing engine
-//! driven by test clocks, and delivers signed webhooks with failure knobs.
+//! `expand[]`, list pagination, `Idempotency-Key`, error objects, unknown
+//! parameters rejected), keeps every object as Stripe's JSON for the pinned API
+//! version [`API_VERSION`], runs a billing engine driven by test clocks, and
+//! delivers signed webhooks with failure knobs.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -12,8 +13,39 @@
 //! println!("Stripe API at {}", sim.url());
 //! # Ok(()) }
 //! ```
+//!
+//! # Browser actions (the only private controls)
+//! - `POST /_sim/checkout/sessions/{id}/complete` — `payment_method` (default
+//!   `pm_card_visa`), optional `email`, `name`, `promotion_code` (a code, when the
+//!   session allows them). Declining cards answer 402 and leave the session open
+//!   (nothing is created, as on Stripe's page); `pm_card_authenticationRequired`
+//!   answers the `requires_action` payment intent.
+//! - `POST /_sim/payment_intents/{id}/authenticate` — `outcome=success|failure`.
+//! - `POST /_sim/disputes/{id}/close` — `outcome=won|lost`.
+//! - `GET /_sim/checkout/{id}` is a small HTML page (the session's `url`) posting
+//!   to the complete control, for people trying things in a browser.
+//!
+//! # Knobs
+//! [`SimConfig`] at start; live through [`Sim::update_config`] or
+//! `GET|POST /_sim/config` (form keys mirror the struct:
+//! `webhooks[duplicate_rate]=0.5`, `webhooks[drop_rate]=1`,
+//! `webhooks[reorder_window_ms]=200`, `webhooks[delay_ms]=50`,
+//! `faults[next_errors]=2`, `faults[rate_limit_rate]=0.1`, `frozen_time=…`,
+//! `retry_schedule_days[]=3`, `retries_exhausted=unpaid`, `time_scale=0.001`).
+//!
+//! # Time
+//! Objects of a customer with a `test_clock` live at that clock's time; others at
+//! the sim-wide frozen time ([`Sim::set_time`]) or the wall clock. Webhook
+//! signatures always use the wall clock, since receivers check tolerance against theirs.
+//!
+//! # Known simplifications
+//! Checkout supports `mode=subscription` only; invoices are finalized when
+//! created (no one-hour draft); updating a subscription replaces existing items
+//! only; taxes are never computed; events are rendered in the pinned version
+//! whatever an endpoint's `api_version`.
 
 #![recursion_limit = "256"]
+#![warn(missing_docs)]
 
 pub mod billing;
 pub mod clock;
