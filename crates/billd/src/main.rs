@@ -1,2 +1,383 @@
-//! billd's command-line entry point.
-fn main() {}
+//! billd's command-line entry point: `serve` (default), `migrate`,
+//! `events list|show|replay` and `bench webhooks`.
+
+mod bench;
+mod config;
+mod dev;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use billd_server::{
+    Backoff, HandlerRegistry, IngestConfig, ServerConfig, SystemClock, WebhookConfig, WorkerConfig,
+    Workers,
+};
+use billd_store::{EventFilter, EventStatus, Store};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, LogFormat};
+use crate::dev::DevMode;
+
+/// billd: a self-hosted Stripe billing engine.
+#[derive(Debug, Parser)]
+#[command(name = "billd", version, about, propagate_version = true)]
+struct Cli {
+    /// Path to a billd.toml (optional; settings there override the
+    /// built-in defaults, BILLD_* environment variables override both).
+    #[arg(long, env = "BILLD_CONFIG", global = true)]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs migrations, then serves HTTP and processes the inbox (the default).
+    Serve,
+    /// Applies database migrations and exits.
+    Migrate,
+    /// Inspects and replays the webhook inbox.
+    #[command(subcommand)]
+    Events(EventsCommand),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum EventsCommand {
+    /// Lists inbox events, newest first.
+    List {
+        /// Only events with this status.
+        #[arg(long, value_enum)]
+        status: Option<StatusArg>,
+        /// Only events of this type (e.g. invoice.paid).
+        #[arg(long = "type")]
+        event_type: Option<String>,
+        /// At most this many events.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Shows one event: payload, status, attempts, last error.
+    Show {
+        /// The Stripe event id (evt_…).
+        id: String,
+    },
+    /// Puts events back to pending so the worker processes them again.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct ReplayArgs {
+    /// The Stripe event id (evt_…) to replay.
+    id: Option<String>,
+    /// Replay every event with this status.
+    #[arg(long, value_enum)]
+    status: Option<ReplayStatus>,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Drives the real webhook endpoint on loopback and prints throughput,
+    /// ack latency and the store's raw group-commit ceiling.
+    Webhooks(bench::BenchArgs),
+}
+
+/// An inbox status on the command line.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum StatusArg {
+    Pending,
+    Processing,
+    Processed,
+    Failed,
+    Dead,
+    Skipped,
+    Unlinked,
+}
+
+impl From<StatusArg> for EventStatus {
+    fn from(s: StatusArg) -> Self {
+        match s {
+            StatusArg::Pending => EventStatus::Pending,
+            StatusArg::Processing => EventStatus::Processing,
+            StatusArg::Processed => EventStatus::Processed,
+            StatusArg::Failed => EventStatus::Failed,
+            StatusArg::Dead => EventStatus::Dead,
+            StatusArg::Skipped => EventStatus::Skipped,
+            StatusArg::Unlinked => EventStatus::Unlinked,
+        }
+    }
+}
+
+/// Statuses that may be replayed in bulk. Replaying `processed` events in
+/// bulk would re-apply history, so it is deliberately not offered here.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ReplayStatus {
+    Dead,
+    Failed,
+    Skipped,
+    Unlinked,
+}
+
+impl From<ReplayStatus> for EventStatus {
+    fn from(s: ReplayStatus) -> Self {
+        match s {
+            ReplayStatus::Dead => EventStatus::Dead,
+            ReplayStatus::Failed => EventStatus::Failed,
+            ReplayStatus::Skipped => EventStatus::Skipped,
+            ReplayStatus::Unlinked => EventStatus::Unlinked,
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("billd: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("billd: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(Command::Bench(BenchCommand::Webhooks(args))) = &cli.command {
+        init_tracing(LogFormat::Text, "warn");
+        return bench::run(args).await;
+    }
+    let env: HashMap<String, String> = std::env::vars().collect();
+    let config = Config::load(cli.config.as_deref(), &env)?;
+    let serving = matches!(cli.command, None | Some(Command::Serve));
+    init_tracing(config.log_format, if serving { "info" } else { "warn" });
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config).await,
+        Command::Migrate => {
+            let store = open_store(&config).await?;
+            store.migrate().await.context("applying migrations")?;
+            println!("migrations applied to {}", config.database_url.redacted());
+            Ok(())
+        }
+        Command::Events(cmd) => {
+            let store = open_store(&config).await?;
+            store.migrate().await.context("applying migrations")?;
+            events(store.as_ref(), cmd).await
+        }
+        Command::Bench(_) => Ok(()),
+    }
+}
+
+fn init_tracing(format: LogFormat, default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second initialisation (tests) is harmless, so its error is ignored.
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    billd_store::connect(config.database_url.expose())
+        .await
+        .with_context(|| format!("opening the database {}", config.database_url.redacted()))
+}
+
+/// The server settings a configuration implies.
+fn server_config(config: &Config) -> ServerConfig {
+    ServerConfig {
+        webhook: WebhookConfig {
+            secrets: config.stripe_webhook_secrets.clone(),
+            tolerance_secs: config.webhook_tolerance_secs,
+        },
+        ingest: IngestConfig {
+            max_batch: config.ingest_max_batch,
+            ..IngestConfig::default()
+        },
+        worker: WorkerConfig {
+            max_attempts: config.inbox_max_attempts,
+            lease_secs: config.inbox_lease_secs,
+            concurrency: config.worker_concurrency,
+            poll_interval: Duration::from_secs(1),
+            backoff: Backoff {
+                base_secs: config.inbox_backoff_base_secs,
+                cap_secs: config.inbox_backoff_cap_secs,
+            },
+        },
+        ready_max_lag_secs: config.ready_max_lag_secs,
+    }
+}
+
+async fn serve(mut config: Config) -> anyhow::Result<()> {
+    let dev = DevMode::apply(&mut config, Path::new(".billd"))?;
+    tracing::info!(config = %config.summary(), "starting billd");
+    let store = open_store(&config).await?;
+    store.migrate().await.context("applying migrations")?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("BILLD_LISTEN: cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    if dev.is_active() {
+        eprintln!("{}", dev.banner(&format!("http://{addr}")));
+    }
+    let running = billd_server::start(
+        listener,
+        store,
+        server_config(&config),
+        HandlerRegistry::new(),
+        Arc::new(SystemClock),
+        Workers::Run,
+    )?;
+    tracing::info!(%addr, "billd is listening");
+    let cancel = running.cancel_token();
+    tokio::spawn(stop_on_signal(cancel));
+    running.wait().await?;
+    tracing::info!("billd stopped");
+    Ok(())
+}
+
+async fn stop_on_signal(cancel: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    let _ = ctrl_c.await;
+                    cancel.cancel();
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutting down");
+    cancel.cancel();
+}
+
+async fn events(store: &dyn Store, cmd: EventsCommand) -> anyhow::Result<()> {
+    let now = billd_server::Clock::now(&SystemClock);
+    match cmd {
+        EventsCommand::List {
+            status,
+            event_type,
+            limit,
+        } => {
+            let rows = store
+                .list_events(&EventFilter {
+                    status: status.map(EventStatus::from),
+                    event_type,
+                    limit,
+                })
+                .await?;
+            println!(
+                "{:<32} {:<40} {:<10} {:>8} {:>12}",
+                "ID", "TYPE", "STATUS", "ATTEMPTS", "CREATED"
+            );
+            for e in rows {
+                println!(
+                    "{:<32} {:<40} {:<10} {:>8} {:>12}",
+                    e.id,
+                    e.event_type,
+                    billd_server::metrics::status_name(e.status),
+                    e.attempts,
+                    e.created
+                );
+            }
+            Ok(())
+        }
+        EventsCommand::Show { id } => {
+            let event = store
+                .get_event(&id)
+                .await?
+                .with_context(|| format!("no event {id} in the inbox"))?;
+            let payload: serde_json::Value = serde_json::from_str(&event.payload)
+                .unwrap_or_else(|_| serde_json::Value::String(event.payload.clone()));
+            let mut shown = serde_json::to_value(&event)?;
+            shown["payload"] = payload;
+            println!("{}", serde_json::to_string_pretty(&shown)?);
+            Ok(())
+        }
+        EventsCommand::Replay(ReplayArgs { id, status }) => {
+            if let Some(id) = id {
+                if !store.requeue_event(&id, now).await? {
+                    anyhow::bail!("no event {id} in the inbox");
+                }
+                println!("{id} requeued");
+            } else if let Some(status) = status {
+                let status = EventStatus::from(status);
+                let n = store.requeue_by_status(status, now).await?;
+                println!(
+                    "{n} {} event(s) requeued",
+                    billd_server::metrics::status_name(status)
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn no_subcommand_means_serve_and_replay_needs_an_id_or_a_status() {
+        assert!(Cli::try_parse_from(["billd"]).unwrap().command.is_none());
+        assert!(Cli::try_parse_from(["billd", "events", "replay"]).is_err());
+        assert!(
+            Cli::try_parse_from(["billd", "events", "replay", "evt_1", "--status", "dead"])
+                .is_err()
+        );
+        assert!(
+            Cli::try_parse_from(["billd", "events", "replay", "--status", "processed"]).is_err()
+        );
+        assert!(Cli::try_parse_from(["billd", "events", "replay", "--status", "dead"]).is_ok());
+    }
+
+    #[test]
+    fn server_settings_follow_the_configuration() {
+        let env = HashMap::from([
+            ("BILLD_INBOX_MAX_ATTEMPTS".to_string(), "4".to_string()),
+            ("BILLD_WEBHOOK_TOLERANCE_SECS".to_string(), "42".to_string()),
+        ]);
+        let config = Config::load(None, &env).unwrap();
+        let server = server_config(&config);
+        assert_eq!(server.worker.max_attempts, 4);
+        assert_eq!(server.webhook.tolerance_secs, 42);
+    }
+}

@@ -1,0 +1,281 @@
+//! Test helpers: a running billd per test (port 0, its own database),
+//! signed Stripe-shaped events, and a store that can be switched off.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use billd_server::{
+    Backoff, Clock, HandlerRegistry, IngestConfig, Running, ServerConfig, SystemClock,
+    WebhookConfig, WorkerConfig, Workers,
+};
+use billd_store::{
+    Backend, EventFilter, EventResult, EventStatus, InboxStats, InsertOutcome, NewEvent, Store,
+    StoreError, StoreResult, StoredEvent,
+};
+use billd_stripe::webhook::sign;
+use secrecy::SecretString;
+use serde_json::Value;
+
+pub const SECRET: &str = "whsec_test_server_secret";
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// Generates one `#[tokio::test]` per database for an `async fn(Db)`.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::Db::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::Db::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+/// A fresh, migrated database. The temp dir lives as long as the value.
+pub struct TestDb {
+    pub store: Arc<dyn Store>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub async fn fresh_db(db: Db) -> TestDb {
+    let (url, dir) = match db {
+        Db::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("billd.db").display());
+            (url, Some(dir))
+        }
+        Db::Postgres => {
+            let url = billd_store::testing::fresh_postgres_database()
+                .await
+                .unwrap_or_else(|e| panic!("PostgreSQL test database: {e}"));
+            (url, None)
+        }
+    };
+    let store = billd_store::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    TestDb { store, _dir: dir }
+}
+
+pub fn server_config() -> ServerConfig {
+    ServerConfig {
+        webhook: WebhookConfig {
+            secrets: vec![SecretString::from(SECRET.to_string())],
+            tolerance_secs: 300,
+        },
+        ingest: IngestConfig::default(),
+        worker: WorkerConfig {
+            max_attempts: 3,
+            lease_secs: 60,
+            concurrency: 8,
+            poll_interval: Duration::from_millis(50),
+            backoff: Backoff {
+                base_secs: 10,
+                cap_secs: 100,
+            },
+        },
+        ready_max_lag_secs: 600,
+    }
+}
+
+/// A billd serving HTTP (no inbox worker unless asked) on a loopback port.
+pub struct TestApp {
+    pub base: String,
+    pub store: Arc<dyn Store>,
+    pub client: reqwest::Client,
+    pub running: Option<Running>,
+    pub db: Option<TestDb>,
+}
+
+impl TestApp {
+    pub async fn spawn(db: Db) -> TestApp {
+        let test_db = fresh_db(db).await;
+        let store = test_db.store.clone();
+        let mut app = TestApp::spawn_with_store(store, Workers::None).await;
+        app.db = Some(test_db);
+        app
+    }
+
+    pub async fn spawn_with_store(store: Arc<dyn Store>, workers: Workers) -> TestApp {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let running = billd_server::start(
+            listener,
+            store.clone(),
+            server_config(),
+            HandlerRegistry::new(),
+            Arc::new(SystemClock),
+            workers,
+        )
+        .unwrap();
+        TestApp {
+            base: format!("http://{}", running.addr),
+            store,
+            client: reqwest::Client::new(),
+            running: Some(running),
+            db: None,
+        }
+    }
+
+    pub async fn post_webhook(
+        &self,
+        header: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .client
+            .post(format!("{}/webhooks/stripe", self.base))
+            .header("Content-Type", "application/json")
+            .body(body);
+        if let Some(header) = header {
+            request = request.header("Stripe-Signature", header);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Signs `body` now with the test secret and posts it.
+    pub async fn deliver(&self, body: &str) -> (u16, Value) {
+        let header = sign(SECRET, now(), body.as_bytes());
+        self.post_webhook(Some(&header), body.to_string()).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let response = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    pub async fn all_events(&self) -> Vec<StoredEvent> {
+        self.store
+            .list_events(&EventFilter {
+                limit: 100_000,
+                ..EventFilter::default()
+            })
+            .await
+            .unwrap()
+    }
+}
+
+pub fn now() -> i64 {
+    SystemClock.now()
+}
+
+fn objects() -> Value {
+    serde_json::from_str(include_str!("fixtures/stripe_objects.json")).unwrap()
+}
+
+/// A Stripe event of `event_type` wrapping Stripe's example `object`
+/// (`invoice`, `customer`, `subscription`, `charge`), with a unique id.
+pub fn stripe_event(id: &str, event_type: &str, object: &str, created: i64) -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let data = objects()[object].clone();
+    assert!(data.is_object(), "no fixture object {object}");
+    serde_json::json!({
+        "id": id,
+        "object": "event",
+        "api_version": billd_stripe::API_VERSION,
+        "created": created,
+        "livemode": false,
+        "pending_webhooks": 1,
+        "request": { "id": format!("req_{}", SEQ.fetch_add(1, Ordering::Relaxed)), "idempotency_key": null },
+        "type": event_type,
+        "data": { "object": data }
+    })
+    .to_string()
+}
+
+/// A store that forwards to a real one until it is switched off, then
+/// answers `Unavailable` like a database that cannot be reached.
+pub struct SwitchableStore {
+    pub inner: Arc<dyn Store>,
+    pub down: AtomicBool,
+}
+
+impl SwitchableStore {
+    fn check(&self) -> StoreResult<()> {
+        if self.down.load(Ordering::SeqCst) {
+            Err(StoreError::Unavailable("connection refused (test)".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl Store for SwitchableStore {
+    fn backend(&self) -> Backend {
+        self.inner.backend()
+    }
+    async fn migrate(&self) -> StoreResult<()> {
+        self.check()?;
+        self.inner.migrate().await
+    }
+    async fn ping(&self) -> StoreResult<()> {
+        self.check()?;
+        self.inner.ping().await
+    }
+    async fn insert_events(&self, events: &[NewEvent]) -> StoreResult<Vec<InsertOutcome>> {
+        self.check()?;
+        self.inner.insert_events(events).await
+    }
+    async fn claim_events(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        self.check()?;
+        self.inner.claim_events(now, lease_until, limit).await
+    }
+    async fn finish_event(&self, id: &str, result: EventResult, now: i64) -> StoreResult<()> {
+        self.check()?;
+        self.inner.finish_event(id, result, now).await
+    }
+    async fn get_event(&self, id: &str) -> StoreResult<Option<StoredEvent>> {
+        self.check()?;
+        self.inner.get_event(id).await
+    }
+    async fn list_events(&self, filter: &EventFilter) -> StoreResult<Vec<StoredEvent>> {
+        self.check()?;
+        self.inner.list_events(filter).await
+    }
+    async fn requeue_event(&self, id: &str, now: i64) -> StoreResult<bool> {
+        self.check()?;
+        self.inner.requeue_event(id, now).await
+    }
+    async fn requeue_by_status(&self, status: EventStatus, now: i64) -> StoreResult<u64> {
+        self.check()?;
+        self.inner.requeue_by_status(status, now).await
+    }
+    async fn inbox_stats(&self) -> StoreResult<InboxStats> {
+        self.check()?;
+        self.inner.inbox_stats().await
+    }
+}

@@ -1,0 +1,227 @@
+//! The inbox worker's retry, dead-letter, replay and lease-reclaim machinery,
+//! driven with a handler that fails on purpose and a clock the test moves.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use billd_server::{
+    EventHandler, HandlerError, HandlerOutcome, HandlerRegistry, InboxWorker, ManualClock, Metrics,
+};
+use billd_store::{EventStatus, StoredEvent};
+
+use crate::on_both_databases;
+use crate::support::{fresh_db, server_config, stripe_event, Db, TestDb};
+
+on_both_databases!(
+    unknown_event_types_are_marked_skipped_after_one_attempt,
+    a_failing_event_is_retried_after_its_backoff_and_then_processed,
+    an_event_that_keeps_failing_is_dead_after_max_attempts_and_counted,
+    a_dead_event_that_is_replayed_is_processed,
+    an_event_claimed_by_a_crashed_worker_is_reclaimed_after_the_lease,
+);
+
+const T0: i64 = 1_800_000_000;
+
+/// Fails the first `failures` calls, then succeeds.
+struct FlakyHandler {
+    failures: AtomicU32,
+    calls: AtomicU32,
+}
+
+impl FlakyHandler {
+    fn failing(times: u32) -> Arc<Self> {
+        Arc::new(FlakyHandler {
+            failures: AtomicU32::new(times),
+            calls: AtomicU32::new(0),
+        })
+    }
+}
+
+#[async_trait]
+impl EventHandler for FlakyHandler {
+    async fn handle(&self, _event: &StoredEvent) -> Result<HandlerOutcome, HandlerError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let left = self.failures.load(Ordering::SeqCst);
+        if left > 0 {
+            self.failures.store(left - 1, Ordering::SeqCst);
+            return Err(HandlerError(anyhow::anyhow!(
+                "induced failure, {left} left"
+            )));
+        }
+        Ok(HandlerOutcome::Processed)
+    }
+}
+
+struct Setup {
+    db: TestDb,
+    clock: Arc<ManualClock>,
+    metrics: Arc<Metrics>,
+    worker: InboxWorker,
+}
+
+/// A migrated database holding one `invoice.paid` event, and a worker
+/// (max 3 attempts, lease 60 s, backoff 10 s doubling to 100 s) whose
+/// registry sends `invoice.paid` to `handler`.
+async fn setup(db: Db, handler: Option<Arc<FlakyHandler>>) -> Setup {
+    let db = fresh_db(db).await;
+    let body = stripe_event("evt_work_1", "invoice.paid", "invoice", T0 - 10);
+    let event = billd_server::webhook::parse_envelope(body.as_bytes(), T0).unwrap();
+    db.store.insert_events(&[event]).await.unwrap();
+    let mut registry = HandlerRegistry::new();
+    if let Some(handler) = handler {
+        registry.register("invoice.paid", handler);
+    }
+    let clock = Arc::new(ManualClock::new(T0));
+    let metrics = Arc::new(Metrics::default());
+    let worker = InboxWorker::new(
+        db.store.clone(),
+        registry,
+        server_config().worker,
+        metrics.clone(),
+        clock.clone(),
+    );
+    Setup {
+        db,
+        clock,
+        metrics,
+        worker,
+    }
+}
+
+async fn event(setup: &Setup) -> StoredEvent {
+    setup
+        .db
+        .store
+        .get_event("evt_work_1")
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+async fn unknown_event_types_are_marked_skipped_after_one_attempt(db: Db) {
+    let s = setup(db, None).await;
+
+    let report = s.worker.run_once().await.unwrap();
+
+    assert_eq!(report.claimed, 1);
+    let e = event(&s).await;
+    assert_eq!(e.status, EventStatus::Skipped);
+    assert_eq!(e.attempts, 1);
+    assert_eq!(e.processed_at, Some(T0));
+    assert_eq!(
+        s.worker.run_once().await.unwrap().claimed,
+        0,
+        "nothing left to do"
+    );
+    assert_eq!(s.metrics.processing_outcomes.get("skipped"), 1);
+}
+
+async fn a_failing_event_is_retried_after_its_backoff_and_then_processed(db: Db) {
+    let handler = FlakyHandler::failing(1);
+    let s = setup(db, Some(handler.clone())).await;
+
+    let first = s.worker.run_once().await.unwrap();
+    let failed = event(&s).await;
+
+    assert_eq!(first.retried, 1);
+    assert_eq!(failed.status, EventStatus::Failed);
+    assert_eq!(failed.attempts, 1);
+    assert!(failed
+        .last_error
+        .as_deref()
+        .unwrap_or("")
+        .contains("induced failure"));
+    let retry_at = failed.next_attempt_at.unwrap();
+    // First retry: 10 s base, jittered down by at most half.
+    assert!((T0 + 5..=T0 + 10).contains(&retry_at), "{retry_at}");
+
+    s.clock.set(retry_at - 1);
+    assert_eq!(
+        s.worker.run_once().await.unwrap().claimed,
+        0,
+        "not before its time"
+    );
+    s.clock.set(retry_at);
+    assert_eq!(s.worker.run_once().await.unwrap().claimed, 1);
+
+    let done = event(&s).await;
+    assert_eq!(done.status, EventStatus::Processed);
+    assert_eq!(done.attempts, 2);
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 2);
+    assert_eq!(s.metrics.processing_outcomes.get("retry"), 1);
+    assert_eq!(s.metrics.processing_outcomes.get("processed"), 1);
+}
+
+async fn an_event_that_keeps_failing_is_dead_after_max_attempts_and_counted(db: Db) {
+    let handler = FlakyHandler::failing(u32::MAX);
+    let s = setup(db, Some(handler.clone())).await;
+
+    for _ in 0..5 {
+        s.worker.run_once().await.unwrap();
+        s.clock.advance(1000);
+    }
+
+    let e = event(&s).await;
+    assert_eq!(e.status, EventStatus::Dead);
+    assert_eq!(e.attempts, 3);
+    assert!(e.last_error.is_some());
+    assert_eq!(
+        handler.calls.load(Ordering::SeqCst),
+        3,
+        "no attempt after dead"
+    );
+    assert_eq!(s.metrics.processing_outcomes.get("dead"), 1);
+    assert_eq!(s.metrics.processing_outcomes.get("retry"), 2);
+    let text = s.metrics.render(None, T0);
+    assert!(
+        text.contains("billd_processing_outcomes_total{outcome=\"dead\"} 1\n"),
+        "{text}"
+    );
+}
+
+async fn a_dead_event_that_is_replayed_is_processed(db: Db) {
+    let handler = FlakyHandler::failing(3);
+    let s = setup(db, Some(handler.clone())).await;
+    for _ in 0..3 {
+        s.worker.run_once().await.unwrap();
+        s.clock.advance(1000);
+    }
+    assert_eq!(event(&s).await.status, EventStatus::Dead);
+
+    let requeued =
+        s.db.store
+            .requeue_by_status(EventStatus::Dead, billd_server::Clock::now(&*s.clock))
+            .await
+            .unwrap();
+    s.worker.run_once().await.unwrap();
+
+    assert_eq!(requeued, 1);
+    let e = event(&s).await;
+    assert_eq!(e.status, EventStatus::Processed);
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 4);
+}
+
+async fn an_event_claimed_by_a_crashed_worker_is_reclaimed_after_the_lease(db: Db) {
+    let handler = FlakyHandler::failing(0);
+    let s = setup(db, Some(handler.clone())).await;
+    // A worker that claims the event and then dies without finishing it.
+    let abandoned = s.db.store.claim_events(T0, T0 + 60, 10).await.unwrap();
+    assert_eq!(abandoned.len(), 1);
+
+    s.clock.set(T0 + 59);
+    let during_lease = s.worker.run_once().await.unwrap();
+    s.clock.set(T0 + 61);
+    let after_lease = s.worker.run_once().await.unwrap();
+
+    assert_eq!(during_lease.claimed, 0, "a live lease is respected");
+    assert_eq!(after_lease.claimed, 1);
+    let e = event(&s).await;
+    assert_eq!(e.status, EventStatus::Processed);
+    assert_eq!(e.attempts, 2);
+    assert_eq!(
+        handler.calls.load(Ordering::SeqCst),
+        1,
+        "processed exactly once"
+    );
+}

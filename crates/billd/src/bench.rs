@@ -1,0 +1,372 @@
+//! `billd bench webhooks`: drives the real webhook endpoint on loopback and
+//! prints figures (it is a benchmark, not a test: nothing is asserted).
+//!
+//! For each database it measures, in one run:
+//! 1. the store's raw ceiling: the same rows inserted with `insert_events`
+//!    in batches as large as the HTTP run can queue, without HTTP;
+//! 2. accepted events/s through HTTP from `connections` keep-alive
+//!    connections sending pre-signed unique events as fast as acks come;
+//! 3. ack latency (p50/p99) at a fixed offered rate (open loop).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use billd_server::{
+    Clock, HandlerRegistry, IngestConfig, ServerConfig, SystemClock, WebhookConfig, WorkerConfig,
+    Workers,
+};
+use billd_store::NewEvent;
+use billd_stripe::webhook::sign;
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use secrecy::SecretString;
+
+const SECRET: &str = "whsec_bench_secret";
+
+/// Options of `billd bench webhooks`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Events sent in the throughput run (and inserted in the ceiling run).
+    #[arg(long, default_value_t = 20_000)]
+    events: usize,
+    /// Concurrent keep-alive connections in the throughput run.
+    #[arg(long, default_value_t = 64)]
+    connections: usize,
+    /// Offered rate of the latency run, events per second.
+    #[arg(long, default_value_t = 5_000)]
+    rate: u64,
+    /// Length of the latency run, seconds.
+    #[arg(long, default_value_t = 5)]
+    rate_secs: u64,
+    /// Also benchmark PostgreSQL: a database URL the benchmark may write
+    /// to (it is migrated; rows get a unique prefix).
+    #[arg(long)]
+    postgres_url: Option<String>,
+    /// Skip SQLite (only with --postgres-url).
+    #[arg(long)]
+    no_sqlite: bool,
+    /// Give up on any one phase after this many seconds.
+    #[arg(long, default_value_t = 120)]
+    phase_timeout_secs: u64,
+}
+
+struct Figures {
+    backend: &'static str,
+    ceiling_per_sec: f64,
+    http_per_sec: f64,
+    http_accepted: usize,
+    offered: u64,
+    p50_ms: f64,
+    p99_ms: f64,
+    rate_accepted: usize,
+    rate_sent: usize,
+    mean_batch: f64,
+}
+
+/// Runs the benchmark and prints a table.
+pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir().context("creating a temp dir")?;
+    let mut targets: Vec<(&'static str, String)> = Vec::new();
+    if !args.no_sqlite {
+        let path = dir.path().join("bench.db");
+        targets.push(("sqlite", format!("sqlite://{}", path.display())));
+    }
+    if let Some(url) = &args.postgres_url {
+        targets.push(("postgres", url.clone()));
+    }
+    anyhow::ensure!(!targets.is_empty(), "nothing to benchmark");
+    let mut all = Vec::new();
+    for (backend, url) in targets {
+        eprintln!("benchmarking {backend}…");
+        all.push(bench_backend(backend, &url, args).await?);
+    }
+    println!(
+        "\n{:<9} {:>14} {:>12} {:>7} {:>10} {:>9} {:>9} {:>9} {:>10}",
+        "backend",
+        "ceiling ev/s",
+        "http ev/s",
+        "ratio",
+        "offered/s",
+        "p50 ms",
+        "p99 ms",
+        "acked",
+        "mean batch"
+    );
+    for f in &all {
+        println!(
+            "{:<9} {:>14.0} {:>12.0} {:>7.2} {:>10} {:>9.2} {:>9.2} {:>9} {:>10.1}",
+            f.backend,
+            f.ceiling_per_sec,
+            f.http_per_sec,
+            f.http_per_sec / f.ceiling_per_sec.max(1.0),
+            f.offered,
+            f.p50_ms,
+            f.p99_ms,
+            format!("{}/{}", f.rate_accepted, f.rate_sent),
+            f.mean_batch,
+        );
+        let _ = f.http_accepted;
+    }
+    println!(
+        "\nceiling = insert_events in batches of {} (no HTTP); http = {} events over {} connections; latency at a fixed offered rate for {} s.",
+        args.connections, args.events, args.connections, args.rate_secs
+    );
+    Ok(())
+}
+
+async fn bench_backend(
+    backend: &'static str,
+    url: &str,
+    args: &BenchArgs,
+) -> anyhow::Result<Figures> {
+    let store = billd_store::connect(url)
+        .await
+        .context("opening the store")?;
+    store.migrate().await.context("migrating")?;
+    let run: String = rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(8)
+        .map(char::from)
+        .collect();
+    let phase = Duration::from_secs(args.phase_timeout_secs);
+    let now = SystemClock.now();
+
+    // 1. Raw ceiling.
+    let rows: Vec<NewEvent> = (0..args.events)
+        .map(|i| {
+            let (id, body) = event_body(&format!("{run}c"), i, now);
+            billd_server::webhook::parse_envelope(body.as_bytes(), now)
+                .map_err(|e| anyhow::anyhow!("bench event does not parse: {e}"))
+                .map(|mut e| {
+                    e.id = id;
+                    e
+                })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let started = Instant::now();
+    tokio::time::timeout(phase, async {
+        for chunk in rows.chunks(args.connections.max(1)) {
+            store.insert_events(chunk).await?;
+        }
+        anyhow::Ok(())
+    })
+    .await
+    .context("ceiling phase timed out")??;
+    let ceiling_per_sec = rows.len() as f64 / started.elapsed().as_secs_f64();
+
+    // 2. and 3. through HTTP.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let running = billd_server::start(
+        listener,
+        store.clone(),
+        ServerConfig {
+            webhook: WebhookConfig {
+                secrets: vec![SecretString::from(SECRET.to_string())],
+                tolerance_secs: 3600,
+            },
+            ingest: IngestConfig::default(),
+            worker: WorkerConfig::default(),
+            ready_max_lag_secs: 3600,
+        },
+        HandlerRegistry::new(),
+        Arc::new(SystemClock),
+        // Ingestion alone is measured; the worker would compete for the
+        // same two cores and database.
+        Workers::None,
+    )?;
+    let endpoint = format!("http://{}/webhooks/stripe", running.addr);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(4096)
+        .build()?;
+
+    let signed = presign(&format!("{run}h"), args.events, now);
+    let next = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let signed = Arc::new(signed);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        let (client, endpoint, signed, next, accepted) = (
+            client.clone(),
+            endpoint.clone(),
+            signed.clone(),
+            next.clone(),
+            accepted.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some((header, body)) = signed.get(i) else {
+                    break;
+                };
+                if post(&client, &endpoint, header, body).await {
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::timeout(phase, futures_join(tasks))
+        .await
+        .context("throughput phase timed out")?;
+    let http_elapsed = started.elapsed().as_secs_f64();
+    let http_accepted = accepted.load(Ordering::Relaxed);
+    let http_per_sec = http_accepted as f64 / http_elapsed;
+
+    // 3. Fixed offered rate, open loop: send times are fixed in advance,
+    // latency is counted from the scheduled time so queueing shows.
+    let total = (args.rate * args.rate_secs) as usize;
+    let signed = Arc::new(presign(&format!("{run}r"), total, now));
+    let (lat_tx, mut lat_rx) = tokio::sync::mpsc::unbounded_channel::<Option<Duration>>();
+    let started = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
+    let sender = {
+        let (client, endpoint, signed) = (client.clone(), endpoint.clone(), signed.clone());
+        tokio::spawn(async move {
+            for i in 0..signed.len() {
+                let due = started + interval.mul_f64(i as f64);
+                tokio::time::sleep_until(due.into()).await;
+                let (client, endpoint, signed, lat_tx) = (
+                    client.clone(),
+                    endpoint.clone(),
+                    signed.clone(),
+                    lat_tx.clone(),
+                );
+                tokio::spawn(async move {
+                    let (header, body) = &signed[i];
+                    let ok = post(&client, &endpoint, header, body).await;
+                    let _ = lat_tx.send(ok.then(|| due.elapsed()));
+                });
+            }
+        })
+    };
+    let mut latencies = Vec::with_capacity(total);
+    let mut received = 0;
+    let collect = async {
+        while received < total {
+            match lat_rx.recv().await {
+                Some(Some(l)) => {
+                    latencies.push(l);
+                    received += 1;
+                }
+                Some(None) => received += 1,
+                None => break,
+            }
+        }
+    };
+    tokio::time::timeout(phase, collect)
+        .await
+        .context("latency phase timed out")?;
+    let _ = sender.await;
+    latencies.sort();
+    let pct = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return f64::NAN;
+        }
+        let idx = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[idx].as_secs_f64() * 1000.0
+    };
+    let (p50_ms, p99_ms) = (pct(0.50), pct(0.99));
+    let batches = running.metrics.ingest_batches.load(Ordering::Relaxed);
+    let batched = running
+        .metrics
+        .ingest_batched_events
+        .load(Ordering::Relaxed);
+    running.shutdown().await?;
+    Ok(Figures {
+        backend,
+        ceiling_per_sec,
+        http_per_sec,
+        http_accepted,
+        offered: args.rate,
+        p50_ms,
+        p99_ms,
+        rate_accepted: latencies.len(),
+        rate_sent: total,
+        mean_batch: batched as f64 / batches.max(1) as f64,
+    })
+}
+
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+async fn post(client: &reqwest::Client, endpoint: &str, header: &str, body: &str) -> bool {
+    match client
+        .post(endpoint)
+        .header("Stripe-Signature", header)
+        .header("Content-Type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+    {
+        Ok(response) => response.status().is_success(),
+        Err(_) => false,
+    }
+}
+
+fn presign(prefix: &str, n: usize, now: i64) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| {
+            let (_, body) = event_body(prefix, i, now);
+            (sign(SECRET, now, body.as_bytes()), body)
+        })
+        .collect()
+}
+
+/// An `invoice.paid` event shaped like Stripe's (about 2 KB), unique per `i`.
+fn event_body(prefix: &str, i: usize, now: i64) -> (String, String) {
+    let id = format!("evt_bench_{prefix}_{i}");
+    let customer = format!("cus_bench_{}", i % 5000);
+    let lines = serde_json::json!({
+        "object": "list", "has_more": false, "total_count": 1, "url": "/v1/invoices/in_bench/lines",
+        "data": [{
+            "id": format!("il_bench_{i}"), "object": "line_item", "amount": 1900, "currency": "eur",
+            "description": "1 × Standard (at €19.00 / month)",
+            "period": { "start": now, "end": now + 2_592_000 },
+            "pricing": { "type": "price_details", "price_details": { "price": "price_standard_eur", "product": "prod_standard" } },
+            "quantity": 1
+        }]
+    });
+    let parent = serde_json::json!({
+        "type": "subscription_details",
+        "subscription_details": {
+            "subscription": format!("sub_bench_{}", i % 5000),
+            "metadata": { "billd_customer_id": format!("user_{}", i % 5000), "billd_plan": "standard" }
+        }
+    });
+    let invoice = serde_json::json!({
+        "id": format!("in_bench_{prefix}_{i}"),
+        "object": "invoice",
+        "account_country": "DE",
+        "account_name": "billd bench",
+        "amount_due": 1900, "amount_paid": 1900, "amount_remaining": 0,
+        "attempt_count": 1, "attempted": true, "auto_advance": false,
+        "billing_reason": "subscription_cycle",
+        "collection_method": "charge_automatically",
+        "created": now, "currency": "eur",
+        "customer": customer,
+        "customer_email": format!("user{i}@example.com"),
+        "hosted_invoice_url": format!("https://invoice.stripe.com/i/acct_bench/test_{i}"),
+        "lines": lines,
+        "parent": parent,
+        "period_end": now, "period_start": now - 2_592_000,
+        "status": "paid", "status_transitions": { "finalized_at": now, "paid_at": now },
+        "subtotal": 1900, "total": 1900, "metadata": {}
+    });
+    let body = serde_json::json!({
+        "id": id,
+        "object": "event",
+        "api_version": billd_stripe::API_VERSION,
+        "created": now,
+        "livemode": false,
+        "pending_webhooks": 1,
+        "request": { "id": null, "idempotency_key": null },
+        "type": "invoice.paid",
+        "data": { "object": invoice }
+    });
+    (id, body.to_string())
+}

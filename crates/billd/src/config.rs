@@ -1,0 +1,700 @@
+//! Configuration: embedded defaults < `billd.toml` < `BILLD_*` environment,
+//! validated at start-up. Every error names the variable (and where its
+//! value came from) and what is wrong, and never echoes a secret.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use secrecy::{ExposeSecret, SecretString};
+
+const DEFAULTS: &str = include_str!("defaults.toml");
+
+/// Every key billd reads, as written in `billd.toml` (the environment
+/// variable is `BILLD_` + the upper-cased key), and whether it is a secret.
+const KEYS: &[(&str, bool)] = &[
+    ("database_url", true),
+    ("listen", false),
+    ("stripe_api_key", true),
+    ("stripe_api_base", false),
+    ("stripe_webhook_secrets", true),
+    ("api_keys", true),
+    ("admin_api_keys", true),
+    ("plans", false),
+    ("smtp_url", true),
+    ("email_from", false),
+    ("admin_email", false),
+    ("log_format", false),
+    ("webhook_tolerance_secs", false),
+    ("inbox_max_attempts", false),
+    ("inbox_lease_secs", false),
+    ("inbox_backoff_base_secs", false),
+    ("inbox_backoff_cap_secs", false),
+    ("worker_concurrency", false),
+    ("ingest_max_batch", false),
+    ("ready_max_lag_secs", false),
+];
+
+/// The environment variable for a key.
+pub fn env_name(key: &str) -> String {
+    format!("BILLD_{}", key.to_ascii_uppercase())
+}
+
+/// Where a value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    Default,
+    File(PathBuf),
+    Env,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => f.write_str("built-in default"),
+            Source::File(path) => write!(f, "set in {}", path.display()),
+            Source::Env => f.write_str("set in the environment"),
+        }
+    }
+}
+
+/// A configuration problem, naming the variable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// Several problems found at once, one per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration:")?;
+        for e in &self.0 {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A URL that may carry a password (database, SMTP). `Debug` and
+/// [`SecretUrl::redacted`] replace the password with `[REDACTED]`.
+#[derive(Clone)]
+pub struct SecretUrl(SecretString);
+
+impl SecretUrl {
+    /// Wraps a URL.
+    pub fn new(url: String) -> Self {
+        SecretUrl(SecretString::from(url))
+    }
+
+    /// The full URL, password included; only for connecting.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+
+    /// The URL with any password (and any query, which may hold one)
+    /// replaced, fit for logs.
+    pub fn redacted(&self) -> String {
+        redact_url(self.0.expose_secret())
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+/// Redacts the password of `scheme://user:password@host/...` without
+/// needing the URL to be fully valid (a broken URL must not leak either).
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        // `sqlite:path` and the like carry no credentials.
+        return url.to_string();
+    };
+    let rest = &url[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let mut out = url[..scheme_end].to_string();
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => {
+                    out.push_str(user);
+                    out.push_str(":[REDACTED]");
+                }
+                None => out.push_str(userinfo),
+            }
+            out.push_str(&authority[at..]);
+        }
+        None => out.push_str(authority),
+    }
+    let tail = &rest[authority_end..];
+    match tail.split_once('?') {
+        // Query parameters can carry passwords (`?password=`); keep names only.
+        Some((path, query)) => {
+            out.push_str(path);
+            out.push('?');
+            let names: Vec<String> = query
+                .split('&')
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, _)) => format!("{k}=[REDACTED]"),
+                    None => kv.to_string(),
+                })
+                .collect();
+            out.push_str(&names.join("&"));
+        }
+        None => out.push_str(tail),
+    }
+    out
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// billd's validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `BILLD_DATABASE_URL`: `sqlite://…` or `postgres://…`.
+    pub database_url: SecretUrl,
+    /// `BILLD_LISTEN`: HTTP address.
+    pub listen: SocketAddr,
+    /// `BILLD_STRIPE_API_KEY`; unset means dev mode.
+    pub stripe_api_key: Option<SecretString>,
+    /// `BILLD_STRIPE_API_BASE`.
+    pub stripe_api_base: String,
+    /// `BILLD_STRIPE_WEBHOOK_SECRETS`; empty means dev mode (a generated secret).
+    pub stripe_webhook_secrets: Vec<SecretString>,
+    /// `BILLD_API_KEYS`: bearer keys for the app API.
+    pub api_keys: Vec<SecretString>,
+    /// `BILLD_ADMIN_API_KEYS`: bearer keys for the admin API.
+    pub admin_api_keys: Vec<SecretString>,
+    /// `BILLD_PLANS`: path to a plans TOML; unset means the built-in catalog.
+    pub plans: Option<PathBuf>,
+    /// `BILLD_SMTP_URL`.
+    pub smtp_url: Option<SecretUrl>,
+    /// `BILLD_EMAIL_FROM`.
+    pub email_from: Option<String>,
+    /// `BILLD_ADMIN_EMAIL`.
+    pub admin_email: Option<String>,
+    /// `BILLD_LOG_FORMAT`: `text` or `json`.
+    pub log_format: LogFormat,
+    /// `BILLD_WEBHOOK_TOLERANCE_SECS`.
+    pub webhook_tolerance_secs: i64,
+    /// `BILLD_INBOX_MAX_ATTEMPTS`: attempts before an event is dead.
+    pub inbox_max_attempts: i32,
+    /// `BILLD_INBOX_LEASE_SECS`: how long a claimed event is reserved.
+    pub inbox_lease_secs: i64,
+    /// `BILLD_INBOX_BACKOFF_BASE_SECS`: first retry delay.
+    pub inbox_backoff_base_secs: i64,
+    /// `BILLD_INBOX_BACKOFF_CAP_SECS`: longest retry delay.
+    pub inbox_backoff_cap_secs: i64,
+    /// `BILLD_WORKER_CONCURRENCY`: events processed concurrently.
+    pub worker_concurrency: u32,
+    /// `BILLD_INGEST_MAX_BATCH`: most webhook events per group commit.
+    pub ingest_max_batch: usize,
+    /// `BILLD_READY_MAX_LAG_SECS`: `/readyz` fails beyond this inbox lag.
+    pub ready_max_lag_secs: i64,
+}
+
+impl Config {
+    /// A one-line, secret-free account of what is configured, for the
+    /// start-up log.
+    pub fn summary(&self) -> String {
+        format!(
+            "database={} listen={} stripe_api_key={} stripe_api_base={} webhook_secrets={} api_keys={} admin_api_keys={} plans={} smtp={} email_from={} admin_email={}",
+            self.database_url.redacted(),
+            self.listen,
+            if self.stripe_api_key.is_some() { "set" } else { "unset" },
+            self.stripe_api_base,
+            self.stripe_webhook_secrets.len(),
+            self.api_keys.len(),
+            self.admin_api_keys.len(),
+            self.plans
+                .as_ref()
+                .map_or("built-in".to_string(), |p| p.display().to_string()),
+            self.smtp_url
+                .as_ref()
+                .map_or("unset".to_string(), SecretUrl::redacted),
+            self.email_from.as_deref().unwrap_or("unset"),
+            self.admin_email.as_deref().unwrap_or("unset"),
+        )
+    }
+}
+
+struct Raw {
+    values: BTreeMap<&'static str, (String, Source)>,
+    errors: Vec<ConfigError>,
+}
+
+impl Raw {
+    fn is_secret(key: &str) -> bool {
+        KEYS.iter().any(|(k, secret)| *k == key && *secret)
+    }
+
+    fn describe(&self, key: &str) -> String {
+        match self.values.get(key) {
+            Some((_, source)) => format!("{} ({source})", env_name(key)),
+            None => env_name(key),
+        }
+    }
+
+    fn shown(&self, key: &str, value: &str) -> String {
+        if Self::is_secret(key) {
+            "[REDACTED]".to_string()
+        } else {
+            format!("{value:?}")
+        }
+    }
+
+    fn fail(&mut self, key: &str, what: impl fmt::Display) {
+        let msg = format!("{}: {what}", self.describe(key));
+        self.errors.push(ConfigError(msg));
+    }
+
+    fn opt(&self, key: &str) -> Option<String> {
+        self.values
+            .get(key)
+            .map(|(v, _)| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+    }
+
+    fn required(&mut self, key: &str) -> Option<String> {
+        let value = self.opt(key);
+        if value.is_none() {
+            self.fail(key, "is required");
+        }
+        value
+    }
+
+    fn list(&self, key: &str) -> Vec<String> {
+        self.opt(key)
+            .map(|v| {
+                v.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn int<T: TryFrom<i64> + Default>(&mut self, key: &str, min: i64, max: i64) -> T {
+        let Some(value) = self.required(key) else {
+            return T::default();
+        };
+        match value.parse::<i64>() {
+            Ok(n) if (min..=max).contains(&n) => T::try_from(n).unwrap_or_default(),
+            Ok(n) => {
+                self.fail(key, format!("must be between {min} and {max}, got {n}"));
+                T::default()
+            }
+            Err(_) => {
+                let shown = self.shown(key, &value);
+                self.fail(key, format!("must be an integer, got {shown}"));
+                T::default()
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Loads the configuration from the embedded defaults, then `file` (if
+    /// given; it must exist), then `env` (only `BILLD_*` keys are read).
+    pub fn load(
+        file: Option<&Path>,
+        env: &HashMap<String, String>,
+    ) -> Result<Config, ConfigErrors> {
+        let mut raw = Raw {
+            values: BTreeMap::new(),
+            errors: Vec::new(),
+        };
+        merge_toml(&mut raw, DEFAULTS, Source::Default);
+        if let Some(path) = file {
+            match std::fs::read_to_string(path) {
+                Ok(text) => merge_toml(&mut raw, &text, Source::File(path.to_path_buf())),
+                Err(e) => raw.errors.push(ConfigError(format!(
+                    "BILLD_CONFIG: cannot read {}: {e}",
+                    path.display()
+                ))),
+            }
+        }
+        for (key, _) in KEYS {
+            if let Some(value) = env.get(&env_name(key)) {
+                raw.values.insert(key, (value.clone(), Source::Env));
+            }
+        }
+        let config = Self::from_raw(&mut raw);
+        if raw.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(raw.errors))
+        }
+    }
+
+    fn from_raw(raw: &mut Raw) -> Config {
+        let database_url = raw.required("database_url").unwrap_or_default();
+        let known_scheme = ["sqlite:", "postgres://", "postgresql://"]
+            .iter()
+            .any(|scheme| database_url.starts_with(scheme));
+        if !database_url.is_empty() && !known_scheme {
+            raw.fail(
+                "database_url",
+                "must start with sqlite:// or postgres:// (value not shown: it may hold a password)",
+            );
+        }
+        let listen = match raw.required("listen") {
+            Some(v) => v.parse::<SocketAddr>().unwrap_or_else(|_| {
+                raw.fail(
+                    "listen",
+                    format!("must be an address like 127.0.0.1:8080, got {v:?}"),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 8080))
+            }),
+            None => SocketAddr::from(([127, 0, 0, 1], 8080)),
+        };
+        let stripe_api_key = raw.opt("stripe_api_key");
+        if let Some(key) = &stripe_api_key {
+            if !(key.starts_with("sk_") || key.starts_with("rk_")) {
+                raw.fail(
+                    "stripe_api_key",
+                    "must be a Stripe secret or restricted key (sk_… or rk_…)",
+                );
+            }
+        }
+        let stripe_api_base = raw.required("stripe_api_base").unwrap_or_default();
+        match url::Url::parse(&stripe_api_base) {
+            Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+            _ => raw.fail(
+                "stripe_api_base",
+                format!("must be an http(s) URL, got {stripe_api_base:?}"),
+            ),
+        }
+        let stripe_webhook_secrets = raw.list("stripe_webhook_secrets");
+        if stripe_webhook_secrets
+            .iter()
+            .any(|s| !s.starts_with("whsec_"))
+        {
+            raw.fail(
+                "stripe_webhook_secrets",
+                "every secret must start with whsec_ (comma-separated during a rotation)",
+            );
+        }
+        let api_keys = raw.list("api_keys");
+        let admin_api_keys = raw.list("admin_api_keys");
+        for (key, keys) in [("api_keys", &api_keys), ("admin_api_keys", &admin_api_keys)] {
+            if keys.iter().any(|k| k.len() < 16) {
+                raw.fail(key, "every key must be at least 16 characters long");
+            }
+        }
+        let plans = raw.opt("plans").map(PathBuf::from);
+        if let Some(path) = &plans {
+            if !path.is_file() {
+                raw.fail("plans", format!("no such file: {}", path.display()));
+            }
+        }
+        let smtp_url = raw.opt("smtp_url").map(SecretUrl::new);
+        if let Some(url) = &smtp_url {
+            if !(url.expose().starts_with("smtp://") || url.expose().starts_with("smtps://")) {
+                raw.fail("smtp_url", "must start with smtp:// or smtps://");
+            }
+        }
+        let email_from = raw.opt("email_from");
+        let admin_email = raw.opt("admin_email");
+        for (key, value) in [("email_from", &email_from), ("admin_email", &admin_email)] {
+            if let Some(v) = value {
+                if !v.contains('@') {
+                    raw.fail(key, format!("must be an email address, got {v:?}"));
+                }
+            }
+        }
+        let log_format = match raw.required("log_format").as_deref() {
+            Some("json") => LogFormat::Json,
+            Some("text") | None => LogFormat::Text,
+            Some(other) => {
+                raw.fail("log_format", format!("must be json or text, got {other:?}"));
+                LogFormat::Text
+            }
+        };
+        let webhook_tolerance_secs = raw.int("webhook_tolerance_secs", 1, 86_400);
+        let inbox_max_attempts = raw.int("inbox_max_attempts", 1, 1000);
+        let inbox_lease_secs = raw.int("inbox_lease_secs", 1, 86_400);
+        let inbox_backoff_base_secs = raw.int("inbox_backoff_base_secs", 1, 86_400);
+        let inbox_backoff_cap_secs = raw.int("inbox_backoff_cap_secs", 1, 7 * 86_400);
+        if inbox_backoff_cap_secs < inbox_backoff_base_secs {
+            raw.fail(
+                "inbox_backoff_cap_secs",
+                format!(
+                    "must be at least BILLD_INBOX_BACKOFF_BASE_SECS ({inbox_backoff_base_secs})"
+                ),
+            );
+        }
+        let worker_concurrency = raw.int("worker_concurrency", 1, 1024);
+        let ingest_max_batch = raw.int("ingest_max_batch", 1, 100_000);
+        let ready_max_lag_secs = raw.int("ready_max_lag_secs", 1, 30 * 86_400);
+        let secrets = |v: Vec<String>| v.into_iter().map(SecretString::from).collect();
+        Config {
+            database_url: SecretUrl::new(database_url),
+            listen,
+            stripe_api_key: stripe_api_key.map(SecretString::from),
+            stripe_api_base,
+            stripe_webhook_secrets: secrets(stripe_webhook_secrets),
+            api_keys: secrets(api_keys),
+            admin_api_keys: secrets(admin_api_keys),
+            plans,
+            smtp_url,
+            email_from,
+            admin_email,
+            log_format,
+            webhook_tolerance_secs,
+            inbox_max_attempts,
+            inbox_lease_secs,
+            inbox_backoff_base_secs,
+            inbox_backoff_cap_secs,
+            worker_concurrency,
+            ingest_max_batch,
+            ready_max_lag_secs,
+        }
+    }
+}
+
+fn merge_toml(raw: &mut Raw, text: &str, source: Source) {
+    let table: toml::Table = match text.parse() {
+        Ok(t) => t,
+        Err(e) => {
+            raw.errors.push(ConfigError(format!(
+                "BILLD_CONFIG ({source}): not valid TOML: {e}"
+            )));
+            return;
+        }
+    };
+    for (key, value) in table {
+        let Some((known, _)) = KEYS.iter().find(|(k, _)| *k == key) else {
+            raw.errors.push(ConfigError(format!(
+                "{key} ({source}): unknown setting (known: {})",
+                KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+            )));
+            continue;
+        };
+        let text = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(n) => n.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Array(items) => {
+                let mut parts = Vec::new();
+                for item in items {
+                    match item {
+                        toml::Value::String(s) => parts.push(s),
+                        _ => raw.errors.push(ConfigError(format!(
+                            "{key} ({source}): list items must be strings"
+                        ))),
+                    }
+                }
+                parts.join(",")
+            }
+            _ => {
+                raw.errors.push(ConfigError(format!(
+                    "{key} ({source}): must be a string, integer or list of strings"
+                )));
+                continue;
+            }
+        };
+        raw.values.insert(known, (text, source.clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn errors(result: Result<Config, ConfigErrors>) -> String {
+        result.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn with_no_file_and_no_environment_the_defaults_apply() {
+        let config = Config::load(None, &env(&[])).unwrap();
+        assert_eq!(config.database_url.expose(), "sqlite://billd.db");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.stripe_api_base, "https://api.stripe.com");
+        assert_eq!(config.webhook_tolerance_secs, 300);
+        assert!(config.stripe_webhook_secrets.is_empty());
+        assert!(config.stripe_api_key.is_none());
+        assert_eq!(config.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn the_file_overrides_defaults_and_the_environment_overrides_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("billd.toml");
+        std::fs::write(
+            &path,
+            "listen = \"0.0.0.0:9000\"\nwebhook_tolerance_secs = 60\nstripe_webhook_secrets = [\"whsec_a\", \"whsec_b\"]\n",
+        )
+        .unwrap();
+
+        let config = Config::load(
+            Some(&path),
+            &env(&[
+                ("BILLD_WEBHOOK_TOLERANCE_SECS", "120"),
+                ("BILLD_LOG_FORMAT", "json"),
+            ]),
+        )
+        .unwrap();
+
+        assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(config.webhook_tolerance_secs, 120);
+        assert_eq!(config.log_format, LogFormat::Json);
+        let secrets: Vec<&str> = config
+            .stripe_webhook_secrets
+            .iter()
+            .map(|s| s.expose_secret())
+            .collect();
+        assert_eq!(secrets, vec!["whsec_a", "whsec_b"]);
+    }
+
+    #[test]
+    fn webhook_secrets_from_the_environment_are_comma_separated() {
+        let config = Config::load(
+            None,
+            &env(&[("BILLD_STRIPE_WEBHOOK_SECRETS", "whsec_new, whsec_old")]),
+        )
+        .unwrap();
+        assert_eq!(config.stripe_webhook_secrets.len(), 2);
+        assert_eq!(
+            config.stripe_webhook_secrets[1].expose_secret(),
+            "whsec_old"
+        );
+    }
+
+    #[test]
+    fn invalid_values_are_reported_together_naming_the_variable_and_its_source() {
+        let message = errors(Config::load(
+            None,
+            &env(&[
+                ("BILLD_LISTEN", "not-an-address"),
+                ("BILLD_WEBHOOK_TOLERANCE_SECS", "abc"),
+                ("BILLD_INBOX_MAX_ATTEMPTS", "0"),
+                ("BILLD_LOG_FORMAT", "yaml"),
+            ]),
+        ));
+        assert!(
+            message.contains("BILLD_LISTEN (set in the environment): must be an address"),
+            "{message}"
+        );
+        assert!(message.contains("BILLD_WEBHOOK_TOLERANCE_SECS (set in the environment): must be an integer, got \"abc\""), "{message}");
+        assert!(message.contains("BILLD_INBOX_MAX_ATTEMPTS (set in the environment): must be between 1 and 1000, got 0"), "{message}");
+        assert!(
+            message.contains("BILLD_LOG_FORMAT (set in the environment): must be json or text"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_bad_secret_is_named_but_never_echoed() {
+        let message = errors(Config::load(
+            None,
+            &env(&[
+                ("BILLD_STRIPE_WEBHOOK_SECRETS", "whsec_ok,hunter2secret"),
+                ("BILLD_STRIPE_API_KEY", "pk_live_publishable"),
+                ("BILLD_DATABASE_URL", "mysql://root:pa55word@db/billd"),
+            ]),
+        ));
+        assert!(
+            message.contains("BILLD_STRIPE_WEBHOOK_SECRETS"),
+            "{message}"
+        );
+        assert!(message.contains("BILLD_STRIPE_API_KEY"), "{message}");
+        assert!(message.contains("BILLD_DATABASE_URL"), "{message}");
+        for secret in ["hunter2secret", "pk_live_publishable", "pa55word"] {
+            assert!(!message.contains(secret), "{message}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_key_in_the_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("billd.toml");
+        std::fs::write(&path, "lisen = \"127.0.0.1:1\"\n").unwrap();
+        let message = errors(Config::load(Some(&path), &env(&[])));
+        assert!(message.contains("lisen"), "{message}");
+        assert!(message.contains("unknown setting"), "{message}");
+    }
+
+    #[test]
+    fn a_missing_config_file_is_an_error() {
+        let message = errors(Config::load(
+            Some(Path::new("/nonexistent/billd.toml")),
+            &env(&[]),
+        ));
+        assert!(
+            message.contains("BILLD_CONFIG: cannot read /nonexistent/billd.toml"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn debug_output_redacts_every_secret_including_the_database_password() {
+        let config = Config::load(
+            None,
+            &env(&[
+                (
+                    "BILLD_DATABASE_URL",
+                    "postgres://billd:s3cretpw@db.internal:5432/billd?sslmode=require",
+                ),
+                ("BILLD_STRIPE_API_KEY", "sk_test_abcdefgh12345678"),
+                ("BILLD_STRIPE_WEBHOOK_SECRETS", "whsec_topsecretvalue"),
+                ("BILLD_API_KEYS", "app_key_0123456789abcdef"),
+                ("BILLD_ADMIN_API_KEYS", "admin_key_0123456789abcdef"),
+                ("BILLD_SMTP_URL", "smtp://mailer:mailpw@smtp.example:587"),
+            ]),
+        )
+        .unwrap();
+
+        let debug = format!("{config:?}");
+
+        for secret in [
+            "s3cretpw",
+            "sk_test_abcdefgh12345678",
+            "whsec_topsecretvalue",
+            "app_key_0123456789abcdef",
+            "admin_key_0123456789abcdef",
+            "mailpw",
+        ] {
+            assert!(!debug.contains(secret), "{secret} leaked in {debug}");
+        }
+        assert!(
+            debug.contains("postgres://billd:[REDACTED]@db.internal:5432/billd"),
+            "{debug}"
+        );
+    }
+
+    #[test]
+    fn url_redaction_handles_urls_without_passwords_and_query_passwords() {
+        assert_eq!(redact_url("sqlite://billd.db"), "sqlite://billd.db");
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            redact_url("postgres://h/db?user=u&password=pw"),
+            "postgres://h/db?user=[REDACTED]&password=[REDACTED]"
+        );
+        assert_eq!(
+            redact_url("postgres://u:p@ss@h/db"),
+            "postgres://u:[REDACTED]@h/db"
+        );
+    }
+}
