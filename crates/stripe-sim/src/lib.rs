@@ -139,7 +139,7 @@ impl Sim {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Starts the webhook delivery task once (no-op afterwards or outside a runtime).
+    /// Starts the webhook delivery and wall-clock tasks once (no-op afterwards or outside a runtime).
     fn start_delivery(&self) {
         if tokio::runtime::Handle::try_current().is_err() {
             return;
@@ -152,6 +152,7 @@ impl Sim {
         if let Some(rx) = rx {
             let seed = self.lock().cfg.seed;
             tokio::spawn(webhooks::run(Arc::downgrade(&self.inner), rx, seed));
+            self.start_ticker();
         }
     }
 
@@ -195,9 +196,40 @@ impl Sim {
         f(&mut self.lock().cfg);
     }
 
-    /// Freezes sim-wide time (for objects without a test clock) at `t`, or unfreezes with `None`.
+    /// Freezes sim-wide time (for objects without a test clock) at `t`, or unfreezes
+    /// with `None`. Moving it forward runs what falls due meanwhile (renewals,
+    /// trial ends, retries, expiries) for those objects, like a test clock advance.
     pub fn set_time(&self, t: Option<i64>) {
-        self.lock().cfg.frozen_time = t;
+        let mut s = self.lock();
+        let before = s.now();
+        s.cfg.frozen_time = t;
+        if let Some(t) = t.filter(|t| *t > before) {
+            s.cfg.frozen_time = Some(before);
+            if let Err(e) = billing::catch_up(&mut s, t) {
+                tracing::warn!(error = ?e, "stripe-sim: catching up to the new time failed");
+            }
+            s.cfg.frozen_time = Some(t);
+        }
+        self.save(&s);
+    }
+
+    /// Runs due work on the wall clock every second while time is not frozen.
+    fn start_ticker(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let mut s = inner.lock().unwrap_or_else(PoisonError::into_inner);
+                if s.cfg.frozen_time.is_none() {
+                    let now = s.now();
+                    if let Err(e) = billing::catch_up(&mut s, now) {
+                        tracing::warn!(error = ?e, "stripe-sim: scheduled work failed");
+                    }
+                }
+            }
+        });
     }
 
     /// A stored object by id, as Stripe JSON.

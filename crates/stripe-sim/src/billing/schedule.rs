@@ -54,7 +54,8 @@ pub(crate) enum Due {
     Retry(String),
 }
 
-pub(crate) fn next_due(s: &Inner, clock: &str, until: i64) -> Option<(i64, Due)> {
+pub(crate) fn next_due(s: &Inner, clock: Option<&str>, until: i64) -> Option<(i64, Due)> {
+    let clock = clock.map_or(Value::Null, |c| json!(c));
     let mut best: Option<(i64, Due)> = None;
     let mut consider = |t: i64, d: Due| {
         if t <= until && best.as_ref().is_none_or(|(bt, _)| t < *bt) {
@@ -121,7 +122,7 @@ pub(crate) fn next_due(s: &Inner, clock: &str, until: i64) -> Option<(i64, Due)>
 /// with the clock showing each moment as it is processed.
 pub fn advance(s: &mut Inner, clock: &str, until: i64) -> ApiResult<()> {
     for _ in 0..100_000 {
-        let Some((t, due)) = next_due(s, clock, until) else {
+        let Some((t, due)) = next_due(s, Some(clock), until) else {
             break;
         };
         let t = t.max(s.objects[clock]["frozen_time"].as_i64().unwrap_or(t));
@@ -132,6 +133,25 @@ pub fn advance(s: &mut Inner, clock: &str, until: i64) -> ApiResult<()> {
     }
     if let Some(c) = s.objects.get_mut(clock) {
         c["frozen_time"] = json!(until);
+    }
+    Ok(())
+}
+
+/// Runs everything scheduled for objects without a test clock up to `until`:
+/// after the sim-wide frozen time moves, or periodically on the wall clock.
+pub fn catch_up(s: &mut Inner, until: i64) -> ApiResult<()> {
+    let frozen = s.cfg.frozen_time.is_some();
+    for _ in 0..100_000 {
+        let Some((t, due)) = next_due(s, None, until) else {
+            break;
+        };
+        if frozen {
+            s.cfg.frozen_time = Some(t);
+        }
+        run_due(s, due, t)?;
+    }
+    if frozen {
+        s.cfg.frozen_time = Some(until);
     }
     Ok(())
 }

@@ -8,9 +8,43 @@ pub(crate) fn sim_config(s: &mut Inner, method: &str, p: &Value) -> ApiResult {
         overlay(&mut current, p, "")?;
         let cfg: SimConfig = serde_json::from_value(current)
             .map_err(|e| ApiError::invalid("config", e.to_string()))?;
+        validate(&cfg)?;
+        let before = s.now();
+        let target = cfg.frozen_time;
         s.cfg = cfg;
+        // Moving frozen time forward runs what falls due, as Sim::set_time does.
+        if let Some(t) = target.filter(|t| *t > before) {
+            s.cfg.frozen_time = Some(before);
+            crate::billing::catch_up(s, t)?;
+            s.cfg.frozen_time = Some(t);
+        }
     }
     serde_json::to_value(&s.cfg).map_err(|_| ApiError::internal())
+}
+
+fn validate(cfg: &SimConfig) -> ApiResult<()> {
+    let w = &cfg.webhooks;
+    let f = &cfg.faults;
+    for (name, p) in [
+        ("webhooks[duplicate_rate]", w.duplicate_rate),
+        ("webhooks[drop_rate]", w.drop_rate),
+        ("faults[error_rate]", f.error_rate),
+        ("faults[rate_limit_rate]", f.rate_limit_rate),
+    ] {
+        if !(0.0..=1.0).contains(&p) {
+            return Err(ApiError::invalid(
+                name,
+                "A probability must be between 0 and 1.",
+            ));
+        }
+    }
+    if cfg.time_scale < 0.0 {
+        return Err(ApiError::invalid(
+            "time_scale",
+            "time_scale must not be negative.",
+        ));
+    }
+    Ok(())
 }
 
 /// Writes form values over a typed JSON tree, converting strings to the type already there.

@@ -859,3 +859,38 @@ fn ending_a_trial_now_bills_immediately() {
         T0 + 5 * DAY
     );
 }
+
+#[test]
+fn moving_sim_wide_time_renews_subscriptions_without_a_test_clock() {
+    let sim = sim();
+    let price = standard_price(&sim);
+    let cus = id(&post(
+        &sim,
+        "/v1/customers",
+        "payment_method=pm_card_visa&invoice_settings[default_payment_method]=pm_card_visa",
+    ));
+    let sub = post(
+        &sim,
+        "/v1/subscriptions",
+        &format!("customer={cus}&items[0][price]={price}"),
+    );
+    sim.set_time(Some(T0 + 32 * DAY));
+    let s = get(
+        &sim,
+        &format!("/v1/subscriptions/{}?expand[]=latest_invoice", id(&sub)),
+    );
+    assert_eq!(s["items"]["data"][0]["current_period_start"], T0 + 31 * DAY);
+    assert_eq!(s["latest_invoice"]["created"], T0 + 31 * DAY);
+    assert_eq!(s["latest_invoice"]["status"], "paid");
+    post(
+        &sim,
+        "/_sim/config",
+        &format!("frozen_time={}", T0 + 60 * DAY),
+    );
+    let invoices = get(&sim, &format!("/v1/invoices?customer={cus}"));
+    assert_eq!(invoices["data"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        sim.call("POST", "/_sim/config", "webhooks[drop_rate]=2").0,
+        400
+    );
+}
