@@ -47,7 +47,7 @@ fn fixtures() -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// Missing keys of `got` versus `want`, recursing into objects both have (and the
+/// Missing keys (and values of another JSON type) of `got` versus `want`, recursing into objects both have (and the
 /// first element of arrays both have).
 fn missing(kind: &str, path: &str, want: &Value, got: &Value, out: &mut Vec<String>) {
     let (Value::Object(w), Value::Object(g)) = (want, got) else {
@@ -69,6 +69,13 @@ fn missing(kind: &str, path: &str, want: &Value, got: &Value, out: &mut Vec<Stri
             None => out.push(here),
             // Free-form maps: the example's keys are sample data.
             Some(_) if k == "metadata" => {}
+            Some(gv) if !wv.is_null() && !gv.is_null() && kind_of(wv) != kind_of(gv) => {
+                out.push(format!(
+                    "{here} (is {}, Stripe's is {})",
+                    kind_of(gv),
+                    kind_of(wv)
+                ));
+            }
             Some(gv) => {
                 if let (Value::Array(wa), Value::Array(ga)) = (wv, gv) {
                     if let (Some(w0), Some(g0)) = (wa.first(), ga.first()) {
@@ -79,6 +86,17 @@ fn missing(kind: &str, path: &str, want: &Value, got: &Value, out: &mut Vec<Stri
                 }
             }
         }
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
     }
 }
 
