@@ -122,11 +122,17 @@ pub enum Effect {
     },
     /// Two snapshots of the subscription share a second: fetch it from the
     /// Stripe API and feed it back as an [`Event`] with `authoritative: true`
-    /// and `created` = the fetch time. Until then the precedence documented
-    /// on [`Stamp`] holds.
+    /// and `created` = `tie_created` (`billd_stripe::events::
+    /// refetched_subscription_event` builds it). Stamped at the tied second,
+    /// the fetched object settles the tie and nothing else: any webhook
+    /// created later still wins, so billd's clock never competes with
+    /// Stripe's. Until the re-fetch succeeds the precedence documented on
+    /// [`Stamp`] holds.
     RefetchSubscription {
         /// Which subscription.
         subscription: StripeSubscriptionId,
+        /// The tied second.
+        tie_created: i64,
         /// Outbox dedupe key.
         dedupe_key: String,
     },
@@ -589,6 +595,7 @@ fn apply_subscription(
         if same_second {
             effects.push(Effect::RefetchSubscription {
                 subscription: subscription.id.clone(),
+                tie_created: event.created,
                 dedupe_key: format!("refetch_subscription:{}:{}", subscription.id, event.created),
             });
         }

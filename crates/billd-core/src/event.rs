@@ -23,11 +23,12 @@ pub const METADATA_PLAN: &str = "billd_plan";
 pub struct Event {
     /// The Stripe event id (for a re-fetch: the id of the event that asked for it).
     pub id: EventId,
-    /// `event.created` in unix seconds (for a re-fetch: when it was fetched).
+    /// `event.created` in unix seconds (for a re-fetch: the tied second it
+    /// settles, see [`crate::Effect::RefetchSubscription`]).
     pub created: i64,
     /// True when the payload was fetched from the Stripe API rather than
-    /// delivered by a webhook: it reflects Stripe's state at `created` and
-    /// wins a same-second tie against any webhook snapshot.
+    /// delivered by a webhook: it wins a same-second tie against any
+    /// webhook snapshot.
     pub authoritative: bool,
     /// What happened.
     pub kind: EventKind,

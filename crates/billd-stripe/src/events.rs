@@ -176,11 +176,12 @@ pub fn parse_event(raw: &str) -> Result<ParsedEvent, ParseError> {
 
 /// Builds the authoritative snapshot billd feeds back after a
 /// [`billd_core::Effect::RefetchSubscription`]: `object` is the subscription
-/// as `GET /v1/subscriptions/{id}` returned it, `fetched_at` the time of the
-/// request, `trigger` the event whose tie asked for it.
+/// as `GET /v1/subscriptions/{id}` returned it, `tie_created` the effect's
+/// tied second, `trigger` the event whose tie asked for it. A fetched
+/// `canceled` subscription is a deletion (terminal at Stripe).
 pub fn refetched_subscription_event(
     trigger: EventId,
-    fetched_at: i64,
+    tie_created: i64,
     object: &Value,
 ) -> Result<Event, ParseError> {
     let subscription = parse_subscription(object)?;
@@ -194,7 +195,7 @@ pub fn refetched_subscription_event(
     };
     Ok(Event {
         id: trigger,
-        created: fetched_at,
+        created: tie_created,
         authoritative: true,
         kind,
     })
