@@ -27,13 +27,15 @@ fn envelope(event_type: &str, object: &Value) -> String {
     .to_string()
 }
 
-/// (fixture, an event type using it, placeholder fixes, the fields billd reads)
-fn cases() -> Vec<(
+/// A fixture, an event type carrying it, placeholder fixes, the fields billd reads.
+type Case = (
     &'static str,
     &'static str,
     Vec<(&'static str, Value)>,
     &'static [&'static str],
-)> {
+);
+
+fn cases() -> Vec<Case> {
     vec![
         (
             "subscription",
