@@ -81,6 +81,29 @@ pub struct RequestCtx {
     pub idempotency_key: Option<String>,
 }
 
+/// What a Checkout session will create when completed (kept privately, as Stripe does).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CheckoutPlan {
+    /// `{price, quantity, unit}` per line item.
+    pub items: Vec<Value>,
+    /// `subscription_data[trial_period_days]`.
+    pub trial_days: Option<i64>,
+    /// `subscription_data[trial_end]`.
+    pub trial_end: Option<i64>,
+    /// `subscription_data[metadata]`.
+    pub metadata: Value,
+    /// `subscription_data[trial_settings][end_behavior][missing_payment_method]`.
+    pub missing_payment_method: Option<String>,
+}
+
+impl CheckoutPlan {
+    /// The trial end for a subscription starting at `now`, if there is a trial.
+    pub fn trial_end_from(&self, now: i64) -> Option<i64> {
+        self.trial_end
+            .or_else(|| self.trial_days.filter(|d| *d > 0).map(|d| now + d * 86_400))
+    }
+}
+
 /// What a snapshot file holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -101,7 +124,7 @@ pub struct Snapshot {
     /// Checkout sessions waiting for 3-D Secure.
     pub pending_sessions: HashMap<String, String>,
     /// Checkout sessions' items.
-    pub checkout_items: HashMap<String, (Vec<Value>, Option<i64>, Value)>,
+    pub checkout_items: HashMap<String, CheckoutPlan>,
     /// Default billing portal configuration.
     pub default_portal_config: Option<String>,
     /// Requests served.
@@ -132,7 +155,7 @@ pub struct Inner {
     /// Checkout sessions waiting for 3-D Secure, by payment intent.
     pub pending_sessions: HashMap<String, String>,
     /// Checkout sessions' items `(price, quantity, unit amount)`, trial days and subscription metadata.
-    pub checkout_items: HashMap<String, (Vec<Value>, Option<i64>, Value)>,
+    pub checkout_items: HashMap<String, CheckoutPlan>,
     /// The billing portal configuration used when none is given.
     pub default_portal_config: Option<String>,
     /// The current request.

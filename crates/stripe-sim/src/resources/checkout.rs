@@ -5,7 +5,7 @@ use crate::billing::{self, NewSubscription, PayOutcome};
 use crate::error::{ApiError, ApiResult};
 use crate::params::{self, i64_at, str_at};
 use crate::resources::{coupons, customers, payment_methods};
-use crate::state::{previous_attributes, CardBehavior, Inner};
+use crate::state::{previous_attributes, CardBehavior, CheckoutPlan, Inner};
 use serde_json::{json, Value};
 
 /// `POST /v1/checkout/sessions`.
@@ -64,6 +64,13 @@ pub fn create(s: &mut Inner, p: &Value) -> ApiResult {
     let currency = currency.unwrap_or_else(|| "usd".into());
     let subtotal: i64 = line_items.iter().map(|(_, q, u)| q * u).sum();
     let trial_days = i64_at(p, "subscription_data.trial_period_days")?;
+    let trial_end = i64_at(p, "subscription_data.trial_end")?;
+    if trial_end.is_some_and(|t| t < now + 2 * 86_400) {
+        return Err(ApiError::invalid(
+            "subscription_data[trial_end]",
+            "subscription_data[trial_end] must be at least 48 hours in the future.",
+        ));
+    }
     let allow_promo = params::bool_at(p, "allow_promotion_codes")?;
     let discounts = match params::at(p, "discounts") {
         Some(Value::Array(d)) if !d.is_empty() => {
@@ -154,11 +161,17 @@ pub fn create(s: &mut Inner, p: &Value) -> ApiResult {
         .collect();
     s.checkout_items.insert(
         id.clone(),
-        (
+        CheckoutPlan {
             items,
             trial_days,
-            params::metadata(p, "subscription_data.metadata"),
-        ),
+            trial_end,
+            metadata: params::metadata(p, "subscription_data.metadata"),
+            missing_payment_method: str_at(
+                p,
+                "subscription_data.trial_settings.end_behavior.missing_payment_method",
+            )
+            .map(str::to_string),
+        },
     );
     Ok(session)
 }
@@ -210,7 +223,7 @@ pub fn list(s: &Inner, p: &Value) -> ApiResult {
 /// `GET /v1/checkout/sessions/{id}/line_items`.
 pub fn line_items(s: &Inner, id: &str) -> ApiResult {
     let sess = s.get("checkout.session", id, "id")?;
-    let (items, _, _) = s.checkout_items.get(id).cloned().unwrap_or_default();
+    let items = s.checkout_items.get(id).cloned().unwrap_or_default().items;
     let currency = sess["currency"].clone();
     let data: Vec<Value> = items
         .iter()
@@ -282,19 +295,20 @@ pub fn complete(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
     let pm_ref = str_at(p, "payment_method")
         .unwrap_or("pm_card_visa")
         .to_string();
+    let plan = s.checkout_items.get(id).cloned().unwrap_or_default();
+    let trial = plan.trial_end_from(0).is_some();
+    if pm_ref == "none" && !(trial && sess["payment_method_collection"] == "if_required") {
+        return Err(ApiError::missing("payment_method"));
+    }
     // The page refuses a declining card before anything is created.
     let behavior = match payment_methods::token_behavior(&pm_ref) {
         Some(b) => Some(b),
+        None if pm_ref == "none" => None,
         None => {
             s.get("payment_method", &pm_ref, "payment_method")?;
             s.cards.get(&pm_ref).copied()
         }
     };
-    let trial = s
-        .checkout_items
-        .get(id)
-        .and_then(|(_, t, _)| *t)
-        .is_some_and(|d| d > 0);
     if !trial {
         if let Some(
             b @ (CardBehavior::Decline
@@ -319,7 +333,10 @@ pub fn complete(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
         }
     };
     let now = s.now_for_customer(Some(&customer));
-    let pm = payment_methods::resolve(s, &pm_ref, Some(&customer))?;
+    let pm = match pm_ref.as_str() {
+        "none" => None,
+        r => Some(payment_methods::resolve(s, r, Some(&customer))?),
+    };
     let mut coupon = sess["discounts"][0]["coupon"].as_str().map(|c| {
         (
             c.to_string(),
@@ -353,10 +370,10 @@ pub fn complete(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
         let c = coupons::redeemable_promotion_code(s, &pc, Some(&customer), now, "promotion_code")?;
         coupon = Some((c, Some(pc)));
     }
-    let (items, trial_days, metadata) = s.checkout_items.get(id).cloned().unwrap_or_default();
     let req = NewSubscription {
         customer: customer.clone(),
-        items: items
+        items: plan
+            .items
             .iter()
             .map(|i| {
                 (
@@ -366,11 +383,11 @@ pub fn complete(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
             })
             .collect(),
         currency: sess["currency"].as_str().map(str::to_string),
-        metadata,
-        trial_end: trial_days.filter(|d| *d > 0).map(|d| now + d * 86_400),
-        default_payment_method: Some(pm),
+        metadata: plan.metadata.clone(),
+        trial_end: plan.trial_end_from(now),
+        default_payment_method: pm,
         coupon,
-        missing_payment_method: None,
+        missing_payment_method: plan.missing_payment_method.clone(),
         payment_behavior: Some("allow_incomplete".into()),
         cancel_at_period_end: false,
     };

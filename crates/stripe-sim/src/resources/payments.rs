@@ -255,6 +255,7 @@ pub fn open_dispute(s: &mut Inner, charge_id: &str, at: i64) -> ApiResult<String
     after["disputed"] = json!(true);
     s.put(after);
     s.emit("charge.dispute.created", &dispute, None, at);
+    s.emit("charge.dispute.funds_withdrawn", &dispute, None, at);
     Ok(id)
 }
 
@@ -285,6 +286,9 @@ pub fn close_dispute(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
         Some(previous_attributes(&before, &after)),
         at,
     );
+    if outcome == "won" {
+        s.emit("charge.dispute.funds_reinstated", &after, None, at);
+    }
     Ok(after)
 }
 

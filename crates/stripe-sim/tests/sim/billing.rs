@@ -894,3 +894,45 @@ fn moving_sim_wide_time_renews_subscriptions_without_a_test_clock() {
         400
     );
 }
+
+#[test]
+fn a_trial_checkout_may_skip_the_card_when_collection_is_if_required_and_then_cancels() {
+    let sim = sim();
+    let price = standard_price(&sim);
+    let cs = post(
+        &sim,
+        "/v1/checkout/sessions",
+        &format!(
+            "mode=subscription&line_items[0][price]={price}&success_url=https://a.test&payment_method_collection=if_required\
+             &subscription_data[trial_period_days]=7&subscription_data[trial_settings][end_behavior][missing_payment_method]=cancel"
+        ),
+    );
+    let done = post(
+        &sim,
+        &format!("/_sim/checkout/sessions/{}/complete", id(&cs)),
+        "payment_method=none",
+    );
+    assert_eq!(done["payment_status"], "no_payment_required");
+    let sub_id = done["subscription"].as_str().unwrap().to_string();
+    assert_eq!(
+        get(&sim, &format!("/v1/subscriptions/{sub_id}"))["default_payment_method"],
+        Value::Null
+    );
+    sim.set_time(Some(T0 + 8 * DAY));
+    let s = get(&sim, &format!("/v1/subscriptions/{sub_id}"));
+    assert_eq!(s["status"], "canceled");
+    let plain = post(
+        &sim,
+        "/v1/checkout/sessions",
+        &format!("mode=subscription&line_items[0][price]={price}&success_url=https://a.test"),
+    );
+    assert_eq!(
+        sim.call(
+            "POST",
+            &format!("/_sim/checkout/sessions/{}/complete", id(&plain)),
+            "payment_method=none"
+        )
+        .0,
+        400
+    );
+}

@@ -124,6 +124,7 @@ fn the_dispute_card_opens_a_dispute_that_closes_won_or_lost() {
     assert_eq!(dp["status"], "needs_response");
     assert_eq!(dp["amount"], 3000);
     assert!(event_types(&sim).contains(&"charge.dispute.created".to_string()));
+    assert!(event_types(&sim).contains(&"charge.dispute.funds_withdrawn".to_string()));
     let closed = post(
         &sim,
         &format!("/_sim/disputes/{}/close", id(&dp)),
