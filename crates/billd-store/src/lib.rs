@@ -273,8 +273,30 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<StoredEvent>>;
 
-    /// Records how processing of a claimed event ended.
+    /// Records how processing of a claimed event ended. An event that is not
+    /// `processing` (never claimed, or already finished) is `Conflict`; an
+    /// unknown id is `NotFound`.
     async fn finish_event(&self, id: &str, result: EventResult, now: i64) -> StoreResult<()>;
+
+    /// Records several outcomes in one transaction (one commit, one fsync),
+    /// so that a worker finishing a claimed batch does not hold SQLite's
+    /// single writer once per event. Returns, per input, whether the event
+    /// was `processing` and is now finished (false: unknown or not claimed).
+    async fn finish_events(
+        &self,
+        results: &[(String, EventResult)],
+        now: i64,
+    ) -> StoreResult<Vec<bool>> {
+        let mut finished = Vec::with_capacity(results.len());
+        for (id, result) in results {
+            finished.push(match self.finish_event(id, result.clone(), now).await {
+                Ok(()) => true,
+                Err(StoreError::NotFound | StoreError::Conflict { .. }) => false,
+                Err(other) => return Err(other),
+            });
+        }
+        Ok(finished)
+    }
 
     /// One inbox row.
     async fn get_event(&self, id: &str) -> StoreResult<Option<StoredEvent>>;

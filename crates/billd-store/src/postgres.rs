@@ -240,29 +240,33 @@ impl Store for PgStore {
     }
 
     async fn finish_event(&self, id: &str, result: EventResult, now: i64) -> StoreResult<()> {
-        let (status, error, next_attempt_at, processed_at) = finish_columns(&result, now);
-        let done = sqlx::query(
-            "UPDATE stripe_events \
-             SET status = $1, last_error = COALESCE($2, last_error), next_attempt_at = $3, \
-                 processed_at = $4 \
-             WHERE id = $5 AND status = 'processing'",
-        )
-        .bind(status.as_str())
-        .bind(error)
-        .bind(next_attempt_at)
-        .bind(processed_at)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        if done.rows_affected() > 0 {
+        let mut conn = self.pool.acquire().await?;
+        if finish(&mut conn, id, &result, now).await? {
             return Ok(());
         }
         let current: Option<String> =
             sqlx::query_scalar("SELECT status FROM stripe_events WHERE id = $1")
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *conn)
                 .await?;
         Err(not_processing(current))
+    }
+
+    async fn finish_events(
+        &self,
+        results: &[(String, EventResult)],
+        now: i64,
+    ) -> StoreResult<Vec<bool>> {
+        if results.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut finished = Vec::with_capacity(results.len());
+        for (id, result) in results {
+            finished.push(finish(&mut tx, id, result, now).await?);
+        }
+        tx.commit().await?;
+        Ok(finished)
     }
 
     async fn get_event(&self, id: &str) -> StoreResult<Option<StoredEvent>> {
@@ -328,4 +332,28 @@ impl Store for PgStore {
         .await?;
         crate::row::stats(counts, oldest)
     }
+}
+
+/// Writes one outcome if the event is under a lease; true when it was.
+async fn finish(
+    conn: &mut sqlx::PgConnection,
+    id: &str,
+    result: &EventResult,
+    now: i64,
+) -> StoreResult<bool> {
+    let (status, error, next_attempt_at, processed_at) = finish_columns(result, now);
+    let done = sqlx::query(
+        "UPDATE stripe_events \
+         SET status = $1, last_error = COALESCE($2, last_error), next_attempt_at = $3, \
+             processed_at = $4 \
+         WHERE id = $5 AND status = 'processing'",
+    )
+    .bind(status.as_str())
+    .bind(error)
+    .bind(next_attempt_at)
+    .bind(processed_at)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() > 0)
 }

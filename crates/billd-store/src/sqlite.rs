@@ -33,6 +33,13 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// every write) before reporting `Unavailable`.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Page size of a new database file.
+const PAGE_SIZE: u32 = 16_384;
+
+/// Page cache per connection, in KiB when negative (SQLite's convention):
+/// keeps the indexes of a large inbox in memory.
+const CACHE_SIZE: &str = "-65536";
+
 /// Reader connections; reads in WAL mode run beside the writer.
 const READERS: u32 = 4;
 
@@ -78,7 +85,12 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true);
+            .foreign_keys(true)
+            // Inbox rows carry whole event payloads (a few KiB): larger pages
+            // mean fewer WAL frames, so fewer writes per group commit. Only
+            // takes effect when the file is created.
+            .page_size(PAGE_SIZE)
+            .pragma("cache_size", CACHE_SIZE);
         // The writer connects first: it creates the file and switches it to
         // WAL before any reader opens it.
         let writer = SqlitePoolOptions::new()
@@ -234,29 +246,33 @@ impl Store for SqliteStore {
     }
 
     async fn finish_event(&self, id: &str, result: EventResult, now: i64) -> StoreResult<()> {
-        let (status, error, next_attempt_at, processed_at) = finish_columns(&result, now);
-        let done = sqlx::query(
-            "UPDATE stripe_events \
-             SET status = ?1, last_error = COALESCE(?2, last_error), next_attempt_at = ?3, \
-                 processed_at = ?4 \
-             WHERE id = ?5 AND status = 'processing'",
-        )
-        .bind(status.as_str())
-        .bind(error)
-        .bind(next_attempt_at)
-        .bind(processed_at)
-        .bind(id)
-        .execute(&self.writer)
-        .await?;
-        if done.rows_affected() > 0 {
+        let mut conn = self.writer.acquire().await?;
+        if finish(&mut conn, id, &result, now).await? {
             return Ok(());
         }
         let current: Option<String> =
             sqlx::query_scalar("SELECT status FROM stripe_events WHERE id = ?1")
                 .bind(id)
-                .fetch_optional(&self.writer)
+                .fetch_optional(&mut *conn)
                 .await?;
         Err(not_processing(current))
+    }
+
+    async fn finish_events(
+        &self,
+        results: &[(String, EventResult)],
+        now: i64,
+    ) -> StoreResult<Vec<bool>> {
+        if results.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut finished = Vec::with_capacity(results.len());
+        for (id, result) in results {
+            finished.push(finish(&mut tx, id, result, now).await?);
+        }
+        tx.commit().await?;
+        Ok(finished)
     }
 
     async fn get_event(&self, id: &str) -> StoreResult<Option<StoredEvent>> {
@@ -326,6 +342,30 @@ impl Store for SqliteStore {
         .await?;
         crate::row::stats(counts, oldest)
     }
+}
+
+/// Writes one outcome if the event is under a lease; true when it was.
+async fn finish(
+    conn: &mut sqlx::SqliteConnection,
+    id: &str,
+    result: &EventResult,
+    now: i64,
+) -> StoreResult<bool> {
+    let (status, error, next_attempt_at, processed_at) = finish_columns(result, now);
+    let done = sqlx::query(
+        "UPDATE stripe_events \
+         SET status = ?1, last_error = COALESCE(?2, last_error), next_attempt_at = ?3, \
+             processed_at = ?4 \
+         WHERE id = ?5 AND status = 'processing'",
+    )
+    .bind(status.as_str())
+    .bind(error)
+    .bind(next_attempt_at)
+    .bind(processed_at)
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected() > 0)
 }
 
 /// The error for finishing an event that is not under a lease.

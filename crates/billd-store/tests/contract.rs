@@ -89,6 +89,7 @@ contract!(
     a_dead_event_is_never_claimed_and_keeps_its_error,
     processed_skipped_and_unlinked_events_are_not_claimed,
     finishing_an_event_that_is_not_processing_is_refused,
+    finishing_a_batch_records_every_outcome_and_reports_unclaimed_ids,
     requeueing_one_event_makes_it_pending_with_attempts_reset,
     requeueing_by_status_touches_only_that_status,
     listing_filters_by_status_and_type_newest_first_with_a_limit,
@@ -552,6 +553,69 @@ async fn finishing_an_event_that_is_not_processing_is_refused(h: &Harness) {
         status_of(&h.store, "evt_1").await.status,
         EventStatus::Pending
     );
+}
+
+async fn finishing_a_batch_records_every_outcome_and_reports_unclaimed_ids(h: &Harness) {
+    insert(
+        &h.store,
+        &[
+            event("evt_ok", Some("cus_a"), 1),
+            event("evt_retry", Some("cus_b"), 2),
+            event("evt_dead", Some("cus_c"), 3),
+        ],
+    )
+    .await;
+    h.store.claim_events(1_000, 1_060, 10).await.expect("claim");
+    insert(&h.store, &[event("evt_unclaimed", None, 4)]).await;
+
+    let finished = h
+        .store
+        .finish_events(
+            &[
+                ("evt_ok".to_owned(), EventResult::Processed),
+                (
+                    "evt_retry".to_owned(),
+                    EventResult::Retry {
+                        error: "rate limited".to_owned(),
+                        next_attempt_at: 1_300,
+                    },
+                ),
+                (
+                    "evt_dead".to_owned(),
+                    EventResult::Dead {
+                        error: "invalid payload".to_owned(),
+                    },
+                ),
+                ("evt_unclaimed".to_owned(), EventResult::Processed),
+                ("evt_unknown".to_owned(), EventResult::Processed),
+            ],
+            1_010,
+        )
+        .await
+        .expect("finish batch");
+
+    assert_eq!(finished, [true, true, true, false, false]);
+    assert_eq!(
+        status_of(&h.store, "evt_ok").await.status,
+        EventStatus::Processed
+    );
+    let retry = status_of(&h.store, "evt_retry").await;
+    assert_eq!(retry.status, EventStatus::Failed);
+    assert_eq!(retry.next_attempt_at, Some(1_300));
+    assert_eq!(
+        status_of(&h.store, "evt_dead").await.status,
+        EventStatus::Dead
+    );
+    assert_eq!(
+        status_of(&h.store, "evt_unclaimed").await.status,
+        EventStatus::Pending
+    );
+    assert!(h
+        .store
+        .finish_events(&[], 1_010)
+        .await
+        .expect("empty")
+        .is_empty());
 }
 
 // ----------------------------------------------------------------- requeue
