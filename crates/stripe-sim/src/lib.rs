@@ -346,3 +346,17 @@ pub async fn serve(
         task,
     })
 }
+
+/// Runs an emulator on `listen` until Ctrl-C: what `stripe-sim` and `billd sim` do.
+pub async fn run(listen: &str, config: SimConfig) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let handle = serve(listener, config).await?;
+    // A command-line entry point: say where it listens even without a tracing subscriber.
+    eprintln!(
+        "stripe-sim: Stripe API emulator (TEST MODE, any sk_test_ key) on {}",
+        handle.url()
+    );
+    tokio::signal::ctrl_c().await?;
+    handle.shutdown().await;
+    Ok(())
+}

@@ -25,13 +25,6 @@ async fn main() -> anyhow::Result<()> {
             _ => usage(),
         }
     }
-    let listener = tokio::net::TcpListener::bind(&listen).await?;
-    let handle = stripe_sim::serve(listener, config).await?;
-    eprintln!(
-        "stripe-sim: Stripe API emulator (test mode) on {}",
-        handle.url()
-    );
-    tokio::signal::ctrl_c().await?;
-    handle.shutdown().await;
+    stripe_sim::run(&listen, config).await?;
     Ok(())
 }
