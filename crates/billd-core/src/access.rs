@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{Catalog, FeatureKind, FeatureName, Plan, PlanName};
+use crate::catalog::{Catalog, DowngradePolicy, FeatureKind, FeatureName, Plan, PlanName};
 use crate::event::SubscriptionStatus;
 use crate::ids::InvoiceId;
 use crate::state::{resolve_plan, CustomerState, SubscriptionState};
@@ -314,6 +314,16 @@ pub fn entitlements(
     let view = access_at(state, catalog, now);
     let period = usage_period(state, now);
     let live_sub = view.subscription.filter(|s| s.is_live());
+    // Under `at_period_end`, a paying customer who downgraded keeps the
+    // metered limits of the plan the current period started on.
+    let grandfathered = live_sub
+        .filter(|_| catalog.downgrade_policy() == DowngradePolicy::AtPeriodEnd)
+        .filter(|_| matches!(view.access, Access::Paid | Access::Grace))
+        .and_then(|s| {
+            let start = s.snapshot.current_period_start?;
+            s.period_plans.get(&start)?.plan.as_ref()
+        })
+        .and_then(|name| catalog.plan(name));
     let features = catalog
         .features()
         .iter()
@@ -322,7 +332,12 @@ pub fn entitlements(
                 feature: name.clone(),
                 period_start: (*kind == FeatureKind::Metered).then_some(period.start),
             };
-            let limit = view.plan.limit(name);
+            let limit = match (kind, grandfathered) {
+                (FeatureKind::Metered, Some(start_plan)) => {
+                    view.plan.limit(name).max(start_plan.limit(name))
+                }
+                _ => view.plan.limit(name),
+            };
             let used = usage.used(&key);
             let remaining = if view.access.allows_consumption() {
                 limit.saturating_sub(used)

@@ -612,6 +612,7 @@ fn apply_subscription(
             past_due_since: None,
             past_due_seen: Default::default(),
             last_not_past_due: None,
+            period_plans: Default::default(),
         });
     let outcome = match &previous {
         Some(p) if p.stamp == this => Outcome::Duplicate,
@@ -624,6 +625,7 @@ fn apply_subscription(
         }
     };
     entry.observe_status(&this, subscription.status);
+    entry.observe_period_plan(&this, subscription.current_period_start, plan.as_ref());
 
     if outcome == Outcome::Applied {
         let sub = subscription.id.to_string();
@@ -721,6 +723,7 @@ fn apply_subscription_deleted(
             past_due_since: None,
             past_due_seen: Default::default(),
             last_not_past_due: None,
+            period_plans: Default::default(),
         },
     );
     // A subscription that never started (its first payment never came)

@@ -180,6 +180,21 @@ pub enum RefundPolicy {
     RecordOnly,
 }
 
+/// When a downgrade's lower metered limits take effect.
+///
+/// Either way nothing is deleted and usage is kept; over the limit, new
+/// consumption is refused until usage is under it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DowngradePolicy {
+    /// The new plan's limits apply at once.
+    #[default]
+    Immediate,
+    /// Metered limits stay at least those of the plan the billing period
+    /// started on, until the period ends (capacity limits apply at once).
+    AtPeriodEnd,
+}
+
 /// A plan's Stripe price in one currency.
 ///
 /// Either a concrete `price_…` id, or a lookup key (Stripe's `lookup_key`)
@@ -228,6 +243,7 @@ pub struct Catalog {
     default_currency: Currency,
     grace_period_days: u32,
     refund_policy: RefundPolicy,
+    downgrade: DowngradePolicy,
     features: BTreeMap<FeatureName, FeatureKind>,
     plans: BTreeMap<PlanName, Plan>,
 }
@@ -238,6 +254,7 @@ pub const SEED_CATALOG_TOML: &str = r#"
 currency = "eur"
 grace_period_days = 3
 refund_policy = "revoke_and_cancel"
+downgrade = "immediate"
 
 [features]
 generations = { kind = "metered" }
@@ -263,6 +280,8 @@ struct RawCatalog {
     grace_period_days: i64,
     #[serde(default)]
     refund_policy: RefundPolicy,
+    #[serde(default)]
+    downgrade: DowngradePolicy,
     features: BTreeMap<String, RawFeature>,
     plans: BTreeMap<String, RawPlan>,
 }
@@ -393,6 +412,7 @@ impl Catalog {
             default_currency,
             grace_period_days: u32::try_from(raw.grace_period_days).unwrap_or(0),
             refund_policy: raw.refund_policy,
+            downgrade: raw.downgrade,
             features,
             plans,
         })
@@ -425,6 +445,17 @@ impl Catalog {
     /// Overrides the refund policy (e.g. from `BILLD_REFUND_POLICY`).
     pub fn with_refund_policy(mut self, policy: RefundPolicy) -> Self {
         self.refund_policy = policy;
+        self
+    }
+
+    /// When downgrades take effect.
+    pub fn downgrade_policy(&self) -> DowngradePolicy {
+        self.downgrade
+    }
+
+    /// Overrides the downgrade policy.
+    pub fn with_downgrade_policy(mut self, policy: DowngradePolicy) -> Self {
+        self.downgrade = policy;
         self
     }
 
@@ -715,5 +746,12 @@ mod tests {
             .replace("refund_policy = \"revoke_and_cancel\"\n", "");
         let catalog = Catalog::from_toml(&text).unwrap();
         assert_eq!(catalog.refund_policy(), RefundPolicy::RecordOnly);
+        let text = SEED_CATALOG_TOML.replace("\"immediate\"", "\"at_period_end\"");
+        let catalog = Catalog::from_toml(&text).unwrap();
+        assert_eq!(catalog.downgrade_policy(), DowngradePolicy::AtPeriodEnd);
+        assert_eq!(
+            Catalog::seed().downgrade_policy(),
+            DowngradePolicy::Immediate
+        );
     }
 }

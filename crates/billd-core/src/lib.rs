@@ -25,7 +25,8 @@ pub use apply::{
     apply, AlertKind, AuditEntry, CancelReason, Decision, Effect, EmailTemplate, Outcome,
 };
 pub use catalog::{
-    Catalog, CatalogError, FeatureKind, FeatureName, Plan, PlanName, Price, RefundPolicy,
+    Catalog, CatalogError, DowngradePolicy, FeatureKind, FeatureName, Plan, PlanName, Price,
+    RefundPolicy,
 };
 pub use event::{Event, EventKind, LinkHints};
 pub use ids::{

@@ -106,9 +106,55 @@ pub struct SubscriptionState {
     pub past_due_seen: BTreeSet<Stamp>,
     /// Stamp of the newest snapshot seen in a status other than `past_due`.
     pub last_not_past_due: Option<Stamp>,
+    /// The plan each recent billing period started on (by period start):
+    /// the plan of the oldest snapshot seen for that period. Only the three
+    /// latest periods are kept.
+    #[serde(default)]
+    pub period_plans: BTreeMap<i64, PeriodPlan>,
 }
 
+/// The plan a billing period started on, as first observed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeriodPlan {
+    /// The oldest snapshot seen with this period.
+    pub stamp: Stamp,
+    /// Its plan.
+    pub plan: Option<PlanName>,
+}
+
+/// How many billing periods' starting plans a subscription keeps.
+const PERIOD_PLANS_KEPT: usize = 3;
+
 impl SubscriptionState {
+    /// Records the plan a snapshot shows for its period, stale or not:
+    /// the oldest observation per period wins, whatever the delivery order.
+    pub(crate) fn observe_period_plan(
+        &mut self,
+        stamp: &Stamp,
+        period_start: Option<i64>,
+        plan: Option<&PlanName>,
+    ) {
+        let Some(start) = period_start else { return };
+        let older = self
+            .period_plans
+            .get(&start)
+            .is_none_or(|seen| *stamp < seen.stamp);
+        if older {
+            self.period_plans.insert(
+                start,
+                PeriodPlan {
+                    stamp: stamp.clone(),
+                    plan: plan.cloned(),
+                },
+            );
+        }
+        // Dropping all but the latest periods commutes with adding: a period
+        // once outside the latest three can never re-enter them.
+        while self.period_plans.len() > PERIOD_PLANS_KEPT {
+            self.period_plans.pop_first();
+        }
+    }
+
     /// The subscription may still bill the customer (not deleted, not terminal).
     pub fn is_live(&self) -> bool {
         !self.deleted && !self.snapshot.status.is_terminal()

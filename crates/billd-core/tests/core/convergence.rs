@@ -10,8 +10,8 @@ use billd_core::event::{
     SubscriptionChange, SubscriptionStatus,
 };
 use billd_core::{
-    apply, entitlements, usage_key, Catalog, CheckoutSessionId, CustomerState, DiscountId, Event,
-    EventKind, PaymentMethodId, StripeCustomerId, Usage,
+    apply, entitlements, usage_key, Catalog, CheckoutSessionId, CustomerState, DiscountId,
+    DowngradePolicy, Event, EventKind, PaymentMethodId, StripeCustomerId, Usage,
 };
 use proptest::prelude::*;
 
@@ -501,13 +501,16 @@ proptest! {
         prop_assert!(actual == expected, "state differs: {}", json_diff(&actual, &expected));
 
         let last = in_order.iter().map(|e| e.created).max().unwrap_or(T0);
+        let at_period_end = catalog.clone().with_downgrade_policy(DowngradePolicy::AtPeriodEnd);
         for now in [last, last + 2 * DAY, last + 5 * DAY] {
-            let key = usage_key(&expected, &catalog, &feature("generations"), now).unwrap();
-            let usage = Usage::new().with(key, 12);
-            prop_assert_eq!(
-                entitlements(&actual, &catalog, &usage, now),
-                entitlements(&expected, &catalog, &usage, now)
-            );
+            for catalog in [&catalog, &at_period_end] {
+                let key = usage_key(&expected, catalog, &feature("generations"), now).unwrap();
+                let usage = Usage::new().with(key, 12);
+                prop_assert_eq!(
+                    entitlements(&actual, catalog, &usage, now),
+                    entitlements(&expected, catalog, &usage, now)
+                );
+            }
         }
     }
 }

@@ -1190,3 +1190,52 @@ fn a_second_incomplete_subscription_does_not_take_access_from_the_paid_one() {
         .iter()
         .any(|e| e.dedupe_key() == "subscription_canceled:sub_1"));
 }
+
+#[test]
+fn under_the_at_period_end_policy_a_downgrade_keeps_metered_limits_until_renewal() {
+    let catalog = Catalog::seed().with_downgrade_policy(billd_core::DowngradePolicy::AtPeriodEnd);
+    let state = fold(
+        &catalog,
+        &[
+            updated(
+                "evt_1",
+                T0,
+                subscription(1, "pro", SubscriptionStatus::Active, T0),
+            ),
+            updated(
+                "evt_2",
+                T0 + DAY,
+                subscription(1, "standard", SubscriptionStatus::Active, T0),
+            ),
+        ],
+        T0 + DAY,
+    );
+    let ent = entitlements(&state, &catalog, &Usage::new(), T0 + DAY);
+    assert_eq!(ent.plan.as_str(), "standard");
+    assert_eq!(
+        ent.features[&feature("generations")].limit,
+        25,
+        "metered: the period's starting plan"
+    );
+    assert_eq!(
+        ent.features[&feature("websites")].limit,
+        3,
+        "capacity: at once"
+    );
+
+    let renewed = apply(
+        &state,
+        &updated(
+            "evt_3",
+            T0 + 30 * DAY,
+            subscription(1, "standard", SubscriptionStatus::Active, T0 + 30 * DAY),
+        ),
+        &catalog,
+        T0 + 30 * DAY,
+    );
+    let ent = entitlements(&renewed.state, &catalog, &Usage::new(), T0 + 30 * DAY);
+    assert_eq!(ent.features[&feature("generations")].limit, 10);
+    // The default policy applies the lower limit at once.
+    let immediate = entitlements(&state, &Catalog::seed(), &Usage::new(), T0 + DAY);
+    assert_eq!(immediate.features[&feature("generations")].limit, 10);
+}
