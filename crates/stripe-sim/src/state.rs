@@ -315,9 +315,14 @@ impl Inner {
                     .collect()
             })
             .unwrap_or_default();
+        let created = created_range(p)?;
         let items: Vec<&Value> = all
             .into_iter()
             .filter(|o| o["deleted"] != true && keep(o))
+            .filter(|o| {
+                let c = o["created"].as_i64().unwrap_or(0);
+                created.0.is_none_or(|lo| c >= lo) && created.1.is_none_or(|hi| c <= hi)
+            })
             .collect();
         let (page, has_more) = if let Some(after) = params::str_at(p, "starting_after") {
             let pos = items
@@ -496,6 +501,28 @@ impl Inner {
     pub fn delivered(&self, event_id: &str) -> bool {
         self.pending.get(event_id).is_none_or(HashSet::is_empty)
     }
+}
+
+/// The inclusive `created` bounds of a list request: `created=t` or
+/// `created[gt|gte|lt|lte]=t`, as every Stripe list accepts.
+fn created_range(p: &Value) -> ApiResult<(Option<i64>, Option<i64>)> {
+    if matches!(p.get("created"), Some(Value::String(_))) {
+        let t = params::i64_at(p, "created")?;
+        return Ok((t, t));
+    }
+    let gt = params::i64_at(p, "created.gt")?.map(|t| t + 1);
+    let gte = params::i64_at(p, "created.gte")?;
+    let lt = params::i64_at(p, "created.lt")?.map(|t| t - 1);
+    let lte = params::i64_at(p, "created.lte")?;
+    let lo = match (gt, gte) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    };
+    let hi = match (lt, lte) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    Ok((lo, hi))
 }
 
 /// The keys of `after` whose values differ from `before`, with `before`'s values:

@@ -2,7 +2,7 @@
 
 use crate::config::API_VERSION;
 use crate::error::{ApiError, ApiResult};
-use crate::params::{self, i64_at, str_at};
+use crate::params::{self, str_at};
 use crate::state::{previous_attributes, Inner};
 use serde_json::{json, Value};
 
@@ -30,16 +30,6 @@ pub fn list(s: &Inner, p: &Value) -> ApiResult {
             "You may only specify one of these parameters: type, types.",
         ));
     }
-    let created_eq = match params::at(p, "created") {
-        Some(Value::String(_)) => i64_at(p, "created")?,
-        _ => None,
-    };
-    let (gt, gte, lt, lte) = (
-        i64_at(p, "created.gt")?,
-        i64_at(p, "created.gte")?,
-        i64_at(p, "created.lt")?,
-        i64_at(p, "created.lte")?,
-    );
     let delivery = params::bool_at(p, "delivery_success")?;
     let matches = |pattern: &str, t: &str| match pattern.strip_suffix('*') {
         Some(prefix) => t.starts_with(prefix),
@@ -47,17 +37,11 @@ pub fn list(s: &Inner, p: &Value) -> ApiResult {
     };
     s.list("event", "/v1/events", p, |e| {
         let t = e["type"].as_str().unwrap_or_default();
-        let c = e["created"].as_i64().unwrap_or(0);
         let id = e["id"].as_str().unwrap_or_default();
         ty.as_ref().is_none_or(|x| matches(x, t))
             && types
                 .as_ref()
                 .is_none_or(|xs| xs.iter().any(|x| matches(x, t)))
-            && created_eq.is_none_or(|x| c == x)
-            && gt.is_none_or(|x| c > x)
-            && gte.is_none_or(|x| c >= x)
-            && lt.is_none_or(|x| c < x)
-            && lte.is_none_or(|x| c <= x)
             && delivery.is_none_or(|want| s.delivered(id) == want)
     })
 }

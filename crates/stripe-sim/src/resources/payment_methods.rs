@@ -201,6 +201,9 @@ pub fn list(s: &Inner, customer: Option<&str>, p: &Value) -> ApiResult {
     let customer = customer
         .or_else(|| str_at(p, "customer"))
         .map(str::to_string);
+    if let Some(c) = &customer {
+        crate::resources::customers::require(s, c, "customer")?;
+    }
     let url = match &customer {
         Some(c) => format!("/v1/customers/{c}/payment_methods"),
         None => "/v1/payment_methods".to_string(),

@@ -467,3 +467,28 @@ fn customers_and_subscriptions_are_searchable_by_metadata_and_status() {
         (400, Some("query"))
     );
 }
+
+#[test]
+fn every_list_filters_by_created_range() {
+    let sim = sim();
+    post(&sim, "/v1/customers", "email=early@x.io");
+    sim.set_time(Some(T0 + 100));
+    post(&sim, "/v1/customers", "email=late@x.io");
+    let late = get(&sim, &format!("/v1/customers?created[gt]={T0}"));
+    assert_eq!(late["data"].as_array().unwrap().len(), 1);
+    assert_eq!(late["data"][0]["email"], "late@x.io");
+    let early = get(&sim, &format!("/v1/customers?created[lte]={T0}"));
+    assert_eq!(early["data"][0]["email"], "early@x.io");
+    assert_eq!(
+        get(&sim, &format!("/v1/customers?created={}", T0 + 100))["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        sim.call("GET", "/v1/customers/cus_nope/payment_methods", "")
+            .0,
+        404
+    );
+}
