@@ -5,6 +5,32 @@
 //! [`apply()`] inside their transaction, persist [`Decision::state`], and write
 //! [`Decision::effects`] to the outbox and [`Decision::audit`] to the audit
 //! log. Time is always an argument (unix seconds).
+//!
+//! # How the adapters use it
+//! 1. Inbox worker: `billd_stripe::events::parse_event(payload)`; for a
+//!    handled event, find the billd customer from [`Event::link_hints`]
+//!    (Stripe customer id, else `metadata[billd_customer_id]`; none: park
+//!    the event as `unlinked`); load that customer's [`CustomerState`] (a
+//!    JSON document, `Default` for a new customer); `apply(&state, &event,
+//!    &catalog, now)`; in one transaction store `decision.state` (always,
+//!    whatever [`Outcome`]), one outbox row per [`Effect`] (unique on
+//!    [`Effect::dedupe_key`], insert-or-ignore) and one audit row per
+//!    [`AuditEntry`].
+//! 2. Outbox worker: [`Effect::RefetchSubscription`] → `GET
+//!    /v1/subscriptions/{id}`, then
+//!    `billd_stripe::events::refetched_subscription_event(trigger,
+//!    tie_created, &object)` and back to step 1; [`Effect::CancelSubscription`]
+//!    → `DELETE /v1/subscriptions/{id}`; emails and alerts → the mailer.
+//! 3. Entitlements: [`usage_keys`] names the counters to load into
+//!    [`Usage`]; [`entitlements`] answers `GET …/entitlements`.
+//! 4. Consume: [`entitlements`] then [`check_consume`], which returns the
+//!    limit for the store's atomic `used + amount <= limit` update on the
+//!    counter `FeatureEntitlement::usage_key` (its `period_start` is `None`
+//!    for capacity features).
+//! 5. Scheduler: [`scheduled_effects`] per customer (renewal reminders,
+//!    card expiry, grace ending), written to the outbox like step 1.
+//! 6. Account deletion: [`account_deletion_effects`], then
+//!    [`erase_personal_data`].
 
 #![warn(missing_docs)]
 
