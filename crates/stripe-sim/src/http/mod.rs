@@ -171,6 +171,22 @@ pub fn handle(s: &mut Inner, req: &SimRequest) -> SimResponse {
         if let Some(e) = injected_fault(s) {
             return error(e, headers);
         }
+        // Stripe's v1 API takes form bodies only; a JSON body that works here would fail there.
+        if let Some(ct) = req
+            .content_type
+            .as_deref()
+            .filter(|c| c.starts_with("application/json"))
+        {
+            if !req.body.is_empty() {
+                return error(
+                    ApiError::invalid(
+                        "Content-Type",
+                        format!("Invalid request: unsupported Content-Type {ct}. Use application/x-www-form-urlencoded."),
+                    ),
+                    headers,
+                );
+            }
+        }
     }
     let idem_key = req
         .idempotency_key

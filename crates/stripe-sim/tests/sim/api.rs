@@ -492,3 +492,24 @@ fn every_list_filters_by_created_range() {
         404
     );
 }
+
+#[test]
+fn json_bodies_are_refused_on_the_stripe_api_but_accepted_by_sim_controls() {
+    let sim = sim();
+    let json_req = |path: &str, body: &str| SimRequest {
+        method: "POST".into(),
+        path: path.into(),
+        authorization: Some("Bearer sk_test_1".into()),
+        content_type: Some("application/json".into()),
+        body: body.as_bytes().to_vec(),
+        ..SimRequest::default()
+    };
+    assert_eq!(
+        sim.handle(&json_req("/v1/customers", r#"{"email":"a@b.c"}"#))
+            .status,
+        400
+    );
+    let r = sim.handle(&json_req("/_sim/config", r#"{"faults":{"next_errors":1}}"#));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(sim.config().faults.next_errors, 1);
+}
