@@ -103,19 +103,18 @@ async fn writer(
     max_batch: usize,
 ) {
     let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
-    let mut events: Vec<NewEvent> = Vec::with_capacity(max_batch);
     while rx.recv_many(&mut jobs, max_batch).await > 0 {
         // A sender that gave up (client disconnected) still gets its event
         // written: Stripe will redeliver and find a duplicate, which is fine.
-        events.extend(jobs.iter().map(|(event, _)| event.clone()));
+        let (events, waiters): (Vec<NewEvent>, Vec<_>) = jobs.drain(..).unzip();
         metrics.ingest_batches.fetch_add(1, Ordering::Relaxed);
         metrics
             .ingest_batched_events
             .fetch_add(events.len() as u64, Ordering::Relaxed);
         match store.insert_events(&events).await {
-            Ok(outcomes) if outcomes.len() == jobs.len() => {
+            Ok(outcomes) if outcomes.len() == waiters.len() => {
                 let any_new = outcomes.contains(&InsertOutcome::Inserted);
-                for ((_, done), outcome) in jobs.drain(..).zip(outcomes) {
+                for (done, outcome) in waiters.into_iter().zip(outcomes) {
                     let _ = done.send(Ok(outcome));
                 }
                 if any_new {
@@ -124,27 +123,26 @@ async fn writer(
             }
             Ok(outcomes) => {
                 tracing::error!(
-                    sent = jobs.len(),
+                    sent = waiters.len(),
                     returned = outcomes.len(),
                     "store returned the wrong number of insert outcomes"
                 );
                 let err = IngestError::Other("store returned a wrong outcome count".into());
-                for (_, done) in jobs.drain(..) {
+                for done in waiters {
                     let _ = done.send(Err(err.clone()));
                 }
             }
             Err(e) => {
                 metrics.store_error(&e);
-                tracing::warn!(error = %e, batch = jobs.len(), "inbox insert failed");
+                tracing::warn!(error = %e, batch = waiters.len(), "inbox insert failed");
                 let err = match e {
                     StoreError::Unavailable(m) => IngestError::Unavailable(m),
                     other => IngestError::Other(other.to_string()),
                 };
-                for (_, done) in jobs.drain(..) {
+                for done in waiters {
                     let _ = done.send(Err(err.clone()));
                 }
             }
         }
-        events.clear();
     }
 }

@@ -11,8 +11,8 @@ use axum::Json;
 use billd_store::{InsertOutcome, NewEvent};
 use billd_stripe::webhook::{verify, SIGNATURE_HEADER};
 use secrecy::ExposeSecret;
-use serde::Serialize;
-use serde_json::Value;
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
 
 use crate::error::ApiError;
 use crate::ingest::IngestError;
@@ -105,55 +105,109 @@ async fn accept(
     }
 }
 
+/// The fields of an event envelope billd reads; everything else is skipped
+/// without building a JSON tree (the raw body is what gets stored).
+#[derive(Deserialize)]
+struct Envelope {
+    id: Option<String>,
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    created: Option<i64>,
+    api_version: Option<String>,
+    data: Option<EnvelopeData>,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeData {
+    object: Option<ObjectHead>,
+}
+
+/// `data.object`: must be a JSON object; only `id`, `object` and
+/// `customer` are read.
+#[derive(Default)]
+struct ObjectHead {
+    id: Option<String>,
+    object: Option<String>,
+    customer: Option<String>,
+}
+
+/// `customer` is an id, an expanded customer object, or null.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum CustomerRef {
+    Id(String),
+    Expanded { id: Option<String> },
+    Other(IgnoredAny),
+}
+
+impl<'de> Deserialize<'de> for ObjectHead {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct HeadVisitor;
+        impl<'de> Visitor<'de> for HeadVisitor {
+            type Value = ObjectHead;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ObjectHead, A::Error> {
+                let mut head = ObjectHead::default();
+                while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "id" => head.id = map.next_value::<Option<String>>()?,
+                        "object" => head.object = map.next_value::<Option<String>>()?,
+                        "customer" => {
+                            head.customer = match map.next_value::<Option<CustomerRef>>()? {
+                                Some(CustomerRef::Id(id)) => Some(id),
+                                Some(CustomerRef::Expanded { id }) => id,
+                                Some(CustomerRef::Other(_)) | None => None,
+                            }
+                        }
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(head)
+            }
+        }
+        deserializer.deserialize_map(HeadVisitor)
+    }
+}
+
 /// Parses the minimal Stripe event envelope into an inbox row: `id`
 /// (`evt_…`), `type`, `created`, `data.object` (a JSON object), plus
-/// `api_version`, the object's id and the Stripe customer it concerns.
+/// `api_version`, the object's id and the Stripe customer it concerns
+/// (`data.object.customer`, or the object itself for a customer).
 pub fn parse_envelope(body: &[u8], received_at: i64) -> Result<NewEvent, ApiError> {
     let invalid = |m: &str| ApiError::PayloadInvalid(m.to_string());
     let text = std::str::from_utf8(body).map_err(|_| invalid("body is not UTF-8"))?;
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| ApiError::PayloadInvalid(format!("not JSON: {e}")))?;
-    let id = value
-        .get("id")
-        .and_then(Value::as_str)
+    let envelope: Envelope = serde_json::from_str(text)
+        .map_err(|e| ApiError::PayloadInvalid(format!("not a JSON Stripe event: {e}")))?;
+    let id = envelope
+        .id
         .filter(|id| id.starts_with("evt_") && id.len() > 4 && id.len() <= 255)
         .ok_or_else(|| invalid("`id` must be a Stripe event id (evt_…)"))?;
-    let event_type = value
-        .get("type")
-        .and_then(Value::as_str)
+    let event_type = envelope
+        .event_type
         .filter(|t| !t.is_empty() && t.len() <= 255)
         .ok_or_else(|| invalid("`type` must be a non-empty string"))?;
-    let created = value
-        .get("created")
-        .and_then(Value::as_i64)
+    let created = envelope
+        .created
         .ok_or_else(|| invalid("`created` must be an integer"))?;
-    let object = value
-        .get("data")
-        .and_then(|d| d.get("object"))
-        .and_then(Value::as_object)
+    let object = envelope
+        .data
+        .and_then(|d| d.object)
         .ok_or_else(|| invalid("`data.object` must be an object"))?;
-    let api_version = value
-        .get("api_version")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    let object_id = object.get("id").and_then(Value::as_str).map(str::to_string);
-    // `customer` is an id, or an expanded customer object; a customer event
-    // is about the object itself.
-    let stripe_customer = match object.get("customer") {
-        Some(Value::String(id)) => Some(id.clone()),
-        Some(Value::Object(expanded)) => expanded
-            .get("id")
-            .and_then(Value::as_str)
-            .map(str::to_string),
-        _ if object.get("object").and_then(Value::as_str) == Some("customer") => object_id.clone(),
-        _ => None,
+    let stripe_customer = match object.customer {
+        Some(customer) => Some(customer),
+        None if object.object.as_deref() == Some("customer") => object.id.clone(),
+        None => None,
     };
     Ok(NewEvent {
-        id: id.to_string(),
-        event_type: event_type.to_string(),
-        api_version,
+        id,
+        event_type,
+        api_version: envelope.api_version,
         created,
-        object_id,
+        object_id: object.id,
         stripe_customer,
         payload: text.to_string(),
         received_at,
@@ -193,6 +247,15 @@ mod tests {
     }
 
     #[test]
+    fn unknown_fields_escaped_keys_and_a_null_customer_are_accepted() {
+        let body = br#"{"id":"evt_\u0031","type":"invoice.paid","created":5,"extra":[1,{"a":null}],"data":{"object":{"id":"in_1","cust\u006fmer":null,"lines":{"data":[]}}}}"#;
+        let event = parse_envelope(body, 0).unwrap();
+        assert_eq!(event.id, "evt_1");
+        assert_eq!(event.object_id.as_deref(), Some("in_1"));
+        assert_eq!(event.stripe_customer, None);
+    }
+
+    #[test]
     fn envelopes_missing_a_required_field_are_payload_invalid() {
         for body in [
             &br#"not json"#[..],
@@ -203,6 +266,10 @@ mod tests {
             br#"{"id":"evt_1","type":"x","created":"1","data":{"object":{}}}"#,
             br#"{"id":"evt_1","type":"x","created":1,"data":{}}"#,
             br#"{"id":"evt_1","type":"x","created":1,"data":{"object":[1]}}"#,
+            br#"{"id":"evt_1","type":"x","created":1,"data":{"object":null}}"#,
+            br#"{"id":"evt_1","type":"","created":1,"data":{"object":{}}}"#,
+            br#"{"id":"evt_1","type":"x","created":1.5,"data":{"object":{}}}"#,
+            br#"{"id":"evt_1","type":"x","created":1,"data":{"object":{"id":"a"}}} trailing"#,
         ] {
             let err = parse_envelope(body, 0).unwrap_err();
             assert_eq!(
