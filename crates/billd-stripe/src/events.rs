@@ -502,6 +502,9 @@ struct RawInvoiceParent {
 struct RawSubscriptionDetails {
     #[serde(default)]
     subscription: Option<Value>,
+    /// The subscription's metadata when the invoice was created.
+    #[serde(default)]
+    metadata: Option<BTreeMap<String, Value>>,
 }
 
 /// `preview`: an `invoice.upcoming` object, which is not a real invoice; its
@@ -514,11 +517,17 @@ fn parse_invoice(object: &Value, preview: bool) -> Result<Invoice, ParseError> {
         None => None,
     };
     let currency = parse_currency("currency", raw.currency.as_deref())?;
-    let subscription = raw
+    let details = raw
         .parent
         .as_ref()
-        .and_then(|p| p.subscription_details.as_ref())
-        .and_then(|d| d.subscription.as_ref());
+        .and_then(|p| p.subscription_details.as_ref());
+    let subscription = details.and_then(|d| d.subscription.as_ref());
+    // A subscription invoice carries the subscription's metadata (with
+    // `billd_customer_id`) in its parent details; the invoice's own wins.
+    let mut invoice_metadata = details
+        .map(|d| metadata(d.metadata.clone()))
+        .unwrap_or_default();
+    invoice_metadata.extend(metadata(raw.metadata));
     // The billed service period is on the lines; the invoice-level period
     // only says which pending items were collected.
     let line_period = raw
@@ -544,7 +553,7 @@ fn parse_invoice(object: &Value, preview: bool) -> Result<Invoice, ParseError> {
         billing_reason: raw.billing_reason,
         period_start: line_period.and_then(|p| p.start).or(raw.period_start),
         period_end: line_period.and_then(|p| p.end).or(raw.period_end),
-        metadata: metadata(raw.metadata),
+        metadata: invoice_metadata,
     })
 }
 

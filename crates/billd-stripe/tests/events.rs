@@ -232,6 +232,33 @@ fn invoice_events_take_the_subscription_from_the_parent_details() {
 }
 
 #[test]
+fn an_invoice_links_through_its_subscriptions_metadata() {
+    let mut invoice = invoice_object();
+    invoice["parent"]["subscription_details"]["metadata"] =
+        json!({ "billd_customer_id": "user_42", "billd_plan": "pro" });
+    let event = handled("invoice.payment_failed", &invoice);
+    assert_eq!(
+        event
+            .link_hints()
+            .billd_customer_id
+            .map(|c| c.to_string())
+            .as_deref(),
+        Some("user_42")
+    );
+    // The invoice's own metadata wins over the copy.
+    invoice["metadata"] = json!({ "billd_customer_id": "user_7" });
+    let event = handled("invoice.payment_failed", &invoice);
+    assert_eq!(
+        event
+            .link_hints()
+            .billd_customer_id
+            .map(|c| c.to_string())
+            .as_deref(),
+        Some("user_7")
+    );
+}
+
+#[test]
 fn an_upcoming_invoice_without_an_id_still_parses() {
     let mut upcoming = invoice_object();
     upcoming.as_object_mut().unwrap().remove("id");
