@@ -54,6 +54,14 @@ pub fn create(s: &mut Inner, p: &Value) -> ApiResult {
                 "In subscription mode, you must provide at least one recurring price.",
             ));
         }
+        if price["active"] != true {
+            return Err(ApiError::invalid(
+                &format!("line_items[{i}][price]"),
+                format!(
+                    "The price `{pid}` is not available to be purchased because it is not active."
+                ),
+            ));
+        }
         let qty = i64_at(it, "quantity")?.unwrap_or(1);
         let cur = currency
             .get_or_insert_with(|| price["currency"].as_str().unwrap_or("usd").to_string())

@@ -178,6 +178,8 @@ pub fn update(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
             }
         }
         billing::save_sub(s, &before, &after, now);
+        // Stripe sends trial_will_end when a trial is ended immediately, too.
+        s.emit("customer.subscription.trial_will_end", &after, None, now);
         billing::renew(s, id, now)?;
         return s.get("subscription", id, "id");
     }

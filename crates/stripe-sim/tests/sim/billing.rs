@@ -858,6 +858,23 @@ fn ending_a_trial_now_bills_immediately() {
         ended["items"]["data"][0]["current_period_start"],
         T0 + 5 * DAY
     );
+    assert!(event_types(&sim).contains(&"customer.subscription.trial_will_end".to_string()));
+}
+
+#[test]
+fn an_archived_price_cannot_be_sold_in_checkout() {
+    let sim = sim();
+    let price = standard_price(&sim);
+    post(&sim, &format!("/v1/prices/{price}"), "active=false");
+    let (status, body) = sim.call(
+        "POST",
+        "/v1/checkout/sessions",
+        &format!("mode=subscription&line_items[0][price]={price}&success_url=https://a.test"),
+    );
+    assert_eq!(
+        (status, body["error"]["param"].as_str()),
+        (400, Some("line_items[0][price]"))
+    );
 }
 
 #[test]
