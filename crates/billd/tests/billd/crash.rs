@@ -2,11 +2,6 @@
 //! concurrent clients deliver signed events; after a restart every event
 //! that got a 2xx is in the inbox and is processed exactly once.
 
-#![expect(
-    clippy::unwrap_used,
-    reason = "helpers outside #[test] functions panic on setup failure"
-)]
-
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,7 +27,7 @@ fn now() -> i64 {
     .unwrap()
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -44,7 +39,7 @@ fn free_port() -> u16 {
 /// customers so the worker has parallel work.
 fn events() -> Vec<(String, String)> {
     let fixtures: Value = serde_json::from_str(include_str!(
-        "../../billd-server/tests/server/fixtures/stripe_objects.json"
+        "../../../billd-server/tests/server/fixtures/stripe_objects.json"
     ))
     .unwrap();
     let created = now();

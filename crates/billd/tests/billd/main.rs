@@ -1,0 +1,9 @@
+//! The real `billd` binary: its commands, dev mode, and crash safety.
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "helpers outside #[test] functions panic on setup failure"
+)]
+
+mod cli;
+mod crash;
