@@ -331,6 +331,11 @@ pub struct Invoice {
     pub period_end: Option<i64>,
     /// The invoice metadata.
     pub metadata: BTreeMap<String, String>,
+    /// Payment intents that paid (or tried to pay) it, from
+    /// `payments.data[].payment.payment_intent`: links a later dispute or
+    /// refund, which name only the charge and payment intent, to the customer.
+    #[serde(default)]
+    pub payment_intents: Vec<PaymentIntentId>,
 }
 
 /// A charge after `charge.refunded`.
@@ -563,6 +568,9 @@ pub struct LinkHints {
     pub subscription: Option<StripeSubscriptionId>,
     /// The charge a dispute or refund is about.
     pub charge: Option<ChargeId>,
+    /// The payment intent a dispute or refund is about (see
+    /// [`crate::CustomerState::paid_with`]).
+    pub payment_intent: Option<PaymentIntentId>,
 }
 
 fn metadata_customer(metadata: &BTreeMap<String, String>) -> Option<CustomerId> {
@@ -645,6 +653,7 @@ impl Event {
                 billd_customer_id: metadata_customer(&subscription.metadata),
                 subscription: Some(subscription.id.clone()),
                 charge: None,
+                payment_intent: None,
             },
             EventKind::Checkout { session, .. } => LinkHints {
                 stripe_customer: session.customer.clone(),
@@ -656,24 +665,28 @@ impl Event {
                 }),
                 subscription: session.subscription.clone(),
                 charge: None,
+                payment_intent: None,
             },
             EventKind::Invoice { invoice, .. } => LinkHints {
                 stripe_customer: invoice.customer.clone(),
                 billd_customer_id: metadata_customer(&invoice.metadata),
                 subscription: invoice.subscription.clone(),
                 charge: None,
+                payment_intent: None,
             },
             EventKind::ChargeRefunded { charge } => LinkHints {
                 stripe_customer: charge.customer.clone(),
                 billd_customer_id: metadata_customer(&charge.metadata),
                 subscription: None,
                 charge: Some(charge.id.clone()),
+                payment_intent: charge.payment_intent.clone(),
             },
             EventKind::Dispute { dispute, .. } => LinkHints {
                 stripe_customer: dispute.customer.clone(),
                 billd_customer_id: None,
                 subscription: None,
                 charge: dispute.charge.clone(),
+                payment_intent: dispute.payment_intent.clone(),
             },
             EventKind::Customer { customer, .. } | EventKind::CustomerDeleted { customer } => {
                 LinkHints {
@@ -681,6 +694,7 @@ impl Event {
                     billd_customer_id: metadata_customer(&customer.metadata),
                     subscription: None,
                     charge: None,
+                    payment_intent: None,
                 }
             }
             EventKind::Discount { discount, .. } => LinkHints {
@@ -688,12 +702,14 @@ impl Event {
                 billd_customer_id: None,
                 subscription: discount.subscription.clone(),
                 charge: None,
+                payment_intent: None,
             },
             EventKind::PaymentMethod { payment_method, .. } => LinkHints {
                 stripe_customer: payment_method.customer.clone(),
                 billd_customer_id: None,
                 subscription: None,
                 charge: None,
+                payment_intent: None,
             },
         }
     }

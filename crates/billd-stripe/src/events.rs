@@ -476,6 +476,20 @@ struct RawInvoice {
     parent: Option<RawInvoiceParent>,
     #[serde(default)]
     metadata: Option<BTreeMap<String, Value>>,
+    #[serde(default)]
+    payments: Option<RawList<RawInvoicePayment>>,
+}
+
+#[derive(Deserialize)]
+struct RawInvoicePayment {
+    #[serde(default)]
+    payment: Option<RawInvoicePaymentRef>,
+}
+
+#[derive(Deserialize)]
+struct RawInvoicePaymentRef {
+    #[serde(default)]
+    payment_intent: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -554,6 +568,21 @@ fn parse_invoice(object: &Value, preview: bool) -> Result<Invoice, ParseError> {
         period_start: line_period.and_then(|p| p.start).or(raw.period_start),
         period_end: line_period.and_then(|p| p.end).or(raw.period_end),
         metadata: invoice_metadata,
+        payment_intents: raw
+            .payments
+            .map(|p| p.data)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|p| p.payment.as_ref())
+            .filter_map(|p| {
+                parse_ref(
+                    "payments.data[].payment.payment_intent",
+                    p.payment_intent.as_ref(),
+                    PaymentIntentId::parse,
+                )
+                .transpose()
+            })
+            .collect::<Result<_, _>>()?,
     })
 }
 

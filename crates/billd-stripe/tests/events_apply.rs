@@ -54,13 +54,16 @@ fn invoice(paid: bool) -> Value {
     i["status"] = json!(if paid { "paid" } else { "open" });
     i["attempt_count"] = json!(1);
     i["hosted_invoice_url"] = json!("https://invoice.stripe.com/i/acct_1/test_sca");
+    i["payments"] = json!({ "object": "list", "data": [
+        { "object": "invoice_payment", "payment": { "type": "payment_intent", "payment_intent": "pi_1PgafyB7WZ01zgkWSjxsAJo3" } }
+    ] });
     i
 }
 
 fn dispute(status: &str) -> Value {
     let mut d = object("dispute");
     d["status"] = json!(status);
-    d["charge"] = json!({ "id": "ch_1PgafuB7WZ01zgkWXYmPNZs8", "customer": "cus_QXg1o8vcGmoR32" });
+    d["payment_intent"] = json!("pi_1PgafyB7WZ01zgkWSjxsAJo3");
     d
 }
 
@@ -153,6 +156,22 @@ fn webhooks_drive_access_from_sca_to_paid_to_frozen_to_revoked() {
     ] {
         assert!(keys.contains(&key), "{key} missing from {keys:?}");
     }
+}
+
+#[test]
+fn a_dispute_naming_only_a_payment_intent_is_linked_through_the_paid_invoice() {
+    let catalog = Catalog::seed();
+    let all = events(&history());
+    let state = all[..4].iter().fold(CustomerState::default(), |state, e| {
+        apply(&state, e, &catalog, e.created).state
+    });
+    let hints = all[4].link_hints();
+    assert_eq!(hints.stripe_customer, None);
+    let payment_intent = hints
+        .payment_intent
+        .expect("the dispute names its payment intent");
+    assert!(state.paid_with(&payment_intent));
+    assert!(!CustomerState::default().paid_with(&payment_intent));
 }
 
 #[test]
