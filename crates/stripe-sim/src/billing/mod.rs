@@ -182,6 +182,7 @@ pub fn create_subscription(s: &mut Inner, req: NewSubscription) -> ApiResult<(St
     for p in &prices {
         unit_amount_in(p, &currency)?;
     }
+    check_customer_currency(s, &req.customer, &currency)?;
     let pm = req
         .default_payment_method
         .clone()
@@ -314,6 +315,7 @@ pub fn create_subscription(s: &mut Inner, req: NewSubscription) -> ApiResult<(St
         s.subs.entry(id.clone()).or_default().coupon = Some((coupon.clone(), duration));
     }
     s.subs.entry(id.clone()).or_default();
+    lock_customer_currency(s, &req.customer, &currency, now)?;
     let sub = s.insert(sub);
     s.emit("customer.subscription.created", &sub, None, now);
     if let Some(di) = sub["discounts"][0].as_str() {
@@ -339,6 +341,41 @@ pub fn create_subscription(s: &mut Inner, req: NewSubscription) -> ApiResult<(St
         save_sub(s, &before, &after, now);
     }
     Ok((id, outcome))
+}
+
+/// Stripe ties a customer to the currency of its first subscription or invoice.
+pub fn check_customer_currency(s: &Inner, customer: &str, currency: &str) -> ApiResult<()> {
+    let locked = s
+        .objects
+        .get(customer)
+        .and_then(|c| c["currency"].as_str())
+        .map(str::to_string);
+    match locked {
+        Some(c) if c != currency => Err(ApiError::invalid(
+            "currency",
+            format!(
+                "You cannot combine currencies on a single customer. This customer has an active subscription, \
+                 subscription schedule, discount, quote, or invoice item with currency {c}."
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn lock_customer_currency(s: &mut Inner, customer: &str, currency: &str, at: i64) -> ApiResult<()> {
+    let before = s.get("customer", customer, "customer")?;
+    if before["currency"].is_null() {
+        let mut after = before.clone();
+        after["currency"] = json!(currency);
+        s.put(after.clone());
+        s.emit(
+            "customer.updated",
+            &after,
+            Some(previous_attributes(&before, &after)),
+            at,
+        );
+    }
+    Ok(())
 }
 
 pub(crate) fn coupon_duration(s: &Inner, coupon: &str) -> Option<i64> {

@@ -70,6 +70,9 @@ pub fn create(s: &mut Inner, p: &Value) -> ApiResult {
         line_items.push((price, qty, unit));
     }
     let currency = currency.unwrap_or_else(|| "usd".into());
+    if let Some(c) = &customer {
+        billing::check_customer_currency(s, c, &currency)?;
+    }
     let subtotal: i64 = line_items.iter().map(|(_, q, u)| q * u).sum();
     let trial_days = i64_at(p, "subscription_data.trial_period_days")?;
     let trial_end = i64_at(p, "subscription_data.trial_end")?;
@@ -336,7 +339,11 @@ pub fn complete(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
                 .or_else(|| sess["customer_email"].as_str())
                 .unwrap_or("customer@example.com")
                 .to_string();
-            let c = customers::create(s, &json!({"email": email, "name": str_at(p, "name")}))?;
+            let c = customers::create_with_currency(
+                s,
+                &json!({"email": email, "name": str_at(p, "name")}),
+                sess["currency"].as_str(),
+            )?;
             c["id"].as_str().unwrap_or_default().to_string()
         }
     };

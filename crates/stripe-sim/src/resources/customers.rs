@@ -8,6 +8,12 @@ use serde_json::{json, Value};
 
 /// `POST /v1/customers`.
 pub fn create(s: &mut Inner, p: &Value) -> ApiResult {
+    create_with_currency(s, p, None)
+}
+
+/// Creates a customer already tied to `currency`, as Checkout does for the
+/// customers it creates.
+pub fn create_with_currency(s: &mut Inner, p: &Value, currency: Option<&str>) -> ApiResult {
     let clock = str_at(p, "test_clock").map(str::to_string);
     if let Some(clk) = &clock {
         s.get("test_helpers.test_clock", clk, "test_clock")?;
@@ -26,7 +32,7 @@ pub fn create(s: &mut Inner, p: &Value) -> ApiResult {
         "address": null,
         "balance": 0,
         "created": now,
-        "currency": null,
+        "currency": currency,
         "customer_account": null,
         "default_source": null,
         "delinquent": false,

@@ -953,3 +953,49 @@ fn a_trial_checkout_may_skip_the_card_when_collection_is_if_required_and_then_ca
         400
     );
 }
+
+#[test]
+fn a_customer_is_locked_to_the_currency_of_its_first_subscription() {
+    let sim = sim();
+    let price = standard_price(&sim);
+    let cus = id(&post(
+        &sim,
+        "/v1/customers",
+        "payment_method=pm_card_visa&invoice_settings[default_payment_method]=pm_card_visa",
+    ));
+    assert_eq!(
+        get(&sim, &format!("/v1/customers/{cus}"))["currency"],
+        Value::Null
+    );
+    let sub = post(
+        &sim,
+        "/v1/subscriptions",
+        &format!("customer={cus}&items[0][price]={price}"),
+    );
+    assert_eq!(
+        get(&sim, &format!("/v1/customers/{cus}"))["currency"],
+        "eur"
+    );
+    ok(
+        &sim,
+        "DELETE",
+        &format!("/v1/subscriptions/{}", id(&sub)),
+        "",
+    );
+    let (status, body) = sim.call(
+        "POST",
+        "/v1/subscriptions",
+        &format!("customer={cus}&items[0][price]={price}&currency=usd"),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("combine currencies"));
+    let (status, _) = sim.call(
+        "POST",
+        "/v1/checkout/sessions",
+        &format!("mode=subscription&customer={cus}&currency=usd&line_items[0][price]={price}&success_url=https://a.test"),
+    );
+    assert_eq!(status, 400);
+}
