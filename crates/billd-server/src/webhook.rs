@@ -9,7 +9,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use billd_store::{InsertOutcome, NewEvent};
-use billd_stripe::webhook::{verify, SIGNATURE_HEADER};
+use billd_stripe::webhook::{verify, VerifyError, SIGNATURE_HEADER};
 use secrecy::ExposeSecret;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -76,7 +76,11 @@ async fn accept(
     })?;
     let header = headers
         .get(SIGNATURE_HEADER)
-        .map(|v| v.to_str().unwrap_or(""));
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| VerifyError::SignatureMalformed("header is not ASCII"))
+        })
+        .transpose()?;
     let now = state.clock.now();
     let secrets: Vec<&str> = state
         .webhook

@@ -107,7 +107,12 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             format!("{}/{}", f.rate_accepted, f.rate_sent),
             f.mean_batch,
         );
-        let _ = f.http_accepted;
+    }
+    for f in &all {
+        println!(
+            "{}: {} of {} throughput-run events acknowledged",
+            f.backend, f.http_accepted, args.events
+        );
     }
     println!(
         "\nceiling = insert_events in batches of {} (no HTTP); http = {} events over {} connections; latency at a fixed offered rate for {} s.",

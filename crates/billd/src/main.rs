@@ -26,8 +26,9 @@ use crate::dev::DevMode;
 #[derive(Debug, Parser)]
 #[command(name = "billd", version, about, propagate_version = true)]
 struct Cli {
-    /// Path to a billd.toml (optional; settings there override the
-    /// built-in defaults, BILLD_* environment variables override both).
+    /// Path to a billd.toml (default: ./billd.toml when it exists). Its
+    /// settings override the built-in defaults; BILLD_* environment
+    /// variables override both.
     #[arg(long, env = "BILLD_CONFIG", global = true)]
     config: Option<PathBuf>,
 
@@ -163,7 +164,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return bench::run(args).await;
     }
     let env: HashMap<String, String> = std::env::vars().collect();
-    let config = Config::load(cli.config.as_deref(), &env)?;
+    // Without --config/BILLD_CONFIG, a billd.toml in the working directory
+    // is used when there is one.
+    let file = cli
+        .config
+        .clone()
+        .or_else(|| Some(PathBuf::from("billd.toml")).filter(|p| p.is_file()));
+    let config = Config::load(file.as_deref(), &env)?;
     let serving = matches!(cli.command, None | Some(Command::Serve));
     init_tracing(config.log_format, if serving { "info" } else { "warn" });
     match cli.command.unwrap_or(Command::Serve) {

@@ -80,6 +80,21 @@ fn an_invalid_setting_stops_start_up_with_a_message_naming_the_variable() {
     assert!(!stderr.contains("hunter22"), "{stderr}");
 }
 
+#[test]
+fn a_billd_toml_in_the_working_directory_is_read_when_no_config_is_given() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("billd.toml"), "log_format = \"yaml\"\n").unwrap();
+
+    let out = billd(dir.path(), "sqlite://x.db", &["migrate"]);
+
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("BILLD_LOG_FORMAT (set in billd.toml)"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_can_be_listed_shown_and_dead_ones_replayed() {
     let dir = tempfile::tempdir().unwrap();
