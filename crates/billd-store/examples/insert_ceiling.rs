@@ -1,12 +1,13 @@
 //! Measures the raw group-commit ceiling of a store: how many events per
 //! second `insert_events` durably commits, one batch after another, for a
-//! few batch sizes.
+//! few batch sizes; then how fast a worker drains that backlog with
+//! `claim_events` + `finish_events`.
 //!
 //! `cargo run --release -p billd-store --example insert_ceiling -- sqlite:///tmp/x.db [events]`
 
 use std::time::Instant;
 
-use billd_store::{connect, InsertOutcome, NewEvent};
+use billd_store::{connect, EventResult, InsertOutcome, NewEvent};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -39,6 +40,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             inserted as f64 / elapsed
         );
     }
+    let started = Instant::now();
+    let (mut drained, mut claims) = (0usize, 0usize);
+    while drained < 10_000 {
+        let claimed = store.claim_events(2_000_000_000, 2_000_000_300, 64).await?;
+        if claimed.is_empty() {
+            break;
+        }
+        claims += 1;
+        let results: Vec<(String, EventResult)> = claimed
+            .into_iter()
+            .map(|event| (event.id, EventResult::Processed))
+            .collect();
+        drained += store.finish_events(&results, 2_000_000_001).await?.len();
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "{:?} drain: {drained} events in {claims} claims of up to 64 in {elapsed:.2}s = {:.0} events/s",
+        store.backend(),
+        drained as f64 / elapsed
+    );
     Ok(())
 }
 

@@ -260,13 +260,42 @@ impl Store for PgStore {
         if results.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.pool.begin().await?;
-        let mut finished = Vec::with_capacity(results.len());
+        let mut ids = Vec::with_capacity(results.len());
+        let mut statuses = Vec::with_capacity(results.len());
+        let mut errors = Vec::with_capacity(results.len());
+        let mut next_attempts = Vec::with_capacity(results.len());
+        let mut processed = Vec::with_capacity(results.len());
         for (id, result) in results {
-            finished.push(finish(&mut tx, id, result, now).await?);
+            let (status, error, next_attempt_at, processed_at) = finish_columns(result, now);
+            ids.push(id.as_str());
+            statuses.push(status.as_str());
+            errors.push(error);
+            next_attempts.push(next_attempt_at);
+            processed.push(processed_at);
         }
-        tx.commit().await?;
-        Ok(finished)
+        // One statement (one round trip, one commit) for the whole batch.
+        let finished: HashSet<String> = sqlx::query_scalar(
+            "UPDATE stripe_events AS e \
+             SET status = r.status, last_error = COALESCE(r.last_error, e.last_error), \
+                 next_attempt_at = r.next_attempt_at, processed_at = r.processed_at \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[]) \
+                  AS r(id, status, last_error, next_attempt_at, processed_at) \
+             WHERE e.id = r.id AND e.status = 'processing' \
+             RETURNING e.id",
+        )
+        .bind(ids)
+        .bind(statuses)
+        .bind(errors)
+        .bind(next_attempts)
+        .bind(processed)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .collect();
+        Ok(results
+            .iter()
+            .map(|(id, _)| finished.contains(id))
+            .collect())
     }
 
     async fn get_event(&self, id: &str) -> StoreResult<Option<StoredEvent>> {

@@ -54,7 +54,12 @@ const INSERT_COLUMNS: &str =
 /// Due rows in claim order after a keyset position, leaving out customers
 /// that have an event under a live lease. `?1` = now, `?2`/`?3` = the last
 /// (created, seq) seen, `?4` = page size.
-const CANDIDATES: &str = "SELECT id, stripe_customer, created, seq FROM stripe_events \
+///
+/// The planner would rather use `stripe_events_status` for the `status IN`
+/// term and then sort every waiting row on each claim; the partial index
+/// yields rows already in claim order and stops at the LIMIT.
+const CANDIDATES: &str = "SELECT id, stripe_customer, created, seq \
+     FROM stripe_events INDEXED BY stripe_events_due \
      WHERE status IN ('pending', 'failed', 'processing') \
        AND (status = 'pending' OR next_attempt_at <= ?1) \
        AND (created, seq) > (?2, ?3) \

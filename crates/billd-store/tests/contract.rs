@@ -933,3 +933,12 @@ fn statuses_round_trip_through_their_names() {
     }
     assert!("done".parse::<EventStatus>().is_err());
 }
+
+#[tokio::test]
+async fn a_postgres_store_does_not_show_its_password_in_debug_output() {
+    let store = PgStore::connect_lazy("postgres://billd:hunter2@127.0.0.1:1/billd").expect("lazy");
+
+    let shown = format!("{store:?}");
+
+    assert!(!shown.contains("hunter2"), "{shown}");
+}
