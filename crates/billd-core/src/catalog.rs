@@ -67,6 +67,9 @@ pub enum CatalogError {
     /// The grace period is out of range (0..=60 days).
     #[error("grace_period_days must be between 0 and 60, got {0}")]
     InvalidGracePeriod(i64),
+    /// A policy name is not one of the documented values.
+    #[error("unknown policy {0:?}")]
+    InvalidPolicy(String),
     /// `bind_price` named a plan/currency with no price entry.
     #[error("plan {plan} has no price in {currency}")]
     NoSuchPrice {
@@ -93,6 +96,7 @@ impl CatalogError {
             CatalogError::InvalidPrice { .. } => "catalog_invalid_price",
             CatalogError::InvalidGracePeriod(_) => "catalog_invalid_grace_period",
             CatalogError::NoSuchPrice { .. } => "catalog_no_such_price",
+            CatalogError::InvalidPolicy(_) => "catalog_invalid_policy",
         }
     }
 }
@@ -178,6 +182,30 @@ pub enum RefundPolicy {
     RevokeAndCancel,
     /// The refund is recorded (and the customer notified), access is unchanged.
     RecordOnly,
+}
+
+impl std::str::FromStr for RefundPolicy {
+    type Err = CatalogError;
+    /// Parses `revoke_and_cancel` or `record_only` (e.g. from an environment variable).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "revoke_and_cancel" => Ok(Self::RevokeAndCancel),
+            "record_only" => Ok(Self::RecordOnly),
+            other => Err(CatalogError::InvalidPolicy(other.to_owned())),
+        }
+    }
+}
+
+impl std::str::FromStr for DowngradePolicy {
+    type Err = CatalogError;
+    /// Parses `immediate` or `at_period_end` (e.g. from an environment variable).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "immediate" => Ok(Self::Immediate),
+            "at_period_end" => Ok(Self::AtPeriodEnd),
+            other => Err(CatalogError::InvalidPolicy(other.to_owned())),
+        }
+    }
 }
 
 /// When a downgrade's lower metered limits take effect.
@@ -738,6 +766,20 @@ mod tests {
             error_code(&format!("grace_period_days = 90\n{head}{free}")),
             "catalog_invalid_grace_period"
         );
+    }
+
+    #[test]
+    fn policies_parse_from_their_documented_names() {
+        assert_eq!("record_only".parse(), Ok(RefundPolicy::RecordOnly));
+        assert_eq!(
+            "revoke_and_cancel".parse(),
+            Ok(RefundPolicy::RevokeAndCancel)
+        );
+        assert_eq!("at_period_end".parse(), Ok(DowngradePolicy::AtPeriodEnd));
+        assert_eq!("immediate".parse(), Ok(DowngradePolicy::Immediate));
+        let err = "sometimes".parse::<RefundPolicy>().unwrap_err();
+        assert_eq!(err.code(), "catalog_invalid_policy");
+        assert!("".parse::<DowngradePolicy>().is_err());
     }
 
     #[test]
