@@ -51,6 +51,8 @@ pub struct SubMeta {
     pub upcoming_sent_for: Option<i64>,
     /// Unix time at which the first failed renewal payment happened.
     pub first_failure_at: Option<i64>,
+    /// A held `pending_if_incomplete` update: the invoice that must be paid and the items to apply.
+    pub pending_update: Option<(String, Value)>,
     /// Coupon applied, with the number of invoices it still discounts (`None` = forever).
     pub coupon: Option<(String, Option<i64>)>,
 }

@@ -410,6 +410,29 @@ pub fn after_invoice_paid(s: &mut Inner, inv_id: &str, at: i64) -> ApiResult<()>
         }
         save_sub(s, &before, &after, at);
     }
+    apply_pending_update(s, &sub_id, inv_id, at)
+}
+
+/// Applies a held `pending_if_incomplete` update once its invoice is paid.
+fn apply_pending_update(s: &mut Inner, sub_id: &str, inv_id: &str, at: i64) -> ApiResult<()> {
+    let held = s.subs.get(sub_id).and_then(|m| m.pending_update.clone());
+    let Some((_, items)) = held.filter(|(inv, _)| inv == inv_id) else {
+        return Ok(());
+    };
+    if let Some(m) = s.subs.get_mut(sub_id) {
+        m.pending_update = None;
+    }
+    let before = s.get("subscription", sub_id, "subscription")?;
+    let mut after = before.clone();
+    after["items"] = items;
+    after["pending_update"] = Value::Null;
+    save_sub(s, &before, &after, at);
+    s.emit(
+        "customer.subscription.pending_update_applied",
+        &after,
+        None,
+        at,
+    );
     Ok(())
 }
 

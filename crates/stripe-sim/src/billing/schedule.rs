@@ -51,6 +51,7 @@ pub(crate) enum Due {
     TrialWillEnd(String, i64),
     Upcoming(String, i64),
     Renew(String),
+    PendingExpire(String),
     Retry(String),
 }
 
@@ -98,6 +99,9 @@ pub(crate) fn next_due(s: &Inner, clock: Option<&str>, until: i64) -> Option<(i6
                     && lead > start
                 {
                     consider(lead, Due::Upcoming(id.clone(), end));
+                }
+                if let Some(exp) = sub["pending_update"]["expires_at"].as_i64() {
+                    consider(exp, Due::PendingExpire(id.clone()));
                 }
                 let renew_at = sub["cancel_at"].as_i64().map_or(end, |c| c.min(end));
                 consider(renew_at, Due::Renew(id.clone()));
@@ -185,6 +189,24 @@ pub(crate) fn run_due(s: &mut Inner, due: Due, t: i64) -> ApiResult<()> {
             s.emit("invoice.upcoming", &preview, None, t);
         }
         Due::Renew(id) => renew(s, &id, t)?,
+        Due::PendingExpire(id) => {
+            let held = s.subs.get_mut(&id).and_then(|m| m.pending_update.take());
+            let before = s.get("subscription", &id, "id")?;
+            let mut after = before.clone();
+            after["pending_update"] = Value::Null;
+            save_sub(s, &before, &after, t);
+            s.emit(
+                "customer.subscription.pending_update_expired",
+                &after,
+                None,
+                t,
+            );
+            if let Some((inv, _)) = held {
+                if s.objects[&inv]["status"] == "open" {
+                    void_invoice(s, &inv, t)?;
+                }
+            }
+        }
         Due::Retry(inv) => {
             let outcome = pay_invoice(s, &inv, None, t)?;
             match outcome {

@@ -4,7 +4,7 @@ use crate::billing::{self, NewSubscription, PayOutcome};
 use crate::error::{ApiError, ApiResult};
 use crate::params::{self, i64_at, str_at};
 use crate::resources::{coupons, customers, payment_methods};
-use crate::state::Inner;
+use crate::state::{CardBehavior, Inner};
 use serde_json::{json, Value};
 
 fn parse_items(p: &Value) -> ApiResult<Vec<(String, i64)>> {
@@ -210,7 +210,20 @@ pub fn update(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
         ));
     }
     let proration_date = i64_at(p, "proration_date")?.unwrap_or(now);
+    let payment_behavior = str_at(p, "payment_behavior").unwrap_or("allow_incomplete");
+    if !matches!(
+        payment_behavior,
+        "allow_incomplete" | "default_incomplete" | "error_if_incomplete" | "pending_if_incomplete"
+    ) {
+        return Err(ApiError::invalid(
+            "payment_behavior",
+            "Invalid payment_behavior.",
+        ));
+    }
+    // Everything but the items, for a pending update that keeps the old items.
+    let base = after.clone();
     let mut lines = Vec::new();
+    let mut items_changed = false;
     if let Some(Value::Array(items)) = params::at(p, "items") {
         for (i, it) in items.iter().enumerate() {
             let si = str_at(it, "id").ok_or_else(|| {
@@ -236,6 +249,7 @@ pub fn update(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
             if price["id"] == item["price"]["id"] && item["quantity"] == qty {
                 continue;
             }
+            items_changed = true;
             if behavior != "none" {
                 lines.extend(billing::proration_lines(
                     s,
@@ -249,17 +263,60 @@ pub fn update(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
             billing::set_item(&mut after, si, &price, qty);
         }
     }
+    let immediate = behavior == "always_invoice" || payment_behavior == "pending_if_incomplete";
+    if immediate && !lines.is_empty() && payment_behavior == "error_if_incomplete" {
+        // Stripe refuses the whole update when the payment cannot go through.
+        let pm = billing::sub_payment_method(s, &after);
+        match pm.as_ref().and_then(|p| s.cards.get(p)).copied() {
+            Some(CardBehavior::Succeed | CardBehavior::Dispute) => {}
+            Some(CardBehavior::AuthRequired) => {
+                return Err(ApiError::card(
+                    "subscription_payment_intent_requires_action",
+                    None,
+                    "Payment for this subscription requires additional user action before it can be completed successfully.",
+                ))
+            }
+            other => return Err(billing::decline_error(other)),
+        }
+    }
+    if payment_behavior == "pending_if_incomplete" && items_changed && !lines.is_empty() {
+        billing::save_sub(s, &before, &base, now);
+        let inv = billing::create_invoice_with_lines(s, id, "subscription_update", lines, now)?;
+        let outcome = billing::pay_invoice(s, &inv, None, now)?;
+        let cur = s.get("subscription", id, "id")?;
+        if outcome == PayOutcome::Paid {
+            let mut applied = cur.clone();
+            applied["items"] = after["items"].clone();
+            billing::save_sub(s, &cur, &applied, now);
+        } else {
+            let mut held = cur.clone();
+            let expires_at = now + 23 * 3600;
+            held["pending_update"] = json!({
+                "billing_cycle_anchor": null,
+                "discount": null,
+                "discounts": [],
+                "expires_at": expires_at,
+                "metadata": null,
+                "subscription_items": after["items"]["data"],
+                "trial_end": null,
+                "trial_from_plan": null,
+            });
+            billing::save_sub(s, &cur, &held, now);
+            // A held update's invoice waits to be paid; it is not dunned.
+            if let Some(i) = s.objects.get_mut(&inv) {
+                i["next_payment_attempt"] = Value::Null;
+            }
+            s.subs.entry(id.to_string()).or_default().pending_update =
+                Some((inv, after["items"].clone()));
+        }
+        return s.get("subscription", id, "id");
+    }
     billing::save_sub(s, &before, &after, now);
     if !lines.is_empty() {
-        if behavior == "always_invoice" {
+        if immediate {
             let inv = billing::create_invoice_with_lines(s, id, "subscription_update", lines, now)?;
             match billing::pay_invoice(s, &inv, None, now)? {
                 PayOutcome::Paid => billing::after_invoice_paid(s, &inv, now)?,
-                PayOutcome::Declined(e)
-                    if str_at(p, "payment_behavior") == Some("error_if_incomplete") =>
-                {
-                    return Err(e)
-                }
                 _ => {
                     let b = s.get("subscription", id, "id")?;
                     if b["status"] == "active" {

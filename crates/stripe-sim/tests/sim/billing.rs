@@ -999,3 +999,97 @@ fn a_customer_is_locked_to_the_currency_of_its_first_subscription() {
     );
     assert_eq!(status, 400);
 }
+
+#[test]
+fn pending_if_incomplete_holds_an_upgrade_until_its_invoice_is_paid() {
+    let sim = sim();
+    let (std_price, pro) = (standard_price(&sim), pro_price(&sim));
+    let (clock, cus) = clocked_customer(&sim, "pm_card_visa");
+    let sub = post(
+        &sim,
+        "/v1/subscriptions",
+        &format!("customer={cus}&items[0][price]={std_price}"),
+    );
+    let si = sub["items"]["data"][0]["id"].as_str().unwrap().to_string();
+    let sca = id(&post(
+        &sim,
+        "/v1/payment_methods/pm_card_authenticationRequired/attach",
+        &format!("customer={cus}"),
+    ));
+    post(
+        &sim,
+        &format!("/v1/customers/{cus}"),
+        &format!("invoice_settings[default_payment_method]={sca}"),
+    );
+    advance(&sim, &clock, T0 + 10 * DAY);
+    let held = post(
+        &sim,
+        &format!("/v1/subscriptions/{}", id(&sub)),
+        &format!("items[0][id]={si}&items[0][price]={pro}&payment_behavior=pending_if_incomplete&proration_behavior=always_invoice&expand[]=latest_invoice.payments.data"),
+    );
+    assert_eq!(held["status"], "active");
+    assert_eq!(
+        held["items"]["data"][0]["price"]["id"], std_price,
+        "not granted until paid"
+    );
+    assert_eq!(
+        held["pending_update"]["subscription_items"][0]["price"]["id"],
+        pro
+    );
+    assert_eq!(
+        held["pending_update"]["expires_at"],
+        T0 + 10 * DAY + 23 * 3600
+    );
+    let pi = held["latest_invoice"]["payments"]["data"][0]["payment"]["payment_intent"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    post(
+        &sim,
+        &format!("/_sim/payment_intents/{pi}/authenticate"),
+        "outcome=success",
+    );
+    let s = get(&sim, &format!("/v1/subscriptions/{}", id(&sub)));
+    assert_eq!(s["items"]["data"][0]["price"]["id"], pro);
+    assert_eq!(s["pending_update"], Value::Null);
+    assert!(event_types(&sim).contains(&"customer.subscription.pending_update_applied".to_string()));
+}
+
+#[test]
+fn an_unpaid_pending_update_expires_after_23_hours() {
+    let sim = sim();
+    let (std_price, pro) = (standard_price(&sim), pro_price(&sim));
+    let (clock, cus) = clocked_customer(&sim, "pm_card_visa");
+    let sub = post(
+        &sim,
+        "/v1/subscriptions",
+        &format!("customer={cus}&items[0][price]={std_price}"),
+    );
+    let si = sub["items"]["data"][0]["id"].as_str().unwrap().to_string();
+    let bad = id(&post(
+        &sim,
+        "/v1/payment_methods/pm_card_chargeCustomerFail/attach",
+        &format!("customer={cus}"),
+    ));
+    post(
+        &sim,
+        &format!("/v1/customers/{cus}"),
+        &format!("invoice_settings[default_payment_method]={bad}"),
+    );
+    let held = post(
+        &sim,
+        &format!("/v1/subscriptions/{}", id(&sub)),
+        &format!("items[0][id]={si}&items[0][price]={pro}&payment_behavior=pending_if_incomplete&expand[]=latest_invoice"),
+    );
+    assert_eq!(held["status"], "active");
+    assert_eq!(held["latest_invoice"]["next_payment_attempt"], Value::Null);
+    advance(&sim, &clock, T0 + DAY);
+    let s = get(
+        &sim,
+        &format!("/v1/subscriptions/{}?expand[]=latest_invoice", id(&sub)),
+    );
+    assert_eq!(s["pending_update"], Value::Null);
+    assert_eq!(s["items"]["data"][0]["price"]["id"], std_price);
+    assert_eq!(s["latest_invoice"]["status"], "void");
+    assert!(event_types(&sim).contains(&"customer.subscription.pending_update_expired".to_string()));
+}

@@ -22,21 +22,6 @@ const OMISSIONS: &[(&str, &str, &str)] = &[
         "source",
         "legacy Sources API; card payments use payment_method",
     ),
-    (
-        "subscription",
-        "billing_schedules",
-        "preview billing schedules are not modelled",
-    ),
-    (
-        "subscription",
-        "pending_update",
-        "pending updates (payment_behavior=pending_if_incomplete) are not modelled",
-    ),
-    (
-        "subscription",
-        "transfer_data",
-        "Connect transfers are not modelled",
-    ),
 ];
 
 fn fixtures() -> Value {
