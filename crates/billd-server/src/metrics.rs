@@ -132,7 +132,7 @@ impl Metrics {
                 out,
                 "# HELP billd_inbox_depth_events Inbox rows by status.\n# TYPE billd_inbox_depth_events gauge"
             );
-            for status in ALL_STATUSES {
+            for status in EventStatus::ALL {
                 let n = stats
                     .by_status
                     .iter()
@@ -142,7 +142,7 @@ impl Metrics {
                 let _ = writeln!(
                     out,
                     "billd_inbox_depth_events{{status=\"{}\"}} {n}",
-                    status_name(status)
+                    status.as_str()
                 );
             }
             let lag = inbox_lag_secs(stats, now);
@@ -152,30 +152,6 @@ impl Metrics {
             );
         }
         out
-    }
-}
-
-/// Every inbox status, in display order.
-pub const ALL_STATUSES: [EventStatus; 7] = [
-    EventStatus::Pending,
-    EventStatus::Processing,
-    EventStatus::Processed,
-    EventStatus::Failed,
-    EventStatus::Dead,
-    EventStatus::Skipped,
-    EventStatus::Unlinked,
-];
-
-/// The snake_case name of a status, as stored and shown.
-pub fn status_name(status: EventStatus) -> &'static str {
-    match status {
-        EventStatus::Pending => "pending",
-        EventStatus::Processing => "processing",
-        EventStatus::Processed => "processed",
-        EventStatus::Failed => "failed",
-        EventStatus::Dead => "dead",
-        EventStatus::Skipped => "skipped",
-        EventStatus::Unlinked => "unlinked",
     }
 }
 

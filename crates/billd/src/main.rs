@@ -314,7 +314,7 @@ async fn events(store: &dyn Store, cmd: EventsCommand) -> anyhow::Result<()> {
                     "{:<32} {:<40} {:<10} {:>8} {:>12}",
                     e.id,
                     e.event_type,
-                    billd_server::metrics::status_name(e.status),
+                    e.status.as_str(),
                     e.attempts,
                     e.created
                 );
@@ -342,10 +342,7 @@ async fn events(store: &dyn Store, cmd: EventsCommand) -> anyhow::Result<()> {
             } else if let Some(status) = status {
                 let status = EventStatus::from(status);
                 let n = store.requeue_by_status(status, now).await?;
-                println!(
-                    "{n} {} event(s) requeued",
-                    billd_server::metrics::status_name(status)
-                );
+                println!("{n} {} event(s) requeued", status.as_str());
             }
             Ok(())
         }
