@@ -26,8 +26,13 @@ if [[ -z "$PG_BIN" || ! -x "$PG_BIN/initdb" ]]; then
     log "installing PostgreSQL from Debian's packages"
     # Debian would create and start a default cluster on 5432; we only want
     # the binaries.
-    mkdir -p /etc/postgresql-common
-    echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf
+    conf=/etc/postgresql-common/createcluster.conf
+    mkdir -p "$(dirname "$conf")"
+    if [[ -f "$conf" ]] && grep -Eq '^[#[:space:]]*create_main_cluster' "$conf"; then
+        sed -Ei 's/^[#[:space:]]*create_main_cluster.*/create_main_cluster = false/' "$conf"
+    else
+        echo "create_main_cluster = false" >> "$conf"
+    fi
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq -o Dpkg::Options::=--force-confold postgresql >/dev/null
