@@ -30,6 +30,12 @@ fn days_in_month(y: i64, m: u32) -> u32 {
     (days_from_civil(ny, nm, 1) - days_from_civil(y, m, 1)) as u32
 }
 
+/// The calendar (year, month 1-12) of unix time `t`.
+pub fn year_month(t: i64) -> (i64, u32) {
+    let (y, m, _) = civil_from_days(t.div_euclid(86_400));
+    (y, m)
+}
+
 /// `t` plus `count` billing `interval`s (`day`, `week`, `month`, `year`).
 pub fn add_interval(t: i64, interval: &str, count: i64) -> i64 {
     match interval {

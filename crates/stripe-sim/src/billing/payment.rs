@@ -149,7 +149,16 @@ pub fn pay_invoice(
             .and_then(|sub| sub_payment_method(s, &sub)),
     };
     let pi_id = open_payment_intent(s, inv_id, pm.as_deref(), at)?;
-    let behavior = pm.as_ref().and_then(|p| s.cards.get(p)).copied();
+    let expired = pm
+        .as_ref()
+        .and_then(|p| s.objects.get(p))
+        .is_some_and(|o| crate::resources::payment_methods::is_expired(o, at));
+    // An expired card declines whatever it is.
+    let behavior = pm
+        .as_ref()
+        .and_then(|p| s.cards.get(p))
+        .copied()
+        .filter(|_| !expired);
     let mut inv = s.get("invoice", inv_id, "invoice")?;
     let before_inv = inv.clone();
     inv["attempted"] = json!(true);
@@ -195,7 +204,15 @@ pub fn pay_invoice(
             Ok(PayOutcome::RequiresAction(pi_id))
         }
         other => {
-            let err = decline_error(other);
+            let err = if expired {
+                ApiError::card(
+                    "expired_card",
+                    Some("expired_card"),
+                    "Your card has expired.",
+                )
+            } else {
+                decline_error(other)
+            };
             if let Some(pm) = &pm {
                 let ch = create_charge(s, &pi, pm, Some(&err), at)?;
                 pi["latest_charge"] = json!(ch);

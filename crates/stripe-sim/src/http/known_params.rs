@@ -248,6 +248,16 @@ pub(crate) fn known_params(rest: &[&str]) -> Option<&'static [&'static str]> {
         ["test_helpers", "test_clocks"] => &["frozen_time", "name"],
         ["test_helpers", "test_clocks", _, "advance"] => &["frozen_time"],
         ["payment_methods", _, "attach"] => &["customer"],
+        ["payment_methods"] => &[
+            "type",
+            "card",
+            "billing_details",
+            "metadata",
+            "allow_redisplay",
+            "customer",
+            "payment_method",
+        ],
+        ["payment_methods", _] => &["card", "billing_details", "metadata", "allow_redisplay"],
         _ => return None,
     })
 }

@@ -335,6 +335,9 @@ pub fn route(s: &mut Inner, method: &str, segs: &[&str], p: &Value) -> ApiResult
                 s.get("payment_intent", id, "id")
             }
             ("POST", ["disputes", id, "close"]) => payments::close_dispute(s, id, p),
+            ("POST", ["payment_methods", id, "automatically_update"]) => {
+                payment_methods::automatically_update(s, id, p)
+            }
             ("GET" | "POST", ["config"]) => sim_config(s, method, p),
             _ => Err(not_found()),
         };
@@ -364,7 +367,9 @@ pub fn route(s: &mut Inner, method: &str, segs: &[&str], p: &Value) -> ApiResult
         ("POST", ["prices", id]) => catalog::update_price(s, id, p),
 
         ("GET", ["payment_methods"]) => payment_methods::list(s, None, p),
+        ("POST", ["payment_methods"]) => payment_methods::create(s, p),
         ("GET", ["payment_methods", id]) => payment_methods::retrieve(s, id),
+        ("POST", ["payment_methods", id]) => payment_methods::update(s, id, p),
         ("POST", ["payment_methods", id, "attach"]) => payment_methods::attach(s, id, p),
         ("POST", ["payment_methods", id, "detach"]) => payment_methods::detach(s, id),
 

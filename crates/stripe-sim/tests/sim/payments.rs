@@ -286,3 +286,71 @@ fn a_charge_with_an_open_dispute_cannot_be_refunded() {
         (400, Some("charge_disputed"))
     );
 }
+
+#[test]
+fn cards_with_chosen_expiry_can_be_created_updated_and_expire_on_renewal() {
+    let sim = sim();
+    let price = standard_price(&sim);
+    let (clock, cus) = clocked_customer(&sim, "");
+    // Expires at the end of January 2026; the first renewal is on 1 February.
+    let pm = post(&sim, "/v1/payment_methods", "type=card&card[number]=4242424242424242&card[exp_month]=1&card[exp_year]=2026&card[cvc]=123");
+    assert_eq!(
+        (
+            pm["card"]["exp_month"].as_i64(),
+            pm["card"]["last4"].as_str()
+        ),
+        (Some(1), Some("4242"))
+    );
+    post(
+        &sim,
+        &format!("/v1/payment_methods/{}/attach", id(&pm)),
+        &format!("customer={cus}"),
+    );
+    post(
+        &sim,
+        &format!("/v1/customers/{cus}"),
+        &format!("invoice_settings[default_payment_method]={}", id(&pm)),
+    );
+    let sub = post(
+        &sim,
+        "/v1/subscriptions",
+        &format!("customer={cus}&items[0][price]={price}"),
+    );
+    assert_eq!(sub["status"], "active");
+    advance(&sim, &clock, T0 + 32 * DAY);
+    let charge = get(&sim, &format!("/v1/charges?customer={cus}"))["data"][0].clone();
+    assert_eq!(charge["failure_code"], "expired_card");
+    assert_eq!(
+        get(&sim, &format!("/v1/subscriptions/{}", id(&sub)))["status"],
+        "past_due"
+    );
+    let updated = post(
+        &sim,
+        &format!("/v1/payment_methods/{}", id(&pm)),
+        "card[exp_year]=2030",
+    );
+    assert_eq!(updated["card"]["exp_year"], 2030);
+    assert!(event_types(&sim).contains(&"payment_method.updated".to_string()));
+    let auto = post(
+        &sim,
+        &format!("/_sim/payment_methods/{}/automatically_update", id(&pm)),
+        "exp_month=6&exp_year=2031&last4=1111",
+    );
+    assert_eq!(auto["card"]["last4"], "1111");
+    assert!(event_types(&sim).contains(&"payment_method.automatically_updated".to_string()));
+    let (status, body) = sim.call(
+        "POST",
+        "/v1/payment_methods",
+        "type=card&card[number]=4242424242424241&card[exp_month]=1&card[exp_year]=2030",
+    );
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (402, Some("incorrect_number"))
+    );
+    let tok = post(
+        &sim,
+        "/v1/payment_methods",
+        "type=card&card[token]=tok_mastercard",
+    );
+    assert_eq!(tok["card"]["brand"], "mastercard");
+}
