@@ -16,7 +16,7 @@ mod sqlite;
 pub mod testing;
 
 pub use postgres::PgStore;
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteOptions, SqliteStore};
 
 /// Opens the store a database URL names: `sqlite://path` (the file is
 /// created if missing) or `postgres://…` / `postgresql://…`. Does not run

@@ -25,13 +25,26 @@ use crate::{
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
-/// How long a statement waits for a lock held by another process before
-/// giving up with SQLITE_BUSY (reported as `Unavailable`).
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Tunables of a [`SqliteStore`]; the defaults suit a server.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// How long a statement waits for a lock held by another process (or
+    /// connection) before giving up with SQLITE_BUSY, reported as
+    /// `Unavailable`.
+    pub busy_timeout: Duration,
+    /// How long a call waits for a pooled connection (the writer is shared
+    /// by every write) before reporting `Unavailable`.
+    pub acquire_timeout: Duration,
+}
 
-/// How long a call waits for a pooled connection (the writer is shared by
-/// every write) before reporting `Unavailable`.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            busy_timeout: Duration::from_secs(5),
+            acquire_timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 /// Page size of a new database file.
 const PAGE_SIZE: u32 = 16_384;
@@ -84,12 +97,17 @@ impl SqliteStore {
     /// Opens (creating if missing) the SQLite database at `url`
     /// (`sqlite://path/to/billd.db`).
     pub async fn connect(url: &str) -> StoreResult<Self> {
+        Self::connect_with(url, &SqliteOptions::default()).await
+    }
+
+    /// Like [`SqliteStore::connect`], with explicit [`SqliteOptions`].
+    pub async fn connect_with(url: &str, tunables: &SqliteOptions) -> StoreResult<Self> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|e| StoreError::Other(format!("invalid SQLite URL: {e}")))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(BUSY_TIMEOUT)
+            .busy_timeout(tunables.busy_timeout)
             .foreign_keys(true)
             // Inbox rows carry whole event payloads (a few KiB): larger pages
             // mean fewer WAL frames, so fewer writes per group commit. Only
@@ -101,12 +119,12 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .acquire_timeout(tunables.acquire_timeout)
             .connect_with(options.clone())
             .await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .acquire_timeout(tunables.acquire_timeout)
             .connect_with(options)
             .await?;
         let insert_sql = (0..=MAX_CHUNK_EXP)

@@ -6,8 +6,8 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use billd_store::{
-    connect, EventFilter, EventResult, EventStatus, InsertOutcome, NewEvent, PgStore, Store,
-    StoreError, StoredEvent,
+    connect, EventFilter, EventResult, EventStatus, InsertOutcome, NewEvent, PgStore,
+    SqliteOptions, SqliteStore, Store, StoreError, StoredEvent,
 };
 use tempfile::TempDir;
 
@@ -941,4 +941,38 @@ async fn a_postgres_store_does_not_show_its_password_in_debug_output() {
     let shown = format!("{store:?}");
 
     assert!(!shown.contains("hunter2"), "{shown}");
+}
+
+#[tokio::test]
+async fn a_sqlite_file_locked_by_another_writer_past_the_busy_timeout_is_unavailable() {
+    use sqlx::{Connection, Executor};
+
+    let harness = sqlite().await;
+    let store = SqliteStore::connect_with(
+        &harness.url,
+        &SqliteOptions {
+            busy_timeout: std::time::Duration::from_millis(200),
+            ..SqliteOptions::default()
+        },
+    )
+    .await
+    .expect("store");
+    // Another process holds the write lock and does not let go.
+    let mut other = sqlx::SqliteConnection::connect(&harness.url)
+        .await
+        .expect("other connection");
+    other.execute("BEGIN IMMEDIATE").await.expect("lock");
+
+    let result = store.insert_events(&[event("evt_1", None, 1)]).await;
+
+    assert!(
+        matches!(result, Err(StoreError::Unavailable(_))),
+        "{result:?}"
+    );
+    other.execute("ROLLBACK").await.expect("unlock");
+    let retried = store.insert_events(&[event("evt_1", None, 1)]).await;
+    assert_eq!(
+        retried.expect("insert after unlock"),
+        [InsertOutcome::Inserted]
+    );
 }
