@@ -82,6 +82,9 @@ pub struct SimConfig {
     /// Keep the state in this JSON file: loaded by [`crate::Sim::load`], rewritten
     /// after every change. `None` = memory only.
     pub snapshot_path: Option<std::path::PathBuf>,
+    /// Whether the account has a default billing portal configuration (as one whose
+    /// portal settings were saved); off makes portal sessions fail as on a fresh account.
+    pub portal_configured: bool,
     /// Webhook delivery knobs.
     pub webhooks: WebhookKnobs,
     /// API failure injection.
@@ -101,6 +104,7 @@ impl Default for SimConfig {
             incomplete_expiry_hours: 23,
             public_url: "http://127.0.0.1:12111".to_string(),
             snapshot_path: None,
+            portal_configured: true,
             webhooks: WebhookKnobs::default(),
             faults: ApiFaults::default(),
         }

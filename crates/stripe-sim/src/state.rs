@@ -127,8 +127,12 @@ pub struct Snapshot {
     pub pending_sessions: HashMap<String, String>,
     /// Checkout sessions' items.
     pub checkout_items: HashMap<String, CheckoutPlan>,
-    /// Default billing portal configuration.
-    pub default_portal_config: Option<String>,
+    /// Stripe Tax settings, once changed.
+    #[serde(default)]
+    pub tax_settings: Option<Value>,
+    /// The account id.
+    #[serde(default)]
+    pub account_id: Option<String>,
     /// Requests served.
     pub request_count: u64,
 }
@@ -158,8 +162,10 @@ pub struct Inner {
     pub pending_sessions: HashMap<String, String>,
     /// Checkout sessions' items `(price, quantity, unit amount)`, trial days and subscription metadata.
     pub checkout_items: HashMap<String, CheckoutPlan>,
-    /// The billing portal configuration used when none is given.
-    pub default_portal_config: Option<String>,
+    /// Stripe Tax settings, once changed.
+    pub tax_settings: Option<Value>,
+    /// The account id `GET /v1/account` shows.
+    pub account_id: Option<String>,
     /// The current request.
     pub request: Option<RequestCtx>,
     /// Requests served, for `Request-Id`.
@@ -183,7 +189,8 @@ impl Inner {
             pending: HashMap::new(),
             pending_sessions: HashMap::new(),
             checkout_items: HashMap::new(),
-            default_portal_config: None,
+            tax_settings: None,
+            account_id: None,
             request: None,
             request_count: 0,
             deliveries: None,
@@ -212,7 +219,8 @@ impl Inner {
             pending: self.pending.clone(),
             pending_sessions: self.pending_sessions.clone(),
             checkout_items: self.checkout_items.clone(),
-            default_portal_config: self.default_portal_config.clone(),
+            tax_settings: self.tax_settings.clone(),
+            account_id: self.account_id.clone(),
             request_count: self.request_count,
         }
     }
@@ -229,7 +237,8 @@ impl Inner {
         self.pending = snap.pending;
         self.pending_sessions = snap.pending_sessions;
         self.checkout_items = snap.checkout_items;
-        self.default_portal_config = snap.default_portal_config;
+        self.tax_settings = snap.tax_settings;
+        self.account_id = snap.account_id;
         self.request_count = snap.request_count;
     }
 

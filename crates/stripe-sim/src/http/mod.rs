@@ -7,8 +7,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::form;
 use crate::params;
 use crate::resources::{
-    catalog, checkout, coupons, customers, events, invoices, payment_methods, payments, search,
-    subscriptions, test_clocks,
+    account, catalog, checkout, coupons, customers, events, invoices, payment_methods, payments,
+    search, subscriptions, test_clocks,
 };
 use crate::state::{IdempotentResult, Inner, RequestCtx};
 use serde_json::{json, Value};
@@ -379,6 +379,24 @@ pub fn route(s: &mut Inner, method: &str, segs: &[&str], p: &Value) -> ApiResult
         ("GET", ["checkout", "sessions", id, "line_items"]) => checkout::line_items(s, id),
         ("POST", ["checkout", "sessions", id, "expire"]) => checkout::expire(s, id),
         ("POST", ["billing_portal", "sessions"]) => checkout::create_portal_session(s, p),
+        ("GET", ["billing_portal", "configurations"]) => {
+            if s.cfg.portal_configured {
+                account::default_portal_configuration(s)?;
+            }
+            account::list_portal_configurations(s, p)
+        }
+        ("POST", ["billing_portal", "configurations"]) => {
+            account::create_portal_configuration(s, p)
+        }
+        ("GET", ["billing_portal", "configurations", id]) => {
+            s.get("billing_portal.configuration", id, "id")
+        }
+        ("POST", ["billing_portal", "configurations", id]) => {
+            account::update_portal_configuration(s, id, p)
+        }
+        ("GET", ["account"]) => account::account(s),
+        ("GET", ["tax", "settings"]) => account::tax_settings(s),
+        ("POST", ["tax", "settings"]) => account::update_tax_settings(s, p),
 
         ("POST", ["subscriptions"]) => subscriptions::create(s, p),
         ("GET", ["subscriptions"]) => subscriptions::list(s, p),

@@ -4,7 +4,7 @@
 use crate::billing::{self, NewSubscription, PayOutcome};
 use crate::error::{ApiError, ApiResult};
 use crate::params::{self, i64_at, str_at};
-use crate::resources::{coupons, customers, payment_methods};
+use crate::resources::{account, coupons, customers, payment_methods};
 use crate::state::{previous_attributes, CardBehavior, CheckoutPlan, Inner};
 use serde_json::{json, Value};
 
@@ -102,6 +102,12 @@ pub fn create(s: &mut Inner, p: &Value) -> ApiResult {
     let id = s.id("cs_test");
     let url = format!("{}/_sim/checkout/{id}", s.cfg.public_url);
     let automatic_tax = params::bool_at(p, "automatic_tax.enabled")?.unwrap_or(false);
+    if automatic_tax && !account::tax_active(s) {
+        return Err(ApiError::invalid(
+            "automatic_tax[enabled]",
+            "Stripe Tax has not been activated on your account. Please visit https://dashboard.stripe.com/settings/tax/activate to get started.",
+        ));
+    }
     let session = json!({
         "id": id,
         "object": "checkout.session",
@@ -500,13 +506,17 @@ pub fn create_portal_session(s: &mut Inner, p: &Value) -> ApiResult {
     let customer = params::req_str(p, "customer")?.to_string();
     customers::require(s, &customer, "customer")?;
     let configuration = match str_at(p, "configuration") {
-        Some(c) => c.to_string(),
-        None => {
-            if s.default_portal_config.is_none() {
-                s.default_portal_config = Some(s.id("bpc"));
+        Some(c) => {
+            let cfg = s.get("billing_portal.configuration", c, "configuration")?;
+            if cfg["active"] != true {
+                return Err(ApiError::invalid(
+                    "configuration",
+                    "The configuration is not active.",
+                ));
             }
-            s.default_portal_config.clone().unwrap_or_default()
+            c.to_string()
         }
+        None => account::default_portal_configuration(s)?,
     };
     let id = s.id("bps");
     let flow = params::at(p, "flow_data").map(|f| {

@@ -1,5 +1,6 @@
 //! One module per Stripe resource family.
 
+pub mod account;
 pub mod catalog;
 pub mod checkout;
 pub mod coupons;

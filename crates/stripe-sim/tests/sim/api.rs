@@ -513,3 +513,64 @@ fn json_bodies_are_refused_on_the_stripe_api_but_accepted_by_sim_controls() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(sim.config().faults.next_errors, 1);
 }
+
+#[test]
+fn doctor_can_read_the_account_portal_configuration_and_tax_settings() {
+    let sim = sim();
+    let acct = get(&sim, "/v1/account");
+    assert_eq!(
+        (acct["object"].as_str(), acct["charges_enabled"].as_bool()),
+        (Some("account"), Some(true))
+    );
+    let cfgs = get(&sim, "/v1/billing_portal/configurations?is_default=true");
+    assert_eq!(cfgs["data"][0]["object"], "billing_portal.configuration");
+    assert_eq!(get(&sim, "/v1/tax/settings")["status"], "pending");
+    let cus = id(&post(&sim, "/v1/customers", "email=t@x.io"));
+    let price = standard_price(&sim);
+    let checkout = |sim: &stripe_sim::Sim| {
+        sim.call(
+            "POST",
+            "/v1/checkout/sessions",
+            &format!("mode=subscription&customer={cus}&line_items[0][price]={price}&success_url=https://a.test&automatic_tax[enabled]=true&customer_update[address]=auto"),
+        )
+    };
+    assert_eq!(checkout(&sim).0, 400, "Stripe Tax is not active yet");
+    let tax = post(
+        &sim,
+        "/v1/tax/settings",
+        "head_office[address][country]=DE&defaults[tax_behavior]=exclusive",
+    );
+    assert_eq!(tax["status"], "active");
+    assert_eq!(checkout(&sim).0, 200);
+}
+
+#[test]
+fn without_a_saved_portal_configuration_portal_sessions_fail_as_on_a_fresh_account() {
+    let sim = stripe_sim::Sim::new(stripe_sim::SimConfig {
+        portal_configured: false,
+        ..Default::default()
+    });
+    let cus = id(&post(&sim, "/v1/customers", "email=p@x.io"));
+    assert!(get(&sim, "/v1/billing_portal/configurations")["data"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let (status, body) = sim.call(
+        "POST",
+        "/v1/billing_portal/sessions",
+        &format!("customer={cus}"),
+    );
+    assert_eq!(status, 400, "{body}");
+    let cfg = post(
+        &sim,
+        "/v1/billing_portal/configurations",
+        "features[invoice_history][enabled]=true&business_profile[headline]=Acme",
+    );
+    assert_eq!(cfg["is_default"], true);
+    let session = post(
+        &sim,
+        "/v1/billing_portal/sessions",
+        &format!("customer={cus}"),
+    );
+    assert_eq!(session["configuration"], id(&cfg));
+}

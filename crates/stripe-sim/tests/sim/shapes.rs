@@ -187,6 +187,7 @@ fn every_emitted_object_has_the_keys_of_stripes_example_object() {
         "webhook_endpoint",
         "test_helpers.test_clock",
         "billing_portal.session",
+        "billing_portal.configuration",
         "payment_method",
         "item",
         "plan",
