@@ -403,7 +403,38 @@ pub(crate) fn not_processing(current: Option<String>) -> StoreError {
 
 #[cfg(test)]
 mod tests {
-    use super::chunk_exp;
+    use super::{chunk_exp, SqliteStore};
+
+    #[tokio::test]
+    async fn every_connection_is_wal_with_full_sync_and_foreign_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("billd.db").display());
+
+        let store = SqliteStore::connect(&url).await.unwrap();
+
+        for pool in [&store.writer, &store.reader] {
+            let (journal,): (String,) = sqlx::query_as("PRAGMA journal_mode")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            let (synchronous,): (i64,) = sqlx::query_as("PRAGMA synchronous")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            let (foreign_keys,): (i64,) = sqlx::query_as("PRAGMA foreign_keys")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            assert_eq!(journal, "wal");
+            assert_eq!(synchronous, 2, "2 is FULL");
+            assert_eq!(foreign_keys, 1);
+        }
+        let (page_size,): (i64,) = sqlx::query_as("PRAGMA page_size")
+            .fetch_one(&store.reader)
+            .await
+            .unwrap();
+        assert_eq!(page_size, 16_384);
+    }
 
     #[test]
     fn batches_split_into_power_of_two_chunks_capped_at_256() {
