@@ -47,15 +47,30 @@ pub fn list(s: &Inner, p: &Value) -> ApiResult {
 }
 
 fn enabled_events(p: &Value) -> ApiResult<Option<Vec<Value>>> {
-    match params::at(p, "enabled_events") {
-        None => Ok(None),
-        Some(Value::Array(a)) if !a.is_empty() => Ok(Some(a.clone())),
-        Some(Value::String(e)) if !e.is_empty() => Ok(Some(vec![json!(e)])),
-        _ => Err(ApiError::invalid(
+    let events = match params::at(p, "enabled_events") {
+        None => return Ok(None),
+        Some(Value::Array(a)) if !a.is_empty() => a.clone(),
+        Some(Value::String(e)) if !e.is_empty() => vec![json!(e)],
+        _ => {
+            return Err(ApiError::invalid(
+                "enabled_events",
+                "enabled_events must list at least one event type.",
+            ))
+        }
+    };
+    if let Some(bad) = events.iter().find(|e| {
+        !e.as_str()
+            .is_some_and(crate::resources::event_types::is_valid)
+    }) {
+        return Err(ApiError::invalid(
             "enabled_events",
-            "enabled_events must list at least one event type.",
-        )),
+            format!(
+                "Invalid enabled_events: {}",
+                bad.as_str().unwrap_or_default()
+            ),
+        ));
     }
+    Ok(Some(events))
 }
 
 /// `POST /v1/webhook_endpoints` (`url`, `enabled_events[]`, `api_version`, `description`,

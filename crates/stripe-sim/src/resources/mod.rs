@@ -5,6 +5,7 @@ pub mod catalog;
 pub mod checkout;
 pub mod coupons;
 pub mod customers;
+pub mod event_types;
 pub mod events;
 pub mod invoices;
 pub mod payment_methods;

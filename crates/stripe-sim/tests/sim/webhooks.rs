@@ -235,3 +235,42 @@ fn events_list_filters_by_type_types_and_created() {
     assert_eq!(ev["object"], "event");
     assert!(ev["request"]["id"].as_str().unwrap().starts_with("req_"));
 }
+
+#[test]
+fn webhook_endpoints_refuse_unknown_event_types_and_can_be_updated_and_disabled() {
+    let sim = sim();
+    let (status, body) = sim.call(
+        "POST",
+        "/v1/webhook_endpoints",
+        "url=http://127.0.0.1:9/h&enabled_events[]=invoice.payed",
+    );
+    assert_eq!(status, 400);
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("invoice.payed"));
+    let ep = post(
+        &sim,
+        "/v1/webhook_endpoints",
+        "url=http://127.0.0.1:9/h&enabled_events[]=invoice.paid&api_version=2026-09-30.endive",
+    );
+    assert_eq!(ep["api_version"], "2026-09-30.endive");
+    let up = post(
+        &sim,
+        &format!("/v1/webhook_endpoints/{}", id(&ep)),
+        "enabled_events[]=invoice.paid&enabled_events[]=charge.refunded&disabled=true",
+    );
+    assert_eq!(up["status"], "disabled");
+    assert_eq!(up["enabled_events"].as_array().unwrap().len(), 2);
+    let gone = ok(
+        &sim,
+        "DELETE",
+        &format!("/v1/webhook_endpoints/{}", id(&ep)),
+        "",
+    );
+    assert_eq!(gone["deleted"], true);
+    assert!(get(&sim, "/v1/webhook_endpoints")["data"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
