@@ -428,6 +428,8 @@ impl Inner {
     pub fn emit(&mut self, kind: &str, object: &Value, previous: Option<Value>, at: i64) -> String {
         let id = self.id("evt");
         let mut data = json!({ "object": object });
+        // Stripe includes previous_attributes on `*.updated` events only.
+        let previous = previous.filter(|_| kind.ends_with(".updated"));
         if let Some(prev) = previous.filter(|p| p.as_object().is_some_and(|m| !m.is_empty())) {
             data["previous_attributes"] = prev;
         }
