@@ -95,7 +95,11 @@ pub fn advance(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
     let mut advancing = clock.clone();
     advancing["status"] = json!("advancing");
     s.emit("test_helpers.test_clock.advancing", &advancing, None, from);
-    billing::advance(s, id, to)?;
+    // What happens while the clock moves is Stripe's doing, not the caller's request.
+    let request = s.request.take();
+    let advanced = billing::advance(s, id, to);
+    s.request = request;
+    advanced?;
     let mut ready = s.get("test_helpers.test_clock", id, "id")?;
     ready["status"] = json!("ready");
     s.put(ready.clone());

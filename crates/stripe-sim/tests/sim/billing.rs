@@ -1093,3 +1093,29 @@ fn an_unpaid_pending_update_expires_after_23_hours() {
     assert_eq!(s["latest_invoice"]["status"], "void");
     assert!(event_types(&sim).contains(&"customer.subscription.pending_update_expired".to_string()));
 }
+
+#[test]
+fn events_caused_by_a_clock_advance_carry_no_request() {
+    let sim = sim();
+    let price = standard_price(&sim);
+    let (clock, cus) = clocked_customer(&sim, "pm_card_visa");
+    post(
+        &sim,
+        "/v1/subscriptions",
+        &format!("customer={cus}&items[0][price]={price}"),
+    );
+    advance(&sim, &clock, T0 + 32 * DAY);
+    let renewal = sim
+        .events()
+        .into_iter()
+        .rev()
+        .find(|e| e["type"] == "invoice.paid")
+        .unwrap();
+    assert_eq!(renewal["request"]["id"], Value::Null);
+    let created = sim
+        .events()
+        .into_iter()
+        .find(|e| e["type"] == "customer.subscription.created")
+        .unwrap();
+    assert!(created["request"]["id"].is_string());
+}
