@@ -111,8 +111,12 @@ pub fn authenticate(header: Option<&str>) -> ApiResult<()> {
     if key.starts_with("sk_test_") && key.len() > "sk_test_".len() {
         Ok(())
     } else {
-        let shown = if key.len() > 12 {
-            format!("{}***{}", &key[..8], &key[key.len() - 4..])
+        // Show the key as Stripe does, cut by characters so any input is safe.
+        let chars: Vec<char> = key.chars().collect();
+        let shown = if chars.len() > 12 {
+            let head: String = chars[..8].iter().collect();
+            let tail: String = chars[chars.len() - 4..].iter().collect();
+            format!("{head}***{tail}")
         } else {
             "***".into()
         };
@@ -475,5 +479,7 @@ mod tests {
             Some(401)
         );
         assert_eq!(authenticate(None).err().map(|e| e.status), Some(401));
+        let odd = authenticate(Some("Bearer sk_liveééééééééééé")).err();
+        assert!(odd.is_some_and(|e| e.message.contains("***")));
     }
 }
