@@ -278,6 +278,12 @@ impl Inner {
         }
     }
 
+    /// The stored object `id`, or `null` when there is none (for reads that tolerate absence).
+    pub fn peek(&self, id: &str) -> &Value {
+        static NULL: Value = Value::Null;
+        self.objects.get(id).unwrap_or(&NULL)
+    }
+
     /// The stored object `id` of `kind`, or Stripe's 404.
     pub fn get(&self, kind: &str, id: &str, param: &str) -> ApiResult<Value> {
         match self.objects.get(id) {

@@ -270,7 +270,7 @@ pub fn create_invoice_with_lines(
     if let Some(c) = s.objects.get_mut(&customer) {
         c["next_invoice_sequence"] = json!(seq + 1);
     }
-    let prefix = s.objects[&customer]["invoice_prefix"]
+    let prefix = s.peek(&customer)["invoice_prefix"]
         .as_str()
         .unwrap_or("SIM")
         .to_string();

@@ -319,7 +319,7 @@ pub fn create_subscription(s: &mut Inner, req: NewSubscription) -> ApiResult<(St
     let sub = s.insert(sub);
     s.emit("customer.subscription.created", &sub, None, now);
     if let Some(di) = sub["discounts"][0].as_str() {
-        let d = s.objects[di].clone();
+        let d = s.peek(di).clone();
         s.emit("customer.discount.created", &d, None, now);
     }
     let inv = create_invoice(s, &id, "subscription_create", now)?;

@@ -129,7 +129,7 @@ pub fn advance(s: &mut Inner, clock: &str, until: i64) -> ApiResult<()> {
         let Some((t, due)) = next_due(s, Some(clock), until) else {
             break;
         };
-        let t = t.max(s.objects[clock]["frozen_time"].as_i64().unwrap_or(t));
+        let t = t.max(s.peek(clock)["frozen_time"].as_i64().unwrap_or(t));
         if let Some(c) = s.objects.get_mut(clock) {
             c["frozen_time"] = json!(t);
         }
@@ -170,7 +170,7 @@ pub(crate) fn run_due(s: &mut Inner, due: Due, t: i64) -> ApiResult<()> {
             save_sub(s, &before, &after, t);
             if let Some(inv) = before["latest_invoice"].as_str() {
                 let inv = inv.to_string();
-                if s.objects[&inv]["status"] == "open" {
+                if s.peek(&inv)["status"] == "open" {
                     void_invoice(s, &inv, t)?;
                 }
             }
@@ -202,7 +202,7 @@ pub(crate) fn run_due(s: &mut Inner, due: Due, t: i64) -> ApiResult<()> {
                 t,
             );
             if let Some((inv, _)) = held {
-                if s.objects[&inv]["status"] == "open" {
+                if s.peek(&inv)["status"] == "open" {
                     void_invoice(s, &inv, t)?;
                 }
             }
@@ -304,7 +304,7 @@ pub fn renew(s: &mut Inner, sub_id: &str, t: i64) -> ApiResult<()> {
         return Ok(());
     }
     if let Some(behavior) = collection_paused(s, sub_id, t)? {
-        if s.objects[&inv]["status"] == "open" {
+        if s.peek(&inv)["status"] == "open" {
             match behavior.as_str() {
                 "void" => {
                     void_invoice(s, &inv, t)?;

@@ -20,7 +20,7 @@ pub fn create_with_currency(s: &mut Inner, p: &Value, currency: Option<&str>) ->
     }
     let id = s.id("cus");
     let now = match &clock {
-        Some(clk) => s.objects[clk]["frozen_time"]
+        Some(clk) => s.peek(clk)["frozen_time"]
             .as_i64()
             .unwrap_or_else(|| s.now()),
         None => s.now(),

@@ -76,7 +76,7 @@ pub fn resolve(s: &mut Inner, id: &str, customer: Option<&str>) -> ApiResult<Str
         id.to_string()
     };
     if let Some(c) = customer {
-        let attached = s.objects[&pm]["customer"].clone();
+        let attached = s.peek(&pm)["customer"].clone();
         if attached.is_null() {
             attach_to(s, &pm, c)?;
         } else if attached != c {
