@@ -19,25 +19,35 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = connect(&url).await?;
     store.migrate().await?;
     let run = std::process::id();
-    for batch_size in [1usize, 100, 250, 500] {
+    for batch_size in [1usize, 25, 100, 250, 500] {
         let events: Vec<NewEvent> = (0..total)
             .map(|n| event(&format!("evt_{run}_{batch_size}_{n:08}"), n))
             .collect();
         let started = Instant::now();
         let mut inserted = 0;
         let runs = if batch_size == 1 { 1_000 } else { total };
+        let mut latencies = Vec::with_capacity(runs / batch_size + 1);
         for batch in events[..runs].chunks(batch_size) {
+            let call = Instant::now();
             let outcomes = store.insert_events(batch).await?;
+            latencies.push(call.elapsed());
             inserted += outcomes
                 .iter()
                 .filter(|o| **o == InsertOutcome::Inserted)
                 .count();
         }
         let elapsed = started.elapsed().as_secs_f64();
+        latencies.sort();
+        let at =
+            |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
         println!(
-            "{:?} batch {batch_size:>4}: {inserted} events in {elapsed:.2}s = {:.0} events/s",
+            "{:?} batch {batch_size:>4}: {inserted} events in {elapsed:.2}s = {:.0} events/s; \
+             commit p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
             store.backend(),
-            inserted as f64 / elapsed
+            inserted as f64 / elapsed,
+            at(0.5),
+            at(0.99),
+            at(1.0),
         );
     }
     let started = Instant::now();

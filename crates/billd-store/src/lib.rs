@@ -8,6 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+mod billing;
 mod claim;
 mod error;
 mod postgres;
@@ -15,6 +16,11 @@ mod row;
 mod sqlite;
 pub mod testing;
 
+pub use billing::{
+    AuditRecord, BillingStore, CommitReceipt, CustomerCommit, CustomerProfile, CustomerRecord,
+    NewOutboxItem, OutboxFilter, OutboxItem, OutboxResult, OutboxStatus, UpsertedCustomer,
+    UsageOutcome, UsageRequest, IDEMPOTENCY_CONFLICT, LEASE_CONFLICT, VERSION_CONFLICT,
+};
 pub use postgres::PgStore;
 pub use sqlite::{SqliteOptions, SqliteStore};
 

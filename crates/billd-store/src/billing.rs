@@ -1,0 +1,452 @@
+//! The billing side of the store: customers and their state documents,
+//! object links, the audit log, the outbox and usage counters.
+//!
+//! The inbox worker applies an event with `billd_core::apply` and then calls
+//! [`BillingStore::commit_event`], which writes everything the decision
+//! produced and finishes the inbox row in ONE transaction: either all of it
+//! is durable or none of it is, so a crash never applies an event twice or
+//! loses its effects.
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+use billd_core::{
+    AuditEntry, CustomerId, CustomerState, Effect, StripeCustomerId, Usage, UsageKey,
+};
+
+use crate::{EventResult, StoreError, StoreResult};
+
+/// The `constraint` of the [`StoreError::Conflict`] that
+/// [`BillingStore::commit_event`] returns when the customer's version moved
+/// since it was read: reload the state, apply again, commit again.
+pub const VERSION_CONFLICT: &str = "customers.version";
+
+/// The `constraint` of the [`StoreError::Conflict`] that
+/// [`BillingStore::commit_event`] returns when the inbox row is no longer
+/// `processing` (its lease ended and another worker took it): nothing was
+/// written; drop the result.
+pub const LEASE_CONFLICT: &str = "stripe_events.status";
+
+/// The `constraint` of the [`StoreError::Conflict`] that the usage calls
+/// return when an idempotency key is reused for a different request.
+pub const IDEMPOTENCY_CONFLICT: &str = "usage_requests.idempotency_key";
+
+/// A customer's profile as the app sets it (`PUT /v1/customers/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CustomerProfile {
+    /// The app's own user id.
+    pub customer_id: CustomerId,
+    /// Where billd sends this customer's emails.
+    pub email: Option<String>,
+    /// Display name.
+    pub name: Option<String>,
+    /// Lower-case ISO currency code for checkouts (`eur`), when the app has one.
+    pub preferred_currency: Option<String>,
+}
+
+/// A stored customer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CustomerRecord {
+    /// The app's own user id.
+    pub customer_id: CustomerId,
+    /// The Stripe customer currently linked (none before the first
+    /// checkout, and after the Stripe customer was deleted).
+    pub stripe_customer_id: Option<StripeCustomerId>,
+    /// Email address.
+    pub email: Option<String>,
+    /// Display name.
+    pub name: Option<String>,
+    /// Preferred checkout currency.
+    pub preferred_currency: Option<String>,
+    /// The billing state document.
+    pub state: CustomerState,
+    /// Optimistic concurrency counter: 0 for a customer whose state was
+    /// never committed, +1 per commit.
+    pub version: i64,
+    /// When the account was deleted (the row and its audit trail stay).
+    pub deleted_at: Option<i64>,
+    /// When the row was created.
+    pub created_at: i64,
+    /// When the row last changed.
+    pub updated_at: i64,
+}
+
+/// What [`BillingStore::upsert_customer`] did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UpsertedCustomer {
+    /// The customer after the write.
+    pub customer: CustomerRecord,
+    /// True when the row did not exist before.
+    pub created: bool,
+}
+
+/// One outbox row to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOutboxItem {
+    /// Unique key: a second row with the same key is ignored, so an effect
+    /// decided twice is delivered once.
+    pub dedupe_key: String,
+    /// What to do (`email`, `admin_alert`, `cancel_subscription`,
+    /// `refetch_subscription`, …), for listing and routing.
+    pub kind: String,
+    /// The work item as JSON.
+    pub payload: String,
+}
+
+impl NewOutboxItem {
+    /// The outbox row for a core [`Effect`]: its dedupe key, its serde tag as
+    /// `kind`, and the effect itself as the payload (read back with
+    /// [`OutboxItem::effect`]).
+    pub fn from_effect(effect: &Effect) -> StoreResult<Self> {
+        let value = serde_json::to_value(effect)
+            .map_err(|e| StoreError::Other(format!("encoding effect: {e}")))?;
+        let kind = value
+            .get("kind")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("effect")
+            .to_owned();
+        Ok(NewOutboxItem {
+            dedupe_key: effect.dedupe_key().to_owned(),
+            kind,
+            payload: value.to_string(),
+        })
+    }
+}
+
+/// Status of an outbox row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxStatus {
+    /// Waiting to be delivered (first try, or a retry at `next_attempt_at`).
+    Pending,
+    /// Claimed by a worker whose lease (`next_attempt_at`) has not ended.
+    Processing,
+    /// Delivered.
+    Sent,
+    /// Failed too often; needs an operator.
+    Dead,
+}
+
+impl OutboxStatus {
+    /// Every status.
+    pub const ALL: [OutboxStatus; 4] = [
+        OutboxStatus::Pending,
+        OutboxStatus::Processing,
+        OutboxStatus::Sent,
+        OutboxStatus::Dead,
+    ];
+
+    /// The name stored in `outbox.status`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboxStatus::Pending => "pending",
+            OutboxStatus::Processing => "processing",
+            OutboxStatus::Sent => "sent",
+            OutboxStatus::Dead => "dead",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(raw: &str) -> Option<Self> {
+        OutboxStatus::ALL.into_iter().find(|s| s.as_str() == raw)
+    }
+}
+
+impl std::fmt::Display for OutboxStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A stored outbox row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutboxItem {
+    /// Row id.
+    pub id: i64,
+    /// Unique dedupe key (also a good Stripe idempotency key).
+    pub dedupe_key: String,
+    /// The customer it concerns, if any.
+    pub customer_id: Option<CustomerId>,
+    /// What to do.
+    pub kind: String,
+    /// The work item as JSON.
+    pub payload: String,
+    /// Current status.
+    pub status: OutboxStatus,
+    /// Delivery attempts made so far.
+    pub attempts: i32,
+    /// When the next attempt may start (pending) or the lease ends (processing).
+    pub next_attempt_at: Option<i64>,
+    /// The last delivery error.
+    pub last_error: Option<String>,
+    /// When the row was written.
+    pub created_at: i64,
+    /// When it was sent or declared dead.
+    pub done_at: Option<i64>,
+}
+
+impl OutboxItem {
+    /// The payload as a core [`Effect`] (rows written with
+    /// [`NewOutboxItem::from_effect`]).
+    pub fn effect(&self) -> Result<Effect, serde_json::Error> {
+        serde_json::from_str(&self.payload)
+    }
+}
+
+/// How a worker finished one claimed outbox row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboxResult {
+    /// Delivered.
+    Sent,
+    /// Failed; back to `pending`, due at `next_attempt_at`.
+    Retry {
+        /// Error message kept in `last_error`.
+        error: String,
+        /// Unix seconds of the next attempt.
+        next_attempt_at: i64,
+    },
+    /// Failed for the last time.
+    Dead {
+        /// Error message kept in `last_error`.
+        error: String,
+    },
+}
+
+/// Filter for listing outbox rows.
+#[derive(Debug, Clone, Default)]
+pub struct OutboxFilter {
+    /// Only rows with this status.
+    pub status: Option<OutboxStatus>,
+    /// Only rows of this customer.
+    pub customer_id: Option<CustomerId>,
+    /// At most this many rows, newest first; 0 means no limit.
+    pub limit: u32,
+}
+
+/// A stored audit row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditRecord {
+    /// Row id (increasing in write order).
+    pub id: i64,
+    /// Whose state changed.
+    pub customer_id: CustomerId,
+    /// When billd applied the change.
+    pub at: i64,
+    /// What changed.
+    pub field: String,
+    /// Value before (none: absent).
+    pub before: Option<String>,
+    /// Value after (none: removed).
+    pub after: Option<String>,
+    /// Why: an event id, or the API call.
+    pub reason: String,
+    /// The event type, or the API call's name.
+    pub event_type: String,
+}
+
+/// Everything one applied decision writes for one customer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CustomerCommit {
+    /// Whose state.
+    pub customer_id: CustomerId,
+    /// The `version` the state was loaded at (0 for a customer without a
+    /// row, or with a row whose state was never committed). A mismatch is
+    /// [`VERSION_CONFLICT`] and nothing is written.
+    pub expected_version: i64,
+    /// The next state (`Decision::state`), stored whatever the outcome.
+    pub state: CustomerState,
+    /// Audit rows (`Decision::audit`).
+    pub audit: Vec<AuditEntry>,
+    /// Outbox rows (`Decision::effects` via [`NewOutboxItem::from_effect`]);
+    /// a row whose dedupe key exists is skipped.
+    pub outbox: Vec<NewOutboxItem>,
+    /// Stripe object ids (`sub_`, `in_`, `ch_`, `pi_`, `cs_`, …) to link to
+    /// this customer; an object already linked keeps its first customer.
+    pub links: Vec<String>,
+}
+
+/// What a commit wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitReceipt {
+    /// The customer's version after the commit (none when no customer
+    /// state was written).
+    pub version: Option<i64>,
+    /// Outbox rows actually inserted (duplicates of a dedupe key are not).
+    pub outbox_inserted: u64,
+}
+
+/// One idempotent change to a usage counter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageRequest {
+    /// Whose counter.
+    pub customer_id: CustomerId,
+    /// Which counter (`billd_core::FeatureEntitlement::usage_key`).
+    pub key: UsageKey,
+    /// How much to add (consume) or subtract (release); at least 1.
+    pub amount: u64,
+    /// The caller's key: the same key again returns the stored answer and
+    /// changes nothing. Keys are per customer.
+    pub idempotency_key: String,
+}
+
+/// The answer to a consume or release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum UsageOutcome {
+    /// The counter changed; `used` is its value right after this request.
+    Applied {
+        /// The counter after the change.
+        used: u64,
+        /// The limit the consumption was checked against (0 for a release).
+        limit: u64,
+        /// True when this is the stored answer of an earlier request with
+        /// the same idempotency key.
+        replayed: bool,
+    },
+    /// `used + amount` would exceed the limit; nothing changed and nothing
+    /// was stored, so the same key may be retried later.
+    LimitExceeded {
+        /// The counter now.
+        used: u64,
+        /// The limit.
+        limit: u64,
+    },
+}
+
+/// The billing tables. Implemented by both stores; the contract tests in
+/// `tests/billing.rs` run against both.
+#[async_trait]
+pub trait BillingStore: Send + Sync + 'static {
+    /// Creates the customer or updates its profile fields (not its state,
+    /// version or Stripe link). A deleted customer stays deleted.
+    async fn upsert_customer(
+        &self,
+        profile: &CustomerProfile,
+        now: i64,
+    ) -> StoreResult<UpsertedCustomer>;
+
+    /// One customer, or none.
+    async fn get_customer(&self, customer_id: &CustomerId) -> StoreResult<Option<CustomerRecord>>;
+
+    /// The customer a Stripe customer belongs to: the one currently linked,
+    /// else the one it was linked to before (a deleted Stripe customer's
+    /// later events still find their customer).
+    async fn find_customer_by_stripe(
+        &self,
+        stripe_customer_id: &StripeCustomerId,
+    ) -> StoreResult<Option<CustomerId>>;
+
+    /// The customer a Stripe object (`sub_`, `in_`, `ch_`, `pi_`, `cs_`, …)
+    /// was linked to.
+    async fn find_customer_by_object(&self, object_id: &str) -> StoreResult<Option<CustomerId>>;
+
+    /// Links a Stripe customer to a customer, creating the customer row
+    /// (empty profile) if missing. Linking the same pair again is a no-op;
+    /// a Stripe customer linked to another customer is a `Conflict`.
+    async fn link_stripe_customer(
+        &self,
+        customer_id: &CustomerId,
+        stripe_customer_id: &StripeCustomerId,
+        now: i64,
+    ) -> StoreResult<()>;
+
+    /// Links a Stripe object to a customer (creating the customer row if
+    /// missing). Returns the customer the object is linked to afterwards,
+    /// which is an earlier one if the object was already linked.
+    async fn link_object(
+        &self,
+        object_id: &str,
+        customer_id: &CustomerId,
+        now: i64,
+    ) -> StoreResult<CustomerId>;
+
+    /// In ONE transaction: when `commit` is given, checks the version
+    /// (mismatch: [`VERSION_CONFLICT`]), stores the state (creating the row
+    /// if needed) with version + 1, mirrors the state's linked Stripe
+    /// customer into `stripe_customer_id` (cleared once every Stripe
+    /// customer in the state is deleted) and links every Stripe customer of
+    /// the state as an object, writes the audit rows, the outbox rows and
+    /// the object links; then finishes the inbox row like
+    /// [`crate::Store::finish_event`] (not `processing`: [`LEASE_CONFLICT`];
+    /// unknown: `NotFound`). Any error writes nothing.
+    async fn commit_event(
+        &self,
+        event_id: &str,
+        commit: Option<&CustomerCommit>,
+        result: &EventResult,
+        now: i64,
+    ) -> StoreResult<CommitReceipt>;
+
+    /// Like [`BillingStore::commit_event`] for a change that no inbox event
+    /// carries (an API call, the scheduler): state, audit, outbox and links
+    /// in one transaction.
+    async fn commit_customer(
+        &self,
+        commit: &CustomerCommit,
+        now: i64,
+    ) -> StoreResult<CommitReceipt>;
+
+    /// Puts `unlinked` inbox events whose Stripe customer or object id is
+    /// one of `ids` back to `pending`; returns how many. Called when a link
+    /// appears (pass the Stripe customer id and the newly linked objects).
+    async fn requeue_unlinked(&self, ids: &[&str], now: i64) -> StoreResult<u64>;
+
+    /// A customer's audit rows, newest first; `limit` 0 means no limit.
+    async fn list_audit(
+        &self,
+        customer_id: &CustomerId,
+        limit: u32,
+    ) -> StoreResult<Vec<AuditRecord>>;
+
+    /// Writes outbox rows outside an event (scheduler); duplicates of a
+    /// dedupe key are skipped. Returns how many were inserted.
+    async fn enqueue_outbox(
+        &self,
+        customer_id: Option<&CustomerId>,
+        items: &[NewOutboxItem],
+        now: i64,
+    ) -> StoreResult<u64>;
+
+    /// Claims up to `limit` due outbox rows (pending with `next_attempt_at`
+    /// unset or `<= now`; processing whose lease ended before `now`), oldest
+    /// first: they become `processing` with `next_attempt_at = lease_until`
+    /// and `attempts + 1`. Safe with several processes on one database.
+    async fn claim_outbox(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<OutboxItem>>;
+
+    /// Records how delivery of a claimed row ended. A row that is not
+    /// `processing` is `Conflict`; an unknown id is `NotFound`.
+    async fn finish_outbox(&self, id: i64, result: &OutboxResult, now: i64) -> StoreResult<()>;
+
+    /// Outbox rows matching a filter, newest first.
+    async fn list_outbox(&self, filter: &OutboxFilter) -> StoreResult<Vec<OutboxItem>>;
+
+    /// Puts one outbox row back to `pending` (attempts reset, due now), for
+    /// an operator retrying a dead row. False when the id is unknown.
+    async fn requeue_outbox(&self, id: i64, now: i64) -> StoreResult<bool>;
+
+    /// Adds `amount` to the counter if the result stays within `limit`, as
+    /// one atomic conditional update: concurrent consumers never exceed the
+    /// limit. Idempotent by `(customer, idempotency_key)`: a repeat returns
+    /// the first answer with `replayed: true`; the same key with another
+    /// feature, period, amount or direction is [`IDEMPOTENCY_CONFLICT`].
+    async fn consume(
+        &self,
+        request: &UsageRequest,
+        limit: u64,
+        now: i64,
+    ) -> StoreResult<UsageOutcome>;
+
+    /// Subtracts `amount` from a capacity counter, never below zero; same
+    /// idempotency rules as [`BillingStore::consume`]. Always `Applied`.
+    async fn release(&self, request: &UsageRequest, now: i64) -> StoreResult<UsageOutcome>;
+
+    /// The counters named by `keys` (`billd_core::usage_keys`); a counter
+    /// never used reads 0.
+    async fn load_usage(&self, customer_id: &CustomerId, keys: &[UsageKey])
+        -> StoreResult<Usage>;
+}
