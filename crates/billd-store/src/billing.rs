@@ -447,6 +447,5 @@ pub trait BillingStore: Send + Sync + 'static {
 
     /// The counters named by `keys` (`billd_core::usage_keys`); a counter
     /// never used reads 0.
-    async fn load_usage(&self, customer_id: &CustomerId, keys: &[UsageKey])
-        -> StoreResult<Usage>;
+    async fn load_usage(&self, customer_id: &CustomerId, keys: &[UsageKey]) -> StoreResult<Usage>;
 }
