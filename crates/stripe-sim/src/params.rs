@@ -21,14 +21,40 @@ pub fn req_str<'a>(p: &'a Value, path: &str) -> ApiResult<&'a str> {
     str_at(p, path).ok_or_else(|| ApiError::missing(&bracketed(path)))
 }
 
-/// An integer parameter.
+/// The largest integer any parameter may carry: 9999-12-31T23:59:59Z as a timestamp.
+/// Bounding every integer keeps billing arithmetic far from overflow.
+pub const MAX_INTEGER: i64 = 253_402_300_799;
+
+/// An integer parameter, within ±[`MAX_INTEGER`].
 pub fn i64_at(p: &Value, path: &str) -> ApiResult<Option<i64>> {
     match str_at(p, path) {
         None => Ok(None),
-        Some(s) => s
-            .parse::<i64>()
-            .map(Some)
-            .map_err(|_| ApiError::invalid(&bracketed(path), format!("Invalid integer: {s}"))),
+        Some(s) => match s.parse::<i64>() {
+            Ok(v) if v.abs() <= MAX_INTEGER => Ok(Some(v)),
+            _ => Err(ApiError::invalid(
+                &bracketed(path),
+                format!("Invalid integer: {s}"),
+            )),
+        },
+    }
+}
+
+/// An integer parameter within `range` (Stripe's limits for amounts, quantities, days).
+pub fn bounded_at(
+    p: &Value,
+    path: &str,
+    range: std::ops::RangeInclusive<i64>,
+) -> ApiResult<Option<i64>> {
+    match i64_at(p, path)? {
+        Some(v) if !range.contains(&v) => Err(ApiError::invalid(
+            &bracketed(path),
+            format!(
+                "This value must be between {} and {}.",
+                range.start(),
+                range.end()
+            ),
+        )),
+        v => Ok(v),
     }
 }
 
@@ -133,6 +159,16 @@ pub fn bracketed(path: &str) -> String {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn integers_out_of_range_are_refused() {
+        assert!(i64_at(&json!({"a": "99999999999999999"}), "a").is_err());
+        assert!(bounded_at(&json!({"a": "731"}), "a", 0..=730).is_err());
+        assert_eq!(
+            bounded_at(&json!({"a": "7"}), "a", 0..=730).ok().flatten(),
+            Some(7)
+        );
+    }
 
     #[test]
     fn metadata_updates_merge_and_empty_values_unset() {

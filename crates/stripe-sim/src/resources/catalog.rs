@@ -87,7 +87,8 @@ pub fn list_products(s: &Inner, p: &Value) -> ApiResult {
 /// `POST /v1/prices`.
 pub fn create_price(s: &mut Inner, p: &Value) -> ApiResult {
     let currency = params::req_str(p, "currency")?.to_lowercase();
-    let unit_amount = i64_at(p, "unit_amount")?.ok_or_else(|| ApiError::missing("unit_amount"))?;
+    let unit_amount = params::bounded_at(p, "unit_amount", 0..=99_999_999)?
+        .ok_or_else(|| ApiError::missing("unit_amount"))?;
     if unit_amount < 0 {
         return Err(ApiError::invalid(
             "unit_amount",
@@ -132,7 +133,7 @@ pub fn create_price(s: &mut Inner, p: &Value) -> ApiResult {
             }
             json!({
                 "interval": interval,
-                "interval_count": i64_at(p, "recurring.interval_count")?.unwrap_or(1),
+                "interval_count": interval_count(p, interval)?,
                 "meter": null,
                 "trial_period_days": i64_at(p, "recurring.trial_period_days")?,
                 "usage_type": "licensed",
@@ -192,6 +193,17 @@ pub fn create_price(s: &mut Inner, p: &Value) -> ApiResult {
         );
     }
     Ok(price)
+}
+
+/// Stripe allows intervals up to three years.
+fn interval_count(p: &Value, interval: &str) -> ApiResult<i64> {
+    let max = match interval {
+        "day" => 1095,
+        "week" => 156,
+        "month" => 36,
+        _ => 3,
+    };
+    Ok(params::bounded_at(p, "recurring.interval_count", 1..=max)?.unwrap_or(1))
 }
 
 fn currency_option(amount: i64) -> Value {

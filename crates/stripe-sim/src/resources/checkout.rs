@@ -62,7 +62,7 @@ pub fn create(s: &mut Inner, p: &Value) -> ApiResult {
                 ),
             ));
         }
-        let qty = i64_at(it, "quantity")?.unwrap_or(1);
+        let qty = params::bounded_at(it, "quantity", 1..=1_000_000_000)?.unwrap_or(1);
         let cur = currency
             .get_or_insert_with(|| price["currency"].as_str().unwrap_or("usd").to_string())
             .clone();
@@ -74,7 +74,7 @@ pub fn create(s: &mut Inner, p: &Value) -> ApiResult {
         billing::check_customer_currency(s, c, &currency)?;
     }
     let subtotal: i64 = line_items.iter().map(|(_, q, u)| q * u).sum();
-    let trial_days = i64_at(p, "subscription_data.trial_period_days")?;
+    let trial_days = params::bounded_at(p, "subscription_data.trial_period_days", 1..=730)?;
     let trial_end = i64_at(p, "subscription_data.trial_end")?;
     if trial_end.is_some_and(|t| t < now + 2 * 86_400) {
         return Err(ApiError::invalid(

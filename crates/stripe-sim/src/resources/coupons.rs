@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 /// `POST /v1/coupons`.
 pub fn create_coupon(s: &mut Inner, p: &Value) -> ApiResult {
     let percent_off = f64_at(p, "percent_off")?;
-    let amount_off = i64_at(p, "amount_off")?;
+    let amount_off = params::bounded_at(p, "amount_off", 1..=99_999_999)?;
     let currency = str_at(p, "currency").map(str::to_lowercase);
     match (percent_off, amount_off) {
         (Some(pct), None) if pct > 0.0 && pct <= 100.0 => {}
@@ -30,7 +30,7 @@ pub fn create_coupon(s: &mut Inner, p: &Value) -> ApiResult {
     if !matches!(duration.as_str(), "once" | "repeating" | "forever") {
         return Err(ApiError::invalid("duration", "Invalid duration."));
     }
-    let months = i64_at(p, "duration_in_months")?;
+    let months = params::bounded_at(p, "duration_in_months", 1..=1200)?;
     if duration == "repeating" && months.is_none() {
         return Err(ApiError::missing("duration_in_months"));
     }

@@ -17,7 +17,7 @@ fn parse_items(p: &Value) -> ApiResult<Vec<(String, i64)>> {
         .map(|(i, it)| {
             let price = str_at(it, "price")
                 .ok_or_else(|| ApiError::missing(&format!("items[{i}][price]")))?;
-            let qty = i64_at(it, "quantity")?.unwrap_or(1);
+            let qty = params::bounded_at(it, "quantity", 0..=1_000_000_000)?.unwrap_or(1);
             if qty < 1 {
                 return Err(ApiError::invalid(
                     &format!("items[{i}][quantity]"),
@@ -30,7 +30,7 @@ fn parse_items(p: &Value) -> ApiResult<Vec<(String, i64)>> {
 }
 
 fn trial_end_from(p: &Value, now: i64) -> ApiResult<Option<i64>> {
-    if let Some(days) = i64_at(p, "trial_period_days")? {
+    if let Some(days) = params::bounded_at(p, "trial_period_days", 0..=730)? {
         if days < 0 {
             return Err(ApiError::invalid(
                 "trial_period_days",
@@ -244,8 +244,8 @@ pub fn update(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
                 None => item["price"].clone(),
             };
             billing::unit_amount_in(&price, after["currency"].as_str().unwrap_or_default())?;
-            let qty =
-                i64_at(it, "quantity")?.unwrap_or_else(|| item["quantity"].as_i64().unwrap_or(1));
+            let qty = params::bounded_at(it, "quantity", 1..=1_000_000_000)?
+                .unwrap_or_else(|| item["quantity"].as_i64().unwrap_or(1));
             if price["id"] == item["price"]["id"] && item["quantity"] == qty {
                 continue;
             }
