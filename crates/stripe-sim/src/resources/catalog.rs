@@ -147,6 +147,7 @@ pub fn create_price(s: &mut Inner, p: &Value) -> ApiResult {
             let amount = o["unit_amount"]
                 .as_str()
                 .and_then(|a| a.parse::<i64>().ok())
+                .filter(|a| (0..=99_999_999).contains(a))
                 .ok_or_else(|| {
                     ApiError::missing(&format!("currency_options[{cur}][unit_amount]"))
                 })?;
