@@ -449,3 +449,292 @@ pub trait BillingStore: Send + Sync + 'static {
     /// never used reads 0.
     async fn load_usage(&self, customer_id: &CustomerId, keys: &[UsageKey]) -> StoreResult<Usage>;
 }
+
+/// Columns selected wherever a full [`CustomerRecord`] is read; `state` is
+/// cast to text so both databases return a string.
+pub(crate) const CUSTOMER_COLUMNS: &str = "customer_id, stripe_customer_id, email, name, \
+     preferred_currency, CAST(state AS TEXT) AS state, version, deleted_at, created_at, updated_at";
+
+/// Columns selected wherever a full [`OutboxItem`] is read.
+pub(crate) const OUTBOX_COLUMNS: &str = "id, dedupe_key, customer_id, kind, \
+     CAST(payload AS TEXT) AS payload, status, attempts, next_attempt_at, last_error, \
+     created_at, done_at";
+
+/// Columns selected wherever a full [`AuditRecord`] is read.
+pub(crate) const AUDIT_COLUMNS: &str =
+    "id, customer_id, at, field, before_value, after_value, reason, event_type";
+
+/// A `customers` row as both databases return it.
+#[derive(sqlx::FromRow)]
+pub(crate) struct CustomerRow {
+    customer_id: String,
+    stripe_customer_id: Option<String>,
+    email: Option<String>,
+    name: Option<String>,
+    preferred_currency: Option<String>,
+    state: Option<String>,
+    version: i64,
+    deleted_at: Option<i64>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+/// A stored value that does not parse: only a hand-edited database gets
+/// here, so report it rather than guess.
+fn corrupt(what: &str, key: &str, error: impl std::fmt::Display) -> StoreError {
+    StoreError::Other(format!("{what} of {key}: {error}"))
+}
+
+impl TryFrom<CustomerRow> for CustomerRecord {
+    type Error = StoreError;
+
+    fn try_from(row: CustomerRow) -> Result<Self, Self::Error> {
+        let key = row.customer_id.as_str();
+        let state = match row.state.as_deref() {
+            None => CustomerState::default(),
+            Some(json) => {
+                serde_json::from_str(json).map_err(|e| corrupt("customers.state", key, e))?
+            }
+        };
+        let stripe_customer_id = row
+            .stripe_customer_id
+            .as_deref()
+            .map(StripeCustomerId::parse)
+            .transpose()
+            .map_err(|e| corrupt("customers.stripe_customer_id", key, e))?;
+        Ok(CustomerRecord {
+            customer_id: CustomerId::parse(key)
+                .map_err(|e| corrupt("customers.customer_id", key, e))?,
+            stripe_customer_id,
+            email: row.email,
+            name: row.name,
+            preferred_currency: row.preferred_currency,
+            state,
+            version: row.version,
+            deleted_at: row.deleted_at,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+}
+
+/// An `outbox` row as both databases return it.
+#[derive(sqlx::FromRow)]
+pub(crate) struct OutboxRow {
+    id: i64,
+    dedupe_key: String,
+    customer_id: Option<String>,
+    kind: String,
+    payload: String,
+    status: String,
+    attempts: i32,
+    next_attempt_at: Option<i64>,
+    last_error: Option<String>,
+    created_at: i64,
+    done_at: Option<i64>,
+}
+
+impl TryFrom<OutboxRow> for OutboxItem {
+    type Error = StoreError;
+
+    fn try_from(row: OutboxRow) -> Result<Self, Self::Error> {
+        let key = row.id.to_string();
+        let status = OutboxStatus::parse(&row.status)
+            .ok_or_else(|| corrupt("outbox.status", &key, &row.status))?;
+        let customer_id = row
+            .customer_id
+            .as_deref()
+            .map(CustomerId::parse)
+            .transpose()
+            .map_err(|e| corrupt("outbox.customer_id", &key, e))?;
+        Ok(OutboxItem {
+            id: row.id,
+            dedupe_key: row.dedupe_key,
+            customer_id,
+            kind: row.kind,
+            payload: row.payload,
+            status,
+            attempts: row.attempts,
+            next_attempt_at: row.next_attempt_at,
+            last_error: row.last_error,
+            created_at: row.created_at,
+            done_at: row.done_at,
+        })
+    }
+}
+
+/// Converts outbox rows and puts them in id (claim) order.
+pub(crate) fn into_outbox(rows: Vec<OutboxRow>) -> StoreResult<Vec<OutboxItem>> {
+    let mut items = rows
+        .into_iter()
+        .map(OutboxItem::try_from)
+        .collect::<StoreResult<Vec<_>>>()?;
+    items.sort_by_key(|item| item.id);
+    Ok(items)
+}
+
+/// An `audit_log` row as both databases return it.
+#[derive(sqlx::FromRow)]
+pub(crate) struct AuditRow {
+    id: i64,
+    customer_id: String,
+    at: i64,
+    field: String,
+    before_value: Option<String>,
+    after_value: Option<String>,
+    reason: String,
+    event_type: String,
+}
+
+impl TryFrom<AuditRow> for AuditRecord {
+    type Error = StoreError;
+
+    fn try_from(row: AuditRow) -> Result<Self, Self::Error> {
+        Ok(AuditRecord {
+            customer_id: CustomerId::parse(&row.customer_id)
+                .map_err(|e| corrupt("audit_log.customer_id", &row.id.to_string(), e))?,
+            id: row.id,
+            at: row.at,
+            field: row.field,
+            before: row.before_value,
+            after: row.after_value,
+            reason: row.reason,
+            event_type: row.event_type,
+        })
+    }
+}
+
+/// What a commit writes into `customers.stripe_customer_id`: the state's
+/// linked Stripe customer; cleared once every Stripe customer the state
+/// knows is deleted; left alone while the state knows none (a link made by
+/// [`BillingStore::link_stripe_customer`] before any event about it).
+pub(crate) enum StripeColumn {
+    /// Leave the column as it is.
+    Keep,
+    /// Set it (`None`: clear it).
+    Set(Option<String>),
+}
+
+impl StripeColumn {
+    pub(crate) fn of(state: &CustomerState) -> Self {
+        match state.stripe_customer() {
+            Some(id) => StripeColumn::Set(Some(id.as_str().to_owned())),
+            None if state.stripe_customers.is_empty() => StripeColumn::Keep,
+            None => StripeColumn::Set(None),
+        }
+    }
+
+    /// `(keep, value)` for `CASE WHEN keep THEN stripe_customer_id ELSE value END`.
+    pub(crate) fn binds(&self) -> (bool, Option<&str>) {
+        match self {
+            StripeColumn::Keep => (true, None),
+            StripeColumn::Set(value) => (false, value.as_deref()),
+        }
+    }
+}
+
+/// Every object id a commit links: the Stripe customers the state knows
+/// (so later events of a deleted Stripe customer still find the customer)
+/// and the commit's own links, without repeats.
+pub(crate) fn commit_links(commit: &CustomerCommit) -> Vec<&str> {
+    let mut links: Vec<&str> = commit
+        .state
+        .stripe_customers
+        .keys()
+        .map(StripeCustomerId::as_str)
+        .chain(commit.links.iter().map(String::as_str))
+        .collect();
+    links.sort_unstable();
+    links.dedup();
+    links
+}
+
+/// The state document to store.
+pub(crate) fn state_json(state: &CustomerState) -> StoreResult<String> {
+    serde_json::to_string(state).map_err(|e| StoreError::Other(format!("encoding state: {e}")))
+}
+
+/// A counter value or amount as the databases store it (BIGINT).
+pub(crate) fn to_db(value: u64, what: &str) -> StoreResult<i64> {
+    i64::try_from(value).map_err(|_| StoreError::Other(format!("{what} {value} is too large")))
+}
+
+/// A stored counter as the API reports it; negatives cannot be stored
+/// (CHECK constraints), so a negative reads 0.
+pub(crate) fn from_db(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+/// `period_start` column of a usage key: 0 for capacity features.
+pub(crate) fn period_column(key: &UsageKey) -> i64 {
+    key.period_start.unwrap_or(0)
+}
+
+/// Whether consuming or releasing; stored with the idempotency key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Direction {
+    Consume,
+    Release,
+}
+
+impl Direction {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Direction::Consume => "consume",
+            Direction::Release => "release",
+        }
+    }
+}
+
+/// An earlier request stored under the same idempotency key:
+/// `(direction, feature, amount, used, quota)`.
+pub(crate) type StoredRequest = (String, String, i64, i64, i64);
+
+/// The stored answer for a repeated key, or [`IDEMPOTENCY_CONFLICT`] when
+/// the key was used for a different request.
+pub(crate) fn replay(
+    stored: StoredRequest,
+    direction: Direction,
+    request: &UsageRequest,
+) -> StoreResult<UsageOutcome> {
+    let (stored_direction, feature, amount, used, quota) = stored;
+    let same = stored_direction == direction.as_str()
+        && feature == request.key.feature.as_str()
+        && u64::try_from(amount).ok() == Some(request.amount);
+    if !same {
+        return Err(StoreError::Conflict {
+            constraint: IDEMPOTENCY_CONFLICT.to_owned(),
+        });
+    }
+    Ok(UsageOutcome::Applied {
+        used: from_db(used),
+        limit: from_db(quota),
+        replayed: true,
+    })
+}
+
+/// Usage from `(feature, period_start, used)` rows, keeping the counters
+/// named by `keys`.
+pub(crate) fn usage_from_rows(keys: &[UsageKey], rows: Vec<(String, i64, i64)>) -> Usage {
+    let mut usage = Usage::new();
+    for key in keys {
+        let column = period_column(key);
+        if let Some((_, _, used)) = rows
+            .iter()
+            .find(|(feature, period, _)| feature == key.feature.as_str() && *period == column)
+        {
+            usage.set(key.clone(), from_db(*used));
+        }
+    }
+    usage
+}
+
+/// The error for an amount of zero.
+pub(crate) fn check_amount(request: &UsageRequest) -> StoreResult<i64> {
+    if request.amount == 0 {
+        return Err(StoreError::Other(
+            "usage amount must be at least 1".to_owned(),
+        ));
+    }
+    to_db(request.amount, "usage amount")
+}

@@ -24,6 +24,8 @@ use crate::{
     StoreError, StoreResult, StoredEvent,
 };
 
+mod billing;
+
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Tunables of a [`SqliteStore`]; the defaults suit a server.
