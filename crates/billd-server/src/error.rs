@@ -28,6 +28,28 @@ pub enum ApiError {
     /// The service is not ready (see `/readyz`).
     #[error("not ready: {0}")]
     NotReady(String),
+    /// No API key, or one billd does not know.
+    #[error("a valid API key is required (Authorization: Bearer …)")]
+    Unauthorized,
+    /// A valid app key on an admin route.
+    #[error("this key may not use the admin API")]
+    Forbidden,
+    /// The thing asked for does not exist.
+    #[error("{message}")]
+    NotFound {
+        /// Stable code, e.g. `customer_not_found`.
+        code: &'static str,
+        /// What was not found.
+        message: String,
+    },
+    /// The request is malformed.
+    #[error("{message}")]
+    InvalidRequest {
+        /// Stable code, e.g. `invalid_customer_id`.
+        code: &'static str,
+        /// What is wrong.
+        message: String,
+    },
     /// A bug or an unclassified failure; the cause is logged, never returned.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -42,6 +64,9 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::StoreUnavailable(_) => "store_unavailable",
             ApiError::NotReady(_) => "not_ready",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden => "forbidden",
+            ApiError::NotFound { code, .. } | ApiError::InvalidRequest { code, .. } => code,
             ApiError::Internal(_) => "internal",
         }
     }
@@ -54,6 +79,10 @@ impl ApiError {
             ApiError::StoreUnavailable(_) | ApiError::NotReady(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

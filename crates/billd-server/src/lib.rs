@@ -2,9 +2,11 @@
 //! with group commit into the inbox, health/readiness/metrics endpoints, and
 //! the inbox worker with its handler registry.
 
+pub mod auth;
 pub mod clock;
 pub mod error;
 pub mod ingest;
+pub mod lifecycle;
 pub mod metrics;
 pub mod webhook;
 pub mod worker;

@@ -27,6 +27,10 @@ pub enum HandlerOutcome {
     Skipped,
     /// About a Stripe customer billd cannot link yet.
     Unlinked,
+    /// Applied, and the handler already finished the inbox row in the
+    /// transaction that applied it (or found another worker owns it): the
+    /// worker must not finish it again.
+    Committed,
 }
 
 /// A processing failure; the event is retried.
@@ -248,6 +252,10 @@ impl InboxWorker {
         };
         let now = self.clock.now();
         let result = match outcome {
+            Ok(HandlerOutcome::Committed) => {
+                self.metrics.processing_outcomes.inc("processed");
+                return Ok(EventResult::Processed);
+            }
             Ok(HandlerOutcome::Processed) => EventResult::Processed,
             Ok(HandlerOutcome::Skipped) => EventResult::Skipped,
             Ok(HandlerOutcome::Unlinked) => EventResult::Unlinked,

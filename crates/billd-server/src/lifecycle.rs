@@ -1,0 +1,377 @@
+//! The lifecycle handler: every Stripe event billd acts on goes parse →
+//! link → load → `billd_core::apply` → commit, where the commit writes the
+//! state, audit rows, outbox rows, object links and the inbox row's outcome
+//! in one transaction (`BillingStore::commit_event`).
+//!
+//! Linking finds the billd customer an event belongs to, in this order: the
+//! Stripe customer already linked; a Stripe object already linked
+//! (subscription, charge, payment intent, the event's own object);
+//! `metadata[billd_customer_id]` or a Checkout `client_reference_id` (the
+//! link is created now); for a dispute, the charge fetched from Stripe.
+//! An event none of these resolve is parked as `unlinked` and requeued
+//! when a link to its Stripe customer or object appears.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use billd_core::{apply, Catalog, CustomerId, Event, EventId, EventKind, StripeCustomerId};
+use billd_store::{
+    BillingStore, CustomerCommit, EventResult, NewOutboxItem, Store, StoreError, StoredEvent,
+    LEASE_CONFLICT, VERSION_CONFLICT,
+};
+use billd_stripe::client::{Params, StripeClient};
+use billd_stripe::events::{parse_event, refetched_subscription_event, ParsedEvent};
+use serde_json::Value;
+
+use crate::clock::Clock;
+use crate::worker::{EventHandler, HandlerError, HandlerOutcome, HandlerRegistry};
+
+/// Every Stripe event type the lifecycle handler applies (issue 4's list).
+pub const HANDLED_EVENT_TYPES: [&str; 27] = [
+    "checkout.session.completed",
+    "checkout.session.expired",
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "customer.subscription.paused",
+    "customer.subscription.resumed",
+    "customer.subscription.trial_will_end",
+    "invoice.paid",
+    "invoice.payment_succeeded",
+    "invoice.payment_failed",
+    "invoice.payment_action_required",
+    "invoice.finalized",
+    "invoice.upcoming",
+    "charge.refunded",
+    "charge.dispute.created",
+    "charge.dispute.updated",
+    "charge.dispute.closed",
+    "customer.created",
+    "customer.updated",
+    "customer.deleted",
+    "customer.discount.created",
+    "customer.discount.updated",
+    "customer.discount.deleted",
+    "payment_method.attached",
+    "payment_method.updated",
+    "payment_method.automatically_updated",
+];
+
+/// Ids of the synthetic events the outbox feeds back after re-fetching a
+/// subscription start with this; they carry Stripe's fetched object and
+/// are applied as authoritative at the tied second.
+pub const REFETCH_EVENT_PREFIX: &str = "evt_billd_refetch_";
+
+/// How often a commit is retried when another writer moved the customer's
+/// version in between; each retry reloads the state and applies again.
+const VERSION_RETRIES: usize = 8;
+
+/// What the lifecycle needs from the store: the inbox and the billing tables.
+pub trait BillingBackend: Store + BillingStore {}
+
+impl<T: Store + BillingStore + ?Sized> BillingBackend for T {}
+
+/// Applies handled Stripe events to customers' billing state.
+pub struct LifecycleHandler<S: BillingBackend + ?Sized> {
+    store: Arc<S>,
+    catalog: Arc<Catalog>,
+    stripe: Option<StripeClient>,
+    clock: Arc<dyn Clock>,
+}
+
+impl<S: BillingBackend + ?Sized> std::fmt::Debug for LifecycleHandler<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LifecycleHandler")
+            .field("stripe", &self.stripe)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where an event belongs.
+#[derive(Debug)]
+struct Link {
+    customer: CustomerId,
+    /// Ids whose parked events should be retried because this event just
+    /// created a link for them.
+    new_links: Vec<String>,
+}
+
+impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
+    /// A handler over `store`. `stripe` is used to find the customer of a
+    /// dispute from its charge; without it such disputes stay unlinked.
+    pub fn new(
+        store: Arc<S>,
+        catalog: Arc<Catalog>,
+        stripe: Option<StripeClient>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        LifecycleHandler {
+            store,
+            catalog,
+            stripe,
+            clock,
+        }
+    }
+
+    /// A registry routing every type of [`HANDLED_EVENT_TYPES`] to this handler.
+    pub fn registry(self) -> HandlerRegistry {
+        let handler: Arc<dyn EventHandler> = Arc::new(self);
+        let mut registry = HandlerRegistry::new();
+        for event_type in HANDLED_EVENT_TYPES {
+            registry.register(event_type, handler.clone());
+        }
+        registry
+    }
+
+    async fn link(&self, event: &Event) -> anyhow::Result<Option<Link>> {
+        let hints = event.link_hints();
+        let now = self.clock.now();
+        if let Some(stripe_customer) = &hints.stripe_customer {
+            if let Some(customer) = self.store.find_customer_by_stripe(stripe_customer).await? {
+                return Ok(Some(Link {
+                    customer,
+                    new_links: Vec::new(),
+                }));
+            }
+        }
+        let objects = [
+            hints.subscription.as_ref().map(ToString::to_string),
+            hints.charge.as_ref().map(ToString::to_string),
+            hints.payment_intent.as_ref().map(ToString::to_string),
+            event.object_id(),
+        ];
+        for object in objects.iter().flatten() {
+            if let Some(customer) = self.store.find_customer_by_object(object).await? {
+                let new_links = self
+                    .adopt_stripe_customer(&customer, hints.stripe_customer.as_ref(), now)
+                    .await?;
+                return Ok(Some(Link {
+                    customer,
+                    new_links,
+                }));
+            }
+        }
+        if let Some(customer) = hints.billd_customer_id.clone() {
+            let mut new_links = self
+                .adopt_stripe_customer(&customer, hints.stripe_customer.as_ref(), now)
+                .await?;
+            if let Some(object) = event.object_id() {
+                self.store.link_object(&object, &customer, now).await?;
+                new_links.push(object);
+            }
+            return Ok(Some(Link {
+                customer,
+                new_links,
+            }));
+        }
+        if let EventKind::Dispute { dispute, .. } = &event.kind {
+            if let Some(customer) = self.dispute_customer(dispute.charge.as_ref()).await? {
+                return Ok(Some(Link {
+                    customer,
+                    new_links: Vec::new(),
+                }));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Links `stripe_customer` to `customer` when it is not linked yet;
+    /// returns the ids whose parked events should be retried.
+    async fn adopt_stripe_customer(
+        &self,
+        customer: &CustomerId,
+        stripe_customer: Option<&StripeCustomerId>,
+        now: i64,
+    ) -> anyhow::Result<Vec<String>> {
+        let Some(stripe_customer) = stripe_customer else {
+            return Ok(Vec::new());
+        };
+        match self
+            .store
+            .link_stripe_customer(customer, stripe_customer, now)
+            .await
+        {
+            Ok(()) => Ok(vec![stripe_customer.to_string()]),
+            // Linked to someone else already: the event's own evidence
+            // (object link or metadata) decides where it goes; the Stripe
+            // customer keeps its first owner.
+            Err(StoreError::Conflict { constraint }) => {
+                tracing::warn!(
+                    %customer, %stripe_customer, %constraint,
+                    "stripe customer is linked to another customer"
+                );
+                Ok(Vec::new())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Disputes may arrive without a customer: ask Stripe whose charge it was.
+    async fn dispute_customer(
+        &self,
+        charge: Option<&billd_core::ChargeId>,
+    ) -> anyhow::Result<Option<CustomerId>> {
+        let (Some(stripe), Some(charge)) = (&self.stripe, charge) else {
+            return Ok(None);
+        };
+        let object = stripe
+            .get(&format!("/v1/charges/{charge}"), &Params::new())
+            .await
+            .with_context(|| format!("fetching charge {charge} for a dispute"))?;
+        let Some(stripe_customer) = object
+            .get("customer")
+            .and_then(Value::as_str)
+            .and_then(|raw| StripeCustomerId::parse(raw).ok())
+        else {
+            return Ok(None);
+        };
+        Ok(self.store.find_customer_by_stripe(&stripe_customer).await?)
+    }
+
+    async fn apply_and_commit(
+        &self,
+        stored: &StoredEvent,
+        event: &Event,
+        customer: &CustomerId,
+    ) -> anyhow::Result<()> {
+        let links = object_links(event);
+        for _ in 0..VERSION_RETRIES {
+            let now = self.clock.now();
+            let record = self.store.get_customer(customer).await?;
+            let (state, version) = record.map(|r| (r.state, r.version)).unwrap_or_default();
+            let decision = apply(&state, event, &self.catalog, now);
+            let outbox = decision
+                .effects
+                .iter()
+                .map(NewOutboxItem::from_effect)
+                .collect::<Result<Vec<_>, _>>()?;
+            let commit = CustomerCommit {
+                customer_id: customer.clone(),
+                expected_version: version,
+                state: decision.state,
+                audit: decision.audit,
+                outbox,
+                links: links.clone(),
+            };
+            match self
+                .store
+                .commit_event(&stored.id, Some(&commit), &EventResult::Processed, now)
+                .await
+            {
+                Ok(receipt) => {
+                    tracing::debug!(
+                        %customer,
+                        outcome = ?decision.outcome,
+                        outbox = receipt.outbox_inserted,
+                        "event applied"
+                    );
+                    return Ok(());
+                }
+                Err(StoreError::Conflict { constraint }) if constraint == VERSION_CONFLICT => {
+                    continue
+                }
+                Err(StoreError::Conflict { constraint }) if constraint == LEASE_CONFLICT => {
+                    // Another worker owns the event now; it applies it.
+                    tracing::warn!("lost the event's lease before committing; dropped");
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        anyhow::bail!("customer {customer} kept changing during {VERSION_RETRIES} attempts")
+    }
+}
+
+/// The Stripe objects an event ties to its customer, so that later events
+/// naming only them (a dispute's payment intent, an invoice's subscription)
+/// link.
+fn object_links(event: &Event) -> Vec<String> {
+    let hints = event.link_hints();
+    let mut links: Vec<String> = [
+        event.object_id(),
+        hints.subscription.map(|id| id.to_string()),
+        hints.charge.map(|id| id.to_string()),
+        hints.payment_intent.map(|id| id.to_string()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    if let EventKind::Invoice { invoice, .. } = &event.kind {
+        links.extend(invoice.payment_intents.iter().map(ToString::to_string));
+    }
+    links.sort();
+    links.dedup();
+    links
+}
+
+/// Parses an inbox row into a domain event: a Stripe webhook, or a
+/// re-fetched subscription billd fed back itself (authoritative).
+pub fn parse_stored(stored: &StoredEvent) -> anyhow::Result<Option<Event>> {
+    if stored.id.starts_with(REFETCH_EVENT_PREFIX) {
+        let envelope: Value =
+            serde_json::from_str(&stored.payload).context("re-fetch event payload")?;
+        let id = EventId::parse(&stored.id).context("re-fetch event id")?;
+        let object = envelope
+            .pointer("/data/object")
+            .context("re-fetch event without data.object")?;
+        let event = refetched_subscription_event(id, stored.created, object)
+            .context("re-fetched subscription")?;
+        return Ok(Some(event));
+    }
+    match parse_event(&stored.payload) {
+        Ok(ParsedEvent::Handled { event, .. }) => Ok(Some(*event)),
+        Ok(ParsedEvent::Unhandled { .. }) => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("{}: {e}", e.code())),
+    }
+}
+
+#[async_trait]
+impl<S: BillingBackend + ?Sized> EventHandler for LifecycleHandler<S> {
+    async fn handle(&self, stored: &StoredEvent) -> Result<HandlerOutcome, HandlerError> {
+        let Some(event) = parse_stored(stored)? else {
+            return Ok(HandlerOutcome::Skipped);
+        };
+        let Some(link) = self.link(&event).await? else {
+            tracing::info!(event_id = %stored.id, "event cannot be linked to a customer yet");
+            return Ok(HandlerOutcome::Unlinked);
+        };
+        self.apply_and_commit(stored, &event, &link.customer)
+            .await?;
+        let mut requeue = link.new_links;
+        requeue.extend(object_links(&event));
+        let ids: Vec<&str> = requeue.iter().map(String::as_str).collect();
+        // The event is committed: a failure here must not fail it. Parked
+        // events also get another chance from `billd events replay`.
+        match self.store.requeue_unlinked(&ids, self.clock.now()).await {
+            Ok(0) => {}
+            Ok(requeued) => {
+                tracing::info!(customer = %link.customer, requeued, "parked events requeued after linking");
+            }
+            Err(e) => tracing::warn!(error = %e, "requeueing parked events failed"),
+        }
+        Ok(HandlerOutcome::Committed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_handled_type_parses_to_a_domain_event_kind() {
+        // A type in the list that the parser treats as unhandled would be
+        // skipped silently; catch that here.
+        for event_type in HANDLED_EVENT_TYPES {
+            let payload = serde_json::json!({
+                "id": "evt_1", "object": "event", "type": event_type, "created": 1,
+                "data": { "object": {} }
+            });
+            let parsed = parse_event(&payload.to_string());
+            assert!(
+                !matches!(parsed, Ok(ParsedEvent::Unhandled { .. })),
+                "{event_type} is not handled by the parser"
+            );
+        }
+    }
+}
