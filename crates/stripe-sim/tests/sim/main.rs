@@ -8,6 +8,7 @@
 mod api;
 mod billing;
 mod payments;
+mod properties;
 mod python;
 mod shapes;
 mod support;
