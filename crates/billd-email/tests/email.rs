@@ -1,0 +1,1146 @@
+//! billd-email against real templates, real files and a real SMTP server
+//! (aiosmtpd, started per test on a loopback port; see `smtp_sink.py`).
+
+#![allow(clippy::unwrap_used, reason = "test code: a panic is a failed test")]
+
+use std::collections::BTreeMap;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use billd_core::{AlertKind, Currency, Effect, EmailTemplate, Money};
+use billd_email::{
+    format_money, parse_mailbox, sample_params, BackendConfig, Branding, DeliverError, Delivery,
+    EmailBackend, EmailConfig, FileBackend, Locale, MemoryBackend, Message, Notifier, Reader,
+    Recipient, SendError, SmtpConfig, Templates, TlsMode, ALL_TEMPLATES, DEDUPE_HEADER,
+};
+use secrecy::ExposeSecret;
+use serde_json::Value;
+
+const ACCOUNT_URL: &str = "https://app.example.com/account/billing";
+const HOSTED: &str = "https://invoice.stripe.com/i/acct_1/in_1";
+const PDF: &str = "https://pay.stripe.com/invoice/acct_1/in_1/pdf";
+/// 2026-11-27T14:05:09Z
+const WHEN: &str = "1795788309";
+
+// ------------------------------------------------------------------ helpers
+
+fn branding() -> Branding {
+    Branding {
+        product_name: "Sitegen".to_owned(),
+        account_url: ACCOUNT_URL.to_owned(),
+    }
+}
+
+fn templates() -> Templates {
+    Templates::embedded(branding()).unwrap()
+}
+
+fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn reader(locale: Locale) -> Reader {
+    Reader {
+        name: Some("Ada".to_owned()),
+        email: "ada@example.com".to_owned(),
+        locale,
+    }
+}
+
+fn payment_failed_params() -> BTreeMap<String, String> {
+    params(&[
+        ("invoice", "in_1"),
+        ("amount_due", "12.00 EUR"),
+        ("attempt_count", "2"),
+        ("next_payment_attempt", WHEN),
+        ("hosted_invoice_url", HOSTED),
+    ])
+}
+
+fn payment_failed_effect(key: &str) -> Effect {
+    Effect::Email {
+        template: EmailTemplate::PaymentFailed,
+        dedupe_key: key.to_owned(),
+        params: payment_failed_params(),
+    }
+}
+
+fn ada() -> Recipient {
+    Recipient::parse("ada@example.com", Some("Ada Lovelace"), Some("en-GB")).unwrap()
+}
+
+fn notifier(backend: Arc<dyn EmailBackend>, admin: Option<&str>) -> Notifier {
+    Notifier::new(
+        templates(),
+        backend,
+        parse_mailbox("Sitegen Billing <billing@sitegen.example>").unwrap(),
+        admin.map(|a| parse_mailbox(a).unwrap()),
+    )
+}
+
+/// A URL as it appears in an HTML attribute: minijinja escapes `/` too.
+fn href(url: &str) -> String {
+    let escaped = url
+        .replace('&', "&amp;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#x27;")
+        .replace('/', "&#x2f;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;");
+    format!("href=\"{escaped}\"")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn smtp_backend(url: &str) -> Arc<dyn EmailBackend> {
+    url.parse::<BackendConfig>().unwrap().build().unwrap()
+}
+
+/// An aiosmtpd process writing what it receives into a temporary directory.
+struct SmtpSink {
+    child: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl SmtpSink {
+    fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    fn start_on(port: u16) -> Self {
+        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
+        let dir = tempfile::tempdir().unwrap();
+        let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+        let mut child = Command::new(&python)
+            .args(["-m", "aiosmtpd", "-n", "-l"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["-c", "smtp_sink.Sink"])
+            .arg(dir.path())
+            .env("PYTHONPATH", &tests)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run {python} (install Python 3 and `python3 -m pip install aiosmtpd`; scripts/test.sh does): {e}")
+            });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut stderr = String::new();
+                if let Some(mut err) = child.stderr.take() {
+                    std::io::Read::read_to_string(&mut err, &mut stderr).ok();
+                }
+                panic!(
+                    "aiosmtpd exited with {status} (is it installed? `python3 -m pip install aiosmtpd`): {stderr}"
+                );
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "aiosmtpd did not listen on {port} within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, dir, port }
+    }
+
+    fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+
+    fn messages(&self) -> Vec<Value> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.extension().is_some_and(|x| x == "json")
+                    && !p.file_name().unwrap().to_string_lossy().starts_with('.')
+            })
+            .collect();
+        files.sort();
+        files
+            .iter()
+            .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+            .collect()
+    }
+
+    /// Waits for `n` messages, then a little longer to catch a duplicate.
+    async fn exactly(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.messages().len() < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let messages = self.messages();
+        assert_eq!(messages.len(), n, "messages received: {messages:#?}");
+        messages
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn part<'a>(message: &'a Value, content_type: &str) -> &'a str {
+    let parts = message["parts"].as_array().unwrap();
+    let matching: Vec<&Value> = parts
+        .iter()
+        .filter(|p| p["content_type"] == content_type)
+        .collect();
+    assert_eq!(matching.len(), 1, "one {content_type} part in {parts:#?}");
+    matching[0]["content"].as_str().unwrap()
+}
+
+// ---------------------------------------------------------------- templates
+
+struct Expect {
+    template: EmailTemplate,
+    params: BTreeMap<String, String>,
+    subject: &'static str,
+    text: &'static [&'static str],
+    html: Vec<String>,
+}
+
+#[test]
+fn every_email_renders_its_subject_amount_and_links_in_text_and_html() {
+    let t = templates();
+    let cases = [
+        Expect {
+            template: EmailTemplate::SubscriptionConfirmed,
+            params: params(&[
+                ("subscription", "sub_1"),
+                ("plan", "pro"),
+                ("status", "active"),
+            ]),
+            subject: "Welcome to Sitegen Pro",
+            text: &["Pro plan is active"],
+            html: vec!["<strong>Pro</strong> plan is active".to_owned()],
+        },
+        Expect {
+            template: EmailTemplate::SubscriptionConfirmed,
+            params: params(&[
+                ("subscription", "sub_1"),
+                ("plan", "pro"),
+                ("status", "trialing"),
+            ]),
+            subject: "Your Pro trial has started",
+            text: &["free trial of the Pro plan"],
+            html: vec!["free trial".to_owned()],
+        },
+        Expect {
+            template: EmailTemplate::PaymentSucceeded,
+            params: params(&[
+                ("invoice", "in_1"),
+                ("amount_paid", "12.00 EUR"),
+                ("invoice_pdf", PDF),
+                ("hosted_invoice_url", HOSTED),
+            ]),
+            subject: "Payment received: €12.00",
+            text: &["payment of €12.00 for invoice in_1", HOSTED, PDF],
+            html: vec![
+                "<strong>€12.00</strong>".to_owned(),
+                href(HOSTED),
+                href(PDF),
+            ],
+        },
+        Expect {
+            template: EmailTemplate::PaymentFailed,
+            params: payment_failed_params(),
+            subject: "Payment of €12.00 failed",
+            text: &[
+                "attempt 2",
+                "We will try again on November 27, 2026, 14:05 UTC.",
+                "Update your card: https://app.example.com/account/billing",
+                HOSTED,
+            ],
+            html: vec![
+                href(ACCOUNT_URL),
+                ">Update your card</a>".to_owned(),
+                href(HOSTED),
+            ],
+        },
+        Expect {
+            template: EmailTemplate::PaymentFailed,
+            params: params(&[
+                ("invoice", "in_1"),
+                ("amount_due", "12.00 EUR"),
+                ("attempt_count", "4"),
+                ("next_payment_attempt", ""),
+                ("hosted_invoice_url", ""),
+            ]),
+            subject: "Payment of €12.00 failed",
+            text: &["attempt 4", "We will not try again automatically."],
+            html: vec!["We will not try again automatically.".to_owned()],
+        },
+        Expect {
+            template: EmailTemplate::ActionRequired,
+            params: params(&[
+                ("invoice", "in_1"),
+                ("amount_due", "12.00 EUR"),
+                ("hosted_invoice_url", HOSTED),
+            ]),
+            subject: "Please confirm your payment of €12.00",
+            text: &[
+                "3-D Secure",
+                "Confirm it here: https://invoice.stripe.com/i/acct_1/in_1",
+            ],
+            html: vec![href(HOSTED), "Confirm the payment".to_owned()],
+        },
+        Expect {
+            template: EmailTemplate::TrialEnding,
+            params: params(&[("subscription", "sub_1"), ("trial_end", WHEN)]),
+            subject: "Your trial ends on November 27, 2026",
+            text: &["ends on November 27, 2026", ACCOUNT_URL],
+            html: vec!["<strong>November 27, 2026</strong>".to_owned()],
+        },
+        Expect {
+            template: EmailTemplate::CancellationScheduled,
+            params: params(&[("subscription", "sub_1"), ("ends_at", WHEN)]),
+            subject: "Your subscription will end on November 27, 2026",
+            text: &[
+                "keep access until November 27, 2026",
+                "Resume your subscription",
+            ],
+            html: vec!["Resume your subscription".to_owned()],
+        },
+        Expect {
+            template: EmailTemplate::SubscriptionCanceled,
+            params: params(&[("subscription", "sub_1"), ("plan", "standard")]),
+            subject: "Your Standard subscription has ended",
+            text: &["on the free plan now"],
+            html: vec!["<strong>Standard</strong>".to_owned()],
+        },
+        Expect {
+            template: EmailTemplate::PlanChanged,
+            params: params(&[
+                ("subscription", "sub_1"),
+                ("from", "standard"),
+                ("to", "pro"),
+            ]),
+            subject: "Your plan changed to Pro",
+            text: &["from the Standard plan to the Pro plan"],
+            html: vec![
+                "<strong>Standard</strong>".to_owned(),
+                "<strong>Pro</strong>".to_owned(),
+            ],
+        },
+        Expect {
+            template: EmailTemplate::RefundIssued,
+            params: params(&[
+                ("charge", "ch_1"),
+                ("amount_refunded", "5.00 EUR"),
+                ("full", "false"),
+            ]),
+            subject: "Refund issued: €5.00",
+            text: &["We refunded €5.00 of your payment (charge ch_1)."],
+            html: vec!["<strong>€5.00</strong>".to_owned()],
+        },
+        Expect {
+            template: EmailTemplate::RefundIssued,
+            params: params(&[
+                ("charge", "ch_1"),
+                ("amount_refunded", "12.00 EUR"),
+                ("full", "true"),
+            ]),
+            subject: "Refund issued: €12.00",
+            text: &["€12.00 of your payment, its full amount"],
+            html: vec!["its full amount".to_owned()],
+        },
+        Expect {
+            template: EmailTemplate::ChargebackNotice,
+            params: params(&[("dispute", "du_1"), ("amount", "12.00 EUR")]),
+            subject: "A chargeback was opened on your payment of €12.00",
+            text: &["reference du_1", "paid features are paused"],
+            html: vec!["<strong>€12.00</strong>".to_owned()],
+        },
+        Expect {
+            template: EmailTemplate::InvoiceFinalized,
+            params: params(&[
+                ("invoice", "in_1"),
+                ("amount_due", "12.00 EUR"),
+                ("invoice_pdf", PDF),
+                ("hosted_invoice_url", HOSTED),
+            ]),
+            subject: "Your invoice for €12.00",
+            text: &["invoice in_1 for €12.00 is ready", HOSTED, PDF],
+            html: vec![href(PDF), href(HOSTED)],
+        },
+        Expect {
+            template: EmailTemplate::RenewalReminder,
+            params: params(&[("amount_due", "12.00 EUR"), ("renews_at", WHEN)]),
+            subject: "Your subscription renews on November 27, 2026",
+            text: &["renews on November 27, 2026 and we will charge €12.00."],
+            html: vec!["<strong>€12.00</strong>".to_owned()],
+        },
+        Expect {
+            template: EmailTemplate::RenewalReminder,
+            params: params(&[
+                ("subscription", "sub_1"),
+                ("plan", "standard"),
+                ("renews_at", WHEN),
+            ]),
+            subject: "Your subscription renews on November 27, 2026",
+            text: &["Your Standard subscription renews on November 27, 2026."],
+            html: vec!["<strong>Standard</strong>".to_owned()],
+        },
+        Expect {
+            template: EmailTemplate::CardExpiring,
+            params: params(&[
+                ("payment_method", "pm_1"),
+                ("brand", "visa"),
+                ("last4", "4242"),
+                ("expires", "12/2026"),
+            ]),
+            subject: "Your card ending in 4242 expires soon",
+            text: &[
+                "Visa card ending in 4242 expires at the end of 12/2026",
+                ACCOUNT_URL,
+            ],
+            html: vec![href(ACCOUNT_URL)],
+        },
+        Expect {
+            template: EmailTemplate::GraceEnding,
+            params: params(&[("subscription", "sub_1"), ("grace_until", WHEN)]),
+            subject: "Action needed: paid access ends on November 27, 2026",
+            text: &[
+                "paid access ends on November 27, 2026, 14:05 UTC",
+                ACCOUNT_URL,
+            ],
+            html: vec!["Update your card".to_owned()],
+        },
+    ];
+    let mut covered = std::collections::BTreeSet::new();
+    for case in cases {
+        let name = billd_email::template_name(case.template);
+        covered.insert(name);
+        let rendered = t
+            .render_email(case.template, &case.params, &reader(Locale::En))
+            .unwrap();
+        assert_eq!(rendered.subject, case.subject, "{name}");
+        assert!(
+            rendered.text.starts_with("Hello Ada,"),
+            "{name}: {}",
+            rendered.text
+        );
+        for needle in case.text {
+            assert!(
+                rendered.text.contains(needle),
+                "{name} text lacks {needle:?}:\n{}",
+                rendered.text
+            );
+        }
+        assert!(
+            rendered
+                .html
+                .contains(&format!("<title>{}</title>", case.subject)),
+            "{name}"
+        );
+        for needle in &case.html {
+            assert!(
+                rendered.html.contains(needle.as_str()),
+                "{name} html lacks {needle:?}:\n{}",
+                rendered.html
+            );
+        }
+        assert!(!rendered.text.contains("<p>"), "{name}: text has HTML");
+    }
+    for template in ALL_TEMPLATES {
+        assert!(
+            covered.contains(billd_email::template_name(template)),
+            "{template:?} untested"
+        );
+    }
+}
+
+#[test]
+fn a_german_reader_gets_amounts_and_dates_in_german() {
+    let rendered = templates()
+        .render_email(
+            EmailTemplate::PaymentFailed,
+            &payment_failed_params(),
+            &reader(Locale::De),
+        )
+        .unwrap();
+    assert_eq!(rendered.subject, "Payment of 12,00\u{a0}€ failed");
+    assert!(
+        rendered.text.contains("27. November 2026, 14:05 UTC"),
+        "{}",
+        rendered.text
+    );
+    assert!(
+        rendered
+            .html
+            .starts_with("<!DOCTYPE html>\n<html lang=\"de\">"),
+        "{}",
+        rendered.html
+    );
+}
+
+#[test]
+fn html_bodies_escape_parameters_and_text_bodies_keep_them() {
+    let hostile = params(&[("dispute", "du_<b>1</b>"), ("amount", "12.00 EUR")]);
+    let rendered = templates()
+        .render_email(
+            EmailTemplate::ChargebackNotice,
+            &hostile,
+            &reader(Locale::En),
+        )
+        .unwrap();
+    assert!(
+        rendered
+            .html
+            .contains("reference du_&lt;b&gt;1&lt;&#x2f;b&gt;)"),
+        "{}",
+        rendered.html
+    );
+    assert!(!rendered.html.contains("<b>"));
+    assert!(
+        rendered.text.contains("reference du_<b>1</b>)"),
+        "{}",
+        rendered.text
+    );
+}
+
+#[test]
+fn a_missing_parameter_is_a_render_error_not_an_empty_string() {
+    let mut incomplete = payment_failed_params();
+    incomplete.remove("amount_due");
+    let err = templates()
+        .render_email(
+            EmailTemplate::PaymentFailed,
+            &incomplete,
+            &reader(Locale::En),
+        )
+        .unwrap_err();
+    assert_eq!(err.code(), "template_missing_variable", "{err}");
+    assert!(err.to_string().contains("payment_failed"), "{err}");
+}
+
+#[test]
+fn an_amount_that_is_not_an_exact_amount_is_a_render_error() {
+    let mut bad = payment_failed_params();
+    bad.insert("amount_due".to_owned(), "12.5 EUR".to_owned());
+    let err = templates()
+        .render_email(EmailTemplate::PaymentFailed, &bad, &reader(Locale::En))
+        .unwrap_err();
+    assert_eq!(err.code(), "template_render_failed", "{err}");
+}
+
+#[test]
+fn a_template_override_directory_wins_over_the_embedded_templates() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("payment_failed.subject.txt"),
+        "Zahlung über {{ amount_due|money }} fehlgeschlagen\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("payment_failed.html"),
+        "<p>Versuch {{ attempt_count }}: <a href=\"{{ account_url }}\">Karte ändern</a></p>",
+    )
+    .unwrap();
+    let t = Templates::load(Some(dir.path()), branding()).unwrap();
+
+    let rendered = t
+        .render_email(
+            EmailTemplate::PaymentFailed,
+            &payment_failed_params(),
+            &reader(Locale::De),
+        )
+        .unwrap();
+    assert_eq!(rendered.subject, "Zahlung über 12,00\u{a0}€ fehlgeschlagen");
+    assert_eq!(
+        rendered.html,
+        format!(
+            "<p>Versuch 2: <a {}>Karte ändern</a></p>",
+            href(ACCOUNT_URL)
+        )
+    );
+    // Not overridden: the embedded text body.
+    assert!(rendered.text.contains("attempt 2"), "{}", rendered.text);
+    let other = t
+        .render_email(
+            EmailTemplate::PlanChanged,
+            &params(&[
+                ("subscription", "sub_1"),
+                ("from", "standard"),
+                ("to", "pro"),
+            ]),
+            &reader(Locale::En),
+        )
+        .unwrap();
+    assert_eq!(other.subject, "Your plan changed to Pro");
+}
+
+#[test]
+fn an_override_using_a_variable_the_email_does_not_have_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("trial_ending.txt"),
+        "Ends {{ trial_ends_at|date }}",
+    )
+    .unwrap();
+    let err = Templates::load(Some(dir.path()), branding()).unwrap_err();
+    assert_eq!(err.code(), "template_missing_variable", "{err}");
+    assert!(err.to_string().contains("trial_ending.txt"), "{err}");
+}
+
+#[test]
+fn an_override_that_does_not_parse_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("_layout.html"), "{% block body %}").unwrap();
+    let err = Templates::load(Some(dir.path()), branding()).unwrap_err();
+    assert_eq!(err.code(), "template_syntax", "{err}");
+}
+
+#[test]
+fn every_sample_shape_renders_without_an_account_url() {
+    let t = Templates::embedded(Branding {
+        product_name: "Sitegen".to_owned(),
+        account_url: String::new(),
+    })
+    .unwrap();
+    for template in ALL_TEMPLATES {
+        for p in sample_params(template) {
+            let rendered = t.render_email(template, &p, &reader(Locale::Fr)).unwrap();
+            assert!(!rendered.text.contains("account/billing"));
+            assert!(!rendered.subject.is_empty());
+        }
+    }
+}
+
+#[test]
+fn money_is_formatted_for_the_reader_locale() {
+    let table = [
+        (Locale::En, "eur", 1200, "€12.00"),
+        (Locale::En, "usd", 123_456, "$1,234.56"),
+        (Locale::En, "jpy", 1200, "¥1,200"),
+        (Locale::De, "eur", 1200, "12,00\u{a0}€"),
+        (Locale::De, "usd", 123_456, "1.234,56\u{a0}$"),
+        (Locale::De, "jpy", 1200, "1.200\u{a0}¥"),
+        (Locale::Fr, "eur", 1200, "12,00\u{a0}€"),
+        (Locale::Fr, "usd", 123_456, "1\u{202f}234,56\u{a0}$"),
+        (Locale::Fr, "jpy", 1200, "1\u{202f}200\u{a0}¥"),
+        (Locale::En, "kwd", 1234, "KWD\u{a0}1.234"),
+        (Locale::De, "kwd", 1234, "1,234\u{a0}KWD"),
+    ];
+    for (locale, code, minor, expected) in table {
+        let money = Money::new(minor, Currency::parse(code).unwrap());
+        assert_eq!(
+            format_money(&money, locale),
+            expected,
+            "{locale} {code} {minor}"
+        );
+    }
+}
+
+#[test]
+fn the_money_filter_also_takes_minor_units_and_a_currency() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("plan_changed.subject.txt"),
+        "{{ 199900|money(\"jpy\") }} / {{ 1250|money(\"eur\") }}",
+    )
+    .unwrap();
+    let t = Templates::load(Some(dir.path()), branding()).unwrap();
+    let rendered = t
+        .render_email(
+            EmailTemplate::PlanChanged,
+            &params(&[("subscription", "sub_1"), ("from", "a"), ("to", "b")]),
+            &reader(Locale::En),
+        )
+        .unwrap();
+    assert_eq!(rendered.subject, "¥199,900 / €12.50");
+}
+
+#[test]
+fn alerts_render_the_core_message() {
+    let rendered = templates()
+        .render_alert(
+            AlertKind::DisputeOpened,
+            "dispute du_1 opened for 12.00 EUR",
+        )
+        .unwrap();
+    assert_eq!(rendered.subject, "[Sitegen] billing alert: dispute_opened");
+    assert!(rendered
+        .text
+        .starts_with("dispute du_1 opened for 12.00 EUR"));
+    assert!(rendered
+        .html
+        .contains("<p>dispute du_1 opened for 12.00 EUR</p>"));
+}
+
+// ------------------------------------------------------------------ messages
+
+#[test]
+fn the_message_id_follows_the_dedupe_key() {
+    let n = notifier(Arc::new(MemoryBackend::new()), None);
+    let compose = |key: &str| {
+        n.compose_email(
+            EmailTemplate::PaymentFailed,
+            key,
+            &payment_failed_params(),
+            &ada(),
+        )
+        .unwrap()
+    };
+    let a = compose("payment_failed:in_1:2");
+    let again = compose("payment_failed:in_1:2");
+    let b = compose("payment_failed:in_1:3");
+    assert_eq!(a.message_id(), again.message_id());
+    assert_ne!(a.message_id(), b.message_id());
+    assert!(
+        a.message_id().ends_with(".billd@sitegen.example>"),
+        "{}",
+        a.message_id()
+    );
+}
+
+#[test]
+fn a_dedupe_key_that_could_break_a_header_is_refused() {
+    let n = notifier(Arc::new(MemoryBackend::new()), None);
+    let message = n
+        .compose_email(
+            EmailTemplate::PaymentFailed,
+            "a\r\nBcc: x@y",
+            &payment_failed_params(),
+            &ada(),
+        )
+        .unwrap();
+    let err = message.to_mime().unwrap_err();
+    assert_eq!(err.code(), "invalid_message");
+    assert!(!err.is_transient());
+}
+
+#[test]
+fn recipients_are_parsed_with_their_locale() {
+    let r = Recipient::parse(" ada@example.com ", Some(" "), Some("fr-CA")).unwrap();
+    assert_eq!(r.mailbox.to_string(), "ada@example.com");
+    assert_eq!(r.locale, Locale::Fr);
+    let err = Recipient::parse("not an address", None, None).unwrap_err();
+    assert_eq!(err.code(), "invalid_email_address");
+}
+
+// ------------------------------------------------------------------ backends
+
+#[tokio::test]
+async fn an_email_sent_over_smtp_arrives_once_as_text_and_html() {
+    let sink = SmtpSink::start();
+    let n = notifier(smtp_backend(&sink.url()), None);
+
+    let delivery = n
+        .deliver(
+            &payment_failed_effect("payment_failed:in_1:2"),
+            Some(&ada()),
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(delivery, Delivery::Sent);
+    let messages = sink.exactly(1).await;
+    let m = &messages[0];
+    assert_eq!(m["rcpt_tos"], serde_json::json!(["ada@example.com"]));
+    assert_eq!(m["mail_from"], "billing@sitegen.example");
+    assert_eq!(m["content_type"], "multipart/alternative");
+    assert_eq!(m["headers"]["subject"], "Payment of €12.00 failed");
+    assert_eq!(m["headers"]["to"], "Ada Lovelace <ada@example.com>");
+    assert_eq!(
+        m["headers"][DEDUPE_HEADER.to_ascii_lowercase().as_str()],
+        "payment_failed:in_1:2"
+    );
+    let expected_id = n
+        .compose_email(
+            EmailTemplate::PaymentFailed,
+            "payment_failed:in_1:2",
+            &payment_failed_params(),
+            &ada(),
+        )
+        .unwrap()
+        .message_id();
+    assert_eq!(m["headers"]["message-id"], expected_id.as_str());
+    let text = part(m, "text/plain");
+    assert!(text.starts_with("Hello Ada Lovelace,"), "{text}");
+    assert!(text.contains("€12.00"), "{text}");
+    assert!(
+        text.contains("Update your card: https://app.example.com/account/billing"),
+        "{text}"
+    );
+    assert!(text.contains(HOSTED), "{text}");
+    let html = part(m, "text/html");
+    assert!(html.contains("<strong>€12.00</strong>"), "{html}");
+    assert!(html.contains(&href(ACCOUNT_URL)), "{html}");
+}
+
+#[tokio::test]
+async fn smtp_down_is_a_transient_error_and_the_retry_delivers_once() {
+    let port = free_port();
+    let n = notifier(
+        smtp_backend(&format!("smtp://127.0.0.1:{port}?timeout=5")),
+        None,
+    );
+    let effect = payment_failed_effect("payment_failed:in_1:2");
+
+    let err = n.deliver(&effect, Some(&ada())).await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert_eq!(err.code(), "smtp_unreachable", "{err}");
+
+    let sink = SmtpSink::start_on(port);
+    let delivery = n.deliver(&effect, Some(&ada())).await.unwrap();
+
+    assert_eq!(delivery, Delivery::Sent);
+    let messages = sink.exactly(1).await;
+    assert_eq!(
+        messages[0]["headers"]["subject"],
+        "Payment of €12.00 failed"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_recipient_is_permanent_and_a_deferred_one_is_transient() {
+    let sink = SmtpSink::start();
+    let n = notifier(smtp_backend(&sink.url()), None);
+    let effect = payment_failed_effect("payment_failed:in_1:2");
+
+    let rejected = Recipient::parse("reject@example.com", None, None).unwrap();
+    let err = n.deliver(&effect, Some(&rejected)).await.unwrap_err();
+    assert!(!err.is_transient(), "{err:?}");
+    assert_eq!(err.code(), "smtp_rejected");
+
+    let deferred = Recipient::parse("defer@example.com", None, None).unwrap();
+    let err = n.deliver(&effect, Some(&deferred)).await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert_eq!(err.code(), "smtp_deferred");
+
+    sink.exactly(0).await;
+}
+
+#[tokio::test]
+async fn required_tls_never_falls_back_to_plain_text() {
+    let sink = SmtpSink::start();
+    let n = notifier(smtp_backend(&format!("{}?tls=required", sink.url())), None);
+
+    let err = n
+        .deliver(
+            &payment_failed_effect("payment_failed:in_1:2"),
+            Some(&ada()),
+        )
+        .await
+        .unwrap_err();
+
+    assert!(err.is_transient(), "{err:?}");
+    sink.exactly(0).await;
+}
+
+#[tokio::test]
+async fn an_admin_alert_goes_to_the_admin_address_over_smtp() {
+    let sink = SmtpSink::start();
+    let n = notifier(smtp_backend(&sink.url()), Some("ops@sitegen.example"));
+    let alert = Effect::AdminAlert {
+        alert: AlertKind::DisputeOpened,
+        dedupe_key: "dispute_opened:du_1".to_owned(),
+        message: "dispute du_1 opened for 12.00 EUR (fraudulent); access frozen".to_owned(),
+    };
+
+    assert_eq!(n.deliver(&alert, None).await.unwrap(), Delivery::Sent);
+
+    let messages = sink.exactly(1).await;
+    assert_eq!(
+        messages[0]["rcpt_tos"],
+        serde_json::json!(["ops@sitegen.example"])
+    );
+    assert_eq!(
+        messages[0]["headers"]["subject"],
+        "[Sitegen] billing alert: dispute_opened"
+    );
+    assert!(part(&messages[0], "text/plain").contains("access frozen"));
+}
+
+#[tokio::test]
+async fn nothing_is_sent_without_a_recipient_and_other_effects_are_refused() {
+    let memory = MemoryBackend::new();
+    let n = notifier(Arc::new(memory.clone()), None);
+    let alert = Effect::AdminAlert {
+        alert: AlertKind::UnknownPrice,
+        dedupe_key: "unknown_price:sub_1:price_x".to_owned(),
+        message: "unknown price".to_owned(),
+    };
+    let cancel = Effect::CancelSubscription {
+        subscription: "sub_1".parse().unwrap(),
+        reason: billd_core::CancelReason::DisputeLost,
+        dedupe_key: "cancel_subscription:sub_1".to_owned(),
+    };
+
+    assert_eq!(
+        n.deliver(&payment_failed_effect("k"), None).await.unwrap(),
+        Delivery::NoRecipient
+    );
+    assert_eq!(
+        n.deliver(&alert, None).await.unwrap(),
+        Delivery::NoRecipient
+    );
+    let err = n.deliver(&cancel, None).await.unwrap_err();
+
+    assert!(matches!(err, DeliverError::NotAnEmail(_)));
+    assert_eq!(err.code(), "not_an_email");
+    assert!(memory.sent().is_empty());
+}
+
+#[tokio::test]
+async fn a_render_error_is_permanent() {
+    let n = notifier(Arc::new(MemoryBackend::new()), None);
+    let effect = Effect::Email {
+        template: EmailTemplate::PaymentSucceeded,
+        dedupe_key: "payment_succeeded:in_1".to_owned(),
+        params: params(&[("invoice", "in_1")]),
+    };
+    let err = n.deliver(&effect, Some(&ada())).await.unwrap_err();
+    assert!(!err.is_transient());
+    assert_eq!(err.code(), "template_missing_variable");
+}
+
+#[tokio::test]
+async fn the_memory_backend_records_sends_and_fails_on_request() {
+    let memory = MemoryBackend::new();
+    let n = notifier(Arc::new(memory.clone()), None);
+    memory.fail_next(SendError::transient("smtp_unreachable", "injected"));
+
+    let first = n
+        .deliver(
+            &payment_failed_effect("payment_failed:in_1:2"),
+            Some(&ada()),
+        )
+        .await;
+    let second = n
+        .deliver(
+            &payment_failed_effect("payment_failed:in_1:2"),
+            Some(&ada()),
+        )
+        .await;
+
+    assert!(first.unwrap_err().is_transient());
+    assert_eq!(second.unwrap(), Delivery::Sent);
+    let sent: Vec<Message> = memory.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].template, "payment_failed");
+    assert_eq!(sent[0].content.subject, "Payment of €12.00 failed");
+}
+
+#[tokio::test]
+async fn the_file_backend_writes_one_eml_file_per_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = FileBackend::new(dir.path().join("mail")).unwrap();
+    let n = notifier(Arc::new(backend), None);
+
+    n.deliver(
+        &payment_failed_effect("payment_failed:in_1:2"),
+        Some(&ada()),
+    )
+    .await
+    .unwrap();
+
+    let files: Vec<PathBuf> = std::fs::read_dir(dir.path().join("mail"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(name.ends_with("-payment_failed-in_1-2.eml"), "{name}");
+    let eml = std::fs::read_to_string(&files[0]).unwrap();
+    assert!(
+        eml.contains("X-Billd-Dedupe-Key: payment_failed:in_1:2"),
+        "{eml}"
+    );
+    assert!(eml.contains("multipart/alternative"), "{eml}");
+    assert!(
+        eml.contains("To: \"Ada Lovelace\" <ada@example.com>"),
+        "{eml}"
+    );
+}
+
+// -------------------------------------------------------------------- config
+
+fn smtp(url: &str) -> SmtpConfig {
+    match url.parse::<BackendConfig>().unwrap() {
+        BackendConfig::Smtp(c) => c,
+        other => panic!("{url}: {other:?}"),
+    }
+}
+
+#[test]
+fn smtp_urls_choose_tls_mode_port_and_login() {
+    let plain = smtp("smtp://127.0.0.1:2525");
+    assert_eq!(
+        (plain.host.as_str(), plain.port, plain.tls),
+        ("127.0.0.1", 2525, TlsMode::None)
+    );
+    assert!(plain.auth.is_none());
+    assert_eq!(plain.timeout, Duration::from_secs(30));
+
+    let starttls = smtp("smtp://mail.example.com?tls=starttls");
+    assert_eq!((starttls.port, starttls.tls), (587, TlsMode::StartTls));
+
+    let required =
+        smtp("smtp://user%40example.com:p%40ss%3Aword@mail.example.com?tls=required&timeout=7");
+    assert_eq!(
+        (required.port, required.tls),
+        (587, TlsMode::StartTlsRequired)
+    );
+    assert_eq!(required.timeout, Duration::from_secs(7));
+    let auth = required.auth.unwrap();
+    assert_eq!(auth.user, "user@example.com");
+    assert_eq!(auth.password.expose_secret(), "p@ss:word");
+
+    let implicit = smtp("smtps://u:p@mail.example.com");
+    assert_eq!((implicit.port, implicit.tls), (465, TlsMode::Implicit));
+
+    assert_eq!(smtp("smtp://localhost").port, 25);
+    assert!(smtp("smtp://u:p@localhost:1025").auth.is_some());
+
+    assert!(
+        matches!("file:///var/mail/billd".parse::<BackendConfig>().unwrap(), BackendConfig::File(p) if p == Path::new("/var/mail/billd"))
+    );
+    assert!(matches!(
+        "log".parse::<BackendConfig>().unwrap(),
+        BackendConfig::Log
+    ));
+}
+
+#[test]
+fn bad_smtp_urls_are_refused_with_a_reason() {
+    let cases = [
+        ("mail.example.com", "not a URL"),
+        ("http://mail.example.com", "unsupported scheme"),
+        ("smtp://mail.example.com?tls=maybe", "tls=\"maybe\""),
+        (
+            "smtps://mail.example.com?tls=required",
+            "smtps:// is always TLS",
+        ),
+        (
+            "smtp://mail.example.com?pool=3",
+            "unknown parameter \"pool\"",
+        ),
+        ("smtp://mail.example.com?timeout=0", "timeout=\"0\""),
+        ("smtp://u:p@mail.example.com", "refusing to send a password"),
+        (
+            "smtp://u:p@mail.example.com?tls=starttls",
+            "refusing to send a password",
+        ),
+        ("smtp://mail.example.com/inbox", "unexpected path"),
+        ("file://relative", "absolute"),
+    ];
+    for (url, reason) in cases {
+        let err = url.parse::<BackendConfig>().unwrap_err();
+        assert_eq!(err.code(), "invalid_smtp_url");
+        assert!(err.to_string().contains(reason), "{url}: {err}");
+    }
+}
+
+#[test]
+fn the_smtp_password_never_shows_in_debug_output() {
+    let config = EmailConfig::from_vars(|k| match k {
+        "BILLD_SMTP_URL" => Some("smtps://billing:hunter2-secret@mail.example.com".to_owned()),
+        "BILLD_EMAIL_FROM" => Some("Billing <billing@example.com>".to_owned()),
+        _ => None,
+    })
+    .unwrap();
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("hunter2-secret"), "{debug}");
+    assert!(debug.contains("mail.example.com"), "{debug}");
+}
+
+#[test]
+fn email_config_reads_the_billd_variables() {
+    let vars: BTreeMap<&str, &str> = [
+        ("BILLD_SMTP_URL", "smtp://127.0.0.1:2525"),
+        ("BILLD_EMAIL_FROM", "Sitegen <billing@sitegen.example>"),
+        ("BILLD_ADMIN_EMAIL", "ops@sitegen.example"),
+        ("BILLD_TEMPLATES", "/etc/billd/templates"),
+        ("BILLD_PRODUCT_NAME", "Sitegen"),
+        ("BILLD_ACCOUNT_URL", ACCOUNT_URL),
+    ]
+    .into_iter()
+    .collect();
+    let config = EmailConfig::from_vars(|k| vars.get(k).map(|v| (*v).to_owned())).unwrap();
+
+    assert!(matches!(config.backend, BackendConfig::Smtp(ref c) if c.port == 2525));
+    assert_eq!(config.from.to_string(), "Sitegen <billing@sitegen.example>");
+    assert_eq!(config.admin.unwrap().to_string(), "ops@sitegen.example");
+    assert_eq!(
+        config.templates.as_deref(),
+        Some(Path::new("/etc/billd/templates"))
+    );
+    assert_eq!(config.branding, branding());
+
+    let dev = EmailConfig::from_vars(|_| None).unwrap();
+    assert!(matches!(dev.backend, BackendConfig::Log));
+    assert!(dev.admin.is_none());
+}
+
+#[test]
+fn smtp_without_a_from_address_or_with_a_bad_one_is_refused() {
+    let missing = EmailConfig::from_vars(|k| {
+        (k == "BILLD_SMTP_URL").then(|| "smtp://127.0.0.1:2525".to_owned())
+    })
+    .unwrap_err();
+    assert!(
+        missing.to_string().contains("BILLD_EMAIL_FROM"),
+        "{missing}"
+    );
+
+    let bad =
+        EmailConfig::from_vars(|k| (k == "BILLD_ADMIN_EMAIL").then(|| "ops at example".to_owned()))
+            .unwrap_err();
+    assert_eq!(bad.code(), "invalid_email_address");
+    assert!(bad.to_string().contains("BILLD_ADMIN_EMAIL"), "{bad}");
+}
+
+#[tokio::test]
+async fn a_notifier_built_from_config_uses_the_override_directory_and_backend() {
+    let templates = tempfile::tempdir().unwrap();
+    std::fs::write(
+        templates.path().join("payment_failed.subject.txt"),
+        "Custom: {{ amount_due|money }}",
+    )
+    .unwrap();
+    let sink = SmtpSink::start();
+    let url = sink.url();
+    let dir = templates.path().to_string_lossy().into_owned();
+    let config = EmailConfig::from_vars(|k| match k {
+        "BILLD_SMTP_URL" => Some(url.clone()),
+        "BILLD_EMAIL_FROM" => Some("billing@sitegen.example".to_owned()),
+        "BILLD_TEMPLATES" => Some(dir.clone()),
+        _ => None,
+    })
+    .unwrap();
+    let n = billd_email::notifier_from_config(&config).unwrap();
+
+    n.deliver(
+        &payment_failed_effect("payment_failed:in_1:2"),
+        Some(&ada()),
+    )
+    .await
+    .unwrap();
+
+    let messages = sink.exactly(1).await;
+    assert_eq!(messages[0]["headers"]["subject"], "Custom: €12.00");
+    assert_eq!(n.backend().kind(), "smtp");
+}
