@@ -37,6 +37,10 @@ pub struct BenchArgs {
     /// Offered rate of the latency run, events per second.
     #[arg(long, default_value_t = 5_000)]
     rate: u64,
+    /// Most requests in flight in the latency run (keep-alive connections);
+    /// past it, sends wait and their wait counts as latency.
+    #[arg(long, default_value_t = 256)]
+    rate_connections: usize,
     /// Length of the latency run, seconds.
     #[arg(long, default_value_t = 5)]
     rate_secs: u64,
@@ -226,12 +230,16 @@ async fn bench_backend(
     let (lat_tx, mut lat_rx) = tokio::sync::mpsc::unbounded_channel::<Option<Duration>>();
     let started = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(args.rate_connections.max(1)));
     let sender = {
         let (client, endpoint, signed) = (client.clone(), endpoint.clone(), signed.clone());
         tokio::spawn(async move {
             for i in 0..signed.len() {
                 let due = started + interval.mul_f64(i as f64);
                 tokio::time::sleep_until(due.into()).await;
+                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                    break;
+                };
                 let (client, endpoint, signed, lat_tx) = (
                     client.clone(),
                     endpoint.clone(),
@@ -239,6 +247,7 @@ async fn bench_backend(
                     lat_tx.clone(),
                 );
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let (header, body) = &signed[i];
                     let ok = post(&client, &endpoint, header, body).await;
                     let _ = lat_tx.send(ok.then(|| due.elapsed()));
