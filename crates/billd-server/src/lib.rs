@@ -2,6 +2,7 @@
 //! with group commit into the inbox, health/readiness/metrics endpoints, and
 //! the inbox worker with its handler registry.
 
+pub mod api;
 pub mod auth;
 pub mod clock;
 pub mod error;
@@ -101,7 +102,7 @@ pub fn app(state: AppState) -> Router {
 
 /// Logs each error response once, with its cause, where the request is
 /// known; handlers and `IntoResponse` stay free of logging.
-async fn log_errors(request: Request, next: Next) -> Response {
+pub(crate) async fn log_errors(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let response = next.run(request).await;
@@ -198,6 +199,28 @@ pub fn start(
     clock: Arc<dyn Clock>,
     workers: Workers,
 ) -> std::io::Result<Running> {
+    start_with_routes(
+        listener,
+        store,
+        config,
+        registry,
+        clock,
+        workers,
+        Router::new(),
+    )
+}
+
+/// Like [`start`], also serving `routes` (e.g. [`api::routes`]) on the
+/// same listener.
+pub fn start_with_routes(
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    config: ServerConfig,
+    registry: HandlerRegistry,
+    clock: Arc<dyn Clock>,
+    workers: Workers,
+    routes: Router,
+) -> std::io::Result<Running> {
     let addr = listener.local_addr()?;
     let metrics = Arc::new(Metrics::default());
     let wake = Arc::new(Notify::new());
@@ -214,7 +237,7 @@ pub fn start(
     let cancel = CancellationToken::new();
     let http_cancel = cancel.clone();
     let http = tokio::spawn(async move {
-        axum::serve(listener, app(state))
+        axum::serve(listener, app(state).merge(routes))
             .with_graceful_shutdown(async move { http_cancel.cancelled().await })
             .await
     });

@@ -1,0 +1,361 @@
+//! The app API (`/v1/customers/…`, app or admin key) and the admin API
+//! (`/v1/admin/…`, admin key): customer profiles, entitlements, the audit
+//! log and inbox operations.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use billd_core::{entitlements, usage_keys, Catalog, Currency, CustomerId, Entitlements};
+use billd_store::{
+    AuditRecord, CustomerProfile, EventFilter, EventStatus, StoreError, StoredEvent,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{require_admin_key, require_app_key, ApiKeys};
+use crate::clock::Clock;
+use crate::error::ApiError;
+use crate::lifecycle::BillingBackend;
+
+/// Default and largest page sizes of the admin lists.
+const DEFAULT_LIMIT: u32 = 100;
+const MAX_LIMIT: u32 = 1000;
+
+/// What the API handlers share.
+pub struct ApiState<S: BillingBackend + ?Sized> {
+    store: Arc<S>,
+    catalog: Arc<Catalog>,
+    clock: Arc<dyn Clock>,
+}
+
+impl<S: BillingBackend + ?Sized> Clone for ApiState<S> {
+    fn clone(&self) -> Self {
+        ApiState {
+            store: self.store.clone(),
+            catalog: self.catalog.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+}
+
+/// The app and admin API routes, authenticated by `keys`, ready to merge
+/// into [`crate::app`]'s router.
+pub fn routes<S: BillingBackend + ?Sized>(
+    store: Arc<S>,
+    catalog: Arc<Catalog>,
+    clock: Arc<dyn Clock>,
+    keys: ApiKeys,
+) -> Router {
+    let keys = Arc::new(keys);
+    let state = ApiState {
+        store,
+        catalog,
+        clock,
+    };
+    let app = Router::new()
+        .route("/v1/customers/{id}", put(put_customer::<S>))
+        .route(
+            "/v1/customers/{id}/entitlements",
+            get(get_entitlements::<S>),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            keys.clone(),
+            require_app_key,
+        ));
+    let admin = Router::new()
+        .route("/v1/admin/audit", get(get_audit::<S>))
+        .route("/v1/admin/events", get(list_events::<S>))
+        .route("/v1/admin/events/{id}/replay", post(replay_event::<S>))
+        .route_layer(axum::middleware::from_fn_with_state(
+            keys,
+            require_admin_key,
+        ));
+    app.merge(admin)
+        .with_state(state)
+        .layer(axum::middleware::from_fn(crate::log_errors))
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Unavailable(cause) => ApiError::StoreUnavailable(cause),
+        other => ApiError::Internal(other.into()),
+    }
+}
+
+fn customer_id(raw: &str) -> Result<CustomerId, ApiError> {
+    CustomerId::parse(raw).map_err(|e| ApiError::InvalidRequest {
+        code: "invalid_customer_id",
+        message: e.to_string(),
+    })
+}
+
+fn invalid_body(e: impl std::fmt::Display) -> ApiError {
+    ApiError::InvalidRequest {
+        code: "invalid_body",
+        message: e.to_string(),
+    }
+}
+
+fn customer_not_found(id: &CustomerId) -> ApiError {
+    ApiError::NotFound {
+        code: "customer_not_found",
+        message: format!("no customer {id}"),
+    }
+}
+
+/// `PUT /v1/customers/{id}` body: every field optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CustomerBody {
+    /// Email address for billing notices.
+    pub email: Option<String>,
+    /// Display name.
+    pub name: Option<String>,
+    /// ISO currency code for checkouts (`eur`).
+    pub preferred_currency: Option<String>,
+}
+
+/// A customer as the API shows it (no billing state document).
+#[derive(Debug, Serialize)]
+pub struct CustomerView {
+    /// The app's user id.
+    pub id: CustomerId,
+    /// Email address.
+    pub email: Option<String>,
+    /// Display name.
+    pub name: Option<String>,
+    /// Preferred checkout currency.
+    pub preferred_currency: Option<String>,
+    /// The linked Stripe customer.
+    pub stripe_customer_id: Option<String>,
+    /// When the customer was created (unix seconds).
+    pub created_at: i64,
+}
+
+async fn put_customer<S: BillingBackend + ?Sized>(
+    State(state): State<ApiState<S>>,
+    Path(id): Path<String>,
+    body: Result<Json<CustomerBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<CustomerView>), ApiError> {
+    let id = customer_id(&id)?;
+    let Json(body) = body.map_err(|e| invalid_body(e.body_text()))?;
+    let preferred_currency = body
+        .preferred_currency
+        .as_deref()
+        .map(Currency::parse)
+        .transpose()
+        .map_err(|e| ApiError::InvalidRequest {
+            code: "invalid_currency",
+            message: e.to_string(),
+        })?
+        .map(|c| c.to_string());
+    let profile = CustomerProfile {
+        customer_id: id,
+        email: body.email.filter(|e| !e.trim().is_empty()),
+        name: body.name,
+        preferred_currency,
+    };
+    let upserted = state
+        .store
+        .upsert_customer(&profile, state.clock.now())
+        .await
+        .map_err(store_error)?;
+    let c = upserted.customer;
+    let status = if upserted.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(CustomerView {
+            id: c.customer_id,
+            email: c.email,
+            name: c.name,
+            preferred_currency: c.preferred_currency,
+            stripe_customer_id: c.stripe_customer_id.map(|s| s.to_string()),
+            created_at: c.created_at,
+        }),
+    ))
+}
+
+async fn get_entitlements<S: BillingBackend + ?Sized>(
+    State(state): State<ApiState<S>>,
+    Path(id): Path<String>,
+) -> Result<Json<Entitlements>, ApiError> {
+    let id = customer_id(&id)?;
+    let record = state
+        .store
+        .get_customer(&id)
+        .await
+        .map_err(store_error)?
+        .filter(|c| c.deleted_at.is_none())
+        .ok_or_else(|| customer_not_found(&id))?;
+    let now = state.clock.now();
+    let keys = usage_keys(&record.state, &state.catalog, now);
+    let usage = state
+        .store
+        .load_usage(&id, &keys)
+        .await
+        .map_err(store_error)?;
+    Ok(Json(entitlements(
+        &record.state,
+        &state.catalog,
+        &usage,
+        now,
+    )))
+}
+
+/// `GET /v1/admin/audit` query.
+#[derive(Debug, Deserialize)]
+pub struct AuditQuery {
+    /// Whose audit log.
+    pub customer: String,
+    /// At most this many rows (default 100, at most 1000).
+    pub limit: Option<u32>,
+}
+
+/// A page of a list.
+#[derive(Debug, Serialize)]
+pub struct List<T> {
+    /// The rows, newest first.
+    pub data: Vec<T>,
+}
+
+async fn get_audit<S: BillingBackend + ?Sized>(
+    State(state): State<ApiState<S>>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<List<AuditRecord>>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::InvalidRequest {
+        code: "invalid_query",
+        message: e.body_text(),
+    })?;
+    let id = customer_id(&query.customer)?;
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
+    let data = state
+        .store
+        .list_audit(&id, limit)
+        .await
+        .map_err(store_error)?;
+    Ok(Json(List { data }))
+}
+
+/// `GET /v1/admin/events` query.
+#[derive(Debug, Deserialize)]
+pub struct EventsQuery {
+    /// Only events with this status (`unlinked`, `dead`, …).
+    pub status: Option<String>,
+    /// Only events of this type.
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    /// At most this many rows (default 100, at most 1000).
+    pub limit: Option<u32>,
+}
+
+/// An inbox row without its payload.
+#[derive(Debug, Serialize)]
+pub struct EventSummary {
+    /// Stripe event id.
+    pub id: String,
+    /// Event type.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// Stripe's `created`.
+    pub created: i64,
+    /// `data.object.id`.
+    pub object_id: Option<String>,
+    /// The Stripe customer.
+    pub stripe_customer: Option<String>,
+    /// Processing status.
+    pub status: EventStatus,
+    /// Attempts so far.
+    pub attempts: i32,
+    /// The last processing error.
+    pub last_error: Option<String>,
+    /// When billd received it.
+    pub received_at: i64,
+    /// When processing finished.
+    pub processed_at: Option<i64>,
+}
+
+impl From<StoredEvent> for EventSummary {
+    fn from(e: StoredEvent) -> Self {
+        EventSummary {
+            id: e.id,
+            event_type: e.event_type,
+            created: e.created,
+            object_id: e.object_id,
+            stripe_customer: e.stripe_customer,
+            status: e.status,
+            attempts: e.attempts,
+            last_error: e.last_error,
+            received_at: e.received_at,
+            processed_at: e.processed_at,
+        }
+    }
+}
+
+async fn list_events<S: BillingBackend + ?Sized>(
+    State(state): State<ApiState<S>>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Json<List<EventSummary>>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::InvalidRequest {
+        code: "invalid_query",
+        message: e.body_text(),
+    })?;
+    let status = query
+        .status
+        .as_deref()
+        .map(str::parse::<EventStatus>)
+        .transpose()
+        .map_err(|e| ApiError::InvalidRequest {
+            code: "invalid_status",
+            message: e.to_string(),
+        })?;
+    let filter = EventFilter {
+        status,
+        event_type: query.event_type,
+        limit: query.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT),
+    };
+    let events = state
+        .store
+        .list_events(&filter)
+        .await
+        .map_err(store_error)?;
+    Ok(Json(List {
+        data: events.into_iter().map(EventSummary::from).collect(),
+    }))
+}
+
+/// The answer to a replay.
+#[derive(Debug, Serialize)]
+pub struct Replayed {
+    /// The event id.
+    pub id: String,
+    /// Always `pending`: the worker picks it up.
+    pub status: EventStatus,
+}
+
+async fn replay_event<S: BillingBackend + ?Sized>(
+    State(state): State<ApiState<S>>,
+    Path(id): Path<String>,
+) -> Result<Json<Replayed>, ApiError> {
+    let found = state
+        .store
+        .requeue_event(&id, state.clock.now())
+        .await
+        .map_err(store_error)?;
+    if !found {
+        return Err(ApiError::NotFound {
+            code: "event_not_found",
+            message: format!("no event {id}"),
+        });
+    }
+    Ok(Json(Replayed {
+        id,
+        status: EventStatus::Pending,
+    }))
+}
