@@ -1144,3 +1144,202 @@ async fn a_notifier_built_from_config_uses_the_override_directory_and_backend() 
     assert_eq!(messages[0]["headers"]["subject"], "Custom: €12.00");
     assert_eq!(n.backend().kind(), "smtp");
 }
+
+// ------------------------------------------- the core's own effects, rendered
+
+const T: i64 = 1_800_000_000;
+const DAY: i64 = 86_400;
+
+fn event(id: &str, created: i64, kind: Value) -> billd_core::Event {
+    serde_json::from_value(serde_json::json!({
+        "id": id, "created": created, "authoritative": false, "kind": kind
+    }))
+    .unwrap()
+}
+
+fn subscription(status: &str, plan: &str, cancel_at_period_end: bool) -> Value {
+    serde_json::json!({
+        "id": "sub_1", "customer": "cus_1", "status": status, "created": T,
+        "price": { "id": "price_x", "lookup_key": null, "currency": "eur", "unit_amount": 1900 },
+        "current_period_start": T, "current_period_end": T + 30 * DAY,
+        "cancel_at_period_end": cancel_at_period_end, "cancel_at": null,
+        "trial_end": T + 3 * DAY, "discounts": [],
+        "metadata": { "billd_customer_id": "user_42", "billd_plan": plan }
+    })
+}
+
+fn invoice(id: Option<&str>, paid: bool, attempt: u32) -> Value {
+    serde_json::json!({
+        "id": id, "customer": "cus_1", "subscription": "sub_1", "created": T, "status": "open",
+        "amount_due": { "minor": 1900, "currency": "eur" },
+        "amount_paid": { "minor": if paid { 1900 } else { 0 }, "currency": "eur" },
+        "attempt_count": attempt, "next_payment_attempt": T + 3 * DAY,
+        "hosted_invoice_url": HOSTED, "invoice_pdf": PDF, "billing_reason": "subscription_cycle",
+        "period_start": T + 30 * DAY, "period_end": T + 60 * DAY, "metadata": {}
+    })
+}
+
+fn apply_all(events: &[billd_core::Event]) -> (billd_core::CustomerState, Vec<Effect>) {
+    let catalog = billd_core::Catalog::seed();
+    let mut state = billd_core::CustomerState::default();
+    let mut effects = Vec::new();
+    for e in events {
+        let decision = billd_core::apply(&state, e, &catalog, e.created);
+        state = decision.state;
+        effects.extend(decision.effects);
+    }
+    (state, effects)
+}
+
+#[tokio::test]
+async fn every_email_the_core_decides_renders_and_sends() {
+    use serde_json::json;
+    let catalog = billd_core::Catalog::seed();
+    // A customer's year: trial, payments, 3-D Secure, a plan change, a
+    // refund, a chargeback, cancellation.
+    let (_, mut effects) = apply_all(&[
+        event(
+            "evt_1",
+            T,
+            json!({ "type": "subscription", "change": "created", "subscription": subscription("trialing", "pro", false) }),
+        ),
+        event(
+            "evt_2",
+            T + 1,
+            json!({ "type": "subscription", "change": "trial_will_end", "subscription": subscription("trialing", "pro", false) }),
+        ),
+        event(
+            "evt_3",
+            T + 2,
+            json!({ "type": "invoice", "change": "finalized", "invoice": invoice(Some("in_1"), false, 0) }),
+        ),
+        event(
+            "evt_4",
+            T + 3,
+            json!({ "type": "invoice", "change": "payment_failed", "invoice": invoice(Some("in_1"), false, 1) }),
+        ),
+        event(
+            "evt_5",
+            T + 4,
+            json!({ "type": "invoice", "change": "payment_action_required", "invoice": invoice(Some("in_1"), false, 2) }),
+        ),
+        event(
+            "evt_6",
+            T + 5,
+            json!({ "type": "invoice", "change": "paid", "invoice": invoice(Some("in_1"), true, 2) }),
+        ),
+        event(
+            "evt_7",
+            T + 6,
+            json!({ "type": "invoice", "change": "upcoming", "invoice": invoice(None, false, 0) }),
+        ),
+        event(
+            "evt_8",
+            T + 7,
+            json!({ "type": "subscription", "change": "updated", "subscription": subscription("active", "standard", false) }),
+        ),
+        event(
+            "evt_9",
+            T + 8,
+            json!({ "type": "subscription", "change": "updated", "subscription": subscription("active", "standard", true) }),
+        ),
+        event(
+            "evt_10",
+            T + 9,
+            json!({ "type": "charge_refunded", "charge": {
+            "id": "ch_1", "customer": "cus_1", "amount": { "minor": 1900, "currency": "eur" },
+            "amount_refunded": 500, "refunded": false, "payment_intent": null, "metadata": {} } }),
+        ),
+        event(
+            "evt_11",
+            T + 10,
+            json!({ "type": "dispute", "change": "created", "dispute": {
+            "id": "du_1", "charge": "ch_1", "customer": "cus_1", "payment_intent": null,
+            "status": "needs_response", "amount": { "minor": 1900, "currency": "eur" }, "reason": "fraudulent" } }),
+        ),
+        event(
+            "evt_12",
+            T + 11,
+            json!({ "type": "subscription_deleted", "subscription": subscription("canceled", "standard", true) }),
+        ),
+    ]);
+    // The scheduler's emails: a card about to expire and a renewal due…
+    let (renewing, _) = apply_all(&[
+        event(
+            "evt_20",
+            T,
+            json!({ "type": "subscription", "change": "created", "subscription": subscription("active", "pro", false) }),
+        ),
+        event(
+            "evt_21",
+            T,
+            json!({ "type": "payment_method", "change": "attached", "payment_method": {
+            "id": "pm_1", "customer": "cus_1", "card": { "brand": "visa", "last4": "4242", "exp_month": 2, "exp_year": 2027 } } }),
+        ),
+    ]);
+    effects.extend(billd_core::scheduled_effects(
+        &renewing,
+        &catalog,
+        T + 28 * DAY,
+    ));
+    // …and a grace period about to end.
+    let (overdue, _) = apply_all(&[event(
+        "evt_30",
+        T,
+        json!({ "type": "subscription", "change": "created", "subscription": subscription("past_due", "pro", false) }),
+    )]);
+    let grace_until = billd_core::access_at(&overdue, &catalog, T + DAY)
+        .grace_until
+        .unwrap();
+    effects.extend(billd_core::scheduled_effects(
+        &overdue,
+        &catalog,
+        grace_until - DAY / 2,
+    ));
+
+    let memory = MemoryBackend::new();
+    let n = notifier(Arc::new(memory.clone()), Some("ops@sitegen.example"));
+    for effect in &effects {
+        if matches!(effect, Effect::Email { .. } | Effect::AdminAlert { .. }) {
+            let delivery = n.deliver(effect, Some(&ada())).await;
+            assert_eq!(delivery.unwrap(), Delivery::Sent, "{effect:?}");
+        }
+    }
+
+    let sent = memory.sent();
+    let by_template =
+        |name: &str| -> Vec<&Message> { sent.iter().filter(|m| m.template == name).collect() };
+    for template in ALL_TEMPLATES {
+        let name = billd_email::template_name(template);
+        assert!(
+            !by_template(name).is_empty(),
+            "the core never produced {name}: {effects:#?}"
+        );
+    }
+    assert_eq!(
+        by_template("renewal_reminder").len(),
+        2,
+        "both reminder shapes"
+    );
+    assert_eq!(by_template("admin_alert").len(), 1);
+    assert_eq!(
+        by_template("payment_failed")[0].content.subject,
+        "Payment of €19.00 failed"
+    );
+    assert_eq!(
+        by_template("refund_issued")[0].content.subject,
+        "Refund issued: €5.00"
+    );
+    assert!(by_template("action_required")[0]
+        .content
+        .text
+        .contains(HOSTED));
+    assert!(by_template("invoice_finalized")[0]
+        .content
+        .text
+        .contains(PDF));
+    assert!(by_template("card_expiring")[0]
+        .content
+        .text
+        .contains("ending in 4242 expires at the end of 02/2027"));
+}
