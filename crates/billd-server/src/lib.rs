@@ -9,6 +9,7 @@ pub mod error;
 pub mod ingest;
 pub mod lifecycle;
 pub mod metrics;
+pub mod outbox;
 pub mod webhook;
 pub mod worker;
 

@@ -1,0 +1,318 @@
+//! The outbox worker: delivers the effects `billd_core::apply` decided,
+//! which the lifecycle committed as outbox rows with the state change.
+//!
+//! - `cancel_subscription` → `DELETE /v1/subscriptions/{id}` with the row's
+//!   dedupe key as the idempotency key, so a retry after a crash cannot
+//!   cancel twice (and an already canceled subscription counts as done);
+//! - `refetch_subscription` → `GET /v1/subscriptions/{id}`, fed back into
+//!   the inbox as a synthetic authoritative event (id
+//!   `evt_billd_refetch_{sub}_{tie}`), so the lifecycle handler applies it
+//!   exactly like a webhook;
+//! - emails and admin alerts → a [`Delivery`] backend ([`LogDelivery`]
+//!   until a mailer is plugged in).
+//!
+//! Failures retry with backoff; Stripe refusing the call (a 4xx that
+//! retrying cannot fix) or `max_attempts` failures make the row `dead`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use billd_core::Effect;
+use billd_store::{NewEvent, OutboxItem, OutboxResult, StoreResult};
+use billd_stripe::client::{StripeClient, StripeError};
+use rand::Rng;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+use crate::lifecycle::{BillingBackend, REFETCH_EVENT_PREFIX};
+use crate::worker::Backoff;
+
+/// Why one delivery failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// Worth retrying later (network, a server or mailbox temporarily down).
+    #[error("{0}")]
+    Transient(String),
+    /// Retrying cannot help (refused by Stripe, malformed row).
+    #[error("{0}")]
+    Permanent(String),
+}
+
+/// Sends emails and admin alerts.
+#[async_trait]
+pub trait Delivery: Send + Sync + 'static {
+    /// Delivers one `Email` or `AdminAlert` effect of outbox row `item`.
+    async fn deliver(&self, item: &OutboxItem, effect: &Effect) -> Result<(), DeliveryError>;
+}
+
+/// A delivery backend that writes each email and alert to the log: the
+/// default until SMTP is configured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogDelivery;
+
+#[async_trait]
+impl Delivery for LogDelivery {
+    async fn deliver(&self, item: &OutboxItem, effect: &Effect) -> Result<(), DeliveryError> {
+        let customer = item.customer_id.as_ref().map(ToString::to_string);
+        match effect {
+            Effect::Email {
+                template, params, ..
+            } => tracing::info!(
+                outbox_id = item.id, customer = ?customer, template = ?template, params = ?params,
+                "email (log delivery)"
+            ),
+            Effect::AdminAlert { alert, message, .. } => tracing::warn!(
+                outbox_id = item.id, customer = ?customer, alert = ?alert, %message,
+                "admin alert (log delivery)"
+            ),
+            other => {
+                return Err(DeliveryError::Permanent(format!(
+                    "not an email or alert: {}",
+                    other.dedupe_key()
+                )))
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Outbox worker settings.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxConfig {
+    /// Attempts before a row is `dead`.
+    pub max_attempts: i32,
+    /// How long a claim lasts, seconds.
+    pub lease_secs: i64,
+    /// Rows claimed per round.
+    pub batch: u32,
+    /// How often to look for due rows.
+    pub poll_interval: Duration,
+    /// Retry backoff.
+    pub backoff: Backoff,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            max_attempts: 12,
+            lease_secs: 300,
+            batch: 16,
+            poll_interval: Duration::from_secs(1),
+            backoff: Backoff {
+                base_secs: 10,
+                cap_secs: 3600,
+            },
+        }
+    }
+}
+
+/// The outbox worker.
+pub struct OutboxWorker<S: BillingBackend + ?Sized> {
+    store: Arc<S>,
+    stripe: Option<StripeClient>,
+    delivery: Arc<dyn Delivery>,
+    clock: Arc<dyn Clock>,
+    config: OutboxConfig,
+}
+
+impl<S: BillingBackend + ?Sized> std::fmt::Debug for OutboxWorker<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxWorker")
+            .field("stripe", &self.stripe)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts of what one round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxReport {
+    /// Rows claimed.
+    pub claimed: usize,
+    /// Rows delivered.
+    pub sent: usize,
+    /// Rows that will be retried.
+    pub retried: usize,
+    /// Rows that became dead.
+    pub dead: usize,
+}
+
+impl<S: BillingBackend + ?Sized> OutboxWorker<S> {
+    /// A worker over `store`. Without `stripe`, Stripe calls fail and retry
+    /// (until a restart with a key, or dead).
+    pub fn new(
+        store: Arc<S>,
+        stripe: Option<StripeClient>,
+        delivery: Arc<dyn Delivery>,
+        clock: Arc<dyn Clock>,
+        config: OutboxConfig,
+    ) -> Self {
+        OutboxWorker {
+            store,
+            stripe,
+            delivery,
+            clock,
+            config,
+        }
+    }
+
+    /// Runs rounds until `cancel` fires.
+    pub async fn run(self, cancel: CancellationToken) {
+        loop {
+            let full = match self.run_once().await {
+                Ok(report) => report.claimed >= self.config.batch as usize,
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox round failed");
+                    false
+                }
+            };
+            if full && !cancel.is_cancelled() {
+                continue;
+            }
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                () = tokio::time::sleep(self.config.poll_interval) => {}
+            }
+        }
+        tracing::info!("outbox worker stopped");
+    }
+
+    /// Claims due rows and delivers them one by one.
+    pub async fn run_once(&self) -> StoreResult<OutboxReport> {
+        let now = self.clock.now();
+        let claimed = self
+            .store
+            .claim_outbox(now, now + self.config.lease_secs, self.config.batch)
+            .await?;
+        let mut report = OutboxReport {
+            claimed: claimed.len(),
+            ..OutboxReport::default()
+        };
+        for item in &claimed {
+            let result = match self.execute(item).await {
+                Ok(()) => OutboxResult::Sent,
+                Err(DeliveryError::Permanent(error)) => OutboxResult::Dead { error },
+                Err(DeliveryError::Transient(error))
+                    if item.attempts >= self.config.max_attempts =>
+                {
+                    OutboxResult::Dead { error }
+                }
+                Err(DeliveryError::Transient(error)) => {
+                    let unit: f64 = rand::thread_rng().gen();
+                    OutboxResult::Retry {
+                        error,
+                        next_attempt_at: self.clock.now()
+                            + self.config.backoff.jittered_secs(item.attempts, unit),
+                    }
+                }
+            };
+            match &result {
+                OutboxResult::Sent => report.sent += 1,
+                OutboxResult::Retry { error, .. } => {
+                    report.retried += 1;
+                    tracing::warn!(outbox_id = item.id, kind = %item.kind, %error, "outbox delivery failed; will retry");
+                }
+                OutboxResult::Dead { error } => {
+                    report.dead += 1;
+                    tracing::error!(outbox_id = item.id, kind = %item.kind, %error, "outbox row is dead");
+                }
+            }
+            self.store
+                .finish_outbox(item.id, &result, self.clock.now())
+                .await?;
+        }
+        Ok(report)
+    }
+
+    async fn execute(&self, item: &OutboxItem) -> Result<(), DeliveryError> {
+        let effect = item
+            .effect()
+            .map_err(|e| DeliveryError::Permanent(format!("unreadable outbox payload: {e}")))?;
+        match &effect {
+            Effect::Email { .. } | Effect::AdminAlert { .. } => {
+                self.delivery.deliver(item, &effect).await
+            }
+            Effect::CancelSubscription {
+                subscription,
+                dedupe_key,
+                ..
+            } => {
+                self.stripe()?
+                    .cancel_subscription(subscription.as_str(), dedupe_key)
+                    .await
+                    .map_err(stripe_error)?;
+                Ok(())
+            }
+            Effect::RefetchSubscription {
+                subscription,
+                tie_created,
+                ..
+            } => {
+                let object = self
+                    .stripe()?
+                    .retrieve_subscription(subscription.as_str())
+                    .await
+                    .map_err(stripe_error)?;
+                let event = refetch_event(
+                    subscription.as_str(),
+                    *tie_created,
+                    object,
+                    self.clock.now(),
+                );
+                self.store
+                    .insert_events(&[event])
+                    .await
+                    .map_err(|e| DeliveryError::Transient(format!("inbox insert: {e}")))?;
+                Ok(())
+            }
+        }
+    }
+
+    fn stripe(&self) -> Result<&StripeClient, DeliveryError> {
+        self.stripe
+            .as_ref()
+            .ok_or_else(|| DeliveryError::Transient("no Stripe client configured".into()))
+    }
+}
+
+fn stripe_error(e: StripeError) -> DeliveryError {
+    match e {
+        // Stripe refused the request itself: repeating it cannot succeed.
+        StripeError::Api(api) if (400..500).contains(&api.status) && api.status != 429 => {
+            DeliveryError::Permanent(StripeError::Api(api).to_string())
+        }
+        other => DeliveryError::Transient(other.to_string()),
+    }
+}
+
+/// The synthetic inbox event carrying a re-fetched subscription, shaped like
+/// a webhook so the inbox, its listing and replay treat it like one. One id
+/// per (subscription, tie): a repeated re-fetch is a duplicate.
+pub fn refetch_event(subscription: &str, tie_created: i64, object: Value, now: i64) -> NewEvent {
+    let id = format!("{REFETCH_EVENT_PREFIX}{subscription}_{tie_created}");
+    let stripe_customer = object
+        .get("customer")
+        .and_then(|c| c.as_str().or_else(|| c.get("id").and_then(Value::as_str)))
+        .map(str::to_owned);
+    let event_type = "customer.subscription.updated";
+    let payload = json!({
+        "id": id,
+        "object": "event",
+        "type": event_type,
+        "created": tie_created,
+        "api_version": billd_stripe::API_VERSION,
+        "data": { "object": object },
+    });
+    NewEvent {
+        id,
+        event_type: event_type.to_owned(),
+        api_version: Some(billd_stripe::API_VERSION.to_owned()),
+        created: tie_created,
+        object_id: Some(subscription.to_owned()),
+        stripe_customer,
+        payload: payload.to_string(),
+        received_at: now,
+    }
+}
