@@ -66,8 +66,8 @@ pub struct Delivery {
     pub endpoint_id: String,
     /// The endpoint URL.
     pub url: String,
-    /// The endpoint's signing secret.
-    pub secret: String,
+    /// The endpoint's signing secrets: the current one, then rolled ones still valid.
+    pub secrets: Vec<String>,
     /// The JSON body.
     pub payload: String,
     /// 1-based attempt number.
@@ -127,6 +127,9 @@ pub struct Snapshot {
     pub pending_sessions: HashMap<String, String>,
     /// Checkout sessions' items.
     pub checkout_items: HashMap<String, CheckoutPlan>,
+    /// Rolled webhook secrets still in their overlap.
+    #[serde(default)]
+    pub rolled_secrets: HashMap<String, Vec<(String, i64)>>,
     /// Stripe Tax settings, once changed.
     #[serde(default)]
     pub tax_settings: Option<Value>,
@@ -162,6 +165,8 @@ pub struct Inner {
     pub pending_sessions: HashMap<String, String>,
     /// Checkout sessions' items `(price, quantity, unit amount)`, trial days and subscription metadata.
     pub checkout_items: HashMap<String, CheckoutPlan>,
+    /// Rolled webhook secrets still accepted, with when they stop being used, per endpoint.
+    pub rolled_secrets: HashMap<String, Vec<(String, i64)>>,
     /// Stripe Tax settings, once changed.
     pub tax_settings: Option<Value>,
     /// The account id `GET /v1/account` shows.
@@ -189,6 +194,7 @@ impl Inner {
             pending: HashMap::new(),
             pending_sessions: HashMap::new(),
             checkout_items: HashMap::new(),
+            rolled_secrets: HashMap::new(),
             tax_settings: None,
             account_id: None,
             request: None,
@@ -219,6 +225,7 @@ impl Inner {
             pending: self.pending.clone(),
             pending_sessions: self.pending_sessions.clone(),
             checkout_items: self.checkout_items.clone(),
+            rolled_secrets: self.rolled_secrets.clone(),
             tax_settings: self.tax_settings.clone(),
             account_id: self.account_id.clone(),
             request_count: self.request_count,
@@ -237,6 +244,7 @@ impl Inner {
         self.pending = snap.pending;
         self.pending_sessions = snap.pending_sessions;
         self.checkout_items = snap.checkout_items;
+        self.rolled_secrets = snap.rolled_secrets;
         self.tax_settings = snap.tax_settings;
         self.account_id = snap.account_id;
         self.request_count = snap.request_count;
@@ -488,7 +496,7 @@ impl Inner {
                 event_id: id.clone(),
                 endpoint_id,
                 url: ep["url"].as_str().unwrap_or_default().to_string(),
-                secret: ep["secret"].as_str().unwrap_or_default().to_string(),
+                secrets: self.signing_secrets(&ep),
                 payload: payload.clone(),
                 attempt: 1,
             };
@@ -501,6 +509,22 @@ impl Inner {
             }
         }
         id
+    }
+
+    /// The secrets an endpoint's deliveries are signed with: the current one and,
+    /// during a roll's overlap, the previous ones (Stripe then sends several `v1`).
+    pub fn signing_secrets(&self, ep: &Value) -> Vec<String> {
+        let id = ep["id"].as_str().unwrap_or_default();
+        let now = self.now();
+        let mut out = vec![ep["secret"].as_str().unwrap_or_default().to_string()];
+        if let Some(old) = self.rolled_secrets.get(id) {
+            out.extend(
+                old.iter()
+                    .filter(|(_, until)| *until > now)
+                    .map(|(s, _)| s.clone()),
+            );
+        }
+        out
     }
 
     /// Records the outcome of one delivery attempt.

@@ -14,7 +14,17 @@ use tokio::sync::mpsc::UnboundedReceiver;
 /// The `Stripe-Signature` header for `payload` signed at `t` with `secret`:
 /// `t={t},v1={hex(HMAC-SHA256(secret, "{t}.{payload}"))}`.
 pub fn signature_header(secret: &str, t: i64, payload: &str) -> String {
-    format!("t={t},v1={}", sign(secret, t, payload))
+    signature_header_multi(&[secret.to_string()], t, payload)
+}
+
+/// The header with one `v1` per secret, as Stripe sends while a rolled secret overlaps.
+pub fn signature_header_multi(secrets: &[String], t: i64, payload: &str) -> String {
+    let mut h = format!("t={t}");
+    for secret in secrets {
+        h.push_str(",v1=");
+        h.push_str(&sign(secret, t, payload));
+    }
+    h
 }
 
 fn sign(secret: &str, t: i64, payload: &str) -> String {
@@ -99,7 +109,7 @@ async fn attempt(inner: &Weak<Mutex<Inner>>, client: &reqwest::Client, d: &Deliv
         )
         .header(
             "Stripe-Signature",
-            signature_header(&d.secret, t, &d.payload),
+            signature_header_multi(&d.secrets, t, &d.payload),
         )
         .body(d.payload.clone())
         .send()

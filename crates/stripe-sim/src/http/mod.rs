@@ -339,6 +339,7 @@ pub fn route(s: &mut Inner, method: &str, segs: &[&str], p: &Value) -> ApiResult
                 s.get("payment_intent", id, "id")
             }
             ("POST", ["disputes", id, "close"]) => payments::close_dispute(s, id, p),
+            ("POST", ["webhook_endpoints", id, "roll_secret"]) => events::roll_secret(s, id, p),
             ("POST", ["payment_methods", id, "automatically_update"]) => {
                 payment_methods::automatically_update(s, id, p)
             }

@@ -146,6 +146,25 @@ pub fn delete_endpoint(s: &mut Inner, id: &str) -> ApiResult {
     Ok(json!({"id": id, "object": "webhook_endpoint", "deleted": true}))
 }
 
+/// `POST /_sim/webhook_endpoints/{id}/roll_secret` (`expires_in` seconds, default 0):
+/// the dashboard's "roll secret". The old secret keeps signing (a second `v1`)
+/// until it expires; the answer shows the new secret.
+pub fn roll_secret(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
+    let mut ep = s.get_live("webhook_endpoint", id, "id")?;
+    let expires_in = params::bounded_at(p, "expires_in", 0..=7 * 86_400)?.unwrap_or(0);
+    let old = ep["secret"].as_str().unwrap_or_default().to_string();
+    let until = s.now() + expires_in;
+    if expires_in > 0 {
+        s.rolled_secrets
+            .entry(id.to_string())
+            .or_default()
+            .push((old, until));
+    }
+    ep["secret"] = json!(format!("whsec_{}", s.ids.tail(32)));
+    s.put(ep.clone());
+    Ok(ep)
+}
+
 /// `GET /v1/webhook_endpoints`.
 pub fn list_endpoints(s: &Inner, p: &Value) -> ApiResult {
     let mut list = s.list("webhook_endpoint", "/v1/webhook_endpoints", p, |_| true)?;

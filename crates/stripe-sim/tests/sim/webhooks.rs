@@ -274,3 +274,27 @@ fn webhook_endpoints_refuse_unknown_event_types_and_can_be_updated_and_disabled(
         .unwrap()
         .is_empty());
 }
+
+#[tokio::test]
+async fn a_rolled_secret_keeps_signing_alongside_the_new_one_until_it_expires() {
+    let h = served(SimConfig::default()).await;
+    let rx = Receiver::start(0).await;
+    let old = endpoint(&h, &rx.url, &["customer.created"]);
+    let ep_id = get(&h.sim, "/v1/webhook_endpoints")["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rolled = post(
+        &h.sim,
+        &format!("/_sim/webhook_endpoints/{ep_id}/roll_secret"),
+        "expires_in=3600",
+    );
+    let new = rolled["secret"].as_str().unwrap().to_string();
+    assert_ne!(new, old);
+    post(&h.sim, "/v1/customers", "email=r@x.io");
+    rx.wait_for("one delivery", |b| !b.is_empty()).await;
+    let (sig, body) = rx.got.lock().unwrap()[0].clone();
+    assert_eq!(sig.matches("v1=").count(), 2);
+    assert!(verify(&old, &sig, &body) && verify(&new, &sig, &body));
+    h.shutdown().await;
+}
