@@ -25,13 +25,20 @@
 //! - `GET /_sim/checkout/{id}` is a small HTML page (the session's `url`) posting
 //!   to the complete control, for people trying things in a browser.
 //!
+//! Two more controls stand in for things Stripe does on its own or in its
+//! dashboard, with no API: `POST /_sim/payment_methods/{id}/automatically_update`
+//! (`exp_month`, `exp_year`, `last4`: the card networks' updater) and
+//! `POST /_sim/webhook_endpoints/{id}/roll_secret` (`expires_in`: the old secret
+//! keeps signing, as a second `v1`, until then).
+//!
 //! # Knobs
 //! [`SimConfig`] at start; live through [`Sim::update_config`] or
 //! `GET|POST /_sim/config` (form keys mirror the struct:
 //! `webhooks[duplicate_rate]=0.5`, `webhooks[drop_rate]=1`,
 //! `webhooks[reorder_window_ms]=200`, `webhooks[delay_ms]=50`,
 //! `faults[next_errors]=2`, `faults[rate_limit_rate]=0.1`, `frozen_time=…`,
-//! `retry_schedule_days[]=3`, `retries_exhausted=unpaid`, `time_scale=0.001`).
+//! `retry_schedule_days[]=3`, `retries_exhausted=unpaid`, `time_scale=0.001`,
+//! `portal_configured=false`). Moving `frozen_time` forward runs what falls due.
 //!
 //! # Time
 //! Objects of a customer with a `test_clock` live at that clock's time; others at
@@ -39,7 +46,8 @@
 //! signatures always use the wall clock, since receivers check tolerance against theirs.
 //!
 //! # Known simplifications
-//! Checkout supports `mode=subscription` only; invoices are finalized when
+//! Checkout supports `mode=subscription` only (declining cards are refused on
+//! the page: no customer or subscription is created, the session stays open); invoices are finalized when
 //! created (no one-hour draft); updating a subscription replaces existing items
 //! only; taxes are never computed; events are rendered in the pinned version
 //! whatever an endpoint's `api_version`.
