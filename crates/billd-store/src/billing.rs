@@ -738,3 +738,33 @@ pub(crate) fn check_amount(request: &UsageRequest) -> StoreResult<i64> {
     }
     to_db(request.amount, "usage amount")
 }
+
+/// `(status, last_error, next_attempt_at, done_at)` for a finished outbox row.
+pub(crate) fn outbox_columns(
+    result: &OutboxResult,
+    now: i64,
+) -> (&'static str, Option<&str>, Option<i64>, Option<i64>) {
+    match result {
+        OutboxResult::Sent => ("sent", None, None, Some(now)),
+        OutboxResult::Retry {
+            error,
+            next_attempt_at,
+        } => (
+            "pending",
+            Some(error.as_str()),
+            Some(*next_attempt_at),
+            None,
+        ),
+        OutboxResult::Dead { error } => ("dead", Some(error.as_str()), None, Some(now)),
+    }
+}
+
+/// The error for finishing an outbox row that is not under a lease.
+pub(crate) fn outbox_not_processing(current: Option<String>) -> StoreError {
+    match current {
+        None => StoreError::NotFound,
+        Some(status) => StoreError::Conflict {
+            constraint: format!("outbox.status is {status}, not processing"),
+        },
+    }
+}

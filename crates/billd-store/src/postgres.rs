@@ -22,6 +22,8 @@ use crate::{
     StoreError, StoreResult, StoredEvent,
 };
 
+mod billing;
+
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// How long a call waits for a pooled connection (including connecting to

@@ -8,9 +8,9 @@ use sqlx::{QueryBuilder, SqliteConnection};
 
 use super::{finish, SqliteStore};
 use crate::billing::{
-    check_amount, commit_links, into_outbox, period_column, replay, state_json, to_db,
-    usage_from_rows, AuditRow, CustomerRow, Direction, OutboxRow, StoredRequest, StripeColumn,
-    AUDIT_COLUMNS, CUSTOMER_COLUMNS, OUTBOX_COLUMNS,
+    check_amount, commit_links, into_outbox, outbox_columns, outbox_not_processing, period_column,
+    replay, state_json, to_db, usage_from_rows, AuditRow, CustomerRow, Direction, OutboxRow,
+    StoredRequest, StripeColumn, AUDIT_COLUMNS, CUSTOMER_COLUMNS, OUTBOX_COLUMNS,
 };
 use crate::{
     AuditRecord, BillingStore, CommitReceipt, CustomerCommit, CustomerProfile, CustomerRecord,
@@ -563,36 +563,6 @@ async fn insert_outbox(
         inserted += done.rows_affected();
     }
     Ok(inserted)
-}
-
-/// `(status, last_error, next_attempt_at, done_at)` for a finished outbox row.
-pub(crate) fn outbox_columns(
-    result: &OutboxResult,
-    now: i64,
-) -> (&'static str, Option<&str>, Option<i64>, Option<i64>) {
-    match result {
-        OutboxResult::Sent => ("sent", None, None, Some(now)),
-        OutboxResult::Retry {
-            error,
-            next_attempt_at,
-        } => (
-            "pending",
-            Some(error.as_str()),
-            Some(*next_attempt_at),
-            None,
-        ),
-        OutboxResult::Dead { error } => ("dead", Some(error.as_str()), None, Some(now)),
-    }
-}
-
-/// The error for finishing an outbox row that is not under a lease.
-pub(crate) fn outbox_not_processing(current: Option<String>) -> StoreError {
-    match current {
-        None => StoreError::NotFound,
-        Some(status) => StoreError::Conflict {
-            constraint: format!("outbox.status is {status}, not processing"),
-        },
-    }
 }
 
 /// Takes the idempotency key: inserts its row (answer filled in later) or,
