@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use secrecy::ExposeSecret;
 
@@ -100,9 +100,17 @@ impl fmt::Debug for SmtpBackend {
 impl SmtpBackend {
     /// Builds the transport (no connection is made until the first send).
     pub fn new(config: &SmtpConfig) -> Result<Self, SendError> {
+        let tls_config = |message: String| SendError::permanent("smtp_tls_config", message);
         let tls_parameters = || {
-            TlsParameters::new(config.host.clone())
-                .map_err(|e| SendError::permanent("smtp_tls_config", e.to_string()))
+            let mut builder = TlsParameters::builder(config.host.clone());
+            if let Some(path) = &config.ca_file {
+                let pem = std::fs::read(path)
+                    .map_err(|e| tls_config(format!("cannot read {}: {e}", path.display())))?;
+                let ca = Certificate::from_pem(&pem)
+                    .map_err(|e| tls_config(format!("{}: {e}", path.display())))?;
+                builder = builder.add_root_certificate(ca);
+            }
+            builder.build().map_err(|e| tls_config(e.to_string()))
         };
         let tls = match config.tls {
             TlsMode::None => Tls::None,
@@ -131,6 +139,22 @@ impl SmtpBackend {
     }
 }
 
+/// lettre reports a failed rustls handshake (an untrusted or expired
+/// certificate) as a connection error; rustls surfaces it as an I/O error of
+/// kind `InvalidData`, which a refused or reset connection never is.
+fn is_handshake_failure(error: &lettre::transport::smtp::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(e) = source {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData)
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// Only a server's 5xx answer is about this message; everything else
 /// (unreachable, 4xx, TLS, protocol, timeout) is about the path to the
 /// server and may heal, so the outbox retries it and alerts if it never does.
@@ -140,7 +164,7 @@ fn classify(error: &lettre::transport::smtp::Error) -> SendError {
         SendError::permanent("smtp_rejected", message)
     } else if error.is_transient() {
         SendError::transient("smtp_deferred", message)
-    } else if error.is_tls() {
+    } else if error.is_tls() || is_handshake_failure(error) {
         SendError::transient("smtp_tls_failed", message)
     } else if error.is_client() || error.is_response() {
         SendError::transient("smtp_protocol_error", message)

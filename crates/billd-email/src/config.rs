@@ -48,13 +48,16 @@ pub struct SmtpConfig {
     pub auth: Option<SmtpAuth>,
     /// Per-command timeout (`timeout=SECONDS`, default 30).
     pub timeout: Duration,
+    /// An extra trusted root (`ca=/path/ca.pem`), for a relay with a
+    /// private CA; the Mozilla roots stay trusted too.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// Which backend delivers email.
 #[derive(Debug, Clone)]
 pub enum BackendConfig {
-    /// `smtp://[user:pass@]host[:port][?tls=none|starttls|required][&timeout=SECS]`
-    /// or `smtps://[user:pass@]host[:port]`.
+    /// `smtp://[user:pass@]host[:port][?tls=none|starttls|required][&timeout=SECS][&ca=/ca.pem]`
+    /// or `smtps://[user:pass@]host[:port][?timeout=SECS][&ca=/ca.pem]`.
     Smtp(SmtpConfig),
     /// `file:///absolute/dir`: one `.eml` file per message.
     File(PathBuf),
@@ -149,6 +152,7 @@ fn parse_smtp(url: &url::Url) -> Result<SmtpConfig, EmailConfigError> {
         TlsMode::None
     };
     let mut timeout = Duration::from_secs(30);
+    let mut ca_file = None;
     for (key, value) in url.query_pairs() {
         match key.as_ref() {
             "tls" if implicit => {
@@ -174,9 +178,18 @@ fn parse_smtp(url: &url::Url) -> Result<SmtpConfig, EmailConfigError> {
                 })?;
                 timeout = Duration::from_secs(secs);
             }
+            "ca" => {
+                let path = PathBuf::from(value.as_ref());
+                if !path.is_absolute() {
+                    return Err(url_error(format!(
+                        "ca={value:?}: expected an absolute path"
+                    )));
+                }
+                ca_file = Some(path);
+            }
             other => {
                 return Err(url_error(format!(
-                    "unknown parameter {other:?}; known: tls, timeout"
+                    "unknown parameter {other:?}; known: tls, timeout, ca"
                 )))
             }
         }
@@ -203,6 +216,9 @@ fn parse_smtp(url: &url::Url) -> Result<SmtpConfig, EmailConfigError> {
             password: SecretString::from(decode(url.password().unwrap_or_default())?),
         })
     };
+    if ca_file.is_some() && tls == TlsMode::None {
+        return Err(url_error("ca= needs TLS: add tls=required or use smtps://"));
+    }
     // Opportunistic STARTTLS can be stripped by anyone on the path, so it
     // does not count as protection for a password either.
     let plaintext = matches!(tls, TlsMode::None | TlsMode::StartTls);
@@ -217,6 +233,7 @@ fn parse_smtp(url: &url::Url) -> Result<SmtpConfig, EmailConfigError> {
         tls,
         auth,
         timeout,
+        ca_file,
     })
 }
 

@@ -121,12 +121,19 @@ impl SmtpSink {
     }
 
     fn start_on(port: u16) -> Self {
+        Self::start_with(port, &[])
+    }
+
+    /// With aiosmtpd options, e.g. `--tlscert`/`--tlskey` (STARTTLS) or
+    /// `--smtpscert`/`--smtpskey` (implicit TLS).
+    fn start_with(port: u16, options: &[String]) -> Self {
         let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
         let dir = tempfile::tempdir().unwrap();
         let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
         let mut child = Command::new(&python)
             .args(["-m", "aiosmtpd", "-n", "-l"])
             .arg(format!("127.0.0.1:{port}"))
+            .args(options)
             .args(["-c", "smtp_sink.Sink"])
             .arg(dir.path())
             .env("PYTHONPATH", &tests)
@@ -149,6 +156,9 @@ impl SmtpSink {
                 );
             }
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                // Listening is not enough for implicit TLS: give the
+                // server the moment it needs to finish starting.
+                std::thread::sleep(Duration::from_millis(100));
                 break;
             }
             assert!(
@@ -1046,6 +1056,8 @@ fn bad_smtp_urls_are_refused_with_a_reason() {
         ),
         ("smtp://mail.example.com/inbox", "unexpected path"),
         ("file://relative", "absolute"),
+        ("smtp://mail.example.com?ca=/etc/ca.pem", "ca= needs TLS"),
+        ("smtps://mail.example.com?ca=ca.pem", "absolute path"),
     ];
     for (url, reason) in cases {
         let err = url.parse::<BackendConfig>().unwrap_err();
@@ -1342,4 +1354,161 @@ async fn every_email_the_core_decides_renders_and_sends() {
         .content
         .text
         .contains("ending in 4242 expires at the end of 02/2027"));
+}
+
+// ----------------------------------------------------------------------- TLS
+
+/// A private CA and a server certificate for 127.0.0.1, made with openssl.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |name: &str| dir.path().join(name).to_string_lossy().into_owned();
+        std::fs::write(
+            dir.path().join("server.ext"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let steps: [Vec<String>; 3] = [
+            [
+                &["req", "-x509"][..],
+                &ec,
+                &["-days", "2", "-subj", "/CN=billd test CA"],
+            ]
+            .concat()
+            .iter()
+            .map(|s| (*s).to_owned())
+            .chain(["-keyout".into(), p("ca.key"), "-out".into(), p("ca.pem")])
+            .collect(),
+            [&["req"][..], &ec, &["-subj", "/CN=127.0.0.1"]]
+                .concat()
+                .iter()
+                .map(|s| (*s).to_owned())
+                .chain([
+                    "-keyout".into(),
+                    p("server.key"),
+                    "-out".into(),
+                    p("server.csr"),
+                ])
+                .collect(),
+            ["x509", "-req", "-days", "2", "-in"]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .chain([
+                    p("server.csr"),
+                    "-CA".into(),
+                    p("ca.pem"),
+                    "-CAkey".into(),
+                    p("ca.key"),
+                ])
+                .chain(["-CAcreateserial".into(), "-extfile".into(), p("server.ext")])
+                .chain(["-out".into(), p("server.pem")])
+                .collect(),
+        ];
+        for args in steps {
+            let out = Command::new("openssl")
+                .args(&args)
+                .output()
+                .unwrap_or_else(|e| panic!("openssl is needed for the TLS tests: {e}"));
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_string_lossy().into_owned()
+    }
+
+    /// aiosmtpd options for STARTTLS (`--tlscert`) or implicit TLS (`--smtpscert`).
+    fn options(&self, kind: &str) -> Vec<String> {
+        vec![
+            format!("--{kind}cert"),
+            self.path("server.pem"),
+            format!("--{kind}key"),
+            self.path("server.key"),
+        ]
+    }
+}
+
+#[tokio::test]
+async fn required_starttls_delivers_over_tls_to_a_server_signed_by_the_configured_ca() {
+    let pki = Pki::new();
+    let sink = SmtpSink::start_with(free_port(), &pki.options("tls"));
+    let url = format!("{}?tls=required&ca={}", sink.url(), pki.path("ca.pem"));
+    let n = notifier(smtp_backend(&url), None);
+
+    n.deliver(
+        &payment_failed_effect("payment_failed:in_1:2"),
+        Some(&ada()),
+    )
+    .await
+    .unwrap();
+
+    let messages = sink.exactly(1).await;
+    assert_eq!(messages[0]["tls"], true);
+    assert_eq!(
+        messages[0]["headers"]["subject"],
+        "Payment of €12.00 failed"
+    );
+}
+
+#[tokio::test]
+async fn smtps_delivers_with_implicit_tls() {
+    let pki = Pki::new();
+    let sink = SmtpSink::start_with(free_port(), &pki.options("smtps"));
+    let url = format!("smtps://127.0.0.1:{}?ca={}", sink.port, pki.path("ca.pem"));
+    let n = notifier(smtp_backend(&url), None);
+
+    n.deliver(
+        &payment_failed_effect("payment_failed:in_1:2"),
+        Some(&ada()),
+    )
+    .await
+    .unwrap();
+
+    let messages = sink.exactly(1).await;
+    assert_eq!(messages[0]["tls"], true);
+}
+
+#[tokio::test]
+async fn a_server_certificate_from_an_unknown_ca_is_refused() {
+    let pki = Pki::new();
+    let sink = SmtpSink::start_with(free_port(), &pki.options("tls"));
+    let n = notifier(smtp_backend(&format!("{}?tls=required", sink.url())), None);
+
+    let err = n
+        .deliver(
+            &payment_failed_effect("payment_failed:in_1:2"),
+            Some(&ada()),
+        )
+        .await
+        .unwrap_err();
+
+    assert!(err.is_transient(), "{err:?}");
+    assert_eq!(err.code(), "smtp_tls_failed", "{err}");
+    sink.exactly(0).await;
+}
+
+#[test]
+fn a_missing_ca_file_is_reported_when_the_backend_is_built() {
+    let config: BackendConfig = "smtp://127.0.0.1:2525?tls=required&ca=/nonexistent/ca.pem"
+        .parse()
+        .unwrap();
+    let err = config.build().unwrap_err();
+    assert_eq!(err.code(), "smtp_tls_config");
+    assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
 }

@@ -56,6 +56,9 @@ class Sink:
             "rcpt_tos": list(envelope.rcpt_tos),
             "headers": {k.lower(): str(v) for k, v in parsed.items()},
             "content_type": parsed.get_content_type(),
+            # Set once the session runs over TLS (STARTTLS or implicit).
+            "tls": session.ssl is not None
+            or server.transport.get_extra_info("ssl_object") is not None,
             "parts": parts,
         }
         self.count += 1
