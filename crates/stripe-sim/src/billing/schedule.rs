@@ -166,7 +166,9 @@ pub(crate) fn run_due(s: &mut Inner, due: Due, t: i64) -> ApiResult<()> {
             let before = s.get("subscription", &id, "id")?;
             let mut after = before.clone();
             after["status"] = json!("incomplete_expired");
+            // Stripe stamps both, with no cancellation reason.
             after["ended_at"] = json!(t);
+            after["canceled_at"] = json!(t);
             save_sub(s, &before, &after, t);
             if let Some(inv) = before["latest_invoice"].as_str() {
                 let inv = inv.to_string();

@@ -633,6 +633,7 @@ fn unpaid_incomplete_subscriptions_expire_after_23_hours() {
         &format!("/v1/subscriptions/{}?expand[]=latest_invoice", id(&sub)),
     );
     assert_eq!(s["status"], "incomplete_expired");
+    assert_eq!(s["canceled_at"], s["ended_at"]);
     assert_eq!(s["latest_invoice"]["status"], "void");
 }
 
