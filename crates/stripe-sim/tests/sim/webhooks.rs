@@ -155,7 +155,7 @@ async fn duplicate_and_reorder_knobs_send_everything_twice_in_shuffled_order() {
     endpoint(&h, &rx.url, &["customer.created"]);
     h.sim.update_config(|c| {
         c.webhooks.duplicate_rate = 1.0;
-        c.webhooks.reorder_window_ms = 300;
+        c.webhooks.reorder_window_ms = 1000;
     });
     let ids: Vec<String> = (0..8)
         .map(|i| id(&post(&h.sim, "/v1/customers", &format!("email=o{i}@x.io"))))
