@@ -361,7 +361,7 @@ fn every_email_renders_its_subject_amount_and_links_in_text_and_html() {
                 ("full", "false"),
             ]),
             subject: "Refund issued: €5.00",
-            text: &["We refunded €5.00 of your payment (charge ch_1)."],
+            text: &["Your payment (charge ch_1) was refunded: €5.00 in total."],
             html: vec!["<strong>€5.00</strong>".to_owned()],
         },
         Expect {
@@ -372,8 +372,8 @@ fn every_email_renders_its_subject_amount_and_links_in_text_and_html() {
                 ("full", "true"),
             ]),
             subject: "Refund issued: €12.00",
-            text: &["€12.00 of your payment, its full amount"],
-            html: vec!["its full amount".to_owned()],
+            text: &["was refunded in full: €12.00 in total."],
+            html: vec!["refunded in full: <strong>€12.00</strong>".to_owned()],
         },
         Expect {
             template: EmailTemplate::ChargebackNotice,
