@@ -416,6 +416,13 @@ impl Inner {
         match value {
             Value::Array(items) => items.iter_mut().all(|item| self.expand_one(item, parts)),
             Value::Object(map) => {
+                // Includable properties exist only when expanded.
+                if *first == "confirmation_secret"
+                    && map.get("object").is_some_and(|o| o == "invoice")
+                {
+                    let secret = self.invoice_confirmation_secret(map.get("payments"));
+                    map.insert("confirmation_secret".to_string(), secret);
+                }
                 let Some(field) = map.get_mut(*first) else {
                     return false;
                 };
@@ -435,6 +442,23 @@ impl Inner {
                 self.expand_one(field, rest)
             }
             _ => true,
+        }
+    }
+
+    /// An invoice's `confirmation_secret` (API 2025-03-31+): the client secret of its
+    /// open payment intent, for confirming 3-D Secure in the browser.
+    fn invoice_confirmation_secret(&self, payments: Option<&Value>) -> Value {
+        let pi = payments
+            .and_then(|p| p["data"].as_array())
+            .and_then(|d| {
+                d.iter()
+                    .rev()
+                    .find_map(|ip| ip["payment"]["payment_intent"].as_str())
+            })
+            .and_then(|id| self.objects.get(id));
+        match pi {
+            Some(pi) => json!({"client_secret": pi["client_secret"], "type": "payment_intent"}),
+            None => Value::Null,
         }
     }
 

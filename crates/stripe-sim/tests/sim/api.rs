@@ -379,6 +379,23 @@ fn expanding_a_property_the_object_does_not_have_is_a_400() {
         ok["latest_invoice"]["payments"]["data"][0]["payment"]["type"],
         "payment_intent"
     );
+    let secret = get(
+        &sim,
+        &format!(
+            "/v1/subscriptions/{}?expand[]=latest_invoice.confirmation_secret",
+            id(&sub)
+        ),
+    );
+    assert_eq!(
+        secret["latest_invoice"]["confirmation_secret"]["type"],
+        "payment_intent"
+    );
+    assert!(
+        secret["latest_invoice"]["confirmation_secret"]["client_secret"]
+            .as_str()
+            .unwrap()
+            .contains("_secret_")
+    );
 }
 
 #[test]
