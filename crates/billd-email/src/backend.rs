@@ -270,7 +270,7 @@ impl EmailBackend for LogBackend {
     async fn send(&self, message: &Message) -> Result<(), SendError> {
         tracing::info!(
             to = %message.to,
-            template = message.template,
+            template = %message.template,
             dedupe_key = %message.dedupe_key,
             subject = %message.content.subject,
             "email not sent (log backend)"

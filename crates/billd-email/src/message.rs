@@ -82,7 +82,7 @@ pub struct Message {
     /// `To`.
     pub to: Mailbox,
     /// Which template (`payment_failed`, `admin_alert`): a metrics label.
-    pub template: &'static str,
+    pub template: String,
     /// The outbox dedupe key.
     pub dedupe_key: String,
     /// Subject and bodies.

@@ -117,7 +117,7 @@ impl Notifier {
         Ok(Some(Message {
             from: self.from.clone(),
             to: admin.clone(),
-            template: crate::render::ADMIN_ALERT,
+            template: crate::render::ADMIN_ALERT.to_owned(),
             dedupe_key: dedupe_key.to_owned(),
             content,
         }))
@@ -138,7 +138,7 @@ impl Notifier {
             } => match recipient {
                 Some(recipient) => self.compose_email(*template, dedupe_key, params, recipient)?,
                 None => {
-                    tracing::warn!(dedupe_key = %dedupe_key, template = template_name(*template), "customer has no email address; email skipped");
+                    tracing::warn!(dedupe_key = %dedupe_key, template = %template_name(*template), "customer has no email address; email skipped");
                     return Ok(Delivery::NoRecipient);
                 }
             },
@@ -149,7 +149,7 @@ impl Notifier {
             } => match self.compose_alert(*alert, dedupe_key, message)? {
                 Some(m) => m,
                 None => {
-                    tracing::warn!(alert = alert_name(*alert), dedupe_key = %dedupe_key, message = %message, "billing alert (no BILLD_ADMIN_EMAIL)");
+                    tracing::warn!(alert = %alert_name(*alert), dedupe_key = %dedupe_key, message = %message, "billing alert (no BILLD_ADMIN_EMAIL)");
                     return Ok(Delivery::NoRecipient);
                 }
             },

@@ -55,29 +55,29 @@ impl RenderError {
             RenderError::Render { source, .. } if source.kind() == ErrorKind::UndefinedError => {
                 "template_missing_variable"
             }
+            RenderError::Render { source, .. } if source.kind() == ErrorKind::TemplateNotFound => {
+                "template_not_found"
+            }
             RenderError::Render { .. } => "template_render_failed",
         }
     }
 }
 
-/// What an email template is called in files (`payment_failed`).
-pub fn template_name(template: EmailTemplate) -> &'static str {
-    match template {
-        EmailTemplate::SubscriptionConfirmed => "subscription_confirmed",
-        EmailTemplate::PaymentSucceeded => "payment_succeeded",
-        EmailTemplate::PaymentFailed => "payment_failed",
-        EmailTemplate::ActionRequired => "action_required",
-        EmailTemplate::TrialEnding => "trial_ending",
-        EmailTemplate::CancellationScheduled => "cancellation_scheduled",
-        EmailTemplate::SubscriptionCanceled => "subscription_canceled",
-        EmailTemplate::PlanChanged => "plan_changed",
-        EmailTemplate::RefundIssued => "refund_issued",
-        EmailTemplate::ChargebackNotice => "chargeback_notice",
-        EmailTemplate::InvoiceFinalized => "invoice_finalized",
-        EmailTemplate::RenewalReminder => "renewal_reminder",
-        EmailTemplate::CardExpiring => "card_expiring",
-        EmailTemplate::GraceEnding => "grace_ending",
+/// The snake_case name billd-core gives a variant (`payment_failed`).
+///
+/// Taken from the core's serde names rather than a `match`, so a variant
+/// added to the core does not break this crate's build: its email fails to
+/// render (`template_not_found`) until its template files exist.
+fn serde_name<T: serde::Serialize + std::fmt::Debug>(value: T) -> String {
+    match serde_json::to_value(&value) {
+        Ok(serde_json::Value::String(name)) => name,
+        _ => format!("{value:?}"),
     }
+}
+
+/// What an email template is called in files (`payment_failed`).
+pub fn template_name(template: EmailTemplate) -> String {
+    serde_name(template)
 }
 
 /// Every customer email, in a fixed order (for checks and previews).
@@ -102,13 +102,8 @@ pub const ALL_TEMPLATES: [EmailTemplate; 14] = [
 pub const ADMIN_ALERT: &str = "admin_alert";
 
 /// What an alert is called in subjects and metrics (`dispute_opened`).
-pub fn alert_name(alert: AlertKind) -> &'static str {
-    match alert {
-        AlertKind::DisputeOpened => "dispute_opened",
-        AlertKind::DisputeClosed => "dispute_closed",
-        AlertKind::UnknownPrice => "unknown_price",
-        AlertKind::StripeCustomerDeleted => "stripe_customer_deleted",
-    }
+pub fn alert_name(alert: AlertKind) -> String {
+    serde_name(alert)
 }
 
 macro_rules! embedded {
@@ -273,7 +268,7 @@ impl Templates {
             .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
             .collect();
         self.add_common(&mut ctx, reader);
-        self.render_three(template_name(template), ctx)
+        self.render_three(&template_name(template), ctx)
     }
 
     /// Renders an operator alert (always English; `alert`, `message`).

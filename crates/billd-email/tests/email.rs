@@ -441,7 +441,7 @@ fn every_email_renders_its_subject_amount_and_links_in_text_and_html() {
     let mut covered = std::collections::BTreeSet::new();
     for case in cases {
         let name = billd_email::template_name(case.template);
-        covered.insert(name);
+        covered.insert(name.clone());
         let rendered = t
             .render_email(case.template, &case.params, &reader(Locale::En))
             .unwrap();
@@ -475,7 +475,7 @@ fn every_email_renders_its_subject_amount_and_links_in_text_and_html() {
     }
     for template in ALL_TEMPLATES {
         assert!(
-            covered.contains(billd_email::template_name(template)),
+            covered.contains(&billd_email::template_name(template)),
             "{template:?} untested"
         );
     }
@@ -1324,7 +1324,7 @@ async fn every_email_the_core_decides_renders_and_sends() {
     for template in ALL_TEMPLATES {
         let name = billd_email::template_name(template);
         assert!(
-            !by_template(name).is_empty(),
+            !by_template(&name).is_empty(),
             "the core never produced {name}: {effects:#?}"
         );
     }
