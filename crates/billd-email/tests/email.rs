@@ -1512,3 +1512,34 @@ fn a_missing_ca_file_is_reported_when_the_backend_is_built() {
     assert_eq!(err.code(), "smtp_tls_config");
     assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
 }
+
+#[tokio::test]
+async fn a_restarted_smtp_server_gets_the_next_email_despite_the_pooled_connection() {
+    let first = SmtpSink::start();
+    let port = first.port;
+    let n = notifier(smtp_backend(&format!("{}?timeout=5", first.url())), None);
+    n.deliver(
+        &payment_failed_effect("payment_failed:in_1:1"),
+        Some(&ada()),
+    )
+    .await
+    .unwrap();
+    first.exactly(1).await;
+
+    drop(first);
+    let second = SmtpSink::start_on(port);
+    // The pool's idle connection died with the first server: the send
+    // either notices and reconnects, or fails transiently for the outbox
+    // to retry. Either way the email arrives once.
+    let effect = payment_failed_effect("payment_failed:in_1:2");
+    if let Err(err) = n.deliver(&effect, Some(&ada())).await {
+        assert!(err.is_transient(), "{err:?}");
+        n.deliver(&effect, Some(&ada())).await.unwrap();
+    }
+
+    let messages = second.exactly(1).await;
+    assert_eq!(
+        messages[0]["headers"][DEDUPE_HEADER.to_ascii_lowercase().as_str()],
+        "payment_failed:in_1:2"
+    );
+}
