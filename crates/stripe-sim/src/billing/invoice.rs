@@ -250,6 +250,14 @@ pub fn create_invoice_with_lines(
     lines: Vec<Value>,
     at: i64,
 ) -> ApiResult<String> {
+    // A coupon whose last discounted invoice is behind leaves before this one.
+    let used_up = s
+        .subs
+        .get(sub_id)
+        .is_some_and(|m| matches!(m.coupon, Some((_, Some(left))) if left <= 0));
+    if used_up {
+        end_discount(s, sub_id, at)?;
+    }
     let id = s.id("in");
     let mut inv = invoice_object(s, sub_id, reason, lines, at, &id)?;
     if inv["discounts"].as_array().is_some_and(|d| !d.is_empty()) {
@@ -293,6 +301,26 @@ pub fn create_invoice_with_lines(
         mark_paid(s, &id, at)?;
     }
     Ok(id)
+}
+
+/// A coupon that has discounted its last invoice leaves the subscription:
+/// `customer.discount.deleted`.
+fn end_discount(s: &mut Inner, sub_id: &str, at: i64) -> ApiResult<()> {
+    if let Some(meta) = s.subs.get_mut(sub_id) {
+        meta.coupon = None;
+    }
+    let before = s.get("subscription", sub_id, "subscription")?;
+    let Some(di) = before["discounts"][0].as_str().map(str::to_string) else {
+        return Ok(());
+    };
+    let mut after = before.clone();
+    after["discounts"] = json!([]);
+    let mut discount = s.get("discount", &di, "discount")?;
+    discount["end"] = json!(at);
+    s.put(discount.clone());
+    save_sub(s, &before, &after, at);
+    s.emit("customer.discount.deleted", &discount, None, at);
+    Ok(())
 }
 
 pub(crate) fn mark_paid(s: &mut Inner, inv_id: &str, at: i64) -> ApiResult<()> {

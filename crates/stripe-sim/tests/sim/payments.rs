@@ -235,6 +235,8 @@ fn a_once_coupon_discounts_only_the_first_invoice() {
         &format!("/v1/subscriptions/{}?expand[]=latest_invoice", id(&sub)),
     );
     assert_eq!(s["latest_invoice"]["amount_paid"], 3000);
+    assert_eq!(s["discounts"], serde_json::json!([]));
+    assert!(event_types(&sim).contains(&"customer.discount.deleted".to_string()));
 }
 
 #[test]
