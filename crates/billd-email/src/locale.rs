@@ -32,6 +32,9 @@ pub enum Locale {
 }
 
 impl Locale {
+    /// Every language billd formats for.
+    pub const ALL: [Locale; 5] = [Locale::En, Locale::De, Locale::Fr, Locale::Es, Locale::It];
+
     /// Reads the language subtag of a locale (`de-DE`, `fr_CA`, `EN`);
     /// anything unknown or empty is English.
     pub fn from_tag(tag: &str) -> Self {

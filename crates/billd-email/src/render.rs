@@ -7,7 +7,7 @@
 //! Overrides are checked when they are loaded by rendering every template
 //! with the parameters the core gives it, so a typo fails at start-up.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use billd_core::{AlertKind, EmailTemplate};
@@ -187,6 +187,8 @@ pub struct Rendered {
 pub struct Templates {
     env: Environment<'static>,
     branding: Branding,
+    /// Overrides for one language (`payment_failed.de.txt`), by file name.
+    localized: BTreeSet<String>,
 }
 
 impl Templates {
@@ -197,7 +199,9 @@ impl Templates {
 
     /// The built-in templates, each replaced by `{dir}/{file}` where that
     /// file exists (`payment_failed.subject.txt`, `payment_failed.txt`,
-    /// `payment_failed.html`, `_layout.html`, …). Every template is then
+    /// `payment_failed.html`, `_layout.html`, …), plus per-language
+    /// overrides that win for readers of that language
+    /// (`payment_failed.de.subject.txt`, `_layout.fr.html`). Every template is then
     /// rendered once with the parameters the core gives it, so an override
     /// that uses an unknown variable is refused here, not at send time.
     pub fn load(dir: Option<&Path>, branding: Branding) -> Result<Self, RenderError> {
@@ -231,25 +235,45 @@ impl Templates {
                     source,
                 })?;
         }
+        let mut localized = BTreeSet::new();
         if let Some(dir) = dir {
+            for (name, _) in LAYOUTS.iter().chain(EMBEDDED.iter()) {
+                for locale in Locale::ALL {
+                    let file = localized_name(name, locale);
+                    if let Some(source) = read_override(&dir.join(&file))? {
+                        env.add_template_owned(file.clone(), source)
+                            .map_err(|source| RenderError::Syntax {
+                                name: file.clone(),
+                                source,
+                            })?;
+                        localized.insert(file);
+                    }
+                }
+            }
             warn_about_unknown_files(dir);
         }
-        let templates = Self { env, branding };
+        let templates = Self {
+            env,
+            branding,
+            localized,
+        };
         templates.check()?;
         Ok(templates)
     }
 
-    /// Renders every template with sample parameters of the shape the core
-    /// produces (both shapes for the renewal reminder).
+    /// Renders every template, in every language, with sample parameters
+    /// of the shape the core produces (both shapes for the renewal reminder).
     pub fn check(&self) -> Result<(), RenderError> {
-        let reader = Reader {
-            name: Some("Ada".to_owned()),
-            email: "ada@example.com".to_owned(),
-            locale: Locale::En,
-        };
-        for template in ALL_TEMPLATES {
-            for params in sample_params(template) {
-                self.render_email(template, &params, &reader)?;
+        for locale in Locale::ALL {
+            let reader = Reader {
+                name: Some("Ada".to_owned()),
+                email: "ada@example.com".to_owned(),
+                locale,
+            };
+            for template in ALL_TEMPLATES {
+                for params in sample_params(template) {
+                    self.render_email(template, &params, &reader)?;
+                }
             }
         }
         self.render_alert(AlertKind::DisputeOpened, "dispute du_1 opened")?;
@@ -268,7 +292,7 @@ impl Templates {
             .map(|(k, v)| (k.clone(), Value::from(v.as_str())))
             .collect();
         self.add_common(&mut ctx, reader);
-        self.render_three(&template_name(template), ctx)
+        self.render_three(&template_name(template), ctx, reader.locale)
     }
 
     /// Renders an operator alert (always English; `alert`, `message`).
@@ -284,7 +308,7 @@ impl Templates {
                 locale: Locale::En,
             },
         );
-        self.render_three(ADMIN_ALERT, ctx)
+        self.render_three(ADMIN_ALERT, ctx, Locale::En)
     }
 
     fn add_common(&self, ctx: &mut BTreeMap<String, Value>, reader: &Reader) {
@@ -308,8 +332,9 @@ impl Templates {
         &self,
         name: &str,
         mut ctx: BTreeMap<String, Value>,
+        locale: Locale,
     ) -> Result<Rendered, RenderError> {
-        let subject = self.render_one(&format!("{name}.subject.txt"), &ctx)?;
+        let subject = self.render_one(&format!("{name}.subject.txt"), &ctx, locale)?;
         // Header injection is impossible either way (lettre encodes the
         // header), but a subject must stay one line to read as one.
         // (Only line breaks: the no-break spaces in amounts must stay.)
@@ -320,8 +345,8 @@ impl Templates {
             .collect::<Vec<_>>()
             .join(" ");
         ctx.insert("subject".to_owned(), Value::from(subject.as_str()));
-        let text = self.render_one(&format!("{name}.txt"), &ctx)?;
-        let html = self.render_one(&format!("{name}.html"), &ctx)?;
+        let text = self.render_one(&format!("{name}.txt"), &ctx, locale)?;
+        let html = self.render_one(&format!("{name}.html"), &ctx, locale)?;
         Ok(Rendered {
             subject,
             text,
@@ -329,13 +354,33 @@ impl Templates {
         })
     }
 
-    fn render_one(&self, name: &str, ctx: &BTreeMap<String, Value>) -> Result<String, RenderError> {
+    /// Renders `file`, or its override for the reader's language if any.
+    fn render_one(
+        &self,
+        file: &str,
+        ctx: &BTreeMap<String, Value>,
+        locale: Locale,
+    ) -> Result<String, RenderError> {
+        let localized = localized_name(file, locale);
+        let name = if self.localized.contains(&localized) {
+            localized.as_str()
+        } else {
+            file
+        };
         let failed = |source| RenderError::Render {
             name: name.to_owned(),
             source,
         };
         let template = self.env.get_template(name).map_err(failed)?;
         template.render(Value::from(ctx.clone())).map_err(failed)
+    }
+}
+
+/// `payment_failed.subject.txt` in German is `payment_failed.de.subject.txt`.
+fn localized_name(file: &str, locale: Locale) -> String {
+    match file.split_once('.') {
+        Some((base, suffix)) => format!("{base}.{locale}.{suffix}"),
+        None => format!("{file}.{locale}"),
     }
 }
 
@@ -357,10 +402,9 @@ fn warn_about_unknown_files(dir: &Path) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let known = LAYOUTS
-            .iter()
-            .chain(EMBEDDED.iter())
-            .any(|(file, _)| *file == name);
+        let known = LAYOUTS.iter().chain(EMBEDDED.iter()).any(|(file, _)| {
+            *file == name || Locale::ALL.iter().any(|l| localized_name(file, *l) == name)
+        });
         if !known && (name.ends_with(".txt") || name.ends_with(".html")) {
             tracing::warn!(file = %name, dir = %dir.display(), "template override matches no email and is ignored");
         }

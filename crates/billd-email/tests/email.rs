@@ -1543,3 +1543,62 @@ async fn a_restarted_smtp_server_gets_the_next_email_despite_the_pooled_connecti
         "payment_failed:in_1:2"
     );
 }
+
+#[test]
+fn a_language_override_wins_for_readers_of_that_language_only() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("payment_failed.de.subject.txt"),
+        "Zahlung über {{ amount_due|money }} fehlgeschlagen",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("payment_failed.de.txt"),
+        // The last attempt has no next one: the override must say so too,
+        // or loading refuses it.
+        "Hallo {{ recipient.name }},\n{% if next_payment_attempt %}neuer Versuch am {{ next_payment_attempt|date }}.{% endif %}",
+    )
+    .unwrap();
+    let t = Templates::load(Some(dir.path()), branding()).unwrap();
+
+    let german = t
+        .render_email(
+            EmailTemplate::PaymentFailed,
+            &payment_failed_params(),
+            &reader(Locale::De),
+        )
+        .unwrap();
+    let english = t
+        .render_email(
+            EmailTemplate::PaymentFailed,
+            &payment_failed_params(),
+            &reader(Locale::En),
+        )
+        .unwrap();
+
+    assert_eq!(german.subject, "Zahlung über 12,00\u{a0}€ fehlgeschlagen");
+    assert_eq!(
+        german.text,
+        "Hallo Ada,\nneuer Versuch am 27. November 2026."
+    );
+    // No German HTML override: the built-in body, with German amounts.
+    assert!(
+        german.html.contains("<strong>12,00\u{a0}€</strong>"),
+        "{}",
+        german.html
+    );
+    assert_eq!(english.subject, "Payment of €12.00 failed");
+}
+
+#[test]
+fn a_broken_language_override_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("trial_ending.fr.html"),
+        "<p>{{ fin_essai|date }}</p>",
+    )
+    .unwrap();
+    let err = Templates::load(Some(dir.path()), branding()).unwrap_err();
+    assert_eq!(err.code(), "template_missing_variable", "{err}");
+    assert!(err.to_string().contains("trial_ending.fr.html"), "{err}");
+}
