@@ -38,16 +38,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         let elapsed = started.elapsed().as_secs_f64();
         latencies.sort();
-        let at =
-            |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
+        let at = |per_mille: usize| {
+            latencies[(latencies.len() - 1) * per_mille / 1000].as_secs_f64() * 1e3
+        };
         println!(
             "{:?} batch {batch_size:>4}: {inserted} events in {elapsed:.2}s = {:.0} events/s; \
              commit p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
             store.backend(),
             inserted as f64 / elapsed,
-            at(0.5),
-            at(0.99),
-            at(1.0),
+            at(500),
+            at(990),
+            at(1000),
         );
     }
     let started = Instant::now();

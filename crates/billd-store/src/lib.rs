@@ -248,9 +248,10 @@ pub struct InboxStats {
 }
 
 /// Everything billd persists. One implementation per database; the same
-/// contract tests run against both.
+/// contract tests run against both. The billing tables are the supertrait
+/// [`BillingStore`], so an `Arc<dyn Store>` offers both.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: BillingStore + Send + Sync + 'static {
     /// Which database this is.
     fn backend(&self) -> Backend;
 

@@ -165,7 +165,7 @@ impl Store for PgStore {
                 .bind(page)
                 .fetch_all(&mut *tx)
                 .await?;
-            let exhausted = (rows.len() as i64) < page;
+            let exhausted = i64::try_from(rows.len()).is_ok_and(|n| n < page);
 
             let mut fresh: Vec<String> = Vec::new();
             for customer in rows.iter().filter_map(|row| row.1.as_ref()) {

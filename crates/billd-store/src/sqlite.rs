@@ -289,7 +289,7 @@ impl Store for SqliteStore {
                 .bind(page)
                 .fetch_all(&mut *tx)
                 .await?;
-            let exhausted = (rows.len() as i64) < page;
+            let exhausted = i64::try_from(rows.len()).is_ok_and(|n| n < page);
             for (id, customer, created, seq) in rows {
                 after = (created, seq);
                 picker.offer(id, customer);

@@ -798,16 +798,12 @@ async fn stats_count_every_status_and_the_oldest_waiting_event(h: &Harness) {
 // ------------------------------------------------------------- concurrency
 
 async fn two_stores_claiming_in_parallel_never_share_an_event_or_a_customer(h: &Harness) {
-    let total = 300usize;
+    let total: i64 = 300;
     let batch: Vec<NewEvent> = (0..total)
         .map(|n| {
             // 12 customers with many events each, and some events of nobody.
             let customer = (n % 5 != 0).then(|| format!("cus_{}", n % 12));
-            event(
-                &format!("evt_{n:04}"),
-                customer.as_deref(),
-                1_000 + (n as i64 % 7),
-            )
+            event(&format!("evt_{n:04}"), customer.as_deref(), 1_000 + n % 7)
         })
         .collect();
     insert(&h.store, &batch).await;
@@ -868,9 +864,9 @@ async fn two_stores_claiming_in_parallel_never_share_an_event_or_a_customer(h: &
         worker.await.expect("worker panicked");
     }
 
-    assert_eq!(claimed_ever.lock().expect("lock").len(), total);
+    assert_eq!(claimed_ever.lock().expect("lock").len(), 300);
     let stats = h.store.inbox_stats().await.expect("stats");
-    assert_eq!(count(&stats, EventStatus::Processed), total as i64);
+    assert_eq!(count(&stats, EventStatus::Processed), total);
 }
 
 // ------------------------------------------------- backend-specific checks
