@@ -1,0 +1,12 @@
+//! End to end: billd (webhook endpoint, inbox worker, lifecycle handler,
+//! outbox worker, app and admin API) on a loopback port against an
+//! in-process stripe-sim delivering signed webhooks over real HTTP; every
+//! scenario on SQLite and PostgreSQL (`BILLD_TEST_POSTGRES_URL`).
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "scenarios and helpers live in plain functions the generated #[tokio::test]s call; a failed setup should panic"
+)]
+
+mod scenarios;
+mod support;

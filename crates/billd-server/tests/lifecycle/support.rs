@@ -1,0 +1,373 @@
+//! A billd per test (loopback port 0, its own SQLite file or PostgreSQL
+//! database) wired to an in-process stripe-sim: the sim's webhook endpoint
+//! points at billd, billd's Stripe client at the sim. Customers live on sim
+//! test clocks; billd's billing clock is moved with them.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use billd_core::Catalog;
+use billd_server::api;
+use billd_server::auth::ApiKeys;
+use billd_server::lifecycle::{BillingBackend, LifecycleHandler};
+use billd_server::outbox::{LogDelivery, OutboxConfig, OutboxWorker};
+use billd_server::{
+    Backoff, Clock, IngestConfig, ManualClock, Running, ServerConfig, SystemClock, WebhookConfig,
+    WorkerConfig, Workers,
+};
+use billd_store::{PgStore, SqliteStore, Store};
+use billd_stripe::client::{ClientConfig, StripeClient};
+use secrecy::SecretString;
+use serde_json::Value;
+use stripe_sim::{SimConfig, SimHandle, WebhookKnobs};
+
+pub const DAY: i64 = 86_400;
+pub const APP_KEY: &str = "app_key_lifecycle";
+pub const ADMIN_KEY: &str = "admin_key_lifecycle";
+
+/// Which database a test runs on.
+#[derive(Debug, Clone, Copy)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// Generates one test per database for an `async fn(Db)`.
+#[macro_export]
+macro_rules! on_both_databases {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::Db::Sqlite).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::Db::Postgres).await
+                }
+            )*
+        }
+    };
+}
+
+/// A start time shared by the harnesses of one test, so two runs of the
+/// same script see the same Stripe timestamps.
+pub fn t0() -> i64 {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    now - now % 60
+}
+
+pub struct Harness {
+    pub sim: stripe_sim::Sim,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub clock: Arc<ManualClock>,
+    pub store: Arc<dyn BillingBackend>,
+    pub pro_price: String,
+    pub standard_price: String,
+    running: Option<Running>,
+    sim_handle: Option<SimHandle>,
+    outbox: Option<tokio::task::JoinHandle<()>>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn open_store(db: Db) -> (Arc<dyn BillingBackend>, Option<tempfile::TempDir>) {
+    match db {
+        Db::Sqlite => {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}", dir.path().join("billd.db").display());
+            let store = SqliteStore::connect(&url).await.unwrap();
+            store.migrate().await.unwrap();
+            (Arc::new(store), Some(dir))
+        }
+        Db::Postgres => {
+            let url = billd_store::testing::fresh_postgres_database()
+                .await
+                .unwrap_or_else(|e| panic!("PostgreSQL test database: {e}"));
+            let store = PgStore::connect(&url).await.unwrap();
+            store.migrate().await.unwrap();
+            (Arc::new(store), None)
+        }
+    }
+}
+
+impl Harness {
+    pub async fn start(db: Db, t0: i64, knobs: WebhookKnobs) -> Harness {
+        let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let sim_handle = stripe_sim::serve(
+            sim_listener,
+            SimConfig {
+                seed: 11,
+                // Webhook retries in milliseconds rather than hours.
+                time_scale: 0.0005,
+                webhooks: knobs,
+                ..SimConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let sim = sim_handle.sim.clone();
+        let price = |name: &str, amount: u32| {
+            let (status, body) = sim.call(
+                "POST",
+                "/v1/prices",
+                &format!(
+                    "product_data[name]={name}&currency=eur&unit_amount={amount}&recurring[interval]=month&lookup_key=billd_{name}_eur"
+                ),
+            );
+            assert_eq!(status, 200, "{body}");
+            body["id"].as_str().unwrap().to_string()
+        };
+        let pro_price = price("pro", 1900);
+        let standard_price = price("standard", 900);
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let (status, endpoint) = sim.call(
+            "POST",
+            "/v1/webhook_endpoints",
+            &format!("url={base}/webhooks/stripe&enabled_events[]=*"),
+        );
+        assert_eq!(status, 200, "{endpoint}");
+        let secret = endpoint["secret"].as_str().unwrap().to_string();
+
+        let (store, dir) = open_store(db).await;
+        let clock = Arc::new(ManualClock::new(t0));
+        let mut stripe_config =
+            ClientConfig::new(sim_handle.url(), SecretString::from("sk_test_billd"));
+        stripe_config.initial_backoff = Duration::from_millis(20);
+        let stripe = StripeClient::new(stripe_config).unwrap();
+        let catalog = Arc::new(Catalog::seed());
+        let registry = LifecycleHandler::new(
+            store.clone(),
+            catalog.clone(),
+            Some(stripe.clone()),
+            clock.clone(),
+        )
+        .registry();
+        let routes = api::routes(
+            store.clone(),
+            catalog,
+            clock.clone(),
+            ApiKeys::new(
+                vec![SecretString::from(APP_KEY)],
+                vec![SecretString::from(ADMIN_KEY)],
+            ),
+        );
+        let config = ServerConfig {
+            webhook: WebhookConfig {
+                secrets: vec![SecretString::from(secret)],
+                tolerance_secs: 300,
+            },
+            ingest: IngestConfig::default(),
+            worker: WorkerConfig {
+                max_attempts: 20,
+                lease_secs: 60,
+                concurrency: 8,
+                poll_interval: Duration::from_millis(30),
+                backoff: Backoff {
+                    base_secs: 1,
+                    cap_secs: 1,
+                },
+            },
+            ready_max_lag_secs: 600,
+        };
+        let inbox_store: Arc<dyn Store> = store.clone();
+        // The webhook path checks signatures against the wall clock (the
+        // sim signs with it); billing decisions use the test clock.
+        let running = billd_server::start_with_routes(
+            listener,
+            inbox_store,
+            config,
+            registry,
+            Arc::new(SystemClock),
+            Workers::Run,
+            routes,
+        )
+        .unwrap();
+        let outbox = OutboxWorker::new(
+            store.clone(),
+            Some(stripe),
+            Arc::new(LogDelivery),
+            clock.clone(),
+            OutboxConfig {
+                poll_interval: Duration::from_millis(30),
+                ..OutboxConfig::default()
+            },
+        );
+        let outbox = tokio::spawn(outbox.run(running.cancel_token()));
+        Harness {
+            sim,
+            base,
+            http: reqwest::Client::new(),
+            clock,
+            store,
+            pro_price,
+            standard_price,
+            running: Some(running),
+            sim_handle: Some(sim_handle),
+            outbox: Some(outbox),
+            _dir: dir,
+        }
+    }
+
+    #[track_caller]
+    pub fn stripe(&self, method: &str, path: &str, form: &str) -> Value {
+        let (status, body) = self.sim.call(method, path, form);
+        assert_eq!(status, 200, "{method} {path} {form} → {status}: {body:#}");
+        body
+    }
+
+    /// `PUT /v1/customers/{user}` on billd, then a Stripe customer on a new
+    /// test clock at billd's time, carrying `metadata[billd_customer_id]`
+    /// (unless `link` is false) and paying with `pm`.
+    pub async fn customer(&self, user: &str, pm: &str, link: bool) -> (String, String) {
+        let response = self
+            .http
+            .put(format!("{}/v1/customers/{user}", self.base))
+            .bearer_auth(APP_KEY)
+            .json(&serde_json::json!({ "email": format!("{user}@example.com") }))
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+        let clock = self.stripe(
+            "POST",
+            "/v1/test_helpers/test_clocks",
+            &format!("frozen_time={}", self.clock.now()),
+        )["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let metadata = if link {
+            format!("&metadata[billd_customer_id]={user}")
+        } else {
+            String::new()
+        };
+        let cus = self.stripe(
+            "POST",
+            "/v1/customers",
+            &format!("email={user}@example.com&test_clock={clock}{metadata}"),
+        )["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        self.pay_with(&cus, pm);
+        (clock, cus)
+    }
+
+    /// Attaches `pm` and makes it the customer's default.
+    pub fn pay_with(&self, cus: &str, pm: &str) {
+        let pm = self.stripe(
+            "POST",
+            &format!("/v1/payment_methods/{pm}/attach"),
+            &format!("customer={cus}"),
+        )["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        self.stripe(
+            "POST",
+            &format!("/v1/customers/{cus}"),
+            &format!("invoice_settings[default_payment_method]={pm}"),
+        );
+    }
+
+    pub fn subscribe(&self, user: &str, cus: &str, price: &str) -> Value {
+        self.stripe(
+            "POST",
+            "/v1/subscriptions",
+            &format!("customer={cus}&items[0][price]={price}&metadata[billd_customer_id]={user}"),
+        )
+    }
+
+    /// Moves the customer's test clock and billd's billing clock to `to`.
+    pub fn advance(&self, clock: &str, to: i64) {
+        self.stripe(
+            "POST",
+            &format!("/v1/test_helpers/test_clocks/{clock}/advance"),
+            &format!("frozen_time={to}"),
+        );
+        self.clock.set(to);
+    }
+
+    pub async fn entitlements(&self, user: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}/v1/customers/{user}/entitlements", self.base))
+            .bearer_auth(APP_KEY)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Polls the entitlements until `done` holds (webhooks, the inbox and
+    /// the outbox run asynchronously); panics with the last answer.
+    pub async fn wait_for(&self, user: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, body) = self.entitlements(user).await;
+            if status == 200 && done(&body) {
+                return body;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; last entitlements ({status}): {body:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Polls a sim object until `done` holds.
+    pub async fn wait_for_stripe(&self, id: &str, what: &str, done: impl Fn(&Value) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let object = self.sim.object(id).unwrap_or(Value::Null);
+            if done(&object) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; {id} is {object:#}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn admin_get(&self, path: &str, key: Option<&str>) -> (u16, Value) {
+        let mut request = self.http.get(format!("{}{path}", self.base));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown().await.unwrap();
+        }
+        if let Some(outbox) = self.outbox.take() {
+            outbox.await.unwrap();
+        }
+        if let Some(sim) = self.sim_handle.take() {
+            sim.shutdown().await;
+        }
+    }
+}
+
+/// The first charge of a Stripe customer.
+pub fn first_charge(h: &Harness, cus: &str) -> String {
+    h.stripe("GET", &format!("/v1/charges?customer={cus}"), "")["data"][0]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no charge for {cus}"))
+        .to_string()
+}
