@@ -279,3 +279,151 @@ impl Store for SwitchableStore {
         self.inner.inbox_stats().await
     }
 }
+
+/// Billing calls forward like the inbox calls, and fail the same way when
+/// the store is switched off.
+#[async_trait]
+impl billd_store::BillingStore for SwitchableStore {
+    async fn upsert_customer(
+        &self,
+        profile: &billd_store::CustomerProfile,
+        now: i64,
+    ) -> StoreResult<billd_store::UpsertedCustomer> {
+        self.check()?;
+        self.inner.upsert_customer(profile, now).await
+    }
+    async fn get_customer(
+        &self,
+        customer_id: &billd_core::CustomerId,
+    ) -> StoreResult<Option<billd_store::CustomerRecord>> {
+        self.check()?;
+        self.inner.get_customer(customer_id).await
+    }
+    async fn find_customer_by_stripe(
+        &self,
+        stripe_customer_id: &billd_core::StripeCustomerId,
+    ) -> StoreResult<Option<billd_core::CustomerId>> {
+        self.check()?;
+        self.inner.find_customer_by_stripe(stripe_customer_id).await
+    }
+    async fn find_customer_by_object(
+        &self,
+        object_id: &str,
+    ) -> StoreResult<Option<billd_core::CustomerId>> {
+        self.check()?;
+        self.inner.find_customer_by_object(object_id).await
+    }
+    async fn link_stripe_customer(
+        &self,
+        customer_id: &billd_core::CustomerId,
+        stripe_customer_id: &billd_core::StripeCustomerId,
+        now: i64,
+    ) -> StoreResult<()> {
+        self.check()?;
+        self.inner
+            .link_stripe_customer(customer_id, stripe_customer_id, now)
+            .await
+    }
+    async fn link_object(
+        &self,
+        object_id: &str,
+        customer_id: &billd_core::CustomerId,
+        now: i64,
+    ) -> StoreResult<billd_core::CustomerId> {
+        self.check()?;
+        self.inner.link_object(object_id, customer_id, now).await
+    }
+    async fn commit_event(
+        &self,
+        event_id: &str,
+        commit: Option<&billd_store::CustomerCommit>,
+        result: &EventResult,
+        now: i64,
+    ) -> StoreResult<billd_store::CommitReceipt> {
+        self.check()?;
+        self.inner.commit_event(event_id, commit, result, now).await
+    }
+    async fn commit_customer(
+        &self,
+        commit: &billd_store::CustomerCommit,
+        now: i64,
+    ) -> StoreResult<billd_store::CommitReceipt> {
+        self.check()?;
+        self.inner.commit_customer(commit, now).await
+    }
+    async fn requeue_unlinked(&self, ids: &[&str], now: i64) -> StoreResult<u64> {
+        self.check()?;
+        self.inner.requeue_unlinked(ids, now).await
+    }
+    async fn list_audit(
+        &self,
+        customer_id: &billd_core::CustomerId,
+        limit: u32,
+    ) -> StoreResult<Vec<billd_store::AuditRecord>> {
+        self.check()?;
+        self.inner.list_audit(customer_id, limit).await
+    }
+    async fn enqueue_outbox(
+        &self,
+        customer_id: Option<&billd_core::CustomerId>,
+        items: &[billd_store::NewOutboxItem],
+        now: i64,
+    ) -> StoreResult<u64> {
+        self.check()?;
+        self.inner.enqueue_outbox(customer_id, items, now).await
+    }
+    async fn claim_outbox(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<billd_store::OutboxItem>> {
+        self.check()?;
+        self.inner.claim_outbox(now, lease_until, limit).await
+    }
+    async fn finish_outbox(
+        &self,
+        id: i64,
+        result: &billd_store::OutboxResult,
+        now: i64,
+    ) -> StoreResult<()> {
+        self.check()?;
+        self.inner.finish_outbox(id, result, now).await
+    }
+    async fn list_outbox(
+        &self,
+        filter: &billd_store::OutboxFilter,
+    ) -> StoreResult<Vec<billd_store::OutboxItem>> {
+        self.check()?;
+        self.inner.list_outbox(filter).await
+    }
+    async fn requeue_outbox(&self, id: i64, now: i64) -> StoreResult<bool> {
+        self.check()?;
+        self.inner.requeue_outbox(id, now).await
+    }
+    async fn consume(
+        &self,
+        request: &billd_store::UsageRequest,
+        limit: u64,
+        now: i64,
+    ) -> StoreResult<billd_store::UsageOutcome> {
+        self.check()?;
+        self.inner.consume(request, limit, now).await
+    }
+    async fn release(
+        &self,
+        request: &billd_store::UsageRequest,
+        now: i64,
+    ) -> StoreResult<billd_store::UsageOutcome> {
+        self.check()?;
+        self.inner.release(request, now).await
+    }
+    async fn load_usage(
+        &self,
+        customer_id: &billd_core::CustomerId,
+        keys: &[billd_core::UsageKey],
+    ) -> StoreResult<billd_core::Usage> {
+        self.check()?;
+        self.inner.load_usage(customer_id, keys).await
+    }
+}
