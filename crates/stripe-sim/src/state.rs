@@ -96,6 +96,18 @@ pub struct CheckoutPlan {
     pub metadata: Value,
     /// `subscription_data[trial_settings][end_behavior][missing_payment_method]`.
     pub missing_payment_method: Option<String>,
+    /// The page asks for a billing address (`billing_address_collection=required` or automatic tax).
+    #[serde(default)]
+    pub collect_address: bool,
+    /// `customer_update[address]=auto`: the address entered is saved on the customer.
+    #[serde(default)]
+    pub save_address: bool,
+    /// `customer_update[name]=auto`.
+    #[serde(default)]
+    pub save_name: bool,
+    /// `tax_id_collection[enabled]`.
+    #[serde(default)]
+    pub collect_tax_id: bool,
 }
 
 impl CheckoutPlan {
@@ -125,6 +137,9 @@ pub struct Snapshot {
     pub pending: HashMap<String, HashSet<String>>,
     /// Checkout sessions waiting for 3-D Secure.
     pub pending_sessions: HashMap<String, String>,
+    /// What was typed on Checkout pages.
+    #[serde(default)]
+    pub checkout_details: HashMap<String, Value>,
     /// Checkout sessions' items.
     pub checkout_items: HashMap<String, CheckoutPlan>,
     /// Rolled webhook secrets still in their overlap.
@@ -161,6 +176,8 @@ pub struct Inner {
     pub subs: HashMap<String, SubMeta>,
     /// Endpoints still to succeed, per event.
     pub pending: HashMap<String, HashSet<String>>,
+    /// What was typed on Checkout pages (address, tax ids), by session.
+    pub checkout_details: HashMap<String, Value>,
     /// Checkout sessions waiting for 3-D Secure, by payment intent.
     pub pending_sessions: HashMap<String, String>,
     /// Checkout sessions' items `(price, quantity, unit amount)`, trial days and subscription metadata.
@@ -193,6 +210,7 @@ impl Inner {
             subs: HashMap::new(),
             pending: HashMap::new(),
             pending_sessions: HashMap::new(),
+            checkout_details: HashMap::new(),
             checkout_items: HashMap::new(),
             rolled_secrets: HashMap::new(),
             tax_settings: None,
@@ -224,6 +242,7 @@ impl Inner {
             subs: self.subs.clone(),
             pending: self.pending.clone(),
             pending_sessions: self.pending_sessions.clone(),
+            checkout_details: self.checkout_details.clone(),
             checkout_items: self.checkout_items.clone(),
             rolled_secrets: self.rolled_secrets.clone(),
             tax_settings: self.tax_settings.clone(),
@@ -243,6 +262,7 @@ impl Inner {
         self.subs = snap.subs;
         self.pending = snap.pending;
         self.pending_sessions = snap.pending_sessions;
+        self.checkout_details = snap.checkout_details;
         self.checkout_items = snap.checkout_items;
         self.rolled_secrets = snap.rolled_secrets;
         self.tax_settings = snap.tax_settings;

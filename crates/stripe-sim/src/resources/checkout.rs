@@ -102,6 +102,24 @@ pub fn create(s: &mut Inner, p: &Value) -> ApiResult {
     let id = s.id("cs_test");
     let url = format!("{}/_sim/checkout/{id}", s.cfg.public_url);
     let automatic_tax = params::bool_at(p, "automatic_tax.enabled")?.unwrap_or(false);
+    let save_address = matches!(str_at(p, "customer_update.address"), Some("auto"))
+        || matches!(str_at(p, "customer_update.shipping"), Some("auto"));
+    let save_name = str_at(p, "customer_update.name") == Some("auto");
+    let collect_tax_id = params::bool_at(p, "tax_id_collection.enabled")?.unwrap_or(false);
+    if let Some(c) = &customer {
+        if collect_tax_id && !save_name {
+            return Err(ApiError::invalid(
+                "customer_update[name]",
+                "customer_update[name] must be `auto` when collecting tax IDs for an existing customer.",
+            ));
+        }
+        if automatic_tax && !save_address && s.peek(c)["address"]["country"].is_null() {
+            return Err(ApiError::invalid(
+                "automatic_tax[enabled]",
+                "Automatic tax calculation in Checkout requires a valid address on the Customer. Add a valid address to the Customer or set either customer_update[address] to 'auto' or customer_update[shipping] to 'auto' to save the address entered in Checkout.",
+            ));
+        }
+    }
     if automatic_tax && !account::tax_active(s) {
         return Err(ApiError::invalid(
             "automatic_tax[enabled]",
@@ -188,6 +206,11 @@ pub fn create(s: &mut Inner, p: &Value) -> ApiResult {
                 "subscription_data.trial_settings.end_behavior.missing_payment_method",
             )
             .map(str::to_string),
+            collect_address: automatic_tax
+                || str_at(p, "billing_address_collection") == Some("required"),
+            save_address,
+            save_name,
+            collect_tax_id,
         },
     );
     Ok(session)
@@ -345,14 +368,29 @@ pub fn complete(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
                 .or_else(|| sess["customer_email"].as_str())
                 .unwrap_or("customer@example.com")
                 .to_string();
-            let c = customers::create_with_currency(
-                s,
-                &json!({"email": email, "name": str_at(p, "name")}),
-                sess["currency"].as_str(),
-            )?;
+            let mut fields = json!({"email": email, "name": str_at(p, "name")});
+            if plan.collect_address {
+                fields["address"] = entered_address(p);
+            }
+            let c = customers::create_with_currency(s, &fields, sess["currency"].as_str())?;
             c["id"].as_str().unwrap_or_default().to_string()
         }
     };
+    if sess["customer"].is_string() {
+        // An existing customer's details change only where customer_update allows it.
+        let mut fields = json!({});
+        if plan.collect_address && plan.save_address {
+            fields["address"] = entered_address(p);
+        }
+        if plan.save_name {
+            if let Some(n) = str_at(p, "name") {
+                fields["name"] = json!(n);
+            }
+        }
+        if fields.as_object().is_some_and(|m| !m.is_empty()) {
+            customers::update(s, &customer, &fields)?;
+        }
+    }
     let now = s.now_for_customer(Some(&customer));
     let pm = match pm_ref.as_str() {
         "none" => None,
@@ -419,6 +457,14 @@ pub fn complete(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
         before["customer"] = json!(customer);
         s.put(before.clone());
     }
+    let details = json!({
+        "address": if plan.collect_address { entered_address(p) } else { Value::Null },
+        "tax_ids": match (plan.collect_tax_id, str_at(p, "tax_id.type"), str_at(p, "tax_id.value")) {
+            (true, Some(t), Some(v)) => json!([{"type": t, "value": v}]),
+            _ => json!([]),
+        },
+    });
+    s.checkout_details.insert(id.to_string(), details);
     match outcome {
         PayOutcome::Paid => finish(s, id, &sub, now),
         PayOutcome::RequiresAction(pi) => {
@@ -426,6 +472,16 @@ pub fn complete(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
             s.get("payment_intent", &pi, "payment_intent")
         }
         PayOutcome::Declined(e) => Err(e),
+    }
+}
+
+/// The billing address typed on the page: `address[…]` fields, or a test address.
+fn entered_address(p: &Value) -> Value {
+    let a = customers::address_from(p);
+    if a.is_null() {
+        json!({"city": "San Francisco", "country": "US", "line1": "510 Townsend St", "line2": null, "postal_code": "94103", "state": "CA"})
+    } else {
+        a
     }
 }
 
@@ -462,15 +518,16 @@ pub fn finish(s: &mut Inner, id: &str, sub_id: &str, at: i64) -> ApiResult {
     if sub["status"] == "trialing" {
         after["amount_total"] = json!(paid);
     }
+    let entered = s.checkout_details.get(id).cloned().unwrap_or_default();
     after["customer_details"] = json!({
-        "address": null,
+        "address": entered["address"],
         "business_name": null,
         "email": cus["email"],
         "individual_name": null,
         "name": cus["name"],
         "phone": null,
         "tax_exempt": "none",
-        "tax_ids": [],
+        "tax_ids": entered.get("tax_ids").cloned().unwrap_or_else(|| json!([])),
     });
     s.put(after.clone());
     s.emit("checkout.session.completed", &after, None, at);

@@ -29,7 +29,7 @@ pub fn create_with_currency(s: &mut Inner, p: &Value, currency: Option<&str>) ->
     let cus = json!({
         "id": id,
         "object": "customer",
-        "address": null,
+        "address": address_from(p),
         "balance": 0,
         "created": now,
         "currency": currency,
@@ -67,6 +67,25 @@ pub fn create_with_currency(s: &mut Inner, p: &Value, currency: Option<&str>) ->
     s.get("customer", &id, "id")
 }
 
+/// A Stripe address object from `address[line1|line2|city|state|postal_code|country]`.
+pub fn address_from(p: &Value) -> Value {
+    match params::at(p, "address") {
+        Some(Value::Object(a)) => {
+            let f = |k: &str| {
+                a.get(k)
+                    .and_then(Value::as_str)
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_string)
+            };
+            json!({
+                "city": f("city"), "country": f("country"), "line1": f("line1"),
+                "line2": f("line2"), "postal_code": f("postal_code"), "state": f("state"),
+            })
+        }
+        _ => Value::Null,
+    }
+}
+
 /// `GET /v1/customers/{id}`: deleted customers retrieve as `{id, object, deleted}`.
 pub fn retrieve(s: &Inner, id: &str) -> ApiResult {
     s.get("customer", id, "id")
@@ -80,6 +99,11 @@ pub fn update(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
         if let Some(v) = params::at(p, key).and_then(Value::as_str) {
             after[key] = if v.is_empty() { Value::Null } else { json!(v) };
         }
+    }
+    match params::at(p, "address") {
+        Some(Value::String(v)) if v.is_empty() => after["address"] = Value::Null,
+        Some(Value::Object(_)) => after["address"] = address_from(p),
+        _ => {}
     }
     params::apply_metadata(&mut after, p, "metadata");
     if let Some(pm) = str_at(p, "invoice_settings.default_payment_method") {

@@ -1120,3 +1120,58 @@ fn events_caused_by_a_clock_advance_carry_no_request() {
         .unwrap();
     assert!(created["request"]["id"].is_string());
 }
+
+#[test]
+fn checkout_collects_the_billing_address_and_tax_ids_and_saves_them_as_customer_update_allows() {
+    let sim = sim();
+    let price = standard_price(&sim);
+    let cs = post(
+        &sim,
+        "/v1/checkout/sessions",
+        &format!("mode=subscription&line_items[0][price]={price}&success_url=https://a.test&billing_address_collection=required&tax_id_collection[enabled]=true"),
+    );
+    let done = post(
+        &sim,
+        &format!("/_sim/checkout/sessions/{}/complete", id(&cs)),
+        "address[country]=DE&address[postal_code]=10115&address[city]=Berlin&tax_id[type]=eu_vat&tax_id[value]=DE123456789",
+    );
+    assert_eq!(done["customer_details"]["address"]["country"], "DE");
+    assert_eq!(
+        done["customer_details"]["tax_ids"][0]["value"],
+        "DE123456789"
+    );
+    let cus = get(
+        &sim,
+        &format!("/v1/customers/{}", done["customer"].as_str().unwrap()),
+    );
+    assert_eq!(cus["address"]["city"], "Berlin");
+
+    // An existing customer: automatic tax needs an address on file or customer_update.
+    post(&sim, "/v1/tax/settings", "head_office[address][country]=DE");
+    let existing = id(&post(&sim, "/v1/customers", "email=e@x.io"));
+    let base = format!("mode=subscription&customer={existing}&line_items[0][price]={price}&success_url=https://a.test&automatic_tax[enabled]=true");
+    assert_eq!(sim.call("POST", "/v1/checkout/sessions", &base).0, 400);
+    let (status, _) = sim.call(
+        "POST",
+        "/v1/checkout/sessions",
+        &format!("{base}&tax_id_collection[enabled]=true&customer_update[address]=auto"),
+    );
+    assert_eq!(
+        status, 400,
+        "tax ids for an existing customer need customer_update[name]=auto"
+    );
+    let cs = post(
+        &sim,
+        "/v1/checkout/sessions",
+        &format!("{base}&customer_update[address]=auto"),
+    );
+    post(
+        &sim,
+        &format!("/_sim/checkout/sessions/{}/complete", id(&cs)),
+        "address[country]=FR&address[postal_code]=75001",
+    );
+    assert_eq!(
+        get(&sim, &format!("/v1/customers/{existing}"))["address"]["country"],
+        "FR"
+    );
+}
