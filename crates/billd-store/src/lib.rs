@@ -268,9 +268,11 @@ pub trait Store: BillingStore + Send + Sync + 'static {
     async fn insert_events(&self, events: &[NewEvent]) -> StoreResult<Vec<InsertOutcome>>;
 
     /// Claims up to `limit` events that are due (pending; failed with
-    /// `next_attempt_at <= now`; processing whose lease ended before `now`),
-    /// oldest `created` first, at most one per Stripe customer and never a
-    /// customer that already has an event under a live lease. Claimed rows
+    /// `next_attempt_at <= now`; processing whose lease ended, also
+    /// `next_attempt_at <= now`), oldest `created` first (ties: the earlier
+    /// `insert_events` call first; within one batch the order is
+    /// unspecified), at most one per Stripe customer and never a customer
+    /// that already has an event under a live lease. Claimed rows
     /// become `processing` with `next_attempt_at = lease_until` and
     /// `attempts + 1`. Safe with several processes on one database.
     async fn claim_events(

@@ -107,7 +107,12 @@ impl Store for PgStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let (unique, repeated) = first_occurrences(events);
+        let (mut unique, repeated) = first_occurrences(events);
+        // Two processes inserting overlapping batches in different orders
+        // would each wait for a key the other holds (a deadlock, one batch
+        // aborted). Taking keys in one global order rules that out; within
+        // one group commit, id order is as good as arrival order for `seq`.
+        unique.sort_unstable_by(|&a, &b| events[a].id.cmp(&events[b].id));
         let pick = |f: fn(&NewEvent) -> &str| -> Vec<&str> {
             unique.iter().map(|&i| f(&events[i])).collect()
         };
@@ -118,7 +123,7 @@ impl Store for PgStore {
             unique.iter().map(|&i| f(&events[i])).collect()
         };
         // One statement for the whole batch: the arrays are unnested in
-        // order, so `seq` follows the batch order. A single statement is
+        // order, so `seq` follows the (sorted) batch order. A single statement is
         // its own transaction and commits (durably, synchronous_commit=on)
         // before it returns.
         let inserted: Vec<String> = sqlx::query_scalar(

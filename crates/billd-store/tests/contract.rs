@@ -78,7 +78,7 @@ contract!(
     a_repeated_id_inside_one_batch_is_stored_once,
     a_large_batch_stores_every_event,
     migrations_can_run_again,
-    claims_take_the_oldest_created_first_then_insertion_order,
+    claims_take_the_oldest_created_first_then_the_earlier_insert,
     a_claimed_event_is_processing_under_a_lease_with_one_more_attempt,
     an_event_under_a_live_lease_is_not_claimed_again,
     an_event_whose_lease_expired_is_reclaimed,
@@ -95,6 +95,7 @@ contract!(
     listing_filters_by_status_and_type_newest_first_with_a_limit,
     stats_count_every_status_and_the_oldest_waiting_event,
     two_stores_claiming_in_parallel_never_share_an_event_or_a_customer,
+    two_stores_inserting_the_same_events_at_once_store_each_once,
 );
 
 // ---------------------------------------------------------------- fixtures
@@ -294,25 +295,24 @@ async fn migrations_can_run_again(h: &Harness) {
 
 // ------------------------------------------------------------------ claims
 
-async fn claims_take_the_oldest_created_first_then_insertion_order(h: &Harness) {
+async fn claims_take_the_oldest_created_first_then_the_earlier_insert(h: &Harness) {
+    // Same `created` second: the one stored first goes first. The ids sort
+    // the other way round, so id order cannot pass for insertion order.
     insert(
         &h.store,
-        &[
-            event("evt_late", None, 300),
-            event("evt_tie_first", None, 100),
-            event("evt_tie_second", None, 100),
-            event("evt_early", None, 50),
-        ],
+        &[event("evt_late", None, 300), event("evt_tie_b", None, 100)],
+    )
+    .await;
+    insert(
+        &h.store,
+        &[event("evt_tie_a", None, 100), event("evt_early", None, 50)],
     )
     .await;
 
     let first = h.store.claim_events(1_000, 1_060, 3).await.expect("claim");
     let rest = h.store.claim_events(1_000, 1_060, 3).await.expect("claim");
 
-    assert_eq!(
-        ids(&first),
-        ["evt_early", "evt_tie_first", "evt_tie_second"]
-    );
+    assert_eq!(ids(&first), ["evt_early", "evt_tie_b", "evt_tie_a"]);
     assert_eq!(ids(&rest), ["evt_late"]);
 }
 
@@ -867,6 +867,52 @@ async fn two_stores_claiming_in_parallel_never_share_an_event_or_a_customer(h: &
     assert_eq!(claimed_ever.lock().expect("lock").len(), 300);
     let stats = h.store.inbox_stats().await.expect("stats");
     assert_eq!(count(&stats, EventStatus::Processed), total);
+}
+
+async fn two_stores_inserting_the_same_events_at_once_store_each_once(h: &Harness) {
+    // Stripe retries a delivery while the first attempt is still in flight
+    // and the retry reaches another billd process: the same ids arrive in
+    // two concurrent batches, in different orders.
+    let events: Vec<NewEvent> = (0..400)
+        .map(|n| event(&format!("evt_{n:04}"), Some(&format!("cus_{}", n % 9)), n))
+        .collect();
+    let mut reversed = events.clone();
+    reversed.reverse();
+    let stores = [h.store.clone(), h.another().await];
+
+    let tasks: Vec<_> = stores
+        .into_iter()
+        .zip([events, reversed])
+        .map(|(store, events)| {
+            tokio::spawn(async move {
+                let mut inserted = Vec::new();
+                for batch in events.chunks(50) {
+                    let outcomes = store.insert_events(batch).await.expect("insert");
+                    inserted.extend(
+                        batch
+                            .iter()
+                            .zip(outcomes)
+                            .filter(|(_, o)| *o == InsertOutcome::Inserted)
+                            .map(|(e, _)| e.id.clone()),
+                    );
+                }
+                inserted
+            })
+        })
+        .collect();
+    let mut inserted = Vec::new();
+    for task in tasks {
+        inserted.extend(task.await.expect("task"));
+    }
+
+    inserted.sort();
+    let expected: Vec<String> = (0..400).map(|n| format!("evt_{n:04}")).collect();
+    assert_eq!(
+        inserted, expected,
+        "every id reported Inserted exactly once"
+    );
+    let stats = h.store.inbox_stats().await.expect("stats");
+    assert_eq!(count(&stats, EventStatus::Pending), 400);
 }
 
 // ------------------------------------------------- backend-specific checks
