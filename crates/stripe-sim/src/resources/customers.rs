@@ -16,7 +16,21 @@ pub fn create(s: &mut Inner, p: &Value) -> ApiResult {
 pub fn create_with_currency(s: &mut Inner, p: &Value, currency: Option<&str>) -> ApiResult {
     let clock = str_at(p, "test_clock").map(str::to_string);
     if let Some(clk) = &clock {
-        s.get("test_helpers.test_clock", clk, "test_clock")?;
+        s.get_live("test_helpers.test_clock", clk, "test_clock")?;
+        let on_clock = s
+            .by_kind
+            .get("customer")
+            .into_iter()
+            .flatten()
+            .filter(|c| s.peek(c)["test_clock"] == clk.as_str() && s.peek(c)["deleted"] != true)
+            .count();
+        // Stripe's limit: three customers per test clock.
+        if on_clock >= 3 {
+            return Err(ApiError::invalid(
+                "test_clock",
+                "Test clocks can have at most 3 customers. Create another test clock.",
+            ));
+        }
     }
     let id = s.id("cus");
     let now = match &clock {

@@ -71,6 +71,28 @@ pub fn delete(s: &mut Inner, id: &str) -> ApiResult {
     Ok(json!({"id": id, "object": "test_helpers.test_clock", "deleted": true}))
 }
 
+fn shortest_two_intervals(s: &Inner, clock: &str, from: i64) -> Option<i64> {
+    s.by_kind
+        .get("subscription")
+        .into_iter()
+        .flatten()
+        .map(|id| s.peek(id))
+        .filter(|sub| {
+            sub["test_clock"] == clock
+                && !matches!(
+                    sub["status"].as_str(),
+                    Some("canceled" | "incomplete_expired")
+                )
+        })
+        .filter_map(|sub| {
+            let price = &sub["items"]["data"][0]["price"]["recurring"];
+            let interval = price["interval"].as_str()?;
+            let n = price["interval_count"].as_i64().unwrap_or(1);
+            Some(crate::clock::add_interval(from, interval, 2 * n))
+        })
+        .min()
+}
+
 /// `POST /v1/test_helpers/test_clocks/{id}/advance` (`frozen_time`): runs every renewal,
 /// trial end, retry and expiry up to that moment. The answer shows the clock
 /// `advancing` (as Stripe's does); a retrieve right after shows it `ready`.
@@ -84,12 +106,13 @@ pub fn advance(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
             "The test clock's frozen time cannot be set to a time in the past or to the current frozen time.",
         ));
     }
-    // Stripe limits an advance to two intervals of the shortest subscription; we
-    // only bound it so that a typo cannot spin for hours.
-    if to - from > 5 * 366 * 86_400 {
+    // Stripe lets a clock move at most two intervals of the shortest subscription
+    // on it at once (and, without subscriptions, we bound it to five years).
+    let limit = shortest_two_intervals(s, id, from).unwrap_or(from + 5 * 366 * 86_400);
+    if to > limit {
         return Err(ApiError::invalid(
             "frozen_time",
-            "Cannot advance a test clock more than five years at once.",
+            format!("Cannot advance the test clock beyond {limit}: at most two intervals of the shortest subscription on it at a time."),
         ));
     }
     let mut advancing = clock.clone();

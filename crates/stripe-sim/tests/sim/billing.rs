@@ -1175,3 +1175,38 @@ fn checkout_collects_the_billing_address_and_tax_ids_and_saves_them_as_customer_
         "FR"
     );
 }
+
+#[test]
+fn test_clocks_hold_three_customers_and_advance_two_intervals_at_most() {
+    let sim = sim();
+    let price = standard_price(&sim);
+    let (clock, cus) = clocked_customer(&sim, "pm_card_visa");
+    for _ in 0..2 {
+        post(&sim, "/v1/customers", &format!("test_clock={clock}"));
+    }
+    let (status, body) = sim.call("POST", "/v1/customers", &format!("test_clock={clock}"));
+    assert_eq!(
+        (status, body["error"]["param"].as_str()),
+        (400, Some("test_clock"))
+    );
+    post(
+        &sim,
+        "/v1/subscriptions",
+        &format!("customer={cus}&items[0][price]={price}"),
+    );
+    let (status, _) = sim.call(
+        "POST",
+        &format!("/v1/test_helpers/test_clocks/{clock}/advance"),
+        &format!("frozen_time={}", T0 + 70 * DAY),
+    );
+    assert_eq!(status, 400, "more than two monthly intervals at once");
+    advance(&sim, &clock, T0 + 59 * DAY);
+    advance(&sim, &clock, T0 + 110 * DAY);
+    assert_eq!(
+        get(&sim, &format!("/v1/invoices?customer={cus}"))["data"]
+            .as_array()
+            .unwrap()
+            .len(),
+        4
+    );
+}
