@@ -768,3 +768,103 @@ pub(crate) fn outbox_not_processing(current: Option<String>) -> StoreError {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use billd_core::state::StripeCustomerLink;
+    use billd_core::{AlertKind, CancelReason, EmailTemplate, StripeSubscriptionId};
+
+    use super::*;
+
+    fn link(deleted: bool) -> StripeCustomerLink {
+        StripeCustomerLink {
+            created: Some(1),
+            deleted,
+            ..StripeCustomerLink::default()
+        }
+    }
+
+    #[test]
+    fn every_effect_becomes_an_outbox_row_named_by_its_kind_and_reads_back() {
+        let subscription = StripeSubscriptionId::parse("sub_1").unwrap();
+        let effects = [
+            Effect::Email {
+                template: EmailTemplate::PaymentFailed,
+                dedupe_key: "email".into(),
+                params: BTreeMap::from([("amount".to_owned(), "9.00 EUR".to_owned())]),
+            },
+            Effect::AdminAlert {
+                alert: AlertKind::DisputeOpened,
+                dedupe_key: "alert".into(),
+                message: "dispute".into(),
+            },
+            Effect::CancelSubscription {
+                subscription: subscription.clone(),
+                reason: CancelReason::DisputeLost,
+                dedupe_key: "cancel".into(),
+            },
+            Effect::RefetchSubscription {
+                subscription,
+                tie_created: 7,
+                dedupe_key: "refetch".into(),
+            },
+        ];
+
+        let rows: Vec<NewOutboxItem> = effects
+            .iter()
+            .map(|effect| NewOutboxItem::from_effect(effect).unwrap())
+            .collect();
+
+        let kinds: Vec<&str> = rows.iter().map(|row| row.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "email",
+                "admin_alert",
+                "cancel_subscription",
+                "refetch_subscription"
+            ]
+        );
+        for (row, effect) in rows.iter().zip(&effects) {
+            assert_eq!(row.dedupe_key, effect.dedupe_key());
+            let back: Effect = serde_json::from_str(&row.payload).unwrap();
+            assert_eq!(&back, effect);
+        }
+    }
+
+    #[test]
+    fn the_stripe_column_follows_the_state_and_is_kept_when_the_state_knows_none() {
+        let mut state = CustomerState::default();
+        assert!(matches!(StripeColumn::of(&state), StripeColumn::Keep));
+
+        state
+            .stripe_customers
+            .insert(StripeCustomerId::parse("cus_a").unwrap(), link(false));
+        assert_eq!(StripeColumn::of(&state).binds(), (false, Some("cus_a")));
+
+        state
+            .stripe_customers
+            .insert(StripeCustomerId::parse("cus_a").unwrap(), link(true));
+        assert_eq!(StripeColumn::of(&state).binds(), (false, None));
+    }
+
+    #[test]
+    fn a_commit_links_its_objects_and_every_stripe_customer_once() {
+        let mut state = CustomerState::default();
+        state
+            .stripe_customers
+            .insert(StripeCustomerId::parse("cus_a").unwrap(), link(true));
+        let commit = CustomerCommit {
+            customer_id: CustomerId::parse("user").unwrap(),
+            expected_version: 0,
+            state,
+            audit: Vec::new(),
+            outbox: Vec::new(),
+            links: vec!["sub_1".into(), "cus_a".into(), "sub_1".into()],
+        };
+
+        assert_eq!(commit_links(&commit), ["cus_a", "sub_1"]);
+    }
+}

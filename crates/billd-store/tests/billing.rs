@@ -110,6 +110,7 @@ contract!(
     an_unknown_customer_reads_as_none,
     a_committed_state_is_read_back_with_the_next_version,
     a_commit_at_a_stale_version_is_a_version_conflict_and_writes_nothing,
+    of_concurrent_commits_at_one_version_exactly_one_wins,
     commit_event_writes_state_audit_outbox_links_and_finishes_the_event,
     commit_event_for_an_event_not_under_lease_writes_nothing,
     commit_event_with_a_version_conflict_leaves_the_event_claimed,
@@ -357,6 +358,57 @@ async fn a_commit_at_a_stale_version_is_a_version_conflict_and_writes_nothing(h:
         .await
         .unwrap()
         .is_empty());
+}
+
+async fn of_concurrent_commits_at_one_version_exactly_one_wins(h: &Harness) {
+    h.billing
+        .commit_customer(&commit("user_20", 0, CustomerState::default()), NOW)
+        .await
+        .unwrap();
+    let other = h.another().await;
+
+    let mut tasks = Vec::new();
+    for n in 0..12 {
+        let store = if n % 2 == 0 {
+            h.billing.clone()
+        } else {
+            other.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut next = commit("user_20", 1, state_with(&format!("cus_20_{n}"), false));
+            next.audit.push(audit("writer", &format!("evt_{n}")));
+            store.commit_customer(&next, NOW + 1).await
+        }));
+    }
+    let mut won = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(receipt) => {
+                assert_eq!(receipt.version, Some(2));
+                won += 1;
+            }
+            Err(error) if is_conflict(&error, VERSION_CONFLICT) => {}
+            // SQLite's second connection may time out on the file lock.
+            Err(StoreError::Unavailable(_)) => {}
+            Err(error) => panic!("unexpected error {error:?}"),
+        }
+    }
+
+    assert_eq!(won, 1);
+    let stored = h
+        .billing
+        .get_customer(&customer("user_20"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.version, 2);
+    let rows = h.billing.list_audit(&customer("user_20"), 0).await.unwrap();
+    assert_eq!(rows.len(), 1, "only the winner's audit row is written");
+    let winner = rows[0].reason.trim_start_matches("evt_");
+    assert_eq!(
+        stored.stripe_customer_id,
+        Some(stripe(&format!("cus_20_{winner}")))
+    );
 }
 
 async fn commit_event_writes_state_audit_outbox_links_and_finishes_the_event(h: &Harness) {
