@@ -137,6 +137,13 @@ async fn dropped_events_are_never_delivered_and_list_as_unsuccessful() {
     })
     .await;
     assert!(!rx.bodies().iter().any(|e| e["type"] == "customer.created"));
+    // The receiver sees the body before the sim records the 200; wait for that too.
+    for _ in 0..200 {
+        if get(&h.sim, "/v1/events?type=product.created")["data"][0]["pending_webhooks"] == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let failed = get(&h.sim, "/v1/events?delivery_success=false");
     assert_eq!(failed["data"].as_array().unwrap().len(), 1);
     assert_eq!(failed["data"][0]["type"], "customer.created");
