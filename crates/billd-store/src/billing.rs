@@ -387,8 +387,11 @@ pub trait BillingStore: Send + Sync + 'static {
     ) -> StoreResult<CommitReceipt>;
 
     /// Puts `unlinked` inbox events whose Stripe customer or object id is
-    /// one of `ids` back to `pending`; returns how many. Called when a link
-    /// appears (pass the Stripe customer id and the newly linked objects).
+    /// one of `ids` back to `pending`, and every `unlinked` event that names
+    /// no Stripe customer (a dispute names only its charge, whose owner may
+    /// be what just got linked; if not, it parks again); returns how many.
+    /// Called when a link appears (pass the Stripe customer id and the newly
+    /// linked objects).
     async fn requeue_unlinked(&self, ids: &[&str], now: i64) -> StoreResult<u64>;
 
     /// A customer's audit rows, newest first; `limit` 0 means no limit.

@@ -122,7 +122,7 @@ contract!(
     a_stripe_customer_links_to_one_customer_only,
     a_deleted_stripe_customer_is_unlinked_but_still_finds_its_customer,
     an_object_keeps_the_customer_it_was_first_linked_to,
-    requeue_unlinked_puts_back_only_the_matching_parked_events,
+    requeue_unlinked_puts_back_the_matching_and_the_customerless_parked_events,
     the_audit_log_lists_a_customers_rows_newest_first,
     consume_adds_within_the_limit_and_refuses_beyond_it,
     a_repeated_idempotency_key_returns_the_first_answer,
@@ -856,13 +856,14 @@ async fn an_object_keeps_the_customer_it_was_first_linked_to(h: &Harness) {
     );
 }
 
-async fn requeue_unlinked_puts_back_only_the_matching_parked_events(h: &Harness) {
+async fn requeue_unlinked_puts_back_the_matching_and_the_customerless_parked_events(h: &Harness) {
     h.store
         .insert_events(&[
             event("evt_a", Some("cus_12"), Some("sub_12")),
-            event("evt_b", None, Some("ch_12")),
+            event("evt_b", Some("cus_b"), Some("ch_12")),
             event("evt_c", Some("cus_other"), Some("sub_other")),
             event("evt_d", Some("cus_12"), None),
+            event("evt_e", None, Some("dp_12")),
         ])
         .await
         .unwrap();
@@ -890,17 +891,19 @@ async fn requeue_unlinked_puts_back_only_the_matching_parked_events(h: &Harness)
         .unwrap();
 
     let mut statuses = Vec::new();
-    for id in ["evt_a", "evt_b", "evt_c", "evt_d"] {
+    for id in ["evt_a", "evt_b", "evt_c", "evt_d", "evt_e"] {
         statuses.push(h.store.get_event(id).await.unwrap().unwrap().status);
     }
-    assert_eq!(requeued, 2);
+    assert_eq!(requeued, 3);
     assert_eq!(
         statuses,
         [
             EventStatus::Pending,
             EventStatus::Pending,
             EventStatus::Unlinked,
-            EventStatus::Processed
+            EventStatus::Processed,
+            // Names no Stripe customer: any new link may be the one it needs.
+            EventStatus::Pending,
         ]
     );
 }

@@ -209,7 +209,8 @@ impl BillingStore for PgStore {
             "UPDATE stripe_events \
              SET status = 'pending', attempts = 0, next_attempt_at = NULL, processed_at = NULL \
              WHERE status = 'unlinked' \
-               AND (stripe_customer = ANY($1) OR object_id = ANY($1))",
+               AND (stripe_customer IS NULL \
+                    OR stripe_customer = ANY($1) OR object_id = ANY($1))",
         )
         .bind(ids.to_vec())
         .execute(&self.pool)

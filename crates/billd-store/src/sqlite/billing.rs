@@ -209,7 +209,8 @@ impl BillingStore for SqliteStore {
             "UPDATE stripe_events \
              SET status = 'pending', attempts = 0, next_attempt_at = NULL, processed_at = NULL \
              WHERE status = 'unlinked' \
-               AND (stripe_customer IN (SELECT value FROM json_each(?1)) \
+               AND (stripe_customer IS NULL \
+                    OR stripe_customer IN (SELECT value FROM json_each(?1)) \
                     OR object_id IN (SELECT value FROM json_each(?1)))",
         )
         .bind(ids_json)
