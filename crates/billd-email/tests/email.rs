@@ -1602,3 +1602,45 @@ fn a_broken_language_override_is_refused_at_load() {
     assert_eq!(err.code(), "template_missing_variable", "{err}");
     assert!(err.to_string().contains("trial_ending.fr.html"), "{err}");
 }
+
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn the_log_backend_logs_the_email_instead_of_sending_it() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let backend = "log".parse::<BackendConfig>().unwrap().build().unwrap();
+    assert_eq!(backend.kind(), "log");
+    let n = notifier(backend, None);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+
+    let delivery = tracing::subscriber::with_default(subscriber, || {
+        runtime.block_on(n.deliver(
+            &payment_failed_effect("payment_failed:in_1:2"),
+            Some(&ada()),
+        ))
+    });
+
+    assert_eq!(delivery.unwrap(), Delivery::Sent);
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    assert!(log.contains("email not sent (log backend)"), "{log}");
+    assert!(log.contains("dedupe_key=payment_failed:in_1:2"), "{log}");
+    assert!(log.contains("Payment of €12.00 failed"), "{log}");
+}
