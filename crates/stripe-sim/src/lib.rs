@@ -46,11 +46,18 @@
 //! signatures always use the wall clock, since receivers check tolerance against theirs.
 //!
 //! # Known simplifications
-//! Checkout supports `mode=subscription` only (declining cards are refused on
-//! the page: no customer or subscription is created, the session stays open); invoices are finalized when
-//! created (no one-hour draft); updating a subscription replaces existing items
-//! only; taxes are never computed; events are rendered in the pinned version
-//! whatever an endpoint's `api_version`.
+//! - Checkout supports `mode=subscription` only; declining cards are refused on
+//!   the page (no customer or subscription is created, the session stays open).
+//! - Invoices are finalized when created (no one-hour draft); `invoice.updated`
+//!   is not emitted; taxes are never computed.
+//! - Updating a subscription replaces existing items' price/quantity only (no
+//!   adding or removing items); an interval change does not reset the anchor.
+//! - `price.currency_options` is always shown (Stripe shows it when expanded).
+//! - Promotion code restrictions (`minimum_amount`, `first_time_transaction`)
+//!   are stored, not enforced.
+//! - An `incomplete` subscription expiring sends `customer.subscription.updated`.
+//! - Events are rendered in the pinned version whatever an endpoint's
+//!   `api_version`; first delivery attempts go out one at a time.
 
 #![recursion_limit = "256"]
 #![warn(missing_docs)]
