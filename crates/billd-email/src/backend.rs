@@ -118,6 +118,7 @@ impl SmtpBackend {
             TlsMode::StartTlsRequired => Tls::Required(tls_parameters()?),
             TlsMode::Implicit => Tls::Wrapper(tls_parameters()?),
         };
+        // "dangerous" only means no TLS preset: the URL's TLS mode is set here.
         let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&config.host)
             .port(config.port)
             .tls(tls)
@@ -158,9 +159,16 @@ fn is_handshake_failure(error: &lettre::transport::smtp::Error) -> bool {
 /// Only a server's 5xx answer is about this message; everything else
 /// (unreachable, 4xx, TLS, protocol, timeout) is about the path to the
 /// server and may heal, so the outbox retries it and alerts if it never does.
+/// Authentication answers are 5xx too but about billd's credentials, which
+/// an operator fixes without touching the message: retried as well.
 fn classify(error: &lettre::transport::smtp::Error) -> SendError {
     let message = format!("{error}");
-    if error.is_permanent() {
+    let auth_failure = error
+        .status()
+        .is_some_and(|code| matches!(code.to_string().as_str(), "530" | "534" | "535" | "538"));
+    if auth_failure {
+        SendError::transient("smtp_auth_failed", message)
+    } else if error.is_permanent() {
         SendError::permanent("smtp_rejected", message)
     } else if error.is_transient() {
         SendError::transient("smtp_deferred", message)

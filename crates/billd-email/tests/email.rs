@@ -825,7 +825,7 @@ async fn smtp_down_is_a_transient_error_and_the_retry_delivers_once() {
 }
 
 #[tokio::test]
-async fn a_refused_recipient_is_permanent_and_a_deferred_one_is_transient() {
+async fn a_refused_recipient_is_permanent_and_deferred_or_unauthenticated_ones_are_transient() {
     let sink = SmtpSink::start();
     let n = notifier(smtp_backend(&sink.url()), None);
     let effect = payment_failed_effect("payment_failed:in_1:2");
@@ -839,6 +839,13 @@ async fn a_refused_recipient_is_permanent_and_a_deferred_one_is_transient() {
     let err = n.deliver(&effect, Some(&deferred)).await.unwrap_err();
     assert!(err.is_transient(), "{err:?}");
     assert_eq!(err.code(), "smtp_deferred");
+
+    // A relay that wants a login refuses with 5xx, but the fix is billd's
+    // credentials, not the message: retry.
+    let needs_login = Recipient::parse("authreq@example.com", None, None).unwrap();
+    let err = n.deliver(&effect, Some(&needs_login)).await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert_eq!(err.code(), "smtp_auth_failed");
 
     sink.exactly(0).await;
 }

@@ -9,7 +9,8 @@ no MIME parser). Both are written to a temporary name first and renamed, so
 a reader never sees half a message.
 
 Recipients whose local part starts with "reject" get a permanent 550,
-"defer" a transient 451: the tests check how billd classifies both.
+"defer" a transient 451, "authreq" a 530 (authentication required): the
+tests check how billd classifies each.
 """
 
 import json
@@ -34,6 +35,8 @@ class Sink:
         local = address.split("@", 1)[0].lower()
         if local.startswith("reject"):
             return "550 5.1.1 mailbox unavailable"
+        if local.startswith("authreq"):
+            return "530 5.7.0 Authentication required"
         if local.startswith("defer"):
             return "451 4.3.0 try again later"
         envelope.rcpt_tos.append(address)
