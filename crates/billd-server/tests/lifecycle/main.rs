@@ -10,3 +10,4 @@
 
 mod scenarios;
 mod support;
+mod wiring;

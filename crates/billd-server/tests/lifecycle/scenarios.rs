@@ -194,7 +194,7 @@ async fn a_partial_refund_is_recorded_and_changes_no_access(db: Db) {
 
 async fn a_downgrade_below_usage_keeps_usage_and_blocks_new_consumption(db: Db) {
     let h = Harness::start(db, t0(), WebhookKnobs::default()).await;
-    let (_, cus) = h.customer("u_down", "pm_card_visa", true).await;
+    let (clock, cus) = h.customer("u_down", "pm_card_visa", true).await;
     let sub = h.subscribe("u_down", &cus, &h.pro_price);
     let e = h.wait_for("u_down", "pro", |e| e["plan"] == "pro").await;
     let key: UsageKey =
@@ -217,6 +217,10 @@ async fn a_downgrade_below_usage_keeps_usage_and_blocks_new_consumption(db: Db) 
         consumed,
         billd_store::UsageOutcome::Applied { used: 15, .. }
     ));
+    // The customer downgrades a minute later. (Within the subscription's
+    // first second, a same-second tie was already settled by one re-fetch
+    // per second, so the change would only show at the next event.)
+    h.advance(&clock, h.clock.now() + 60);
 
     let item = sub["items"]["data"][0]["id"].as_str().unwrap();
     h.stripe(
@@ -265,6 +269,7 @@ async fn lifecycle_script(h: &Harness, user: &str) -> Value {
         .as_i64()
         .unwrap();
     let item = sub["items"]["data"][0]["id"].as_str().unwrap();
+    h.advance(&clock, h.clock.now() + 60);
     h.stripe(
         "POST",
         &format!("/v1/subscriptions/{}", sub["id"].as_str().unwrap()),

@@ -78,7 +78,7 @@ pub struct Harness {
     _dir: Option<tempfile::TempDir>,
 }
 
-async fn open_store(db: Db) -> (Arc<dyn BillingBackend>, Option<tempfile::TempDir>) {
+pub async fn open_store(db: Db) -> (Arc<dyn BillingBackend>, Option<tempfile::TempDir>) {
     match db {
         Db::Sqlite => {
             let dir = tempfile::tempdir().unwrap();
