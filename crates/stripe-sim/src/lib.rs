@@ -53,8 +53,6 @@
 //! - Updating a subscription replaces existing items' price/quantity only (no
 //!   adding or removing items); an interval change does not reset the anchor.
 //! - `price.currency_options` is always shown (Stripe shows it when expanded).
-//! - Promotion code restrictions (`minimum_amount`, `first_time_transaction`)
-//!   are stored, not enforced.
 //! - An `incomplete` subscription expiring sends `customer.subscription.updated`.
 //! - Events are rendered in the pinned version whatever an endpoint's
 //!   `api_version`; first delivery attempts go out one at a time.

@@ -89,8 +89,13 @@ pub fn create(s: &mut Inner, p: &Value) -> ApiResult {
                 return Err(ApiError::invalid("discounts", "You may only specify one of these parameters: allow_promotion_codes, discounts."));
             }
             let cus_for_check = customer.clone().unwrap_or_default();
-            let (coupon, promo) = coupons::from_params(s, p, "discounts.0", &cus_for_check, now)?
-                .ok_or_else(|| ApiError::missing("discounts[0][coupon]"))?;
+            let purchase = coupons::Purchase {
+                amount: subtotal,
+                currency: &currency,
+            };
+            let (coupon, promo) =
+                coupons::from_params(s, p, "discounts.0", &cus_for_check, now, Some(purchase))?
+                    .ok_or_else(|| ApiError::missing("discounts[0][coupon]"))?;
             json!([{"coupon": coupon, "promotion_code": promo}])
         }
         _ => Value::Null,
@@ -426,7 +431,18 @@ pub fn complete(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
             })
             .cloned()
             .ok_or_else(|| ApiError::invalid("promotion_code", "This code is invalid."))?;
-        let c = coupons::redeemable_promotion_code(s, &pc, Some(&customer), now, "promotion_code")?;
+        let purchase = coupons::Purchase {
+            amount: sess["amount_subtotal"].as_i64().unwrap_or(0),
+            currency: sess["currency"].as_str().unwrap_or_default(),
+        };
+        let c = coupons::redeemable_promotion_code(
+            s,
+            &pc,
+            Some(&customer),
+            now,
+            "promotion_code",
+            Some(purchase),
+        )?;
         coupon = Some((c, Some(pc)));
     }
     let req = NewSubscription {

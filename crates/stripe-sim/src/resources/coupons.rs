@@ -194,13 +194,24 @@ pub fn list_promotion_codes(s: &Inner, p: &Value) -> ApiResult {
     })
 }
 
-/// Validates a promotion code for `customer` at `now`; returns its coupon.
+/// What a promotion code is being redeemed on, for its restrictions.
+#[derive(Debug, Clone, Copy)]
+pub struct Purchase<'a> {
+    /// Amount before discounts, in the currency's minor unit.
+    pub amount: i64,
+    /// Lowercase ISO currency.
+    pub currency: &'a str,
+}
+
+/// Validates a promotion code for `customer` at `now` (and its restrictions against
+/// `purchase`); returns its coupon.
 pub fn redeemable_promotion_code(
     s: &Inner,
     id: &str,
     customer: Option<&str>,
     now: i64,
     param: &str,
+    purchase: Option<Purchase<'_>>,
 ) -> ApiResult<String> {
     let pc = s.get("promotion_code", id, param)?;
     let bad = |msg: &str| Err(ApiError::invalid(param, msg.to_string()));
@@ -221,6 +232,27 @@ pub fn redeemable_promotion_code(
             return bad("This promotion code cannot be redeemed by this customer.");
         }
     }
+    let r = &pc["restrictions"];
+    if let (Some(min), Some(buy)) = (r["minimum_amount"].as_i64(), purchase) {
+        if r["minimum_amount_currency"]
+            .as_str()
+            .is_none_or(|c| c == buy.currency)
+            && buy.amount < min
+        {
+            return bad("This promotion code requires a higher minimum order amount.");
+        }
+    }
+    if r["first_time_transaction"] == true {
+        let has_paid = customer.is_some_and(|c| {
+            s.by_kind.get("charge").into_iter().flatten().any(|ch| {
+                let ch = s.peek(ch);
+                ch["customer"] == c && ch["status"] == "succeeded"
+            })
+        });
+        if has_paid {
+            return bad("This promotion code can only be used on a customer's first purchase.");
+        }
+    }
     let coupon = pc["promotion"]["coupon"]
         .as_str()
         .unwrap_or_default()
@@ -239,10 +271,11 @@ pub fn from_params(
     prefix: &str,
     customer: &str,
     now: i64,
+    purchase: Option<Purchase<'_>>,
 ) -> ApiResult<Option<(String, Option<String>)>> {
     if let Some(pc) = str_at(p, &format!("{prefix}.promotion_code")) {
         let param = format!("{}[promotion_code]", params::bracketed(prefix));
-        let coupon = redeemable_promotion_code(s, pc, Some(customer), now, &param)?;
+        let coupon = redeemable_promotion_code(s, pc, Some(customer), now, &param, purchase)?;
         return Ok(Some((coupon, Some(pc.to_string()))));
     }
     if let Some(c) = str_at(p, &format!("{prefix}.coupon")) {

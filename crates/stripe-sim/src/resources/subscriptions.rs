@@ -66,7 +66,23 @@ pub fn create(s: &mut Inner, p: &Value) -> ApiResult {
         Some(pm) => Some(payment_methods::resolve(s, pm, Some(&customer))?),
         None => None,
     };
-    let coupon = coupons::from_params(s, p, "discounts.0", &customer, now)?;
+    let currency = match str_at(p, "currency") {
+        Some(c) => c.to_lowercase(),
+        None => s.get("price", &items[0].0, "items[0][price]")?["currency"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
+    };
+    let mut amount = 0;
+    for (i, (price, qty)) in items.iter().enumerate() {
+        let price = s.get("price", price, &format!("items[{i}][price]"))?;
+        amount += billing::unit_amount_in(&price, &currency)? * qty;
+    }
+    let purchase = coupons::Purchase {
+        amount,
+        currency: &currency,
+    };
+    let coupon = coupons::from_params(s, p, "discounts.0", &customer, now, Some(purchase))?;
     let req = NewSubscription {
         customer,
         items,

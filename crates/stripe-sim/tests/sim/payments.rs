@@ -354,3 +354,35 @@ fn cards_with_chosen_expiry_can_be_created_updated_and_expire_on_renewal() {
     );
     assert_eq!(tok["card"]["brand"], "mastercard");
 }
+
+#[test]
+fn promotion_code_restrictions_on_minimum_amount_and_first_purchase_are_enforced() {
+    let sim = sim();
+    let price = standard_price(&sim);
+    post(
+        &sim,
+        "/v1/coupons",
+        "id=TEN&percent_off=10&duration=forever",
+    );
+    let big = post(&sim, "/v1/promotion_codes", "coupon=TEN&code=BIG&restrictions[minimum_amount]=5000&restrictions[minimum_amount_currency]=eur");
+    let first = post(
+        &sim,
+        "/v1/promotion_codes",
+        "coupon=TEN&code=FIRST&restrictions[first_time_transaction]=true",
+    );
+    let cus = id(&post(
+        &sim,
+        "/v1/customers",
+        "payment_method=pm_card_visa&invoice_settings[default_payment_method]=pm_card_visa",
+    ));
+    let sub = |promo: &str| {
+        sim.call(
+            "POST",
+            "/v1/subscriptions",
+            &format!("customer={cus}&items[0][price]={price}&discounts[0][promotion_code]={promo}"),
+        )
+    };
+    assert_eq!(sub(&id(&big)).0, 400, "30.00 is below the 50.00 minimum");
+    assert_eq!(sub(&id(&first)).0, 200, "a first purchase");
+    assert_eq!(sub(&id(&first)).0, 400, "no longer a first purchase");
+}
