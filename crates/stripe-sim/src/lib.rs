@@ -51,7 +51,7 @@
 //! - Invoices are finalized when created (no one-hour draft); `invoice.updated`
 //!   is not emitted; taxes are never computed.
 //! - Updating a subscription replaces existing items' price/quantity only (no
-//!   adding or removing items); an interval change does not reset the anchor.
+//!   adding or removing items).
 //! - `price.currency_options` is always shown (Stripe shows it when expanded).
 //! - An `incomplete` subscription expiring sends `customer.subscription.updated`.
 //! - Events are rendered in the pinned version whatever an endpoint's

@@ -240,6 +240,7 @@ pub fn update(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
     let base = after.clone();
     let mut lines = Vec::new();
     let mut items_changed = false;
+    let mut interval_changed = false;
     if let Some(Value::Array(items)) = params::at(p, "items") {
         for (i, it) in items.iter().enumerate() {
             let si = str_at(it, "id").ok_or_else(|| {
@@ -266,18 +267,60 @@ pub fn update(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
                 continue;
             }
             items_changed = true;
+            let new_interval =
+                billing::price_interval(&price) != billing::price_interval(&item["price"]);
+            interval_changed |= new_interval;
             if behavior != "none" {
-                lines.extend(billing::proration_lines(
-                    s,
-                    &after,
-                    &item,
-                    &price,
-                    qty,
-                    proration_date,
-                )?);
+                let mut prorations =
+                    billing::proration_lines(s, &after, &item, &price, qty, proration_date)?;
+                if new_interval {
+                    // The new interval is billed in full from now; only the credit stays.
+                    prorations.truncate(1);
+                }
+                lines.extend(prorations);
             }
             billing::set_item(&mut after, si, &price, qty);
         }
+    }
+    if interval_changed {
+        // Stripe resets the billing cycle to now and invoices at once when the interval changes.
+        if after["items"]["data"].as_array().is_some_and(|d| {
+            d.iter()
+                .map(|i| billing::price_interval(&i["price"]))
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                > 1
+        }) {
+            return Err(ApiError::invalid(
+                "items",
+                "All prices on a subscription must have the same `recurring.interval` and `recurring.interval_count`.",
+            ));
+        }
+        billing::start_new_period(&mut after, now);
+        after["billing_cycle_anchor"] = json!(now);
+        if after["status"] == "trialing" {
+            after["status"] = json!("active");
+            after["trial_end"] = json!(now);
+        }
+        billing::save_sub(s, &before, &after, now);
+        s.subs
+            .entry(id.to_string())
+            .or_default()
+            .pending_lines
+            .extend(lines);
+        let inv = billing::create_invoice(s, id, "subscription_update", now)?;
+        match billing::pay_invoice(s, &inv, None, now)? {
+            PayOutcome::Paid => billing::after_invoice_paid(s, &inv, now)?,
+            _ => {
+                let b = s.get("subscription", id, "id")?;
+                if b["status"] == "active" {
+                    let mut a = b.clone();
+                    a["status"] = json!("past_due");
+                    billing::save_sub(s, &b, &a, now);
+                }
+            }
+        }
+        return s.get("subscription", id, "id");
     }
     let immediate = behavior == "always_invoice" || payment_behavior == "pending_if_incomplete";
     if immediate && !lines.is_empty() && payment_behavior == "error_if_incomplete" {

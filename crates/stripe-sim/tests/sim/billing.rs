@@ -1210,3 +1210,43 @@ fn test_clocks_hold_three_customers_and_advance_two_intervals_at_most() {
         4
     );
 }
+
+#[test]
+fn switching_to_a_yearly_price_resets_the_cycle_and_bills_the_year_less_the_unused_month() {
+    let sim = sim();
+    let monthly = standard_price(&sim);
+    let yearly = id(&post(
+        &sim,
+        "/v1/prices",
+        "product_data[name]=Yearly&currency=eur&unit_amount=30000&recurring[interval]=year",
+    ));
+    let cus = id(&post(
+        &sim,
+        "/v1/customers",
+        "payment_method=pm_card_visa&invoice_settings[default_payment_method]=pm_card_visa",
+    ));
+    let sub = post(
+        &sim,
+        "/v1/subscriptions",
+        &format!("customer={cus}&items[0][price]={monthly}"),
+    );
+    let si = sub["items"]["data"][0]["id"].as_str().unwrap().to_string();
+    let half = T0 + 31 * DAY / 2;
+    sim.set_time(Some(half));
+    let up = post(
+        &sim,
+        &format!("/v1/subscriptions/{}", id(&sub)),
+        &format!("items[0][id]={si}&items[0][price]={yearly}&proration_date={half}&expand[]=latest_invoice"),
+    );
+    assert_eq!(up["billing_cycle_anchor"], half);
+    assert_eq!(up["items"]["data"][0]["current_period_start"], half);
+    assert_eq!(
+        up["items"]["data"][0]["current_period_end"],
+        half + 365 * DAY
+    );
+    assert_eq!(
+        up["latest_invoice"]["billing_reason"],
+        "subscription_update"
+    );
+    assert_eq!(up["latest_invoice"]["amount_paid"], 30000 - 1500);
+}
