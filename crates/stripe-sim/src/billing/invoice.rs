@@ -113,6 +113,19 @@ pub fn create_invoice(s: &mut Inner, sub_id: &str, reason: &str, at: i64) -> Api
     create_invoice_with_lines(s, sub_id, reason, lines, at)
 }
 
+/// Like [`create_invoice`], under an id chosen beforehand (a new subscription
+/// names its first invoice as `latest_invoice` from its very first event).
+pub fn create_invoice_as(
+    s: &mut Inner,
+    sub_id: &str,
+    reason: &str,
+    at: i64,
+    id: String,
+) -> ApiResult<String> {
+    let lines = period_lines(s, sub_id, true)?;
+    create_invoice_inner(s, sub_id, reason, lines, at, Some(id))
+}
+
 /// Builds an invoice object (not stored) for `lines`, applying the subscription's coupon.
 pub fn invoice_object(
     s: &mut Inner,
@@ -250,6 +263,17 @@ pub fn create_invoice_with_lines(
     lines: Vec<Value>,
     at: i64,
 ) -> ApiResult<String> {
+    create_invoice_inner(s, sub_id, reason, lines, at, None)
+}
+
+fn create_invoice_inner(
+    s: &mut Inner,
+    sub_id: &str,
+    reason: &str,
+    lines: Vec<Value>,
+    at: i64,
+    preset: Option<String>,
+) -> ApiResult<String> {
     // A coupon whose last discounted invoice is behind leaves before this one.
     let used_up = s
         .subs
@@ -258,7 +282,10 @@ pub fn create_invoice_with_lines(
     if used_up {
         end_discount(s, sub_id, at)?;
     }
-    let id = s.id("in");
+    let id = match preset {
+        Some(id) => id,
+        None => s.id("in"),
+    };
     let mut inv = invoice_object(s, sub_id, reason, lines, at, &id)?;
     if inv["discounts"].as_array().is_some_and(|d| !d.is_empty()) {
         if let Some(meta) = s.subs.get_mut(sub_id) {

@@ -245,6 +245,7 @@ pub fn create_subscription(s: &mut Inner, req: NewSubscription) -> ApiResult<(St
     } else {
         "incomplete"
     };
+    let first_invoice = s.id("in");
     let sub = json!({
         "id": id,
         "object": "subscription",
@@ -280,7 +281,7 @@ pub fn create_subscription(s: &mut Inner, req: NewSubscription) -> ApiResult<(St
             "total_count": req.items.len(),
             "url": format!("/v1/subscription_items?subscription={id}"),
         },
-        "latest_invoice": null,
+        "latest_invoice": first_invoice,
         "livemode": false,
         "managed_payments": {"enabled": false},
         "metadata": req.metadata,
@@ -322,7 +323,7 @@ pub fn create_subscription(s: &mut Inner, req: NewSubscription) -> ApiResult<(St
         let d = s.peek(di).clone();
         s.emit("customer.discount.created", &d, None, now);
     }
-    let inv = create_invoice(s, &id, "subscription_create", now)?;
+    let inv = create_invoice_as(s, &id, "subscription_create", now, first_invoice)?;
     let outcome = if behavior == "default_incomplete" && invoice_due(s, &inv) > 0 {
         open_payment_intent(s, &inv, pm.as_deref(), now)?;
         PayOutcome::Declined(ApiError::state(

@@ -88,6 +88,12 @@ fn completing_checkout_creates_customer_subscription_and_paid_invoice_with_strip
         updated["data"]["previous_attributes"]["status"],
         "incomplete"
     );
+    let created = sim
+        .events()
+        .into_iter()
+        .find(|e| e["type"] == "customer.subscription.created")
+        .unwrap();
+    assert_eq!(created["data"]["object"]["latest_invoice"], inv["id"]);
     let cus = get(
         &sim,
         &format!("/v1/customers/{}", done["customer"].as_str().unwrap()),
