@@ -223,6 +223,15 @@ pub struct OutboxFilter {
     pub limit: u32,
 }
 
+/// Outbox depth and lag, for `/metrics` and `/readyz`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct OutboxStats {
+    /// Number of rows per status (every status listed, 0 when absent).
+    pub by_status: Vec<(OutboxStatus, i64)>,
+    /// `created_at` of the oldest row not yet sent or dead.
+    pub oldest_waiting_created_at: Option<i64>,
+}
+
 /// A stored audit row.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AuditRecord {
@@ -447,6 +456,30 @@ pub trait BillingStore: Send + Sync + 'static {
     /// Subtracts `amount` from a capacity counter, never below zero; same
     /// idempotency rules as [`BillingStore::consume`]. Always `Applied`.
     async fn release(&self, request: &UsageRequest, now: i64) -> StoreResult<UsageOutcome>;
+
+    /// Commits like [`BillingStore::commit_customer`] (the state from
+    /// `billd_core::erase_personal_data`, the outbox rows from
+    /// `billd_core::account_deletion_effects`) and, in the same transaction,
+    /// erases the profile (email, name, currency) and sets `deleted_at`
+    /// (kept from the first deletion). The row, its state, its links and
+    /// its audit trail stay.
+    async fn delete_customer(
+        &self,
+        commit: &CustomerCommit,
+        now: i64,
+    ) -> StoreResult<CommitReceipt>;
+
+    /// Customers in id order, starting after `after`; `limit` 0 means no
+    /// limit. Deleted customers are included (see `deleted_at`). For the
+    /// scheduler and reconciliation, which walk every customer in pages.
+    async fn list_customers(
+        &self,
+        after: Option<&CustomerId>,
+        limit: u32,
+    ) -> StoreResult<Vec<CustomerRecord>>;
+
+    /// Outbox depth per status and the age of the oldest waiting row.
+    async fn outbox_stats(&self) -> StoreResult<OutboxStats>;
 
     /// The counters named by `keys` (`billd_core::usage_keys`); a counter
     /// never used reads 0.
@@ -770,6 +803,26 @@ pub(crate) fn outbox_not_processing(current: Option<String>) -> StoreError {
             constraint: format!("outbox.status is {status}, not processing"),
         },
     }
+}
+
+/// Builds [`OutboxStats`] from `(status, count)` rows, listing every status.
+pub(crate) fn outbox_stats(
+    counts: Vec<(String, i64)>,
+    oldest_waiting_created_at: Option<i64>,
+) -> StoreResult<OutboxStats> {
+    let mut by_status: Vec<(OutboxStatus, i64)> =
+        OutboxStatus::ALL.into_iter().map(|s| (s, 0)).collect();
+    for (status, count) in counts {
+        let status = OutboxStatus::parse(&status)
+            .ok_or_else(|| StoreError::Other(format!("outbox.status {status:?}")))?;
+        if let Some(slot) = by_status.iter_mut().find(|(s, _)| *s == status) {
+            slot.1 = count;
+        }
+    }
+    Ok(OutboxStats {
+        by_status,
+        oldest_waiting_created_at,
+    })
 }
 
 #[cfg(test)]

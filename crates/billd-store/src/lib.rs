@@ -18,8 +18,9 @@ pub mod testing;
 
 pub use billing::{
     AuditRecord, BillingStore, CommitReceipt, CustomerCommit, CustomerProfile, CustomerRecord,
-    NewOutboxItem, OutboxFilter, OutboxItem, OutboxResult, OutboxStatus, UpsertedCustomer,
-    UsageOutcome, UsageRequest, IDEMPOTENCY_CONFLICT, LEASE_CONFLICT, VERSION_CONFLICT,
+    NewOutboxItem, OutboxFilter, OutboxItem, OutboxResult, OutboxStats, OutboxStatus,
+    UpsertedCustomer, UsageOutcome, UsageRequest, IDEMPOTENCY_CONFLICT, LEASE_CONFLICT,
+    VERSION_CONFLICT,
 };
 pub use postgres::PgStore;
 pub use sqlite::{SqliteOptions, SqliteStore};

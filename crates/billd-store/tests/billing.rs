@@ -130,6 +130,9 @@ contract!(
     concurrent_consumers_never_exceed_the_limit,
     release_lowers_a_capacity_counter_never_below_zero,
     metered_usage_is_counted_per_period,
+    deleting_a_customer_erases_its_profile_and_keeps_its_history,
+    customers_are_listed_in_id_order_page_by_page,
+    outbox_stats_count_rows_per_status_and_the_oldest_waiting,
 );
 
 fn customer(raw: &str) -> CustomerId {
@@ -1208,4 +1211,125 @@ async fn metered_usage_is_counted_per_period(h: &Harness) {
         0,
         "only the asked counters are loaded"
     );
+}
+
+async fn deleting_a_customer_erases_its_profile_and_keeps_its_history(h: &Harness) {
+    h.billing
+        .upsert_customer(&profile("user_21", "k@example.com"), NOW)
+        .await
+        .unwrap();
+    let mut first = commit("user_21", 0, state_with("cus_21", false));
+    first.audit.push(audit("status", "evt_21"));
+    h.billing.commit_customer(&first, NOW).await.unwrap();
+    let mut deletion = commit("user_21", 1, state_with("cus_21", false));
+    deletion.outbox.push(alert("account_deleted:user_21"));
+
+    let receipt = h
+        .billing
+        .delete_customer(&deletion, NOW + 10)
+        .await
+        .unwrap();
+    let again = h
+        .billing
+        .delete_customer(&commit("user_21", 2, state_with("cus_21", false)), NOW + 20)
+        .await
+        .unwrap();
+
+    assert_eq!(receipt.version, Some(2));
+    assert_eq!(receipt.outbox_inserted, 1);
+    assert_eq!(again.version, Some(3));
+    let stored = h
+        .billing
+        .get_customer(&customer("user_21"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored.deleted_at,
+        Some(NOW + 10),
+        "the first deletion time stays"
+    );
+    assert_eq!(stored.email, None);
+    assert_eq!(stored.name, None);
+    assert_eq!(stored.preferred_currency, None);
+    assert_eq!(stored.state, state_with("cus_21", false));
+    assert_eq!(
+        h.billing
+            .list_audit(&customer("user_21"), 0)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        h.billing
+            .find_customer_by_stripe(&stripe("cus_21"))
+            .await
+            .unwrap(),
+        Some(customer("user_21"))
+    );
+    // A stale deletion writes nothing.
+    let stale = h
+        .billing
+        .delete_customer(&commit("user_21", 1, CustomerState::default()), NOW + 30)
+        .await
+        .unwrap_err();
+    assert!(is_conflict(&stale, VERSION_CONFLICT), "{stale:?}");
+}
+
+async fn customers_are_listed_in_id_order_page_by_page(h: &Harness) {
+    for id in ["user_c", "user_a", "user_d", "user_b"] {
+        h.billing
+            .upsert_customer(&profile(id, "l@example.com"), NOW)
+            .await
+            .unwrap();
+    }
+
+    let first = h.billing.list_customers(None, 3).await.unwrap();
+    let rest = h
+        .billing
+        .list_customers(Some(&first[2].customer_id), 3)
+        .await
+        .unwrap();
+    let all = h.billing.list_customers(None, 0).await.unwrap();
+
+    let ids = |records: &[billd_store::CustomerRecord]| -> Vec<String> {
+        records.iter().map(|r| r.customer_id.to_string()).collect()
+    };
+    assert_eq!(ids(&first), ["user_a", "user_b", "user_c"]);
+    assert_eq!(ids(&rest), ["user_d"]);
+    assert_eq!(all.len(), 4);
+}
+
+async fn outbox_stats_count_rows_per_status_and_the_oldest_waiting(h: &Harness) {
+    let empty = h.billing.outbox_stats().await.unwrap();
+    h.billing
+        .enqueue_outbox(None, &[alert("s1")], NOW)
+        .await
+        .unwrap();
+    h.billing
+        .enqueue_outbox(None, &[alert("s2"), alert("s3")], NOW + 5)
+        .await
+        .unwrap();
+    let claimed = h.billing.claim_outbox(NOW + 5, NOW + 60, 1).await.unwrap();
+    h.billing
+        .finish_outbox(claimed[0].id, &OutboxResult::Sent, NOW + 6)
+        .await
+        .unwrap();
+
+    let stats = h.billing.outbox_stats().await.unwrap();
+
+    assert!(empty.by_status.iter().all(|(_, n)| *n == 0));
+    assert_eq!(empty.oldest_waiting_created_at, None);
+    let count = |status: OutboxStatus| {
+        stats
+            .by_status
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map(|(_, n)| *n)
+    };
+    assert_eq!(count(OutboxStatus::Pending), Some(2));
+    assert_eq!(count(OutboxStatus::Sent), Some(1));
+    assert_eq!(count(OutboxStatus::Dead), Some(0));
+    assert_eq!(stats.oldest_waiting_created_at, Some(NOW + 5));
 }

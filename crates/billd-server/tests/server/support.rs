@@ -418,6 +418,26 @@ impl billd_store::BillingStore for SwitchableStore {
         self.check()?;
         self.inner.release(request, now).await
     }
+    async fn delete_customer(
+        &self,
+        commit: &billd_store::CustomerCommit,
+        now: i64,
+    ) -> StoreResult<billd_store::CommitReceipt> {
+        self.check()?;
+        self.inner.delete_customer(commit, now).await
+    }
+    async fn list_customers(
+        &self,
+        after: Option<&billd_core::CustomerId>,
+        limit: u32,
+    ) -> StoreResult<Vec<billd_store::CustomerRecord>> {
+        self.check()?;
+        self.inner.list_customers(after, limit).await
+    }
+    async fn outbox_stats(&self) -> StoreResult<billd_store::OutboxStats> {
+        self.check()?;
+        self.inner.outbox_stats().await
+    }
     async fn load_usage(
         &self,
         customer_id: &billd_core::CustomerId,

@@ -10,14 +10,14 @@ use sqlx::{PgConnection, QueryBuilder};
 
 use super::{finish, PgStore};
 use crate::billing::{
-    check_amount, commit_links, into_outbox, outbox_columns, outbox_not_processing, period_column,
-    replay, state_json, to_db, usage_from_rows, AuditRow, CustomerRow, Direction, OutboxRow,
-    StoredRequest, StripeColumn, AUDIT_COLUMNS, CUSTOMER_COLUMNS, OUTBOX_COLUMNS,
+    check_amount, commit_links, into_outbox, outbox_columns, outbox_not_processing, outbox_stats,
+    period_column, replay, state_json, to_db, usage_from_rows, AuditRow, CustomerRow, Direction,
+    OutboxRow, StoredRequest, StripeColumn, AUDIT_COLUMNS, CUSTOMER_COLUMNS, OUTBOX_COLUMNS,
 };
 use crate::{
     AuditRecord, BillingStore, CommitReceipt, CustomerCommit, CustomerProfile, CustomerRecord,
-    EventResult, NewOutboxItem, OutboxFilter, OutboxItem, OutboxResult, StoreError, StoreResult,
-    UpsertedCustomer, UsageOutcome, UsageRequest, LEASE_CONFLICT, VERSION_CONFLICT,
+    EventResult, NewOutboxItem, OutboxFilter, OutboxItem, OutboxResult, OutboxStats, StoreError,
+    StoreResult, UpsertedCustomer, UsageOutcome, UsageRequest, LEASE_CONFLICT, VERSION_CONFLICT,
 };
 
 #[async_trait]
@@ -405,6 +405,57 @@ impl BillingStore for PgStore {
             limit: 0,
             replayed: false,
         })
+    }
+
+    async fn delete_customer(
+        &self,
+        commit: &CustomerCommit,
+        now: i64,
+    ) -> StoreResult<CommitReceipt> {
+        let mut tx = self.pool.begin().await?;
+        let receipt = write_commit(&mut tx, commit, now).await?;
+        sqlx::query(
+            "UPDATE customers \
+             SET email = NULL, name = NULL, preferred_currency = NULL, \
+                 deleted_at = COALESCE(deleted_at, $2), updated_at = $2 \
+             WHERE customer_id = $1",
+        )
+        .bind(commit.customer_id.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(receipt)
+    }
+
+    async fn list_customers(
+        &self,
+        after: Option<&CustomerId>,
+        limit: u32,
+    ) -> StoreResult<Vec<CustomerRecord>> {
+        let rows: Vec<CustomerRow> = sqlx::query_as(&format!(
+            "SELECT {CUSTOMER_COLUMNS} FROM customers \
+             WHERE $1 IS NULL OR customer_id > $1 \
+             ORDER BY customer_id LIMIT $2"
+        ))
+        .bind(after.map(CustomerId::as_str))
+        .bind(pg_limit(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(CustomerRecord::try_from).collect()
+    }
+
+    async fn outbox_stats(&self) -> StoreResult<OutboxStats> {
+        let counts: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, COUNT(*) FROM outbox GROUP BY status")
+                .fetch_all(&self.pool)
+                .await?;
+        let oldest: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(created_at) FROM outbox WHERE status IN ('pending', 'processing')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        outbox_stats(counts, oldest)
     }
 
     async fn load_usage(&self, customer_id: &CustomerId, keys: &[UsageKey]) -> StoreResult<Usage> {
