@@ -1,7 +1,8 @@
 //! billd's command-line entry point: `serve` (default), `migrate`,
-//! `events list|show|replay` and `bench webhooks`.
+//! `events list|show|replay`, `audit <customer>` and `bench webhooks`.
 
 mod bench;
+mod billing;
 mod config;
 mod dev;
 
@@ -12,8 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use billd_server::{
-    Backoff, HandlerRegistry, IngestConfig, ServerConfig, SystemClock, WebhookConfig, WorkerConfig,
-    Workers,
+    Backoff, IngestConfig, ServerConfig, SystemClock, WebhookConfig, WorkerConfig, Workers,
 };
 use billd_store::{EventFilter, EventStatus, Store};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -48,6 +48,14 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Shows a customer's billing audit log, newest first.
+    Audit {
+        /// The app's customer id.
+        customer: String,
+        /// At most this many rows.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,6 +195,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             events(store.as_ref(), cmd).await
         }
         Command::Bench(_) => Ok(()),
+        Command::Audit { customer, limit } => {
+            let store = open_store(&config).await?;
+            store.migrate().await.context("applying migrations")?;
+            billing::audit(store.as_ref(), &customer, limit).await
+        }
     }
 }
 
@@ -247,11 +260,11 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     if dev.is_active() {
         eprintln!("{}", dev.banner(&format!("http://{addr}")));
     }
-    let running = billd_server::start(
+    let running = billd_server::billing::start_billing(
         listener,
         store,
         server_config(&config),
-        HandlerRegistry::new(),
+        billing::billing_config(&config)?,
         Arc::new(SystemClock),
         Workers::Run,
     )?;

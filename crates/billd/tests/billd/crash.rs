@@ -35,8 +35,9 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// `invoice.paid` events wrapping Stripe's example invoice, spread over 50
-/// customers so the worker has parallel work.
+/// `invoice.created` events wrapping Stripe's example invoice, spread over 50
+/// customers so the worker has parallel work. billd stores that type and
+/// skips it, so every event ends `skipped` without needing a linked customer.
 fn events() -> Vec<(String, String)> {
     let fixtures: Value = serde_json::from_str(include_str!(
         "../../../billd-server/tests/server/fixtures/stripe_objects.json"
@@ -57,7 +58,7 @@ fn events() -> Vec<(String, String)> {
                 "livemode": false,
                 "pending_webhooks": 1,
                 "request": { "id": null, "idempotency_key": null },
-                "type": "invoice.paid",
+                "type": "invoice.created",
                 "data": { "object": invoice }
             });
             (id, body.to_string())
