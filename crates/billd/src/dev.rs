@@ -1,50 +1,75 @@
-//! Zero-configuration dev mode. With no `BILLD_STRIPE_WEBHOOK_SECRETS`,
-//! `billd serve` makes up a webhook secret (kept in `.billd/` so it survives
-//! restarts), prints it with a ready-to-paste curl example, and accepts
-//! webhooks signed with it. This struct is the seam where the built-in
-//! Stripe emulator is wired in once it exists (`BILLD_STRIPE_API_KEY` unset).
+//! Zero-configuration dev mode.
+//!
+//! With no `BILLD_STRIPE_API_KEY`, `billd serve` starts the built-in Stripe
+//! emulator (stripe-sim) on a loopback port, points billd's Stripe client at
+//! it, creates the catalog's prices there, registers billd's own webhook
+//! endpoint with the secret the emulator returns, makes up an app API key when
+//! none is configured, and prints a walkthrough. The emulator's state is kept
+//! in `.billd/sim.json` next to the dev database so both survive restarts.
+//!
+//! With an API key but no `BILLD_STRIPE_WEBHOOK_SECRETS`, billd makes up a
+//! webhook secret (kept in `.billd/` so it survives restarts) and prints it
+//! with a ready-to-paste curl example.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use billd_core::{Catalog, PriceId};
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use stripe_sim::{SimConfig, SimHandle};
 
 use crate::config::Config;
+
+/// The API key billd uses with the emulator (any `sk_test_` key is accepted).
+pub const DEV_STRIPE_KEY: &str = "sk_test_billd_dev";
+
+/// Stripe's real API base, the built-in default of `stripe_api_base`.
+const STRIPE_API_BASE: &str = "https://api.stripe.com";
+
+/// The built-in emulator as dev mode set it up.
+#[derive(Debug)]
+pub struct Emulator {
+    /// The emulator's base URL (billd's `stripe_api_base`).
+    pub url: String,
+    /// The in-process server; `None` when `BILLD_STRIPE_API_BASE` names one already running.
+    pub handle: Option<SimHandle>,
+    /// The catalog with the emulator's price ids bound.
+    pub catalog: Option<Catalog>,
+    /// The first bound price (plan, id), for the walkthrough.
+    pub example_price: Option<(String, String)>,
+    /// The generated app API key, when `BILLD_API_KEYS` was unset.
+    pub app_key: Option<SecretString>,
+}
 
 /// What dev mode filled in for a configuration that left things unset.
 #[derive(Debug, Default)]
 pub struct DevMode {
-    /// The generated webhook secret, when none was configured.
+    /// The generated webhook secret, when none was configured and a real Stripe key is.
     pub webhook_secret: Option<SecretString>,
-    /// True when no Stripe API key is configured: calls to Stripe cannot be
-    /// made until the built-in emulator is wired in here.
-    pub no_stripe_api_key: bool,
     /// Where the generated secret is kept.
     pub secret_file: Option<PathBuf>,
+    /// The built-in emulator, when no Stripe API key is configured.
+    pub emulator: Option<Emulator>,
 }
 
 impl DevMode {
-    /// Fills the gaps of `config` for local use, keeping dev state under `state_dir`.
-    pub fn apply(config: &mut Config, state_dir: &Path) -> anyhow::Result<DevMode> {
-        let mut dev = DevMode {
-            no_stripe_api_key: config.stripe_api_key.is_none(),
-            ..DevMode::default()
-        };
-        if config.stripe_webhook_secrets.is_empty() {
+    /// Fills the gaps of `config` for local use, keeping dev state under
+    /// `state_dir`; billd listens on `billd_addr` (already bound).
+    pub async fn apply(
+        config: &mut Config,
+        state_dir: &Path,
+        billd_addr: SocketAddr,
+    ) -> anyhow::Result<DevMode> {
+        let mut dev = DevMode::default();
+        if config.stripe_api_key.is_none() {
+            dev.emulator = Some(start_emulator(config, state_dir, billd_addr).await?);
+        } else if config.stripe_webhook_secrets.is_empty() {
             let file = state_dir.join("dev_webhook_secret");
-            let secret = match std::fs::read_to_string(&file) {
-                Ok(s) if s.trim().starts_with("whsec_") => s.trim().to_string(),
-                _ => {
-                    let secret = generate_secret();
-                    std::fs::create_dir_all(state_dir)
-                        .with_context(|| format!("creating {}", state_dir.display()))?;
-                    std::fs::write(&file, &secret)
-                        .with_context(|| format!("writing {}", file.display()))?;
-                    secret
-                }
-            };
+            let secret = kept_secret(&file, "whsec_", || generate("whsec_dev_"))?;
             config
                 .stripe_webhook_secrets
                 .push(SecretString::from(secret.clone()));
@@ -56,7 +81,19 @@ impl DevMode {
 
     /// Whether anything was filled in.
     pub fn is_active(&self) -> bool {
-        self.webhook_secret.is_some() || self.no_stripe_api_key
+        self.webhook_secret.is_some() || self.emulator.is_some()
+    }
+
+    /// The catalog with the emulator's price ids, replacing the configured one.
+    pub fn take_catalog(&mut self) -> Option<Catalog> {
+        self.emulator.as_mut().and_then(|e| e.catalog.take())
+    }
+
+    /// Stops the in-process emulator, if any.
+    pub async fn shutdown(self) {
+        if let Some(handle) = self.emulator.and_then(|e| e.handle) {
+            handle.shutdown().await;
+        }
     }
 
     /// The loud message printed at start-up.
@@ -65,10 +102,8 @@ impl DevMode {
         out.push_str(
             "================================ billd DEV MODE ================================\n",
         );
-        if self.no_stripe_api_key {
-            out.push_str(
-                "BILLD_STRIPE_API_KEY is not set: billd will not call Stripe. Set it for production.\n",
-            );
+        if let Some(emulator) = &self.emulator {
+            out.push_str(&emulator_walkthrough(emulator, base_url));
         }
         if let Some(secret) = &self.webhook_secret {
             let secret = secret.expose_secret();
@@ -94,13 +129,259 @@ impl DevMode {
     }
 }
 
-fn generate_secret() -> String {
+/// The walkthrough's shell steps start after this line and end before [`WALKTHROUGH_END`].
+pub const WALKTHROUGH_BEGIN: &str = "# --- try it (sh) ---";
+/// Ends the walkthrough's shell steps.
+pub const WALKTHROUGH_END: &str = "# --- end ---";
+
+fn emulator_walkthrough(emulator: &Emulator, base_url: &str) -> String {
+    let sim = &emulator.url;
+    let mut out = format!(
+        "TEST MODE: BILLD_STRIPE_API_KEY is not set, so billd talks to its built-in Stripe\n\
+         emulator at {sim}. NOTHING REAL IS CHARGED. Set BILLD_STRIPE_API_KEY for production.\n\n"
+    );
+    let key = match &emulator.app_key {
+        Some(key) => {
+            out.push_str(&format!(
+                "BILLD_API_KEYS is not set: the dev app API key is {} (kept in .billd/).\n\n",
+                key.expose_secret()
+            ));
+            key.expose_secret().to_string()
+        }
+        None => "<one of BILLD_API_KEYS>".to_string(),
+    };
+    let Some((plan, price)) = &emulator.example_price else {
+        out.push_str("The catalog has no priced plan, so there is nothing to check out.\n");
+        return out;
+    };
+    out.push_str(&format!(
+        "Subscribe a customer to the {plan} plan with card pm_card_visa:\n\n\
+{WALKTHROUGH_BEGIN}\n\
+KEY={key}\n\
+curl -sS -X PUT {base_url}/v1/customers/alice -H \"Authorization: Bearer $KEY\" -H 'Content-Type: application/json' -d '{{\"email\":\"alice@example.com\"}}'\n\
+SESSION=$(curl -sS {sim}/v1/checkout/sessions -u {DEV_STRIPE_KEY}: -d mode=subscription -d 'line_items[0][price]={price}' -d 'line_items[0][quantity]=1' -d client_reference_id=alice -d 'subscription_data[metadata][billd_customer_id]=alice' -d customer_email=alice@example.com -d success_url={base_url}/ | sed 's/.*\"id\":\"\\(cs_[^\"]*\\)\".*/\\1/')\n\
+curl -sS -X POST {sim}/_sim/checkout/sessions/$SESSION/complete -u {DEV_STRIPE_KEY}: -d payment_method=pm_card_visa\n\
+curl -sS {base_url}/v1/customers/alice/entitlements -H \"Authorization: Bearer $KEY\"\n\
+{WALKTHROUGH_END}\n\n\
+(The last step shows plan {plan} once billd has processed the webhooks, within a second or so.)\n"
+    ));
+    out
+}
+
+/// Starts (or reaches) the emulator and sets billd's configuration to use it.
+async fn start_emulator(
+    config: &mut Config,
+    state_dir: &Path,
+    billd_addr: SocketAddr,
+) -> anyhow::Result<Emulator> {
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    let (url, handle) = if config.stripe_api_base.trim_end_matches('/') == STRIPE_API_BASE {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .context("dev mode: binding the Stripe emulator on loopback")?;
+        let handle = stripe_sim::serve(
+            listener,
+            SimConfig {
+                snapshot_path: Some(state_dir.join("sim.json")),
+                ..SimConfig::default()
+            },
+        )
+        .await
+        .context("dev mode: starting the Stripe emulator")?;
+        (handle.url(), Some(handle))
+    } else {
+        // An emulator the user runs (e.g. `billd sim`) named by BILLD_STRIPE_API_BASE.
+        (
+            config.stripe_api_base.trim_end_matches('/').to_string(),
+            None,
+        )
+    };
+    config.stripe_api_base = url.clone();
+    config.stripe_api_key = Some(SecretString::from(DEV_STRIPE_KEY));
+    let sim = SimClient {
+        http: reqwest::Client::new(),
+        base: url.clone(),
+    };
+
+    let mut catalog = crate::billing::catalog(config)?;
+    let example_price = bind_prices(&sim, &mut catalog).await?;
+
+    let secret = register_webhook(&sim, &format!("http://{billd_addr}/webhooks/stripe")).await?;
+    config
+        .stripe_webhook_secrets
+        .push(SecretString::from(secret));
+
+    let app_key = if config.api_keys.is_empty() {
+        let key = kept_secret(&state_dir.join("dev_api_key"), "billd_dev_", || {
+            generate("billd_dev_")
+        })?;
+        config.api_keys.push(SecretString::from(key.clone()));
+        Some(SecretString::from(key))
+    } else {
+        None
+    };
+    Ok(Emulator {
+        url,
+        handle,
+        catalog: Some(catalog),
+        example_price,
+        app_key,
+    })
+}
+
+/// Finds or creates every lookup-key price of the catalog in the emulator and
+/// binds its id; returns the first (plan, price id).
+async fn bind_prices(
+    sim: &SimClient,
+    catalog: &mut Catalog,
+) -> anyhow::Result<Option<(String, String)>> {
+    let wanted: Vec<_> = catalog
+        .prices()
+        .filter(|(_, _, price)| price.id.is_none())
+        .filter_map(|(plan, currency, price)| {
+            Some((
+                plan.clone(),
+                currency.clone(),
+                price.lookup_key.clone()?,
+                price.unit_amount?,
+            ))
+        })
+        .collect();
+    let mut example = None;
+    for (plan, currency, lookup_key, amount) in wanted {
+        let found = sim
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/prices?lookup_keys[]={lookup_key}"),
+                &[],
+            )
+            .await?;
+        let id = match found["data"][0]["id"].as_str() {
+            Some(id) => id.to_string(),
+            None => {
+                let created = sim
+                    .call(
+                        reqwest::Method::POST,
+                        "/v1/prices",
+                        &[
+                            ("product_data[name]", plan.to_string()),
+                            ("currency", currency.to_string()),
+                            ("unit_amount", amount.to_string()),
+                            ("recurring[interval]", "month".to_string()),
+                            ("lookup_key", lookup_key.clone()),
+                        ],
+                    )
+                    .await?;
+                created["id"]
+                    .as_str()
+                    .context("the emulator created a price without an id")?
+                    .to_string()
+            }
+        };
+        let price_id = PriceId::parse(&id).with_context(|| format!("price id {id}"))?;
+        catalog.bind_price(&plan, &currency, price_id)?;
+        if example.is_none() || plan.to_string() == "pro" {
+            example = Some((plan.to_string(), id));
+        }
+    }
+    Ok(example)
+}
+
+/// Registers billd's endpoint for every event type billd handles (replacing
+/// one left from an earlier run at the same URL) and returns its secret.
+async fn register_webhook(sim: &SimClient, url: &str) -> anyhow::Result<String> {
+    let existing = sim
+        .call(reqwest::Method::GET, "/v1/webhook_endpoints?limit=100", &[])
+        .await?;
+    for endpoint in existing["data"].as_array().into_iter().flatten() {
+        if endpoint["url"] == url {
+            if let Some(id) = endpoint["id"].as_str() {
+                sim.call(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/webhook_endpoints/{id}"),
+                    &[],
+                )
+                .await?;
+            }
+        }
+    }
+    let mut form = vec![
+        ("url", url.to_string()),
+        ("api_version", billd_stripe::API_VERSION.to_string()),
+    ];
+    for event_type in billd_server::lifecycle::HANDLED_EVENT_TYPES {
+        form.push(("enabled_events[]", event_type.to_string()));
+    }
+    let created = sim
+        .call(reqwest::Method::POST, "/v1/webhook_endpoints", &form)
+        .await?;
+    created["secret"]
+        .as_str()
+        .filter(|s| s.starts_with("whsec_"))
+        .map(str::to_string)
+        .context("the emulator returned no webhook secret")
+}
+
+/// A minimal client for dev-mode set-up calls to the emulator.
+struct SimClient {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl SimClient {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        form: &[(&str, String)],
+    ) -> anyhow::Result<Value> {
+        let what = format!("dev mode: {method} {}{path}", self.base);
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(DEV_STRIPE_KEY)
+            .header("Stripe-Version", billd_stripe::API_VERSION);
+        if !form.is_empty() {
+            request = request.form(form);
+        }
+        let response = request.send().await.with_context(|| what.clone())?;
+        let status = response.status();
+        let body: Value = response.json().await.with_context(|| what.clone())?;
+        if !status.is_success() {
+            anyhow::bail!("{what}: {status}: {body}");
+        }
+        Ok(body)
+    }
+}
+
+/// The secret kept in `file` (when it has `prefix`), or a new one written there.
+fn kept_secret(
+    file: &Path,
+    prefix: &str,
+    generate: impl FnOnce() -> String,
+) -> anyhow::Result<String> {
+    match std::fs::read_to_string(file) {
+        Ok(s) if s.trim().starts_with(prefix) => Ok(s.trim().to_string()),
+        _ => {
+            let secret = generate();
+            if let Some(dir) = file.parent() {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating {}", dir.display()))?;
+            }
+            std::fs::write(file, &secret).with_context(|| format!("writing {}", file.display()))?;
+            Ok(secret)
+        }
+    }
+}
+
+fn generate(prefix: &str) -> String {
     let random: String = rand::thread_rng()
         .sample_iter(&Alphanumeric)
         .take(32)
         .map(char::from)
         .collect();
-    format!("whsec_dev_{random}")
+    format!("{prefix}{random}")
 }
 
 #[cfg(test)]
@@ -108,14 +389,33 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    #[test]
-    fn without_webhook_secrets_a_dev_secret_is_generated_kept_and_reused() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut first = Config::load(None, &HashMap::new()).unwrap();
-        let mut second = Config::load(None, &HashMap::new()).unwrap();
+    fn with_key(extra: &[(&str, &str)]) -> Config {
+        let mut env = HashMap::from([(
+            "BILLD_STRIPE_API_KEY".to_string(),
+            "sk_test_real".to_string(),
+        )]);
+        for (k, v) in extra {
+            env.insert((*k).to_string(), (*v).to_string());
+        }
+        Config::load(None, &env).unwrap()
+    }
 
-        let dev1 = DevMode::apply(&mut first, dir.path()).unwrap();
-        let dev2 = DevMode::apply(&mut second, dir.path()).unwrap();
+    fn addr() -> SocketAddr {
+        "127.0.0.1:9".parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn with_a_stripe_key_but_no_webhook_secrets_a_dev_secret_is_generated_kept_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = with_key(&[]);
+        let mut second = with_key(&[]);
+
+        let dev1 = DevMode::apply(&mut first, dir.path(), addr())
+            .await
+            .unwrap();
+        let dev2 = DevMode::apply(&mut second, dir.path(), addr())
+            .await
+            .unwrap();
 
         let s1 = dev1
             .webhook_secret
@@ -124,22 +424,118 @@ mod tests {
             .expose_secret()
             .to_string();
         assert!(s1.starts_with("whsec_dev_"));
+        assert!(dev1.emulator.is_none());
         assert_eq!(dev2.webhook_secret.unwrap().expose_secret(), s1);
         assert_eq!(first.stripe_webhook_secrets[0].expose_secret(), s1);
         assert!(dev1.banner("http://127.0.0.1:8080").contains(&s1));
     }
 
-    #[test]
-    fn configured_webhook_secrets_turn_the_dev_secret_off() {
+    #[tokio::test]
+    async fn configured_webhook_secrets_turn_the_dev_secret_off() {
         let dir = tempfile::tempdir().unwrap();
-        let env = HashMap::from([(
-            "BILLD_STRIPE_WEBHOOK_SECRETS".to_string(),
-            "whsec_real".to_string(),
-        )]);
-        let mut config = Config::load(None, &env).unwrap();
-        let dev = DevMode::apply(&mut config, dir.path()).unwrap();
-        assert!(dev.webhook_secret.is_none());
+        let mut config = with_key(&[("BILLD_STRIPE_WEBHOOK_SECRETS", "whsec_real")]);
+        let dev = DevMode::apply(&mut config, dir.path(), addr())
+            .await
+            .unwrap();
+        assert!(!dev.is_active());
         assert_eq!(config.stripe_webhook_secrets.len(), 1);
         assert!(!dir.path().join("dev_webhook_secret").exists());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn without_a_stripe_key_the_emulator_gets_the_catalog_prices_and_billds_endpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::load(None, &HashMap::new()).unwrap();
+
+        let mut dev = DevMode::apply(&mut config, dir.path(), addr())
+            .await
+            .unwrap();
+
+        let emulator = dev.emulator.as_ref().unwrap();
+        let sim = emulator.handle.as_ref().unwrap().sim.clone();
+        assert_eq!(config.stripe_api_base, emulator.url);
+        assert_eq!(
+            config.stripe_api_key.as_ref().unwrap().expose_secret(),
+            DEV_STRIPE_KEY
+        );
+        let (_, endpoints) = sim.call("GET", "/v1/webhook_endpoints", "");
+        let endpoint = &endpoints["data"][0];
+        assert_eq!(endpoint["url"], "http://127.0.0.1:9/webhooks/stripe");
+        assert_eq!(endpoint["api_version"], billd_stripe::API_VERSION);
+        // Stripe shows an endpoint's secret only on creation; the end-to-end
+        // test proves billd verifies the emulator's signatures with it.
+        assert_eq!(config.stripe_webhook_secrets.len(), 1);
+        assert!(config.stripe_webhook_secrets[0]
+            .expose_secret()
+            .starts_with("whsec_"));
+        let key = emulator
+            .app_key
+            .as_ref()
+            .unwrap()
+            .expose_secret()
+            .to_string();
+        assert!(key.starts_with("billd_dev_"));
+        assert_eq!(config.api_keys[0].expose_secret(), key);
+        let banner = dev.banner("http://127.0.0.1:9");
+        assert!(banner.contains("NOTHING REAL IS CHARGED"), "{banner}");
+        assert!(banner.contains(&key), "{banner}");
+        let catalog = dev.take_catalog().unwrap();
+        for (_, _, price) in catalog.prices() {
+            let id = price.id.as_ref().unwrap().to_string();
+            assert_eq!(
+                sim.object(&id).unwrap()["lookup_key"],
+                price.lookup_key.clone().unwrap().as_str()
+            );
+        }
+        dev.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restart_reuses_the_emulators_prices_and_replaces_its_endpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = Config::load(None, &HashMap::new()).unwrap();
+        let mut dev1 = DevMode::apply(&mut first, dir.path(), addr())
+            .await
+            .unwrap();
+        let prices1: Vec<String> = dev1
+            .take_catalog()
+            .unwrap()
+            .prices()
+            .map(|(_, _, p)| p.id.as_ref().unwrap().to_string())
+            .collect();
+        dev1.shutdown().await;
+
+        let mut second = Config::load(None, &HashMap::new()).unwrap();
+        let mut dev2 = DevMode::apply(&mut second, dir.path(), addr())
+            .await
+            .unwrap();
+        let prices2: Vec<String> = dev2
+            .take_catalog()
+            .unwrap()
+            .prices()
+            .map(|(_, _, p)| p.id.as_ref().unwrap().to_string())
+            .collect();
+        let sim = dev2
+            .emulator
+            .as_ref()
+            .unwrap()
+            .handle
+            .as_ref()
+            .unwrap()
+            .sim
+            .clone();
+        let (_, endpoints) = sim.call("GET", "/v1/webhook_endpoints", "");
+
+        assert_eq!(prices1, prices2);
+        assert_eq!(
+            endpoints["data"].as_array().unwrap().len(),
+            1,
+            "{endpoints}"
+        );
+        assert_eq!(
+            first.api_keys[0].expose_secret(),
+            second.api_keys[0].expose_secret()
+        );
+        dev2.shutdown().await;
     }
 }

@@ -1,10 +1,11 @@
 //! billd's command-line entry point: `serve` (default), `migrate`,
-//! `events list|show|replay`, `audit <customer>` and `bench webhooks`.
+//! `events list|show|replay`, `audit <customer>`, `bench webhooks` and `sim`.
 
 mod bench;
 mod billing;
 mod config;
 mod dev;
+mod sim_cmd;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,8 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Runs the built-in Stripe emulator alone (test mode: any sk_test_ key).
+    Sim(sim_cmd::SimArgs),
     /// Shows a customer's billing audit log, newest first.
     Audit {
         /// The app's customer id.
@@ -171,6 +174,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         init_tracing(LogFormat::Text, "warn");
         return bench::run(args).await;
     }
+    if let Some(Command::Sim(args)) = &cli.command {
+        init_tracing(LogFormat::Text, "info");
+        return sim_cmd::run(args).await;
+    }
     let env: HashMap<String, String> = std::env::vars().collect();
     // Without --config/BILLD_CONFIG, a billd.toml in the working directory
     // is used when there is one.
@@ -194,7 +201,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             store.migrate().await.context("applying migrations")?;
             events(store.as_ref(), cmd).await
         }
-        Command::Bench(_) => Ok(()),
+        Command::Bench(_) | Command::Sim(_) => Ok(()),
         Command::Audit { customer, limit } => {
             let store = open_store(&config).await?;
             store.migrate().await.context("applying migrations")?;
@@ -249,14 +256,18 @@ fn server_config(config: &Config) -> ServerConfig {
 }
 
 async fn serve(mut config: Config) -> anyhow::Result<()> {
-    let dev = DevMode::apply(&mut config, Path::new(".billd"))?;
-    tracing::info!(config = %config.summary(), "starting billd");
-    let store = open_store(&config).await?;
-    store.migrate().await.context("applying migrations")?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("BILLD_LISTEN: cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let mut dev = DevMode::apply(&mut config, Path::new(".billd"), addr).await?;
+    tracing::info!(config = %config.summary(), "starting billd");
+    let store = open_store(&config).await?;
+    store.migrate().await.context("applying migrations")?;
+    let mut billing_config = billing::billing_config(&config)?;
+    if let Some(catalog) = dev.take_catalog() {
+        billing_config.catalog = Arc::new(catalog);
+    }
     if dev.is_active() {
         eprintln!("{}", dev.banner(&format!("http://{addr}")));
     }
@@ -264,7 +275,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         listener,
         store,
         server_config(&config),
-        billing::billing_config(&config)?,
+        billing_config,
         Arc::new(SystemClock),
         Workers::Run,
     )?;
@@ -272,6 +283,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     let cancel = running.cancel_token();
     tokio::spawn(stop_on_signal(cancel));
     running.wait().await?;
+    dev.shutdown().await;
     tracing::info!("billd stopped");
     Ok(())
 }

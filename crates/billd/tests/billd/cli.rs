@@ -50,6 +50,7 @@ fn every_command_has_help() {
         &["events", "show", "--help"],
         &["events", "replay", "--help"],
         &["bench", "webhooks", "--help"],
+        &["sim", "--help"],
     ] {
         let out = billd(dir.path(), "sqlite://x.db", args);
         assert!(out.status.success(), "{args:?}");
@@ -178,13 +179,15 @@ async fn events_can_be_listed_shown_and_dead_ones_replayed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn serve_without_configuration_prints_a_dev_secret_and_accepts_events_signed_with_it() {
+async fn serve_with_a_stripe_key_but_no_webhook_secret_prints_a_dev_secret_and_accepts_events_signed_with_it(
+) {
     let dir = tempfile::tempdir().unwrap();
     let port = crate::crash::free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_billd"))
         .current_dir(dir.path())
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("BILLD_STRIPE_API_KEY", "sk_test_cli")
         .env("BILLD_LISTEN", format!("127.0.0.1:{port}"))
         .env("BILLD_LOG_FORMAT", "json")
         .stdout(Stdio::null())
