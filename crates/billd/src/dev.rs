@@ -148,7 +148,8 @@ fn emulator_walkthrough(emulator: &Emulator, base_url: &str) -> String {
             ));
             key.expose_secret().to_string()
         }
-        None => "<one of BILLD_API_KEYS>".to_string(),
+        // Quoted, so the printed `KEY=` line stays valid shell until replaced.
+        None => "'<one of your BILLD_API_KEYS>'".to_string(),
     };
     let Some((plan, price)) = &emulator.example_price else {
         out.push_str("The catalog has no priced plan, so there is nothing to check out.\n");
@@ -537,5 +538,29 @@ mod tests {
             second.api_keys[0].expose_secret()
         );
         dev2.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_configured_app_keys_no_key_is_generated_and_the_walkthrough_asks_for_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = HashMap::from([(
+            "BILLD_API_KEYS".to_string(),
+            "app_key_configured_1234".to_string(),
+        )]);
+        let mut config = Config::load(None, &env).unwrap();
+
+        let dev = DevMode::apply(&mut config, dir.path(), addr())
+            .await
+            .unwrap();
+
+        let banner = dev.banner("http://127.0.0.1:9");
+        assert!(dev.emulator.as_ref().unwrap().app_key.is_none());
+        assert_eq!(config.api_keys.len(), 1);
+        assert!(!dir.path().join("dev_api_key").exists());
+        assert!(
+            banner.contains("KEY='<one of your BILLD_API_KEYS>'"),
+            "{banner}"
+        );
+        dev.shutdown().await;
     }
 }
