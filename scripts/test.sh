@@ -6,7 +6,7 @@
 #     refuses root) on a free loopback port, exports BILLD_TEST_POSTGRES_URL,
 #     and always stops and removes it on exit;
 #   - installs the Python packages the emulator's tests drive (stripe,
-#     aiosmtpd) when missing;
+#     aiosmtpd) and the openssl command when missing;
 #   - runs every test of the workspace (cargo nextest when installed, else
 #     cargo test). Extra arguments are passed on: `bash scripts/test.sh -p billd-store`.
 set -euo pipefail
@@ -106,6 +106,11 @@ pip_install() {
 }
 python3 -c "import stripe" 2>/dev/null || { log "installing the stripe Python SDK"; pip_install stripe; }
 python3 -c "import aiosmtpd" 2>/dev/null || { log "installing aiosmtpd"; pip_install aiosmtpd; }
+# The SMTP TLS tests make a private CA with the openssl command.
+command -v openssl >/dev/null 2>&1 || {
+    log "installing openssl"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+}
 
 # ------------------------------------------------------------------ tests
 # Test the whole workspace unless the caller picked packages.
