@@ -87,11 +87,11 @@ fn sh(script: &str) -> String {
 }
 
 #[test]
-fn serve_with_no_configuration_runs_the_emulator_and_its_printed_walkthrough_ends_on_the_paid_plan()
-{
+fn serve_with_no_configuration_runs_the_emulator_whose_printed_walkthrough_ends_on_the_paid_plan_across_a_restart(
+) {
     let dir = tempfile::tempdir().unwrap();
     let port = crate::crash::free_port();
-    let (_billd, rx) = spawn(
+    let (billd, rx) = spawn(
         dir.path(),
         &[],
         &[("BILLD_LISTEN", format!("127.0.0.1:{port}"))],
@@ -121,6 +121,28 @@ fn serve_with_no_configuration_runs_the_emulator_and_its_printed_walkthrough_end
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(dir.path().join(".billd/sim.json").is_file());
+
+    // A restart keeps the emulator's state next to the database: the same
+    // price is offered and the customer is still on the paid plan.
+    drop(billd);
+    let (_billd, rx) = spawn(
+        dir.path(),
+        &[],
+        &[("BILLD_LISTEN", format!("127.0.0.1:{port}"))],
+    );
+    let again = walkthrough(&rx);
+    let price = |steps: &[String]| {
+        let line = steps
+            .iter()
+            .find(|l| l.contains("line_items[0][price]="))
+            .unwrap();
+        let start = line.find("[price]=").unwrap() + "[price]=".len();
+        line[start..].split('\'').next().unwrap().to_string()
+    };
+    assert_eq!(price(&steps), price(&again));
+    let entitlements = sh(&format!("{}\n{}", again[0], again.last().unwrap()));
+    let body: serde_json::Value = serde_json::from_str(&entitlements).unwrap();
+    assert_eq!(body["plan"], "pro", "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
