@@ -49,6 +49,12 @@ pub fn routes<S: BillingBackend + ?Sized>(
     clock: Arc<dyn Clock>,
     keys: ApiKeys,
 ) -> Router {
+    let usage = crate::app_api::routes(
+        store.clone(),
+        catalog.clone(),
+        clock.clone(),
+        keys.clone(),
+    );
     let keys = Arc::new(keys);
     let state = ApiState {
         store,
@@ -76,6 +82,7 @@ pub fn routes<S: BillingBackend + ?Sized>(
     app.merge(admin)
         .with_state(state)
         .layer(axum::middleware::from_fn(crate::log_errors))
+        .merge(usage)
 }
 
 fn store_error(e: StoreError) -> ApiError {

@@ -3,6 +3,7 @@
 //! the inbox worker with its handler registry.
 
 pub mod api;
+pub mod app_api;
 pub mod auth;
 pub mod billing;
 pub mod clock;

@@ -10,4 +10,5 @@
 
 mod scenarios;
 mod support;
+mod usage;
 mod wiring;

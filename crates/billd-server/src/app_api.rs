@@ -1,0 +1,391 @@
+//! The app API's quota endpoints: `POST /v1/customers/{id}/usage/{feature}`
+//! consumes, `…/usage/{feature}/release` gives capacity back. The limit is
+//! decided by `billd_core` (entitlements, then `check_consume`), the counter
+//! changes in the store's one conditional update, so concurrent callers can
+//! never push a counter past its limit.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use billd_core::{
+    check_consume, entitlements, usage_keys, Catalog, ConsumeError, CustomerId, Entitlements,
+    FeatureKind, FeatureName,
+};
+use billd_store::{StoreError, UsageOutcome, UsageRequest, IDEMPOTENCY_CONFLICT};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::{require_app_key, ApiKeys};
+use crate::clock::Clock;
+use crate::error::{ApiError, LoggedError};
+use crate::lifecycle::BillingBackend;
+
+/// Longest accepted idempotency key, so a caller cannot grow the table with
+/// arbitrarily large keys.
+const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// What the usage handlers share.
+struct UsageState<S: BillingBackend + ?Sized> {
+    store: Arc<S>,
+    catalog: Arc<Catalog>,
+    clock: Arc<dyn Clock>,
+}
+
+impl<S: BillingBackend + ?Sized> Clone for UsageState<S> {
+    fn clone(&self) -> Self {
+        UsageState {
+            store: self.store.clone(),
+            catalog: self.catalog.clone(),
+            clock: self.clock.clone(),
+        }
+    }
+}
+
+/// The usage routes behind the app key, ready to merge into the app's router.
+pub fn routes<S: BillingBackend + ?Sized>(
+    store: Arc<S>,
+    catalog: Arc<Catalog>,
+    clock: Arc<dyn Clock>,
+    keys: ApiKeys,
+) -> Router {
+    Router::new()
+        .route(
+            "/v1/customers/{id}/usage/{feature}",
+            post(consume_usage::<S>),
+        )
+        .route(
+            "/v1/customers/{id}/usage/{feature}/release",
+            post(release_usage::<S>),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            Arc::new(keys),
+            require_app_key,
+        ))
+        .with_state(UsageState {
+            store,
+            catalog,
+            clock,
+        })
+        .layer(axum::middleware::from_fn(crate::log_errors))
+}
+
+/// Errors of the usage endpoints: the shared [`ApiError`]s plus the quota
+/// answers, rendered in the same `{"error":{"code","message"}}` shape.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    /// A shared API error (bad request, not found, store down…).
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    /// The consumption would exceed the limit (402 `quota_exceeded`).
+    #[error("quota exceeded: {used} of {limit} used, {requested} requested")]
+    QuotaExceeded {
+        /// The feature.
+        feature: FeatureName,
+        /// The limit.
+        limit: u64,
+        /// Used now.
+        used: u64,
+        /// The amount asked for.
+        requested: u64,
+    },
+    /// Access is blocked, frozen or the grace period is over (403 `no_access`).
+    #[error("no access: the customer's access is {access}")]
+    NoAccess {
+        /// The access decision, as the entitlements show it.
+        access: String,
+    },
+}
+
+impl IntoResponse for UsageError {
+    fn into_response(self) -> Response {
+        if let UsageError::Api(inner) = self {
+            return inner.into_response();
+        }
+        let (status, code, body) = match &self {
+            UsageError::Api(inner) => return (inner.status(), inner.code()).into_response(),
+            UsageError::QuotaExceeded {
+                feature,
+                limit,
+                used,
+                requested,
+            } => (
+                StatusCode::PAYMENT_REQUIRED,
+                "quota_exceeded",
+                serde_json::json!({ "error": {
+                    "code": "quota_exceeded",
+                    "message": self.to_string(),
+                    "feature": feature,
+                    "limit": limit,
+                    "used": used,
+                    "remaining": limit.saturating_sub(*used),
+                    "requested": requested,
+                }}),
+            ),
+            UsageError::NoAccess { access } => (
+                StatusCode::FORBIDDEN,
+                "no_access",
+                serde_json::json!({ "error": {
+                    "code": "no_access",
+                    "message": self.to_string(),
+                    "access": access,
+                }}),
+            ),
+        };
+        let mut response = (status, Json(body)).into_response();
+        response.extensions_mut().insert(LoggedError {
+            code,
+            detail: self.to_string(),
+        });
+        response
+    }
+}
+
+/// Body of a consume or release.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageBody {
+    /// How much (default 1).
+    pub amount: Option<u64>,
+    /// Required: the same key again returns the first answer and counts
+    /// nothing. Keys are per customer.
+    pub idempotency_key: Option<String>,
+}
+
+/// The answer to a consume or release.
+#[derive(Debug, Serialize)]
+pub struct UsageAnswer {
+    /// The feature.
+    pub feature: FeatureName,
+    /// The counter after the request.
+    pub used: u64,
+    /// The limit under the plan that applies.
+    pub limit: u64,
+    /// What may still be consumed.
+    pub remaining: u64,
+    /// True when this is the stored answer of an earlier request.
+    pub replayed: bool,
+}
+
+fn invalid(code: &'static str, message: impl Into<String>) -> UsageError {
+    UsageError::Api(ApiError::InvalidRequest {
+        code,
+        message: message.into(),
+    })
+}
+
+fn unknown_feature(raw: &str) -> UsageError {
+    UsageError::Api(ApiError::NotFound {
+        code: "unknown_feature",
+        message: format!("no feature {raw} in the catalog"),
+    })
+}
+
+fn store_error(e: StoreError) -> UsageError {
+    match e {
+        StoreError::Conflict { constraint } if constraint == IDEMPOTENCY_CONFLICT => {
+            UsageError::Api(ApiError::InvalidRequest {
+                code: "idempotency_key_reused",
+                message: "this idempotency key was used for a different request".to_owned(),
+            })
+        }
+        StoreError::Unavailable(cause) => UsageError::Api(ApiError::StoreUnavailable(cause)),
+        other => UsageError::Api(ApiError::Internal(other.into())),
+    }
+}
+
+/// A parsed request: whose counter, which feature, how much, which key.
+struct Parsed {
+    customer: CustomerId,
+    feature: FeatureName,
+    amount: u64,
+    idempotency_key: String,
+}
+
+fn parse(
+    id: &str,
+    feature: &str,
+    catalog: &Catalog,
+    body: Result<Json<UsageBody>, JsonRejection>,
+) -> Result<Parsed, UsageError> {
+    let customer =
+        CustomerId::parse(id).map_err(|e| invalid("invalid_customer_id", e.to_string()))?;
+    let name = FeatureName::parse(feature).map_err(|_| unknown_feature(feature))?;
+    if !catalog.features().contains_key(&name) {
+        return Err(unknown_feature(feature));
+    }
+    let Json(body) = body.map_err(|e| invalid("invalid_body", e.body_text()))?;
+    let idempotency_key = body
+        .idempotency_key
+        .filter(|k| !k.trim().is_empty())
+        .ok_or_else(|| {
+            invalid(
+                "idempotency_key_required",
+                "idempotency_key is required so a retried request is counted once",
+            )
+        })?;
+    if idempotency_key.len() > MAX_IDEMPOTENCY_KEY_LEN {
+        return Err(invalid(
+            "invalid_idempotency_key",
+            format!("idempotency_key is longer than {MAX_IDEMPOTENCY_KEY_LEN} bytes"),
+        ));
+    }
+    let amount = body.amount.unwrap_or(1);
+    if amount == 0 {
+        return Err(invalid("invalid_amount", "amount must be at least 1"));
+    }
+    Ok(Parsed {
+        customer,
+        feature: name,
+        amount,
+        idempotency_key,
+    })
+}
+
+/// The customer's entitlements now (404 for an unknown or deleted customer).
+async fn load_entitlements<S: BillingBackend + ?Sized>(
+    state: &UsageState<S>,
+    customer: &CustomerId,
+) -> Result<Entitlements, UsageError> {
+    let record = state
+        .store
+        .get_customer(customer)
+        .await
+        .map_err(store_error)?
+        .filter(|c| c.deleted_at.is_none())
+        .ok_or_else(|| {
+            UsageError::Api(ApiError::NotFound {
+                code: "customer_not_found",
+                message: format!("no customer {customer}"),
+            })
+        })?;
+    let now = state.clock.now();
+    let keys = usage_keys(&record.state, &state.catalog, now);
+    let usage = state
+        .store
+        .load_usage(customer, &keys)
+        .await
+        .map_err(store_error)?;
+    Ok(entitlements(&record.state, &state.catalog, &usage, now))
+}
+
+fn answer(feature: FeatureName, used: u64, limit: u64, replayed: bool) -> Json<UsageAnswer> {
+    Json(UsageAnswer {
+        feature,
+        used,
+        limit,
+        remaining: limit.saturating_sub(used),
+        replayed,
+    })
+}
+
+async fn consume_usage<S: BillingBackend + ?Sized>(
+    State(state): State<UsageState<S>>,
+    Path((id, feature)): Path<(String, String)>,
+    body: Result<Json<UsageBody>, JsonRejection>,
+) -> Result<Json<UsageAnswer>, UsageError> {
+    let p = parse(&id, &feature, &state.catalog, body)?;
+    let ent = load_entitlements(&state, &p.customer).await?;
+    let quota = ent
+        .features
+        .get(&p.feature)
+        .ok_or_else(|| unknown_feature(&feature))?;
+    let request = UsageRequest {
+        customer_id: p.customer.clone(),
+        key: quota.usage_key.clone(),
+        amount: p.amount,
+        idempotency_key: p.idempotency_key,
+    };
+    // An over-quota pre-check is not final: the store still answers a
+    // repeated key with its first answer, and decides races atomically.
+    let limit = match check_consume(&ent, &p.feature, p.amount) {
+        Ok(limit) => limit,
+        Err(ConsumeError::QuotaExceeded { limit, .. }) => limit,
+        Err(ConsumeError::NoAccess(access)) => {
+            // A limit of 0 admits nothing new but still finds a stored
+            // answer, so a retry after access ended gets its first answer.
+            return match state
+                .store
+                .consume(&request, 0, state.clock.now())
+                .await
+                .map_err(store_error)?
+            {
+                UsageOutcome::Applied {
+                    used,
+                    limit,
+                    replayed,
+                } => Ok(answer(p.feature, used, limit, replayed)),
+                UsageOutcome::LimitExceeded { .. } => Err(UsageError::NoAccess {
+                    access: serde_json::to_value(access)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_else(|| format!("{access:?}").to_lowercase()),
+                }),
+            };
+        }
+        Err(ConsumeError::UnknownFeature) => return Err(unknown_feature(&feature)),
+        Err(ConsumeError::InvalidAmount) => {
+            return Err(invalid("invalid_amount", "amount must be at least 1"))
+        }
+    };
+    match state
+        .store
+        .consume(&request, limit, state.clock.now())
+        .await
+        .map_err(store_error)?
+    {
+        UsageOutcome::Applied {
+            used,
+            limit,
+            replayed,
+        } => Ok(answer(p.feature, used, limit, replayed)),
+        UsageOutcome::LimitExceeded { used, limit } => Err(UsageError::QuotaExceeded {
+            feature: p.feature,
+            limit,
+            used,
+            requested: p.amount,
+        }),
+    }
+}
+
+async fn release_usage<S: BillingBackend + ?Sized>(
+    State(state): State<UsageState<S>>,
+    Path((id, feature)): Path<(String, String)>,
+    body: Result<Json<UsageBody>, JsonRejection>,
+) -> Result<Json<UsageAnswer>, UsageError> {
+    let p = parse(&id, &feature, &state.catalog, body)?;
+    if state.catalog.features().get(&p.feature) != Some(&FeatureKind::Capacity) {
+        return Err(invalid(
+            "not_a_capacity_feature",
+            format!("{feature} is metered; only capacity features can be released"),
+        ));
+    }
+    // Releasing is allowed whatever the access: giving capacity back is how
+    // a customer over a limit gets under it.
+    let ent = load_entitlements(&state, &p.customer).await?;
+    let quota = ent
+        .features
+        .get(&p.feature)
+        .ok_or_else(|| unknown_feature(&feature))?;
+    let request = UsageRequest {
+        customer_id: p.customer,
+        key: quota.usage_key.clone(),
+        amount: p.amount,
+        idempotency_key: p.idempotency_key,
+    };
+    let limit = quota.limit;
+    match state
+        .store
+        .release(&request, state.clock.now())
+        .await
+        .map_err(store_error)?
+    {
+        UsageOutcome::Applied { used, replayed, .. } => {
+            Ok(answer(p.feature, used, limit, replayed))
+        }
+        UsageOutcome::LimitExceeded { used, .. } => Ok(answer(p.feature, used, limit, false)),
+    }
+}

@@ -1,0 +1,365 @@
+//! Issue 5's usage endpoints (`POST /v1/customers/{id}/usage/{feature}` and
+//! `…/release`) through real HTTP, on both databases.
+
+use serde_json::{json, Value};
+use stripe_sim::WebhookKnobs;
+
+use crate::on_both_databases;
+use crate::support::{t0, Db, Harness, ADMIN_KEY, APP_KEY, DAY};
+
+async fn post(h: &Harness, path: &str, key: Option<&str>, body: Value) -> (u16, Value) {
+    let mut request = h.http.post(format!("{}{path}", h.base)).json(&body);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn consume(h: &Harness, user: &str, feature: &str, body: Value) -> (u16, Value) {
+    post(
+        h,
+        &format!("/v1/customers/{user}/usage/{feature}"),
+        Some(APP_KEY),
+        body,
+    )
+    .await
+}
+
+/// A customer on the free plan: a profile, no Stripe customer.
+async fn free_customer(h: &Harness, user: &str) {
+    let response = h
+        .http
+        .put(format!("{}/v1/customers/{user}", h.base))
+        .bearer_auth(APP_KEY)
+        .json(&json!({ "email": format!("{user}@example.com") }))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+}
+
+async fn sixty_four_concurrent_clients_get_exactly_the_twenty_five_generations_of_pro(db: Db) {
+    let h = Harness::start(db, t0(), WebhookKnobs::default()).await;
+    let (_, cus) = h.customer("u_rush", "pm_card_visa", true).await;
+    h.subscribe("u_rush", &cus, &h.pro_price);
+    h.wait_for("u_rush", "pro access", |e| {
+        e["plan"] == "pro" && e["access"] == "paid"
+    })
+    .await;
+
+    let answers = futures::future::join_all((0..64).map(|i| {
+        let h = &h;
+        async move {
+            consume(
+                h,
+                "u_rush",
+                "generations",
+                json!({ "idempotency_key": format!("k{i}") }),
+            )
+            .await
+        }
+    }))
+    .await;
+
+    let ok: Vec<&Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == 200)
+        .map(|(_, b)| b)
+        .collect();
+    let refused = answers
+        .iter()
+        .filter(|(s, b)| *s == 402 && b["error"]["code"] == "quota_exceeded")
+        .count();
+    assert_eq!(ok.len(), 25, "{answers:?}");
+    assert_eq!(refused, 39, "{answers:?}");
+    let mut used: Vec<u64> = ok.iter().map(|b| b["used"].as_u64().unwrap()).collect();
+    used.sort_unstable();
+    assert_eq!(used, (1..=25).collect::<Vec<u64>>());
+    assert!(ok
+        .iter()
+        .all(|b| b["limit"] == 25 && b["feature"] == "generations"));
+    let (_, e) = h.entitlements("u_rush").await;
+    assert_eq!(e["features"]["generations"]["used"], 25, "{e:#}");
+    assert_eq!(e["features"]["generations"]["remaining"], 0, "{e:#}");
+    h.shutdown().await;
+}
+
+async fn one_idempotency_key_retried_from_many_clients_is_counted_once(db: Db) {
+    let h = Harness::start(db, t0(), WebhookKnobs::default()).await;
+    free_customer(&h, "u_retry").await;
+    let body = json!({ "amount": 2, "idempotency_key": "gen-1" });
+
+    let answers = futures::future::join_all(
+        (0..16).map(|_| consume(&h, "u_retry", "generations", body.clone())),
+    )
+    .await;
+
+    for (status, answer) in &answers {
+        assert_eq!(*status, 200, "{answer:#}");
+        assert_eq!(answer["used"], 2, "{answer:#}");
+        assert_eq!(answer["limit"], 3, "{answer:#}");
+        assert_eq!(answer["remaining"], 1, "{answer:#}");
+    }
+    let (status, next) = consume(
+        &h,
+        "u_retry",
+        "generations",
+        json!({ "idempotency_key": "gen-2" }),
+    )
+    .await;
+    assert_eq!((status, next["used"].as_u64()), (200, Some(3)), "{next:#}");
+    // Now full, yet the first key still gets its first answer.
+    let (status, replay) = consume(&h, "u_retry", "generations", body).await;
+    assert_eq!(
+        (status, replay["used"].as_u64()),
+        (200, Some(2)),
+        "{replay:#}"
+    );
+    assert_eq!(replay["replayed"], true);
+    let (status, over) = consume(
+        &h,
+        "u_retry",
+        "generations",
+        json!({ "idempotency_key": "gen-3" }),
+    )
+    .await;
+    assert_eq!(status, 402, "{over:#}");
+    assert_eq!(over["error"]["code"], "quota_exceeded");
+    assert_eq!(over["error"]["remaining"], 0);
+    h.shutdown().await;
+}
+
+async fn capacity_is_released_and_bad_usage_requests_get_stable_codes(db: Db) {
+    let h = Harness::start(db, t0(), WebhookKnobs::default()).await;
+    free_customer(&h, "u_sites").await;
+
+    let (status, site) = consume(
+        &h,
+        "u_sites",
+        "websites",
+        json!({ "idempotency_key": "s1" }),
+    )
+    .await;
+    assert_eq!((status, site["used"].as_u64()), (200, Some(1)), "{site:#}");
+    let (status, full) = consume(
+        &h,
+        "u_sites",
+        "websites",
+        json!({ "idempotency_key": "s2" }),
+    )
+    .await;
+    assert_eq!(
+        (status, &full["error"]["code"]),
+        (402, &json!("quota_exceeded"))
+    );
+    let (status, released) = post(
+        &h,
+        "/v1/customers/u_sites/usage/websites/release",
+        Some(APP_KEY),
+        json!({ "idempotency_key": "r1" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{released:#}");
+    assert_eq!(
+        (released["used"].as_u64(), released["remaining"].as_u64()),
+        (Some(0), Some(1))
+    );
+    let (status, again) = consume(
+        &h,
+        "u_sites",
+        "websites",
+        json!({ "idempotency_key": "s2" }),
+    )
+    .await;
+    assert_eq!(
+        (status, again["used"].as_u64()),
+        (200, Some(1)),
+        "{again:#}"
+    );
+
+    let cases = [
+        (
+            "/v1/customers/u_sites/usage/websites",
+            json!({}),
+            400,
+            "idempotency_key_required",
+        ),
+        (
+            "/v1/customers/u_sites/usage/websites",
+            json!({ "idempotency_key": " " }),
+            400,
+            "idempotency_key_required",
+        ),
+        (
+            "/v1/customers/u_sites/usage/videos",
+            json!({ "idempotency_key": "x" }),
+            404,
+            "unknown_feature",
+        ),
+        (
+            "/v1/customers/u_sites/usage/websites",
+            json!({ "idempotency_key": "z", "amount": 0 }),
+            400,
+            "invalid_amount",
+        ),
+        (
+            "/v1/customers/u_sites/usage/generations/release",
+            json!({ "idempotency_key": "r2" }),
+            400,
+            "not_a_capacity_feature",
+        ),
+        (
+            "/v1/customers/u_nobody/usage/websites",
+            json!({ "idempotency_key": "n" }),
+            404,
+            "customer_not_found",
+        ),
+        // The same key for a different request is refused, not replayed.
+        (
+            "/v1/customers/u_sites/usage/websites",
+            json!({ "idempotency_key": "s1", "amount": 5 }),
+            400,
+            "idempotency_key_reused",
+        ),
+    ];
+    for (path, body, want_status, want_code) in cases {
+        let (status, answer) = post(&h, path, Some(APP_KEY), body.clone()).await;
+        assert_eq!(status, want_status, "{path} {body} → {answer:#}");
+        assert_eq!(
+            answer["error"]["code"], want_code,
+            "{path} {body} → {answer:#}"
+        );
+    }
+    h.shutdown().await;
+}
+
+async fn a_customer_whose_grace_period_is_over_gets_no_access(db: Db) {
+    let start = t0();
+    let h = Harness::start(db, start, WebhookKnobs::default()).await;
+    let (clock, cus) = h.customer("u_late", "pm_card_visa", true).await;
+    let sub = h.subscribe("u_late", &cus, &h.standard_price);
+    let period_end = sub["items"]["data"][0]["current_period_end"]
+        .as_i64()
+        .unwrap();
+    h.wait_for("u_late", "standard access", |e| e["access"] == "paid")
+        .await;
+    let (status, first) = consume(
+        &h,
+        "u_late",
+        "generations",
+        json!({ "idempotency_key": "g1" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{first:#}");
+    h.pay_with(&cus, "pm_card_chargeCustomerFail");
+    h.advance(&clock, period_end + 3600);
+    let e = h
+        .wait_for("u_late", "grace", |e| e["access"] == "grace")
+        .await;
+    let (status, during) = consume(
+        &h,
+        "u_late",
+        "generations",
+        json!({ "idempotency_key": "g2" }),
+    )
+    .await;
+    assert_eq!(status, 200, "grace still consumes: {during:#}");
+
+    h.clock.set(e["grace_until"].as_i64().unwrap() + DAY);
+
+    let (status, after) = consume(
+        &h,
+        "u_late",
+        "generations",
+        json!({ "idempotency_key": "g3" }),
+    )
+    .await;
+    assert_eq!(status, 403, "{after:#}");
+    assert_eq!(after["error"]["code"], "no_access");
+    assert_eq!(after["error"]["access"], "blocked");
+    // A retry of a request answered before access ended gets that answer.
+    let (status, replay) = consume(
+        &h,
+        "u_late",
+        "generations",
+        json!({ "idempotency_key": "g2" }),
+    )
+    .await;
+    assert_eq!(
+        (status, &replay["used"]),
+        (200, &during["used"]),
+        "{replay:#}"
+    );
+    assert_eq!(replay["replayed"], true, "{replay:#}");
+    h.shutdown().await;
+}
+
+async fn every_app_route_needs_a_key_and_an_app_key_cannot_use_the_admin_api(db: Db) {
+    let h = Harness::start(db, t0(), WebhookKnobs::default()).await;
+    free_customer(&h, "u_auth").await;
+    let routes = [
+        ("PUT", "/v1/customers/u_auth"),
+        ("GET", "/v1/customers/u_auth/entitlements"),
+        ("POST", "/v1/customers/u_auth/usage/generations"),
+        ("POST", "/v1/customers/u_auth/usage/websites/release"),
+        ("GET", "/v1/admin/audit?customer=u_auth"),
+        ("GET", "/v1/admin/events"),
+        ("POST", "/v1/admin/events/evt_1/replay"),
+    ];
+    for (method, path) in routes {
+        for key in [None, Some("wrong_key")] {
+            let mut request = h
+                .http
+                .request(method.parse().unwrap(), format!("{}{path}", h.base))
+                .json(&json!({ "idempotency_key": "a" }));
+            if let Some(key) = key {
+                request = request.bearer_auth(key);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(
+                response.status().as_u16(),
+                401,
+                "{method} {path} with {key:?}"
+            );
+        }
+    }
+    for (method, path) in routes.iter().filter(|(_, p)| p.starts_with("/v1/admin")) {
+        let response = h
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", h.base))
+            .bearer_auth(APP_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 403, "{method} {path}");
+        let admin = h
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", h.base))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(admin.status().as_u16(), 401, "{method} {path}");
+        assert_ne!(admin.status().as_u16(), 403, "{method} {path}");
+    }
+    // The admin key may use the app API too.
+    let (status, answer) = post(
+        &h,
+        "/v1/customers/u_auth/usage/generations",
+        Some(ADMIN_KEY),
+        json!({ "idempotency_key": "admin-1" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer:#}");
+    h.shutdown().await;
+}
+
+on_both_databases!(
+    sixty_four_concurrent_clients_get_exactly_the_twenty_five_generations_of_pro,
+    one_idempotency_key_retried_from_many_clients_is_counted_once,
+    capacity_is_released_and_bad_usage_requests_get_stable_codes,
+    a_customer_whose_grace_period_is_over_gets_no_access,
+    every_app_route_needs_a_key_and_an_app_key_cannot_use_the_admin_api,
+);
