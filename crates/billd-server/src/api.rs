@@ -49,12 +49,7 @@ pub fn routes<S: BillingBackend + ?Sized>(
     clock: Arc<dyn Clock>,
     keys: ApiKeys,
 ) -> Router {
-    let usage = crate::app_api::routes(
-        store.clone(),
-        catalog.clone(),
-        clock.clone(),
-        keys.clone(),
-    );
+    let usage = crate::app_api::routes(store.clone(), catalog.clone(), clock.clone(), keys.clone());
     let keys = Arc::new(keys);
     let state = ApiState {
         store,
