@@ -357,6 +357,57 @@ impl<S: BillingBackend + ?Sized> EventHandler for LifecycleHandler<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use billd_store::EventStatus;
+
+    fn stored(new: billd_store::NewEvent) -> StoredEvent {
+        StoredEvent {
+            id: new.id,
+            event_type: new.event_type,
+            api_version: new.api_version,
+            created: new.created,
+            object_id: new.object_id,
+            stripe_customer: new.stripe_customer,
+            payload: new.payload,
+            status: EventStatus::Processing,
+            attempts: 1,
+            next_attempt_at: None,
+            last_error: None,
+            received_at: new.received_at,
+            processed_at: None,
+        }
+    }
+
+    #[test]
+    fn a_refetched_subscription_comes_back_as_an_authoritative_event_at_the_tied_second() {
+        let object = serde_json::json!({
+            "id": "sub_1", "object": "subscription", "customer": "cus_1",
+            "status": "active", "created": 100, "cancel_at_period_end": false,
+            "items": { "object": "list", "data": [] }, "metadata": {}
+        });
+        let new = crate::outbox::refetch_event("sub_1", 500, object, 900);
+        assert_eq!(new.id, "evt_billd_refetch_sub_1_500");
+        assert_eq!(new.stripe_customer.as_deref(), Some("cus_1"));
+
+        let event = parse_stored(&stored(new)).unwrap().unwrap();
+
+        assert!(event.authoritative);
+        assert_eq!(event.created, 500);
+        assert_eq!(event.object_id().as_deref(), Some("sub_1"));
+    }
+
+    #[test]
+    fn a_refetched_canceled_subscription_is_a_deletion() {
+        let object = serde_json::json!({
+            "id": "sub_2", "object": "subscription", "customer": "cus_1",
+            "status": "canceled", "created": 100, "cancel_at_period_end": false,
+            "items": { "object": "list", "data": [] }, "metadata": {}
+        });
+        let new = crate::outbox::refetch_event("sub_2", 500, object, 900);
+
+        let event = parse_stored(&stored(new)).unwrap().unwrap();
+
+        assert_eq!(event.event_type(), "customer.subscription.deleted");
+    }
 
     #[test]
     fn every_handled_type_parses_to_a_domain_event_kind() {
