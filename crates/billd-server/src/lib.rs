@@ -11,6 +11,7 @@ pub mod error;
 pub mod ingest;
 pub mod lifecycle;
 pub mod metrics;
+pub mod notify;
 pub mod outbox;
 pub mod webhook;
 pub mod worker;

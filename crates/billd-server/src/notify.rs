@@ -1,0 +1,222 @@
+//! Email delivery for the outbox: the [`Delivery`] that renders and sends
+//! each `Email` and `AdminAlert` effect through `billd_email::Notifier`.
+//!
+//! - the recipient comes from the customer's profile at send time (an
+//!   address changed after the event still gets the email); a customer
+//!   without an address is done, not retried;
+//! - transient failures (SMTP down, 4xx replies) go back to the outbox,
+//!   which retries with backoff; the outbox row's dedupe key makes a
+//!   redelivered event or a crash before the commit unable to queue it twice;
+//! - permanent failures (refused address, broken template) and the last
+//!   transient failure make the row dead, and the operator gets one email
+//!   saying so (keyed by the row, so a retry of the alert is harmless).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use billd_core::Effect;
+use billd_email::{EmailConfig, Mailbox, Message, Notifier, Recipient, Rendered, SetupError};
+use billd_store::{BillingStore, OutboxItem};
+
+use crate::outbox::{Delivery, DeliveryError};
+
+/// Counts of email outcomes since start, for the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct EmailCounters {
+    /// Handed to the backend.
+    pub sent: AtomicU64,
+    /// Skipped: nobody to send to.
+    pub no_recipient: AtomicU64,
+    /// Failed, will be retried.
+    pub transient: AtomicU64,
+    /// Failed for good: the row is dead.
+    pub dead: AtomicU64,
+}
+
+impl EmailCounters {
+    /// Prometheus text lines for `billd_emails_total{outcome}`.
+    pub fn render(&self) -> String {
+        let mut out = String::from(
+            "# HELP billd_emails_total Email and alert deliveries by outcome.\n# TYPE billd_emails_total counter\n",
+        );
+        for (outcome, n) in [
+            ("sent", &self.sent),
+            ("no_recipient", &self.no_recipient),
+            ("transient_failure", &self.transient),
+            ("dead", &self.dead),
+        ] {
+            out.push_str(&format!(
+                "billd_emails_total{{outcome=\"{outcome}\"}} {}\n",
+                n.load(Ordering::Relaxed)
+            ));
+        }
+        out
+    }
+}
+
+/// Sends outbox emails and alerts with a [`Notifier`].
+pub struct EmailDelivery {
+    notifier: Notifier,
+    store: Arc<dyn BillingStore>,
+    /// Where "an email is dead" goes, and from whom.
+    admin: Option<Mailbox>,
+    from: Mailbox,
+    /// The outbox's `max_attempts`: the attempt that makes a row dead.
+    max_attempts: i32,
+    counters: Arc<EmailCounters>,
+}
+
+impl std::fmt::Debug for EmailDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmailDelivery")
+            .field("notifier", &self.notifier)
+            .field("max_attempts", &self.max_attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmailDelivery {
+    /// Delivery through `notifier`, recipients from `store`'s profiles.
+    /// `from`/`admin` address the dead-letter alert (the same as the
+    /// notifier's, from `billd_email::EmailConfig`); `max_attempts` must be
+    /// the outbox worker's.
+    pub fn new(
+        notifier: Notifier,
+        store: Arc<dyn BillingStore>,
+        from: Mailbox,
+        admin: Option<Mailbox>,
+        max_attempts: i32,
+    ) -> Self {
+        EmailDelivery {
+            notifier,
+            store,
+            admin,
+            from,
+            max_attempts,
+            counters: Arc::new(EmailCounters::default()),
+        }
+    }
+
+    /// Delivery as configured by `BILLD_SMTP_URL`, `BILLD_EMAIL_FROM`,
+    /// `BILLD_ADMIN_EMAIL`, `BILLD_TEMPLATES` (see `billd_email::EmailConfig`):
+    /// loads and checks the templates and builds the backend.
+    pub fn from_config(
+        config: &EmailConfig,
+        store: Arc<dyn BillingStore>,
+        max_attempts: i32,
+    ) -> Result<Self, SetupError> {
+        Ok(Self::new(
+            billd_email::notifier_from_config(config)?,
+            store,
+            config.from.clone(),
+            config.admin.clone(),
+            max_attempts,
+        ))
+    }
+
+    /// The outcome counters.
+    pub fn counters(&self) -> Arc<EmailCounters> {
+        self.counters.clone()
+    }
+
+    async fn recipient(&self, item: &OutboxItem) -> Result<Option<Recipient>, DeliveryError> {
+        let Some(customer) = &item.customer_id else {
+            return Ok(None);
+        };
+        let record = self
+            .store
+            .get_customer(customer)
+            .await
+            .map_err(|e| DeliveryError::Transient(format!("customer lookup: {e}")))?;
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        let Some(email) = record.email.as_deref().filter(|e| !e.trim().is_empty()) else {
+            return Ok(None);
+        };
+        Recipient::parse(email, record.name.as_deref(), None)
+            .map(Some)
+            .map_err(|e| DeliveryError::Permanent(format!("{}: {e}", e.code())))
+    }
+
+    /// Tells the operator that `item` will never be delivered. Best effort:
+    /// the row is dead either way, and this must not make it retry.
+    async fn alert_dead(&self, item: &OutboxItem, error: &str) {
+        self.counters.dead.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(outbox_id = item.id, dedupe_key = %item.dedupe_key, %error, "email is dead");
+        let Some(admin) = &self.admin else {
+            return;
+        };
+        let customer = item
+            .customer_id
+            .as_ref()
+            .map_or_else(|| "-".to_owned(), ToString::to_string);
+        let text = format!(
+            "billd gave up delivering an email.\n\noutbox row: {}\nkind: {}\ncustomer: {customer}\ndedupe key: {}\nattempts: {}\nerror: {error}\n\nFix the cause, then requeue the row.\n",
+            item.id, item.kind, item.dedupe_key, item.attempts
+        );
+        let html = format!("<pre>{}</pre>", html_escape(&text));
+        let message = Message {
+            from: self.from.clone(),
+            to: admin.clone(),
+            template: "email_dead".to_owned(),
+            dedupe_key: format!("email_dead:{}", item.id),
+            content: Rendered {
+                subject: format!("[billd] email dead: {}", item.kind),
+                text,
+                html,
+            },
+        };
+        if let Err(e) = self.notifier.backend().send(&message).await {
+            tracing::error!(outbox_id = item.id, error = %e, "could not alert the admin about a dead email");
+        }
+    }
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[async_trait]
+impl Delivery for EmailDelivery {
+    async fn deliver(&self, item: &OutboxItem, effect: &Effect) -> Result<(), DeliveryError> {
+        let recipient = match effect {
+            Effect::Email { .. } => match self.recipient(item).await {
+                Ok(r) => r,
+                Err(DeliveryError::Permanent(error)) => {
+                    self.alert_dead(item, &error).await;
+                    return Err(DeliveryError::Permanent(error));
+                }
+                Err(transient) => return Err(transient),
+            },
+            _ => None,
+        };
+        match self.notifier.deliver(effect, recipient.as_ref()).await {
+            Ok(billd_email::Delivery::Sent) => {
+                self.counters.sent.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(billd_email::Delivery::NoRecipient) => {
+                self.counters.no_recipient.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) if e.is_transient() => {
+                let error = format!("{}: {e}", e.code());
+                if item.attempts >= self.max_attempts {
+                    self.alert_dead(item, &error).await;
+                } else {
+                    self.counters.transient.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(DeliveryError::Transient(error))
+            }
+            Err(e) => {
+                let error = format!("{}: {e}", e.code());
+                self.alert_dead(item, &error).await;
+                Err(DeliveryError::Permanent(error))
+            }
+        }
+    }
+}
