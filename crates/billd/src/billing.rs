@@ -5,10 +5,12 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use billd_core::{Catalog, CustomerId};
+use billd_email::EmailConfig;
 use billd_server::auth::ApiKeys;
 use billd_server::billing::BillingConfig;
-use billd_server::outbox::{LogDelivery, OutboxConfig};
-use billd_store::{AuditRecord, Store};
+use billd_server::notify::EmailDelivery;
+use billd_server::outbox::{Delivery, LogDelivery, OutboxConfig};
+use billd_store::{AuditRecord, BillingStore, Store};
 use billd_stripe::client::{ClientConfig, StripeClient};
 
 use crate::config::Config;
@@ -39,6 +41,34 @@ pub fn billing_config(config: &Config) -> anyhow::Result<BillingConfig> {
         outbox: OutboxConfig::default(),
         delivery: Arc::new(LogDelivery),
     })
+}
+
+/// Where outbox emails and alerts go: SMTP through billd-email when
+/// `BILLD_SMTP_URL` is set, else the log. Checked at start-up, so a bad
+/// address or a missing `BILLD_EMAIL_FROM` stops `serve` instead of
+/// dead-lettering every email later.
+pub fn delivery(
+    config: &Config,
+    store: Arc<dyn Store>,
+    max_attempts: i32,
+) -> anyhow::Result<Arc<dyn Delivery>> {
+    let Some(smtp_url) = &config.smtp_url else {
+        return Ok(Arc::new(LogDelivery));
+    };
+    // The binary's config owns the three documented variables (file or
+    // environment); billd-email's extras (templates, product name, account
+    // URL) come from the environment.
+    let email = EmailConfig::from_vars(|name| match name {
+        "BILLD_SMTP_URL" => Some(smtp_url.expose().to_owned()),
+        "BILLD_EMAIL_FROM" => config.email_from.clone(),
+        "BILLD_ADMIN_EMAIL" => config.admin_email.clone(),
+        other => std::env::var(other).ok(),
+    })
+    .context("email configuration")?;
+    let store: Arc<dyn BillingStore> = store;
+    let delivery = EmailDelivery::from_config(&email, store, max_attempts)
+        .map_err(|e| anyhow::anyhow!("email configuration: {e}"))?;
+    Ok(Arc::new(delivery))
 }
 
 /// `billd audit <customer>`: the customer's audit rows, newest first.
@@ -85,6 +115,29 @@ mod tests {
         let config = Config::load(None, &env).unwrap();
         let err = format!("{:#}", catalog(&config).unwrap_err());
         assert!(err.contains("BILLD_PLANS"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn smtp_delivery_needs_a_sender_and_without_smtp_emails_go_to_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("b.db").display());
+        let store = billd_store::connect(&url).await.unwrap();
+
+        let config = Config::load(None, &HashMap::new()).unwrap();
+        assert!(delivery(&config, store.clone(), 5).is_ok());
+
+        let env = HashMap::from([(
+            "BILLD_SMTP_URL".to_string(),
+            "smtp://127.0.0.1:2525".to_string(),
+        )]);
+        let config = Config::load(None, &env).unwrap();
+        let err = format!("{:#}", delivery(&config, store.clone(), 5).err().unwrap());
+        assert!(err.contains("BILLD_EMAIL_FROM"), "{err}");
+
+        let mut env = env;
+        env.insert("BILLD_EMAIL_FROM".into(), "billing@example.com".into());
+        let config = Config::load(None, &env).unwrap();
+        assert!(delivery(&config, store, 5).is_ok());
     }
 
     #[test]
