@@ -231,18 +231,41 @@ impl InboxWorker {
         // The store hands out at most one event per customer per round, so
         // these can run concurrently without breaking per-customer order.
         let results = futures::future::join_all(claimed.iter().map(|e| self.process(e))).await;
-        for result in results {
-            match result? {
+        // Outcomes the handler did not commit itself are recorded in one
+        // transaction: on SQLite every commit takes the single writer (and an
+        // fsync) away from the webhook group commit.
+        let to_finish: Vec<(String, EventResult)> = claimed
+            .iter()
+            .zip(results)
+            .filter_map(|(event, result)| result.map(|r| (event.id.clone(), r)))
+            .collect();
+        for (_, result) in &to_finish {
+            match result {
                 EventResult::Retry { .. } => report.retried += 1,
                 EventResult::Dead { .. } => report.dead += 1,
                 _ => {}
+            }
+        }
+        if !to_finish.is_empty() {
+            let finished = self
+                .store
+                .finish_events(&to_finish, self.clock.now())
+                .await?;
+            for ((id, _), ok) in to_finish.iter().zip(finished) {
+                if !ok {
+                    // Its lease ended and another worker reclaimed it; that
+                    // worker's outcome stands.
+                    tracing::warn!(event_id = %id, "event was no longer claimed when finishing it");
+                }
             }
         }
         Ok(report)
     }
 
     #[tracing::instrument(skip_all, fields(event_id = %event.id, event_type = %event.event_type, attempt = event.attempts))]
-    async fn process(&self, event: &StoredEvent) -> StoreResult<EventResult> {
+    /// Runs the handler; returns the outcome still to be recorded, or none
+    /// when the handler committed it with the state change.
+    async fn process(&self, event: &StoredEvent) -> Option<EventResult> {
         self.metrics
             .processing_attempts
             .fetch_add(1, Ordering::Relaxed);
@@ -254,7 +277,7 @@ impl InboxWorker {
         let result = match outcome {
             Ok(HandlerOutcome::Committed) => {
                 self.metrics.processing_outcomes.inc("processed");
-                return Ok(EventResult::Processed);
+                return None;
             }
             Ok(HandlerOutcome::Processed) => EventResult::Processed,
             Ok(HandlerOutcome::Skipped) => EventResult::Skipped,
@@ -276,10 +299,7 @@ impl InboxWorker {
             }
         };
         self.metrics.processing_outcomes.inc(outcome_label(&result));
-        self.store
-            .finish_event(&event.id, result.clone(), now)
-            .await?;
-        Ok(result)
+        Some(result)
     }
 }
 
