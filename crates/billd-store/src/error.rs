@@ -13,8 +13,12 @@ const SQLITE_UNAVAILABLE: [i64; 6] = [5, 6, 10, 13, 14, 15];
 
 /// PostgreSQL SQLSTATEs outside the 08 (connection) and 53 (insufficient
 /// resources) classes that also mean "try again later": admin/crash/cannot
-/// connect now shutdowns, serialization failure, deadlock, lock not available.
-const PG_UNAVAILABLE: [&str; 6] = ["57P01", "57P02", "57P03", "40001", "40P01", "55P03"];
+/// connect now shutdowns, serialization failure, deadlock, lock not available,
+/// and a database that is missing or was dropped under us (an operator's
+/// mistake to fix while Stripe keeps redelivering, not a bug in a statement).
+const PG_UNAVAILABLE: [&str; 8] = [
+    "57P01", "57P02", "57P03", "40001", "40P01", "55P03", "3D000", "57P04",
+];
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
@@ -108,7 +112,9 @@ mod tests {
 
     #[test]
     fn postgres_connection_resource_and_shutdown_states_are_unavailable() {
-        for code in ["08006", "08001", "53300", "53100", "57P01", "40P01"] {
+        for code in [
+            "08006", "08001", "53300", "53100", "57P01", "40P01", "3D000", "57P04",
+        ] {
             assert!(postgres_state_is_unavailable(Some(code)), "{code}");
         }
     }
