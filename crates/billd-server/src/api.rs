@@ -13,6 +13,7 @@ use billd_core::{entitlements, usage_keys, Catalog, Currency, CustomerId, Entitl
 use billd_store::{
     AuditRecord, CustomerProfile, EventFilter, EventStatus, StoreError, StoredEvent,
 };
+use billd_stripe::client::StripeClient;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{require_admin_key, require_app_key, ApiKeys};
@@ -24,11 +25,30 @@ use crate::lifecycle::BillingBackend;
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
 
+/// Knobs of the app API (checkout, plan changes, account deletion).
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Checkout requests one customer may make per minute; more → 429.
+    pub checkout_rate_limit_per_min: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            checkout_rate_limit_per_min: 10,
+        }
+    }
+}
+
 /// What the API handlers share.
 pub struct ApiState<S: BillingBackend + ?Sized> {
-    store: Arc<S>,
-    catalog: Arc<Catalog>,
-    clock: Arc<dyn Clock>,
+    pub(crate) store: Arc<S>,
+    pub(crate) catalog: Arc<Catalog>,
+    pub(crate) clock: Arc<dyn Clock>,
+    /// The Stripe API; `None` makes the endpoints that call Stripe answer
+    /// 503 `stripe_unavailable`.
+    pub(crate) stripe: Option<StripeClient>,
+    pub(crate) config: Arc<ApiConfig>,
 }
 
 impl<S: BillingBackend + ?Sized> Clone for ApiState<S> {
@@ -37,17 +57,31 @@ impl<S: BillingBackend + ?Sized> Clone for ApiState<S> {
             store: self.store.clone(),
             catalog: self.catalog.clone(),
             clock: self.clock.clone(),
+            stripe: self.stripe.clone(),
+            config: self.config.clone(),
         }
     }
 }
 
+impl<S: BillingBackend + ?Sized> ApiState<S> {
+    /// The Stripe client, or 503 when billd runs without one.
+    pub fn stripe(&self) -> Result<&StripeClient, ApiError> {
+        self.stripe
+            .as_ref()
+            .ok_or_else(|| ApiError::StripeUnavailable("no Stripe client is configured".into()))
+    }
+}
+
 /// The app and admin API routes, authenticated by `keys`, ready to merge
-/// into [`crate::app`]'s router.
+/// into [`crate::app`]'s router. `stripe` serves the endpoints that call
+/// Stripe (checkout, portal, plan changes).
 pub fn routes<S: BillingBackend + ?Sized>(
     store: Arc<S>,
     catalog: Arc<Catalog>,
     clock: Arc<dyn Clock>,
     keys: ApiKeys,
+    stripe: Option<StripeClient>,
+    config: ApiConfig,
 ) -> Router {
     let usage = crate::app_api::routes(store.clone(), catalog.clone(), clock.clone(), keys.clone());
     let keys = Arc::new(keys);
@@ -55,6 +89,8 @@ pub fn routes<S: BillingBackend + ?Sized>(
         store,
         catalog,
         clock,
+        stripe,
+        config: Arc::new(config),
     };
     let app = Router::new()
         .route("/v1/customers/{id}", put(put_customer::<S>))
@@ -80,28 +116,28 @@ pub fn routes<S: BillingBackend + ?Sized>(
         .merge(usage)
 }
 
-fn store_error(e: StoreError) -> ApiError {
+pub(crate) fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::Unavailable(cause) => ApiError::StoreUnavailable(cause),
         other => ApiError::Internal(other.into()),
     }
 }
 
-fn customer_id(raw: &str) -> Result<CustomerId, ApiError> {
+pub(crate) fn customer_id(raw: &str) -> Result<CustomerId, ApiError> {
     CustomerId::parse(raw).map_err(|e| ApiError::InvalidRequest {
         code: "invalid_customer_id",
         message: e.to_string(),
     })
 }
 
-fn invalid_body(e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn invalid_body(e: impl std::fmt::Display) -> ApiError {
     ApiError::InvalidRequest {
         code: "invalid_body",
         message: e.to_string(),
     }
 }
 
-fn customer_not_found(id: &CustomerId) -> ApiError {
+pub(crate) fn customer_not_found(id: &CustomerId) -> ApiError {
     ApiError::NotFound {
         code: "customer_not_found",
         message: format!("no customer {id}"),

@@ -10,6 +10,7 @@ use billd_store::Store;
 use billd_stripe::client::StripeClient;
 use tokio::net::TcpListener;
 
+use crate::api::ApiConfig;
 use crate::auth::ApiKeys;
 use crate::clock::Clock;
 use crate::lifecycle::LifecycleHandler;
@@ -28,6 +29,8 @@ pub struct BillingConfig {
     pub api_keys: ApiKeys,
     /// Outbox worker settings.
     pub outbox: OutboxConfig,
+    /// App API knobs.
+    pub api: ApiConfig,
     /// Where emails and alerts go ([`crate::outbox::LogDelivery`] by default).
     pub delivery: Arc<dyn Delivery>,
 }
@@ -66,6 +69,8 @@ pub fn start_billing(
         billing.catalog.clone(),
         clock.clone(),
         billing.api_keys,
+        billing.stripe.clone(),
+        billing.api,
     );
     let running = start_with_routes(
         listener,

@@ -50,6 +50,48 @@ pub enum ApiError {
         /// What is wrong.
         message: String,
     },
+    /// The request conflicts with the customer's current state (e.g.
+    /// `already_subscribed`, `currency_locked`).
+    #[error("{message}")]
+    Conflict {
+        /// Stable code.
+        code: &'static str,
+        /// What conflicts, and what to do instead.
+        message: String,
+    },
+    /// A quota or payment stands in the way (e.g. `quota_exceeded`).
+    #[error("{message}")]
+    PaymentRequired {
+        /// Stable code.
+        code: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// The customer may not do this now (e.g. `no_access` when blocked).
+    #[error("{message}")]
+    Denied {
+        /// Stable code.
+        code: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// Too many requests; the caller may retry after `retry_after_secs`
+    /// (sent as `Retry-After`).
+    #[error("{message}")]
+    RateLimited {
+        /// Seconds until a retry can succeed (at least 1).
+        retry_after_secs: u64,
+        /// What was limited.
+        message: String,
+    },
+    /// Stripe cannot be reached or answers 5xx/429 after retries; the call
+    /// changed nothing billd knows of, and the caller should retry.
+    #[error("Stripe is unavailable; retry later")]
+    StripeUnavailable(String),
+    /// Stripe refused a request billd built: a bug or an account set-up
+    /// problem, not the caller's fault. The cause is logged.
+    #[error("Stripe refused the request")]
+    StripeRejected(String),
     /// A bug or an unclassified failure; the cause is logged, never returned.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -66,7 +108,14 @@ impl ApiError {
             ApiError::NotReady(_) => "not_ready",
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden => "forbidden",
-            ApiError::NotFound { code, .. } | ApiError::InvalidRequest { code, .. } => code,
+            ApiError::NotFound { code, .. }
+            | ApiError::InvalidRequest { code, .. }
+            | ApiError::Conflict { code, .. }
+            | ApiError::PaymentRequired { code, .. }
+            | ApiError::Denied { code, .. } => code,
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::StripeUnavailable(_) => "stripe_unavailable",
+            ApiError::StripeRejected(_) => "stripe_error",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -83,6 +132,12 @@ impl ApiError {
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
+            ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::PaymentRequired { .. } => StatusCode::PAYMENT_REQUIRED,
+            ApiError::Denied { .. } => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::StripeUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::StripeRejected(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -111,14 +166,90 @@ impl IntoResponse for ApiError {
         };
         let detail = match &self {
             ApiError::Internal(e) => format!("{e:#}"),
-            ApiError::StoreUnavailable(cause) => cause.clone(),
+            ApiError::StoreUnavailable(cause)
+            | ApiError::StripeUnavailable(cause)
+            | ApiError::StripeRejected(cause) => cause.clone(),
             other => other.to_string(),
+        };
+        let retry_after = match &self {
+            ApiError::RateLimited {
+                retry_after_secs, ..
+            } => Some((*retry_after_secs).max(1)),
+            _ => None,
         };
         let body = serde_json::json!({ "error": { "code": code, "message": message } });
         let mut response = (status, Json(body)).into_response();
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
         response
             .extensions_mut()
             .insert(LoggedError { code, detail });
         response
+    }
+}
+
+impl From<billd_stripe::client::StripeError> for ApiError {
+    /// The default mapping of a failed Stripe call: unreachable, 5xx or 429
+    /// after retries → 503 `stripe_unavailable` (retry later); anything else
+    /// Stripe refused → 502 `stripe_error`. Handlers that expect a specific
+    /// refusal (an unknown promotion code, a currency lock) match it first.
+    fn from(e: billd_stripe::client::StripeError) -> Self {
+        use billd_stripe::client::StripeError;
+        match e {
+            StripeError::Api(api) if api.status == 429 || api.status >= 500 => {
+                ApiError::StripeUnavailable(StripeError::Api(api).to_string())
+            }
+            StripeError::Unavailable(cause) => ApiError::StripeUnavailable(cause),
+            other => ApiError::StripeRejected(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use billd_stripe::client::StripeError;
+
+    fn stripe_api_error(status: u16) -> StripeError {
+        StripeError::Api(Box::new(billd_stripe::client::ApiError {
+            status,
+            kind: "api_error".into(),
+            code: None,
+            decline_code: None,
+            param: None,
+            message: "boom".into(),
+        }))
+    }
+
+    #[test]
+    fn a_rate_limited_answer_is_429_with_retry_after_of_at_least_one_second() {
+        let response = ApiError::RateLimited {
+            retry_after_secs: 0,
+            message: "slow down".into(),
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[axum::http::header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn stripe_overload_maps_to_503_and_a_refusal_to_502() {
+        for status in [429, 500, 503] {
+            let e = ApiError::from(stripe_api_error(status));
+            assert_eq!(
+                (e.status(), e.code()),
+                (StatusCode::SERVICE_UNAVAILABLE, "stripe_unavailable")
+            );
+        }
+        let e = ApiError::from(StripeError::Unavailable("connection refused".into()));
+        assert_eq!(e.code(), "stripe_unavailable");
+        let e = ApiError::from(stripe_api_error(400));
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::BAD_GATEWAY, "stripe_error")
+        );
     }
 }

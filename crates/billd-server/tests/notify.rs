@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use billd_core::Catalog;
 use billd_email::{parse_mailbox, BackendConfig, Branding, Notifier, Templates};
+use billd_server::api::ApiConfig;
 use billd_server::auth::ApiKeys;
 use billd_server::billing::{start_billing, BillingConfig};
 use billd_server::notify::EmailDelivery;
@@ -268,6 +269,7 @@ async fn start_world(smtp_port: u16, poll: Duration) -> World {
         stripe: Some(stripe.clone()),
         api_keys: ApiKeys::new(vec![SecretString::from(APP_KEY)], vec![]),
         outbox,
+        api: ApiConfig::default(),
         delivery: Arc::new(delivery),
     };
     let dyn_store: Arc<dyn Store> = store.clone();

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use billd_core::{Catalog, CustomerId};
 use billd_email::EmailConfig;
+use billd_server::api::ApiConfig;
 use billd_server::auth::ApiKeys;
 use billd_server::billing::BillingConfig;
 use billd_server::notify::EmailDelivery;
@@ -39,6 +40,7 @@ pub fn billing_config(config: &Config) -> anyhow::Result<BillingConfig> {
         stripe,
         api_keys: ApiKeys::new(config.api_keys.clone(), config.admin_api_keys.clone()),
         outbox: OutboxConfig::default(),
+        api: ApiConfig::default(),
         delivery: Arc::new(LogDelivery),
     })
 }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use billd_core::Catalog;
 use billd_server::api;
+use billd_server::api::ApiConfig;
 use billd_server::auth::ApiKeys;
 use billd_server::lifecycle::{BillingBackend, LifecycleHandler};
 use billd_server::outbox::{LogDelivery, OutboxConfig, OutboxWorker};
@@ -160,6 +161,8 @@ impl Harness {
                 vec![SecretString::from(APP_KEY)],
                 vec![SecretString::from(ADMIN_KEY)],
             ),
+            Some(stripe.clone()),
+            ApiConfig::default(),
         );
         let config = ServerConfig {
             webhook: WebhookConfig {

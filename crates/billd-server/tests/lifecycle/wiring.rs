@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use billd_core::Catalog;
+use billd_server::api::ApiConfig;
 use billd_server::auth::ApiKeys;
 use billd_server::billing::{start_billing, BillingConfig};
 use billd_server::outbox::{LogDelivery, OutboxConfig};
@@ -81,6 +82,7 @@ async fn start_billing_serves_the_api_and_applies_webhooks(db: Db) {
         ),
         api_keys: ApiKeys::new(vec![SecretString::from(APP_KEY)], vec![]),
         outbox: OutboxConfig::default(),
+        api: ApiConfig::default(),
         delivery: Arc::new(LogDelivery),
     };
     let running = start_billing(
