@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 mod billing;
 mod claim;
 mod error;
+mod migrations;
 mod postgres;
 mod row;
 mod sqlite;
@@ -22,6 +23,7 @@ pub use billing::{
     UpsertedCustomer, UsageOutcome, UsageRequest, IDEMPOTENCY_CONFLICT, LEASE_CONFLICT,
     VERSION_CONFLICT,
 };
+pub use migrations::MigrationStatus;
 pub use postgres::PgStore;
 pub use sqlite::{SqliteOptions, SqliteStore};
 
@@ -258,6 +260,15 @@ pub trait Store: BillingStore + Send + Sync + 'static {
 
     /// Applies pending migrations.
     async fn migrate(&self) -> StoreResult<()>;
+
+    /// How the schema compares with this build's migrations, without
+    /// changing anything (`billd doctor`). Stores that do not track
+    /// migrations answer `Other`.
+    async fn migration_status(&self) -> StoreResult<MigrationStatus> {
+        Err(StoreError::Other(
+            "this store does not report its migrations".into(),
+        ))
+    }
 
     /// Checks that the database answers.
     async fn ping(&self) -> StoreResult<()>;

@@ -98,6 +98,10 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn migration_status(&self) -> StoreResult<crate::MigrationStatus> {
+        crate::migrations::postgres_status(&self.pool, &MIGRATOR).await
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())

@@ -225,6 +225,10 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn migration_status(&self) -> StoreResult<crate::MigrationStatus> {
+        crate::migrations::sqlite_status(&self.reader, &MIGRATOR).await
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.reader).await?;
         Ok(())

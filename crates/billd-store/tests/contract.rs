@@ -78,6 +78,7 @@ contract!(
     a_repeated_id_inside_one_batch_is_stored_once,
     a_large_batch_stores_every_event,
     migrations_can_run_again,
+    migration_status_reports_pending_migrations_until_migrate_runs,
     claims_take_the_oldest_created_first_then_the_earlier_insert,
     a_claimed_event_is_processing_under_a_lease_with_one_more_attempt,
     an_event_under_a_live_lease_is_not_claimed_again,
@@ -291,6 +292,37 @@ async fn migrations_can_run_again(h: &Harness) {
         EventStatus::Pending
     );
     h.store.ping().await.expect("ping");
+}
+
+async fn migration_status_reports_pending_migrations_until_migrate_runs(h: &Harness) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fresh_url = if h.url.starts_with("sqlite:") {
+        format!("sqlite://{}", dir.path().join("fresh.db").display())
+    } else {
+        billd_store::testing::fresh_postgres_database()
+            .await
+            .expect("a fresh database")
+    };
+    let fresh = connect(&fresh_url).await.expect("fresh store opens");
+
+    let before = fresh
+        .migration_status()
+        .await
+        .expect("status of an empty db");
+    let migrated = h.store.migration_status().await.expect("status");
+    let still_before = fresh.migration_status().await.expect("status again");
+    fresh.migrate().await.expect("migrate");
+    let after = fresh
+        .migration_status()
+        .await
+        .expect("status after migrate");
+
+    assert!(!before.pending.is_empty(), "{before:?}");
+    assert!(before.applied.is_empty(), "{before:?}");
+    assert_eq!(before, still_before, "reading the status changes nothing");
+    assert!(migrated.is_current(), "{migrated:?}");
+    assert!(after.is_current(), "{after:?}");
+    assert_eq!(after.applied.len(), before.pending.len());
 }
 
 // ------------------------------------------------------------------ claims
