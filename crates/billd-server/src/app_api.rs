@@ -8,8 +8,6 @@ use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use billd_core::{
@@ -21,7 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{require_app_key, ApiKeys};
 use crate::clock::Clock;
-use crate::error::{ApiError, LoggedError};
+use crate::error::ApiError;
 use crate::lifecycle::BillingBackend;
 
 /// Longest accepted idempotency key, so a caller cannot grow the table with
@@ -73,77 +71,6 @@ pub fn routes<S: BillingBackend + ?Sized>(
         .layer(axum::middleware::from_fn(crate::log_errors))
 }
 
-/// Errors of the usage endpoints: the shared [`ApiError`]s plus the quota
-/// answers, rendered in the same `{"error":{"code","message"}}` shape.
-#[derive(Debug, thiserror::Error)]
-pub enum UsageError {
-    /// A shared API error (bad request, not found, store down…).
-    #[error(transparent)]
-    Api(#[from] ApiError),
-    /// The consumption would exceed the limit (402 `quota_exceeded`).
-    #[error("quota exceeded: {used} of {limit} used, {requested} requested")]
-    QuotaExceeded {
-        /// The feature.
-        feature: FeatureName,
-        /// The limit.
-        limit: u64,
-        /// Used now.
-        used: u64,
-        /// The amount asked for.
-        requested: u64,
-    },
-    /// Access is blocked, frozen or the grace period is over (403 `no_access`).
-    #[error("no access: the customer's access is {access}")]
-    NoAccess {
-        /// The access decision, as the entitlements show it.
-        access: String,
-    },
-}
-
-impl IntoResponse for UsageError {
-    fn into_response(self) -> Response {
-        if let UsageError::Api(inner) = self {
-            return inner.into_response();
-        }
-        let (status, code, body) = match &self {
-            UsageError::Api(inner) => return (inner.status(), inner.code()).into_response(),
-            UsageError::QuotaExceeded {
-                feature,
-                limit,
-                used,
-                requested,
-            } => (
-                StatusCode::PAYMENT_REQUIRED,
-                "quota_exceeded",
-                serde_json::json!({ "error": {
-                    "code": "quota_exceeded",
-                    "message": self.to_string(),
-                    "feature": feature,
-                    "limit": limit,
-                    "used": used,
-                    "remaining": limit.saturating_sub(*used),
-                    "requested": requested,
-                }}),
-            ),
-            UsageError::NoAccess { access } => (
-                StatusCode::FORBIDDEN,
-                "no_access",
-                serde_json::json!({ "error": {
-                    "code": "no_access",
-                    "message": self.to_string(),
-                    "access": access,
-                }}),
-            ),
-        };
-        let mut response = (status, Json(body)).into_response();
-        response.extensions_mut().insert(LoggedError {
-            code,
-            detail: self.to_string(),
-        });
-        response
-    }
-}
-
 /// Body of a consume or release.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -170,30 +97,29 @@ pub struct UsageAnswer {
     pub replayed: bool,
 }
 
-fn invalid(code: &'static str, message: impl Into<String>) -> UsageError {
-    UsageError::Api(ApiError::InvalidRequest {
+fn invalid(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::InvalidRequest {
         code,
         message: message.into(),
-    })
+    }
 }
 
-fn unknown_feature(raw: &str) -> UsageError {
-    UsageError::Api(ApiError::NotFound {
+fn unknown_feature(raw: &str) -> ApiError {
+    ApiError::NotFound {
         code: "unknown_feature",
         message: format!("no feature {raw} in the catalog"),
-    })
+    }
 }
 
-fn store_error(e: StoreError) -> UsageError {
+fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::Conflict { constraint } if constraint == IDEMPOTENCY_CONFLICT => {
-            UsageError::Api(ApiError::InvalidRequest {
+            ApiError::InvalidRequest {
                 code: "idempotency_key_reused",
                 message: "this idempotency key was used for a different request".to_owned(),
-            })
+            }
         }
-        StoreError::Unavailable(cause) => UsageError::Api(ApiError::StoreUnavailable(cause)),
-        other => UsageError::Api(ApiError::Internal(other.into())),
+        other => crate::api::store_error(other),
     }
 }
 
@@ -210,7 +136,7 @@ fn parse(
     feature: &str,
     catalog: &Catalog,
     body: Result<Json<UsageBody>, JsonRejection>,
-) -> Result<Parsed, UsageError> {
+) -> Result<Parsed, ApiError> {
     let customer =
         CustomerId::parse(id).map_err(|e| invalid("invalid_customer_id", e.to_string()))?;
     let name = FeatureName::parse(feature).map_err(|_| unknown_feature(feature))?;
@@ -249,19 +175,14 @@ fn parse(
 async fn load_entitlements<S: BillingBackend + ?Sized>(
     state: &UsageState<S>,
     customer: &CustomerId,
-) -> Result<Entitlements, UsageError> {
+) -> Result<Entitlements, ApiError> {
     let record = state
         .store
         .get_customer(customer)
         .await
         .map_err(store_error)?
         .filter(|c| c.deleted_at.is_none())
-        .ok_or_else(|| {
-            UsageError::Api(ApiError::NotFound {
-                code: "customer_not_found",
-                message: format!("no customer {customer}"),
-            })
-        })?;
+        .ok_or_else(|| crate::api::customer_not_found(customer))?;
     let now = state.clock.now();
     let keys = usage_keys(&record.state, &state.catalog, now);
     let usage = state
@@ -286,7 +207,7 @@ async fn consume_usage<S: BillingBackend + ?Sized>(
     State(state): State<UsageState<S>>,
     Path((id, feature)): Path<(String, String)>,
     body: Result<Json<UsageBody>, JsonRejection>,
-) -> Result<Json<UsageAnswer>, UsageError> {
+) -> Result<Json<UsageAnswer>, ApiError> {
     let p = parse(&id, &feature, &state.catalog, body)?;
     let ent = load_entitlements(&state, &p.customer).await?;
     let quota = ent
@@ -318,7 +239,7 @@ async fn consume_usage<S: BillingBackend + ?Sized>(
                     limit,
                     replayed,
                 } => Ok(answer(p.feature, used, limit, replayed)),
-                UsageOutcome::LimitExceeded { .. } => Err(UsageError::NoAccess {
+                UsageOutcome::LimitExceeded { .. } => Err(ApiError::NoAccess {
                     access: serde_json::to_value(access)
                         .ok()
                         .and_then(|v| v.as_str().map(str::to_owned))
@@ -342,7 +263,7 @@ async fn consume_usage<S: BillingBackend + ?Sized>(
             limit,
             replayed,
         } => Ok(answer(p.feature, used, limit, replayed)),
-        UsageOutcome::LimitExceeded { used, limit } => Err(UsageError::QuotaExceeded {
+        UsageOutcome::LimitExceeded { used, limit } => Err(ApiError::QuotaExceeded {
             feature: p.feature,
             limit,
             used,
@@ -355,7 +276,7 @@ async fn release_usage<S: BillingBackend + ?Sized>(
     State(state): State<UsageState<S>>,
     Path((id, feature)): Path<(String, String)>,
     body: Result<Json<UsageBody>, JsonRejection>,
-) -> Result<Json<UsageAnswer>, UsageError> {
+) -> Result<Json<UsageAnswer>, ApiError> {
     let p = parse(&id, &feature, &state.catalog, body)?;
     if state.catalog.features().get(&p.feature) != Some(&FeatureKind::Capacity) {
         return Err(invalid(

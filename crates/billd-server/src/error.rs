@@ -67,6 +67,27 @@ pub enum ApiError {
         /// Why.
         message: String,
     },
+    /// A consumption would exceed the feature's limit (402
+    /// `quota_exceeded`); the body also carries `feature`, `limit`, `used`,
+    /// `remaining` and `requested`.
+    #[error("quota exceeded: {used} of {limit} used, {requested} requested")]
+    QuotaExceeded {
+        /// The feature.
+        feature: billd_core::FeatureName,
+        /// The limit under the plan that applies.
+        limit: u64,
+        /// Used now.
+        used: u64,
+        /// The amount asked for.
+        requested: u64,
+    },
+    /// Access is blocked, frozen or the grace period is over (403
+    /// `no_access`); the body also carries `access`.
+    #[error("no access: the customer's access is {access}")]
+    NoAccess {
+        /// The access decision, as the entitlements show it (`blocked`, …).
+        access: String,
+    },
     /// The customer may not do this now (e.g. `no_access` when blocked).
     #[error("{message}")]
     Denied {
@@ -113,6 +134,8 @@ impl ApiError {
             | ApiError::Conflict { code, .. }
             | ApiError::PaymentRequired { code, .. }
             | ApiError::Denied { code, .. } => code,
+            ApiError::QuotaExceeded { .. } => "quota_exceeded",
+            ApiError::NoAccess { .. } => "no_access",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::StripeUnavailable(_) => "stripe_unavailable",
             ApiError::StripeRejected(_) => "stripe_error",
@@ -133,8 +156,10 @@ impl ApiError {
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
-            ApiError::PaymentRequired { .. } => StatusCode::PAYMENT_REQUIRED,
-            ApiError::Denied { .. } => StatusCode::FORBIDDEN,
+            ApiError::PaymentRequired { .. } | ApiError::QuotaExceeded { .. } => {
+                StatusCode::PAYMENT_REQUIRED
+            }
+            ApiError::Denied { .. } | ApiError::NoAccess { .. } => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::StripeUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::StripeRejected(_) => StatusCode::BAD_GATEWAY,
@@ -177,7 +202,26 @@ impl IntoResponse for ApiError {
             } => Some((*retry_after_secs).max(1)),
             _ => None,
         };
-        let body = serde_json::json!({ "error": { "code": code, "message": message } });
+        let mut error = serde_json::json!({ "code": code, "message": message });
+        // Quota answers say where the customer stands, so the app can show
+        // it without a second call.
+        match &self {
+            ApiError::QuotaExceeded {
+                feature,
+                limit,
+                used,
+                requested,
+            } => {
+                error["feature"] = serde_json::json!(feature);
+                error["limit"] = serde_json::json!(limit);
+                error["used"] = serde_json::json!(used);
+                error["remaining"] = serde_json::json!(limit.saturating_sub(*used));
+                error["requested"] = serde_json::json!(requested);
+            }
+            ApiError::NoAccess { access } => error["access"] = serde_json::json!(access),
+            _ => {}
+        }
+        let body = serde_json::json!({ "error": error });
         let mut response = (status, Json(body)).into_response();
         if let Some(secs) = retry_after {
             response
@@ -233,6 +277,30 @@ mod tests {
         .into_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[axum::http::header::RETRY_AFTER], "1");
+    }
+
+    #[tokio::test]
+    async fn a_quota_answer_is_402_and_says_where_the_customer_stands() {
+        let response = ApiError::QuotaExceeded {
+            feature: billd_core::FeatureName::parse("generations").unwrap(),
+            limit: 25,
+            used: 24,
+            requested: 2,
+        }
+        .into_response();
+        assert_eq!(response.status(), StatusCode::PAYMENT_REQUIRED);
+        let body = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            body["error"],
+            serde_json::json!({
+                "code": "quota_exceeded",
+                "message": "quota exceeded: 24 of 25 used, 2 requested",
+                "feature": "generations", "limit": 25, "used": 24, "remaining": 1, "requested": 2,
+            })
+        );
     }
 
     #[test]
