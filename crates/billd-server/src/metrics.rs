@@ -145,6 +145,17 @@ impl Metrics {
                     status.as_str()
                 );
             }
+            // Parked events wait for a link that may never come: their own
+            // gauge makes the alert rule one line.
+            let unlinked = stats
+                .by_status
+                .iter()
+                .find(|(s, _)| *s == EventStatus::Unlinked)
+                .map_or(0, |(_, n)| *n);
+            let _ = writeln!(
+                out,
+                "# HELP billd_inbox_unlinked_events Events parked because no customer could be linked yet.\n# TYPE billd_inbox_unlinked_events gauge\nbilld_inbox_unlinked_events {unlinked}"
+            );
             let lag = inbox_lag_secs(stats, now);
             let _ = writeln!(
                 out,
@@ -198,7 +209,11 @@ mod tests {
         metrics.webhooks_rejected.inc("signature_mismatch");
         metrics.webhooks_rejected.inc("signature_mismatch");
         let stats = InboxStats {
-            by_status: vec![(EventStatus::Pending, 4), (EventStatus::Dead, 1)],
+            by_status: vec![
+                (EventStatus::Pending, 4),
+                (EventStatus::Dead, 1),
+                (EventStatus::Unlinked, 2),
+            ],
             oldest_waiting_received_at: Some(990),
         };
 
@@ -209,5 +224,6 @@ mod tests {
         assert!(text.contains("billd_inbox_depth_events{status=\"pending\"} 4\n"));
         assert!(text.contains("billd_inbox_depth_events{status=\"processed\"} 0\n"));
         assert!(text.contains("billd_processing_lag_seconds 10\n"));
+        assert!(text.contains("billd_inbox_unlinked_events 2\n"));
     }
 }

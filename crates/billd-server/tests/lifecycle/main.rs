@@ -9,6 +9,7 @@
 )]
 
 mod scenarios;
+mod seed_items;
 mod support;
 mod usage;
 mod wiring;
