@@ -34,6 +34,7 @@ const KEYS: &[(&str, bool)] = &[
     ("worker_concurrency", false),
     ("ingest_max_batch", false),
     ("ready_max_lag_secs", false),
+    ("public_url", false),
 ];
 
 /// The environment variable for a key.
@@ -204,6 +205,9 @@ pub struct Config {
     pub ingest_max_batch: usize,
     /// `BILLD_READY_MAX_LAG_SECS`: `/readyz` fails beyond this inbox lag.
     pub ready_max_lag_secs: i64,
+    /// `BILLD_PUBLIC_URL`: where Stripe reaches this billd (`billd doctor`
+    /// expects the webhook endpoint at `{public_url}/webhooks/stripe`).
+    pub public_url: Option<String>,
 }
 
 impl Config {
@@ -440,6 +444,16 @@ impl Config {
         let worker_concurrency = raw.int("worker_concurrency", 1, 1024);
         let ingest_max_batch = raw.int("ingest_max_batch", 1, 100_000);
         let ready_max_lag_secs = raw.int("ready_max_lag_secs", 1, 30 * 86_400);
+        let public_url = raw.opt("public_url");
+        if let Some(u) = &public_url {
+            match url::Url::parse(u) {
+                Ok(parsed) if parsed.scheme() == "http" || parsed.scheme() == "https" => {}
+                _ => raw.fail(
+                    "public_url",
+                    format!("must be an http(s) URL like https://billing.example.com, got {u:?}"),
+                ),
+            }
+        }
         let secrets = |v: Vec<String>| v.into_iter().map(SecretString::from).collect();
         Config {
             database_url: SecretUrl::new(database_url),
@@ -462,6 +476,7 @@ impl Config {
             worker_concurrency,
             ingest_max_batch,
             ready_max_lag_secs,
+            public_url,
         }
     }
 }

@@ -1,10 +1,12 @@
 //! billd's command-line entry point: `serve` (default), `migrate`,
-//! `events list|show|replay`, `audit <customer>`, `bench webhooks` and `sim`.
+//! `events list|show|replay`, `audit <customer>`, `bench webhooks`, `doctor`
+//! and `sim`.
 
 mod bench;
 mod billing;
 mod config;
 mod dev;
+mod doctor;
 mod sim_cmd;
 
 use std::collections::HashMap;
@@ -51,6 +53,9 @@ enum Command {
     Bench(BenchCommand),
     /// Runs the built-in Stripe emulator alone (test mode: any sk_test_ key).
     Sim(sim_cmd::SimArgs),
+    /// Checks the configuration, database, Stripe key, webhook endpoint,
+    /// prices, portal and tax settings; exits non-zero on any failure.
+    Doctor(doctor::DoctorArgs),
     /// Shows a customer's billing audit log, newest first.
     Audit {
         /// The app's customer id.
@@ -185,6 +190,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         .config
         .clone()
         .or_else(|| Some(PathBuf::from("billd.toml")).filter(|p| p.is_file()));
+    if let Some(Command::Doctor(args)) = &cli.command {
+        // An invalid configuration is one of doctor's findings, not a reason
+        // to stop before the report.
+        init_tracing(LogFormat::Text, "error");
+        return doctor::run(file.as_deref(), &env, args).await;
+    }
     let config = Config::load(file.as_deref(), &env)?;
     let serving = matches!(cli.command, None | Some(Command::Serve));
     init_tracing(config.log_format, if serving { "info" } else { "warn" });
@@ -201,7 +212,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             store.migrate().await.context("applying migrations")?;
             events(store.as_ref(), cmd).await
         }
-        Command::Bench(_) | Command::Sim(_) => Ok(()),
+        Command::Bench(_) | Command::Sim(_) | Command::Doctor(_) => Ok(()),
         Command::Audit { customer, limit } => {
             let store = open_store(&config).await?;
             store.migrate().await.context("applying migrations")?;

@@ -50,6 +50,7 @@ fn every_command_has_help() {
         &["events", "show", "--help"],
         &["events", "replay", "--help"],
         &["bench", "webhooks", "--help"],
+        &["doctor", "--help"],
         &["sim", "--help"],
     ] {
         let out = billd(dir.path(), "sqlite://x.db", args);

@@ -8,3 +8,4 @@
 mod cli;
 mod crash;
 mod dev_mode;
+mod doctor;
