@@ -13,6 +13,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod notify;
 pub mod outbox;
+pub mod reconcile;
 pub mod webhook;
 pub mod worker;
 

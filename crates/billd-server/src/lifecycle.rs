@@ -63,6 +63,11 @@ pub const HANDLED_EVENT_TYPES: [&str; 27] = [
 /// are applied as authoritative at the tied second.
 pub const REFETCH_EVENT_PREFIX: &str = "evt_billd_refetch_";
 
+/// Ids of the synthetic events reconciliation inserts to heal a drifted
+/// subscription start with this (`crate::reconcile`); applied like a
+/// re-fetch: Stripe's current object, authoritative.
+pub const RECONCILE_EVENT_PREFIX: &str = "evt_billd_reconcile_";
+
 /// How often a commit is retried when another writer moved the customer's
 /// version in between; each retry reloads the state and applies again.
 const VERSION_RETRIES: usize = 8;
@@ -308,7 +313,8 @@ fn object_links(event: &Event) -> Vec<String> {
 /// Parses an inbox row into a domain event: a Stripe webhook, or a
 /// re-fetched subscription billd fed back itself (authoritative).
 pub fn parse_stored(stored: &StoredEvent) -> anyhow::Result<Option<Event>> {
-    if stored.id.starts_with(REFETCH_EVENT_PREFIX) {
+    if stored.id.starts_with(REFETCH_EVENT_PREFIX) || stored.id.starts_with(RECONCILE_EVENT_PREFIX)
+    {
         let envelope: Value =
             serde_json::from_str(&stored.payload).context("re-fetch event payload")?;
         let id = EventId::parse(&stored.id).context("re-fetch event id")?;

@@ -58,6 +58,11 @@ pub struct Metrics {
     pub processing_outcomes: LabelledCounter,
     /// Store errors by class (`unavailable`, `other`, ...).
     pub store_errors: LabelledCounter,
+    /// Reconciliation runs that completed (dry runs not counted).
+    pub reconcile_runs: AtomicU64,
+    /// Drifted subscriptions reconciliation found and healed, by kind
+    /// (`missing`, `status`, `plan`, `cancel_flag`, `period`).
+    pub reconcile_drift: LabelledCounter,
 }
 
 impl Metrics {
@@ -126,6 +131,19 @@ impl Metrics {
             "Store errors, by class.",
             "kind",
             &self.store_errors.snapshot(),
+        );
+        counter(
+            &mut out,
+            "billd_reconcile_runs_total",
+            "Reconciliation runs completed.",
+            self.reconcile_runs.load(Ordering::Relaxed),
+        );
+        labelled(
+            &mut out,
+            "billd_reconcile_drift_total",
+            "Subscriptions whose state billd had missed, found and healed by reconciliation, by kind.",
+            "kind",
+            &self.reconcile_drift.snapshot(),
         );
         if let Some(stats) = inbox {
             let _ = writeln!(

@@ -292,6 +292,19 @@ fn stripe_error(e: StripeError) -> DeliveryError {
 /// per (subscription, tie): a repeated re-fetch is a duplicate.
 pub fn refetch_event(subscription: &str, tie_created: i64, object: Value, now: i64) -> NewEvent {
     let id = format!("{REFETCH_EVENT_PREFIX}{subscription}_{tie_created}");
+    synthetic_subscription_event(id, subscription, tie_created, object, now)
+}
+
+/// An inbox event `id` carrying a subscription object billd fetched from
+/// Stripe itself, stamped `created`; `crate::lifecycle::parse_stored`
+/// applies it as authoritative when `id` has a synthetic prefix.
+pub fn synthetic_subscription_event(
+    id: String,
+    subscription: &str,
+    created: i64,
+    object: Value,
+    now: i64,
+) -> NewEvent {
     let stripe_customer = object
         .get("customer")
         .and_then(|c| c.as_str().or_else(|| c.get("id").and_then(Value::as_str)))
@@ -301,7 +314,7 @@ pub fn refetch_event(subscription: &str, tie_created: i64, object: Value, now: i
         "id": id,
         "object": "event",
         "type": event_type,
-        "created": tie_created,
+        "created": created,
         "api_version": billd_stripe::API_VERSION,
         "data": { "object": object },
     });
@@ -309,7 +322,7 @@ pub fn refetch_event(subscription: &str, tie_created: i64, object: Value, now: i
         id,
         event_type: event_type.to_owned(),
         api_version: Some(billd_stripe::API_VERSION.to_owned()),
-        created: tie_created,
+        created,
         object_id: Some(subscription.to_owned()),
         stripe_customer,
         payload: payload.to_string(),

@@ -73,6 +73,8 @@ pub struct Harness {
     pub store: Arc<dyn BillingBackend>,
     pub pro_price: String,
     pub standard_price: String,
+    /// billd's Stripe client (pointed at the sim).
+    pub stripe_client: StripeClient,
     running: Option<Running>,
     sim_handle: Option<SimHandle>,
     outbox: Option<tokio::task::JoinHandle<()>>,
@@ -197,7 +199,7 @@ impl Harness {
         .unwrap();
         let outbox = OutboxWorker::new(
             store.clone(),
-            Some(stripe),
+            Some(stripe.clone()),
             Arc::new(LogDelivery),
             clock.clone(),
             OutboxConfig {
@@ -214,6 +216,7 @@ impl Harness {
             store,
             pro_price,
             standard_price,
+            stripe_client: stripe,
             running: Some(running),
             sim_handle: Some(sim_handle),
             outbox: Some(outbox),
