@@ -3,6 +3,7 @@
 //! and `sim`.
 
 mod bench;
+mod bench_usage;
 mod billing;
 mod config;
 mod dev;
@@ -104,6 +105,10 @@ enum BenchCommand {
     /// Drives the real webhook endpoint on loopback and prints throughput,
     /// ack latency and the store's raw group-commit ceiling.
     Webhooks(bench::BenchArgs),
+    /// Drives the usage (consume) endpoint of a `billd serve` child process
+    /// and prints consumes/s, latency, the store's raw ceiling and the
+    /// server's peak RSS.
+    Usage(bench_usage::UsageBenchArgs),
 }
 
 /// An inbox status on the command line.
@@ -178,6 +183,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Some(Command::Bench(BenchCommand::Webhooks(args))) = &cli.command {
         init_tracing(LogFormat::Text, "warn");
         return bench::run(args).await;
+    }
+    if let Some(Command::Bench(BenchCommand::Usage(args))) = &cli.command {
+        init_tracing(LogFormat::Text, "warn");
+        return bench_usage::run(args).await;
     }
     if let Some(Command::Sim(args)) = &cli.command {
         init_tracing(LogFormat::Text, "info");

@@ -50,6 +50,7 @@ fn every_command_has_help() {
         &["events", "show", "--help"],
         &["events", "replay", "--help"],
         &["bench", "webhooks", "--help"],
+        &["bench", "usage", "--help"],
         &["doctor", "--help"],
         &["sim", "--help"],
     ] {

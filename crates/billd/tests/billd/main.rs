@@ -5,6 +5,7 @@
     reason = "helpers outside #[test] functions panic on setup failure"
 )]
 
+mod bench;
 mod cli;
 mod crash;
 mod dev_mode;
