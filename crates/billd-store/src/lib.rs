@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 mod billing;
+mod checkout;
 mod claim;
 mod error;
 mod migrations;
@@ -23,6 +24,7 @@ pub use billing::{
     UpsertedCustomer, UsageOutcome, UsageRequest, IDEMPOTENCY_CONFLICT, LEASE_CONFLICT,
     VERSION_CONFLICT,
 };
+pub use checkout::{CheckoutRecord, CheckoutStore};
 pub use migrations::MigrationStatus;
 pub use postgres::PgStore;
 pub use sqlite::{SqliteOptions, SqliteStore};
@@ -252,9 +254,10 @@ pub struct InboxStats {
 
 /// Everything billd persists. One implementation per database; the same
 /// contract tests run against both. The billing tables are the supertrait
-/// [`BillingStore`], so an `Arc<dyn Store>` offers both.
+/// [`BillingStore`] (and the checkout table [`CheckoutStore`]), so an
+/// `Arc<dyn Store>` offers them all.
 #[async_trait]
-pub trait Store: BillingStore + Send + Sync + 'static {
+pub trait Store: BillingStore + CheckoutStore + Send + Sync + 'static {
     /// Which database this is.
     fn backend(&self) -> Backend;
 

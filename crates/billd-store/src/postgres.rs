@@ -23,6 +23,7 @@ use crate::{
 };
 
 mod billing;
+mod checkout;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 

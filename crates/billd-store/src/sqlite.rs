@@ -25,6 +25,7 @@ use crate::{
 };
 
 mod billing;
+mod checkout;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 

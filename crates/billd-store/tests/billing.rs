@@ -31,6 +31,23 @@ struct Harness {
 }
 
 impl Harness {
+    /// Another, independent store on the same database, as a checkout store.
+    async fn another_checkout(&self) -> Arc<dyn Store> {
+        if self.url.starts_with("sqlite:") {
+            Arc::new(
+                SqliteStore::connect(&self.url)
+                    .await
+                    .expect("sqlite reopens"),
+            )
+        } else {
+            Arc::new(
+                PgStore::connect(&self.url)
+                    .await
+                    .expect("postgres reconnects"),
+            )
+        }
+    }
+
     async fn another(&self) -> Arc<dyn BillingStore> {
         if self.url.starts_with("sqlite:") {
             Arc::new(
@@ -1333,3 +1350,6 @@ async fn outbox_stats_count_rows_per_status_and_the_oldest_waiting(h: &Harness) 
     assert_eq!(count(OutboxStatus::Dead), Some(0));
     assert_eq!(stats.oldest_waiting_created_at, Some(NOW + 5));
 }
+
+#[path = "billing/checkout.rs"]
+mod checkout;

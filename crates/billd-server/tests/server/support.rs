@@ -447,3 +447,32 @@ impl billd_store::BillingStore for SwitchableStore {
         self.inner.load_usage(customer_id, keys).await
     }
 }
+
+/// Checkout calls forward too, and fail the same way when switched off.
+#[async_trait]
+impl billd_store::CheckoutStore for SwitchableStore {
+    async fn get_checkout(
+        &self,
+        customer_id: &billd_core::CustomerId,
+    ) -> StoreResult<Option<billd_store::CheckoutRecord>> {
+        self.check()?;
+        self.inner.get_checkout(customer_id).await
+    }
+    async fn put_checkout(
+        &self,
+        checkout: &billd_store::CheckoutRecord,
+        now: i64,
+    ) -> StoreResult<bool> {
+        self.check()?;
+        self.inner.put_checkout(checkout, now).await
+    }
+    async fn close_checkout(
+        &self,
+        customer_id: &billd_core::CustomerId,
+        session_id: &str,
+        now: i64,
+    ) -> StoreResult<()> {
+        self.check()?;
+        self.inner.close_checkout(customer_id, session_id, now).await
+    }
+}
