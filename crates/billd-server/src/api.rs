@@ -30,12 +30,15 @@ const MAX_LIMIT: u32 = 1000;
 pub struct ApiConfig {
     /// Checkout requests one customer may make per minute; more → 429.
     pub checkout_rate_limit_per_min: u32,
+    /// Checkout enables Stripe Tax (`automatic_tax[enabled]`).
+    pub stripe_tax: bool,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             checkout_rate_limit_per_min: 10,
+            stripe_tax: false,
         }
     }
 }
@@ -92,6 +95,7 @@ pub fn routes<S: BillingBackend + ?Sized>(
         stripe,
         config: Arc::new(config),
     };
+    let checkout = crate::checkout::routes(state.clone(), keys.clone());
     let app = Router::new()
         .route("/v1/customers/{id}", put(put_customer::<S>))
         .route(
@@ -114,6 +118,7 @@ pub fn routes<S: BillingBackend + ?Sized>(
         .with_state(state)
         .layer(axum::middleware::from_fn(crate::log_errors))
         .merge(usage)
+        .merge(checkout)
 }
 
 pub(crate) fn store_error(e: StoreError) -> ApiError {

@@ -6,6 +6,7 @@ pub mod api;
 pub mod app_api;
 pub mod auth;
 pub mod billing;
+pub mod checkout;
 pub mod clock;
 pub mod error;
 pub mod ingest;
@@ -14,6 +15,7 @@ pub mod metrics;
 pub mod notify;
 pub mod outbox;
 pub mod reconcile;
+pub(crate) mod stripe_customer;
 pub mod webhook;
 pub mod worker;
 

@@ -40,7 +40,10 @@ pub fn billing_config(config: &Config) -> anyhow::Result<BillingConfig> {
         stripe,
         api_keys: ApiKeys::new(config.api_keys.clone(), config.admin_api_keys.clone()),
         outbox: OutboxConfig::default(),
-        api: ApiConfig::default(),
+        api: ApiConfig {
+            checkout_rate_limit_per_min: config.checkout_rate_limit_per_min,
+            stripe_tax: config.stripe_tax,
+        },
         delivery: Arc::new(LogDelivery),
     })
 }

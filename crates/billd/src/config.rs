@@ -35,6 +35,8 @@ const KEYS: &[(&str, bool)] = &[
     ("ingest_max_batch", false),
     ("ready_max_lag_secs", false),
     ("public_url", false),
+    ("checkout_rate_limit_per_min", false),
+    ("stripe_tax", false),
 ];
 
 /// The environment variable for a key.
@@ -208,6 +210,12 @@ pub struct Config {
     /// `BILLD_PUBLIC_URL`: where Stripe reaches this billd (`billd doctor`
     /// expects the webhook endpoint at `{public_url}/webhooks/stripe`).
     pub public_url: Option<String>,
+    /// `BILLD_CHECKOUT_RATE_LIMIT_PER_MIN`: new checkout sessions one
+    /// customer may start per minute (repeats answered from the open
+    /// session are not counted).
+    pub checkout_rate_limit_per_min: u32,
+    /// `BILLD_STRIPE_TAX`: checkout enables Stripe Tax (`true`/`false`).
+    pub stripe_tax: bool,
 }
 
 impl Config {
@@ -454,6 +462,18 @@ impl Config {
                 ),
             }
         }
+        let checkout_rate_limit_per_min = raw.int("checkout_rate_limit_per_min", 1, 10_000);
+        let stripe_tax = match raw.required("stripe_tax").as_deref() {
+            Some("true") => true,
+            Some("false") | None => false,
+            Some(other) => {
+                raw.fail(
+                    "stripe_tax",
+                    format!("must be true or false, got {other:?}"),
+                );
+                false
+            }
+        };
         let secrets = |v: Vec<String>| v.into_iter().map(SecretString::from).collect();
         Config {
             database_url: SecretUrl::new(database_url),
@@ -477,6 +497,8 @@ impl Config {
             ingest_max_batch,
             ready_max_lag_secs,
             public_url,
+            checkout_rate_limit_per_min,
+            stripe_tax,
         }
     }
 }
@@ -539,6 +561,34 @@ mod tests {
 
     fn errors(result: Result<Config, ConfigErrors>) -> String {
         result.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_checkout_knobs_default_to_ten_a_minute_without_stripe_tax_and_read_the_environment() {
+        let defaults = Config::load(None, &env(&[])).unwrap();
+        let set = Config::load(
+            None,
+            &env(&[
+                ("BILLD_CHECKOUT_RATE_LIMIT_PER_MIN", "3"),
+                ("BILLD_STRIPE_TAX", "true"),
+            ]),
+        )
+        .unwrap();
+        let bad = errors(Config::load(
+            None,
+            &env(&[
+                ("BILLD_CHECKOUT_RATE_LIMIT_PER_MIN", "0"),
+                ("BILLD_STRIPE_TAX", "yes"),
+            ]),
+        ));
+
+        assert_eq!(
+            (defaults.checkout_rate_limit_per_min, defaults.stripe_tax),
+            (10, false)
+        );
+        assert_eq!((set.checkout_rate_limit_per_min, set.stripe_tax), (3, true));
+        assert!(bad.contains("BILLD_CHECKOUT_RATE_LIMIT_PER_MIN"), "{bad}");
+        assert!(bad.contains("BILLD_STRIPE_TAX"), "{bad}");
     }
 
     #[test]

@@ -103,6 +103,17 @@ pub async fn open_store(db: Db) -> (Arc<dyn BillingBackend>, Option<tempfile::Te
 
 impl Harness {
     pub async fn start(db: Db, t0: i64, knobs: WebhookKnobs) -> Harness {
+        Self::start_with(db, t0, knobs, Catalog::seed(), ApiConfig::default()).await
+    }
+
+    /// Like [`Harness::start`] with a catalog and API knobs of the test's own.
+    pub async fn start_with(
+        db: Db,
+        t0: i64,
+        knobs: WebhookKnobs,
+        catalog: Catalog,
+        api_config: ApiConfig,
+    ) -> Harness {
         let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let sim_handle = stripe_sim::serve(
             sim_listener,
@@ -147,7 +158,7 @@ impl Harness {
             ClientConfig::new(sim_handle.url(), SecretString::from("sk_test_billd"));
         stripe_config.initial_backoff = Duration::from_millis(20);
         let stripe = StripeClient::new(stripe_config).unwrap();
-        let catalog = Arc::new(Catalog::seed());
+        let catalog = Arc::new(catalog);
         let registry = LifecycleHandler::new(
             store.clone(),
             catalog.clone(),
@@ -164,7 +175,7 @@ impl Harness {
                 vec![SecretString::from(ADMIN_KEY)],
             ),
             Some(stripe.clone()),
-            ApiConfig::default(),
+            api_config,
         );
         let config = ServerConfig {
             webhook: WebhookConfig {

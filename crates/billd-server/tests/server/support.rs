@@ -473,6 +473,8 @@ impl billd_store::CheckoutStore for SwitchableStore {
         now: i64,
     ) -> StoreResult<()> {
         self.check()?;
-        self.inner.close_checkout(customer_id, session_id, now).await
+        self.inner
+            .close_checkout(customer_id, session_id, now)
+            .await
     }
 }

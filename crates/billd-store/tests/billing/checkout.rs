@@ -100,7 +100,10 @@ async fn closing_marks_only_the_named_open_session(h: &Harness) {
         .await
         .unwrap();
 
-    h.store.close_checkout(&id, "cs_unknown", NOW + 1).await.unwrap();
+    h.store
+        .close_checkout(&id, "cs_unknown", NOW + 1)
+        .await
+        .unwrap();
     assert_eq!(
         h.store.get_checkout(&id).await.unwrap().unwrap().closed_at,
         None
