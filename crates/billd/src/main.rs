@@ -1,5 +1,5 @@
 //! billd's command-line entry point: `serve` (default), `migrate`,
-//! `events list|show|replay`, `audit <customer>`, `bench webhooks`, `doctor`
+//! `events list|show|replay`, `audit <customer>`, `reconcile`, `bench webhooks`, `doctor`
 //! and `sim`.
 
 mod bench;
@@ -8,6 +8,7 @@ mod billing;
 mod config;
 mod dev;
 mod doctor;
+mod reconcile_cmd;
 mod sim_cmd;
 
 use std::collections::HashMap;
@@ -57,6 +58,9 @@ enum Command {
     /// Checks the configuration, database, Stripe key, webhook endpoint,
     /// prices, portal and tax settings; exits non-zero on any failure.
     Doctor(doctor::DoctorArgs),
+    /// Compares every Stripe subscription with billd's state, heals drift
+    /// and ingests the events Stripe could not deliver; prints the drift.
+    Reconcile(reconcile_cmd::ReconcileArgs),
     /// Shows a customer's billing audit log, newest first.
     Audit {
         /// The app's customer id.
@@ -222,6 +226,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             events(store.as_ref(), cmd).await
         }
         Command::Bench(_) | Command::Sim(_) | Command::Doctor(_) => Ok(()),
+        Command::Reconcile(args) => {
+            let store = open_store(&config).await?;
+            store.migrate().await.context("applying migrations")?;
+            reconcile_cmd::run(&config, store, &args).await
+        }
         Command::Audit { customer, limit } => {
             let store = open_store(&config).await?;
             store.migrate().await.context("applying migrations")?;

@@ -53,6 +53,7 @@ fn every_command_has_help() {
         &["bench", "usage", "--help"],
         &["doctor", "--help"],
         &["sim", "--help"],
+        &["reconcile", "--help"],
     ] {
         let out = billd(dir.path(), "sqlite://x.db", args);
         assert!(out.status.success(), "{args:?}");

@@ -10,3 +10,4 @@ mod cli;
 mod crash;
 mod dev_mode;
 mod doctor;
+mod reconcile;
