@@ -63,6 +63,18 @@ pub enum AlertKind {
     UnknownPrice,
     /// The Stripe customer was deleted at Stripe.
     StripeCustomerDeleted,
+    /// Inbox events were dead-lettered (retries exhausted).
+    EventsDead,
+    /// Outbox rows (emails, alerts, Stripe calls) were dead-lettered.
+    OutboxDead,
+    /// Many webhook deliveries failed signature verification in a short time.
+    SignatureFailures,
+    /// The share of failed payments crossed its threshold.
+    PaymentFailureRate,
+    /// No webhook arrived for a long time although renewals were due.
+    WebhookSilence,
+    /// Reconciliation found billd's state drifted from Stripe's.
+    ReconcileDrift,
 }
 
 /// Why billd asks Stripe to cancel a subscription.

@@ -10,12 +10,14 @@ use billd_store::Store;
 use billd_stripe::client::StripeClient;
 use tokio::net::TcpListener;
 
+use crate::alerts::{AlertChannels, AlertConfig, AlertDelivery, AlertMonitor};
 use crate::api::ApiConfig;
 use crate::auth::ApiKeys;
 use crate::clock::Clock;
 use crate::lifecycle::LifecycleHandler;
+use crate::metrics::Metrics;
 use crate::outbox::{Delivery, OutboxConfig, OutboxWorker};
-use crate::{api, start_with_routes, Running, ServerConfig, Workers};
+use crate::{api, start_with_parts, Parts, Running, ServerConfig, Workers};
 
 /// What billing runs with.
 #[derive(Clone)]
@@ -33,6 +35,11 @@ pub struct BillingConfig {
     pub api: ApiConfig,
     /// Where emails and alerts go ([`crate::outbox::LogDelivery`] by default).
     pub delivery: Arc<dyn Delivery>,
+    /// The metrics `/metrics` renders; pass the same to
+    /// `notify::EmailDelivery::with_counters` to see email outcomes there.
+    pub metrics: Arc<Metrics>,
+    /// Alert channels and conditions.
+    pub alerts: AlertConfig,
 }
 
 impl std::fmt::Debug for BillingConfig {
@@ -45,9 +52,9 @@ impl std::fmt::Debug for BillingConfig {
     }
 }
 
-/// Starts billd with billing: [`crate::start_with_routes`] with the
-/// lifecycle registry and the API routes, plus the outbox worker (when
-/// `workers` is `Run`). `clock` drives both the webhook checks and billing
+/// Starts billd with billing: [`crate::start_with_parts`] with the
+/// lifecycle registry and the API routes, plus the outbox worker and the
+/// alert monitor (when `workers` is `Run`). `clock` drives both the webhook checks and billing
 /// decisions.
 pub fn start_billing(
     listener: TcpListener,
@@ -57,12 +64,15 @@ pub fn start_billing(
     clock: Arc<dyn Clock>,
     workers: Workers,
 ) -> std::io::Result<Running> {
+    let metrics = billing.metrics.clone();
     let registry = LifecycleHandler::new(
         store.clone(),
         billing.catalog.clone(),
         billing.stripe.clone(),
         clock.clone(),
     )
+    .with_metrics(metrics.clone())
+    .with_alert_channels(AlertChannels::of(&billing.alerts))
     .registry();
     let routes = api::routes(
         store.clone(),
@@ -72,26 +82,33 @@ pub fn start_billing(
         billing.stripe.clone(),
         billing.api,
     );
-    let running = start_with_routes(
+    let running = start_with_parts(
         listener,
         store.clone(),
         config,
-        registry,
         clock.clone(),
         workers,
-        routes,
+        Parts {
+            registry,
+            routes,
+            metrics: metrics.clone(),
+        },
     )?;
     if workers == Workers::Run {
+        let delivery = AlertDelivery::new(billing.delivery, &billing.alerts, metrics.clone())
+            .map_err(std::io::Error::other)?;
+        let monitor = AlertMonitor::new(store.clone(), metrics, clock.clone(), billing.alerts);
         let outbox = OutboxWorker::new(
             store,
             billing.stripe,
-            billing.delivery,
+            Arc::new(delivery),
             clock,
             billing.outbox,
         );
         // Stops with the server's token. A row in hand when the process
         // exits is claimed again once its lease ends.
         tokio::spawn(outbox.run(running.cancel_token()));
+        tokio::spawn(monitor.run(running.cancel_token()));
     }
     Ok(running)
 }

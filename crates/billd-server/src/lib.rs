@@ -2,10 +2,12 @@
 //! with group commit into the inbox, health/readiness/metrics endpoints, and
 //! the inbox worker with its handler registry.
 
+pub mod alerts;
 pub mod api;
 pub mod app_api;
 pub mod auth;
 pub mod billing;
+pub mod business;
 pub mod checkout;
 pub mod clock;
 pub mod error;
@@ -170,7 +172,11 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
             None
         }
     };
-    let body = state.metrics.render(stats.as_ref(), state.clock.now());
+    let mut body = state.metrics.render(stats.as_ref(), state.clock.now());
+    match metrics::DeadLetters::load(state.store.as_ref()).await {
+        Ok(dead) => body.push_str(&dead.render()),
+        Err(e) => state.metrics.store_error(&e),
+    }
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 
@@ -228,8 +234,47 @@ pub fn start_with_routes(
     workers: Workers,
     routes: Router,
 ) -> std::io::Result<Running> {
+    start_with_parts(
+        listener,
+        store,
+        config,
+        clock,
+        workers,
+        Parts {
+            registry,
+            routes,
+            metrics: Arc::new(Metrics::default()),
+        },
+    )
+}
+
+/// What [`start_with_parts`] serves besides the webhook endpoint.
+#[derive(Debug)]
+pub struct Parts {
+    /// Inbox handlers.
+    pub registry: HandlerRegistry,
+    /// Extra routes (e.g. [`api::routes`]).
+    pub routes: Router,
+    /// The metrics `/metrics` renders, shared with whatever else counts
+    /// into them (lifecycle, alert monitor, email delivery).
+    pub metrics: Arc<Metrics>,
+}
+
+/// Like [`start_with_routes`], with metrics created by the caller.
+pub fn start_with_parts(
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+    config: ServerConfig,
+    clock: Arc<dyn Clock>,
+    workers: Workers,
+    parts: Parts,
+) -> std::io::Result<Running> {
+    let Parts {
+        registry,
+        routes,
+        metrics,
+    } = parts;
     let addr = listener.local_addr()?;
-    let metrics = Arc::new(Metrics::default());
     let wake = Arc::new(Notify::new());
     let (ingestor, writer) =
         Ingestor::spawn(store.clone(), metrics.clone(), wake.clone(), config.ingest);

@@ -17,14 +17,17 @@ use anyhow::Context as _;
 use async_trait::async_trait;
 use billd_core::{apply, Catalog, CustomerId, Event, EventId, EventKind, StripeCustomerId};
 use billd_store::{
-    BillingStore, CustomerCommit, EventResult, NewOutboxItem, Store, StoreError, StoredEvent,
-    LEASE_CONFLICT, VERSION_CONFLICT,
+    BillingStore, CustomerCommit, EventResult, Store, StoreError, StoredEvent, LEASE_CONFLICT,
+    VERSION_CONFLICT,
 };
 use billd_stripe::client::{Params, StripeClient};
 use billd_stripe::events::{parse_event, refetched_subscription_event, ParsedEvent};
 use serde_json::Value;
 
+use crate::alerts::{outbox_items, AlertChannels};
+use crate::business::observe;
 use crate::clock::Clock;
+use crate::metrics::Metrics;
 use crate::worker::{EventHandler, HandlerError, HandlerOutcome, HandlerRegistry};
 
 /// Every Stripe event type the lifecycle handler applies (issue 4's list).
@@ -83,6 +86,10 @@ pub struct LifecycleHandler<S: BillingBackend + ?Sized> {
     catalog: Arc<Catalog>,
     stripe: Option<StripeClient>,
     clock: Arc<dyn Clock>,
+    /// Counts payments, disputes and refunds of committed decisions.
+    metrics: Option<Arc<Metrics>>,
+    /// Admin alerts get a row per channel.
+    alert_channels: AlertChannels,
 }
 
 impl<S: BillingBackend + ?Sized> std::fmt::Debug for LifecycleHandler<S> {
@@ -116,7 +123,22 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
             catalog,
             stripe,
             clock,
+            metrics: None,
+            alert_channels: AlertChannels::default(),
         }
+    }
+
+    /// Counts what committed decisions record (`billd_payments_total`, …)
+    /// into `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Writes each admin alert once per enabled channel.
+    pub fn with_alert_channels(mut self, channels: AlertChannels) -> Self {
+        self.alert_channels = channels;
+        self
     }
 
     /// A registry routing every type of [`HANDLED_EVENT_TYPES`] to this handler.
@@ -246,11 +268,8 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
             let record = self.store.get_customer(customer).await?;
             let (state, version) = record.map(|r| (r.state, r.version)).unwrap_or_default();
             let decision = apply(&state, event, &self.catalog, now);
-            let outbox = decision
-                .effects
-                .iter()
-                .map(NewOutboxItem::from_effect)
-                .collect::<Result<Vec<_>, _>>()?;
+            let outbox = outbox_items(&decision.effects, self.alert_channels)?;
+            let observed = observe(&state, &decision.state);
             let commit = CustomerCommit {
                 customer_id: customer.clone(),
                 expected_version: version,
@@ -265,6 +284,9 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
                 .await
             {
                 Ok(receipt) => {
+                    if let Some(metrics) = &self.metrics {
+                        metrics.business.record(&observed, now);
+                    }
                     tracing::debug!(
                         %customer,
                         outcome = ?decision.outcome,

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use billd_store::{EventStatus, InboxStats};
 
@@ -63,6 +63,17 @@ pub struct Metrics {
     /// Drifted subscriptions reconciliation found and healed, by kind
     /// (`missing`, `status`, `plan`, `cancel_flag`, `period`).
     pub reconcile_drift: LabelledCounter,
+    /// Payments, disputes and refunds the lifecycle applied.
+    pub business: crate::business::BusinessMetrics,
+    /// Email and email-channel alert deliveries (shared with
+    /// `notify::EmailDelivery::with_counters`).
+    pub emails: Arc<crate::notify::EmailCounters>,
+    /// Alerts written to the outbox, by kind.
+    pub alerts_raised: LabelledCounter,
+    /// Alerts not written because their window already had one, by kind.
+    pub alerts_suppressed: LabelledCounter,
+    /// Webhook-channel alert deliveries, by outcome.
+    pub alert_webhook_deliveries: LabelledCounter,
 }
 
 impl Metrics {
@@ -145,6 +156,29 @@ impl Metrics {
             "kind",
             &self.reconcile_drift.snapshot(),
         );
+        out.push_str(&self.business.render(now));
+        out.push_str(&self.emails.render());
+        labelled(
+            &mut out,
+            "billd_alerts_total",
+            "Alerts written to the outbox (one row per channel), by kind.",
+            "kind",
+            &self.alerts_raised.snapshot(),
+        );
+        labelled(
+            &mut out,
+            "billd_alerts_suppressed_total",
+            "Alert conditions folded into an alert already sent in the same window, by kind.",
+            "kind",
+            &self.alerts_suppressed.snapshot(),
+        );
+        labelled(
+            &mut out,
+            "billd_alert_webhook_deliveries_total",
+            "Alert webhook posts, by outcome.",
+            "outcome",
+            &self.alert_webhook_deliveries.snapshot(),
+        );
         if let Some(stats) = inbox {
             let _ = writeln!(
                 out,
@@ -182,6 +216,72 @@ impl Metrics {
         }
         out
     }
+}
+
+/// Dead-lettered rows by queue and kind (event type for the inbox, effect
+/// kind for the outbox), read from the store at scrape time.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadLetters {
+    /// `(event type, count)` of dead inbox events.
+    pub inbox: BTreeMap<String, u64>,
+    /// `(outbox kind, count)` of dead outbox rows.
+    pub outbox: BTreeMap<String, u64>,
+}
+
+impl DeadLetters {
+    /// Counts the dead rows of both queues.
+    pub async fn load(store: &dyn billd_store::Store) -> billd_store::StoreResult<Self> {
+        let mut dead = DeadLetters::default();
+        let events = store
+            .list_events(&billd_store::EventFilter {
+                status: Some(EventStatus::Dead),
+                ..billd_store::EventFilter::default()
+            })
+            .await?;
+        for event in events {
+            *dead.inbox.entry(event.event_type).or_default() += 1;
+        }
+        let rows = store
+            .list_outbox(&billd_store::OutboxFilter {
+                status: Some(billd_store::OutboxStatus::Dead),
+                ..billd_store::OutboxFilter::default()
+            })
+            .await?;
+        for row in rows {
+            *dead.outbox.entry(row.kind).or_default() += 1;
+        }
+        Ok(dead)
+    }
+
+    /// Prometheus text for `billd_dead_letters{queue,kind}`; the totals per
+    /// queue are always listed (`kind="all"`), so an alert rule sees 0.
+    pub fn render(&self) -> String {
+        let mut out = String::from(
+            "# HELP billd_dead_letters Dead-lettered rows waiting for an operator, by queue and kind.\n# TYPE billd_dead_letters gauge\n",
+        );
+        for (queue, counts) in [("inbox", &self.inbox), ("outbox", &self.outbox)] {
+            let total: u64 = counts.values().sum();
+            let _ = writeln!(
+                out,
+                "billd_dead_letters{{queue=\"{queue}\",kind=\"all\"}} {total}"
+            );
+            for (kind, n) in counts {
+                let _ = writeln!(
+                    out,
+                    "billd_dead_letters{{queue=\"{queue}\",kind=\"{}\"}} {n}",
+                    label_value(kind)
+                );
+            }
+        }
+        out
+    }
+}
+
+/// Escapes a label value (backslash, quote, newline) for the text format.
+fn label_value(raw: &str) -> String {
+    raw.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Seconds the oldest waiting event has waited (0 when none waits).

@@ -115,6 +115,13 @@ impl EmailDelivery {
         ))
     }
 
+    /// Counts into `counters` (e.g. `Metrics::emails`, so `/metrics`
+    /// shows them) instead of counters of its own.
+    pub fn with_counters(mut self, counters: Arc<EmailCounters>) -> Self {
+        self.counters = counters;
+        self
+    }
+
     /// The outcome counters.
     pub fn counters(&self) -> Arc<EmailCounters> {
         self.counters.clone()

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use billd_core::Catalog;
 use billd_email::{parse_mailbox, BackendConfig, Branding, Notifier, Templates};
+use billd_server::alerts::AlertConfig;
 use billd_server::api::ApiConfig;
 use billd_server::auth::ApiKeys;
 use billd_server::billing::{start_billing, BillingConfig};
@@ -271,6 +272,8 @@ async fn start_world(smtp_port: u16, poll: Duration) -> World {
         outbox,
         api: ApiConfig::default(),
         delivery: Arc::new(delivery),
+        metrics: Arc::default(),
+        alerts: AlertConfig::default(),
     };
     let dyn_store: Arc<dyn Store> = store.clone();
     let running = start_billing(

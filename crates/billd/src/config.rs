@@ -37,6 +37,15 @@ const KEYS: &[(&str, bool)] = &[
     ("public_url", false),
     ("checkout_rate_limit_per_min", false),
     ("stripe_tax", false),
+    ("alert_webhook_url", true),
+    ("alert_dedupe_window_secs", false),
+    ("alert_check_interval_secs", false),
+    ("alert_signature_failures", false),
+    ("alert_signature_window_secs", false),
+    ("alert_payment_failure_percent", false),
+    ("alert_payment_window_secs", false),
+    ("alert_payment_min_count", false),
+    ("alert_webhook_silence_secs", false),
 ];
 
 /// The environment variable for a key.
@@ -216,6 +225,72 @@ pub struct Config {
     pub checkout_rate_limit_per_min: u32,
     /// `BILLD_STRIPE_TAX`: checkout enables Stripe Tax (`true`/`false`).
     pub stripe_tax: bool,
+    /// `BILLD_ALERT_*`: alert channels and thresholds.
+    pub alerts: AlertSettings,
+}
+
+/// The `BILLD_ALERT_*` settings (see `billd_server::alerts::AlertConfig`).
+#[derive(Debug, Clone)]
+pub struct AlertSettings {
+    /// `BILLD_ALERT_WEBHOOK_URL`: a secret (Slack's URL carries its token).
+    pub webhook_url: Option<SecretString>,
+    /// `BILLD_ALERT_DEDUPE_WINDOW_SECS`.
+    pub dedupe_window_secs: i64,
+    /// `BILLD_ALERT_CHECK_INTERVAL_SECS`.
+    pub check_interval_secs: u64,
+    /// `BILLD_ALERT_SIGNATURE_FAILURES`.
+    pub signature_failures: u64,
+    /// `BILLD_ALERT_SIGNATURE_WINDOW_SECS`.
+    pub signature_window_secs: i64,
+    /// `BILLD_ALERT_PAYMENT_FAILURE_PERCENT`.
+    pub payment_failure_percent: u32,
+    /// `BILLD_ALERT_PAYMENT_WINDOW_SECS`.
+    pub payment_window_secs: i64,
+    /// `BILLD_ALERT_PAYMENT_MIN_COUNT`.
+    pub payment_min_count: u64,
+    /// `BILLD_ALERT_WEBHOOK_SILENCE_SECS`.
+    pub webhook_silence_secs: i64,
+}
+
+impl AlertSettings {
+    fn from_raw(raw: &mut Raw) -> AlertSettings {
+        let webhook_url = raw.opt("alert_webhook_url");
+        if let Some(url) = &webhook_url {
+            match url::Url::parse(url) {
+                Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+                _ => raw.fail("alert_webhook_url", "must be an http(s) URL"),
+            }
+        }
+        AlertSettings {
+            webhook_url: webhook_url.map(SecretString::from),
+            dedupe_window_secs: raw.int("alert_dedupe_window_secs", 60, 30 * 86_400),
+            check_interval_secs: raw.int("alert_check_interval_secs", 1, 86_400),
+            signature_failures: raw.int("alert_signature_failures", 1, 1_000_000),
+            signature_window_secs: raw.int("alert_signature_window_secs", 1, 86_400),
+            payment_failure_percent: raw.int("alert_payment_failure_percent", 1, 100),
+            payment_window_secs: raw.int("alert_payment_window_secs", 60, 30 * 86_400),
+            payment_min_count: raw.int("alert_payment_min_count", 1, 1_000_000),
+            webhook_silence_secs: raw.int("alert_webhook_silence_secs", 60, 30 * 86_400),
+        }
+    }
+
+    /// The server's alert configuration.
+    pub fn server_config(&self) -> billd_server::alerts::AlertConfig {
+        billd_server::alerts::AlertConfig {
+            webhook_url: self
+                .webhook_url
+                .as_ref()
+                .map(|u| u.expose_secret().to_owned()),
+            dedupe_window_secs: self.dedupe_window_secs,
+            check_interval: std::time::Duration::from_secs(self.check_interval_secs),
+            signature_failures: self.signature_failures,
+            signature_window_secs: self.signature_window_secs,
+            payment_failure_percent: self.payment_failure_percent,
+            payment_window_secs: self.payment_window_secs,
+            payment_min_count: self.payment_min_count,
+            webhook_silence_secs: self.webhook_silence_secs,
+        }
+    }
 }
 
 impl Config {
@@ -474,6 +549,7 @@ impl Config {
                 false
             }
         };
+        let alerts = AlertSettings::from_raw(raw);
         let secrets = |v: Vec<String>| v.into_iter().map(SecretString::from).collect();
         Config {
             database_url: SecretUrl::new(database_url),
@@ -499,6 +575,7 @@ impl Config {
             public_url,
             checkout_rate_limit_per_min,
             stripe_tax,
+            alerts,
         }
     }
 }
@@ -711,6 +788,46 @@ mod tests {
             message.contains("BILLD_CONFIG: cannot read /nonexistent/billd.toml"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn alert_settings_default_to_hourly_dedupe_and_the_webhook_url_is_a_redacted_secret() {
+        let defaults = Config::load(None, &HashMap::new()).unwrap().alerts;
+        assert!(defaults.webhook_url.is_none());
+        assert_eq!(defaults.dedupe_window_secs, 3600);
+        assert_eq!(defaults.webhook_silence_secs, 6 * 3600);
+
+        let config = Config::load(
+            None,
+            &env(&[
+                (
+                    "BILLD_ALERT_WEBHOOK_URL",
+                    "https://hooks.slack.com/services/T0/B0/s3cr3tT0ken",
+                ),
+                ("BILLD_ALERT_DEDUPE_WINDOW_SECS", "600"),
+                ("BILLD_ALERT_PAYMENT_FAILURE_PERCENT", "25"),
+            ]),
+        )
+        .unwrap();
+        let server = config.alerts.server_config();
+
+        assert_eq!(server.dedupe_window_secs, 600);
+        assert_eq!(server.payment_failure_percent, 25);
+        assert_eq!(
+            server.webhook_url.as_deref(),
+            Some("https://hooks.slack.com/services/T0/B0/s3cr3tT0ken")
+        );
+        assert!(!format!("{config:?}").contains("s3cr3tT0ken"));
+        let err = errors(Config::load(
+            None,
+            &env(&[
+                ("BILLD_ALERT_WEBHOOK_URL", "ftp://example.com/s3cr3t"),
+                ("BILLD_ALERT_PAYMENT_FAILURE_PERCENT", "101"),
+            ]),
+        ));
+        assert!(err.contains("BILLD_ALERT_WEBHOOK_URL"), "{err}");
+        assert!(!err.contains("s3cr3t"), "{err}");
+        assert!(err.contains("BILLD_ALERT_PAYMENT_FAILURE_PERCENT"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@
     reason = "scenarios and helpers live in plain functions the generated #[tokio::test]s call; a failed setup should panic"
 )]
 
+mod alerts;
 mod checkout;
 mod reconcile;
 mod scenarios;

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use billd_core::Catalog;
+use billd_server::alerts::AlertConfig;
 use billd_server::api::ApiConfig;
 use billd_server::auth::ApiKeys;
 use billd_server::billing::{start_billing, BillingConfig};
@@ -84,6 +85,8 @@ async fn start_billing_serves_the_api_and_applies_webhooks(db: Db) {
         outbox: OutboxConfig::default(),
         api: ApiConfig::default(),
         delivery: Arc::new(LogDelivery),
+        metrics: Arc::default(),
+        alerts: AlertConfig::default(),
     };
     let running = start_billing(
         listener,
