@@ -231,3 +231,22 @@ async fn reconcile_heals_what_stripe_never_delivered_and_a_dry_run_changes_nothi
     );
     sim.shutdown().await;
 }
+
+#[test]
+fn reconcile_without_a_stripe_key_says_which_variable_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("billd.db").display());
+
+    let out = Command::new(env!("CARGO_BIN_EXE_billd"))
+        .args(["reconcile", "--dry-run"])
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("BILLD_DATABASE_URL", &db)
+        .output()
+        .unwrap();
+
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("BILLD_STRIPE_API_KEY"), "{stderr}");
+}
