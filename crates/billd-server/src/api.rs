@@ -32,6 +32,8 @@ pub struct ApiConfig {
     pub checkout_rate_limit_per_min: u32,
     /// Checkout enables Stripe Tax (`automatic_tax[enabled]`).
     pub stripe_tax: bool,
+    /// How plan changes are prorated (`BILLD_PRORATION_BEHAVIOR`).
+    pub proration_behavior: crate::subscription_api::ProrationBehavior,
 }
 
 impl Default for ApiConfig {
@@ -39,6 +41,7 @@ impl Default for ApiConfig {
         ApiConfig {
             checkout_rate_limit_per_min: 10,
             stripe_tax: false,
+            proration_behavior: Default::default(),
         }
     }
 }
@@ -102,6 +105,7 @@ pub fn routes<S: BillingBackend + ?Sized>(
             "/v1/customers/{id}/entitlements",
             get(get_entitlements::<S>),
         )
+        .merge(crate::subscription_api::router::<S>())
         .route_layer(axum::middleware::from_fn_with_state(
             keys.clone(),
             require_app_key,

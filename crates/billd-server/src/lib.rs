@@ -18,6 +18,7 @@ pub mod notify;
 pub mod outbox;
 pub mod reconcile;
 pub(crate) mod stripe_customer;
+pub mod subscription_api;
 pub mod webhook;
 pub mod worker;
 

@@ -70,6 +70,11 @@ pub const REFETCH_EVENT_PREFIX: &str = "evt_billd_refetch_";
 /// subscription start with this (`crate::reconcile`); applied like a
 /// re-fetch: Stripe's current object, authoritative.
 pub const RECONCILE_EVENT_PREFIX: &str = "evt_billd_reconcile_";
+/// Ids of the synthetic events the plan-change and cancellation endpoints
+/// feed back (the subscription object Stripe answered) start with this;
+/// like re-fetches they are authoritative (see `subscription_api` for the
+/// second they are stamped at).
+pub const SYNC_EVENT_PREFIX: &str = "evt_billd_sync_";
 
 /// How often a commit is retried when another writer moved the customer's
 /// version in between; each retry reloads the state and applies again.
@@ -335,7 +340,9 @@ fn object_links(event: &Event) -> Vec<String> {
 /// Parses an inbox row into a domain event: a Stripe webhook, or a
 /// re-fetched subscription billd fed back itself (authoritative).
 pub fn parse_stored(stored: &StoredEvent) -> anyhow::Result<Option<Event>> {
-    if stored.id.starts_with(REFETCH_EVENT_PREFIX) || stored.id.starts_with(RECONCILE_EVENT_PREFIX)
+    if stored.id.starts_with(REFETCH_EVENT_PREFIX)
+        || stored.id.starts_with(RECONCILE_EVENT_PREFIX)
+        || stored.id.starts_with(SYNC_EVENT_PREFIX)
     {
         let envelope: Value =
             serde_json::from_str(&stored.payload).context("re-fetch event payload")?;

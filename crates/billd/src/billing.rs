@@ -44,6 +44,7 @@ pub fn billing_config(config: &Config) -> anyhow::Result<BillingConfig> {
         api: ApiConfig {
             checkout_rate_limit_per_min: config.checkout_rate_limit_per_min,
             stripe_tax: config.stripe_tax,
+            proration_behavior: config.proration_behavior,
         },
         delivery: Arc::new(LogDelivery),
         metrics: Arc::new(Metrics::default()),

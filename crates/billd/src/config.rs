@@ -7,6 +7,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use billd_server::subscription_api::ProrationBehavior;
 use secrecy::{ExposeSecret, SecretString};
 
 const DEFAULTS: &str = include_str!("defaults.toml");
@@ -46,6 +47,7 @@ const KEYS: &[(&str, bool)] = &[
     ("alert_payment_window_secs", false),
     ("alert_payment_min_count", false),
     ("alert_webhook_silence_secs", false),
+    ("proration_behavior", false),
 ];
 
 /// The environment variable for a key.
@@ -225,6 +227,8 @@ pub struct Config {
     pub checkout_rate_limit_per_min: u32,
     /// `BILLD_STRIPE_TAX`: checkout enables Stripe Tax (`true`/`false`).
     pub stripe_tax: bool,
+    /// `BILLD_PRORATION_BEHAVIOR`: `create_prorations` or `always_invoice`.
+    pub proration_behavior: ProrationBehavior,
     /// `BILLD_ALERT_*`: alert channels and thresholds.
     pub alerts: AlertSettings,
 }
@@ -550,6 +554,13 @@ impl Config {
             }
         };
         let alerts = AlertSettings::from_raw(raw);
+        let proration_behavior = match raw.required("proration_behavior") {
+            Some(v) => v.parse().unwrap_or_else(|e| {
+                raw.fail("proration_behavior", e);
+                ProrationBehavior::default()
+            }),
+            None => ProrationBehavior::default(),
+        };
         let secrets = |v: Vec<String>| v.into_iter().map(SecretString::from).collect();
         Config {
             database_url: SecretUrl::new(database_url),
@@ -576,6 +587,7 @@ impl Config {
             checkout_rate_limit_per_min,
             stripe_tax,
             alerts,
+            proration_behavior,
         }
     }
 }
@@ -678,6 +690,27 @@ mod tests {
         assert!(config.stripe_webhook_secrets.is_empty());
         assert!(config.stripe_api_key.is_none());
         assert_eq!(config.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn plan_changes_prorate_on_the_next_invoice_unless_always_invoice_is_configured() {
+        let default = Config::load(None, &env(&[])).unwrap();
+        let always = Config::load(
+            None,
+            &env(&[("BILLD_PRORATION_BEHAVIOR", "always_invoice")]),
+        )
+        .unwrap();
+        let wrong = errors(Config::load(
+            None,
+            &env(&[("BILLD_PRORATION_BEHAVIOR", "sometimes")]),
+        ));
+
+        assert_eq!(
+            default.proration_behavior,
+            ProrationBehavior::CreateProrations
+        );
+        assert_eq!(always.proration_behavior, ProrationBehavior::AlwaysInvoice);
+        assert!(wrong.contains("BILLD_PRORATION_BEHAVIOR"), "{wrong}");
     }
 
     #[test]

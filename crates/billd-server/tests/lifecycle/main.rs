@@ -10,6 +10,7 @@
 
 mod alerts;
 mod checkout;
+mod plan_change;
 mod reconcile;
 mod scenarios;
 mod seed_items;
