@@ -151,7 +151,7 @@ fn emulator_walkthrough(emulator: &Emulator, base_url: &str) -> String {
         // Quoted, so the printed `KEY=` line stays valid shell until replaced.
         None => "'<one of your BILLD_API_KEYS>'".to_string(),
     };
-    let Some((plan, price)) = &emulator.example_price else {
+    let Some((plan, _price)) = &emulator.example_price else {
         out.push_str("The catalog has no priced plan, so there is nothing to check out.\n");
         return out;
     };
@@ -160,7 +160,7 @@ fn emulator_walkthrough(emulator: &Emulator, base_url: &str) -> String {
 {WALKTHROUGH_BEGIN}\n\
 KEY={key}\n\
 curl -sS -X PUT {base_url}/v1/customers/alice -H \"Authorization: Bearer $KEY\" -H 'Content-Type: application/json' -d '{{\"email\":\"alice@example.com\"}}'\n\
-SESSION=$(curl -sS {sim}/v1/checkout/sessions -u {DEV_STRIPE_KEY}: -d mode=subscription -d 'line_items[0][price]={price}' -d 'line_items[0][quantity]=1' -d client_reference_id=alice -d 'subscription_data[metadata][billd_customer_id]=alice' -d customer_email=alice@example.com -d success_url={base_url}/ | sed 's/.*\"id\":\"\\(cs_[^\"]*\\)\".*/\\1/')\n\
+SESSION=$(curl -sS -X POST {base_url}/v1/customers/alice/checkout -H \"Authorization: Bearer $KEY\" -H 'Content-Type: application/json' -d '{{\"plan\":\"{plan}\",\"success_url\":\"{base_url}/\",\"cancel_url\":\"{base_url}/\"}}' | sed 's/.*\"session_id\":\"\\(cs_[^\"]*\\)\".*/\\1/')\n\
 curl -sS -X POST {sim}/_sim/checkout/sessions/$SESSION/complete -u {DEV_STRIPE_KEY}: -d payment_method=pm_card_visa\n\
 curl -sS {base_url}/v1/customers/alice/entitlements -H \"Authorization: Bearer $KEY\"\n\
 {WALKTHROUGH_END}\n\n\
