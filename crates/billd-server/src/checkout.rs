@@ -827,6 +827,53 @@ mod tests {
         );
     }
 
+    fn stripe_400(param: Option<&str>, message: &str) -> StripeError {
+        StripeError::Api(Box::new(billd_stripe::client::ApiError {
+            status: 400,
+            kind: "invalid_request_error".into(),
+            code: Some("parameter_invalid".into()),
+            decline_code: None,
+            param: param.map(str::to_owned),
+            message: message.into(),
+        }))
+    }
+
+    #[test]
+    fn stripe_refusing_a_session_maps_to_the_callers_codes() {
+        let eur = Currency::parse("eur").unwrap();
+        let mixed = stripe_400(
+            Some("currency"),
+            "You cannot combine currencies on a single customer. This customer has an active subscription, subscription schedule, discount, quote, or invoice item with currency usd.",
+        );
+        let expired = stripe_400(
+            Some("discounts[0][promotion_code]"),
+            "This promotion code has expired.",
+        );
+        let first_time = stripe_400(
+            Some("discounts[0][promotion_code]"),
+            "This promotion code can only be used on a customer's first purchase.",
+        );
+        let other = stripe_400(Some("line_items[0][price]"), "No such price");
+
+        let codes: Vec<(u16, &str)> = [mixed, expired, first_time, other]
+            .into_iter()
+            .map(|e| {
+                let e = session_error(e, &eur);
+                (e.status().as_u16(), e.code())
+            })
+            .collect();
+
+        assert_eq!(
+            codes,
+            [
+                (409, "currency_locked"),
+                (400, "promotion_code_expired"),
+                (400, "promotion_code_invalid"),
+                (502, "stripe_error"),
+            ]
+        );
+    }
+
     #[test]
     fn free_and_unknown_plans_cannot_be_bought() {
         let catalog = billd_core::Catalog::seed();

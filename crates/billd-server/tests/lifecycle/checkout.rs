@@ -488,7 +488,30 @@ async fn bad_checkout_requests_are_refused_before_stripe_with_stable_codes(db: D
     h.shutdown().await;
 }
 
+async fn with_stripe_tax_configured_checkout_enables_automatic_tax(db: Db) {
+    let config = ApiConfig {
+        stripe_tax: true,
+        ..ApiConfig::default()
+    };
+    let h = Harness::start_with(db, t0(), WebhookKnobs::default(), Catalog::seed(), config).await;
+    h.stripe(
+        "POST",
+        "/v1/tax/settings",
+        "head_office[address][country]=DE",
+    );
+    profile(&h, "u_tax").await;
+
+    let (status, body) = checkout(&h, "u_tax", plan("standard")).await;
+
+    assert_eq!(status, 200, "{body}");
+    let session = h.sim.object(body["session_id"].as_str().unwrap()).unwrap();
+    assert_eq!(session["automatic_tax"]["enabled"], true);
+    assert_eq!(session["billing_address_collection"], "required");
+    h.shutdown().await;
+}
+
 on_both_databases!(
+    with_stripe_tax_configured_checkout_enables_automatic_tax,
     twenty_concurrent_checkouts_get_one_session_and_a_paid_customer_cannot_buy_twice,
     another_plan_expires_the_open_session_and_the_same_request_reuses_the_new_one,
     promotion_codes_are_checked_at_stripe_before_the_session,
