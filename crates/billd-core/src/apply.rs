@@ -10,7 +10,7 @@ use crate::event::{
     CheckoutChange, DiscountChange, Event, EventKind, InvoiceChange, Subscription,
     SubscriptionChange, SubscriptionStatus,
 };
-use crate::ids::StripeSubscriptionId;
+use crate::ids::{StripeCustomerId, StripeSubscriptionId};
 use crate::money::Money;
 use crate::state::{
     resolve_plan, CheckoutState, CustomerState, DiscountState, DisputeState, InvoiceState, Latest,
@@ -148,6 +148,32 @@ pub enum Effect {
         /// Outbox dedupe key.
         dedupe_key: String,
     },
+    /// Delete or anonymise the Stripe customer of a deleted account. It runs
+    /// only once the account's `CancelSubscription` effects (`after`) are
+    /// done, so no subscription can outlive the customer unnoticed.
+    DeleteStripeCustomer {
+        /// Which Stripe customer.
+        customer: StripeCustomerId,
+        /// Delete, or only erase the personal fields.
+        erasure: StripeCustomerErasure,
+        /// Dedupe keys of the outbox rows that must be done first.
+        after: Vec<String>,
+        /// Outbox dedupe key.
+        dedupe_key: String,
+    },
+}
+
+/// What account deletion does to the Stripe customer
+/// (`BILLD_DELETE_STRIPE_CUSTOMER`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StripeCustomerErasure {
+    /// `DELETE /v1/customers/{id}`: Stripe deletes the customer.
+    #[default]
+    Delete,
+    /// Unset email, name and address; the customer, its metadata and its
+    /// payment history stay at Stripe.
+    Anonymize,
 }
 
 impl Effect {
@@ -157,7 +183,8 @@ impl Effect {
             Effect::Email { dedupe_key, .. }
             | Effect::AdminAlert { dedupe_key, .. }
             | Effect::CancelSubscription { dedupe_key, .. }
-            | Effect::RefetchSubscription { dedupe_key, .. } => dedupe_key,
+            | Effect::RefetchSubscription { dedupe_key, .. }
+            | Effect::DeleteStripeCustomer { dedupe_key, .. } => dedupe_key,
         }
     }
 }

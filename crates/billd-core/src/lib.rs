@@ -49,6 +49,7 @@ pub use access::{
 };
 pub use apply::{
     apply, AlertKind, AuditEntry, CancelReason, Decision, Effect, EmailTemplate, Outcome,
+    StripeCustomerErasure,
 };
 pub use catalog::{
     Catalog, CatalogError, DowngradePolicy, FeatureKind, FeatureName, Plan, PlanName, Price,
@@ -61,5 +62,7 @@ pub use ids::{
     StripeSubscriptionId,
 };
 pub use money::{Currency, Money, MoneyError};
-pub use schedule::{account_deletion_effects, erase_personal_data, scheduled_effects};
+pub use schedule::{
+    account_deletion_effects, account_erasure_effects, erase_personal_data, scheduled_effects,
+};
 pub use state::{CustomerState, Stamp};

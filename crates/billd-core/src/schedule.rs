@@ -4,8 +4,9 @@
 //! period, and a missed `invoice.upcoming` must not mean a missed reminder.
 
 use crate::access::{access_at, Access};
-use crate::apply::{email, params, CancelReason, Effect, EmailTemplate};
+use crate::apply::{email, params, CancelReason, Effect, EmailTemplate, StripeCustomerErasure};
 use crate::catalog::Catalog;
+use crate::ids::StripeCustomerId;
 use crate::state::CustomerState;
 
 /// Renewal reminders go out this long before the period ends.
@@ -100,6 +101,42 @@ pub fn account_deletion_effects(state: &CustomerState) -> Vec<Effect> {
             dedupe_key: format!("cancel_subscription:{}", s.snapshot.id),
         })
         .collect()
+}
+
+/// Everything deleting the account requires at Stripe, in order: the
+/// cancels of [`account_deletion_effects`], then one
+/// [`Effect::DeleteStripeCustomer`] per Stripe customer (those in the state
+/// not yet deleted at Stripe, plus `linked`, the one the customer row
+/// names), each waiting for every cancel.
+pub fn account_erasure_effects(
+    state: &CustomerState,
+    linked: Option<&StripeCustomerId>,
+    erasure: StripeCustomerErasure,
+) -> Vec<Effect> {
+    let mut effects = account_deletion_effects(state);
+    let after: Vec<String> = effects.iter().map(|e| e.dedupe_key().to_owned()).collect();
+    let mut customers: Vec<&StripeCustomerId> = state
+        .stripe_customers
+        .iter()
+        .filter(|(_, link)| !link.deleted)
+        .map(|(id, _)| id)
+        .chain(linked)
+        .collect();
+    customers.sort();
+    customers.dedup();
+    effects.extend(customers.into_iter().map(|customer| {
+        let verb = match erasure {
+            StripeCustomerErasure::Delete => "delete",
+            StripeCustomerErasure::Anonymize => "anonymize",
+        };
+        Effect::DeleteStripeCustomer {
+            customer: customer.clone(),
+            erasure,
+            after: after.clone(),
+            dedupe_key: format!("{verb}_stripe_customer:{customer}"),
+        }
+    }));
+    effects
 }
 
 /// Removes personal data (emails, card details, metadata) and keeps the

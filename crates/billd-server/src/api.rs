@@ -7,9 +7,11 @@ use std::sync::Arc;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
-use billd_core::{entitlements, usage_keys, Catalog, Currency, CustomerId, Entitlements};
+use billd_core::{
+    entitlements, usage_keys, Catalog, Currency, CustomerId, Entitlements, StripeCustomerErasure,
+};
 use billd_store::{
     AuditRecord, CustomerProfile, EventFilter, EventStatus, StoreError, StoredEvent,
 };
@@ -34,6 +36,9 @@ pub struct ApiConfig {
     pub stripe_tax: bool,
     /// How plan changes are prorated (`BILLD_PRORATION_BEHAVIOR`).
     pub proration_behavior: crate::subscription_api::ProrationBehavior,
+    /// What account deletion does to the Stripe customer
+    /// (`BILLD_DELETE_STRIPE_CUSTOMER`).
+    pub stripe_customer_erasure: StripeCustomerErasure,
 }
 
 impl Default for ApiConfig {
@@ -42,6 +47,7 @@ impl Default for ApiConfig {
             checkout_rate_limit_per_min: 10,
             stripe_tax: false,
             proration_behavior: Default::default(),
+            stripe_customer_erasure: StripeCustomerErasure::default(),
         }
     }
 }
@@ -100,7 +106,10 @@ pub fn routes<S: BillingBackend + ?Sized>(
     };
     let checkout = crate::checkout::routes(state.clone(), keys.clone());
     let app = Router::new()
-        .route("/v1/customers/{id}", put(put_customer::<S>))
+        .route(
+            "/v1/customers/{id}",
+            put(put_customer::<S>).merge(delete(crate::account::delete_customer::<S>)),
+        )
         .route(
             "/v1/customers/{id}/entitlements",
             get(get_entitlements::<S>),
@@ -211,6 +220,15 @@ async fn put_customer<S: BillingBackend + ?Sized>(
         .await
         .map_err(store_error)?;
     let c = upserted.customer;
+    if c.deleted_at.is_some() {
+        return Err(ApiError::Conflict {
+            code: "customer_deleted",
+            message: format!(
+                "customer {} was deleted; its id cannot be reused",
+                c.customer_id
+            ),
+        });
+    }
     let status = if upserted.created {
         StatusCode::CREATED
     } else {
@@ -234,13 +252,7 @@ async fn get_entitlements<S: BillingBackend + ?Sized>(
     Path(id): Path<String>,
 ) -> Result<Json<Entitlements>, ApiError> {
     let id = customer_id(&id)?;
-    let record = state
-        .store
-        .get_customer(&id)
-        .await
-        .map_err(store_error)?
-        .filter(|c| c.deleted_at.is_none())
-        .ok_or_else(|| customer_not_found(&id))?;
+    let record = crate::account::live_customer(&*state.store, &id).await?;
     let now = state.clock.now();
     let keys = usage_keys(&record.state, &state.catalog, now);
     let usage = state

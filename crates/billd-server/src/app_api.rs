@@ -171,18 +171,13 @@ fn parse(
     })
 }
 
-/// The customer's entitlements now (404 for an unknown or deleted customer).
+/// The customer's entitlements now (404 `customer_not_found` or
+/// `customer_deleted`).
 async fn load_entitlements<S: BillingBackend + ?Sized>(
     state: &UsageState<S>,
     customer: &CustomerId,
 ) -> Result<Entitlements, ApiError> {
-    let record = state
-        .store
-        .get_customer(customer)
-        .await
-        .map_err(store_error)?
-        .filter(|c| c.deleted_at.is_none())
-        .ok_or_else(|| crate::api::customer_not_found(customer))?;
+    let record = crate::account::live_customer(&*state.store, customer).await?;
     let now = state.clock.now();
     let keys = usage_keys(&record.state, &state.catalog, now);
     let usage = state

@@ -2,6 +2,7 @@
 //! with group commit into the inbox, health/readiness/metrics endpoints, and
 //! the inbox worker with its handler registry.
 
+pub mod account;
 pub mod alerts;
 pub mod api;
 pub mod app_api;

@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use async_trait::async_trait;
-use billd_core::{apply, Catalog, CustomerId, Event, EventId, EventKind, StripeCustomerId};
+use billd_core::{
+    apply, erase_personal_data, Catalog, CustomerId, Event, EventId, EventKind, StripeCustomerId,
+};
 use billd_store::{
     BillingStore, CustomerCommit, EventResult, Store, StoreError, StoredEvent, LEASE_CONFLICT,
     VERSION_CONFLICT,
@@ -271,8 +273,18 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
         for _ in 0..VERSION_RETRIES {
             let now = self.clock.now();
             let record = self.store.get_customer(customer).await?;
+            let deleted = record.as_ref().is_some_and(|r| r.deleted_at.is_some());
             let (state, version) = record.map(|r| (r.state, r.version)).unwrap_or_default();
-            let decision = apply(&state, event, &self.catalog, now);
+            let mut decision = apply(&state, event, &self.catalog, now);
+            if deleted {
+                // A deleted account stays erased: a late or replayed event
+                // still records what happened at Stripe (the cancel, the
+                // customer's deletion) but brings no personal data back and
+                // sends nothing (no email to a deleted user, no Stripe call
+                // beyond the deletion's own).
+                decision.state = erase_personal_data(&decision.state);
+                decision.effects.clear();
+            }
             let outbox = outbox_items(&decision.effects, self.alert_channels)?;
             let observed = observe(&state, &decision.state);
             let commit = CustomerCommit {

@@ -8,6 +8,10 @@
 //!   the inbox as a synthetic authoritative event (id
 //!   `evt_billd_refetch_{sub}_{tie}`), so the lifecycle handler applies it
 //!   exactly like a webhook;
+//! - `delete_stripe_customer` → once the account's cancels are done,
+//!   `DELETE /v1/customers/{id}` (or, with `anonymize`, an update unsetting
+//!   email, name, phone and address), keyed by the row's dedupe key; a
+//!   customer Stripe no longer has counts as done;
 //! - emails and admin alerts → a [`Delivery`] backend ([`LogDelivery`]
 //!   until a mailer is plugged in).
 //!
@@ -19,7 +23,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use billd_core::Effect;
-use billd_store::{NewEvent, OutboxItem, OutboxResult, StoreResult};
+use billd_store::{NewEvent, OutboxFilter, OutboxItem, OutboxResult, OutboxStatus, StoreResult};
 use billd_stripe::client::{StripeClient, StripeError};
 use rand::Rng;
 use serde_json::{json, Value};
@@ -245,6 +249,22 @@ impl<S: BillingBackend + ?Sized> OutboxWorker<S> {
                     .map_err(stripe_error)?;
                 Ok(())
             }
+            Effect::DeleteStripeCustomer {
+                customer,
+                erasure,
+                after,
+                dedupe_key,
+            } => {
+                self.wait_for(item, after).await?;
+                crate::account::erase_stripe_customer(
+                    self.stripe()?,
+                    customer,
+                    *erasure,
+                    dedupe_key,
+                )
+                .await
+                .map_err(stripe_error)
+            }
             Effect::RefetchSubscription {
                 subscription,
                 tie_created,
@@ -267,6 +287,42 @@ impl<S: BillingBackend + ?Sized> OutboxWorker<S> {
                     .map_err(|e| DeliveryError::Transient(format!("inbox insert: {e}")))?;
                 Ok(())
             }
+        }
+    }
+
+    /// A transient failure while any of the customer's rows named by
+    /// `dedupe_keys` is still waiting (pending or processing); a row that is
+    /// sent or dead no longer holds anything up.
+    async fn wait_for(
+        &self,
+        item: &OutboxItem,
+        dedupe_keys: &[String],
+    ) -> Result<(), DeliveryError> {
+        if dedupe_keys.is_empty() {
+            return Ok(());
+        }
+        let rows = self
+            .store
+            .list_outbox(&OutboxFilter {
+                status: None,
+                customer_id: item.customer_id.clone(),
+                limit: 0,
+            })
+            .await
+            .map_err(|e| DeliveryError::Transient(format!("outbox read: {e}")))?;
+        let waiting: Vec<&str> = rows
+            .iter()
+            .filter(|row| row.id != item.id && dedupe_keys.contains(&row.dedupe_key))
+            .filter(|row| matches!(row.status, OutboxStatus::Pending | OutboxStatus::Processing))
+            .map(|row| row.dedupe_key.as_str())
+            .collect();
+        if waiting.is_empty() {
+            Ok(())
+        } else {
+            Err(DeliveryError::Transient(format!(
+                "waiting for {}",
+                waiting.join(", ")
+            )))
         }
     }
 

@@ -327,7 +327,8 @@ pub enum UsageOutcome {
 #[async_trait]
 pub trait BillingStore: Send + Sync + 'static {
     /// Creates the customer or updates its profile fields (not its state,
-    /// version or Stripe link). A deleted customer stays deleted.
+    /// version or Stripe link). A deleted customer stays deleted and its
+    /// erased profile is not written: the record comes back unchanged.
     async fn upsert_customer(
         &self,
         profile: &CustomerProfile,

@@ -1292,6 +1292,15 @@ async fn deleting_a_customer_erases_its_profile_and_keeps_its_history(h: &Harnes
         .await
         .unwrap_err();
     assert!(is_conflict(&stale, VERSION_CONFLICT), "{stale:?}");
+    // Nor does a later profile update bring the personal data back.
+    let upserted = h
+        .billing
+        .upsert_customer(&profile("user_21", "back@example.com"), NOW + 40)
+        .await
+        .unwrap();
+    assert!(!upserted.created);
+    assert_eq!(upserted.customer.email, None);
+    assert_eq!(upserted.customer.deleted_at, Some(NOW + 10));
 }
 
 async fn customers_are_listed_in_id_order_page_by_page(h: &Harness) {

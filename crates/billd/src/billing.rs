@@ -45,6 +45,7 @@ pub fn billing_config(config: &Config) -> anyhow::Result<BillingConfig> {
             checkout_rate_limit_per_min: config.checkout_rate_limit_per_min,
             stripe_tax: config.stripe_tax,
             proration_behavior: config.proration_behavior,
+            stripe_customer_erasure: config.delete_stripe_customer,
         },
         delivery: Arc::new(LogDelivery),
         metrics: Arc::new(Metrics::default()),

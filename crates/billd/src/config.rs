@@ -48,6 +48,7 @@ const KEYS: &[(&str, bool)] = &[
     ("alert_payment_min_count", false),
     ("alert_webhook_silence_secs", false),
     ("proration_behavior", false),
+    ("delete_stripe_customer", false),
 ];
 
 /// The environment variable for a key.
@@ -231,6 +232,9 @@ pub struct Config {
     pub proration_behavior: ProrationBehavior,
     /// `BILLD_ALERT_*`: alert channels and thresholds.
     pub alerts: AlertSettings,
+    /// `BILLD_DELETE_STRIPE_CUSTOMER`: `delete` or `anonymize` the Stripe
+    /// customer of a deleted account.
+    pub delete_stripe_customer: billd_core::StripeCustomerErasure,
 }
 
 /// The `BILLD_ALERT_*` settings (see `billd_server::alerts::AlertConfig`).
@@ -561,6 +565,17 @@ impl Config {
             }),
             None => ProrationBehavior::default(),
         };
+        let delete_stripe_customer = match raw.required("delete_stripe_customer").as_deref() {
+            Some("delete") | None => billd_core::StripeCustomerErasure::Delete,
+            Some("anonymize") => billd_core::StripeCustomerErasure::Anonymize,
+            Some(other) => {
+                raw.fail(
+                    "delete_stripe_customer",
+                    format!("must be delete or anonymize, got {other:?}"),
+                );
+                billd_core::StripeCustomerErasure::Delete
+            }
+        };
         let secrets = |v: Vec<String>| v.into_iter().map(SecretString::from).collect();
         Config {
             database_url: SecretUrl::new(database_url),
@@ -588,6 +603,7 @@ impl Config {
             stripe_tax,
             alerts,
             proration_behavior,
+            delete_stripe_customer,
         }
     }
 }
@@ -741,6 +757,27 @@ mod tests {
             .map(|s| s.expose_secret())
             .collect();
         assert_eq!(secrets, vec!["whsec_a", "whsec_b"]);
+    }
+
+    #[test]
+    fn account_deletion_deletes_the_stripe_customer_unless_told_to_anonymize() {
+        let default = Config::load(None, &env(&[])).unwrap();
+        let anonymize =
+            Config::load(None, &env(&[("BILLD_DELETE_STRIPE_CUSTOMER", "anonymize")])).unwrap();
+        let wrong = errors(Config::load(
+            None,
+            &env(&[("BILLD_DELETE_STRIPE_CUSTOMER", "keep")]),
+        ));
+
+        assert_eq!(
+            default.delete_stripe_customer,
+            billd_core::StripeCustomerErasure::Delete
+        );
+        assert_eq!(
+            anonymize.delete_stripe_customer,
+            billd_core::StripeCustomerErasure::Anonymize
+        );
+        assert!(wrong.contains("BILLD_DELETE_STRIPE_CUSTOMER"), "{wrong}");
     }
 
     #[test]

@@ -7,8 +7,9 @@ use billd_core::event::{
     SubscriptionStatus,
 };
 use billd_core::{
-    account_deletion_effects, apply, entitlements, erase_personal_data, scheduled_effects,
-    CancelReason, Catalog, CustomerState, Effect, EventKind, PaymentMethodId, Usage,
+    account_deletion_effects, account_erasure_effects, apply, entitlements, erase_personal_data,
+    scheduled_effects, CancelReason, Catalog, CustomerState, Effect, EventKind, PaymentMethodId,
+    StripeCustomerErasure, StripeCustomerId, Usage,
 };
 
 use crate::support::*;
@@ -149,6 +150,72 @@ fn account_deletion_cancels_every_live_subscription_first() {
             reason: CancelReason::AccountDeleted,
             dedupe_key: "cancel_subscription:sub_1".to_owned(),
         }]
+    );
+}
+
+#[test]
+fn account_erasure_deletes_each_stripe_customer_only_after_every_cancel() {
+    let catalog = Catalog::seed();
+    let customer = StripeCustomer {
+        id: cus(),
+        created: Some(T0),
+        email: None,
+        metadata: BTreeMap::new(),
+    };
+    let state = fold(
+        &catalog,
+        &[
+            event(
+                "evt_1",
+                T0,
+                EventKind::Customer {
+                    change: CustomerChange::Created,
+                    customer,
+                },
+            ),
+            updated(
+                "evt_2",
+                T0,
+                subscription(1, "pro", SubscriptionStatus::Active, T0),
+            ),
+        ],
+        T0,
+    );
+    let linked = StripeCustomerId::parse("cus_2").unwrap();
+
+    let deleted = account_erasure_effects(&state, Some(&linked), StripeCustomerErasure::Delete);
+    let anonymized =
+        account_erasure_effects(&state, Some(&cus()), StripeCustomerErasure::Anonymize);
+
+    let after = vec!["cancel_subscription:sub_1".to_owned()];
+    assert_eq!(
+        deleted,
+        vec![
+            Effect::CancelSubscription {
+                subscription: sub_id(1),
+                reason: CancelReason::AccountDeleted,
+                dedupe_key: "cancel_subscription:sub_1".to_owned(),
+            },
+            Effect::DeleteStripeCustomer {
+                customer: cus(),
+                erasure: StripeCustomerErasure::Delete,
+                after: after.clone(),
+                dedupe_key: "delete_stripe_customer:cus_1".to_owned(),
+            },
+            Effect::DeleteStripeCustomer {
+                customer: linked,
+                erasure: StripeCustomerErasure::Delete,
+                after: after.clone(),
+                dedupe_key: "delete_stripe_customer:cus_2".to_owned(),
+            },
+        ]
+    );
+    assert_eq!(
+        keys(&anonymized),
+        [
+            "cancel_subscription:sub_1",
+            "anonymize_stripe_customer:cus_1"
+        ]
     );
 }
 

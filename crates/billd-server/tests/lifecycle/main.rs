@@ -10,6 +10,7 @@
 
 mod alerts;
 mod checkout;
+mod deletion;
 mod plan_change;
 mod reconcile;
 mod scenarios;

@@ -301,6 +301,7 @@ async fn every_app_route_needs_a_key_and_an_app_key_cannot_use_the_admin_api(db:
     free_customer(&h, "u_auth").await;
     let routes = [
         ("PUT", "/v1/customers/u_auth"),
+        ("DELETE", "/v1/customers/u_auth"),
         ("GET", "/v1/customers/u_auth/entitlements"),
         ("POST", "/v1/customers/u_auth/usage/generations"),
         ("POST", "/v1/customers/u_auth/usage/websites/release"),

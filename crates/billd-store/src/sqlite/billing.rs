@@ -42,18 +42,30 @@ impl BillingStore for SqliteStore {
         let (row, created) = match inserted {
             Some(row) => (row, true),
             None => {
-                let row: CustomerRow = sqlx::query_as(&format!(
+                // A deleted customer's erased profile is never written again.
+                let updated: Option<CustomerRow> = sqlx::query_as(&format!(
                     "UPDATE customers SET email = ?2, name = ?3, preferred_currency = ?4, \
                        updated_at = ?5 \
-                     WHERE customer_id = ?1 RETURNING {CUSTOMER_COLUMNS}"
+                     WHERE customer_id = ?1 AND deleted_at IS NULL RETURNING {CUSTOMER_COLUMNS}"
                 ))
                 .bind(profile.customer_id.as_str())
                 .bind(profile.email.as_deref())
                 .bind(profile.name.as_deref())
                 .bind(profile.preferred_currency.as_deref())
                 .bind(now)
-                .fetch_one(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await?;
+                let row = match updated {
+                    Some(row) => row,
+                    None => {
+                        sqlx::query_as(&format!(
+                            "SELECT {CUSTOMER_COLUMNS} FROM customers WHERE customer_id = ?1"
+                        ))
+                        .bind(profile.customer_id.as_str())
+                        .fetch_one(&mut *tx)
+                        .await?
+                    }
+                };
                 (row, false)
             }
         };

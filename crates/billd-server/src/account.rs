@@ -1,0 +1,229 @@
+//! Account deletion: `DELETE /v1/customers/{id}`.
+//!
+//! One store transaction erases the personal data (profile and the state
+//! document's copies), keeps the row, its ids and its audit trail, sets
+//! `deleted_at`, writes an audit row and enqueues the Stripe work: cancel
+//! every live subscription now, then delete (or anonymise, per
+//! `BILLD_DELETE_STRIPE_CUSTOMER`) the Stripe customer. The outbox retries
+//! that work until Stripe confirms, across crashes; the customer is only
+//! touched once every cancel is done.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use billd_core::{
+    account_erasure_effects, erase_personal_data, AuditEntry, CancelReason, CustomerId, Effect,
+    StripeCustomerErasure, StripeCustomerId,
+};
+use billd_store::{
+    CustomerCommit, CustomerRecord, NewOutboxItem, OutboxFilter, OutboxStatus, StoreError,
+    VERSION_CONFLICT,
+};
+use billd_stripe::client::{Params, StripeClient, StripeError};
+use serde::Serialize;
+
+use crate::api::{customer_id, customer_not_found, store_error, ApiState};
+use crate::error::ApiError;
+use crate::lifecycle::BillingBackend;
+
+/// How often a deletion is retried when a webhook moved the customer's
+/// version in between.
+const VERSION_RETRIES: usize = 8;
+
+/// The audit row's `reason` for a deletion through the API.
+pub const DELETION_REASON: &str = "api";
+
+/// The answer to `DELETE /v1/customers/{id}`, the same for every repeat
+/// (only `pending_stripe_actions` shrinks as the outbox works).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeletedCustomer {
+    /// The app's user id (kept, with the audit trail).
+    pub id: CustomerId,
+    /// When the account was first deleted (unix seconds).
+    pub deleted_at: i64,
+    /// The Stripe work not yet confirmed (empty once Stripe has it all).
+    pub pending_stripe_actions: Vec<PendingStripeAction>,
+}
+
+/// One Stripe call of a deletion that is not done yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PendingStripeAction {
+    /// `cancel_subscription`, `delete_stripe_customer` or
+    /// `anonymize_stripe_customer`.
+    pub action: &'static str,
+    /// The Stripe object (`sub_…`, `cus_…`).
+    pub object: String,
+    /// `pending` or `processing` (retried), or `dead` (needs an operator:
+    /// `billd` alerts and keeps the row).
+    pub status: OutboxStatus,
+    /// The last error, while Stripe refuses or is unreachable.
+    pub last_error: Option<String>,
+}
+
+/// The 404 for a customer whose account was deleted.
+pub fn customer_deleted(id: &CustomerId) -> ApiError {
+    ApiError::NotFound {
+        code: "customer_deleted",
+        message: format!("customer {id} was deleted"),
+    }
+}
+
+/// The customer, unless unknown (404 `customer_not_found`) or deleted
+/// (404 `customer_deleted`): what every per-customer read needs.
+pub async fn live_customer<S: BillingBackend + ?Sized>(
+    store: &S,
+    id: &CustomerId,
+) -> Result<CustomerRecord, ApiError> {
+    let record = store
+        .get_customer(id)
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| customer_not_found(id))?;
+    if record.deleted_at.is_some() {
+        return Err(customer_deleted(id));
+    }
+    Ok(record)
+}
+
+/// `DELETE /v1/customers/{id}`.
+pub(crate) async fn delete_customer<S: BillingBackend + ?Sized>(
+    State(state): State<ApiState<S>>,
+    Path(id): Path<String>,
+) -> Result<Json<DeletedCustomer>, ApiError> {
+    let id = customer_id(&id)?;
+    for _ in 0..VERSION_RETRIES {
+        let record = state
+            .store
+            .get_customer(&id)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| customer_not_found(&id))?;
+        if let Some(deleted_at) = record.deleted_at {
+            return answer(&*state.store, id, deleted_at).await;
+        }
+        let now = state.clock.now();
+        let outbox = account_erasure_effects(
+            &record.state,
+            record.stripe_customer_id.as_ref(),
+            state.config.stripe_customer_erasure,
+        )
+        .iter()
+        .map(NewOutboxItem::from_effect)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(store_error)?;
+        let commit = CustomerCommit {
+            customer_id: id.clone(),
+            expected_version: record.version,
+            state: erase_personal_data(&record.state),
+            audit: vec![AuditEntry {
+                field: "account".into(),
+                before: Some("active".into()),
+                after: Some("deleted".into()),
+                reason: DELETION_REASON.into(),
+                event_type: "account.deleted".into(),
+                at: now,
+            }],
+            outbox,
+            links: Vec::new(),
+        };
+        match state.store.delete_customer(&commit, now).await {
+            Ok(_) => {
+                tracing::info!(customer = %id, "account deleted");
+                return answer(&*state.store, id, now).await;
+            }
+            // A webhook committed in between: erase what it brought too.
+            Err(StoreError::Conflict { constraint }) if constraint == VERSION_CONFLICT => continue,
+            Err(e) => return Err(store_error(e)),
+        }
+    }
+    Err(ApiError::Internal(anyhow::anyhow!(
+        "customer {id} kept changing during {VERSION_RETRIES} deletion attempts"
+    )))
+}
+
+async fn answer<S: BillingBackend + ?Sized>(
+    store: &S,
+    id: CustomerId,
+    deleted_at: i64,
+) -> Result<Json<DeletedCustomer>, ApiError> {
+    let rows = store
+        .list_outbox(&OutboxFilter {
+            status: None,
+            customer_id: Some(id.clone()),
+            limit: 0,
+        })
+        .await
+        .map_err(store_error)?;
+    let mut pending: Vec<PendingStripeAction> = rows
+        .iter()
+        .filter(|row| row.status != OutboxStatus::Sent)
+        .filter_map(|row| {
+            let (action, object) = match row.effect().ok()? {
+                Effect::CancelSubscription {
+                    subscription,
+                    reason: CancelReason::AccountDeleted,
+                    ..
+                } => ("cancel_subscription", subscription.to_string()),
+                Effect::DeleteStripeCustomer {
+                    customer, erasure, ..
+                } => (erasure_action(erasure), customer.to_string()),
+                _ => return None,
+            };
+            Some(PendingStripeAction {
+                action,
+                object,
+                status: row.status,
+                last_error: row.last_error.clone(),
+            })
+        })
+        .collect();
+    // The outbox lists newest first; show the work in the order it runs.
+    pending.reverse();
+    Ok(Json(DeletedCustomer {
+        id,
+        deleted_at,
+        pending_stripe_actions: pending,
+    }))
+}
+
+fn erasure_action(erasure: StripeCustomerErasure) -> &'static str {
+    match erasure {
+        StripeCustomerErasure::Delete => "delete_stripe_customer",
+        StripeCustomerErasure::Anonymize => "anonymize_stripe_customer",
+    }
+}
+
+/// Deletes or anonymises `customer` at Stripe with `idempotency_key`. A
+/// customer Stripe does not have (already deleted) counts as done.
+pub async fn erase_stripe_customer(
+    stripe: &StripeClient,
+    customer: &StripeCustomerId,
+    erasure: StripeCustomerErasure,
+    idempotency_key: &str,
+) -> Result<(), StripeError> {
+    let path = format!("/v1/customers/{customer}");
+    let result = match erasure {
+        StripeCustomerErasure::Delete => {
+            stripe
+                .delete(&path, &Params::new(), Some(idempotency_key))
+                .await
+        }
+        // An empty value unsets a field at Stripe; metadata stays, so the
+        // customer can still be matched to the (erased) billd customer.
+        StripeCustomerErasure::Anonymize => {
+            let params = Params::new()
+                .set("email", "")
+                .set("name", "")
+                .set("phone", "")
+                .set("address", "");
+            stripe.post(&path, &params, Some(idempotency_key)).await
+        }
+    };
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_not_found() => {
+            tracing::info!(%customer, "stripe customer already gone");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
