@@ -213,6 +213,8 @@ pub struct Reconciler {
     clock: Arc<dyn Clock>,
     metrics: Option<Arc<Metrics>>,
     config: ReconcileConfig,
+    /// Raises `reconcile_drift` after a run that healed drift.
+    alerter: Option<crate::alerts::Alerter>,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -249,7 +251,15 @@ impl Reconciler {
             clock,
             metrics,
             config,
+            alerter: None,
         }
+    }
+
+    /// Alerts the operator (once per dedupe window) when a run heals drift:
+    /// drift means webhooks are being missed.
+    pub fn with_alerter(mut self, alerter: crate::alerts::Alerter) -> Self {
+        self.alerter = Some(alerter);
+        self
     }
 
     /// One run. A dry run only reads. Otherwise heal events are inserted
@@ -297,6 +307,14 @@ impl Reconciler {
             for d in &report.drift {
                 metrics.reconcile_drift.inc(d.kind.as_str());
             }
+        }
+        if let Some(alerter) = &self.alerter {
+            let by_kind: Vec<(&str, u64)> = report
+                .drift_by_kind()
+                .into_iter()
+                .map(|(kind, n)| (kind.as_str(), n as u64))
+                .collect();
+            alerter.raise_drift(&by_kind, self.clock.now()).await?;
         }
         tracing::info!(
             checked = report.subscriptions_checked,

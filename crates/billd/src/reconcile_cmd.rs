@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use billd_server::alerts::Alerter;
 use billd_server::lifecycle::LifecycleHandler;
 use billd_server::reconcile::{ReconcileConfig, ReconcileReport, Reconciler};
 use billd_server::{InboxWorker, Metrics, SystemClock};
@@ -50,6 +51,8 @@ pub async fn run(
         Arc::new(Metrics::default()),
         clock.clone(),
     );
+    // Drift alerts go to the outbox; the serving billd delivers them.
+    let alerter = Alerter::new(store.clone(), &config.alerts.server_config());
     let reconciler = Reconciler::new(
         store,
         stripe,
@@ -57,7 +60,8 @@ pub async fn run(
         clock,
         None,
         ReconcileConfig::default(),
-    );
+    )
+    .with_alerter(alerter);
     let report = reconciler
         .run(args.dry_run, Some(&worker))
         .await

@@ -15,7 +15,7 @@ use axum::routing::post;
 use axum::{Json, Router};
 use billd_core::Catalog;
 use billd_email::{parse_mailbox, BackendConfig, Branding, Notifier, Templates};
-use billd_server::alerts::AlertConfig;
+use billd_server::alerts::{AlertConfig, Alerter};
 use billd_server::api::ApiConfig;
 use billd_server::auth::ApiKeys;
 use billd_server::billing::{start_billing, BillingConfig};
@@ -23,6 +23,7 @@ use billd_server::lifecycle::BillingBackend;
 use billd_server::metrics::Metrics;
 use billd_server::notify::EmailDelivery;
 use billd_server::outbox::OutboxConfig;
+use billd_server::reconcile::{ReconcileConfig, Reconciler};
 use billd_server::{
     Backoff, Clock, IngestConfig, ManualClock, Running, ServerConfig, WebhookConfig, WorkerConfig,
     Workers,
@@ -600,7 +601,73 @@ async fn metrics_count_what_was_applied_once_and_a_dispute_and_the_failure_rate_
     w.stop().await;
 }
 
+async fn reconciliation_drift_alerts_once_per_window(db: Db) {
+    let every_webhook_lost = WebhookKnobs {
+        drop_rate: 1.0,
+        ..WebhookKnobs::default()
+    };
+    let w = start(db, every_webhook_lost, 5, |_| {}).await;
+    w.subscribe("u_unheard", "pm_card_visa").await;
+    let billing: Arc<dyn BillingStore> = w.store.clone();
+    let alerter = Alerter::new(
+        billing,
+        &AlertConfig {
+            webhook_url: Some(w.hooks.url.clone()),
+            dedupe_window_secs: WINDOW,
+            ..AlertConfig::default()
+        },
+    );
+    let reconciler = || {
+        let store: Arc<dyn Store> = w.store.clone();
+        Reconciler::new(
+            store,
+            StripeClient::new(ClientConfig::new(
+                w.sim.url(),
+                SecretString::from("sk_test_alerts"),
+            ))
+            .unwrap(),
+            Arc::new(Catalog::seed()),
+            w.clock.clone(),
+            None,
+            ReconcileConfig {
+                max_requests_per_sec: 500,
+                settle_timeout: Duration::from_secs(20),
+                ..ReconcileConfig::default()
+            },
+        )
+        .with_alerter(alerter.clone())
+    };
+
+    let report = reconciler().run(false, None).await.unwrap();
+    assert!(!report.drift.is_empty(), "{report:#?}");
+
+    let (_, posts) = w.expect_alerts("reconcile_drift", 1).await;
+    assert!(
+        posts[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("difference(s) between Stripe and billd"),
+        "{posts:#?}"
+    );
+    // Healed: a second run finds nothing and says nothing; more drift in
+    // the same window is folded into the alert already sent.
+    let again = reconciler().run(false, None).await.unwrap();
+    assert!(again.drift.is_empty(), "{again:#?}");
+    let now = w.clock.now();
+    assert!(!alerter.raise_drift(&[("status", 1)], now).await.unwrap());
+    w.expect_alerts("reconcile_drift", 1).await;
+
+    w.clock.set(now + WINDOW);
+    assert!(alerter
+        .raise_drift(&[("status", 1)], now + WINDOW)
+        .await
+        .unwrap());
+    w.expect_alerts("reconcile_drift", 2).await;
+    w.stop().await;
+}
+
 on_both_databases!(
+    reconciliation_drift_alerts_once_per_window,
     five_dead_events_raise_one_alert_per_window_on_both_channels,
     fifty_bad_signatures_raise_one_alert_and_the_next_window_alerts_again,
     webhook_silence_alerts_once_per_window_only_while_renewals_are_due,
