@@ -503,6 +503,25 @@ fn session_error(e: StripeError, currency: &Currency) -> ApiError {
     e.into()
 }
 
+/// The open Checkout sessions billd made for this customer at Stripe.
+async fn open_sessions(
+    stripe: &StripeClient,
+    customer: &StripeCustomer,
+    id: &CustomerId,
+) -> Result<Vec<String>, ApiError> {
+    let params = Params::new()
+        .set("customer", customer.id.as_str())
+        .set("status", "open");
+    let sessions = stripe
+        .list_all("/v1/checkout/sessions", &params, 1000)
+        .await?;
+    Ok(sessions
+        .iter()
+        .filter(|s| s["metadata"]["billd_customer_id"] == id.as_str())
+        .filter_map(|s| s["id"].as_str().map(str::to_owned))
+        .collect())
+}
+
 /// What expiring an earlier session found.
 enum Expired {
     /// It is closed (now, or it was already expired).
@@ -631,11 +650,23 @@ async fn new_session<S: BillingBackend + ?Sized>(
         Some(code) => Some(promotion_code_id(stripe, code, &customer, now).await?),
         None => None,
     };
-    // Only a request that passed every check replaces the open session.
-    if let Some(old) = previous.filter(|row| may_be_open(row, &record.state, now)) {
-        let outcome = expire_session(stripe, &old.session_id).await?;
+    // Only a request that passed every check replaces the open session. Any
+    // other open session of this customer at Stripe goes too: one left by a
+    // process that crashed before recording it, or by a lost race.
+    let mut stale: Vec<String> = previous
+        .filter(|row| may_be_open(row, &record.state, now))
+        .map(|row| row.session_id.clone())
+        .into_iter()
+        .collect();
+    for orphan in open_sessions(stripe, &customer, id).await? {
+        if !stale.contains(&orphan) {
+            stale.push(orphan);
+        }
+    }
+    for session_id in &stale {
+        let outcome = expire_session(stripe, session_id).await?;
         api.store
-            .close_checkout(id, &old.session_id, now)
+            .close_checkout(id, session_id, now)
             .await
             .map_err(store_error)?;
         if let Expired::Completed = outcome {

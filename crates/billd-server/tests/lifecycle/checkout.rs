@@ -510,7 +510,53 @@ async fn with_stripe_tax_configured_checkout_enables_automatic_tax(db: Db) {
     h.shutdown().await;
 }
 
+async fn a_session_left_open_by_a_crashed_process_is_expired_by_the_next_new_session(db: Db) {
+    let h = Harness::start(db, t0(), WebhookKnobs::default()).await;
+    profile(&h, "u_orphan").await;
+    let (_, first) = checkout(&h, "u_orphan", plan("standard")).await;
+    let cus = h.sim.object(first["session_id"].as_str().unwrap()).unwrap()["customer"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // What a billd process that died between Stripe's answer and its
+    // database write leaves behind.
+    let orphan = h.stripe(
+        "POST",
+        "/v1/checkout/sessions",
+        &format!(
+            "mode=subscription&customer={cus}&line_items[0][price]={}&success_url={OK_URL}&metadata[billd_customer_id]=u_orphan",
+            h.pro_price
+        ),
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let foreign = h.stripe(
+        "POST",
+        "/v1/checkout/sessions",
+        &format!(
+            "mode=subscription&customer={cus}&line_items[0][price]={}&success_url={OK_URL}",
+            h.pro_price
+        ),
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let (status, second) = checkout(&h, "u_orphan", plan("pro")).await;
+
+    assert_eq!(status, 200, "{second}");
+    let status_of = |id: &str| h.sim.object(id).unwrap()["status"].clone();
+    assert_eq!(status_of(first["session_id"].as_str().unwrap()), "expired");
+    assert_eq!(status_of(&orphan), "expired");
+    // A session billd did not make is not billd's to expire.
+    assert_eq!(status_of(&foreign), "open");
+    assert_eq!(status_of(second["session_id"].as_str().unwrap()), "open");
+    h.shutdown().await;
+}
+
 on_both_databases!(
+    a_session_left_open_by_a_crashed_process_is_expired_by_the_next_new_session,
     with_stripe_tax_configured_checkout_enables_automatic_tax,
     twenty_concurrent_checkouts_get_one_session_and_a_paid_customer_cannot_buy_twice,
     another_plan_expires_the_open_session_and_the_same_request_reuses_the_new_one,
