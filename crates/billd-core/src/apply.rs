@@ -133,18 +133,28 @@ pub enum Effect {
         dedupe_key: String,
     },
     /// Two snapshots of the subscription share a second: fetch it from the
-    /// Stripe API and feed it back as an [`Event`] with `authoritative: true`
-    /// and `created` = `tie_created` (`billd_stripe::events::
-    /// refetched_subscription_event` builds it). Stamped at the tied second,
-    /// the fetched object settles the tie and nothing else: any webhook
-    /// created later still wins, so billd's clock never competes with
-    /// Stripe's. Until the re-fetch succeeds the precedence documented on
-    /// [`Stamp`] holds.
+    /// Stripe API and feed it back as an [`Event`] with `authoritative: true`,
+    /// `created` = `tie_created` and `refetch_round` = `round`
+    /// (`billd_stripe::events::refetched_subscription_event` builds it).
+    /// Stamped at the tied second, the fetched object settles the tie and
+    /// nothing else: any webhook created later still wins, so billd's clock
+    /// never competes with Stripe's, and a fetch that lands after a newer
+    /// webhook is stale. Until the re-fetch succeeds the precedence
+    /// documented on [`Stamp`] holds.
+    ///
+    /// Every tie found before a re-fetch of that second is applied shares
+    /// round 0 and its dedupe key: one re-fetch. A webhook of the same
+    /// second that arrives after it (a test clock keeps Stripe's time still;
+    /// the fetch may also have raced the change) asks for the next round,
+    /// up to [`MAX_REFETCH_ROUNDS`].
     RefetchSubscription {
         /// Which subscription.
         subscription: StripeSubscriptionId,
         /// The tied second.
         tie_created: i64,
+        /// Which re-fetch of this tie (0 for the first).
+        #[serde(default)]
+        round: u32,
         /// Outbox dedupe key.
         dedupe_key: String,
     },
@@ -188,6 +198,10 @@ impl Effect {
         }
     }
 }
+
+/// How many re-fetches one subscription's tied second may ask for; past
+/// this, the documented precedence settles later ties of that second.
+pub const MAX_REFETCH_ROUNDS: u32 = 16;
 
 /// One change to a customer's billing state, for the audit log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -583,6 +597,28 @@ fn stamp(event: &Event, rank: u8) -> Stamp {
     }
 }
 
+/// The stamp rank of a re-fetch: its round, so that a later round wins.
+fn refetch_rank(round: u32) -> u8 {
+    u8::try_from(round).unwrap_or(u8::MAX)
+}
+
+/// Which re-fetch a webhook snapshot asks for, given the watermark `current`:
+/// none unless it ties with it (same second, another event). While only
+/// webhooks share the second, every tie asks for round 0 (one re-fetch);
+/// once a re-fetch of round n settled it, a new webhook of that second may
+/// carry a change the fetch did not see, so it asks for round n + 1.
+fn refetch_round_for(current: &Stamp, event: &Event) -> Option<u32> {
+    if event.authoritative || current.created != event.created || current.event_id == event.id {
+        return None;
+    }
+    let round = if current.authoritative {
+        u32::from(current.rank) + 1
+    } else {
+        0
+    };
+    (round < MAX_REFETCH_ROUNDS).then_some(round)
+}
+
 fn merge_created(link: &mut StripeCustomerLink, created: Option<i64>) {
     link.created = link.created.max(created);
 }
@@ -620,24 +656,35 @@ fn apply_subscription(
         }
     }
 
-    let this = stamp(event, subscription.status.lifecycle_rank());
+    let rank = if event.authoritative {
+        refetch_rank(event.refetch_round)
+    } else {
+        subscription.status.lifecycle_rank()
+    };
+    let this = stamp(event, rank);
     let plan = resolve_plan(catalog, subscription).map(|p| p.name.clone());
     let previous = next.subscriptions.get(&subscription.id).cloned();
     if previous.as_ref().is_some_and(|p| p.deleted) {
         return Outcome::Stale;
     }
-    if let Some(p) = &previous {
-        let same_second = p.stamp.created == event.created
-            && !p.stamp.authoritative
-            && !event.authoritative
-            && p.stamp.event_id != event.id;
-        if same_second {
-            effects.push(Effect::RefetchSubscription {
-                subscription: subscription.id.clone(),
-                tie_created: event.created,
-                dedupe_key: format!("refetch_subscription:{}:{}", subscription.id, event.created),
-            });
-        }
+    if let Some(round) = previous
+        .as_ref()
+        .and_then(|p| refetch_round_for(&p.stamp, event))
+    {
+        let dedupe_key = if round == 0 {
+            format!("refetch_subscription:{}:{}", subscription.id, event.created)
+        } else {
+            format!(
+                "refetch_subscription:{}:{}:{round}",
+                subscription.id, event.created
+            )
+        };
+        effects.push(Effect::RefetchSubscription {
+            subscription: subscription.id.clone(),
+            tie_created: event.created,
+            round,
+            dedupe_key,
+        });
     }
 
     let entry = next

@@ -30,6 +30,11 @@ pub struct Event {
     /// delivered by a webhook: it wins a same-second tie against any
     /// webhook snapshot.
     pub authoritative: bool,
+    /// For a re-fetch, which round of its tie it answers (see
+    /// [`crate::Effect::RefetchSubscription`]): a later round was fetched
+    /// later and wins over an earlier one. 0 for webhooks.
+    #[serde(default)]
+    pub refetch_round: u32,
     /// What happened.
     pub kind: EventKind,
 }

@@ -49,7 +49,7 @@ pub use access::{
 };
 pub use apply::{
     apply, AlertKind, AuditEntry, CancelReason, Decision, Effect, EmailTemplate, Outcome,
-    StripeCustomerErasure,
+    StripeCustomerErasure, MAX_REFETCH_ROUNDS,
 };
 pub use catalog::{
     Catalog, CatalogError, DowngradePolicy, FeatureKind, FeatureName, Plan, PlanName, Price,

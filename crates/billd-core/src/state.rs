@@ -28,10 +28,11 @@ use crate::money::Money;
 /// 2. `authoritative`: in the same second, an object re-fetched from the
 ///    Stripe API (see [`crate::Effect::RefetchSubscription`]) beats any
 ///    webhook payload;
-/// 3. `rank`: in the same second, the state that normally comes later in the
-///    object's lifecycle wins (for subscriptions
+/// 3. `rank`: for webhook payloads in the same second, the state that
+///    normally comes later in the object's lifecycle wins (for subscriptions
 ///    [`SubscriptionStatus::lifecycle_rank`]: e.g. `past_due` beats
-///    `active`, `canceled` beats everything);
+///    `active`, `canceled` beats everything); for re-fetches of the same
+///    tie, the later round (fetched later) wins whatever it says;
 /// 4. `event_id`: finally the lexicographically greater event id, which is
 ///    arbitrary but the same on every replica and every replay.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -40,7 +41,7 @@ pub struct Stamp {
     pub created: i64,
     /// Re-fetched from the API rather than delivered by webhook.
     pub authoritative: bool,
-    /// Lifecycle rank of the observed state.
+    /// Lifecycle rank of the observed state; for a re-fetch, its round.
     pub rank: u8,
     /// The event that carried the observation.
     pub event_id: EventId,

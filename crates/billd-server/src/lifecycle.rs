@@ -349,6 +349,16 @@ fn object_links(event: &Event) -> Vec<String> {
     links
 }
 
+/// The round of a re-fetch event: the `_r{round}` suffix
+/// `crate::outbox::refetch_event` gives rounds after the first; 0 otherwise
+/// (the first round, and the other synthetic events).
+fn refetch_round(id: &str) -> u32 {
+    id.strip_prefix(REFETCH_EVENT_PREFIX)
+        .and_then(|rest| rest.rsplit_once("_r"))
+        .and_then(|(_, round)| round.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Parses an inbox row into a domain event: a Stripe webhook, or a
 /// re-fetched subscription billd fed back itself (authoritative).
 pub fn parse_stored(stored: &StoredEvent) -> anyhow::Result<Option<Event>> {
@@ -362,8 +372,9 @@ pub fn parse_stored(stored: &StoredEvent) -> anyhow::Result<Option<Event>> {
         let object = envelope
             .pointer("/data/object")
             .context("re-fetch event without data.object")?;
-        let event = refetched_subscription_event(id, stored.created, object)
+        let mut event = refetched_subscription_event(id, stored.created, object)
             .context("re-fetched subscription")?;
+        event.refetch_round = refetch_round(&stored.id);
         return Ok(Some(event));
     }
     match parse_event(&stored.payload) {
@@ -431,7 +442,7 @@ mod tests {
             "status": "active", "created": 100, "cancel_at_period_end": false,
             "items": { "object": "list", "data": [] }, "metadata": {}
         });
-        let new = crate::outbox::refetch_event("sub_1", 500, object, 900);
+        let new = crate::outbox::refetch_event("sub_1", 500, 0, object, 900);
         assert_eq!(new.id, "evt_billd_refetch_sub_1_500");
         assert_eq!(new.stripe_customer.as_deref(), Some("cus_1"));
 
@@ -449,7 +460,7 @@ mod tests {
             "status": "canceled", "created": 100, "cancel_at_period_end": false,
             "items": { "object": "list", "data": [] }, "metadata": {}
         });
-        let new = crate::outbox::refetch_event("sub_2", 500, object, 900);
+        let new = crate::outbox::refetch_event("sub_2", 500, 0, object, 900);
 
         let event = parse_stored(&stored(new)).unwrap().unwrap();
 

@@ -6,8 +6,8 @@
 //!   cancel twice (and an already canceled subscription counts as done);
 //! - `refetch_subscription` → `GET /v1/subscriptions/{id}`, fed back into
 //!   the inbox as a synthetic authoritative event (id
-//!   `evt_billd_refetch_{sub}_{tie}`), so the lifecycle handler applies it
-//!   exactly like a webhook;
+//!   `evt_billd_refetch_{sub}_{tie}`, `…_{tie}_r{round}` for later rounds),
+//!   so the lifecycle handler applies it exactly like a webhook;
 //! - `delete_stripe_customer` → once the account's cancels are done,
 //!   `DELETE /v1/customers/{id}` (or, with `anonymize`, an update unsetting
 //!   email, name, phone and address), keyed by the row's dedupe key; a
@@ -268,6 +268,7 @@ impl<S: BillingBackend + ?Sized> OutboxWorker<S> {
             Effect::RefetchSubscription {
                 subscription,
                 tie_created,
+                round,
                 ..
             } => {
                 let object = self
@@ -278,6 +279,7 @@ impl<S: BillingBackend + ?Sized> OutboxWorker<S> {
                 let event = refetch_event(
                     subscription.as_str(),
                     *tie_created,
+                    *round,
                     object,
                     self.clock.now(),
                 );
@@ -345,9 +347,21 @@ fn stripe_error(e: StripeError) -> DeliveryError {
 
 /// The synthetic inbox event carrying a re-fetched subscription, shaped like
 /// a webhook so the inbox, its listing and replay treat it like one. One id
-/// per (subscription, tie): a repeated re-fetch is a duplicate.
-pub fn refetch_event(subscription: &str, tie_created: i64, object: Value, now: i64) -> NewEvent {
-    let id = format!("{REFETCH_EVENT_PREFIX}{subscription}_{tie_created}");
+/// per (subscription, tie, round): a repeated re-fetch is a duplicate.
+/// Rounds after the first carry an `_r{round}` suffix, which
+/// `crate::lifecycle::parse_stored` reads back.
+pub fn refetch_event(
+    subscription: &str,
+    tie_created: i64,
+    round: u32,
+    object: Value,
+    now: i64,
+) -> NewEvent {
+    let id = if round == 0 {
+        format!("{REFETCH_EVENT_PREFIX}{subscription}_{tie_created}")
+    } else {
+        format!("{REFETCH_EVENT_PREFIX}{subscription}_{tie_created}_r{round}")
+    };
     synthetic_subscription_event(id, subscription, tie_created, object, now)
 }
 

@@ -865,6 +865,7 @@ mod tests {
             Effect::RefetchSubscription {
                 subscription,
                 tie_created: 7,
+                round: 0,
                 dedupe_key: "refetch".into(),
             },
         ];

@@ -168,6 +168,7 @@ pub fn parse_event(raw: &str) -> Result<ParsedEvent, ParseError> {
             id,
             created: envelope.created,
             authoritative: false,
+            refetch_round: 0,
             kind,
         }),
         api_version: envelope.api_version,
@@ -197,6 +198,7 @@ pub fn refetched_subscription_event(
         id: trigger,
         created: tie_created,
         authoritative: true,
+        refetch_round: 0,
         kind,
     })
 }

@@ -9,6 +9,7 @@
 
 mod convergence;
 mod quota;
+mod refetch;
 mod schedule;
 mod semantics;
 mod support;

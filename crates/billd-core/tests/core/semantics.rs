@@ -698,6 +698,7 @@ fn same_second_snapshots_follow_the_documented_precedence_and_ask_for_a_refetch(
         assert!(second.effects.contains(&Effect::RefetchSubscription {
             subscription: sub_id(1),
             tie_created: T0,
+            round: 0,
             dedupe_key: format!("refetch_subscription:sub_1:{T0}"),
         }));
     }

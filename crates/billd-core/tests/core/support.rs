@@ -66,6 +66,7 @@ pub fn event(id: &str, created: i64, kind: EventKind) -> Event {
         id: EventId::parse(id).unwrap(),
         created,
         authoritative: false,
+        refetch_round: 0,
         kind,
     }
 }

@@ -16,5 +16,6 @@ mod reconcile;
 mod scenarios;
 mod seed_items;
 mod support;
+mod ties;
 mod usage;
 mod wiring;
