@@ -34,9 +34,10 @@ pub const DELETION_REASON: &str = "api";
 
 /// The answer to `DELETE /v1/customers/{id}`, the same for every repeat
 /// (only `pending_stripe_actions` shrinks as the outbox works).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct DeletedCustomer {
     /// The app's user id (kept, with the audit trail).
+    #[schema(value_type = String)]
     pub id: CustomerId,
     /// When the account was first deleted (unix seconds).
     pub deleted_at: i64,
@@ -45,15 +46,17 @@ pub struct DeletedCustomer {
 }
 
 /// One Stripe call of a deletion that is not done yet.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct PendingStripeAction {
     /// `cancel_subscription`, `delete_stripe_customer` or
     /// `anonymize_stripe_customer`.
+    #[schema(value_type = String)]
     pub action: &'static str,
     /// The Stripe object (`sub_…`, `cus_…`).
     pub object: String,
     /// `pending` or `processing` (retried), or `dead` (needs an operator:
     /// `billd` alerts and keeps the row).
+    #[schema(value_type = String)]
     pub status: OutboxStatus,
     /// The last error, while Stripe refuses or is unreachable.
     pub last_error: Option<String>,

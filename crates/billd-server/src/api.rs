@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
+use crate::openapi::{route, Verb};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use billd_core::{
     entitlements, usage_keys, Catalog, Currency, CustomerId, Entitlements, StripeCustomerErasure,
@@ -105,28 +105,42 @@ pub fn routes<S: BillingBackend + ?Sized>(
         config: Arc::new(config),
     };
     let checkout = crate::checkout::routes(state.clone(), keys.clone());
-    let app = Router::new()
-        .route(
-            "/v1/customers/{id}",
-            put(put_customer::<S>).merge(delete(crate::account::delete_customer::<S>)),
-        )
-        .route(
-            "/v1/customers/{id}/entitlements",
-            get(get_entitlements::<S>),
-        )
+    let app = route(
+        Router::new(),
+        Verb::Put,
+        "/v1/customers/{id}",
+        put_customer::<S>,
+    );
+    let app = route(
+        app,
+        Verb::Delete,
+        "/v1/customers/{id}",
+        crate::account::delete_customer::<S>,
+    );
+    let app = route(
+        app,
+        Verb::Get,
+        "/v1/customers/{id}/entitlements",
+        get_entitlements::<S>,
+    );
+    let app = app
         .merge(crate::subscription_api::router::<S>())
         .route_layer(axum::middleware::from_fn_with_state(
             keys.clone(),
             require_app_key,
         ));
-    let admin = Router::new()
-        .route("/v1/admin/audit", get(get_audit::<S>))
-        .route("/v1/admin/events", get(list_events::<S>))
-        .route("/v1/admin/events/{id}/replay", post(replay_event::<S>))
-        .route_layer(axum::middleware::from_fn_with_state(
-            keys,
-            require_admin_key,
-        ));
+    let admin = route(Router::new(), Verb::Get, "/v1/admin/audit", get_audit::<S>);
+    let admin = route(admin, Verb::Get, "/v1/admin/events", list_events::<S>);
+    let admin = route(
+        admin,
+        Verb::Post,
+        "/v1/admin/events/{id}/replay",
+        replay_event::<S>,
+    );
+    let admin = admin.route_layer(axum::middleware::from_fn_with_state(
+        keys,
+        require_admin_key,
+    ));
     app.merge(admin)
         .with_state(state)
         .layer(axum::middleware::from_fn(crate::log_errors))
@@ -163,7 +177,7 @@ pub(crate) fn customer_not_found(id: &CustomerId) -> ApiError {
 }
 
 /// `PUT /v1/customers/{id}` body: every field optional.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CustomerBody {
     /// Email address for billing notices.
@@ -175,9 +189,10 @@ pub struct CustomerBody {
 }
 
 /// A customer as the API shows it (no billing state document).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CustomerView {
     /// The app's user id.
+    #[schema(value_type = String)]
     pub id: CustomerId,
     /// Email address.
     pub email: Option<String>,

@@ -6,9 +6,9 @@
 
 use std::sync::Arc;
 
+use crate::openapi::{route, Verb};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use axum::routing::post;
 use axum::{Json, Router};
 use billd_core::{
     check_consume, entitlements, usage_keys, Catalog, ConsumeError, CustomerId, Entitlements,
@@ -50,29 +50,32 @@ pub fn routes<S: BillingBackend + ?Sized>(
     clock: Arc<dyn Clock>,
     keys: ApiKeys,
 ) -> Router {
-    Router::new()
-        .route(
-            "/v1/customers/{id}/usage/{feature}",
-            post(consume_usage::<S>),
-        )
-        .route(
-            "/v1/customers/{id}/usage/{feature}/release",
-            post(release_usage::<S>),
-        )
-        .route_layer(axum::middleware::from_fn_with_state(
-            Arc::new(keys),
-            require_app_key,
-        ))
-        .with_state(UsageState {
-            store,
-            catalog,
-            clock,
-        })
-        .layer(axum::middleware::from_fn(crate::log_errors))
+    let router = route(
+        Router::new(),
+        Verb::Post,
+        "/v1/customers/{id}/usage/{feature}",
+        consume_usage::<S>,
+    );
+    route(
+        router,
+        Verb::Post,
+        "/v1/customers/{id}/usage/{feature}/release",
+        release_usage::<S>,
+    )
+    .route_layer(axum::middleware::from_fn_with_state(
+        Arc::new(keys),
+        require_app_key,
+    ))
+    .with_state(UsageState {
+        store,
+        catalog,
+        clock,
+    })
+    .layer(axum::middleware::from_fn(crate::log_errors))
 }
 
 /// Body of a consume or release.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UsageBody {
     /// How much (default 1).
@@ -83,9 +86,10 @@ pub struct UsageBody {
 }
 
 /// The answer to a consume or release.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct UsageAnswer {
     /// The feature.
+    #[schema(value_type = String)]
     pub feature: FeatureName,
     /// The counter after the request.
     pub used: u64,

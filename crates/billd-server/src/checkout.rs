@@ -19,9 +19,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
+use crate::openapi::{route, Verb};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use axum::routing::post;
 use axum::{Json, Router};
 use billd_core::event::SubscriptionStatus;
 use billd_core::{CheckoutSessionId, Currency, CustomerId, CustomerState, Plan, PlanName};
@@ -68,21 +68,30 @@ impl<S: BillingBackend + ?Sized> Clone for CheckoutState<S> {
 
 /// The checkout and portal routes behind the app key.
 pub(crate) fn routes<S: BillingBackend + ?Sized>(api: ApiState<S>, keys: Arc<ApiKeys>) -> Router {
-    Router::new()
-        .route("/v1/customers/{id}/checkout", post(create_checkout::<S>))
-        .route("/v1/customers/{id}/portal", post(create_portal::<S>))
-        .route_layer(axum::middleware::from_fn_with_state(keys, require_app_key))
-        .with_state(CheckoutState {
-            api,
-            locks: Arc::default(),
-            limiter: Arc::default(),
-            prices: Arc::default(),
-        })
-        .layer(axum::middleware::from_fn(crate::log_errors))
+    let router = route(
+        Router::new(),
+        Verb::Post,
+        "/v1/customers/{id}/checkout",
+        create_checkout::<S>,
+    );
+    route(
+        router,
+        Verb::Post,
+        "/v1/customers/{id}/portal",
+        create_portal::<S>,
+    )
+    .route_layer(axum::middleware::from_fn_with_state(keys, require_app_key))
+    .with_state(CheckoutState {
+        api,
+        locks: Arc::default(),
+        limiter: Arc::default(),
+        prices: Arc::default(),
+    })
+    .layer(axum::middleware::from_fn(crate::log_errors))
 }
 
 /// `POST /v1/customers/{id}/checkout` body.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckoutBody {
     /// The plan to buy (not `free`).
@@ -126,7 +135,7 @@ impl From<&CheckoutRecord> for CheckoutView {
 }
 
 /// `POST /v1/customers/{id}/portal` body.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PortalBody {
     /// Where the portal's "return" link goes (absolute http/https).

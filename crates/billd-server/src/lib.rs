@@ -16,6 +16,7 @@ pub mod ingest;
 pub mod lifecycle;
 pub mod metrics;
 pub mod notify;
+pub mod openapi;
 pub mod outbox;
 pub mod reconcile;
 pub(crate) mod stripe_customer;
@@ -30,7 +31,6 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use billd_store::Store;
 use secrecy::SecretString;
@@ -99,14 +99,19 @@ impl std::fmt::Debug for AppState {
 
 /// The HTTP application.
 pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route(
-            "/webhooks/stripe",
-            post(webhook::receive).layer(DefaultBodyLimit::max(webhook::MAX_BODY_BYTES)),
-        )
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+    use openapi::{route, route_with, Verb};
+    let router = route_with(
+        Router::new(),
+        Verb::Post,
+        "/webhooks/stripe",
+        webhook::receive,
+        |m| m.layer(DefaultBodyLimit::max(webhook::MAX_BODY_BYTES)),
+    );
+    let router = route(router, Verb::Get, "/healthz", healthz);
+    let router = route(router, Verb::Get, "/readyz", readyz);
+    let router = route(router, Verb::Get, "/metrics", metrics);
+    let router = route(router, Verb::Get, "/openapi.json", openapi::openapi_json);
+    router
         .layer(axum::middleware::from_fn(log_errors))
         .with_state(state)
 }

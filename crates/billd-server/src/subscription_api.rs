@@ -25,11 +25,11 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::openapi::{route, Verb};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
 use axum::{Json, Router};
 use billd_core::{
     entitlements, usage_keys, Catalog, CustomerId, Entitlements, FeatureName, Plan, PlanName,
@@ -85,14 +85,30 @@ impl std::str::FromStr for ProrationBehavior {
 
 /// The plan-change and cancellation routes, to merge into the app-key router.
 pub(crate) fn router<S: BillingBackend + ?Sized>() -> Router<ApiState<S>> {
-    Router::new()
-        .route(
-            "/v1/customers/{id}/subscription/preview",
-            post(preview::<S>),
-        )
-        .route("/v1/customers/{id}/subscription/change", post(change::<S>))
-        .route("/v1/customers/{id}/subscription/cancel", post(cancel::<S>))
-        .route("/v1/customers/{id}/subscription/resume", post(resume::<S>))
+    let router = route(
+        Router::new(),
+        Verb::Post,
+        "/v1/customers/{id}/subscription/preview",
+        preview::<S>,
+    );
+    let router = route(
+        router,
+        Verb::Post,
+        "/v1/customers/{id}/subscription/change",
+        change::<S>,
+    );
+    let router = route(
+        router,
+        Verb::Post,
+        "/v1/customers/{id}/subscription/cancel",
+        cancel::<S>,
+    );
+    route(
+        router,
+        Verb::Post,
+        "/v1/customers/{id}/subscription/resume",
+        resume::<S>,
+    )
 }
 
 /// `…/subscription/preview` and `…/subscription/change` body.

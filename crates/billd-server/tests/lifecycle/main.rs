@@ -11,6 +11,7 @@
 mod alerts;
 mod checkout;
 mod deletion;
+mod openapi;
 mod plan_change;
 mod reconcile;
 mod scenarios;
