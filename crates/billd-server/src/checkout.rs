@@ -108,7 +108,7 @@ pub struct CheckoutBody {
 }
 
 /// The answer to a checkout request.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct CheckoutView {
     /// Stripe's hosted Checkout page.
     pub url: String,
@@ -143,7 +143,7 @@ pub struct PortalBody {
 }
 
 /// The answer to a portal request.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PortalView {
     /// Stripe's customer portal, valid for a short while.
     pub url: String,

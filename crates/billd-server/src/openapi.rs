@@ -189,6 +189,14 @@ impl Modify for SecuritySchemes {
         crate::account::PendingStripeAction,
         crate::checkout::CheckoutBody,
         crate::checkout::PortalBody,
+        crate::checkout::CheckoutView,
+        crate::checkout::PortalView,
+        crate::subscription_api::PlanChangeBody,
+        crate::subscription_api::PreviewView,
+        crate::subscription_api::PreviewLine,
+        crate::subscription_api::QuotaOverflow,
+        crate::subscription_api::SubscriptionView,
+        crate::subscription_api::InvoiceSummary,
     )),
     modifiers(&SecuritySchemes),
     tags(
@@ -209,7 +217,8 @@ mod paths {
     use crate::account::DeletedCustomer;
     use crate::api::{CustomerBody, CustomerView};
     use crate::app_api::{UsageAnswer, UsageBody};
-    use crate::checkout::{CheckoutBody, PortalBody};
+    use crate::checkout::{CheckoutBody, CheckoutView, PortalBody, PortalView};
+    use crate::subscription_api::{PlanChangeBody, PreviewView, SubscriptionView};
 
     #[utoipa::path(
         post, path = "/webhooks/stripe", tag = "stripe",
@@ -324,7 +333,7 @@ mod paths {
         params(("id" = String, Path, description = "The app's user id")),
         request_body = CheckoutBody,
         responses(
-            (status = 200, description = "`{url, session_id, plan, currency, expires_at}`.", body = Object),
+            (status = 200, description = "Send the user to `url`.", body = CheckoutView),
             (status = 400, description = "`unknown_plan`, `plan_not_purchasable`, `invalid_currency`, `currency_not_available`, `invalid_url`, `promotion_code_invalid`, `promotion_code_expired`, `invalid_body`.", body = ErrorBody),
             (status = 401, description = "`unauthorized`.", body = ErrorBody),
             (status = 404, description = "`customer_not_found`.", body = ErrorBody),
@@ -342,7 +351,7 @@ mod paths {
         params(("id" = String, Path, description = "The app's user id")),
         request_body = PortalBody,
         responses(
-            (status = 200, description = "`{url}`.", body = Object),
+            (status = 200, description = "Stripe's customer portal.", body = PortalView),
             (status = 401, description = "`unauthorized`.", body = ErrorBody),
             (status = 404, description = "`customer_not_found`.", body = ErrorBody),
             (status = 409, description = "`no_stripe_customer`.", body = ErrorBody),
@@ -356,9 +365,9 @@ mod paths {
         post, path = "/v1/customers/{id}/subscription/preview", tag = "app",
         description = "Prorated amounts of a plan change, from Stripe's invoice preview, and any quota overflow.",
         params(("id" = String, Path, description = "The app's user id")),
-        request_body(content = Object, description = "`{plan}`"),
+        request_body = PlanChangeBody,
         responses(
-            (status = 200, description = "What is charged now and at renewal, the currency, quota overflow.", body = Object),
+            (status = 200, description = "What is charged now and at renewal, the currency, quota overflow.", body = PreviewView),
             (status = 400, description = "`unknown_plan`, `invalid_body`.", body = ErrorBody),
             (status = 401, description = "`unauthorized`.", body = ErrorBody),
             (status = 404, description = "`customer_not_found`.", body = ErrorBody),
@@ -373,10 +382,10 @@ mod paths {
         post, path = "/v1/customers/{id}/subscription/change", tag = "app",
         description = "Applies a plan change with proration (BILLD_PRORATION_BEHAVIOR).",
         params(("id" = String, Path, description = "The app's user id")),
-        request_body(content = Object, description = "`{plan}`"),
+        request_body = PlanChangeBody,
         responses(
-            (status = 200, description = "Changed: the subscription.", body = Object),
-            (status = 202, description = "`action_required`: the proration invoice needs 3-D Secure (hosted invoice URL); the plan is granted once paid.", body = Object),
+            (status = 200, description = "Changed: the subscription.", body = SubscriptionView),
+            (status = 202, description = "`action_required`: the proration invoice needs 3-D Secure (hosted invoice URL); the plan is granted once paid.", body = SubscriptionView),
             (status = 400, description = "`unknown_plan`, `invalid_body`.", body = ErrorBody),
             (status = 401, description = "`unauthorized`.", body = ErrorBody),
             (status = 404, description = "`customer_not_found`.", body = ErrorBody),
@@ -392,7 +401,7 @@ mod paths {
         description = "Cancels at the end of the period.",
         params(("id" = String, Path, description = "The app's user id")),
         responses(
-            (status = 200, description = "The subscription, `cancel_at_period_end` true.", body = Object),
+            (status = 200, description = "The subscription, `cancel_at_period_end` true.", body = SubscriptionView),
             (status = 401, description = "`unauthorized`.", body = ErrorBody),
             (status = 404, description = "`customer_not_found`.", body = ErrorBody),
             (status = 409, description = "No live subscription.", body = ErrorBody),
@@ -407,7 +416,7 @@ mod paths {
         description = "Undoes a cancellation before the period ends.",
         params(("id" = String, Path, description = "The app's user id")),
         responses(
-            (status = 200, description = "The subscription, `cancel_at_period_end` false.", body = Object),
+            (status = 200, description = "The subscription, `cancel_at_period_end` false.", body = SubscriptionView),
             (status = 401, description = "`unauthorized`.", body = ErrorBody),
             (status = 404, description = "`customer_not_found`.", body = ErrorBody),
             (status = 409, description = "No live subscription.", body = ErrorBody),

@@ -112,7 +112,7 @@ pub(crate) fn router<S: BillingBackend + ?Sized>() -> Router<ApiState<S>> {
 }
 
 /// `…/subscription/preview` and `…/subscription/change` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlanChangeBody {
     /// The catalog plan to move to.
@@ -124,7 +124,7 @@ pub struct PlanChangeBody {
 }
 
 /// One line of a previewed invoice.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct PreviewLine {
     /// Stripe's line description.
     pub description: String,
@@ -136,9 +136,10 @@ pub struct PreviewLine {
 
 /// A feature whose current usage is above the new plan's limit: nothing is
 /// deleted, new consumption is refused until usage is below the limit.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct QuotaOverflow {
     /// The feature.
+    #[schema(value_type = String)]
     pub feature: FeatureName,
     /// Current usage.
     pub used: u64,
@@ -147,9 +148,10 @@ pub struct QuotaOverflow {
 }
 
 /// The answer to a preview.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PreviewView {
     /// The plan previewed.
+    #[schema(value_type = String)]
     pub plan: PlanName,
     /// The subscription's currency.
     pub currency: String,
@@ -161,6 +163,7 @@ pub struct PreviewView {
     /// When the next renewal happens (the current period's end).
     pub renews_at: i64,
     /// `immediate` or `period_end`: when the new plan would apply.
+    #[schema(value_type = String)]
     pub effective: &'static str,
     /// The instant the preview prorates at; pass it to `change` to be
     /// charged exactly this.
@@ -172,7 +175,7 @@ pub struct PreviewView {
 }
 
 /// A proration invoice the change created.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct InvoiceSummary {
     /// `in_…`.
     pub id: String,
@@ -187,7 +190,7 @@ pub struct InvoiceSummary {
 }
 
 /// The answer to a change, cancel or resume.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SubscriptionView {
     /// `changed`, `scheduled` (applies at period end), `action_required`
     /// (a payment needs 3-D Secure), `payment_failed` (the proration
@@ -195,9 +198,11 @@ pub struct SubscriptionView {
     /// the Stripe subscription status.
     pub status: String,
     /// The plan whose limits apply now.
+    #[schema(value_type = String)]
     pub plan: PlanName,
     /// The plan asked for (change only).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub requested_plan: Option<PlanName>,
     /// The Stripe subscription status.
     pub subscription_status: String,
@@ -212,6 +217,7 @@ pub struct SubscriptionView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub invoice: Option<InvoiceSummary>,
     /// The customer's entitlements after the call.
+    #[schema(value_type = Object)]
     pub entitlements: Entitlements,
 }
 
