@@ -293,7 +293,7 @@ pub struct AuditQuery {
 }
 
 /// A page of a list.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct List<T> {
     /// The rows, newest first.
     pub data: Vec<T>,
@@ -330,7 +330,7 @@ pub struct EventsQuery {
 }
 
 /// An inbox row without its payload.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct EventSummary {
     /// Stripe event id.
     pub id: String,
@@ -344,6 +344,7 @@ pub struct EventSummary {
     /// The Stripe customer.
     pub stripe_customer: Option<String>,
     /// Processing status.
+    #[schema(value_type = String)]
     pub status: EventStatus,
     /// Attempts so far.
     pub attempts: i32,
@@ -405,11 +406,12 @@ async fn list_events<S: BillingBackend + ?Sized>(
 }
 
 /// The answer to a replay.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Replayed {
     /// The event id.
     pub id: String,
     /// Always `pending`: the worker picks it up.
+    #[schema(value_type = String)]
     pub status: EventStatus,
 }
 

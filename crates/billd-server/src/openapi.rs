@@ -197,6 +197,8 @@ impl Modify for SecuritySchemes {
         crate::subscription_api::QuotaOverflow,
         crate::subscription_api::SubscriptionView,
         crate::subscription_api::InvoiceSummary,
+        crate::api::EventSummary,
+        crate::api::Replayed,
     )),
     modifiers(&SecuritySchemes),
     tags(
@@ -215,7 +217,7 @@ pub struct ApiDoc;
 mod paths {
     use super::ErrorBody;
     use crate::account::DeletedCustomer;
-    use crate::api::{CustomerBody, CustomerView};
+    use crate::api::{CustomerBody, CustomerView, EventSummary, List, Replayed};
     use crate::app_api::{UsageAnswer, UsageBody};
     use crate::checkout::{CheckoutBody, CheckoutView, PortalBody, PortalView};
     use crate::subscription_api::{PlanChangeBody, PreviewView, SubscriptionView};
@@ -445,7 +447,7 @@ mod paths {
         description = "Inbox rows without payloads, newest first.",
         params(("status" = Option<String>, Query, description = "pending, processing, processed, failed, dead, skipped, unlinked"), ("type" = Option<String>, Query, description = "Event type"), ("limit" = Option<u32>, Query, description = "Default 100, at most 1000")),
         responses(
-            (status = 200, description = "`{data: [{id, type, created, object_id, stripe_customer, status, attempts, last_error, received_at, processed_at}]}`.", body = Object),
+            (status = 200, description = "The rows, newest first.", body = List<EventSummary>),
             (status = 400, description = "`invalid_query`, `invalid_status`.", body = ErrorBody),
             (status = 401, description = "`unauthorized`.", body = ErrorBody),
             (status = 403, description = "`forbidden`: an app key.", body = ErrorBody),
@@ -459,7 +461,7 @@ mod paths {
         description = "Puts an event back to pending.",
         params(("id" = String, Path, description = "Stripe event id")),
         responses(
-            (status = 200, description = "`{id, status: \"pending\"}`.", body = Object),
+            (status = 200, description = "Back to `pending`.", body = Replayed),
             (status = 401, description = "`unauthorized`.", body = ErrorBody),
             (status = 403, description = "`forbidden`: an app key.", body = ErrorBody),
             (status = 404, description = "`event_not_found`.", body = ErrorBody),
@@ -483,7 +485,17 @@ mod tests {
                 "bearer"
             );
         }
-        assert!(doc["components"]["schemas"]["DeletedCustomer"].is_object());
+        for schema in [
+            "DeletedCustomer",
+            "UsageAnswer",
+            "SubscriptionView",
+            "EventSummary",
+        ] {
+            assert!(doc["components"]["schemas"][schema].is_object(), "{schema}");
+        }
+        let events = &doc["paths"]["/v1/admin/events"]["get"]["responses"]["200"]["content"]
+            ["application/json"]["schema"];
+        assert!(events.to_string().contains("EventSummary"), "{events}");
     }
 
     /// Routes must be registered through [`route`]: a plain `.route(` call
