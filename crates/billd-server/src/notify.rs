@@ -8,15 +8,15 @@
 //!   which retries with backoff; the outbox row's dedupe key makes a
 //!   redelivered event or a crash before the commit unable to queue it twice;
 //! - permanent failures (refused address, broken template) and the last
-//!   transient failure make the row dead, and the operator gets one email
-//!   saying so (keyed by the row, so a retry of the alert is harmless).
+//!   transient failure make the row dead; the alert monitor tells the
+//!   operator (`outbox_dead`, once per dedupe window, see `crate::alerts`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use billd_core::Effect;
-use billd_email::{EmailConfig, Mailbox, Message, Notifier, Recipient, Rendered, SetupError};
+use billd_email::{EmailConfig, Notifier, Recipient, SetupError};
 use billd_store::{BillingStore, OutboxItem};
 
 use crate::outbox::{Delivery, DeliveryError};
@@ -59,9 +59,6 @@ impl EmailCounters {
 pub struct EmailDelivery {
     notifier: Notifier,
     store: Arc<dyn BillingStore>,
-    /// Where "an email is dead" goes, and from whom.
-    admin: Option<Mailbox>,
-    from: Mailbox,
     /// The outbox's `max_attempts`: the attempt that makes a row dead.
     max_attempts: i32,
     counters: Arc<EmailCounters>,
@@ -77,22 +74,12 @@ impl std::fmt::Debug for EmailDelivery {
 }
 
 impl EmailDelivery {
-    /// Delivery through `notifier`, recipients from `store`'s profiles.
-    /// `from`/`admin` address the dead-letter alert (the same as the
-    /// notifier's, from `billd_email::EmailConfig`); `max_attempts` must be
-    /// the outbox worker's.
-    pub fn new(
-        notifier: Notifier,
-        store: Arc<dyn BillingStore>,
-        from: Mailbox,
-        admin: Option<Mailbox>,
-        max_attempts: i32,
-    ) -> Self {
+    /// Delivery through `notifier`, recipients from `store`'s profiles;
+    /// `max_attempts` must be the outbox worker's.
+    pub fn new(notifier: Notifier, store: Arc<dyn BillingStore>, max_attempts: i32) -> Self {
         EmailDelivery {
             notifier,
             store,
-            admin,
-            from,
             max_attempts,
             counters: Arc::new(EmailCounters::default()),
         }
@@ -109,8 +96,6 @@ impl EmailDelivery {
         Ok(Self::new(
             billd_email::notifier_from_config(config)?,
             store,
-            config.from.clone(),
-            config.admin.clone(),
             max_attempts,
         ))
     }
@@ -147,44 +132,13 @@ impl EmailDelivery {
             .map_err(|e| DeliveryError::Permanent(format!("{}: {e}", e.code())))
     }
 
-    /// Tells the operator that `item` will never be delivered. Best effort:
-    /// the row is dead either way, and this must not make it retry.
-    async fn alert_dead(&self, item: &OutboxItem, error: &str) {
+    /// Counts and logs a row that will never be delivered. The operator
+    /// hears of it from the alert monitor's `outbox_dead` alert: one per
+    /// dedupe window, however many emails die in it.
+    fn record_dead(&self, item: &OutboxItem, error: &str) {
         self.counters.dead.fetch_add(1, Ordering::Relaxed);
         tracing::error!(outbox_id = item.id, dedupe_key = %item.dedupe_key, %error, "email is dead");
-        let Some(admin) = &self.admin else {
-            return;
-        };
-        let customer = item
-            .customer_id
-            .as_ref()
-            .map_or_else(|| "-".to_owned(), ToString::to_string);
-        let text = format!(
-            "billd gave up delivering an email.\n\noutbox row: {}\nkind: {}\ncustomer: {customer}\ndedupe key: {}\nattempts: {}\nerror: {error}\n\nFix the cause, then requeue the row.\n",
-            item.id, item.kind, item.dedupe_key, item.attempts
-        );
-        let html = format!("<pre>{}</pre>", html_escape(&text));
-        let message = Message {
-            from: self.from.clone(),
-            to: admin.clone(),
-            template: "email_dead".to_owned(),
-            dedupe_key: format!("email_dead:{}", item.id),
-            content: Rendered {
-                subject: format!("[billd] email dead: {}", item.kind),
-                text,
-                html,
-            },
-        };
-        if let Err(e) = self.notifier.backend().send(&message).await {
-            tracing::error!(outbox_id = item.id, error = %e, "could not alert the admin about a dead email");
-        }
     }
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 #[async_trait]
@@ -194,7 +148,7 @@ impl Delivery for EmailDelivery {
             Effect::Email { .. } => match self.recipient(item).await {
                 Ok(r) => r,
                 Err(DeliveryError::Permanent(error)) => {
-                    self.alert_dead(item, &error).await;
+                    self.record_dead(item, &error);
                     return Err(DeliveryError::Permanent(error));
                 }
                 Err(transient) => return Err(transient),
@@ -213,7 +167,7 @@ impl Delivery for EmailDelivery {
             Err(e) if e.is_transient() => {
                 let error = format!("{}: {e}", e.code());
                 if item.attempts >= self.max_attempts {
-                    self.alert_dead(item, &error).await;
+                    self.record_dead(item, &error);
                 } else {
                     self.counters.transient.fetch_add(1, Ordering::Relaxed);
                 }
@@ -221,7 +175,7 @@ impl Delivery for EmailDelivery {
             }
             Err(e) => {
                 let error = format!("{}: {e}", e.code());
-                self.alert_dead(item, &error).await;
+                self.record_dead(item, &error);
                 Err(DeliveryError::Permanent(error))
             }
         }

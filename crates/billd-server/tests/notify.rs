@@ -242,13 +242,7 @@ async fn start_world(smtp_port: u16, poll: Duration) -> World {
     ))
     .unwrap();
     let outbox = outbox_config(poll);
-    let delivery = EmailDelivery::new(
-        notifier(smtp_port),
-        store.clone(),
-        parse_mailbox("billing@sitegen.example").unwrap(),
-        Some(parse_mailbox("ops@sitegen.example").unwrap()),
-        outbox.max_attempts,
-    );
+    let delivery = EmailDelivery::new(notifier(smtp_port), store.clone(), outbox.max_attempts);
     let config = ServerConfig {
         webhook: WebhookConfig {
             secrets: vec![SecretString::from(secret)],
@@ -443,13 +437,7 @@ async fn an_email_committed_before_a_crash_is_sent_exactly_once_by_the_next_work
         OutboxWorker::new(
             store,
             Some(stripe.clone()),
-            Arc::new(EmailDelivery::new(
-                notifier(port),
-                profiles,
-                parse_mailbox("billing@sitegen.example").unwrap(),
-                None,
-                30,
-            )),
+            Arc::new(EmailDelivery::new(notifier(port), profiles, 30)),
             Arc::new(SystemClock),
             outbox_config(Duration::from_millis(30)),
         )

@@ -200,14 +200,8 @@ async fn start(
         ..OutboxConfig::default()
     };
     let profiles: Arc<dyn BillingStore> = store.clone();
-    let delivery = EmailDelivery::new(
-        notifier,
-        profiles,
-        parse_mailbox("billing@sitegen.example").unwrap(),
-        Some(parse_mailbox("ops@sitegen.example").unwrap()),
-        outbox.max_attempts,
-    )
-    .with_counters(metrics.emails.clone());
+    let delivery = EmailDelivery::new(notifier, profiles, outbox.max_attempts)
+        .with_counters(metrics.emails.clone());
     let mut alerts = AlertConfig {
         webhook_url: Some(hooks.url.clone()),
         dedupe_window_secs: WINDOW,
@@ -601,6 +595,34 @@ async fn metrics_count_what_was_applied_once_and_a_dispute_and_the_failure_rate_
     w.stop().await;
 }
 
+async fn refused_emails_die_and_raise_one_outbox_dead_alert_not_one_per_email(db: Db) {
+    let w = start(db, WebhookKnobs::default(), 5, |_| {}).await;
+
+    // The sink refuses every address whose local part starts with "reject".
+    w.subscribe("reject_a", "pm_card_visa").await;
+    w.subscribe("reject_b", "pm_card_visa").await;
+
+    let (_, posts) = w.expect_alerts("outbox_dead", 1).await;
+    assert!(
+        posts[0]["message"].as_str().unwrap().contains("email"),
+        "{posts:#?}"
+    );
+    let text = w.metrics().await;
+    let dead = value(&text, "billd_dead_letters{queue=\"outbox\",kind=\"email\"}").unwrap();
+    assert!(dead >= 2.0, "{text}");
+    assert_eq!(
+        value(&text, "billd_emails_total{outcome=\"dead\"}"),
+        Some(dead),
+        "{text}"
+    );
+    let to_admin = messages(w.mail.path())
+        .into_iter()
+        .filter(|m| m["rcpt_tos"] == serde_json::json!(["ops@sitegen.example"]))
+        .count();
+    assert_eq!(to_admin, 1, "one admin message, the outbox_dead alert");
+    w.stop().await;
+}
+
 async fn reconciliation_drift_alerts_once_per_window(db: Db) {
     let every_webhook_lost = WebhookKnobs {
         drop_rate: 1.0,
@@ -667,6 +689,7 @@ async fn reconciliation_drift_alerts_once_per_window(db: Db) {
 }
 
 on_both_databases!(
+    refused_emails_die_and_raise_one_outbox_dead_alert_not_one_per_email,
     reconciliation_drift_alerts_once_per_window,
     five_dead_events_raise_one_alert_per_window_on_both_channels,
     fifty_bad_signatures_raise_one_alert_and_the_next_window_alerts_again,
