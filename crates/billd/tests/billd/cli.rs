@@ -182,6 +182,62 @@ async fn events_can_be_listed_shown_and_dead_ones_replayed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlinked_events_are_listed_by_status_and_requeued_in_bulk() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite://{}", dir.path().join("billd.db").display());
+    let migrate = billd(dir.path(), &db, &["migrate"]);
+    assert!(migrate.status.success(), "{}", text(&migrate.stderr));
+    let store = billd_store::connect(&db).await.unwrap();
+    store
+        .insert_events(&[
+            event("evt_cli_parked", "charge.dispute.created"),
+            event("evt_cli_applied", "invoice.paid"),
+        ])
+        .await
+        .unwrap();
+    for e in store
+        .claim_events(1_700_000_100, 1_700_000_200, 10)
+        .await
+        .unwrap()
+    {
+        let result = if e.id == "evt_cli_parked" {
+            EventResult::Unlinked
+        } else {
+            EventResult::Processed
+        };
+        store
+            .finish_event(&e.id, result, 1_700_000_101)
+            .await
+            .unwrap();
+    }
+
+    let unlinked = billd(dir.path(), &db, &["events", "list", "--status", "unlinked"]);
+    let replay = billd(
+        dir.path(),
+        &db,
+        &["events", "replay", "--status", "unlinked"],
+    );
+
+    let listed = text(&unlinked.stdout);
+    assert!(unlinked.status.success(), "{}", text(&unlinked.stderr));
+    assert!(
+        listed.contains("evt_cli_parked") && listed.contains("unlinked"),
+        "{listed}"
+    );
+    assert!(!listed.contains("evt_cli_applied"), "{listed}");
+    assert!(replay.status.success(), "{}", text(&replay.stderr));
+    assert!(
+        text(&replay.stdout).contains("1 unlinked event(s) requeued"),
+        "{}",
+        text(&replay.stdout)
+    );
+    let parked = store.get_event("evt_cli_parked").await.unwrap().unwrap();
+    assert_eq!(parked.status, EventStatus::Pending);
+    let after = text(&billd(dir.path(), &db, &["events", "list", "--status", "unlinked"]).stdout);
+    assert!(!after.contains("evt_cli_parked"), "{after}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_with_a_stripe_key_but_no_webhook_secret_prints_a_dev_secret_and_accepts_events_signed_with_it(
 ) {
     let dir = tempfile::tempdir().unwrap();
