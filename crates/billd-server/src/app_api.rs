@@ -2,7 +2,8 @@
 //! consumes, `…/usage/{feature}/release` gives capacity back. The limit is
 //! decided by `billd_core` (entitlements, then `check_consume`), the counter
 //! changes in the store's one conditional update, so concurrent callers can
-//! never push a counter past its limit.
+//! never push a counter past its limit. On SQLite consumes are
+//! group-committed ([`crate::usage_batch`]).
 
 use std::sync::Arc;
 
@@ -21,6 +22,7 @@ use crate::auth::{require_app_key, ApiKeys};
 use crate::clock::Clock;
 use crate::error::ApiError;
 use crate::lifecycle::BillingBackend;
+use crate::usage_batch::{ConsumeBatcher, MAX_BATCH};
 
 /// Longest accepted idempotency key, so a caller cannot grow the table with
 /// arbitrarily large keys.
@@ -31,6 +33,9 @@ struct UsageState<S: BillingBackend + ?Sized> {
     store: Arc<S>,
     catalog: Arc<Catalog>,
     clock: Arc<dyn Clock>,
+    /// On SQLite, consumes go through one writer that group-commits them
+    /// (see [`crate::usage_batch`] for why not on PostgreSQL).
+    consumer: Option<ConsumeBatcher>,
 }
 
 impl<S: BillingBackend + ?Sized> Clone for UsageState<S> {
@@ -39,6 +44,7 @@ impl<S: BillingBackend + ?Sized> Clone for UsageState<S> {
             store: self.store.clone(),
             catalog: self.catalog.clone(),
             clock: self.clock.clone(),
+            consumer: self.consumer.clone(),
         }
     }
 }
@@ -67,6 +73,8 @@ pub fn routes<S: BillingBackend + ?Sized>(
         require_app_key,
     ))
     .with_state(UsageState {
+        consumer: (store.backend() == billd_store::Backend::Sqlite)
+            .then(|| ConsumeBatcher::start(store.clone(), clock.clone(), MAX_BATCH)),
         store,
         catalog,
         clock,
@@ -202,6 +210,23 @@ fn answer(feature: FeatureName, used: u64, limit: u64, replayed: bool) -> Json<U
     })
 }
 
+/// One consume, group-committed where that pays.
+async fn consume<S: BillingBackend + ?Sized>(
+    state: &UsageState<S>,
+    request: UsageRequest,
+    limit: u64,
+) -> Result<UsageOutcome, StoreError> {
+    match &state.consumer {
+        Some(batcher) => batcher.consume(request, limit).await,
+        None => {
+            state
+                .store
+                .consume(&request, limit, state.clock.now())
+                .await
+        }
+    }
+}
+
 async fn consume_usage<S: BillingBackend + ?Sized>(
     State(state): State<UsageState<S>>,
     Path((id, feature)): Path<(String, String)>,
@@ -227,12 +252,7 @@ async fn consume_usage<S: BillingBackend + ?Sized>(
         Err(ConsumeError::NoAccess(access)) => {
             // A limit of 0 admits nothing new but still finds a stored
             // answer, so a retry after access ended gets its first answer.
-            return match state
-                .store
-                .consume(&request, 0, state.clock.now())
-                .await
-                .map_err(store_error)?
-            {
+            return match consume(&state, request, 0).await.map_err(store_error)? {
                 UsageOutcome::Applied {
                     used,
                     limit,
@@ -251,12 +271,7 @@ async fn consume_usage<S: BillingBackend + ?Sized>(
             return Err(invalid("invalid_amount", "amount must be at least 1"))
         }
     };
-    match state
-        .store
-        .consume(&request, limit, state.clock.now())
-        .await
-        .map_err(store_error)?
-    {
+    match consume(&state, request, limit).await.map_err(store_error)? {
         UsageOutcome::Applied {
             used,
             limit,

@@ -21,6 +21,7 @@ pub mod outbox;
 pub mod reconcile;
 pub(crate) mod stripe_customer;
 pub mod subscription_api;
+pub mod usage_batch;
 pub mod webhook;
 pub mod worker;
 

@@ -454,6 +454,24 @@ pub trait BillingStore: Send + Sync + 'static {
         now: i64,
     ) -> StoreResult<UsageOutcome>;
 
+    /// Several consumes, each with its own limit, committed together (one
+    /// commit, one fsync: group commit under load). Each answer is what
+    /// [`BillingStore::consume`] would give for that request alone, in
+    /// order; a request that fails (e.g. [`IDEMPOTENCY_CONFLICT`]) fails
+    /// alone. An error for the whole batch means nothing was committed.
+    /// The default applies them one by one.
+    async fn consume_batch(
+        &self,
+        batch: &[(UsageRequest, u64)],
+        now: i64,
+    ) -> StoreResult<Vec<StoreResult<UsageOutcome>>> {
+        let mut out = Vec::with_capacity(batch.len());
+        for (request, limit) in batch {
+            out.push(self.consume(request, *limit, now).await);
+        }
+        Ok(out)
+    }
+
     /// Subtracts `amount` from a capacity counter, never below zero; same
     /// idempotency rules as [`BillingStore::consume`]. Always `Applied`.
     async fn release(&self, request: &UsageRequest, now: i64) -> StoreResult<UsageOutcome>;

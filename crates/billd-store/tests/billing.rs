@@ -145,6 +145,7 @@ contract!(
     a_repeated_idempotency_key_returns_the_first_answer,
     an_idempotency_key_reused_for_another_request_is_a_conflict,
     concurrent_consumers_never_exceed_the_limit,
+    a_consume_batch_answers_each_request_as_alone_and_keeps_only_what_was_applied,
     release_lowers_a_capacity_counter_never_below_zero,
     metered_usage_is_counted_per_period,
     deleting_a_customer_erases_its_profile_and_keeps_its_history,
@@ -1005,6 +1006,98 @@ async fn consume_adds_within_the_limit_and_refuses_beyond_it(h: &Harness) {
             ..
         }
     ));
+}
+
+async fn a_consume_batch_answers_each_request_as_alone_and_keeps_only_what_was_applied(
+    h: &Harness,
+) {
+    for id in ["user_b1", "user_b2"] {
+        h.billing
+            .upsert_customer(&profile(id, "b@example.com"), NOW)
+            .await
+            .unwrap();
+    }
+    let batch = vec![
+        (usage("user_b1", "websites", None, 2, "a"), 3),
+        // Would exceed the limit after "a": refused, nothing stored.
+        (usage("user_b1", "websites", None, 2, "b"), 3),
+        (usage("user_b2", "generations", Some(NOW), 4, "a"), 10),
+        // The same key again in the same batch: the first answer, replayed.
+        (usage("user_b1", "websites", None, 2, "a"), 3),
+        // The same key for another feature: this one fails, alone.
+        (usage("user_b2", "websites", None, 4, "a"), 10),
+        (usage("user_b1", "websites", None, 0, "zero"), 3),
+        (usage("user_b1", "websites", None, 1, "c"), 3),
+    ];
+
+    let answers = h.billing.consume_batch(&batch, NOW).await.unwrap();
+
+    assert_eq!(answers.len(), batch.len());
+    let ok: Vec<Option<&UsageOutcome>> = answers.iter().map(|a| a.as_ref().ok()).collect();
+    assert_eq!(
+        ok[0],
+        Some(&UsageOutcome::Applied {
+            used: 2,
+            limit: 3,
+            replayed: false
+        })
+    );
+    assert_eq!(
+        ok[1],
+        Some(&UsageOutcome::LimitExceeded { used: 2, limit: 3 })
+    );
+    assert_eq!(ok[2].map(|o| used(*o)), Some(4));
+    assert_eq!(
+        ok[3],
+        Some(&UsageOutcome::Applied {
+            used: 2,
+            limit: 3,
+            replayed: true
+        })
+    );
+    assert!(
+        matches!(&answers[4], Err(StoreError::Conflict { constraint }) if constraint == IDEMPOTENCY_CONFLICT),
+        "{:?}",
+        answers[4]
+    );
+    assert!(answers[5].is_err(), "{:?}", answers[5]);
+    assert_eq!(ok[6].map(|o| used(*o)), Some(3));
+    // Committed: a fresh read sees the counters, and the refused key "b"
+    // was not stored (it goes through once there is room).
+    h.billing
+        .release(&usage("user_b1", "websites", None, 1, "r"), NOW)
+        .await
+        .unwrap();
+    let b = h
+        .billing
+        .consume(&usage("user_b1", "websites", None, 1, "b"), 3, NOW)
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            b,
+            UsageOutcome::Applied {
+                used: 3,
+                replayed: false,
+                ..
+            }
+        ),
+        "{b:?}"
+    );
+    let again = h
+        .another()
+        .await
+        .consume(&usage("user_b2", "generations", Some(NOW), 4, "a"), 10, NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        UsageOutcome::Applied {
+            used: 4,
+            limit: 10,
+            replayed: true
+        }
+    );
 }
 
 async fn a_repeated_idempotency_key_returns_the_first_answer(h: &Harness) {

@@ -4,8 +4,12 @@
 //!
 //! For each database it measures, in one run:
 //! 1. the store's raw ceiling: the same consume calls (one per request,
-//!    unique idempotency keys, many customers) straight on the store from as
-//!    many concurrent tasks as there are HTTP clients, no HTTP;
+//!    unique idempotency keys, many customers) straight on the store, no
+//!    HTTP, both group-committed (`consume_batch` of as many requests as
+//!    there are HTTP clients, one batch after the other) and one commit
+//!    per consume from as many concurrent tasks; the ratio is taken against
+//!    the way the usage endpoint commits on that database (batched on
+//!    SQLite, concurrent single commits on PostgreSQL);
 //! 2. consumes/s and p50/p99 latency through HTTP from `clients` concurrent
 //!    keep-alive clients (closed loop: each sends its next request when the
 //!    answer to the previous one arrives);
@@ -73,12 +77,24 @@ pub struct UsageBenchArgs {
 
 struct Figures {
     backend: String,
-    ceiling_per_sec: f64,
+    batched_per_sec: f64,
+    unbatched_per_sec: f64,
     http_per_sec: f64,
     ok: usize,
     p50_ms: f64,
     p99_ms: f64,
     peak_rss_kib: Option<u64>,
+}
+
+impl Figures {
+    /// The raw ceiling of the way the usage endpoint commits on this database.
+    fn ceiling(&self) -> f64 {
+        if self.backend == "sqlite" {
+            self.batched_per_sec
+        } else {
+            self.unbatched_per_sec
+        }
+    }
 }
 
 /// Runs the benchmark and prints a table.
@@ -108,16 +124,24 @@ pub async fn run(args: &UsageBenchArgs) -> anyhow::Result<()> {
         all.push(bench_backend(backend, &url, &plans, args).await?);
     }
     println!(
-        "\n{:<9} {:>16} {:>14} {:>7} {:>9} {:>9} {:>15}",
-        "backend", "ceiling cons/s", "http cons/s", "ratio", "p50 ms", "p99 ms", "server peak RSS"
+        "\n{:<9} {:>16} {:>16} {:>14} {:>7} {:>9} {:>9} {:>15}",
+        "backend",
+        "batched/s",
+        "unbatched/s",
+        "http cons/s",
+        "ratio",
+        "p50 ms",
+        "p99 ms",
+        "server peak RSS"
     );
     for f in &all {
         println!(
-            "{:<9} {:>16.0} {:>14.0} {:>7.2} {:>9.2} {:>9.2} {:>15}",
+            "{:<9} {:>16.0} {:>16.0} {:>14.0} {:>7.2} {:>9.2} {:>9.2} {:>15}",
             f.backend,
-            f.ceiling_per_sec,
+            f.batched_per_sec,
+            f.unbatched_per_sec,
             f.http_per_sec,
-            f.http_per_sec / f.ceiling_per_sec.max(1.0),
+            f.http_per_sec / f.ceiling().max(1.0),
             f.p50_ms,
             f.p99_ms,
             f.peak_rss_kib.map_or("n/a".to_string(), |k| format!(
@@ -133,8 +157,8 @@ pub async fn run(args: &UsageBenchArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "\nceiling = store.consume from {} concurrent tasks (no HTTP); http = {} consumes over {} keep-alive clients to a `billd serve` child process, {} customers.",
-        args.clients, args.consumes, args.clients, args.customers
+        "\nbatched = store.consume_batch of {} per commit, one after the other; unbatched = store.consume (one commit each) from {} concurrent tasks; neither over HTTP. http = {} consumes over {} keep-alive clients to a `billd serve` child process; {} customers. ratio = http / the ceiling of the endpoint's commit mode (sqlite: batched, postgres: unbatched).",
+        args.clients, args.clients, args.consumes, args.clients, args.customers
     );
     Ok(())
 }
@@ -158,7 +182,7 @@ async fn bench_backend(
         .context("customer ids")?;
 
     // Customers, then the raw ceiling, on a store this process opens.
-    let ceiling_per_sec = {
+    let (batched_per_sec, unbatched_per_sec) = {
         let store = billd_store::connect(url)
             .await
             .context("opening the store")?;
@@ -179,10 +203,14 @@ async fn bench_backend(
                 .context("creating bench customers")?;
         }
         let keys = usage_key_per_customer(store.as_ref(), &catalog, &customers, now).await?;
-        let ceiling = tokio::time::timeout(phase, ceiling(store, keys, &run, args))
+        let keys = Arc::new(keys);
+        let batched = tokio::time::timeout(phase, batched_ceiling(&store, &keys, &run, args))
             .await
             .context("ceiling phase timed out")??;
-        ceiling
+        let unbatched = tokio::time::timeout(phase, ceiling(store, keys, &run, args))
+            .await
+            .context("unbatched ceiling phase timed out")??;
+        (batched, unbatched)
     };
 
     // Through HTTP, against a real server process.
@@ -291,7 +319,8 @@ async fn bench_backend(
     let ok = ok.load(Ordering::Relaxed);
     Ok(Figures {
         backend: backend.to_string(),
-        ceiling_per_sec,
+        batched_per_sec,
+        unbatched_per_sec,
         http_per_sec: ok as f64 / elapsed,
         ok,
         p50_ms: percentile_ms(&latencies, 0.50),
@@ -322,14 +351,46 @@ async fn usage_key_per_customer(
     Ok(out)
 }
 
-/// Consumes/s of `store.consume` from `args.clients` concurrent tasks.
-async fn ceiling(
-    store: Arc<dyn Store>,
-    keys: Vec<(CustomerId, UsageKey)>,
+/// Consumes/s of `store.consume_batch` in batches of `args.clients`, one
+/// after the other (the one writer of the usage endpoint on SQLite).
+async fn batched_ceiling(
+    store: &Arc<dyn Store>,
+    keys: &[(CustomerId, UsageKey)],
     run: &str,
     args: &UsageBenchArgs,
 ) -> anyhow::Result<f64> {
-    let keys = Arc::new(keys);
+    let requests: Vec<(UsageRequest, u64)> = (0..args.consumes)
+        .map(|i| {
+            let (customer, key) = &keys[i % keys.len()];
+            let request = UsageRequest {
+                customer_id: customer.clone(),
+                key: key.clone(),
+                amount: 1,
+                idempotency_key: format!("b_{run}_{i}"),
+            };
+            (request, LIMIT)
+        })
+        .collect();
+    let started = Instant::now();
+    let mut applied = 0usize;
+    for chunk in requests.chunks(args.clients.max(1)) {
+        for answer in store.consume_batch(chunk, SystemClock.now()).await? {
+            match answer? {
+                UsageOutcome::Applied { .. } => applied += 1,
+                UsageOutcome::LimitExceeded { .. } => anyhow::bail!("the bench limit was reached"),
+            }
+        }
+    }
+    Ok(applied as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Consumes/s of `store.consume` from `args.clients` concurrent tasks.
+async fn ceiling(
+    store: Arc<dyn Store>,
+    keys: Arc<Vec<(CustomerId, UsageKey)>>,
+    run: &str,
+    args: &UsageBenchArgs,
+) -> anyhow::Result<f64> {
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();

@@ -354,43 +354,43 @@ impl BillingStore for SqliteStore {
         limit: u64,
         now: i64,
     ) -> StoreResult<UsageOutcome> {
-        let amount = check_amount(request)?;
-        // A limit beyond BIGINT cannot be reached anyway.
-        let limit_db = i64::try_from(limit).unwrap_or(i64::MAX);
+        check_amount(request)?;
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        if let Some(stored) = claim_key(&mut tx, request, Direction::Consume, now).await? {
-            return replay(stored, Direction::Consume, request);
+        let (outcome, keep) = consume_in(&mut tx, request, limit, now).await?;
+        if keep {
+            tx.commit().await?;
         }
-        ensure_counter(&mut tx, request).await?;
-        let used: Option<i64> = sqlx::query_scalar(
-            "UPDATE usage_counters SET used = used + ?4 \
-             WHERE customer_id = ?1 AND feature = ?2 AND period_start = ?3 \
-               AND used + ?4 <= ?5 \
-             RETURNING used",
-        )
-        .bind(request.customer_id.as_str())
-        .bind(request.key.feature.as_str())
-        .bind(period_column(&request.key))
-        .bind(amount)
-        .bind(limit_db)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(used) = used else {
-            let used = counter(&mut tx, request).await?;
-            // Rolls back the idempotency row: a refused request leaves no trace.
-            drop(tx);
-            return Ok(UsageOutcome::LimitExceeded {
-                used: crate::billing::from_db(used),
-                limit,
-            });
-        };
-        record_answer(&mut tx, request, used, limit_db).await?;
+        Ok(outcome)
+    }
+
+    async fn consume_batch(
+        &self,
+        batch: &[(UsageRequest, u64)],
+        now: i64,
+    ) -> StoreResult<Vec<StoreResult<UsageOutcome>>> {
+        let mut out = Vec::with_capacity(batch.len());
+        if batch.is_empty() {
+            return Ok(out);
+        }
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        for (request, limit) in batch {
+            // A savepoint per request: a refused or failed one is undone
+            // alone, the others still commit together.
+            sqlx::query("SAVEPOINT consume").execute(&mut *tx).await?;
+            let result = consume_in(&mut tx, request, *limit, now).await;
+            let undo = !matches!(result, Ok((_, true)));
+            if undo {
+                sqlx::query("ROLLBACK TO SAVEPOINT consume")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query("RELEASE SAVEPOINT consume")
+                .execute(&mut *tx)
+                .await?;
+            out.push(result.map(|(outcome, _)| outcome));
+        }
         tx.commit().await?;
-        Ok(UsageOutcome::Applied {
-            used: crate::billing::from_db(used),
-            limit,
-            replayed: false,
-        })
+        Ok(out)
     }
 
     async fn release(&self, request: &UsageRequest, now: i64) -> StoreResult<UsageOutcome> {
@@ -627,6 +627,56 @@ async fn insert_outbox(
         inserted += done.rows_affected();
     }
     Ok(inserted)
+}
+
+/// One consume inside the caller's transaction. The flag says whether it
+/// wrote something to keep (false for a replay or a refusal, whose
+/// idempotency row must be rolled back: a refused request leaves no trace).
+async fn consume_in(
+    conn: &mut SqliteConnection,
+    request: &UsageRequest,
+    limit: u64,
+    now: i64,
+) -> StoreResult<(UsageOutcome, bool)> {
+    let amount = check_amount(request)?;
+    // A limit beyond BIGINT cannot be reached anyway.
+    let limit_db = i64::try_from(limit).unwrap_or(i64::MAX);
+    if let Some(stored) = claim_key(&mut *conn, request, Direction::Consume, now).await? {
+        return Ok((replay(stored, Direction::Consume, request)?, false));
+    }
+    ensure_counter(&mut *conn, request).await?;
+    let used: Option<i64> = sqlx::query_scalar(
+        "UPDATE usage_counters SET used = used + ?4 \
+             WHERE customer_id = ?1 AND feature = ?2 AND period_start = ?3 \
+               AND used + ?4 <= ?5 \
+             RETURNING used",
+    )
+    .bind(request.customer_id.as_str())
+    .bind(request.key.feature.as_str())
+    .bind(period_column(&request.key))
+    .bind(amount)
+    .bind(limit_db)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(used) = used else {
+        let used = counter(&mut *conn, request).await?;
+        return Ok((
+            UsageOutcome::LimitExceeded {
+                used: crate::billing::from_db(used),
+                limit,
+            },
+            false,
+        ));
+    };
+    record_answer(&mut *conn, request, used, limit_db).await?;
+    Ok((
+        UsageOutcome::Applied {
+            used: crate::billing::from_db(used),
+            limit,
+            replayed: false,
+        },
+        true,
+    ))
 }
 
 /// Takes the idempotency key: inserts its row (answer filled in later) or,
