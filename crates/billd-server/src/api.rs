@@ -39,6 +39,8 @@ pub struct ApiConfig {
     /// What account deletion does to the Stripe customer
     /// (`BILLD_DELETE_STRIPE_CUSTOMER`).
     pub stripe_customer_erasure: StripeCustomerErasure,
+    /// When downgrades take effect (`BILLD_DOWNGRADE_TIMING`).
+    pub downgrade_timing: crate::subscription_api::DowngradeTiming,
 }
 
 impl Default for ApiConfig {
@@ -48,6 +50,7 @@ impl Default for ApiConfig {
             stripe_tax: false,
             proration_behavior: Default::default(),
             stripe_customer_erasure: StripeCustomerErasure::default(),
+            downgrade_timing: Default::default(),
         }
     }
 }

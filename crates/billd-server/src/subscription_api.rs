@@ -83,6 +83,41 @@ impl std::str::FromStr for ProrationBehavior {
     }
 }
 
+/// When a downgrade takes effect at Stripe (`BILLD_DOWNGRADE_TIMING`).
+/// Upgrades are always immediate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DowngradeTiming {
+    /// The cheaper price applies now, with proration.
+    #[default]
+    Immediate,
+    /// The customer keeps the current plan until the period ends; a
+    /// subscription schedule's second phase starts the cheaper price with
+    /// the next period, without proration.
+    PeriodEnd,
+}
+
+impl DowngradeTiming {
+    /// The configuration value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DowngradeTiming::Immediate => "immediate",
+            DowngradeTiming::PeriodEnd => "period_end",
+        }
+    }
+}
+
+impl std::str::FromStr for DowngradeTiming {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "immediate" => Ok(DowngradeTiming::Immediate),
+            "period_end" => Ok(DowngradeTiming::PeriodEnd),
+            other => Err(format!("must be immediate or period_end, got {other:?}")),
+        }
+    }
+}
+
 /// The plan-change and cancellation routes, to merge into the app-key router.
 pub(crate) fn router<S: BillingBackend + ?Sized>() -> Router<ApiState<S>> {
     let router = route(
@@ -216,6 +251,9 @@ pub struct SubscriptionView {
     /// The invoice the change created, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub invoice: Option<InvoiceSummary>,
+    /// When a scheduled downgrade takes effect (the period end).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub effective_at: Option<i64>,
     /// The customer's entitlements after the call.
     #[schema(value_type = Object)]
     pub entitlements: Entitlements,
@@ -404,6 +442,35 @@ async fn target_price(
     })
 }
 
+/// A price's amount per year, to tell an upgrade from a downgrade across
+/// intervals.
+fn yearly_amount(price: &Value) -> i64 {
+    let amount = price["unit_amount"].as_i64().unwrap_or_default();
+    let count = price
+        .pointer("/recurring/interval_count")
+        .and_then(Value::as_i64)
+        .unwrap_or(1)
+        .max(1);
+    let per_year = match price.pointer("/recurring/interval").and_then(Value::as_str) {
+        Some("day") => 365,
+        Some("week") => 52,
+        Some("year") => 1,
+        _ => 12,
+    };
+    amount * per_year / count
+}
+
+/// Whether this change waits for the period end: a downgrade (cheaper per
+/// year) under `BILLD_DOWNGRADE_TIMING=period_end`.
+fn at_period_end<S: BillingBackend + ?Sized>(
+    state: &ApiState<S>,
+    live: &LiveSubscription,
+    target: &Value,
+) -> bool {
+    state.config.downgrade_timing == DowngradeTiming::PeriodEnd
+        && yearly_amount(target) < yearly_amount(&live.price)
+}
+
 /// Refuses a change to the plan the subscription is on already.
 fn refuse_same_plan(
     catalog: &Catalog,
@@ -504,17 +571,21 @@ async fn preview<S: BillingBackend + ?Sized>(
                 .await
         }
     };
-    let (amount_due_now, next_renewal_amount, lines) =
-        if behavior == ProrationBehavior::AlwaysInvoice {
-            let now = preview("always_invoice").await?;
-            let renewal = preview("none").await?;
-            let mut lines = lines_of(&now);
-            lines.extend(lines_of(&renewal));
-            (amount_due(&now), amount_due(&renewal), lines)
-        } else {
-            let upcoming = preview("create_prorations").await?;
-            (0, amount_due(&upcoming), lines_of(&upcoming))
-        };
+    let deferred = at_period_end(&state, live, &target);
+    let (amount_due_now, next_renewal_amount, lines) = if deferred {
+        // Nothing is prorated: the cheaper price bills from the next period.
+        let renewal = preview("none").await?;
+        (0, amount_due(&renewal), lines_of(&renewal))
+    } else if behavior == ProrationBehavior::AlwaysInvoice {
+        let now = preview("always_invoice").await?;
+        let renewal = preview("none").await?;
+        let mut lines = lines_of(&now);
+        lines.extend(lines_of(&renewal));
+        (amount_due(&now), amount_due(&renewal), lines)
+    } else {
+        let upcoming = preview("create_prorations").await?;
+        (0, amount_due(&upcoming), lines_of(&upcoming))
+    };
     let quota_overflow = quota_overflow(&state, &ctx.record, &plan).await?;
     Ok(Json(PreviewView {
         plan: plan.name,
@@ -522,7 +593,7 @@ async fn preview<S: BillingBackend + ?Sized>(
         amount_due_now,
         next_renewal_amount,
         renews_at: live.current_period_end,
-        effective: "immediate",
+        effective: if deferred { "period_end" } else { "immediate" },
         proration_date,
         lines,
         quota_overflow,
@@ -580,7 +651,43 @@ async fn change<S: BillingBackend + ?Sized>(
         let invoice = latest_invoice(stripe, live.latest_invoice.as_deref()).await?;
         return answer_held(&state, &id, &plan, live, invoice).await;
     }
+    let deferred = at_period_end(&state, live, &target);
+    if let Some(schedule) = live.object["schedule"].as_str() {
+        let scheduled = stripe
+            .get(
+                &format!("/v1/subscription_schedules/{schedule}"),
+                &Params::new(),
+            )
+            .await?;
+        let next_price = scheduled
+            .pointer("/phases/1/items/0/price")
+            .and_then(|p| p.as_str().or_else(|| p["id"].as_str()));
+        if deferred && next_price == Some(price.as_str()) {
+            // The same downgrade again: it is scheduled already.
+            return answer_scheduled(&state, &id, &plan, live).await;
+        }
+        // Any other change replaces the scheduled downgrade.
+        stripe
+            .post(
+                &format!("/v1/subscription_schedules/{schedule}/release"),
+                &Params::new(),
+                Some(&format!("billd:release:{schedule}")),
+            )
+            .await?;
+        if plan_of_price(&state.catalog, &live.price).is_some_and(|p| p.name == plan.name) {
+            // Back to the current plan: dropping the schedule was the change.
+            let object = stripe.retrieve_subscription(&live.id).await?;
+            let updated = LiveSubscription::parse(object)?;
+            feed_back(&state, &ctx, &updated).await?;
+            let mut view = view(&state, &id, &updated, "changed").await?;
+            view.requested_plan = Some(plan.name);
+            return Ok(Json(view).into_response());
+        }
+    }
     refuse_same_plan(&state.catalog, live, &plan)?;
+    if deferred {
+        return schedule_downgrade(&state, &ctx, &id, &plan, &price).await;
+    }
     let now = state.clock.now();
     let proration_date = match body.proration_date {
         None => now,
@@ -631,6 +738,71 @@ async fn change<S: BillingBackend + ?Sized>(
     let mut view = view(&state, &id, &updated, "changed").await?;
     view.requested_plan = Some(plan.name);
     view.invoice = invoice.as_ref().map(invoice_summary);
+    Ok(Json(view).into_response())
+}
+
+/// Schedules a downgrade for the period end: a subscription schedule made
+/// from the subscription, whose first phase keeps the current price until
+/// the period ends and whose second phase bills `price` for one period
+/// without proration, then releases the subscription.
+async fn schedule_downgrade<S: BillingBackend + ?Sized>(
+    state: &ApiState<S>,
+    ctx: &Context,
+    id: &CustomerId,
+    plan: &Plan,
+    price: &str,
+) -> Result<Response, ApiError> {
+    let live = &ctx.live;
+    let stripe = state.stripe()?;
+    let created = stripe
+        .post(
+            "/v1/subscription_schedules",
+            &Params::new().set("from_subscription", &live.id),
+            Some(&idempotency_key("schedule", live, price, &ctx.watermark)),
+        )
+        .await?;
+    let schedule = created["id"]
+        .as_str()
+        .ok_or_else(|| ApiError::StripeRejected(format!("schedule without id: {created}")))?;
+    let start = created
+        .pointer("/phases/0/start_date")
+        .and_then(Value::as_i64)
+        .unwrap_or(live.current_period_start);
+    let phases = Params::new()
+        .set("phases[0][items][0][price]", live.price_id())
+        .set("phases[0][start_date]", start)
+        .set("phases[0][end_date]", live.current_period_end)
+        .set("phases[1][items][0][price]", price)
+        .set("phases[1][iterations]", 1)
+        .set("phases[1][proration_behavior]", "none")
+        .set("phases[1][metadata][billd_plan]", plan.name.as_str())
+        .set("end_behavior", "release");
+    stripe
+        .post(
+            &format!("/v1/subscription_schedules/{schedule}"),
+            &phases,
+            Some(&idempotency_key(
+                "schedule_phases",
+                live,
+                price,
+                &ctx.watermark,
+            )),
+        )
+        .await?;
+    answer_scheduled(state, id, plan, live).await
+}
+
+/// A downgrade waiting for the period end: the current plan applies until
+/// `effective_at`.
+async fn answer_scheduled<S: BillingBackend + ?Sized>(
+    state: &ApiState<S>,
+    id: &CustomerId,
+    plan: &Plan,
+    live: &LiveSubscription,
+) -> Result<Response, ApiError> {
+    let mut view = view(state, id, live, "scheduled").await?;
+    view.requested_plan = Some(plan.name.clone());
+    view.effective_at = Some(live.current_period_end);
     Ok(Json(view).into_response())
 }
 
@@ -873,6 +1045,7 @@ async fn view<S: BillingBackend + ?Sized>(
         current_period_end: Some(live.current_period_end).filter(|t| *t > 0),
         hosted_invoice_url: None,
         invoice: None,
+        effective_at: None,
         entitlements,
     })
 }
@@ -953,5 +1126,19 @@ mod tests {
             assert_eq!(behavior.as_str().parse::<ProrationBehavior>(), Ok(behavior));
         }
         assert!("none".parse::<ProrationBehavior>().is_err());
+        for timing in [DowngradeTiming::Immediate, DowngradeTiming::PeriodEnd] {
+            assert_eq!(timing.as_str().parse::<DowngradeTiming>(), Ok(timing));
+        }
+        assert!("later".parse::<DowngradeTiming>().is_err());
+    }
+
+    #[test]
+    fn a_cheaper_price_per_year_is_a_downgrade_whatever_the_interval() {
+        let monthly = json!({ "unit_amount": 900, "recurring": { "interval": "month", "interval_count": 1 } });
+        let yearly = json!({ "unit_amount": 9000, "recurring": { "interval": "year", "interval_count": 1 } });
+        let quarterly = json!({ "unit_amount": 3000, "recurring": { "interval": "month", "interval_count": 3 } });
+
+        assert!(yearly_amount(&yearly) < yearly_amount(&monthly));
+        assert!(yearly_amount(&quarterly) > yearly_amount(&monthly));
     }
 }

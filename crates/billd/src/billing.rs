@@ -46,6 +46,7 @@ pub fn billing_config(config: &Config) -> anyhow::Result<BillingConfig> {
             stripe_tax: config.stripe_tax,
             proration_behavior: config.proration_behavior,
             stripe_customer_erasure: config.delete_stripe_customer,
+            downgrade_timing: config.downgrade_timing,
         },
         delivery: Arc::new(LogDelivery),
         metrics: Arc::new(Metrics::default()),

@@ -7,7 +7,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use billd_server::subscription_api::ProrationBehavior;
+use billd_server::subscription_api::{DowngradeTiming, ProrationBehavior};
 use secrecy::{ExposeSecret, SecretString};
 
 const DEFAULTS: &str = include_str!("defaults.toml");
@@ -49,6 +49,7 @@ const KEYS: &[(&str, bool)] = &[
     ("alert_webhook_silence_secs", false),
     ("proration_behavior", false),
     ("delete_stripe_customer", false),
+    ("downgrade_timing", false),
 ];
 
 /// The environment variable for a key.
@@ -230,6 +231,8 @@ pub struct Config {
     pub stripe_tax: bool,
     /// `BILLD_PRORATION_BEHAVIOR`: `create_prorations` or `always_invoice`.
     pub proration_behavior: ProrationBehavior,
+    /// `BILLD_DOWNGRADE_TIMING`: `immediate` or `period_end`.
+    pub downgrade_timing: DowngradeTiming,
     /// `BILLD_ALERT_*`: alert channels and thresholds.
     pub alerts: AlertSettings,
     /// `BILLD_DELETE_STRIPE_CUSTOMER`: `delete` or `anonymize` the Stripe
@@ -576,6 +579,13 @@ impl Config {
                 billd_core::StripeCustomerErasure::Delete
             }
         };
+        let downgrade_timing = match raw.required("downgrade_timing") {
+            Some(v) => v.parse().unwrap_or_else(|e| {
+                raw.fail("downgrade_timing", e);
+                DowngradeTiming::default()
+            }),
+            None => DowngradeTiming::default(),
+        };
         let secrets = |v: Vec<String>| v.into_iter().map(SecretString::from).collect();
         Config {
             database_url: SecretUrl::new(database_url),
@@ -604,6 +614,7 @@ impl Config {
             alerts,
             proration_behavior,
             delete_stripe_customer,
+            downgrade_timing,
         }
     }
 }
@@ -726,6 +737,7 @@ mod tests {
             ProrationBehavior::CreateProrations
         );
         assert_eq!(always.proration_behavior, ProrationBehavior::AlwaysInvoice);
+        assert_eq!(default.downgrade_timing, DowngradeTiming::Immediate);
         assert!(wrong.contains("BILLD_PRORATION_BEHAVIOR"), "{wrong}");
     }
 

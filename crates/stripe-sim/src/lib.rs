@@ -50,6 +50,8 @@
 //!   the page (no customer or subscription is created, the session stays open).
 //! - Invoices are finalized when created (no one-hour draft); `invoice.updated`
 //!   is not emitted; taxes are never computed.
+//! - Subscription schedules are created `from_subscription` only; an update
+//!   replaces the phases; `end_behavior=cancel` releases like `release`.
 //! - Updating a subscription replaces existing items' price/quantity only (no
 //!   adding or removing items).
 //! - `price.currency_options` is always shown (Stripe shows it when expanded).

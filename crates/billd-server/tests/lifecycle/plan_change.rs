@@ -4,7 +4,7 @@
 
 use billd_core::Catalog;
 use billd_server::api::ApiConfig;
-use billd_server::subscription_api::ProrationBehavior;
+use billd_server::subscription_api::{DowngradeTiming, ProrationBehavior};
 use billd_server::Clock;
 use serde_json::{json, Value};
 use stripe_sim::WebhookKnobs;
@@ -376,7 +376,51 @@ async fn plan_change_requests_are_refused_with_stable_codes(db: Db) {
     h.shutdown().await;
 }
 
+async fn a_downgrade_at_period_end_keeps_pro_until_the_period_ends_then_bills_standard(db: Db) {
+    let api = ApiConfig {
+        downgrade_timing: DowngradeTiming::PeriodEnd,
+        ..ApiConfig::default()
+    };
+    let h = Harness::start_with(db, t0(), WebhookKnobs::default(), Catalog::seed(), api).await;
+    let (clock, cus, _) = subscribed(&h, "u_later_down", &h.pro_price, "pro").await;
+
+    let (status, preview) =
+        call(&h, "u_later_down", "preview", json!({ "plan": "standard" })).await;
+    assert_eq!(status, 200, "{preview}");
+    let (status, scheduled) =
+        call(&h, "u_later_down", "change", json!({ "plan": "standard" })).await;
+    let (again, repeat) = call(&h, "u_later_down", "change", json!({ "plan": "standard" })).await;
+
+    assert_eq!(preview["effective"], "period_end");
+    assert_eq!(preview["amount_due_now"], 0);
+    assert_eq!(preview["next_renewal_amount"], 900, "{preview:#}");
+    assert_eq!(status, 200, "{scheduled}");
+    assert_eq!(scheduled["status"], "scheduled");
+    assert_eq!(scheduled["plan"], "pro");
+    assert_eq!((again, &repeat["status"]), (200, &json!("scheduled")));
+    let period_end = scheduled["effective_at"].as_i64().unwrap();
+    assert_eq!(preview["renews_at"].as_i64(), Some(period_end));
+    assert!(invoices(&h, &cus, "subscription_update").is_empty());
+    h.advance(&clock, period_end - 60);
+    let (_, before) = h.entitlements("u_later_down").await;
+    assert_eq!(before["plan"], "pro", "still pro before the period ends");
+
+    h.advance(&clock, period_end + 60);
+    h.wait_for("u_later_down", "standard after the period end", |e| {
+        e["plan"] == "standard" && e["access"] == "paid"
+    })
+    .await;
+    let renewals = invoices(&h, &cus, "subscription_cycle");
+    let latest = renewals
+        .iter()
+        .max_by_key(|i| i["created"].as_i64())
+        .unwrap();
+    assert_eq!(latest["amount_due"], 900, "{renewals:#?}");
+    h.shutdown().await;
+}
+
 on_both_databases!(
+    a_downgrade_at_period_end_keeps_pro_until_the_period_ends_then_bills_standard,
     an_upgrade_with_always_invoice_charges_the_previewed_amount_and_grants_pro_at_once,
     an_upgrade_with_create_prorations_defers_the_previewed_amount_to_the_next_invoice,
     a_downgrade_below_current_usage_is_previewed_as_overflow_and_blocks_new_consumption,

@@ -276,6 +276,7 @@ pub(crate) fn preview_renewal(s: &mut Inner, sub_id: &str, at: i64) -> ApiResult
 /// A subscription's period ends at `t`: cancel if scheduled, pause or cancel a trial
 /// without a payment method when so configured, else start the next period and bill it.
 pub fn renew(s: &mut Inner, sub_id: &str, t: i64) -> ApiResult<()> {
+    crate::resources::subscription_schedules::on_period_end(s, sub_id, t)?;
     let before = s.get("subscription", sub_id, "id")?;
     if before["cancel_at"].as_i64().is_some_and(|c| c <= t) {
         return cancel_at(s, sub_id, "cancellation_requested", t);

@@ -412,6 +412,18 @@ pub fn route(s: &mut Inner, method: &str, segs: &[&str], p: &Value) -> ApiResult
         ("POST", ["subscriptions", id]) => subscriptions::update(s, id, p),
         ("DELETE", ["subscriptions", id]) => subscriptions::cancel(s, id),
         ("POST", ["subscriptions", id, "resume"]) => subscriptions::resume(s, id),
+        ("POST", ["subscription_schedules"]) => {
+            crate::resources::subscription_schedules::create(s, p)
+        }
+        ("GET", ["subscription_schedules", id]) => {
+            crate::resources::subscription_schedules::retrieve(s, id)
+        }
+        ("POST", ["subscription_schedules", id]) => {
+            crate::resources::subscription_schedules::update(s, id, p)
+        }
+        ("POST", ["subscription_schedules", id, "release"]) => {
+            crate::resources::subscription_schedules::release(s, id)
+        }
         ("GET", ["subscription_items"]) => subscriptions::list_items(s, p),
         ("GET", ["subscription_items", id]) => subscriptions::retrieve_item(s, id),
 

@@ -11,5 +11,6 @@ pub mod invoices;
 pub mod payment_methods;
 pub mod payments;
 pub mod search;
+pub mod subscription_schedules;
 pub mod subscriptions;
 pub mod test_clocks;

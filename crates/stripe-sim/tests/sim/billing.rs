@@ -1256,3 +1256,63 @@ fn switching_to_a_yearly_price_resets_the_cycle_and_bills_the_year_less_the_unus
     );
     assert_eq!(up["latest_invoice"]["amount_paid"], 30000 - 1500);
 }
+
+#[test]
+fn a_subscription_schedule_switches_price_at_the_period_end_without_proration_then_releases() {
+    let sim = sim();
+    let (std_price, pro) = (standard_price(&sim), pro_price(&sim));
+    let (clock, cus) = clocked_customer(&sim, "pm_card_visa");
+    let sub = post(
+        &sim,
+        "/v1/subscriptions",
+        &format!("customer={cus}&items[0][price]={pro}"),
+    );
+    let end = T0 + 31 * DAY;
+    let sched = post(
+        &sim,
+        "/v1/subscription_schedules",
+        &format!("from_subscription={}", id(&sub)),
+    );
+    assert_eq!(sched["phases"][0]["end_date"], end);
+    assert_eq!(
+        get(&sim, &format!("/v1/subscriptions/{}", id(&sub)))["schedule"],
+        id(&sched)
+    );
+    let updated = post(
+        &sim,
+        &format!("/v1/subscription_schedules/{}", id(&sched)),
+        &format!("phases[0][items][0][price]={pro}&phases[0][start_date]={T0}&phases[0][end_date]={end}&phases[1][items][0][price]={std_price}&phases[1][iterations]=1&phases[1][proration_behavior]=none&phases[1][metadata][billd_plan]=standard&end_behavior=release"),
+    );
+    assert_eq!(updated["phases"].as_array().unwrap().len(), 2);
+
+    advance(&sim, &clock, end - 3600);
+    let before = get(&sim, &format!("/v1/subscriptions/{}", id(&sub)));
+    advance(&sim, &clock, end + 3600);
+    let after = get(
+        &sim,
+        &format!("/v1/subscriptions/{}?expand[]=latest_invoice", id(&sub)),
+    );
+
+    assert_eq!(before["items"]["data"][0]["price"]["id"], pro);
+    assert_eq!(after["items"]["data"][0]["price"]["id"], std_price);
+    assert_eq!(after["metadata"]["billd_plan"], "standard");
+    assert_eq!(
+        after["latest_invoice"]["billing_reason"],
+        "subscription_cycle"
+    );
+    assert_eq!(
+        after["latest_invoice"]["amount_paid"], 3000,
+        "{:#}",
+        after["latest_invoice"]["lines"]
+    );
+    let next_end = after["items"]["data"][0]["current_period_end"]
+        .as_i64()
+        .unwrap();
+    advance(&sim, &clock, next_end + 3600);
+    let released = get(&sim, &format!("/v1/subscription_schedules/{}", id(&sched)));
+    assert_eq!(released["status"], "released");
+    assert_eq!(released["released_subscription"], id(&sub));
+    let sub = get(&sim, &format!("/v1/subscriptions/{}", id(&sub)));
+    assert_eq!(sub["schedule"], Value::Null);
+    assert_eq!(sub["items"]["data"][0]["price"]["id"], std_price);
+}
