@@ -12,6 +12,7 @@ mod billing;
 mod checkout;
 mod claim;
 mod error;
+mod jobs;
 mod migrations;
 mod postgres;
 mod row;
@@ -25,6 +26,7 @@ pub use billing::{
     VERSION_CONFLICT,
 };
 pub use checkout::{CheckoutRecord, CheckoutStore};
+pub use jobs::{JobFinish, JobRecord, JobStore};
 pub use migrations::MigrationStatus;
 pub use postgres::PgStore;
 pub use sqlite::{SqliteOptions, SqliteStore};
@@ -254,10 +256,10 @@ pub struct InboxStats {
 
 /// Everything billd persists. One implementation per database; the same
 /// contract tests run against both. The billing tables are the supertrait
-/// [`BillingStore`] (and the checkout table [`CheckoutStore`]), so an
-/// `Arc<dyn Store>` offers them all.
+/// [`BillingStore`] (and the checkout table [`CheckoutStore`], the
+/// scheduler's leases [`JobStore`]), so an `Arc<dyn Store>` offers them all.
 #[async_trait]
-pub trait Store: BillingStore + CheckoutStore + Send + Sync + 'static {
+pub trait Store: BillingStore + CheckoutStore + JobStore + Send + Sync + 'static {
     /// Which database this is.
     fn backend(&self) -> Backend;
 

@@ -24,6 +24,7 @@ use crate::{
 
 mod billing;
 mod checkout;
+mod jobs;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 

@@ -26,6 +26,7 @@ use crate::{
 
 mod billing;
 mod checkout;
+mod jobs;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 

@@ -11,6 +11,9 @@ use billd_store::{
 };
 use tempfile::TempDir;
 
+#[path = "contract/jobs.rs"]
+mod jobs;
+
 /// A store under test plus what keeps it alive.
 struct Harness {
     store: Arc<dyn Store>,

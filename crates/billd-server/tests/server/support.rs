@@ -478,3 +478,40 @@ impl billd_store::CheckoutStore for SwitchableStore {
             .await
     }
 }
+
+/// Scheduler leases and sweeps forward like the rest.
+#[async_trait]
+impl billd_store::JobStore for SwitchableStore {
+    async fn claim_job(
+        &self,
+        name: &str,
+        owner: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> StoreResult<Option<billd_store::JobRecord>> {
+        self.check()?;
+        self.inner.claim_job(name, owner, now, lease_until).await
+    }
+    async fn finish_job(
+        &self,
+        name: &str,
+        owner: &str,
+        finish: &billd_store::JobFinish,
+        now: i64,
+    ) -> StoreResult<bool> {
+        self.check()?;
+        self.inner.finish_job(name, owner, finish, now).await
+    }
+    async fn list_jobs(&self) -> StoreResult<Vec<billd_store::JobRecord>> {
+        self.check()?;
+        self.inner.list_jobs().await
+    }
+    async fn release_expired_outbox_leases(&self, now: i64) -> StoreResult<u64> {
+        self.check()?;
+        self.inner.release_expired_outbox_leases(now).await
+    }
+    async fn release_expired_inbox_leases(&self, now: i64) -> StoreResult<u64> {
+        self.check()?;
+        self.inner.release_expired_inbox_leases(now).await
+    }
+}
