@@ -49,6 +49,9 @@ pub enum EmailTemplate {
     CardExpiring,
     /// The grace period after a failed payment ends soon.
     GraceEnding,
+    /// The grace period after a failed payment ended: paid access is
+    /// suspended until the payment goes through.
+    AccessSuspended,
 }
 
 /// Alerts for the operator (`BILLD_ADMIN_EMAIL`).

@@ -28,7 +28,8 @@
 //!    counter `FeatureEntitlement::usage_key` (its `period_start` is `None`
 //!    for capacity features).
 //! 5. Scheduler: [`scheduled_effects`] per customer (renewal reminders,
-//!    card expiry, grace ending), written to the outbox like step 1.
+//!    card expiry, grace ending), written to the outbox like step 1; and
+//!    [`grace_expiry`] (access suspended: audit row, email, recorded once).
 //! 6. Account deletion: [`account_deletion_effects`], then
 //!    [`erase_personal_data`].
 
@@ -63,6 +64,7 @@ pub use ids::{
 };
 pub use money::{Currency, Money, MoneyError};
 pub use schedule::{
-    account_deletion_effects, account_erasure_effects, erase_personal_data, scheduled_effects,
+    access_suspended_key, account_deletion_effects, account_erasure_effects, erase_personal_data,
+    grace_expiry, scheduled_effects,
 };
 pub use state::{CustomerState, Stamp};

@@ -4,7 +4,10 @@
 //! period, and a missed `invoice.upcoming` must not mean a missed reminder.
 
 use crate::access::{access_at, Access};
-use crate::apply::{email, params, CancelReason, Effect, EmailTemplate, StripeCustomerErasure};
+use crate::apply::{
+    email, params, AuditEntry, CancelReason, Decision, Effect, EmailTemplate, Outcome,
+    StripeCustomerErasure,
+};
 use crate::catalog::Catalog;
 use crate::ids::StripeCustomerId;
 use crate::state::CustomerState;
@@ -22,6 +25,69 @@ pub const GRACE_ENDING_LEAD_SECS: i64 = 86_400;
 /// `invoice.upcoming` by its line's period start, which is the same second.
 pub fn renewal_reminder_key(scope: &str, renews_at: i64) -> String {
     format!("renewal_reminder:{scope}:{renews_at}")
+}
+
+/// A suspension is announced only this long after the grace period ended:
+/// a scheduler started long after (a new install on old data, a long
+/// outage) does not email customers about a suspension they already live with.
+pub const SUSPENSION_NOTICE_WINDOW_SECS: i64 = 7 * 86_400;
+
+/// The dedupe key of the access-suspended email, also recorded in
+/// [`CustomerState::applied_facts`] so that the suspension is audited once.
+pub fn access_suspended_key(scope: &str, grace_until: i64) -> String {
+    format!("access_suspended:{scope}:{grace_until}")
+}
+
+/// The `event_type` of the audit row a grace expiry writes (its `reason`
+/// is the suspension's key).
+pub const GRACE_EXPIRY_EVENT_TYPE: &str = "scheduler.grace_expiry";
+
+/// When the grace period of the customer's past-due subscription has run
+/// out at `now` (access went from `grace` to `blocked`) and billd has not
+/// recorded that yet: the state with the suspension recorded as a fact, an
+/// audit row `access: grace → blocked`, and the `access_suspended` email
+/// (dedupe `access_suspended:{sub}:{grace_until}`). None otherwise, and
+/// for a suspension older than [`SUSPENSION_NOTICE_WINDOW_SECS`]. A second
+/// call on the returned state gives none: the suspension is recorded once.
+pub fn grace_expiry(state: &CustomerState, catalog: &Catalog, now: i64) -> Option<Decision> {
+    let view = access_at(state, catalog, now);
+    let (Access::Blocked, Some(until), Some(sub)) =
+        (view.access, view.grace_until, view.subscription)
+    else {
+        return None;
+    };
+    if now < until || now - until > SUSPENSION_NOTICE_WINDOW_SECS {
+        return None;
+    }
+    let s = &sub.snapshot;
+    let key = access_suspended_key(s.id.as_str(), until);
+    if state.applied_facts.contains(&key) {
+        return None;
+    }
+    let mut next = state.clone();
+    next.applied_facts.insert(key.clone());
+    let audit = AuditEntry {
+        field: "access".to_owned(),
+        before: Some("grace".to_owned()),
+        after: Some("blocked".to_owned()),
+        reason: key.clone(),
+        event_type: GRACE_EXPIRY_EVENT_TYPE.to_owned(),
+        at: now,
+    };
+    Some(Decision {
+        state: next,
+        effects: vec![email(
+            EmailTemplate::AccessSuspended,
+            key,
+            params([
+                ("subscription", s.id.to_string()),
+                ("plan", view.plan.name.to_string()),
+                ("grace_until", until.to_string()),
+            ]),
+        )],
+        audit: vec![audit],
+        outcome: Outcome::Applied,
+    })
 }
 
 /// Reminders, card expiry and grace warnings due at `now`.

@@ -81,7 +81,7 @@ pub fn template_name(template: EmailTemplate) -> String {
 }
 
 /// Every customer email, in a fixed order (for checks and previews).
-pub const ALL_TEMPLATES: [EmailTemplate; 14] = [
+pub const ALL_TEMPLATES: [EmailTemplate; 15] = [
     EmailTemplate::SubscriptionConfirmed,
     EmailTemplate::PaymentSucceeded,
     EmailTemplate::PaymentFailed,
@@ -96,6 +96,7 @@ pub const ALL_TEMPLATES: [EmailTemplate; 14] = [
     EmailTemplate::RenewalReminder,
     EmailTemplate::CardExpiring,
     EmailTemplate::GraceEnding,
+    EmailTemplate::AccessSuspended,
 ];
 
 /// The template operator alerts use.
@@ -132,6 +133,7 @@ const EMBEDDED: &[(&str, &str)] = embedded!(
     "renewal_reminder",
     "card_expiring",
     "grace_ending",
+    "access_suspended",
     "admin_alert",
 );
 
@@ -589,6 +591,11 @@ pub fn sample_params(template: EmailTemplate) -> Vec<BTreeMap<String, String>> {
         ])],
         EmailTemplate::GraceEnding => vec![map(&[
             ("subscription", "sub_1"),
+            ("grace_until", "1795788309"),
+        ])],
+        EmailTemplate::AccessSuspended => vec![map(&[
+            ("subscription", "sub_1"),
+            ("plan", "pro"),
             ("grace_until", "1795788309"),
         ])],
     }

@@ -437,6 +437,21 @@ fn every_email_renders_its_subject_amount_and_links_in_text_and_html() {
             ],
             html: vec!["Update your card".to_owned()],
         },
+        Expect {
+            template: EmailTemplate::AccessSuspended,
+            params: params(&[
+                ("subscription", "sub_1"),
+                ("plan", "pro"),
+                ("grace_until", WHEN),
+            ]),
+            subject: "Your Pro plan is suspended: payment still missing",
+            text: &[
+                "the grace period ended on November 27, 2026, 14:05 UTC",
+                "Update your card to restore access: ",
+                ACCOUNT_URL,
+            ],
+            html: vec![href(ACCOUNT_URL), "<strong>Pro</strong>".to_owned()],
+        },
     ];
     let mut covered = std::collections::BTreeSet::new();
     for case in cases {
@@ -1315,6 +1330,12 @@ async fn every_email_the_core_decides_renders_and_sends() {
         &catalog,
         grace_until - DAY / 2,
     ));
+    // …and once it has ended, the suspension.
+    effects.extend(
+        billd_core::grace_expiry(&overdue, &catalog, grace_until + 60)
+            .unwrap()
+            .effects,
+    );
 
     let memory = MemoryBackend::new();
     let n = notifier(Arc::new(memory.clone()), Some("ops@sitegen.example"));

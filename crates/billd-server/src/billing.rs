@@ -1,7 +1,7 @@
 //! Everything billing adds to the server, started in one call: the
 //! lifecycle handler for every handled event type, the app and admin API
-//! beside the webhook endpoint, and the outbox worker next to the inbox
-//! worker, all stopped by the same cancellation token.
+//! beside the webhook endpoint, and the outbox worker and the scheduler
+//! next to the inbox worker, all stopped by the same cancellation token.
 
 use std::sync::Arc;
 
@@ -14,9 +14,11 @@ use crate::alerts::{AlertChannels, AlertConfig, AlertDelivery, AlertMonitor};
 use crate::api::ApiConfig;
 use crate::auth::ApiKeys;
 use crate::clock::Clock;
+use crate::jobs::JobContext;
 use crate::lifecycle::LifecycleHandler;
 use crate::metrics::Metrics;
 use crate::outbox::{Delivery, OutboxConfig, OutboxWorker};
+use crate::scheduler::SchedulerConfig;
 use crate::{api, start_with_parts, Parts, Running, ServerConfig, Workers};
 
 /// What billing runs with.
@@ -40,6 +42,8 @@ pub struct BillingConfig {
     pub metrics: Arc<Metrics>,
     /// Alert channels and conditions.
     pub alerts: AlertConfig,
+    /// The scheduler ([`crate::jobs::billing_jobs`]); off: not started.
+    pub scheduler: SchedulerConfig,
 }
 
 impl std::fmt::Debug for BillingConfig {
@@ -48,13 +52,15 @@ impl std::fmt::Debug for BillingConfig {
             .field("stripe", &self.stripe)
             .field("api_keys", &self.api_keys)
             .field("outbox", &self.outbox)
+            .field("scheduler", &self.scheduler)
             .finish_non_exhaustive()
     }
 }
 
 /// Starts billd with billing: [`crate::start_with_parts`] with the
-/// lifecycle registry and the API routes, plus the outbox worker and the
-/// alert monitor (when `workers` is `Run`). `clock` drives both the webhook checks and billing
+/// lifecycle registry and the API routes, plus the outbox worker, the
+/// alert monitor and the scheduler (when `workers` is `Run`; the scheduler
+/// unless turned off). `clock` drives both the webhook checks and billing
 /// decisions.
 pub fn start_billing(
     listener: TcpListener,
@@ -94,6 +100,17 @@ pub fn start_billing(
             metrics: metrics.clone(),
         },
     )?;
+    if workers == Workers::Run && billing.scheduler.enabled {
+        let jobs = JobContext {
+            store: store.clone(),
+            catalog: billing.catalog.clone(),
+            stripe: billing.stripe.clone(),
+            clock: clock.clone(),
+            metrics: running.metrics.clone(),
+        };
+        let scheduler = crate::jobs::billing_scheduler(&jobs, billing.scheduler.clone());
+        tokio::spawn(scheduler.run(running.cancel_token()));
+    }
     if workers == Workers::Run {
         let delivery = AlertDelivery::new(billing.delivery, &billing.alerts, metrics.clone())
             .map_err(std::io::Error::other)?;

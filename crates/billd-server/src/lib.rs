@@ -13,6 +13,7 @@ pub mod checkout;
 pub mod clock;
 pub mod error;
 pub mod ingest;
+pub mod jobs;
 pub mod lifecycle;
 pub mod metrics;
 pub mod notify;
@@ -22,6 +23,7 @@ pub mod reconcile;
 pub(crate) mod stripe_customer;
 pub mod subscription_api;
 pub mod usage_batch;
+pub mod scheduler;
 pub mod webhook;
 pub mod worker;
 

@@ -37,6 +37,44 @@ impl LabelledCounter {
     }
 }
 
+/// A counter per pair of label values (`job`, `outcome`).
+#[derive(Debug, Default)]
+pub struct PairCounter(Mutex<BTreeMap<(&'static str, &'static str), u64>>);
+
+impl PairCounter {
+    /// Adds one to `(first, second)`.
+    pub fn inc(&self, first: &'static str, second: &'static str) {
+        if let Ok(mut map) = self.0.lock() {
+            *map.entry((first, second)).or_default() += 1;
+        }
+    }
+
+    /// The current value for `(first, second)`.
+    pub fn get(&self, first: &str, second: &str) -> u64 {
+        self.0
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .find(|((a, b), _)| *a == first && *b == second)
+                    .map_or(0, |(_, n)| *n)
+            })
+            .unwrap_or(0)
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str, labels: (&str, &str)) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        if let Ok(map) = self.0.lock() {
+            for ((a, b), n) in map.iter() {
+                let _ = writeln!(
+                    out,
+                    "{name}{{{}=\"{a}\",{}=\"{b}\"}} {n}",
+                    labels.0, labels.1
+                );
+            }
+        }
+    }
+}
+
 /// All of billd's process-local metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -74,6 +112,8 @@ pub struct Metrics {
     pub alerts_suppressed: LabelledCounter,
     /// Webhook-channel alert deliveries, by outcome.
     pub alert_webhook_deliveries: LabelledCounter,
+    /// Scheduler job runs by job and outcome (`succeeded`, `failed`).
+    pub scheduler_runs: PairCounter,
 }
 
 impl Metrics {
@@ -178,6 +218,12 @@ impl Metrics {
             "Alert webhook posts, by outcome.",
             "outcome",
             &self.alert_webhook_deliveries.snapshot(),
+        );
+        self.scheduler_runs.render(
+            &mut out,
+            "billd_scheduler_runs_total",
+            "Scheduler job runs, by job and outcome.",
+            ("job", "outcome"),
         );
         if let Some(stats) = inbox {
             let _ = writeln!(

@@ -268,6 +268,7 @@ async fn start_world(smtp_port: u16, poll: Duration) -> World {
         delivery: Arc::new(delivery),
         metrics: Arc::default(),
         alerts: AlertConfig::default(),
+        scheduler: billd_server::scheduler::SchedulerConfig::off(),
     };
     let dyn_store: Arc<dyn Store> = store.clone();
     let running = start_billing(

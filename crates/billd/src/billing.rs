@@ -12,6 +12,7 @@ use billd_server::billing::BillingConfig;
 use billd_server::metrics::Metrics;
 use billd_server::notify::{EmailCounters, EmailDelivery};
 use billd_server::outbox::{Delivery, LogDelivery, OutboxConfig};
+use billd_server::scheduler::SchedulerConfig;
 use billd_store::{AuditRecord, BillingStore, Store};
 use billd_stripe::client::{ClientConfig, StripeClient};
 
@@ -51,6 +52,11 @@ pub fn billing_config(config: &Config) -> anyhow::Result<BillingConfig> {
         delivery: Arc::new(LogDelivery),
         metrics: Arc::new(Metrics::default()),
         alerts: config.alerts.server_config(),
+        scheduler: SchedulerConfig {
+            enabled: config.scheduler,
+            intervals: config.scheduler_intervals.clone(),
+            ..SchedulerConfig::default()
+        },
     })
 }
 

@@ -50,6 +50,8 @@ const KEYS: &[(&str, bool)] = &[
     ("proration_behavior", false),
     ("delete_stripe_customer", false),
     ("downgrade_timing", false),
+    ("scheduler", false),
+    ("scheduler_intervals", false),
 ];
 
 /// The environment variable for a key.
@@ -233,6 +235,10 @@ pub struct Config {
     pub proration_behavior: ProrationBehavior,
     /// `BILLD_DOWNGRADE_TIMING`: `immediate` or `period_end`.
     pub downgrade_timing: DowngradeTiming,
+    /// `BILLD_SCHEDULER`: `on` runs the scheduler's jobs in this process.
+    pub scheduler: bool,
+    /// `BILLD_SCHEDULER_INTERVALS`: per-job intervals, `job=secs,…`.
+    pub scheduler_intervals: BTreeMap<String, i64>,
     /// `BILLD_ALERT_*`: alert channels and thresholds.
     pub alerts: AlertSettings,
     /// `BILLD_DELETE_STRIPE_CUSTOMER`: `delete` or `anonymize` the Stripe
@@ -586,6 +592,23 @@ impl Config {
             }),
             None => DowngradeTiming::default(),
         };
+        let scheduler = match raw.required("scheduler").as_deref() {
+            Some("on") | None => true,
+            Some("off") => false,
+            Some(other) => {
+                raw.fail("scheduler", format!("must be on or off, got {other:?}"));
+                true
+            }
+        };
+        let scheduler_intervals = match billd_server::scheduler::SchedulerConfig::parse_intervals(
+            &raw.opt("scheduler_intervals").unwrap_or_default(),
+        ) {
+            Ok(intervals) => intervals,
+            Err(e) => {
+                raw.fail("scheduler_intervals", e);
+                BTreeMap::new()
+            }
+        };
         let secrets = |v: Vec<String>| v.into_iter().map(SecretString::from).collect();
         Config {
             database_url: SecretUrl::new(database_url),
@@ -615,6 +638,8 @@ impl Config {
             proration_behavior,
             delete_stripe_customer,
             downgrade_timing,
+            scheduler,
+            scheduler_intervals,
         }
     }
 }
@@ -705,6 +730,38 @@ mod tests {
         assert_eq!((set.checkout_rate_limit_per_min, set.stripe_tax), (3, true));
         assert!(bad.contains("BILLD_CHECKOUT_RATE_LIMIT_PER_MIN"), "{bad}");
         assert!(bad.contains("BILLD_STRIPE_TAX"), "{bad}");
+    }
+
+    #[test]
+    fn the_scheduler_is_on_by_default_and_takes_per_job_intervals() {
+        let config = Config::load(None, &HashMap::new()).unwrap();
+        assert!(config.scheduler);
+        assert!(config.scheduler_intervals.is_empty());
+
+        let config = Config::load(
+            None,
+            &env(&[
+                ("BILLD_SCHEDULER", "off"),
+                (
+                    "BILLD_SCHEDULER_INTERVALS",
+                    "renewal_reminders=60, card_expiry=86400",
+                ),
+            ]),
+        )
+        .unwrap();
+        assert!(!config.scheduler);
+        assert_eq!(config.scheduler_intervals["renewal_reminders"], 60);
+        assert_eq!(config.scheduler_intervals["card_expiry"], 86_400);
+
+        let bad = errors(Config::load(
+            None,
+            &env(&[
+                ("BILLD_SCHEDULER", "sometimes"),
+                ("BILLD_SCHEDULER_INTERVALS", "renewal_reminders=0"),
+            ]),
+        ));
+        assert!(bad.contains("must be on or off"), "{bad}");
+        assert!(bad.contains("BILLD_SCHEDULER_INTERVALS"), "{bad}");
     }
 
     #[test]

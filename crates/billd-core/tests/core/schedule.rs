@@ -8,8 +8,8 @@ use billd_core::event::{
 };
 use billd_core::{
     account_deletion_effects, account_erasure_effects, apply, entitlements, erase_personal_data,
-    scheduled_effects, CancelReason, Catalog, CustomerState, Effect, EventKind, PaymentMethodId,
-    StripeCustomerErasure, StripeCustomerId, Usage,
+    grace_expiry, scheduled_effects, CancelReason, Catalog, CustomerState, Effect, EmailTemplate,
+    EventKind, PaymentMethodId, StripeCustomerErasure, StripeCustomerId, Usage,
 };
 
 use crate::support::*;
@@ -259,4 +259,79 @@ fn erasing_personal_data_keeps_the_billing_history() {
     );
     assert_eq!(erased.invoices.len(), 1);
     assert_eq!(erased.applied_facts, state.applied_facts);
+}
+
+#[test]
+fn grace_expiry_suspends_access_once_with_an_audit_row_and_an_email() {
+    let catalog = Catalog::seed();
+    let state = fold(
+        &catalog,
+        &[updated(
+            "evt_1",
+            T0,
+            subscription(1, "pro", SubscriptionStatus::PastDue, T0),
+        )],
+        T0,
+    );
+    let until = T0 + 3 * DAY;
+    assert!(
+        grace_expiry(&state, &catalog, until - 1).is_none(),
+        "still in grace"
+    );
+
+    let decision = grace_expiry(&state, &catalog, until + 60).expect("grace is over");
+
+    let key = format!("access_suspended:sub_1:{until}");
+    assert_eq!(keys(&decision.effects), vec![key.clone()]);
+    match &decision.effects[0] {
+        Effect::Email {
+            template, params, ..
+        } => {
+            assert_eq!(*template, EmailTemplate::AccessSuspended);
+            assert_eq!(params["grace_until"], until.to_string());
+            assert_eq!(params["subscription"], "sub_1");
+        }
+        other => panic!("not an email: {other:?}"),
+    }
+    assert_eq!(decision.audit.len(), 1);
+    let audit = &decision.audit[0];
+    assert_eq!(
+        (
+            audit.field.as_str(),
+            audit.before.as_deref(),
+            audit.after.as_deref()
+        ),
+        ("access", Some("grace"), Some("blocked"))
+    );
+    assert_eq!(audit.reason, key);
+    assert!(decision.state.applied_facts.contains(&key));
+    assert!(
+        grace_expiry(&decision.state, &catalog, until + 120).is_none(),
+        "recorded once"
+    );
+}
+
+#[test]
+fn no_suspension_notice_while_paid_or_long_after_the_grace_period_ended() {
+    let catalog = Catalog::seed();
+    let active = fold(
+        &catalog,
+        &[updated(
+            "evt_1",
+            T0,
+            subscription(1, "pro", SubscriptionStatus::Active, T0),
+        )],
+        T0,
+    );
+    assert!(grace_expiry(&active, &catalog, T0 + 10 * DAY).is_none());
+    let past_due = fold(
+        &catalog,
+        &[updated(
+            "evt_1",
+            T0,
+            subscription(1, "pro", SubscriptionStatus::PastDue, T0),
+        )],
+        T0,
+    );
+    assert!(grace_expiry(&past_due, &catalog, T0 + 3 * DAY + 8 * DAY).is_none());
 }

@@ -16,6 +16,7 @@ mod plan_change;
 mod reconcile;
 mod scenarios;
 mod seed_items;
+mod scheduler;
 mod support;
 mod ties;
 mod usage;

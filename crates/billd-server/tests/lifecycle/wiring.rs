@@ -87,6 +87,7 @@ async fn start_billing_serves_the_api_and_applies_webhooks(db: Db) {
         delivery: Arc::new(LogDelivery),
         metrics: Arc::default(),
         alerts: AlertConfig::default(),
+        scheduler: billd_server::scheduler::SchedulerConfig::off(),
     };
     let running = start_billing(
         listener,

@@ -1,5 +1,7 @@
 //! The scheduler's lease rows and queue sweeps, against both stores.
 
+#![expect(clippy::unwrap_used, reason = "test code: a panic is a failed test")]
+
 use billd_store::{EventStatus, JobFinish, NewOutboxItem, OutboxFilter, OutboxStatus};
 
 use super::{event, Harness};
