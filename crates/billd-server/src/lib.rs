@@ -24,6 +24,7 @@ pub(crate) mod stripe_customer;
 pub mod subscription_api;
 pub mod usage_batch;
 pub mod scheduler;
+pub(crate) mod stripe_customer;
 pub mod webhook;
 pub mod worker;
 
