@@ -241,6 +241,7 @@ async fn start(
         delivery: Arc::new(delivery),
         metrics,
         alerts,
+        scheduler: billd_server::scheduler::SchedulerConfig::off(),
     };
     let inbox: Arc<dyn Store> = store.clone();
     let running = start_billing(
