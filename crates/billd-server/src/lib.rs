@@ -20,11 +20,10 @@ pub mod notify;
 pub mod openapi;
 pub mod outbox;
 pub mod reconcile;
+pub mod scheduler;
 pub(crate) mod stripe_customer;
 pub mod subscription_api;
 pub mod usage_batch;
-pub mod scheduler;
-pub(crate) mod stripe_customer;
 pub mod webhook;
 pub mod worker;
 

@@ -13,6 +13,7 @@ mod checkout;
 mod deletion;
 mod openapi;
 mod plan_change;
+mod mail;
 mod reconcile;
 mod scenarios;
 mod scheduler;

@@ -11,7 +11,7 @@ use billd_server::api;
 use billd_server::api::ApiConfig;
 use billd_server::auth::ApiKeys;
 use billd_server::lifecycle::{BillingBackend, LifecycleHandler};
-use billd_server::outbox::{LogDelivery, OutboxConfig, OutboxWorker};
+use billd_server::outbox::{Delivery, LogDelivery, OutboxConfig, OutboxWorker};
 use billd_server::{
     Backoff, Clock, IngestConfig, ManualClock, Running, ServerConfig, SystemClock, WebhookConfig,
     WorkerConfig, Workers,
@@ -114,6 +114,31 @@ impl Harness {
         catalog: Catalog,
         api_config: ApiConfig,
     ) -> Harness {
+        Self::start_full(db, t0, knobs, catalog, api_config, |_| {
+            Arc::new(LogDelivery)
+        })
+        .await
+    }
+
+    /// Like [`Harness::start`], with the outbox's emails and alerts going
+    /// to the delivery `delivery` builds over the test's store.
+    pub async fn start_with_delivery(
+        db: Db,
+        t0: i64,
+        delivery: impl FnOnce(Arc<dyn BillingBackend>) -> Arc<dyn Delivery>,
+    ) -> Harness {
+        let (catalog, api) = (Catalog::seed(), ApiConfig::default());
+        Self::start_full(db, t0, WebhookKnobs::default(), catalog, api, delivery).await
+    }
+
+    async fn start_full(
+        db: Db,
+        t0: i64,
+        knobs: WebhookKnobs,
+        catalog: Catalog,
+        api_config: ApiConfig,
+        delivery: impl FnOnce(Arc<dyn BillingBackend>) -> Arc<dyn Delivery>,
+    ) -> Harness {
         let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let sim_handle = stripe_sim::serve(
             sim_listener,
@@ -211,7 +236,7 @@ impl Harness {
         let outbox = OutboxWorker::new(
             store.clone(),
             Some(stripe.clone()),
-            Arc::new(LogDelivery),
+            delivery(store.clone()),
             clock.clone(),
             OutboxConfig {
                 poll_interval: Duration::from_millis(30),
