@@ -11,9 +11,9 @@
 mod alerts;
 mod checkout;
 mod deletion;
+mod mail;
 mod openapi;
 mod plan_change;
-mod mail;
 mod reconcile;
 mod scenarios;
 mod scheduler;
