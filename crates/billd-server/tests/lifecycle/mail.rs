@@ -76,13 +76,7 @@ impl SmtpSink {
                 None,
             );
             let profiles: Arc<dyn BillingStore> = store;
-            Arc::new(EmailDelivery::new(
-                notifier,
-                profiles,
-                parse_mailbox("billing@sitegen.example").unwrap(),
-                None,
-                20,
-            ))
+            Arc::new(EmailDelivery::new(notifier, profiles, 20))
         }
     }
 
