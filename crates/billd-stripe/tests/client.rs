@@ -211,3 +211,37 @@ async fn list_all_follows_pages_with_starting_after() {
     assert!(reqs[0].1.contains("status=all") && reqs[0].1.contains("limit=100"));
     assert!(reqs[1].1.contains("starting_after=sub_2"), "{}", reqs[1].1);
 }
+
+#[tokio::test]
+async fn an_https_api_base_is_spoken_to_over_tls() {
+    // api.stripe.com is https only: the client must open a TLS handshake
+    // (a record starting 0x16 0x03), not send plain HTTP or refuse the scheme.
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let first_bytes = tokio::spawn(async move {
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut head = [0u8; 2];
+        socket.read_exact(&mut head).await.unwrap();
+        head
+    });
+    let mut config = ClientConfig::new(
+        format!("https://localhost:{}", addr.port()),
+        SecretString::from("sk_test_123"),
+    );
+    config.max_retries = 0;
+    config.request_timeout = Duration::from_secs(2);
+    let client = StripeClient::new(config).unwrap();
+    let call = tokio::spawn(async move { client.get("/v1/customers/cus_1", &Params::new()).await });
+    let head = tokio::time::timeout(Duration::from_secs(5), first_bytes)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(head, [0x16, 0x03], "a TLS ClientHello record");
+    // The server never answers the handshake: the call fails, it does not hang.
+    let result = tokio::time::timeout(Duration::from_secs(10), call)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(result.is_err());
+}
