@@ -54,6 +54,7 @@ pub fn billing_jobs(ctx: &JobContext) -> Vec<(Arc<dyn Job>, i64)> {
         (Arc::new(GraceExpiry::new(ctx)), 300),
         (Arc::new(OutboxSweep::new(ctx)), 60),
         (Arc::new(InboxSweep::new(ctx)), 60),
+        (Arc::new(crate::reconcile::ReconcileJob::new(ctx)), 86_400),
     ]
 }
 

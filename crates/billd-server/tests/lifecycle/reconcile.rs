@@ -407,7 +407,45 @@ async fn a_rate_limited_listing_backs_off_and_completes(db: Db) {
     h.shutdown().await;
 }
 
+async fn the_scheduled_reconcile_job_heals_a_subscription_whose_webhooks_were_all_dropped(db: Db) {
+    let knobs = WebhookKnobs {
+        drop_rate: 1.0,
+        ..WebhookKnobs::default()
+    };
+    let h = Harness::start(db, t0(), knobs).await;
+    let (_, cus) = h.customer("u_job", "pm_card_visa", true).await;
+    let sub = h.subscribe("u_job", &cus, &h.pro_price)["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let metrics = Arc::new(Metrics::default());
+    let ctx = billd_server::jobs::JobContext {
+        store: {
+            let store: Arc<dyn Store> = h.store.clone();
+            store
+        },
+        catalog: Arc::new(Catalog::seed()),
+        stripe: Some(h.stripe_client.clone()),
+        clock: Arc::new(SystemClock),
+        metrics: metrics.clone(),
+    };
+    let job = billd_server::reconcile::ReconcileJob::new(&ctx);
+
+    let report = billd_server::scheduler::Job::run(&job, 0).await.unwrap();
+
+    assert_eq!(billd_server::scheduler::Job::name(&job), "reconcile");
+    assert_eq!(report.get("drift"), 1, "{report}");
+    assert_eq!(metrics.reconcile_drift.get("missing"), 1);
+    let object = h.stripe("GET", &format!("/v1/subscriptions/{sub}"), "");
+    assert_eq!(
+        billd_view(&h, "u_job", &sub).await,
+        Some(stripe_view(&object))
+    );
+    h.shutdown().await;
+}
+
 on_both_databases!(
     after_dropped_deliveries_reconciliation_makes_billd_equal_stripe,
     a_rate_limited_listing_backs_off_and_completes,
+    the_scheduled_reconcile_job_heals_a_subscription_whose_webhooks_were_all_dropped,
 );
