@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 mod billing;
 mod checkout;
 mod claim;
+mod dialect;
 mod error;
 mod jobs;
 mod migrations;

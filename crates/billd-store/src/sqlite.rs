@@ -25,8 +25,7 @@ use crate::{
 };
 
 mod billing;
-mod checkout;
-mod jobs;
+mod dialect;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
