@@ -66,12 +66,13 @@ pub struct PendingStripeAction {
 pub fn customer_deleted(id: &CustomerId) -> ApiError {
     ApiError::NotFound {
         code: "customer_deleted",
-        message: format!("customer {id} was deleted"),
+        message: format!("customer {id} was deleted; its id is not reused"),
     }
 }
 
 /// The customer, unless unknown (404 `customer_not_found`) or deleted
-/// (404 `customer_deleted`): what every per-customer read needs.
+/// (404 `customer_deleted`): the one gate every `/v1/customers/{id}/…`
+/// route passes before it reads, counts or calls Stripe.
 pub async fn live_customer<S: BillingBackend + ?Sized>(
     store: &S,
     id: &CustomerId,

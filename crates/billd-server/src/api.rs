@@ -238,14 +238,10 @@ async fn put_customer<S: BillingBackend + ?Sized>(
         .await
         .map_err(store_error)?;
     let c = upserted.customer;
+    // The store never rewrites a deleted customer's erased profile; the
+    // answer is the same 404 every other per-customer route gives.
     if c.deleted_at.is_some() {
-        return Err(ApiError::Conflict {
-            code: "customer_deleted",
-            message: format!(
-                "customer {} was deleted; its id cannot be reused",
-                c.customer_id
-            ),
-        });
+        return Err(crate::account::customer_deleted(&c.customer_id));
     }
     let status = if upserted.created {
         StatusCode::CREATED

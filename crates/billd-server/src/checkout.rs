@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::api::{customer_id, customer_not_found, invalid_body, store_error, ApiState};
+use crate::api::{customer_id, invalid_body, store_error, ApiState};
 use crate::auth::{require_app_key, ApiKeys};
 use crate::error::ApiError;
 use crate::lifecycle::BillingBackend;
@@ -290,18 +290,6 @@ fn ended_in_state(state: &CustomerState, session_id: &str) -> bool {
 /// Whether the row's session may still be open at Stripe.
 fn may_be_open(row: &CheckoutRecord, state: &CustomerState, now: i64) -> bool {
     row.closed_at.is_none() && row.expires_at > now && !ended_in_state(state, &row.session_id)
-}
-
-async fn load_customer<S: BillingBackend + ?Sized>(
-    api: &ApiState<S>,
-    id: &CustomerId,
-) -> Result<CustomerRecord, ApiError> {
-    api.store
-        .get_customer(id)
-        .await
-        .map_err(store_error)?
-        .filter(|c| c.deleted_at.is_none())
-        .ok_or_else(|| customer_not_found(id))
 }
 
 impl<S: BillingBackend + ?Sized> CheckoutState<S> {
@@ -580,7 +568,7 @@ async fn create_checkout<S: BillingBackend + ?Sized>(
         .map(str::trim)
         .filter(|c| !c.is_empty())
         .map(str::to_owned);
-    let record = load_customer(&state.api, &id).await?;
+    let record = crate::account::live_customer(&*state.api.store, &id).await?;
     let currency = checkout_currency(
         &state.api.catalog,
         plan,
@@ -602,7 +590,7 @@ async fn create_checkout<S: BillingBackend + ?Sized>(
     for _ in 0..RACE_RETRIES {
         // Re-read under the lock: the request ahead may have created the
         // session (or the Stripe customer) this one should reuse.
-        let record = load_customer(&state.api, &id).await?;
+        let record = crate::account::live_customer(&*state.api.store, &id).await?;
         ensure_not_subscribed(&id, &record.state)?;
         let now = state.api.clock.now();
         let open = state
@@ -763,7 +751,7 @@ async fn create_portal<S: BillingBackend + ?Sized>(
     let id = customer_id(&id)?;
     let Json(body) = body.map_err(|e| invalid_body(e.body_text()))?;
     let return_url = absolute_url("return_url", &body.return_url)?;
-    let record = load_customer(&state.api, &id).await?;
+    let record = crate::account::live_customer(&*state.api.store, &id).await?;
     let no_customer = || ApiError::Conflict {
         code: "no_stripe_customer",
         message: format!("customer {id} has no Stripe customer yet; start with a checkout"),

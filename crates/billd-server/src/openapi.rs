@@ -265,7 +265,7 @@ mod paths {
             (status = 201, description = "Created.", body = CustomerView),
             (status = 400, description = "`invalid_customer_id`, `invalid_currency`, `invalid_body`.", body = ErrorBody),
             (status = 401, description = "`unauthorized`.", body = ErrorBody),
-            (status = 409, description = "`customer_deleted`: the id belonged to a deleted account.", body = ErrorBody),
+            (status = 404, description = "`customer_deleted`: the id belonged to a deleted account (its profile is never written again).", body = ErrorBody),
         ),
         security(("app_key" = []), ("admin_key" = []))
     )]
@@ -338,7 +338,7 @@ mod paths {
             (status = 200, description = "Send the user to `url`.", body = CheckoutView),
             (status = 400, description = "`unknown_plan`, `plan_not_purchasable`, `invalid_currency`, `currency_not_available`, `invalid_url`, `promotion_code_invalid`, `promotion_code_expired`, `invalid_body`.", body = ErrorBody),
             (status = 401, description = "`unauthorized`.", body = ErrorBody),
-            (status = 404, description = "`customer_not_found`.", body = ErrorBody),
+            (status = 404, description = "`customer_not_found`, `customer_deleted`.", body = ErrorBody),
             (status = 409, description = "`already_subscribed`, `currency_locked`.", body = ErrorBody),
             (status = 429, description = "`rate_limited` (Retry-After).", body = ErrorBody),
             (status = 503, description = "`stripe_unavailable`.", body = ErrorBody),
@@ -355,7 +355,7 @@ mod paths {
         responses(
             (status = 200, description = "Stripe's customer portal.", body = PortalView),
             (status = 401, description = "`unauthorized`.", body = ErrorBody),
-            (status = 404, description = "`customer_not_found`.", body = ErrorBody),
+            (status = 404, description = "`customer_not_found`, `customer_deleted`.", body = ErrorBody),
             (status = 409, description = "`no_stripe_customer`.", body = ErrorBody),
             (status = 503, description = "`stripe_unavailable`.", body = ErrorBody),
         ),
@@ -372,7 +372,7 @@ mod paths {
             (status = 200, description = "What is charged now and at renewal, the currency, quota overflow.", body = PreviewView),
             (status = 400, description = "`unknown_plan`, `invalid_body`.", body = ErrorBody),
             (status = 401, description = "`unauthorized`.", body = ErrorBody),
-            (status = 404, description = "`customer_not_found`.", body = ErrorBody),
+            (status = 404, description = "`customer_not_found`, `customer_deleted`.", body = ErrorBody),
             (status = 409, description = "No live subscription, or the same plan.", body = ErrorBody),
             (status = 503, description = "`stripe_unavailable`.", body = ErrorBody),
         ),
@@ -390,7 +390,7 @@ mod paths {
             (status = 202, description = "`action_required`: the proration invoice needs 3-D Secure (hosted invoice URL); the plan is granted once paid.", body = SubscriptionView),
             (status = 400, description = "`unknown_plan`, `invalid_body`.", body = ErrorBody),
             (status = 401, description = "`unauthorized`.", body = ErrorBody),
-            (status = 404, description = "`customer_not_found`.", body = ErrorBody),
+            (status = 404, description = "`customer_not_found`, `customer_deleted`.", body = ErrorBody),
             (status = 409, description = "No live subscription, or the same plan.", body = ErrorBody),
             (status = 503, description = "`stripe_unavailable`.", body = ErrorBody),
         ),
@@ -405,7 +405,7 @@ mod paths {
         responses(
             (status = 200, description = "The subscription, `cancel_at_period_end` true.", body = SubscriptionView),
             (status = 401, description = "`unauthorized`.", body = ErrorBody),
-            (status = 404, description = "`customer_not_found`.", body = ErrorBody),
+            (status = 404, description = "`customer_not_found`, `customer_deleted`.", body = ErrorBody),
             (status = 409, description = "No live subscription.", body = ErrorBody),
             (status = 503, description = "`stripe_unavailable`.", body = ErrorBody),
         ),
@@ -420,7 +420,7 @@ mod paths {
         responses(
             (status = 200, description = "The subscription, `cancel_at_period_end` false.", body = SubscriptionView),
             (status = 401, description = "`unauthorized`.", body = ErrorBody),
-            (status = 404, description = "`customer_not_found`.", body = ErrorBody),
+            (status = 404, description = "`customer_not_found`, `customer_deleted`.", body = ErrorBody),
             (status = 409, description = "No live subscription.", body = ErrorBody),
             (status = 503, description = "`stripe_unavailable`.", body = ErrorBody),
         ),

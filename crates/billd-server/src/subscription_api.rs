@@ -40,7 +40,7 @@ use billd_stripe::client::{Params, StripeClient};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::api::{customer_id, customer_not_found, invalid_body, store_error, ApiState};
+use crate::api::{customer_id, invalid_body, store_error, ApiState};
 use crate::error::ApiError;
 use crate::lifecycle::{BillingBackend, SYNC_EVENT_PREFIX};
 
@@ -325,19 +325,6 @@ fn conflict(code: &'static str, message: impl Into<String>) -> ApiError {
     }
 }
 
-async fn load_record<S: BillingBackend + ?Sized>(
-    state: &ApiState<S>,
-    id: &CustomerId,
-) -> Result<CustomerRecord, ApiError> {
-    state
-        .store
-        .get_customer(id)
-        .await
-        .map_err(store_error)?
-        .filter(|c| c.deleted_at.is_none())
-        .ok_or_else(|| customer_not_found(id))
-}
-
 /// Loads the customer and their subscription (billd's view, then Stripe's).
 /// `allow_ended`: a subscription that has ended is returned (resume answers
 /// `subscription_ended`) instead of `no_subscription`.
@@ -345,7 +332,7 @@ async fn load<S: BillingBackend + ?Sized>(
     state: &ApiState<S>,
     id: &CustomerId,
 ) -> Result<Context, ApiError> {
-    let record = load_record(state, id).await?;
+    let record = crate::account::live_customer(&*state.store, id).await?;
     let Some(current) = record.state.current_subscription() else {
         return Err(conflict(
             "no_subscription",
@@ -1027,7 +1014,7 @@ async fn view<S: BillingBackend + ?Sized>(
     live: &LiveSubscription,
     status: &str,
 ) -> Result<SubscriptionView, ApiError> {
-    let record = load_record(state, id).await?;
+    let record = crate::account::live_customer(&*state.store, id).await?;
     let now = state.clock.now();
     let keys = usage_keys(&record.state, &state.catalog, now);
     let usage = state

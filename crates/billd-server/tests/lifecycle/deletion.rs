@@ -122,7 +122,7 @@ async fn a_deleted_account_is_canceled_and_deleted_at_stripe_once_it_recovers_an
     .await;
     assert_eq!(
         (status, &e["error"]["code"]),
-        (409, &json!("customer_deleted"))
+        (404, &json!("customer_deleted"))
     );
     // While Stripe answers 500 the work waits; nothing at Stripe changed.
     let outbox = || async {

@@ -10,6 +10,7 @@
 
 mod alerts;
 mod checkout;
+mod deleted_gate;
 mod deletion;
 mod mail;
 mod openapi;
