@@ -88,6 +88,15 @@ pub async fn live_customer<S: BillingBackend + ?Sized>(
     Ok(record)
 }
 
+#[utoipa::path(
+    delete, path = "/v1/customers/{id}", tag = "app",
+    description = "Deletes the account: erases personal data, keeps the audit trail, cancels at Stripe and deletes (or anonymises) the Stripe customer through the outbox. Idempotent.",
+    params(crate::openapi::CustomerPath),
+    responses(
+        (status = 200, description = "Deleted (now or before).", body = DeletedCustomer),
+        (status = 404, description = "`customer_not_found`.", body = crate::openapi::ErrorBody),
+    )
+)]
 /// `DELETE /v1/customers/{id}`.
 pub(crate) async fn delete_customer<S: BillingBackend + ?Sized>(
     State(state): State<ApiState<S>>,

@@ -209,6 +209,18 @@ pub struct CustomerView {
     pub created_at: i64,
 }
 
+#[utoipa::path(
+    put, path = "/v1/customers/{id}", tag = "app",
+    description = "Creates or updates a customer by the app's own user id.",
+    params(crate::openapi::CustomerPath),
+    request_body = CustomerBody,
+    responses(
+        (status = 200, description = "Updated.", body = CustomerView),
+        (status = 201, description = "Created.", body = CustomerView),
+        (status = 400, description = "`invalid_currency`, `invalid_body`.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "`customer_deleted`: the id belonged to a deleted account (its profile is never written again).", body = crate::openapi::ErrorBody),
+    )
+)]
 async fn put_customer<S: BillingBackend + ?Sized>(
     State(state): State<ApiState<S>>,
     Path(id): Path<String>,
@@ -261,6 +273,14 @@ async fn put_customer<S: BillingBackend + ?Sized>(
     ))
 }
 
+#[utoipa::path(
+    get, path = "/v1/customers/{id}/entitlements", tag = "app",
+    description = "Plan, status, access and per-feature limits, usage and remaining.",
+    params(crate::openapi::CustomerPath),
+    responses(
+        (status = 200, description = "`plan`, `status`, `access`, `grace_until`, `trial_end`, `cancel_at_period_end`, `action_required`, `discount`, `features.{name}.{limit,used,remaining,resets_at}`.", body = Object),
+    )
+)]
 async fn get_entitlements<S: BillingBackend + ?Sized>(
     State(state): State<ApiState<S>>,
     Path(id): Path<String>,
@@ -298,6 +318,15 @@ pub struct List<T> {
     pub data: Vec<T>,
 }
 
+#[utoipa::path(
+    get, path = "/v1/admin/audit", tag = "admin", operation_id = "list_audit",
+    description = "A customer's audit rows, newest first.",
+    params(("customer" = String, Query, description = "The app's user id"), ("limit" = Option<u32>, Query, description = "Default 100, at most 1000")),
+    responses(
+        (status = 200, description = "`{data: [{id, customer_id, at, field, before, after, reason, event_type}]}`.", body = Object),
+        (status = 400, description = "`invalid_query`, `invalid_customer_id`.", body = crate::openapi::ErrorBody),
+    )
+)]
 async fn get_audit<S: BillingBackend + ?Sized>(
     State(state): State<ApiState<S>>,
     query: Result<Query<AuditQuery>, QueryRejection>,
@@ -372,6 +401,15 @@ impl From<StoredEvent> for EventSummary {
     }
 }
 
+#[utoipa::path(
+    get, path = "/v1/admin/events", tag = "admin",
+    description = "Inbox rows without payloads, newest first.",
+    params(("status" = Option<String>, Query, description = "pending, processing, processed, failed, dead, skipped, unlinked"), ("type" = Option<String>, Query, description = "Event type"), ("limit" = Option<u32>, Query, description = "Default 100, at most 1000")),
+    responses(
+        (status = 200, description = "The rows, newest first.", body = List<EventSummary>),
+        (status = 400, description = "`invalid_query`, `invalid_status`.", body = crate::openapi::ErrorBody),
+    )
+)]
 async fn list_events<S: BillingBackend + ?Sized>(
     State(state): State<ApiState<S>>,
     query: Result<Query<EventsQuery>, QueryRejection>,
@@ -414,6 +452,15 @@ pub struct Replayed {
     pub status: EventStatus,
 }
 
+#[utoipa::path(
+    post, path = "/v1/admin/events/{id}/replay", tag = "admin",
+    description = "Puts an event back to pending.",
+    params(("id" = String, Path, description = "Stripe event id")),
+    responses(
+        (status = 200, description = "Back to `pending`.", body = Replayed),
+        (status = 404, description = "`event_not_found`.", body = crate::openapi::ErrorBody),
+    )
+)]
 async fn replay_event<S: BillingBackend + ?Sized>(
     State(state): State<ApiState<S>>,
     Path(id): Path<String>,

@@ -227,6 +227,19 @@ async fn consume<S: BillingBackend + ?Sized>(
     }
 }
 
+#[utoipa::path(
+    post, path = "/v1/customers/{id}/usage/{feature}", tag = "app",
+    description = "Consumes `amount` (default 1) of a feature, idempotent by `idempotency_key`.",
+    params(crate::openapi::UsagePath),
+    request_body = UsageBody,
+    responses(
+        (status = 200, description = "Counted (or the stored answer of the same key).", body = UsageAnswer),
+        (status = 400, description = "`idempotency_key_required`, `invalid_amount`, `idempotency_key_reused`.", body = crate::openapi::ErrorBody),
+        (status = 402, description = "`quota_exceeded` (with `feature`, `limit`, `used`, `remaining`, `requested`).", body = crate::openapi::ErrorBody),
+        (status = 403, description = "`no_access` (with `access`).", body = crate::openapi::ErrorBody),
+        (status = 404, description = "`unknown_feature`.", body = crate::openapi::ErrorBody),
+    )
+)]
 async fn consume_usage<S: BillingBackend + ?Sized>(
     State(state): State<UsageState<S>>,
     Path((id, feature)): Path<(String, String)>,
@@ -286,6 +299,17 @@ async fn consume_usage<S: BillingBackend + ?Sized>(
     }
 }
 
+#[utoipa::path(
+    post, path = "/v1/customers/{id}/usage/{feature}/release", tag = "app",
+    description = "Gives capacity back (capacity features only), never below 0.",
+    params(crate::openapi::UsagePath),
+    request_body = UsageBody,
+    responses(
+        (status = 200, description = "Released.", body = UsageAnswer),
+        (status = 400, description = "`not_a_capacity_feature`, `idempotency_key_required`, `invalid_amount`.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "`unknown_feature`.", body = crate::openapi::ErrorBody),
+    )
+)]
 async fn release_usage<S: BillingBackend + ?Sized>(
     State(state): State<UsageState<S>>,
     Path((id, feature)): Path<(String, String)>,

@@ -552,6 +552,19 @@ async fn expire_session(stripe: &StripeClient, session_id: &str) -> Result<Expir
     }
 }
 
+#[utoipa::path(
+    post, path = "/v1/customers/{id}/checkout", tag = "app",
+    description = "A Stripe Checkout session for a plan; single-flight per customer.",
+    params(crate::openapi::CustomerPath),
+    request_body = CheckoutBody,
+    responses(
+        (status = 200, description = "Send the user to `url`.", body = CheckoutView),
+        (status = 400, description = "`unknown_plan`, `plan_not_purchasable`, `invalid_currency`, `currency_not_available`, `invalid_url`, `promotion_code_invalid`, `promotion_code_expired`, `invalid_body`.", body = crate::openapi::ErrorBody),
+        (status = 409, description = "`already_subscribed`, `currency_locked`, `checkout_busy`.", body = crate::openapi::ErrorBody),
+        (status = 429, description = "`rate_limited` (Retry-After).", body = crate::openapi::ErrorBody),
+        crate::openapi::StripeCallErrors,
+    )
+)]
 async fn create_checkout<S: BillingBackend + ?Sized>(
     State(state): State<CheckoutState<S>>,
     Path(id): Path<String>,
@@ -743,6 +756,18 @@ async fn new_session<S: BillingBackend + ?Sized>(
     Ok(None)
 }
 
+#[utoipa::path(
+    post, path = "/v1/customers/{id}/portal", tag = "app",
+    description = "A Stripe customer portal session.",
+    params(crate::openapi::CustomerPath),
+    request_body = PortalBody,
+    responses(
+        (status = 200, description = "Stripe's customer portal.", body = PortalView),
+        (status = 400, description = "`invalid_url`, `invalid_body`.", body = crate::openapi::ErrorBody),
+        (status = 409, description = "`no_stripe_customer`.", body = crate::openapi::ErrorBody),
+        crate::openapi::StripeCallErrors,
+    )
+)]
 async fn create_portal<S: BillingBackend + ?Sized>(
     State(state): State<CheckoutState<S>>,
     Path(id): Path<String>,

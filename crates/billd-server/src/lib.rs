@@ -136,6 +136,8 @@ pub(crate) async fn log_errors(request: Request, next: Next) -> Response {
     response
 }
 
+#[utoipa::path(get, path = "/healthz", tag = "ops",
+    responses((status = 200, description = "The process runs.", body = Object)))]
 async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
@@ -148,6 +150,11 @@ struct Ready {
     inbox_lag_secs: i64,
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "ops",
+    responses(
+        (status = 200, description = "`{status, database, inbox_lag_secs}`.", body = Object),
+        (status = 503, description = "`not_ready`: database down or inbox lagging.", body = openapi::ErrorBody),
+    ))]
 async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
     if !state.ingestor.is_running() {
         return Err(ApiError::NotReady("the inbox writer has stopped".into()));
@@ -174,6 +181,8 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> 
     }))
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses((status = 200, description = "Prometheus text format.", body = String, content_type = "text/plain")))]
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let stats = match state.store.inbox_stats().await {
         Ok(stats) => Some(stats),

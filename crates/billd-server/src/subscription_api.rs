@@ -535,6 +535,18 @@ async fn quota_overflow<S: BillingBackend + ?Sized>(
         .collect())
 }
 
+#[utoipa::path(
+    post, path = "/v1/customers/{id}/subscription/preview", tag = "app", operation_id = "preview_plan_change",
+    description = "Prorated amounts of a plan change, from Stripe's invoice preview, and any quota overflow.",
+    params(crate::openapi::CustomerPath),
+    request_body = PlanChangeBody,
+    responses(
+        (status = 200, description = "What is charged now and at renewal, the currency, quota overflow.", body = PreviewView),
+        (status = 400, description = "`unknown_plan`, `invalid_body`.", body = crate::openapi::ErrorBody),
+        (status = 409, description = "No live subscription, or the same plan.", body = crate::openapi::ErrorBody),
+        crate::openapi::StripeCallErrors,
+    )
+)]
 async fn preview<S: BillingBackend + ?Sized>(
     State(state): State<ApiState<S>>,
     Path(id): Path<String>,
@@ -614,6 +626,19 @@ fn idempotency_key(
     format!("billd:{action}:{}:{hash:016x}", live.id)
 }
 
+#[utoipa::path(
+    post, path = "/v1/customers/{id}/subscription/change", tag = "app", operation_id = "change_plan",
+    description = "Applies a plan change with proration (BILLD_PRORATION_BEHAVIOR).",
+    params(crate::openapi::CustomerPath),
+    request_body = PlanChangeBody,
+    responses(
+        (status = 200, description = "Changed: the subscription.", body = SubscriptionView),
+        (status = 202, description = "`action_required`: the proration invoice needs 3-D Secure (hosted invoice URL); the plan is granted once paid.", body = SubscriptionView),
+        (status = 400, description = "`unknown_plan`, `invalid_body`.", body = crate::openapi::ErrorBody),
+        (status = 409, description = "No live subscription, or the same plan.", body = crate::openapi::ErrorBody),
+        crate::openapi::StripeCallErrors,
+    )
+)]
 async fn change<S: BillingBackend + ?Sized>(
     State(state): State<ApiState<S>>,
     Path(id): Path<String>,
@@ -855,6 +880,16 @@ async fn answer_held<S: BillingBackend + ?Sized>(
     Ok((StatusCode::ACCEPTED, Json(view)).into_response())
 }
 
+#[utoipa::path(
+    post, path = "/v1/customers/{id}/subscription/cancel", tag = "app", operation_id = "cancel_subscription",
+    description = "Cancels at the end of the period.",
+    params(crate::openapi::CustomerPath),
+    responses(
+        (status = 200, description = "The subscription, `cancel_at_period_end` true.", body = SubscriptionView),
+        (status = 409, description = "No live subscription.", body = crate::openapi::ErrorBody),
+        crate::openapi::StripeCallErrors,
+    )
+)]
 async fn cancel<S: BillingBackend + ?Sized>(
     State(state): State<ApiState<S>>,
     Path(id): Path<String>,
@@ -862,6 +897,16 @@ async fn cancel<S: BillingBackend + ?Sized>(
     set_cancel_at_period_end(state, id, true).await
 }
 
+#[utoipa::path(
+    post, path = "/v1/customers/{id}/subscription/resume", tag = "app", operation_id = "resume_subscription",
+    description = "Undoes a cancellation before the period ends.",
+    params(crate::openapi::CustomerPath),
+    responses(
+        (status = 200, description = "The subscription, `cancel_at_period_end` false.", body = SubscriptionView),
+        (status = 409, description = "No live subscription.", body = crate::openapi::ErrorBody),
+        crate::openapi::StripeCallErrors,
+    )
+)]
 async fn resume<S: BillingBackend + ?Sized>(
     State(state): State<ApiState<S>>,
     Path(id): Path<String>,

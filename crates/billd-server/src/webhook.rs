@@ -31,6 +31,18 @@ pub struct Ack {
 }
 
 /// The webhook handler.
+#[utoipa::path(
+    post, path = "/webhooks/stripe", tag = "stripe", operation_id = "receive_webhook",
+    description = "A Stripe event, verified by its Stripe-Signature header and stored before the answer; processed asynchronously.",
+    request_body(content = Object, description = "The Stripe event (raw JSON, at most 1 MiB)."),
+    params(("Stripe-Signature" = String, Header, description = "t=…,v1=… (HMAC-SHA256 with an endpoint secret)")),
+    responses(
+        (status = 200, description = "Stored (`duplicate` when the event id was already stored).", body = Object),
+        (status = 400, description = "Bad signature (`signature_*`, `timestamp_out_of_tolerance`) or `payload_invalid`.", body = crate::openapi::ErrorBody),
+        (status = 413, description = "`payload_too_large`.", body = crate::openapi::ErrorBody),
+        (status = 503, description = "`store_unavailable`: Stripe retries.", body = crate::openapi::ErrorBody),
+    )
+)]
 #[tracing::instrument(skip_all, fields(event_id))]
 pub async fn receive(
     State(state): State<AppState>,

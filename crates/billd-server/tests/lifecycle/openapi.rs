@@ -61,6 +61,18 @@ async fn every_served_route_is_in_the_openapi_document_and_every_secured_one_nee
         "documented but not served: {not_served:?}"
     );
     assert!(served.len() >= 19, "{served:?}");
+    // A handler's own codes and the shared ones share one row.
+    let usage = &doc["paths"]["/v1/customers/{id}/usage/{feature}"]["post"]["responses"]["404"];
+    let usage = usage["description"].as_str().unwrap();
+    assert!(
+        usage.contains("`unknown_feature`") && usage.contains("`customer_not_found`"),
+        "{usage}"
+    );
+    let checkout = &doc["paths"]["/v1/customers/{id}/checkout"]["post"]["responses"];
+    assert!(checkout["502"]["description"]
+        .as_str()
+        .unwrap()
+        .contains("`stripe_error`"));
 
     for (method, path) in &in_doc {
         let operation = &doc["paths"][path][method];
@@ -95,6 +107,22 @@ async fn every_served_route_is_in_the_openapi_document_and_every_secured_one_nee
                 .status()
                 .as_u16();
             assert_eq!(status, 403, "{method} {path} with the app key");
+        }
+        // The shared rows, defined once in openapi.rs, are on every
+        // secured operation beside the handler's own codes.
+        let description = |code: &str| {
+            operation["responses"][code]["description"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{method} {path} has no {code} row"))
+                .to_owned()
+        };
+        assert!(description("401").contains("`unauthorized`"));
+        assert!(description("503").contains("`store_unavailable`"));
+        if !schemes.contains(&"app_key") {
+            assert!(description("403").contains("`forbidden`"));
+        }
+        if path.starts_with("/v1/customers/{id}/") {
+            assert!(description("404").contains("`customer_deleted`"));
         }
         for code in operation["responses"].as_object().unwrap().keys() {
             if code.starts_with('4') || code.starts_with('5') {
