@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod notify;
 pub mod openapi;
 pub mod outbox;
+pub mod queue_gauges;
 pub mod reconcile;
 pub mod scheduler;
 pub(crate) mod stripe_customer;
@@ -194,6 +195,10 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let mut body = state.metrics.render(stats.as_ref(), state.clock.now());
     match metrics::DeadLetters::load(state.store.as_ref()).await {
         Ok(dead) => body.push_str(&dead.render()),
+        Err(e) => state.metrics.store_error(&e),
+    }
+    match queue_gauges::QueueGauges::load(state.store.as_ref()).await {
+        Ok(gauges) => body.push_str(&gauges.render(state.clock.now())),
         Err(e) => state.metrics.store_error(&e),
     }
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body)

@@ -23,7 +23,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use billd_core::Effect;
-use billd_store::{NewEvent, OutboxFilter, OutboxItem, OutboxResult, OutboxStatus, StoreResult};
+use billd_store::{
+    NewEvent, OutboxFilter, OutboxItem, OutboxResult, OutboxStatus, StoreError, StoreResult,
+    OUTBOX_LEASE_CONFLICT,
+};
 use billd_stripe::client::{StripeClient, StripeError};
 use rand::Rng;
 use serde_json::{json, Value};
@@ -89,6 +92,10 @@ pub struct OutboxConfig {
     pub max_attempts: i32,
     /// How long a claim lasts, seconds.
     pub lease_secs: i64,
+    /// How often the claims of a round still being delivered are renewed
+    /// (to `now + lease_secs`), so a slow delivery keeps its rows; well
+    /// under `lease_secs`.
+    pub heartbeat: Duration,
     /// Rows claimed per round.
     pub batch: u32,
     /// How often to look for due rows.
@@ -102,6 +109,7 @@ impl Default for OutboxConfig {
         OutboxConfig {
             max_attempts: 12,
             lease_secs: 300,
+            heartbeat: Duration::from_secs(100),
             batch: 16,
             poll_interval: Duration::from_secs(1),
             backoff: Backoff {
@@ -141,6 +149,9 @@ pub struct OutboxReport {
     pub retried: usize,
     /// Rows that became dead.
     pub dead: usize,
+    /// Rows whose claim was lost before their delivery ended (another
+    /// worker claimed them after the lease ran out): outcome not recorded.
+    pub lost: usize,
 }
 
 impl<S: BillingBackend + ?Sized> OutboxWorker<S> {
@@ -183,7 +194,8 @@ impl<S: BillingBackend + ?Sized> OutboxWorker<S> {
         tracing::info!("outbox worker stopped");
     }
 
-    /// Claims due rows and delivers them one by one.
+    /// Claims due rows and delivers them one by one, renewing the claims
+    /// of the rows not yet finished every `heartbeat` meanwhile.
     pub async fn run_once(&self) -> StoreResult<OutboxReport> {
         let now = self.clock.now();
         let claimed = self
@@ -194,40 +206,103 @@ impl<S: BillingBackend + ?Sized> OutboxWorker<S> {
             claimed: claimed.len(),
             ..OutboxReport::default()
         };
-        for item in &claimed {
-            let result = match self.execute(item).await {
-                Ok(()) => OutboxResult::Sent,
-                Err(DeliveryError::Permanent(error)) => OutboxResult::Dead { error },
-                Err(DeliveryError::Transient(error))
-                    if item.attempts >= self.config.max_attempts =>
-                {
-                    OutboxResult::Dead { error }
-                }
-                Err(DeliveryError::Transient(error)) => {
-                    let unit: f64 = rand::thread_rng().gen();
-                    OutboxResult::Retry {
-                        error,
-                        next_attempt_at: self.clock.now()
-                            + self.config.backoff.jittered_secs(item.attempts, unit),
-                    }
-                }
-            };
-            match &result {
-                OutboxResult::Sent => report.sent += 1,
-                OutboxResult::Retry { error, .. } => {
-                    report.retried += 1;
-                    tracing::warn!(outbox_id = item.id, kind = %item.kind, %error, "outbox delivery failed; will retry");
-                }
-                OutboxResult::Dead { error } => {
-                    report.dead += 1;
-                    tracing::error!(outbox_id = item.id, kind = %item.kind, %error, "outbox row is dead");
+        if claimed.is_empty() {
+            return Ok(report);
+        }
+        // Rows of this round not finished yet: the heartbeat renews these.
+        let open = std::sync::Mutex::new(
+            claimed
+                .iter()
+                .map(|item| (item.id, item.claim_token))
+                .collect::<Vec<_>>(),
+        );
+        let deliveries = async {
+            for item in &claimed {
+                self.deliver_one(item, &mut report).await?;
+                if let Ok(mut open) = open.lock() {
+                    open.retain(|(id, _)| *id != item.id);
                 }
             }
-            self.store
-                .finish_outbox(item.id, &result, self.clock.now())
-                .await?;
+            Ok(report)
+        };
+        tokio::pin!(deliveries);
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat);
+        // The first tick is immediate; the claim was just made.
+        heartbeat.tick().await;
+        loop {
+            tokio::select! {
+                done = &mut deliveries => return done,
+                _ = heartbeat.tick() => self.renew(&open).await,
+            }
         }
-        Ok(report)
+    }
+
+    /// Extends the lease of every row in `open`; a row whose claim was lost
+    /// (its lease ended and another worker took it) is logged, and its
+    /// finish will be refused.
+    async fn renew(&self, open: &std::sync::Mutex<Vec<(i64, i64)>>) {
+        let claims = open.lock().map(|open| open.clone()).unwrap_or_default();
+        let lease_until = self.clock.now() + self.config.lease_secs;
+        for (id, token) in claims {
+            match self.store.renew_outbox(id, token, lease_until).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(
+                        outbox_id = id,
+                        "outbox claim lost before its delivery ended"
+                    )
+                }
+                Err(e) => tracing::warn!(outbox_id = id, error = %e, "outbox lease renewal failed"),
+            }
+        }
+    }
+
+    /// Delivers one claimed row and records the outcome, unless the claim
+    /// was lost meanwhile (then the newer claim's outcome stands).
+    async fn deliver_one(&self, item: &OutboxItem, report: &mut OutboxReport) -> StoreResult<()> {
+        let result = match self.execute(item).await {
+            Ok(()) => OutboxResult::Sent,
+            Err(DeliveryError::Permanent(error)) => OutboxResult::Dead { error },
+            Err(DeliveryError::Transient(error)) if item.attempts >= self.config.max_attempts => {
+                OutboxResult::Dead { error }
+            }
+            Err(DeliveryError::Transient(error)) => {
+                let unit: f64 = rand::thread_rng().gen();
+                OutboxResult::Retry {
+                    error,
+                    next_attempt_at: self.clock.now()
+                        + self.config.backoff.jittered_secs(item.attempts, unit),
+                }
+            }
+        };
+        match self
+            .store
+            .finish_outbox(item.id, item.claim_token, &result, self.clock.now())
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::Conflict { constraint }) if constraint == OUTBOX_LEASE_CONFLICT => {
+                report.lost += 1;
+                tracing::warn!(
+                    outbox_id = item.id, kind = %item.kind,
+                    "outbox delivery outlived its claim; its outcome is dropped"
+                );
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+        match &result {
+            OutboxResult::Sent => report.sent += 1,
+            OutboxResult::Retry { error, .. } => {
+                report.retried += 1;
+                tracing::warn!(outbox_id = item.id, kind = %item.kind, %error, "outbox delivery failed; will retry");
+            }
+            OutboxResult::Dead { error } => {
+                report.dead += 1;
+                tracing::error!(outbox_id = item.id, kind = %item.kind, %error, "outbox row is dead");
+            }
+        }
+        Ok(())
     }
 
     async fn execute(&self, item: &OutboxItem) -> Result<(), DeliveryError> {

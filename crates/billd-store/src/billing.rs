@@ -27,6 +27,12 @@ pub const VERSION_CONFLICT: &str = "customers.version";
 /// written; drop the result.
 pub const LEASE_CONFLICT: &str = "stripe_events.status";
 
+/// The `constraint` of the [`StoreError::Conflict`] that
+/// [`BillingStore::finish_outbox`] returns when the caller's claim is no
+/// longer the row's (its lease ended and another worker claimed the row, or
+/// it was already finished): nothing was written; the newer claim decides.
+pub const OUTBOX_LEASE_CONFLICT: &str = "outbox.claim_token";
+
 /// The `constraint` of the [`StoreError::Conflict`] that the usage calls
 /// return when an idempotency key is reused for a different request.
 pub const IDEMPOTENCY_CONFLICT: &str = "usage_requests.idempotency_key";
@@ -183,6 +189,9 @@ pub struct OutboxItem {
     pub created_at: i64,
     /// When it was sent or declared dead.
     pub done_at: Option<i64>,
+    /// Fencing token of the latest claim (0 before the first): each claim
+    /// bumps it, and only its holder may renew or finish the row.
+    pub claim_token: i64,
 }
 
 impl OutboxItem {
@@ -423,7 +432,8 @@ pub trait BillingStore: Send + Sync + 'static {
     /// Claims up to `limit` due outbox rows (pending with `next_attempt_at`
     /// unset or `<= now`; processing whose lease ended before `now`), oldest
     /// first: they become `processing` with `next_attempt_at = lease_until`
-    /// and `attempts + 1`. Safe with several processes on one database.
+    /// and `attempts + 1` and a new `claim_token`. Safe with several
+    /// processes on one database.
     async fn claim_outbox(
         &self,
         now: i64,
@@ -431,9 +441,22 @@ pub trait BillingStore: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<OutboxItem>>;
 
-    /// Records how delivery of a claimed row ended. A row that is not
-    /// `processing` is `Conflict`; an unknown id is `NotFound`.
-    async fn finish_outbox(&self, id: i64, result: &OutboxResult, now: i64) -> StoreResult<()>;
+    /// Records how delivery of a claimed row ended, if `claim_token` (from
+    /// [`OutboxItem::claim_token`]) is still the row's and it is still
+    /// `processing`; otherwise nothing is written and the answer is
+    /// `Conflict` with [`OUTBOX_LEASE_CONFLICT`]. An unknown id is `NotFound`.
+    async fn finish_outbox(
+        &self,
+        id: i64,
+        claim_token: i64,
+        result: &OutboxResult,
+        now: i64,
+    ) -> StoreResult<()>;
+
+    /// Extends the lease of a claimed row to `lease_until` (a heartbeat
+    /// while a slow delivery runs), if `claim_token` is still the row's and
+    /// it is still `processing`. False when the claim was lost.
+    async fn renew_outbox(&self, id: i64, claim_token: i64, lease_until: i64) -> StoreResult<bool>;
 
     /// Outbox rows matching a filter, newest first.
     async fn list_outbox(&self, filter: &OutboxFilter) -> StoreResult<Vec<OutboxItem>>;
@@ -513,7 +536,7 @@ pub(crate) const CUSTOMER_COLUMNS: &str = "customer_id, stripe_customer_id, emai
 /// Columns selected wherever a full [`OutboxItem`] is read.
 pub(crate) const OUTBOX_COLUMNS: &str = "id, dedupe_key, customer_id, kind, \
      CAST(payload AS TEXT) AS payload, status, attempts, next_attempt_at, last_error, \
-     created_at, done_at";
+     created_at, done_at, claim_token";
 
 /// Columns selected wherever a full [`AuditRecord`] is read.
 pub(crate) const AUDIT_COLUMNS: &str =
@@ -587,6 +610,7 @@ pub(crate) struct OutboxRow {
     last_error: Option<String>,
     created_at: i64,
     done_at: Option<i64>,
+    claim_token: i64,
 }
 
 impl TryFrom<OutboxRow> for OutboxItem {
@@ -614,6 +638,7 @@ impl TryFrom<OutboxRow> for OutboxItem {
             last_error: row.last_error,
             created_at: row.created_at,
             done_at: row.done_at,
+            claim_token: row.claim_token,
         })
     }
 }
@@ -814,13 +839,15 @@ pub(crate) fn outbox_columns(
     }
 }
 
-/// The error for finishing an outbox row that is not under a lease.
-pub(crate) fn outbox_not_processing(current: Option<String>) -> StoreError {
-    match current {
-        None => StoreError::NotFound,
-        Some(status) => StoreError::Conflict {
-            constraint: format!("outbox.status is {status}, not processing"),
-        },
+/// The error for finishing an outbox row the caller no longer holds
+/// (`exists` is false for an unknown id).
+pub(crate) fn outbox_not_held(exists: bool) -> StoreError {
+    if exists {
+        StoreError::Conflict {
+            constraint: OUTBOX_LEASE_CONFLICT.to_owned(),
+        }
+    } else {
+        StoreError::NotFound
     }
 }
 

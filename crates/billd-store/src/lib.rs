@@ -24,7 +24,7 @@ pub use billing::{
     AuditRecord, BillingStore, CommitReceipt, CustomerCommit, CustomerProfile, CustomerRecord,
     NewOutboxItem, OutboxFilter, OutboxItem, OutboxResult, OutboxStats, OutboxStatus,
     UpsertedCustomer, UsageOutcome, UsageRequest, IDEMPOTENCY_CONFLICT, LEASE_CONFLICT,
-    VERSION_CONFLICT,
+    OUTBOX_LEASE_CONFLICT, VERSION_CONFLICT,
 };
 pub use checkout::{CheckoutRecord, CheckoutStore};
 pub use jobs::{JobFinish, JobRecord, JobStore};

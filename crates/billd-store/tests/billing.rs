@@ -15,7 +15,8 @@ use billd_core::{
 use billd_store::{
     BillingStore, CustomerCommit, CustomerProfile, EventResult, EventStatus, NewEvent,
     NewOutboxItem, OutboxFilter, OutboxResult, OutboxStatus, PgStore, SqliteStore, Store,
-    StoreError, UsageOutcome, UsageRequest, IDEMPOTENCY_CONFLICT, LEASE_CONFLICT, VERSION_CONFLICT,
+    StoreError, UsageOutcome, UsageRequest, IDEMPOTENCY_CONFLICT, LEASE_CONFLICT,
+    OUTBOX_LEASE_CONFLICT, VERSION_CONFLICT,
 };
 use tempfile::TempDir;
 
@@ -136,6 +137,8 @@ contract!(
     an_outbox_row_is_claimed_retried_and_sent,
     an_outbox_row_that_fails_for_good_is_dead_until_requeued,
     two_stores_never_claim_the_same_outbox_row,
+    a_late_outbox_finish_after_a_reclaim_is_refused_and_the_reclaim_decides,
+    a_renewed_outbox_lease_keeps_the_row_from_being_reclaimed,
     a_stripe_customer_links_to_one_customer_only,
     a_deleted_stripe_customer_is_unlinked_but_still_finds_its_customer,
     an_object_keeps_the_customer_it_was_first_linked_to,
@@ -630,6 +633,7 @@ async fn an_outbox_row_is_claimed_retried_and_sent(h: &Harness) {
     h.billing
         .finish_outbox(
             first[0].id,
+            first[0].claim_token,
             &OutboxResult::Retry {
                 error: "smtp down".to_owned(),
                 next_attempt_at: NOW + 100,
@@ -649,17 +653,27 @@ async fn an_outbox_row_is_claimed_retried_and_sent(h: &Harness) {
         .await
         .unwrap();
     h.billing
-        .finish_outbox(after_due[0].id, &OutboxResult::Sent, NOW + 101)
+        .finish_outbox(
+            after_due[0].id,
+            after_due[0].claim_token,
+            &OutboxResult::Sent,
+            NOW + 101,
+        )
         .await
         .unwrap();
     let again = h
         .billing
-        .finish_outbox(after_due[0].id, &OutboxResult::Sent, NOW + 102)
+        .finish_outbox(
+            after_due[0].id,
+            after_due[0].claim_token,
+            &OutboxResult::Sent,
+            NOW + 102,
+        )
         .await
         .unwrap_err();
     let missing = h
         .billing
-        .finish_outbox(999_999, &OutboxResult::Sent, NOW)
+        .finish_outbox(999_999, 1, &OutboxResult::Sent, NOW)
         .await
         .unwrap_err();
 
@@ -681,7 +695,10 @@ async fn an_outbox_row_is_claimed_retried_and_sent(h: &Harness) {
     let a = after_due.iter().find(|i| i.dedupe_key == "a").unwrap();
     assert_eq!(a.attempts, 2);
     assert_eq!(a.last_error.as_deref(), Some("smtp down"));
-    assert!(matches!(again, StoreError::Conflict { .. }), "{again:?}");
+    assert!(
+        matches!(&again, StoreError::Conflict { constraint } if constraint == OUTBOX_LEASE_CONFLICT),
+        "{again:?}"
+    );
     assert!(matches!(missing, StoreError::NotFound), "{missing:?}");
     let sent = h
         .billing
@@ -713,6 +730,7 @@ async fn an_outbox_row_that_fails_for_good_is_dead_until_requeued(h: &Harness) {
     h.billing
         .finish_outbox(
             claimed[0].id,
+            claimed[0].claim_token,
             &OutboxResult::Dead {
                 error: "stripe said no".to_owned(),
             },
@@ -782,6 +800,109 @@ async fn two_stores_never_claim_the_same_outbox_row(h: &Harness) {
     all.dedup();
     assert_eq!(count, 40, "every row claimed");
     assert_eq!(all.len(), 40, "no row claimed twice");
+}
+
+async fn a_late_outbox_finish_after_a_reclaim_is_refused_and_the_reclaim_decides(h: &Harness) {
+    h.billing
+        .enqueue_outbox(None, &[alert("slow")], NOW)
+        .await
+        .unwrap();
+    let other = h.another().await;
+    let first = h.billing.claim_outbox(NOW, NOW + 5, 1).await.unwrap();
+
+    // The first worker's delivery outlives its 5 s lease; another claims.
+    let second = other.claim_outbox(NOW + 6, NOW + 11, 1).await.unwrap();
+    let late = h
+        .billing
+        .finish_outbox(
+            first[0].id,
+            first[0].claim_token,
+            &OutboxResult::Dead {
+                error: "late".to_owned(),
+            },
+            NOW + 7,
+        )
+        .await
+        .unwrap_err();
+    let late_renewal = h
+        .billing
+        .renew_outbox(first[0].id, first[0].claim_token, NOW + 100)
+        .await
+        .unwrap();
+    other
+        .finish_outbox(
+            second[0].id,
+            second[0].claim_token,
+            &OutboxResult::Sent,
+            NOW + 8,
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(second.len(), 1, "the expired lease is claimed again");
+    assert_eq!(second[0].id, first[0].id);
+    assert_ne!(second[0].claim_token, first[0].claim_token);
+    assert!(
+        matches!(&late, StoreError::Conflict { constraint } if constraint == OUTBOX_LEASE_CONFLICT),
+        "{late:?}"
+    );
+    assert!(!late_renewal, "a lost claim cannot be renewed");
+    let rows = h
+        .billing
+        .list_outbox(&OutboxFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0].status,
+        OutboxStatus::Sent,
+        "the reclaim's outcome stands"
+    );
+    assert_eq!(rows[0].last_error, None);
+    assert_eq!(rows[0].done_at, Some(NOW + 8));
+}
+
+async fn a_renewed_outbox_lease_keeps_the_row_from_being_reclaimed(h: &Harness) {
+    h.billing
+        .enqueue_outbox(None, &[alert("long")], NOW)
+        .await
+        .unwrap();
+    let first = h.billing.claim_outbox(NOW, NOW + 5, 1).await.unwrap();
+
+    let renewed = h
+        .billing
+        .renew_outbox(first[0].id, first[0].claim_token, NOW + 20)
+        .await
+        .unwrap();
+    let within_renewal = h.billing.claim_outbox(NOW + 10, NOW + 15, 1).await.unwrap();
+    h.billing
+        .finish_outbox(
+            first[0].id,
+            first[0].claim_token,
+            &OutboxResult::Sent,
+            NOW + 12,
+        )
+        .await
+        .unwrap();
+    let renew_after_finish = h
+        .billing
+        .renew_outbox(first[0].id, first[0].claim_token, NOW + 40)
+        .await
+        .unwrap();
+
+    assert!(renewed);
+    assert!(
+        within_renewal.is_empty(),
+        "a renewed lease is not reclaimed"
+    );
+    assert!(!renew_after_finish, "a finished row has no lease to renew");
+    let rows = h
+        .billing
+        .list_outbox(&OutboxFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(rows[0].status, OutboxStatus::Sent);
+    assert_eq!(rows[0].next_attempt_at, None);
 }
 
 async fn a_stripe_customer_links_to_one_customer_only(h: &Harness) {
@@ -1432,7 +1553,12 @@ async fn outbox_stats_count_rows_per_status_and_the_oldest_waiting(h: &Harness) 
         .unwrap();
     let claimed = h.billing.claim_outbox(NOW + 5, NOW + 60, 1).await.unwrap();
     h.billing
-        .finish_outbox(claimed[0].id, &OutboxResult::Sent, NOW + 6)
+        .finish_outbox(
+            claimed[0].id,
+            claimed[0].claim_token,
+            &OutboxResult::Sent,
+            NOW + 6,
+        )
         .await
         .unwrap();
 

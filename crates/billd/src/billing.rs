@@ -41,7 +41,15 @@ pub fn billing_config(config: &Config) -> anyhow::Result<BillingConfig> {
         catalog: Arc::new(catalog(config)?),
         stripe,
         api_keys: ApiKeys::new(config.api_keys.clone(), config.admin_api_keys.clone()),
-        outbox: OutboxConfig::default(),
+        outbox: OutboxConfig {
+            lease_secs: config.outbox_lease_secs,
+            heartbeat: std::time::Duration::from_secs(
+                u64::try_from(config.outbox_lease_secs / 3)
+                    .unwrap_or(1)
+                    .max(1),
+            ),
+            ..OutboxConfig::default()
+        },
         api: ApiConfig {
             checkout_rate_limit_per_min: config.checkout_rate_limit_per_min,
             stripe_tax: config.stripe_tax,

@@ -30,6 +30,7 @@ const KEYS: &[(&str, bool)] = &[
     ("webhook_tolerance_secs", false),
     ("inbox_max_attempts", false),
     ("inbox_lease_secs", false),
+    ("outbox_lease_secs", false),
     ("inbox_backoff_base_secs", false),
     ("inbox_backoff_cap_secs", false),
     ("worker_concurrency", false),
@@ -212,6 +213,10 @@ pub struct Config {
     pub inbox_max_attempts: i32,
     /// `BILLD_INBOX_LEASE_SECS`: how long a claimed event is reserved.
     pub inbox_lease_secs: i64,
+    /// `BILLD_OUTBOX_LEASE_SECS`: how long a claimed outbox row (email,
+    /// alert, Stripe call) is reserved; renewed every third of it while the
+    /// delivery runs, and how long a row claimed by a killed process waits.
+    pub outbox_lease_secs: i64,
     /// `BILLD_INBOX_BACKOFF_BASE_SECS`: first retry delay.
     pub inbox_backoff_base_secs: i64,
     /// `BILLD_INBOX_BACKOFF_CAP_SECS`: longest retry delay.
@@ -531,6 +536,7 @@ impl Config {
         let webhook_tolerance_secs = raw.int("webhook_tolerance_secs", 1, 86_400);
         let inbox_max_attempts = raw.int("inbox_max_attempts", 1, 1000);
         let inbox_lease_secs = raw.int("inbox_lease_secs", 1, 86_400);
+        let outbox_lease_secs = raw.int("outbox_lease_secs", 3, 86_400);
         let inbox_backoff_base_secs = raw.int("inbox_backoff_base_secs", 1, 86_400);
         let inbox_backoff_cap_secs = raw.int("inbox_backoff_cap_secs", 1, 7 * 86_400);
         if inbox_backoff_cap_secs < inbox_backoff_base_secs {
@@ -626,6 +632,7 @@ impl Config {
             webhook_tolerance_secs,
             inbox_max_attempts,
             inbox_lease_secs,
+            outbox_lease_secs,
             inbox_backoff_base_secs,
             inbox_backoff_cap_secs,
             worker_concurrency,

@@ -6,6 +6,8 @@
     reason = "test bodies and helpers live in plain functions the generated #[tokio::test]s call; a failed setup should panic"
 )]
 
+mod outbox_lease;
+mod queue_gauges;
 mod support;
 mod webhooks;
 mod worker;

@@ -384,11 +384,16 @@ impl billd_store::BillingStore for SwitchableStore {
     async fn finish_outbox(
         &self,
         id: i64,
+        claim_token: i64,
         result: &billd_store::OutboxResult,
         now: i64,
     ) -> StoreResult<()> {
         self.check()?;
-        self.inner.finish_outbox(id, result, now).await
+        self.inner.finish_outbox(id, claim_token, result, now).await
+    }
+    async fn renew_outbox(&self, id: i64, claim_token: i64, lease_until: i64) -> StoreResult<bool> {
+        self.check()?;
+        self.inner.renew_outbox(id, claim_token, lease_until).await
     }
     async fn list_outbox(
         &self,

@@ -10,7 +10,7 @@ use sqlx::{PgConnection, QueryBuilder};
 
 use super::{finish, PgStore};
 use crate::billing::{
-    check_amount, commit_links, into_outbox, outbox_columns, outbox_not_processing, outbox_stats,
+    check_amount, commit_links, into_outbox, outbox_columns, outbox_not_held, outbox_stats,
     period_column, replay, state_json, to_db, usage_from_rows, AuditRow, CustomerRow, Direction,
     OutboxRow, StoredRequest, StripeColumn, AUDIT_COLUMNS, CUSTOMER_COLUMNS, OUTBOX_COLUMNS,
 };
@@ -272,7 +272,8 @@ impl BillingStore for PgStore {
         }
         let rows: Vec<OutboxRow> = sqlx::query_as(&format!(
             "UPDATE outbox \
-             SET status = 'processing', attempts = attempts + 1, next_attempt_at = $2 \
+             SET status = 'processing', attempts = attempts + 1, next_attempt_at = $2, \
+                 claim_token = claim_token + 1 \
              WHERE id IN ( \
                SELECT id FROM outbox \
                WHERE status IN ('pending', 'processing') \
@@ -288,16 +289,23 @@ impl BillingStore for PgStore {
         into_outbox(rows)
     }
 
-    async fn finish_outbox(&self, id: i64, result: &OutboxResult, now: i64) -> StoreResult<()> {
+    async fn finish_outbox(
+        &self,
+        id: i64,
+        claim_token: i64,
+        result: &OutboxResult,
+        now: i64,
+    ) -> StoreResult<()> {
         let (status, error, next_attempt_at, done_at) = outbox_columns(result, now);
         let mut conn = self.pool.acquire().await?;
         let done = sqlx::query(
             "UPDATE outbox \
-             SET status = $2, last_error = COALESCE($3, last_error), next_attempt_at = $4, \
-                 done_at = $5 \
-             WHERE id = $1 AND status = 'processing'",
+             SET status = $3, last_error = COALESCE($4, last_error), next_attempt_at = $5, \
+                 done_at = $6 \
+             WHERE id = $1 AND claim_token = $2 AND status = 'processing'",
         )
         .bind(id)
+        .bind(claim_token)
         .bind(status)
         .bind(error)
         .bind(next_attempt_at)
@@ -307,11 +315,24 @@ impl BillingStore for PgStore {
         if done.rows_affected() > 0 {
             return Ok(());
         }
-        let current: Option<String> = sqlx::query_scalar("SELECT status FROM outbox WHERE id = $1")
+        let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM outbox WHERE id = $1")
             .bind(id)
             .fetch_optional(&mut *conn)
             .await?;
-        Err(outbox_not_processing(current))
+        Err(outbox_not_held(exists.is_some()))
+    }
+
+    async fn renew_outbox(&self, id: i64, claim_token: i64, lease_until: i64) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE outbox SET next_attempt_at = $3 \
+             WHERE id = $1 AND claim_token = $2 AND status = 'processing'",
+        )
+        .bind(id)
+        .bind(claim_token)
+        .bind(lease_until)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
     }
 
     async fn list_outbox(&self, filter: &OutboxFilter) -> StoreResult<Vec<OutboxItem>> {
