@@ -14,6 +14,9 @@ const DEPTH_STATUSES: [OutboxStatus; 3] = [
     OutboxStatus::Dead,
 ];
 
+/// One per-job gauge: its value for a job, if it has one.
+type JobGauge = (&'static str, &'static str, fn(&JobRecord) -> Option<i64>);
+
 /// Outbox depth and scheduler job times, as read at one scrape.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueGauges {
@@ -61,7 +64,7 @@ impl QueueGauges {
         );
         let mut jobs: Vec<&JobRecord> = self.jobs.iter().collect();
         jobs.sort_by(|a, b| a.name.cmp(&b.name));
-        let series: [(&str, &str, fn(&JobRecord) -> Option<i64>); 4] = [
+        let series: [JobGauge; 4] = [
             (
                 "billd_scheduler_last_run_timestamp_seconds",
                 "When each scheduler job last finished a run, unix seconds.",
