@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
 mod billing;
+mod billing_sql;
 mod checkout;
 mod claim;
 mod dialect;
