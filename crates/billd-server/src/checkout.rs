@@ -14,9 +14,10 @@
 //! The per-customer rate limit (`checkout_rate_limit_per_min`) counts only
 //! requests that go to Stripe (a new session, or a failed attempt at one):
 //! a double-click storm answered from the open session is never limited.
-//! The limit is per process.
+//! The counter is a store row (`billd_store::RateLimitStore`), so the limit
+//! holds across every billd process on one database.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use crate::openapi::{route, Verb};
@@ -25,7 +26,7 @@ use axum::extract::{Path, State};
 use axum::{Json, Router};
 use billd_core::event::SubscriptionStatus;
 use billd_core::{CheckoutSessionId, Currency, CustomerId, CustomerState, Plan, PlanName};
-use billd_store::{CheckoutRecord, CustomerRecord};
+use billd_store::{CheckoutRecord, CustomerRecord, RateDecision};
 use billd_stripe::client::{Params, StripeClient, StripeError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -44,6 +45,9 @@ const EXPIRY_MARGIN_SECS: i64 = 300;
 /// The rate limit's window.
 const WINDOW_SECS: i64 = 60;
 
+/// The rate limit's scope in the store's shared table.
+const RATE_SCOPE: &str = "checkout";
+
 /// How often a request retries after losing the row to another process.
 const RACE_RETRIES: usize = 3;
 
@@ -51,7 +55,6 @@ const RACE_RETRIES: usize = 3;
 pub(crate) struct CheckoutState<S: BillingBackend + ?Sized> {
     api: ApiState<S>,
     locks: Arc<Mutex<HashMap<CustomerId, Weak<tokio::sync::Mutex<()>>>>>,
-    limiter: Arc<Mutex<HashMap<CustomerId, VecDeque<i64>>>>,
     prices: Arc<Mutex<HashMap<String, String>>>,
 }
 
@@ -60,7 +63,6 @@ impl<S: BillingBackend + ?Sized> Clone for CheckoutState<S> {
         CheckoutState {
             api: self.api.clone(),
             locks: self.locks.clone(),
-            limiter: self.limiter.clone(),
             prices: self.prices.clone(),
         }
     }
@@ -84,7 +86,6 @@ pub(crate) fn routes<S: BillingBackend + ?Sized>(api: ApiState<S>, keys: Arc<Api
     .with_state(CheckoutState {
         api,
         locks: Arc::default(),
-        limiter: Arc::default(),
         prices: Arc::default(),
     })
     .layer(axum::middleware::from_fn(crate::log_errors))
@@ -309,30 +310,25 @@ impl<S: BillingBackend + ?Sized> CheckoutState<S> {
     }
 
     /// Counts one request that goes to Stripe, or answers 429 with the
-    /// seconds until the oldest counted request leaves the window.
-    fn take_rate_token(&self, id: &CustomerId, now: i64) -> Result<(), ApiError> {
-        let limit = self.api.config.checkout_rate_limit_per_min as usize;
-        let mut limiter = self.limiter.lock().unwrap_or_else(PoisonError::into_inner);
-        if limiter.len() >= 4096 {
-            limiter.retain(|_, times| times.back().is_some_and(|t| *t > now - WINDOW_SECS));
-        }
-        let times = limiter.entry(id.clone()).or_default();
-        while times.front().is_some_and(|t| *t <= now - WINDOW_SECS) {
-            times.pop_front();
-        }
-        if times.len() >= limit {
-            let retry_after = times
-                .front()
-                .map_or(WINDOW_SECS, |oldest| oldest + WINDOW_SECS - now);
-            return Err(ApiError::RateLimited {
-                retry_after_secs: u64::try_from(retry_after).unwrap_or(1).max(1),
+    /// seconds until the customer's window ends. The counter lives in the
+    /// store, so every billd process on the database shares the limit.
+    async fn take_rate_token(&self, id: &CustomerId, now: i64) -> Result<(), ApiError> {
+        let limit = self.api.config.checkout_rate_limit_per_min;
+        let decision = self
+            .api
+            .store
+            .take_rate_token(RATE_SCOPE, id.as_str(), limit, WINDOW_SECS, now)
+            .await
+            .map_err(store_error)?;
+        match decision {
+            RateDecision::Allowed => Ok(()),
+            RateDecision::Limited { retry_after_secs } => Err(ApiError::RateLimited {
+                retry_after_secs: u64::try_from(retry_after_secs).unwrap_or(1).max(1),
                 message: format!(
                     "at most {limit} new checkout sessions per minute for one customer"
                 ),
-            });
+            }),
         }
-        times.push_back(now);
-        Ok(())
     }
 
     /// The Stripe price id of the plan in the currency: the catalog's bound
@@ -620,7 +616,7 @@ async fn create_checkout<S: BillingBackend + ?Sized>(
             }
         }
         if !counted {
-            state.take_rate_token(&id, now)?;
+            state.take_rate_token(&id, now).await?;
             counted = true;
         }
         if let Some(view) = new_session(&state, &record, open.as_ref(), &request, now).await? {

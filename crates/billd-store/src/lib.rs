@@ -17,6 +17,7 @@ mod error;
 mod jobs;
 mod migrations;
 mod postgres;
+mod rate_limit;
 mod row;
 mod sqlite;
 pub mod testing;
@@ -31,6 +32,7 @@ pub use checkout::{CheckoutRecord, CheckoutStore};
 pub use jobs::{JobFinish, JobRecord, JobStore};
 pub use migrations::MigrationStatus;
 pub use postgres::PgStore;
+pub use rate_limit::{RateDecision, RateLimitStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
 
 /// Opens the store a database URL names: `sqlite://path` (the file is
@@ -261,7 +263,9 @@ pub struct InboxStats {
 /// [`BillingStore`] (and the checkout table [`CheckoutStore`], the
 /// scheduler's leases [`JobStore`]), so an `Arc<dyn Store>` offers them all.
 #[async_trait]
-pub trait Store: BillingStore + CheckoutStore + JobStore + Send + Sync + 'static {
+pub trait Store:
+    BillingStore + CheckoutStore + JobStore + RateLimitStore + Send + Sync + 'static
+{
     /// Which database this is.
     fn backend(&self) -> Backend;
 

@@ -13,6 +13,13 @@ use tempfile::TempDir;
 
 #[path = "contract/jobs.rs"]
 mod jobs;
+#[path = "contract/rate_limit.rs"]
+mod rate_limit;
+use rate_limit::{
+    a_refused_hit_is_not_counted_and_ended_windows_are_pruned,
+    concurrent_hits_from_two_stores_admit_exactly_the_limit,
+    two_stores_on_one_database_share_one_limit_per_window,
+};
 
 /// A store under test plus what keeps it alive.
 struct Harness {
@@ -100,6 +107,9 @@ contract!(
     stats_count_every_status_and_the_oldest_waiting_event,
     two_stores_claiming_in_parallel_never_share_an_event_or_a_customer,
     two_stores_inserting_the_same_events_at_once_store_each_once,
+    two_stores_on_one_database_share_one_limit_per_window,
+    a_refused_hit_is_not_counted_and_ended_windows_are_pruned,
+    concurrent_hits_from_two_stores_admit_exactly_the_limit,
 );
 
 // ---------------------------------------------------------------- fixtures

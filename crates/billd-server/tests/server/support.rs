@@ -520,3 +520,21 @@ impl billd_store::JobStore for SwitchableStore {
         self.inner.release_expired_inbox_leases(now).await
     }
 }
+
+/// The shared rate limits forward like the rest.
+#[async_trait]
+impl billd_store::RateLimitStore for SwitchableStore {
+    async fn take_rate_token(
+        &self,
+        scope: &str,
+        subject: &str,
+        limit: u32,
+        window_secs: i64,
+        now: i64,
+    ) -> StoreResult<billd_store::RateDecision> {
+        self.check()?;
+        self.inner
+            .take_rate_token(scope, subject, limit, window_secs, now)
+            .await
+    }
+}
