@@ -412,28 +412,30 @@ impl<S: BillingBackend + ?Sized> EventHandler for LifecycleHandler<S> {
     }
 }
 
+/// `new` as the inbox holds it once a worker claimed it, for tests that
+/// parse synthetic events.
+#[cfg(test)]
+pub(crate) fn claimed(new: billd_store::NewEvent) -> StoredEvent {
+    StoredEvent {
+        id: new.id,
+        event_type: new.event_type,
+        api_version: new.api_version,
+        created: new.created,
+        object_id: new.object_id,
+        stripe_customer: new.stripe_customer,
+        payload: new.payload,
+        status: billd_store::EventStatus::Processing,
+        attempts: 1,
+        next_attempt_at: None,
+        last_error: None,
+        received_at: new.received_at,
+        processed_at: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use billd_store::EventStatus;
-
-    fn stored(new: billd_store::NewEvent) -> StoredEvent {
-        StoredEvent {
-            id: new.id,
-            event_type: new.event_type,
-            api_version: new.api_version,
-            created: new.created,
-            object_id: new.object_id,
-            stripe_customer: new.stripe_customer,
-            payload: new.payload,
-            status: EventStatus::Processing,
-            attempts: 1,
-            next_attempt_at: None,
-            last_error: None,
-            received_at: new.received_at,
-            processed_at: None,
-        }
-    }
 
     #[test]
     fn a_refetched_subscription_comes_back_as_an_authoritative_event_at_the_tied_second() {
@@ -446,7 +448,7 @@ mod tests {
         assert_eq!(new.id, "evt_billd_refetch_sub_1_500");
         assert_eq!(new.stripe_customer.as_deref(), Some("cus_1"));
 
-        let event = parse_stored(&stored(new)).unwrap().unwrap();
+        let event = parse_stored(&claimed(new)).unwrap().unwrap();
 
         assert!(event.authoritative);
         assert_eq!(event.created, 500);
@@ -462,7 +464,7 @@ mod tests {
         });
         let new = crate::outbox::refetch_event("sub_2", 500, 0, object, 900);
 
-        let event = parse_stored(&stored(new)).unwrap().unwrap();
+        let event = parse_stored(&claimed(new)).unwrap().unwrap();
 
         assert_eq!(event.event_type(), "customer.subscription.deleted");
     }

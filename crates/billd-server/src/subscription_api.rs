@@ -38,7 +38,7 @@ use billd_core::{
 use billd_store::{CustomerRecord, EventStatus, NewEvent};
 use billd_stripe::client::{Params, StripeClient};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::api::{customer_id, invalid_body, store_error, ApiState};
 use crate::error::ApiError;
@@ -1028,29 +1028,7 @@ pub fn sync_event(
     now: i64,
 ) -> NewEvent {
     let id = format!("{SYNC_EVENT_PREFIX}{subscription}_{nanos:039}");
-    let stripe_customer = object
-        .get("customer")
-        .and_then(|c| c.as_str().or_else(|| c.get("id").and_then(Value::as_str)))
-        .map(str::to_owned);
-    let event_type = "customer.subscription.updated";
-    let payload = json!({
-        "id": id,
-        "object": "event",
-        "type": event_type,
-        "created": created,
-        "api_version": billd_stripe::API_VERSION,
-        "data": { "object": object },
-    });
-    NewEvent {
-        id,
-        event_type: event_type.to_owned(),
-        api_version: Some(billd_stripe::API_VERSION.to_owned()),
-        created,
-        object_id: Some(subscription.to_owned()),
-        stripe_customer,
-        payload: payload.to_string(),
-        received_at: now,
-    }
+    crate::outbox::synthetic_subscription_event(id, subscription, created, object, now)
 }
 
 async fn view<S: BillingBackend + ?Sized>(
@@ -1085,25 +1063,7 @@ async fn view<S: BillingBackend + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use billd_store::StoredEvent;
-
-    fn stored(new: NewEvent) -> StoredEvent {
-        StoredEvent {
-            id: new.id,
-            event_type: new.event_type,
-            api_version: new.api_version,
-            created: new.created,
-            object_id: new.object_id,
-            stripe_customer: new.stripe_customer,
-            payload: new.payload,
-            status: EventStatus::Processing,
-            attempts: 1,
-            next_attempt_at: None,
-            last_error: None,
-            received_at: new.received_at,
-            processed_at: None,
-        }
-    }
+    use serde_json::json;
 
     fn subscription(price: &str) -> LiveSubscription {
         LiveSubscription::parse(json!({
@@ -1124,7 +1084,7 @@ mod tests {
         let first = sync_event("sub_1", 500, 7, live.object.clone(), 900);
         let second = sync_event("sub_1", 500, 80, live.object.clone(), 900);
 
-        let event = crate::lifecycle::parse_stored(&stored(first.clone()))
+        let event = crate::lifecycle::parse_stored(&crate::lifecycle::claimed(first.clone()))
             .unwrap()
             .unwrap();
 
