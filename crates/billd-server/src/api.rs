@@ -81,9 +81,7 @@ impl<S: BillingBackend + ?Sized> Clone for ApiState<S> {
 impl<S: BillingBackend + ?Sized> ApiState<S> {
     /// The Stripe client, or 503 when billd runs without one.
     pub fn stripe(&self) -> Result<&StripeClient, ApiError> {
-        self.stripe
-            .as_ref()
-            .ok_or_else(|| ApiError::StripeUnavailable("no Stripe client is configured".into()))
+        Ok(billd_stripe::client::configured(self.stripe.as_ref())?)
     }
 }
 

@@ -314,6 +314,12 @@ mod tests {
         }
         let e = ApiError::from(StripeError::Unavailable("connection refused".into()));
         assert_eq!(e.code(), "stripe_unavailable");
+        // billd running without a Stripe client answers like an unreachable Stripe.
+        let e = ApiError::from(billd_stripe::client::configured(None).unwrap_err());
+        assert_eq!(
+            (e.status(), e.code()),
+            (StatusCode::SERVICE_UNAVAILABLE, "stripe_unavailable")
+        );
         let e = ApiError::from(stripe_api_error(400));
         assert_eq!(
             (e.status(), e.code()),

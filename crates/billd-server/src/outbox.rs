@@ -404,9 +404,7 @@ impl<S: BillingBackend + ?Sized> OutboxWorker<S> {
     }
 
     fn stripe(&self) -> Result<&StripeClient, DeliveryError> {
-        self.stripe
-            .as_ref()
-            .ok_or_else(|| DeliveryError::Transient("no Stripe client configured".into()))
+        billd_stripe::client::configured(self.stripe.as_ref()).map_err(stripe_error)
     }
 }
 

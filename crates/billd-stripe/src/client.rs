@@ -133,6 +133,13 @@ impl std::fmt::Debug for StripeClient {
     }
 }
 
+/// The client billd runs with, or [`StripeError::Unavailable`] when it runs
+/// without one: callers then answer 503 or retry later, exactly as when
+/// Stripe cannot be reached.
+pub fn configured(client: Option<&StripeClient>) -> Result<&StripeClient, StripeError> {
+    client.ok_or_else(|| StripeError::Unavailable("no Stripe client is configured".into()))
+}
+
 impl StripeClient {
     /// Builds a client; fails only if the TLS/HTTP stack cannot be set up.
     pub fn new(config: ClientConfig) -> Result<Self, StripeError> {
