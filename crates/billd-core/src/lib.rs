@@ -38,6 +38,7 @@
 pub mod access;
 pub mod apply;
 pub mod catalog;
+pub mod consume;
 pub mod event;
 pub mod ids;
 pub mod money;
@@ -56,6 +57,7 @@ pub use catalog::{
     Catalog, CatalogError, DowngradePolicy, FeatureKind, FeatureName, Plan, PlanName, Price,
     RefundPolicy,
 };
+pub use consume::{consume_target, ConsumeTarget};
 pub use event::{Event, EventKind, LinkHints};
 pub use ids::{
     ChargeId, CheckoutSessionId, CustomerId, DiscountId, DisputeId, EventId, IdError, InvoiceId,

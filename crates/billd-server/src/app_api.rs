@@ -4,6 +4,13 @@
 //! changes in the store's one conditional update, so concurrent callers can
 //! never push a counter past its limit. On SQLite consumes are
 //! group-committed ([`crate::usage_batch`]).
+//!
+//! A consume reads nothing first: the counter and limit come from the
+//! customer's state as last seen ([`crate::usage_cache`]) through
+//! [`billd_core::consume_target`], and the store applies the consume only
+//! while the customer is still at that state's version
+//! ([`billd_store::UsageStore`]); a changed state is read again and the
+//! consume decided again.
 
 use std::sync::Arc;
 
@@ -12,10 +19,12 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::{Json, Router};
 use billd_core::{
-    check_consume, entitlements, usage_keys, Catalog, ConsumeError, CustomerId, Entitlements,
-    FeatureKind, FeatureName,
+    consume_target, entitlements, usage_keys, Access, Catalog, ConsumeError, CustomerId,
+    Entitlements, FeatureKind, FeatureName,
 };
-use billd_store::{StoreError, UsageOutcome, UsageRequest, IDEMPOTENCY_CONFLICT};
+use billd_store::{
+    GuardedConsume, GuardedOutcome, StoreError, UsageOutcome, UsageRequest, IDEMPOTENCY_CONFLICT,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::{require_app_key, ApiKeys};
@@ -23,10 +32,15 @@ use crate::clock::Clock;
 use crate::error::ApiError;
 use crate::lifecycle::BillingBackend;
 use crate::usage_batch::{ConsumeBatcher, MAX_BATCH};
+use crate::usage_cache::{CachedState, StateCache, CAPACITY};
 
 /// Longest accepted idempotency key, so a caller cannot grow the table with
 /// arbitrarily large keys.
 const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// How often one consume is decided again on a re-read state when the
+/// customer's state keeps changing under it (then 503, retry later).
+const STALE_RETRIES: usize = 5;
 
 /// What the usage handlers share.
 struct UsageState<S: BillingBackend + ?Sized> {
@@ -36,6 +50,8 @@ struct UsageState<S: BillingBackend + ?Sized> {
     /// On SQLite, consumes go through one writer that group-commits them
     /// (see [`crate::usage_batch`] for why not on PostgreSQL).
     consumer: Option<ConsumeBatcher>,
+    /// Customer states consumes were decided on.
+    states: Arc<StateCache>,
 }
 
 impl<S: BillingBackend + ?Sized> Clone for UsageState<S> {
@@ -45,6 +61,7 @@ impl<S: BillingBackend + ?Sized> Clone for UsageState<S> {
             catalog: self.catalog.clone(),
             clock: self.clock.clone(),
             consumer: self.consumer.clone(),
+            states: self.states.clone(),
         }
     }
 }
@@ -75,6 +92,7 @@ pub fn routes<S: BillingBackend + ?Sized>(
     .with_state(UsageState {
         consumer: (store.backend() == billd_store::Backend::Sqlite)
             .then(|| ConsumeBatcher::start(store.clone(), clock.clone(), MAX_BATCH)),
+        states: Arc::new(StateCache::new(CAPACITY)),
         store,
         catalog,
         clock,
@@ -210,20 +228,49 @@ fn answer(feature: FeatureName, used: u64, limit: u64, replayed: bool) -> Json<U
     })
 }
 
-/// One consume, group-committed where that pays.
+/// One guarded consume, group-committed where that pays.
 async fn consume<S: BillingBackend + ?Sized>(
     state: &UsageState<S>,
-    request: UsageRequest,
-    limit: u64,
-) -> Result<UsageOutcome, StoreError> {
+    consume: GuardedConsume,
+) -> Result<GuardedOutcome, StoreError> {
     match &state.consumer {
-        Some(batcher) => batcher.consume(request, limit).await,
+        Some(batcher) => batcher.consume(consume).await,
         None => {
             state
                 .store
-                .consume(&request, limit, state.clock.now())
+                .consume_guarded(&consume, state.clock.now())
                 .await
         }
+    }
+}
+
+/// The customer's state: the cached one, unless `reread`, else read
+/// (404 `customer_not_found` or `customer_deleted`) and cached.
+async fn customer_state<S: BillingBackend + ?Sized>(
+    state: &UsageState<S>,
+    customer: &CustomerId,
+    reread: bool,
+) -> Result<CachedState, ApiError> {
+    if !reread {
+        if let Some(cached) = state.states.get(customer) {
+            return Ok(cached);
+        }
+    }
+    let record = crate::account::live_customer(&*state.store, customer).await?;
+    let cached = CachedState {
+        version: record.version,
+        state: Arc::new(record.state),
+    };
+    state.states.put(customer, cached.clone());
+    Ok(cached)
+}
+
+fn no_access(access: Access) -> ApiError {
+    ApiError::NoAccess {
+        access: serde_json::to_value(access)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| format!("{access:?}").to_lowercase()),
     }
 }
 
@@ -246,57 +293,58 @@ async fn consume_usage<S: BillingBackend + ?Sized>(
     body: Result<Json<UsageBody>, JsonRejection>,
 ) -> Result<Json<UsageAnswer>, ApiError> {
     let p = parse(&id, &feature, &state.catalog, body)?;
-    let ent = load_entitlements(&state, &p.customer).await?;
-    let quota = ent
-        .features
-        .get(&p.feature)
-        .ok_or_else(|| unknown_feature(&feature))?;
-    let request = UsageRequest {
-        customer_id: p.customer.clone(),
-        key: quota.usage_key.clone(),
-        amount: p.amount,
-        idempotency_key: p.idempotency_key,
-    };
-    // An over-quota pre-check is not final: the store still answers a
-    // repeated key with its first answer, and decides races atomically.
-    let limit = match check_consume(&ent, &p.feature, p.amount) {
-        Ok(limit) => limit,
-        Err(ConsumeError::QuotaExceeded { limit, .. }) => limit,
-        Err(ConsumeError::NoAccess(access)) => {
-            // A limit of 0 admits nothing new but still finds a stored
-            // answer, so a retry after access ended gets its first answer.
-            return match consume(&state, request, 0).await.map_err(store_error)? {
+    for attempt in 0..=STALE_RETRIES {
+        let cached = customer_state(&state, &p.customer, attempt > 0).await?;
+        let target = consume_target(
+            &cached.state,
+            &state.catalog,
+            &p.feature,
+            p.amount,
+            state.clock.now(),
+        )
+        .map_err(|e| match e {
+            ConsumeError::UnknownFeature => unknown_feature(&feature),
+            other => invalid(other.code(), other.to_string()),
+        })?;
+        let guarded = GuardedConsume {
+            request: UsageRequest {
+                customer_id: p.customer.clone(),
+                key: target.key,
+                amount: p.amount,
+                idempotency_key: p.idempotency_key.clone(),
+            },
+            limit: target.limit,
+            customer_version: cached.version,
+        };
+        let outcome = match consume(&state, guarded).await.map_err(store_error)? {
+            GuardedOutcome::Decided(outcome) => outcome,
+            GuardedOutcome::Stale => {
+                state.states.forget(&p.customer, cached.version);
+                continue;
+            }
+        };
+        // Without access the limit was 0: only a stored answer applies.
+        return match (outcome, target.refused) {
+            (
                 UsageOutcome::Applied {
                     used,
                     limit,
                     replayed,
-                } => Ok(answer(p.feature, used, limit, replayed)),
-                UsageOutcome::LimitExceeded { .. } => Err(ApiError::NoAccess {
-                    access: serde_json::to_value(access)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_else(|| format!("{access:?}").to_lowercase()),
-                }),
-            };
-        }
-        Err(ConsumeError::UnknownFeature) => return Err(unknown_feature(&feature)),
-        Err(ConsumeError::InvalidAmount) => {
-            return Err(invalid("invalid_amount", "amount must be at least 1"))
-        }
-    };
-    match consume(&state, request, limit).await.map_err(store_error)? {
-        UsageOutcome::Applied {
-            used,
-            limit,
-            replayed,
-        } => Ok(answer(p.feature, used, limit, replayed)),
-        UsageOutcome::LimitExceeded { used, limit } => Err(ApiError::QuotaExceeded {
-            feature: p.feature,
-            limit,
-            used,
-            requested: p.amount,
-        }),
+                },
+                _,
+            ) => Ok(answer(p.feature, used, limit, replayed)),
+            (UsageOutcome::LimitExceeded { .. }, Some(access)) => Err(no_access(access)),
+            (UsageOutcome::LimitExceeded { used, limit }, None) => Err(ApiError::QuotaExceeded {
+                feature: p.feature,
+                limit,
+                used,
+                requested: p.amount,
+            }),
+        };
     }
+    Err(ApiError::StoreUnavailable(
+        "the customer's billing state kept changing during the consume; retry".to_owned(),
+    ))
 }
 
 #[utoipa::path(

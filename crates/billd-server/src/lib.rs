@@ -25,6 +25,7 @@ pub mod scheduler;
 pub(crate) mod stripe_customer;
 pub mod subscription_api;
 pub mod usage_batch;
+pub mod usage_cache;
 pub mod webhook;
 pub mod worker;
 

@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use billd_store::{BillingStore, StoreError, StoreResult, UsageOutcome, UsageRequest};
+use billd_store::{GuardedConsume, GuardedOutcome, StoreError, StoreResult, UsageStore};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::clock::Clock;
@@ -22,9 +22,8 @@ use crate::clock::Clock;
 pub const MAX_BATCH: usize = 512;
 
 struct Job {
-    request: UsageRequest,
-    limit: u64,
-    reply: oneshot::Sender<StoreResult<UsageOutcome>>,
+    consume: GuardedConsume,
+    reply: oneshot::Sender<StoreResult<GuardedOutcome>>,
 }
 
 /// A handle to the consume writer; cheap to clone. The writer stops when
@@ -42,7 +41,7 @@ impl std::fmt::Debug for ConsumeBatcher {
 
 impl ConsumeBatcher {
     /// Spawns the writer on the current tokio runtime.
-    pub fn start<S: BillingStore + ?Sized>(
+    pub fn start<S: UsageStore + ?Sized>(
         store: Arc<S>,
         clock: Arc<dyn Clock>,
         max_batch: usize,
@@ -53,16 +52,12 @@ impl ConsumeBatcher {
         ConsumeBatcher { jobs }
     }
 
-    /// [`BillingStore::consume`], committed in a group with whatever else
-    /// is waiting.
-    pub async fn consume(&self, request: UsageRequest, limit: u64) -> StoreResult<UsageOutcome> {
+    /// [`UsageStore::consume_guarded`], committed in a group with whatever
+    /// else is waiting.
+    pub async fn consume(&self, consume: GuardedConsume) -> StoreResult<GuardedOutcome> {
         let (reply, answer) = oneshot::channel();
         self.jobs
-            .send(Job {
-                request,
-                limit,
-                reply,
-            })
+            .send(Job { consume, reply })
             .await
             .map_err(|_| StoreError::Unavailable("the usage writer has stopped".into()))?;
         answer
@@ -71,7 +66,7 @@ impl ConsumeBatcher {
     }
 }
 
-async fn write_batches<S: BillingStore + ?Sized>(
+async fn write_batches<S: UsageStore + ?Sized>(
     store: Arc<S>,
     clock: Arc<dyn Clock>,
     mut rx: mpsc::Receiver<Job>,
@@ -79,9 +74,8 @@ async fn write_batches<S: BillingStore + ?Sized>(
 ) {
     let mut jobs = Vec::with_capacity(max_batch);
     while rx.recv_many(&mut jobs, max_batch).await > 0 {
-        let batch: Vec<(UsageRequest, u64)> =
-            jobs.iter().map(|j| (j.request.clone(), j.limit)).collect();
-        match store.consume_batch(&batch, clock.now()).await {
+        let batch: Vec<GuardedConsume> = jobs.iter().map(|j| j.consume.clone()).collect();
+        match store.consume_guarded_batch(&batch, clock.now()).await {
             Ok(answers) if answers.len() == jobs.len() => {
                 for (job, answer) in jobs.drain(..).zip(answers) {
                     // A caller that went away (client disconnected) needs no answer.
@@ -90,7 +84,7 @@ async fn write_batches<S: BillingStore + ?Sized>(
             }
             Ok(answers) => {
                 let message = format!(
-                    "consume_batch gave {} answers for {} requests",
+                    "consume_guarded_batch gave {} answers for {} requests",
                     answers.len(),
                     jobs.len()
                 );
@@ -125,7 +119,9 @@ mod tests {
 
     use super::*;
     use billd_core::{CustomerId, FeatureName, UsageKey};
-    use billd_store::{CustomerProfile, SqliteStore, Store};
+    use billd_store::{
+        BillingStore, CustomerProfile, SqliteStore, Store, UsageOutcome, UsageRequest,
+    };
 
     fn request(customer: &str, key: &str) -> UsageRequest {
         UsageRequest {
@@ -136,6 +132,14 @@ mod tests {
             },
             amount: 1,
             idempotency_key: key.to_string(),
+        }
+    }
+
+    fn at_version_zero(customer: &str, key: &str) -> GuardedConsume {
+        GuardedConsume {
+            request: request(customer, key),
+            limit: 25,
+            customer_version: 0,
         }
     }
 
@@ -165,17 +169,26 @@ mod tests {
 
         let answers = futures::future::join_all((0..64).map(|i| {
             let batcher = batcher.clone();
-            async move { batcher.consume(request("u1", &format!("k{i}")), 25).await }
+            async move {
+                batcher
+                    .consume(at_version_zero("u1", &format!("k{i}")))
+                    .await
+            }
         }))
         .await;
 
         let applied = answers
             .iter()
-            .filter(|a| matches!(a, Ok(UsageOutcome::Applied { .. })))
+            .filter(|a| matches!(a, Ok(GuardedOutcome::Decided(UsageOutcome::Applied { .. }))))
             .count();
         let refused = answers
             .iter()
-            .filter(|a| matches!(a, Ok(UsageOutcome::LimitExceeded { .. })))
+            .filter(|a| {
+                matches!(
+                    a,
+                    Ok(GuardedOutcome::Decided(UsageOutcome::LimitExceeded { .. }))
+                )
+            })
             .count();
         assert_eq!((applied, refused), (25, 39), "{answers:?}");
         let after = store.consume(&request("u1", "later"), 25, 0).await.unwrap();

@@ -418,13 +418,8 @@ macro_rules! billing_store {
                 limit: u64,
                 now: i64,
             ) -> StoreResult<UsageOutcome> {
-                check_amount(request)?;
-                let mut tx = self.begin_write().await?;
-                let (outcome, keep) = consume_in(&mut tx, request, limit, now).await?;
-                if keep {
-                    tx.commit().await?;
-                }
-                Ok(outcome)
+                // Not shared: one statement on PostgreSQL (its `usage.rs`).
+                super::usage::consume(self, request, limit, now).await
             }
 
             async fn consume_batch(
@@ -692,7 +687,7 @@ macro_rules! billing_store {
         /// One consume inside the caller's transaction. The flag says whether it
         /// wrote something to keep (false for a replay or a refusal, whose
         /// idempotency row must be rolled back: a refused request leaves no trace).
-        async fn consume_in(
+        pub(super) async fn consume_in(
             conn: &mut Conn,
             request: &UsageRequest,
             limit: u64,

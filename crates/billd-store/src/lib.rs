@@ -21,6 +21,7 @@ mod rate_limit;
 mod row;
 mod sqlite;
 pub mod testing;
+mod usage;
 
 pub use billing::{
     AuditRecord, BillingStore, CommitReceipt, CustomerCommit, CustomerProfile, CustomerRecord,
@@ -34,6 +35,7 @@ pub use migrations::MigrationStatus;
 pub use postgres::PgStore;
 pub use rate_limit::{RateDecision, RateLimitStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
+pub use usage::{GuardedConsume, GuardedOutcome, UsageStore};
 
 /// Opens the store a database URL names: `sqlite://path` (the file is
 /// created if missing) or `postgres://…` / `postgresql://…`. Does not run
@@ -264,7 +266,7 @@ pub struct InboxStats {
 /// scheduler's leases [`JobStore`]), so an `Arc<dyn Store>` offers them all.
 #[async_trait]
 pub trait Store:
-    BillingStore + CheckoutStore + JobStore + RateLimitStore + Send + Sync + 'static
+    BillingStore + CheckoutStore + JobStore + RateLimitStore + UsageStore + Send + Sync + 'static
 {
     /// Which database this is.
     fn backend(&self) -> Backend;

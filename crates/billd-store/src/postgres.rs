@@ -24,6 +24,7 @@ use crate::{
 
 mod billing;
 mod dialect;
+mod usage;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/postgres");
 

@@ -26,6 +26,7 @@ use crate::{
 
 mod billing;
 mod dialect;
+mod usage;
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 

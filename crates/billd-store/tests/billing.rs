@@ -1581,3 +1581,6 @@ async fn outbox_stats_count_rows_per_status_and_the_oldest_waiting(h: &Harness) 
 
 #[path = "billing/checkout.rs"]
 mod checkout;
+
+#[path = "billing/usage.rs"]
+mod usage_guarded;

@@ -7,6 +7,7 @@
     reason = "test fixtures are valid by construction"
 )]
 
+mod consume;
 mod convergence;
 mod quota;
 mod refetch;

@@ -357,10 +357,75 @@ async fn every_app_route_needs_a_key_and_an_app_key_cannot_use_the_admin_api(db:
     h.shutdown().await;
 }
 
+async fn a_consume_after_the_customers_state_changed_is_decided_on_the_new_state(db: Db) {
+    let h = Harness::start(db, t0(), WebhookKnobs::default()).await;
+    let (_, cus) = h.customer("u_moves", "pm_card_visa", true).await;
+    for i in 0..3 {
+        let (status, body) = consume(
+            &h,
+            "u_moves",
+            "generations",
+            json!({ "idempotency_key": format!("free{i}") }),
+        )
+        .await;
+        assert_eq!((status, &body["limit"]), (200, &json!(3)), "{body:#}");
+    }
+    let (status, full) = consume(
+        &h,
+        "u_moves",
+        "generations",
+        json!({ "idempotency_key": "free3" }),
+    )
+    .await;
+    assert_eq!(status, 402, "{full:#}");
+
+    // The subscription's webhook changes the state the consumes above were
+    // decided on: the next consume sees the paid plan.
+    h.subscribe("u_moves", &cus, &h.pro_price);
+    h.wait_for("u_moves", "pro access", |e| {
+        e["plan"] == "pro" && e["access"] == "paid"
+    })
+    .await;
+    let (status, paid) = consume(
+        &h,
+        "u_moves",
+        "generations",
+        json!({ "idempotency_key": "pro0" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{paid:#}");
+    assert_eq!((&paid["limit"], &paid["used"]), (&json!(25), &json!(1)));
+
+    let deleted = h
+        .http
+        .delete(format!("{}/v1/customers/u_moves", h.base))
+        .bearer_auth(APP_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    for key in ["pro1", "pro0"] {
+        let (status, gone) = consume(
+            &h,
+            "u_moves",
+            "generations",
+            json!({ "idempotency_key": key }),
+        )
+        .await;
+        assert_eq!(
+            (status, &gone["error"]["code"]),
+            (404, &json!("customer_deleted")),
+            "{key}: {gone:#}"
+        );
+    }
+    h.shutdown().await;
+}
+
 on_both_databases!(
     sixty_four_concurrent_clients_get_exactly_the_twenty_five_generations_of_pro,
     one_idempotency_key_retried_from_many_clients_is_counted_once,
     capacity_is_released_and_bad_usage_requests_get_stable_codes,
     a_customer_whose_grace_period_is_over_gets_no_access,
     every_app_route_needs_a_key_and_an_app_key_cannot_use_the_admin_api,
+    a_consume_after_the_customers_state_changed_is_decided_on_the_new_state,
 );

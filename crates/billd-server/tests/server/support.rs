@@ -538,3 +538,24 @@ impl billd_store::RateLimitStore for SwitchableStore {
             .await
     }
 }
+
+/// Guarded consumes forward like the rest.
+#[async_trait]
+impl billd_store::UsageStore for SwitchableStore {
+    async fn consume_guarded(
+        &self,
+        consume: &billd_store::GuardedConsume,
+        now: i64,
+    ) -> StoreResult<billd_store::GuardedOutcome> {
+        self.check()?;
+        self.inner.consume_guarded(consume, now).await
+    }
+    async fn consume_guarded_batch(
+        &self,
+        batch: &[billd_store::GuardedConsume],
+        now: i64,
+    ) -> StoreResult<Vec<StoreResult<billd_store::GuardedOutcome>>> {
+        self.check()?;
+        self.inner.consume_guarded_batch(batch, now).await
+    }
+}

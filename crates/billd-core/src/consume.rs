@@ -1,0 +1,147 @@
+//! What one consume must enforce, decided from the customer's state alone.
+//!
+//! The usage endpoint does not read the counters before consuming: the
+//! store's one conditional update (`used + amount <= limit`) is the check
+//! that counts, so only the counter and the limit are needed, and both
+//! follow from the state, the catalog and the time.
+
+use crate::access::{check_consume, entitlements, Access, ConsumeError, Usage, UsageKey};
+use crate::catalog::{Catalog, FeatureName};
+use crate::state::CustomerState;
+
+/// The counter a consume changes and the limit the store enforces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumeTarget {
+    /// The counter (`FeatureEntitlement::usage_key`).
+    pub key: UsageKey,
+    /// The limit of the store's conditional update: the plan's limit, or 0
+    /// when access forbids consuming (nothing new is admitted, but the
+    /// stored answer of a repeated idempotency key is still found).
+    pub limit: u64,
+    /// Why nothing new may be consumed, when access forbids it.
+    pub refused: Option<Access>,
+}
+
+/// The target of consuming `amount` of `feature` at `now`: the same counter
+/// and limit [`entitlements`] shows, without reading usage. An amount over
+/// the limit is not refused here: the store answers it, so that a repeated
+/// key still gets its first answer.
+pub fn consume_target(
+    state: &CustomerState,
+    catalog: &Catalog,
+    feature: &FeatureName,
+    amount: u64,
+    now: i64,
+) -> Result<ConsumeTarget, ConsumeError> {
+    let ent = entitlements(state, catalog, &Usage::default(), now);
+    let key = ent
+        .features
+        .get(feature)
+        .map(|quota| quota.usage_key.clone())
+        .ok_or(ConsumeError::UnknownFeature)?;
+    match check_consume(&ent, feature, amount) {
+        Ok(limit) | Err(ConsumeError::QuotaExceeded { limit, .. }) => Ok(ConsumeTarget {
+            key,
+            limit,
+            refused: None,
+        }),
+        Err(ConsumeError::NoAccess(access)) => Ok(ConsumeTarget {
+            key,
+            limit: 0,
+            refused: Some(access),
+        }),
+        Err(other) => Err(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+    use crate::access::calendar_month;
+
+    const NOW: i64 = 1_800_000_000;
+
+    fn catalog() -> Catalog {
+        Catalog::from_toml(
+            r#"
+currency = "eur"
+
+[features]
+generations = { kind = "metered" }
+websites = { kind = "capacity" }
+
+[plans.free]
+limits = { generations = 3, websites = 1 }
+"#,
+        )
+        .unwrap()
+    }
+
+    fn feature(raw: &str) -> FeatureName {
+        FeatureName::parse(raw).unwrap()
+    }
+
+    #[test]
+    fn a_free_customer_consumes_the_free_plans_metered_counter_of_this_month() {
+        let target = consume_target(
+            &CustomerState::default(),
+            &catalog(),
+            &feature("generations"),
+            1,
+            NOW,
+        )
+        .unwrap();
+
+        assert_eq!(
+            target,
+            ConsumeTarget {
+                key: UsageKey {
+                    feature: feature("generations"),
+                    period_start: Some(calendar_month(NOW).start),
+                },
+                limit: 3,
+                refused: None,
+            }
+        );
+    }
+
+    #[test]
+    fn the_target_is_the_counter_and_limit_the_entitlements_show() {
+        let (state, catalog) = (CustomerState::default(), catalog());
+        let ent = entitlements(&state, &catalog, &Usage::default(), NOW);
+
+        for (name, quota) in &ent.features {
+            let target = consume_target(&state, &catalog, name, 1, NOW).unwrap();
+            assert_eq!((&target.key, target.limit), (&quota.usage_key, quota.limit));
+        }
+    }
+
+    #[test]
+    fn an_amount_over_the_limit_is_left_to_the_store_to_refuse() {
+        let target = consume_target(
+            &CustomerState::default(),
+            &catalog(),
+            &feature("websites"),
+            5,
+            NOW,
+        )
+        .unwrap();
+
+        assert_eq!((target.limit, target.refused), (1, None));
+    }
+
+    #[test]
+    fn an_unknown_feature_or_a_zero_amount_is_refused() {
+        let state = CustomerState::default();
+        assert_eq!(
+            consume_target(&state, &catalog(), &feature("nope"), 1, NOW),
+            Err(ConsumeError::UnknownFeature)
+        );
+        assert_eq!(
+            consume_target(&state, &catalog(), &feature("websites"), 0, NOW),
+            Err(ConsumeError::InvalidAmount)
+        );
+    }
+}

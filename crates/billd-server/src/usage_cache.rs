@@ -1,0 +1,135 @@
+//! The customer states the usage endpoint decided on recently. A consume
+//! computes its counter and limit from the cached state and hands the
+//! state's version to the store, which applies the consume only if the
+//! customer is still at that version (`billd_store::UsageStore`). A cached
+//! state is therefore never trusted: it only saves the read, and a state
+//! that changed (in this process or another one sharing the database) costs
+//! one `Stale` answer and a re-read.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use billd_core::{CustomerId, CustomerState};
+
+/// Most customers kept; beyond it an arbitrary entry makes room, which is
+/// enough since a miss only costs one read.
+pub const CAPACITY: usize = 16_384;
+
+/// A customer's state at a version.
+#[derive(Debug, Clone)]
+pub struct CachedState {
+    /// `CustomerRecord::version` of `state`.
+    pub version: i64,
+    /// The billing state at that version.
+    pub state: Arc<CustomerState>,
+}
+
+/// Customer states by customer, bounded.
+#[derive(Debug)]
+pub struct StateCache {
+    entries: Mutex<HashMap<CustomerId, CachedState>>,
+    capacity: usize,
+}
+
+impl StateCache {
+    /// An empty cache holding at most `capacity` customers (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        StateCache {
+            entries: Mutex::new(HashMap::new()),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<CustomerId, CachedState>> {
+        // The map holds no invariant a panicking holder could break.
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The cached state of a customer.
+    pub fn get(&self, customer: &CustomerId) -> Option<CachedState> {
+        self.entries().get(customer).cloned()
+    }
+
+    /// Remembers a customer's state, unless a newer version is cached.
+    pub fn put(&self, customer: &CustomerId, cached: CachedState) {
+        let mut entries = self.entries();
+        if let Some(current) = entries.get_mut(customer) {
+            if current.version <= cached.version {
+                *current = cached;
+            }
+            return;
+        }
+        if entries.len() >= self.capacity {
+            if let Some(victim) = entries.keys().next().cloned() {
+                entries.remove(&victim);
+            }
+        }
+        entries.insert(customer.clone(), cached);
+    }
+
+    /// Forgets a customer whose cached version turned out stale.
+    pub fn forget(&self, customer: &CustomerId, version: i64) {
+        let mut entries = self.entries();
+        if entries.get(customer).is_some_and(|c| c.version == version) {
+            entries.remove(customer);
+        }
+    }
+
+    /// How many customers are cached.
+    pub fn len(&self) -> usize {
+        self.entries().len()
+    }
+
+    /// True when nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use super::*;
+
+    fn id(raw: &str) -> CustomerId {
+        CustomerId::parse(raw).unwrap()
+    }
+
+    fn at(version: i64) -> CachedState {
+        CachedState {
+            version,
+            state: Arc::new(CustomerState::default()),
+        }
+    }
+
+    #[test]
+    fn a_newer_version_replaces_an_older_one_and_never_the_reverse() {
+        let cache = StateCache::new(4);
+        cache.put(&id("u1"), at(2));
+        cache.put(&id("u1"), at(1));
+        assert_eq!(cache.get(&id("u1")).unwrap().version, 2);
+        cache.put(&id("u1"), at(3));
+        assert_eq!(cache.get(&id("u1")).unwrap().version, 3);
+    }
+
+    #[test]
+    fn forgetting_a_stale_version_keeps_a_newer_one() {
+        let cache = StateCache::new(4);
+        cache.put(&id("u1"), at(3));
+        cache.forget(&id("u1"), 2);
+        assert!(cache.get(&id("u1")).is_some());
+        cache.forget(&id("u1"), 3);
+        assert!(cache.get(&id("u1")).is_none());
+    }
+
+    #[test]
+    fn the_cache_never_holds_more_than_its_capacity() {
+        let cache = StateCache::new(3);
+        for n in 0..10 {
+            cache.put(&id(&format!("u{n}")), at(0));
+        }
+        assert_eq!(cache.len(), 3);
+        assert!(cache.get(&id("u9")).is_some(), "the newest entry is kept");
+    }
+}

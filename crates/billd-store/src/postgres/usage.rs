@@ -1,0 +1,262 @@
+//! [`UsageStore`] on PostgreSQL, and the one-statement consume that
+//! `BillingStore::consume` uses too (see [`consume`]).
+//!
+//! A consume is ONE statement in its own implicit transaction: one network
+//! round trip and one commit (PostgreSQL flushes the WAL of concurrent
+//! commits together). The statement checks the customer's version, looks up
+//! the idempotency key, adds to the counter only if it stays within the
+//! limit (an upsert: READ COMMITTED re-checks the condition on the latest
+//! row after waiting for a concurrent writer) and stores the answer under
+//! the key. Two concurrent requests with the same key both pass the
+//! look-up; the second one's answer insert then waits for the first and
+//! fails on the key's primary key, which undoes its whole statement, and
+//! the retry finds the first answer. A refusal reads once more, so a
+//! request that waited for a same-key request finds that answer too.
+
+use async_trait::async_trait;
+use sqlx::postgres::PgPool;
+use sqlx::PgConnection;
+
+use super::billing::consume_in;
+use super::PgStore;
+use crate::billing::{check_amount, from_db, period_column, replay, Direction, StoredRequest};
+use crate::usage::{GuardedConsume, GuardedOutcome, UsageStore};
+use crate::{StoreError, StoreResult, UsageOutcome, UsageRequest};
+
+/// The primary key a same-key race fails on.
+const REQUESTS_KEY: &str = "usage_requests_pkey";
+
+/// How often a consume that lost a same-key race is retried; the retry
+/// finds the winner's answer, so one is enough unless keys are reused
+/// across features at the same instant.
+const KEY_RACE_RETRIES: usize = 3;
+
+/// `$1` customer, `$2` idempotency key, `$3` feature, `$4` period column,
+/// `$5` amount, `$6` limit, `$7` expected customer version (NULL: no
+/// check), `$8` now. One row: whether the version matched, the counter
+/// after an applied consume, and the earlier request under the key.
+const CONSUME: &str = "\
+WITH fresh AS ( \
+    SELECT 1 WHERE $7::BIGINT IS NULL OR EXISTS ( \
+        SELECT 1 FROM customers \
+        WHERE customer_id = $1 AND version = $7 AND deleted_at IS NULL) \
+), prior AS ( \
+    SELECT direction, feature, amount, used, quota FROM usage_requests \
+    WHERE customer_id = $1 AND idempotency_key = $2 \
+), bump AS ( \
+    INSERT INTO usage_counters AS c (customer_id, feature, period_start, used) \
+    SELECT $1, $3, $4, $5 \
+    WHERE EXISTS (SELECT 1 FROM fresh) AND NOT EXISTS (SELECT 1 FROM prior) AND $5 <= $6 \
+    ON CONFLICT (customer_id, feature, period_start) \
+    DO UPDATE SET used = c.used + EXCLUDED.used WHERE c.used + EXCLUDED.used <= $6 \
+    RETURNING c.used \
+), answer AS ( \
+    INSERT INTO usage_requests \
+      (customer_id, idempotency_key, direction, feature, period_start, amount, used, quota, \
+       created_at) \
+    SELECT $1, $2, 'consume', $3, $4, $5, used, $6, $8 FROM bump \
+    RETURNING used \
+) \
+SELECT EXISTS (SELECT 1 FROM fresh) AS fresh, (SELECT used FROM answer) AS applied, \
+       p.direction, p.feature, p.amount, p.used, p.quota \
+FROM (SELECT 1) AS one LEFT JOIN prior AS p ON TRUE";
+
+/// After a refusal: the earlier request under the key (committed since the
+/// consume's snapshot, perhaps) and the counter now.
+const AFTER_REFUSAL: &str = "\
+SELECT (SELECT used FROM usage_counters \
+        WHERE customer_id = $1 AND feature = $3 AND period_start = $4) AS current, \
+       p.direction, p.feature, p.amount, p.used, p.quota \
+FROM (SELECT 1) AS one \
+LEFT JOIN usage_requests AS p ON p.customer_id = $1 AND p.idempotency_key = $2";
+
+/// The earlier request under the key, when there is one (all NULL if not).
+#[derive(sqlx::FromRow)]
+struct Prior {
+    direction: Option<String>,
+    feature: Option<String>,
+    amount: Option<i64>,
+    used: Option<i64>,
+    quota: Option<i64>,
+}
+
+impl Prior {
+    fn stored(self) -> Option<StoredRequest> {
+        match self {
+            Prior {
+                direction: Some(direction),
+                feature: Some(feature),
+                amount: Some(amount),
+                used: Some(used),
+                quota: Some(quota),
+            } => Some((direction, feature, amount, used, quota)),
+            _ => None,
+        }
+    }
+}
+
+/// The row of [`CONSUME`].
+#[derive(sqlx::FromRow)]
+struct Consumed {
+    fresh: bool,
+    applied: Option<i64>,
+    #[sqlx(flatten)]
+    prior: Prior,
+}
+
+/// The row of [`AFTER_REFUSAL`].
+#[derive(sqlx::FromRow)]
+struct Refused {
+    current: Option<i64>,
+    #[sqlx(flatten)]
+    prior: Prior,
+}
+
+/// `BillingStore::consume`: the statement without the version check.
+pub(super) async fn consume(
+    store: &PgStore,
+    request: &UsageRequest,
+    limit: u64,
+    now: i64,
+) -> StoreResult<UsageOutcome> {
+    match consume_one(&store.pool, request, limit, None, now).await? {
+        GuardedOutcome::Decided(outcome) => Ok(outcome),
+        // Without a version to check, the statement always decides.
+        GuardedOutcome::Stale => Err(StoreError::Other(
+            "an unguarded consume reported a stale customer".into(),
+        )),
+    }
+}
+
+/// One consume as one statement; `version` None skips the version check.
+pub(super) async fn consume_one(
+    pool: &PgPool,
+    request: &UsageRequest,
+    limit: u64,
+    version: Option<i64>,
+    now: i64,
+) -> StoreResult<GuardedOutcome> {
+    let amount = check_amount(request)?;
+    // A limit beyond BIGINT cannot be reached anyway.
+    let limit_db = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut attempt = 0;
+    let row = loop {
+        let result: Result<Consumed, StoreError> = sqlx::query_as(CONSUME)
+            .bind(request.customer_id.as_str())
+            .bind(request.idempotency_key.as_str())
+            .bind(request.key.feature.as_str())
+            .bind(period_column(&request.key))
+            .bind(amount)
+            .bind(limit_db)
+            .bind(version)
+            .bind(now)
+            .fetch_one(pool)
+            .await
+            .map_err(StoreError::from);
+        match result {
+            Err(StoreError::Conflict { constraint })
+                if constraint == REQUESTS_KEY && attempt < KEY_RACE_RETRIES =>
+            {
+                attempt += 1;
+            }
+            other => break other?,
+        }
+    };
+    if !row.fresh {
+        return Ok(GuardedOutcome::Stale);
+    }
+    if let Some(prior) = row.prior.stored() {
+        return replay(prior, Direction::Consume, request).map(GuardedOutcome::Decided);
+    }
+    if let Some(used) = row.applied {
+        return Ok(GuardedOutcome::Decided(UsageOutcome::Applied {
+            used: from_db(used),
+            limit,
+            replayed: false,
+        }));
+    }
+    let refused: Refused = sqlx::query_as(AFTER_REFUSAL)
+        .bind(request.customer_id.as_str())
+        .bind(request.idempotency_key.as_str())
+        .bind(request.key.feature.as_str())
+        .bind(period_column(&request.key))
+        .fetch_one(pool)
+        .await?;
+    let current = refused.current;
+    if let Some(prior) = refused.prior.stored() {
+        return replay(prior, Direction::Consume, request).map(GuardedOutcome::Decided);
+    }
+    Ok(GuardedOutcome::Decided(UsageOutcome::LimitExceeded {
+        used: from_db(current.unwrap_or(0)),
+        limit,
+    }))
+}
+
+#[async_trait]
+impl UsageStore for PgStore {
+    async fn consume_guarded(
+        &self,
+        consume: &GuardedConsume,
+        now: i64,
+    ) -> StoreResult<GuardedOutcome> {
+        consume_one(
+            &self.pool,
+            &consume.request,
+            consume.limit,
+            Some(consume.customer_version),
+            now,
+        )
+        .await
+    }
+
+    async fn consume_guarded_batch(
+        &self,
+        batch: &[GuardedConsume],
+        now: i64,
+    ) -> StoreResult<Vec<StoreResult<GuardedOutcome>>> {
+        let mut out = Vec::with_capacity(batch.len());
+        if batch.is_empty() {
+            return Ok(out);
+        }
+        let mut tx = self.pool.begin().await?;
+        for consume in batch {
+            // A savepoint per request: a refused or failed one is undone
+            // alone, the others still commit together.
+            sqlx::query("SAVEPOINT consume").execute(&mut *tx).await?;
+            let result = guarded_in(&mut tx, consume, now).await;
+            if !matches!(result, Ok((_, true))) {
+                sqlx::query("ROLLBACK TO SAVEPOINT consume")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query("RELEASE SAVEPOINT consume")
+                .execute(&mut *tx)
+                .await?;
+            out.push(result.map(|(outcome, _)| outcome));
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+}
+
+/// The version check, then the consume, in the caller's transaction; the
+/// flag says whether something was written to keep.
+async fn guarded_in(
+    conn: &mut PgConnection,
+    consume: &GuardedConsume,
+    now: i64,
+) -> StoreResult<(GuardedOutcome, bool)> {
+    let current: Option<i32> = sqlx::query_scalar(
+        "SELECT 1 FROM customers \
+         WHERE customer_id = $1 AND version = $2 AND deleted_at IS NULL",
+    )
+    .bind(consume.request.customer_id.as_str())
+    .bind(consume.customer_version)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if current.is_none() {
+        return Ok((GuardedOutcome::Stale, false));
+    }
+    let (outcome, keep) = consume_in(conn, &consume.request, consume.limit, now).await?;
+    Ok((GuardedOutcome::Decided(outcome), keep))
+}

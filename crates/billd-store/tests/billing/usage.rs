@@ -1,0 +1,248 @@
+//! Version-guarded consumes (`UsageStore`): applied only while the customer
+//! is at the version the limit was decided on, with the same idempotency
+//! and limit semantics as `BillingStore::consume`.
+
+use std::collections::HashMap;
+
+use billd_core::{CustomerState, FeatureName, UsageKey};
+use billd_store::{GuardedConsume, GuardedOutcome, StoreError, UsageOutcome};
+
+use super::{commit, customer, postgres, profile, sqlite, usage, Harness, NOW};
+
+contract!(
+    a_guarded_consume_applies_only_at_the_customers_current_version,
+    an_unknown_or_deleted_customer_is_stale_even_for_a_repeated_key,
+    a_repeated_key_gets_its_first_answer_even_at_limit_zero,
+    concurrent_guarded_consumes_stop_at_the_limit_and_count_each_key_once,
+    a_guarded_batch_answers_each_consume_as_alone_and_keeps_only_what_was_applied,
+);
+
+fn guarded(id: &str, amount: u64, key: &str, limit: u64, version: i64) -> GuardedConsume {
+    GuardedConsume {
+        request: usage(id, "websites", None, amount, key),
+        limit,
+        customer_version: version,
+    }
+}
+
+fn applied(used: u64, limit: u64, replayed: bool) -> GuardedOutcome {
+    GuardedOutcome::Decided(UsageOutcome::Applied {
+        used,
+        limit,
+        replayed,
+    })
+}
+
+async fn counter(h: &Harness, id: &str) -> u64 {
+    let key = UsageKey {
+        feature: FeatureName::parse("websites").unwrap(),
+        period_start: None,
+    };
+    h.billing
+        .load_usage(&customer(id), std::slice::from_ref(&key))
+        .await
+        .unwrap()
+        .used(&key)
+}
+
+async fn a_guarded_consume_applies_only_at_the_customers_current_version(h: &Harness) {
+    h.billing
+        .upsert_customer(&profile("user_g1", "g1@example.com"), NOW)
+        .await
+        .unwrap();
+
+    let at_zero = h
+        .store
+        .consume_guarded(&guarded("user_g1", 1, "a", 3, 0), NOW)
+        .await
+        .unwrap();
+    h.billing
+        .commit_customer(&commit("user_g1", 0, CustomerState::default()), NOW)
+        .await
+        .unwrap();
+    let still_at_zero = h
+        .store
+        .consume_guarded(&guarded("user_g1", 1, "b", 3, 0), NOW)
+        .await
+        .unwrap();
+    let at_one = h
+        .store
+        .consume_guarded(&guarded("user_g1", 1, "b", 3, 1), NOW)
+        .await
+        .unwrap();
+
+    assert_eq!(at_zero, applied(1, 3, false));
+    assert_eq!(still_at_zero, GuardedOutcome::Stale);
+    assert_eq!(at_one, applied(2, 3, false), "a stale try wrote nothing");
+    assert_eq!(counter(h, "user_g1").await, 2);
+}
+
+async fn an_unknown_or_deleted_customer_is_stale_even_for_a_repeated_key(h: &Harness) {
+    h.billing
+        .upsert_customer(&profile("user_g2", "g2@example.com"), NOW)
+        .await
+        .unwrap();
+    let first = h
+        .store
+        .consume_guarded(&guarded("user_g2", 1, "k", 3, 0), NOW)
+        .await
+        .unwrap();
+    h.billing
+        .delete_customer(&commit("user_g2", 0, CustomerState::default()), NOW)
+        .await
+        .unwrap();
+
+    let unknown = h
+        .store
+        .consume_guarded(&guarded("user_nobody", 1, "k", 3, 0), NOW)
+        .await
+        .unwrap();
+    let deleted_at_old_version = h
+        .store
+        .consume_guarded(&guarded("user_g2", 1, "k", 3, 0), NOW)
+        .await
+        .unwrap();
+    let deleted_at_new_version = h
+        .store
+        .consume_guarded(&guarded("user_g2", 1, "k", 3, 1), NOW)
+        .await
+        .unwrap();
+
+    assert_eq!(first, applied(1, 3, false));
+    assert_eq!(unknown, GuardedOutcome::Stale);
+    assert_eq!(deleted_at_old_version, GuardedOutcome::Stale);
+    assert_eq!(deleted_at_new_version, GuardedOutcome::Stale);
+}
+
+async fn a_repeated_key_gets_its_first_answer_even_at_limit_zero(h: &Harness) {
+    h.billing
+        .upsert_customer(&profile("user_g3", "g3@example.com"), NOW)
+        .await
+        .unwrap();
+    let first = h
+        .store
+        .consume_guarded(&guarded("user_g3", 2, "k", 5, 0), NOW)
+        .await
+        .unwrap();
+
+    let again = h
+        .store
+        .consume_guarded(&guarded("user_g3", 2, "k", 0, 0), NOW + 1)
+        .await
+        .unwrap();
+    let new_key = h
+        .store
+        .consume_guarded(&guarded("user_g3", 1, "other", 0, 0), NOW + 1)
+        .await
+        .unwrap();
+    let other_amount = h
+        .store
+        .consume_guarded(&guarded("user_g3", 3, "k", 5, 0), NOW + 1)
+        .await
+        .unwrap_err();
+
+    assert_eq!(first, applied(2, 5, false));
+    assert_eq!(again, applied(2, 5, true));
+    assert_eq!(
+        new_key,
+        GuardedOutcome::Decided(UsageOutcome::LimitExceeded { used: 2, limit: 0 })
+    );
+    assert!(
+        super::is_conflict(&other_amount, billd_store::IDEMPOTENCY_CONFLICT),
+        "{other_amount:?}"
+    );
+    assert_eq!(counter(h, "user_g3").await, 2);
+}
+
+async fn concurrent_guarded_consumes_stop_at_the_limit_and_count_each_key_once(h: &Harness) {
+    h.billing
+        .upsert_customer(&profile("user_g4", "g4@example.com"), NOW)
+        .await
+        .unwrap();
+
+    // 32 keys, each sent by two tasks at once, against a limit of 25.
+    let mut tasks = Vec::new();
+    for n in 0..64 {
+        let store = h.store.clone();
+        tasks.push(tokio::spawn(async move {
+            let key = format!("k{}", n / 2);
+            let answer = store
+                .consume_guarded(&guarded("user_g4", 1, &key, 25, 0), NOW)
+                .await;
+            (key, answer)
+        }));
+    }
+    let mut by_key: HashMap<String, Vec<GuardedOutcome>> = HashMap::new();
+    for task in tasks {
+        let (key, answer) = task.await.unwrap();
+        match answer {
+            Ok(outcome) => by_key.entry(key).or_default().push(outcome),
+            // SQLite may time out waiting for its writer under this load:
+            // Unavailable, never a wrong answer.
+            Err(StoreError::Unavailable(_)) => {}
+            Err(other) => panic!("unexpected error {other:?}"),
+        }
+    }
+
+    let mut counted = 0;
+    for (key, answers) in &by_key {
+        let used: Vec<Option<u64>> = answers
+            .iter()
+            .map(|a| match a {
+                GuardedOutcome::Decided(UsageOutcome::Applied { used, .. }) => Some(*used),
+                _ => None,
+            })
+            .collect();
+        if used.iter().any(Option::is_some) {
+            counted += 1;
+            assert!(
+                used.windows(2).all(|w| w[0] == w[1]),
+                "{key}: both senders get the one answer, {answers:?}"
+            );
+        }
+    }
+    assert_eq!(counted, 25, "{by_key:?}");
+    assert_eq!(counter(h, "user_g4").await, 25);
+}
+
+async fn a_guarded_batch_answers_each_consume_as_alone_and_keeps_only_what_was_applied(
+    h: &Harness,
+) {
+    h.billing
+        .upsert_customer(&profile("user_g5", "g5@example.com"), NOW)
+        .await
+        .unwrap();
+    h.store
+        .consume_guarded(&guarded("user_g5", 1, "earlier", 3, 0), NOW)
+        .await
+        .unwrap();
+    let batch = [
+        guarded("user_g5", 1, "a", 3, 0),
+        guarded("user_g5", 1, "stale", 3, 7),
+        guarded("user_g5", 5, "too_much", 3, 0),
+        guarded("user_g5", 1, "earlier", 3, 0),
+        guarded("user_g5", 2, "earlier", 3, 0),
+        guarded("user_g5", 1, "b", 3, 0),
+    ];
+
+    let answers = h.store.consume_guarded_batch(&batch, NOW).await.unwrap();
+
+    let answers: Vec<Result<GuardedOutcome, String>> = answers
+        .into_iter()
+        .map(|a| a.map_err(|e| e.to_string()))
+        .collect();
+    assert_eq!(answers.len(), 6);
+    assert_eq!(answers[0], Ok(applied(2, 3, false)));
+    assert_eq!(answers[1], Ok(GuardedOutcome::Stale));
+    assert_eq!(
+        answers[2],
+        Ok(GuardedOutcome::Decided(UsageOutcome::LimitExceeded {
+            used: 2,
+            limit: 3
+        }))
+    );
+    assert_eq!(answers[3], Ok(applied(1, 3, true)));
+    assert!(answers[4].is_err(), "another amount under a used key");
+    assert_eq!(answers[5], Ok(applied(3, 3, false)));
+    assert_eq!(counter(h, "user_g5").await, 3);
+}
