@@ -66,14 +66,18 @@ fn events() -> Vec<(String, String)> {
         .collect()
 }
 
-struct Billd {
-    dir: std::path::PathBuf,
-    database_url: String,
-    port: u16,
+/// `billd serve` as a child process: on `port`, over `database_url`, run
+/// in `dir`, with nothing from the test's environment but `PATH` and `env`.
+pub struct Billd {
+    pub dir: std::path::PathBuf,
+    pub database_url: String,
+    pub port: u16,
+    /// More `BILLD_*` variables.
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Billd {
-    fn spawn(&self) -> Child {
+    pub fn spawn(&self) -> Child {
         Command::new(env!("CARGO_BIN_EXE_billd"))
             .arg("serve")
             .current_dir(&self.dir)
@@ -81,9 +85,7 @@ impl Billd {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("BILLD_DATABASE_URL", &self.database_url)
             .env("BILLD_LISTEN", format!("127.0.0.1:{}", self.port))
-            .env("BILLD_STRIPE_WEBHOOK_SECRETS", SECRET)
-            .env("BILLD_INBOX_LEASE_SECS", "2")
-            .env("BILLD_WORKER_CONCURRENCY", WORKER_CONCURRENCY.to_string())
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("RUST_LOG", "error")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -91,21 +93,23 @@ impl Billd {
             .unwrap()
     }
 
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/webhooks/stripe", self.port)
+    /// `http://127.0.0.1:PORT`.
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
     }
 
-    async fn wait_healthy(&self, client: &reqwest::Client, child: &mut Child) {
+    fn url(&self) -> String {
+        format!("{}/webhooks/stripe", self.base())
+    }
+
+    pub async fn wait_healthy(&self, client: &reqwest::Client, child: &mut Child) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             assert!(
                 child.try_wait().unwrap().is_none(),
                 "billd exited during start-up"
             );
-            let health = client
-                .get(format!("http://127.0.0.1:{}/healthz", self.port))
-                .send()
-                .await;
+            let health = client.get(format!("{}/healthz", self.base())).send().await;
             if health.is_ok_and(|r| r.status().is_success()) {
                 return;
             }
@@ -136,6 +140,11 @@ async fn every_acknowledged_event_survives_kill_9_and_is_processed_once(
         dir,
         database_url,
         port: free_port(),
+        env: vec![
+            ("BILLD_STRIPE_WEBHOOK_SECRETS", SECRET.to_owned()),
+            ("BILLD_INBOX_LEASE_SECS", "2".to_owned()),
+            ("BILLD_WORKER_CONCURRENCY", WORKER_CONCURRENCY.to_string()),
+        ],
     };
     let client = reqwest::Client::new();
     let events = Arc::new(events());

@@ -10,4 +10,7 @@ mod cli;
 mod crash;
 mod dev_mode;
 mod doctor;
+mod email_crash;
 mod reconcile;
+#[path = "../../../billd-email/tests/support/smtp_sink.rs"]
+mod smtp_sink;
