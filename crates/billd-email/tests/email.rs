@@ -4,9 +4,8 @@
 #![allow(clippy::unwrap_used, reason = "test code: a panic is a failed test")]
 
 use std::collections::BTreeMap;
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -96,100 +95,16 @@ fn href(url: &str) -> String {
     format!("href=\"{escaped}\"")
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn smtp_backend(url: &str) -> Arc<dyn EmailBackend> {
     url.parse::<BackendConfig>().unwrap().build().unwrap()
 }
 
-/// An aiosmtpd process writing what it receives into a temporary directory.
-struct SmtpSink {
-    child: Child,
-    dir: tempfile::TempDir,
-    port: u16,
-}
+#[path = "support/smtp_sink.rs"]
+mod smtp_sink;
+
+use smtp_sink::{free_port, SmtpSink};
 
 impl SmtpSink {
-    fn start() -> Self {
-        Self::start_on(free_port())
-    }
-
-    fn start_on(port: u16) -> Self {
-        Self::start_with(port, &[])
-    }
-
-    /// With aiosmtpd options, e.g. `--tlscert`/`--tlskey` (STARTTLS) or
-    /// `--smtpscert`/`--smtpskey` (implicit TLS).
-    fn start_with(port: u16, options: &[String]) -> Self {
-        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
-        let dir = tempfile::tempdir().unwrap();
-        let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
-        let mut child = Command::new(&python)
-            .args(["-m", "aiosmtpd", "-n", "-l"])
-            .arg(format!("127.0.0.1:{port}"))
-            .args(options)
-            .args(["-c", "smtp_sink.Sink"])
-            .arg(dir.path())
-            .env("PYTHONPATH", &tests)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run {python} (install Python 3 and `python3 -m pip install aiosmtpd`; scripts/test.sh does): {e}")
-            });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                let mut stderr = String::new();
-                if let Some(mut err) = child.stderr.take() {
-                    std::io::Read::read_to_string(&mut err, &mut stderr).ok();
-                }
-                panic!(
-                    "aiosmtpd exited with {status} (is it installed? `python3 -m pip install aiosmtpd`): {stderr}"
-                );
-            }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                // Listening is not enough for implicit TLS: give the
-                // server the moment it needs to finish starting.
-                std::thread::sleep(Duration::from_millis(100));
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "aiosmtpd did not listen on {port} within 20 s"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { child, dir, port }
-    }
-
-    fn url(&self) -> String {
-        format!("smtp://127.0.0.1:{}", self.port)
-    }
-
-    fn messages(&self) -> Vec<Value> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| {
-                p.extension().is_some_and(|x| x == "json")
-                    && !p.file_name().unwrap().to_string_lossy().starts_with('.')
-            })
-            .collect();
-        files.sort();
-        files
-            .iter()
-            .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
-            .collect()
-    }
-
     /// Waits for `n` messages, then a little longer to catch a duplicate.
     async fn exactly(&self, n: usize) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -200,13 +115,6 @@ impl SmtpSink {
         let messages = self.messages();
         assert_eq!(messages.len(), n, "messages received: {messages:#?}");
         messages
-    }
-}
-
-impl Drop for SmtpSink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

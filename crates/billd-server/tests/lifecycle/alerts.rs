@@ -4,9 +4,6 @@
 //! loopback), and `/metrics` reads back exactly what the lifecycle applied
 //! even when every webhook is delivered twice.
 
-use std::net::{TcpListener as StdListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,84 +21,18 @@ use billd_server::metrics::Metrics;
 use billd_server::notify::EmailDelivery;
 use billd_server::outbox::OutboxConfig;
 use billd_server::reconcile::{ReconcileConfig, Reconciler};
-use billd_server::{
-    Backoff, Clock, IngestConfig, ManualClock, Running, ServerConfig, WebhookConfig, WorkerConfig,
-    Workers,
-};
+use billd_server::{Clock, ManualClock, Running, Workers};
 use billd_store::{BillingStore, NewEvent, Store};
 use billd_stripe::client::{ClientConfig, StripeClient};
 use secrecy::SecretString;
 use serde_json::Value;
 use stripe_sim::{SimConfig, SimHandle, WebhookKnobs};
 
+use crate::mail::SmtpSink;
 use crate::on_both_databases;
-use crate::support::{open_store, t0, Db, APP_KEY};
+use crate::support::{open_store, server_config, t0, Db, APP_KEY};
 
 const WINDOW: i64 = 3600;
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// aiosmtpd writing each message it receives as JSON into a directory.
-struct SmtpSink {
-    child: Child,
-}
-
-impl SmtpSink {
-    fn start(port: u16, dir: &Path) -> Self {
-        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
-        let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../billd-email/tests");
-        let mut child = Command::new(&python)
-            .args(["-m", "aiosmtpd", "-n", "-l"])
-            .arg(format!("127.0.0.1:{port}"))
-            .args(["-c", "smtp_sink.Sink"])
-            .arg(dir)
-            .env("PYTHONPATH", &scripts)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {python} with aiosmtpd: {e}"));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("aiosmtpd exited with {status} (`python3 -m pip install aiosmtpd`)");
-            }
-            assert!(Instant::now() < deadline, "aiosmtpd did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        SmtpSink { child }
-    }
-}
-
-impl Drop for SmtpSink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Every message the sink wrote.
-fn messages(dir: &Path) -> Vec<Value> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.extension().is_some_and(|x| x == "json")
-                && !p.file_name().unwrap().to_string_lossy().starts_with('.')
-        })
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
-        .collect()
-}
 
 /// A JSON webhook receiver on loopback keeping every body it was sent.
 struct Receiver {
@@ -130,9 +61,8 @@ struct World {
     store: Arc<dyn BillingBackend>,
     clock: Arc<ManualClock>,
     price: String,
-    mail: tempfile::TempDir,
+    smtp: SmtpSink,
     hooks: Receiver,
-    _smtp: SmtpSink,
     _db: Option<tempfile::TempDir>,
 }
 
@@ -173,9 +103,8 @@ async fn start(
     assert_eq!(status, 200, "{endpoint}");
     let secret = endpoint["secret"].as_str().unwrap().to_owned();
 
-    let mail = tempfile::tempdir().unwrap();
-    let smtp_port = free_port();
-    let smtp = SmtpSink::start(smtp_port, mail.path());
+    let smtp = SmtpSink::start();
+    let smtp_port = smtp.port;
     let hooks = receiver().await;
 
     let (store, db_dir) = open_store(db).await;
@@ -209,23 +138,8 @@ async fn start(
         ..AlertConfig::default()
     };
     tune(&mut alerts);
-    let config = ServerConfig {
-        webhook: WebhookConfig {
-            secrets: vec![SecretString::from(secret)],
-            tolerance_secs: 300,
-        },
-        ingest: IngestConfig::default(),
-        worker: WorkerConfig {
-            max_attempts: inbox_max_attempts,
-            poll_interval: Duration::from_millis(30),
-            backoff: Backoff {
-                base_secs: 1,
-                cap_secs: 1,
-            },
-            ..WorkerConfig::default()
-        },
-        ready_max_lag_secs: 600,
-    };
+    let mut config = server_config(secret);
+    config.worker.max_attempts = inbox_max_attempts;
     let billing = BillingConfig {
         catalog: Arc::new(Catalog::seed()),
         stripe: Some(
@@ -260,9 +174,8 @@ async fn start(
         store,
         clock,
         price,
-        mail,
+        smtp,
         hooks,
-        _smtp: smtp,
         _db: db_dir,
     }
 }
@@ -315,7 +228,8 @@ impl World {
 
     /// Admin emails about `kind`.
     fn alert_emails(&self, kind: &str) -> Vec<Value> {
-        messages(self.mail.path())
+        self.smtp
+            .messages()
             .into_iter()
             .filter(|m| {
                 m["headers"]["subject"]
@@ -616,7 +530,9 @@ async fn refused_emails_die_and_raise_one_outbox_dead_alert_not_one_per_email(db
         Some(dead),
         "{text}"
     );
-    let to_admin = messages(w.mail.path())
+    let to_admin = w
+        .smtp
+        .messages()
         .into_iter()
         .filter(|m| m["rcpt_tos"] == serde_json::json!(["ops@sitegen.example"]))
         .count();

@@ -13,6 +13,7 @@ mod checkout;
 mod deleted_gate;
 mod deletion;
 mod mail;
+mod notify;
 mod openapi;
 mod plan_change;
 mod reconcile;

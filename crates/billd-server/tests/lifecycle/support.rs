@@ -65,6 +65,27 @@ pub fn t0() -> i64 {
     now - now % 60
 }
 
+/// The server settings of these tests: webhooks signed with `secret`, the
+/// inbox polled every 30 ms, retries after 1 s.
+pub fn server_config(secret: String) -> ServerConfig {
+    ServerConfig {
+        webhook: WebhookConfig {
+            secrets: vec![SecretString::from(secret)],
+            tolerance_secs: 300,
+        },
+        ingest: IngestConfig::default(),
+        worker: WorkerConfig {
+            poll_interval: Duration::from_millis(30),
+            backoff: Backoff {
+                base_secs: 1,
+                cap_secs: 1,
+            },
+            ..WorkerConfig::default()
+        },
+        ready_max_lag_secs: 600,
+    }
+}
+
 pub struct Harness {
     pub sim: stripe_sim::Sim,
     pub base: String,
@@ -202,23 +223,12 @@ impl Harness {
             Some(stripe.clone()),
             api_config,
         );
-        let config = ServerConfig {
-            webhook: WebhookConfig {
-                secrets: vec![SecretString::from(secret)],
-                tolerance_secs: 300,
-            },
-            ingest: IngestConfig::default(),
-            worker: WorkerConfig {
-                max_attempts: 20,
-                lease_secs: 60,
-                concurrency: 8,
-                poll_interval: Duration::from_millis(30),
-                backoff: Backoff {
-                    base_secs: 1,
-                    cap_secs: 1,
-                },
-            },
-            ready_max_lag_secs: 600,
+        let mut config = server_config(secret);
+        config.worker = WorkerConfig {
+            max_attempts: 20,
+            lease_secs: 60,
+            concurrency: 8,
+            ..config.worker
         };
         let inbox_store: Arc<dyn Store> = store.clone();
         // The webhook path checks signatures against the wall clock (the

@@ -9,9 +9,7 @@ use billd_server::api::ApiConfig;
 use billd_server::auth::ApiKeys;
 use billd_server::billing::{start_billing, BillingConfig};
 use billd_server::outbox::{LogDelivery, OutboxConfig};
-use billd_server::{
-    Backoff, IngestConfig, ServerConfig, SystemClock, WebhookConfig, WorkerConfig, Workers,
-};
+use billd_server::{SystemClock, Workers};
 use billd_store::Store;
 use billd_stripe::client::{ClientConfig, StripeClient};
 use secrecy::SecretString;
@@ -19,7 +17,7 @@ use serde_json::Value;
 use stripe_sim::SimConfig;
 
 use crate::on_both_databases;
-use crate::support::{open_store, Db, APP_KEY};
+use crate::support::{open_store, server_config, Db, APP_KEY};
 
 async fn start_billing_serves_the_api_and_applies_webhooks(db: Db) {
     let sim = stripe_sim::serve(
@@ -56,22 +54,7 @@ async fn start_billing_serves_the_api_and_applies_webhooks(db: Db) {
         .to_string();
     let (store, _dir) = open_store(db).await;
     let store: Arc<dyn Store> = store;
-    let config = ServerConfig {
-        webhook: WebhookConfig {
-            secrets: vec![SecretString::from(secret)],
-            tolerance_secs: 300,
-        },
-        ingest: IngestConfig::default(),
-        worker: WorkerConfig {
-            poll_interval: Duration::from_millis(30),
-            backoff: Backoff {
-                base_secs: 1,
-                cap_secs: 1,
-            },
-            ..WorkerConfig::default()
-        },
-        ready_max_lag_secs: 600,
-    };
+    let config = server_config(secret);
     let billing = BillingConfig {
         catalog: Arc::new(Catalog::seed()),
         stripe: Some(

@@ -3,11 +3,6 @@
 //! HTTP: one email per dedupe key, retried while SMTP is down, delivered
 //! exactly once after a crash between the state change and the send.
 
-#![allow(clippy::unwrap_used, reason = "test code: a panic is a failed test")]
-
-use std::net::{TcpListener as StdListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,135 +14,15 @@ use billd_server::auth::ApiKeys;
 use billd_server::billing::{start_billing, BillingConfig};
 use billd_server::notify::EmailDelivery;
 use billd_server::outbox::{OutboxConfig, OutboxWorker};
-use billd_server::{
-    Backoff, IngestConfig, Running, ServerConfig, SystemClock, WebhookConfig, WorkerConfig, Workers,
-};
+use billd_server::{Backoff, Running, SystemClock, Workers};
 use billd_store::{BillingStore, OutboxFilter, OutboxStatus, SqliteStore, Store};
 use billd_stripe::client::{ClientConfig, StripeClient};
 use secrecy::SecretString;
 use serde_json::Value;
 use stripe_sim::{SimConfig, SimHandle};
 
-const APP_KEY: &str = "app_key_notify";
-const ACCOUNT_URL: &str = "https://app.example.com/account/billing";
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// aiosmtpd writing what it receives (as JSON) into a directory.
-struct SmtpSink {
-    child: Child,
-}
-
-impl SmtpSink {
-    fn start_on(port: u16, dir: &Path) -> Self {
-        let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_owned());
-        let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../billd-email/tests");
-        let mut child = Command::new(&python)
-            .args(["-m", "aiosmtpd", "-n", "-l"])
-            .arg(format!("127.0.0.1:{port}"))
-            .args(["-c", "smtp_sink.Sink"])
-            .arg(dir)
-            .env("PYTHONPATH", &scripts)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot run {python} (`python3 -m pip install aiosmtpd`; scripts/test.sh does): {e}")
-            });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("aiosmtpd exited with {status} (is it installed? `python3 -m pip install aiosmtpd`)");
-            }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            assert!(Instant::now() < deadline, "aiosmtpd did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        SmtpSink { child }
-    }
-}
-
-impl Drop for SmtpSink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Every message received in `dir`.
-fn messages(dir: &Path) -> Vec<Value> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| {
-            p.extension().is_some_and(|x| x == "json")
-                && !p.file_name().unwrap().to_string_lossy().starts_with('.')
-        })
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
-        .collect()
-}
-
-fn dedupe_key(message: &Value) -> String {
-    message["headers"]["x-billd-dedupe-key"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-fn subject(message: &Value) -> String {
-    message["headers"]["subject"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-fn part(message: &Value, content_type: &str) -> String {
-    message["parts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["content_type"] == content_type)
-        .map(|p| p["content"].as_str().unwrap().to_owned())
-        .unwrap_or_default()
-}
-
-/// Waits until a message with a subject starting with `prefix` arrived,
-/// then a little longer so a duplicate would arrive too.
-async fn wait_for_subject(dir: &Path, prefix: &str, within: Duration) -> Vec<Value> {
-    let deadline = Instant::now() + within;
-    while !messages(dir).iter().any(|m| subject(m).starts_with(prefix)) {
-        assert!(
-            Instant::now() < deadline,
-            "no email {prefix:?}; got {:?}",
-            messages(dir).iter().map(subject).collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    messages(dir)
-}
-
-/// Fails if a dedupe key arrived twice.
-fn assert_each_key_once(all: &[Value]) {
-    let mut keys: Vec<String> = all.iter().map(dedupe_key).collect();
-    let total = keys.len();
-    keys.sort();
-    keys.dedup();
-    assert_eq!(keys.len(), total, "duplicate emails: {all:#?}");
-}
+use crate::mail::{assert_each_key_once, free_port, part, subject, SmtpSink, ACCOUNT_URL};
+use crate::support::{server_config, APP_KEY};
 
 fn notifier(smtp_port: u16) -> Notifier {
     let backend = format!("smtp://127.0.0.1:{smtp_port}?tls=none")
@@ -243,22 +118,7 @@ async fn start_world(smtp_port: u16, poll: Duration) -> World {
     .unwrap();
     let outbox = outbox_config(poll);
     let delivery = EmailDelivery::new(notifier(smtp_port), store.clone(), outbox.max_attempts);
-    let config = ServerConfig {
-        webhook: WebhookConfig {
-            secrets: vec![SecretString::from(secret)],
-            tolerance_secs: 300,
-        },
-        ingest: IngestConfig::default(),
-        worker: WorkerConfig {
-            poll_interval: Duration::from_millis(30),
-            backoff: Backoff {
-                base_secs: 1,
-                cap_secs: 1,
-            },
-            ..WorkerConfig::default()
-        },
-        ready_max_lag_secs: 600,
-    };
+    let config = server_config(secret);
     let billing = BillingConfig {
         catalog: Arc::new(Catalog::seed()),
         stripe: Some(stripe.clone()),
@@ -334,13 +194,13 @@ impl World {
 
 #[tokio::test]
 async fn a_paid_subscription_emails_the_receipt_once_with_amount_and_invoice_link() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _sink = SmtpSink::start_on(port, dir.path());
-    let world = start_world(port, Duration::from_millis(30)).await;
+    let sink = SmtpSink::start();
+    let world = start_world(sink.port, Duration::from_millis(30)).await;
 
     let subscription = world.subscribe("u_ada").await;
-    let all = wait_for_subject(dir.path(), "Payment received", Duration::from_secs(30)).await;
+    let all = sink
+        .wait_for_subject("Payment received", Duration::from_secs(30))
+        .await;
 
     assert_each_key_once(&all);
     let receipt = all
@@ -371,7 +231,6 @@ async fn a_paid_subscription_emails_the_receipt_once_with_amount_and_invoice_lin
 
 #[tokio::test]
 async fn with_smtp_down_the_email_is_retried_then_delivered_once_it_is_back() {
-    let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let world = start_world(port, Duration::from_millis(30)).await;
 
@@ -395,9 +254,11 @@ async fn with_smtp_down_the_email_is_retried_then_delivered_once_it_is_back() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _sink = SmtpSink::start_on(port, dir.path());
+    let sink = SmtpSink::start_on(port);
 
-    let all = wait_for_subject(dir.path(), "Payment received", Duration::from_secs(30)).await;
+    let all = sink
+        .wait_for_subject("Payment received", Duration::from_secs(30))
+        .await;
 
     assert_each_key_once(&all);
     assert!(all
@@ -408,9 +269,8 @@ async fn with_smtp_down_the_email_is_retried_then_delivered_once_it_is_back() {
 
 #[tokio::test]
 async fn an_email_committed_before_a_crash_is_sent_exactly_once_by_the_next_worker() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let _sink = SmtpSink::start_on(port, dir.path());
+    let sink = SmtpSink::start();
+    let port = sink.port;
     // The first process's outbox worker polls once at start and then
     // sleeps past the test: its state changes commit, its emails never go.
     let world = start_world(port, Duration::from_secs(3600)).await;
@@ -430,7 +290,7 @@ async fn an_email_committed_before_a_crash_is_sent_exactly_once_by_the_next_work
     let store = world.store.clone();
     let stripe = world.stripe.clone();
     world.stop().await;
-    assert!(messages(dir.path()).is_empty());
+    assert!(sink.messages().is_empty());
 
     // Each restart builds a fresh worker over the same database.
     let restarted = |store: Arc<SqliteStore>| {
@@ -446,7 +306,9 @@ async fn an_email_committed_before_a_crash_is_sent_exactly_once_by_the_next_work
     let first = restarted(store.clone()).run_once().await.unwrap();
     let second = restarted(store.clone()).run_once().await.unwrap();
 
-    let all = wait_for_subject(dir.path(), "Payment received", Duration::from_secs(10)).await;
+    let all = sink
+        .wait_for_subject("Payment received", Duration::from_secs(10))
+        .await;
     assert!(first.sent >= 1, "{first:?}");
     assert_eq!(second.claimed, 0, "{second:?}");
     assert_each_key_once(&all);
