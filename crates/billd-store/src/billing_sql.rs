@@ -279,7 +279,7 @@ macro_rules! billing_store {
                      ORDER BY id DESC LIMIT $2"
                 ))
                 .bind(customer_id.as_str())
-                .bind(<$store as Dialect>::limit(limit))
+                .bind(Self::limit(limit))
                 .fetch_all(self.reader())
                 .await?;
                 rows.into_iter().map(AuditRecord::try_from).collect()
@@ -392,7 +392,7 @@ macro_rules! billing_store {
                 }
                 query
                     .push(" ORDER BY id DESC LIMIT ")
-                    .push_bind(<$store as Dialect>::limit(filter.limit));
+                    .push_bind(Self::limit(filter.limit));
                 let rows: Vec<OutboxRow> = query.build_query_as().fetch_all(self.reader()).await?;
                 let mut items = into_outbox(rows)?;
                 items.reverse();
@@ -511,7 +511,7 @@ macro_rules! billing_store {
                      ORDER BY customer_id LIMIT $2"
                 ))
                 .bind(after.map(CustomerId::as_str))
-                .bind(<$store as Dialect>::limit(limit))
+                .bind(Self::limit(limit))
                 .fetch_all(self.reader())
                 .await?;
                 rows.into_iter().map(CustomerRecord::try_from).collect()
