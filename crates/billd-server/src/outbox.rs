@@ -227,6 +227,9 @@ impl<S: BillingBackend + ?Sized> OutboxWorker<S> {
         };
         tokio::pin!(deliveries);
         let mut heartbeat = tokio::time::interval(self.config.heartbeat);
+        // A renewal that ran long (a busy disk) must not be followed by a
+        // burst of catch-up renewals holding the writer.
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first tick is immediate; the claim was just made.
         heartbeat.tick().await;
         loop {

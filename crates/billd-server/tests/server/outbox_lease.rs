@@ -140,7 +140,7 @@ async fn a_delivery_outliving_its_lease_is_reclaimed_and_its_late_outcome_is_dro
 
 async fn the_heartbeat_keeps_a_slow_delivery_from_being_reclaimed(db: Db) {
     let s = setup(db).await;
-    let slow = s.worker(true, Duration::from_millis(20));
+    let slow = s.worker(true, Duration::from_millis(100));
     let slow = tokio::spawn(async move { slow.run_once().await.unwrap() });
     s.started.acquire().await.unwrap().forget();
 
