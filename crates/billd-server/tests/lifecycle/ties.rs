@@ -125,6 +125,10 @@ async fn a_refetch_older_than_the_watermark_does_not_regress_the_subscription(db
     let sub = h.subscribe("u_stale", &cus, &h.pro_price);
     let sub_id = sub["id"].as_str().unwrap().to_string();
     let tie = sub["created"].as_i64().unwrap();
+    // billd's own re-fetch of the tied first second must land before the
+    // change: arriving after it, that (authoritative) answer would carry
+    // the cancellation itself and the stamp checked below would race.
+    wait_processed(&h, &format!("evt_billd_refetch_{sub_id}_{tie}")).await;
     h.wait_for("u_stale", "pro", |e| e["access"] == "paid")
         .await;
     h.advance(&clock, h.clock.now() + 60);
