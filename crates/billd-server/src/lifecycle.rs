@@ -297,7 +297,13 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
             };
             match self
                 .store
-                .commit_event(&stored.id, Some(&commit), &EventResult::Processed, now)
+                .commit_event(
+                    &stored.id,
+                    stored.claim,
+                    Some(&commit),
+                    &EventResult::Processed,
+                    now,
+                )
                 .await
             {
                 Ok(receipt) => {
@@ -430,6 +436,7 @@ pub(crate) fn claimed(new: billd_store::NewEvent) -> StoredEvent {
         last_error: None,
         received_at: new.received_at,
         processed_at: None,
+        claim: 1,
     }
 }
 

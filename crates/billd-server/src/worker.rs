@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use billd_store::{EventResult, Store, StoreResult, StoredEvent};
+use billd_store::{EventFinish, EventResult, Store, StoreResult, StoredEvent};
 use rand::Rng;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -234,13 +234,19 @@ impl InboxWorker {
         // Outcomes the handler did not commit itself are recorded in one
         // transaction: on SQLite every commit takes the single writer (and an
         // fsync) away from the webhook group commit.
-        let to_finish: Vec<(String, EventResult)> = claimed
+        let to_finish: Vec<EventFinish> = claimed
             .iter()
             .zip(results)
-            .filter_map(|(event, result)| result.map(|r| (event.id.clone(), r)))
+            .filter_map(|(event, result)| {
+                result.map(|result| EventFinish {
+                    id: event.id.clone(),
+                    claim: event.claim,
+                    result,
+                })
+            })
             .collect();
-        for (_, result) in &to_finish {
-            match result {
+        for finish in &to_finish {
+            match finish.result {
                 EventResult::Retry { .. } => report.retried += 1,
                 EventResult::Dead { .. } => report.dead += 1,
                 _ => {}
@@ -251,11 +257,16 @@ impl InboxWorker {
                 .store
                 .finish_events(&to_finish, self.clock.now())
                 .await?;
-            for ((id, _), ok) in to_finish.iter().zip(finished) {
+            for (finish, ok) in to_finish.iter().zip(finished) {
                 if !ok {
                     // Its lease ended and another worker reclaimed it; that
                     // worker's outcome stands.
-                    tracing::warn!(event_id = %id, "event was no longer claimed when finishing it");
+                    self.metrics.processing_outcomes.inc("lease_lost");
+                    tracing::warn!(
+                        event_id = %finish.id,
+                        claim = finish.claim,
+                        "event was reclaimed by another worker before this one finished it; outcome dropped"
+                    );
                 }
             }
         }

@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use billd_store::{connect, EventResult, InsertOutcome, NewEvent};
+use billd_store::{connect, EventFinish, EventResult, InsertOutcome, NewEvent};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -59,9 +59,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             break;
         }
         claims += 1;
-        let results: Vec<(String, EventResult)> = claimed
+        let results: Vec<EventFinish> = claimed
             .into_iter()
-            .map(|event| (event.id, EventResult::Processed))
+            .map(|event| EventFinish {
+                id: event.id,
+                claim: event.claim,
+                result: EventResult::Processed,
+            })
             .collect();
         drained += store.finish_events(&results, 2_000_000_001).await?.len();
     }

@@ -23,7 +23,8 @@ pub const VERSION_CONFLICT: &str = "customers.version";
 
 /// The `constraint` of the [`StoreError::Conflict`] that
 /// [`BillingStore::commit_event`] returns when the inbox row is no longer
-/// `processing` (its lease ended and another worker took it): nothing was
+/// `processing` under the caller's claim (its lease ended and another
+/// worker took it, or finished it): nothing was
 /// written; drop the result.
 pub const LEASE_CONFLICT: &str = "stripe_events.status";
 
@@ -386,11 +387,13 @@ pub trait BillingStore: Send + Sync + 'static {
     /// customer in the state is deleted) and links every Stripe customer of
     /// the state as an object, writes the audit rows, the outbox rows and
     /// the object links; then finishes the inbox row like
-    /// [`crate::Store::finish_event`] (not `processing`: [`LEASE_CONFLICT`];
-    /// unknown: `NotFound`). Any error writes nothing.
+    /// [`crate::Store::finish_event`] under `claim` (not `processing`, or
+    /// reclaimed since: [`LEASE_CONFLICT`]; unknown: `NotFound`). Any error
+    /// writes nothing.
     async fn commit_event(
         &self,
         event_id: &str,
+        claim: i64,
         commit: Option<&CustomerCommit>,
         result: &EventResult,
         now: i64,

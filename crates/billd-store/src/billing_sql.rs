@@ -207,6 +207,7 @@ macro_rules! billing_store {
             async fn commit_event(
                 &self,
                 event_id: &str,
+                claim: i64,
                 commit: Option<&CustomerCommit>,
                 result: &EventResult,
                 now: i64,
@@ -219,7 +220,7 @@ macro_rules! billing_store {
                         outbox_inserted: 0,
                     },
                 };
-                if !super::finish(&mut tx, event_id, result, now).await? {
+                if !super::finish(&mut tx, event_id, claim, result, now).await? {
                     let exists: Option<String> =
                         sqlx::query_scalar("SELECT status FROM stripe_events WHERE id = $1")
                             .bind(event_id)

@@ -207,6 +207,11 @@ pub struct StoredEvent {
     pub status: EventStatus,
     /// How many processing attempts have been made.
     pub attempts: i32,
+    /// Which claim of this row this is: 1 for its first claim, one more on
+    /// every claim, never reset (not even by a requeue). A worker finishes
+    /// the event under this number, so a worker whose lease ended and whose
+    /// event another worker reclaimed cannot overwrite the newer outcome.
+    pub claim: i64,
     /// When the next attempt may start (failed) or the lease ends (processing).
     pub next_attempt_at: Option<i64>,
     /// The last processing error.
@@ -238,6 +243,17 @@ pub enum EventResult {
         /// Error message to keep in `last_error`.
         error: String,
     },
+}
+
+/// One outcome for [`Store::finish_events`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventFinish {
+    /// The event.
+    pub id: String,
+    /// The [`StoredEvent::claim`] it was processed under.
+    pub claim: i64,
+    /// How processing ended.
+    pub result: EventResult,
 }
 
 /// Filter for listing inbox rows.
@@ -307,23 +323,31 @@ pub trait Store:
         limit: u32,
     ) -> StoreResult<Vec<StoredEvent>>;
 
-    /// Records how processing of a claimed event ended. An event that is not
-    /// `processing` (never claimed, or already finished) is `Conflict`; an
-    /// unknown id is `NotFound`.
-    async fn finish_event(&self, id: &str, result: EventResult, now: i64) -> StoreResult<()>;
+    /// Records how processing of a claimed event ended, if `claim` is still
+    /// the event's current claim (its [`StoredEvent::claim`]). An event that
+    /// is not `processing` (never claimed, or already finished), or that was
+    /// reclaimed since (a late finish after the lease ended), is `Conflict`
+    /// and nothing is written; an unknown id is `NotFound`.
+    async fn finish_event(
+        &self,
+        id: &str,
+        claim: i64,
+        result: EventResult,
+        now: i64,
+    ) -> StoreResult<()>;
 
     /// Records several outcomes in one transaction (one commit, one fsync),
     /// so that a worker finishing a claimed batch does not hold SQLite's
     /// single writer once per event. Returns, per input, whether the event
-    /// was `processing` and is now finished (false: unknown or not claimed).
-    async fn finish_events(
-        &self,
-        results: &[(String, EventResult)],
-        now: i64,
-    ) -> StoreResult<Vec<bool>> {
+    /// was `processing` under that claim and is now finished (false:
+    /// unknown, not claimed, or reclaimed since; nothing written for it).
+    async fn finish_events(&self, results: &[EventFinish], now: i64) -> StoreResult<Vec<bool>> {
         let mut finished = Vec::with_capacity(results.len());
-        for (id, result) in results {
-            finished.push(match self.finish_event(id, result.clone(), now).await {
+        for finish in results {
+            let outcome = self
+                .finish_event(&finish.id, finish.claim, finish.result.clone(), now)
+                .await;
+            finished.push(match outcome {
                 Ok(()) => true,
                 Err(StoreError::NotFound | StoreError::Conflict { .. }) => false,
                 Err(other) => return Err(other),

@@ -18,8 +18,8 @@ use crate::row::{
 };
 use crate::sqlite::not_processing;
 use crate::{
-    Backend, EventFilter, EventResult, EventStatus, InboxStats, InsertOutcome, NewEvent, Store,
-    StoreError, StoreResult, StoredEvent,
+    Backend, EventFilter, EventFinish, EventResult, EventStatus, InboxStats, InsertOutcome,
+    NewEvent, Store, StoreError, StoreResult, StoredEvent,
 };
 
 mod billing;
@@ -240,7 +240,8 @@ impl Store for PgStore {
         }
         let rows: Vec<EventRow> = sqlx::query_as(&format!(
             "UPDATE stripe_events \
-             SET status = 'processing', attempts = attempts + 1, next_attempt_at = $1 \
+             SET status = 'processing', attempts = attempts + 1, claim = claim + 1, \
+                 next_attempt_at = $1 \
              WHERE id = ANY($2) \
              RETURNING {EVENT_COLUMNS}"
         ))
@@ -252,35 +253,39 @@ impl Store for PgStore {
         Ok(in_claim_order(&ids, into_events(rows)?))
     }
 
-    async fn finish_event(&self, id: &str, result: EventResult, now: i64) -> StoreResult<()> {
+    async fn finish_event(
+        &self,
+        id: &str,
+        claim: i64,
+        result: EventResult,
+        now: i64,
+    ) -> StoreResult<()> {
         let mut conn = self.pool.acquire().await?;
-        if finish(&mut conn, id, &result, now).await? {
+        if finish(&mut conn, id, claim, &result, now).await? {
             return Ok(());
         }
-        let current: Option<String> =
-            sqlx::query_scalar("SELECT status FROM stripe_events WHERE id = $1")
+        let current: Option<(String, i64)> =
+            sqlx::query_as("SELECT status, claim FROM stripe_events WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&mut *conn)
                 .await?;
-        Err(not_processing(current))
+        Err(not_processing(current, claim))
     }
 
-    async fn finish_events(
-        &self,
-        results: &[(String, EventResult)],
-        now: i64,
-    ) -> StoreResult<Vec<bool>> {
+    async fn finish_events(&self, results: &[EventFinish], now: i64) -> StoreResult<Vec<bool>> {
         if results.is_empty() {
             return Ok(Vec::new());
         }
         let mut ids = Vec::with_capacity(results.len());
+        let mut claims = Vec::with_capacity(results.len());
         let mut statuses = Vec::with_capacity(results.len());
         let mut errors = Vec::with_capacity(results.len());
         let mut next_attempts = Vec::with_capacity(results.len());
         let mut processed = Vec::with_capacity(results.len());
-        for (id, result) in results {
-            let (status, error, next_attempt_at, processed_at) = finish_columns(result, now);
-            ids.push(id.as_str());
+        for done in results {
+            let (status, error, next_attempt_at, processed_at) = finish_columns(&done.result, now);
+            ids.push(done.id.as_str());
+            claims.push(done.claim);
             statuses.push(status.as_str());
             errors.push(error);
             next_attempts.push(next_attempt_at);
@@ -291,9 +296,10 @@ impl Store for PgStore {
             "UPDATE stripe_events AS e \
              SET status = r.status, last_error = COALESCE(r.last_error, e.last_error), \
                  next_attempt_at = r.next_attempt_at, processed_at = r.processed_at \
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[]) \
-                  AS r(id, status, last_error, next_attempt_at, processed_at) \
-             WHERE e.id = r.id AND e.status = 'processing' \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], \
+                         $6::int8[]) \
+                  AS r(id, status, last_error, next_attempt_at, processed_at, claim) \
+             WHERE e.id = r.id AND e.status = 'processing' AND e.claim = r.claim \
              RETURNING e.id",
         )
         .bind(ids)
@@ -301,13 +307,14 @@ impl Store for PgStore {
         .bind(errors)
         .bind(next_attempts)
         .bind(processed)
+        .bind(claims)
         .fetch_all(&self.pool)
         .await?
         .into_iter()
         .collect();
         Ok(results
             .iter()
-            .map(|(id, _)| finished.contains(id))
+            .map(|done| finished.contains(&done.id))
             .collect())
     }
 
@@ -363,10 +370,22 @@ impl Store for PgStore {
     }
 
     async fn inbox_stats(&self) -> StoreResult<InboxStats> {
-        let counts: Vec<(String, i64)> =
-            sqlx::query_as("SELECT status, COUNT(*) FROM stripe_events GROUP BY status")
-                .fetch_all(&self.pool)
-                .await?;
+        // Triggers append each statement's net change per status
+        // (migration w_stripe_event_counts). Folding them into one row per
+        // status here keeps the table small; a delta appended meanwhile is
+        // not in this DELETE's snapshot, so it stays and is summed next.
+        sqlx::query(
+            "WITH gone AS (DELETE FROM stripe_event_count_deltas RETURNING status, n) \
+             INSERT INTO stripe_event_count_deltas (status, n) \
+             SELECT status, SUM(n) FROM gone GROUP BY status HAVING SUM(n) <> 0",
+        )
+        .execute(&self.pool)
+        .await?;
+        let counts: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT status, SUM(n)::int8 FROM stripe_event_count_deltas GROUP BY status",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         let oldest: Option<i64> = sqlx::query_scalar(
             "SELECT MIN(received_at) FROM stripe_events WHERE status IN ('pending', 'failed')",
         )
@@ -376,10 +395,12 @@ impl Store for PgStore {
     }
 }
 
-/// Writes one outcome if the event is under a lease; true when it was.
+/// Writes one outcome if the event is still under the lease of `claim`;
+/// true when it was.
 async fn finish(
     conn: &mut sqlx::PgConnection,
     id: &str,
+    claim: i64,
     result: &EventResult,
     now: i64,
 ) -> StoreResult<bool> {
@@ -388,13 +409,14 @@ async fn finish(
         "UPDATE stripe_events \
          SET status = $1, last_error = COALESCE($2, last_error), next_attempt_at = $3, \
              processed_at = $4 \
-         WHERE id = $5 AND status = 'processing'",
+         WHERE id = $5 AND status = 'processing' AND claim = $6",
     )
     .bind(status.as_str())
     .bind(error)
     .bind(next_attempt_at)
     .bind(processed_at)
     .bind(id)
+    .bind(claim)
     .execute(&mut *conn)
     .await?;
     Ok(done.rows_affected() > 0)

@@ -6,7 +6,7 @@ use crate::{EventStatus, StoreError, StoredEvent};
 /// Column list selected wherever a full [`StoredEvent`] is read.
 pub(crate) const EVENT_COLUMNS: &str = "id, type, api_version, created, object_id, \
      stripe_customer, payload, status, attempts, next_attempt_at, last_error, received_at, \
-     processed_at";
+     processed_at, claim";
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct EventRow {
@@ -24,6 +24,7 @@ pub(crate) struct EventRow {
     last_error: Option<String>,
     received_at: i64,
     processed_at: Option<i64>,
+    claim: i64,
 }
 
 impl TryFrom<EventRow> for StoredEvent {
@@ -50,6 +51,7 @@ impl TryFrom<EventRow> for StoredEvent {
             last_error: row.last_error,
             received_at: row.received_at,
             processed_at: row.processed_at,
+            claim: row.claim,
         })
     }
 }

@@ -20,8 +20,8 @@ use crate::row::{
     finish_columns, first_occurrences, into_events, outcomes, EventRow, EVENT_COLUMNS,
 };
 use crate::{
-    Backend, EventFilter, EventResult, EventStatus, InboxStats, InsertOutcome, NewEvent, Store,
-    StoreError, StoreResult, StoredEvent,
+    Backend, EventFilter, EventFinish, EventResult, EventStatus, InboxStats, InsertOutcome,
+    NewEvent, Store, StoreError, StoreResult, StoredEvent,
 };
 
 mod billing;
@@ -313,7 +313,8 @@ impl Store for SqliteStore {
             .map_err(|e| StoreError::Other(format!("encoding claimed ids: {e}")))?;
         let rows: Vec<EventRow> = sqlx::query_as(&format!(
             "UPDATE stripe_events \
-             SET status = 'processing', attempts = attempts + 1, next_attempt_at = ?1 \
+             SET status = 'processing', attempts = attempts + 1, claim = claim + 1, \
+                 next_attempt_at = ?1 \
              WHERE id IN (SELECT value FROM json_each(?2)) \
              RETURNING {EVENT_COLUMNS}"
         ))
@@ -325,31 +326,33 @@ impl Store for SqliteStore {
         Ok(in_claim_order(&ids, into_events(rows)?))
     }
 
-    async fn finish_event(&self, id: &str, result: EventResult, now: i64) -> StoreResult<()> {
+    async fn finish_event(
+        &self,
+        id: &str,
+        claim: i64,
+        result: EventResult,
+        now: i64,
+    ) -> StoreResult<()> {
         let mut conn = self.writer.acquire().await?;
-        if finish(&mut conn, id, &result, now).await? {
+        if finish(&mut conn, id, claim, &result, now).await? {
             return Ok(());
         }
-        let current: Option<String> =
-            sqlx::query_scalar("SELECT status FROM stripe_events WHERE id = ?1")
+        let current: Option<(String, i64)> =
+            sqlx::query_as("SELECT status, claim FROM stripe_events WHERE id = ?1")
                 .bind(id)
                 .fetch_optional(&mut *conn)
                 .await?;
-        Err(not_processing(current))
+        Err(not_processing(current, claim))
     }
 
-    async fn finish_events(
-        &self,
-        results: &[(String, EventResult)],
-        now: i64,
-    ) -> StoreResult<Vec<bool>> {
+    async fn finish_events(&self, results: &[EventFinish], now: i64) -> StoreResult<Vec<bool>> {
         if results.is_empty() {
             return Ok(Vec::new());
         }
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let mut finished = Vec::with_capacity(results.len());
-        for (id, result) in results {
-            finished.push(finish(&mut tx, id, result, now).await?);
+        for done in results {
+            finished.push(finish(&mut tx, &done.id, done.claim, &done.result, now).await?);
         }
         tx.commit().await?;
         Ok(finished)
@@ -411,8 +414,10 @@ impl Store for SqliteStore {
     }
 
     async fn inbox_stats(&self) -> StoreResult<InboxStats> {
+        // Maintained by triggers (migration w_stripe_event_counts): 7 rows
+        // whatever the size of the inbox.
         let counts: Vec<(String, i64)> =
-            sqlx::query_as("SELECT status, COUNT(*) FROM stripe_events GROUP BY status")
+            sqlx::query_as("SELECT status, n FROM stripe_event_counts")
                 .fetch_all(&self.reader)
                 .await?;
         let oldest: Option<i64> = sqlx::query_scalar(
@@ -424,10 +429,12 @@ impl Store for SqliteStore {
     }
 }
 
-/// Writes one outcome if the event is under a lease; true when it was.
+/// Writes one outcome if the event is still under the lease of `claim`;
+/// true when it was.
 async fn finish(
     conn: &mut sqlx::SqliteConnection,
     id: &str,
+    claim: i64,
     result: &EventResult,
     now: i64,
 ) -> StoreResult<bool> {
@@ -436,23 +443,30 @@ async fn finish(
         "UPDATE stripe_events \
          SET status = ?1, last_error = COALESCE(?2, last_error), next_attempt_at = ?3, \
              processed_at = ?4 \
-         WHERE id = ?5 AND status = 'processing'",
+         WHERE id = ?5 AND status = 'processing' AND claim = ?6",
     )
     .bind(status.as_str())
     .bind(error)
     .bind(next_attempt_at)
     .bind(processed_at)
     .bind(id)
+    .bind(claim)
     .execute(&mut *conn)
     .await?;
     Ok(done.rows_affected() > 0)
 }
 
-/// The error for finishing an event that is not under a lease.
-pub(crate) fn not_processing(current: Option<String>) -> StoreError {
+/// The error for finishing an event that is not under the lease of
+/// `claim`, given the row's current `(status, claim)`.
+pub(crate) fn not_processing(current: Option<(String, i64)>, claim: i64) -> StoreError {
     match current {
         None => StoreError::NotFound,
-        Some(status) => StoreError::Conflict {
+        Some((status, current)) if status == "processing" => StoreError::Conflict {
+            constraint: format!(
+                "stripe_events.claim is {current}, not {claim}: the event was reclaimed"
+            ),
+        },
+        Some((status, _)) => StoreError::Conflict {
             constraint: format!("stripe_events.status is {status}, not processing"),
         },
     }

@@ -133,6 +133,7 @@ contract!(
     commit_event_for_an_event_not_under_lease_writes_nothing,
     commit_event_with_a_version_conflict_leaves_the_event_claimed,
     commit_event_without_a_customer_only_finishes_the_event,
+    commit_event_under_a_claim_that_was_superseded_writes_nothing,
     an_effect_decided_twice_is_one_outbox_row,
     an_outbox_row_is_claimed_retried_and_sent,
     an_outbox_row_that_fails_for_good_is_dead_until_requeued,
@@ -445,7 +446,7 @@ async fn commit_event_writes_state_audit_outbox_links_and_finishes_the_event(h: 
 
     let receipt = h
         .billing
-        .commit_event("evt_commit", Some(&full), &EventResult::Processed, NOW)
+        .commit_event("evt_commit", 1, Some(&full), &EventResult::Processed, NOW)
         .await
         .unwrap();
 
@@ -506,12 +507,18 @@ async fn commit_event_for_an_event_not_under_lease_writes_nothing(h: &Harness) {
 
     let error = h
         .billing
-        .commit_event("evt_unclaimed", Some(&full), &EventResult::Processed, NOW)
+        .commit_event(
+            "evt_unclaimed",
+            0,
+            Some(&full),
+            &EventResult::Processed,
+            NOW,
+        )
         .await
         .unwrap_err();
     let unknown = h
         .billing
-        .commit_event("evt_missing", None, &EventResult::Processed, NOW)
+        .commit_event("evt_missing", 1, None, &EventResult::Processed, NOW)
         .await
         .unwrap_err();
 
@@ -546,6 +553,7 @@ async fn commit_event_with_a_version_conflict_leaves_the_event_claimed(h: &Harne
         .billing
         .commit_event(
             "evt_conflict",
+            1,
             Some(&commit("user_6", 0, state_with("cus_6", false))),
             &EventResult::Processed,
             NOW,
@@ -560,6 +568,7 @@ async fn commit_event_with_a_version_conflict_leaves_the_event_claimed(h: &Harne
     h.billing
         .commit_event(
             "evt_conflict",
+            1,
             Some(&commit("user_6", 1, state_with("cus_6", false))),
             &EventResult::Processed,
             NOW,
@@ -580,13 +589,54 @@ async fn commit_event_without_a_customer_only_finishes_the_event(h: &Harness) {
 
     let receipt = h
         .billing
-        .commit_event("evt_unlinked", None, &EventResult::Unlinked, NOW)
+        .commit_event("evt_unlinked", 1, None, &EventResult::Unlinked, NOW)
         .await
         .unwrap();
 
     assert_eq!(receipt.version, None);
     let event = h.store.get_event("evt_unlinked").await.unwrap().unwrap();
     assert_eq!(event.status, EventStatus::Unlinked);
+}
+
+async fn commit_event_under_a_claim_that_was_superseded_writes_nothing(h: &Harness) {
+    claimed(h, "evt_stale").await;
+    // The lease (NOW + 60) ran out and another worker took the event.
+    let reclaimed = h.store.claim_events(NOW + 60, NOW + 120, 10).await.unwrap();
+    let mut full = commit("user_21", 0, state_with("cus_21", false));
+    full.outbox.push(alert("alert_21"));
+
+    let late = h
+        .billing
+        .commit_event(
+            "evt_stale",
+            1,
+            Some(&full),
+            &EventResult::Processed,
+            NOW + 61,
+        )
+        .await
+        .unwrap_err();
+    let nothing_written = h.billing.get_customer(&customer("user_21")).await.unwrap();
+    let current = h
+        .billing
+        .commit_event(
+            "evt_stale",
+            2,
+            Some(&full),
+            &EventResult::Processed,
+            NOW + 62,
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(reclaimed.len(), 1);
+    assert_eq!(reclaimed[0].claim, 2);
+    assert!(is_conflict(&late, LEASE_CONFLICT), "{late:?}");
+    assert_eq!(nothing_written, None);
+    assert_eq!(current.version, Some(1));
+    assert_eq!(current.outbox_inserted, 1);
+    let event = h.store.get_event("evt_stale").await.unwrap().unwrap();
+    assert_eq!(event.status, EventStatus::Processed);
 }
 
 async fn an_effect_decided_twice_is_one_outbox_row(h: &Harness) {
@@ -1022,7 +1072,10 @@ async fn requeue_unlinked_puts_back_the_matching_and_the_customerless_parked_eve
             } else {
                 EventResult::Unlinked
             };
-            h.store.finish_event(&stored.id, result, NOW).await.unwrap();
+            h.store
+                .finish_event(&stored.id, stored.claim, result, NOW)
+                .await
+                .unwrap();
         }
     }
 

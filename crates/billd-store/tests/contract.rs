@@ -6,11 +6,15 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use billd_store::{
-    connect, EventFilter, EventResult, EventStatus, InsertOutcome, NewEvent, PgStore,
+    connect, EventFilter, EventFinish, EventResult, EventStatus, InsertOutcome, NewEvent, PgStore,
     SqliteOptions, SqliteStore, Store, StoreError, StoredEvent,
 };
 use tempfile::TempDir;
 
+#[path = "contract/counts.rs"]
+mod counts;
+#[path = "contract/fencing.rs"]
+mod fencing;
 #[path = "contract/jobs.rs"]
 mod jobs;
 #[path = "contract/rate_limit.rs"]
@@ -163,6 +167,14 @@ async fn status_of(store: &Arc<dyn Store>, id: &str) -> StoredEvent {
         .await
         .expect("get")
         .unwrap_or_else(|| panic!("{id} is stored"))
+}
+
+fn finish(id: &str, claim: i64, result: EventResult) -> EventFinish {
+    EventFinish {
+        id: id.to_owned(),
+        claim,
+        result,
+    }
 }
 
 fn ids(events: &[StoredEvent]) -> Vec<&str> {
@@ -434,7 +446,7 @@ async fn a_customer_with_a_leased_event_gets_nothing_more_until_it_finishes(h: &
 
     let during = h.store.claim_events(1_010, 1_070, 10).await.expect("claim");
     h.store
-        .finish_event("evt_a1", EventResult::Processed, 1_020)
+        .finish_event("evt_a1", 1, EventResult::Processed, 1_020)
         .await
         .expect("finish");
     let after = h.store.claim_events(1_030, 1_090, 10).await.expect("claim");
@@ -470,6 +482,7 @@ async fn a_failed_event_is_retried_only_from_its_next_attempt_time(h: &Harness) 
     h.store
         .finish_event(
             "evt_1",
+            1,
             EventResult::Retry {
                 error: "stripe timed out".to_owned(),
                 next_attempt_at: 1_200,
@@ -482,7 +495,7 @@ async fn a_failed_event_is_retried_only_from_its_next_attempt_time(h: &Harness) 
     let too_early = h.store.claim_events(1_199, 1_259, 10).await.expect("claim");
     let due = h.store.claim_events(1_200, 1_260, 10).await.expect("claim");
     h.store
-        .finish_event("evt_1", EventResult::Processed, 1_210)
+        .finish_event("evt_1", 2, EventResult::Processed, 1_210)
         .await
         .expect("finish");
 
@@ -510,6 +523,7 @@ async fn a_dead_event_is_never_claimed_and_keeps_its_error(h: &Harness) {
     h.store
         .finish_event(
             "evt_1",
+            1,
             EventResult::Dead {
                 error: "gave up after 8 attempts".to_owned(),
             },
@@ -554,7 +568,7 @@ async fn processed_skipped_and_unlinked_events_are_not_claimed(h: &Harness) {
         ("evt_u", EventResult::Unlinked),
     ] {
         h.store
-            .finish_event(id, result, 1_010)
+            .finish_event(id, 1, result, 1_010)
             .await
             .expect("finish");
     }
@@ -582,11 +596,11 @@ async fn finishing_an_event_that_is_not_processing_is_refused(h: &Harness) {
 
     let pending = h
         .store
-        .finish_event("evt_1", EventResult::Processed, 10)
+        .finish_event("evt_1", 0, EventResult::Processed, 10)
         .await;
     let unknown = h
         .store
-        .finish_event("evt_nope", EventResult::Processed, 10)
+        .finish_event("evt_nope", 1, EventResult::Processed, 10)
         .await;
 
     assert!(
@@ -617,22 +631,24 @@ async fn finishing_a_batch_records_every_outcome_and_reports_unclaimed_ids(h: &H
         .store
         .finish_events(
             &[
-                ("evt_ok".to_owned(), EventResult::Processed),
-                (
-                    "evt_retry".to_owned(),
+                finish("evt_ok", 1, EventResult::Processed),
+                finish(
+                    "evt_retry",
+                    1,
                     EventResult::Retry {
                         error: "rate limited".to_owned(),
                         next_attempt_at: 1_300,
                     },
                 ),
-                (
-                    "evt_dead".to_owned(),
+                finish(
+                    "evt_dead",
+                    1,
                     EventResult::Dead {
                         error: "invalid payload".to_owned(),
                     },
                 ),
-                ("evt_unclaimed".to_owned(), EventResult::Processed),
-                ("evt_unknown".to_owned(), EventResult::Processed),
+                finish("evt_unclaimed", 0, EventResult::Processed),
+                finish("evt_unknown", 1, EventResult::Processed),
             ],
             1_010,
         )
@@ -671,6 +687,7 @@ async fn requeueing_one_event_makes_it_pending_with_attempts_reset(h: &Harness) 
     h.store
         .finish_event(
             "evt_1",
+            1,
             EventResult::Dead {
                 error: "boom".to_owned(),
             },
@@ -716,6 +733,7 @@ async fn requeueing_by_status_touches_only_that_status(h: &Harness) {
         h.store
             .finish_event(
                 id,
+                1,
                 EventResult::Dead {
                     error: "boom".to_owned(),
                 },
@@ -725,7 +743,7 @@ async fn requeueing_by_status_touches_only_that_status(h: &Harness) {
             .expect("finish");
     }
     h.store
-        .finish_event("evt_ok", EventResult::Processed, 1_010)
+        .finish_event("evt_ok", 1, EventResult::Processed, 1_010)
         .await
         .expect("finish");
 
@@ -818,6 +836,7 @@ async fn stats_count_every_status_and_the_oldest_waiting_event(h: &Harness) {
     h.store
         .finish_event(
             "evt_1",
+            1,
             EventResult::Retry {
                 error: "later".to_owned(),
                 next_attempt_at: 5_000,
@@ -896,7 +915,7 @@ async fn two_stores_claiming_in_parallel_never_share_an_event_or_a_customer(h: &
                             in_flight.lock().expect("lock").remove(customer);
                         }
                         store
-                            .finish_event(&event.id, EventResult::Processed, 2_001)
+                            .finish_event(&event.id, event.claim, EventResult::Processed, 2_001)
                             .await
                             .expect("finish");
                     }

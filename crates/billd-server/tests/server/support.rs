@@ -254,9 +254,15 @@ impl Store for SwitchableStore {
         self.check()?;
         self.inner.claim_events(now, lease_until, limit).await
     }
-    async fn finish_event(&self, id: &str, result: EventResult, now: i64) -> StoreResult<()> {
+    async fn finish_event(
+        &self,
+        id: &str,
+        claim: i64,
+        result: EventResult,
+        now: i64,
+    ) -> StoreResult<()> {
         self.check()?;
-        self.inner.finish_event(id, result, now).await
+        self.inner.finish_event(id, claim, result, now).await
     }
     async fn get_event(&self, id: &str) -> StoreResult<Option<StoredEvent>> {
         self.check()?;
@@ -336,12 +342,15 @@ impl billd_store::BillingStore for SwitchableStore {
     async fn commit_event(
         &self,
         event_id: &str,
+        claim: i64,
         commit: Option<&billd_store::CustomerCommit>,
         result: &EventResult,
         now: i64,
     ) -> StoreResult<billd_store::CommitReceipt> {
         self.check()?;
-        self.inner.commit_event(event_id, commit, result, now).await
+        self.inner
+            .commit_event(event_id, claim, commit, result, now)
+            .await
     }
     async fn commit_customer(
         &self,

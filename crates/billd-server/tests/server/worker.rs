@@ -19,6 +19,7 @@ on_both_databases!(
     an_event_that_keeps_failing_is_dead_after_max_attempts_and_counted,
     a_dead_event_that_is_replayed_is_processed,
     an_event_claimed_by_a_crashed_worker_is_reclaimed_after_the_lease,
+    a_worker_that_outlives_its_lease_does_not_overwrite_the_reclaimers_outcome,
 );
 
 const T0: i64 = 1_800_000_000;
@@ -63,7 +64,7 @@ struct Setup {
 /// A migrated database holding one `invoice.paid` event, and a worker
 /// (max 3 attempts, lease 60 s, backoff 10 s doubling to 100 s) whose
 /// registry sends `invoice.paid` to `handler`.
-async fn setup(db: Db, handler: Option<Arc<FlakyHandler>>) -> Setup {
+async fn setup<H: EventHandler + 'static>(db: Db, handler: Option<Arc<H>>) -> Setup {
     let db = fresh_db(db).await;
     let body = stripe_event("evt_work_1", "invoice.paid", "invoice", T0 - 10);
     let event = billd_server::webhook::parse_envelope(body.as_bytes(), T0).unwrap();
@@ -100,7 +101,7 @@ async fn event(setup: &Setup) -> StoredEvent {
 }
 
 async fn unknown_event_types_are_marked_skipped_after_one_attempt(db: Db) {
-    let s = setup(db, None).await;
+    let s = setup(db, None::<Arc<FlakyHandler>>).await;
 
     let report = s.worker.run_once().await.unwrap();
 
@@ -224,4 +225,51 @@ async fn an_event_claimed_by_a_crashed_worker_is_reclaimed_after_the_lease(db: D
         1,
         "processed exactly once"
     );
+}
+
+/// Overruns its lease: while it works, the clock passes the lease's end and
+/// another worker reclaims the event and processes it; then this one fails.
+struct OverrunningHandler {
+    reclaimer: std::sync::OnceLock<(Arc<dyn billd_store::Store>, Arc<ManualClock>)>,
+}
+
+#[async_trait]
+impl EventHandler for OverrunningHandler {
+    async fn handle(&self, event: &StoredEvent) -> Result<HandlerOutcome, HandlerError> {
+        let (store, clock) = self.reclaimer.get().unwrap();
+        clock.set(T0 + 61);
+        let taken = store.claim_events(T0 + 61, T0 + 121, 10).await.unwrap();
+        assert_eq!(taken.len(), 1, "the lease of {} ran out", event.id);
+        store
+            .finish_event(
+                &taken[0].id,
+                taken[0].claim,
+                billd_store::EventResult::Processed,
+                T0 + 62,
+            )
+            .await
+            .unwrap();
+        Err(HandlerError(anyhow::anyhow!("too late anyway")))
+    }
+}
+
+async fn a_worker_that_outlives_its_lease_does_not_overwrite_the_reclaimers_outcome(db: Db) {
+    let handler = Arc::new(OverrunningHandler {
+        reclaimer: std::sync::OnceLock::new(),
+    });
+    let s = setup(db, Some(handler.clone())).await;
+    assert!(handler
+        .reclaimer
+        .set((s.db.store.clone(), s.clock.clone()))
+        .is_ok());
+
+    let report = s.worker.run_once().await.unwrap();
+
+    assert_eq!(report.claimed, 1);
+    let e = event(&s).await;
+    assert_eq!(e.status, EventStatus::Processed, "the reclaimer's outcome");
+    assert_eq!(e.processed_at, Some(T0 + 62));
+    assert_eq!(e.last_error, None, "the late failure wrote nothing");
+    assert_eq!(e.claim, 2);
+    assert_eq!(s.metrics.processing_outcomes.get("lease_lost"), 1);
 }

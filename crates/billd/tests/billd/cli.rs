@@ -126,7 +126,7 @@ async fn events_can_be_listed_shown_and_dead_ones_replayed() {
             EventResult::Processed
         };
         store
-            .finish_event(&e.id, result, 1_700_000_101)
+            .finish_event(&e.id, e.claim, result, 1_700_000_101)
             .await
             .unwrap();
     }
@@ -206,7 +206,7 @@ async fn unlinked_events_are_listed_by_status_and_requeued_in_bulk() {
             EventResult::Processed
         };
         store
-            .finish_event(&e.id, result, 1_700_000_101)
+            .finish_event(&e.id, e.claim, result, 1_700_000_101)
             .await
             .unwrap();
     }
