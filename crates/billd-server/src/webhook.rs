@@ -43,7 +43,7 @@ pub struct Ack {
         (status = 503, description = "`store_unavailable`: Stripe retries.", body = crate::openapi::ErrorBody),
     )
 )]
-#[tracing::instrument(skip_all, fields(event_id))]
+#[tracing::instrument(level = "debug", skip_all, fields(event_id))]
 pub async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,
