@@ -31,6 +31,7 @@ macro_rules! billing_store {
             CUSTOMER_COLUMNS, OUTBOX_COLUMNS,
         };
         use $crate::dialect::Dialect;
+        use $crate::usage::GuardedOutcome;
         use $crate::{
             AuditRecord, BillingStore, CommitReceipt, CustomerCommit, CustomerProfile,
             CustomerRecord, EventResult, NewOutboxItem, OutboxFilter, OutboxItem, OutboxResult,
@@ -428,29 +429,20 @@ macro_rules! billing_store {
                 batch: &[(UsageRequest, u64)],
                 now: i64,
             ) -> StoreResult<Vec<StoreResult<UsageOutcome>>> {
-                let mut out = Vec::with_capacity(batch.len());
-                if batch.is_empty() {
-                    return Ok(out);
-                }
-                let mut tx = self.begin_write().await?;
-                for (request, limit) in batch {
-                    // A savepoint per request: a refused or failed one is undone
-                    // alone, the others still commit together.
-                    sqlx::query("SAVEPOINT consume").execute(&mut *tx).await?;
-                    let result = consume_in(&mut tx, request, *limit, now).await;
-                    let undo = !matches!(result, Ok((_, true)));
-                    if undo {
-                        sqlx::query("ROLLBACK TO SAVEPOINT consume")
-                            .execute(&mut *tx)
-                            .await?;
-                    }
-                    sqlx::query("RELEASE SAVEPOINT consume")
-                        .execute(&mut *tx)
-                        .await?;
-                    out.push(result.map(|(outcome, _)| outcome));
-                }
-                tx.commit().await?;
-                Ok(out)
+                let batch: Vec<_> = batch
+                    .iter()
+                    .map(|(request, limit)| (request, *limit, None))
+                    .collect();
+                let answers = consume_together(self, &batch, now).await?;
+                Ok(answers
+                    .into_iter()
+                    .map(|answer| match answer? {
+                        GuardedOutcome::Decided(outcome) => Ok(outcome),
+                        GuardedOutcome::Stale => Err(StoreError::Other(
+                            "a consume without a version check answered stale".to_owned(),
+                        )),
+                    })
+                    .collect())
             }
 
             async fn release(&self, request: &UsageRequest, now: i64) -> StoreResult<UsageOutcome> {
@@ -683,6 +675,64 @@ macro_rules! billing_store {
                 inserted += done.rows_affected();
             }
             Ok(inserted)
+        }
+
+        /// One consume inside the caller's transaction, decided only while the
+        /// customer is at `version` and not deleted (`Stale` otherwise, nothing
+        /// written); `None` checks no version. The flag is `consume_in`'s.
+        pub(super) async fn guarded_in(
+            conn: &mut Conn,
+            request: &UsageRequest,
+            limit: u64,
+            version: Option<i64>,
+            now: i64,
+        ) -> StoreResult<(GuardedOutcome, bool)> {
+            if let Some(version) = version {
+                let current: Option<i64> = sqlx::query_scalar(
+                    "SELECT version FROM customers \
+                     WHERE customer_id = $1 AND version = $2 AND deleted_at IS NULL",
+                )
+                .bind(request.customer_id.as_str())
+                .bind(version)
+                .fetch_optional(&mut *conn)
+                .await?;
+                if current.is_none() {
+                    return Ok((GuardedOutcome::Stale, false));
+                }
+            }
+            let (outcome, keep) = consume_in(conn, request, limit, now).await?;
+            Ok((GuardedOutcome::Decided(outcome), keep))
+        }
+
+        /// Consumes (request, limit, version to check) committed together in one
+        /// write transaction, each answered as if alone.
+        pub(super) async fn consume_together(
+            store: &$store,
+            batch: &[(&UsageRequest, u64, Option<i64>)],
+            now: i64,
+        ) -> StoreResult<Vec<StoreResult<GuardedOutcome>>> {
+            let mut out = Vec::with_capacity(batch.len());
+            if batch.is_empty() {
+                return Ok(out);
+            }
+            let mut tx = store.begin_write().await?;
+            for (request, limit, version) in batch {
+                // A savepoint per request: a refused or failed one is undone
+                // alone, the others still commit together.
+                sqlx::query("SAVEPOINT consume").execute(&mut *tx).await?;
+                let result = guarded_in(&mut tx, request, *limit, *version, now).await;
+                if !matches!(result, Ok((_, true))) {
+                    sqlx::query("ROLLBACK TO SAVEPOINT consume")
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                sqlx::query("RELEASE SAVEPOINT consume")
+                    .execute(&mut *tx)
+                    .await?;
+                out.push(result.map(|(outcome, _)| outcome));
+            }
+            tx.commit().await?;
+            Ok(out)
         }
 
         /// One consume inside the caller's transaction. The flag says whether it

@@ -15,9 +15,8 @@
 
 use async_trait::async_trait;
 use sqlx::postgres::PgPool;
-use sqlx::PgConnection;
 
-use super::billing::consume_in;
+use super::billing::consume_together;
 use super::PgStore;
 use crate::billing::{check_amount, from_db, period_column, replay, Direction, StoredRequest};
 use crate::usage::{GuardedConsume, GuardedOutcome, UsageStore};
@@ -214,49 +213,12 @@ impl UsageStore for PgStore {
         batch: &[GuardedConsume],
         now: i64,
     ) -> StoreResult<Vec<StoreResult<GuardedOutcome>>> {
-        let mut out = Vec::with_capacity(batch.len());
-        if batch.is_empty() {
-            return Ok(out);
-        }
-        let mut tx = self.pool.begin().await?;
-        for consume in batch {
-            // A savepoint per request: a refused or failed one is undone
-            // alone, the others still commit together.
-            sqlx::query("SAVEPOINT consume").execute(&mut *tx).await?;
-            let result = guarded_in(&mut tx, consume, now).await;
-            if !matches!(result, Ok((_, true))) {
-                sqlx::query("ROLLBACK TO SAVEPOINT consume")
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            sqlx::query("RELEASE SAVEPOINT consume")
-                .execute(&mut *tx)
-                .await?;
-            out.push(result.map(|(outcome, _)| outcome));
-        }
-        tx.commit().await?;
-        Ok(out)
+        // Group-committed like SQLite's (one transaction, a savepoint per
+        // request), unlike the one-statement `consume_guarded`.
+        let batch: Vec<_> = batch
+            .iter()
+            .map(|c| (&c.request, c.limit, Some(c.customer_version)))
+            .collect();
+        consume_together(self, &batch, now).await
     }
-}
-
-/// The version check, then the consume, in the caller's transaction; the
-/// flag says whether something was written to keep.
-async fn guarded_in(
-    conn: &mut PgConnection,
-    consume: &GuardedConsume,
-    now: i64,
-) -> StoreResult<(GuardedOutcome, bool)> {
-    let current: Option<i32> = sqlx::query_scalar(
-        "SELECT 1 FROM customers \
-         WHERE customer_id = $1 AND version = $2 AND deleted_at IS NULL",
-    )
-    .bind(consume.request.customer_id.as_str())
-    .bind(consume.customer_version)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if current.is_none() {
-        return Ok((GuardedOutcome::Stale, false));
-    }
-    let (outcome, keep) = consume_in(conn, &consume.request, consume.limit, now).await?;
-    Ok((GuardedOutcome::Decided(outcome), keep))
 }
