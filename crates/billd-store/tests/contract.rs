@@ -91,6 +91,7 @@ contract!(
     a_duplicate_id_is_reported_and_stored_once,
     a_repeated_id_inside_one_batch_is_stored_once,
     a_large_batch_stores_every_event,
+    batches_around_the_one_statement_size_report_each_event,
     migrations_can_run_again,
     migration_status_reports_pending_migrations_until_migrate_runs,
     claims_take_the_oldest_created_first_then_the_earlier_insert,
@@ -278,6 +279,35 @@ async fn a_repeated_id_inside_one_batch_is_stored_once(h: &Harness) {
         .await
         .expect("list");
     assert_eq!(all.len(), 2);
+}
+
+async fn batches_around_the_one_statement_size_report_each_event(h: &Harness) {
+    // The SQLite store writes batches of up to 64 distinct events as one
+    // statement and larger ones in a transaction of chunks: both sides of
+    // that bound (63, 64 and 65 distinct ids, counting `evt_old`), each batch
+    // repeating an id it carries and one stored before.
+    insert(&h.store, &[event("evt_old", None, 0)]).await;
+    for size in [62_usize, 63, 64] {
+        let mut batch: Vec<NewEvent> = (0..size)
+            .map(|n| event(&format!("evt_{size}_{n:02}"), None, n as i64))
+            .collect();
+        batch.push(event(&format!("evt_{size}_00"), None, 99));
+        batch.push(event("evt_old", None, 99));
+
+        let outcomes = h.store.insert_events(&batch).await.expect("insert");
+
+        assert_eq!(outcomes.len(), size + 2);
+        assert!(outcomes[..size]
+            .iter()
+            .all(|o| *o == InsertOutcome::Inserted));
+        assert_eq!(
+            outcomes[size..],
+            [InsertOutcome::Duplicate, InsertOutcome::Duplicate],
+            "size {size}"
+        );
+    }
+    let stats = h.store.inbox_stats().await.expect("stats");
+    assert_eq!(count(&stats, EventStatus::Pending), 1 + 62 + 63 + 64);
 }
 
 async fn a_large_batch_stores_every_event(h: &Harness) {

@@ -5,8 +5,12 @@
 //! 1. the store's raw ceiling: the same rows inserted with `insert_events`
 //!    in batches as large as the HTTP run can queue, without HTTP;
 //! 2. accepted events/s through HTTP from `connections` keep-alive
-//!    connections sending pre-signed unique events as fast as acks come;
-//! 3. ack latency (p50/p99) at a fixed offered rate (open loop).
+//!    connections sending pre-signed unique events as fast as acks come
+//!    (1 and 2 alternate in rounds);
+//! 3. ack latency (p50 … max) at a fixed offered rate (open loop).
+//!
+//! The requests come from [`crate::loadgen`], a lean HTTP/1.1 client, since
+//! it shares the machine's cores with the server it measures.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,6 +23,8 @@ use billd_server::{
 };
 use billd_store::NewEvent;
 use billd_stripe::webhook::sign;
+
+use crate::loadgen;
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use secrecy::SecretString;
@@ -34,6 +40,10 @@ pub struct BenchArgs {
     /// Concurrent keep-alive connections in the throughput run.
     #[arg(long, default_value_t = 64)]
     connections: usize,
+    /// Alternating rounds of the ceiling and the throughput run, each with
+    /// `events / rounds` events.
+    #[arg(long, default_value_t = 4)]
+    rounds: usize,
     /// Offered rate of the latency run, events per second.
     #[arg(long, default_value_t = 5_000)]
     rate: u64,
@@ -63,7 +73,10 @@ struct Figures {
     http_accepted: usize,
     offered: u64,
     p50_ms: f64,
+    p90_ms: f64,
     p99_ms: f64,
+    p999_ms: f64,
+    max_ms: f64,
     rate_accepted: usize,
     rate_sent: usize,
     mean_batch: f64,
@@ -114,13 +127,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     for f in &all {
         println!(
-            "{}: {} of {} throughput-run events acknowledged",
-            f.backend, f.http_accepted, args.events
+            "{}: {} of {} throughput-run events acknowledged; latency at {}/s: p50 {:.2} ms, p90 {:.2}, p99 {:.2}, p99.9 {:.2}, max {:.2}",
+            f.backend, f.http_accepted, args.events, f.offered, f.p50_ms, f.p90_ms, f.p99_ms, f.p999_ms, f.max_ms
         );
     }
     println!(
-        "\nceiling = insert_events in batches of {} (no HTTP); http = {} events over {} connections; latency at a fixed offered rate for {} s.",
-        args.connections, args.events, args.connections, args.rate_secs
+        "\nceiling = insert_events in batches of {} (no HTTP); http = {} events over {} connections; the two alternate in {} rounds; latency at a fixed offered rate for {} s.",
+        args.connections, args.events, args.connections, args.rounds.max(1), args.rate_secs
     );
     Ok(())
 }
@@ -142,30 +155,6 @@ async fn bench_backend(
     let phase = Duration::from_secs(args.phase_timeout_secs);
     let now = SystemClock.now();
 
-    // 1. Raw ceiling.
-    let rows: Vec<NewEvent> = (0..args.events)
-        .map(|i| {
-            let (id, body) = event_body(&format!("{run}c"), i, now);
-            billd_server::webhook::parse_envelope(body.as_bytes(), now)
-                .map_err(|e| anyhow::anyhow!("bench event does not parse: {e}"))
-                .map(|mut e| {
-                    e.id = id;
-                    e
-                })
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let started = Instant::now();
-    tokio::time::timeout(phase, async {
-        for chunk in rows.chunks(args.connections.max(1)) {
-            store.insert_events(chunk).await?;
-        }
-        anyhow::Ok(())
-    })
-    .await
-    .context("ceiling phase timed out")??;
-    let ceiling_per_sec = rows.len() as f64 / started.elapsed().as_secs_f64();
-
-    // 2. and 3. through HTTP.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let running = billd_server::start(
         listener,
@@ -185,71 +174,95 @@ async fn bench_backend(
         // same two cores and database.
         Workers::None,
     )?;
-    let endpoint = format!("http://{}/webhooks/stripe", running.addr);
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(4096)
-        .build()?;
+    let addr = running.addr;
 
-    let signed = presign(&format!("{run}h"), args.events, now);
-    let next = Arc::new(AtomicUsize::new(0));
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let signed = Arc::new(signed);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        let (client, endpoint, signed, next, accepted) = (
-            client.clone(),
-            endpoint.clone(),
-            signed.clone(),
-            next.clone(),
-            accepted.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some((header, body)) = signed.get(i) else {
-                    break;
-                };
-                if post(&client, &endpoint, header, body).await {
-                    accepted.fetch_add(1, Ordering::Relaxed);
-                }
+    // 1. and 2. in alternating rounds: the raw ceiling (the same rows given
+    // to `insert_events` in batches of `connections`, no HTTP), then as many
+    // events through HTTP. Both phases thus write to an inbox of the same
+    // size, and a slow spell of the disk hits both.
+    let rows: Vec<NewEvent> = (0..args.events)
+        .map(|i| {
+            let (id, body) = event_body(&format!("{run}c"), i, now);
+            billd_server::webhook::parse_envelope(body.as_bytes(), now)
+                .map_err(|e| anyhow::anyhow!("bench event does not parse: {e}"))
+                .map(|mut e| {
+                    e.id = id;
+                    e
+                })
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let requests = Arc::new(presign(&format!("{run}h"), args.events, now, addr));
+    let rounds = args.rounds.clamp(1, args.events.max(1));
+    let per_round = args.events.div_ceil(rounds);
+    let (mut ceiling_secs, mut http_secs, mut http_accepted) = (0.0, 0.0, 0);
+    for round in 0..rounds {
+        let range =
+            (round * per_round).min(args.events)..((round + 1) * per_round).min(args.events);
+        let started = Instant::now();
+        tokio::time::timeout(phase, async {
+            for chunk in rows[range.clone()].chunks(args.connections.max(1)) {
+                store.insert_events(chunk).await?;
             }
-        }));
-    }
-    tokio::time::timeout(phase, futures_join(tasks))
+            anyhow::Ok(())
+        })
         .await
-        .context("throughput phase timed out")?;
-    let http_elapsed = started.elapsed().as_secs_f64();
-    let http_accepted = accepted.load(Ordering::Relaxed);
-    let http_per_sec = http_accepted as f64 / http_elapsed;
+        .context("ceiling phase timed out")??;
+        ceiling_secs += started.elapsed().as_secs_f64();
+
+        let next = Arc::new(AtomicUsize::new(range.start));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..args.connections.max(1) {
+            let (requests, next, accepted, end) =
+                (requests.clone(), next.clone(), accepted.clone(), range.end);
+            tasks.push(tokio::spawn(async move {
+                let mut connection = None;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= end {
+                        break;
+                    }
+                    if post(&mut connection, addr, &requests[i]).await {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        tokio::time::timeout(phase, futures_join(tasks))
+            .await
+            .context("throughput phase timed out")?;
+        http_secs += started.elapsed().as_secs_f64();
+        http_accepted += accepted.load(Ordering::Relaxed);
+    }
+    let ceiling_per_sec = args.events as f64 / ceiling_secs.max(f64::EPSILON);
+    let http_per_sec = http_accepted as f64 / http_secs.max(f64::EPSILON);
 
     // 3. Fixed offered rate, open loop: send times are fixed in advance,
     // latency is counted from the scheduled time so queueing shows.
     let total = (args.rate * args.rate_secs) as usize;
-    let signed = Arc::new(presign(&format!("{run}r"), total, now));
+    let requests = Arc::new(presign(&format!("{run}r"), total, now, addr));
+    let pool = Arc::new(loadgen::Pool::new(addr));
     let (lat_tx, mut lat_rx) = tokio::sync::mpsc::unbounded_channel::<Option<Duration>>();
     let started = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
     let in_flight = Arc::new(tokio::sync::Semaphore::new(args.rate_connections.max(1)));
     let sender = {
-        let (client, endpoint, signed) = (client.clone(), endpoint.clone(), signed.clone());
+        let (pool, requests) = (pool.clone(), requests.clone());
         tokio::spawn(async move {
-            for i in 0..signed.len() {
+            for i in 0..requests.len() {
                 let due = started + interval.mul_f64(i as f64);
                 tokio::time::sleep_until(due.into()).await;
                 let Ok(permit) = in_flight.clone().acquire_owned().await else {
                     break;
                 };
-                let (client, endpoint, signed, lat_tx) = (
-                    client.clone(),
-                    endpoint.clone(),
-                    signed.clone(),
-                    lat_tx.clone(),
-                );
+                let (pool, requests, lat_tx) = (pool.clone(), requests.clone(), lat_tx.clone());
                 tokio::spawn(async move {
                     let _permit = permit;
-                    let (header, body) = &signed[i];
-                    let ok = post(&client, &endpoint, header, body).await;
+                    let ok = pool
+                        .send(&requests[i])
+                        .await
+                        .is_ok_and(|answer| answer.status == 200);
                     let _ = lat_tx.send(ok.then(|| due.elapsed()));
                 });
             }
@@ -281,7 +294,8 @@ async fn bench_backend(
         let idx = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
         latencies[idx].as_secs_f64() * 1000.0
     };
-    let (p50_ms, p99_ms) = (pct(0.50), pct(0.99));
+    let (p50_ms, p90_ms, p99_ms, p999_ms, max_ms) =
+        (pct(0.50), pct(0.90), pct(0.99), pct(0.999), pct(1.0));
     let batches = running.metrics.ingest_batches.load(Ordering::Relaxed);
     let batched = running
         .metrics
@@ -295,7 +309,10 @@ async fn bench_backend(
         http_accepted,
         offered: args.rate,
         p50_ms,
+        p90_ms,
         p99_ms,
+        p999_ms,
+        max_ms,
         rate_accepted: latencies.len(),
         rate_sent: total,
         mean_batch: batched as f64 / batches.max(1) as f64,
@@ -308,25 +325,43 @@ async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
     }
 }
 
-async fn post(client: &reqwest::Client, endpoint: &str, header: &str, body: &str) -> bool {
-    match client
-        .post(endpoint)
-        .header("Stripe-Signature", header)
-        .header("Content-Type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-    {
-        Ok(response) => response.status().is_success(),
-        Err(_) => false,
+/// Sends `request` on the task's own connection (opened on first use, and
+/// again after the server closed it); true when billd acknowledged it.
+async fn post(
+    connection: &mut Option<loadgen::Connection>,
+    addr: std::net::SocketAddr,
+    request: &[u8],
+) -> bool {
+    if connection.as_ref().is_none_or(|c| !c.is_reusable()) {
+        *connection = loadgen::Connection::open(addr).await.ok();
+    }
+    let Some(open) = connection.as_mut() else {
+        return false;
+    };
+    match open.send(request).await {
+        Ok(answer) => answer.status == 200,
+        Err(_) => {
+            *connection = None;
+            false
+        }
     }
 }
 
-fn presign(prefix: &str, n: usize, now: i64) -> Vec<(String, String)> {
+/// Signed webhook requests for `n` unique events, ready to write.
+fn presign(prefix: &str, n: usize, now: i64, addr: std::net::SocketAddr) -> Vec<Vec<u8>> {
     (0..n)
         .map(|i| {
             let (_, body) = event_body(prefix, i, now);
-            (sign(SECRET, now, body.as_bytes()), body)
+            let signature = sign(SECRET, now, body.as_bytes());
+            loadgen::post_request(
+                addr,
+                "/webhooks/stripe",
+                &[
+                    ("stripe-signature", &signature),
+                    ("content-type", "application/json"),
+                ],
+                body.as_bytes(),
+            )
         })
         .collect()
 }

@@ -8,6 +8,7 @@ mod billing;
 mod config;
 mod dev;
 mod doctor;
+mod loadgen;
 mod reconcile_cmd;
 mod sim_cmd;
 
