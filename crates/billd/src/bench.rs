@@ -61,9 +61,20 @@ pub struct BenchArgs {
     /// Skip SQLite (only with --postgres-url).
     #[arg(long)]
     no_sqlite: bool,
+    /// Async runtime threads of the benchmark process (server and client);
+    /// 0 is one per core, `billd serve`'s default (BILLD_WORKER_THREADS).
+    #[arg(long, default_value_t = 0)]
+    worker_threads: usize,
     /// Give up on any one phase after this many seconds.
     #[arg(long, default_value_t = 120)]
     phase_timeout_secs: u64,
+}
+
+impl BenchArgs {
+    /// `--worker-threads` (0: one per core).
+    pub fn worker_threads(&self) -> usize {
+        self.worker_threads
+    }
 }
 
 struct Figures {
@@ -132,8 +143,14 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "\nceiling = insert_events in batches of {} (no HTTP); http = {} events over {} connections; the two alternate in {} rounds; latency at a fixed offered rate for {} s.",
-        args.connections, args.events, args.connections, args.rounds.max(1), args.rate_secs
+        "\nceiling = insert_events in batches of {} (no HTTP); http = {} events over {} connections; the two alternate in {} rounds; latency at a fixed offered rate for {} s; {} runtime threads on {} cores.",
+        args.connections,
+        args.events,
+        args.connections,
+        args.rounds.max(1),
+        args.rate_secs,
+        tokio::runtime::Handle::current().metrics().num_workers(),
+        std::thread::available_parallelism().map_or(1, usize::from),
     );
     Ok(())
 }

@@ -35,6 +35,7 @@ const KEYS: &[(&str, bool)] = &[
     ("inbox_backoff_cap_secs", false),
     ("worker_concurrency", false),
     ("ingest_max_batch", false),
+    ("worker_threads", false),
     ("ready_max_lag_secs", false),
     ("public_url", false),
     ("checkout_rate_limit_per_min", false),
@@ -225,6 +226,8 @@ pub struct Config {
     pub worker_concurrency: u32,
     /// `BILLD_INGEST_MAX_BATCH`: most webhook events per group commit.
     pub ingest_max_batch: usize,
+    /// `BILLD_WORKER_THREADS`: async runtime threads; 0 is one per core.
+    pub worker_threads: usize,
     /// `BILLD_READY_MAX_LAG_SECS`: `/readyz` fails beyond this inbox lag.
     pub ready_max_lag_secs: i64,
     /// `BILLD_PUBLIC_URL`: where Stripe reaches this billd (`billd doctor`
@@ -549,6 +552,7 @@ impl Config {
         }
         let worker_concurrency = raw.int("worker_concurrency", 1, 1024);
         let ingest_max_batch = raw.int("ingest_max_batch", 1, 100_000);
+        let worker_threads = raw.int("worker_threads", 0, 1024);
         let ready_max_lag_secs = raw.int("ready_max_lag_secs", 1, 30 * 86_400);
         let public_url = raw.opt("public_url");
         if let Some(u) = &public_url {
@@ -637,6 +641,7 @@ impl Config {
             inbox_backoff_cap_secs,
             worker_concurrency,
             ingest_max_batch,
+            worker_threads,
             ready_max_lag_secs,
             public_url,
             checkout_rate_limit_per_min,
@@ -737,6 +742,21 @@ mod tests {
         assert_eq!((set.checkout_rate_limit_per_min, set.stripe_tax), (3, true));
         assert!(bad.contains("BILLD_CHECKOUT_RATE_LIMIT_PER_MIN"), "{bad}");
         assert!(bad.contains("BILLD_STRIPE_TAX"), "{bad}");
+    }
+
+    #[test]
+    fn runtime_threads_default_to_one_per_core_and_read_the_environment() {
+        let defaults = Config::load(None, &env(&[])).unwrap();
+        let set = Config::load(None, &env(&[("BILLD_WORKER_THREADS", "3")])).unwrap();
+        let bad = errors(Config::load(None, &env(&[("BILLD_WORKER_THREADS", "-1")])));
+
+        assert_eq!((defaults.worker_threads, set.worker_threads), (0, 3));
+        assert!(
+            bad.contains(
+                "BILLD_WORKER_THREADS (set in the environment): must be between 0 and 1024, got -1"
+            ),
+            "{bad}"
+        );
     }
 
     #[test]

@@ -165,10 +165,11 @@ impl From<ReplayStatus> for EventStatus {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = runtime_threads(&cli) {
+        runtime.worker_threads(threads);
+    }
+    let runtime = match runtime.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("billd: cannot start the async runtime: {e}");
@@ -182,6 +183,30 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The configuration file in effect: `--config`/`BILLD_CONFIG`, else a
+/// `billd.toml` in the working directory when there is one.
+fn config_file(cli: &Cli) -> Option<PathBuf> {
+    cli.config
+        .clone()
+        .or_else(|| Some(PathBuf::from("billd.toml")).filter(|p| p.is_file()))
+}
+
+/// Async runtime threads for this command when set (`BILLD_WORKER_THREADS`
+/// for `serve`, `--worker-threads` for `bench webhooks`); otherwise tokio's
+/// default, one per core. When the configuration does not load, the runtime
+/// still starts and `run` reports the configuration's errors.
+fn runtime_threads(cli: &Cli) -> Option<usize> {
+    let configured = match &cli.command {
+        None | Some(Command::Serve) => {
+            let env: HashMap<String, String> = std::env::vars().collect();
+            Config::load(config_file(cli).as_deref(), &env).map_or(0, |c| c.worker_threads)
+        }
+        Some(Command::Bench(BenchCommand::Webhooks(args))) => args.worker_threads(),
+        Some(_) => 0,
+    };
+    (configured > 0).then_some(configured)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -198,12 +223,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         return sim_cmd::run(args).await;
     }
     let env: HashMap<String, String> = std::env::vars().collect();
-    // Without --config/BILLD_CONFIG, a billd.toml in the working directory
-    // is used when there is one.
-    let file = cli
-        .config
-        .clone()
-        .or_else(|| Some(PathBuf::from("billd.toml")).filter(|p| p.is_file()));
+    let file = config_file(&cli);
     if let Some(Command::Doctor(args)) = &cli.command {
         // An invalid configuration is one of doctor's findings, not a reason
         // to stop before the report.
