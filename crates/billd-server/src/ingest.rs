@@ -4,12 +4,11 @@
 //! deliveries, so throughput is not capped at one commit per event; each
 //! handler still answers only after its own event is durably committed.
 //! On PostgreSQL a few group commits run at once (the server flushes them
-//! together); SQLite has one writer, so there the writer tops a batch up
-//! under load instead (see [`top_up`]).
+//! together); SQLite has one writer, which starts the next commit as soon as
+//! the previous one ends, with whatever queued meanwhile.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use billd_store::{Backend, InsertOutcome, NewEvent, Store, StoreError};
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
@@ -49,10 +48,6 @@ pub struct IngestConfig {
     pub max_batch: usize,
     /// Events that may wait for the writer before senders are slowed down.
     pub queue: usize,
-    /// Longest the writer waits, after a commit, for the deliveries that
-    /// commit acknowledged to come back before it starts the next one (see
-    /// [`top_up`]). Only under load: an idle writer commits at once.
-    pub max_top_up: Duration,
 }
 
 impl Default for IngestConfig {
@@ -60,7 +55,6 @@ impl Default for IngestConfig {
         IngestConfig {
             max_batch: 1024,
             queue: 16 * 1024,
-            max_top_up: Duration::from_millis(1),
         }
     }
 }
@@ -93,7 +87,6 @@ impl Ingestor {
             rx,
             WriterLimits {
                 max_batch: config.max_batch.max(1),
-                max_top_up: config.max_top_up,
                 in_flight,
             },
         ));
@@ -122,7 +115,6 @@ const POSTGRES_COMMITS_IN_FLIGHT: usize = 4;
 
 struct WriterLimits {
     max_batch: usize,
-    max_top_up: Duration,
     in_flight: usize,
 }
 
@@ -136,7 +128,6 @@ struct Batcher {
 async fn writer(batcher: Batcher, mut rx: mpsc::Receiver<Job>, limits: WriterLimits) {
     let batcher = Arc::new(batcher);
     let slots = Arc::new(Semaphore::new(limits.in_flight));
-    let mut last = Pace::default();
     loop {
         // Waiting for a free commit slot before taking events lets them
         // queue meanwhile: that queue is the next batch.
@@ -148,14 +139,11 @@ async fn writer(batcher: Batcher, mut rx: mpsc::Receiver<Job>, limits: WriterLim
             break;
         }
         if limits.in_flight == 1 {
-            top_up(&mut rx, &mut jobs, &last, &limits).await;
-            let started = Instant::now();
-            let size = jobs.len();
+            // Waiting here for the deliveries the last commit acknowledged
+            // to come back (to commit more at once) was measured: it only
+            // added that wait to every acknowledgement, at no gain in
+            // events/s, as the next commit already overlaps their return.
             batcher.commit(jobs).await;
-            last = Pace {
-                batch: size,
-                commit: started.elapsed(),
-            };
             drop(slot);
         } else {
             let batcher = batcher.clone();
@@ -168,41 +156,6 @@ async fn writer(batcher: Batcher, mut rx: mpsc::Receiver<Job>, limits: WriterLim
     // Every commit in flight answers its senders before the writer stops.
     if let Ok(all) = u32::try_from(limits.in_flight) {
         let _ = slots.acquire_many(all).await;
-    }
-}
-
-/// Size and duration of the previous group commit.
-#[derive(Default)]
-struct Pace {
-    batch: usize,
-    commit: Duration,
-}
-
-/// With one writer, the deliveries a commit acknowledged come back (their
-/// senders' next events) a little after it; starting the next commit at once
-/// would take only the first few of them and leave the rest for the commit
-/// after, so batches shrink to half and each fsync carries half as many
-/// events. When the previous batch was larger than what is queued now, wait
-/// a fraction of the previous commit's duration (at most `max_top_up`) for
-/// the queue to reach that size. An idle writer (previous batch of one)
-/// never waits, so a lone delivery is committed at once.
-async fn top_up(
-    rx: &mut mpsc::Receiver<Job>,
-    jobs: &mut Vec<Job>,
-    last: &Pace,
-    limits: &WriterLimits,
-) {
-    let target = last.batch.min(limits.max_batch);
-    if last.batch <= 1 || jobs.len() >= target {
-        return;
-    }
-    let deadline = Instant::now() + (last.commit / 2).min(limits.max_top_up);
-    while jobs.len() < target {
-        let room = limits.max_batch - jobs.len();
-        match tokio::time::timeout_at(deadline.into(), rx.recv_many(jobs, room)).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
     }
 }
 
@@ -250,90 +203,5 @@ impl Batcher {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn job(n: usize) -> Job {
-        let (done, _) = oneshot::channel();
-        let event = NewEvent {
-            id: format!("evt_{n}"),
-            event_type: "invoice.paid".to_owned(),
-            api_version: None,
-            created: 0,
-            object_id: None,
-            stripe_customer: None,
-            payload: "{}".to_owned(),
-            received_at: 0,
-        };
-        (event, done)
-    }
-
-    fn limits() -> WriterLimits {
-        WriterLimits {
-            max_batch: 64,
-            max_top_up: Duration::from_secs(5),
-            in_flight: 1,
-        }
-    }
-
-    #[tokio::test]
-    async fn an_idle_writer_never_waits_to_top_up_a_lone_event() {
-        let (_tx, mut rx) = mpsc::channel::<Job>(16);
-        let mut jobs = vec![job(0)];
-        let idle = Pace {
-            batch: 1,
-            commit: Duration::from_secs(10),
-        };
-
-        let started = Instant::now();
-        top_up(&mut rx, &mut jobs, &idle, &limits()).await;
-
-        assert_eq!(jobs.len(), 1);
-        assert!(started.elapsed() < Duration::from_millis(500));
-    }
-
-    #[tokio::test]
-    async fn under_load_the_batch_waits_for_the_previous_batchs_size() {
-        let (tx, mut rx) = mpsc::channel::<Job>(16);
-        let mut jobs = vec![job(0)];
-        let busy = Pace {
-            batch: 4,
-            commit: Duration::from_secs(10),
-        };
-        let late = tokio::spawn(async move {
-            for n in 1..6 {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                tx.send(job(n)).await.unwrap();
-            }
-        });
-
-        let started = Instant::now();
-        top_up(&mut rx, &mut jobs, &busy, &limits()).await;
-
-        assert_eq!(jobs.len(), 4, "stops at the previous batch's size");
-        assert!(started.elapsed() < Duration::from_secs(4));
-        late.await.unwrap();
-    }
-
-    #[tokio::test]
-    async fn the_wait_is_bounded_by_half_the_previous_commit() {
-        let (_tx, mut rx) = mpsc::channel::<Job>(16);
-        let mut jobs = vec![job(0)];
-        let busy = Pace {
-            batch: 50,
-            commit: Duration::from_millis(60),
-        };
-
-        let started = Instant::now();
-        top_up(&mut rx, &mut jobs, &busy, &limits()).await;
-        let waited = started.elapsed();
-
-        assert_eq!(jobs.len(), 1);
-        assert!(waited >= Duration::from_millis(30), "{waited:?}");
-        assert!(waited < Duration::from_secs(2), "{waited:?}");
     }
 }
