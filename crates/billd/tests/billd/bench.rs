@@ -3,23 +3,16 @@
 
 use std::process::Command;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_small_usage_benchmark_answers_every_consume_and_prints_the_ratio_and_rss() {
+/// Runs `billd bench <args>` in a fresh directory with a clean environment,
+/// asserts it succeeded, and returns its stdout and its `sqlite …` row.
+async fn bench(args: &'static [&'static str]) -> (String, String) {
     let dir = tempfile::tempdir().unwrap();
     let out = tokio::task::spawn_blocking({
         let dir = dir.path().to_path_buf();
         move || {
             Command::new(env!("CARGO_BIN_EXE_billd"))
-                .args([
-                    "bench",
-                    "usage",
-                    "--consumes",
-                    "60",
-                    "--clients",
-                    "4",
-                    "--customers",
-                    "5",
-                ])
+                .arg("bench")
+                .args(args)
                 .current_dir(dir)
                 .env_clear()
                 .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -30,20 +23,37 @@ async fn a_small_usage_benchmark_answers_every_consume_and_prints_the_ratio_and_
     .await
     .unwrap();
 
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let row = stdout
+        .lines()
+        .find(|l| l.starts_with("sqlite "))
+        .unwrap_or_else(|| panic!("no sqlite row: {stdout}"))
+        .to_owned();
+    (stdout, row)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_usage_benchmark_answers_every_consume_and_prints_the_ratio_and_rss() {
+    let (stdout, row) = bench(&[
+        "usage",
+        "--consumes",
+        "60",
+        "--clients",
+        "4",
+        "--customers",
+        "5",
+    ])
+    .await;
+
     assert!(
         stdout.contains("sqlite: 60 of 60 HTTP consumes answered 200"),
         "{stdout}"
     );
-    let row = stdout
-        .lines()
-        .find(|l| l.starts_with("sqlite "))
-        .unwrap_or_else(|| panic!("no sqlite row: {stdout}"));
     assert!(
         row.ends_with("MiB"),
         "the server's peak RSS is shown: {row}"
@@ -52,48 +62,24 @@ async fn a_small_usage_benchmark_answers_every_consume_and_prints_the_ratio_and_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_webhook_benchmark_acknowledges_every_event_in_each_phase() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = tokio::task::spawn_blocking({
-        let dir = dir.path().to_path_buf();
-        move || {
-            Command::new(env!("CARGO_BIN_EXE_billd"))
-                .args([
-                    "bench",
-                    "webhooks",
-                    "--events",
-                    "150",
-                    "--rounds",
-                    "3",
-                    "--connections",
-                    "8",
-                    "--rate",
-                    "100",
-                    "--rate-secs",
-                    "1",
-                ])
-                .current_dir(dir)
-                .env_clear()
-                .env("PATH", std::env::var("PATH").unwrap_or_default())
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
+    let (stdout, row) = bench(&[
+        "webhooks",
+        "--events",
+        "150",
+        "--rounds",
+        "3",
+        "--connections",
+        "8",
+        "--rate",
+        "100",
+        "--rate-secs",
+        "1",
+    ])
+    .await;
 
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(
         stdout.contains("sqlite: 150 of 150 throughput-run events acknowledged"),
         "{stdout}"
     );
-    let row = stdout
-        .lines()
-        .find(|l| l.starts_with("sqlite "))
-        .unwrap_or_else(|| panic!("no sqlite row: {stdout}"));
     assert!(row.contains(" 100/100 "), "every paced event acked: {row}");
 }
