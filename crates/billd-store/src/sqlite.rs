@@ -62,14 +62,12 @@ const CACHE_SIZE: &str = "-65536";
 /// Reader connections; reads in WAL mode run beside the writer.
 const READERS: u32 = 4;
 
-/// Largest multi-row INSERT, as a power of two: 2^8 rows × 8 columns stays
-/// far below SQLite's limit on bound variables.
-const MAX_CHUNK_EXP: u32 = 8;
-
-/// Batches up to this size are written by one statement of exactly their
-/// size (group commits under load are a few dozen events). Each size is a
-/// prepared statement kept in the writer's cache, so the bound also bounds
-/// that cache; larger batches use the power-of-two chunks.
+/// Largest multi-row INSERT: batches up to this size are written by one
+/// statement of exactly their size (group commits under load are a few
+/// dozen events), larger ones in chunks of it. Each size is a prepared
+/// statement kept in the writer's cache, so the bound also bounds that
+/// cache; 64 rows × 8 columns stays far below SQLite's limit on bound
+/// variables.
 const ONE_STATEMENT_ROWS: usize = 64;
 
 /// Prepared statements the writer connection keeps: the exact-size inserts
@@ -120,12 +118,8 @@ pub struct SqliteStore {
     reader: SqlitePool,
     /// Stops the background checkpointer when the last clone is dropped.
     _checkpointer: Arc<AbortOnDrop>,
-    /// `INSERT … VALUES (…), … RETURNING id` for 2^0 … 2^MAX_CHUNK_EXP rows.
-    /// A batch larger than [`ONE_STATEMENT_ROWS`] is split into
-    /// power-of-two chunks so that only a handful of large statement shapes
-    /// exist and all stay in the prepared-statement cache.
-    insert_sql: Vec<String>,
-    /// The same statement for exactly 1 … [`ONE_STATEMENT_ROWS`] rows.
+    /// `INSERT … VALUES (…), … RETURNING id` for exactly 1 …
+    /// [`ONE_STATEMENT_ROWS`] rows.
     exact_insert_sql: Vec<String>,
 }
 
@@ -172,16 +166,12 @@ impl SqliteStore {
             .acquire_timeout(tunables.acquire_timeout)
             .connect_with(options)
             .await?;
-        let insert_sql = (0..=MAX_CHUNK_EXP)
-            .map(|exp| insert_statement(1 << exp))
-            .collect();
         let exact_insert_sql = (1..=ONE_STATEMENT_ROWS).map(insert_statement).collect();
         let checkpointer = tokio::spawn(checkpoint_forever(reader.clone()));
         Ok(SqliteStore {
             writer,
             reader,
             _checkpointer: Arc::new(AbortOnDrop(checkpointer)),
-            insert_sql,
             exact_insert_sql,
         })
     }
@@ -268,13 +258,6 @@ fn insert_statement(rows: usize) -> String {
     sql
 }
 
-/// Splits `n` rows into the largest power-of-two chunk that fits, returning
-/// its exponent.
-fn chunk_exp(n: usize) -> u32 {
-    let capped = n.min(1 << MAX_CHUNK_EXP);
-    usize::BITS - 1 - capped.leading_zeros()
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     fn backend(&self) -> Backend {
@@ -316,17 +299,10 @@ impl Store for SqliteStore {
         // has to upgrade a read lock (which could fail with SQLITE_BUSY
         // without waiting if another process writes to the same file).
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let mut rest = unique.as_slice();
-        while !rest.is_empty() {
-            let exp = chunk_exp(rest.len());
-            let (chunk, tail) = rest.split_at(1 << exp);
-            let sql = self
-                .insert_sql
-                .get(exp as usize)
-                .ok_or_else(|| StoreError::Other("insert statement missing".to_owned()))?;
+        for chunk in unique.chunks(ONE_STATEMENT_ROWS) {
+            let sql = self.one_statement_sql(chunk.len())?;
             let query = bind_events(sqlx::query_scalar::<_, String>(sql), events, chunk);
             inserted.extend(query.fetch_all(&mut *tx).await?);
-            rest = tail;
         }
         tx.commit().await?;
         Ok(outcomes(events, &repeated, &inserted))
@@ -532,7 +508,7 @@ pub(crate) fn not_processing(current: Option<(String, i64)>, claim: i64) -> Stor
 
 #[cfg(test)]
 mod tests {
-    use super::{chunk_exp, SqliteStore};
+    use super::SqliteStore;
 
     #[tokio::test]
     async fn committed_events_are_checkpointed_into_the_database_file_in_the_background() {
@@ -600,13 +576,5 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(page_size, 16_384);
-    }
-
-    #[test]
-    fn batches_split_into_power_of_two_chunks_capped_at_256() {
-        assert_eq!(chunk_exp(1), 0);
-        assert_eq!(chunk_exp(3), 1);
-        assert_eq!(chunk_exp(300), 8);
-        assert_eq!(chunk_exp(44), 5);
     }
 }

@@ -311,7 +311,7 @@ async fn batches_around_the_one_statement_size_report_each_event(h: &Harness) {
 }
 
 async fn a_large_batch_stores_every_event(h: &Harness) {
-    // 777 is not a power of two: the SQLite store splits it into several
+    // 777 is not a multiple of 64: the SQLite store splits it into several
     // multi-row statements.
     let batch: Vec<NewEvent> = (0..777)
         .map(|n| event(&format!("evt_{n:04}"), Some(&format!("cus_{}", n % 13)), n))
