@@ -25,7 +25,7 @@ use billd_store::{EventFilter, EventStatus, Store};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, LogFormat};
+use crate::config::{Config, ConfigErrors, LogFormat};
 use crate::dev::DevMode;
 
 /// billd: a self-hosted Stripe billing engine.
@@ -165,8 +165,9 @@ impl From<ReplayStatus> for EventStatus {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let config = load_config(&cli);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = runtime_threads(&cli) {
+    if let Some(threads) = runtime_threads(&cli, config.as_ref()) {
         runtime.worker_threads(threads);
     }
     let runtime = match runtime.enable_all().build() {
@@ -176,7 +177,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, config)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("billd: {e:#}");
@@ -193,23 +194,35 @@ fn config_file(cli: &Cli) -> Option<PathBuf> {
         .or_else(|| Some(PathBuf::from("billd.toml")).filter(|p| p.is_file()))
 }
 
+/// The configuration, loaded once before the runtime starts (it sizes the
+/// runtime), for the commands that run on it; benchmarks, the emulator and
+/// doctor (which reports on the configuration itself) get `None`.
+fn load_config(cli: &Cli) -> Option<Result<Config, ConfigErrors>> {
+    match &cli.command {
+        Some(Command::Bench(_) | Command::Sim(_) | Command::Doctor(_)) => None,
+        _ => {
+            let env: HashMap<String, String> = std::env::vars().collect();
+            Some(Config::load(config_file(cli).as_deref(), &env))
+        }
+    }
+}
+
 /// Async runtime threads for this command when set (`BILLD_WORKER_THREADS`
 /// for `serve`, `--worker-threads` for `bench webhooks`); otherwise tokio's
 /// default, one per core. When the configuration does not load, the runtime
 /// still starts and `run` reports the configuration's errors.
-fn runtime_threads(cli: &Cli) -> Option<usize> {
+fn runtime_threads(cli: &Cli, config: Option<&Result<Config, ConfigErrors>>) -> Option<usize> {
     let configured = match &cli.command {
-        None | Some(Command::Serve) => {
-            let env: HashMap<String, String> = std::env::vars().collect();
-            Config::load(config_file(cli).as_deref(), &env).map_or(0, |c| c.worker_threads)
-        }
+        None | Some(Command::Serve) => config
+            .and_then(|loaded| loaded.as_ref().ok())
+            .map_or(0, |c| c.worker_threads),
         Some(Command::Bench(BenchCommand::Webhooks(args))) => args.worker_threads(),
         Some(_) => 0,
     };
     (configured > 0).then_some(configured)
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(cli: Cli, config: Option<Result<Config, ConfigErrors>>) -> anyhow::Result<()> {
     if let Some(Command::Bench(BenchCommand::Webhooks(args))) = &cli.command {
         init_tracing(LogFormat::Text, "warn");
         return bench::run(args).await;
@@ -222,15 +235,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         init_tracing(LogFormat::Text, "info");
         return sim_cmd::run(args).await;
     }
-    let env: HashMap<String, String> = std::env::vars().collect();
-    let file = config_file(&cli);
     if let Some(Command::Doctor(args)) = &cli.command {
         // An invalid configuration is one of doctor's findings, not a reason
         // to stop before the report.
+        let env: HashMap<String, String> = std::env::vars().collect();
         init_tracing(LogFormat::Text, "error");
-        return doctor::run(file.as_deref(), &env, args).await;
+        return doctor::run(config_file(&cli).as_deref(), &env, args).await;
     }
-    let config = Config::load(file.as_deref(), &env)?;
+    let config = config.context("no configuration was loaded for this command")??;
     let serving = matches!(cli.command, None | Some(Command::Serve));
     init_tracing(config.log_format, if serving { "info" } else { "warn" });
     match cli.command.unwrap_or(Command::Serve) {
