@@ -23,11 +23,11 @@ use billd_server::{
 };
 use billd_store::NewEvent;
 use billd_stripe::webhook::sign;
-
-use crate::loadgen;
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use secrecy::SecretString;
+
+use crate::loadgen;
 
 const SECRET: &str = "whsec_bench_secret";
 
