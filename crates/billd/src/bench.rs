@@ -5,9 +5,11 @@
 //! 1. the store's raw ceiling: the same rows inserted with `insert_events`
 //!    in batches as large as the HTTP run can queue, without HTTP;
 //! 2. accepted events/s through HTTP from `connections` keep-alive
-//!    connections sending pre-signed unique events as fast as acks come
-//!    (1 and 2 alternate in rounds);
-//! 3. ack latency (p50 … max) at a fixed offered rate (open loop).
+//!    connections sending pre-signed unique events as fast as acks come;
+//! 3. the HTTP stack alone: the same requests signed with a secret billd
+//!    does not know, each verified and rejected with 400, nothing stored
+//!    (1, 2 and 3 alternate in rounds);
+//! 4. ack latency (p50 … max) at a fixed offered rate (open loop).
 //!
 //! The requests come from [`crate::loadgen`], a lean HTTP/1.1 client, since
 //! it shares the machine's cores with the server it measures.
@@ -30,6 +32,10 @@ use secrecy::SecretString;
 use crate::loadgen;
 
 const SECRET: &str = "whsec_bench_secret";
+
+/// Signs the requests of the no-store run: billd rejects them after the
+/// signature check.
+const UNKNOWN_SECRET: &str = "whsec_bench_unknown";
 
 /// Options of `billd bench webhooks`.
 #[derive(Debug, clap::Args)]
@@ -82,6 +88,8 @@ struct Figures {
     ceiling_per_sec: f64,
     http_per_sec: f64,
     http_accepted: usize,
+    rejected_per_sec: f64,
+    rejected: usize,
     offered: u64,
     p50_ms: f64,
     p90_ms: f64,
@@ -111,11 +119,12 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         all.push(bench_backend(backend, &url, args).await?);
     }
     println!(
-        "\n{:<9} {:>14} {:>12} {:>7} {:>10} {:>9} {:>9} {:>9} {:>10}",
+        "\n{:<9} {:>14} {:>12} {:>7} {:>12} {:>10} {:>9} {:>9} {:>9} {:>10}",
         "backend",
         "ceiling ev/s",
         "http ev/s",
         "ratio",
+        "no-store/s",
         "offered/s",
         "p50 ms",
         "p99 ms",
@@ -124,11 +133,12 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     );
     for f in &all {
         println!(
-            "{:<9} {:>14.0} {:>12.0} {:>7.2} {:>10} {:>9.2} {:>9.2} {:>9} {:>10.1}",
+            "{:<9} {:>14.0} {:>12.0} {:>7.2} {:>12.0} {:>10} {:>9.2} {:>9.2} {:>9} {:>10.1}",
             f.backend,
             f.ceiling_per_sec,
             f.http_per_sec,
             f.http_per_sec / f.ceiling_per_sec.max(1.0),
+            f.rejected_per_sec,
             f.offered,
             f.p50_ms,
             f.p99_ms,
@@ -138,12 +148,12 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     for f in &all {
         println!(
-            "{}: {} of {} throughput-run events acknowledged; latency at {}/s: p50 {:.2} ms, p90 {:.2}, p99 {:.2}, p99.9 {:.2}, max {:.2}",
-            f.backend, f.http_accepted, args.events, f.offered, f.p50_ms, f.p90_ms, f.p99_ms, f.p999_ms, f.max_ms
+            "{}: {} of {} throughput-run events acknowledged, {} of {} no-store requests rejected; latency at {}/s: p50 {:.2} ms, p90 {:.2}, p99 {:.2}, p99.9 {:.2}, max {:.2}",
+            f.backend, f.http_accepted, args.events, f.rejected, args.events, f.offered, f.p50_ms, f.p90_ms, f.p99_ms, f.p999_ms, f.max_ms
         );
     }
     println!(
-        "\nceiling = insert_events in batches of {} (no HTTP); http = {} events over {} connections; the two alternate in {} rounds; latency at a fixed offered rate for {} s; {} runtime threads on {} cores.",
+        "\nceiling = insert_events in batches of {} (no HTTP); http = {} events over {} connections; no-store = as many requests signed with an unknown secret, verified and rejected (400), nothing stored: the HTTP stack alone on these cores; the three alternate in {} rounds; latency at a fixed offered rate for {} s; {} runtime threads on {} cores.",
         args.connections,
         args.events,
         args.connections,
@@ -208,10 +218,18 @@ async fn bench_backend(
                 })
         })
         .collect::<anyhow::Result<_>>()?;
-    let requests = Arc::new(presign(&format!("{run}h"), args.events, now, addr));
+    let requests = Arc::new(presign(&format!("{run}h"), args.events, now, addr, SECRET));
+    let unsigned = Arc::new(presign(
+        &format!("{run}x"),
+        args.events,
+        now,
+        addr,
+        UNKNOWN_SECRET,
+    ));
     let rounds = args.rounds.clamp(1, args.events.max(1));
     let per_round = args.events.div_ceil(rounds);
     let (mut ceiling_secs, mut http_secs, mut http_accepted) = (0.0, 0.0, 0);
+    let (mut rejected_secs, mut rejected) = (0.0, 0);
     for round in 0..rounds {
         let range =
             (round * per_round).min(args.events)..((round + 1) * per_round).min(args.events);
@@ -226,39 +244,28 @@ async fn bench_backend(
         .context("ceiling phase timed out")??;
         ceiling_secs += started.elapsed().as_secs_f64();
 
-        let next = Arc::new(AtomicUsize::new(range.start));
-        let accepted = Arc::new(AtomicUsize::new(0));
         let started = Instant::now();
-        let mut tasks = Vec::new();
-        for _ in 0..args.connections.max(1) {
-            let (requests, next, accepted, end) =
-                (requests.clone(), next.clone(), accepted.clone(), range.end);
-            tasks.push(tokio::spawn(async move {
-                let mut connection = None;
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= end {
-                        break;
-                    }
-                    if post(&mut connection, addr, &requests[i]).await {
-                        accepted.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }));
-        }
-        tokio::time::timeout(phase, futures_join(tasks))
+        let answered = closed_loop(&requests, range.clone(), args.connections, addr, 200);
+        http_accepted += tokio::time::timeout(phase, answered)
             .await
             .context("throughput phase timed out")?;
         http_secs += started.elapsed().as_secs_f64();
-        http_accepted += accepted.load(Ordering::Relaxed);
+
+        let started = Instant::now();
+        let answered = closed_loop(&unsigned, range, args.connections, addr, 400);
+        rejected += tokio::time::timeout(phase, answered)
+            .await
+            .context("no-store phase timed out")?;
+        rejected_secs += started.elapsed().as_secs_f64();
     }
     let ceiling_per_sec = args.events as f64 / ceiling_secs.max(f64::EPSILON);
     let http_per_sec = http_accepted as f64 / http_secs.max(f64::EPSILON);
+    let rejected_per_sec = rejected as f64 / rejected_secs.max(f64::EPSILON);
 
     // 3. Fixed offered rate, open loop: send times are fixed in advance,
     // latency is counted from the scheduled time so queueing shows.
     let total = (args.rate * args.rate_secs) as usize;
-    let requests = Arc::new(presign(&format!("{run}r"), total, now, addr));
+    let requests = Arc::new(presign(&format!("{run}r"), total, now, addr, SECRET));
     let pool = Arc::new(loadgen::Pool::new(addr));
     let (lat_tx, mut lat_rx) = tokio::sync::mpsc::unbounded_channel::<Option<Duration>>();
     let started = Instant::now();
@@ -324,6 +331,8 @@ async fn bench_backend(
         ceiling_per_sec,
         http_per_sec,
         http_accepted,
+        rejected_per_sec,
+        rejected,
         offered: args.rate,
         p50_ms,
         p90_ms,
@@ -336,40 +345,74 @@ async fn bench_backend(
     })
 }
 
-async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
-    for t in tasks {
-        let _ = t.await;
+/// Sends `requests[range]` from `connections` keep-alive connections, each
+/// sending its next request as soon as the previous one is answered, and
+/// counts the answers with `status`.
+async fn closed_loop(
+    requests: &Arc<Vec<Vec<u8>>>,
+    range: std::ops::Range<usize>,
+    connections: usize,
+    addr: std::net::SocketAddr,
+    status: u16,
+) -> usize {
+    let next = Arc::new(AtomicUsize::new(range.start));
+    let expected = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..connections.max(1) {
+        let (requests, next, expected, end) =
+            (requests.clone(), next.clone(), expected.clone(), range.end);
+        tasks.push(tokio::spawn(async move {
+            let mut connection = None;
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= end {
+                    break;
+                }
+                if post(&mut connection, addr, &requests[i]).await == Some(status) {
+                    expected.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
     }
+    for task in tasks {
+        let _ = task.await;
+    }
+    expected.load(Ordering::Relaxed)
 }
 
 /// Sends `request` on the task's own connection (opened on first use, and
-/// again after the server closed it); true when billd acknowledged it.
+/// again after the server closed it); the answer's status, if any.
 async fn post(
     connection: &mut Option<loadgen::Connection>,
     addr: std::net::SocketAddr,
     request: &[u8],
-) -> bool {
+) -> Option<u16> {
     if connection.as_ref().is_none_or(|c| !c.is_reusable()) {
         *connection = loadgen::Connection::open(addr).await.ok();
     }
-    let Some(open) = connection.as_mut() else {
-        return false;
-    };
+    let open = connection.as_mut()?;
     match open.send(request).await {
-        Ok(answer) => answer.status == 200,
+        Ok(answer) => Some(answer.status),
         Err(_) => {
             *connection = None;
-            false
+            None
         }
     }
 }
 
-/// Signed webhook requests for `n` unique events, ready to write.
-fn presign(prefix: &str, n: usize, now: i64, addr: std::net::SocketAddr) -> Vec<Vec<u8>> {
+/// Webhook requests for `n` unique events signed with `secret`, ready to
+/// write.
+fn presign(
+    prefix: &str,
+    n: usize,
+    now: i64,
+    addr: std::net::SocketAddr,
+    secret: &str,
+) -> Vec<Vec<u8>> {
     (0..n)
         .map(|i| {
             let (_, body) = event_body(prefix, i, now);
-            let signature = sign(SECRET, now, body.as_bytes());
+            let signature = sign(secret, now, body.as_bytes());
             loadgen::post_request(
                 addr,
                 "/webhooks/stripe",

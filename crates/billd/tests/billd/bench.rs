@@ -78,7 +78,9 @@ async fn a_small_webhook_benchmark_acknowledges_every_event_in_each_phase() {
     .await;
 
     assert!(
-        stdout.contains("sqlite: 150 of 150 throughput-run events acknowledged"),
+        stdout.contains(
+            "sqlite: 150 of 150 throughput-run events acknowledged, 150 of 150 no-store requests rejected"
+        ),
         "{stdout}"
     );
     assert!(row.contains(" 100/100 "), "every paced event acked: {row}");
