@@ -203,10 +203,11 @@ async fn bench_backend(
     )?;
     let addr = running.addr;
 
-    // 1. and 2. in alternating rounds: the raw ceiling (the same rows given
-    // to `insert_events` in batches of `connections`, no HTTP), then as many
-    // events through HTTP. Both phases thus write to an inbox of the same
-    // size, and a slow spell of the disk hits both.
+    // 1., 2. and 3. in alternating rounds: the raw ceiling (the same rows
+    // given to `insert_events` in batches of `connections`, no HTTP), then
+    // as many events through HTTP, then as many requests billd rejects. The
+    // first two thus write to an inbox of the same size, and a slow spell of
+    // the disk hits all three.
     let rows: Vec<NewEvent> = (0..args.events)
         .map(|i| {
             let (id, body) = event_body(&format!("{run}c"), i, now);
@@ -219,7 +220,7 @@ async fn bench_backend(
         })
         .collect::<anyhow::Result<_>>()?;
     let requests = Arc::new(presign(&format!("{run}h"), args.events, now, addr, SECRET));
-    let unsigned = Arc::new(presign(
+    let unverifiable = Arc::new(presign(
         &format!("{run}x"),
         args.events,
         now,
@@ -252,7 +253,7 @@ async fn bench_backend(
         http_secs += started.elapsed().as_secs_f64();
 
         let started = Instant::now();
-        let answered = closed_loop(&unsigned, range, args.connections, addr, 400);
+        let answered = closed_loop(&unverifiable, range, args.connections, addr, 400);
         rejected += tokio::time::timeout(phase, answered)
             .await
             .context("no-store phase timed out")?;
@@ -262,7 +263,7 @@ async fn bench_backend(
     let http_per_sec = http_accepted as f64 / http_secs.max(f64::EPSILON);
     let rejected_per_sec = rejected as f64 / rejected_secs.max(f64::EPSILON);
 
-    // 3. Fixed offered rate, open loop: send times are fixed in advance,
+    // 4. Fixed offered rate, open loop: send times are fixed in advance,
     // latency is counted from the scheduled time so queueing shows.
     let total = (args.rate * args.rate_secs) as usize;
     let requests = Arc::new(presign(&format!("{run}r"), total, now, addr, SECRET));
