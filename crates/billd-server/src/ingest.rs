@@ -71,13 +71,7 @@ impl Ingestor {
         config: IngestConfig,
     ) -> (Ingestor, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(config.queue.max(1));
-        let in_flight = match store.backend() {
-            // One connection writes; a second batch would only queue for it.
-            Backend::Sqlite => 1,
-            // PostgreSQL flushes concurrent commits together: while one
-            // batch waits for its fsync, the next is already on its way.
-            Backend::Postgres => POSTGRES_COMMITS_IN_FLIGHT,
-        };
+        let in_flight = commits_in_flight(store.backend());
         let handle = tokio::spawn(writer(
             Batcher {
                 store,
@@ -112,6 +106,17 @@ impl Ingestor {
 
 /// Concurrent group commits on PostgreSQL.
 const POSTGRES_COMMITS_IN_FLIGHT: usize = 4;
+
+/// How many group commits the writer runs at once on `backend`.
+pub fn commits_in_flight(backend: Backend) -> usize {
+    match backend {
+        // One connection writes; a second batch would only queue for it.
+        Backend::Sqlite => 1,
+        // PostgreSQL flushes concurrent commits together: while one batch
+        // waits for its fsync, the next is already on its way.
+        Backend::Postgres => POSTGRES_COMMITS_IN_FLIGHT,
+    }
+}
 
 struct WriterLimits {
     max_batch: usize,
