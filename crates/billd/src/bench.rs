@@ -48,8 +48,8 @@ pub struct BenchArgs {
     /// Concurrent keep-alive connections in the throughput run.
     #[arg(long, default_value_t = 64)]
     connections: usize,
-    /// Alternating rounds of the ceiling and the throughput run, each with
-    /// `events / rounds` events.
+    /// Alternating rounds of the ceiling, the throughput run and the
+    /// no-store run, each with `events / rounds` events.
     #[arg(long, default_value_t = 4)]
     rounds: usize,
     /// Offered rate of the latency run, events per second.
@@ -224,7 +224,7 @@ async fn bench_backend(
         })
         .collect::<anyhow::Result<_>>()?;
     let rows = Arc::new(rows);
-    let in_flight = commits_in_flight(store.backend());
+    let commits_at_once = commits_in_flight(store.backend());
     let requests = Arc::new(presign(&format!("{run}h"), args.events, now, addr, SECRET));
     let unverifiable = Arc::new(presign(
         &format!("{run}x"),
@@ -241,7 +241,13 @@ async fn bench_backend(
         let range =
             (round * per_round).min(args.events)..((round + 1) * per_round).min(args.events);
         let started = Instant::now();
-        let inserted = ceiling(&store, &rows, range.clone(), args.connections, in_flight);
+        let inserted = ceiling(
+            &store,
+            &rows,
+            range.clone(),
+            args.connections,
+            commits_at_once,
+        );
         tokio::time::timeout(phase, inserted)
             .await
             .context("ceiling phase timed out")??;
@@ -390,20 +396,31 @@ async fn closed_loop(
     addr: std::net::SocketAddr,
     status: u16,
 ) -> usize {
+    let pool = Arc::new(loadgen::Pool::new(addr));
     let next = Arc::new(AtomicUsize::new(range.start));
     let expected = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..connections.max(1) {
-        let (requests, next, expected, end) =
-            (requests.clone(), next.clone(), expected.clone(), range.end);
+        let (pool, requests, next, expected, end) = (
+            pool.clone(),
+            requests.clone(),
+            next.clone(),
+            expected.clone(),
+            range.end,
+        );
         tasks.push(tokio::spawn(async move {
-            let mut connection = None;
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= end {
                     break;
                 }
-                if post(&mut connection, addr, &requests[i]).await == Some(status) {
+                // Each task has one request out at a time, so the pool
+                // holds at most `connections` connections.
+                if pool
+                    .send(&requests[i])
+                    .await
+                    .is_ok_and(|answer| answer.status == status)
+                {
                     expected.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -413,26 +430,6 @@ async fn closed_loop(
         let _ = task.await;
     }
     expected.load(Ordering::Relaxed)
-}
-
-/// Sends `request` on the task's own connection (opened on first use, and
-/// again after the server closed it); the answer's status, if any.
-async fn post(
-    connection: &mut Option<loadgen::Connection>,
-    addr: std::net::SocketAddr,
-    request: &[u8],
-) -> Option<u16> {
-    if connection.as_ref().is_none_or(|c| !c.is_reusable()) {
-        *connection = loadgen::Connection::open(addr).await.ok();
-    }
-    let open = connection.as_mut()?;
-    match open.send(request).await {
-        Ok(answer) => Some(answer.status),
-        Err(_) => {
-            *connection = None;
-            None
-        }
-    }
 }
 
 /// Webhook requests for `n` unique events signed with `secret`, ready to
