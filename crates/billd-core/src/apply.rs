@@ -595,6 +595,12 @@ fn stamp(event: &Event, rank: u8) -> Stamp {
     Stamp {
         created: event.created,
         authoritative: event.authoritative,
+        // A webhook's payload is Stripe's, whenever it arrived.
+        observed_ns: if event.authoritative {
+            event.observed_ns
+        } else {
+            0
+        },
         rank,
         event_id: event.id.clone(),
     }

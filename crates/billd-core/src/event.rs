@@ -35,6 +35,12 @@ pub struct Event {
     /// later and wins over an earlier one. 0 for webhooks.
     #[serde(default)]
     pub refetch_round: u32,
+    /// For an authoritative snapshot, the wall-clock nanosecond at which
+    /// billd observed it: when it sent the read, or when the answer to its
+    /// own write arrived. It orders such snapshots of the same second by
+    /// when they were true at Stripe. 0 for webhooks.
+    #[serde(default)]
+    pub observed_ns: u64,
     /// What happened.
     pub kind: EventKind,
 }

@@ -28,12 +28,17 @@ use crate::money::Money;
 /// 2. `authoritative`: in the same second, an object re-fetched from the
 ///    Stripe API (see [`crate::Effect::RefetchSubscription`]) beats any
 ///    webhook payload;
-/// 3. `rank`: for webhook payloads in the same second, the state that
+/// 3. `observed_ns`: for two objects billd got from the API in the same
+///    second, the one it observed later wins: a re-fetch read before a
+///    change billd made itself must not beat that change's answer, whatever
+///    their rounds (0 for webhooks, and for snapshots stored before billd
+///    recorded it);
+/// 4. `rank`: for webhook payloads in the same second, the state that
 ///    normally comes later in the object's lifecycle wins (for subscriptions
 ///    [`SubscriptionStatus::lifecycle_rank`]: e.g. `past_due` beats
 ///    `active`, `canceled` beats everything); for re-fetches of the same
 ///    tie, the later round (fetched later) wins whatever it says;
-/// 4. `event_id`: finally the lexicographically greater event id, which is
+/// 5. `event_id`: finally the lexicographically greater event id, which is
 ///    arbitrary but the same on every replica and every replay.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Stamp {
@@ -41,6 +46,10 @@ pub struct Stamp {
     pub created: i64,
     /// Re-fetched from the API rather than delivered by webhook.
     pub authoritative: bool,
+    /// For an authoritative snapshot, when billd observed it (see
+    /// [`crate::Event::observed_ns`]); 0 otherwise.
+    #[serde(default)]
+    pub observed_ns: u64,
     /// Lifecycle rank of the observed state; for a re-fetch, its round.
     pub rank: u8,
     /// The event that carried the observation.

@@ -10,6 +10,16 @@ pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> i64;
 }
 
+/// Wall-clock nanoseconds, used only to order billd's own observations of
+/// a Stripe object within one second (`billd_core::Stamp::observed_ns`).
+/// Business time never comes from here but from a [`Clock`]: a test clock
+/// that stands still must not make two observations equal.
+pub fn observation_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
 /// The machine's wall clock.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SystemClock;

@@ -77,6 +77,9 @@ pub const RECONCILE_EVENT_PREFIX: &str = "evt_billd_reconcile_";
 /// like re-fetches they are authoritative (see `subscription_api` for the
 /// second they are stamped at).
 pub const SYNC_EVENT_PREFIX: &str = "evt_billd_sync_";
+/// The envelope field of those synthetic events that says when billd
+/// observed the object (`billd_core::Event::observed_ns`).
+pub const OBSERVED_NS_FIELD: &str = "billd_observed_ns";
 
 /// How often a commit is retried when another writer moved the customer's
 /// version in between; each retry reloads the state and applies again.
@@ -381,6 +384,8 @@ pub fn parse_stored(stored: &StoredEvent) -> anyhow::Result<Option<Event>> {
         let mut event = refetched_subscription_event(id, stored.created, object)
             .context("re-fetched subscription")?;
         event.refetch_round = refetch_round(&stored.id);
+        // Absent from events stored before billd recorded it: 0, the oldest.
+        event.observed_ns = envelope[OBSERVED_NS_FIELD].as_u64().unwrap_or(0);
         return Ok(Some(event));
     }
     match parse_event(&stored.payload) {
@@ -451,7 +456,7 @@ mod tests {
             "status": "active", "created": 100, "cancel_at_period_end": false,
             "items": { "object": "list", "data": [] }, "metadata": {}
         });
-        let new = crate::outbox::refetch_event("sub_1", 500, 0, object, 900);
+        let new = crate::outbox::refetch_event("sub_1", 500, 0, 77, object, 900);
         assert_eq!(new.id, "evt_billd_refetch_sub_1_500");
         assert_eq!(new.stripe_customer.as_deref(), Some("cus_1"));
 
@@ -459,6 +464,7 @@ mod tests {
 
         assert!(event.authoritative);
         assert_eq!(event.created, 500);
+        assert_eq!(event.observed_ns, 77);
         assert_eq!(event.object_id().as_deref(), Some("sub_1"));
     }
 
@@ -469,7 +475,7 @@ mod tests {
             "status": "canceled", "created": 100, "cancel_at_period_end": false,
             "items": { "object": "list", "data": [] }, "metadata": {}
         });
-        let new = crate::outbox::refetch_event("sub_2", 500, 0, object, 900);
+        let new = crate::outbox::refetch_event("sub_2", 500, 0, 77, object, 900);
 
         let event = parse_stored(&claimed(new)).unwrap().unwrap();
 

@@ -33,7 +33,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::lifecycle::{BillingBackend, REFETCH_EVENT_PREFIX};
+use crate::lifecycle::{BillingBackend, OBSERVED_NS_FIELD, REFETCH_EVENT_PREFIX};
 use crate::worker::Backoff;
 
 /// Why one delivery failed.
@@ -349,6 +349,7 @@ impl<S: BillingBackend + ?Sized> OutboxWorker<S> {
                 round,
                 ..
             } => {
+                let observed = crate::clock::observation_ns();
                 let object = self
                     .stripe()?
                     .retrieve_subscription(subscription.as_str())
@@ -358,6 +359,7 @@ impl<S: BillingBackend + ?Sized> OutboxWorker<S> {
                     subscription.as_str(),
                     *tie_created,
                     *round,
+                    observed,
                     object,
                     self.clock.now(),
                 );
@@ -425,11 +427,13 @@ fn stripe_error(e: StripeError) -> DeliveryError {
 /// a webhook so the inbox, its listing and replay treat it like one. One id
 /// per (subscription, tie, round): a repeated re-fetch is a duplicate.
 /// Rounds after the first carry an `_r{round}` suffix, which
-/// `crate::lifecycle::parse_stored` reads back.
+/// `crate::lifecycle::parse_stored` reads back. `observed_ns`: when the
+/// read was sent.
 pub fn refetch_event(
     subscription: &str,
     tie_created: i64,
     round: u32,
+    observed_ns: u64,
     object: Value,
     now: i64,
 ) -> NewEvent {
@@ -438,16 +442,18 @@ pub fn refetch_event(
     } else {
         format!("{REFETCH_EVENT_PREFIX}{subscription}_{tie_created}_r{round}")
     };
-    synthetic_subscription_event(id, subscription, tie_created, object, now)
+    synthetic_subscription_event(id, subscription, tie_created, observed_ns, object, now)
 }
 
 /// An inbox event `id` carrying a subscription object billd fetched from
-/// Stripe itself, stamped `created`; `crate::lifecycle::parse_stored`
+/// Stripe itself, stamped `created` and observed at `observed_ns` (see
+/// [`crate::clock::observation_ns`]); `crate::lifecycle::parse_stored`
 /// applies it as authoritative when `id` has a synthetic prefix.
 pub fn synthetic_subscription_event(
     id: String,
     subscription: &str,
     created: i64,
+    observed_ns: u64,
     object: Value,
     now: i64,
 ) -> NewEvent {
@@ -462,6 +468,7 @@ pub fn synthetic_subscription_event(
         "type": event_type,
         "created": created,
         "api_version": billd_stripe::API_VERSION,
+        OBSERVED_NS_FIELD: observed_ns,
         "data": { "object": object },
     });
     NewEvent {

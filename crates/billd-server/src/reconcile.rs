@@ -374,6 +374,8 @@ impl Reconciler {
         missing.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
         report.missing_events = missing.iter().map(|e| e.id.clone()).collect();
 
+        // Every page of the listing was asked for after this.
+        let observed = crate::clock::observation_ns();
         let subscriptions = pager
             .list_all("/v1/subscriptions", Params::new().set("status", "all"))
             .await?;
@@ -393,7 +395,7 @@ impl Reconciler {
             let customer = self.link(&subscription).await?;
             let Some(customer) = customer else {
                 let created = heal_created(None, &subscription, latest_missed.get(&sub_id));
-                let event = self.heal_event(&sub_id, created, object, now);
+                let event = self.heal_event(&sub_id, created, observed, object, now);
                 report.unlinked.push(UnlinkedSubscription {
                     subscription: sub_id,
                     stripe_customer: subscription.customer.to_string(),
@@ -416,7 +418,7 @@ impl Reconciler {
                 continue;
             };
             let created = heal_created(known, &subscription, latest_missed.get(&sub_id));
-            let event = self.heal_event(&sub_id, created, object, now);
+            let event = self.heal_event(&sub_id, created, observed, object, now);
             report.drift.push(Drift {
                 kind: first.kind,
                 customer,
@@ -462,9 +464,16 @@ impl Reconciler {
             .and_then(|raw| CustomerId::parse(raw).ok()))
     }
 
-    fn heal_event(&self, subscription: &str, created: i64, object: Value, now: i64) -> NewEvent {
+    fn heal_event(
+        &self,
+        subscription: &str,
+        created: i64,
+        observed_ns: u64,
+        object: Value,
+        now: i64,
+    ) -> NewEvent {
         let id = format!("{RECONCILE_EVENT_PREFIX}{subscription}_{created}");
-        synthetic_subscription_event(id, subscription, created, object, now)
+        synthetic_subscription_event(id, subscription, created, observed_ns, object, now)
     }
 
     /// Waits until every event of `ids` is finished (applied, parked,
@@ -765,6 +774,7 @@ mod tests {
             stamp: Stamp {
                 created,
                 authoritative,
+                observed_ns: 0,
                 rank: snapshot.status.lifecycle_rank(),
                 event_id: EventId::parse("evt_1").unwrap(),
             },

@@ -23,7 +23,7 @@
 //! nanoseconds). If billd's clock ran ahead of Stripe's, a Stripe-side change
 //! within that skew would be masked until its next event or reconciliation.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::openapi::{route, Verb};
 use axum::extract::rejection::JsonRejection;
@@ -41,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::api::{customer_id, invalid_body, store_error, ApiState};
+use crate::clock::observation_ns;
 use crate::error::ApiError;
 use crate::lifecycle::{BillingBackend, SYNC_EVENT_PREFIX};
 
@@ -316,6 +317,8 @@ struct Context {
     record: CustomerRecord,
     watermark: (i64, String),
     live: LiveSubscription,
+    /// When `live` was asked for (see [`crate::clock::observation_ns`]).
+    live_observed_ns: u64,
 }
 
 fn conflict(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -350,6 +353,9 @@ async fn load<S: BillingBackend + ?Sized>(
     }
     let sub = current.snapshot.id.to_string();
     let watermark = (current.stamp.created, current.stamp.event_id.to_string());
+    // A read is as new as its request: Stripe may answer it with the state
+    // from before a change whose own answer arrives first.
+    let live_observed_ns = observation_ns();
     let object = state.stripe()?.retrieve_subscription(&sub).await?;
     let live = LiveSubscription::parse(object)?;
     if live.is_ended() {
@@ -362,6 +368,7 @@ async fn load<S: BillingBackend + ?Sized>(
         record,
         watermark,
         live,
+        live_observed_ns,
     })
 }
 
@@ -688,9 +695,10 @@ async fn change<S: BillingBackend + ?Sized>(
             .await?;
         if plan_of_price(&state.catalog, &live.price).is_some_and(|p| p.name == plan.name) {
             // Back to the current plan: dropping the schedule was the change.
+            let observed = observation_ns();
             let object = stripe.retrieve_subscription(&live.id).await?;
             let updated = LiveSubscription::parse(object)?;
-            feed_back(&state, &ctx, &updated).await?;
+            feed_back(&state, &ctx, &updated, observed).await?;
             let mut view = view(&state, &id, &updated, "changed").await?;
             view.requested_plan = Some(plan.name);
             return Ok(Json(view).into_response());
@@ -733,6 +741,9 @@ async fn change<S: BillingBackend + ?Sized>(
             Some(&key),
         )
         .await?;
+    // A write's answer is as new as its arrival: Stripe made the change
+    // before answering.
+    let observed = observation_ns();
     let updated = LiveSubscription::parse(updated)?;
     let new_invoice = updated
         .latest_invoice
@@ -746,7 +757,7 @@ async fn change<S: BillingBackend + ?Sized>(
         Some(inv) => latest_invoice(stripe, Some(&inv)).await?,
         None => None,
     };
-    feed_back(&state, &ctx, &updated).await?;
+    feed_back(&state, &ctx, &updated, observed).await?;
     let mut view = view(&state, &id, &updated, "changed").await?;
     view.requested_plan = Some(plan.name);
     view.invoice = invoice.as_ref().map(invoice_summary);
@@ -923,9 +934,12 @@ async fn set_cancel_at_period_end<S: BillingBackend + ?Sized>(
     let ctx = load(&state, &id).await?;
     let live = &ctx.live;
     let already = live.object["cancel_at_period_end"].as_bool() == Some(cancel);
-    let updated = if already {
+    let (updated, observed) = if already {
         // Nothing to change at Stripe; answering the state is idempotent.
-        LiveSubscription::parse(live.object.clone())?
+        (
+            LiveSubscription::parse(live.object.clone())?,
+            ctx.live_observed_ns,
+        )
     } else {
         let action = if cancel { "cancel" } else { "resume" };
         let key = idempotency_key(action, live, action, &ctx.watermark);
@@ -937,9 +951,9 @@ async fn set_cancel_at_period_end<S: BillingBackend + ?Sized>(
                 Some(&key),
             )
             .await?;
-        LiveSubscription::parse(object)?
+        (LiveSubscription::parse(object)?, observation_ns())
     };
-    feed_back(&state, &ctx, &updated).await?;
+    feed_back(&state, &ctx, &updated, observed).await?;
     let status = updated.status.clone();
     Ok(Json(view(&state, &id, &updated, &status).await?))
 }
@@ -970,20 +984,18 @@ async fn stripe_now<S: BillingBackend + ?Sized>(
 }
 
 /// Feeds Stripe's answer into the inbox as an authoritative snapshot at
-/// Stripe's current second (never before the subscription's watermark) and
-/// waits (bounded) until the worker
+/// Stripe's current second (never before the subscription's watermark),
+/// observed at `observed_ns`, and waits (bounded) until the worker
 /// applied it, so the caller's next entitlements read shows it.
 async fn feed_back<S: BillingBackend + ?Sized>(
     state: &ApiState<S>,
     ctx: &Context,
     updated: &LiveSubscription,
+    observed_ns: u64,
 ) -> Result<(), ApiError> {
-    // Wall-clock nanoseconds order two feed-backs of the same second (the
-    // later one wins the tie on the event id); the watermark itself is
+    // The observation time orders this snapshot against billd's other
+    // reads and writes of the same second; the watermark itself is
     // Stripe's time, never billd's.
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
     let created = ctx
         .watermark
         .0
@@ -991,7 +1003,7 @@ async fn feed_back<S: BillingBackend + ?Sized>(
     let event = sync_event(
         &updated.id,
         created,
-        nanos,
+        observed_ns,
         updated.object.clone(),
         state.clock.now(),
     );
@@ -1019,16 +1031,17 @@ async fn feed_back<S: BillingBackend + ?Sized>(
 }
 
 /// The synthetic inbox event carrying a subscription object Stripe returned
-/// to a change, shaped like a webhook (see [`crate::outbox::refetch_event`]).
+/// to a change, shaped like a webhook (see [`crate::outbox::refetch_event`]),
+/// observed at `observed_ns`, which also orders two of them by id.
 pub fn sync_event(
     subscription: &str,
     created: i64,
-    nanos: u128,
+    observed_ns: u64,
     object: Value,
     now: i64,
 ) -> NewEvent {
-    let id = format!("{SYNC_EVENT_PREFIX}{subscription}_{nanos:039}");
-    crate::outbox::synthetic_subscription_event(id, subscription, created, object, now)
+    let id = format!("{SYNC_EVENT_PREFIX}{subscription}_{observed_ns:039}");
+    crate::outbox::synthetic_subscription_event(id, subscription, created, observed_ns, object, now)
 }
 
 async fn view<S: BillingBackend + ?Sized>(
@@ -1090,6 +1103,7 @@ mod tests {
 
         assert!(event.authoritative);
         assert_eq!(event.created, 500);
+        assert_eq!(event.observed_ns, 7);
         assert_eq!(first.stripe_customer.as_deref(), Some("cus_1"));
         assert!(second.id > first.id, "{} vs {}", second.id, first.id);
     }

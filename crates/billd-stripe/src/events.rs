@@ -169,6 +169,7 @@ pub fn parse_event(raw: &str) -> Result<ParsedEvent, ParseError> {
             created: envelope.created,
             authoritative: false,
             refetch_round: 0,
+            observed_ns: 0,
             kind,
         }),
         api_version: envelope.api_version,
@@ -199,6 +200,7 @@ pub fn refetched_subscription_event(
         created: tie_created,
         authoritative: true,
         refetch_round: 0,
+        observed_ns: 0,
         kind,
     })
 }

@@ -229,3 +229,55 @@ fn webhooks_and_refetch_rounds_of_one_second_converge_in_any_order() {
         }
     }
 }
+
+/// An authoritative snapshot of the subscription, with `cancel_at_period_end`
+/// as billd observed it at `observed_ns`.
+fn observed(id: &str, round: u32, observed_ns: u64, cancel: bool) -> Event {
+    let mut sub = subscription(1, "pro", SubscriptionStatus::Active, T0);
+    sub.cancel_at_period_end = cancel;
+    let mut e = updated(id, T0, sub);
+    e.authoritative = true;
+    e.refetch_round = round;
+    e.observed_ns = observed_ns;
+    e
+}
+
+#[test]
+fn a_change_billd_made_beats_a_later_round_refetch_read_before_it_in_either_order() {
+    let catalog = Catalog::seed();
+    // billd cancels (its answer fed back), and the cancellation's webhook
+    // of the same second asks for a round-1 re-fetch.
+    let canceled = observed("evt_billd_sync_sub_1_100", 0, 100, true);
+    let (state, asked) = refetches(
+        &catalog,
+        &[
+            webhook("evt_a", T0, SubscriptionStatus::Active),
+            canceled,
+            updated("evt_b", T0, {
+                let mut s = subscription(1, "pro", SubscriptionStatus::Active, T0);
+                s.cancel_at_period_end = true;
+                s
+            }),
+        ],
+    );
+    assert_eq!(asked.last().map(|(round, _)| *round), Some(1), "{asked:?}");
+    // The re-fetch is read before billd resumes, whose answer is fed back
+    // still in the same second, and the two land in either order.
+    let refetch = observed("evt_billd_refetch_sub_1_T0_r1", 1, 150, true);
+    let resumed = observed("evt_billd_sync_sub_1_200", 0, 200, false);
+
+    for order in [[&refetch, &resumed], [&resumed, &refetch]] {
+        let mut s = state.clone();
+        for e in order {
+            s = apply(&s, e, &catalog, T0).state;
+        }
+        let sub = &s.subscriptions[&sub_id(1)];
+        assert!(!sub.snapshot.cancel_at_period_end, "{order:?}");
+        assert_eq!(sub.stamp.event_id.as_str(), "evt_billd_sync_sub_1_200");
+    }
+    // A round-1 re-fetch read after the resume wins over it, as it should.
+    let later = observed("evt_billd_refetch_sub_1_T0_r1", 1, 250, false);
+    let s = apply(&state, &resumed, &catalog, T0).state;
+    let s = apply(&s, &later, &catalog, T0);
+    assert_eq!(s.outcome, Outcome::Applied);
+}

@@ -67,6 +67,7 @@ pub fn event(id: &str, created: i64, kind: EventKind) -> Event {
         created,
         authoritative: false,
         refetch_round: 0,
+        observed_ns: 0,
         kind,
     }
 }

@@ -143,7 +143,7 @@ async fn a_refetch_older_than_the_watermark_does_not_regress_the_subscription(db
     .await;
 
     // A re-fetch of the first second, answered before the change, lands now.
-    let late = refetch_event(&sub_id, tie, 7, sub.clone(), h.clock.now());
+    let late = refetch_event(&sub_id, tie, 7, 1, sub.clone(), h.clock.now());
     let id = late.id.clone();
     h.store.insert_events(&[late]).await.unwrap();
     wait_processed(&h, &id).await;
