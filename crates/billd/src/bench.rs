@@ -10,7 +10,9 @@
 //! 3. the HTTP stack alone: the same requests signed with a secret billd
 //!    does not know, each verified and rejected with 400, nothing stored
 //!    (1, 2 and 3 alternate in rounds);
-//! 4. ack latency (p50 … max) at a fixed offered rate (open loop).
+//! 4. ack latency (p50 … max) at a fixed offered rate (open loop);
+//! 5. the same offered rate straight into a group-commit writer like the
+//!    endpoint's, no HTTP: the store's own ack latency, the floor of 4.
 //!
 //! The requests come from [`crate::loadgen`], a lean HTTP/1.1 client, since
 //! it shares the machine's cores with the server it measures.
@@ -22,10 +24,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use billd_server::ingest::commits_in_flight;
 use billd_server::{
-    Clock, HandlerRegistry, IngestConfig, ServerConfig, SystemClock, WebhookConfig, WorkerConfig,
-    Workers,
+    Clock, HandlerRegistry, IngestConfig, Ingestor, Metrics, ServerConfig, SystemClock,
+    WebhookConfig, WorkerConfig, Workers,
 };
-use billd_store::{Backend, NewEvent, Store};
+use billd_store::{Backend, InsertOutcome, NewEvent, Store};
 use billd_stripe::webhook::sign;
 use rand::distributions::Alphanumeric;
 use rand::Rng;
@@ -93,13 +95,10 @@ struct Figures {
     rejected_per_sec: f64,
     rejected: usize,
     offered: u64,
-    p50_ms: f64,
-    p90_ms: f64,
-    p99_ms: f64,
-    p999_ms: f64,
-    max_ms: f64,
-    rate_accepted: usize,
-    rate_sent: usize,
+    /// Ack latency through HTTP at the offered rate.
+    http: Latencies,
+    /// The same offered rate into the group-commit writer, no HTTP.
+    floor: Latencies,
     mean_batch: f64,
 }
 
@@ -121,7 +120,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         all.push(bench_backend(backend, &url, args).await?);
     }
     println!(
-        "\n{:<9} {:>14} {:>12} {:>7} {:>12} {:>10} {:>9} {:>9} {:>9} {:>10}",
+        "\n{:<9} {:>14} {:>12} {:>7} {:>12} {:>10} {:>9} {:>9} {:>11} {:>9} {:>10}",
         "backend",
         "ceiling ev/s",
         "http ev/s",
@@ -130,32 +129,40 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "offered/s",
         "p50 ms",
         "p99 ms",
+        "floor p99",
         "acked",
         "mean batch"
     );
     for f in &all {
         println!(
-            "{:<9} {:>14.0} {:>12.0} {:>7.2} {:>12.0} {:>10} {:>9.2} {:>9.2} {:>9} {:>10.1}",
+            "{:<9} {:>14.0} {:>12.0} {:>7.2} {:>12.0} {:>10} {:>9.2} {:>9.2} {:>11.2} {:>9} {:>10.1}",
             f.backend,
             f.ceiling_per_sec,
             f.http_per_sec,
             f.http_per_sec / f.ceiling_per_sec.max(1.0),
             f.rejected_per_sec,
             f.offered,
-            f.p50_ms,
-            f.p99_ms,
-            format!("{}/{}", f.rate_accepted, f.rate_sent),
+            f.http.ms(0.50),
+            f.http.ms(0.99),
+            f.floor.ms(0.99),
+            format!("{}/{}", f.http.acked.len(), f.http.sent),
             f.mean_batch,
         );
     }
     for f in &all {
         println!(
-            "{}: {} of {} throughput-run events acknowledged, {} of {} no-store requests rejected; latency at {}/s: p50 {:.2} ms, p90 {:.2}, p99 {:.2}, p99.9 {:.2}, max {:.2}",
-            f.backend, f.http_accepted, args.events, f.rejected, args.events, f.offered, f.p50_ms, f.p90_ms, f.p99_ms, f.p999_ms, f.max_ms
+            "{}: {} of {} throughput-run events acknowledged, {} of {} no-store requests rejected",
+            f.backend, f.http_accepted, args.events, f.rejected, args.events
         );
+        for (what, l) in [("through HTTP", &f.http), ("store alone", &f.floor)] {
+            println!(
+                "{}: latency at {}/s {what}: {} of {} acked, p50 {:.2} ms, p90 {:.2}, p99 {:.2}, p99.9 {:.2}, max {:.2}",
+                f.backend, f.offered, l.acked.len(), l.sent, l.ms(0.50), l.ms(0.90), l.ms(0.99), l.ms(0.999), l.ms(1.0)
+            );
+        }
     }
     println!(
-        "\nceiling = insert_events in batches of {}, as many at once as the webhook writer commits at once (SQLite {}, PostgreSQL {}; no HTTP); http = {} events over {} connections; no-store = as many requests signed with an unknown secret, verified and rejected (400), nothing stored: the HTTP stack alone on these cores; the three alternate in {} rounds; latency at a fixed offered rate for {} s; {} runtime threads on {} cores.",
+        "\nceiling = insert_events in batches of {}, as many at once as the webhook writer commits at once (SQLite {}, PostgreSQL {}; no HTTP); http = {} events over {} connections; no-store = as many requests signed with an unknown secret, verified and rejected (400), nothing stored: the HTTP stack alone on these cores; the three alternate in {} rounds; latency at a fixed offered rate for {} s, through HTTP and then (floor) straight into a group-commit writer like the endpoint's; {} runtime threads on {} cores.",
         args.connections,
         commits_in_flight(Backend::Sqlite),
         commits_in_flight(Backend::Postgres),
@@ -212,18 +219,7 @@ async fn bench_backend(
     // as many events through HTTP, then as many requests billd rejects. The
     // first two thus write to an inbox of the same size, and a slow spell of
     // the disk hits all three.
-    let rows: Vec<NewEvent> = (0..args.events)
-        .map(|i| {
-            let (id, body) = event_body(&format!("{run}c"), i, now);
-            billd_server::webhook::parse_envelope(body.as_bytes(), now)
-                .map_err(|e| anyhow::anyhow!("bench event does not parse: {e}"))
-                .map(|mut e| {
-                    e.id = id;
-                    e
-                })
-        })
-        .collect::<anyhow::Result<_>>()?;
-    let rows = Arc::new(rows);
+    let rows = Arc::new(parsed_rows(&format!("{run}c"), args.events, now)?);
     let commits_at_once = commits_in_flight(store.backend());
     let requests = Arc::new(presign(&format!("{run}h"), args.events, now, addr, SECRET));
     let unverifiable = Arc::new(presign(
@@ -271,69 +267,51 @@ async fn bench_backend(
     let http_per_sec = http_accepted as f64 / http_secs.max(f64::EPSILON);
     let rejected_per_sec = rejected as f64 / rejected_secs.max(f64::EPSILON);
 
-    // 4. Fixed offered rate, open loop: send times are fixed in advance,
-    // latency is counted from the scheduled time so queueing shows.
+    // 4. Fixed offered rate, open loop, through HTTP.
     let total = (args.rate * args.rate_secs) as usize;
     let requests = Arc::new(presign(&format!("{run}r"), total, now, addr, SECRET));
     let pool = Arc::new(loadgen::Pool::new(addr));
-    let (lat_tx, mut lat_rx) = tokio::sync::mpsc::unbounded_channel::<Option<Duration>>();
-    let started = Instant::now();
-    let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
-    let in_flight = Arc::new(tokio::sync::Semaphore::new(args.rate_connections.max(1)));
-    let sender = {
+    let http = open_loop(args, phase, move |i| {
         let (pool, requests) = (pool.clone(), requests.clone());
-        tokio::spawn(async move {
-            for i in 0..requests.len() {
-                let due = started + interval.mul_f64(i as f64);
-                tokio::time::sleep_until(due.into()).await;
-                let Ok(permit) = in_flight.clone().acquire_owned().await else {
-                    break;
-                };
-                let (pool, requests, lat_tx) = (pool.clone(), requests.clone(), lat_tx.clone());
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    let ok = pool
-                        .send(&requests[i])
-                        .await
-                        .is_ok_and(|answer| answer.status == 200);
-                    let _ = lat_tx.send(ok.then(|| due.elapsed()));
-                });
-            }
-        })
-    };
-    let mut latencies = Vec::with_capacity(total);
-    let mut received = 0;
-    let collect = async {
-        while received < total {
-            match lat_rx.recv().await {
-                Some(Some(l)) => {
-                    latencies.push(l);
-                    received += 1;
-                }
-                Some(None) => received += 1,
-                None => break,
-            }
+        async move {
+            pool.send(&requests[i])
+                .await
+                .is_ok_and(|answer| answer.status == 200)
         }
-    };
-    tokio::time::timeout(phase, collect)
-        .await
-        .context("latency phase timed out")?;
-    let _ = sender.await;
-    latencies.sort();
-    let pct = |p: f64| -> f64 {
-        if latencies.is_empty() {
-            return f64::NAN;
-        }
-        let idx = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
-        latencies[idx].as_secs_f64() * 1000.0
-    };
-    let (p50_ms, p90_ms, p99_ms, p999_ms, max_ms) =
-        (pct(0.50), pct(0.90), pct(0.99), pct(0.999), pct(1.0));
+    })
+    .await
+    .context("latency phase timed out")?;
     let batches = running.metrics.ingest_batches.load(Ordering::Relaxed);
     let batched = running
         .metrics
         .ingest_batched_events
         .load(Ordering::Relaxed);
+
+    // 5. The same offered rate straight into a group-commit writer like the
+    // webhook endpoint's, no HTTP: the store's own latency, the floor of 4.
+    let rows = Arc::new(parsed_rows(&format!("{run}f"), total, now)?);
+    let (ingestor, writer) = Ingestor::spawn(
+        store.clone(),
+        Arc::new(Metrics::default()),
+        Arc::new(tokio::sync::Notify::new()),
+        IngestConfig::default(),
+    );
+    let floor = open_loop(args, phase, {
+        let ingestor = ingestor.clone();
+        move |i| {
+            let (ingestor, rows) = (ingestor.clone(), rows.clone());
+            async move {
+                matches!(
+                    ingestor.submit(rows[i].clone()).await,
+                    Ok(InsertOutcome::Inserted)
+                )
+            }
+        }
+    })
+    .await
+    .context("store latency phase timed out")?;
+    drop(ingestor);
+    let _ = writer.await;
     running.shutdown().await?;
     Ok(Figures {
         backend,
@@ -343,15 +321,96 @@ async fn bench_backend(
         rejected_per_sec,
         rejected,
         offered: args.rate,
-        p50_ms,
-        p90_ms,
-        p99_ms,
-        p999_ms,
-        max_ms,
-        rate_accepted: latencies.len(),
-        rate_sent: total,
+        http,
+        floor,
         mean_batch: batched as f64 / batches.max(1) as f64,
     })
+}
+
+/// The inbox rows of `n` unique events, as the webhook endpoint would
+/// insert them.
+fn parsed_rows(prefix: &str, n: usize, now: i64) -> anyhow::Result<Vec<NewEvent>> {
+    (0..n)
+        .map(|i| {
+            let (_, body) = event_body(prefix, i, now);
+            billd_server::webhook::parse_envelope(body.as_bytes(), now)
+                .map_err(|e| anyhow::anyhow!("bench event does not parse: {e}"))
+        })
+        .collect()
+}
+
+/// Acknowledgement latencies of one open-loop run.
+struct Latencies {
+    /// Sorted, of the sends that succeeded.
+    acked: Vec<Duration>,
+    sent: usize,
+}
+
+impl Latencies {
+    /// The `p` quantile (0 < p ≤ 1) in milliseconds; NaN with no ack.
+    fn ms(&self, p: f64) -> f64 {
+        if self.acked.is_empty() {
+            return f64::NAN;
+        }
+        let n = self.acked.len();
+        let idx = ((n as f64 * p).ceil() as usize).clamp(1, n) - 1;
+        self.acked[idx].as_secs_f64() * 1000.0
+    }
+}
+
+/// Calls `send(i)` for `i` in `0..rate × rate_secs` at `rate` per second,
+/// open loop: send times are fixed in advance and latency counts from the
+/// scheduled time, so queueing shows. At most `rate_connections` sends are
+/// out at once; past it, sends wait and their wait counts. `send` answers
+/// whether the send was acknowledged.
+async fn open_loop<F, Fut>(
+    args: &BenchArgs,
+    timeout: Duration,
+    send: F,
+) -> Result<Latencies, tokio::time::error::Elapsed>
+where
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    let total = (args.rate * args.rate_secs) as usize;
+    let (lat_tx, mut lat_rx) = tokio::sync::mpsc::unbounded_channel::<Option<Duration>>();
+    let started = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(args.rate_connections.max(1)));
+    let sender = tokio::spawn(async move {
+        for i in 0..total {
+            let due = started + interval.mul_f64(i as f64);
+            tokio::time::sleep_until(due.into()).await;
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                break;
+            };
+            let (sent, lat_tx) = (send(i), lat_tx.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                let ok = sent.await;
+                let _ = lat_tx.send(ok.then(|| due.elapsed()));
+            });
+        }
+    });
+    let mut acked = Vec::with_capacity(total);
+    let collect = async {
+        let mut received = 0;
+        while received < total {
+            match lat_rx.recv().await {
+                Some(Some(l)) => {
+                    acked.push(l);
+                    received += 1;
+                }
+                Some(None) => received += 1,
+                None => break,
+            }
+        }
+    };
+    let outcome = tokio::time::timeout(timeout, collect).await;
+    sender.abort();
+    outcome?;
+    acked.sort();
+    Ok(Latencies { acked, sent: total })
 }
 
 /// Inserts `rows[range]` with `insert_events` in batches of `batch`,

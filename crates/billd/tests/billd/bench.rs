@@ -84,4 +84,12 @@ async fn a_small_webhook_benchmark_acknowledges_every_event_in_each_phase() {
         "{stdout}"
     );
     assert!(row.contains(" 100/100 "), "every paced event acked: {row}");
+    for path in ["through HTTP", "store alone"] {
+        assert!(
+            stdout.contains(&format!(
+                "sqlite: latency at 100/s {path}: 100 of 100 acked, p50 "
+            )),
+            "{stdout}"
+        );
+    }
 }
