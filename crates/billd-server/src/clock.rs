@@ -13,7 +13,9 @@ pub trait Clock: Send + Sync + 'static {
 /// Wall-clock nanoseconds, used only to order billd's own observations of
 /// a Stripe object within one second (`billd_core::Stamp::observed_ns`).
 /// Business time never comes from here but from a [`Clock`]: a test clock
-/// that stands still must not make two observations equal.
+/// that stands still must not make two observations equal. Several billd
+/// processes on one database compare each other's readings, so their wall
+/// clocks must agree to better than a Stripe call takes (NTP does).
 pub fn observation_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
