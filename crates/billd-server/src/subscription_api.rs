@@ -19,8 +19,10 @@
 //! the subscription's watermark: it beats the webhooks of earlier changes
 //! still on their way and the same-second webhook of this change (which says
 //! the same), while any webhook Stripe creates in a later second still wins.
-//! Two feed-backs in one second are ordered by their ids (wall-clock
-//! nanoseconds). If billd's clock ran ahead of Stripe's, a Stripe-side change
+//! Two feed-backs in one second, or a feed-back and a re-fetch, are ordered
+//! by when billd observed them (wall-clock nanoseconds, also in the
+//! feed-back's id): a re-fetch read before this change does not undo it,
+//! whatever its round. If billd's clock ran ahead of Stripe's, a Stripe-side change
 //! within that skew would be masked until its next event or reconciliation.
 
 use std::time::{Duration, Instant};
