@@ -271,7 +271,7 @@ async fn bench_backend(
     let total = (args.rate * args.rate_secs) as usize;
     let requests = Arc::new(presign(&format!("{run}r"), total, now, addr, SECRET));
     let pool = Arc::new(loadgen::Pool::new(addr));
-    let http = open_loop(args, phase, move |i| {
+    let http = open_loop(args, total, phase, move |i| {
         let (pool, requests) = (pool.clone(), requests.clone());
         async move {
             pool.send(&requests[i])
@@ -296,7 +296,7 @@ async fn bench_backend(
         Arc::new(tokio::sync::Notify::new()),
         IngestConfig::default(),
     );
-    let floor = open_loop(args, phase, {
+    let floor = open_loop(args, total, phase, {
         let ingestor = ingestor.clone();
         move |i| {
             let (ingestor, rows) = (ingestor.clone(), rows.clone());
@@ -358,13 +358,14 @@ impl Latencies {
     }
 }
 
-/// Calls `send(i)` for `i` in `0..rate × rate_secs` at `rate` per second,
+/// Calls `send(i)` for `i` in `0..total` at `--rate` per second,
 /// open loop: send times are fixed in advance and latency counts from the
-/// scheduled time, so queueing shows. At most `rate_connections` sends are
+/// scheduled time, so queueing shows. At most `--rate-connections` sends are
 /// out at once; past it, sends wait and their wait counts. `send` answers
 /// whether the send was acknowledged.
 async fn open_loop<F, Fut>(
     args: &BenchArgs,
+    total: usize,
     timeout: Duration,
     send: F,
 ) -> Result<Latencies, tokio::time::error::Elapsed>
@@ -372,7 +373,6 @@ where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = bool> + Send + 'static,
 {
-    let total = (args.rate * args.rate_secs) as usize;
     let (lat_tx, mut lat_rx) = tokio::sync::mpsc::unbounded_channel::<Option<Duration>>();
     let started = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / args.rate.max(1) as f64);
