@@ -4,7 +4,7 @@
 //! test clocks; billd's billing clock is moved with them.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use billd_core::Catalog;
 use billd_server::api;
@@ -56,13 +56,18 @@ macro_rules! on_both_databases {
     };
 }
 
-/// A start time shared by the harnesses of one test, so two runs of the
-/// same script see the same Stripe timestamps.
+/// The instant every scenario starts at: 2026-04-01T00:00:00Z, fixed so that
+/// no test depends on the date it runs on (a period that starts today would
+/// last 28 to 31 days, and prorations with it). April has 30 days, so "ten
+/// days into the period" leaves exactly two thirds of it. Only billing time
+/// is fixed: webhook signatures are still checked against the wall clock,
+/// which is what stripe-sim signs with.
+pub const T0: i64 = 1_775_001_600;
+
+/// [`T0`], for the harnesses of one test (two runs of the same script see
+/// the same Stripe timestamps).
 pub fn t0() -> i64 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    now - now % 60
+    T0
 }
 
 /// The server settings of these tests: webhooks signed with `secret`, the
