@@ -11,6 +11,7 @@ mod crash;
 mod dev_mode;
 mod doctor;
 mod email_crash;
+mod readme;
 mod reconcile;
 #[path = "../../../billd-email/tests/support/smtp_sink.rs"]
 mod smtp_sink;
