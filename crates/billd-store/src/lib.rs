@@ -13,6 +13,7 @@ mod billing_sql;
 mod checkout;
 mod claim;
 mod dialect;
+mod erasure;
 mod error;
 mod jobs;
 mod migrations;
