@@ -25,10 +25,11 @@ pub const KEPT_METADATA_KEY: &str = "billd_customer_id";
 
 /// Object keys whose whole value is personal, wherever they appear (Stripe
 /// objects of any type, `previous_attributes`, expanded objects, billd's
-/// email parameters). `description` is on the list because Stripe lets the
+/// email parameters; a dispute's `evidence` is free text and documents
+/// about the buyer). `description` is on the list because Stripe lets the
 /// account (and Checkout) write anything there, names included; `expires`
 /// is the card expiry billd puts in its own `card_expiring` email.
-const PERSONAL_KEYS: [&str; 31] = [
+const PERSONAL_KEYS: [&str; 36] = [
     "email",
     "name",
     "phone",
@@ -60,6 +61,11 @@ const PERSONAL_KEYS: [&str; 31] = [
     "payer_email",
     "payer_name",
     "custom_fields",
+    "evidence",
+    "customer_email_address",
+    "customer_purchase_ip",
+    "billing_address",
+    "shipping_address",
 ];
 
 /// The last segment of an audit field (`stripe_customer.cus_1.email`,
