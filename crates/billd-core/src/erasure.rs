@@ -73,6 +73,10 @@ const PERSONAL_KEYS: [&str; 36] = [
 const PERSONAL_AUDIT_SUFFIXES: [&str; 6] =
     ["email", "name", "phone", "address", "card", "shipping"];
 
+/// How the dedupe key of a card-expiry email starts; the rest is
+/// `{payment_method}:{yyyy-mm}`, the card's expiry month.
+pub const CARD_EXPIRING_KEY_PREFIX: &str = "card_expiring:";
+
 /// Whether the value under `key` (at any depth) is personal data.
 pub fn is_personal_key(key: &str) -> bool {
     PERSONAL_KEYS.contains(&key)
@@ -90,6 +94,8 @@ pub fn scrub_json(value: &mut Value) -> bool {
             for (key, child) in map.iter_mut() {
                 changed |= if is_personal_key(key) {
                     erase_leaves(child)
+                } else if key == "dedupe_key" {
+                    scrub_dedupe_key_value(child)
                 } else if key == "metadata" {
                     scrub_metadata(child)
                 } else {
@@ -112,6 +118,40 @@ pub fn scrub_json(value: &mut Value) -> bool {
 pub fn scrub_json_text(raw: &str) -> Option<String> {
     let mut value: Value = serde_json::from_str(raw).ok()?;
     scrub_json(&mut value).then(|| value.to_string())
+}
+
+/// An outbox dedupe key without the personal data some keys carry (the
+/// card expiry month in a card-expiry email's key), made unique with
+/// `row_id` (two such rows of one card differ only by that month); `None`
+/// when the key carries none, or was redacted already. A deleted account
+/// decides no more emails, so nothing needs the original key again.
+pub fn redact_dedupe_key(key: &str, row_id: i64) -> Option<String> {
+    let stripped = strip_card_expiry(key)?;
+    Some(format!("{stripped}:{row_id}"))
+}
+
+/// `card_expiring:{pm}:{ERASED}` for a card-expiry key still carrying its
+/// month.
+fn strip_card_expiry(key: &str) -> Option<String> {
+    let rest = key.strip_prefix(CARD_EXPIRING_KEY_PREFIX)?;
+    let (pm, month) = rest.split_once(':')?;
+    if month.starts_with(ERASED) {
+        return None;
+    }
+    Some(format!("{CARD_EXPIRING_KEY_PREFIX}{pm}:{ERASED}"))
+}
+
+fn scrub_dedupe_key_value(value: &mut Value) -> bool {
+    let Value::String(key) = value else {
+        return false;
+    };
+    match strip_card_expiry(key) {
+        Some(stripped) => {
+            *key = stripped;
+            true
+        }
+        None => false,
+    }
 }
 
 /// Whether an audit field's values are personal data (an email, a card's
@@ -337,7 +377,7 @@ mod tests {
     #[test]
     fn a_card_expiring_email_keeps_its_template_and_loses_the_card() {
         let mut effect = json!({
-            "kind": "email", "template": "card_expiring", "dedupe_key": "card_expiring:pm_1",
+            "kind": "email", "template": "card_expiring", "dedupe_key": "card_expiring:pm_1:2029-12",
             "params": { "payment_method": "pm_1", "brand": "visa", "last4": "4242", "expires": "12/2029" }
         });
 
@@ -347,6 +387,25 @@ mod tests {
         assert_eq!(effect["params"]["expires"], ERASED);
         assert_eq!(effect["params"]["payment_method"], "pm_1");
         assert_eq!(effect["template"], "card_expiring");
+        assert_eq!(effect["dedupe_key"], "card_expiring:pm_1:[erased]");
+    }
+
+    #[test]
+    fn a_card_expiry_dedupe_key_loses_its_month_once_and_stays_unique_by_row() {
+        let key = "card_expiring:pm_1:2029-12";
+
+        let redacted = redact_dedupe_key(key, 17).unwrap();
+
+        assert_eq!(redacted, "card_expiring:pm_1:[erased]:17");
+        assert_eq!(redact_dedupe_key(&redacted, 18), None);
+        assert_eq!(
+            redact_dedupe_key("renewal_reminder:sub_1:1800000000", 17),
+            None
+        );
+        let mut effect = json!({ "kind": "email", "dedupe_key": key, "params": {} });
+        assert!(scrub_json(&mut effect));
+        assert_eq!(effect["dedupe_key"], "card_expiring:pm_1:[erased]");
+        assert!(!scrub_json(&mut effect));
     }
 
     #[test]

@@ -61,7 +61,8 @@ pub use catalog::{
 };
 pub use consume::{consume_target, ConsumeTarget};
 pub use erasure::{
-    is_personal_audit_field, redact_audit, redact_audit_values, scrub_json, scrub_json_text, ERASED,
+    is_personal_audit_field, redact_audit, redact_audit_values, redact_dedupe_key, scrub_json,
+    scrub_json_text, ERASED,
 };
 pub use event::{Event, EventKind, LinkHints};
 pub use ids::{

@@ -664,7 +664,8 @@ macro_rules! billing_store {
 
         /// Redacts what the database still holds about a deleted customer,
         /// with `billd_core`'s rules: the personal values of its audit rows,
-        /// the personal fields of its outbox payloads, and those of every
+        /// the personal fields of its outbox payloads (and a card expiry in
+        /// a dedupe key), and those of every
         /// stored Stripe payload about it (events naming one of its Stripe
         /// customers, events naming no customer whose object is linked to
         /// it, and `event_id`). Rows stay, with their ids, types, amounts and
@@ -696,19 +697,26 @@ macro_rules! billing_store {
                     .await?;
                 }
             }
-            let outbox: Vec<(i64, String)> = sqlx::query_as(
-                "SELECT id, CAST(payload AS TEXT) FROM outbox WHERE customer_id = $1",
+            let outbox: Vec<(i64, String, String)> = sqlx::query_as(
+                "SELECT id, dedupe_key, CAST(payload AS TEXT) FROM outbox WHERE customer_id = $1",
             )
             .bind(customer)
             .fetch_all(&mut *conn)
             .await?;
-            for (id, payload) in outbox {
-                if let Some(scrubbed) = billd_core::scrub_json_text(&payload) {
-                    sqlx::query(&format!("UPDATE outbox SET payload = $2{JSON} WHERE id = $1"))
-                        .bind(id)
-                        .bind(scrubbed)
-                        .execute(&mut *conn)
-                        .await?;
+            for (id, dedupe_key, payload) in outbox {
+                let key = billd_core::redact_dedupe_key(&dedupe_key, id);
+                let payload = billd_core::scrub_json_text(&payload);
+                if key.is_some() || payload.is_some() {
+                    sqlx::query(&format!(
+                        "UPDATE outbox SET dedupe_key = COALESCE($2, dedupe_key), \
+                           payload = COALESCE($3{JSON}, payload) \
+                         WHERE id = $1"
+                    ))
+                    .bind(id)
+                    .bind(key)
+                    .bind(payload)
+                    .execute(&mut *conn)
+                    .await?;
                 }
             }
             let events: Vec<(String, String)> = sqlx::query_as(

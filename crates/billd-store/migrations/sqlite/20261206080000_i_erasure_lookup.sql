@@ -6,3 +6,7 @@
 CREATE INDEX stripe_events_customer ON stripe_events (stripe_customer);
 CREATE INDEX stripe_events_customerless_object ON stripe_events (object_id)
     WHERE stripe_customer IS NULL;
+-- Every billd process reloads the Stripe customers of deleted accounts
+-- every few seconds (arriving events of theirs are scrubbed before they are
+-- stored); this keeps that a read of the deleted rows only.
+CREATE INDEX customers_deleted ON customers (customer_id) WHERE deleted_at IS NOT NULL;

@@ -31,7 +31,7 @@ fn personal_audit(field: &str, after: &str) -> AuditEntry {
 fn card_expiring(pm: &str) -> NewOutboxItem {
     NewOutboxItem::from_effect(&Effect::Email {
         template: EmailTemplate::CardExpiring,
-        dedupe_key: format!("card_expiring:{pm}"),
+        dedupe_key: format!("card_expiring:{pm}:2029-12"),
         params: BTreeMap::from([
             ("payment_method".to_owned(), pm.to_owned()),
             ("last4".to_owned(), "4242".to_owned()),
@@ -155,6 +155,19 @@ async fn deleting_a_customer_redacts_its_audit_values_outbox_payloads_and_stored
     assert_eq!(params("user_e1")["last4"], ERASED);
     assert_eq!(params("user_e1")["expires"], ERASED);
     assert_eq!(params("user_e1")["payment_method"], "pm_user_e1");
+    let key = |user: &str| {
+        outbox
+            .iter()
+            .find(|r| r.customer_id == Some(customer(user)))
+            .map(|r| r.dedupe_key.clone())
+            .unwrap()
+    };
+    assert!(
+        key("user_e1").starts_with("card_expiring:pm_user_e1:[erased]:"),
+        "{}",
+        key("user_e1")
+    );
+    assert_eq!(key("user_e2"), "card_expiring:pm_user_e2:2029-12");
     assert!(matches!(
         outbox[0].effect().unwrap(),
         Effect::Email {
