@@ -31,7 +31,8 @@
 //!    card expiry, grace ending), written to the outbox like step 1; and
 //!    [`grace_expiry`] (access suspended: audit row, email, recorded once).
 //! 6. Account deletion: [`account_deletion_effects`], then
-//!    [`erase_personal_data`].
+//!    [`erase_personal_data`]; the stored copies (audit values, raw Stripe
+//!    payloads, outbox payloads) are redacted with [`erasure`]'s rules.
 
 #![warn(missing_docs)]
 
@@ -39,6 +40,7 @@ pub mod access;
 pub mod apply;
 pub mod catalog;
 pub mod consume;
+pub mod erasure;
 pub mod event;
 pub mod ids;
 pub mod money;
@@ -58,6 +60,10 @@ pub use catalog::{
     RefundPolicy,
 };
 pub use consume::{consume_target, ConsumeTarget};
+pub use erasure::{
+    is_personal_audit_field, redact_audit, redact_audit_values, redact_dedupe_key, scrub_json,
+    scrub_json_text, ERASED,
+};
 pub use event::{Event, EventKind, LinkHints};
 pub use ids::{
     ChargeId, CheckoutSessionId, CustomerId, DiscountId, DisputeId, EventId, IdError, InvoiceId,

@@ -9,6 +9,7 @@ use crate::apply::{
     StripeCustomerErasure,
 };
 use crate::catalog::Catalog;
+use crate::erasure::CARD_EXPIRING_KEY_PREFIX;
 use crate::ids::StripeCustomerId;
 use crate::state::CustomerState;
 
@@ -136,7 +137,7 @@ pub fn scheduled_effects(state: &CustomerState, catalog: &Catalog, now: i64) -> 
         if now < expires_at && expires_at - now <= CARD_EXPIRY_LEAD_SECS {
             effects.push(email(
                 EmailTemplate::CardExpiring,
-                format!("card_expiring:{id}:{year:04}-{month:02}"),
+                format!("{CARD_EXPIRING_KEY_PREFIX}{id}:{year:04}-{month:02}"),
                 params([
                     ("payment_method", id.to_string()),
                     ("brand", card.brand.clone().unwrap_or_default()),

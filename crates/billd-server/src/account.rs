@@ -1,7 +1,9 @@
 //! Account deletion: `DELETE /v1/customers/{id}`.
 //!
-//! One store transaction erases the personal data (profile and the state
-//! document's copies), keeps the row, its ids and its audit trail, sets
+//! One store transaction erases the personal data (profile, the state
+//! document's copies, personal audit values, and the personal fields of the
+//! customer's stored Stripe payloads and outbox rows), keeps the row, its
+//! ids, its events and its audit trail, sets
 //! `deleted_at`, writes an audit row and enqueues the Stripe work: cancel
 //! every live subscription now, then delete (or anonymise, per
 //! `BILLD_DELETE_STRIPE_CUSTOMER`) the Stripe customer. The outbox retries

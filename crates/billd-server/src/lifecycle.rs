@@ -284,7 +284,8 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
                 // still records what happened at Stripe (the cancel, the
                 // customer's deletion) but brings no personal data back and
                 // sends nothing (no email to a deleted user, no Stripe call
-                // beyond the deletion's own).
+                // beyond the deletion's own). The store redacts the audit
+                // values and the event's payload in the same commit.
                 decision.state = erase_personal_data(&decision.state);
                 decision.effects.clear();
             }

@@ -386,7 +386,10 @@ pub trait BillingStore: Send + Sync + 'static {
     /// customer into `stripe_customer_id` (cleared once every Stripe
     /// customer in the state is deleted) and links every Stripe customer of
     /// the state as an object, writes the audit rows, the outbox rows and
-    /// the object links; then finishes the inbox row like
+    /// the object links (for a deleted customer, then redacts what the
+    /// commit and anything stored since brought, this event's payload
+    /// included, like [`BillingStore::delete_customer`]); then finishes the
+    /// inbox row like
     /// [`crate::Store::finish_event`] under `claim` (not `processing`, or
     /// reclaimed since: [`LEASE_CONFLICT`]; unknown: `NotFound`). Any error
     /// writes nothing.
@@ -505,9 +508,14 @@ pub trait BillingStore: Send + Sync + 'static {
     /// Commits like [`BillingStore::commit_customer`] (the state from
     /// `billd_core::erase_personal_data`, the outbox rows from
     /// `billd_core::account_deletion_effects`) and, in the same transaction,
-    /// erases the profile (email, name, currency) and sets `deleted_at`
-    /// (kept from the first deletion). The row, its state, its links and
-    /// its audit trail stay.
+    /// erases the profile (email, name, currency), sets `deleted_at` (kept
+    /// from the first deletion) and redacts with `billd_core::erasure`'s
+    /// rules the personal values of the customer's audit rows and the
+    /// personal fields of its outbox payloads and of every stored Stripe
+    /// payload about it. The row, its state, its links, its events and its
+    /// audit trail stay. From then on, events arriving for its Stripe
+    /// customers are stored scrubbed ([`crate::Store::insert_events`]), and
+    /// every commit for the customer redacts again what it brings.
     async fn delete_customer(
         &self,
         commit: &CustomerCommit,

@@ -215,7 +215,7 @@ macro_rules! billing_store {
             ) -> StoreResult<CommitReceipt> {
                 let mut tx = self.begin_write().await?;
                 let receipt = match commit {
-                    Some(commit) => write_commit(&mut tx, commit, now).await?,
+                    Some(commit) => write_commit(&mut tx, commit, Some(event_id), now).await?,
                     None => CommitReceipt {
                         version: None,
                         outbox_inserted: 0,
@@ -245,7 +245,7 @@ macro_rules! billing_store {
                 now: i64,
             ) -> StoreResult<CommitReceipt> {
                 let mut tx = self.begin_write().await?;
-                let receipt = write_commit(&mut tx, commit, now).await?;
+                let receipt = write_commit(&mut tx, commit, None, now).await?;
                 tx.commit().await?;
                 Ok(receipt)
             }
@@ -478,7 +478,7 @@ macro_rules! billing_store {
                 now: i64,
             ) -> StoreResult<CommitReceipt> {
                 let mut tx = self.begin_write().await?;
-                let receipt = write_commit(&mut tx, commit, now).await?;
+                let receipt = write_commit(&mut tx, commit, None, now).await?;
                 sqlx::query(
                     "UPDATE customers \
                      SET email = NULL, name = NULL, preferred_currency = NULL, \
@@ -489,7 +489,9 @@ macro_rules! billing_store {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+                let stripe_customers = erase_stored(&mut tx, &commit.customer_id, None).await?;
                 tx.commit().await?;
+                self.erased().add(stripe_customers);
                 Ok(receipt)
             }
 
@@ -579,22 +581,27 @@ macro_rules! billing_store {
             Ok(())
         }
 
-        /// The customer part of a commit: version check, state, links, audit, outbox.
+        /// The customer part of a commit: version check, state, links, audit,
+        /// outbox. For a deleted customer (a late or replayed event) it then
+        /// erases again what the commit and anything stored since brought:
+        /// `event_id`'s payload, the new audit values, every stored payload
+        /// of the customer (see [`erase_stored`]).
         async fn write_commit(
             conn: &mut Conn,
             commit: &CustomerCommit,
+            event_id: Option<&str>,
             now: i64,
         ) -> StoreResult<CommitReceipt> {
             let state = state_json(&commit.state)?;
             let stripe = StripeColumn::of(&commit.state);
             let (keep_stripe, stripe_value) = stripe.binds();
             let customer = commit.customer_id.as_str();
-            let mut version: Option<i64> = sqlx::query_scalar(&format!(
+            let updated: Option<(i64, Option<i64>)> = sqlx::query_as(&format!(
                 "UPDATE customers \
                  SET state = $3{JSON}, version = version + 1, updated_at = $4, \
                      stripe_customer_id = CASE WHEN $5 THEN stripe_customer_id ELSE $6 END \
                  WHERE customer_id = $1 AND version = $2 \
-                 RETURNING version"
+                 RETURNING version, deleted_at"
             ))
             .bind(customer)
             .bind(commit.expected_version)
@@ -604,6 +611,8 @@ macro_rules! billing_store {
             .bind(stripe_value)
             .fetch_optional(&mut *conn)
             .await?;
+            let deleted = updated.is_some_and(|(_, deleted_at)| deleted_at.is_some());
+            let mut version = updated.map(|(version, _)| version);
             if version.is_none() && commit.expected_version == 0 {
                 version = sqlx::query_scalar(&format!(
                     "INSERT INTO customers \
@@ -644,10 +653,122 @@ macro_rules! billing_store {
             }
             let outbox_inserted =
                 insert_outbox(conn, Some(&commit.customer_id), &commit.outbox, now).await?;
+            if deleted {
+                erase_stored(conn, &commit.customer_id, event_id).await?;
+            }
             Ok(CommitReceipt {
                 version: Some(version),
                 outbox_inserted,
             })
+        }
+
+        /// Redacts what the database still holds about a deleted customer,
+        /// with `billd_core`'s rules: the personal values of its audit rows,
+        /// the personal fields of its outbox payloads (and a card expiry in
+        /// a dedupe key), and those of every
+        /// stored Stripe payload about it (events naming one of its Stripe
+        /// customers, events naming no customer whose object is linked to
+        /// it, and `event_id`). Rows stay, with their ids, types, amounts and
+        /// dates; rows already redacted are not written again. Returns the
+        /// customer's Stripe customer ids.
+        async fn erase_stored(
+            conn: &mut Conn,
+            customer_id: &CustomerId,
+            event_id: Option<&str>,
+        ) -> StoreResult<Vec<String>> {
+            let customer = customer_id.as_str();
+            let audit: Vec<(i64, String, Option<String>, Option<String>)> = sqlx::query_as(
+                "SELECT id, field, before_value, after_value FROM audit_log WHERE customer_id = $1",
+            )
+            .bind(customer)
+            .fetch_all(&mut *conn)
+            .await?;
+            for (id, field, before, after) in audit {
+                let redacted =
+                    billd_core::redact_audit_values(&field, before.as_deref(), after.as_deref());
+                if redacted != (before, after) {
+                    sqlx::query(
+                        "UPDATE audit_log SET before_value = $2, after_value = $3 WHERE id = $1",
+                    )
+                    .bind(id)
+                    .bind(redacted.0)
+                    .bind(redacted.1)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+            }
+            let outbox: Vec<(i64, String, String)> = sqlx::query_as(
+                "SELECT id, dedupe_key, CAST(payload AS TEXT) FROM outbox WHERE customer_id = $1",
+            )
+            .bind(customer)
+            .fetch_all(&mut *conn)
+            .await?;
+            for (id, dedupe_key, payload) in outbox {
+                let key = billd_core::redact_dedupe_key(&dedupe_key, id);
+                let payload = billd_core::scrub_json_text(&payload);
+                if key.is_some() || payload.is_some() {
+                    sqlx::query(&format!(
+                        "UPDATE outbox SET dedupe_key = COALESCE($2, dedupe_key), \
+                           payload = COALESCE($3{JSON}, payload) \
+                         WHERE id = $1"
+                    ))
+                    .bind(id)
+                    .bind(key)
+                    .bind(payload)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+            }
+            let events: Vec<(String, String)> = sqlx::query_as(
+                "SELECT id, payload FROM stripe_events \
+                 WHERE stripe_customer IN \
+                       (SELECT object_id FROM object_links WHERE customer_id = $1) \
+                    OR (stripe_customer IS NULL AND object_id IN \
+                        (SELECT object_id FROM object_links WHERE customer_id = $1)) \
+                    OR id = $2",
+            )
+            .bind(customer)
+            .bind(event_id)
+            .fetch_all(&mut *conn)
+            .await?;
+            for (id, payload) in events {
+                if let Some(scrubbed) = billd_core::scrub_json_text(&payload) {
+                    sqlx::query("UPDATE stripe_events SET payload = $2 WHERE id = $1")
+                        .bind(id)
+                        .bind(scrubbed)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+            }
+            let stripe_customers: Vec<String> = sqlx::query_scalar(
+                "SELECT object_id FROM object_links \
+                 WHERE customer_id = $1 AND substr(object_id, 1, 4) = 'cus_'",
+            )
+            .bind(customer)
+            .fetch_all(&mut *conn)
+            .await?;
+            Ok(stripe_customers)
+        }
+
+        /// `events` with the payloads of erased Stripe customers scrubbed
+        /// (`None`: nothing to scrub), reloading the store's set of them
+        /// from the database when it is due (see `crate::erasure`).
+        pub(super) async fn scrub_incoming(
+            store: &$store,
+            events: &[$crate::NewEvent],
+        ) -> StoreResult<Option<Vec<$crate::NewEvent>>> {
+            let erased = store.erased();
+            if let Some(_reloading) = erased.reload_guard().await {
+                let ids: Vec<String> = sqlx::query_scalar(
+                    "SELECT l.object_id FROM object_links l \
+                     JOIN customers c ON c.customer_id = l.customer_id \
+                     WHERE c.deleted_at IS NOT NULL AND substr(l.object_id, 1, 4) = 'cus_'",
+                )
+                .fetch_all(store.reader())
+                .await?;
+                erased.loaded(ids);
+            }
+            Ok(erased.scrub(events))
         }
 
         /// Inserts outbox rows, due now, skipping existing dedupe keys.

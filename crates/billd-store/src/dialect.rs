@@ -66,4 +66,8 @@ pub(crate) trait Dialect {
 
     /// The `LIMIT` parameter for `limit` rows, where 0 means no limit.
     fn limit(limit: u32) -> Self::Limit;
+
+    /// The Stripe customers of deleted accounts, for scrubbing arriving
+    /// events (one per store, shared by its clones).
+    fn erased(&self) -> &crate::erasure::ErasedCustomers;
 }

@@ -13,6 +13,7 @@ mod billing_sql;
 mod checkout;
 mod claim;
 mod dialect;
+mod erasure;
 mod error;
 mod jobs;
 mod migrations;
@@ -171,7 +172,8 @@ pub struct NewEvent {
     pub object_id: Option<String>,
     /// The Stripe customer the event is about, used to serialise processing.
     pub stripe_customer: Option<String>,
-    /// The raw JSON body exactly as received.
+    /// The raw JSON body exactly as received (stored scrubbed when it is
+    /// about a deleted account, see [`Store::insert_events`]).
     pub payload: String,
     /// When billd received it (unix seconds, billd's clock).
     pub received_at: i64,
@@ -305,7 +307,11 @@ pub trait Store:
     /// Inserts a batch of events in one transaction (group commit). Returns
     /// one outcome per input, in order; a duplicate id (in the table or
     /// earlier in the same batch) is `Duplicate`, not an error. Returns only
-    /// after the transaction is durably committed.
+    /// after the transaction is durably committed. The payload of an event
+    /// about a Stripe customer of a deleted account is stored scrubbed of
+    /// personal data (`billd_core::erasure`); this store learns of
+    /// deletions made through another store on the same database within
+    /// seconds.
     async fn insert_events(&self, events: &[NewEvent]) -> StoreResult<Vec<InsertOutcome>>;
 
     /// Claims up to `limit` events that are due (pending; failed with

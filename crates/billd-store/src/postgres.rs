@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -53,6 +54,9 @@ const CANDIDATES: &str = "SELECT id, stripe_customer, created, seq FROM stripe_e
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Stripe customers of deleted accounts: their arriving events are
+    /// scrubbed before they are stored.
+    erased: Arc<crate::erasure::ErasedCustomers>,
 }
 
 impl PgStore {
@@ -60,14 +64,20 @@ impl PgStore {
     /// the server cannot be reached within a few seconds.
     pub async fn connect(url: &str) -> StoreResult<Self> {
         let pool = pool_options().connect_with(parse(url)?).await?;
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            erased: Arc::default(),
+        })
     }
 
     /// Like [`PgStore::connect`] but connects on first use, so that a process
     /// can start (and answer 503) while the database is down.
     pub fn connect_lazy(url: &str) -> StoreResult<Self> {
         let pool = pool_options().connect_lazy_with(parse(url)?);
-        Ok(PgStore { pool })
+        Ok(PgStore {
+            pool,
+            erased: Arc::default(),
+        })
     }
 
     /// Closes the pool, waiting for connections in use to be returned.
@@ -113,6 +123,8 @@ impl Store for PgStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
+        let scrubbed = billing::scrub_incoming(self, events).await?;
+        let events = scrubbed.as_deref().unwrap_or(events);
         let (mut unique, repeated) = first_occurrences(events);
         // Two processes inserting overlapping batches in different orders
         // would each wait for a key the other holds (a deadlock, one batch

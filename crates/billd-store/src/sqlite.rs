@@ -121,6 +121,9 @@ pub struct SqliteStore {
     /// `INSERT … VALUES (…), … RETURNING id` for exactly 1 …
     /// [`ONE_STATEMENT_ROWS`] rows.
     exact_insert_sql: Vec<String>,
+    /// Stripe customers of deleted accounts: their arriving events are
+    /// scrubbed before they are stored.
+    erased: Arc<crate::erasure::ErasedCustomers>,
 }
 
 impl SqliteStore {
@@ -173,6 +176,7 @@ impl SqliteStore {
             reader,
             _checkpointer: Arc::new(AbortOnDrop(checkpointer)),
             exact_insert_sql,
+            erased: Arc::default(),
         })
     }
 
@@ -282,6 +286,8 @@ impl Store for SqliteStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
+        let scrubbed = billing::scrub_incoming(self, events).await?;
+        let events = scrubbed.as_deref().unwrap_or(events);
         let (unique, repeated) = first_occurrences(events);
         let mut inserted = HashSet::with_capacity(unique.len());
         if unique.len() <= ONE_STATEMENT_ROWS {

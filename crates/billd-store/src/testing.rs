@@ -72,9 +72,138 @@ fn database_url(url: &str, database: &str) -> StoreResult<String> {
     Ok(out)
 }
 
+/// Every value in the database at `url` (`sqlite://…` or `postgres://…`)
+/// that contains one of `needles` as a whole token (not inside a longer
+/// run of letters or digits, so `4242` does not match a timestamp), as
+/// `table.column: value` lines. Tables and columns come from the schema
+/// catalog (`sqlite_master`, `information_schema`), every column cast to
+/// text, so tables added later are searched too. For tests that check
+/// that erased personal data is gone everywhere.
+pub async fn find_in_every_column(url: &str, needles: &[&str]) -> StoreResult<Vec<String>> {
+    let values = if url.starts_with("sqlite:") {
+        sqlite_values(url).await?
+    } else {
+        postgres_values(url).await?
+    };
+    let mut hits = Vec::new();
+    for (column, value) in values {
+        for needle in needles {
+            if let Some(at) = token_at(&value, needle) {
+                hits.push(format!("{column}: …{}…", excerpt(&value, at, needle.len())));
+            }
+        }
+    }
+    Ok(hits)
+}
+
+/// `(table.column, value)` of every non-NULL value of a SQLite database.
+async fn sqlite_values(url: &str) -> StoreResult<Vec<(String, String)>> {
+    let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+        .map_err(|e| StoreError::Other(format!("invalid SQLite URL: {e}")))?;
+    let mut conn = options.connect().await?;
+    let tables: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .fetch_all(&mut conn)
+            .await?;
+    let mut values = Vec::new();
+    for table in tables {
+        let columns: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM pragma_table_info($1) ORDER BY cid")
+                .bind(&table)
+                .fetch_all(&mut conn)
+                .await?;
+        for column in columns {
+            // As bytes: a BLOB column (a migration checksum) need not be UTF-8.
+            let rows: Vec<Vec<u8>> = sqlx::query_scalar(&format!(
+                "SELECT CAST(\"{column}\" AS BLOB) FROM \"{table}\" WHERE \"{column}\" IS NOT NULL"
+            ))
+            .fetch_all(&mut conn)
+            .await?;
+            values.extend(rows.into_iter().map(|v| {
+                (
+                    format!("{table}.{column}"),
+                    String::from_utf8_lossy(&v).into_owned(),
+                )
+            }));
+        }
+    }
+    conn.close().await?;
+    Ok(values)
+}
+
+/// `(table.column, value)` of every non-NULL value in the `public` schema
+/// of a PostgreSQL database.
+async fn postgres_values(url: &str) -> StoreResult<Vec<(String, String)>> {
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|e| StoreError::Other(format!("invalid PostgreSQL URL: {e}")))?;
+    let mut conn = options.connect().await?;
+    let columns: Vec<(String, String)> = sqlx::query_as(
+        "SELECT c.table_name::text, c.column_name::text FROM information_schema.columns c \
+         JOIN information_schema.tables t \
+           ON t.table_schema = c.table_schema AND t.table_name = c.table_name \
+         WHERE c.table_schema = current_schema() AND t.table_type = 'BASE TABLE' \
+         ORDER BY c.table_name, c.ordinal_position",
+    )
+    .fetch_all(&mut conn)
+    .await?;
+    let mut values = Vec::new();
+    for (table, column) in columns {
+        let rows: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT CAST(\"{column}\" AS TEXT) FROM \"{table}\" WHERE \"{column}\" IS NOT NULL"
+        ))
+        .fetch_all(&mut conn)
+        .await?;
+        values.extend(rows.into_iter().map(|v| (format!("{table}.{column}"), v)));
+    }
+    conn.close().await?;
+    Ok(values)
+}
+
+/// Where `needle` first occurs in `haystack` with no letter or digit right
+/// before or after it.
+fn token_at(haystack: &str, needle: &str) -> Option<usize> {
+    if needle.is_empty() {
+        return None;
+    }
+    haystack
+        .match_indices(needle)
+        .map(|(at, _)| at)
+        .find(|&at| {
+            let before = haystack[..at].chars().next_back();
+            let after = haystack[at + needle.len()..].chars().next();
+            !before.is_some_and(char::is_alphanumeric) && !after.is_some_and(char::is_alphanumeric)
+        })
+}
+
+/// Up to 60 characters either side of the match at `at`.
+fn excerpt(value: &str, at: usize, len: usize) -> &str {
+    let mut start = at.saturating_sub(60);
+    while !value.is_char_boundary(start) {
+        start -= 1;
+    }
+    let mut end = (at + len + 60).min(value.len());
+    while !value.is_char_boundary(end) {
+        end += 1;
+    }
+    &value[start..end]
+}
+
 #[cfg(test)]
 mod tests {
-    use super::database_url;
+    use super::{database_url, token_at};
+
+    fn contains_token(haystack: &str, needle: &str) -> bool {
+        token_at(haystack, needle).is_some()
+    }
+
+    #[test]
+    fn a_token_matches_only_when_no_letter_or_digit_touches_it() {
+        assert!(contains_token(r#"{"last4":"4242"}"#, "4242"));
+        assert!(contains_token("visa 4242 12/2029", "4242"));
+        assert!(!contains_token("created 1764242000", "4242"));
+        assert!(!contains_token("pm_1Ab4242x", "4242"));
+        assert!(contains_token("to bob@example.com.", "bob@example.com"));
+    }
 
     #[test]
     fn database_url_replaces_or_adds_the_database_name() {

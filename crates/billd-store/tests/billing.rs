@@ -1637,3 +1637,6 @@ mod checkout;
 
 #[path = "billing/usage.rs"]
 mod usage_guarded;
+
+#[path = "billing/erasure.rs"]
+mod erasure;

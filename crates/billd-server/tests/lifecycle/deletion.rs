@@ -348,7 +348,236 @@ async fn anonymizing_a_stripe_customer_unsets_its_personal_fields_and_keeps_its_
     handle.shutdown().await;
 }
 
+/// The personal data of the erasure test: distinctive enough that any
+/// occurrence anywhere in the database is theirs.
+const PII_EMAIL: &str = "bobbina.quartermaine@example.com";
+const PII_NAME: &str = "Bobbina Quartermaine";
+const PII_PHONE: &str = "+15555550123";
+const PII_LINE1: &str = "17 Erasure Street";
+/// `pm_card_visa`'s last four digits.
+const PII_LAST4: &str = "4242";
+
+/// A form value with the characters a form body would misread escaped.
+fn form_value(value: &str) -> String {
+    value
+        .replace('+', "%2B")
+        .replace(' ', "%20")
+        .replace('@', "%40")
+}
+
+/// Waits until no inbox event is waiting or being processed any more.
+async fn inbox_settled(h: &Harness) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut open = Vec::new();
+        for status in [
+            billd_store::EventStatus::Pending,
+            billd_store::EventStatus::Processing,
+            billd_store::EventStatus::Failed,
+        ] {
+            open.extend(
+                h.store
+                    .list_events(&EventFilter {
+                        status: Some(status),
+                        event_type: None,
+                        limit: 100,
+                    })
+                    .await
+                    .unwrap(),
+            );
+        }
+        if open.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "inbox never settled: {:?}",
+            open.iter()
+                .map(|e| (&e.id, &e.event_type, e.status, &e.last_error))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn after_deletion_no_personal_data_of_the_customer_is_left_in_any_table_or_column(db: Db) {
+    let h = Harness::start(db, t0(), WebhookKnobs::default()).await;
+    let (status, _) = send(
+        &h,
+        "PUT",
+        "/v1/customers/u_pii",
+        Some(json!({ "email": PII_EMAIL, "name": PII_NAME })),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let clock = h.stripe(
+        "POST",
+        "/v1/test_helpers/test_clocks",
+        &format!("frozen_time={}", h.clock.now()),
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cus = h.stripe(
+        "POST",
+        "/v1/customers",
+        &format!(
+            "email={}&name={}&phone={}&address[line1]={}&address[city]=Paris&test_clock={clock}\
+             &metadata[billd_customer_id]=u_pii",
+            form_value(PII_EMAIL),
+            form_value(PII_NAME),
+            form_value(PII_PHONE),
+            form_value(PII_LINE1),
+        ),
+    )["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    h.pay_with(&cus, "pm_card_visa");
+    let pm = h.stripe("GET", &format!("/v1/customers/{cus}/payment_methods"), "")["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    h.stripe(
+        "POST",
+        &format!("/v1/payment_methods/{pm}"),
+        &format!(
+            "billing_details[name]={}&billing_details[email]={}&billing_details[phone]={}",
+            form_value(PII_NAME),
+            form_value(PII_EMAIL),
+            form_value(PII_PHONE),
+        ),
+    );
+    h.subscribe("u_pii", &cus, &h.pro_price);
+    h.wait_for("u_pii", "pro access", |e| {
+        e["plan"] == "pro" && e["access"] == "paid"
+    })
+    .await;
+    inbox_settled(&h).await;
+    let id = CustomerId::parse("u_pii").unwrap();
+    let needles = [PII_EMAIL, PII_NAME, PII_PHONE, PII_LINE1, PII_LAST4];
+    // The search must see the data while it is there, or finding nothing
+    // later would prove nothing.
+    let before = billd_store::testing::find_in_every_column(&h.db_url, &needles)
+        .await
+        .unwrap();
+    for needle in needles {
+        assert!(
+            before.iter().any(|hit| hit.contains(needle)),
+            "{needle} was never stored: {before:#?}"
+        );
+    }
+    let audit_fields: Vec<String> = h
+        .store
+        .list_audit(&id, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.field)
+        .collect();
+    let email_field = format!("stripe_customer.{cus}.email");
+    let card_field = format!("payment_method.{pm}.card");
+    assert!(audit_fields.contains(&email_field), "{audit_fields:?}");
+    assert!(audit_fields.contains(&card_field), "{audit_fields:?}");
+    let events_before = h
+        .store
+        .list_events(&EventFilter::default())
+        .await
+        .unwrap()
+        .len();
+    // Stripe is unreachable for billd, so the account is erased at billd
+    // while the Stripe customer still has everything.
+    stripe_fails(&h, true);
+
+    let (status, deleted) = send(&h, "DELETE", "/v1/customers/u_pii", None).await;
+    assert_eq!(status, 200, "{deleted:#}");
+    // Once the outbox has failed once its retry waits for billd's clock,
+    // which stands still until the renewal below moves it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rows = h
+            .store
+            .list_outbox(&OutboxFilter {
+                customer_id: Some(id.clone()),
+                ..OutboxFilter::default()
+            })
+            .await
+            .unwrap();
+        if rows.iter().any(|row| row.last_error.is_some()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the outbox never tried");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stripe_fails(&h, false);
+
+    // Late webhooks about the customer, still carrying the personal data:
+    // a profile change, a card change, and a renewal (invoice with
+    // customer_email/name/phone, a charge with billing_details).
+    h.stripe(
+        "POST",
+        &format!("/v1/customers/{cus}"),
+        &format!("address[line2]=late&phone={}", form_value(PII_PHONE)),
+    );
+    h.stripe(
+        "POST",
+        &format!("/v1/payment_methods/{pm}"),
+        &format!("billing_details[name]={}%20Jr", form_value(PII_NAME)),
+    );
+    h.advance(&clock, h.clock.now() + 32 * DAY);
+    until(&h, "the Stripe customer deleted", || {
+        h.sim.object(&cus).unwrap()["deleted"] == true
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while processed(&h, "customer.deleted").await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "customer.deleted never processed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    inbox_settled(&h).await;
+    let dead = h
+        .store
+        .list_events(&EventFilter {
+            status: Some(billd_store::EventStatus::Dead),
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(dead.is_empty(), "{dead:?}");
+
+    let hits = billd_store::testing::find_in_every_column(&h.db_url, &needles)
+        .await
+        .unwrap();
+    assert!(hits.is_empty(), "personal data left behind: {hits:#?}");
+    // What billing needs stays: every event (by id), the audit trail with
+    // what changed and when, the fact of the deletion, the invoices.
+    let events_after = h.store.list_events(&EventFilter::default()).await.unwrap();
+    assert!(
+        events_after.len() > events_before,
+        "late events were stored"
+    );
+    let audit = h.store.list_audit(&id, 0).await.unwrap();
+    let email_rows: Vec<_> = audit.iter().filter(|r| r.field == email_field).collect();
+    assert!(!email_rows.is_empty());
+    for row in &email_rows {
+        for value in [&row.before, &row.after].into_iter().flatten() {
+            assert_eq!(value, "[erased]", "{row:?}");
+        }
+    }
+    assert!(audit.iter().any(|r| r.field == card_field));
+    assert!(audit
+        .iter()
+        .any(|r| r.field == "account" && r.after.as_deref() == Some("deleted")));
+    let stored = h.store.get_customer(&id).await.unwrap().unwrap();
+    assert!(!stored.state.invoices.is_empty(), "{:?}", stored.state);
+    h.shutdown().await;
+}
+
 on_both_databases!(
+    after_deletion_no_personal_data_of_the_customer_is_left_in_any_table_or_column,
     a_deleted_account_is_canceled_and_deleted_at_stripe_once_it_recovers_and_stays_erased,
     deleting_an_unknown_customer_is_a_404_and_a_customer_without_stripe_is_erased_at_once,
 );

@@ -97,6 +97,8 @@ pub struct Harness {
     pub http: reqwest::Client,
     pub clock: Arc<ManualClock>,
     pub store: Arc<dyn BillingBackend>,
+    /// The URL of the test's database.
+    pub db_url: String,
     pub pro_price: String,
     pub standard_price: String,
     /// billd's Stripe client (pointed at the sim).
@@ -108,13 +110,19 @@ pub struct Harness {
 }
 
 pub async fn open_store(db: Db) -> (Arc<dyn BillingBackend>, Option<tempfile::TempDir>) {
+    let (store, dir, _) = open_store_at(db).await;
+    (store, dir)
+}
+
+/// Like [`open_store`], also returning the database's URL.
+pub async fn open_store_at(db: Db) -> (Arc<dyn BillingBackend>, Option<tempfile::TempDir>, String) {
     match db {
         Db::Sqlite => {
             let dir = tempfile::tempdir().unwrap();
             let url = format!("sqlite://{}", dir.path().join("billd.db").display());
             let store = SqliteStore::connect(&url).await.unwrap();
             store.migrate().await.unwrap();
-            (Arc::new(store), Some(dir))
+            (Arc::new(store), Some(dir), url)
         }
         Db::Postgres => {
             let url = billd_store::testing::fresh_postgres_database()
@@ -122,7 +130,7 @@ pub async fn open_store(db: Db) -> (Arc<dyn BillingBackend>, Option<tempfile::Te
                 .unwrap_or_else(|e| panic!("PostgreSQL test database: {e}"));
             let store = PgStore::connect(&url).await.unwrap();
             store.migrate().await.unwrap();
-            (Arc::new(store), None)
+            (Arc::new(store), None, url)
         }
     }
 }
@@ -203,7 +211,7 @@ impl Harness {
         assert_eq!(status, 200, "{endpoint}");
         let secret = endpoint["secret"].as_str().unwrap().to_string();
 
-        let (store, dir) = open_store(db).await;
+        let (store, dir, db_url) = open_store_at(db).await;
         let clock = Arc::new(ManualClock::new(t0));
         let mut stripe_config =
             ClientConfig::new(sim_handle.url(), SecretString::from("sk_test_billd"));
@@ -265,6 +273,7 @@ impl Harness {
             http: reqwest::Client::new(),
             clock,
             store,
+            db_url,
             pro_price,
             standard_price,
             stripe_client: stripe,

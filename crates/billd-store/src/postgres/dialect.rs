@@ -32,4 +32,8 @@ impl Dialect for PgStore {
     fn limit(limit: u32) -> Option<i64> {
         (limit > 0).then_some(i64::from(limit))
     }
+
+    fn erased(&self) -> &crate::erasure::ErasedCustomers {
+        &self.erased
+    }
 }

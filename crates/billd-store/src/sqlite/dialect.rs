@@ -36,4 +36,8 @@ impl Dialect for SqliteStore {
             i64::from(limit)
         }
     }
+
+    fn erased(&self) -> &crate::erasure::ErasedCustomers {
+        &self.erased
+    }
 }
