@@ -9,7 +9,9 @@ fn readme() -> String {
 
 /// The text of the first fenced block with `lang` after `heading`.
 fn block_after(text: &str, heading: &str, lang: &str) -> String {
-    let section = &text[text.find(heading).unwrap_or_else(|| panic!("no {heading:?}"))..];
+    let section = &text[text
+        .find(heading)
+        .unwrap_or_else(|| panic!("no {heading:?}"))..];
     let fence = format!("```{lang}\n");
     let start = section.find(&fence).unwrap() + fence.len();
     let len = section[start..].find("```").unwrap();
