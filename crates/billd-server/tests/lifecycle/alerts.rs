@@ -30,7 +30,7 @@ use stripe_sim::{SimConfig, SimHandle, WebhookKnobs};
 
 use crate::mail::SmtpSink;
 use crate::on_both_databases;
-use crate::support::{open_store, server_config, t0, Db, APP_KEY};
+use crate::support::{open_store, server_config, Db, APP_KEY};
 
 const WINDOW: i64 = 3600;
 
@@ -66,7 +66,7 @@ struct World {
     _db: Option<tempfile::TempDir>,
 }
 
-/// stripe-sim, billd through `start_billing` on a manual clock at `t0()`,
+/// stripe-sim, billd through `start_billing` on a manual clock started now,
 /// admin alerts to an SMTP sink and to a webhook receiver, alert checks
 /// every 100 ms.
 async fn start(
@@ -108,7 +108,11 @@ async fn start(
     let hooks = receiver().await;
 
     let (store, db_dir) = open_store(db).await;
-    let clock = Arc::new(ManualClock::new(t0()));
+    // This world has one clock, which also checks webhook signatures, and
+    // stripe-sim signs them with the wall clock: so it starts now. Nothing
+    // here depends on the calendar, only on durations from the start (the
+    // suite also runs under faketime on other dates to keep it so).
+    let clock = Arc::new(ManualClock::new(wall_clock_minute()));
     let metrics = Arc::new(Metrics::default());
     let notifier = Notifier::new(
         Templates::embedded(Branding {
@@ -301,6 +305,14 @@ impl World {
         self.running.shutdown().await.unwrap();
         self.sim.shutdown().await;
     }
+}
+
+/// The wall clock, to the minute.
+fn wall_clock_minute() -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    now - now % 60
 }
 
 /// The value of one series (`name{labels}`) in Prometheus text.

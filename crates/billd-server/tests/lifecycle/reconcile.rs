@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use billd_core::{Catalog, CustomerId, StripeSubscriptionId};
 use billd_server::reconcile::{DriftKind, ReconcileConfig, ReconcileReport, Reconciler};
-use billd_server::{Clock, Metrics, SystemClock};
+use billd_server::{Clock, Metrics};
 use billd_store::{EventFilter, EventStatus, Store};
 use serde_json::Value;
 use stripe_sim::WebhookKnobs;
@@ -140,7 +140,7 @@ fn reconciler(h: &Harness, metrics: Arc<Metrics>) -> Reconciler {
         store,
         h.stripe_client.clone(),
         Arc::new(Catalog::seed()),
-        Arc::new(SystemClock),
+        h.clock.clone(),
         Some(metrics),
         ReconcileConfig {
             page_limit: 2,
@@ -426,7 +426,7 @@ async fn the_scheduled_reconcile_job_heals_a_subscription_whose_webhooks_were_al
         },
         catalog: Arc::new(Catalog::seed()),
         stripe: Some(h.stripe_client.clone()),
-        clock: Arc::new(SystemClock),
+        clock: h.clock.clone(),
         metrics: metrics.clone(),
     };
     let job = billd_server::reconcile::ReconcileJob::new(&ctx);

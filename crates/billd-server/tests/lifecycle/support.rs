@@ -56,13 +56,15 @@ macro_rules! on_both_databases {
     };
 }
 
-/// The instant every scenario starts at: 2026-04-01T00:00:00Z, fixed so that
+/// The instant every scenario starts at: 2026-04-10T09:30:00Z, fixed so that
 /// no test depends on the date it runs on (a period that starts today would
-/// last 28 to 31 days, and prorations with it). April has 30 days, so "ten
-/// days into the period" leaves exactly two thirds of it. Only billing time
-/// is fixed: webhook signatures are still checked against the wall clock,
-/// which is what stripe-sim signs with.
-pub const T0: i64 = 1_775_001_600;
+/// last 28 to 31 days, and prorations with it). A period starting then ends
+/// on 10 May, 30 days later, so "ten days into the period" leaves exactly
+/// two thirds of it; and it is not the start of a calendar month, where a
+/// subscription's first period would begin at the same second as the free
+/// plan's month. Only billing time is fixed: webhook signatures are still
+/// checked against the wall clock, which is what stripe-sim signs with.
+pub const T0: i64 = 1_775_813_400;
 
 /// [`T0`], for the harnesses of one test (two runs of the same script see
 /// the same Stripe timestamps).
@@ -181,6 +183,9 @@ impl Harness {
                 // Webhook retries in milliseconds rather than hours.
                 time_scale: 0.0005,
                 webhooks: knobs,
+                // Objects without a test clock (payment methods, say) are
+                // made at the scenario's instant too, not today.
+                frozen_time: Some(t0),
                 ..SimConfig::default()
             },
         )
