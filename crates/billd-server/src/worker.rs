@@ -193,15 +193,19 @@ impl InboxWorker {
     /// writer after each commit so new events are picked up at once.
     pub async fn run(self, wake: Arc<Notify>, cancel: CancellationToken) {
         loop {
-            let full = match self.run_once().await {
-                Ok(report) => report.claimed >= self.config.concurrency as usize,
+            // A round hands out one event per customer, so a customer's
+            // burst (a checkout makes about ten) drains one event a round:
+            // the next round follows at once while rounds find work, rather
+            // than after `poll_interval`.
+            let busy = match self.run_once().await {
+                Ok(report) => report.claimed > 0,
                 Err(e) => {
                     self.metrics.store_error(&e);
                     tracing::warn!(error = %e, "inbox worker round failed");
                     false
                 }
             };
-            if full {
+            if busy {
                 // More may be due right away; still yield to cancellation.
                 if cancel.is_cancelled() {
                     break;

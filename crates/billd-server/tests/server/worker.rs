@@ -20,6 +20,7 @@ on_both_databases!(
     a_dead_event_that_is_replayed_is_processed,
     an_event_claimed_by_a_crashed_worker_is_reclaimed_after_the_lease,
     a_worker_that_outlives_its_lease_does_not_overwrite_the_reclaimers_outcome,
+    a_burst_for_one_customer_drains_in_back_to_back_rounds_not_one_per_poll_interval,
 );
 
 const T0: i64 = 1_800_000_000;
@@ -272,4 +273,50 @@ async fn a_worker_that_outlives_its_lease_does_not_overwrite_the_reclaimers_outc
     assert_eq!(e.last_error, None, "the late failure wrote nothing");
     assert_eq!(e.claim, 2);
     assert_eq!(s.metrics.processing_outcomes.get("lease_lost"), 1);
+}
+
+async fn a_burst_for_one_customer_drains_in_back_to_back_rounds_not_one_per_poll_interval(db: Db) {
+    let handler = FlakyHandler::failing(0);
+    let s = setup(db, Some(handler.clone())).await;
+    // Twenty events of one customer (a checkout makes about ten): a round
+    // hands out one event per customer, so they need twenty rounds.
+    let burst: Vec<_> = (2..=20)
+        .map(|i| {
+            let body = stripe_event(&format!("evt_work_{i}"), "invoice.paid", "invoice", T0 + i);
+            billd_server::webhook::parse_envelope(body.as_bytes(), T0).unwrap()
+        })
+        .collect();
+    let customer = event(&s).await.stripe_customer;
+    assert!(customer.is_some());
+    assert!(burst.iter().all(|e| e.stripe_customer == customer));
+    s.db.store.insert_events(&burst).await.unwrap();
+
+    // A worker that sleeps a minute after a round that finds nothing, and
+    // that nothing wakes.
+    let mut registry = HandlerRegistry::new();
+    registry.register("invoice.paid", handler.clone());
+    let mut config = server_config().worker;
+    config.poll_interval = std::time::Duration::from_secs(60);
+    let worker = InboxWorker::new(
+        s.db.store.clone(),
+        registry,
+        config,
+        s.metrics.clone(),
+        s.clock.clone(),
+    );
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(worker.run(Arc::new(tokio::sync::Notify::new()), cancel.clone()));
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while handler.calls.load(Ordering::SeqCst) < 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of 20 events applied: the worker waited between rounds",
+            handler.calls.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    cancel.cancel();
+    running.await.unwrap();
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 20);
 }
