@@ -319,6 +319,7 @@ fn add_codes(
         crate::app_api::consume_usage,
         crate::app_api::release_usage,
         crate::checkout::create_checkout,
+        crate::checkout::sync_checkout,
         crate::checkout::create_portal,
         crate::subscription_api::preview,
         crate::subscription_api::change,

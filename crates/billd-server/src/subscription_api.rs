@@ -995,18 +995,37 @@ async fn feed_back<S: BillingBackend + ?Sized>(
     updated: &LiveSubscription,
     observed_ns: u64,
 ) -> Result<(), ApiError> {
+    feed_back_snapshot(
+        state,
+        ctx.watermark.0,
+        &updated.id,
+        &updated.object,
+        observed_ns,
+    )
+    .await
+    .map(drop)
+}
+
+/// Feeds a subscription object read from Stripe into the inbox as an
+/// authoritative snapshot at Stripe's current second, never before
+/// `watermark` (the second of the snapshot billd holds), and waits (bounded)
+/// until the worker applied it; answers whether it was applied in time.
+pub(crate) async fn feed_back_snapshot<S: BillingBackend + ?Sized>(
+    state: &ApiState<S>,
+    watermark: i64,
+    subscription: &str,
+    object: &Value,
+    observed_ns: u64,
+) -> Result<bool, ApiError> {
     // The observation time orders this snapshot against billd's other
     // reads and writes of the same second; the watermark itself is
     // Stripe's time, never billd's.
-    let created = ctx
-        .watermark
-        .0
-        .max(stripe_now(state, &updated.object).await?);
+    let created = watermark.max(stripe_now(state, object).await?);
     let event = sync_event(
-        &updated.id,
+        subscription,
         created,
         observed_ns,
-        updated.object.clone(),
+        object.clone(),
         state.clock.now(),
     );
     let id = event.id.clone();
@@ -1024,12 +1043,12 @@ async fn feed_back<S: BillingBackend + ?Sized>(
             .map_err(store_error)?
             .is_some_and(|e| !matches!(e.status, EventStatus::Pending | EventStatus::Processing));
         if done {
-            return Ok(());
+            return Ok(true);
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tracing::warn!(event_id = %id, "fed-back subscription not applied yet; answering anyway");
-    Ok(())
+    Ok(false)
 }
 
 /// The synthetic inbox event carrying a subscription object Stripe returned

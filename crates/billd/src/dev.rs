@@ -155,16 +155,23 @@ fn emulator_walkthrough(emulator: &Emulator, base_url: &str) -> String {
         out.push_str("The catalog has no priced plan, so there is nothing to check out.\n");
         return out;
     };
+    // Re-runnable as pasted: once alice is subscribed, checkout answers 409
+    // `already_subscribed` (printed, naming the subscription), the payment
+    // steps are skipped and the last step shows the plan she has.
     out.push_str(&format!(
         "Subscribe a customer to the {plan} plan with card pm_card_visa:\n\n\
 {WALKTHROUGH_BEGIN}\n\
 KEY={key}\n\
 curl -sS -X PUT {base_url}/v1/customers/alice -H \"Authorization: Bearer $KEY\" -H 'Content-Type: application/json' -d '{{\"email\":\"alice@example.com\"}}'\n\
-SESSION=$(curl -sS -X POST {base_url}/v1/customers/alice/checkout -H \"Authorization: Bearer $KEY\" -H 'Content-Type: application/json' -d '{{\"plan\":\"{plan}\",\"success_url\":\"{base_url}/\",\"cancel_url\":\"{base_url}/\"}}' | sed 's/.*\"session_id\":\"\\(cs_[^\"]*\\)\".*/\\1/')\n\
-curl -sS -X POST {sim}/_sim/checkout/sessions/$SESSION/complete -u {DEV_STRIPE_KEY}: -d payment_method=pm_card_visa\n\
+CHECKOUT=$(curl -sS -X POST {base_url}/v1/customers/alice/checkout -H \"Authorization: Bearer $KEY\" -H 'Content-Type: application/json' -d '{{\"plan\":\"{plan}\",\"success_url\":\"{base_url}/\",\"cancel_url\":\"{base_url}/\"}}'); printf '%s\\n' \"$CHECKOUT\"\n\
+SESSION=$(printf '%s' \"$CHECKOUT\" | sed -n 's/.*\"session_id\":\"\\(cs_[^\"]*\\)\".*/\\1/p')\n\
+if [ -n \"$SESSION\" ]; then curl -sS -X POST {sim}/_sim/checkout/sessions/$SESSION/complete -u {DEV_STRIPE_KEY}: -d payment_method=pm_card_visa; fi\n\
+if [ -n \"$SESSION\" ]; then curl -sS -X POST {base_url}/v1/customers/alice/checkout/sync -H \"Authorization: Bearer $KEY\" -H 'Content-Type: application/json' -d '{{\"session_id\":\"'$SESSION'\"}}'; fi\n\
 curl -sS {base_url}/v1/customers/alice/entitlements -H \"Authorization: Bearer $KEY\"\n\
 {WALKTHROUGH_END}\n\n\
-(The last step shows plan {plan} once billd has processed the webhooks, within a second or so.)\n"
+The sync step applies the paid session at once, as your success page would with the\n\
+{{CHECKOUT_SESSION_ID}} Stripe puts in success_url; the webhooks bring the same moments later.\n\
+Paste it again: checkout answers 409 already_subscribed and the last step shows plan {plan}.\n"
     ));
     out
 }
@@ -178,9 +185,7 @@ async fn start_emulator(
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
     let (url, handle) = if config.stripe_api_base.trim_end_matches('/') == STRIPE_API_BASE {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("dev mode: binding the Stripe emulator on loopback")?;
+        let listener = bind_kept_port(&state_dir.join("sim_port")).await?;
         let handle = stripe_sim::serve(
             listener,
             SimConfig {
@@ -229,6 +234,32 @@ async fn start_emulator(
         example_price,
         app_key,
     })
+}
+
+/// Binds the emulator on the loopback port kept in `file` (so that URLs in
+/// the walkthrough, and in the emulator's saved state, stay valid across
+/// restarts), else on a new port, which is kept for the next start.
+async fn bind_kept_port(file: &Path) -> anyhow::Result<tokio::net::TcpListener> {
+    let kept = std::fs::read_to_string(file)
+        .ok()
+        .and_then(|s| s.trim().parse::<u16>().ok())
+        .filter(|port| *port != 0);
+    if let Some(port) = kept {
+        match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(listener) => return Ok(listener),
+            Err(e) => eprintln!(
+                "billd: dev mode: the Stripe emulator's port {port} (kept in {}) is taken ({e}); using a new one",
+                file.display()
+            ),
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("dev mode: binding the Stripe emulator on loopback")?;
+    let port = listener.local_addr()?.port();
+    std::fs::write(file, format!("{port}\n"))
+        .with_context(|| format!("writing {}", file.display()))?;
+    Ok(listener)
 }
 
 /// Finds or creates every lookup-key price of the catalog in the emulator and

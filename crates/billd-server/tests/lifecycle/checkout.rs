@@ -555,6 +555,81 @@ async fn a_session_left_open_by_a_crashed_process_is_expired_by_the_next_new_ses
     h.shutdown().await;
 }
 
+/// The success page's call: a paid session is applied from Stripe at once,
+/// with no webhook at all (every delivery is dropped here), repeatably, and
+/// only for the customer it was made for.
+async fn sync_applies_a_paid_session_without_webhooks_and_only_for_its_customer(db: Db) {
+    let no_webhooks = WebhookKnobs {
+        drop_rate: 1.0,
+        ..WebhookKnobs::default()
+    };
+    let h = Harness::start(db, t0(), no_webhooks).await;
+    profile(&h, "u_sync").await;
+    profile(&h, "u_other").await;
+    let (status, session) = checkout(&h, "u_sync", plan("pro")).await;
+    assert_eq!(status, 200, "{session:#}");
+    let session = session["session_id"].as_str().unwrap().to_owned();
+    let sync = |user: &'static str, session: String| {
+        let h = &h;
+        async move {
+            let (status, body, _) = post(
+                h,
+                &format!("/v1/customers/{user}/checkout/sync"),
+                Some(APP_KEY),
+                json!({ "session_id": session }),
+            )
+            .await;
+            (status, body)
+        }
+    };
+
+    let (status, open) = sync("u_sync", session.clone()).await;
+    assert_eq!(
+        (status, &open["error"]["code"]),
+        (409, &json!("checkout_not_complete")),
+        "{open:#}"
+    );
+
+    complete(&h, &session);
+    let (status, paid) = sync("u_sync", session.clone()).await;
+    assert_eq!(status, 200, "{paid:#}");
+    assert_eq!(
+        (&paid["plan"], &paid["access"], &paid["status"]),
+        (&json!("pro"), &json!("paid"), &json!("active")),
+        "{paid:#}"
+    );
+    assert_eq!(h.entitlements("u_sync").await, (200, paid.clone()));
+    let (status, again) = sync("u_sync", session.clone()).await;
+    assert_eq!((status, &again), (200, &paid));
+
+    for (user, session, status, code) in [
+        (
+            "u_other",
+            session.clone(),
+            404,
+            "checkout_session_not_found",
+        ),
+        (
+            "u_sync",
+            "cs_test_unknown".to_owned(),
+            404,
+            "checkout_session_not_found",
+        ),
+        ("u_sync", "sub_123".to_owned(), 400, "invalid_session_id"),
+        ("u_nobody", session.clone(), 404, "customer_not_found"),
+    ] {
+        let (got, body) = sync(user, session).await;
+        assert_eq!(
+            (got, &body["error"]["code"]),
+            (status, &json!(code)),
+            "{user}: {body:#}"
+        );
+    }
+    let (status, other) = h.entitlements("u_other").await;
+    assert_eq!((status, &other["plan"]), (200, &json!("free")), "{other:#}");
+    h.shutdown().await;
+}
+
 on_both_databases!(
     a_session_left_open_by_a_crashed_process_is_expired_by_the_next_new_session,
     with_stripe_tax_configured_checkout_enables_automatic_tax,
@@ -566,4 +641,5 @@ on_both_databases!(
     stripe_answering_5xx_is_a_503_and_a_retry_then_succeeds,
     the_portal_opens_for_a_customer_with_a_stripe_customer_only,
     bad_checkout_requests_are_refused_before_stripe_with_stable_codes,
+    sync_applies_a_paid_session_without_webhooks_and_only_for_its_customer,
 );
