@@ -10,7 +10,7 @@ use billd_server::api::ApiConfig;
 use billd_server::auth::ApiKeys;
 use billd_server::billing::BillingConfig;
 use billd_server::metrics::Metrics;
-use billd_server::notify::{EmailCounters, EmailDelivery};
+use billd_server::notify::EmailDelivery;
 use billd_server::outbox::{Delivery, LogDelivery, OutboxConfig};
 use billd_server::scheduler::SchedulerConfig;
 use billd_store::{AuditRecord, BillingStore, Store};
@@ -71,13 +71,12 @@ pub fn billing_config(config: &Config) -> anyhow::Result<BillingConfig> {
 /// Where outbox emails and alerts go: SMTP through billd-email when
 /// `BILLD_SMTP_URL` is set, else the log. Checked at start-up, so a bad
 /// address or a missing `BILLD_EMAIL_FROM` stops `serve` instead of
-/// dead-lettering every email later. Outcomes are counted in `counters`
-/// (`Metrics::emails`, shown on `/metrics`).
+/// dead-lettering every email later. `start_billing` counts the outcomes
+/// (`billd_emails_total` on `/metrics`).
 pub fn delivery(
     config: &Config,
     store: Arc<dyn Store>,
     max_attempts: i32,
-    counters: Arc<EmailCounters>,
 ) -> anyhow::Result<Arc<dyn Delivery>> {
     let Some(smtp_url) = &config.smtp_url else {
         return Ok(Arc::new(LogDelivery));
@@ -94,8 +93,7 @@ pub fn delivery(
     .context("email configuration")?;
     let store: Arc<dyn BillingStore> = store;
     let delivery = EmailDelivery::from_config(&email, store, max_attempts)
-        .map_err(|e| anyhow::anyhow!("email configuration: {e}"))?
-        .with_counters(counters);
+        .map_err(|e| anyhow::anyhow!("email configuration: {e}"))?;
     Ok(Arc::new(delivery))
 }
 
@@ -152,25 +150,20 @@ mod tests {
         let store = billd_store::connect(&url).await.unwrap();
 
         let config = Config::load(None, &HashMap::new()).unwrap();
-        assert!(delivery(&config, store.clone(), 5, Arc::default()).is_ok());
+        assert!(delivery(&config, store.clone(), 5).is_ok());
 
         let env = HashMap::from([(
             "BILLD_SMTP_URL".to_string(),
             "smtp://127.0.0.1:2525".to_string(),
         )]);
         let config = Config::load(None, &env).unwrap();
-        let err = format!(
-            "{:#}",
-            delivery(&config, store.clone(), 5, Arc::default())
-                .err()
-                .unwrap()
-        );
+        let err = format!("{:#}", delivery(&config, store.clone(), 5).err().unwrap());
         assert!(err.contains("BILLD_EMAIL_FROM"), "{err}");
 
         let mut env = env;
         env.insert("BILLD_EMAIL_FROM".into(), "billing@example.com".into());
         let config = Config::load(None, &env).unwrap();
-        assert!(delivery(&config, store, 5, Arc::default()).is_ok());
+        assert!(delivery(&config, store, 5).is_ok());
     }
 
     #[test]

@@ -327,12 +327,8 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     let store = open_store(&config).await?;
     store.migrate().await.context("applying migrations")?;
     let mut billing_config = billing::billing_config(&config)?;
-    billing_config.delivery = billing::delivery(
-        &config,
-        store.clone(),
-        billing_config.outbox.max_attempts,
-        billing_config.metrics.emails.clone(),
-    )?;
+    billing_config.delivery =
+        billing::delivery(&config, store.clone(), billing_config.outbox.max_attempts)?;
     if let Some(catalog) = dev.take_catalog() {
         billing_config.catalog = Arc::new(catalog);
     }
