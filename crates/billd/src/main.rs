@@ -322,7 +322,7 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("BILLD_LISTEN: cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let mut dev = DevMode::apply(&mut config, Path::new(".billd"), addr).await?;
+    let mut dev = DevMode::apply(&mut config, Path::new(dev::STATE_DIR), addr).await?;
     tracing::info!(config = %config.summary(), "starting billd");
     let store = open_store(&config).await?;
     store.migrate().await.context("applying migrations")?;

@@ -8,6 +8,7 @@
 mod bench;
 mod cli;
 mod crash;
+mod dev_keys;
 mod dev_mode;
 mod doctor;
 mod email_crash;
