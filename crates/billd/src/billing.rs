@@ -97,31 +97,67 @@ pub fn delivery(
     Ok(Arc::new(delivery))
 }
 
-/// `billd audit <customer>`: the customer's audit rows, newest first.
-pub async fn audit(store: &dyn Store, customer: &str, limit: u32) -> anyhow::Result<()> {
+/// `billd audit <customer>`: the customer's audit rows, newest first, as a
+/// table or (`json`) JSON Lines.
+pub async fn audit(
+    store: &dyn Store,
+    customer: &str,
+    limit: u32,
+    json: bool,
+) -> anyhow::Result<()> {
     let customer = CustomerId::parse(customer).context("customer id")?;
     let rows = store.list_audit(&customer, limit).await?;
-    print!("{}", render_audit(&rows));
+    if json {
+        print!("{}", crate::table::json_lines(&audit_json(&rows)));
+    } else {
+        print!("{}", render_audit(&rows));
+    }
     Ok(())
 }
 
 fn render_audit(rows: &[AuditRecord]) -> String {
-    let mut out = format!(
-        "{:<12} {:<40} {:<24} {:<24} {}\n",
-        "AT", "FIELD", "BEFORE", "AFTER", "REASON"
-    );
-    for row in rows {
-        out.push_str(&format!(
-            "{:<12} {:<40} {:<24} {:<24} {} ({})\n",
-            row.at,
-            row.field,
-            row.before.as_deref().unwrap_or("-"),
-            row.after.as_deref().unwrap_or("-"),
-            row.reason,
-            row.event_type
-        ));
-    }
-    out
+    use crate::table::Align::Left;
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            vec![
+                crate::table::rfc3339(row.at),
+                row.field.clone(),
+                row.before.clone().unwrap_or_else(|| "-".into()),
+                row.after.clone().unwrap_or_else(|| "-".into()),
+                format!("{} ({})", row.reason, row.event_type),
+            ]
+        })
+        .collect();
+    crate::table::render(
+        &[
+            ("AT", Left),
+            ("FIELD", Left),
+            ("BEFORE", Left),
+            ("AFTER", Left),
+            ("REASON", Left),
+        ],
+        &cells,
+    )
+}
+
+/// `billd audit --json`: one object per row, `at` in RFC 3339 UTC, an
+/// absent value `null`.
+fn audit_json(rows: &[AuditRecord]) -> Vec<serde_json::Value> {
+    rows.iter()
+        .map(|row| {
+            serde_json::json!({
+                "id": row.id,
+                "customer": row.customer_id.as_str(),
+                "at": crate::table::rfc3339(row.at),
+                "field": row.field,
+                "before": row.before,
+                "after": row.after,
+                "reason": row.reason,
+                "event_type": row.event_type,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -179,6 +215,7 @@ mod tests {
             event_type: "customer.subscription.created".into(),
         }];
         let shown = render_audit(&rows);
+        assert!(shown.contains("2023-11-14T22:13:20Z"), "{shown}");
         assert!(shown.contains("subscription.sub_1.status"), "{shown}");
         assert!(
             shown.contains("evt_1 (customer.subscription.created)"),
