@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::lifecycle::REFETCH_EVENT_PREFIX;
 use crate::metrics::Metrics;
-use crate::outbox::{Delivery, DeliveryError};
+use crate::outbox::{Delivered, Delivery, DeliveryError};
 
 /// The outbox `kind` of an alert's webhook-channel row (the email-channel
 /// row is an ordinary `admin_alert`).
@@ -634,11 +634,16 @@ fn tally(counts: &BTreeMap<String, u64>) -> String {
 }
 
 /// A [`Delivery`] that posts webhook-channel alert rows itself and hands
-/// everything else (emails, email-channel alerts) to `inner`.
+/// everything else (emails, email-channel alerts) to `inner`, counting
+/// those outcomes in `Metrics::emails`: counted here, where the server
+/// wires the delivery, every configured delivery shows on `/metrics`.
 pub struct AlertDelivery {
     inner: Arc<dyn Delivery>,
     webhook: Option<(reqwest::Client, String)>,
     metrics: Arc<Metrics>,
+    /// The outbox's `max_attempts`: a transient failure on this attempt is
+    /// the row's last (counted `dead`).
+    max_attempts: i32,
 }
 
 impl std::fmt::Debug for AlertDelivery {
@@ -654,11 +659,13 @@ impl std::fmt::Debug for AlertDelivery {
 const WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl AlertDelivery {
-    /// Wraps `inner`; webhook rows go to `config.webhook_url`.
+    /// Wraps `inner`; webhook rows go to `config.webhook_url`;
+    /// `max_attempts` must be the outbox worker's.
     pub fn new(
         inner: Arc<dyn Delivery>,
         config: &AlertConfig,
         metrics: Arc<Metrics>,
+        max_attempts: i32,
     ) -> Result<Self, reqwest::Error> {
         let webhook = match &config.webhook_url {
             Some(url) => Some((
@@ -673,10 +680,11 @@ impl AlertDelivery {
             inner,
             webhook,
             metrics,
+            max_attempts,
         })
     }
 
-    async fn post(&self, item: &OutboxItem, effect: &Effect) -> Result<(), DeliveryError> {
+    async fn post(&self, item: &OutboxItem, effect: &Effect) -> Result<Delivered, DeliveryError> {
         let Effect::AdminAlert { alert, message, .. } = effect else {
             return Err(DeliveryError::Permanent(format!(
                 "{ALERT_WEBHOOK_KIND} row without an admin alert: {}",
@@ -686,7 +694,7 @@ impl AlertDelivery {
         let Some((client, url)) = &self.webhook else {
             // Written while a URL was configured; it has been removed since.
             self.metrics.alert_webhook_deliveries.inc("unconfigured");
-            return Ok(());
+            return Ok(Delivered::NoRecipient);
         };
         let kind = alert_label(*alert);
         let body = json!({
@@ -700,7 +708,7 @@ impl AlertDelivery {
         });
         let result = client.post(url).json(&body).send().await;
         let outcome = match result {
-            Ok(response) if response.status().is_success() => Ok(()),
+            Ok(response) if response.status().is_success() => Ok(Delivered::Sent),
             Ok(response) => {
                 let status = response.status();
                 let error = format!("alert webhook answered {status}");
@@ -721,7 +729,7 @@ impl AlertDelivery {
             ))),
         };
         self.metrics.alert_webhook_deliveries.inc(match &outcome {
-            Ok(()) => "sent",
+            Ok(_) => "sent",
             Err(DeliveryError::Transient(_)) => "transient_failure",
             Err(DeliveryError::Permanent(_)) => "permanent_failure",
         });
@@ -731,11 +739,17 @@ impl AlertDelivery {
 
 #[async_trait]
 impl Delivery for AlertDelivery {
-    async fn deliver(&self, item: &OutboxItem, effect: &Effect) -> Result<(), DeliveryError> {
+    async fn deliver(
+        &self,
+        item: &OutboxItem,
+        effect: &Effect,
+    ) -> Result<Delivered, DeliveryError> {
         if item.kind == ALERT_WEBHOOK_KIND {
             self.post(item, effect).await
         } else {
-            self.inner.deliver(item, effect).await
+            let result = self.inner.deliver(item, effect).await;
+            self.metrics.emails.count(item, &result, self.max_attempts);
+            result
         }
     }
 }

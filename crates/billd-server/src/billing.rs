@@ -37,8 +37,8 @@ pub struct BillingConfig {
     pub api: ApiConfig,
     /// Where emails and alerts go ([`crate::outbox::LogDelivery`] by default).
     pub delivery: Arc<dyn Delivery>,
-    /// The metrics `/metrics` renders; pass the same to
-    /// `notify::EmailDelivery::with_counters` to see email outcomes there.
+    /// The metrics `/metrics` renders; the outcomes of `delivery` are
+    /// counted into its `emails`.
     pub metrics: Arc<Metrics>,
     /// Alert channels and conditions.
     pub alerts: AlertConfig,
@@ -112,8 +112,13 @@ pub fn start_billing(
         tokio::spawn(scheduler.run(running.cancel_token()));
     }
     if workers == Workers::Run {
-        let delivery = AlertDelivery::new(billing.delivery, &billing.alerts, metrics.clone())
-            .map_err(std::io::Error::other)?;
+        let delivery = AlertDelivery::new(
+            billing.delivery,
+            &billing.alerts,
+            metrics.clone(),
+            billing.outbox.max_attempts,
+        )
+        .map_err(std::io::Error::other)?;
         let monitor = AlertMonitor::new(store.clone(), metrics, clock.clone(), billing.alerts);
         let outbox = OutboxWorker::new(
             store,

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use billd_store::{EventStatus, InboxStats};
 
@@ -103,9 +103,9 @@ pub struct Metrics {
     pub reconcile_drift: LabelledCounter,
     /// Payments, disputes and refunds the lifecycle applied.
     pub business: crate::business::BusinessMetrics,
-    /// Email and email-channel alert deliveries (shared with
-    /// `notify::EmailDelivery::with_counters`).
-    pub emails: Arc<crate::notify::EmailCounters>,
+    /// Email and email-channel alert deliveries, counted by
+    /// `alerts::AlertDelivery` around the configured delivery.
+    pub emails: crate::notify::EmailCounters,
     /// Alerts written to the outbox, by kind.
     pub alerts_raised: LabelledCounter,
     /// Alerts not written because their window already had one, by kind.

@@ -19,15 +19,20 @@ use billd_core::Effect;
 use billd_email::{EmailConfig, Notifier, Recipient, SetupError};
 use billd_store::{BillingStore, OutboxItem};
 
-use crate::outbox::{Delivery, DeliveryError};
+use crate::outbox::{Delivered, Delivery, DeliveryError};
 
-/// Counts of email outcomes since start, for the metrics endpoint.
+/// Counts of email outcomes since start, for the metrics endpoint
+/// (`Metrics::emails`). Counted where `crate::billing::start_billing` hands
+/// rows to the configured [`Delivery`], whatever that delivery is (SMTP,
+/// the log, a test's), so `/metrics` shows every delivery it made.
 #[derive(Debug, Default)]
 pub struct EmailCounters {
     /// Handed to the backend.
     pub sent: AtomicU64,
     /// Skipped: nobody to send to.
     pub no_recipient: AtomicU64,
+    /// Written to the log: no mailer configured (dev mode).
+    pub logged: AtomicU64,
     /// Failed, will be retried.
     pub transient: AtomicU64,
     /// Failed for good: the row is dead.
@@ -35,6 +40,25 @@ pub struct EmailCounters {
 }
 
 impl EmailCounters {
+    /// Counts one delivery of outbox row `item`: a failure is `dead` when
+    /// it is permanent or came on the row's last attempt (`max_attempts`,
+    /// the outbox worker's), as the outbox worker decides.
+    pub fn count(
+        &self,
+        item: &OutboxItem,
+        result: &Result<Delivered, DeliveryError>,
+        max_attempts: i32,
+    ) {
+        let counter = match result {
+            Ok(Delivered::Sent) => &self.sent,
+            Ok(Delivered::NoRecipient) => &self.no_recipient,
+            Ok(Delivered::Logged) => &self.logged,
+            Err(DeliveryError::Transient(_)) if item.attempts < max_attempts => &self.transient,
+            Err(_) => &self.dead,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Prometheus text lines for `billd_emails_total{outcome}`.
     pub fn render(&self) -> String {
         let mut out = String::from(
@@ -43,6 +67,7 @@ impl EmailCounters {
         for (outcome, n) in [
             ("sent", &self.sent),
             ("no_recipient", &self.no_recipient),
+            ("logged", &self.logged),
             ("transient_failure", &self.transient),
             ("dead", &self.dead),
         ] {
@@ -61,7 +86,6 @@ pub struct EmailDelivery {
     store: Arc<dyn BillingStore>,
     /// The outbox's `max_attempts`: the attempt that makes a row dead.
     max_attempts: i32,
-    counters: Arc<EmailCounters>,
 }
 
 impl std::fmt::Debug for EmailDelivery {
@@ -81,7 +105,6 @@ impl EmailDelivery {
             notifier,
             store,
             max_attempts,
-            counters: Arc::new(EmailCounters::default()),
         }
     }
 
@@ -98,18 +121,6 @@ impl EmailDelivery {
             store,
             max_attempts,
         ))
-    }
-
-    /// Counts into `counters` (e.g. `Metrics::emails`, so `/metrics`
-    /// shows them) instead of counters of its own.
-    pub fn with_counters(mut self, counters: Arc<EmailCounters>) -> Self {
-        self.counters = counters;
-        self
-    }
-
-    /// The outcome counters.
-    pub fn counters(&self) -> Arc<EmailCounters> {
-        self.counters.clone()
     }
 
     async fn recipient(&self, item: &OutboxItem) -> Result<Option<Recipient>, DeliveryError> {
@@ -132,18 +143,21 @@ impl EmailDelivery {
             .map_err(|e| DeliveryError::Permanent(format!("{}: {e}", e.code())))
     }
 
-    /// Counts and logs a row that will never be delivered. The operator
-    /// hears of it from the alert monitor's `outbox_dead` alert: one per
-    /// dedupe window, however many emails die in it.
+    /// Logs a row that will never be delivered (the outbox counts it). The
+    /// operator hears of it from the alert monitor's `outbox_dead` alert:
+    /// one per dedupe window, however many emails die in it.
     fn record_dead(&self, item: &OutboxItem, error: &str) {
-        self.counters.dead.fetch_add(1, Ordering::Relaxed);
         tracing::error!(outbox_id = item.id, dedupe_key = %item.dedupe_key, %error, "email is dead");
     }
 }
 
 #[async_trait]
 impl Delivery for EmailDelivery {
-    async fn deliver(&self, item: &OutboxItem, effect: &Effect) -> Result<(), DeliveryError> {
+    async fn deliver(
+        &self,
+        item: &OutboxItem,
+        effect: &Effect,
+    ) -> Result<Delivered, DeliveryError> {
         let recipient = match effect {
             Effect::Email { .. } => match self.recipient(item).await {
                 Ok(r) => r,
@@ -156,20 +170,12 @@ impl Delivery for EmailDelivery {
             _ => None,
         };
         match self.notifier.deliver(effect, recipient.as_ref()).await {
-            Ok(billd_email::Delivery::Sent) => {
-                self.counters.sent.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
-            Ok(billd_email::Delivery::NoRecipient) => {
-                self.counters.no_recipient.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            }
+            Ok(billd_email::Delivery::Sent) => Ok(Delivered::Sent),
+            Ok(billd_email::Delivery::NoRecipient) => Ok(Delivered::NoRecipient),
             Err(e) if e.is_transient() => {
                 let error = format!("{}: {e}", e.code());
                 if item.attempts >= self.max_attempts {
                     self.record_dead(item, &error);
-                } else {
-                    self.counters.transient.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(DeliveryError::Transient(error))
             }

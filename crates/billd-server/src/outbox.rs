@@ -47,11 +47,23 @@ pub enum DeliveryError {
     Permanent(String),
 }
 
+/// What a successful delivery did with the row (the row is done either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivered {
+    /// Handed to the mail server (or the alert webhook).
+    Sent,
+    /// Nobody to send to (a customer without an address): nothing to retry.
+    NoRecipient,
+    /// Written to the log because no mailer is configured (dev mode).
+    Logged,
+}
+
 /// Sends emails and admin alerts.
 #[async_trait]
 pub trait Delivery: Send + Sync + 'static {
     /// Delivers one `Email` or `AdminAlert` effect of outbox row `item`.
-    async fn deliver(&self, item: &OutboxItem, effect: &Effect) -> Result<(), DeliveryError>;
+    async fn deliver(&self, item: &OutboxItem, effect: &Effect)
+        -> Result<Delivered, DeliveryError>;
 }
 
 /// A delivery backend that writes each email and alert to the log: the
@@ -61,7 +73,11 @@ pub struct LogDelivery;
 
 #[async_trait]
 impl Delivery for LogDelivery {
-    async fn deliver(&self, item: &OutboxItem, effect: &Effect) -> Result<(), DeliveryError> {
+    async fn deliver(
+        &self,
+        item: &OutboxItem,
+        effect: &Effect,
+    ) -> Result<Delivered, DeliveryError> {
         let customer = item.customer_id.as_ref().map(ToString::to_string);
         match effect {
             Effect::Email {
@@ -81,7 +97,7 @@ impl Delivery for LogDelivery {
                 )))
             }
         }
-        Ok(())
+        Ok(Delivered::Logged)
     }
 }
 
@@ -314,7 +330,7 @@ impl<S: BillingBackend + ?Sized> OutboxWorker<S> {
             .map_err(|e| DeliveryError::Permanent(format!("unreadable outbox payload: {e}")))?;
         match &effect {
             Effect::Email { .. } | Effect::AdminAlert { .. } => {
-                self.delivery.deliver(item, &effect).await
+                self.delivery.deliver(item, &effect).await.map(|_| ())
             }
             Effect::CancelSubscription {
                 subscription,

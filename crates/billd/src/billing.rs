@@ -10,7 +10,7 @@ use billd_server::api::ApiConfig;
 use billd_server::auth::ApiKeys;
 use billd_server::billing::BillingConfig;
 use billd_server::metrics::Metrics;
-use billd_server::notify::{EmailCounters, EmailDelivery};
+use billd_server::notify::EmailDelivery;
 use billd_server::outbox::{Delivery, LogDelivery, OutboxConfig};
 use billd_server::scheduler::SchedulerConfig;
 use billd_store::{AuditRecord, BillingStore, Store};
@@ -71,13 +71,12 @@ pub fn billing_config(config: &Config) -> anyhow::Result<BillingConfig> {
 /// Where outbox emails and alerts go: SMTP through billd-email when
 /// `BILLD_SMTP_URL` is set, else the log. Checked at start-up, so a bad
 /// address or a missing `BILLD_EMAIL_FROM` stops `serve` instead of
-/// dead-lettering every email later. Outcomes are counted in `counters`
-/// (`Metrics::emails`, shown on `/metrics`).
+/// dead-lettering every email later. `start_billing` counts the outcomes
+/// (`billd_emails_total` on `/metrics`).
 pub fn delivery(
     config: &Config,
     store: Arc<dyn Store>,
     max_attempts: i32,
-    counters: Arc<EmailCounters>,
 ) -> anyhow::Result<Arc<dyn Delivery>> {
     let Some(smtp_url) = &config.smtp_url else {
         return Ok(Arc::new(LogDelivery));
@@ -94,36 +93,71 @@ pub fn delivery(
     .context("email configuration")?;
     let store: Arc<dyn BillingStore> = store;
     let delivery = EmailDelivery::from_config(&email, store, max_attempts)
-        .map_err(|e| anyhow::anyhow!("email configuration: {e}"))?
-        .with_counters(counters);
+        .map_err(|e| anyhow::anyhow!("email configuration: {e}"))?;
     Ok(Arc::new(delivery))
 }
 
-/// `billd audit <customer>`: the customer's audit rows, newest first.
-pub async fn audit(store: &dyn Store, customer: &str, limit: u32) -> anyhow::Result<()> {
+/// `billd audit <customer>`: the customer's audit rows, newest first, as a
+/// table or (`json`) JSON Lines.
+pub async fn audit(
+    store: &dyn Store,
+    customer: &str,
+    limit: u32,
+    json: bool,
+) -> anyhow::Result<()> {
     let customer = CustomerId::parse(customer).context("customer id")?;
     let rows = store.list_audit(&customer, limit).await?;
-    print!("{}", render_audit(&rows));
+    if json {
+        print!("{}", crate::table::json_lines(&audit_json(&rows)));
+    } else {
+        print!("{}", render_audit(&rows));
+    }
     Ok(())
 }
 
 fn render_audit(rows: &[AuditRecord]) -> String {
-    let mut out = format!(
-        "{:<12} {:<40} {:<24} {:<24} {}\n",
-        "AT", "FIELD", "BEFORE", "AFTER", "REASON"
-    );
-    for row in rows {
-        out.push_str(&format!(
-            "{:<12} {:<40} {:<24} {:<24} {} ({})\n",
-            row.at,
-            row.field,
-            row.before.as_deref().unwrap_or("-"),
-            row.after.as_deref().unwrap_or("-"),
-            row.reason,
-            row.event_type
-        ));
-    }
-    out
+    use crate::table::Align::Left;
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            vec![
+                crate::table::rfc3339(row.at),
+                row.field.clone(),
+                row.before.clone().unwrap_or_else(|| "-".into()),
+                row.after.clone().unwrap_or_else(|| "-".into()),
+                format!("{} ({})", row.reason, row.event_type),
+            ]
+        })
+        .collect();
+    crate::table::render(
+        &[
+            ("AT", Left),
+            ("FIELD", Left),
+            ("BEFORE", Left),
+            ("AFTER", Left),
+            ("REASON", Left),
+        ],
+        &cells,
+    )
+}
+
+/// `billd audit --json`: one object per row, `at` in RFC 3339 UTC, an
+/// absent value `null`.
+fn audit_json(rows: &[AuditRecord]) -> Vec<serde_json::Value> {
+    rows.iter()
+        .map(|row| {
+            serde_json::json!({
+                "id": row.id,
+                "customer": row.customer_id.as_str(),
+                "at": crate::table::rfc3339(row.at),
+                "field": row.field,
+                "before": row.before,
+                "after": row.after,
+                "reason": row.reason,
+                "event_type": row.event_type,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -152,25 +186,20 @@ mod tests {
         let store = billd_store::connect(&url).await.unwrap();
 
         let config = Config::load(None, &HashMap::new()).unwrap();
-        assert!(delivery(&config, store.clone(), 5, Arc::default()).is_ok());
+        assert!(delivery(&config, store.clone(), 5).is_ok());
 
         let env = HashMap::from([(
             "BILLD_SMTP_URL".to_string(),
             "smtp://127.0.0.1:2525".to_string(),
         )]);
         let config = Config::load(None, &env).unwrap();
-        let err = format!(
-            "{:#}",
-            delivery(&config, store.clone(), 5, Arc::default())
-                .err()
-                .unwrap()
-        );
+        let err = format!("{:#}", delivery(&config, store.clone(), 5).err().unwrap());
         assert!(err.contains("BILLD_EMAIL_FROM"), "{err}");
 
         let mut env = env;
         env.insert("BILLD_EMAIL_FROM".into(), "billing@example.com".into());
         let config = Config::load(None, &env).unwrap();
-        assert!(delivery(&config, store, 5, Arc::default()).is_ok());
+        assert!(delivery(&config, store, 5).is_ok());
     }
 
     #[test]
@@ -186,6 +215,7 @@ mod tests {
             event_type: "customer.subscription.created".into(),
         }];
         let shown = render_audit(&rows);
+        assert!(shown.contains("2023-11-14T22:13:20Z"), "{shown}");
         assert!(shown.contains("subscription.sub_1.status"), "{shown}");
         assert!(
             shown.contains("evt_1 (customer.subscription.created)"),

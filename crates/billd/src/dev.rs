@@ -3,8 +3,8 @@
 //! With no `BILLD_STRIPE_API_KEY`, `billd serve` starts the built-in Stripe
 //! emulator (stripe-sim) on a loopback port, points billd's Stripe client at
 //! it, creates the catalog's prices there, registers billd's own webhook
-//! endpoint with the secret the emulator returns, makes up an app API key when
-//! none is configured, and prints a walkthrough. The emulator's state is kept
+//! endpoint with the secret the emulator returns, makes up an app API key and
+//! an admin API key when none is configured, and prints a walkthrough. The emulator's state is kept
 //! in `.billd/sim.json` next to the dev database so both survive restarts.
 //!
 //! With an API key but no `BILLD_STRIPE_WEBHOOK_SECRETS`, billd makes up a
@@ -27,6 +27,21 @@ use crate::config::Config;
 /// The API key billd uses with the emulator (any `sk_test_` key is accepted).
 pub const DEV_STRIPE_KEY: &str = "sk_test_billd_dev";
 
+/// Where `billd serve` keeps dev-mode state (relative to its working directory).
+pub const STATE_DIR: &str = ".billd";
+
+/// The generated app API key's file in [`STATE_DIR`].
+pub const APP_KEY_FILE: &str = "dev_api_key";
+
+/// The generated admin API key's file in [`STATE_DIR`].
+pub const ADMIN_KEY_FILE: &str = "dev_admin_key";
+
+/// The prefix of a generated app API key.
+const APP_KEY_PREFIX: &str = "billd_dev_";
+
+/// The prefix of a generated admin API key.
+const ADMIN_KEY_PREFIX: &str = "billd_dev_admin_";
+
 /// Stripe's real API base, the built-in default of `stripe_api_base`.
 const STRIPE_API_BASE: &str = "https://api.stripe.com";
 
@@ -43,6 +58,8 @@ pub struct Emulator {
     pub example_price: Option<(String, String)>,
     /// The generated app API key, when `BILLD_API_KEYS` was unset.
     pub app_key: Option<SecretString>,
+    /// The generated admin API key, when `BILLD_ADMIN_API_KEYS` was unset.
+    pub admin_key: Option<SecretString>,
 }
 
 /// What dev mode filled in for a configuration that left things unset.
@@ -151,6 +168,12 @@ fn emulator_walkthrough(emulator: &Emulator, base_url: &str) -> String {
         // Quoted, so the printed `KEY=` line stays valid shell until replaced.
         None => "'<one of your BILLD_API_KEYS>'".to_string(),
     };
+    if let Some(admin) = &emulator.admin_key {
+        out.push_str(&format!(
+            "BILLD_ADMIN_API_KEYS is not set: the dev admin API key is {} (kept in .billd/), for /v1/admin/…\n\n",
+            admin.expose_secret()
+        ));
+    }
     let Some((plan, _price)) = &emulator.example_price else {
         out.push_str("The catalog has no priced plan, so there is nothing to check out.\n");
         return out;
@@ -218,21 +241,23 @@ async fn start_emulator(
         .stripe_webhook_secrets
         .push(SecretString::from(secret));
 
-    let app_key = if config.api_keys.is_empty() {
-        let key = kept_secret(&state_dir.join("dev_api_key"), "billd_dev_", || {
-            generate("billd_dev_")
-        })?;
-        config.api_keys.push(SecretString::from(key.clone()));
-        Some(SecretString::from(key))
-    } else {
-        None
-    };
+    let app_key = dev_key(
+        &mut config.api_keys,
+        &state_dir.join(APP_KEY_FILE),
+        APP_KEY_PREFIX,
+    )?;
+    let admin_key = dev_key(
+        &mut config.admin_api_keys,
+        &state_dir.join(ADMIN_KEY_FILE),
+        ADMIN_KEY_PREFIX,
+    )?;
     Ok(Emulator {
         url,
         handle,
         catalog: Some(catalog),
         example_price,
         app_key,
+        admin_key,
     })
 }
 
@@ -260,6 +285,36 @@ async fn bind_kept_port(file: &Path) -> anyhow::Result<tokio::net::TcpListener> 
     std::fs::write(file, format!("{port}\n"))
         .with_context(|| format!("writing {}", file.display()))?;
     Ok(listener)
+}
+
+/// Where dev mode keeps the key it uses for an empty `BILLD_API_KEYS`
+/// (`admin` false) or `BILLD_ADMIN_API_KEYS` (`admin` true) under
+/// `state_dir`, and whether a key is kept there already (else `billd serve`
+/// generates one at start-up).
+pub fn dev_key_file(state_dir: &Path, admin: bool) -> (PathBuf, bool) {
+    let (file, prefix) = if admin {
+        (ADMIN_KEY_FILE, ADMIN_KEY_PREFIX)
+    } else {
+        (APP_KEY_FILE, APP_KEY_PREFIX)
+    };
+    let file = state_dir.join(file);
+    let kept = std::fs::read_to_string(&file).is_ok_and(|s| s.trim().starts_with(prefix));
+    (file, kept)
+}
+
+/// When `keys` is empty: the key kept in `file` (or a new one kept there)
+/// becomes the only key, and is returned for the banner.
+fn dev_key(
+    keys: &mut Vec<SecretString>,
+    file: &Path,
+    prefix: &str,
+) -> anyhow::Result<Option<SecretString>> {
+    if !keys.is_empty() {
+        return Ok(None);
+    }
+    let key = kept_secret(file, prefix, || generate(prefix))?;
+    keys.push(SecretString::from(key.clone()));
+    Ok(Some(SecretString::from(key)))
 }
 
 /// Finds or creates every lookup-key price of the catalog in the emulator and
@@ -508,9 +563,27 @@ mod tests {
             .to_string();
         assert!(key.starts_with("billd_dev_"));
         assert_eq!(config.api_keys[0].expose_secret(), key);
+        let admin = emulator
+            .admin_key
+            .as_ref()
+            .unwrap()
+            .expose_secret()
+            .to_string();
+        assert!(admin.starts_with("billd_dev_admin_"));
+        assert_ne!(admin, key);
+        assert_eq!(config.admin_api_keys.len(), 1);
+        assert_eq!(config.admin_api_keys[0].expose_secret(), admin);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(ADMIN_KEY_FILE)).unwrap(),
+            admin
+        );
         let banner = dev.banner("http://127.0.0.1:9");
         assert!(banner.contains("NOTHING REAL IS CHARGED"), "{banner}");
         assert!(banner.contains(&key), "{banner}");
+        assert!(
+            banner.contains(&format!("the dev admin API key is {admin} ")),
+            "{banner}"
+        );
         let catalog = dev.take_catalog().unwrap();
         for (_, _, price) in catalog.prices() {
             let id = price.id.as_ref().unwrap().to_string();
@@ -568,6 +641,10 @@ mod tests {
             first.api_keys[0].expose_secret(),
             second.api_keys[0].expose_secret()
         );
+        assert_eq!(
+            first.admin_api_keys[0].expose_secret(),
+            second.admin_api_keys[0].expose_secret()
+        );
         dev2.shutdown().await;
     }
 
@@ -592,6 +669,33 @@ mod tests {
             banner.contains("KEY='<one of your BILLD_API_KEYS>'"),
             "{banner}"
         );
+        dev.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_configured_admin_keys_no_admin_key_is_generated_or_printed() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = HashMap::from([(
+            "BILLD_ADMIN_API_KEYS".to_string(),
+            "admin_key_configured_1234".to_string(),
+        )]);
+        let mut config = Config::load(None, &env).unwrap();
+
+        let dev = DevMode::apply(&mut config, dir.path(), addr())
+            .await
+            .unwrap();
+
+        let banner = dev.banner("http://127.0.0.1:9");
+        let emulator = dev.emulator.as_ref().unwrap();
+        assert!(emulator.admin_key.is_none());
+        assert!(emulator.app_key.is_some());
+        assert_eq!(config.admin_api_keys.len(), 1);
+        assert_eq!(
+            config.admin_api_keys[0].expose_secret(),
+            "admin_key_configured_1234"
+        );
+        assert!(!dir.path().join(ADMIN_KEY_FILE).exists());
+        assert!(!banner.contains("admin API key"), "{banner}");
         dev.shutdown().await;
     }
 }

@@ -362,22 +362,7 @@ fn report_migrations(r: &mut Report, status: &MigrationStatus) {
 }
 
 fn check_local_settings(r: &mut Report, config: &Config) {
-    match (config.api_keys.len(), config.admin_api_keys.len()) {
-        (0, _) => r.warn(
-            "api keys",
-            "BILLD_API_KEYS is empty: the app API answers 401 to every call",
-            "set BILLD_API_KEYS (comma-separated, at least 16 characters each)",
-        ),
-        (app, 0) => r.warn(
-            "api keys",
-            format!("{app} app key(s); BILLD_ADMIN_API_KEYS is empty: the admin API is closed"),
-            "set BILLD_ADMIN_API_KEYS to use /v1/admin/…",
-        ),
-        (app, admin) => r.pass(
-            "api keys",
-            format!("{app} app key(s), {admin} admin key(s)"),
-        ),
-    }
+    check_api_keys(r, config, Path::new(crate::dev::STATE_DIR));
     let Some(smtp) = &config.smtp_url else {
         r.warn(
             "email",
@@ -404,6 +389,48 @@ fn check_local_settings(r: &mut Report, config: &Config) {
             "set BILLD_ADMIN_EMAIL so that alerts reach someone",
         ),
         Ok(_) => r.pass("email", format!("SMTP {}", smtp.redacted())),
+    }
+}
+
+/// The app and admin API keys. Without a Stripe key `billd serve` runs in
+/// dev mode, which generates (and keeps under `state_dir`) a key for each
+/// empty list: then an empty list is no problem, and the row says which
+/// file holds the key instead of warning.
+fn check_api_keys(r: &mut Report, config: &Config, state_dir: &Path) {
+    let dev_mode = config.stripe_api_key.is_none();
+    let describe = |configured: usize, what: &str, admin: bool| {
+        if configured > 0 {
+            return format!("{configured} {what} key(s)");
+        }
+        let (file, kept) = crate::dev::dev_key_file(state_dir, admin);
+        if kept {
+            format!("the dev-mode {what} key in {}", file.display())
+        } else {
+            format!(
+                "a dev-mode {what} key billd serve generates into {}",
+                file.display()
+            )
+        }
+    };
+    match (config.api_keys.len(), config.admin_api_keys.len()) {
+        (0, _) if !dev_mode => r.warn(
+            "api keys",
+            "BILLD_API_KEYS is empty: the app API answers 401 to every call",
+            "set BILLD_API_KEYS (comma-separated, at least 16 characters each)",
+        ),
+        (app, 0) if !dev_mode => r.warn(
+            "api keys",
+            format!("{app} app key(s); BILLD_ADMIN_API_KEYS is empty: the admin API is closed"),
+            "set BILLD_ADMIN_API_KEYS to use /v1/admin/…",
+        ),
+        (app, admin) => r.pass(
+            "api keys",
+            format!(
+                "{}, {}",
+                describe(app, "app", false),
+                describe(admin, "admin", true)
+            ),
+        ),
     }
 }
 
@@ -973,6 +1000,49 @@ mod tests {
         let missing = missing_events(&partial);
         assert_eq!(missing.len(), HANDLED_EVENT_TYPES.len() - 1);
         assert!(!missing.contains(&"invoice.paid"));
+    }
+
+    #[test]
+    fn empty_api_keys_warn_unless_dev_mode_generates_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let row = |env: &[(&str, &str)]| {
+            let env = env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            let mut r = Report::default();
+            check_api_keys(&mut r, &Config::load(None, &env).unwrap(), dir.path());
+            r.checks.remove(0)
+        };
+        let stripe = ("BILLD_STRIPE_API_KEY", "sk_test_doctor");
+
+        let production = row(&[stripe]);
+        let no_admin = row(&[stripe, ("BILLD_API_KEYS", "app_key_0123456789abcdef")]);
+        let dev_first_start = row(&[]);
+        std::fs::write(dir.path().join("dev_api_key"), "billd_dev_kept").unwrap();
+        let dev_kept = row(&[("BILLD_ADMIN_API_KEYS", "admin_key_0123456789abcdef")]);
+
+        assert_eq!(production.status, Status::Warn);
+        assert!(production.detail.contains("BILLD_API_KEYS is empty"));
+        assert_eq!(no_admin.status, Status::Warn);
+        assert!(no_admin.detail.contains("BILLD_ADMIN_API_KEYS is empty"));
+        assert_eq!(dev_first_start.status, Status::Pass);
+        assert!(
+            dev_first_start
+                .detail
+                .contains("billd serve generates into")
+                && dev_first_start.detail.contains("dev_admin_key"),
+            "{}",
+            dev_first_start.detail
+        );
+        assert_eq!(dev_kept.status, Status::Pass);
+        assert_eq!(
+            dev_kept.detail,
+            format!(
+                "the dev-mode app key in {}, 1 admin key(s)",
+                dir.path().join("dev_api_key").display()
+            )
+        );
     }
 
     #[test]

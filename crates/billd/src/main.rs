@@ -11,6 +11,7 @@ mod doctor;
 mod loadgen;
 mod reconcile_cmd;
 mod sim_cmd;
+mod table;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -69,6 +70,9 @@ enum Command {
         /// At most this many rows.
         #[arg(long, default_value_t = 100)]
         limit: u32,
+        /// One JSON object per row and line (JSON Lines) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -85,6 +89,9 @@ enum EventsCommand {
         /// At most this many events.
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// One JSON object per event and line (JSON Lines) instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Shows one event: payload, status, attempts, last error.
     Show {
@@ -264,10 +271,14 @@ async fn run(cli: Cli, config: Option<Result<Config, ConfigErrors>>) -> anyhow::
             store.migrate().await.context("applying migrations")?;
             reconcile_cmd::run(&config, store, &args).await
         }
-        Command::Audit { customer, limit } => {
+        Command::Audit {
+            customer,
+            limit,
+            json,
+        } => {
             let store = open_store(&config).await?;
             store.migrate().await.context("applying migrations")?;
-            billing::audit(store.as_ref(), &customer, limit).await
+            billing::audit(store.as_ref(), &customer, limit, json).await
         }
     }
 }
@@ -322,17 +333,13 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("BILLD_LISTEN: cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let mut dev = DevMode::apply(&mut config, Path::new(".billd"), addr).await?;
+    let mut dev = DevMode::apply(&mut config, Path::new(dev::STATE_DIR), addr).await?;
     tracing::info!(config = %config.summary(), "starting billd");
     let store = open_store(&config).await?;
     store.migrate().await.context("applying migrations")?;
     let mut billing_config = billing::billing_config(&config)?;
-    billing_config.delivery = billing::delivery(
-        &config,
-        store.clone(),
-        billing_config.outbox.max_attempts,
-        billing_config.metrics.emails.clone(),
-    )?;
+    billing_config.delivery =
+        billing::delivery(&config, store.clone(), billing_config.outbox.max_attempts)?;
     if let Some(catalog) = dev.take_catalog() {
         billing_config.catalog = Arc::new(catalog);
     }
@@ -390,6 +397,7 @@ async fn events(store: &dyn Store, cmd: EventsCommand) -> anyhow::Result<()> {
             status,
             event_type,
             limit,
+            json,
         } => {
             let rows = store
                 .list_events(&EventFilter {
@@ -398,19 +406,10 @@ async fn events(store: &dyn Store, cmd: EventsCommand) -> anyhow::Result<()> {
                     limit,
                 })
                 .await?;
-            println!(
-                "{:<32} {:<40} {:<10} {:>8} {:>12}",
-                "ID", "TYPE", "STATUS", "ATTEMPTS", "CREATED"
-            );
-            for e in rows {
-                println!(
-                    "{:<32} {:<40} {:<10} {:>8} {:>12}",
-                    e.id,
-                    e.event_type,
-                    e.status.as_str(),
-                    e.attempts,
-                    e.created
-                );
+            if json {
+                print!("{}", table::json_lines(&events_json(&rows)));
+            } else {
+                print!("{}", events_table(&rows));
             }
             Ok(())
         }
@@ -440,6 +439,56 @@ async fn events(store: &dyn Store, cmd: EventsCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `billd events list`'s table: times in RFC 3339 UTC, the error last.
+fn events_table(rows: &[billd_store::StoredEvent]) -> String {
+    use table::Align::{Left, Right};
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|e| {
+            vec![
+                e.id.clone(),
+                e.event_type.clone(),
+                e.status.as_str().to_string(),
+                e.attempts.to_string(),
+                table::rfc3339(e.created),
+                table::rfc3339(e.received_at),
+                e.last_error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect();
+    table::render(
+        &[
+            ("ID", Left),
+            ("TYPE", Left),
+            ("STATUS", Left),
+            ("ATTEMPTS", Right),
+            ("CREATED", Left),
+            ("RECEIVED", Left),
+            ("LAST ERROR", Left),
+        ],
+        &cells,
+    )
+}
+
+/// `billd events list --json`: one object per event (no payload: see
+/// `billd events show`), times in RFC 3339 UTC.
+fn events_json(rows: &[billd_store::StoredEvent]) -> Vec<serde_json::Value> {
+    rows.iter()
+        .map(|e| {
+            serde_json::json!({
+                "id": e.id,
+                "type": e.event_type,
+                "status": e.status.as_str(),
+                "attempts": e.attempts,
+                "created": table::rfc3339(e.created),
+                "received_at": table::rfc3339(e.received_at),
+                "processed_at": e.processed_at.map(table::rfc3339),
+                "last_error": e.last_error,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -133,8 +133,7 @@ async fn start(
         ..OutboxConfig::default()
     };
     let profiles: Arc<dyn BillingStore> = store.clone();
-    let delivery = EmailDelivery::new(notifier, profiles, outbox.max_attempts)
-        .with_counters(metrics.emails.clone());
+    let delivery = EmailDelivery::new(notifier, profiles, outbox.max_attempts);
     let mut alerts = AlertConfig {
         webhook_url: Some(hooks.url.clone()),
         dedupe_window_secs: WINDOW,

@@ -314,3 +314,56 @@ async fn an_email_committed_before_a_crash_is_sent_exactly_once_by_the_next_work
     assert_each_key_once(&all);
     assert_eq!(all.len(), first.sent, "{all:#?}");
 }
+
+/// `billd_emails_total{outcome}` on `/metrics`, or `None` without that line.
+async fn emails_total(base: &str, outcome: &str) -> Option<u64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("billd_emails_total{{outcome=\"{outcome}\"}} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(&series))
+        .map(|n| n.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn each_email_start_billing_delivers_is_counted_on_its_metrics_endpoint() {
+    let sink = SmtpSink::start();
+    // The world hands start_billing an EmailDelivery built on its own and
+    // fresh metrics: nothing connects the two but start_billing itself.
+    let world = start_world(sink.port, Duration::from_millis(30)).await;
+
+    world.subscribe("u_dee").await;
+    sink.wait_for_subject("Payment received", Duration::from_secs(30))
+        .await;
+    // Every email row done (sent rows were counted before being marked).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let sent_rows = loop {
+        let rows: Vec<_> = world
+            .store
+            .list_outbox(&OutboxFilter::default())
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|row| row.kind == "email" || row.kind == "admin_alert")
+            .collect();
+        if rows.iter().all(|row| row.status == OutboxStatus::Sent) {
+            break rows.len();
+        }
+        assert!(Instant::now() < deadline, "emails not all sent: {rows:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+
+    let delivered = sink.messages().len();
+    assert!(delivered >= 1);
+    assert_eq!(sent_rows, delivered);
+    assert_eq!(
+        emails_total(&world.base, "sent").await,
+        Some(u64::try_from(delivered).unwrap())
+    );
+    assert_eq!(emails_total(&world.base, "dead").await, Some(0));
+    world.stop().await;
+}

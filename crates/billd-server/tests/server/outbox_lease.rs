@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use billd_core::{AlertKind, Effect};
-use billd_server::outbox::{Delivery, DeliveryError, OutboxConfig, OutboxWorker};
+use billd_server::outbox::{Delivered, Delivery, DeliveryError, OutboxConfig, OutboxWorker};
 use billd_server::ManualClock;
 use billd_store::{NewOutboxItem, OutboxFilter, OutboxItem, OutboxStatus, Store};
 use tokio::sync::Semaphore;
@@ -34,7 +34,11 @@ struct CountingDelivery {
 
 #[async_trait]
 impl Delivery for CountingDelivery {
-    async fn deliver(&self, _item: &OutboxItem, _effect: &Effect) -> Result<(), DeliveryError> {
+    async fn deliver(
+        &self,
+        _item: &OutboxItem,
+        _effect: &Effect,
+    ) -> Result<Delivered, DeliveryError> {
         self.delivered.fetch_add(1, Ordering::SeqCst);
         if let Some((started, release)) = &self.gate {
             started.add_permits(1);
@@ -44,7 +48,7 @@ impl Delivery for CountingDelivery {
                 .map_err(|e| DeliveryError::Transient(e.to_string()))?
                 .forget();
         }
-        Ok(())
+        Ok(Delivered::Sent)
     }
 }
 

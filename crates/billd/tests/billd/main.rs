@@ -8,9 +8,11 @@
 mod bench;
 mod cli;
 mod crash;
+mod dev_keys;
 mod dev_mode;
 mod doctor;
 mod email_crash;
+mod listing;
 mod readme;
 mod reconcile;
 #[path = "../../../billd-email/tests/support/smtp_sink.rs"]
