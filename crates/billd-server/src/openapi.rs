@@ -314,6 +314,7 @@ fn add_codes(
         crate::metrics,
         openapi_json,
         crate::api::put_customer,
+        crate::api::get_customer,
         crate::account::delete_customer,
         crate::api::get_entitlements,
         crate::app_api::consume_usage,
