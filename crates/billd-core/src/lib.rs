@@ -40,10 +40,12 @@ pub mod access;
 pub mod apply;
 pub mod catalog;
 pub mod consume;
+pub mod email;
 pub mod erasure;
 pub mod event;
 pub mod ids;
 pub mod money;
+pub mod quantity;
 pub mod schedule;
 pub mod state;
 
@@ -60,6 +62,7 @@ pub use catalog::{
     RefundPolicy,
 };
 pub use consume::{consume_target, ConsumeTarget};
+pub use email::{Email, EmailError};
 pub use erasure::{
     is_personal_audit_field, redact_audit, redact_audit_values, redact_dedupe_key, scrub_json,
     scrub_json_text, ERASED,
@@ -71,6 +74,7 @@ pub use ids::{
     StripeSubscriptionId,
 };
 pub use money::{Currency, Money, MoneyError};
+pub use quantity::{Quantity, QuantityError};
 pub use schedule::{
     access_suspended_key, account_deletion_effects, account_erasure_effects, erase_personal_data,
     grace_expiry, scheduled_effects,

@@ -6,14 +6,15 @@ use std::sync::Arc;
 
 use crate::openapi::{route, Verb};
 use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::{Json, Router};
 use billd_core::{
-    entitlements, usage_keys, Catalog, Currency, CustomerId, Entitlements, StripeCustomerErasure,
+    entitlements, usage_keys, Catalog, Currency, CustomerId, Email, EmailError, Entitlements,
+    StripeCustomerErasure,
 };
 use billd_store::{
-    AuditRecord, CustomerProfile, EventFilter, EventStatus, StoreError, StoredEvent,
+    AuditRecord, CustomerProfile, CustomerRecord, EventFilter, EventStatus, StoreError, StoredEvent,
 };
 use billd_stripe::client::StripeClient;
 use serde::{Deserialize, Serialize};
@@ -22,6 +23,53 @@ use crate::auth::{require_admin_key, require_app_key, ApiKeys};
 use crate::clock::Clock;
 use crate::error::ApiError;
 use crate::lifecycle::BillingBackend;
+
+/// The largest request body the app and admin API take (413
+/// `payload_too_large` beyond), the webhook endpoint's limit too. Every body
+/// is a few short fields, each bounded by [`bounds`]; a body under this limit
+/// with a field over its bound is told which field (400 `field_too_long`).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// The most characters each free-text field of a request may have (400
+/// `field_too_long`, naming the field, beyond). Far above any real value;
+/// they stop a client from storing, forwarding to Stripe or echoing back
+/// megabytes. README.md lists them.
+pub mod bounds {
+    /// `email` (RFC 5321's limit; see [`billd_core::Email`]).
+    pub const EMAIL: usize = billd_core::Email::MAX_LEN;
+    /// A customer's `name`.
+    pub const NAME: usize = 256;
+    /// Codes checked against a list: `plan`, `currency`,
+    /// `preferred_currency` (catalog names are at most 64 characters).
+    pub const CODE: usize = 64;
+    /// `success_url`, `cancel_url`, `return_url` (what browsers and Stripe
+    /// reliably take).
+    pub const URL: usize = 2048;
+    /// `promotion_code` (a code a customer types).
+    pub const PROMOTION_CODE: usize = 255;
+    /// `idempotency_key`.
+    pub const IDEMPOTENCY_KEY: usize = 255;
+    /// Free-text query filters (`type` of the admin events list).
+    pub const QUERY_TEXT: usize = 255;
+}
+
+/// 400 `field_too_long` when `value` has more than `max` characters.
+pub(crate) fn bounded(field: &'static str, value: &str, max: usize) -> Result<(), ApiError> {
+    // Counting stops one past the bound, so a huge value costs no more.
+    if value.chars().take(max + 1).count() > max {
+        return Err(ApiError::FieldTooLong { field, max });
+    }
+    Ok(())
+}
+
+/// [`bounded`] for an optional field.
+pub(crate) fn bounded_opt(
+    field: &'static str,
+    value: Option<&str>,
+    max: usize,
+) -> Result<(), ApiError> {
+    value.map_or(Ok(()), |v| bounded(field, v, max))
+}
 
 /// Default and largest page sizes of the admin lists.
 const DEFAULT_LIMIT: u32 = 100;
@@ -112,6 +160,7 @@ pub fn routes<S: BillingBackend + ?Sized>(
         "/v1/customers/{id}",
         put_customer::<S>,
     );
+    let app = route(app, Verb::Get, "/v1/customers/{id}", get_customer::<S>);
     let app = route(
         app,
         Verb::Delete,
@@ -147,6 +196,7 @@ pub fn routes<S: BillingBackend + ?Sized>(
         .layer(axum::middleware::from_fn(crate::log_errors))
         .merge(usage)
         .merge(checkout)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
 }
 
 pub(crate) fn store_error(e: StoreError) -> ApiError {
@@ -163,13 +213,6 @@ pub(crate) fn customer_id(raw: &str) -> Result<CustomerId, ApiError> {
     })
 }
 
-pub(crate) fn invalid_body(e: impl std::fmt::Display) -> ApiError {
-    ApiError::InvalidRequest {
-        code: "invalid_body",
-        message: e.to_string(),
-    }
-}
-
 pub(crate) fn customer_not_found(id: &CustomerId) -> ApiError {
     ApiError::NotFound {
         code: "customer_not_found",
@@ -177,16 +220,65 @@ pub(crate) fn customer_not_found(id: &CustomerId) -> ApiError {
     }
 }
 
-/// `PUT /v1/customers/{id}` body: every field optional.
+/// `PUT /v1/customers/{id}` body: every field optional; an absent field
+/// is cleared.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CustomerBody {
-    /// Email address for billing notices.
+    /// Email address for billing notices (`name@example.com`, at most 254
+    /// characters; empty clears it).
+    #[schema(max_length = 254)]
     pub email: Option<String>,
-    /// Display name.
+    /// Display name (at most 256 characters).
+    #[schema(max_length = 256)]
     pub name: Option<String>,
     /// ISO currency code for checkouts (`eur`).
+    #[schema(max_length = 64)]
     pub preferred_currency: Option<String>,
+}
+
+/// The profile a [`CustomerBody`] asks for, parsed: 400 `field_too_long`,
+/// `invalid_email` or `invalid_currency`.
+fn customer_profile(id: CustomerId, body: CustomerBody) -> Result<CustomerProfile, ApiError> {
+    bounded_opt("email", body.email.as_deref(), bounds::EMAIL)?;
+    bounded_opt("name", body.name.as_deref(), bounds::NAME)?;
+    bounded_opt(
+        "preferred_currency",
+        body.preferred_currency.as_deref(),
+        bounds::CODE,
+    )?;
+    let email = body
+        .email
+        .as_deref()
+        .filter(|e| !e.trim().is_empty())
+        .map(Email::parse)
+        .transpose()
+        .map_err(|e| match e {
+            EmailError::TooLong => ApiError::FieldTooLong {
+                field: "email",
+                max: bounds::EMAIL,
+            },
+            EmailError::Invalid(_) => ApiError::InvalidRequest {
+                code: "invalid_email",
+                message: e.to_string(),
+            },
+        })?;
+    let preferred_currency = body
+        .preferred_currency
+        .as_deref()
+        .map(Currency::parse)
+        .transpose()
+        .map_err(|e| ApiError::InvalidRequest {
+            code: "invalid_currency",
+            message: e.to_string(),
+        })?
+        .map(|c| c.to_string());
+    Ok(CustomerProfile {
+        customer_id: id,
+        email: email.map(String::from),
+        name: body.name,
+        preferred_currency,
+    })
 }
 
 /// A customer as the API shows it (no billing state document).
@@ -215,7 +307,7 @@ pub struct CustomerView {
     responses(
         (status = 200, description = "Updated.", body = CustomerView),
         (status = 201, description = "Created.", body = CustomerView),
-        (status = 400, description = "`invalid_currency`, `invalid_body`.", body = crate::openapi::ErrorBody),
+        (status = 400, description = "`invalid_email`, `invalid_currency`, `field_too_long`, `invalid_body`.", body = crate::openapi::ErrorBody),
         (status = 404, description = "`customer_deleted`: the id belonged to a deleted account (its profile is never written again).", body = crate::openapi::ErrorBody),
     )
 )]
@@ -225,23 +317,8 @@ async fn put_customer<S: BillingBackend + ?Sized>(
     body: Result<Json<CustomerBody>, JsonRejection>,
 ) -> Result<(StatusCode, Json<CustomerView>), ApiError> {
     let id = customer_id(&id)?;
-    let Json(body) = body.map_err(|e| invalid_body(e.body_text()))?;
-    let preferred_currency = body
-        .preferred_currency
-        .as_deref()
-        .map(Currency::parse)
-        .transpose()
-        .map_err(|e| ApiError::InvalidRequest {
-            code: "invalid_currency",
-            message: e.to_string(),
-        })?
-        .map(|c| c.to_string());
-    let profile = CustomerProfile {
-        customer_id: id,
-        email: body.email.filter(|e| !e.trim().is_empty()),
-        name: body.name,
-        preferred_currency,
-    };
+    let Json(body) = body?;
+    let profile = customer_profile(id, body)?;
     let upserted = state
         .store
         .upsert_customer(&profile, state.clock.now())
@@ -258,17 +335,38 @@ async fn put_customer<S: BillingBackend + ?Sized>(
     } else {
         StatusCode::OK
     };
-    Ok((
-        status,
-        Json(CustomerView {
+    Ok((status, Json(CustomerView::from(c))))
+}
+
+impl From<CustomerRecord> for CustomerView {
+    fn from(c: CustomerRecord) -> Self {
+        CustomerView {
             id: c.customer_id,
             email: c.email,
             name: c.name,
             preferred_currency: c.preferred_currency,
             stripe_customer_id: c.stripe_customer_id.map(|s| s.to_string()),
             created_at: c.created_at,
-        }),
-    ))
+        }
+    }
+}
+
+#[utoipa::path(
+    get, path = "/v1/customers/{id}", tag = "app",
+    description = "The customer's profile: the same body `PUT` answers.",
+    params(crate::openapi::CustomerPath),
+    responses(
+        (status = 200, description = "The customer.", body = CustomerView),
+        (status = 404, description = "`customer_not_found`, `customer_deleted`: no such customer, or the account was deleted.", body = crate::openapi::ErrorBody),
+    )
+)]
+async fn get_customer<S: BillingBackend + ?Sized>(
+    State(state): State<ApiState<S>>,
+    Path(id): Path<String>,
+) -> Result<Json<CustomerView>, ApiError> {
+    let id = customer_id(&id)?;
+    let record = crate::account::live_customer(&*state.store, &id).await?;
+    Ok(Json(CustomerView::from(record)))
 }
 
 #[utoipa::path(
@@ -405,7 +503,7 @@ impl From<StoredEvent> for EventSummary {
     params(("status" = Option<String>, Query, description = "pending, processing, processed, failed, dead, skipped, unlinked"), ("type" = Option<String>, Query, description = "Event type"), ("limit" = Option<u32>, Query, description = "Default 100, at most 1000")),
     responses(
         (status = 200, description = "The rows, newest first.", body = List<EventSummary>),
-        (status = 400, description = "`invalid_query`, `invalid_status`.", body = crate::openapi::ErrorBody),
+        (status = 400, description = "`invalid_query`, `invalid_status`, `field_too_long`.", body = crate::openapi::ErrorBody),
     )
 )]
 async fn list_events<S: BillingBackend + ?Sized>(
@@ -425,6 +523,7 @@ async fn list_events<S: BillingBackend + ?Sized>(
             code: "invalid_status",
             message: e.to_string(),
         })?;
+    bounded_opt("type", query.event_type.as_deref(), bounds::QUERY_TEXT)?;
     let filter = EventFilter {
         status,
         event_type: query.event_type,

@@ -20,7 +20,7 @@ use axum::extract::{Path, State};
 use axum::{Json, Router};
 use billd_core::{
     consume_target, entitlements, usage_keys, Access, Catalog, ConsumeError, CustomerId,
-    Entitlements, FeatureKind, FeatureName,
+    Entitlements, FeatureKind, FeatureName, Quantity,
 };
 use billd_store::{
     GuardedConsume, GuardedOutcome, StoreError, UsageOutcome, UsageRequest, IDEMPOTENCY_CONFLICT,
@@ -33,10 +33,6 @@ use crate::error::ApiError;
 use crate::lifecycle::BillingBackend;
 use crate::usage_batch::{ConsumeBatcher, MAX_BATCH};
 use crate::usage_cache::{CachedState, StateCache, CAPACITY};
-
-/// Longest accepted idempotency key, so a caller cannot grow the table with
-/// arbitrarily large keys.
-const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
 /// How often one consume is decided again on a re-read state when the
 /// customer's state keeps changing under it (then 503, retry later).
@@ -104,10 +100,15 @@ pub fn routes<S: BillingBackend + ?Sized>(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UsageBody {
-    /// How much (default 1).
-    pub amount: Option<u64>,
+    /// How much (default 1): a whole number from 1 to 2^53 − 1; anything
+    /// else is 400 `invalid_amount`. Taken as any JSON value and parsed by
+    /// [`Quantity::from_json`], so a wrong amount is told apart from a
+    /// malformed body.
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 9_007_199_254_740_991_u64)]
+    pub amount: Option<serde_json::Value>,
     /// Required: the same key again returns the first answer and counts
-    /// nothing. Keys are per customer.
+    /// nothing. Keys are per customer; at most 255 characters.
+    #[schema(max_length = 255)]
     pub idempotency_key: Option<String>,
 }
 
@@ -157,7 +158,7 @@ fn store_error(e: StoreError) -> ApiError {
 struct Parsed {
     customer: CustomerId,
     feature: FeatureName,
-    amount: u64,
+    amount: Quantity,
     idempotency_key: String,
 }
 
@@ -173,7 +174,16 @@ fn parse(
     if !catalog.features().contains_key(&name) {
         return Err(unknown_feature(feature));
     }
-    let Json(body) = body.map_err(|e| invalid("invalid_body", e.body_text()))?;
+    let Json(body) = body?;
+    let amount = match &body.amount {
+        None => Quantity::ONE,
+        Some(raw) => Quantity::from_json(raw).map_err(|e| invalid(e.code(), e.to_string()))?,
+    };
+    crate::api::bounded_opt(
+        "idempotency_key",
+        body.idempotency_key.as_deref(),
+        crate::api::bounds::IDEMPOTENCY_KEY,
+    )?;
     let idempotency_key = body
         .idempotency_key
         .filter(|k| !k.trim().is_empty())
@@ -183,16 +193,6 @@ fn parse(
                 "idempotency_key is required so a retried request is counted once",
             )
         })?;
-    if idempotency_key.len() > MAX_IDEMPOTENCY_KEY_LEN {
-        return Err(invalid(
-            "invalid_idempotency_key",
-            format!("idempotency_key is longer than {MAX_IDEMPOTENCY_KEY_LEN} bytes"),
-        ));
-    }
-    let amount = body.amount.unwrap_or(1);
-    if amount == 0 {
-        return Err(invalid("invalid_amount", "amount must be at least 1"));
-    }
     Ok(Parsed {
         customer,
         feature: name,
@@ -281,7 +281,7 @@ fn no_access(access: Access) -> ApiError {
     request_body = UsageBody,
     responses(
         (status = 200, description = "Counted (or the stored answer of the same key).", body = UsageAnswer),
-        (status = 400, description = "`idempotency_key_required`, `invalid_amount`, `idempotency_key_reused`.", body = crate::openapi::ErrorBody),
+        (status = 400, description = "`idempotency_key_required`, `invalid_amount`, `idempotency_key_reused`, `field_too_long`, `invalid_body`.", body = crate::openapi::ErrorBody),
         (status = 402, description = "`quota_exceeded` (with `feature`, `limit`, `used`, `remaining`, `requested`).", body = crate::openapi::ErrorBody),
         (status = 403, description = "`no_access` (with `access`).", body = crate::openapi::ErrorBody),
         (status = 404, description = "`unknown_feature`.", body = crate::openapi::ErrorBody),
@@ -299,7 +299,7 @@ async fn consume_usage<S: BillingBackend + ?Sized>(
             &cached.state,
             &state.catalog,
             &p.feature,
-            p.amount,
+            p.amount.get(),
             state.clock.now(),
         )
         .map_err(|e| match e {
@@ -310,7 +310,7 @@ async fn consume_usage<S: BillingBackend + ?Sized>(
             request: UsageRequest {
                 customer_id: p.customer.clone(),
                 key: target.key,
-                amount: p.amount,
+                amount: p.amount.get(),
                 idempotency_key: p.idempotency_key.clone(),
             },
             limit: target.limit,
@@ -338,7 +338,7 @@ async fn consume_usage<S: BillingBackend + ?Sized>(
                 feature: p.feature,
                 limit,
                 used,
-                requested: p.amount,
+                requested: p.amount.get(),
             }),
         };
     }
@@ -354,7 +354,7 @@ async fn consume_usage<S: BillingBackend + ?Sized>(
     request_body = UsageBody,
     responses(
         (status = 200, description = "Released.", body = UsageAnswer),
-        (status = 400, description = "`not_a_capacity_feature`, `idempotency_key_required`, `invalid_amount`.", body = crate::openapi::ErrorBody),
+        (status = 400, description = "`not_a_capacity_feature`, `idempotency_key_required`, `invalid_amount`, `field_too_long`, `invalid_body`.", body = crate::openapi::ErrorBody),
         (status = 404, description = "`unknown_feature`.", body = crate::openapi::ErrorBody),
     )
 )]
@@ -380,7 +380,7 @@ async fn release_usage<S: BillingBackend + ?Sized>(
     let request = UsageRequest {
         customer_id: p.customer,
         key: quota.usage_key.clone(),
-        amount: p.amount,
+        amount: p.amount.get(),
         idempotency_key: p.idempotency_key,
     };
     let limit = quota.limit;

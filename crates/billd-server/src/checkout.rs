@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::api::{customer_id, invalid_body, store_error, ApiState};
+use crate::api::{bounded, bounded_opt, bounds, customer_id, store_error, ApiState};
 use crate::auth::{require_app_key, ApiKeys};
 use crate::error::ApiError;
 use crate::lifecycle::BillingBackend;
@@ -102,15 +102,20 @@ pub(crate) fn routes<S: BillingBackend + ?Sized>(api: ApiState<S>, keys: Arc<Api
 #[serde(deny_unknown_fields)]
 pub struct CheckoutBody {
     /// The plan to buy (not `free`).
+    #[schema(max_length = 64)]
     pub plan: String,
     /// ISO currency code; default: the customer's preferred currency when
     /// the plan has a price in it, else the catalog's.
+    #[schema(max_length = 64)]
     pub currency: Option<String>,
     /// Where Stripe sends the customer after paying (absolute http/https).
+    #[schema(max_length = 2048)]
     pub success_url: String,
     /// Where Stripe sends the customer who gives up (absolute http/https).
+    #[schema(max_length = 2048)]
     pub cancel_url: String,
     /// A promotion code the customer typed (e.g. `LAUNCH20`).
+    #[schema(max_length = 255)]
     pub promotion_code: Option<String>,
 }
 
@@ -155,6 +160,7 @@ pub struct CheckoutSyncBody {
 #[serde(deny_unknown_fields)]
 pub struct PortalBody {
     /// Where the portal's "return" link goes (absolute http/https).
+    #[schema(max_length = 2048)]
     pub return_url: String,
 }
 
@@ -194,8 +200,9 @@ impl CheckoutRequest {
     }
 }
 
-/// An absolute http(s) URL, or 400 `invalid_url`.
-fn absolute_url(field: &str, raw: &str) -> Result<String, ApiError> {
+/// An absolute http(s) URL, or 400 `field_too_long` / `invalid_url`.
+fn absolute_url(field: &'static str, raw: &str) -> Result<String, ApiError> {
+    bounded(field, raw, bounds::URL)?;
     let invalid = |why: String| ApiError::InvalidRequest {
         code: "invalid_url",
         message: format!("{field} must be an absolute http or https URL: {why}"),
@@ -570,7 +577,7 @@ async fn expire_session(stripe: &StripeClient, session_id: &str) -> Result<Expir
     request_body = CheckoutBody,
     responses(
         (status = 200, description = "Send the user to `url`.", body = CheckoutView),
-        (status = 400, description = "`unknown_plan`, `plan_not_purchasable`, `invalid_currency`, `currency_not_available`, `invalid_url`, `promotion_code_invalid`, `promotion_code_expired`, `invalid_body`.", body = crate::openapi::ErrorBody),
+        (status = 400, description = "`unknown_plan`, `plan_not_purchasable`, `invalid_currency`, `currency_not_available`, `invalid_url`, `promotion_code_invalid`, `promotion_code_expired`, `field_too_long`, `invalid_body`.", body = crate::openapi::ErrorBody),
         (status = 409, description = "`already_subscribed`, `currency_locked`, `checkout_busy`.", body = crate::openapi::ErrorBody),
         (status = 429, description = "`rate_limited` (Retry-After).", body = crate::openapi::ErrorBody),
         crate::openapi::StripeCallErrors,
@@ -582,7 +589,14 @@ async fn create_checkout<S: BillingBackend + ?Sized>(
     body: Result<Json<CheckoutBody>, JsonRejection>,
 ) -> Result<Json<CheckoutView>, ApiError> {
     let id = customer_id(&id)?;
-    let Json(body) = body.map_err(|e| invalid_body(e.body_text()))?;
+    let Json(body) = body?;
+    bounded("plan", &body.plan, bounds::CODE)?;
+    bounded_opt("currency", body.currency.as_deref(), bounds::CODE)?;
+    bounded_opt(
+        "promotion_code",
+        body.promotion_code.as_deref(),
+        bounds::PROMOTION_CODE,
+    )?;
     let plan = purchasable_plan(&state.api.catalog, &body.plan)?;
     let success_url = absolute_url("success_url", &body.success_url)?;
     let cancel_url = absolute_url("cancel_url", &body.cancel_url)?;
@@ -882,7 +896,7 @@ fn session_belongs_to(session: &Value, id: &CustomerId, stripe_customer: Option<
     request_body = PortalBody,
     responses(
         (status = 200, description = "Stripe's customer portal.", body = PortalView),
-        (status = 400, description = "`invalid_url`, `invalid_body`.", body = crate::openapi::ErrorBody),
+        (status = 400, description = "`invalid_url`, `field_too_long`, `invalid_body`.", body = crate::openapi::ErrorBody),
         (status = 409, description = "`no_stripe_customer`.", body = crate::openapi::ErrorBody),
         crate::openapi::StripeCallErrors,
     )
@@ -893,7 +907,7 @@ async fn create_portal<S: BillingBackend + ?Sized>(
     body: Result<Json<PortalBody>, JsonRejection>,
 ) -> Result<Json<PortalView>, ApiError> {
     let id = customer_id(&id)?;
-    let Json(body) = body.map_err(|e| invalid_body(e.body_text()))?;
+    let Json(body) = body?;
     let return_url = absolute_url("return_url", &body.return_url)?;
     let record = crate::account::live_customer(&*state.api.store, &id).await?;
     let no_customer = || ApiError::Conflict {

@@ -1,5 +1,6 @@
 //! The one place that maps errors to HTTP statuses.
 
+use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -21,6 +22,28 @@ pub enum ApiError {
     PayloadTooLarge {
         /// The limit in bytes.
         limit: usize,
+    },
+    /// The body is not JSON (`Content-Type: application/json`).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// A string field of a request is longer than billd accepts.
+    #[error("{field} must be at most {max} characters")]
+    FieldTooLong {
+        /// The field, as the request names it (`email`, `success_url`).
+        field: &'static str,
+        /// The most characters it may have.
+        max: usize,
+    },
+    /// A response axum or hyper made before any billd code ran: no route
+    /// for the path, a method the path does not serve, an extractor's
+    /// rejection a handler does not take itself. [`crate::respond`] gives it
+    /// the error shape; its status is kept and its code follows from it.
+    #[error("{message}")]
+    Framework {
+        /// The status axum answered.
+        status: StatusCode,
+        /// What was wrong.
+        message: String,
     },
     /// The database cannot be reached; the caller should retry.
     #[error("the store is unavailable")]
@@ -125,6 +148,9 @@ impl ApiError {
             ApiError::Signature(e) => e.code(),
             ApiError::PayloadInvalid(_) => "payload_invalid",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
+            ApiError::FieldTooLong { .. } => "field_too_long",
+            ApiError::Framework { status, .. } => framework_code(*status),
             ApiError::StoreUnavailable(_) => "store_unavailable",
             ApiError::NotReady(_) => "not_ready",
             ApiError::Unauthorized => "unauthorized",
@@ -148,6 +174,12 @@ impl ApiError {
         match self {
             ApiError::Signature(_) | ApiError::PayloadInvalid(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::FieldTooLong { .. } => StatusCode::BAD_REQUEST,
+            // Only error statuses reach here (see `crate::respond`); a
+            // success status would be a bug, answered as one.
+            ApiError::Framework { status, .. } if status.is_client_error() => *status,
+            ApiError::Framework { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::StoreUnavailable(_) | ApiError::NotReady(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -164,6 +196,42 @@ impl ApiError {
             ApiError::StripeUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::StripeRejected(_) => StatusCode::BAD_GATEWAY,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// The code of a [`ApiError::Framework`] answer, from its status.
+fn framework_code(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::URI_TOO_LONG => "uri_too_long",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
+        s if s.is_client_error() => "invalid_request",
+        _ => "internal",
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    /// A JSON body the app API could not take: over the limit → 413
+    /// `payload_too_large`; not `application/json` → 415
+    /// `unsupported_media_type`; anything else (not JSON, the wrong shape,
+    /// an unknown field) → 400 `invalid_body`.
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge {
+                limit: crate::api::MAX_BODY_BYTES,
+            },
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                ApiError::UnsupportedMediaType(rejection.body_text())
+            }
+            _ => ApiError::InvalidRequest {
+                code: "invalid_body",
+                message: rejection.body_text(),
+            },
         }
     }
 }
@@ -186,6 +254,9 @@ impl IntoResponse for ApiError {
         // Internal details stay in the log; the client gets an opaque message.
         let message = match &self {
             ApiError::Internal(_) => "internal error".to_string(),
+            ApiError::Framework { status, .. } if status.is_server_error() => {
+                "internal error".to_string()
+            }
             ApiError::StoreUnavailable(_) => "the store is unavailable; retry later".to_string(),
             other => other.to_string(),
         };

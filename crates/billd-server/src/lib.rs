@@ -21,6 +21,7 @@ pub mod openapi;
 pub mod outbox;
 pub mod queue_gauges;
 pub mod reconcile;
+pub mod respond;
 pub mod scheduler;
 pub(crate) mod stripe_customer;
 pub mod subscription_api;
@@ -314,7 +315,10 @@ pub fn start_with_parts(
     let cancel = CancellationToken::new();
     let http_cancel = cancel.clone();
     let http = tokio::spawn(async move {
-        axum::serve(listener, app(state).merge(routes))
+        let router = app(state)
+            .merge(routes)
+            .layer(axum::middleware::from_fn(respond::shape));
+        axum::serve(listener, router)
             .with_graceful_shutdown(async move { http_cancel.cancelled().await })
             .await
     });

@@ -199,8 +199,9 @@ impl Modify for SecuritySchemes {
 /// each handler: the security requirement its tag implies (the routers put
 /// every `app` route behind `require_app_key` and every `admin` route behind
 /// `require_admin_key`), `401 unauthorized`, `403 forbidden` for admin
-/// routes, the customer gate's 400/404 on `/v1/customers/{id}/…`, and
-/// `503 store_unavailable`. A row the handler declares itself keeps its
+/// routes, the customer gate's 400/404 on `/v1/customers/{id}/…`, `413
+/// payload_too_large` and `415 unsupported_media_type` where a JSON body is
+/// read, and `503 store_unavailable`. A row the handler declares itself keeps its
 /// codes and gets the shared ones appended.
 struct CommonResponses;
 
@@ -240,6 +241,15 @@ impl Modify for CommonResponses {
                         400,
                         &["invalid_customer_id"],
                         "not a valid user id",
+                    );
+                }
+                if operation.request_body.is_some() {
+                    add_codes(operation, 413, &["payload_too_large"], "a body over 1 MiB");
+                    add_codes(
+                        operation,
+                        415,
+                        &["unsupported_media_type"],
+                        "the body is not `Content-Type: application/json`",
                     );
                 }
                 add_codes(
@@ -314,6 +324,7 @@ fn add_codes(
         crate::metrics,
         openapi_json,
         crate::api::put_customer,
+        crate::api::get_customer,
         crate::account::delete_customer,
         crate::api::get_entitlements,
         crate::app_api::consume_usage,

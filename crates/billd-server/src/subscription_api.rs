@@ -42,7 +42,7 @@ use billd_stripe::client::{Params, StripeClient};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::api::{customer_id, invalid_body, store_error, ApiState};
+use crate::api::{bounded, bounds, customer_id, store_error, ApiState};
 use crate::clock::observation_ns;
 use crate::error::ApiError;
 use crate::lifecycle::{BillingBackend, SYNC_EVENT_PREFIX};
@@ -154,6 +154,7 @@ pub(crate) fn router<S: BillingBackend + ?Sized>() -> Router<ApiState<S>> {
 #[serde(deny_unknown_fields)]
 pub struct PlanChangeBody {
     /// The catalog plan to move to.
+    #[schema(max_length = 64)]
     pub plan: String,
     /// For `change`: the `proration_date` a preview answered, so the change
     /// is prorated at exactly the previewed instant (default: now).
@@ -378,7 +379,8 @@ fn parse_body(
     body: Result<Json<PlanChangeBody>, JsonRejection>,
     catalog: &Catalog,
 ) -> Result<(PlanChangeBody, Plan), ApiError> {
-    let Json(body) = body.map_err(|e| invalid_body(e.body_text()))?;
+    let Json(body) = body?;
+    bounded("plan", &body.plan, bounds::CODE)?;
     let plan = PlanName::parse(&body.plan)
         .ok()
         .and_then(|name| catalog.plan(&name))
@@ -551,7 +553,7 @@ async fn quota_overflow<S: BillingBackend + ?Sized>(
     request_body = PlanChangeBody,
     responses(
         (status = 200, description = "What is charged now and at renewal, the currency, quota overflow.", body = PreviewView),
-        (status = 400, description = "`unknown_plan`, `invalid_body`.", body = crate::openapi::ErrorBody),
+        (status = 400, description = "`unknown_plan`, `field_too_long`, `invalid_body`.", body = crate::openapi::ErrorBody),
         (status = 409, description = "No live subscription, or the same plan.", body = crate::openapi::ErrorBody),
         crate::openapi::StripeCallErrors,
     )
@@ -643,7 +645,7 @@ fn idempotency_key(
     responses(
         (status = 200, description = "Changed: the subscription.", body = SubscriptionView),
         (status = 202, description = "`action_required`: the proration invoice needs 3-D Secure (hosted invoice URL); the plan is granted once paid.", body = SubscriptionView),
-        (status = 400, description = "`unknown_plan`, `invalid_body`.", body = crate::openapi::ErrorBody),
+        (status = 400, description = "`unknown_plan`, `field_too_long`, `invalid_body`.", body = crate::openapi::ErrorBody),
         (status = 409, description = "No live subscription, or the same plan.", body = crate::openapi::ErrorBody),
         crate::openapi::StripeCallErrors,
     )

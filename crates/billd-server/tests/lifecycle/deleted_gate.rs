@@ -82,6 +82,7 @@ async fn every_per_customer_route_answers_customer_deleted_and_nothing_reaches_s
     let checkout = json!({ "plan": "standard", "success_url": urls["success_url"], "cancel_url": urls["cancel_url"] });
     let routes: Vec<(&str, &str, Option<Value>)> = vec![
         ("PUT", "", Some(json!({ "email": "back@example.com" }))),
+        ("GET", "", None),
         ("GET", "/entitlements", None),
         ("POST", "/checkout", Some(checkout)),
         (

@@ -12,6 +12,7 @@ mod alerts;
 mod checkout;
 mod deleted_gate;
 mod deletion;
+mod http_api;
 mod mail;
 mod notify;
 mod openapi;

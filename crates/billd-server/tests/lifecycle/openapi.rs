@@ -118,6 +118,10 @@ async fn every_served_route_is_in_the_openapi_document_and_every_secured_one_nee
         };
         assert!(description("401").contains("`unauthorized`"));
         assert!(description("503").contains("`store_unavailable`"));
+        if operation["requestBody"].is_object() {
+            assert!(description("413").contains("`payload_too_large`"));
+            assert!(description("415").contains("`unsupported_media_type`"));
+        }
         if !schemes.contains(&"app_key") {
             assert!(description("403").contains("`forbidden`"));
         }
