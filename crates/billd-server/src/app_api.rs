@@ -14,9 +14,11 @@
 
 use std::sync::Arc;
 
-use crate::openapi::{route, Verb};
+use crate::idempotency::Idempotency;
+use crate::openapi::{route_with, Verb};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use axum::{Json, Router};
 use billd_core::{
     consume_target, entitlements, usage_keys, Access, Catalog, ConsumeError, CustomerId,
@@ -73,17 +75,20 @@ pub fn routes<S: BillingBackend + ?Sized>(
     clock: Arc<dyn Clock>,
     keys: ApiKeys,
 ) -> Router {
-    let router = route(
+    let idem = Idempotency::new(store.clone(), clock.clone());
+    let router = route_with(
         Router::new(),
         Verb::Post,
         "/v1/customers/{id}/usage/{feature}",
         consume_usage::<S>,
+        idem.layer(),
     );
-    route(
+    route_with(
         router,
         Verb::Post,
         "/v1/customers/{id}/usage/{feature}/release",
         release_usage::<S>,
+        idem.layer(),
     )
     .route_layer(axum::middleware::from_fn_with_state(
         Arc::new(keys),
@@ -106,8 +111,9 @@ pub fn routes<S: BillingBackend + ?Sized>(
 pub struct UsageBody {
     /// How much (default 1).
     pub amount: Option<u64>,
-    /// Required: the same key again returns the first answer and counts
-    /// nothing. Keys are per customer.
+    /// Required unless the `Idempotency-Key` header is sent (which then
+    /// serves as this key; both given must be equal): the same key again
+    /// returns the first answer and counts nothing. Keys are per customer.
     pub idempotency_key: Option<String>,
 }
 
@@ -165,6 +171,7 @@ fn parse(
     id: &str,
     feature: &str,
     catalog: &Catalog,
+    headers: &HeaderMap,
     body: Result<Json<UsageBody>, JsonRejection>,
 ) -> Result<Parsed, ApiError> {
     let customer =
@@ -174,13 +181,25 @@ fn parse(
         return Err(unknown_feature(feature));
     }
     let Json(body) = body.map_err(|e| invalid("invalid_body", e.body_text()))?;
-    let idempotency_key = body
-        .idempotency_key
+    // The header is the counter's key too, so that a request whose stored
+    // answer expired (or was never stored) still counts once.
+    let header = crate::idempotency::key_of(headers)?;
+    let idempotency_key = match (body.idempotency_key, header) {
+        (Some(body_key), Some(header_key)) if body_key != header_key.as_str() => {
+            return Err(invalid(
+                "invalid_idempotency_key",
+                "the Idempotency-Key header and the body's idempotency_key differ",
+            ))
+        }
+        (None, Some(header_key)) => Some(String::from(header_key)),
+        (body_key, _) => body_key,
+    };
+    let idempotency_key = idempotency_key
         .filter(|k| !k.trim().is_empty())
         .ok_or_else(|| {
             invalid(
                 "idempotency_key_required",
-                "idempotency_key is required so a retried request is counted once",
+                "idempotency_key (or an Idempotency-Key header) is required so a retried request is counted once",
             )
         })?;
     if idempotency_key.len() > MAX_IDEMPOTENCY_KEY_LEN {
@@ -276,8 +295,8 @@ fn no_access(access: Access) -> ApiError {
 
 #[utoipa::path(
     post, path = "/v1/customers/{id}/usage/{feature}", tag = "app",
-    description = "Consumes `amount` (default 1) of a feature, idempotent by `idempotency_key`.",
-    params(crate::openapi::UsagePath),
+    description = "Consumes `amount` (default 1) of a feature, idempotent by `idempotency_key` (body) or `Idempotency-Key` (header).",
+    params(crate::openapi::UsagePath, crate::openapi::IdempotencyHeader),
     request_body = UsageBody,
     responses(
         (status = 200, description = "Counted (or the stored answer of the same key).", body = UsageAnswer),
@@ -290,9 +309,10 @@ fn no_access(access: Access) -> ApiError {
 async fn consume_usage<S: BillingBackend + ?Sized>(
     State(state): State<UsageState<S>>,
     Path((id, feature)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Result<Json<UsageBody>, JsonRejection>,
 ) -> Result<Json<UsageAnswer>, ApiError> {
-    let p = parse(&id, &feature, &state.catalog, body)?;
+    let p = parse(&id, &feature, &state.catalog, &headers, body)?;
     for attempt in 0..=STALE_RETRIES {
         let cached = customer_state(&state, &p.customer, attempt > 0).await?;
         let target = consume_target(
@@ -350,7 +370,7 @@ async fn consume_usage<S: BillingBackend + ?Sized>(
 #[utoipa::path(
     post, path = "/v1/customers/{id}/usage/{feature}/release", tag = "app",
     description = "Gives capacity back (capacity features only), never below 0.",
-    params(crate::openapi::UsagePath),
+    params(crate::openapi::UsagePath, crate::openapi::IdempotencyHeader),
     request_body = UsageBody,
     responses(
         (status = 200, description = "Released.", body = UsageAnswer),
@@ -361,9 +381,10 @@ async fn consume_usage<S: BillingBackend + ?Sized>(
 async fn release_usage<S: BillingBackend + ?Sized>(
     State(state): State<UsageState<S>>,
     Path((id, feature)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Result<Json<UsageBody>, JsonRejection>,
 ) -> Result<Json<UsageAnswer>, ApiError> {
-    let p = parse(&id, &feature, &state.catalog, body)?;
+    let p = parse(&id, &feature, &state.catalog, &headers, body)?;
     if state.catalog.features().get(&p.feature) != Some(&FeatureKind::Capacity) {
         return Err(invalid(
             "not_a_capacity_feature",

@@ -143,6 +143,21 @@ impl ApiError {
         }
     }
 
+    /// Whether the same request may get another answer when simply sent
+    /// again (an outage, a rate-limit window, a race with another
+    /// process): such answers are never stored under an `Idempotency-Key`.
+    pub fn is_transient(&self) -> bool {
+        self.status().is_server_error()
+            || matches!(
+                self,
+                ApiError::RateLimited { .. }
+                    | ApiError::Conflict {
+                        code: "checkout_busy" | "idempotency_key_in_use",
+                        ..
+                    }
+            )
+    }
+
     /// The HTTP status for this error.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -178,6 +193,12 @@ pub struct LoggedError {
     /// The full cause chain (never sent to the client for 5xx).
     pub detail: String,
 }
+
+/// Attached to error responses a retry may change ([`ApiError::is_transient`]),
+/// so the `Idempotency-Key` middleware gives the key back instead of
+/// storing them.
+#[derive(Debug, Clone, Copy)]
+pub struct Transient;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -227,6 +248,9 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        if self.is_transient() {
+            response.extensions_mut().insert(Transient);
         }
         response
             .extensions_mut()

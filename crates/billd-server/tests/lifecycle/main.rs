@@ -12,6 +12,7 @@ mod alerts;
 mod checkout;
 mod deleted_gate;
 mod deletion;
+mod idempotency;
 mod mail;
 mod notify;
 mod openapi;
