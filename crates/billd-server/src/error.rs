@@ -328,6 +328,49 @@ mod tests {
     }
 
     #[test]
+    fn answers_a_retry_may_change_are_marked_transient_and_others_are_not() {
+        let conflict = |code| ApiError::Conflict {
+            code,
+            message: String::new(),
+        };
+        let transient = [
+            ApiError::RateLimited {
+                retry_after_secs: 1,
+                message: String::new(),
+            },
+            conflict("checkout_busy"),
+            ApiError::StoreUnavailable(String::new()),
+            ApiError::from(stripe_api_error(503)),
+            ApiError::Internal(anyhow::anyhow!("bug")),
+        ];
+        let kept = [
+            conflict("same_plan"),
+            ApiError::InvalidRequest {
+                code: "unknown_plan",
+                message: String::new(),
+            },
+            ApiError::NotFound {
+                code: "customer_not_found",
+                message: String::new(),
+            },
+        ];
+        for e in transient {
+            let code = e.code();
+            assert!(
+                e.into_response().extensions().get::<Transient>().is_some(),
+                "{code}"
+            );
+        }
+        for e in kept {
+            let code = e.code();
+            assert!(
+                e.into_response().extensions().get::<Transient>().is_none(),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
     fn stripe_overload_maps_to_503_and_a_refusal_to_502() {
         for status in [429, 500, 503] {
             let e = ApiError::from(stripe_api_error(status));

@@ -142,6 +142,8 @@ async fn idempotent<S: IdempotencyStore + ?Sized>(
     }
 }
 
+/// Takes the key, then runs the request and keeps its answer, or answers
+/// from the key (replay, reused, in use).
 async fn keyed<S: IdempotencyStore + ?Sized>(
     state: Idempotency<S>,
     request: Request,
