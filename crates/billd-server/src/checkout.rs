@@ -70,8 +70,9 @@ impl<S: BillingBackend + ?Sized> Clone for CheckoutState<S> {
 }
 
 /// The checkout and portal routes behind the app key. Checkout honours
-/// `Idempotency-Key` (`idem`); a portal session is a short-lived link that
-/// changes nothing, so the portal ignores the header.
+/// `Idempotency-Key` (`idem`); the sync only reads Stripe and a portal
+/// session is a short-lived link that changes nothing, so both ignore the
+/// header.
 pub(crate) fn routes<S: BillingBackend + ?Sized>(
     api: ApiState<S>,
     keys: Arc<ApiKeys>,

@@ -423,8 +423,8 @@ on_both_databases!(
 );
 
 /// Every route that honours the header says so in the OpenAPI document,
-/// with the codes it adds; the portal and the preview, which change
-/// nothing, do not.
+/// with the codes it adds; the portal, the checkout sync and the preview,
+/// which only read Stripe, do not.
 #[test]
 fn the_keyed_operations_document_the_header_and_its_codes() {
     use utoipa::OpenApi;
@@ -457,6 +457,7 @@ fn the_keyed_operations_document_the_header_and_its_codes() {
     }
     for path in [
         "/v1/customers/{id}/portal",
+        "/v1/customers/{id}/checkout/sync",
         "/v1/customers/{id}/subscription/preview",
     ] {
         assert!(!takes_header(path), "{path}");
