@@ -114,6 +114,62 @@ impl fmt::Display for CustomerId {
     }
 }
 
+/// A client's `Idempotency-Key`: 1 to 255 printable ASCII characters
+/// (space through `~`), as Stripe accepts them. Bounded so that a caller
+/// cannot grow the table of stored answers with arbitrarily large keys.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct IdempotencyKey(String);
+
+impl IdempotencyKey {
+    /// The longest accepted key.
+    pub const MAX_LEN: usize = 255;
+
+    /// Parses a key.
+    pub fn parse(raw: &str) -> Result<Self, IdError> {
+        const KIND: &str = "idempotency key";
+        if raw.is_empty() {
+            return Err(IdError::Empty { kind: KIND });
+        }
+        // Checked before the length so that a multi-byte character is
+        // reported as what it is, not as a length.
+        if !raw.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+            return Err(IdError::InvalidCharacter { kind: KIND });
+        }
+        if raw.len() > Self::MAX_LEN {
+            return Err(IdError::TooLong {
+                kind: KIND,
+                max: Self::MAX_LEN,
+            });
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// The key as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for IdempotencyKey {
+    type Error = IdError;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(&value)
+    }
+}
+
+impl From<IdempotencyKey> for String {
+    fn from(value: IdempotencyKey) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for IdempotencyKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Stripe ids are short; this bound only stops absurd input.
 const STRIPE_ID_MAX_LEN: usize = 255;
 
@@ -281,6 +337,19 @@ mod tests {
         assert!(DisputeId::parse("du_1").is_ok());
         assert!(DisputeId::parse("dp_1").is_ok());
         assert!(CheckoutSessionId::parse("cs_test_a1YS1URl").is_ok());
+    }
+
+    #[test]
+    fn an_idempotency_key_is_1_to_255_printable_ascii_characters() {
+        assert!(IdempotencyKey::parse("a").is_ok());
+        assert!(IdempotencyKey::parse("order 42/retry:~!").is_ok());
+        assert!(IdempotencyKey::parse(&"k".repeat(255)).is_ok());
+        let code = |raw: &str| IdempotencyKey::parse(raw).unwrap_err().code();
+        assert_eq!(code(""), "id_empty");
+        assert_eq!(code(&"k".repeat(256)), "id_too_long");
+        assert_eq!(code("tab\there"), "id_invalid_character");
+        assert_eq!(code("caf\u{e9}"), "id_invalid_character");
+        assert_eq!(code("del\u{7f}"), "id_invalid_character");
     }
 
     #[test]

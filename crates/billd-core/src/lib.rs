@@ -69,9 +69,9 @@ pub use erasure::{
 };
 pub use event::{Event, EventKind, LinkHints};
 pub use ids::{
-    ChargeId, CheckoutSessionId, CustomerId, DiscountId, DisputeId, EventId, IdError, InvoiceId,
-    PaymentIntentId, PaymentMethodId, PriceId, PromotionCodeId, StripeCustomerId,
-    StripeSubscriptionId,
+    ChargeId, CheckoutSessionId, CustomerId, DiscountId, DisputeId, EventId, IdError,
+    IdempotencyKey, InvoiceId, PaymentIntentId, PaymentMethodId, PriceId, PromotionCodeId,
+    StripeCustomerId, StripeSubscriptionId,
 };
 pub use money::{Currency, Money, MoneyError};
 pub use quantity::{Quantity, QuantityError};

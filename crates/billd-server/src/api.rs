@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{require_admin_key, require_app_key, ApiKeys};
 use crate::clock::Clock;
 use crate::error::ApiError;
+use crate::idempotency::Idempotency;
 use crate::lifecycle::BillingBackend;
 
 /// The largest request body the app and admin API take (413
@@ -146,6 +147,7 @@ pub fn routes<S: BillingBackend + ?Sized>(
 ) -> Router {
     let usage = crate::app_api::routes(store.clone(), catalog.clone(), clock.clone(), keys.clone());
     let keys = Arc::new(keys);
+    let idem = Idempotency::new(store.clone(), clock.clone());
     let state = ApiState {
         store,
         catalog,
@@ -153,7 +155,7 @@ pub fn routes<S: BillingBackend + ?Sized>(
         stripe,
         config: Arc::new(config),
     };
-    let checkout = crate::checkout::routes(state.clone(), keys.clone());
+    let checkout = crate::checkout::routes(state.clone(), keys.clone(), &idem);
     let app = route(
         Router::new(),
         Verb::Put,
@@ -174,7 +176,7 @@ pub fn routes<S: BillingBackend + ?Sized>(
         get_entitlements::<S>,
     );
     let app = app
-        .merge(crate::subscription_api::router::<S>())
+        .merge(crate::subscription_api::router::<S>(&idem))
         .route_layer(axum::middleware::from_fn_with_state(
             keys.clone(),
             require_app_key,

@@ -14,9 +14,11 @@
 
 use std::sync::Arc;
 
-use crate::openapi::{route, Verb};
+use crate::idempotency::Idempotency;
+use crate::openapi::{route_with, Verb};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use axum::{Json, Router};
 use billd_core::{
     consume_target, entitlements, usage_keys, Access, Catalog, ConsumeError, CustomerId,
@@ -69,17 +71,20 @@ pub fn routes<S: BillingBackend + ?Sized>(
     clock: Arc<dyn Clock>,
     keys: ApiKeys,
 ) -> Router {
-    let router = route(
+    let idem = Idempotency::new(store.clone(), clock.clone());
+    let router = route_with(
         Router::new(),
         Verb::Post,
         "/v1/customers/{id}/usage/{feature}",
         consume_usage::<S>,
+        idem.layer(),
     );
-    route(
+    route_with(
         router,
         Verb::Post,
         "/v1/customers/{id}/usage/{feature}/release",
         release_usage::<S>,
+        idem.layer(),
     )
     .route_layer(axum::middleware::from_fn_with_state(
         Arc::new(keys),
@@ -106,8 +111,10 @@ pub struct UsageBody {
     /// malformed body.
     #[schema(value_type = Option<u64>, minimum = 1, maximum = 9_007_199_254_740_991_u64)]
     pub amount: Option<serde_json::Value>,
-    /// Required: the same key again returns the first answer and counts
-    /// nothing. Keys are per customer; at most 255 characters.
+    /// Required unless the `Idempotency-Key` header is sent (which then
+    /// serves as this key; both given must be equal): the same key again
+    /// returns the first answer and counts nothing. Keys are per customer;
+    /// at most 255 characters.
     #[schema(max_length = 255)]
     pub idempotency_key: Option<String>,
 }
@@ -166,6 +173,7 @@ fn parse(
     id: &str,
     feature: &str,
     catalog: &Catalog,
+    headers: &HeaderMap,
     body: Result<Json<UsageBody>, JsonRejection>,
 ) -> Result<Parsed, ApiError> {
     let customer =
@@ -184,13 +192,25 @@ fn parse(
         body.idempotency_key.as_deref(),
         crate::api::bounds::IDEMPOTENCY_KEY,
     )?;
-    let idempotency_key = body
-        .idempotency_key
+    // The header is the counter's key too, so that a request whose stored
+    // answer expired (or was never stored) still counts once.
+    let header = crate::idempotency::key_of(headers)?;
+    let idempotency_key = match (body.idempotency_key, header) {
+        (Some(body_key), Some(header_key)) if body_key != header_key.as_str() => {
+            return Err(invalid(
+                "invalid_idempotency_key",
+                "the Idempotency-Key header and the body's idempotency_key differ",
+            ))
+        }
+        (None, Some(header_key)) => Some(String::from(header_key)),
+        (body_key, _) => body_key,
+    };
+    let idempotency_key = idempotency_key
         .filter(|k| !k.trim().is_empty())
         .ok_or_else(|| {
             invalid(
                 "idempotency_key_required",
-                "idempotency_key is required so a retried request is counted once",
+                "idempotency_key (or an Idempotency-Key header) is required so a retried request is counted once",
             )
         })?;
     Ok(Parsed {
@@ -276,8 +296,8 @@ fn no_access(access: Access) -> ApiError {
 
 #[utoipa::path(
     post, path = "/v1/customers/{id}/usage/{feature}", tag = "app",
-    description = "Consumes `amount` (default 1) of a feature, idempotent by `idempotency_key`.",
-    params(crate::openapi::UsagePath),
+    description = "Consumes `amount` (default 1) of a feature, idempotent by `idempotency_key` (body) or `Idempotency-Key` (header).",
+    params(crate::openapi::UsagePath, crate::openapi::IdempotencyHeader),
     request_body = UsageBody,
     responses(
         (status = 200, description = "Counted (or the stored answer of the same key).", body = UsageAnswer),
@@ -290,9 +310,10 @@ fn no_access(access: Access) -> ApiError {
 async fn consume_usage<S: BillingBackend + ?Sized>(
     State(state): State<UsageState<S>>,
     Path((id, feature)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Result<Json<UsageBody>, JsonRejection>,
 ) -> Result<Json<UsageAnswer>, ApiError> {
-    let p = parse(&id, &feature, &state.catalog, body)?;
+    let p = parse(&id, &feature, &state.catalog, &headers, body)?;
     for attempt in 0..=STALE_RETRIES {
         let cached = customer_state(&state, &p.customer, attempt > 0).await?;
         let target = consume_target(
@@ -350,7 +371,7 @@ async fn consume_usage<S: BillingBackend + ?Sized>(
 #[utoipa::path(
     post, path = "/v1/customers/{id}/usage/{feature}/release", tag = "app",
     description = "Gives capacity back (capacity features only), never below 0.",
-    params(crate::openapi::UsagePath),
+    params(crate::openapi::UsagePath, crate::openapi::IdempotencyHeader),
     request_body = UsageBody,
     responses(
         (status = 200, description = "Released.", body = UsageAnswer),
@@ -361,9 +382,10 @@ async fn consume_usage<S: BillingBackend + ?Sized>(
 async fn release_usage<S: BillingBackend + ?Sized>(
     State(state): State<UsageState<S>>,
     Path((id, feature)): Path<(String, String)>,
+    headers: HeaderMap,
     body: Result<Json<UsageBody>, JsonRejection>,
 ) -> Result<Json<UsageAnswer>, ApiError> {
-    let p = parse(&id, &feature, &state.catalog, body)?;
+    let p = parse(&id, &feature, &state.catalog, &headers, body)?;
     if state.catalog.features().get(&p.feature) != Some(&FeatureKind::Capacity) {
         return Err(invalid(
             "not_a_capacity_feature",

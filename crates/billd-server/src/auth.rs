@@ -84,13 +84,18 @@ fn bearer(request: &Request) -> Option<&str> {
 }
 
 /// Middleware for the app API: any configured key (app or admin), else 401.
+/// The key's [`Role`] goes into the request's extensions (idempotency keys
+/// are scoped by it).
 pub async fn require_app_key(
     State(keys): State<Arc<ApiKeys>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     match bearer(&request).and_then(|key| keys.role(key)) {
-        Some(_) => next.run(request).await,
+        Some(role) => {
+            request.extensions_mut().insert(role);
+            next.run(request).await
+        }
         None => ApiError::Unauthorized.into_response(),
     }
 }

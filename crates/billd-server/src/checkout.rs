@@ -20,7 +20,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
-use crate::openapi::{route, Verb};
+use crate::idempotency::Idempotency;
+use crate::openapi::{route, route_with, Verb};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::{Json, Router};
@@ -68,13 +69,21 @@ impl<S: BillingBackend + ?Sized> Clone for CheckoutState<S> {
     }
 }
 
-/// The checkout and portal routes behind the app key.
-pub(crate) fn routes<S: BillingBackend + ?Sized>(api: ApiState<S>, keys: Arc<ApiKeys>) -> Router {
-    let router = route(
+/// The checkout and portal routes behind the app key. Checkout honours
+/// `Idempotency-Key` (`idem`); the sync only reads Stripe and a portal
+/// session is a short-lived link that changes nothing, so both ignore the
+/// header.
+pub(crate) fn routes<S: BillingBackend + ?Sized>(
+    api: ApiState<S>,
+    keys: Arc<ApiKeys>,
+    idem: &Idempotency<S>,
+) -> Router {
+    let router = route_with(
         Router::new(),
         Verb::Post,
         "/v1/customers/{id}/checkout",
         create_checkout::<S>,
+        idem.layer(),
     );
     let router = route(
         router,
@@ -572,8 +581,8 @@ async fn expire_session(stripe: &StripeClient, session_id: &str) -> Result<Expir
 
 #[utoipa::path(
     post, path = "/v1/customers/{id}/checkout", tag = "app",
-    description = "A Stripe Checkout session for a plan; single-flight per customer.",
-    params(crate::openapi::CustomerPath),
+    description = "A Stripe Checkout session for a plan; single-flight per customer. Honours `Idempotency-Key`.",
+    params(crate::openapi::CustomerPath, crate::openapi::IdempotencyHeader),
     request_body = CheckoutBody,
     responses(
         (status = 200, description = "Send the user to `url`.", body = CheckoutView),
@@ -800,7 +809,7 @@ async fn sync_checkout<S: BillingBackend + ?Sized>(
     body: Result<Json<CheckoutSyncBody>, JsonRejection>,
 ) -> Result<Json<billd_core::Entitlements>, ApiError> {
     let id = customer_id(&id)?;
-    let Json(body) = body.map_err(|e| invalid_body(e.body_text()))?;
+    let Json(body) = body?;
     let session_id =
         CheckoutSessionId::parse(body.session_id.trim()).map_err(|e| ApiError::InvalidRequest {
             code: "invalid_session_id",

@@ -169,6 +169,21 @@ impl ApiError {
         }
     }
 
+    /// Whether the same request may get another answer when simply sent
+    /// again (an outage, a rate-limit window, a race with another
+    /// process): such answers are never stored under an `Idempotency-Key`.
+    pub fn is_transient(&self) -> bool {
+        self.status().is_server_error()
+            || matches!(
+                self,
+                ApiError::RateLimited { .. }
+                    | ApiError::Conflict {
+                        code: "checkout_busy" | "idempotency_key_in_use",
+                        ..
+                    }
+            )
+    }
+
     /// The HTTP status for this error.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -247,6 +262,12 @@ pub struct LoggedError {
     pub detail: String,
 }
 
+/// Attached to error responses a retry may change ([`ApiError::is_transient`]),
+/// so the `Idempotency-Key` middleware gives the key back instead of
+/// storing them.
+#[derive(Debug, Clone, Copy)]
+pub struct Transient;
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -298,6 +319,9 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        if self.is_transient() {
+            response.extensions_mut().insert(Transient);
         }
         response
             .extensions_mut()
@@ -372,6 +396,49 @@ mod tests {
                 "feature": "generations", "limit": 25, "used": 24, "remaining": 1, "requested": 2,
             })
         );
+    }
+
+    #[test]
+    fn answers_a_retry_may_change_are_marked_transient_and_others_are_not() {
+        let conflict = |code| ApiError::Conflict {
+            code,
+            message: String::new(),
+        };
+        let transient = [
+            ApiError::RateLimited {
+                retry_after_secs: 1,
+                message: String::new(),
+            },
+            conflict("checkout_busy"),
+            ApiError::StoreUnavailable(String::new()),
+            ApiError::from(stripe_api_error(503)),
+            ApiError::Internal(anyhow::anyhow!("bug")),
+        ];
+        let kept = [
+            conflict("same_plan"),
+            ApiError::InvalidRequest {
+                code: "unknown_plan",
+                message: String::new(),
+            },
+            ApiError::NotFound {
+                code: "customer_not_found",
+                message: String::new(),
+            },
+        ];
+        for e in transient {
+            let code = e.code();
+            assert!(
+                e.into_response().extensions().get::<Transient>().is_some(),
+                "{code}"
+            );
+        }
+        for e in kept {
+            let code = e.code();
+            assert!(
+                e.into_response().extensions().get::<Transient>().is_none(),
+                "{code}"
+            );
+        }
     }
 
     #[test]

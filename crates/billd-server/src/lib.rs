@@ -12,6 +12,7 @@ pub mod business;
 pub mod checkout;
 pub mod clock;
 pub mod error;
+pub mod idempotency;
 pub mod ingest;
 pub mod jobs;
 pub mod lifecycle;

@@ -146,6 +146,20 @@ pub struct UsagePath {
     pub feature: String,
 }
 
+/// The `Idempotency-Key` header of the routes that honour it
+/// ([`crate::idempotency`]); [`CommonResponses`] adds its codes to them.
+#[derive(Debug, utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct IdempotencyHeader {
+    /// 1 to 255 printable ASCII characters, scoped per customer and API key
+    /// class, kept 24 hours. The same key with the same request (method,
+    /// path, body) answers the first answer again, with
+    /// `Idempotent-Replayed: true`; 5xx, `429` and `409 checkout_busy`
+    /// answers are not kept.
+    #[param(rename = "Idempotency-Key")]
+    pub idempotency_key: Option<String>,
+}
+
 /// The answers of every route that calls Stripe, beside its own.
 #[derive(Debug, utoipa::IntoResponses)]
 pub enum StripeCallErrors {
@@ -201,7 +215,8 @@ impl Modify for SecuritySchemes {
 /// `require_admin_key`), `401 unauthorized`, `403 forbidden` for admin
 /// routes, the customer gate's 400/404 on `/v1/customers/{id}/…`, `413
 /// payload_too_large` and `415 unsupported_media_type` where a JSON body is
-/// read, and `503 store_unavailable`. A row the handler declares itself keeps its
+/// read, the `Idempotency-Key` codes where the operation takes that header,
+/// and `503 store_unavailable`. A row the handler declares itself keeps its
 /// codes and gets the shared ones appended.
 struct CommonResponses;
 
@@ -267,6 +282,30 @@ impl Modify for CommonResponses {
                         404,
                         &["customer_not_found", "customer_deleted"],
                         "no such customer, or the account was deleted",
+                    );
+                }
+                let keyed = operation.parameters.iter().flatten().any(|p| {
+                    p.name == "Idempotency-Key"
+                        && p.parameter_in == utoipa::openapi::path::ParameterIn::Header
+                });
+                if keyed {
+                    add_codes(
+                        operation,
+                        400,
+                        &["invalid_idempotency_key", "idempotency_key_reused"],
+                        "a key that is not 1 to 255 printable ASCII characters, or one used for another request",
+                    );
+                    add_codes(
+                        operation,
+                        409,
+                        &["idempotency_key_in_use"],
+                        "the first request with this key still runs; retry",
+                    );
+                    add_codes(
+                        operation,
+                        413,
+                        &["payload_too_large"],
+                        "a keyed request's body is over 2 MiB",
                     );
                 }
                 add_codes(

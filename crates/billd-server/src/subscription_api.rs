@@ -27,9 +27,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::openapi::{route, Verb};
+use crate::idempotency::{Idempotency, KeyedRun};
+use crate::openapi::{route, route_with, Verb};
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
@@ -121,31 +122,36 @@ impl std::str::FromStr for DowngradeTiming {
     }
 }
 
-/// The plan-change and cancellation routes, to merge into the app-key router.
-pub(crate) fn router<S: BillingBackend + ?Sized>() -> Router<ApiState<S>> {
+/// The plan-change and cancellation routes, to merge into the app-key
+/// router. The three that change the subscription honour `Idempotency-Key`
+/// (`idem`); the preview changes nothing.
+pub(crate) fn router<S: BillingBackend + ?Sized>(idem: &Idempotency<S>) -> Router<ApiState<S>> {
     let router = route(
         Router::new(),
         Verb::Post,
         "/v1/customers/{id}/subscription/preview",
         preview::<S>,
     );
-    let router = route(
+    let router = route_with(
         router,
         Verb::Post,
         "/v1/customers/{id}/subscription/change",
         change::<S>,
+        idem.layer(),
     );
-    let router = route(
+    let router = route_with(
         router,
         Verb::Post,
         "/v1/customers/{id}/subscription/cancel",
         cancel::<S>,
+        idem.layer(),
     );
-    route(
+    route_with(
         router,
         Verb::Post,
         "/v1/customers/{id}/subscription/resume",
         resume::<S>,
+        idem.layer(),
     )
 }
 
@@ -228,14 +234,35 @@ pub struct InvoiceSummary {
     pub hosted_invoice_url: Option<String>,
 }
 
+/// What a change, cancel or resume did: the `status` of its answer, in
+/// every one of the three. Stripe's own status of the subscription is
+/// `subscription_status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SubscriptionOutcome {
+    /// Change: the new plan applies now.
+    Changed,
+    /// Change: a downgrade applies at the period end (`effective_at`).
+    Scheduled,
+    /// Change: the proration invoice needs the customer (3-D Secure) at
+    /// `hosted_invoice_url`; the old plan applies until it is paid.
+    ActionRequired,
+    /// Change: the proration invoice was declined; the plan is unchanged.
+    PaymentFailed,
+    /// Cancel: the subscription ends at the period end
+    /// (`cancel_at_period_end` true); the plan applies until then.
+    CancelScheduled,
+    /// Resume: the subscription renews again (`cancel_at_period_end`
+    /// false).
+    Resumed,
+}
+
 /// The answer to a change, cancel or resume.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SubscriptionView {
-    /// `changed`, `scheduled` (applies at period end), `action_required`
-    /// (a payment needs 3-D Secure), `payment_failed` (the proration
-    /// invoice was declined; the plan is unchanged), or, for cancel/resume,
-    /// the Stripe subscription status.
-    pub status: String,
+    /// What the call did (the same vocabulary for change, cancel and
+    /// resume).
+    pub status: SubscriptionOutcome,
     /// The plan whose limits apply now.
     #[schema(value_type = String)]
     pub plan: PlanName,
@@ -639,20 +666,21 @@ fn idempotency_key(
 
 #[utoipa::path(
     post, path = "/v1/customers/{id}/subscription/change", tag = "app", operation_id = "change_plan",
-    description = "Applies a plan change with proration (BILLD_PRORATION_BEHAVIOR).",
-    params(crate::openapi::CustomerPath),
+    description = "Applies a plan change with proration (BILLD_PRORATION_BEHAVIOR). Honours `Idempotency-Key`.",
+    params(crate::openapi::CustomerPath, crate::openapi::IdempotencyHeader),
     request_body = PlanChangeBody,
     responses(
-        (status = 200, description = "Changed: the subscription.", body = SubscriptionView),
-        (status = 202, description = "`action_required`: the proration invoice needs 3-D Secure (hosted invoice URL); the plan is granted once paid.", body = SubscriptionView),
-        (status = 400, description = "`unknown_plan`, `field_too_long`, `invalid_body`.", body = crate::openapi::ErrorBody),
-        (status = 409, description = "No live subscription, or the same plan.", body = crate::openapi::ErrorBody),
+        (status = 200, description = "`status` `changed` (applies now) or `scheduled` (a downgrade at the period end): the subscription.", body = SubscriptionView),
+        (status = 202, description = "`status` `action_required` (the proration invoice needs 3-D Secure at `hosted_invoice_url`) or `payment_failed`; the plan is granted once paid.", body = SubscriptionView),
+        (status = 400, description = "`unknown_plan`, `field_too_long`, `invalid_body`, `invalid_proration_date`.", body = crate::openapi::ErrorBody),
+        (status = 409, description = "`no_subscription`, `subscription_ended`, `same_plan`, `change_pending`.", body = crate::openapi::ErrorBody),
         crate::openapi::StripeCallErrors,
     )
 )]
 async fn change<S: BillingBackend + ?Sized>(
     State(state): State<ApiState<S>>,
     Path(id): Path<String>,
+    keyed: Option<Extension<KeyedRun>>,
     body: Result<Json<PlanChangeBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let id = customer_id(&id)?;
@@ -703,7 +731,7 @@ async fn change<S: BillingBackend + ?Sized>(
             let object = stripe.retrieve_subscription(&live.id).await?;
             let updated = LiveSubscription::parse(object)?;
             feed_back(&state, &ctx, &updated, observed).await?;
-            let mut view = view(&state, &id, &updated, "changed").await?;
+            let mut view = view(&state, &id, &updated, SubscriptionOutcome::Changed).await?;
             view.requested_plan = Some(plan.name);
             return Ok(Json(view).into_response());
         }
@@ -713,8 +741,16 @@ async fn change<S: BillingBackend + ?Sized>(
         return schedule_downgrade(&state, &ctx, &id, &plan, &price).await;
     }
     let now = state.clock.now();
+    // Under an Idempotency-Key the change is prorated as of the key's first
+    // run: a run that takes over from one that died sends Stripe the same
+    // request, under the same Stripe key, and gets the first run's result
+    // instead of a second change.
+    let default_date = keyed
+        .map(|Extension(run)| run.first_seen)
+        .filter(|t| *t >= live.current_period_start && *t <= now)
+        .unwrap_or(now);
     let proration_date = match body.proration_date {
-        None => now,
+        None => default_date,
         Some(t) if t >= live.current_period_start && t <= now.max(live.current_period_start) => t,
         Some(t) => {
             return Err(ApiError::InvalidRequest {
@@ -762,7 +798,7 @@ async fn change<S: BillingBackend + ?Sized>(
         None => None,
     };
     feed_back(&state, &ctx, &updated, observed).await?;
-    let mut view = view(&state, &id, &updated, "changed").await?;
+    let mut view = view(&state, &id, &updated, SubscriptionOutcome::Changed).await?;
     view.requested_plan = Some(plan.name);
     view.invoice = invoice.as_ref().map(invoice_summary);
     Ok(Json(view).into_response())
@@ -827,7 +863,7 @@ async fn answer_scheduled<S: BillingBackend + ?Sized>(
     plan: &Plan,
     live: &LiveSubscription,
 ) -> Result<Response, ApiError> {
-    let mut view = view(state, id, live, "scheduled").await?;
+    let mut view = view(state, id, live, SubscriptionOutcome::Scheduled).await?;
     view.requested_plan = Some(plan.name.clone());
     view.effective_at = Some(live.current_period_end);
     Ok(Json(view).into_response())
@@ -881,9 +917,9 @@ async fn answer_held<S: BillingBackend + ?Sized>(
         None => true,
     };
     let status = if needs_action {
-        "action_required"
+        SubscriptionOutcome::ActionRequired
     } else {
-        "payment_failed"
+        SubscriptionOutcome::PaymentFailed
     };
     let mut view = view(state, id, live, status).await?;
     view.requested_plan = Some(plan.name.clone());
@@ -897,11 +933,11 @@ async fn answer_held<S: BillingBackend + ?Sized>(
 
 #[utoipa::path(
     post, path = "/v1/customers/{id}/subscription/cancel", tag = "app", operation_id = "cancel_subscription",
-    description = "Cancels at the end of the period.",
-    params(crate::openapi::CustomerPath),
+    description = "Cancels at the end of the period. Honours `Idempotency-Key`.",
+    params(crate::openapi::CustomerPath, crate::openapi::IdempotencyHeader),
     responses(
-        (status = 200, description = "The subscription, `cancel_at_period_end` true.", body = SubscriptionView),
-        (status = 409, description = "No live subscription.", body = crate::openapi::ErrorBody),
+        (status = 200, description = "`status` `cancel_scheduled`: the subscription, `cancel_at_period_end` true (also when it was already).", body = SubscriptionView),
+        (status = 409, description = "`no_subscription`, `subscription_ended`.", body = crate::openapi::ErrorBody),
         crate::openapi::StripeCallErrors,
     )
 )]
@@ -914,11 +950,11 @@ async fn cancel<S: BillingBackend + ?Sized>(
 
 #[utoipa::path(
     post, path = "/v1/customers/{id}/subscription/resume", tag = "app", operation_id = "resume_subscription",
-    description = "Undoes a cancellation before the period ends.",
-    params(crate::openapi::CustomerPath),
+    description = "Undoes a cancellation before the period ends. Honours `Idempotency-Key`.",
+    params(crate::openapi::CustomerPath, crate::openapi::IdempotencyHeader),
     responses(
-        (status = 200, description = "The subscription, `cancel_at_period_end` false.", body = SubscriptionView),
-        (status = 409, description = "No live subscription.", body = crate::openapi::ErrorBody),
+        (status = 200, description = "`status` `resumed`: the subscription, `cancel_at_period_end` false (also when it was already).", body = SubscriptionView),
+        (status = 409, description = "`no_subscription`, `subscription_ended`.", body = crate::openapi::ErrorBody),
         crate::openapi::StripeCallErrors,
     )
 )]
@@ -958,8 +994,12 @@ async fn set_cancel_at_period_end<S: BillingBackend + ?Sized>(
         (LiveSubscription::parse(object)?, observation_ns())
     };
     feed_back(&state, &ctx, &updated, observed).await?;
-    let status = updated.status.clone();
-    Ok(Json(view(&state, &id, &updated, &status).await?))
+    let outcome = if cancel {
+        SubscriptionOutcome::CancelScheduled
+    } else {
+        SubscriptionOutcome::Resumed
+    };
+    Ok(Json(view(&state, &id, &updated, outcome).await?))
 }
 
 /// Stripe's current time for the subscription: its test clock's frozen
@@ -1071,7 +1111,7 @@ async fn view<S: BillingBackend + ?Sized>(
     state: &ApiState<S>,
     id: &CustomerId,
     live: &LiveSubscription,
-    status: &str,
+    status: SubscriptionOutcome,
 ) -> Result<SubscriptionView, ApiError> {
     let record = crate::account::live_customer(&*state.store, id).await?;
     let now = state.clock.now();
@@ -1083,7 +1123,7 @@ async fn view<S: BillingBackend + ?Sized>(
         .map_err(store_error)?;
     let entitlements = entitlements(&record.state, &state.catalog, &usage, now);
     Ok(SubscriptionView {
-        status: status.to_owned(),
+        status,
         plan: entitlements.plan.clone(),
         requested_plan: None,
         subscription_status: live.status.clone(),

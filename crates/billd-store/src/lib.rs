@@ -15,6 +15,7 @@ mod claim;
 mod dialect;
 mod erasure;
 mod error;
+mod idempotency;
 mod jobs;
 mod migrations;
 mod postgres;
@@ -31,6 +32,9 @@ pub use billing::{
     OUTBOX_LEASE_CONFLICT, VERSION_CONFLICT,
 };
 pub use checkout::{CheckoutRecord, CheckoutStore};
+pub use idempotency::{
+    IdempotencyScope, IdempotencyStore, IdempotentRequest, KeyTaken, StoredAnswer,
+};
 pub use jobs::{JobFinish, JobRecord, JobStore};
 pub use migrations::MigrationStatus;
 pub use postgres::PgStore;
@@ -280,11 +284,20 @@ pub struct InboxStats {
 
 /// Everything billd persists. One implementation per database; the same
 /// contract tests run against both. The billing tables are the supertrait
-/// [`BillingStore`] (and the checkout table [`CheckoutStore`], the
-/// scheduler's leases [`JobStore`]), so an `Arc<dyn Store>` offers them all.
+/// [`BillingStore`] (and the checkout table [`CheckoutStore`], the stored
+/// answers of [`IdempotencyStore`], the scheduler's leases [`JobStore`]), so
+/// an `Arc<dyn Store>` offers them all.
 #[async_trait]
 pub trait Store:
-    BillingStore + CheckoutStore + JobStore + RateLimitStore + UsageStore + Send + Sync + 'static
+    BillingStore
+    + CheckoutStore
+    + IdempotencyStore
+    + JobStore
+    + RateLimitStore
+    + UsageStore
+    + Send
+    + Sync
+    + 'static
 {
     /// Which database this is.
     fn backend(&self) -> Backend;

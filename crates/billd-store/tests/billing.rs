@@ -1640,3 +1640,6 @@ mod usage_guarded;
 
 #[path = "billing/erasure.rs"]
 mod erasure;
+
+#[path = "billing/idempotency.rs"]
+mod idempotency;

@@ -16,7 +16,7 @@ pub mod customers;
 pub mod sweeps;
 
 pub use customers::{CardExpiry, GraceExpiry, RenewalReminders};
-pub use sweeps::{InboxSweep, OutboxSweep};
+pub use sweeps::{IdempotencySweep, InboxSweep, OutboxSweep};
 
 /// What jobs run with.
 #[derive(Clone)]
@@ -54,6 +54,7 @@ pub fn billing_jobs(ctx: &JobContext) -> Vec<(Arc<dyn Job>, i64)> {
         (Arc::new(GraceExpiry::new(ctx)), 300),
         (Arc::new(OutboxSweep::new(ctx)), 60),
         (Arc::new(InboxSweep::new(ctx)), 60),
+        (Arc::new(IdempotencySweep::new(ctx)), 3600),
         (Arc::new(crate::reconcile::ReconcileJob::new(ctx)), 86_400),
     ]
 }

@@ -1,6 +1,7 @@
 //! `outbox_sweep` and `inbox_sweep`: hand rows whose worker's lease ended
 //! (the process stopped or crashed mid-work) back to their queue, and report
-//! each queue's depth in the log.
+//! each queue's depth in the log. `idempotency_sweep`: deletes the stored
+//! answers of `Idempotency-Key` requests once they expired.
 
 use std::sync::Arc;
 
@@ -97,5 +98,37 @@ impl Job for InboxSweep {
                 "lag_secs",
                 u64::try_from(crate::metrics::inbox_lag_secs(&stats, now)).unwrap_or(0),
             ))
+    }
+}
+
+/// `idempotency_sweep`: deletes stored `Idempotency-Key` answers older than
+/// 24 hours. Reads already ignore them; the sweep keeps the table to the
+/// last day's keys.
+pub struct IdempotencySweep {
+    store: Arc<dyn Store>,
+}
+
+impl IdempotencySweep {
+    /// The job over `ctx`'s store.
+    pub fn new(ctx: &JobContext) -> Self {
+        IdempotencySweep {
+            store: ctx.store.clone(),
+        }
+    }
+}
+
+#[async_trait]
+impl Job for IdempotencySweep {
+    fn name(&self) -> &'static str {
+        "idempotency_sweep"
+    }
+
+    async fn run(&self, now: i64) -> anyhow::Result<JobReport> {
+        let deleted = self
+            .store
+            .delete_expired_idempotency_keys(now)
+            .await
+            .context("deleting expired idempotency keys")?;
+        Ok(JobReport::default().with("deleted", deleted))
     }
 }

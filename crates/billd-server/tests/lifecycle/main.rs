@@ -13,6 +13,7 @@ mod checkout;
 mod deleted_gate;
 mod deletion;
 mod http_api;
+mod idempotency;
 mod mail;
 mod notify;
 mod openapi;

@@ -245,13 +245,16 @@ async fn cancel_then_resume_flip_cancel_at_period_end_and_a_passed_period_end_le
     let (status, canceled) = call(&h, "u_cancel", "cancel", json!({})).await;
     assert_eq!(status, 200, "{canceled}");
     assert_eq!(canceled["cancel_at_period_end"], true);
+    assert_eq!(canceled["status"], "cancel_scheduled");
+    assert_eq!(canceled["subscription_status"], "active");
     let (_, now) = h.entitlements("u_cancel").await;
     assert_eq!(now["cancel_at_period_end"], true, "{now:#}");
     assert_eq!(now["plan"], "standard");
     let (status, resumed) = call(&h, "u_cancel", "resume", json!({})).await;
     assert_eq!(status, 200, "{resumed}");
     assert_eq!(resumed["cancel_at_period_end"], false);
-    assert_eq!(resumed["status"], "active");
+    assert_eq!(resumed["status"], "resumed");
+    assert_eq!(resumed["subscription_status"], "active");
     let (_, now) = h.entitlements("u_cancel").await;
     assert_eq!(now["cancel_at_period_end"], false, "{now:#}");
 

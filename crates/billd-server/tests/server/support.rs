@@ -568,3 +568,39 @@ impl billd_store::UsageStore for SwitchableStore {
         self.inner.consume_guarded_batch(batch, now).await
     }
 }
+
+/// Stored idempotent answers forward like the rest.
+#[async_trait]
+impl billd_store::IdempotencyStore for SwitchableStore {
+    async fn take_idempotency_key(
+        &self,
+        request: &billd_store::IdempotentRequest,
+        now: i64,
+    ) -> StoreResult<billd_store::KeyTaken> {
+        self.check()?;
+        self.inner.take_idempotency_key(request, now).await
+    }
+    async fn store_idempotent_answer(
+        &self,
+        scope: &billd_store::IdempotencyScope,
+        token: &str,
+        answer: &billd_store::StoredAnswer,
+    ) -> StoreResult<bool> {
+        self.check()?;
+        self.inner
+            .store_idempotent_answer(scope, token, answer)
+            .await
+    }
+    async fn release_idempotency_key(
+        &self,
+        scope: &billd_store::IdempotencyScope,
+        token: &str,
+    ) -> StoreResult<bool> {
+        self.check()?;
+        self.inner.release_idempotency_key(scope, token).await
+    }
+    async fn delete_expired_idempotency_keys(&self, now: i64) -> StoreResult<u64> {
+        self.check()?;
+        self.inner.delete_expired_idempotency_keys(now).await
+    }
+}
