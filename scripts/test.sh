@@ -8,7 +8,9 @@
 #   - installs the Python packages the emulator's tests drive (stripe,
 #     aiosmtpd) and the openssl command when missing;
 #   - runs every test of the workspace (cargo nextest when installed, else
-#     cargo test). Extra arguments are passed on: `bash scripts/test.sh -p billd-store`.
+#     cargo test). Extra arguments are passed on: `bash scripts/test.sh -p billd-store`;
+#   - then runs the same test binaries as of two other dates (scripts/test-dates.sh,
+#     libfaketime), unless arguments other than packages were given.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -127,4 +129,21 @@ if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run "${scope[@]}" --all-targets --no-fail-fast "$@"
 else
     cargo test "${scope[@]}" --all-targets --no-fail-fast "$@"
+fi
+
+# The same tests again as if today were a day of a 28-day and of a 31-day
+# month (under libfaketime): a test that depends on the date it runs on fails
+# here rather than on some day of the year. Only on runs of whole packages;
+# BILLD_TEST_DATES=0 skips it.
+packages=("${scope[@]}")
+filtered=0
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        -p | --package) packages+=("$1" "$2"); shift 2 ;;
+        -p* | --package=*) packages+=("$1"); shift ;;
+        *) filtered=1; shift ;;
+    esac
+done
+if [[ "${BILLD_TEST_DATES:-1}" != 0 && $filtered -eq 0 ]] && cargo nextest --version >/dev/null 2>&1; then
+    bash scripts/test-dates.sh "${packages[@]}"
 fi

@@ -52,6 +52,9 @@ pub mod bounds {
     pub const IDEMPOTENCY_KEY: usize = 255;
     /// Free-text query filters (`type` of the admin events list).
     pub const QUERY_TEXT: usize = 255;
+    /// Stripe object ids sent by the app (`session_id`; Stripe's own are
+    /// well under this).
+    pub const STRIPE_ID: usize = 255;
 }
 
 /// 400 `field_too_long` when `value` has more than `max` characters.

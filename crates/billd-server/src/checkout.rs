@@ -797,7 +797,7 @@ async fn new_session<S: BillingBackend + ?Sized>(
     request_body = CheckoutSyncBody,
     responses(
         (status = 200, description = "The customer's entitlements with the session's subscription applied (the body of `GET …/entitlements`).", body = Object),
-        (status = 400, description = "`invalid_session_id`, `invalid_body`.", body = crate::openapi::ErrorBody),
+        (status = 400, description = "`invalid_session_id`, `field_too_long`, `invalid_body`.", body = crate::openapi::ErrorBody),
         (status = 404, description = "`customer_not_found`, `checkout_session_not_found` (unknown, or another customer's).", body = crate::openapi::ErrorBody),
         (status = 409, description = "`checkout_not_complete` (the session is still open or expired).", body = crate::openapi::ErrorBody),
         crate::openapi::StripeCallErrors,
@@ -810,6 +810,7 @@ async fn sync_checkout<S: BillingBackend + ?Sized>(
 ) -> Result<Json<billd_core::Entitlements>, ApiError> {
     let id = customer_id(&id)?;
     let Json(body) = body?;
+    bounded("session_id", &body.session_id, bounds::STRIPE_ID)?;
     let session_id =
         CheckoutSessionId::parse(body.session_id.trim()).map_err(|e| ApiError::InvalidRequest {
             code: "invalid_session_id",

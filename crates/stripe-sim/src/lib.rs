@@ -298,7 +298,17 @@ async fn dispatch(
     let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = match r.html {
         Some(page) => (status, axum::response::Html(page)).into_response(),
-        None => (status, axum::Json(r.body)).into_response(),
+        // Like Stripe's, the body ends with a newline, so curl output reads
+        // line by line.
+        None => (
+            status,
+            [(
+                axum::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            format!("{}\n", r.body),
+        )
+            .into_response(),
     };
     for (k, v) in r.headers {
         if let Ok(v) = HeaderValue::from_str(&v) {

@@ -1,6 +1,7 @@
 //! `billd bench usage` and `billd bench webhooks` run end to end on a small
 //! load: every request is answered, and the figures are printed.
 
+use crate::ClearEnv;
 use std::process::Command;
 
 /// Runs `billd bench <args>` in a fresh directory with a clean environment,
@@ -14,7 +15,7 @@ async fn bench(args: &'static [&'static str]) -> (String, String) {
                 .arg("bench")
                 .args(args)
                 .current_dir(dir)
-                .env_clear()
+                .clear_env()
                 .env("PATH", std::env::var("PATH").unwrap_or_default())
                 .output()
                 .unwrap()

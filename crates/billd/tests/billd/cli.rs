@@ -1,6 +1,7 @@
 //! `billd` commands run as a user would: migrate, events list/show/replay,
 //! configuration errors, and dev-mode serve.
 
+use crate::ClearEnv;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ fn billd(dir: &std::path::Path, db: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_billd"))
         .args(args)
         .current_dir(dir)
-        .env_clear()
+        .clear_env()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("BILLD_DATABASE_URL", db)
         .output()
@@ -67,7 +68,7 @@ fn an_invalid_setting_stops_start_up_with_a_message_naming_the_variable() {
     let out = Command::new(env!("CARGO_BIN_EXE_billd"))
         .arg("migrate")
         .current_dir(dir.path())
-        .env_clear()
+        .clear_env()
         .env("BILLD_LISTEN", "nowhere")
         .env("BILLD_DATABASE_URL", "postgres://u:hunter22@127.0.0.1:1/x")
         .env("BILLD_WEBHOOK_TOLERANCE_SECS", "-5")
@@ -244,7 +245,7 @@ async fn serve_with_a_stripe_key_but_no_webhook_secret_prints_a_dev_secret_and_a
     let port = crate::crash::free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_billd"))
         .current_dir(dir.path())
-        .env_clear()
+        .clear_env()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("BILLD_STRIPE_API_KEY", "sk_test_cli")
         .env("BILLD_LISTEN", format!("127.0.0.1:{port}"))

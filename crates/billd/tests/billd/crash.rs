@@ -2,6 +2,7 @@
 //! concurrent clients deliver signed events; after a restart every event
 //! that got a 2xx is in the inbox and is processed exactly once.
 
+use crate::ClearEnv;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -81,7 +82,7 @@ impl Billd {
         Command::new(env!("CARGO_BIN_EXE_billd"))
             .arg("serve")
             .current_dir(&self.dir)
-            .env_clear()
+            .clear_env()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("BILLD_DATABASE_URL", &self.database_url)
             .env("BILLD_LISTEN", format!("127.0.0.1:{}", self.port))

@@ -5,6 +5,7 @@
 //! mode delivers (to the log, or to SMTP when configured) are counted in
 //! `billd_emails_total` on `/metrics`.
 
+use crate::ClearEnv;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
@@ -40,7 +41,7 @@ fn spawn(
     command
         .args(args)
         .current_dir(dir)
-        .env_clear()
+        .clear_env()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::null())
@@ -114,7 +115,7 @@ fn doctor_api_keys(dir: &std::path::Path) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_billd"))
         .args(["doctor", "--json"])
         .current_dir(dir)
-        .env_clear()
+        .clear_env()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .output()
         .unwrap();

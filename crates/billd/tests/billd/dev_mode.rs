@@ -2,6 +2,7 @@
 //! the built-in Stripe emulator, and the walkthrough it prints works; `billd
 //! sim` runs the emulator alone.
 
+use crate::ClearEnv;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::Receiver;
@@ -29,7 +30,7 @@ fn spawn(
     command
         .args(args)
         .current_dir(dir)
-        .env_clear()
+        .clear_env()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -134,6 +135,11 @@ fn serve_with_no_configuration_prints_a_walkthrough_that_pasted_literally_ends_o
         ),
         "{out}"
     );
+    // Each body ends its own line, so pasted output reads line by line.
+    for line in out.lines().filter(|l| !l.is_empty()) {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("{e}: a line that is not one body: {line}\n{out}"));
+    }
     assert!(dir.path().join(".billd/sim.json").is_file());
 
     // After a restart the emulator is on the same port, and the same steps

@@ -3,6 +3,7 @@
 //! failing row with its fix and a non-zero exit, and running the printed
 //! fix makes the row pass.
 
+use crate::ClearEnv;
 use std::process::{Command, Output};
 
 use billd_core::Catalog;
@@ -71,7 +72,7 @@ impl Setup {
         command
             .args(args)
             .current_dir(self.dir.path())
-            .env_clear()
+            .clear_env()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("BILLD_DATABASE_URL", &self.db)
             .env("BILLD_STRIPE_API_KEY", "sk_test_doctor")

@@ -3,6 +3,7 @@
 //! header's column does, times are RFC 3339 UTC (no unix seconds), and
 //! `--json` prints one parsable object per line.
 
+use crate::ClearEnv;
 use std::process::{Command, Output};
 
 use billd_core::{AuditEntry, CustomerId, CustomerState};
@@ -24,7 +25,7 @@ fn billd(dir: &std::path::Path, db: &str, args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_billd"))
         .args(args)
         .current_dir(dir)
-        .env_clear()
+        .clear_env()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("BILLD_DATABASE_URL", db)
         .output()

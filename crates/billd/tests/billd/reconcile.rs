@@ -1,6 +1,7 @@
 //! `billd reconcile [--dry-run]` as an operator runs it, against stripe-sim
 //! whose webhooks never reach billd (the endpoint is unreachable).
 
+use crate::ClearEnv;
 use std::process::{Command, Output};
 
 use billd_core::{CustomerId, StripeSubscriptionId};
@@ -13,7 +14,7 @@ async fn reconcile(dir: &std::path::Path, db: &str, api_base: &str, args: &[&str
         .arg("reconcile")
         .args(args)
         .current_dir(dir)
-        .env_clear()
+        .clear_env()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("BILLD_DATABASE_URL", db)
         .env("BILLD_STRIPE_API_KEY", "sk_test_reconcile_cli")
@@ -240,7 +241,7 @@ fn reconcile_without_a_stripe_key_says_which_variable_is_missing() {
     let out = Command::new(env!("CARGO_BIN_EXE_billd"))
         .args(["reconcile", "--dry-run"])
         .current_dir(dir.path())
-        .env_clear()
+        .clear_env()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("BILLD_DATABASE_URL", &db)
         .output()
