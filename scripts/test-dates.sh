@@ -41,11 +41,14 @@ for date in "${dates[@]}"; do
     while IFS=$'\t' read -r binary cwd; do
         [[ -n "$binary" ]] || continue
         # Monotonic time stays real: timeouts and tokio's timers keep working.
+        started=$SECONDS
         if ! (cd "$cwd" && FAKETIME_DONT_FAKE_MONOTONIC=1 faketime -f "@$date" "$binary" -q >"/tmp/test-dates.$$.log" 2>&1); then
             log "FAILED as of $date: $binary"
             grep -E '^(test .* FAILED|failures:|    [a-z_:]+$|---- )' "/tmp/test-dates.$$.log" >&2 || true
             failed=$((failed + 1))
         fi
+        log "  $(basename "$binary"): $((SECONDS - started)) s"
+
     done <<<"$binaries"
 done
 rm -f "/tmp/test-dates.$$.log"

@@ -169,40 +169,16 @@ pub fn usage_period(state: &CustomerState, now: i64) -> Period {
 
 /// The UTC calendar month containing `now`.
 pub fn calendar_month(now: i64) -> Period {
-    let (year, month, _) = civil_from_days(now.div_euclid(86_400));
+    let (year, month, _) = crate::calendar::civil_from_days(now.div_euclid(86_400));
     let (next_year, next_month) = if month == 12 {
         (year + 1, 1)
     } else {
         (year, month + 1)
     };
     Period {
-        start: days_from_civil(year, month, 1) * 86_400,
-        end: days_from_civil(next_year, next_month, 1) * 86_400,
+        start: crate::calendar::days_from_civil(year, month, 1) * 86_400,
+        end: crate::calendar::days_from_civil(next_year, next_month, 1) * 86_400,
     }
-}
-
-// Howard Hinnant's algorithms for the proleptic Gregorian calendar.
-pub(crate) fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// The usage counter for a feature at `now` (what the store increments).

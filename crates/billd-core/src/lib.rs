@@ -38,6 +38,7 @@
 
 pub mod access;
 pub mod apply;
+pub mod calendar;
 pub mod catalog;
 pub mod consume;
 pub mod email;

@@ -152,7 +152,7 @@ pub fn scheduled_effects(state: &CustomerState, catalog: &Catalog, now: i64) -> 
 
 fn month_start(year: i32, month: u32) -> i64 {
     let month = i64::from(month.clamp(1, 12));
-    crate::access::days_from_civil(i64::from(year), month, 1) * 86_400
+    crate::calendar::days_from_civil(i64::from(year), month, 1) * 86_400
 }
 
 /// What deleting the customer's account at the app requires at Stripe:

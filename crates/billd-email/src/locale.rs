@@ -267,23 +267,9 @@ pub fn parse_amount(text: &str) -> Result<Money, AmountParseError> {
     Ok(Money::new(if negative { -minor } else { minor }, currency))
 }
 
-/// A civil date (proleptic Gregorian, UTC) from unix seconds.
+/// A civil date and time (proleptic Gregorian, UTC) from unix seconds.
 fn civil(unix: i64) -> (i64, u32, u32, u32, u32) {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    // Days since 1970-01-01 to (year, month, day): count in 400-year eras
-    // starting on March 1st so that the leap day is the era's last day.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    let hour = secs / 3_600;
-    let minute = (secs % 3_600) / 60;
+    let (year, month, day, hour, minute, _) = billd_core::calendar::civil_time(unix);
     let narrow = |v: i64| u32::try_from(v).unwrap_or_default();
     (
         year,

@@ -69,28 +69,7 @@ fn one_line(cell: &str) -> String {
     }
 }
 
-/// Unix seconds as an RFC 3339 UTC time, `2026-04-10T09:30:00Z`.
-pub fn rfc3339(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    // Days since 1970-01-01 to a civil date: count in 400-year eras that
-    // start on March 1st, so that a leap day is the last day of its year.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3_600,
-        secs % 3_600 / 60,
-        secs % 60
-    )
-}
+pub use billd_core::calendar::rfc3339;
 
 /// One JSON object per line (JSON Lines): what `--json` prints.
 pub fn json_lines(values: &[serde_json::Value]) -> String {

@@ -6,8 +6,7 @@
 //! `billd_emails_total` on `/metrics`.
 
 use crate::ClearEnv;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
@@ -16,48 +15,7 @@ use serde_json::Value;
 
 use crate::smtp_sink::SmtpSink;
 
-/// The walkthrough markers printed by `billd serve` (src/dev.rs).
-const BEGIN: &str = "# --- try it (sh) ---";
-const END: &str = "# --- end ---";
-
-/// A `billd` child process, killed when dropped.
-struct Billd(Child);
-
-impl Drop for Billd {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `billd ARGS` in `dir` with nothing of the test's environment but `PATH`
-/// and `envs`; its stderr lines arrive on the receiver.
-fn spawn(
-    dir: &std::path::Path,
-    args: &[&str],
-    envs: &[(&str, String)],
-) -> (Billd, Receiver<String>) {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_billd"));
-    command
-        .args(args)
-        .current_dir(dir)
-        .clear_env()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    (Billd(child), rx)
-}
+use crate::dev_mode::{spawn, BEGIN, END};
 
 /// What `billd serve` printed up to the end of its walkthrough.
 struct Banner {

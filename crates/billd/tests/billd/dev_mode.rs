@@ -9,10 +9,12 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 /// The walkthrough markers printed by `billd serve` (src/dev.rs).
-const BEGIN: &str = "# --- try it (sh) ---";
-const END: &str = "# --- end ---";
+pub(crate) const BEGIN: &str = "# --- try it (sh) ---";
+/// Ends the walkthrough.
+pub(crate) const END: &str = "# --- end ---";
 
-struct Running(Child);
+/// A `billd` child process, killed when dropped.
+pub(crate) struct Running(Child);
 
 impl Drop for Running {
     fn drop(&mut self) {
@@ -21,7 +23,10 @@ impl Drop for Running {
     }
 }
 
-fn spawn(
+/// `billd ARGS` in `dir` with nothing of the test's environment but `PATH`
+/// (and libfaketime's, see [`crate::ClearEnv`]) and `envs`; its stderr
+/// lines arrive on the receiver.
+pub(crate) fn spawn(
     dir: &std::path::Path,
     args: &[&str],
     envs: &[(&str, String)],
