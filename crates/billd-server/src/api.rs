@@ -202,6 +202,41 @@ pub fn routes<S: BillingBackend + ?Sized>(
         .merge(usage)
         .merge(checkout)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(refuse_oversized))
+}
+
+/// The most of an oversized body billd reads, and discards, before
+/// answering 413.
+const DRAIN_MAX_BYTES: u64 = 16 << 20;
+
+/// 413 `payload_too_large` for a body whose declared length is over
+/// [`MAX_BODY_BYTES`], answered after reading it (up to [`DRAIN_MAX_BYTES`]):
+/// answered at once, hyper would close the connection under a client still
+/// sending, which then sees a reset connection instead of the answer.
+async fn refuse_oversized(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use futures::StreamExt;
+    let declared = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(len) if len > MAX_BODY_BYTES as u64 => {
+            if len <= DRAIN_MAX_BYTES {
+                let mut body = request.into_body().into_data_stream();
+                while let Some(Ok(_)) = body.next().await {}
+            }
+            ApiError::PayloadTooLarge {
+                limit: MAX_BODY_BYTES,
+            }
+            .into_response()
+        }
+        _ => next.run(request).await,
+    }
 }
 
 pub(crate) fn store_error(e: StoreError) -> ApiError {

@@ -275,10 +275,12 @@ async fn health_readiness_and_metrics_answer(db: Db) {
 /// nothing listens (the store connects lazily, as `serve` would find it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_that_cannot_be_reached_answers_503() {
-    let closed_port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    // Bound but not listening, for the whole test: connections are refused,
+    // and no other test's server can take the port meanwhile (a released
+    // port can be, and a server that is not PostgreSQL is another failure).
+    let reserved = tokio::net::TcpSocket::new_v4().unwrap();
+    reserved.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let closed_port = reserved.local_addr().unwrap().port();
     let url = format!("postgres://billd:pw@127.0.0.1:{closed_port}/billd");
     let store: Arc<dyn Store> = Arc::new(billd_store::PgStore::connect_lazy(&url).unwrap());
     let app = TestApp::spawn_with_store(store, Workers::None).await;
@@ -289,4 +291,5 @@ async fn postgres_that_cannot_be_reached_answers_503() {
     assert_eq!(status, 503, "{error}");
     assert_eq!(error["error"]["code"], "store_unavailable");
     assert_eq!(app.get("/readyz").await.0, 503);
+    drop(reserved);
 }
