@@ -18,6 +18,8 @@
 pub mod billing;
 pub mod http;
 pub mod jobs;
+#[cfg(test)]
+mod layout;
 pub mod pipeline;
 pub mod telemetry;
 
