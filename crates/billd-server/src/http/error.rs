@@ -36,7 +36,7 @@ pub enum ApiError {
     },
     /// A response axum or hyper made before any billd code ran: no route
     /// for the path, a method the path does not serve, an extractor's
-    /// rejection a handler does not take itself. [`crate::http::respond`] gives it
+    /// rejection a handler does not take itself. `respond.rs` gives it
     /// the error shape; its status is kept and its code follows from it.
     #[error("{message}")]
     Framework {

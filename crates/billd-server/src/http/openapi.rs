@@ -147,7 +147,7 @@ pub struct UsagePath {
 }
 
 /// The `Idempotency-Key` header of the routes that honour it
-/// ([`crate::http::idempotency`]); [`CommonResponses`] adds its codes to them.
+/// (`idempotency.rs`); [`CommonResponses`] adds its codes to them.
 #[derive(Debug, utoipa::IntoParams)]
 #[into_params(parameter_in = Header)]
 pub struct IdempotencyHeader {

@@ -74,7 +74,7 @@ pub fn app(state: AppState) -> Router {
 }
 
 /// [`app`] with `routes` merged in, every response leaving through
-/// [`respond::shape`]: what the listener serves.
+/// `respond::shape`: what the listener serves.
 pub fn service(state: AppState, routes: Router) -> Router {
     app(state)
         .merge(routes)
