@@ -10,16 +10,11 @@ use billd_store::Store;
 use billd_stripe::client::StripeClient;
 use tokio::net::TcpListener;
 
-use crate::alerts::{AlertChannels, AlertConfig, AlertDelivery, AlertMonitor};
-use crate::api::ApiConfig;
-use crate::auth::ApiKeys;
-use crate::clock::Clock;
-use crate::jobs::JobContext;
-use crate::lifecycle::LifecycleHandler;
-use crate::metrics::Metrics;
-use crate::outbox::{Delivery, OutboxConfig, OutboxWorker};
-use crate::scheduler::SchedulerConfig;
-use crate::{api, start_with_parts, Parts, Running, ServerConfig, Workers};
+use crate::http::{ApiConfig, ApiKeys};
+use crate::jobs::{AlertConfig, AlertDelivery, AlertMonitor, JobContext, SchedulerConfig};
+use crate::pipeline::{Clock, Delivery, LifecycleHandler, OutboxConfig, OutboxWorker};
+use crate::telemetry::Metrics;
+use crate::{http, start_with_parts, Parts, Running, ServerConfig, Workers};
 
 /// What billing runs with.
 #[derive(Clone)]
@@ -35,7 +30,7 @@ pub struct BillingConfig {
     pub outbox: OutboxConfig,
     /// App API knobs.
     pub api: ApiConfig,
-    /// Where emails and alerts go ([`crate::outbox::LogDelivery`] by default).
+    /// Where emails and alerts go ([`crate::pipeline::LogDelivery`] by default).
     pub delivery: Arc<dyn Delivery>,
     /// The metrics `/metrics` renders; the outcomes of `delivery` are
     /// counted into its `emails`.
@@ -78,9 +73,9 @@ pub fn start_billing(
         clock.clone(),
     )
     .with_metrics(metrics.clone())
-    .with_alert_channels(AlertChannels::of(&billing.alerts))
+    .with_alert_channels(billing.alerts.channels())
     .registry();
-    let routes = api::routes(
+    let routes = http::routes(
         store.clone(),
         billing.catalog.clone(),
         clock.clone(),

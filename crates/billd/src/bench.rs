@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use billd_server::ingest::commits_in_flight;
+use billd_server::pipeline::commits_in_flight;
 use billd_server::{
     Clock, HandlerRegistry, IngestConfig, Ingestor, Metrics, ServerConfig, SystemClock,
     WebhookConfig, WorkerConfig, Workers,
@@ -333,7 +333,7 @@ fn parsed_rows(prefix: &str, n: usize, now: i64) -> anyhow::Result<Vec<NewEvent>
     (0..n)
         .map(|i| {
             let (_, body) = event_body(prefix, i, now);
-            billd_server::webhook::parse_envelope(body.as_bytes(), now)
+            billd_server::pipeline::parse_envelope(body.as_bytes(), now)
                 .map_err(|e| anyhow::anyhow!("bench event does not parse: {e}"))
         })
         .collect()

@@ -7,7 +7,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use billd_server::subscription_api::{DowngradeTiming, ProrationBehavior};
+use billd_server::http::{DowngradeTiming, ProrationBehavior};
 use secrecy::{ExposeSecret, SecretString};
 
 const DEFAULTS: &str = include_str!("defaults.toml");
@@ -254,7 +254,7 @@ pub struct Config {
     pub delete_stripe_customer: billd_core::StripeCustomerErasure,
 }
 
-/// The `BILLD_ALERT_*` settings (see `billd_server::alerts::AlertConfig`).
+/// The `BILLD_ALERT_*` settings (see `billd_server::jobs::AlertConfig`).
 #[derive(Debug, Clone)]
 pub struct AlertSettings {
     /// `BILLD_ALERT_WEBHOOK_URL`: a secret (Slack's URL carries its token).
@@ -300,8 +300,8 @@ impl AlertSettings {
     }
 
     /// The server's alert configuration.
-    pub fn server_config(&self) -> billd_server::alerts::AlertConfig {
-        billd_server::alerts::AlertConfig {
+    pub fn server_config(&self) -> billd_server::jobs::AlertConfig {
+        billd_server::jobs::AlertConfig {
             webhook_url: self
                 .webhook_url
                 .as_ref()
@@ -610,7 +610,7 @@ impl Config {
                 true
             }
         };
-        let scheduler_intervals = match billd_server::scheduler::SchedulerConfig::parse_intervals(
+        let scheduler_intervals = match billd_server::jobs::SchedulerConfig::parse_intervals(
             &raw.opt("scheduler_intervals").unwrap_or_default(),
         ) {
             Ok(intervals) => intervals,

@@ -397,7 +397,7 @@ async fn register_webhook(sim: &SimClient, url: &str) -> anyhow::Result<String> 
         ("url", url.to_string()),
         ("api_version", billd_stripe::API_VERSION.to_string()),
     ];
-    for event_type in billd_server::lifecycle::HANDLED_EVENT_TYPES {
+    for event_type in billd_server::pipeline::HANDLED_EVENT_TYPES {
         form.push(("enabled_events[]", event_type.to_string()));
     }
     let created = sim

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use billd_core::Catalog;
-use billd_server::lifecycle::HANDLED_EVENT_TYPES;
+use billd_server::pipeline::HANDLED_EVENT_TYPES;
 use billd_store::MigrationStatus;
 use billd_stripe::client::{ClientConfig, Params, StripeClient, StripeError};
 use billd_stripe::API_VERSION;

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use billd_server::alerts::Alerter;
-use billd_server::lifecycle::LifecycleHandler;
-use billd_server::reconcile::{ReconcileConfig, ReconcileReport, Reconciler};
+use billd_server::jobs::Alerter;
+use billd_server::jobs::{ReconcileConfig, ReconcileReport, Reconciler};
+use billd_server::pipeline::LifecycleHandler;
 use billd_server::{InboxWorker, Metrics, SystemClock};
 use billd_store::Store;
 use billd_stripe::client::{ClientConfig, StripeClient};
@@ -147,7 +147,7 @@ pub fn render(report: &ReconcileReport) -> String {
 mod tests {
     use super::*;
     use billd_core::CustomerId;
-    use billd_server::reconcile::{Drift, DriftKind, FieldDrift};
+    use billd_server::jobs::{Drift, DriftKind, FieldDrift};
 
     fn drift() -> Drift {
         Drift {

@@ -14,7 +14,7 @@ use billd_core::{grace_expiry, scheduled_effects, Catalog, CustomerId, Effect, E
 use billd_store::{CustomerCommit, CustomerRecord, NewOutboxItem, Store, StoreError};
 
 use super::{JobContext, CUSTOMER_PAGE};
-use crate::scheduler::{Job, JobReport};
+use crate::jobs::scheduler::{Job, JobReport};
 
 /// Every customer not deleted, in id order, read a page at a time.
 struct Customers<'a> {

@@ -1,6 +1,11 @@
-//! The jobs billd schedules, declared in one place: [`billing_jobs`]. A job
-//! is a struct implementing [`crate::scheduler::Job`]; adding one is one
-//! line in that list (its default interval beside it).
+//! Jobs: the scheduler ([`Scheduler`]) and the jobs it runs, declared in
+//! one place: [`billing_jobs`] (reminders, card expiry, grace expiry,
+//! sweeps, reconciliation ([`Reconciler`])); and the alert monitor
+//! ([`AlertMonitor`]) with its delivery. A job is a struct implementing
+//! [`Job`]; adding one is one line in that list (its default interval
+//! beside it).
+//!
+//! Depends on `pipeline` and `telemetry`; never on `http`.
 
 use std::sync::Arc;
 
@@ -8,14 +13,25 @@ use billd_core::Catalog;
 use billd_store::Store;
 use billd_stripe::client::StripeClient;
 
-use crate::clock::Clock;
-use crate::metrics::Metrics;
-use crate::scheduler::{Job, Scheduler, SchedulerConfig};
+use crate::pipeline::Clock;
+use crate::telemetry::Metrics;
 
-pub mod customers;
-pub mod sweeps;
+mod alerts;
+mod customers;
+mod reconcile;
+mod scheduler;
+mod sweeps;
 
+pub use alerts::{
+    alert_label, dedupe_key, AlertConfig, AlertDelivery, AlertMonitor, Alerter,
+    SIGNATURE_FAILURE_CODES,
+};
 pub use customers::{CardExpiry, GraceExpiry, RenewalReminders};
+pub use reconcile::{
+    compare, heal_created, Drift, DriftKind, FieldDrift, ReconcileConfig, ReconcileError,
+    ReconcileJob, ReconcileReport, Reconciler, UnlinkedSubscription, EVENTS_WINDOW_SECS,
+};
+pub use scheduler::{Job, JobReport, JobRun, RunOutcome, Scheduler, SchedulerConfig};
 pub use sweeps::{IdempotencySweep, InboxSweep, OutboxSweep};
 
 /// What jobs run with.
@@ -55,7 +71,7 @@ pub fn billing_jobs(ctx: &JobContext) -> Vec<(Arc<dyn Job>, i64)> {
         (Arc::new(OutboxSweep::new(ctx)), 60),
         (Arc::new(InboxSweep::new(ctx)), 60),
         (Arc::new(IdempotencySweep::new(ctx)), 3600),
-        (Arc::new(crate::reconcile::ReconcileJob::new(ctx)), 86_400),
+        (Arc::new(ReconcileJob::new(ctx)), 86_400),
     ]
 }
 

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use billd_store::{EventStatus, OutboxStatus, Store};
 
 use super::JobContext;
-use crate::scheduler::{Job, JobReport};
+use crate::jobs::scheduler::{Job, JobReport};
 
 fn count<S: PartialEq + Copy>(by_status: &[(S, i64)], status: S) -> u64 {
     by_status
@@ -96,7 +96,7 @@ impl Job for InboxSweep {
             .with("unlinked", count(&stats.by_status, EventStatus::Unlinked))
             .with(
                 "lag_secs",
-                u64::try_from(crate::metrics::inbox_lag_secs(&stats, now)).unwrap_or(0),
+                u64::try_from(crate::telemetry::inbox_lag_secs(&stats, now)).unwrap_or(0),
             ))
     }
 }

@@ -12,15 +12,15 @@ use axum::routing::post;
 use axum::{Json, Router};
 use billd_core::Catalog;
 use billd_email::{parse_mailbox, BackendConfig, Branding, Notifier, Templates};
-use billd_server::alerts::{AlertConfig, Alerter};
-use billd_server::api::ApiConfig;
-use billd_server::auth::ApiKeys;
 use billd_server::billing::{start_billing, BillingConfig};
-use billd_server::lifecycle::BillingBackend;
-use billd_server::metrics::Metrics;
-use billd_server::notify::EmailDelivery;
-use billd_server::outbox::OutboxConfig;
-use billd_server::reconcile::{ReconcileConfig, Reconciler};
+use billd_server::http::ApiConfig;
+use billd_server::http::ApiKeys;
+use billd_server::jobs::{AlertConfig, Alerter};
+use billd_server::jobs::{ReconcileConfig, Reconciler};
+use billd_server::pipeline::BillingBackend;
+use billd_server::pipeline::EmailDelivery;
+use billd_server::pipeline::OutboxConfig;
+use billd_server::telemetry::Metrics;
 use billd_server::{Clock, ManualClock, Running, Workers};
 use billd_store::{BillingStore, NewEvent, Store};
 use billd_stripe::client::{ClientConfig, StripeClient};
@@ -158,7 +158,7 @@ async fn start(
         delivery: Arc::new(delivery),
         metrics,
         alerts,
-        scheduler: billd_server::scheduler::SchedulerConfig::off(),
+        scheduler: billd_server::jobs::SchedulerConfig::off(),
     };
     let inbox: Arc<dyn Store> = store.clone();
     let running = start_billing(

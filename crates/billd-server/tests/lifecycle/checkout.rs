@@ -5,7 +5,7 @@
 //! Stripe outages and the portal.
 
 use billd_core::Catalog;
-use billd_server::api::ApiConfig;
+use billd_server::http::ApiConfig;
 use billd_server::Clock;
 use serde_json::{json, Value};
 use stripe_sim::WebhookKnobs;

@@ -315,7 +315,7 @@ async fn anonymizing_a_stripe_customer_unsets_its_personal_fields_and_keeps_its_
     ))
     .unwrap();
 
-    billd_server::account::erase_stripe_customer(
+    billd_server::pipeline::erase_stripe_customer(
         &stripe,
         &id,
         StripeCustomerErasure::Anonymize,
@@ -323,7 +323,7 @@ async fn anonymizing_a_stripe_customer_unsets_its_personal_fields_and_keeps_its_
     )
     .await
     .unwrap();
-    billd_server::account::erase_stripe_customer(
+    billd_server::pipeline::erase_stripe_customer(
         &stripe,
         &StripeCustomerId::parse("cus_missing").unwrap(),
         StripeCustomerErasure::Delete,

@@ -3,8 +3,8 @@
 //! stripe-sim, on both databases. Keys expire by billd's (manual) clock.
 
 use billd_core::Catalog;
-use billd_server::api::ApiConfig;
-use billd_server::subscription_api::ProrationBehavior;
+use billd_server::http::ApiConfig;
+use billd_server::http::ProrationBehavior;
 use billd_server::Clock;
 use serde_json::{json, Value};
 use stripe_sim::WebhookKnobs;
@@ -428,7 +428,7 @@ on_both_databases!(
 #[test]
 fn the_keyed_operations_document_the_header_and_its_codes() {
     use utoipa::OpenApi;
-    let doc = serde_json::to_value(billd_server::openapi::ApiDoc::openapi()).unwrap();
+    let doc = serde_json::to_value(billd_server::http::ApiDoc::openapi()).unwrap();
     let keyed = [
         "/v1/customers/{id}/checkout",
         "/v1/customers/{id}/subscription/change",

@@ -5,9 +5,9 @@
 use std::sync::Arc;
 
 use billd_email::{parse_mailbox, BackendConfig, Branding, Notifier, Templates};
-use billd_server::lifecycle::BillingBackend;
-use billd_server::notify::EmailDelivery;
-use billd_server::outbox::Delivery;
+use billd_server::pipeline::BillingBackend;
+use billd_server::pipeline::Delivery;
+use billd_server::pipeline::EmailDelivery;
 use billd_store::BillingStore;
 
 pub const ACCOUNT_URL: &str = "https://app.example.com/account/billing";

@@ -8,12 +8,12 @@ use std::time::{Duration, Instant};
 
 use billd_core::Catalog;
 use billd_email::{parse_mailbox, BackendConfig, Branding, Notifier, Templates};
-use billd_server::alerts::AlertConfig;
-use billd_server::api::ApiConfig;
-use billd_server::auth::ApiKeys;
 use billd_server::billing::{start_billing, BillingConfig};
-use billd_server::notify::EmailDelivery;
-use billd_server::outbox::{OutboxConfig, OutboxWorker};
+use billd_server::http::ApiConfig;
+use billd_server::http::ApiKeys;
+use billd_server::jobs::AlertConfig;
+use billd_server::pipeline::EmailDelivery;
+use billd_server::pipeline::{OutboxConfig, OutboxWorker};
 use billd_server::{Backoff, Running, SystemClock, Workers};
 use billd_store::{BillingStore, OutboxFilter, OutboxStatus, SqliteStore, Store};
 use billd_stripe::client::{ClientConfig, StripeClient};
@@ -128,7 +128,7 @@ async fn start_world(smtp_port: u16, poll: Duration) -> World {
         delivery: Arc::new(delivery),
         metrics: Arc::default(),
         alerts: AlertConfig::default(),
-        scheduler: billd_server::scheduler::SchedulerConfig::off(),
+        scheduler: billd_server::jobs::SchedulerConfig::off(),
     };
     let dyn_store: Arc<dyn Store> = store.clone();
     let running = start_billing(

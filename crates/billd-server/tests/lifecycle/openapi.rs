@@ -45,7 +45,7 @@ async fn every_served_route_is_in_the_openapi_document_and_every_secured_one_nee
     assert_eq!(response.status().as_u16(), 200, "served without a key");
     let doc: Value = response.json().await.unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
-    let served: BTreeSet<(String, String)> = billd_server::openapi::served_routes()
+    let served: BTreeSet<(String, String)> = billd_server::http::served_routes()
         .into_iter()
         .map(|(m, p)| (m.to_owned(), p.to_owned()))
         .collect();

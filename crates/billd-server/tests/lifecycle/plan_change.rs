@@ -3,8 +3,8 @@
 //! stripe-sim, on both databases.
 
 use billd_core::Catalog;
-use billd_server::api::ApiConfig;
-use billd_server::subscription_api::{DowngradeTiming, ProrationBehavior};
+use billd_server::http::ApiConfig;
+use billd_server::http::{DowngradeTiming, ProrationBehavior};
 use billd_server::Clock;
 use serde_json::{json, Value};
 use stripe_sim::WebhookKnobs;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use billd_core::{Catalog, CustomerId, StripeSubscriptionId};
-use billd_server::reconcile::{DriftKind, ReconcileConfig, ReconcileReport, Reconciler};
+use billd_server::jobs::{DriftKind, ReconcileConfig, ReconcileReport, Reconciler};
 use billd_server::{Clock, Metrics};
 use billd_store::{EventFilter, EventStatus, Store};
 use serde_json::Value;
@@ -429,11 +429,11 @@ async fn the_scheduled_reconcile_job_heals_a_subscription_whose_webhooks_were_al
         clock: h.clock.clone(),
         metrics: metrics.clone(),
     };
-    let job = billd_server::reconcile::ReconcileJob::new(&ctx);
+    let job = billd_server::jobs::ReconcileJob::new(&ctx);
 
-    let report = billd_server::scheduler::Job::run(&job, 0).await.unwrap();
+    let report = billd_server::jobs::Job::run(&job, 0).await.unwrap();
 
-    assert_eq!(billd_server::scheduler::Job::name(&job), "reconcile");
+    assert_eq!(billd_server::jobs::Job::name(&job), "reconcile");
     assert_eq!(report.get("drift"), 1, "{report}");
     assert_eq!(metrics.reconcile_drift.get("missing"), 1);
     let object = h.stripe("GET", &format!("/v1/subscriptions/{sub}"), "");

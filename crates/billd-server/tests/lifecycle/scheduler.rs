@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use billd_core::Catalog;
 use billd_server::jobs::{billing_scheduler, JobContext};
-use billd_server::scheduler::{Job, JobReport, JobRun, RunOutcome, Scheduler, SchedulerConfig};
+use billd_server::jobs::{Job, JobReport, JobRun, RunOutcome, Scheduler, SchedulerConfig};
 use billd_server::{Clock, ManualClock, Metrics};
 use billd_store::{EventFilter, EventStatus, Store};
 

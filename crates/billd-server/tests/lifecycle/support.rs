@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use billd_core::Catalog;
-use billd_server::api;
-use billd_server::api::ApiConfig;
-use billd_server::auth::ApiKeys;
-use billd_server::lifecycle::{BillingBackend, LifecycleHandler};
-use billd_server::outbox::{Delivery, LogDelivery, OutboxConfig, OutboxWorker};
+use billd_server::http;
+use billd_server::http::ApiConfig;
+use billd_server::http::ApiKeys;
+use billd_server::pipeline::{BillingBackend, LifecycleHandler};
+use billd_server::pipeline::{Delivery, LogDelivery, OutboxConfig, OutboxWorker};
 use billd_server::{
     Backoff, Clock, IngestConfig, ManualClock, Running, ServerConfig, SystemClock, WebhookConfig,
     WorkerConfig, Workers,
@@ -230,7 +230,7 @@ impl Harness {
             clock.clone(),
         )
         .registry();
-        let routes = api::routes(
+        let routes = http::routes(
             store.clone(),
             catalog,
             clock.clone(),

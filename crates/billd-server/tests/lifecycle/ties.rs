@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use billd_core::{CustomerId, Effect};
-use billd_server::outbox::refetch_event;
+use billd_server::pipeline::refetch_event;
 use billd_server::Clock;
 use billd_store::{EventFilter, EventStatus, OutboxFilter};
 use stripe_sim::WebhookKnobs;

@@ -4,11 +4,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use billd_core::Catalog;
-use billd_server::alerts::AlertConfig;
-use billd_server::api::ApiConfig;
-use billd_server::auth::ApiKeys;
 use billd_server::billing::{start_billing, BillingConfig};
-use billd_server::outbox::{LogDelivery, OutboxConfig};
+use billd_server::http::ApiConfig;
+use billd_server::http::ApiKeys;
+use billd_server::jobs::AlertConfig;
+use billd_server::pipeline::{LogDelivery, OutboxConfig};
 use billd_server::{SystemClock, Workers};
 use billd_store::Store;
 use billd_stripe::client::{ClientConfig, StripeClient};
@@ -70,7 +70,7 @@ async fn start_billing_serves_the_api_and_applies_webhooks(db: Db) {
         delivery: Arc::new(LogDelivery),
         metrics: Arc::default(),
         alerts: AlertConfig::default(),
-        scheduler: billd_server::scheduler::SchedulerConfig::off(),
+        scheduler: billd_server::jobs::SchedulerConfig::off(),
     };
     let running = start_billing(
         listener,

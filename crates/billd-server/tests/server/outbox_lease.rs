@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use billd_core::{AlertKind, Effect};
-use billd_server::outbox::{Delivered, Delivery, DeliveryError, OutboxConfig, OutboxWorker};
+use billd_server::pipeline::{Delivered, Delivery, DeliveryError, OutboxConfig, OutboxWorker};
 use billd_server::ManualClock;
 use billd_store::{NewOutboxItem, OutboxFilter, OutboxItem, OutboxStatus, Store};
 use tokio::sync::Semaphore;

@@ -68,7 +68,7 @@ struct Setup {
 async fn setup<H: EventHandler + 'static>(db: Db, handler: Option<Arc<H>>) -> Setup {
     let db = fresh_db(db).await;
     let body = stripe_event("evt_work_1", "invoice.paid", "invoice", T0 - 10);
-    let event = billd_server::webhook::parse_envelope(body.as_bytes(), T0).unwrap();
+    let event = billd_server::pipeline::parse_envelope(body.as_bytes(), T0).unwrap();
     db.store.insert_events(&[event]).await.unwrap();
     let mut registry = HandlerRegistry::new();
     if let Some(handler) = handler {
@@ -283,7 +283,7 @@ async fn a_burst_for_one_customer_drains_in_back_to_back_rounds_not_one_per_poll
     let burst: Vec<_> = (2..=20)
         .map(|i| {
             let body = stripe_event(&format!("evt_work_{i}"), "invoice.paid", "invoice", T0 + i);
-            billd_server::webhook::parse_envelope(body.as_bytes(), T0).unwrap()
+            billd_server::pipeline::parse_envelope(body.as_bytes(), T0).unwrap()
         })
         .collect();
     let customer = event(&s).await.stripe_customer;

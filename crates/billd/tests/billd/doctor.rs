@@ -7,7 +7,7 @@ use crate::ClearEnv;
 use std::process::{Command, Output};
 
 use billd_core::Catalog;
-use billd_server::lifecycle::HANDLED_EVENT_TYPES;
+use billd_server::pipeline::HANDLED_EVENT_TYPES;
 use serde_json::Value;
 use stripe_sim::{SimConfig, SimHandle};
 

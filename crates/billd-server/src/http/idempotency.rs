@@ -14,7 +14,7 @@
 //!   class, and forgotten after 24 hours.
 //!
 //! Answers a retry may change are not stored (5xx, `429 rate_limited`,
-//! `409 checkout_busy`: see [`crate::error::Transient`]): the key is given
+//! `409 checkout_busy`: see [`crate::http::error::Transient`]): the key is given
 //! back and a retry runs again. The handler runs in a task of its own, so a
 //! client that hangs up does not leave its key in use; a process that dies
 //! mid-request leaves a lease ([`LEASE_SECS`]) after which the same request
@@ -34,9 +34,9 @@ use billd_core::{CustomerId, IdempotencyKey};
 use billd_store::{IdempotencyScope, IdempotencyStore, IdempotentRequest, KeyTaken, StoredAnswer};
 use sha2::{Digest, Sha256};
 
-use crate::auth::Role;
-use crate::clock::Clock;
-use crate::error::{ApiError, Transient};
+use crate::http::auth::Role;
+use crate::http::error::{ApiError, Transient};
+use crate::pipeline::Clock;
 
 /// The request header carrying the client's key.
 pub const HEADER: &str = "idempotency-key";
@@ -91,7 +91,7 @@ impl<S: IdempotencyStore + ?Sized> Idempotency<S> {
     }
 
     /// Wraps one route's method router in the middleware (for
-    /// [`crate::openapi::route_with`]).
+    /// [`crate::http::openapi::route_with`]).
     pub fn layer<T>(
         &self,
     ) -> impl FnOnce(axum::routing::MethodRouter<T>) -> axum::routing::MethodRouter<T>
@@ -191,7 +191,7 @@ async fn keyed<S: IdempotencyStore + ?Sized>(
         .store
         .take_idempotency_key(&keyed, now)
         .await
-        .map_err(crate::api::store_error)?;
+        .map_err(crate::http::api::store_error)?;
     let first_seen = match taken {
         KeyTaken::Run { first_seen } => first_seen,
         KeyTaken::Replay(answer) => return Ok(replay(answer)),

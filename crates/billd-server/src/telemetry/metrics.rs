@@ -102,10 +102,10 @@ pub struct Metrics {
     /// (`missing`, `status`, `plan`, `cancel_flag`, `period`).
     pub reconcile_drift: LabelledCounter,
     /// Payments, disputes and refunds the lifecycle applied.
-    pub business: crate::business::BusinessMetrics,
+    pub business: crate::telemetry::business::BusinessMetrics,
     /// Email and email-channel alert deliveries, counted by
     /// `alerts::AlertDelivery` around the configured delivery.
-    pub emails: crate::notify::EmailCounters,
+    pub emails: super::emails::EmailCounters,
     /// Alerts written to the outbox, by kind.
     pub alerts_raised: LabelledCounter,
     /// Alerts not written because their window already had one, by kind.

@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use billd_core::event::DisputeStatus;
 use billd_core::CustomerState;
 
-use crate::metrics::LabelledCounter;
+use crate::telemetry::metrics::LabelledCounter;
 
 /// The outcome of one payment attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

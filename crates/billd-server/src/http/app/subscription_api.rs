@@ -27,8 +27,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::idempotency::{Idempotency, KeyedRun};
-use crate::openapi::{route, route_with, Verb};
+use crate::http::idempotency::{Idempotency, KeyedRun};
+use crate::http::openapi::{route, route_with, Verb};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Extension, Path, State};
 use axum::http::StatusCode;
@@ -43,10 +43,10 @@ use billd_stripe::client::{Params, StripeClient};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::api::{bounded, bounds, customer_id, store_error, ApiState};
-use crate::clock::observation_ns;
-use crate::error::ApiError;
-use crate::lifecycle::{BillingBackend, SYNC_EVENT_PREFIX};
+use crate::http::api::{bounded, bounds, customer_id, store_error, ApiState};
+use crate::http::error::ApiError;
+use crate::pipeline::observation_ns;
+use crate::pipeline::{synthetic_subscription_event, BillingBackend, SYNC_EVENT_PREFIX};
 
 /// How long a handler waits for the inbox worker to apply the subscription
 /// it fed back before answering anyway (the event is applied later).
@@ -347,7 +347,7 @@ struct Context {
     record: CustomerRecord,
     watermark: (i64, String),
     live: LiveSubscription,
-    /// When `live` was asked for (see [`crate::clock::observation_ns`]).
+    /// When `live` was asked for (see [`crate::pipeline::observation_ns`]).
     live_observed_ns: u64,
 }
 
@@ -365,7 +365,7 @@ async fn load<S: BillingBackend + ?Sized>(
     state: &ApiState<S>,
     id: &CustomerId,
 ) -> Result<Context, ApiError> {
-    let record = crate::account::live_customer(&*state.store, id).await?;
+    let record = crate::http::app::account::live_customer(&*state.store, id).await?;
     let Some(current) = record.state.current_subscription() else {
         return Err(conflict(
             "no_subscription",
@@ -576,13 +576,13 @@ async fn quota_overflow<S: BillingBackend + ?Sized>(
 #[utoipa::path(
     post, path = "/v1/customers/{id}/subscription/preview", tag = "app", operation_id = "preview_plan_change",
     description = "Prorated amounts of a plan change, from Stripe's invoice preview, and any quota overflow.",
-    params(crate::openapi::CustomerPath),
+    params(crate::http::openapi::CustomerPath),
     request_body = PlanChangeBody,
     responses(
         (status = 200, description = "What is charged now and at renewal, the currency, quota overflow.", body = PreviewView),
-        (status = 400, description = "`unknown_plan`, `field_too_long`, `invalid_body`.", body = crate::openapi::ErrorBody),
-        (status = 409, description = "No live subscription, or the same plan.", body = crate::openapi::ErrorBody),
-        crate::openapi::StripeCallErrors,
+        (status = 400, description = "`unknown_plan`, `field_too_long`, `invalid_body`.", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "No live subscription, or the same plan.", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::StripeCallErrors,
     )
 )]
 async fn preview<S: BillingBackend + ?Sized>(
@@ -667,14 +667,14 @@ fn idempotency_key(
 #[utoipa::path(
     post, path = "/v1/customers/{id}/subscription/change", tag = "app", operation_id = "change_plan",
     description = "Applies a plan change with proration (BILLD_PRORATION_BEHAVIOR). Honours `Idempotency-Key`.",
-    params(crate::openapi::CustomerPath, crate::openapi::IdempotencyHeader),
+    params(crate::http::openapi::CustomerPath, crate::http::openapi::IdempotencyHeader),
     request_body = PlanChangeBody,
     responses(
         (status = 200, description = "`status` `changed` (applies now) or `scheduled` (a downgrade at the period end): the subscription.", body = SubscriptionView),
         (status = 202, description = "`status` `action_required` (the proration invoice needs 3-D Secure at `hosted_invoice_url`) or `payment_failed`; the plan is granted once paid.", body = SubscriptionView),
-        (status = 400, description = "`unknown_plan`, `field_too_long`, `invalid_body`, `invalid_proration_date`.", body = crate::openapi::ErrorBody),
-        (status = 409, description = "`no_subscription`, `subscription_ended`, `same_plan`, `change_pending`.", body = crate::openapi::ErrorBody),
-        crate::openapi::StripeCallErrors,
+        (status = 400, description = "`unknown_plan`, `field_too_long`, `invalid_body`, `invalid_proration_date`.", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "`no_subscription`, `subscription_ended`, `same_plan`, `change_pending`.", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::StripeCallErrors,
     )
 )]
 async fn change<S: BillingBackend + ?Sized>(
@@ -934,11 +934,11 @@ async fn answer_held<S: BillingBackend + ?Sized>(
 #[utoipa::path(
     post, path = "/v1/customers/{id}/subscription/cancel", tag = "app", operation_id = "cancel_subscription",
     description = "Cancels at the end of the period. Honours `Idempotency-Key`.",
-    params(crate::openapi::CustomerPath, crate::openapi::IdempotencyHeader),
+    params(crate::http::openapi::CustomerPath, crate::http::openapi::IdempotencyHeader),
     responses(
         (status = 200, description = "`status` `cancel_scheduled`: the subscription, `cancel_at_period_end` true (also when it was already).", body = SubscriptionView),
-        (status = 409, description = "`no_subscription`, `subscription_ended`.", body = crate::openapi::ErrorBody),
-        crate::openapi::StripeCallErrors,
+        (status = 409, description = "`no_subscription`, `subscription_ended`.", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::StripeCallErrors,
     )
 )]
 async fn cancel<S: BillingBackend + ?Sized>(
@@ -951,11 +951,11 @@ async fn cancel<S: BillingBackend + ?Sized>(
 #[utoipa::path(
     post, path = "/v1/customers/{id}/subscription/resume", tag = "app", operation_id = "resume_subscription",
     description = "Undoes a cancellation before the period ends. Honours `Idempotency-Key`.",
-    params(crate::openapi::CustomerPath, crate::openapi::IdempotencyHeader),
+    params(crate::http::openapi::CustomerPath, crate::http::openapi::IdempotencyHeader),
     responses(
         (status = 200, description = "`status` `resumed`: the subscription, `cancel_at_period_end` false (also when it was already).", body = SubscriptionView),
-        (status = 409, description = "`no_subscription`, `subscription_ended`.", body = crate::openapi::ErrorBody),
-        crate::openapi::StripeCallErrors,
+        (status = 409, description = "`no_subscription`, `subscription_ended`.", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::StripeCallErrors,
     )
 )]
 async fn resume<S: BillingBackend + ?Sized>(
@@ -1094,7 +1094,7 @@ pub(crate) async fn feed_back_snapshot<S: BillingBackend + ?Sized>(
 }
 
 /// The synthetic inbox event carrying a subscription object Stripe returned
-/// to a change, shaped like a webhook (see [`crate::outbox::refetch_event`]),
+/// to a change, shaped like a webhook (see [`crate::pipeline::refetch_event`]),
 /// observed at `observed_ns`, which also orders two of them by id.
 pub fn sync_event(
     subscription: &str,
@@ -1104,7 +1104,7 @@ pub fn sync_event(
     now: i64,
 ) -> NewEvent {
     let id = format!("{SYNC_EVENT_PREFIX}{subscription}_{observed_ns:039}");
-    crate::outbox::synthetic_subscription_event(id, subscription, created, observed_ns, object, now)
+    synthetic_subscription_event(id, subscription, created, observed_ns, object, now)
 }
 
 async fn view<S: BillingBackend + ?Sized>(
@@ -1113,7 +1113,7 @@ async fn view<S: BillingBackend + ?Sized>(
     live: &LiveSubscription,
     status: SubscriptionOutcome,
 ) -> Result<SubscriptionView, ApiError> {
-    let record = crate::account::live_customer(&*state.store, id).await?;
+    let record = crate::http::app::account::live_customer(&*state.store, id).await?;
     let now = state.clock.now();
     let keys = usage_keys(&record.state, &state.catalog, now);
     let usage = state
@@ -1160,7 +1160,7 @@ mod tests {
         let first = sync_event("sub_1", 500, 7, live.object.clone(), 900);
         let second = sync_event("sub_1", 500, 80, live.object.clone(), 900);
 
-        let event = crate::lifecycle::parse_stored(&crate::lifecycle::claimed(first.clone()))
+        let event = crate::pipeline::parse_stored(&crate::pipeline::claimed(first.clone()))
             .unwrap()
             .unwrap();
 

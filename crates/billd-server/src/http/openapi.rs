@@ -147,7 +147,7 @@ pub struct UsagePath {
 }
 
 /// The `Idempotency-Key` header of the routes that honour it
-/// ([`crate::idempotency`]); [`CommonResponses`] adds its codes to them.
+/// (`idempotency.rs`); [`CommonResponses`] adds its codes to them.
 #[derive(Debug, utoipa::IntoParams)]
 #[into_params(parameter_in = Header)]
 pub struct IdempotencyHeader {
@@ -357,27 +357,27 @@ fn add_codes(
         description = "Self-hosted Stripe billing engine: the app API (customers, entitlements, usage, checkout, plan changes, account deletion), the admin API, Stripe webhooks and operations endpoints. Errors are {\"error\":{\"code\",\"message\"}} with stable codes."
     ),
     paths(
-        crate::webhook::receive,
-        crate::healthz,
-        crate::readyz,
-        crate::metrics,
+        crate::http::webhook::receive,
+        crate::http::router::healthz,
+        crate::http::router::readyz,
+        crate::http::router::metrics,
         openapi_json,
-        crate::api::put_customer,
-        crate::api::get_customer,
-        crate::account::delete_customer,
-        crate::api::get_entitlements,
-        crate::app_api::consume_usage,
-        crate::app_api::release_usage,
-        crate::checkout::create_checkout,
-        crate::checkout::sync_checkout,
-        crate::checkout::create_portal,
-        crate::subscription_api::preview,
-        crate::subscription_api::change,
-        crate::subscription_api::cancel,
-        crate::subscription_api::resume,
-        crate::api::get_audit,
-        crate::api::list_events,
-        crate::api::replay_event,
+        crate::http::app::customers::put_customer,
+        crate::http::app::customers::get_customer,
+        crate::http::app::account::delete_customer,
+        crate::http::app::customers::get_entitlements,
+        crate::http::app::usage::consume_usage,
+        crate::http::app::usage::release_usage,
+        crate::http::app::checkout::create_checkout,
+        crate::http::app::checkout::sync_checkout,
+        crate::http::app::checkout::create_portal,
+        crate::http::app::subscription_api::preview,
+        crate::http::app::subscription_api::change,
+        crate::http::app::subscription_api::cancel,
+        crate::http::app::subscription_api::resume,
+        crate::http::admin::get_audit,
+        crate::http::admin::list_events,
+        crate::http::admin::replay_event,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&SecuritySchemes, &CommonResponses),

@@ -14,18 +14,17 @@ use axum::extract::{Path, State};
 use axum::Json;
 use billd_core::{
     account_erasure_effects, erase_personal_data, AuditEntry, CancelReason, CustomerId, Effect,
-    StripeCustomerErasure, StripeCustomerId,
+    StripeCustomerErasure,
 };
 use billd_store::{
     CustomerCommit, CustomerRecord, NewOutboxItem, OutboxFilter, OutboxStatus, StoreError,
     VERSION_CONFLICT,
 };
-use billd_stripe::client::{Params, StripeClient, StripeError};
 use serde::Serialize;
 
-use crate::api::{customer_id, customer_not_found, store_error, ApiState};
-use crate::error::ApiError;
-use crate::lifecycle::BillingBackend;
+use crate::http::api::{customer_id, customer_not_found, store_error, ApiState};
+use crate::http::error::ApiError;
+use crate::pipeline::BillingBackend;
 
 /// How often a deletion is retried when a webhook moved the customer's
 /// version in between.
@@ -93,10 +92,10 @@ pub async fn live_customer<S: BillingBackend + ?Sized>(
 #[utoipa::path(
     delete, path = "/v1/customers/{id}", tag = "app",
     description = "Deletes the account: erases personal data, keeps the audit trail, cancels at Stripe and deletes (or anonymises) the Stripe customer through the outbox. Idempotent.",
-    params(crate::openapi::CustomerPath),
+    params(crate::http::openapi::CustomerPath),
     responses(
         (status = 200, description = "Deleted (now or before).", body = DeletedCustomer),
-        (status = 404, description = "`customer_not_found`.", body = crate::openapi::ErrorBody),
+        (status = 404, description = "`customer_not_found`.", body = crate::http::openapi::ErrorBody),
     )
 )]
 /// `DELETE /v1/customers/{id}`.
@@ -204,41 +203,5 @@ fn erasure_action(erasure: StripeCustomerErasure) -> &'static str {
     match erasure {
         StripeCustomerErasure::Delete => "delete_stripe_customer",
         StripeCustomerErasure::Anonymize => "anonymize_stripe_customer",
-    }
-}
-
-/// Deletes or anonymises `customer` at Stripe with `idempotency_key`. A
-/// customer Stripe does not have (already deleted) counts as done.
-pub async fn erase_stripe_customer(
-    stripe: &StripeClient,
-    customer: &StripeCustomerId,
-    erasure: StripeCustomerErasure,
-    idempotency_key: &str,
-) -> Result<(), StripeError> {
-    let path = format!("/v1/customers/{customer}");
-    let result = match erasure {
-        StripeCustomerErasure::Delete => {
-            stripe
-                .delete(&path, &Params::new(), Some(idempotency_key))
-                .await
-        }
-        // An empty value unsets a field at Stripe; metadata stays, so the
-        // customer can still be matched to the (erased) billd customer.
-        StripeCustomerErasure::Anonymize => {
-            let params = Params::new()
-                .set("email", "")
-                .set("name", "")
-                .set("phone", "")
-                .set("address", "");
-            stripe.post(&path, &params, Some(idempotency_key)).await
-        }
-    };
-    match result {
-        Ok(_) => Ok(()),
-        Err(e) if e.is_not_found() => {
-            tracing::info!(%customer, "stripe customer already gone");
-            Ok(())
-        }
-        Err(e) => Err(e),
     }
 }

@@ -36,7 +36,7 @@ pub enum ApiError {
     },
     /// A response axum or hyper made before any billd code ran: no route
     /// for the path, a method the path does not serve, an extractor's
-    /// rejection a handler does not take itself. [`crate::respond`] gives it
+    /// rejection a handler does not take itself. `respond.rs` gives it
     /// the error shape; its status is kept and its code follows from it.
     #[error("{message}")]
     Framework {
@@ -191,7 +191,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::FieldTooLong { .. } => StatusCode::BAD_REQUEST,
-            // Only error statuses reach here (see `crate::respond`); a
+            // Only error statuses reach here (see `crate::http::respond`); a
             // success status would be a bug, answered as one.
             ApiError::Framework { status, .. } if status.is_client_error() => *status,
             ApiError::Framework { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -238,7 +238,7 @@ impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection.status() {
             StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge {
-                limit: crate::api::MAX_BODY_BYTES,
+                limit: crate::http::api::MAX_BODY_BYTES,
             },
             StatusCode::UNSUPPORTED_MEDIA_TYPE => {
                 ApiError::UnsupportedMediaType(rejection.body_text())
@@ -343,6 +343,27 @@ impl From<billd_stripe::client::StripeError> for ApiError {
             }
             StripeError::Unavailable(cause) => ApiError::StripeUnavailable(cause),
             other => ApiError::StripeRejected(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::pipeline::PayloadInvalid> for ApiError {
+    /// 400 `payload_invalid`.
+    fn from(e: crate::pipeline::PayloadInvalid) -> Self {
+        ApiError::PayloadInvalid(e.0)
+    }
+}
+
+impl From<crate::pipeline::StripeCustomerError> for ApiError {
+    /// A Stripe call answers as any Stripe call does, a store failure as
+    /// any store failure; a refusal is 502 `stripe_error`.
+    fn from(e: crate::pipeline::StripeCustomerError) -> Self {
+        use crate::pipeline::StripeCustomerError;
+        match e {
+            StripeCustomerError::Stripe(e) => e.into(),
+            StripeCustomerError::Store(e) => crate::http::api::store_error(e),
+            StripeCustomerError::Rejected(cause) => ApiError::StripeRejected(cause),
+            StripeCustomerError::Internal(e) => ApiError::Internal(e),
         }
     }
 }

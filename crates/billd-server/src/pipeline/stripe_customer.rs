@@ -3,16 +3,33 @@
 //! that moves on only when an earlier Stripe customer was deleted), carrying
 //! `metadata[billd_customer_id]`, linked in the store at once and reused
 //! from then on (audit item W2). Checkout calls it; anything else that needs
-//! a Stripe customer should too.
+//! a Stripe customer should too. Account deletion erases it again
+//! ([`erase_stripe_customer`], from the outbox).
 
-use billd_core::{CustomerId, StripeCustomerId};
-use billd_store::CustomerRecord;
+use billd_core::{CustomerId, StripeCustomerErasure, StripeCustomerId};
+use billd_store::{CustomerRecord, StoreError};
 use billd_stripe::client::{Params, StripeClient, StripeError};
 use serde_json::Value;
 
-use crate::api::store_error;
-use crate::error::ApiError;
-use crate::lifecycle::BillingBackend;
+use crate::pipeline::lifecycle::BillingBackend;
+
+/// Why the customer's live Stripe customer could not be had. The HTTP
+/// layer's error table maps each to its answer.
+#[derive(Debug, thiserror::Error)]
+pub enum StripeCustomerError {
+    /// A Stripe call failed.
+    #[error(transparent)]
+    Stripe(#[from] StripeError),
+    /// Linking the customer failed in the store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Stripe answered, but not with a customer billd can use.
+    #[error("{0}")]
+    Rejected(String),
+    /// Stripe answered with something billd cannot read.
+    #[error(transparent)]
+    Internal(anyhow::Error),
+}
 
 /// A live Stripe customer as billd needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,10 +42,12 @@ pub(crate) struct StripeCustomer {
 }
 
 impl StripeCustomer {
-    fn from_object(object: &Value) -> Result<Self, ApiError> {
+    fn from_object(object: &Value) -> Result<Self, StripeCustomerError> {
         let raw = object.get("id").and_then(Value::as_str).unwrap_or_default();
         let id = StripeCustomerId::parse(raw).map_err(|e| {
-            ApiError::Internal(anyhow::anyhow!("Stripe returned customer id {raw:?}: {e}"))
+            StripeCustomerError::Internal(anyhow::anyhow!(
+                "Stripe returned customer id {raw:?}: {e}"
+            ))
         })?;
         Ok(StripeCustomer {
             id,
@@ -62,7 +81,7 @@ pub(crate) async fn ensure_stripe_customer<S: BillingBackend + ?Sized>(
     stripe: &StripeClient,
     record: &CustomerRecord,
     now: i64,
-) -> Result<StripeCustomer, ApiError> {
+) -> Result<StripeCustomer, StripeCustomerError> {
     let linked = linked_stripe_customer(record);
     if let Some(id) = &linked {
         match stripe
@@ -103,7 +122,7 @@ pub(crate) async fn ensure_stripe_customer<S: BillingBackend + ?Sized>(
             find_by_metadata(stripe, customer, &known)
                 .await?
                 .ok_or_else(|| {
-                    ApiError::StripeRejected(format!(
+                    StripeCustomerError::Rejected(format!(
                         "idempotency key {key} was used with other parameters and no Stripe customer carries metadata[billd_customer_id]={customer}"
                     ))
                 })?
@@ -112,8 +131,7 @@ pub(crate) async fn ensure_stripe_customer<S: BillingBackend + ?Sized>(
     };
     store
         .link_stripe_customer(customer, &created.id, now)
-        .await
-        .map_err(store_error)?;
+        .await?;
     tracing::info!(customer = %customer, stripe_customer = %created.id, generation, "created the Stripe customer");
     Ok(created)
 }
@@ -124,7 +142,7 @@ async fn find_by_metadata(
     stripe: &StripeClient,
     customer: &CustomerId,
     known: &[&StripeCustomerId],
-) -> Result<Option<StripeCustomer>, ApiError> {
+) -> Result<Option<StripeCustomer>, StripeCustomerError> {
     let query = format!("metadata['billd_customer_id']:'{customer}'");
     let found = stripe
         .get(
@@ -143,4 +161,40 @@ async fn find_by_metadata(
         })
         .max_by_key(|c| c.get("created").and_then(Value::as_i64).unwrap_or(0));
     newest.map(StripeCustomer::from_object).transpose()
+}
+
+/// Deletes or anonymises `customer` at Stripe with `idempotency_key`. A
+/// customer Stripe does not have (already deleted) counts as done.
+pub async fn erase_stripe_customer(
+    stripe: &StripeClient,
+    customer: &StripeCustomerId,
+    erasure: StripeCustomerErasure,
+    idempotency_key: &str,
+) -> Result<(), StripeError> {
+    let path = format!("/v1/customers/{customer}");
+    let result = match erasure {
+        StripeCustomerErasure::Delete => {
+            stripe
+                .delete(&path, &Params::new(), Some(idempotency_key))
+                .await
+        }
+        // An empty value unsets a field at Stripe; metadata stays, so the
+        // customer can still be matched to the (erased) billd customer.
+        StripeCustomerErasure::Anonymize => {
+            let params = Params::new()
+                .set("email", "")
+                .set("name", "")
+                .set("phone", "")
+                .set("address", "");
+            stripe.post(&path, &params, Some(idempotency_key)).await
+        }
+    };
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_not_found() => {
+            tracing::info!(%customer, "stripe customer already gone");
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
 }

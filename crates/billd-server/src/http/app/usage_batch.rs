@@ -16,7 +16,7 @@ use std::sync::Arc;
 use billd_store::{GuardedConsume, GuardedOutcome, StoreError, StoreResult, UsageStore};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::clock::Clock;
+use crate::pipeline::Clock;
 
 /// Most consumes in one commit.
 pub const MAX_BATCH: usize = 512;
@@ -163,7 +163,7 @@ mod tests {
             .unwrap();
         let batcher = ConsumeBatcher::start(
             store.clone(),
-            Arc::new(crate::clock::SystemClock),
+            Arc::new(crate::pipeline::SystemClock),
             MAX_BATCH,
         );
 

@@ -16,7 +16,7 @@
 //! dead-lettered; a spike of webhook signature failures; the payment failure
 //! rate over its threshold; no webhook for a long time while renewals were
 //! due. The lifecycle's own alerts (a dispute opened, …) get a row per
-//! channel through [`outbox_items`]; reconciliation reports drift with
+//! channel through `pipeline::outbox_items`; reconciliation reports drift with
 //! [`Alerter::raise_drift`].
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
@@ -27,20 +27,17 @@ use async_trait::async_trait;
 use billd_core::event::SubscriptionStatus;
 use billd_core::{AlertKind, Effect};
 use billd_store::{
-    BillingStore, EventFilter, EventStatus, NewOutboxItem, OutboxFilter, OutboxItem, OutboxStatus,
-    Store, StoreResult,
+    BillingStore, EventFilter, EventStatus, OutboxFilter, OutboxItem, OutboxStatus, Store,
+    StoreResult,
 };
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::Clock;
-use crate::lifecycle::REFETCH_EVENT_PREFIX;
-use crate::metrics::Metrics;
-use crate::outbox::{Delivered, Delivery, DeliveryError};
-
-/// The outbox `kind` of an alert's webhook-channel row (the email-channel
-/// row is an ordinary `admin_alert`).
-pub const ALERT_WEBHOOK_KIND: &str = "alert_webhook";
+use crate::pipeline::{
+    count_email, outbox_items, AlertChannels, Clock, Delivered, Delivery, DeliveryError,
+    ALERT_WEBHOOK_KIND, REFETCH_EVENT_PREFIX,
+};
+use crate::telemetry::Metrics;
 
 /// Webhook rejection reasons that count as signature failures.
 pub const SIGNATURE_FAILURE_CODES: [&str; 5] = [
@@ -76,6 +73,15 @@ pub struct AlertConfig {
     pub webhook_silence_secs: i64,
 }
 
+impl AlertConfig {
+    /// The channels this config enables besides the admin email.
+    pub fn channels(&self) -> AlertChannels {
+        AlertChannels {
+            webhook: self.webhook_url.is_some(),
+        }
+    }
+}
+
 impl Default for AlertConfig {
     fn default() -> Self {
         AlertConfig {
@@ -88,22 +94,6 @@ impl Default for AlertConfig {
             payment_window_secs: 3600,
             payment_min_count: 10,
             webhook_silence_secs: 6 * 3600,
-        }
-    }
-}
-
-/// Where alerts go besides the admin email.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct AlertChannels {
-    /// Also write a webhook-channel row.
-    pub webhook: bool,
-}
-
-impl AlertChannels {
-    /// The channels `config` enables.
-    pub fn of(config: &AlertConfig) -> Self {
-        AlertChannels {
-            webhook: config.webhook_url.is_some(),
         }
     }
 }
@@ -122,30 +112,6 @@ pub fn alert_label(kind: AlertKind) -> &'static str {
         AlertKind::WebhookSilence => "webhook_silence",
         AlertKind::ReconcileDrift => "reconcile_drift",
     }
-}
-
-/// The outbox rows of a decision's effects: one per effect, plus a
-/// webhook-channel row for each admin alert when that channel is on.
-pub fn outbox_items(
-    effects: &[Effect],
-    channels: AlertChannels,
-) -> StoreResult<Vec<NewOutboxItem>> {
-    let mut items = Vec::with_capacity(effects.len());
-    for effect in effects {
-        items.push(NewOutboxItem::from_effect(effect)?);
-        if let (true, Effect::AdminAlert { .. }) = (channels.webhook, effect) {
-            items.push(webhook_row(effect)?);
-        }
-    }
-    Ok(items)
-}
-
-/// The webhook-channel twin of an `AdminAlert` effect.
-fn webhook_row(effect: &Effect) -> StoreResult<NewOutboxItem> {
-    let mut item = NewOutboxItem::from_effect(effect)?;
-    item.dedupe_key.push_str(":webhook");
-    item.kind = ALERT_WEBHOOK_KIND.to_owned();
-    Ok(item)
 }
 
 /// `{kind}:{subject}:{bucket}`: the same for every occurrence within one
@@ -181,7 +147,7 @@ impl Alerter {
     pub fn new(store: Arc<dyn BillingStore>, config: &AlertConfig) -> Self {
         Alerter {
             store,
-            channels: AlertChannels::of(config),
+            channels: config.channels(),
             window_secs: config.dedupe_window_secs.max(1),
             metrics: None,
         }
@@ -748,7 +714,7 @@ impl Delivery for AlertDelivery {
             self.post(item, effect).await
         } else {
             let result = self.inner.deliver(item, effect).await;
-            self.metrics.emails.count(item, &result, self.max_attempts);
+            count_email(&self.metrics.emails, item, &result, self.max_attempts);
             result
         }
     }
@@ -757,37 +723,6 @@ impl Delivery for AlertDelivery {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn alert(key: &str) -> Effect {
-        Effect::AdminAlert {
-            alert: AlertKind::DisputeOpened,
-            dedupe_key: key.to_owned(),
-            message: "dispute du_1 opened".to_owned(),
-        }
-    }
-
-    #[test]
-    fn an_admin_alert_gets_a_webhook_row_only_when_that_channel_is_on() {
-        let email = Effect::Email {
-            template: billd_core::EmailTemplate::RefundIssued,
-            dedupe_key: "refund_issued:ch_1:100".to_owned(),
-            params: BTreeMap::new(),
-        };
-        let effects = [email, alert("dispute_opened:du_1")];
-
-        let without = outbox_items(&effects, AlertChannels::default()).unwrap();
-        let with = outbox_items(&effects, AlertChannels { webhook: true }).unwrap();
-
-        assert_eq!(without.len(), 2);
-        assert_eq!(with.len(), 3);
-        assert_eq!(with[1].kind, "admin_alert");
-        assert_eq!(with[2].kind, ALERT_WEBHOOK_KIND);
-        assert_eq!(with[2].dedupe_key, "dispute_opened:du_1:webhook");
-        assert_eq!(
-            serde_json::from_str::<Effect>(&with[2].payload).unwrap(),
-            alert("dispute_opened:du_1")
-        );
-    }
 
     #[test]
     fn dedupe_keys_share_a_window_and_change_with_the_next_one() {

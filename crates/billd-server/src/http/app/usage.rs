@@ -3,10 +3,10 @@
 //! decided by `billd_core` (entitlements, then `check_consume`), the counter
 //! changes in the store's one conditional update, so concurrent callers can
 //! never push a counter past its limit. On SQLite consumes are
-//! group-committed ([`crate::usage_batch`]).
+//! group-committed ([`crate::http::app::usage_batch`]).
 //!
 //! A consume reads nothing first: the counter and limit come from the
-//! customer's state as last seen ([`crate::usage_cache`]) through
+//! customer's state as last seen ([`crate::http::app::usage_cache`]) through
 //! [`billd_core::consume_target`], and the store applies the consume only
 //! while the customer is still at that state's version
 //! ([`billd_store::UsageStore`]); a changed state is read again and the
@@ -14,8 +14,8 @@
 
 use std::sync::Arc;
 
-use crate::idempotency::Idempotency;
-use crate::openapi::{route_with, Verb};
+use crate::http::idempotency::Idempotency;
+use crate::http::openapi::{route_with, Verb};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
@@ -29,12 +29,12 @@ use billd_store::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::auth::{require_app_key, ApiKeys};
-use crate::clock::Clock;
-use crate::error::ApiError;
-use crate::lifecycle::BillingBackend;
-use crate::usage_batch::{ConsumeBatcher, MAX_BATCH};
-use crate::usage_cache::{CachedState, StateCache, CAPACITY};
+use crate::http::app::usage_batch::{ConsumeBatcher, MAX_BATCH};
+use crate::http::app::usage_cache::{CachedState, StateCache, CAPACITY};
+use crate::http::auth::{require_app_key, ApiKeys};
+use crate::http::error::ApiError;
+use crate::pipeline::BillingBackend;
+use crate::pipeline::Clock;
 
 /// How often one consume is decided again on a re-read state when the
 /// customer's state keeps changing under it (then 503, retry later).
@@ -46,7 +46,7 @@ struct UsageState<S: BillingBackend + ?Sized> {
     catalog: Arc<Catalog>,
     clock: Arc<dyn Clock>,
     /// On SQLite, consumes go through one writer that group-commits them
-    /// (see [`crate::usage_batch`] for why not on PostgreSQL).
+    /// (see [`crate::http::app::usage_batch`] for why not on PostgreSQL).
     consumer: Option<ConsumeBatcher>,
     /// Customer states consumes were decided on.
     states: Arc<StateCache>,
@@ -98,7 +98,7 @@ pub fn routes<S: BillingBackend + ?Sized>(
         catalog,
         clock,
     })
-    .layer(axum::middleware::from_fn(crate::log_errors))
+    .layer(axum::middleware::from_fn(crate::http::router::log_errors))
 }
 
 /// Body of a consume or release.
@@ -157,7 +157,7 @@ fn store_error(e: StoreError) -> ApiError {
                 message: "this idempotency key was used for a different request".to_owned(),
             }
         }
-        other => crate::api::store_error(other),
+        other => crate::http::api::store_error(other),
     }
 }
 
@@ -187,14 +187,14 @@ fn parse(
         None => Quantity::ONE,
         Some(raw) => Quantity::from_json(raw).map_err(|e| invalid(e.code(), e.to_string()))?,
     };
-    crate::api::bounded_opt(
+    crate::http::api::bounded_opt(
         "idempotency_key",
         body.idempotency_key.as_deref(),
-        crate::api::bounds::IDEMPOTENCY_KEY,
+        crate::http::api::bounds::IDEMPOTENCY_KEY,
     )?;
     // The header is the counter's key too, so that a request whose stored
     // answer expired (or was never stored) still counts once.
-    let header = crate::idempotency::key_of(headers)?;
+    let header = crate::http::idempotency::key_of(headers)?;
     let idempotency_key = match (body.idempotency_key, header) {
         (Some(body_key), Some(header_key)) if body_key != header_key.as_str() => {
             return Err(invalid(
@@ -227,7 +227,7 @@ async fn load_entitlements<S: BillingBackend + ?Sized>(
     state: &UsageState<S>,
     customer: &CustomerId,
 ) -> Result<Entitlements, ApiError> {
-    let record = crate::account::live_customer(&*state.store, customer).await?;
+    let record = crate::http::app::account::live_customer(&*state.store, customer).await?;
     let now = state.clock.now();
     let keys = usage_keys(&record.state, &state.catalog, now);
     let usage = state
@@ -276,7 +276,7 @@ async fn customer_state<S: BillingBackend + ?Sized>(
             return Ok(cached);
         }
     }
-    let record = crate::account::live_customer(&*state.store, customer).await?;
+    let record = crate::http::app::account::live_customer(&*state.store, customer).await?;
     let cached = CachedState {
         version: record.version,
         state: Arc::new(record.state),
@@ -297,14 +297,14 @@ fn no_access(access: Access) -> ApiError {
 #[utoipa::path(
     post, path = "/v1/customers/{id}/usage/{feature}", tag = "app",
     description = "Consumes `amount` (default 1) of a feature, idempotent by `idempotency_key` (body) or `Idempotency-Key` (header).",
-    params(crate::openapi::UsagePath, crate::openapi::IdempotencyHeader),
+    params(crate::http::openapi::UsagePath, crate::http::openapi::IdempotencyHeader),
     request_body = UsageBody,
     responses(
         (status = 200, description = "Counted (or the stored answer of the same key).", body = UsageAnswer),
-        (status = 400, description = "`idempotency_key_required`, `invalid_amount`, `idempotency_key_reused`, `field_too_long`, `invalid_body`.", body = crate::openapi::ErrorBody),
-        (status = 402, description = "`quota_exceeded` (with `feature`, `limit`, `used`, `remaining`, `requested`).", body = crate::openapi::ErrorBody),
-        (status = 403, description = "`no_access` (with `access`).", body = crate::openapi::ErrorBody),
-        (status = 404, description = "`unknown_feature`.", body = crate::openapi::ErrorBody),
+        (status = 400, description = "`idempotency_key_required`, `invalid_amount`, `idempotency_key_reused`, `field_too_long`, `invalid_body`.", body = crate::http::openapi::ErrorBody),
+        (status = 402, description = "`quota_exceeded` (with `feature`, `limit`, `used`, `remaining`, `requested`).", body = crate::http::openapi::ErrorBody),
+        (status = 403, description = "`no_access` (with `access`).", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "`unknown_feature`.", body = crate::http::openapi::ErrorBody),
     )
 )]
 async fn consume_usage<S: BillingBackend + ?Sized>(
@@ -371,12 +371,12 @@ async fn consume_usage<S: BillingBackend + ?Sized>(
 #[utoipa::path(
     post, path = "/v1/customers/{id}/usage/{feature}/release", tag = "app",
     description = "Gives capacity back (capacity features only), never below 0.",
-    params(crate::openapi::UsagePath, crate::openapi::IdempotencyHeader),
+    params(crate::http::openapi::UsagePath, crate::http::openapi::IdempotencyHeader),
     request_body = UsageBody,
     responses(
         (status = 200, description = "Released.", body = UsageAnswer),
-        (status = 400, description = "`not_a_capacity_feature`, `idempotency_key_required`, `invalid_amount`, `field_too_long`, `invalid_body`.", body = crate::openapi::ErrorBody),
-        (status = 404, description = "`unknown_feature`.", body = crate::openapi::ErrorBody),
+        (status = 400, description = "`not_a_capacity_feature`, `idempotency_key_required`, `invalid_amount`, `field_too_long`, `invalid_body`.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "`unknown_feature`.", body = crate::http::openapi::ErrorBody),
     )
 )]
 async fn release_usage<S: BillingBackend + ?Sized>(

@@ -20,8 +20,8 @@ use billd_store::{JobFinish, JobStore};
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::Clock;
-use crate::metrics::Metrics;
+use crate::pipeline::Clock;
+use crate::telemetry::Metrics;
 
 /// What a job run did, as named counts (for the log and tests).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -24,17 +24,17 @@ use std::time::Duration;
 use async_trait::async_trait;
 use billd_core::Effect;
 use billd_store::{
-    NewEvent, OutboxFilter, OutboxItem, OutboxResult, OutboxStatus, StoreError, StoreResult,
-    OUTBOX_LEASE_CONFLICT,
+    NewEvent, NewOutboxItem, OutboxFilter, OutboxItem, OutboxResult, OutboxStatus, StoreError,
+    StoreResult, OUTBOX_LEASE_CONFLICT,
 };
 use billd_stripe::client::{StripeClient, StripeError};
 use rand::Rng;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::Clock;
-use crate::lifecycle::{BillingBackend, OBSERVED_NS_FIELD, REFETCH_EVENT_PREFIX};
-use crate::worker::Backoff;
+use crate::pipeline::clock::Clock;
+use crate::pipeline::lifecycle::{BillingBackend, OBSERVED_NS_FIELD, REFETCH_EVENT_PREFIX};
+use crate::pipeline::worker::Backoff;
 
 /// Why one delivery failed.
 #[derive(Debug, thiserror::Error)]
@@ -350,7 +350,7 @@ impl<S: BillingBackend + ?Sized> OutboxWorker<S> {
                 dedupe_key,
             } => {
                 self.wait_for(item, after).await?;
-                crate::account::erase_stripe_customer(
+                crate::pipeline::stripe_customer::erase_stripe_customer(
                     self.stripe()?,
                     customer,
                     *erasure,
@@ -365,7 +365,7 @@ impl<S: BillingBackend + ?Sized> OutboxWorker<S> {
                 round,
                 ..
             } => {
-                let observed = crate::clock::observation_ns();
+                let observed = crate::pipeline::clock::observation_ns();
                 let object = self
                     .stripe()?
                     .retrieve_subscription(subscription.as_str())
@@ -443,7 +443,7 @@ fn stripe_error(e: StripeError) -> DeliveryError {
 /// a webhook so the inbox, its listing and replay treat it like one. One id
 /// per (subscription, tie, round): a repeated re-fetch is a duplicate.
 /// Rounds after the first carry an `_r{round}` suffix, which
-/// `crate::lifecycle::parse_stored` reads back. `observed_ns`: when the
+/// `crate::pipeline::lifecycle::parse_stored` reads back. `observed_ns`: when the
 /// read was sent.
 pub fn refetch_event(
     subscription: &str,
@@ -463,7 +463,7 @@ pub fn refetch_event(
 
 /// An inbox event `id` carrying a subscription object billd fetched from
 /// Stripe itself, stamped `created` and observed at `observed_ns` (see
-/// [`crate::clock::observation_ns`]); `crate::lifecycle::parse_stored`
+/// [`crate::pipeline::clock::observation_ns`]); `crate::pipeline::lifecycle::parse_stored`
 /// applies it as authoritative when `id` has a synthetic prefix.
 pub fn synthetic_subscription_event(
     id: String,
@@ -496,5 +496,80 @@ pub fn synthetic_subscription_event(
         stripe_customer,
         payload: payload.to_string(),
         received_at: now,
+    }
+}
+
+/// The outbox `kind` of an alert's webhook-channel row (the email-channel
+/// row is an ordinary `admin_alert`).
+pub const ALERT_WEBHOOK_KIND: &str = "alert_webhook";
+
+/// Where alerts go besides the admin email.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AlertChannels {
+    /// Also write a webhook-channel row.
+    pub webhook: bool,
+}
+
+/// The outbox rows of a decision's effects: one per effect, plus a
+/// webhook-channel row for each admin alert when that channel is on.
+pub fn outbox_items(
+    effects: &[Effect],
+    channels: AlertChannels,
+) -> StoreResult<Vec<NewOutboxItem>> {
+    let mut items = Vec::with_capacity(effects.len());
+    for effect in effects {
+        items.push(NewOutboxItem::from_effect(effect)?);
+        if let (true, Effect::AdminAlert { .. }) = (channels.webhook, effect) {
+            items.push(webhook_row(effect)?);
+        }
+    }
+    Ok(items)
+}
+
+/// The webhook-channel twin of an `AdminAlert` effect.
+fn webhook_row(effect: &Effect) -> StoreResult<NewOutboxItem> {
+    let mut item = NewOutboxItem::from_effect(effect)?;
+    item.dedupe_key.push_str(":webhook");
+    item.kind = ALERT_WEBHOOK_KIND.to_owned();
+    Ok(item)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use billd_core::AlertKind;
+
+    use super::*;
+
+    fn alert(key: &str) -> Effect {
+        Effect::AdminAlert {
+            alert: AlertKind::DisputeOpened,
+            dedupe_key: key.to_owned(),
+            message: "dispute du_1 opened".to_owned(),
+        }
+    }
+
+    #[test]
+    fn an_admin_alert_gets_a_webhook_row_only_when_that_channel_is_on() {
+        let email = Effect::Email {
+            template: billd_core::EmailTemplate::RefundIssued,
+            dedupe_key: "refund_issued:ch_1:100".to_owned(),
+            params: BTreeMap::new(),
+        };
+        let effects = [email, alert("dispute_opened:du_1")];
+
+        let without = outbox_items(&effects, AlertChannels::default()).unwrap();
+        let with = outbox_items(&effects, AlertChannels { webhook: true }).unwrap();
+
+        assert_eq!(without.len(), 2);
+        assert_eq!(with.len(), 3);
+        assert_eq!(with[1].kind, "admin_alert");
+        assert_eq!(with[2].kind, ALERT_WEBHOOK_KIND);
+        assert_eq!(with[2].dedupe_key, "dispute_opened:du_1:webhook");
+        assert_eq!(
+            serde_json::from_str::<Effect>(&with[2].payload).unwrap(),
+            alert("dispute_opened:du_1")
+        );
     }
 }

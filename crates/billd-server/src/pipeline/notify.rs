@@ -9,9 +9,9 @@
 //!   redelivered event or a crash before the commit unable to queue it twice;
 //! - permanent failures (refused address, broken template) and the last
 //!   transient failure make the row dead; the alert monitor tells the
-//!   operator (`outbox_dead`, once per dedupe window, see `crate::alerts`).
+//!   operator (`outbox_dead`, once per dedupe window, see `crate::jobs`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -19,65 +19,26 @@ use billd_core::Effect;
 use billd_email::{EmailConfig, Notifier, Recipient, SetupError};
 use billd_store::{BillingStore, OutboxItem};
 
-use crate::outbox::{Delivered, Delivery, DeliveryError};
+use crate::pipeline::outbox::{Delivered, Delivery, DeliveryError};
+use crate::telemetry::EmailCounters;
 
-/// Counts of email outcomes since start, for the metrics endpoint
-/// (`Metrics::emails`). Counted where `crate::billing::start_billing` hands
-/// rows to the configured [`Delivery`], whatever that delivery is (SMTP,
-/// the log, a test's), so `/metrics` shows every delivery it made.
-#[derive(Debug, Default)]
-pub struct EmailCounters {
-    /// Handed to the backend.
-    pub sent: AtomicU64,
-    /// Skipped: nobody to send to.
-    pub no_recipient: AtomicU64,
-    /// Written to the log: no mailer configured (dev mode).
-    pub logged: AtomicU64,
-    /// Failed, will be retried.
-    pub transient: AtomicU64,
-    /// Failed for good: the row is dead.
-    pub dead: AtomicU64,
-}
-
-impl EmailCounters {
-    /// Counts one delivery of outbox row `item`: a failure is `dead` when
-    /// it is permanent or came on the row's last attempt (`max_attempts`,
-    /// the outbox worker's), as the outbox worker decides.
-    pub fn count(
-        &self,
-        item: &OutboxItem,
-        result: &Result<Delivered, DeliveryError>,
-        max_attempts: i32,
-    ) {
-        let counter = match result {
-            Ok(Delivered::Sent) => &self.sent,
-            Ok(Delivered::NoRecipient) => &self.no_recipient,
-            Ok(Delivered::Logged) => &self.logged,
-            Err(DeliveryError::Transient(_)) if item.attempts < max_attempts => &self.transient,
-            Err(_) => &self.dead,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Prometheus text lines for `billd_emails_total{outcome}`.
-    pub fn render(&self) -> String {
-        let mut out = String::from(
-            "# HELP billd_emails_total Email and alert deliveries by outcome.\n# TYPE billd_emails_total counter\n",
-        );
-        for (outcome, n) in [
-            ("sent", &self.sent),
-            ("no_recipient", &self.no_recipient),
-            ("logged", &self.logged),
-            ("transient_failure", &self.transient),
-            ("dead", &self.dead),
-        ] {
-            out.push_str(&format!(
-                "billd_emails_total{{outcome=\"{outcome}\"}} {}\n",
-                n.load(Ordering::Relaxed)
-            ));
-        }
-        out
-    }
+/// Counts one delivery of outbox row `item` into `counters`: a failure is
+/// `dead` when it is permanent or came on the row's last attempt
+/// (`max_attempts`, the outbox worker's), as the outbox worker decides.
+pub fn count_email(
+    counters: &EmailCounters,
+    item: &OutboxItem,
+    result: &Result<Delivered, DeliveryError>,
+    max_attempts: i32,
+) {
+    let counter = match result {
+        Ok(Delivered::Sent) => &counters.sent,
+        Ok(Delivered::NoRecipient) => &counters.no_recipient,
+        Ok(Delivered::Logged) => &counters.logged,
+        Err(DeliveryError::Transient(_)) if item.attempts < max_attempts => &counters.transient,
+        Err(_) => &counters.dead,
+    };
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Sends outbox emails and alerts with a [`Notifier`].

@@ -1,11 +1,11 @@
 //! The last layer every HTTP response leaves through
-//! ([`crate::start_with_parts`] puts it around the whole router):
+//! ([`crate::http::router::service`] puts it around the whole router):
 //!
 //! - an error response no billd code made (axum's answer for an unknown
 //!   route or a method the route does not serve, an extractor rejection no
 //!   handler takes itself, hyper's refusals) gets the error shape
 //!   `{"error":{"code","message"}}`, its status kept and its code chosen in
-//!   [`crate::error`], the only place errors map to HTTP; headers such as
+//!   [`crate::http::error`], the only place errors map to HTTP; headers such as
 //!   `Allow` stay;
 //! - every JSON body ends with a newline, so `curl` output pasted into a
 //!   terminal leaves the prompt on its own line.
@@ -18,7 +18,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, BytesMut};
 
-use crate::error::{ApiError, LoggedError};
+use crate::http::error::{ApiError, LoggedError};
 
 /// The most of a bare error body kept as the message (axum's are a line).
 const MAX_MESSAGE_BYTES: usize = 4096;

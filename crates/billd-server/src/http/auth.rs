@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// What a presented key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

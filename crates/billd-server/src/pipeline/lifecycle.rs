@@ -26,11 +26,11 @@ use billd_stripe::client::{Params, StripeClient};
 use billd_stripe::events::{parse_event, refetched_subscription_event, ParsedEvent};
 use serde_json::Value;
 
-use crate::alerts::{outbox_items, AlertChannels};
-use crate::business::observe;
-use crate::clock::Clock;
-use crate::metrics::Metrics;
-use crate::worker::{EventHandler, HandlerError, HandlerOutcome, HandlerRegistry};
+use crate::pipeline::clock::Clock;
+use crate::pipeline::outbox::{outbox_items, AlertChannels};
+use crate::pipeline::worker::{EventHandler, HandlerError, HandlerOutcome, HandlerRegistry};
+use crate::telemetry::observe;
+use crate::telemetry::Metrics;
 
 /// Every Stripe event type the lifecycle handler applies (issue 4's list).
 pub const HANDLED_EVENT_TYPES: [&str; 27] = [
@@ -69,7 +69,7 @@ pub const HANDLED_EVENT_TYPES: [&str; 27] = [
 pub const REFETCH_EVENT_PREFIX: &str = "evt_billd_refetch_";
 
 /// Ids of the synthetic events reconciliation inserts to heal a drifted
-/// subscription start with this (`crate::reconcile`); applied like a
+/// subscription start with this (`crate::jobs`, reconciliation); applied like a
 /// re-fetch: Stripe's current object, authoritative.
 pub const RECONCILE_EVENT_PREFIX: &str = "evt_billd_reconcile_";
 /// Ids of the synthetic events the plan-change and cancellation endpoints
@@ -360,7 +360,7 @@ fn object_links(event: &Event) -> Vec<String> {
 }
 
 /// The round of a re-fetch event: the `_r{round}` suffix
-/// `crate::outbox::refetch_event` gives rounds after the first; 0 otherwise
+/// `crate::pipeline::outbox::refetch_event` gives rounds after the first; 0 otherwise
 /// (the first round, and the other synthetic events).
 fn refetch_round(id: &str) -> u32 {
     id.strip_prefix(REFETCH_EVENT_PREFIX)
@@ -457,7 +457,7 @@ mod tests {
             "status": "active", "created": 100, "cancel_at_period_end": false,
             "items": { "object": "list", "data": [] }, "metadata": {}
         });
-        let new = crate::outbox::refetch_event("sub_1", 500, 0, 77, object, 900);
+        let new = crate::pipeline::outbox::refetch_event("sub_1", 500, 0, 77, object, 900);
         assert_eq!(new.id, "evt_billd_refetch_sub_1_500");
         assert_eq!(new.stripe_customer.as_deref(), Some("cus_1"));
 
@@ -476,7 +476,7 @@ mod tests {
             "status": "canceled", "created": 100, "cancel_at_period_end": false,
             "items": { "object": "list", "data": [] }, "metadata": {}
         });
-        let new = crate::outbox::refetch_event("sub_2", 500, 0, 77, object, 900);
+        let new = crate::pipeline::outbox::refetch_event("sub_2", 500, 0, 77, object, 900);
 
         let event = parse_stored(&claimed(new)).unwrap().unwrap();
 

@@ -14,7 +14,7 @@ use billd_store::{Backend, InsertOutcome, NewEvent, Store, StoreError};
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
-use crate::metrics::Metrics;
+use crate::telemetry::Metrics;
 
 /// Why an event could not be committed.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -38,11 +38,11 @@ use billd_stripe::events::parse_subscription;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::clock::Clock;
-use crate::lifecycle::RECONCILE_EVENT_PREFIX;
-use crate::metrics::Metrics;
-use crate::outbox::synthetic_subscription_event;
-use crate::worker::InboxWorker;
+use crate::pipeline::synthetic_subscription_event;
+use crate::pipeline::Clock;
+use crate::pipeline::InboxWorker;
+use crate::pipeline::RECONCILE_EVENT_PREFIX;
+use crate::telemetry::Metrics;
 
 /// How far back undelivered events are looked for: Stripe keeps events
 /// listable for 30 days.
@@ -214,7 +214,7 @@ pub struct Reconciler {
     metrics: Option<Arc<Metrics>>,
     config: ReconcileConfig,
     /// Raises `reconcile_drift` after a run that healed drift.
-    alerter: Option<crate::alerts::Alerter>,
+    alerter: Option<crate::jobs::alerts::Alerter>,
 }
 
 impl std::fmt::Debug for Reconciler {
@@ -257,7 +257,7 @@ impl Reconciler {
 
     /// Alerts the operator (once per dedupe window) when a run heals drift:
     /// drift means webhooks are being missed.
-    pub fn with_alerter(mut self, alerter: crate::alerts::Alerter) -> Self {
+    pub fn with_alerter(mut self, alerter: crate::jobs::alerts::Alerter) -> Self {
         self.alerter = Some(alerter);
         self
     }
@@ -365,7 +365,7 @@ impl Reconciler {
             if self.store.get_event(id).await?.is_some() {
                 continue;
             }
-            match crate::webhook::parse_envelope(event.to_string().as_bytes(), now) {
+            match crate::pipeline::parse_envelope(event.to_string().as_bytes(), now) {
                 Ok(new) => missing.push(new),
                 Err(e) => tracing::warn!(event_id = id, error = ?e, "undelivered event unreadable"),
             }
@@ -375,7 +375,7 @@ impl Reconciler {
         report.missing_events = missing.iter().map(|e| e.id.clone()).collect();
 
         // Every page of the listing was asked for after this.
-        let observed = crate::clock::observation_ns();
+        let observed = crate::pipeline::observation_ns();
         let subscriptions = pager
             .list_all("/v1/subscriptions", Params::new().set("status", "all"))
             .await?;
@@ -726,13 +726,13 @@ impl ReconcileJob {
 }
 
 #[async_trait::async_trait]
-impl crate::scheduler::Job for ReconcileJob {
+impl crate::jobs::scheduler::Job for ReconcileJob {
     fn name(&self) -> &'static str {
         "reconcile"
     }
 
-    async fn run(&self, _now: i64) -> anyhow::Result<crate::scheduler::JobReport> {
-        let report = crate::scheduler::JobReport::default();
+    async fn run(&self, _now: i64) -> anyhow::Result<crate::jobs::scheduler::JobReport> {
+        let report = crate::jobs::scheduler::JobReport::default();
         let Some(reconciler) = &self.reconciler else {
             return Ok(report.with("no_stripe_client", 1));
         };

@@ -20,8 +20,8 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
-use crate::idempotency::Idempotency;
-use crate::openapi::{route, route_with, Verb};
+use crate::http::idempotency::Idempotency;
+use crate::http::openapi::{route, route_with, Verb};
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::{Json, Router};
@@ -33,11 +33,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::api::{bounded, bounded_opt, bounds, customer_id, store_error, ApiState};
-use crate::auth::{require_app_key, ApiKeys};
-use crate::error::ApiError;
-use crate::lifecycle::BillingBackend;
-use crate::stripe_customer::{ensure_stripe_customer, linked_stripe_customer, StripeCustomer};
+use crate::http::api::{bounded, bounded_opt, bounds, customer_id, store_error, ApiState};
+use crate::http::auth::{require_app_key, ApiKeys};
+use crate::http::error::ApiError;
+use crate::pipeline::BillingBackend;
+use crate::pipeline::{ensure_stripe_customer, linked_stripe_customer, StripeCustomer};
 
 /// An open session this close to its `expires_at` is not handed out again:
 /// the customer would land on an expired page.
@@ -103,7 +103,7 @@ pub(crate) fn routes<S: BillingBackend + ?Sized>(
         locks: Arc::default(),
         prices: Arc::default(),
     })
-    .layer(axum::middleware::from_fn(crate::log_errors))
+    .layer(axum::middleware::from_fn(crate::http::router::log_errors))
 }
 
 /// `POST /v1/customers/{id}/checkout` body.
@@ -582,14 +582,14 @@ async fn expire_session(stripe: &StripeClient, session_id: &str) -> Result<Expir
 #[utoipa::path(
     post, path = "/v1/customers/{id}/checkout", tag = "app",
     description = "A Stripe Checkout session for a plan; single-flight per customer. Honours `Idempotency-Key`.",
-    params(crate::openapi::CustomerPath, crate::openapi::IdempotencyHeader),
+    params(crate::http::openapi::CustomerPath, crate::http::openapi::IdempotencyHeader),
     request_body = CheckoutBody,
     responses(
         (status = 200, description = "Send the user to `url`.", body = CheckoutView),
-        (status = 400, description = "`unknown_plan`, `plan_not_purchasable`, `invalid_currency`, `currency_not_available`, `invalid_url`, `promotion_code_invalid`, `promotion_code_expired`, `field_too_long`, `invalid_body`.", body = crate::openapi::ErrorBody),
-        (status = 409, description = "`already_subscribed`, `currency_locked`, `checkout_busy`.", body = crate::openapi::ErrorBody),
-        (status = 429, description = "`rate_limited` (Retry-After).", body = crate::openapi::ErrorBody),
-        crate::openapi::StripeCallErrors,
+        (status = 400, description = "`unknown_plan`, `plan_not_purchasable`, `invalid_currency`, `currency_not_available`, `invalid_url`, `promotion_code_invalid`, `promotion_code_expired`, `field_too_long`, `invalid_body`.", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "`already_subscribed`, `currency_locked`, `checkout_busy`.", body = crate::http::openapi::ErrorBody),
+        (status = 429, description = "`rate_limited` (Retry-After).", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::StripeCallErrors,
     )
 )]
 async fn create_checkout<S: BillingBackend + ?Sized>(
@@ -615,7 +615,7 @@ async fn create_checkout<S: BillingBackend + ?Sized>(
         .map(str::trim)
         .filter(|c| !c.is_empty())
         .map(str::to_owned);
-    let record = crate::account::live_customer(&*state.api.store, &id).await?;
+    let record = crate::http::app::account::live_customer(&*state.api.store, &id).await?;
     let currency = checkout_currency(
         &state.api.catalog,
         plan,
@@ -637,7 +637,7 @@ async fn create_checkout<S: BillingBackend + ?Sized>(
     for _ in 0..RACE_RETRIES {
         // Re-read under the lock: the request ahead may have created the
         // session (or the Stripe customer) this one should reuse.
-        let record = crate::account::live_customer(&*state.api.store, &id).await?;
+        let record = crate::http::app::account::live_customer(&*state.api.store, &id).await?;
         ensure_not_subscribed(&id, &record.state)?;
         let now = state.api.clock.now();
         let open = state
@@ -793,14 +793,14 @@ async fn new_session<S: BillingBackend + ?Sized>(
 #[utoipa::path(
     post, path = "/v1/customers/{id}/checkout/sync", tag = "app",
     description = "Applies a completed Checkout session's subscription at once, read from Stripe, without waiting for its webhooks; answers the entitlements. For the success page: put `{CHECKOUT_SESSION_ID}` in `success_url` and call this with it. Safe to repeat.",
-    params(crate::openapi::CustomerPath),
+    params(crate::http::openapi::CustomerPath),
     request_body = CheckoutSyncBody,
     responses(
         (status = 200, description = "The customer's entitlements with the session's subscription applied (the body of `GET …/entitlements`).", body = Object),
-        (status = 400, description = "`invalid_session_id`, `field_too_long`, `invalid_body`.", body = crate::openapi::ErrorBody),
-        (status = 404, description = "`customer_not_found`, `checkout_session_not_found` (unknown, or another customer's).", body = crate::openapi::ErrorBody),
-        (status = 409, description = "`checkout_not_complete` (the session is still open or expired).", body = crate::openapi::ErrorBody),
-        crate::openapi::StripeCallErrors,
+        (status = 400, description = "`invalid_session_id`, `field_too_long`, `invalid_body`.", body = crate::http::openapi::ErrorBody),
+        (status = 404, description = "`customer_not_found`, `checkout_session_not_found` (unknown, or another customer's).", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "`checkout_not_complete` (the session is still open or expired).", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::StripeCallErrors,
     )
 )]
 async fn sync_checkout<S: BillingBackend + ?Sized>(
@@ -817,12 +817,12 @@ async fn sync_checkout<S: BillingBackend + ?Sized>(
             message: e.to_string(),
         })?;
     let api = &state.api;
-    let record = crate::account::live_customer(&*api.store, &id).await?;
+    let record = crate::http::app::account::live_customer(&*api.store, &id).await?;
     let not_found = || ApiError::NotFound {
         code: "checkout_session_not_found",
         message: format!("customer {id} has no Checkout session {session_id}"),
     };
-    let observed = crate::clock::observation_ns();
+    let observed = crate::pipeline::observation_ns();
     let session = match api
         .stripe()?
         .get(
@@ -857,7 +857,7 @@ async fn sync_checkout<S: BillingBackend + ?Sized>(
             .ok()
             .and_then(|sid| record.state.subscriptions.get(&sid))
             .map_or(i64::MIN, |known| known.stamp.created);
-        crate::subscription_api::feed_back_snapshot(
+        crate::http::app::subscription_api::feed_back_snapshot(
             api,
             watermark,
             &sub_id,
@@ -866,7 +866,7 @@ async fn sync_checkout<S: BillingBackend + ?Sized>(
         )
         .await?;
     }
-    let record = crate::account::live_customer(&*api.store, &id).await?;
+    let record = crate::http::app::account::live_customer(&*api.store, &id).await?;
     let now = api.clock.now();
     let keys = billd_core::usage_keys(&record.state, &api.catalog, now);
     let usage = api
@@ -902,13 +902,13 @@ fn session_belongs_to(session: &Value, id: &CustomerId, stripe_customer: Option<
 #[utoipa::path(
     post, path = "/v1/customers/{id}/portal", tag = "app",
     description = "A Stripe customer portal session.",
-    params(crate::openapi::CustomerPath),
+    params(crate::http::openapi::CustomerPath),
     request_body = PortalBody,
     responses(
         (status = 200, description = "Stripe's customer portal.", body = PortalView),
-        (status = 400, description = "`invalid_url`, `field_too_long`, `invalid_body`.", body = crate::openapi::ErrorBody),
-        (status = 409, description = "`no_stripe_customer`.", body = crate::openapi::ErrorBody),
-        crate::openapi::StripeCallErrors,
+        (status = 400, description = "`invalid_url`, `field_too_long`, `invalid_body`.", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "`no_stripe_customer`.", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::StripeCallErrors,
     )
 )]
 async fn create_portal<S: BillingBackend + ?Sized>(
@@ -919,7 +919,7 @@ async fn create_portal<S: BillingBackend + ?Sized>(
     let id = customer_id(&id)?;
     let Json(body) = body?;
     let return_url = absolute_url("return_url", &body.return_url)?;
-    let record = crate::account::live_customer(&*state.api.store, &id).await?;
+    let record = crate::http::app::account::live_customer(&*state.api.store, &id).await?;
     let no_customer = || ApiError::Conflict {
         code: "no_stripe_customer",
         message: format!("customer {id} has no Stripe customer yet; start with a checkout"),

@@ -15,8 +15,8 @@ use rand::Rng;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::Clock;
-use crate::metrics::Metrics;
+use crate::pipeline::clock::Clock;
+use crate::telemetry::Metrics;
 
 /// How a handler finished an event it accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,0 +1,13 @@
+//! The app API (`/v1/customers/…`, app key): customer profiles and
+//! entitlements, checkout and the billing portal, plan changes and
+//! cancellation, usage quotas, account deletion.
+
+pub(super) mod account;
+pub(super) mod checkout;
+pub(super) mod customers;
+pub(super) mod subscription_api;
+pub(super) mod usage;
+mod usage_batch;
+mod usage_cache;
+
+pub use subscription_api::{DowngradeTiming, ProrationBehavior};
