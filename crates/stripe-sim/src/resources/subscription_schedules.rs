@@ -32,7 +32,8 @@ fn phase(
                 "billing_thresholds": null,
                 "discounts": [],
                 "metadata": {},
-                "plan": billing::plan_from_price(&object),
+                // Stripe sends the plan's id here, not the object.
+                "plan": object["id"],
                 "price": price,
                 "quantity": quantity,
                 "tax_rates": [],
@@ -161,7 +162,9 @@ pub fn retrieve(s: &Inner, id: &str) -> ApiResult {
 
 /// `POST /v1/subscription_schedules/{id}`: `phases` (replacing them all:
 /// `items[][price|quantity]`, `start_date` of the first, `end_date` or
-/// `iterations`, `proration_behavior`, `metadata`), `end_behavior`, `metadata`.
+/// `duration[interval|interval_count]` (API 2025-09-30 removed `iterations`;
+/// with neither, one interval of the phase's first price), `proration_behavior`,
+/// `metadata`), `end_behavior`, `metadata`.
 pub fn update(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
     let before = s.get("subscription_schedule", id, "id")?;
     if before["status"] != "active" && before["status"] != "not_started" {
@@ -217,11 +220,23 @@ pub fn update(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
             )?;
             let end = match i64_at(ph, "end_date")? {
                 Some(end) => end,
-                None => {
-                    let iterations = params::bounded_at(ph, "iterations", 1..=1000)?.unwrap_or(1);
-                    let (interval, count) = billing::price_interval(&first_price);
-                    add_interval(start, &interval, count * iterations)
-                }
+                None => match str_at(ph, "duration.interval") {
+                    Some(interval) => {
+                        if !matches!(interval, "day" | "week" | "month" | "year") {
+                            return Err(ApiError::invalid(
+                                &format!("phases[{i}][duration][interval]"),
+                                "Invalid duration interval: must be one of day, week, month, or year.",
+                            ));
+                        }
+                        let count =
+                            params::bounded_at(ph, "duration.interval_count", 1..=1000)?.unwrap_or(1);
+                        add_interval(start, interval, count)
+                    }
+                    None => {
+                        let (interval, count) = billing::price_interval(&first_price);
+                        add_interval(start, &interval, count)
+                    }
+                },
             };
             if end <= start {
                 return Err(ApiError::invalid(
@@ -248,7 +263,12 @@ pub fn update(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
         after["phases"] = json!(phases);
     }
     s.put(after.clone());
-    s.emit("subscription_schedule.updated", &after, None, now);
+    s.emit(
+        "subscription_schedule.updated",
+        &after,
+        Some(crate::state::previous_attributes(&before, &after)),
+        now,
+    );
     Ok(after)
 }
 
