@@ -131,7 +131,7 @@ pub fn strip_includable(value: &mut Value, expand: &[String]) {
                     .and_then(|k| table()["includable"][k].as_array())
                 {
                     for f in fields.iter().filter_map(Value::as_str) {
-                        if !expand.iter().any(|e| *e == join(rel, f)) {
+                        if !expanded(expand.iter(), &join(rel, f)) {
                             m.remove(f);
                         }
                     }
@@ -145,6 +145,12 @@ pub fn strip_includable(value: &mut Value, expand: &[String]) {
         }
     }
     walk(value, "", expand);
+}
+
+/// Whether an `expand[]` path names `path` or goes through it
+/// (`latest_invoice.payments.data` expands `latest_invoice.payments`).
+fn expanded<'a>(mut expand: impl Iterator<Item = &'a String>, path: &str) -> bool {
+    expand.any(|e| e == path || e.strip_prefix(path).is_some_and(|r| r.starts_with('.')))
 }
 
 /// Where an object was seen, for [`check_object`].
@@ -270,7 +276,7 @@ impl Checker<'_> {
                     if self.seen.webhook {
                         self.out
                             .push(format!("{kind}.{f}: includable, sent in a webhook"));
-                    } else if !self.seen.expand.contains(&path) {
+                    } else if !expanded(self.seen.expand.iter(), &path) {
                         self.out
                             .push(format!("{kind}.{f}: includable, returned without expand[]"));
                     }
@@ -438,7 +444,7 @@ impl Checker<'_> {
         let refs: Vec<&str> = alts.iter().filter_map(|a| a["r"].as_str()).collect();
         if let (Some(kind), true) = (v["object"].as_str(), v.is_object()) {
             if refs.contains(&kind) {
-                if takes_id && !self.seen.expand.contains(rel) {
+                if takes_id && !expanded(self.seen.expand.iter(), rel) {
                     let why = if self.seen.webhook {
                         "an object in a webhook"
                     } else {
@@ -455,6 +461,9 @@ impl Checker<'_> {
         // Otherwise the alternative with the fewest differences.
         let mut best: Option<Vec<String>> = None;
         for a in alts {
+            if a == "null" && !v.is_null() {
+                continue;
+            }
             let mut out = Vec::new();
             Checker {
                 seen: self.seen,

@@ -119,12 +119,13 @@ pub fn create(s: &mut Inner, p: &Value) -> ApiResult {
         "id": id,
         "object": "subscription_schedule",
         "application": null,
-        "billing_mode": {"type": "classic"},
+        "billing_mode": {"type": "classic", "flexible": null},
         "canceled_at": null,
         "completed_at": null,
         "created": now,
         "current_phase": {"start_date": start, "end_date": end},
         "customer": customer,
+        "customer_account": null,
         "default_settings": {
             "application_fee_percent": null,
             "automatic_tax": {"enabled": false, "liability": null, "disabled_reason": null},
@@ -133,7 +134,7 @@ pub fn create(s: &mut Inner, p: &Value) -> ApiResult {
             "collection_method": "charge_automatically",
             "default_payment_method": null,
             "description": null,
-            "invoice_settings": {"account_tax_ids": null, "days_until_due": null, "issuer": {"type": "self"}},
+            "invoice_settings": {"account_tax_ids": null, "custom_fields": null, "days_until_due": null, "description": null, "footer": null, "issuer": {"type": "self"}},
             "on_behalf_of": null,
             "transfer_data": null,
         },
@@ -365,6 +366,11 @@ pub fn on_period_end(s: &mut Inner, sub_id: &str, t: i64) -> ApiResult<()> {
         "end_date": current["end_date"],
     });
     s.put(updated.clone());
-    s.emit("subscription_schedule.updated", &updated, None, t);
+    s.emit(
+        "subscription_schedule.updated",
+        &updated,
+        Some(crate::state::previous_attributes(&sched, &updated)),
+        t,
+    );
     Ok(())
 }

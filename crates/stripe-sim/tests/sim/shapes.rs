@@ -19,8 +19,8 @@ const OMISSIONS: &[(&str, &str, &str)] = &[
     ),
     (
         "charge",
-        "source",
-        "legacy Sources API; card payments use payment_method",
+        "refunds",
+        "includable: only with expand[] (checked in conformance.rs)",
     ),
 ];
 
