@@ -890,9 +890,13 @@ async fn latest_invoice(
     id: Option<&str>,
 ) -> Result<Option<Value>, ApiError> {
     let Some(id) = id else { return Ok(None) };
+    // `payments` is includable: Stripe sends it only when asked for.
     Ok(Some(
         stripe
-            .get(&format!("/v1/invoices/{id}"), &Params::new())
+            .get(
+                &format!("/v1/invoices/{id}"),
+                &Params::new().set("expand[]", "payments"),
+            )
             .await?,
     ))
 }
