@@ -167,7 +167,10 @@ pub struct Seen {
 /// the resource kind they are in (`invoice.payments`, `subscription_schedule.phases[].items[].plan`).
 pub fn check_object(value: &Value, seen: &Seen) -> Vec<String> {
     let mut out = Vec::new();
-    let mut c = Checker { seen, out: &mut out };
+    let mut c = Checker {
+        seen,
+        out: &mut out,
+    };
     match value["object"].as_str() {
         Some("list") => c.list(value, "", "list"),
         Some("search_result") => c.search(value, "", "search_result"),
@@ -205,7 +208,9 @@ pub fn check_event(event: &Value) -> Vec<String> {
             let fields = &table()["objects"][kind]["o"];
             for k in prev.keys() {
                 if fields.get(k).is_none() {
-                    out.push(format!("{ty}.data.previous_attributes.{k}: not a property of {kind}"));
+                    out.push(format!(
+                        "{ty}.data.previous_attributes.{k}: not a property of {kind}"
+                    ));
                 }
             }
         }
@@ -247,7 +252,11 @@ impl Checker<'_> {
     /// path within the nearest resource (for the report).
     fn resource(&mut self, kind: &str, v: &Value, rel: &str, label: &str, root: bool) {
         let t = table();
-        if kind == "event" && v["data"]["object"].as_object().is_some_and(|m| !m.is_empty()) {
+        if kind == "event"
+            && v["data"]["object"]
+                .as_object()
+                .is_some_and(|m| !m.is_empty())
+        {
             // An event, as listed or retrieved: the same as delivered.
             self.out.extend(check_event(v));
             return;
@@ -261,7 +270,8 @@ impl Checker<'_> {
         let Some(def) = t["objects"].get(&key) else {
             // Outside the table: the emulator emits nothing of the kind.
             if !root {
-                self.out.push(format!("{label}: a {kind}, a kind outside the table"));
+                self.out
+                    .push(format!("{label}: a {kind}, a kind outside the table"));
             }
             return;
         };
@@ -288,12 +298,14 @@ impl Checker<'_> {
 
     fn list(&mut self, v: &Value, rel: &str, label: &str) {
         let Value::Object(m) = v else {
-            self.out.push(format!("{label}: is {}, a list expected", json_kind(v)));
+            self.out
+                .push(format!("{label}: is {}, a list expected", json_kind(v)));
             return;
         };
         for k in m.keys() {
             if !["object", "data", "has_more", "url"].contains(&k.as_str()) {
-                self.out.push(format!("{label}.{k}: a list has no such property"));
+                self.out
+                    .push(format!("{label}.{k}: a list has no such property"));
             }
         }
         for k in ["data", "has_more", "url"] {
@@ -312,7 +324,8 @@ impl Checker<'_> {
             let known = ["object", "data", "has_more", "url", "next_page"].contains(&k.as_str())
                 || (k == "total_count" && self.seen.expand.contains(&join(rel, "total_count")));
             if !known {
-                self.out.push(format!("{label}.{k}: a search result has no such property"));
+                self.out
+                    .push(format!("{label}.{k}: a search result has no such property"));
             }
         }
         self.items(v, rel, label, None);
@@ -359,11 +372,12 @@ impl Checker<'_> {
             }
             Value::Object(d) => {
                 if let Some(e) = d.get("e").and_then(Value::as_array) {
-                    let ok = e.iter().any(|x| {
-                        x == v || (x.as_f64().is_some() && x.as_f64() == v.as_f64())
-                    });
+                    let ok = e
+                        .iter()
+                        .any(|x| x == v || (x.as_f64().is_some() && x.as_f64() == v.as_f64()));
                     if !ok {
-                        self.out.push(format!("{label}: {v} is not one of Stripe's values"));
+                        self.out
+                            .push(format!("{label}: {v} is not one of Stripe's values"));
                     }
                 } else if let Some(alts) = d.get("u").and_then(Value::as_array) {
                     self.union(alts, v, rel, label);
@@ -376,9 +390,7 @@ impl Checker<'_> {
                     for (k, sub) in m {
                         let here = format!("{label}.{k}");
                         match fields.get(k) {
-                            None => self
-                                .out
-                                .push(format!("{here}: not in Stripe's definition")),
+                            None => self.out.push(format!("{here}: not in Stripe's definition")),
                             Some(f) => self.value(&f[1], sub, &join(rel, k), &here),
                         }
                     }
@@ -514,14 +526,21 @@ mod tests {
         let v = json!({"object": "refund", "charge": charge_ref});
         let out = check_object(&v, &seen);
         assert!(
-            out.iter().any(|l| l.starts_with("refund.charge: an object without expand[]")),
+            out.iter()
+                .any(|l| l.starts_with("refund.charge: an object without expand[]")),
             "{out:?}"
         );
         seen.expand.insert("charge".into());
         let out = check_object(&v, &seen);
         assert!(!out.iter().any(|l| l.contains("without expand")), "{out:?}");
         let inv = json!({"object": "invoice", "payments": {"object": "list", "data": [], "has_more": false, "url": "/v1/x"}});
-        let out = check_object(&inv, &Seen { webhook: true, ..Seen::default() });
+        let out = check_object(
+            &inv,
+            &Seen {
+                webhook: true,
+                ..Seen::default()
+            },
+        );
         assert!(out.contains(&"invoice.payments: includable, sent in a webhook".to_string()));
         assert!(out.contains(&"invoice.id: missing".to_string()), "{out:?}");
     }

@@ -229,8 +229,8 @@ pub fn update(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
                                 "Invalid duration interval: must be one of day, week, month, or year.",
                             ));
                         }
-                        let count =
-                            params::bounded_at(ph, "duration.interval_count", 1..=1000)?.unwrap_or(1);
+                        let count = params::bounded_at(ph, "duration.interval_count", 1..=1000)?
+                            .unwrap_or(1);
                         add_interval(start, interval, count)
                     }
                     None => {

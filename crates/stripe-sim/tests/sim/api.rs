@@ -186,7 +186,10 @@ fn prices_have_currency_options_and_unique_lookup_keys() {
     assert!(get(&sim, &format!("/v1/prices/{price}"))
         .get("currency_options")
         .is_none());
-    let p = get(&sim, &format!("/v1/prices/{price}?expand[]=currency_options"));
+    let p = get(
+        &sim,
+        &format!("/v1/prices/{price}?expand[]=currency_options"),
+    );
     assert_eq!(p["currency_options"]["usd"]["unit_amount"], 3500);
     assert_eq!(p["recurring"]["interval"], "month");
     let listed = get(&sim, "/v1/prices?lookup_keys[]=standard_monthly");

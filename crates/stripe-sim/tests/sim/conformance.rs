@@ -57,7 +57,11 @@ fn every_answer_and_webhook_of_a_typical_scenario_conforms_to_stripes_definition
     sim.record_exchanges();
     let price = standard_price(&sim);
     let pro = pro_price(&sim);
-    post(&sim, "/v1/coupons", "id=C10&percent_off=10&duration=forever");
+    post(
+        &sim,
+        "/v1/coupons",
+        "id=C10&percent_off=10&duration=forever",
+    );
     let promo = post(
         &sim,
         "/v1/promotion_codes",
@@ -91,7 +95,9 @@ fn every_answer_and_webhook_of_a_typical_scenario_conforms_to_stripes_definition
         "/v1/subscription_schedules",
         &format!("from_subscription={}", id(&sub)),
     );
-    let end = sub["items"]["data"][0]["current_period_end"].as_i64().unwrap();
+    let end = sub["items"]["data"][0]["current_period_end"]
+        .as_i64()
+        .unwrap();
     let start = sched["phases"][0]["start_date"].as_i64().unwrap();
     post(
         &sim,
@@ -148,26 +154,34 @@ fn every_answer_and_webhook_of_a_typical_scenario_conforms_to_stripes_definition
     );
     get(&sim, "/v1/prices?expand[]=data.currency_options");
     get(&sim, &format!("/v1/prices/{price}"));
-    get(&sim, &format!("/v1/prices/{price}?expand[]=currency_options"));
+    get(
+        &sim,
+        &format!("/v1/prices/{price}?expand[]=currency_options"),
+    );
     get(&sim, "/v1/products");
     get(&sim, &format!("/v1/customers/{cus}"));
     get(&sim, &format!("/v1/customers/{cus}/payment_methods"));
-    get(
-        &sim,
-        &format!("/v1/customers/search?query=email:'c@example.com'"),
-    );
+    get(&sim, "/v1/customers/search?query=email:'c@example.com'");
     get(&sim, &format!("/v1/subscriptions/{}", id(&sub)));
     get(
         &sim,
         &format!("/v1/subscriptions/{}?expand[]=latest_invoice", id(&sub)),
     );
-    get(&sim, &format!("/v1/subscription_items?subscription={}", id(&sub)));
+    get(
+        &sim,
+        &format!("/v1/subscription_items?subscription={}", id(&sub)),
+    );
     get(&sim, "/v1/events?limit=100");
     get(&sim, &format!("/v1/test_helpers/test_clocks/{clock}"));
     get(&sim, "/v1/coupons/C10");
     get(&sim, "/v1/account");
     get(&sim, "/v1/billing_portal/configurations");
-    ok(&sim, "DELETE", &format!("/v1/subscriptions/{}", id(&sub)), "");
+    ok(
+        &sim,
+        "DELETE",
+        &format!("/v1/subscriptions/{}", id(&sub)),
+        "",
+    );
 
     let (objects, kinds, problems) = conformance(&sim);
     let report: Vec<String> = problems
@@ -210,11 +224,11 @@ fn includable_properties_come_only_with_expand_and_never_in_webhooks() {
     assert!(get(&sim, &format!("/v1/prices/{price}"))
         .get("currency_options")
         .is_none());
-    assert!(
-        get(&sim, &format!("/v1/prices/{price}?expand[]=currency_options"))["currency_options"]
-            ["usd"]
-            .is_object()
-    );
+    assert!(get(
+        &sim,
+        &format!("/v1/prices/{price}?expand[]=currency_options")
+    )["currency_options"]["usd"]
+        .is_object());
     let (_clock, cus) = clocked_customer(&sim, "pm_card_visa");
     post(
         &sim,

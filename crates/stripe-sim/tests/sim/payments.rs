@@ -206,7 +206,10 @@ fn promotion_codes_apply_on_checkout_and_honour_max_redemptions_and_expiry() {
     let late = post(
         &sim,
         "/v1/promotion_codes",
-        &format!("promotion[type]=coupon&promotion[coupon]=HALF&code=LATE&expires_at={}", T0 + 10),
+        &format!(
+            "promotion[type]=coupon&promotion[coupon]=HALF&code=LATE&expires_at={}",
+            T0 + 10
+        ),
     );
     sim.set_time(Some(T0 + 11));
     let (status, _) = sim.call(
