@@ -106,13 +106,20 @@ pip_install() {
     python3 -m pip install --quiet "$@" 2>/dev/null \
         || python3 -m pip install --quiet --break-system-packages "$@"
 }
-python3 -c "import stripe" 2>/dev/null || { log "installing the stripe Python SDK"; pip_install stripe; }
+# The release whose API version is billd's pinned one (billd_stripe::API_VERSION).
+STRIPE_PY=16.0.1
+python3 -c "import stripe, sys; sys.exit(stripe.VERSION != '$STRIPE_PY')" 2>/dev/null \
+    || { log "installing the stripe Python SDK $STRIPE_PY"; pip_install "stripe==$STRIPE_PY"; }
 python3 -c "import aiosmtpd" 2>/dev/null || { log "installing aiosmtpd"; pip_install aiosmtpd; }
 # The SMTP TLS tests make a private CA with the openssl command.
 command -v openssl >/dev/null 2>&1 || {
     log "installing openssl"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
 }
+
+# stripe-sim's table of Stripe's definitions must match the official SDK
+# release it names (npm `stripe`, fetched once into a cache).
+python3 scripts/stripe-defs.py --check
 
 # ------------------------------------------------------------------ tests
 # Test the whole workspace unless the caller picked packages.

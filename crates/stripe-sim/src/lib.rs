@@ -65,6 +65,7 @@
 pub mod billing;
 pub mod clock;
 pub mod config;
+pub mod defs;
 pub mod error;
 pub mod form;
 pub mod http;
@@ -250,6 +251,16 @@ impl Sim {
     /// A stored object by id, as Stripe JSON.
     pub fn object(&self, id: &str) -> Option<Value> {
         self.lock().objects.get(id).cloned()
+    }
+
+    /// Starts recording every `/v1` request and answer (see [`Sim::exchanges`]).
+    pub fn record_exchanges(&self) {
+        self.lock().exchanges.get_or_insert_with(Vec::new);
+    }
+
+    /// The requests and answers recorded since [`Sim::record_exchanges`].
+    pub fn exchanges(&self) -> Vec<state::Exchange> {
+        self.lock().exchanges.clone().unwrap_or_default()
     }
 
     /// Every event so far, oldest first.

@@ -194,6 +194,24 @@ pub struct Inner {
     pub request_count: u64,
     /// Where webhook deliveries go.
     pub deliveries: Option<UnboundedSender<Delivery>>,
+    /// Every `/v1` request and its answer, while recording (conformance tests).
+    pub exchanges: Option<Vec<Exchange>>,
+}
+
+/// One `/v1` request and the emulator's answer, as recorded for the
+/// conformance tests ([`crate::Sim::record_exchanges`]).
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    /// `GET`, `POST`, `DELETE`.
+    pub method: String,
+    /// The path, e.g. `/v1/invoices/in_123`.
+    pub path: String,
+    /// Query and body parameters, decoded.
+    pub params: Value,
+    /// The status answered.
+    pub status: u16,
+    /// The body answered.
+    pub body: Value,
 }
 
 impl Inner {
@@ -218,6 +236,7 @@ impl Inner {
             request: None,
             request_count: 0,
             deliveries: None,
+            exchanges: None,
         }
     }
 
@@ -485,11 +504,26 @@ impl Inner {
     /// Records an event at time `at` and queues its webhook deliveries.
     pub fn emit(&mut self, kind: &str, object: &Value, previous: Option<Value>, at: i64) -> String {
         let id = self.id("evt");
+        // Webhooks never carry includable properties (nothing is expanded there).
+        let mut object = object.clone();
+        crate::defs::strip_includable(&mut object, &[]);
         let mut data = json!({ "object": object });
         // Stripe includes previous_attributes on `*.updated` events only.
         let previous = previous.filter(|_| kind.ends_with(".updated"));
-        if let Some(prev) = previous.filter(|p| p.as_object().is_some_and(|m| !m.is_empty())) {
-            data["previous_attributes"] = prev;
+        if let Some(mut prev) = previous {
+            if let (Some(m), Some(fields)) = (
+                prev.as_object_mut(),
+                object["object"]
+                    .as_str()
+                    .and_then(|k| crate::defs::table()["includable"][k].as_array()),
+            ) {
+                for f in fields.iter().filter_map(Value::as_str) {
+                    m.remove(f);
+                }
+            }
+            if prev.as_object().is_some_and(|m| !m.is_empty()) {
+                data["previous_attributes"] = prev;
+            }
         }
         let req = self.request.clone();
         let endpoints: Vec<Value> = self

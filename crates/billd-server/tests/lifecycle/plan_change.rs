@@ -200,7 +200,10 @@ async fn a_proration_needing_3ds_answers_action_required_and_grants_pro_only_onc
 
     let invoice = h.stripe(
         "GET",
-        &format!("/v1/invoices/{}", held["invoice"]["id"].as_str().unwrap()),
+        &format!(
+            "/v1/invoices/{}?expand[]=payments",
+            held["invoice"]["id"].as_str().unwrap()
+        ),
         "",
     );
     let pi = invoice["payments"]["data"][0]["payment"]["payment_intent"]
@@ -214,6 +217,25 @@ async fn a_proration_needing_3ds_answers_action_required_and_grants_pro_only_onc
     );
     h.wait_for("u_sca", "pro after 3-D Secure", |e| e["plan"] == "pro")
         .await;
+    h.shutdown().await;
+}
+
+/// A held upgrade whose card is declined is `payment_failed`, not
+/// `action_required`: billd finds the invoice's payment intent by fetching
+/// the invoice with `expand[]=payments` (an includable property Stripe
+/// sends only when asked for).
+async fn a_declined_proration_answers_payment_failed_from_the_expanded_invoice(db: Db) {
+    let h = harness(db, ProrationBehavior::AlwaysInvoice).await;
+    let (_, cus, _) = subscribed(&h, "u_decl", &h.standard_price, "standard").await;
+    h.pay_with(&cus, "pm_card_chargeCustomerFail");
+
+    let (status, held) = call(&h, "u_decl", "change", json!({ "plan": "pro" })).await;
+
+    assert_eq!(status, 202, "{held}");
+    assert_eq!(held["status"], "payment_failed", "{held}");
+    assert_eq!(held["plan"], "standard");
+    let (_, now) = h.entitlements("u_decl").await;
+    assert_eq!(now["plan"], "standard", "not granted without payment");
     h.shutdown().await;
 }
 
@@ -428,6 +450,7 @@ on_both_databases!(
     an_upgrade_with_create_prorations_defers_the_previewed_amount_to_the_next_invoice,
     a_downgrade_below_current_usage_is_previewed_as_overflow_and_blocks_new_consumption,
     a_proration_needing_3ds_answers_action_required_and_grants_pro_only_once_confirmed,
+    a_declined_proration_answers_payment_failed_from_the_expanded_invoice,
     a_double_submitted_change_changes_the_subscription_once,
     cancel_then_resume_flip_cancel_at_period_end_and_a_passed_period_end_leaves_free,
     plan_change_requests_are_refused_with_stable_codes,

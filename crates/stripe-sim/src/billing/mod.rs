@@ -99,6 +99,7 @@ pub(crate) fn sub_item(
         "created": start,
         "current_period_end": end,
         "current_period_start": start,
+        "current_trial": null,
         "discounts": [],
         "metadata": {},
         "plan": plan_from_price(price),
@@ -260,7 +261,7 @@ pub fn create_subscription(s: &mut Inner, req: NewSubscription) -> ApiResult<(St
         "cancel_at": null,
         "cancel_at_period_end": false,
         "canceled_at": null,
-        "cancellation_details": {"comment": null, "feedback": null, "reason": null},
+        "cancellation_details": {"comment": null, "feedback": null, "feedback_option": null, "reason": null},
         "collection_method": "charge_automatically",
         "created": now,
         "currency": currency,
@@ -278,7 +279,6 @@ pub fn create_subscription(s: &mut Inner, req: NewSubscription) -> ApiResult<(St
             "object": "list",
             "data": items,
             "has_more": false,
-            "total_count": req.items.len(),
             "url": format!("/v1/subscription_items?subscription={id}"),
         },
         "latest_invoice": first_invoice,
@@ -298,7 +298,7 @@ pub fn create_subscription(s: &mut Inner, req: NewSubscription) -> ApiResult<(St
         "test_clock": clock,
         "transfer_data": null,
         "trial_end": req.trial_end,
-        "trial_settings": {"end_behavior": {"missing_payment_method": req.missing_payment_method.clone().unwrap_or_else(|| "create_invoice".into())}},
+        "trial_settings": {"end_behavior": {"billing_cycle_anchor": null, "missing_payment_method": req.missing_payment_method.clone().unwrap_or_else(|| "create_invoice".into())}},
         "trial_start": req.trial_end.map(|_| now),
     });
     // Billing cycle anchor: when there is no trial it is the start, per Stripe.

@@ -228,8 +228,10 @@ pub fn handle(s: &mut Inner, req: &SimRequest) -> SimResponse {
         id: request_id,
         idempotency_key: idem_key.clone(),
     });
+    let expand = params::expand_paths(&p);
     let result = route(s, &req.method, &segs, &p).and_then(|mut v| {
-        s.expand(&mut v, &params::expand_paths(&p))?;
+        s.expand(&mut v, &expand)?;
+        crate::defs::strip_includable(&mut v, &expand);
         Ok(v)
     });
     s.request = None;
@@ -237,6 +239,17 @@ pub fn handle(s: &mut Inner, req: &SimRequest) -> SimResponse {
         Ok(v) => (200, v),
         Err(e) => (e.status, e.body()),
     };
+    if is_api {
+        if let Some(log) = s.exchanges.as_mut() {
+            log.push(crate::state::Exchange {
+                method: req.method.clone(),
+                path: path.clone(),
+                params: p.clone(),
+                status,
+                body: body.clone(),
+            });
+        }
+    }
     if let Some(key) = idem_key {
         if status < 500 {
             s.idempotency.insert(

@@ -19,7 +19,7 @@ pub fn account(s: &mut Inner) -> ApiResult {
     Ok(json!({
         "id": id,
         "object": "account",
-        "business_profile": {"mcc": null, "name": "stripe-sim", "product_description": null, "support_email": null, "support_phone": null, "support_url": null, "url": null},
+        "business_profile": {"mcc": null, "minority_owned_business_designation": null, "name": "stripe-sim", "product_description": null, "specified_commercial_transactions_act_url": null, "support_address": null, "support_email": null, "support_phone": null, "support_url": null, "url": null},
         "business_type": null,
         "capabilities": {"card_payments": "active", "transfers": "active"},
         "charges_enabled": true,
@@ -34,7 +34,12 @@ pub fn account(s: &mut Inner) -> ApiResult {
         "metadata": {},
         "payouts_enabled": true,
         "requirements": requirements,
-        "settings": {"dashboard": {"display_name": "stripe-sim", "timezone": "Etc/UTC"}},
+        "settings": {
+            "branding": {"icon": null, "logo": null, "primary_color": null, "secondary_color": null},
+            "card_payments": {"statement_descriptor_prefix": null, "statement_descriptor_prefix_kana": null, "statement_descriptor_prefix_kanji": null},
+            "dashboard": {"display_name": "stripe-sim", "timezone": "Etc/UTC"},
+            "payments": {"statement_descriptor": null, "statement_descriptor_kana": null, "statement_descriptor_kanji": null, "statement_descriptor_prefix_kana": null, "statement_descriptor_prefix_kanji": null},
+        },
         "tos_acceptance": {"date": null, "ip": null, "user_agent": null},
         "type": "standard",
     }))
@@ -52,7 +57,7 @@ fn portal_features(p: &Value) -> Value {
         "invoice_history": {"enabled": enabled("invoice_history")},
         "payment_method_update": {"enabled": enabled("payment_method_update"), "payment_method_configuration": null},
         "subscription_cancel": {
-            "cancellation_reason": {"enabled": false, "options": []},
+            "cancellation_reason": {"enabled": false, "feedback_options": null, "options": []},
             "enabled": enabled("subscription_cancel"),
             "mode": str_at(p, "features.subscription_cancel.mode").unwrap_or("at_period_end"),
             "proration_behavior": "none",

@@ -35,6 +35,7 @@ pub fn create_product(s: &mut Inner, p: &Value) -> ApiResult {
         "shippable": null,
         "statement_descriptor": null,
         "tax_code": null,
+        "tax_details": null,
         "type": "service",
         "unit_label": null,
         "updated": now,

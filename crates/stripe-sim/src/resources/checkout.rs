@@ -137,6 +137,7 @@ pub fn create(s: &mut Inner, p: &Value) -> ApiResult {
         "adaptive_pricing": null,
         "after_expiration": null,
         "allow_promotion_codes": allow_promo,
+        "allowed_payment_method_types": null,
         "amount_subtotal": subtotal,
         "amount_total": subtotal,
         "automatic_tax": {"enabled": automatic_tax, "liability": if automatic_tax { json!({"type": "self"}) } else { Value::Null }, "provider": null, "status": if automatic_tax { json!("requires_location_inputs") } else { Value::Null }},

@@ -96,10 +96,9 @@ pub fn delete_coupon(s: &mut Inner, id: &str) -> ApiResult {
     Ok(json!({"id": id, "object": "coupon", "deleted": true}))
 }
 
-/// `POST /v1/promotion_codes` (`promotion[coupon]` or the older `coupon`).
+/// `POST /v1/promotion_codes` (`promotion[coupon]`; API 2025-09-30 removed `coupon`).
 pub fn create_promotion_code(s: &mut Inner, p: &Value) -> ApiResult {
     let coupon = str_at(p, "promotion.coupon")
-        .or_else(|| str_at(p, "coupon"))
         .ok_or_else(|| ApiError::missing("promotion[coupon]"))?
         .to_string();
     s.get_live("coupon", &coupon, "promotion[coupon]")?;

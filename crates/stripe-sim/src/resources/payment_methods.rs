@@ -419,6 +419,7 @@ pub fn card_details(pm: &Value) -> Value {
         "brand": c["brand"],
         "checks": c["checks"],
         "country": c["country"],
+        "electronic_commerce_indicator": null,
         "exp_month": c["exp_month"],
         "exp_year": c["exp_year"],
         "extended_authorization": {"status": "disabled"},

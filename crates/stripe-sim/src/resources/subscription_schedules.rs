@@ -32,7 +32,8 @@ fn phase(
                 "billing_thresholds": null,
                 "discounts": [],
                 "metadata": {},
-                "plan": billing::plan_from_price(&object),
+                // Stripe sends the plan's id here, not the object.
+                "plan": object["id"],
                 "price": price,
                 "quantity": quantity,
                 "tax_rates": [],
@@ -118,12 +119,13 @@ pub fn create(s: &mut Inner, p: &Value) -> ApiResult {
         "id": id,
         "object": "subscription_schedule",
         "application": null,
-        "billing_mode": {"type": "classic"},
+        "billing_mode": {"type": "classic", "flexible": null},
         "canceled_at": null,
         "completed_at": null,
         "created": now,
         "current_phase": {"start_date": start, "end_date": end},
         "customer": customer,
+        "customer_account": null,
         "default_settings": {
             "application_fee_percent": null,
             "automatic_tax": {"enabled": false, "liability": null, "disabled_reason": null},
@@ -132,7 +134,7 @@ pub fn create(s: &mut Inner, p: &Value) -> ApiResult {
             "collection_method": "charge_automatically",
             "default_payment_method": null,
             "description": null,
-            "invoice_settings": {"account_tax_ids": null, "days_until_due": null, "issuer": {"type": "self"}},
+            "invoice_settings": {"account_tax_ids": null, "custom_fields": null, "days_until_due": null, "description": null, "footer": null, "issuer": {"type": "self"}},
             "on_behalf_of": null,
             "transfer_data": null,
         },
@@ -161,7 +163,9 @@ pub fn retrieve(s: &Inner, id: &str) -> ApiResult {
 
 /// `POST /v1/subscription_schedules/{id}`: `phases` (replacing them all:
 /// `items[][price|quantity]`, `start_date` of the first, `end_date` or
-/// `iterations`, `proration_behavior`, `metadata`), `end_behavior`, `metadata`.
+/// `duration[interval|interval_count]` (API 2025-09-30 removed `iterations`;
+/// with neither, one interval of the phase's first price), `proration_behavior`,
+/// `metadata`), `end_behavior`, `metadata`.
 pub fn update(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
     let before = s.get("subscription_schedule", id, "id")?;
     if before["status"] != "active" && before["status"] != "not_started" {
@@ -217,11 +221,23 @@ pub fn update(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
             )?;
             let end = match i64_at(ph, "end_date")? {
                 Some(end) => end,
-                None => {
-                    let iterations = params::bounded_at(ph, "iterations", 1..=1000)?.unwrap_or(1);
-                    let (interval, count) = billing::price_interval(&first_price);
-                    add_interval(start, &interval, count * iterations)
-                }
+                None => match str_at(ph, "duration.interval") {
+                    Some(interval) => {
+                        if !matches!(interval, "day" | "week" | "month" | "year") {
+                            return Err(ApiError::invalid(
+                                &format!("phases[{i}][duration][interval]"),
+                                "Invalid duration interval: must be one of day, week, month, or year.",
+                            ));
+                        }
+                        let count = params::bounded_at(ph, "duration.interval_count", 1..=1000)?
+                            .unwrap_or(1);
+                        add_interval(start, interval, count)
+                    }
+                    None => {
+                        let (interval, count) = billing::price_interval(&first_price);
+                        add_interval(start, &interval, count)
+                    }
+                },
             };
             if end <= start {
                 return Err(ApiError::invalid(
@@ -248,7 +264,12 @@ pub fn update(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
         after["phases"] = json!(phases);
     }
     s.put(after.clone());
-    s.emit("subscription_schedule.updated", &after, None, now);
+    s.emit(
+        "subscription_schedule.updated",
+        &after,
+        Some(crate::state::previous_attributes(&before, &after)),
+        now,
+    );
     Ok(after)
 }
 
@@ -345,6 +366,11 @@ pub fn on_period_end(s: &mut Inner, sub_id: &str, t: i64) -> ApiResult<()> {
         "end_date": current["end_date"],
     });
     s.put(updated.clone());
-    s.emit("subscription_schedule.updated", &updated, None, t);
+    s.emit(
+        "subscription_schedule.updated",
+        &updated,
+        Some(crate::state::previous_attributes(&sched, &updated)),
+        t,
+    );
     Ok(())
 }

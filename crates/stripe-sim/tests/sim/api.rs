@@ -182,7 +182,14 @@ fn customers_are_created_updated_filtered_by_email_and_deleted() {
 fn prices_have_currency_options_and_unique_lookup_keys() {
     let sim = sim();
     let price = standard_price(&sim);
-    let p = get(&sim, &format!("/v1/prices/{price}"));
+    // Includable: only with expand[].
+    assert!(get(&sim, &format!("/v1/prices/{price}"))
+        .get("currency_options")
+        .is_none());
+    let p = get(
+        &sim,
+        &format!("/v1/prices/{price}?expand[]=currency_options"),
+    );
     assert_eq!(p["currency_options"]["usd"]["unit_amount"], 3500);
     assert_eq!(p["recurring"]["interval"], "month");
     let listed = get(&sim, "/v1/prices?lookup_keys[]=standard_monthly");

@@ -1281,7 +1281,7 @@ fn a_subscription_schedule_switches_price_at_the_period_end_without_proration_th
     let updated = post(
         &sim,
         &format!("/v1/subscription_schedules/{}", id(&sched)),
-        &format!("phases[0][items][0][price]={pro}&phases[0][start_date]={T0}&phases[0][end_date]={end}&phases[1][items][0][price]={std_price}&phases[1][iterations]=1&phases[1][proration_behavior]=none&phases[1][metadata][billd_plan]=standard&end_behavior=release"),
+        &format!("phases[0][items][0][price]={pro}&phases[0][start_date]={T0}&phases[0][end_date]={end}&phases[1][items][0][price]={std_price}&phases[1][duration][interval]=month&phases[1][duration][interval_count]=1&phases[1][proration_behavior]=none&phases[1][metadata][billd_plan]=standard&end_behavior=release"),
     );
     assert_eq!(updated["phases"].as_array().unwrap().len(), 2);
 

@@ -7,6 +7,7 @@
 
 mod api;
 mod billing;
+mod conformance;
 mod payments;
 mod properties;
 mod python;

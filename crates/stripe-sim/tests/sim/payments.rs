@@ -206,7 +206,10 @@ fn promotion_codes_apply_on_checkout_and_honour_max_redemptions_and_expiry() {
     let late = post(
         &sim,
         "/v1/promotion_codes",
-        &format!("coupon=HALF&code=LATE&expires_at={}", T0 + 10),
+        &format!(
+            "promotion[type]=coupon&promotion[coupon]=HALF&code=LATE&expires_at={}",
+            T0 + 10
+        ),
     );
     sim.set_time(Some(T0 + 11));
     let (status, _) = sim.call(
@@ -364,11 +367,11 @@ fn promotion_code_restrictions_on_minimum_amount_and_first_purchase_are_enforced
         "/v1/coupons",
         "id=TEN&percent_off=10&duration=forever",
     );
-    let big = post(&sim, "/v1/promotion_codes", "coupon=TEN&code=BIG&restrictions[minimum_amount]=5000&restrictions[minimum_amount_currency]=eur");
+    let big = post(&sim, "/v1/promotion_codes", "promotion[type]=coupon&promotion[coupon]=TEN&code=BIG&restrictions[minimum_amount]=5000&restrictions[minimum_amount_currency]=eur");
     let first = post(
         &sim,
         "/v1/promotion_codes",
-        "coupon=TEN&code=FIRST&restrictions[first_time_transaction]=true",
+        "promotion[type]=coupon&promotion[coupon]=TEN&code=FIRST&restrictions[first_time_transaction]=true",
     );
     let cus = id(&post(
         &sim,

@@ -817,6 +817,20 @@ async fn schedule_downgrade<S: BillingBackend + ?Sized>(
 ) -> Result<Response, ApiError> {
     let live = &ctx.live;
     let stripe = state.stripe()?;
+    // The new phase lasts one period of the new price: read its interval
+    // before making the schedule, so a bad price leaves nothing behind.
+    let recurring = stripe
+        .get(&format!("/v1/prices/{price}"), &Params::new())
+        .await?["recurring"]
+        .clone();
+    let (Some(interval), Some(interval_count)) = (
+        recurring["interval"].as_str().map(str::to_owned),
+        recurring["interval_count"].as_i64(),
+    ) else {
+        return Err(ApiError::StripeRejected(format!(
+            "price {price} is not recurring: {recurring}"
+        )));
+    };
     let created = stripe
         .post(
             "/v1/subscription_schedules",
@@ -836,7 +850,9 @@ async fn schedule_downgrade<S: BillingBackend + ?Sized>(
         .set("phases[0][start_date]", start)
         .set("phases[0][end_date]", live.current_period_end)
         .set("phases[1][items][0][price]", price)
-        .set("phases[1][iterations]", 1)
+        // One period of the new price (`iterations` is gone since API 2025-09-30).
+        .set("phases[1][duration][interval]", interval.as_str())
+        .set("phases[1][duration][interval_count]", interval_count)
         .set("phases[1][proration_behavior]", "none")
         .set("phases[1][metadata][billd_plan]", plan.name.as_str())
         .set("end_behavior", "release");
@@ -874,9 +890,13 @@ async fn latest_invoice(
     id: Option<&str>,
 ) -> Result<Option<Value>, ApiError> {
     let Some(id) = id else { return Ok(None) };
+    // `payments` is includable: Stripe sends it only when asked for.
     Ok(Some(
         stripe
-            .get(&format!("/v1/invoices/{id}"), &Params::new())
+            .get(
+                &format!("/v1/invoices/{id}"),
+                &Params::new().set("expand[]", "payments"),
+            )
             .await?,
     ))
 }

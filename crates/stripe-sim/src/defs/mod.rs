@@ -1,0 +1,547 @@
+//! Stripe's published definitions for the pinned API version, generated from
+//! the official Node SDK's types by `scripts/stripe-defs.py` into
+//! `stripe-defs.json`: the parameters of every endpoint the emulator serves
+//! (requests naming anything else are refused as Stripe does) and the shape
+//! of every object it emits (checked by the conformance tests with
+//! [`check_object`]).
+//!
+//! A type node is a string (`"s"` string, `"n"` number, `"b"` boolean,
+//! `"null"`, `"true"`, `"false"`, `"void"` never present, `"any"`) or an
+//! object: `{"e":[..]}` one of these literals, `{"u":[..]}` any of these,
+//! `{"o":{name:[optional,type]}}` an object, `{"a":t}` an array, `{"l":t}` a
+//! list, `{"sr":t}` a search result, `{"m":t}` a map, `{"r":"invoice"}` the
+//! resource whose `object` is `invoice`.
+
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::sync::OnceLock;
+
+const TABLE: &str = include_str!("stripe-defs.json");
+
+/// The generated table, parsed once.
+pub fn table() -> &'static Value {
+    static T: OnceLock<Value> = OnceLock::new();
+    T.get_or_init(|| serde_json::from_str(TABLE).expect("stripe-defs.json is valid JSON"))
+}
+
+/// Which SDK release the table was generated from, e.g. `stripe@23.0.1 (npm)`.
+pub fn sdk() -> &'static str {
+    table()["sdk"].as_str().unwrap_or_default()
+}
+
+/// The parameter definition of `method` on `/v1/...` `rest` (ids as any
+/// segment the SDK writes as `{}`), or `None` for an endpoint outside the table.
+pub fn endpoint(method: &str, rest: &[&str]) -> Option<&'static Value> {
+    let eps = table()["endpoints"].as_object()?;
+    // Literal segments win over `{}` (`/v1/customers/search` is not a customer id).
+    let mut best: Option<(usize, &'static Value)> = None;
+    for (key, def) in eps {
+        let Some((m, path)) = key.split_once(' ') else {
+            continue;
+        };
+        let segs: Vec<&str> = path.trim_start_matches("/v1/").split('/').collect();
+        if m != method || segs.len() != rest.len() {
+            continue;
+        }
+        let mut literal = 0;
+        let matches = segs.iter().zip(rest).all(|(s, r)| {
+            if *s == "{}" {
+                true
+            } else {
+                literal += 1;
+                s == r
+            }
+        });
+        if matches && best.is_none_or(|(l, _)| literal > l) {
+            best = Some((literal, def));
+        }
+    }
+    best.map(|(_, d)| d)
+}
+
+/// The first parameter of `params` that `def` does not have, in Stripe's
+/// bracketed spelling (`phases[1][iterations]`).
+pub fn unknown_param(def: &Value, params: &Value) -> Option<String> {
+    fn walk(def: &Value, v: &Value, path: &str) -> Option<String> {
+        match (def, v) {
+            (Value::Object(d), _) if d.contains_key("u") => {
+                let alts = d["u"].as_array()?;
+                // Unknown only when no alternative takes it.
+                let mut first = None;
+                for a in alts {
+                    match walk(a, v, path) {
+                        None => return None,
+                        Some(p) => {
+                            first.get_or_insert(p);
+                        }
+                    }
+                }
+                first
+            }
+            (Value::Object(d), Value::Object(m)) if d.contains_key("o") => {
+                let fields = d["o"].as_object()?;
+                for (k, sub) in m {
+                    let here = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}[{k}]")
+                    };
+                    match fields.get(k) {
+                        None => return Some(here),
+                        Some(f) => {
+                            if let Some(p) = walk(&f[1], sub, &here) {
+                                return Some(p);
+                            }
+                        }
+                    }
+                }
+                None
+            }
+            (Value::Object(d), Value::Object(m)) if d.contains_key("m") => m
+                .iter()
+                .find_map(|(k, sub)| walk(&d["m"], sub, &format!("{path}[{k}]"))),
+            (Value::Object(d), Value::Array(items)) if d.contains_key("a") => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, sub)| walk(&d["a"], sub, &format!("{path}[{i}]"))),
+            // Form values are strings: a leaf where an object is expected
+            // (`discounts=` to clear) is a value question, not an unknown name.
+            (Value::Object(d), Value::Object(_)) if d.contains_key("a") => Some(path.into()),
+            (Value::String(s), Value::Object(_)) if s == "s" || s == "n" || s == "b" => {
+                Some(path.into())
+            }
+            (Value::Object(d), Value::Object(_)) if d.contains_key("e") => Some(path.into()),
+            _ => None,
+        }
+    }
+    walk(def, params, "")
+}
+
+/// Removes the includable properties (`invoice.payments`, `charge.refunds`,
+/// `price.currency_options`...) that `expand` (paths from `value`'s root)
+/// does not name: Stripe sends them only when asked, and never in webhooks
+/// (where `expand` is empty).
+pub fn strip_includable(value: &mut Value, expand: &[String]) {
+    fn walk(v: &mut Value, rel: &str, expand: &[String]) {
+        match v {
+            Value::Object(m) => {
+                if let Some(fields) = m
+                    .get("object")
+                    .and_then(Value::as_str)
+                    .and_then(|k| table()["includable"][k].as_array())
+                {
+                    for f in fields.iter().filter_map(Value::as_str) {
+                        if !expanded(expand.iter(), &join(rel, f)) {
+                            m.remove(f);
+                        }
+                    }
+                }
+                for (k, sub) in m.iter_mut() {
+                    walk(sub, &join(rel, k), expand);
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|x| walk(x, rel, expand)),
+            _ => {}
+        }
+    }
+    walk(value, "", expand);
+}
+
+/// Whether an `expand[]` path names `path` or goes through it
+/// (`latest_invoice.payments.data` expands `latest_invoice.payments`).
+fn expanded<'a>(mut expand: impl Iterator<Item = &'a String>, path: &str) -> bool {
+    expand.any(|e| e == path || e.strip_prefix(path).is_some_and(|r| r.starts_with('.')))
+}
+
+/// Where an object was seen, for [`check_object`].
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    /// The request's `expand[]` paths (relative to the response's root).
+    pub expand: BTreeSet<String>,
+    /// Inside a webhook event's `data`: nothing there is ever expanded.
+    pub webhook: bool,
+}
+
+/// The differences between `value` (a response body, a list, or an event)
+/// and Stripe's definitions, one line each: `kind.path: what`. Paths name
+/// the resource kind they are in (`invoice.payments`, `subscription_schedule.phases[].items[].plan`).
+pub fn check_object(value: &Value, seen: &Seen) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut c = Checker {
+        seen,
+        out: &mut out,
+    };
+    match value["object"].as_str() {
+        Some("list") => c.list(value, "", "list"),
+        Some("search_result") => c.search(value, "", "search_result"),
+        Some(kind) => {
+            let kind = kind.to_string();
+            c.resource(&kind, value, "", "", true);
+        }
+        None => c.out.push("response: no `object`".into()),
+    }
+    out
+}
+
+/// The differences between a webhook event and Stripe's definitions: its
+/// envelope, its `data.object` as delivered (nothing expanded, nothing
+/// includable), and `data.previous_attributes` naming only properties of
+/// that object. `*.updated` events of a changed object must carry
+/// `previous_attributes`.
+pub fn check_event(event: &Value) -> Vec<String> {
+    let mut envelope = event.clone();
+    envelope["data"]["object"] = Value::Object(Default::default());
+    let prev = envelope["data"]
+        .as_object_mut()
+        .and_then(|d| d.remove("previous_attributes"));
+    let mut out = check_object(&envelope, &Seen::default());
+    let object = &event["data"]["object"];
+    let seen = Seen {
+        webhook: true,
+        ..Seen::default()
+    };
+    out.extend(check_object(object, &seen));
+    let kind = object["object"].as_str().unwrap_or_default();
+    let ty = event["type"].as_str().unwrap_or_default();
+    match prev {
+        Some(Value::Object(prev)) => {
+            let fields = &table()["objects"][kind]["o"];
+            for k in prev.keys() {
+                if fields.get(k).is_none() {
+                    out.push(format!(
+                        "{ty}.data.previous_attributes.{k}: not a property of {kind}"
+                    ));
+                }
+            }
+        }
+        Some(_) => out.push(format!("{ty}.data.previous_attributes: not an object")),
+        None if ty.ends_with(".updated") => {
+            out.push(format!("{ty}.data.previous_attributes: missing"))
+        }
+        None => {}
+    }
+    out
+}
+
+struct Checker<'a> {
+    seen: &'a Seen,
+    out: &'a mut Vec<String>,
+}
+
+fn join(rel: &str, k: &str) -> String {
+    if rel.is_empty() {
+        k.to_string()
+    } else {
+        format!("{rel}.{k}")
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+impl Checker<'_> {
+    /// `rel` is the path from the response root (for `expand[]`), `label` the
+    /// path within the nearest resource (for the report).
+    fn resource(&mut self, kind: &str, v: &Value, rel: &str, label: &str, root: bool) {
+        let t = table();
+        if kind == "event"
+            && v["data"]["object"]
+                .as_object()
+                .is_some_and(|m| !m.is_empty())
+        {
+            // An event, as listed or retrieved: the same as delivered.
+            self.out.extend(check_event(v));
+            return;
+        }
+        let deleted = v["deleted"] == true;
+        let key = if deleted {
+            format!("deleted:{kind}")
+        } else {
+            kind.to_string()
+        };
+        let Some(def) = t["objects"].get(&key) else {
+            // Outside the table: the emulator emits nothing of the kind.
+            if !root {
+                self.out
+                    .push(format!("{label}: a {kind}, a kind outside the table"));
+            }
+            return;
+        };
+        let includable: Vec<&str> = t["includable"][kind]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        if let Value::Object(m) = v {
+            for f in &includable {
+                if m.contains_key(*f) {
+                    let path = join(rel, f);
+                    if self.seen.webhook {
+                        self.out
+                            .push(format!("{kind}.{f}: includable, sent in a webhook"));
+                    } else if !expanded(self.seen.expand.iter(), &path) {
+                        self.out
+                            .push(format!("{kind}.{f}: includable, returned without expand[]"));
+                    }
+                }
+            }
+        }
+        self.value(def, v, rel, kind);
+    }
+
+    fn list(&mut self, v: &Value, rel: &str, label: &str) {
+        let Value::Object(m) = v else {
+            self.out
+                .push(format!("{label}: is {}, a list expected", json_kind(v)));
+            return;
+        };
+        for k in m.keys() {
+            if !["object", "data", "has_more", "url"].contains(&k.as_str()) {
+                self.out
+                    .push(format!("{label}.{k}: a list has no such property"));
+            }
+        }
+        for k in ["data", "has_more", "url"] {
+            if !m.contains_key(k) {
+                self.out.push(format!("{label}.{k}: missing"));
+            }
+        }
+        self.items(v, rel, label, None);
+    }
+
+    fn search(&mut self, v: &Value, rel: &str, label: &str) {
+        let Value::Object(m) = v else {
+            return;
+        };
+        for k in m.keys() {
+            let known = ["object", "data", "has_more", "url", "next_page"].contains(&k.as_str())
+                || (k == "total_count" && self.seen.expand.contains(&join(rel, "total_count")));
+            if !known {
+                self.out
+                    .push(format!("{label}.{k}: a search result has no such property"));
+            }
+        }
+        self.items(v, rel, label, None);
+    }
+
+    fn items(&mut self, v: &Value, rel: &str, label: &str, def: Option<&Value>) {
+        let data_rel = join(rel, "data");
+        for item in v["data"].as_array().into_iter().flatten() {
+            match def {
+                Some(d) => self.value(d, item, &data_rel, &format!("{label}.data[]")),
+                None => match item["object"].as_str() {
+                    Some(k) => {
+                        let k = k.to_string();
+                        self.resource(&k, item, &data_rel, &format!("{label}.data[]"), false)
+                    }
+                    None => self.out.push(format!("{label}.data[]: no `object`")),
+                },
+            }
+        }
+    }
+
+    fn value(&mut self, def: &Value, v: &Value, rel: &str, label: &str) {
+        match def {
+            Value::String(s) => {
+                let ok = match s.as_str() {
+                    "s" => v.is_string(),
+                    "n" => v.is_number(),
+                    "b" | "true" | "false" => v.is_boolean(),
+                    "null" => v.is_null(),
+                    "void" => false,
+                    _ => true,
+                };
+                if !ok {
+                    let want = match s.as_str() {
+                        "s" => "string",
+                        "n" => "number",
+                        "b" | "true" | "false" => "boolean",
+                        "void" => "absent",
+                        other => other,
+                    };
+                    self.out
+                        .push(format!("{label}: is {}, Stripe's is {want}", json_kind(v)));
+                }
+            }
+            Value::Object(d) => {
+                if let Some(e) = d.get("e").and_then(Value::as_array) {
+                    let ok = e
+                        .iter()
+                        .any(|x| x == v || (x.as_f64().is_some() && x.as_f64() == v.as_f64()));
+                    if !ok {
+                        self.out
+                            .push(format!("{label}: {v} is not one of Stripe's values"));
+                    }
+                } else if let Some(alts) = d.get("u").and_then(Value::as_array) {
+                    self.union(alts, v, rel, label);
+                } else if let Some(fields) = d.get("o").and_then(Value::as_object) {
+                    let Value::Object(m) = v else {
+                        self.out
+                            .push(format!("{label}: is {}, Stripe's is object", json_kind(v)));
+                        return;
+                    };
+                    for (k, sub) in m {
+                        let here = format!("{label}.{k}");
+                        match fields.get(k) {
+                            None => self.out.push(format!("{here}: not in Stripe's definition")),
+                            Some(f) => self.value(&f[1], sub, &join(rel, k), &here),
+                        }
+                    }
+                    for (k, f) in fields {
+                        if f[0] == 0 && !m.contains_key(k) {
+                            self.out.push(format!("{label}.{k}: missing"));
+                        }
+                    }
+                } else if let Some(item) = d.get("a") {
+                    let Value::Array(items) = v else {
+                        self.out
+                            .push(format!("{label}: is {}, Stripe's is array", json_kind(v)));
+                        return;
+                    };
+                    for x in items {
+                        self.value(item, x, rel, &format!("{label}[]"));
+                    }
+                } else if let Some(item) = d.get("l") {
+                    if v["object"] != "list" {
+                        self.out
+                            .push(format!("{label}: is {}, Stripe's is a list", json_kind(v)));
+                        return;
+                    }
+                    self.list_shape(v, label);
+                    self.items(v, rel, label, Some(item));
+                } else if let Some(item) = d.get("m") {
+                    let Value::Object(m) = v else {
+                        self.out
+                            .push(format!("{label}: is {}, Stripe's is a map", json_kind(v)));
+                        return;
+                    };
+                    for (k, x) in m {
+                        self.value(item, x, &join(rel, k), &format!("{label}.{k}"));
+                    }
+                } else if let Some(kind) = d.get("r").and_then(Value::as_str) {
+                    match v["object"].as_str() {
+                        Some(k) if k == kind => self.resource(kind, v, rel, label, false),
+                        _ => self.out.push(format!(
+                            "{label}: is {}, Stripe's is a {kind}",
+                            json_kind(v)
+                        )),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn list_shape(&mut self, v: &Value, label: &str) {
+        if let Value::Object(m) = v {
+            for k in m.keys() {
+                if !["object", "data", "has_more", "url"].contains(&k.as_str()) {
+                    self.out
+                        .push(format!("{label}.{k}: a list has no such property"));
+                }
+            }
+        }
+    }
+
+    fn union(&mut self, alts: &[Value], v: &Value, rel: &str, label: &str) {
+        // An expandable property: an id, or the object when `expand[]` asked for it.
+        let takes_id = alts.iter().any(|a| a == "s");
+        let refs: Vec<&str> = alts.iter().filter_map(|a| a["r"].as_str()).collect();
+        if let (Some(kind), true) = (v["object"].as_str(), v.is_object()) {
+            if refs.contains(&kind) {
+                if takes_id && !expanded(self.seen.expand.iter(), rel) {
+                    let why = if self.seen.webhook {
+                        "an object in a webhook"
+                    } else {
+                        "an object without expand[]"
+                    };
+                    self.out
+                        .push(format!("{label}: {why}, Stripe sends the {kind}'s id"));
+                }
+                let kind = kind.to_string();
+                self.resource(&kind, v, rel, label, false);
+                return;
+            }
+        }
+        // Otherwise the alternative with the fewest differences.
+        let mut best: Option<Vec<String>> = None;
+        for a in alts {
+            if a == "null" && !v.is_null() {
+                continue;
+            }
+            let mut out = Vec::new();
+            Checker {
+                seen: self.seen,
+                out: &mut out,
+            }
+            .value(a, v, rel, label);
+            if best.as_ref().is_none_or(|b| out.len() < b.len()) {
+                best = Some(out);
+            }
+            if best.as_ref().is_some_and(Vec::is_empty) {
+                return;
+            }
+        }
+        self.out.extend(best.unwrap_or_default());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_table_is_for_the_pinned_api_version() {
+        assert_eq!(table()["api_version"], crate::API_VERSION);
+    }
+
+    #[test]
+    fn removed_and_nested_unknown_parameters_are_found() {
+        let def = endpoint("POST", &["subscription_schedules", "sub_sched_1"]).unwrap();
+        let ok = json!({"phases": [{"items": [{"price": "p", "quantity": "1"}],
+            "duration": {"interval": "month", "interval_count": "1"}}]});
+        assert_eq!(unknown_param(def, &ok), None);
+        let removed = json!({"phases": [{"items": [{"price": "p"}]}, {"iterations": "1"}]});
+        assert_eq!(
+            unknown_param(def, &removed).as_deref(),
+            Some("phases[1][iterations]")
+        );
+        assert!(endpoint("GET", &["customers", "search"]).unwrap()["o"]
+            .get("query")
+            .is_some());
+    }
+
+    #[test]
+    fn includable_fields_and_unexpanded_objects_are_reported() {
+        let mut seen = Seen::default();
+        let charge_ref = json!({"object": "charge", "id": "ch_1"});
+        let v = json!({"object": "refund", "charge": charge_ref});
+        let out = check_object(&v, &seen);
+        assert!(
+            out.iter()
+                .any(|l| l.starts_with("refund.charge: an object without expand[]")),
+            "{out:?}"
+        );
+        seen.expand.insert("charge".into());
+        let out = check_object(&v, &seen);
+        assert!(!out.iter().any(|l| l.contains("without expand")), "{out:?}");
+        let inv = json!({"object": "invoice", "payments": {"object": "list", "data": [], "has_more": false, "url": "/v1/x"}});
+        let out = check_object(
+            &inv,
+            &Seen {
+                webhook: true,
+                ..Seen::default()
+            },
+        );
+        assert!(out.contains(&"invoice.payments: includable, sent in a webhook".to_string()));
+        assert!(out.contains(&"invoice.id: missing".to_string()), "{out:?}");
+    }
+}
