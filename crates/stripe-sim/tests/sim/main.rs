@@ -13,4 +13,5 @@ mod properties;
 mod python;
 mod shapes;
 mod support;
+mod validation;
 mod webhooks;
