@@ -8,6 +8,7 @@
 mod api;
 mod billing;
 mod conformance;
+mod node;
 mod payments;
 mod properties;
 mod python;
