@@ -6,7 +6,8 @@
 #     refuses root) on a free loopback port, exports BILLD_TEST_POSTGRES_URL,
 #     and always stops and removes it on exit;
 #   - installs the Python packages the emulator's tests drive (stripe,
-#     aiosmtpd) and the openssl command when missing;
+#     aiosmtpd) and the openssl command when missing, and the official Node
+#     SDK (npm `stripe`) into $BILLD_NODE_SDK (default /var/cache/billd-node-sdk);
 #   - runs every test of the workspace (cargo nextest when installed, else
 #     cargo test). Extra arguments are passed on: `bash scripts/test.sh -p billd-store`;
 #   - then runs the same test binaries as of two other dates (scripts/test-dates.sh,
@@ -120,6 +121,25 @@ command -v openssl >/dev/null 2>&1 || {
 # stripe-sim's table of Stripe's definitions must match the official SDK
 # release it names (npm `stripe`, fetched once into a cache).
 python3 scripts/stripe-defs.py --check
+
+# ------------------------------------------------------------------- Node
+# The official Node SDK drives stripe-sim in tests/sim/node.rs: the same
+# release as the definitions (scripts/stripe-defs.py's SDK_VERSION), installed
+# into a cache outside the repository ($BILLD_NODE_SDK), never node_modules
+# in the tree.
+command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || {
+    log "installing Node.js and npm"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+}
+STRIPE_NODE="$(sed -n 's/^SDK_VERSION = "\(.*\)"$/\1/p' scripts/stripe-defs.py)"
+[[ -n "$STRIPE_NODE" ]] || { log "no SDK_VERSION in scripts/stripe-defs.py"; exit 1; }
+export BILLD_NODE_SDK="${BILLD_NODE_SDK:-/var/cache/billd-node-sdk}"
+installed="$(node -p "require('$BILLD_NODE_SDK/node_modules/stripe/package.json').version" 2>/dev/null || true)"
+if [[ "$installed" != "$STRIPE_NODE" ]]; then
+    log "installing the stripe Node SDK $STRIPE_NODE into $BILLD_NODE_SDK"
+    mkdir -p "$BILLD_NODE_SDK"
+    npm install --prefix "$BILLD_NODE_SDK" --no-audit --no-fund --silent "stripe@$STRIPE_NODE"
+fi
 
 # ------------------------------------------------------------------ tests
 # Test the whole workspace unless the caller picked packages.

@@ -63,6 +63,43 @@ impl ApiError {
         e
     }
 
+    /// 400 `parameter_invalid_integer`: a non-integer, or an integer outside
+    /// the parameter's range (`unit_amount=-5`, `quantity=1.5`).
+    pub fn invalid_integer(param: &str, message: impl Into<String>) -> Self {
+        let mut e = Self::invalid(param, message);
+        e.set_code("parameter_invalid_integer");
+        e
+    }
+
+    /// 400 `email_invalid` for an address Stripe would not take.
+    pub fn invalid_email(param: &str, value: &str) -> Self {
+        let mut e = Self::invalid(param, format!("Invalid email address: {value}"));
+        e.set_code("email_invalid");
+        e
+    }
+
+    /// 400 for a value outside a parameter's enumeration. Stripe's answer
+    /// carries no `code` (its published list of codes has none for this),
+    /// only the message listing the accepted values and `param`.
+    pub fn invalid_enum(param: &str, allowed: &[&str]) -> Self {
+        let list = match allowed {
+            [] => String::new(),
+            [one] => (*one).to_string(),
+            [init @ .., last] => {
+                let sep = if init.len() > 1 { ", or " } else { " or " };
+                format!("{}{sep}{last}", init.join(", "))
+            }
+        };
+        let mut e = Self::new(
+            400,
+            "invalid_request_error",
+            None,
+            format!("Invalid {param}: must be one of {list}"),
+        );
+        e.0.param = Some(param.to_string());
+        e
+    }
+
     /// 400 for a missing required parameter.
     pub fn missing(param: &str) -> Self {
         let mut e = Self::new(
@@ -199,6 +236,22 @@ mod tests {
         assert_eq!(body["error"]["type"], "card_error");
         assert_eq!(body["error"]["code"], "card_declined");
         assert_eq!(body["error"]["decline_code"], "generic_decline");
+    }
+
+    #[test]
+    fn an_enum_error_lists_the_values_as_stripe_does_and_has_no_code() {
+        let e = ApiError::invalid_enum("recurring[interval]", &["day", "month", "week", "year"]);
+        assert_eq!(
+            e.message,
+            "Invalid recurring[interval]: must be one of day, month, week, or year"
+        );
+        assert_eq!(e.body()["error"]["param"], "recurring[interval]");
+        assert!(e.body()["error"].get("code").is_none());
+        let two = ApiError::invalid_enum("end_behavior", &["release", "cancel"]);
+        assert_eq!(
+            two.message,
+            "Invalid end_behavior: must be one of release or cancel"
+        );
     }
 
     #[test]

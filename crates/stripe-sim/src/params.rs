@@ -31,7 +31,7 @@ pub fn i64_at(p: &Value, path: &str) -> ApiResult<Option<i64>> {
         None => Ok(None),
         Some(s) => match s.parse::<i64>() {
             Ok(v) if v.abs() <= MAX_INTEGER => Ok(Some(v)),
-            _ => Err(ApiError::invalid(
+            _ => Err(ApiError::invalid_integer(
                 &bracketed(path),
                 format!("Invalid integer: {s}"),
             )),
@@ -39,23 +39,69 @@ pub fn i64_at(p: &Value, path: &str) -> ApiResult<Option<i64>> {
     }
 }
 
-/// An integer parameter within `range` (Stripe's limits for amounts, quantities, days).
+/// An integer parameter within `range` (Stripe's limits for amounts, quantities, days),
+/// refused as `parameter_invalid_integer` in Stripe's words.
 pub fn bounded_at(
     p: &Value,
     path: &str,
     range: std::ops::RangeInclusive<i64>,
 ) -> ApiResult<Option<i64>> {
+    let param = || bracketed(path);
     match i64_at(p, path)? {
-        Some(v) if !range.contains(&v) => Err(ApiError::invalid(
-            &bracketed(path),
+        Some(v) if v < 0 && *range.start() == 0 => Err(ApiError::invalid_integer(
+            &param(),
+            "Invalid non-negative integer",
+        )),
+        Some(v) if v < *range.start() => Err(ApiError::invalid_integer(
+            &param(),
             format!(
-                "This value must be between {} and {}.",
-                range.start(),
-                range.end()
+                "This value must be greater than or equal to {}.",
+                range.start()
             ),
+        )),
+        Some(v) if v > *range.end() => Err(ApiError::invalid_integer(
+            &param(),
+            format!("This value must be less than or equal to {}.", range.end()),
         )),
         v => Ok(v),
     }
+}
+
+/// An email parameter, if present and non-empty, refused as `email_invalid`
+/// when Stripe would refuse it: one `@`, a name without spaces or
+/// `"(),:;<>[\]` and without leading, trailing or doubled dots, and a domain
+/// of at least two dot-separated labels of letters, digits and inner `-`.
+/// Nothing is trimmed: Stripe refuses a surrounding space too.
+pub fn email_at<'a>(p: &'a Value, path: &str) -> ApiResult<Option<&'a str>> {
+    match str_at(p, path) {
+        Some(e) if !valid_email(e) => Err(ApiError::invalid_email(&bracketed(path), e)),
+        e => Ok(e),
+    }
+}
+
+fn valid_email(e: &str) -> bool {
+    const SPECIALS: &[char] = &['"', '(', ')', ',', ':', ';', '<', '>', '[', '\\', ']', '@'];
+    let Some((local, domain)) = e.rsplit_once('@') else {
+        return false;
+    };
+    let local_ok = !local.is_empty()
+        && local.len() <= 64
+        && !local
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || SPECIALS.contains(&c))
+        && !local.starts_with('.')
+        && !local.ends_with('.')
+        && !local.contains("..");
+    let labels: Vec<&str> = domain.split('.').collect();
+    let domain_ok = labels.len() >= 2
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_alphanumeric() || c == '-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    e.len() <= 512 && local_ok && domain_ok
 }
 
 /// A float parameter (for `percent_off`).
@@ -167,6 +213,64 @@ mod tests {
         assert_eq!(
             bounded_at(&json!({"a": "7"}), "a", 0..=730).ok().flatten(),
             Some(7)
+        );
+    }
+
+    #[test]
+    fn integer_errors_carry_stripes_code() {
+        for (v, msg) in [
+            ("-5", "Invalid non-negative integer"),
+            ("12.5", "Invalid integer: 12.5"),
+            (
+                "100000000",
+                "This value must be less than or equal to 99999999.",
+            ),
+        ] {
+            let e =
+                bounded_at(&json!({"unit_amount": v}), "unit_amount", 0..=99_999_999).unwrap_err();
+            assert_eq!(e.code.as_deref(), Some("parameter_invalid_integer"), "{v}");
+            assert_eq!(e.message, msg);
+        }
+        let e = bounded_at(&json!({"q": "0"}), "q", 1..=10).unwrap_err();
+        assert_eq!(e.message, "This value must be greater than or equal to 1.");
+    }
+
+    #[test]
+    fn emails_stripe_refuses_are_email_invalid() {
+        for bad in [
+            "plain",
+            "a@com",
+            "a@gmail",
+            " a@example.com",
+            "a@example.com ",
+            "a b@example.com",
+            "@example.com",
+            "a@@example.com",
+            "a@.example.com",
+            "a@example..com",
+            "a@-x.com",
+            ".a@example.com",
+            "a..b@example.com",
+            "a\u{ff20}example.com",
+        ] {
+            let e = email_at(&json!({"email": bad}), "email").unwrap_err();
+            assert_eq!(e.code.as_deref(), Some("email_invalid"), "{bad}");
+            assert_eq!(e.param.as_deref(), Some("email"));
+            assert_eq!(e.message, format!("Invalid email address: {bad}"));
+        }
+        for good in [
+            "a@b.c",
+            "first.last+tag@sub.example.co",
+            "x_y-z@xn--bcher-kva.de",
+        ] {
+            assert_eq!(
+                email_at(&json!({"email": good}), "email").ok().flatten(),
+                Some(good)
+            );
+        }
+        assert_eq!(
+            email_at(&json!({"email": ""}), "email").ok().flatten(),
+            None
         );
     }
 

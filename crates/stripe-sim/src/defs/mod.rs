@@ -117,6 +117,123 @@ pub fn unknown_param(def: &Value, params: &Value) -> Option<String> {
     walk(def, params, "")
 }
 
+/// The first parameter of `params` whose value lies outside the enumeration
+/// `def` gives it, with the accepted values: `recurring[interval]=fortnight`
+/// gives `("recurring[interval]", ["day", "month", "week", "year"])`.
+///
+/// The SDK writes every enumeration open (`'day' | ... | OtherString`, so
+/// that old SDKs take new values), which the table keeps as a union of the
+/// literals and `"s"`; the API itself takes only the literals, so such a
+/// union is read as closed. An empty value (Stripe's "unset") and shapes the
+/// table does not describe are left to [`unknown_param`] and the handlers.
+pub fn invalid_enum(def: &'static Value, params: &Value) -> Option<(String, Vec<&'static str>)> {
+    walk_enum(def, params, "").err().flatten()
+}
+
+/// `Ok` when `v` fits `def`; `Err(None)` when it does not fit but is no
+/// enumeration's business; `Err(Some(..))` for a value outside an enumeration.
+type EnumVerdict = Result<(), Option<(String, Vec<&'static str>)>>;
+
+fn walk_enum(def: &'static Value, v: &Value, path: &str) -> EnumVerdict {
+    let at = |k: &str| {
+        if path.is_empty() {
+            k.to_string()
+        } else {
+            format!("{path}[{k}]")
+        }
+    };
+    // A bad value deeper in wins over a shape mismatch elsewhere.
+    let all = |verdicts: &mut dyn Iterator<Item = EnumVerdict>| -> EnumVerdict {
+        let mut mismatch = false;
+        for r in verdicts {
+            match r {
+                Err(Some(bad)) => return Err(Some(bad)),
+                Err(None) => mismatch = true,
+                Ok(()) => {}
+            }
+        }
+        if mismatch {
+            Err(None)
+        } else {
+            Ok(())
+        }
+    };
+    match (def, v) {
+        (Value::String(t), _) if t == "any" => Ok(()),
+        (Value::String(t), Value::String(_)) if t == "s" || t == "n" || t == "b" => Ok(()),
+        (Value::String(t), Value::String(s)) if t == "true" || t == "false" => {
+            if s == t {
+                Ok(())
+            } else {
+                Err(None)
+            }
+        }
+        (Value::Object(d), Value::String(s)) if d.contains_key("e") => {
+            let lits = literals(&d["e"]);
+            if s.is_empty() || lits.contains(&s.as_str()) {
+                Ok(())
+            } else {
+                Err(Some((path.to_string(), named(lits))))
+            }
+        }
+        (Value::Object(d), _) if d.contains_key("u") => {
+            let alts: Vec<&'static Value> = d["u"].as_array().into_iter().flatten().collect();
+            let is_open_enum = alts.iter().any(|a| *a == "s")
+                && alts.iter().any(|a| !named(literals(&a["e"])).is_empty());
+            let mut first_bad = None;
+            for a in alts {
+                if is_open_enum && *a == "s" {
+                    continue;
+                }
+                match walk_enum(a, v, path) {
+                    Ok(()) => return Ok(()),
+                    Err(Some(bad)) => {
+                        // Several literal alternatives (Emptyable<'a' | 'b'>) list together.
+                        let (p, vals) = first_bad.get_or_insert((bad.0.clone(), Vec::new()));
+                        if *p == bad.0 {
+                            vals.extend(bad.1);
+                        }
+                    }
+                    Err(None) => {}
+                }
+            }
+            Err(first_bad)
+        }
+        (Value::Object(d), Value::Object(m)) if d.contains_key("o") => {
+            let fields = d["o"].as_object();
+            all(&mut m
+                .iter()
+                .map(|(k, sub)| match fields.and_then(|f| f.get(k)) {
+                    Some(f) => walk_enum(&f[1], sub, &at(k)),
+                    None => Err(None),
+                }))
+        }
+        (Value::Object(d), Value::Object(m)) if d.contains_key("m") => {
+            all(&mut m.iter().map(|(k, sub)| walk_enum(&d["m"], sub, &at(k))))
+        }
+        (Value::Object(d), Value::Array(items)) if d.contains_key("a") => all(&mut items
+            .iter()
+            .enumerate()
+            .map(|(i, sub)| walk_enum(&d["a"], sub, &at(&i.to_string())))),
+        _ => Err(None),
+    }
+}
+
+/// The string literals of an `{"e": [..]}` node (booleans and numbers are
+/// never form values).
+fn literals(e: &'static Value) -> Vec<&'static str> {
+    e.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+/// The literals worth naming in a message: all but the empty "unset" value.
+fn named(lits: Vec<&'static str>) -> Vec<&'static str> {
+    lits.into_iter().filter(|l| !l.is_empty()).collect()
+}
+
 /// Removes the includable properties (`invoice.payments`, `charge.refunds`,
 /// `price.currency_options`...) that `expand` (paths from `value`'s root)
 /// does not name: Stripe sends them only when asked, and never in webhooks

@@ -90,12 +90,6 @@ pub fn create_price(s: &mut Inner, p: &Value) -> ApiResult {
     let currency = params::req_str(p, "currency")?.to_lowercase();
     let unit_amount = params::bounded_at(p, "unit_amount", 0..=99_999_999)?
         .ok_or_else(|| ApiError::missing("unit_amount"))?;
-    if unit_amount < 0 {
-        return Err(ApiError::invalid(
-            "unit_amount",
-            "This value must be greater than or equal to 0.",
-        ));
-    }
     let product = match (str_at(p, "product"), str_at(p, "product_data.name")) {
         (Some(prod), _) => {
             s.get_live("product", prod, "product")?;
@@ -127,9 +121,9 @@ pub fn create_price(s: &mut Inner, p: &Value) -> ApiResult {
         Some(r) if r.is_object() => {
             let interval = params::req_str(p, "recurring.interval")?;
             if !matches!(interval, "day" | "week" | "month" | "year") {
-                return Err(ApiError::invalid(
+                return Err(ApiError::invalid_enum(
                     "recurring[interval]",
-                    "Invalid interval.",
+                    &["day", "month", "week", "year"],
                 ));
             }
             json!({
@@ -144,14 +138,10 @@ pub fn create_price(s: &mut Inner, p: &Value) -> ApiResult {
     };
     let mut options = Map::new();
     if let Some(Value::Object(opts)) = params::at(p, "currency_options") {
-        for (cur, o) in opts {
-            let amount = o["unit_amount"]
-                .as_str()
-                .and_then(|a| a.parse::<i64>().ok())
-                .filter(|a| (0..=99_999_999).contains(a))
-                .ok_or_else(|| {
-                    ApiError::missing(&format!("currency_options[{cur}][unit_amount]"))
-                })?;
+        for cur in opts.keys() {
+            let path = format!("currency_options.{cur}.unit_amount");
+            let amount = params::bounded_at(p, &path, 0..=99_999_999)?
+                .ok_or_else(|| ApiError::missing(&params::bracketed(&path)))?;
             options.insert(cur.to_lowercase(), currency_option(amount));
         }
     }

@@ -22,6 +22,7 @@ pub fn create(s: &mut Inner, p: &Value) -> ApiResult {
     if success_url.is_none() && ui_mode.as_deref() != Some("embedded") {
         return Err(ApiError::missing("success_url"));
     }
+    params::email_at(p, "customer_email")?;
     let customer = str_at(p, "customer").map(str::to_string);
     if let Some(c) = &customer {
         customers::require(s, c, "customer")?;

@@ -14,6 +14,7 @@ pub fn create(s: &mut Inner, p: &Value) -> ApiResult {
 /// Creates a customer already tied to `currency`, as Checkout does for the
 /// customers it creates.
 pub fn create_with_currency(s: &mut Inner, p: &Value, currency: Option<&str>) -> ApiResult {
+    let email = params::email_at(p, "email")?;
     let clock = str_at(p, "test_clock").map(str::to_string);
     if let Some(clk) = &clock {
         s.get_live("test_helpers.test_clock", clk, "test_clock")?;
@@ -52,7 +53,7 @@ pub fn create_with_currency(s: &mut Inner, p: &Value, currency: Option<&str>) ->
         "delinquent": false,
         "description": str_at(p, "description"),
         "discount": null,
-        "email": str_at(p, "email"),
+        "email": email,
         "invoice_prefix": prefix,
         "invoice_settings": {
             "custom_fields": null,
@@ -108,6 +109,7 @@ pub fn retrieve(s: &Inner, id: &str) -> ApiResult {
 /// `POST /v1/customers/{id}`.
 pub fn update(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
     let before = s.get_live("customer", id, "id")?;
+    params::email_at(p, "email")?;
     let mut after = before.clone();
     for key in ["email", "name", "description", "phone"] {
         if let Some(v) = params::at(p, key).and_then(Value::as_str) {

@@ -8,9 +8,11 @@
 mod api;
 mod billing;
 mod conformance;
+mod node;
 mod payments;
 mod properties;
 mod python;
 mod shapes;
 mod support;
+mod validation;
 mod webhooks;
