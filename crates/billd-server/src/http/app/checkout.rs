@@ -857,7 +857,7 @@ async fn sync_checkout<S: BillingBackend + ?Sized>(
             .ok()
             .and_then(|sid| record.state.subscriptions.get(&sid))
             .map_or(i64::MIN, |known| known.stamp.created);
-        crate::http::app::subscription_api::feed_back_snapshot(
+        crate::http::app::subscription::feed_back_snapshot(
             api,
             watermark,
             &sub_id,
