@@ -40,11 +40,11 @@ use crate::http::idempotency::Idempotency;
 use crate::http::openapi::{route, route_with, Verb};
 use crate::pipeline::BillingBackend;
 
+pub(crate) use feed::feed_back_snapshot;
 pub use types::{DowngradeTiming, ProrationBehavior};
 // The handlers' OpenAPI descriptions, for the document's `paths(…)`.
 pub(crate) use cancel::{__path_cancel, __path_resume};
 pub(crate) use change::__path_change;
-pub(crate) use feed::feed_back_snapshot;
 pub(crate) use preview::__path_preview;
 
 /// The plan-change and cancellation routes, to merge into the app-key
