@@ -74,12 +74,12 @@ pub struct ApiConfig {
     /// Checkout enables Stripe Tax (`automatic_tax[enabled]`).
     pub stripe_tax: bool,
     /// How plan changes are prorated (`BILLD_PRORATION_BEHAVIOR`).
-    pub proration_behavior: crate::http::app::subscription_api::ProrationBehavior,
+    pub proration_behavior: crate::http::app::subscription::ProrationBehavior,
     /// What account deletion does to the Stripe customer
     /// (`BILLD_DELETE_STRIPE_CUSTOMER`).
     pub stripe_customer_erasure: StripeCustomerErasure,
     /// When downgrades take effect (`BILLD_DOWNGRADE_TIMING`).
-    pub downgrade_timing: crate::http::app::subscription_api::DowngradeTiming,
+    pub downgrade_timing: crate::http::app::subscription::DowngradeTiming,
 }
 
 impl Default for ApiConfig {
@@ -152,7 +152,7 @@ pub fn routes<S: BillingBackend + ?Sized>(
     };
     let checkout = crate::http::app::checkout::routes(state.clone(), keys.clone(), &idem);
     let app = crate::http::app::customers::router::<S>()
-        .merge(crate::http::app::subscription_api::router::<S>(&idem))
+        .merge(crate::http::app::subscription::router::<S>(&idem))
         .route_layer(axum::middleware::from_fn_with_state(
             keys.clone(),
             require_app_key,

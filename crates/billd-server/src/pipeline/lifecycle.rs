@@ -74,7 +74,7 @@ pub const REFETCH_EVENT_PREFIX: &str = "evt_billd_refetch_";
 pub const RECONCILE_EVENT_PREFIX: &str = "evt_billd_reconcile_";
 /// Ids of the synthetic events the plan-change and cancellation endpoints
 /// feed back (the subscription object Stripe answered) start with this;
-/// like re-fetches they are authoritative (see `subscription_api` for the
+/// like re-fetches they are authoritative (see `http::app::subscription` for the
 /// second they are stamped at).
 pub const SYNC_EVENT_PREFIX: &str = "evt_billd_sync_";
 /// The envelope field of those synthetic events that says when billd

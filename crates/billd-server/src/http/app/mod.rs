@@ -5,9 +5,9 @@
 pub(super) mod account;
 pub(super) mod checkout;
 pub(super) mod customers;
-pub(super) mod subscription_api;
+pub(super) mod subscription;
 pub(super) mod usage;
 mod usage_batch;
 mod usage_cache;
 
-pub use subscription_api::{DowngradeTiming, ProrationBehavior};
+pub use subscription::{DowngradeTiming, ProrationBehavior};

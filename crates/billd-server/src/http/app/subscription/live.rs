@@ -1,0 +1,175 @@
+//! The subscription as Stripe has it now ([`LiveSubscription`]), loaded
+//! with the customer and billd's own view of it ([`Context`]) before any
+//! preview or change; and the catalog price a change moves to.
+
+use billd_core::{CustomerId, Plan};
+use billd_store::CustomerRecord;
+use billd_stripe::client::{Params, StripeClient};
+use serde_json::Value;
+
+use crate::http::api::ApiState;
+use crate::http::error::ApiError;
+use crate::pipeline::{observation_ns, BillingBackend};
+
+use super::decide::conflict;
+
+/// What billd needs of the Stripe subscription, read fresh before a change.
+#[derive(Debug)]
+pub(super) struct LiveSubscription {
+    pub(super) id: String,
+    pub(super) object: Value,
+    pub(super) status: String,
+    pub(super) currency: String,
+    pub(super) item_id: String,
+    pub(super) price: Value,
+    pub(super) current_period_start: i64,
+    pub(super) current_period_end: i64,
+    pub(super) pending_price: Option<String>,
+    pub(super) latest_invoice: Option<String>,
+}
+
+impl LiveSubscription {
+    pub(super) fn parse(object: Value) -> Result<Self, ApiError> {
+        let text = |v: &Value| v.as_str().map(str::to_owned);
+        let item = object.pointer("/items/data/0").cloned().unwrap_or_default();
+        let missing = |what: &str| {
+            ApiError::StripeRejected(format!("Stripe subscription without {what}: {object}"))
+        };
+        Ok(LiveSubscription {
+            id: text(&object["id"]).ok_or_else(|| missing("id"))?,
+            status: text(&object["status"]).unwrap_or_default(),
+            currency: text(&object["currency"]).unwrap_or_default(),
+            item_id: text(&item["id"]).ok_or_else(|| missing("items"))?,
+            price: item["price"].clone(),
+            current_period_start: item["current_period_start"].as_i64().unwrap_or_default(),
+            current_period_end: item["current_period_end"].as_i64().unwrap_or_default(),
+            pending_price: object
+                .pointer("/pending_update/subscription_items/0/price")
+                .and_then(|p| p.as_str().or_else(|| p["id"].as_str()))
+                .map(str::to_owned),
+            latest_invoice: object["latest_invoice"]
+                .as_str()
+                .or_else(|| object["latest_invoice"]["id"].as_str())
+                .map(str::to_owned),
+            object,
+        })
+    }
+
+    pub(super) fn price_id(&self) -> String {
+        self.price["id"].as_str().unwrap_or_default().to_owned()
+    }
+
+    fn is_ended(&self) -> bool {
+        matches!(self.status.as_str(), "canceled" | "incomplete_expired")
+    }
+}
+
+/// The customer, their current subscription in billd's state, and that
+/// subscription as Stripe has it now.
+pub(super) struct Context {
+    pub(super) record: CustomerRecord,
+    pub(super) watermark: (i64, String),
+    pub(super) live: LiveSubscription,
+    /// When `live` was asked for (see [`crate::pipeline::observation_ns`]).
+    pub(super) live_observed_ns: u64,
+}
+
+/// Loads the customer and their subscription (billd's view, then Stripe's).
+/// `allow_ended`: a subscription that has ended is returned (resume answers
+/// `subscription_ended`) instead of `no_subscription`.
+pub(super) async fn load<S: BillingBackend + ?Sized>(
+    state: &ApiState<S>,
+    id: &CustomerId,
+) -> Result<Context, ApiError> {
+    let record = crate::http::app::account::live_customer(&*state.store, id).await?;
+    let Some(current) = record.state.current_subscription() else {
+        return Err(conflict(
+            "no_subscription",
+            format!("customer {id} has no subscription; start one with checkout"),
+        ));
+    };
+    if !current.is_live() {
+        return Err(conflict(
+            "subscription_ended",
+            format!(
+                "subscription {} has ended; start a new one with checkout",
+                current.snapshot.id
+            ),
+        ));
+    }
+    let sub = current.snapshot.id.to_string();
+    let watermark = (current.stamp.created, current.stamp.event_id.to_string());
+    // A read is as new as its request: Stripe may answer it with the state
+    // from before a change whose own answer arrives first.
+    let live_observed_ns = observation_ns();
+    let object = state.stripe()?.retrieve_subscription(&sub).await?;
+    let live = LiveSubscription::parse(object)?;
+    if live.is_ended() {
+        return Err(conflict(
+            "subscription_ended",
+            format!("subscription {sub} has ended; start a new one with checkout"),
+        ));
+    }
+    Ok(Context {
+        record,
+        watermark,
+        live,
+        live_observed_ns,
+    })
+}
+
+/// The Stripe price object of `plan` in `currency` (by id, or found by its
+/// lookup key).
+pub(super) async fn target_price(
+    stripe: &StripeClient,
+    plan: &Plan,
+    currency: &str,
+) -> Result<Value, ApiError> {
+    let price = plan
+        .prices
+        .iter()
+        .find(|(c, _)| c.to_string() == currency)
+        .map(|(_, p)| p)
+        .ok_or_else(|| ApiError::InvalidRequest {
+            code: "currency_not_available",
+            message: format!(
+                "plan {} has no price in {currency}, the subscription's currency",
+                plan.name
+            ),
+        })?;
+    if let Some(id) = &price.id {
+        return Ok(stripe
+            .get(&format!("/v1/prices/{id}"), &Params::new())
+            .await?);
+    }
+    let key = price.lookup_key.clone().unwrap_or_default();
+    let list = stripe
+        .get(
+            "/v1/prices",
+            &Params::new()
+                .set("lookup_keys[]", &key)
+                .set("active", "true"),
+        )
+        .await?;
+    list.pointer("/data/0").cloned().ok_or_else(|| {
+        ApiError::StripeRejected(format!(
+            "no active Stripe price has the lookup key {key} of plan {}",
+            plan.name
+        ))
+    })
+}
+
+/// A live subscription on `price` (for the tests of this module's files).
+#[cfg(test)]
+pub(super) fn fixture(price: &str) -> LiveSubscription {
+    LiveSubscription::parse(serde_json::json!({
+        "id": "sub_1", "object": "subscription", "customer": "cus_1",
+        "status": "active", "created": 100, "cancel_at_period_end": false, "currency": "eur",
+        "items": { "object": "list", "data": [{
+            "id": "si_1", "price": { "id": price }, "current_period_start": 100,
+            "current_period_end": 200
+        }] },
+        "metadata": {}
+    }))
+    .unwrap()
+}

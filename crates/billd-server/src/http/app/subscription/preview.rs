@@ -1,0 +1,111 @@
+//! `POST /v1/customers/{id}/subscription/preview`: what a plan change
+//! would charge now and at renewal (Stripe's invoice preview), and which
+//! features the new plan's limits would put over quota.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::Json;
+use billd_core::{entitlements, usage_keys, Plan};
+use billd_store::CustomerRecord;
+
+use crate::http::api::{customer_id, store_error, ApiState};
+use crate::http::error::ApiError;
+use crate::pipeline::BillingBackend;
+
+use super::decide::{
+    amount_due, at_period_end, lines_of, parse_body, preview_params, refuse_same_plan,
+};
+use super::live::{load, target_price};
+use super::types::{PlanChangeBody, PreviewView, ProrationBehavior, QuotaOverflow};
+
+/// Features whose current usage exceeds `plan`'s limits.
+async fn quota_overflow<S: BillingBackend + ?Sized>(
+    state: &ApiState<S>,
+    record: &CustomerRecord,
+    plan: &Plan,
+) -> Result<Vec<QuotaOverflow>, ApiError> {
+    let now = state.clock.now();
+    let keys = usage_keys(&record.state, &state.catalog, now);
+    let usage = state
+        .store
+        .load_usage(&record.customer_id, &keys)
+        .await
+        .map_err(store_error)?;
+    let current = entitlements(&record.state, &state.catalog, &usage, now);
+    Ok(current
+        .features
+        .into_iter()
+        .filter_map(|(feature, e)| {
+            let new_limit = plan.limit(&feature);
+            (e.used > new_limit).then_some(QuotaOverflow {
+                feature,
+                used: e.used,
+                new_limit,
+            })
+        })
+        .collect())
+}
+
+#[utoipa::path(
+    post, path = "/v1/customers/{id}/subscription/preview", tag = "app", operation_id = "preview_plan_change",
+    description = "Prorated amounts of a plan change, from Stripe's invoice preview, and any quota overflow.",
+    params(crate::http::openapi::CustomerPath),
+    request_body = PlanChangeBody,
+    responses(
+        (status = 200, description = "What is charged now and at renewal, the currency, quota overflow.", body = PreviewView),
+        (status = 400, description = "`unknown_plan`, `field_too_long`, `invalid_body`.", body = crate::http::openapi::ErrorBody),
+        (status = 409, description = "No live subscription, or the same plan.", body = crate::http::openapi::ErrorBody),
+        crate::http::openapi::StripeCallErrors,
+    )
+)]
+pub(super) async fn preview<S: BillingBackend + ?Sized>(
+    State(state): State<ApiState<S>>,
+    Path(id): Path<String>,
+    body: Result<Json<PlanChangeBody>, JsonRejection>,
+) -> Result<Json<PreviewView>, ApiError> {
+    let id = customer_id(&id)?;
+    let (_, plan) = parse_body(body, &state.catalog)?;
+    let ctx = load(&state, &id).await?;
+    let live = &ctx.live;
+    refuse_same_plan(&state.catalog, live, &plan)?;
+    let stripe = state.stripe()?;
+    let target = target_price(stripe, &plan, &live.currency).await?;
+    let price = target["id"].as_str().unwrap_or_default().to_owned();
+    let proration_date = state.clock.now();
+    let behavior = state.config.proration_behavior;
+    let preview = |behavior: &'static str| {
+        let params = preview_params(live, &price, behavior, proration_date);
+        async move {
+            stripe
+                .post("/v1/invoices/create_preview", &params, None)
+                .await
+        }
+    };
+    let deferred = at_period_end(&state, live, &target);
+    let (amount_due_now, next_renewal_amount, lines) = if deferred {
+        // Nothing is prorated: the cheaper price bills from the next period.
+        let renewal = preview("none").await?;
+        (0, amount_due(&renewal), lines_of(&renewal))
+    } else if behavior == ProrationBehavior::AlwaysInvoice {
+        let now = preview("always_invoice").await?;
+        let renewal = preview("none").await?;
+        let mut lines = lines_of(&now);
+        lines.extend(lines_of(&renewal));
+        (amount_due(&now), amount_due(&renewal), lines)
+    } else {
+        let upcoming = preview("create_prorations").await?;
+        (0, amount_due(&upcoming), lines_of(&upcoming))
+    };
+    let quota_overflow = quota_overflow(&state, &ctx.record, &plan).await?;
+    Ok(Json(PreviewView {
+        plan: plan.name,
+        currency: live.currency.clone(),
+        amount_due_now,
+        next_renewal_amount,
+        renews_at: live.current_period_end,
+        effective: if deferred { "period_end" } else { "immediate" },
+        proration_date,
+        lines,
+        quota_overflow,
+    }))
+}
