@@ -4,6 +4,7 @@
 //! (connection errors, 409 `lock_timeout`, 429, 5xx), honouring
 //! `Stripe-Should-Retry` and `Retry-After`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
@@ -26,6 +27,40 @@ pub struct ClientConfig {
     pub max_backoff: Duration,
     /// Timeout of one HTTP attempt.
     pub request_timeout: Duration,
+    /// Sees every call before it is sent (once per call, not per retry):
+    /// the test suites check billd's requests against Stripe's definitions
+    /// with it. `None`, the default, costs nothing.
+    pub recorder: Option<Recorder>,
+}
+
+/// One call as the client makes it: the path as the caller gave it, and
+/// the parameters in Stripe's bracketed spelling (the query of a `GET`, the
+/// form body otherwise).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedRequest {
+    /// `GET`, `POST` or `DELETE`.
+    pub method: String,
+    /// E.g. `/v1/subscriptions/sub_123`.
+    pub path: String,
+    /// The parameters, in the order they are sent.
+    pub params: Vec<(String, String)>,
+}
+
+/// A hook called with every [`RecordedRequest`]. Cheap to clone.
+#[derive(Clone)]
+pub struct Recorder(Arc<dyn Fn(&RecordedRequest) + Send + Sync>);
+
+impl Recorder {
+    /// A recorder calling `f` for every request.
+    pub fn new(f: impl Fn(&RecordedRequest) + Send + Sync + 'static) -> Self {
+        Self(Arc::new(f))
+    }
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Recorder(..)")
+    }
 }
 
 impl ClientConfig {
@@ -38,6 +73,7 @@ impl ClientConfig {
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(8),
             request_timeout: Duration::from_secs(30),
+            recorder: None,
         }
     }
 }
@@ -262,6 +298,13 @@ impl StripeClient {
         params: &Params,
         idempotency_key: Option<&str>,
     ) -> Result<Value, StripeError> {
+        if let Some(recorder) = &self.config.recorder {
+            (recorder.0)(&RecordedRequest {
+                method: method.as_str().to_owned(),
+                path: path.to_owned(),
+                params: params.pairs().to_vec(),
+            });
+        }
         let mut attempt = 0u32;
         loop {
             match self.send_once(&method, path, params, idempotency_key).await {

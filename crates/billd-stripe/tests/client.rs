@@ -10,7 +10,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
-use billd_stripe::client::{ClientConfig, Params, StripeClient, StripeError};
+use billd_stripe::client::{
+    ClientConfig, Params, RecordedRequest, Recorder, StripeClient, StripeError,
+};
 use secrecy::SecretString;
 use serde_json::{json, Value};
 
@@ -92,6 +94,58 @@ async fn server_errors_are_retried_with_the_same_idempotency_key() {
     assert_eq!(reqs[0].0["stripe-version"], billd_stripe::API_VERSION);
     assert_eq!(reqs[0].0["authorization"], "Bearer sk_test_123");
     assert_eq!(reqs[0].2, "metadata%5Bbilld_customer_id%5D=u1");
+}
+
+#[tokio::test]
+async fn the_recorder_sees_each_call_once_with_its_parameters() {
+    // A retried call is one request to record: the check is of what billd
+    // asks, not of how often the network made it ask.
+    let (base, seen) = server(vec![error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "api_error",
+        "boom",
+    )])
+    .await;
+    let log: Arc<Mutex<Vec<RecordedRequest>>> = Arc::default();
+    let sink = log.clone();
+    let mut config = ClientConfig::new(&base, SecretString::from("sk_test_123"));
+    config.initial_backoff = Duration::from_millis(5);
+    config.recorder = Some(Recorder::new(move |r| sink.lock().unwrap().push(r.clone())));
+    let client = StripeClient::new(config).unwrap();
+
+    client
+        .post(
+            "/v1/subscriptions/sub_1",
+            &Params::new().set("items[0][price]", "price_1"),
+            None,
+        )
+        .await
+        .unwrap();
+    client
+        .get(
+            "/v1/invoices/in_1",
+            &Params::new().set("expand[]", "payments"),
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(seen.requests.lock().unwrap().len(), 3);
+    let pair = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+    assert_eq!(
+        *log.lock().unwrap(),
+        vec![
+            RecordedRequest {
+                method: "POST".into(),
+                path: "/v1/subscriptions/sub_1".into(),
+                params: pair("items[0][price]", "price_1"),
+            },
+            RecordedRequest {
+                method: "GET".into(),
+                path: "/v1/invoices/in_1".into(),
+                params: pair("expand[]", "payments"),
+            },
+        ]
+    );
 }
 
 #[tokio::test]

@@ -23,14 +23,13 @@ use billd_server::pipeline::OutboxConfig;
 use billd_server::telemetry::Metrics;
 use billd_server::{Clock, ManualClock, Running, Workers};
 use billd_store::{BillingStore, NewEvent, Store};
-use billd_stripe::client::{ClientConfig, StripeClient};
 use secrecy::SecretString;
 use serde_json::Value;
 use stripe_sim::{SimConfig, SimHandle, WebhookKnobs};
 
 use crate::mail::SmtpSink;
 use crate::on_both_databases;
-use crate::support::{open_store, server_config, Db, APP_KEY};
+use crate::support::{open_store, server_config, Db, RequestCheck, APP_KEY};
 
 const WINDOW: i64 = 3600;
 
@@ -63,6 +62,8 @@ struct World {
     price: String,
     smtp: SmtpSink,
     hooks: Receiver,
+    /// billd's Stripe requests, checked when the world is dropped.
+    requests: RequestCheck,
     _db: Option<tempfile::TempDir>,
 }
 
@@ -132,6 +133,7 @@ async fn start(
         poll_interval: Duration::from_millis(30),
         ..OutboxConfig::default()
     };
+    let requests = RequestCheck::new();
     let profiles: Arc<dyn BillingStore> = store.clone();
     let delivery = EmailDelivery::new(notifier, profiles, outbox.max_attempts);
     let mut alerts = AlertConfig {
@@ -145,13 +147,7 @@ async fn start(
     config.worker.max_attempts = inbox_max_attempts;
     let billing = BillingConfig {
         catalog: Arc::new(Catalog::seed()),
-        stripe: Some(
-            StripeClient::new(ClientConfig::new(
-                sim.url(),
-                SecretString::from("sk_test_alerts"),
-            ))
-            .unwrap(),
-        ),
+        stripe: Some(requests.client(sim.url(), "sk_test_alerts")),
         api_keys: ApiKeys::new(vec![SecretString::from(APP_KEY)], vec![]),
         outbox,
         api: ApiConfig::default(),
@@ -179,6 +175,7 @@ async fn start(
         price,
         smtp,
         hooks,
+        requests,
         _db: db_dir,
     }
 }
@@ -571,11 +568,7 @@ async fn reconciliation_drift_alerts_once_per_window(db: Db) {
         let store: Arc<dyn Store> = w.store.clone();
         Reconciler::new(
             store,
-            StripeClient::new(ClientConfig::new(
-                w.sim.url(),
-                SecretString::from("sk_test_alerts"),
-            ))
-            .unwrap(),
+            w.requests.client(w.sim.url(), "sk_test_alerts"),
             Arc::new(Catalog::seed()),
             w.clock.clone(),
             None,

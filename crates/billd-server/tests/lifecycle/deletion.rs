@@ -7,13 +7,11 @@ use std::time::{Duration, Instant};
 use billd_core::{CustomerId, StripeCustomerErasure, StripeCustomerId};
 use billd_server::Clock as _;
 use billd_store::{EventFilter, OutboxFilter};
-use billd_stripe::client::{ClientConfig, StripeClient};
-use secrecy::SecretString;
 use serde_json::{json, Value};
 use stripe_sim::WebhookKnobs;
 
 use crate::on_both_databases;
-use crate::support::{t0, Db, Harness, ADMIN_KEY, APP_KEY, DAY};
+use crate::support::{t0, Db, Harness, RequestCheck, ADMIN_KEY, APP_KEY, DAY};
 
 async fn send(h: &Harness, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     let mut request = h
@@ -309,11 +307,8 @@ async fn anonymizing_a_stripe_customer_unsets_its_personal_fields_and_keeps_its_
     );
     assert_eq!(status, 200, "{cus}");
     let id = StripeCustomerId::parse(cus["id"].as_str().unwrap()).unwrap();
-    let stripe = StripeClient::new(ClientConfig::new(
-        handle.url(),
-        SecretString::from("sk_test_billd"),
-    ))
-    .unwrap();
+    let requests = RequestCheck::new();
+    let stripe = requests.client(handle.url(), "sk_test_billd");
 
     billd_server::pipeline::erase_stripe_customer(
         &stripe,

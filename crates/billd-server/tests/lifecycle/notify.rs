@@ -16,13 +16,13 @@ use billd_server::pipeline::EmailDelivery;
 use billd_server::pipeline::{OutboxConfig, OutboxWorker};
 use billd_server::{Backoff, Running, SystemClock, Workers};
 use billd_store::{BillingStore, OutboxFilter, OutboxStatus, SqliteStore, Store};
-use billd_stripe::client::{ClientConfig, StripeClient};
+use billd_stripe::client::StripeClient;
 use secrecy::SecretString;
 use serde_json::Value;
 use stripe_sim::{SimConfig, SimHandle};
 
 use crate::mail::{assert_each_key_once, free_port, part, subject, SmtpSink, ACCOUNT_URL};
-use crate::support::{server_config, APP_KEY};
+use crate::support::{server_config, RequestCheck, APP_KEY};
 
 fn notifier(smtp_port: u16) -> Notifier {
     let backend = format!("smtp://127.0.0.1:{smtp_port}?tls=none")
@@ -68,6 +68,8 @@ struct World {
     base: String,
     store: Arc<SqliteStore>,
     stripe: StripeClient,
+    /// billd's Stripe requests, checked when the world is dropped.
+    _requests: RequestCheck,
     price: String,
     _db: tempfile::TempDir,
 }
@@ -111,11 +113,8 @@ async fn start_world(smtp_port: u16, poll: Duration) -> World {
     .unwrap();
     store.migrate().await.unwrap();
     let store = Arc::new(store);
-    let stripe = StripeClient::new(ClientConfig::new(
-        sim.url(),
-        SecretString::from("sk_test_n"),
-    ))
-    .unwrap();
+    let requests = RequestCheck::new();
+    let stripe = requests.client(sim.url(), "sk_test_n");
     let outbox = outbox_config(poll);
     let delivery = EmailDelivery::new(notifier(smtp_port), store.clone(), outbox.max_attempts);
     let config = server_config(secret);
@@ -146,6 +145,7 @@ async fn start_world(smtp_port: u16, poll: Duration) -> World {
         base,
         store,
         stripe,
+        _requests: requests,
         price,
         _db: db,
     }

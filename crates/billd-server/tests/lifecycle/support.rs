@@ -3,7 +3,7 @@
 //! points at billd, billd's Stripe client at the sim. Customers live on sim
 //! test clocks; billd's billing clock is moved with them.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use billd_core::Catalog;
@@ -17,7 +17,7 @@ use billd_server::{
     WorkerConfig, Workers,
 };
 use billd_store::{PgStore, SqliteStore, Store};
-use billd_stripe::client::{ClientConfig, StripeClient};
+use billd_stripe::client::{ClientConfig, RecordedRequest, Recorder, StripeClient};
 use secrecy::SecretString;
 use serde_json::Value;
 use stripe_sim::{SimConfig, SimHandle, WebhookKnobs};
@@ -93,6 +93,80 @@ pub fn server_config(secret: String) -> ServerConfig {
     }
 }
 
+/// billd's requests to Stripe, recorded by its client and checked against
+/// Stripe's published definitions (`stripe_sim::defs::check_request`):
+/// stripe-sim accepting a request proves only that the emulator does, so a
+/// wrong name, type, enumeration value or endpoint must fail here even where
+/// the emulator lets it through. Checked by [`RequestCheck::check`] and, as a
+/// backstop, when dropped (unless the test is already failing).
+#[derive(Default)]
+pub struct RequestCheck {
+    log: Arc<Mutex<Vec<RecordedRequest>>>,
+}
+
+impl RequestCheck {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A hook for [`ClientConfig::recorder`] that appends to this log.
+    pub fn recorder(&self) -> Recorder {
+        let log = self.log.clone();
+        Recorder::new(move |r| log.lock().unwrap().push(r.clone()))
+    }
+
+    /// A client for `api_base` (a stripe-sim) that records into this log.
+    pub fn client(&self, api_base: impl Into<String>, key: &str) -> StripeClient {
+        let mut config = ClientConfig::new(api_base, SecretString::from(key.to_owned()));
+        config.recorder = Some(self.recorder());
+        StripeClient::new(config).unwrap()
+    }
+
+    /// Checks every request recorded since the last check; panics naming
+    /// each request Stripe's definitions refuse, and what is wrong with it.
+    pub fn check(&self) {
+        let requests = std::mem::take(&mut *self.log.lock().unwrap());
+        let mut endpoints = std::collections::BTreeSet::new();
+        let mut bad = Vec::new();
+        for r in &requests {
+            endpoints.extend(stripe_sim::defs::endpoint_key(&r.method, &r.path));
+            let problems = stripe_sim::defs::check_request(&r.method, &r.path, &r.params);
+            if !problems.is_empty() {
+                let form: Vec<String> = r.params.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                bad.push(format!(
+                    "{} {} [{}]: {}",
+                    r.method,
+                    r.path,
+                    form.join("&"),
+                    problems.join("; ")
+                ));
+            }
+        }
+        // Seen with `--no-capture`: what the check covered.
+        eprintln!(
+            "stripe requests checked: {} over {} endpoints: {}",
+            requests.len(),
+            endpoints.len(),
+            endpoints.into_iter().collect::<Vec<_>>().join(", ")
+        );
+        assert!(
+            bad.is_empty(),
+            "billd sent {} Stripe request(s) that Stripe's definitions refuse:\n{}",
+            bad.len(),
+            bad.join("\n")
+        );
+    }
+}
+
+impl Drop for RequestCheck {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.check();
+        }
+    }
+}
+
 pub struct Harness {
     pub sim: stripe_sim::Sim,
     pub base: String,
@@ -105,6 +179,8 @@ pub struct Harness {
     pub standard_price: String,
     /// billd's Stripe client (pointed at the sim).
     pub stripe_client: StripeClient,
+    /// Every request `stripe_client` sends, checked at [`Harness::shutdown`].
+    pub requests: RequestCheck,
     running: Option<Running>,
     sim_handle: Option<SimHandle>,
     outbox: Option<tokio::task::JoinHandle<()>>,
@@ -221,6 +297,8 @@ impl Harness {
         let mut stripe_config =
             ClientConfig::new(sim_handle.url(), SecretString::from("sk_test_billd"));
         stripe_config.initial_backoff = Duration::from_millis(20);
+        let requests = RequestCheck::new();
+        stripe_config.recorder = Some(requests.recorder());
         let stripe = StripeClient::new(stripe_config).unwrap();
         let catalog = Arc::new(catalog);
         let registry = LifecycleHandler::new(
@@ -282,6 +360,7 @@ impl Harness {
             pro_price,
             standard_price,
             stripe_client: stripe,
+            requests,
             running: Some(running),
             sim_handle: Some(sim_handle),
             outbox: Some(outbox),
@@ -432,6 +511,8 @@ impl Harness {
         if let Some(sim) = self.sim_handle.take() {
             sim.shutdown().await;
         }
+        // After the workers stop: nothing billd sends goes unchecked.
+        self.requests.check();
     }
 }
 

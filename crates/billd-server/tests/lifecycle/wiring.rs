@@ -11,13 +11,12 @@ use billd_server::jobs::AlertConfig;
 use billd_server::pipeline::{LogDelivery, OutboxConfig};
 use billd_server::{SystemClock, Workers};
 use billd_store::Store;
-use billd_stripe::client::{ClientConfig, StripeClient};
 use secrecy::SecretString;
 use serde_json::Value;
 use stripe_sim::SimConfig;
 
 use crate::on_both_databases;
-use crate::support::{open_store, server_config, Db, APP_KEY};
+use crate::support::{open_store, server_config, Db, RequestCheck, APP_KEY};
 
 async fn start_billing_serves_the_api_and_applies_webhooks(db: Db) {
     let sim = stripe_sim::serve(
@@ -55,15 +54,10 @@ async fn start_billing_serves_the_api_and_applies_webhooks(db: Db) {
     let (store, _dir) = open_store(db).await;
     let store: Arc<dyn Store> = store;
     let config = server_config(secret);
+    let requests = RequestCheck::new();
     let billing = BillingConfig {
         catalog: Arc::new(Catalog::seed()),
-        stripe: Some(
-            StripeClient::new(ClientConfig::new(
-                sim.url(),
-                SecretString::from("sk_test_wiring"),
-            ))
-            .unwrap(),
-        ),
+        stripe: Some(requests.client(sim.url(), "sk_test_wiring")),
         api_keys: ApiKeys::new(vec![SecretString::from(APP_KEY)], vec![]),
         outbox: OutboxConfig::default(),
         api: ApiConfig::default(),

@@ -234,6 +234,241 @@ fn named(lits: Vec<&'static str>) -> Vec<&'static str> {
     lits.into_iter().filter(|l| !l.is_empty()).collect()
 }
 
+/// What is wrong with one request, as [`check_request`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// No endpoint of the table has this method and path.
+    UnknownEndpoint,
+    /// The endpoint has no parameter of this name (bracketed spelling).
+    UnknownParam(String),
+    /// The value is not of the parameter's type (`integer`, `boolean`, an
+    /// object, a list...).
+    WrongType {
+        /// The parameter, e.g. `items[0][quantity]`.
+        param: String,
+        /// The value as sent (`<object>` or `<list>` for a nested one).
+        value: String,
+        /// What the definitions want there.
+        expected: String,
+    },
+    /// The value is not one of the parameter's enumeration.
+    NotInEnum {
+        /// The parameter, e.g. `proration_behavior`.
+        param: String,
+        /// The value as sent.
+        value: String,
+        /// The values the definitions accept.
+        allowed: Vec<&'static str>,
+    },
+    /// A required parameter is absent (at the top level, or inside an
+    /// object parameter that is sent).
+    MissingRequired(String),
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::UnknownEndpoint => f.write_str("no such endpoint in Stripe's definitions"),
+            Problem::UnknownParam(p) => write!(f, "{p}: unknown parameter"),
+            Problem::WrongType {
+                param,
+                value,
+                expected,
+            } => write!(f, "{param}={value}: not {expected}"),
+            Problem::NotInEnum {
+                param,
+                value,
+                allowed,
+            } => write!(f, "{param}={value}: not one of {}", allowed.join(", ")),
+            Problem::MissingRequired(p) => write!(f, "{p}: required, missing"),
+        }
+    }
+}
+
+/// The table's key (`POST /v1/subscriptions/{}`) of the endpoint `method`
+/// `path` calls, or `None` when the table has no such endpoint.
+pub fn endpoint_key(method: &str, path: &str) -> Option<&'static str> {
+    let rest = path
+        .split_once('?')
+        .map_or(path, |(p, _)| p)
+        .strip_prefix("/v1/")?;
+    let rest: Vec<&str> = rest.split('/').collect();
+    let def = endpoint(method, &rest)?;
+    table()["endpoints"]
+        .as_object()?
+        .iter()
+        .find(|(_, d)| std::ptr::eq(*d, def))
+        .map(|(k, _)| k.as_str())
+}
+
+/// Everything Stripe's definitions find wrong with a request: the endpoint
+/// (method and path template), and each parameter's name, nesting, type
+/// (number, boolean, string, object, list), enumeration and presence when
+/// required. `params` are form pairs in Stripe's bracketed spelling; a query
+/// string on `path` counts too. Empty when the request is well-formed.
+///
+/// Unlike the emulator's refusals (the first problem, as Stripe answers),
+/// this lists every problem, and it is pure: billd's test suites run it over
+/// every request billd's client sent.
+pub fn check_request(method: &str, path: &str, params: &[(String, String)]) -> Vec<Problem> {
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    let rest: Vec<&str> = match path.strip_prefix("/v1/") {
+        Some(r) => r.split('/').collect(),
+        None => return vec![Problem::UnknownEndpoint],
+    };
+    let Some(def) = endpoint(method, &rest) else {
+        return vec![Problem::UnknownEndpoint];
+    };
+    let mut pairs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
+    pairs.extend_from_slice(params);
+    let tree = crate::form::parse(&serde_urlencoded::to_string(&pairs).unwrap_or_default());
+    let mut out = Vec::new();
+    fits(def, &tree, "", &mut out);
+    out
+}
+
+fn bracket(path: &str, k: &str) -> String {
+    if path.is_empty() {
+        k.to_string()
+    } else {
+        format!("{path}[{k}]")
+    }
+}
+
+fn shown(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Array(_) => "<list>".into(),
+        Value::Object(_) => "<object>".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Pushes onto `out` what keeps form value `v` (every leaf a string) at
+/// `path` from fitting type node `def`.
+fn fits(def: &'static Value, v: &Value, path: &str, out: &mut Vec<Problem>) {
+    let wrong = |expected: &str| Problem::WrongType {
+        param: path.to_string(),
+        value: shown(v),
+        expected: expected.to_string(),
+    };
+    match def {
+        Value::String(t) => {
+            let s = v.as_str();
+            let ok = match t.as_str() {
+                "any" => true,
+                "s" => s.is_some(),
+                // Form numbers are decimal strings; Stripe's "unset" is an
+                // empty string, which the SDK spells as a `""` alternative.
+                "n" => s.is_some_and(|s| s.parse::<f64>().is_ok_and(f64::is_finite)),
+                "b" => s.is_some_and(|s| s == "true" || s == "false"),
+                "true" | "false" => s == Some(t.as_str()),
+                _ => false,
+            };
+            if !ok {
+                let expected = match t.as_str() {
+                    "s" => "a string",
+                    "n" => "a number",
+                    "b" => "a boolean",
+                    "true" => "true",
+                    "false" => "false",
+                    _ => "sendable",
+                };
+                out.push(wrong(expected));
+            }
+        }
+        Value::Object(d) => {
+            if let Some(e) = d.get("e") {
+                let lits = literals(e);
+                match v.as_str() {
+                    Some(s) if lits.contains(&s) => {}
+                    Some(s) => out.push(Problem::NotInEnum {
+                        param: path.to_string(),
+                        value: s.to_string(),
+                        allowed: named(lits),
+                    }),
+                    None => out.push(wrong("a string")),
+                }
+            } else if let Some(alts) = d.get("u").and_then(Value::as_array) {
+                union_fits(alts, v, path, out);
+            } else if let Some(fields) = d.get("o").and_then(Value::as_object) {
+                let Value::Object(m) = v else {
+                    out.push(wrong("an object"));
+                    return;
+                };
+                for (k, sub) in m {
+                    let here = bracket(path, k);
+                    match fields.get(k) {
+                        Some(f) => fits(&f[1], sub, &here, out),
+                        None => out.push(Problem::UnknownParam(here)),
+                    }
+                }
+                for (k, f) in fields {
+                    if f[0] == 0 && !m.contains_key(k) {
+                        out.push(Problem::MissingRequired(bracket(path, k)));
+                    }
+                }
+            } else if let Some(item) = d.get("a") {
+                let Value::Array(items) = v else {
+                    out.push(wrong("a list"));
+                    return;
+                };
+                for (i, x) in items.iter().enumerate() {
+                    fits(item, x, &bracket(path, &i.to_string()), out);
+                }
+            } else if let Some(item) = d.get("m") {
+                let Value::Object(m) = v else {
+                    out.push(wrong("a map"));
+                    return;
+                };
+                for (k, x) in m {
+                    fits(item, x, &bracket(path, k), out);
+                }
+            } else {
+                // Lists, search results and resources are never parameters.
+                out.push(wrong("sendable"));
+            }
+        }
+        _ => out.push(wrong("sendable")),
+    }
+}
+
+/// A union fits when one alternative does. The SDK writes enumerations open
+/// (`'a' | 'b' | string`); the API takes only the literals (see
+/// [`invalid_enum`]), so the bare string alternative is dropped there. When
+/// none fits, the problems of the alternative closest to fitting stand, and
+/// a string outside every literal alternative is one enumeration problem.
+fn union_fits(alts: &'static [Value], v: &Value, path: &str, out: &mut Vec<Problem>) {
+    let is_open_enum =
+        alts.iter().any(|a| a == "s") && alts.iter().any(|a| !named(literals(&a["e"])).is_empty());
+    let alts: Vec<&'static Value> = alts
+        .iter()
+        .filter(|a| !(is_open_enum && *a == "s"))
+        .collect();
+    let mut best: Option<Vec<Problem>> = None;
+    for a in &alts {
+        let mut mine = Vec::new();
+        fits(a, v, path, &mut mine);
+        if mine.is_empty() {
+            return;
+        }
+        if best.as_ref().is_none_or(|b| mine.len() < b.len()) {
+            best = Some(mine);
+        }
+    }
+    let enum_alts: Vec<&'static str> = alts.iter().flat_map(|a| named(literals(&a["e"]))).collect();
+    match v.as_str() {
+        Some(s) if !enum_alts.is_empty() && !alts.iter().any(|a| a.is_string()) => {
+            out.push(Problem::NotInEnum {
+                param: path.to_string(),
+                value: s.to_string(),
+                allowed: enum_alts,
+            });
+        }
+        _ => out.extend(best.unwrap_or_default()),
+    }
+}
+
 /// Removes the includable properties (`invoice.payments`, `charge.refunds`,
 /// `price.currency_options`...) that `expand` (paths from `value`'s root)
 /// does not name: Stripe sends them only when asked, and never in webhooks
@@ -634,6 +869,108 @@ mod tests {
         assert!(endpoint("GET", &["customers", "search"]).unwrap()["o"]
             .get("query")
             .is_some());
+    }
+
+    fn pairs(form: &[(&str, &str)]) -> Vec<(String, String)> {
+        form.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn a_well_formed_request_has_no_problems() {
+        let ok = pairs(&[
+            ("customer", "cus_1"),
+            ("items[0][price]", "price_1"),
+            ("items[0][quantity]", "2"),
+            ("proration_behavior", "create_prorations"),
+            ("metadata[billd_customer_id]", "u1"),
+            ("expand[]", "latest_invoice.payments"),
+            ("off_session", "true"),
+        ]);
+        assert_eq!(check_request("POST", "/v1/subscriptions", &ok), vec![]);
+        assert_eq!(
+            check_request("GET", "/v1/customers?limit=100&email=a@b.example", &[]),
+            vec![]
+        );
+        assert_eq!(
+            endpoint_key("GET", "/v1/customers/search"),
+            Some("GET /v1/customers/search")
+        );
+        assert_eq!(
+            endpoint_key("POST", "/v1/subscriptions/sub_1"),
+            Some("POST /v1/subscriptions/{}")
+        );
+    }
+
+    #[test]
+    fn bad_requests_are_named_problem_by_problem() {
+        let schedule = pairs(&[
+            ("phases[0][items][0][price]", "price_1"),
+            ("phases[0][end_date]", "1775813400"),
+            ("phases[1][items][0][price]", "price_2"),
+            ("phases[1][iterations]", "1"),
+            ("end_behavior", "release"),
+        ]);
+        assert_eq!(
+            check_request("POST", "/v1/subscription_schedules/sub_sched_1", &schedule),
+            vec![Problem::UnknownParam("phases[1][iterations]".into())]
+        );
+
+        let bad = pairs(&[
+            ("items[0][price]", "price_1"),
+            ("items[0][quantity]", "two"),
+            ("proration_behavior", "sometimes"),
+            ("cancel_at_period_end", "yes"),
+            ("items[0][price_data][currency]", "eur"),
+        ]);
+        let got = check_request("POST", "/v1/subscriptions/sub_1", &bad);
+        let shown: Vec<String> = got.iter().map(ToString::to_string).collect();
+        assert!(
+            shown.contains(&"items[0][quantity]=two: not a number".to_string()),
+            "{shown:?}"
+        );
+        assert!(
+            shown.contains(&"cancel_at_period_end=yes: not a boolean".to_string()),
+            "{shown:?}"
+        );
+        assert!(
+            got.iter()
+                .any(|p| matches!(p, Problem::NotInEnum { param, value, allowed }
+                if param == "proration_behavior" && value == "sometimes"
+                    && allowed.contains(&"none"))),
+            "{shown:?}"
+        );
+        // `price_data` is sent, so what it requires must be too.
+        assert!(
+            shown.contains(&"items[0][price_data][product]: required, missing".to_string()),
+            "{shown:?}"
+        );
+
+        // A search without its query; a nested value where a string goes.
+        assert_eq!(
+            check_request("GET", "/v1/customers/search", &pairs(&[("limit", "10")])),
+            vec![Problem::MissingRequired("query".into())]
+        );
+        let got = check_request(
+            "POST",
+            "/v1/subscriptions",
+            &pairs(&[("items[0][price]", "p"), ("description[x]", "y")]),
+        );
+        assert!(
+            got.iter()
+                .any(|p| matches!(p, Problem::WrongType { param, .. } if param == "description")),
+            "{got:?}"
+        );
+
+        assert_eq!(
+            check_request("POST", "/v1/subscriptions/sub_1/frobnicate", &[]),
+            vec![Problem::UnknownEndpoint]
+        );
+        assert_eq!(
+            check_request("PATCH", "/v1/subscriptions/sub_1", &[]),
+            vec![Problem::UnknownEndpoint]
+        );
     }
 
     #[test]
