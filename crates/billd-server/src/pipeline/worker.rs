@@ -79,11 +79,37 @@ pub enum FailureClass {
 /// `ParseError`, billd-core's `IdError`, JSON) are permanent, everything
 /// else (store, Stripe, anything unforeseen) is transient, so an error
 /// nobody classified is retried rather than dropped.
-#[derive(Debug, thiserror::Error)]
-#[error("{source:#}")]
+#[derive(Debug)]
 pub struct HandlerError {
     class: FailureClass,
     source: anyhow::Error,
+}
+
+/// The chain of causes, outermost first, joined by `: ` (what `last_error`
+/// keeps), leaving out a cause whose text its wrapper already ends with
+/// (billd-stripe's `ParseError::InvalidId` prints its `IdError` itself).
+impl std::fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut previous = String::new();
+        for (index, cause) in self.source.chain().enumerate() {
+            let text = cause.to_string();
+            if index > 0 {
+                if previous.ends_with(&text) {
+                    continue;
+                }
+                f.write_str(": ")?;
+            }
+            f.write_str(&text)?;
+            previous = text;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for HandlerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.source.as_ref())
+    }
 }
 
 impl HandlerError {
@@ -511,6 +537,22 @@ mod tests {
             FailureClass::Transient
         );
         assert_eq!(class(anyhow::anyhow!("who knows")), FailureClass::Transient);
+    }
+
+    #[test]
+    fn the_message_names_each_cause_once() {
+        use anyhow::Context as _;
+        let id_error = billd_core::StripeSubscriptionId::parse("nope").unwrap_err();
+        let parse = billd_stripe::events::ParseError::InvalidId {
+            field: "subscription",
+            source: id_error.clone(),
+        };
+        let error = HandlerError::from(Err::<(), _>(parse).context("stored event").unwrap_err());
+
+        assert_eq!(
+            error.to_string(),
+            format!("stored event: invalid id in subscription: {id_error}")
+        );
     }
 
     #[test]
