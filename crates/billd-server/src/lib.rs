@@ -35,8 +35,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::http::{ApiError, AppState, WebhookConfig};
 pub use crate::pipeline::{
-    Backoff, Clock, EventHandler, HandlerError, HandlerOutcome, HandlerRegistry, InboxWorker,
-    IngestConfig, Ingestor, ManualClock, SystemClock, WorkerConfig,
+    Backoff, Clock, DeadReason, EventHandler, FailureClass, HandlerError, HandlerOutcome,
+    HandlerRegistry, InboxWorker, IngestConfig, Ingestor, ManualClock, SystemClock, WorkerConfig,
 };
 pub use crate::telemetry::Metrics;
 

@@ -1,6 +1,8 @@
 //! The ordering invariant, as a property: any permutation of an event
 //! history, with duplicates, reaches the same final state (and the same
-//! entitlements) as in-order, once-only delivery.
+//! entitlements) as in-order, once-only delivery; and so does the same
+//! delivery through the inbox worker's failure handling (failed attempts
+//! rolled back, retries overtaken by later events, dead events replayed).
 
 use std::collections::BTreeMap;
 
@@ -451,6 +453,87 @@ fn history_and_delivery() -> impl Strategy<Value = (Vec<Event>, Vec<Event>)> {
     })
 }
 
+/// What the inbox worker does with one delivered event on its way to being
+/// applied: it fails transiently some number of times (each failure rolls
+/// its transaction back, so the state is untouched, and its retry comes
+/// `delay` deliveries later, since a retrying event no longer holds its
+/// customer's later events back), or it is dead at once (a permanent
+/// failure) and an operator replays it after everything else.
+#[derive(Debug, Clone)]
+enum Fate {
+    Applies,
+    Retries { failures: u8, delay: u8 },
+    DeadThenReplayed,
+}
+
+fn fate() -> impl Strategy<Value = Fate> {
+    prop_oneof![
+        6 => Just(Fate::Applies),
+        3 => (1..4u8, 0..8u8).prop_map(|(failures, delay)| Fate::Retries { failures, delay }),
+        1 => Just(Fate::DeadThenReplayed),
+    ]
+}
+
+/// A delivery (as [`history_and_delivery`]) and a fate for each delivered
+/// event.
+fn history_delivery_and_fates() -> impl Strategy<Value = (Vec<Event>, Vec<Event>, Vec<Fate>)> {
+    history_and_delivery().prop_flat_map(|(in_order, delivery)| {
+        let n = delivery.len();
+        (
+            Just(in_order),
+            Just(delivery),
+            prop::collection::vec(fate(), n),
+        )
+    })
+}
+
+/// Runs `delivery` through the worker's failure handling as [`Fate`]s say:
+/// every attempt that fails is computed and thrown away (the rolled-back
+/// transaction), retries are requeued later, dead events are replayed last.
+/// Returns the final state, the order events were applied in, and how many
+/// attempts failed.
+fn deliver_with_failures<'a>(
+    catalog: &Catalog,
+    delivery: &'a [Event],
+    fates: &[Fate],
+) -> (CustomerState, Vec<&'a Event>, usize) {
+    // (event, failures left, delay) in the order the worker takes them.
+    let mut queue: std::collections::VecDeque<(&Event, u8, usize)> = delivery
+        .iter()
+        .zip(fates)
+        .filter_map(|(e, fate)| match fate {
+            Fate::Applies => Some((e, 0, 0)),
+            Fate::Retries { failures, delay } => Some((e, *failures, usize::from(*delay))),
+            Fate::DeadThenReplayed => None,
+        })
+        .collect();
+    let dead: Vec<&Event> = delivery
+        .iter()
+        .zip(fates)
+        .filter(|(_, fate)| matches!(fate, Fate::DeadThenReplayed))
+        .map(|(e, _)| e)
+        .collect();
+    let mut state = CustomerState::default();
+    let mut applied = Vec::with_capacity(delivery.len());
+    let mut failed = dead.len();
+    while let Some((e, failures, delay)) = queue.pop_front() {
+        let decision = apply(&state, e, catalog, e.created);
+        if failures == 0 {
+            state = decision.state;
+            applied.push(e);
+        } else {
+            failed += 1;
+            let at = delay.min(queue.len());
+            queue.insert(at, (e, failures - 1, delay));
+        }
+    }
+    for e in dead {
+        state = apply(&state, e, catalog, e.created).state;
+        applied.push(e);
+    }
+    (state, applied, failed)
+}
+
 /// The paths where two states differ, to keep failures readable.
 fn json_diff(actual: &CustomerState, expected: &CustomerState) -> String {
     fn walk(path: &str, a: &serde_json::Value, b: &serde_json::Value, out: &mut Vec<String>) {
@@ -513,6 +596,58 @@ proptest! {
             }
         }
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    #[test]
+    fn deliveries_with_retries_overtaken_and_dead_events_replayed_converge_to_in_order_delivery(
+        (in_order, delivery, fates) in history_delivery_and_fates()
+    ) {
+        let catalog = Catalog::seed();
+        let expected = deliver(&catalog, &in_order);
+        let (actual, _, _) = deliver_with_failures(&catalog, &delivery, &fates);
+        prop_assert!(actual == expected, "state differs: {}", json_diff(&actual, &expected));
+        let now = in_order.iter().map(|e| e.created).max().unwrap_or(T0) + 2 * DAY;
+        let key = usage_key(&expected, &catalog, &feature("generations"), now).unwrap();
+        let usage = Usage::new().with(key, 12);
+        prop_assert_eq!(
+            entitlements(&actual, &catalog, &usage, now),
+            entitlements(&expected, &catalog, &usage, now)
+        );
+    }
+}
+
+#[test]
+fn a_retried_event_is_overtaken_and_a_dead_one_replayed_last() {
+    // Guards the failure model: a retry really moves an event behind later
+    // ones, and a dead event really comes after everything else.
+    let catalog = Catalog::seed();
+    let steps = vec![
+        Step::Status(SubscriptionStatus::Active),
+        Step::Status(SubscriptionStatus::PastDue),
+    ];
+    // Created, then updated twice.
+    let events = history(&steps);
+    assert_eq!(events.len(), 3, "{events:?}");
+    let mut fates = vec![Fate::Applies; events.len()];
+    fates[0] = Fate::Retries {
+        failures: 2,
+        delay: 1,
+    };
+    fates[1] = Fate::DeadThenReplayed;
+
+    let (state, applied, failed) = deliver_with_failures(&catalog, &events, &fates);
+
+    assert_eq!(failed, 3, "two failed attempts and one dead event");
+    let ids: Vec<&str> = applied.iter().map(|e| e.id.as_str()).collect();
+    // The third overtakes the retrying first, whose second failure leaves
+    // it next in line; the dead second is replayed last.
+    let want = [&events[2], &events[0], &events[1]].map(|e| e.id.as_str());
+    assert_eq!(ids, want);
+    let expected = deliver(&catalog, &events);
+    assert!(state == expected, "{}", json_diff(&state, &expected));
 }
 
 #[test]

@@ -28,7 +28,9 @@ use serde_json::Value;
 
 use crate::pipeline::clock::Clock;
 use crate::pipeline::outbox::{outbox_items, AlertChannels};
-use crate::pipeline::worker::{EventHandler, HandlerError, HandlerOutcome, HandlerRegistry};
+use crate::pipeline::worker::{
+    DeadReason, EventHandler, HandlerError, HandlerOutcome, HandlerRegistry,
+};
 use crate::telemetry::observe;
 use crate::telemetry::Metrics;
 
@@ -271,7 +273,7 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
         stored: &StoredEvent,
         event: &Event,
         customer: &CustomerId,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), HandlerError> {
         let links = object_links(event);
         for _ in 0..VERSION_RETRIES {
             let now = self.clock.now();
@@ -289,7 +291,10 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
                 decision.state = erase_personal_data(&decision.state);
                 decision.effects.clear();
             }
-            let outbox = outbox_items(&decision.effects, self.alert_channels)?;
+            // An effect that cannot be written as an outbox row is a bug in
+            // what `apply` decided, not something a retry changes.
+            let outbox = outbox_items(&decision.effects, self.alert_channels)
+                .map_err(|e| HandlerError::permanent(DeadReason::InvariantViolated, e))?;
             let observed = observe(&state, &decision.state);
             let commit = CustomerCommit {
                 customer_id: customer.clone(),
@@ -333,7 +338,9 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
                 Err(e) => return Err(e.into()),
             }
         }
-        anyhow::bail!("customer {customer} kept changing during {VERSION_RETRIES} attempts")
+        Err(HandlerError::transient(anyhow::anyhow!(
+            "customer {customer} kept changing during {VERSION_RETRIES} attempts"
+        )))
     }
 }
 
@@ -392,13 +399,16 @@ pub fn parse_stored(stored: &StoredEvent) -> anyhow::Result<Option<Event>> {
     match parse_event(&stored.payload) {
         Ok(ParsedEvent::Handled { event, .. }) => Ok(Some(*event)),
         Ok(ParsedEvent::Unhandled { .. }) => Ok(None),
-        Err(e) => Err(anyhow::anyhow!("{}: {e}", e.code())),
+        // Kept as its type: the worker's classification reads it.
+        Err(e) => Err(e.into()),
     }
 }
 
 #[async_trait]
 impl<S: BillingBackend + ?Sized> EventHandler for LifecycleHandler<S> {
     async fn handle(&self, stored: &StoredEvent) -> Result<HandlerOutcome, HandlerError> {
+        // A payload that does not parse never will: `HandlerError` makes it
+        // permanent, so the event is dead at once with its reason.
         let Some(event) = parse_stored(stored)? else {
             return Ok(HandlerOutcome::Skipped);
         };

@@ -34,6 +34,6 @@ pub use outbox::{
 pub(crate) use stripe_customer::{ensure_stripe_customer, linked_stripe_customer, StripeCustomer};
 pub use stripe_customer::{erase_stripe_customer, StripeCustomerError};
 pub use worker::{
-    Backoff, EventHandler, HandlerError, HandlerOutcome, HandlerRegistry, InboxWorker, RoundReport,
-    WorkerConfig,
+    Backoff, DeadReason, EventHandler, FailureClass, HandlerError, HandlerOutcome, HandlerRegistry,
+    InboxWorker, RoundReport, WorkerConfig,
 };

@@ -1,6 +1,7 @@
 //! The inbox worker: claims due events, dispatches each by type to a
 //! handler, and records the outcome. Failures retry with exponential backoff
-//! and jitter; after `max_attempts` an event is `dead`. Events left
+//! and jitter; after `max_attempts` an event is `dead`, and one that cannot
+//! succeed however often it is tried (see [`HandlerError`]) is `dead` at once. Events left
 //! `processing` by a crashed process come back when their lease ends (the
 //! store's `claim_events` reclaims them).
 
@@ -33,15 +34,159 @@ pub enum HandlerOutcome {
     Committed,
 }
 
-/// A processing failure; the event is retried.
-#[derive(Debug, thiserror::Error)]
-#[error("{0:#}")]
-pub struct HandlerError(#[from] pub anyhow::Error);
+/// Why an event is `dead`: a stable snake_case code, the prefix of the
+/// event's `last_error` and the label of `billd_events_dead_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeadReason {
+    /// The payload is not JSON, or a field has the wrong JSON type.
+    PayloadInvalid,
+    /// An id field does not parse as its kind of id.
+    IdInvalid,
+    /// A required field is missing, or a value billd does not know (a new
+    /// status, say): the event's shape is not one billd understands.
+    ShapeUnknown,
+    /// Applying the event would break an invariant billd keeps.
+    InvariantViolated,
+    /// A transient failure outlasted every attempt.
+    AttemptsExhausted,
+}
+
+impl DeadReason {
+    /// The stable code.
+    pub fn code(self) -> &'static str {
+        match self {
+            DeadReason::PayloadInvalid => "payload_invalid",
+            DeadReason::IdInvalid => "id_invalid",
+            DeadReason::ShapeUnknown => "shape_unknown",
+            DeadReason::InvariantViolated => "invariant_violated",
+            DeadReason::AttemptsExhausted => "attempts_exhausted",
+        }
+    }
+}
+
+/// Whether retrying can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// The same input fails the same way every time: the event is `dead`
+    /// at once, for an operator to replay after a fix.
+    Permanent(DeadReason),
+    /// The store or Stripe could not answer now: retried with backoff.
+    Transient,
+}
+
+/// A processing failure and its class. The class is decided here, from the
+/// error's type, and nowhere else: parse errors (billd-stripe's
+/// `ParseError`, billd-core's `IdError`, JSON) are permanent, everything
+/// else (store, Stripe, anything unforeseen) is transient, so an error
+/// nobody classified is retried rather than dropped.
+#[derive(Debug)]
+pub struct HandlerError {
+    class: FailureClass,
+    source: anyhow::Error,
+}
+
+/// The chain of causes, outermost first, joined by `: ` (what `last_error`
+/// keeps), leaving out a cause whose text its wrapper already ends with
+/// (billd-stripe's `ParseError::InvalidId` prints its `IdError` itself).
+impl std::fmt::Display for HandlerError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut previous = String::new();
+        for (index, cause) in self.source.chain().enumerate() {
+            let text = cause.to_string();
+            if index > 0 {
+                if previous.ends_with(&text) {
+                    continue;
+                }
+                f.write_str(": ")?;
+            }
+            f.write_str(&text)?;
+            previous = text;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for HandlerError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.source.as_ref())
+    }
+}
+
+impl HandlerError {
+    /// A failure that retrying may fix.
+    pub fn transient(source: impl Into<anyhow::Error>) -> Self {
+        HandlerError {
+            class: FailureClass::Transient,
+            source: source.into(),
+        }
+    }
+
+    /// A failure that retrying cannot fix.
+    pub fn permanent(reason: DeadReason, source: impl Into<anyhow::Error>) -> Self {
+        HandlerError {
+            class: FailureClass::Permanent(reason),
+            source: source.into(),
+        }
+    }
+
+    /// Whether retrying can help.
+    pub fn class(&self) -> FailureClass {
+        self.class
+    }
+}
+
+/// The classification table: the first error in the chain (outermost
+/// context first) whose type says what went wrong decides.
+impl From<anyhow::Error> for HandlerError {
+    fn from(source: anyhow::Error) -> Self {
+        let class = source
+            .chain()
+            .find_map(classify)
+            .unwrap_or(FailureClass::Transient);
+        HandlerError { class, source }
+    }
+}
+
+fn classify(error: &(dyn std::error::Error + 'static)) -> Option<FailureClass> {
+    use billd_stripe::events::ParseError;
+    if let Some(e) = error.downcast_ref::<ParseError>() {
+        return Some(FailureClass::Permanent(match e {
+            ParseError::InvalidJson(_) => DeadReason::PayloadInvalid,
+            ParseError::InvalidId { .. } => DeadReason::IdInvalid,
+            ParseError::MissingField(_) | ParseError::InvalidValue { .. } => {
+                DeadReason::ShapeUnknown
+            }
+        }));
+    }
+    if error.is::<billd_core::IdError>() {
+        return Some(FailureClass::Permanent(DeadReason::IdInvalid));
+    }
+    if error.is::<serde_json::Error>() {
+        return Some(FailureClass::Permanent(DeadReason::PayloadInvalid));
+    }
+    if error.is::<billd_store::StoreError>() || error.is::<billd_stripe::client::StripeError>() {
+        return Some(FailureClass::Transient);
+    }
+    None
+}
+
+impl From<billd_store::StoreError> for HandlerError {
+    fn from(source: billd_store::StoreError) -> Self {
+        HandlerError::transient(source)
+    }
+}
+
+impl From<billd_stripe::events::ParseError> for HandlerError {
+    fn from(source: billd_stripe::events::ParseError) -> Self {
+        anyhow::Error::new(source).into()
+    }
+}
 
 /// Applies one type (or several types) of Stripe event.
 #[async_trait]
 pub trait EventHandler: Send + Sync + 'static {
-    /// Handles one claimed event. An `Err` is retried with backoff.
+    /// Handles one claimed event. A transient `Err` is retried with
+    /// backoff; a permanent one makes the event `dead` at once.
     async fn handle(&self, event: &StoredEvent) -> Result<HandlerOutcome, HandlerError>;
 }
 
@@ -297,10 +442,18 @@ impl InboxWorker {
             Ok(HandlerOutcome::Processed) => EventResult::Processed,
             Ok(HandlerOutcome::Skipped) => EventResult::Skipped,
             Ok(HandlerOutcome::Unlinked) => EventResult::Unlinked,
-            Err(e) if event.attempts >= self.config.max_attempts => {
-                tracing::error!(error = %e, "event is dead after its last attempt");
+            Err(e)
+                if matches!(e.class(), FailureClass::Permanent(_))
+                    || event.attempts >= self.config.max_attempts =>
+            {
+                let reason = match e.class() {
+                    FailureClass::Permanent(reason) => reason,
+                    FailureClass::Transient => DeadReason::AttemptsExhausted,
+                };
+                tracing::error!(error = %e, reason = reason.code(), "event is dead");
+                self.metrics.events_dead.inc(reason.code());
                 EventResult::Dead {
-                    error: e.to_string(),
+                    error: format!("{}: {e}", reason.code()),
                 }
             }
             Err(e) => {
@@ -341,6 +494,65 @@ mod tests {
         let delays: Vec<i64> = (1..=6).map(|a| backoff.delay_secs(a)).collect();
         assert_eq!(delays, vec![10, 20, 40, 80, 100, 100]);
         assert_eq!(backoff.delay_secs(1000), 100);
+    }
+
+    #[test]
+    fn parse_errors_are_permanent_with_their_reason_and_the_rest_is_transient() {
+        use anyhow::Context as _;
+        use billd_stripe::events::ParseError;
+        let class = |e: anyhow::Error| HandlerError::from(e).class();
+        let id_error = billd_core::EventId::parse("nope").unwrap_err();
+        let permanent = |reason| FailureClass::Permanent(reason);
+
+        assert_eq!(
+            class(ParseError::InvalidJson("eof".into()).into()),
+            permanent(DeadReason::PayloadInvalid)
+        );
+        assert_eq!(
+            class(ParseError::MissingField("data.object").into()),
+            permanent(DeadReason::ShapeUnknown)
+        );
+        assert_eq!(
+            class(
+                ParseError::InvalidValue {
+                    field: "status",
+                    value: "new".into()
+                }
+                .into()
+            ),
+            permanent(DeadReason::ShapeUnknown)
+        );
+        let wrapped = Err::<(), _>(id_error).context("re-fetch event id");
+        assert_eq!(
+            class(wrapped.unwrap_err()),
+            permanent(DeadReason::IdInvalid)
+        );
+        let json = serde_json::from_str::<serde_json::Value>("{").unwrap_err();
+        assert_eq!(class(json.into()), permanent(DeadReason::PayloadInvalid));
+        let store = billd_store::StoreError::Unavailable("down".into());
+        assert_eq!(HandlerError::from(store).class(), FailureClass::Transient);
+        let stripe = billd_stripe::client::StripeError::Unavailable("503".into());
+        assert_eq!(
+            class(anyhow::Error::new(stripe).context("fetching charge")),
+            FailureClass::Transient
+        );
+        assert_eq!(class(anyhow::anyhow!("who knows")), FailureClass::Transient);
+    }
+
+    #[test]
+    fn the_message_names_each_cause_once() {
+        use anyhow::Context as _;
+        let id_error = billd_core::StripeSubscriptionId::parse("nope").unwrap_err();
+        let parse = billd_stripe::events::ParseError::InvalidId {
+            field: "subscription",
+            source: id_error.clone(),
+        };
+        let error = HandlerError::from(Err::<(), _>(parse).context("stored event").unwrap_err());
+
+        assert_eq!(
+            error.to_string(),
+            format!("stored event: invalid id in subscription: {id_error}")
+        );
     }
 
     #[test]

@@ -94,6 +94,9 @@ pub struct Metrics {
     pub processing_attempts: AtomicU64,
     /// Processing outcomes (`processed`, `skipped`, `unlinked`, `retry`, `dead`).
     pub processing_outcomes: LabelledCounter,
+    /// Events made `dead`, by reason code (`payload_invalid`, `id_invalid`,
+    /// `shape_unknown`, `invariant_violated`, `attempts_exhausted`).
+    pub events_dead: LabelledCounter,
     /// Store errors by class (`unavailable`, `other`, ...).
     pub store_errors: LabelledCounter,
     /// Reconciliation runs that completed (dry runs not counted).
@@ -175,6 +178,13 @@ impl Metrics {
             "Inbox processing outcomes.",
             "outcome",
             &self.processing_outcomes.snapshot(),
+        );
+        labelled(
+            &mut out,
+            "billd_events_dead_total",
+            "Inbox events made dead, by reason code.",
+            "reason",
+            &self.events_dead.snapshot(),
         );
         labelled(
             &mut out,

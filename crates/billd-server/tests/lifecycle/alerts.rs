@@ -333,7 +333,9 @@ fn broken_event(id: &str, now: i64) -> NewEvent {
 }
 
 async fn five_dead_events_raise_one_alert_per_window_on_both_channels(db: Db) {
-    let w = start(db, WebhookKnobs::default(), 1, |_| {}).await;
+    // Ten attempts allowed, but a payload that is not JSON is a permanent
+    // failure: dead at its first attempt, so the alert comes at once.
+    let w = start(db, WebhookKnobs::default(), 10, |_| {}).await;
     let now = w.clock.now();
 
     let events: Vec<NewEvent> = (0..5)
@@ -348,9 +350,20 @@ async fn five_dead_events_raise_one_alert_per_window_on_both_channels(db: Db) {
             5.0,
         ),
         ("billd_dead_letters{queue=\"inbox\",kind=\"all\"}", 5.0),
+        ("billd_events_dead_total{reason=\"payload_invalid\"}", 5.0),
         ("billd_alerts_total{kind=\"events_dead\"}", 1.0),
     ])
     .await;
+    let dead = w.store.get_event("evt_broken_0").await.unwrap().unwrap();
+    assert_eq!(dead.attempts, 1);
+    assert!(
+        dead.last_error
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("payload_invalid: "),
+        "{:?}",
+        dead.last_error
+    );
     assert_eq!(
         emails[0]["rcpt_tos"],
         serde_json::json!(["ops@sitegen.example"])

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use billd_server::{
     EventHandler, HandlerError, HandlerOutcome, HandlerRegistry, InboxWorker, ManualClock, Metrics,
 };
-use billd_store::{EventStatus, StoredEvent};
+use billd_store::{EventStatus, StoreError, StoredEvent};
 
 use crate::on_both_databases;
 use crate::support::{fresh_db, server_config, stripe_event, Db, TestDb};
@@ -21,6 +21,8 @@ on_both_databases!(
     an_event_claimed_by_a_crashed_worker_is_reclaimed_after_the_lease,
     a_worker_that_outlives_its_lease_does_not_overwrite_the_reclaimers_outcome,
     a_burst_for_one_customer_drains_in_back_to_back_rounds_not_one_per_poll_interval,
+    a_malformed_event_is_dead_after_one_attempt_and_its_customers_next_event_is_applied_at_once,
+    a_transiently_failing_event_retries_while_its_customers_later_event_is_applied,
 );
 
 const T0: i64 = 1_800_000_000;
@@ -47,7 +49,7 @@ impl EventHandler for FlakyHandler {
         let left = self.failures.load(Ordering::SeqCst);
         if left > 0 {
             self.failures.store(left - 1, Ordering::SeqCst);
-            return Err(HandlerError(anyhow::anyhow!(
+            return Err(HandlerError::transient(anyhow::anyhow!(
                 "induced failure, {left} left"
             )));
         }
@@ -66,10 +68,19 @@ struct Setup {
 /// (max 3 attempts, lease 60 s, backoff 10 s doubling to 100 s) whose
 /// registry sends `invoice.paid` to `handler`.
 async fn setup<H: EventHandler + 'static>(db: Db, handler: Option<Arc<H>>) -> Setup {
-    let db = fresh_db(db).await;
     let body = stripe_event("evt_work_1", "invoice.paid", "invoice", T0 - 10);
     let event = billd_server::pipeline::parse_envelope(body.as_bytes(), T0).unwrap();
-    db.store.insert_events(&[event]).await.unwrap();
+    setup_with(db, handler, vec![event]).await
+}
+
+/// [`setup`] with `events` in the inbox instead.
+async fn setup_with<H: EventHandler + 'static>(
+    db: Db,
+    handler: Option<Arc<H>>,
+    events: Vec<billd_store::NewEvent>,
+) -> Setup {
+    let db = fresh_db(db).await;
+    db.store.insert_events(&events).await.unwrap();
     let mut registry = HandlerRegistry::new();
     if let Some(handler) = handler {
         registry.register("invoice.paid", handler);
@@ -250,7 +261,7 @@ impl EventHandler for OverrunningHandler {
             )
             .await
             .unwrap();
-        Err(HandlerError(anyhow::anyhow!("too late anyway")))
+        Err(HandlerError::transient(anyhow::anyhow!("too late anyway")))
     }
 }
 
@@ -319,4 +330,109 @@ async fn a_burst_for_one_customer_drains_in_back_to_back_rounds_not_one_per_poll
     cancel.cancel();
     running.await.unwrap();
     assert_eq!(handler.calls.load(Ordering::SeqCst), 20);
+}
+
+/// Parses each event as the lifecycle handler does (so a malformed payload
+/// fails with the real parse error), fails the events named in `outage` as
+/// a store outage would, and records the events it applied.
+#[derive(Default)]
+struct ParsingHandler {
+    outage: std::sync::Mutex<Vec<String>>,
+    applied: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl EventHandler for ParsingHandler {
+    async fn handle(&self, event: &StoredEvent) -> Result<HandlerOutcome, HandlerError> {
+        if self.outage.lock().unwrap().contains(&event.id) {
+            return Err(StoreError::Unavailable("connection refused (test)".into()).into());
+        }
+        billd_server::pipeline::parse_stored(event)?;
+        self.applied.lock().unwrap().push(event.id.clone());
+        Ok(HandlerOutcome::Processed)
+    }
+}
+
+/// An `invoice.paid` that parses (Stripe's example invoice, whose
+/// subscription id is a placeholder, given a real one), all of one
+/// customer, created at `created`, with `tweak` applied to its payload.
+fn invoice_paid(
+    id: &str,
+    created: i64,
+    tweak: impl FnOnce(&mut serde_json::Value),
+) -> billd_store::NewEvent {
+    let mut body: serde_json::Value =
+        serde_json::from_str(&stripe_event(id, "invoice.paid", "invoice", created)).unwrap();
+    body["data"]["object"]["parent"]["subscription_details"]["subscription"] = "sub_work".into();
+    tweak(&mut body);
+    billd_server::pipeline::parse_envelope(body.to_string().as_bytes(), T0).unwrap()
+}
+
+async fn a_malformed_event_is_dead_after_one_attempt_and_its_customers_next_event_is_applied_at_once(
+    db: Db,
+) {
+    let handler = Arc::new(ParsingHandler::default());
+    // The older event is the customer's first in line.
+    let bad = invoice_paid("evt_work_bad", T0 - 20, |body| {
+        body["data"]["object"]["id"] = "not_an_invoice_id".into();
+    });
+    let good = invoice_paid("evt_work_1", T0 - 10, |_| {});
+    assert!(bad.stripe_customer.is_some());
+    assert_eq!(bad.stripe_customer, good.stripe_customer);
+    let s = setup_with(db, Some(handler.clone()), vec![bad, good]).await;
+
+    let first = s.worker.run_once().await.unwrap();
+    let second = s.worker.run_once().await.unwrap();
+
+    assert_eq!((first.claimed, first.dead, first.retried), (1, 1, 0));
+    let dead = s.db.store.get_event("evt_work_bad").await.unwrap().unwrap();
+    assert_eq!(dead.status, EventStatus::Dead);
+    assert_eq!(dead.attempts, 1, "no retry for what cannot parse");
+    let error = dead.last_error.unwrap();
+    assert!(error.starts_with("id_invalid: "), "{error}");
+    assert_eq!(second.claimed, 1, "the next event did not wait for a retry");
+    let next = event(&s).await;
+    assert_eq!(next.status, EventStatus::Processed, "{:?}", next.last_error);
+    assert_eq!(*handler.applied.lock().unwrap(), ["evt_work_1"]);
+    assert_eq!(s.metrics.events_dead.get("id_invalid"), 1);
+    assert_eq!(s.metrics.processing_outcomes.get("retry"), 0);
+    let text = s.metrics.render(None, T0);
+    assert!(
+        text.contains("billd_events_dead_total{reason=\"id_invalid\"} 1\n"),
+        "{text}"
+    );
+}
+
+async fn a_transiently_failing_event_retries_while_its_customers_later_event_is_applied(db: Db) {
+    let handler = Arc::new(ParsingHandler::default());
+    handler.outage.lock().unwrap().push("evt_work_1".into());
+    let events = vec![
+        invoice_paid("evt_work_1", T0 - 10, |_| {}),
+        invoice_paid("evt_work_2", T0 - 5, |_| {}),
+    ];
+    let s = setup_with(db, Some(handler.clone()), events).await;
+
+    let first = s.worker.run_once().await.unwrap();
+    let failed = event(&s).await;
+    let meanwhile = s.worker.run_once().await.unwrap();
+
+    assert_eq!((first.claimed, first.retried), (1, 1));
+    assert_eq!(failed.status, EventStatus::Failed);
+    let retry_at = failed.next_attempt_at.unwrap();
+    assert!(retry_at > T0, "{retry_at}");
+    assert_eq!(meanwhile.claimed, 1, "the later event was held back");
+    assert_eq!(*handler.applied.lock().unwrap(), ["evt_work_2"]);
+
+    handler.outage.lock().unwrap().clear();
+    s.clock.set(retry_at);
+    s.worker.run_once().await.unwrap();
+
+    let done = event(&s).await;
+    assert_eq!(done.status, EventStatus::Processed);
+    assert_eq!(done.attempts, 2);
+    assert_eq!(
+        *handler.applied.lock().unwrap(),
+        ["evt_work_2", "evt_work_1"]
+    );
+    assert_eq!(s.metrics.events_dead.get("attempts_exhausted"), 0);
 }

@@ -49,8 +49,8 @@ impl AlertMonitor {
                 AlertKind::EventsDead,
                 "inbox".to_owned(),
                 format!(
-                    "{} webhook event(s) were dead-lettered after their retries ({}); last \
-                     error: {}; see `billd events list --status dead`, fix the cause, then \
+                    "{} webhook event(s) were dead-lettered ({}); last error (its reason \
+                     code first): {}; see `billd events list --status dead`, fix the cause, then \
                      `billd events replay --status dead`",
                     bucket.total(),
                     tally(&bucket.counts),
