@@ -57,32 +57,7 @@ fn every_answer_and_webhook_of_a_typical_scenario_conforms_to_stripes_definition
     sim.record_exchanges();
     let price = standard_price(&sim);
     let pro = pro_price(&sim);
-    post(
-        &sim,
-        "/v1/coupons",
-        "id=C10&percent_off=10&duration=forever",
-    );
-    let promo = post(
-        &sim,
-        "/v1/promotion_codes",
-        "promotion[type]=coupon&promotion[coupon]=C10&code=TEN",
-    );
-    post(
-        &sim,
-        "/v1/webhook_endpoints",
-        "url=http://127.0.0.1:9/x&enabled_events[]=*",
-    );
-    let (clock, cus) = clocked_customer(&sim, "pm_card_createDispute");
-    let cs = post(
-        &sim,
-        "/v1/checkout/sessions",
-        &format!("mode=subscription&customer={cus}&line_items[0][price]={price}&success_url=https://a.test&discounts[0][promotion_code]={}", id(&promo)),
-    );
-    post(
-        &sim,
-        &format!("/_sim/checkout/sessions/{}/complete", id(&cs)),
-        "payment_method=pm_card_createDispute",
-    );
+    let (clock, cus, cs) = paid_checkout_with_promotion(&sim, &price);
     get(&sim, &format!("/v1/checkout/sessions/{}", id(&cs)));
     get(
         &sim,

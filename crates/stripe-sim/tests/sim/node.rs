@@ -5,7 +5,6 @@
 //! /var/cache/billd-node-sdk), outside the repository.
 
 use serde_json::{json, Value};
-use stripe_sim::SimConfig;
 
 /// Where scripts/test.sh installs the SDK (`npm install --prefix`).
 fn sdk_dir() -> String {
@@ -52,31 +51,16 @@ async fn the_official_node_sdk_runs_a_full_scenario_and_verifies_webhooks() {
         "{manifest} is not the pinned release (scripts/test.sh reinstalls it)"
     );
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let h = stripe_sim::serve(
-        listener,
-        SimConfig {
-            seed: 4,
-            time_scale: 0.0005,
-            ..SimConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let h = crate::support::serve_for_sdk(4).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node/scenario.mjs");
-    let out = tokio::process::Command::new("node")
-        .arg(script)
-        .arg(h.url())
-        .env("BILLD_NODE_SDK", sdk_dir())
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "node scenario failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let stdout = crate::support::run_scenario(
+        tokio::process::Command::new("node")
+            .arg(script)
+            .arg(h.url())
+            .env("BILLD_NODE_SDK", sdk_dir()),
+        "node",
+    )
+    .await;
     let r: Value = serde_json::from_str(stdout.trim())
         .unwrap_or_else(|e| panic!("scenario output is not JSON ({e}):\n{stdout}"));
 

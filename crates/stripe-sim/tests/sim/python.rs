@@ -2,7 +2,6 @@
 //! `stripe.Webhook.construct_event`.
 
 use crate::support::Receiver;
-use stripe_sim::SimConfig;
 
 #[tokio::test]
 async fn the_official_python_sdk_runs_a_full_scenario_and_verifies_webhooks() {
@@ -17,17 +16,7 @@ async fn the_official_python_sdk_runs_a_full_scenario_and_verifies_webhooks() {
         ),
         Err(e) => panic!("python3 is required for this test: {e}"),
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let h = stripe_sim::serve(
-        listener,
-        SimConfig {
-            seed: 3,
-            time_scale: 0.0005,
-            ..SimConfig::default()
-        },
-    )
-    .await
-    .unwrap();
+    let h = crate::support::serve_for_sdk(3).await;
     let rx = Receiver::start(0).await;
     let secret = crate::support::post(
         &h.sim,
@@ -38,20 +27,15 @@ async fn the_official_python_sdk_runs_a_full_scenario_and_verifies_webhooks() {
         .unwrap()
         .to_string();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/scenario.py");
-    let out = tokio::process::Command::new("python3")
-        .arg(script)
-        .env("SIM_API_BASE", h.url())
-        .env("SIM_WEBHOOK_SECRET", &secret)
-        .env("SIM_RECEIVER", &rx.url)
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "python scenario failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    );
+    let stdout = crate::support::run_scenario(
+        tokio::process::Command::new("python3")
+            .arg(script)
+            .env("SIM_API_BASE", h.url())
+            .env("SIM_WEBHOOK_SECRET", &secret)
+            .env("SIM_RECEIVER", &rx.url),
+        "python",
+    )
+    .await;
     assert!(stdout.contains("SCENARIO OK"), "{stdout}");
     h.shutdown().await;
 }

@@ -105,32 +105,7 @@ fn every_emitted_object_has_the_keys_of_stripes_example_object() {
     let sim = sim();
     // A scenario touching every resource and event kind.
     let price = standard_price(&sim);
-    post(
-        &sim,
-        "/v1/coupons",
-        "id=C10&percent_off=10&duration=forever",
-    );
-    let promo = post(
-        &sim,
-        "/v1/promotion_codes",
-        "promotion[type]=coupon&promotion[coupon]=C10&code=TEN",
-    );
-    post(
-        &sim,
-        "/v1/webhook_endpoints",
-        "url=http://127.0.0.1:9/x&enabled_events[]=*",
-    );
-    let (clock, cus) = clocked_customer(&sim, "pm_card_createDispute");
-    let cs = post(
-        &sim,
-        "/v1/checkout/sessions",
-        &format!("mode=subscription&customer={cus}&line_items[0][price]={price}&success_url=https://a.test&discounts[0][promotion_code]={}", id(&promo)),
-    );
-    post(
-        &sim,
-        &format!("/_sim/checkout/sessions/{}/complete", id(&cs)),
-        "payment_method=pm_card_createDispute",
-    );
+    let (clock, cus, cs) = paid_checkout_with_promotion(&sim, &price);
     advance(&sim, &clock, T0 + 32 * DAY);
     let charge = get(&sim, &format!("/v1/charges?customer={cus}"))["data"][0].clone();
     let dp = get(&sim, &format!("/v1/disputes?charge={}", id(&charge)))["data"][0].clone();

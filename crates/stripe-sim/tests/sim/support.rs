@@ -184,3 +184,62 @@ impl Receiver {
         );
     }
 }
+
+/// The start both shape scenarios share: a `TEN` promotion code (10 % off),
+/// a webhook endpoint for every event, and a clocked customer paying with
+/// `pm_card_createDispute` who completed a subscription Checkout session
+/// for `price` with that code; returns (clock, customer, session).
+pub fn paid_checkout_with_promotion(sim: &Sim, price: &str) -> (String, String, Value) {
+    post(sim, "/v1/coupons", "id=C10&percent_off=10&duration=forever");
+    let promo = post(
+        sim,
+        "/v1/promotion_codes",
+        "promotion[type]=coupon&promotion[coupon]=C10&code=TEN",
+    );
+    post(
+        sim,
+        "/v1/webhook_endpoints",
+        "url=http://127.0.0.1:9/x&enabled_events[]=*",
+    );
+    let (clock, cus) = clocked_customer(sim, "pm_card_createDispute");
+    let cs = post(
+        sim,
+        "/v1/checkout/sessions",
+        &format!("mode=subscription&customer={cus}&line_items[0][price]={price}&success_url=https://a.test&discounts[0][promotion_code]={}", id(&promo)),
+    );
+    post(
+        sim,
+        &format!("/_sim/checkout/sessions/{}/complete", id(&cs)),
+        "payment_method=pm_card_createDispute",
+    );
+    (clock, cus, cs)
+}
+
+/// The emulator served on a loopback port, webhook retries in milliseconds,
+/// for the official SDKs' scenarios.
+pub async fn serve_for_sdk(seed: u64) -> stripe_sim::SimHandle {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    stripe_sim::serve(
+        listener,
+        SimConfig {
+            seed,
+            time_scale: 0.0005,
+            ..SimConfig::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Runs an SDK scenario script to its end; its stdout, or a panic with
+/// both outputs when it failed.
+pub async fn run_scenario(command: &mut tokio::process::Command, what: &str) -> String {
+    let out = command.output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{what} scenario failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
