@@ -122,6 +122,27 @@ impl<S: BillingBackend + ?Sized> ApiState<S> {
     pub fn stripe(&self) -> Result<&StripeClient, ApiError> {
         Ok(billd_stripe::client::configured(self.stripe.as_ref())?)
     }
+
+    /// What `record`'s customer may do now: its state with the usage
+    /// counters of the current periods (the body of `GET …/entitlements`).
+    pub(crate) async fn entitlements_of(
+        &self,
+        record: &billd_store::CustomerRecord,
+    ) -> Result<billd_core::Entitlements, ApiError> {
+        let now = self.clock.now();
+        let keys = billd_core::usage_keys(&record.state, &self.catalog, now);
+        let usage = self
+            .store
+            .load_usage(&record.customer_id, &keys)
+            .await
+            .map_err(store_error)?;
+        Ok(billd_core::entitlements(
+            &record.state,
+            &self.catalog,
+            &usage,
+            now,
+        ))
+    }
 }
 
 /// The app and admin API routes, authenticated by `keys`, ready to merge

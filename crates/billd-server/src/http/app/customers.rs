@@ -5,7 +5,7 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Json, Router};
-use billd_core::{entitlements, usage_keys, Currency, CustomerId, Email, EmailError, Entitlements};
+use billd_core::{Currency, CustomerId, Email, EmailError, Entitlements};
 use billd_store::{CustomerProfile, CustomerRecord};
 use serde::{Deserialize, Serialize};
 
@@ -201,17 +201,5 @@ async fn get_entitlements<S: BillingBackend + ?Sized>(
 ) -> Result<Json<Entitlements>, ApiError> {
     let id = customer_id(&id)?;
     let record = crate::http::app::account::live_customer(&*state.store, &id).await?;
-    let now = state.clock.now();
-    let keys = usage_keys(&record.state, &state.catalog, now);
-    let usage = state
-        .store
-        .load_usage(&id, &keys)
-        .await
-        .map_err(store_error)?;
-    Ok(Json(entitlements(
-        &record.state,
-        &state.catalog,
-        &usage,
-        now,
-    )))
+    Ok(Json(state.entitlements_of(&record).await?))
 }

@@ -8,7 +8,7 @@ use billd_core::{CheckoutSessionId, CustomerId};
 use billd_stripe::client::{Params, StripeError};
 use serde_json::Value;
 
-use crate::http::api::{bounded, bounds, customer_id, store_error};
+use crate::http::api::{bounded, bounds, customer_id};
 use crate::http::error::ApiError;
 use crate::pipeline::BillingBackend;
 
@@ -92,19 +92,7 @@ pub(super) async fn sync_checkout<S: BillingBackend + ?Sized>(
         .await?;
     }
     let record = crate::http::app::account::live_customer(&*api.store, &id).await?;
-    let now = api.clock.now();
-    let keys = billd_core::usage_keys(&record.state, &api.catalog, now);
-    let usage = api
-        .store
-        .load_usage(&id, &keys)
-        .await
-        .map_err(store_error)?;
-    Ok(Json(billd_core::entitlements(
-        &record.state,
-        &api.catalog,
-        &usage,
-        now,
-    )))
+    Ok(Json(api.entitlements_of(&record).await?))
 }
 
 /// Whether a Checkout session from Stripe was made for customer `id`: billd

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use billd_core::{entitlements, usage_keys, CustomerId};
+use billd_core::CustomerId;
 use billd_store::{EventStatus, NewEvent};
 use billd_stripe::client::Params;
 use serde_json::Value;
@@ -133,14 +133,7 @@ pub(super) async fn view<S: BillingBackend + ?Sized>(
     status: SubscriptionOutcome,
 ) -> Result<SubscriptionView, ApiError> {
     let record = crate::http::app::account::live_customer(&*state.store, id).await?;
-    let now = state.clock.now();
-    let keys = usage_keys(&record.state, &state.catalog, now);
-    let usage = state
-        .store
-        .load_usage(id, &keys)
-        .await
-        .map_err(store_error)?;
-    let entitlements = entitlements(&record.state, &state.catalog, &usage, now);
+    let entitlements = state.entitlements_of(&record).await?;
     Ok(SubscriptionView {
         status,
         plan: entitlements.plan.clone(),

@@ -5,10 +5,10 @@
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::Json;
-use billd_core::{entitlements, usage_keys, Plan};
+use billd_core::Plan;
 use billd_store::CustomerRecord;
 
-use crate::http::api::{customer_id, store_error, ApiState};
+use crate::http::api::{customer_id, ApiState};
 use crate::http::error::ApiError;
 use crate::pipeline::BillingBackend;
 
@@ -24,14 +24,7 @@ async fn quota_overflow<S: BillingBackend + ?Sized>(
     record: &CustomerRecord,
     plan: &Plan,
 ) -> Result<Vec<QuotaOverflow>, ApiError> {
-    let now = state.clock.now();
-    let keys = usage_keys(&record.state, &state.catalog, now);
-    let usage = state
-        .store
-        .load_usage(&record.customer_id, &keys)
-        .await
-        .map_err(store_error)?;
-    let current = entitlements(&record.state, &state.catalog, &usage, now);
+    let current = state.entitlements_of(record).await?;
     Ok(current
         .features
         .into_iter()
