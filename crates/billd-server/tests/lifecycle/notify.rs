@@ -292,7 +292,11 @@ async fn an_email_committed_before_a_crash_is_sent_exactly_once_by_the_next_work
     world.stop().await;
     assert!(sink.messages().is_empty());
 
-    // Each restart builds a fresh worker over the same database.
+    // Each restart builds a fresh worker over the same database. The
+    // emulator is gone, so a Stripe row (a subscription refetch) fails and
+    // is retried: with the tests' 1 s backoff it could fall due again while
+    // a slow first run still works, and the second worker would claim it.
+    // An hour's backoff keeps the second run about the emails alone.
     let restarted = |store: Arc<SqliteStore>| {
         let profiles: Arc<dyn BillingStore> = store.clone();
         OutboxWorker::new(
@@ -300,7 +304,13 @@ async fn an_email_committed_before_a_crash_is_sent_exactly_once_by_the_next_work
             Some(stripe.clone()),
             Arc::new(EmailDelivery::new(notifier(port), profiles, 30)),
             Arc::new(SystemClock),
-            outbox_config(Duration::from_millis(30)),
+            OutboxConfig {
+                backoff: Backoff {
+                    base_secs: 3600,
+                    cap_secs: 3600,
+                },
+                ..outbox_config(Duration::from_millis(30))
+            },
         )
     };
     let first = restarted(store.clone()).run_once().await.unwrap();
