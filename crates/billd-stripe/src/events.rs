@@ -27,6 +27,38 @@ use billd_core::{
 use serde::Deserialize;
 use serde_json::Value;
 
+/// Every Stripe event type billd parses into a domain event and applies;
+/// [`parse_event`] gives every other type as [`ParsedEvent::Unhandled`].
+pub const HANDLED_EVENT_TYPES: [&str; 27] = [
+    "checkout.session.completed",
+    "checkout.session.expired",
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "customer.subscription.paused",
+    "customer.subscription.resumed",
+    "customer.subscription.trial_will_end",
+    "invoice.paid",
+    "invoice.payment_succeeded",
+    "invoice.payment_failed",
+    "invoice.payment_action_required",
+    "invoice.finalized",
+    "invoice.upcoming",
+    "charge.refunded",
+    "charge.dispute.created",
+    "charge.dispute.updated",
+    "charge.dispute.closed",
+    "customer.created",
+    "customer.updated",
+    "customer.deleted",
+    "customer.discount.created",
+    "customer.discount.updated",
+    "customer.discount.deleted",
+    "payment_method.attached",
+    "payment_method.updated",
+    "payment_method.automatically_updated",
+];
+
 /// Why a webhook payload could not be parsed. [`ParseError::code`] is stable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {

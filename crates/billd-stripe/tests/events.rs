@@ -12,7 +12,9 @@ use billd_core::event::{
     CheckoutChange, DisputeStatus, InvoiceChange, SubscriptionChange, SubscriptionStatus,
 };
 use billd_core::{Event, EventKind};
-use billd_stripe::events::{parse_event, refetched_subscription_event, ParsedEvent};
+use billd_stripe::events::{
+    parse_event, refetched_subscription_event, ParsedEvent, HANDLED_EVENT_TYPES,
+};
 use billd_stripe::API_VERSION;
 use serde_json::{json, Value};
 
@@ -80,39 +82,9 @@ fn example_for(event_type: &str) -> Value {
     }
 }
 
-const HANDLED: &[&str] = &[
-    "checkout.session.completed",
-    "checkout.session.expired",
-    "customer.subscription.created",
-    "customer.subscription.updated",
-    "customer.subscription.deleted",
-    "customer.subscription.paused",
-    "customer.subscription.resumed",
-    "customer.subscription.trial_will_end",
-    "invoice.paid",
-    "invoice.payment_succeeded",
-    "invoice.payment_failed",
-    "invoice.payment_action_required",
-    "invoice.finalized",
-    "invoice.upcoming",
-    "charge.refunded",
-    "charge.dispute.created",
-    "charge.dispute.updated",
-    "charge.dispute.closed",
-    "customer.created",
-    "customer.updated",
-    "customer.deleted",
-    "customer.discount.created",
-    "customer.discount.updated",
-    "customer.discount.deleted",
-    "payment_method.attached",
-    "payment_method.updated",
-    "payment_method.automatically_updated",
-];
-
 #[test]
 fn every_handled_event_type_parses_from_stripes_example_object() {
-    for event_type in HANDLED {
+    for event_type in HANDLED_EVENT_TYPES {
         let event = handled(event_type, &example_for(event_type));
         assert!(event.object_id().is_some(), "{event_type} has an object id");
     }

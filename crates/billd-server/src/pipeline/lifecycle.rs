@@ -34,36 +34,7 @@ use crate::pipeline::worker::{
 use crate::telemetry::observe;
 use crate::telemetry::Metrics;
 
-/// Every Stripe event type the lifecycle handler applies (issue 4's list).
-pub const HANDLED_EVENT_TYPES: [&str; 27] = [
-    "checkout.session.completed",
-    "checkout.session.expired",
-    "customer.subscription.created",
-    "customer.subscription.updated",
-    "customer.subscription.deleted",
-    "customer.subscription.paused",
-    "customer.subscription.resumed",
-    "customer.subscription.trial_will_end",
-    "invoice.paid",
-    "invoice.payment_succeeded",
-    "invoice.payment_failed",
-    "invoice.payment_action_required",
-    "invoice.finalized",
-    "invoice.upcoming",
-    "charge.refunded",
-    "charge.dispute.created",
-    "charge.dispute.updated",
-    "charge.dispute.closed",
-    "customer.created",
-    "customer.updated",
-    "customer.deleted",
-    "customer.discount.created",
-    "customer.discount.updated",
-    "customer.discount.deleted",
-    "payment_method.attached",
-    "payment_method.updated",
-    "payment_method.automatically_updated",
-];
+pub use billd_stripe::events::HANDLED_EVENT_TYPES;
 
 /// Ids of the synthetic events the outbox feeds back after re-fetching a
 /// subscription start with this; they carry Stripe's fetched object and
