@@ -47,6 +47,9 @@ pub enum DeadReason {
     ShapeUnknown,
     /// Applying the event would break an invariant billd keeps.
     InvariantViolated,
+    /// Stripe refused what the event needed (a 400, or a 404 for an object
+    /// the event names): asking again gets the same answer.
+    StripeRefused,
     /// A transient failure outlasted every attempt.
     AttemptsExhausted,
 }
@@ -59,6 +62,7 @@ impl DeadReason {
             DeadReason::IdInvalid => "id_invalid",
             DeadReason::ShapeUnknown => "shape_unknown",
             DeadReason::InvariantViolated => "invariant_violated",
+            DeadReason::StripeRefused => "stripe_refused",
             DeadReason::AttemptsExhausted => "attempts_exhausted",
         }
     }
@@ -163,6 +167,16 @@ fn classify(error: &(dyn std::error::Error + 'static)) -> Option<FailureClass> {
     }
     if error.is::<serde_json::Error>() {
         return Some(FailureClass::Permanent(DeadReason::PayloadInvalid));
+    }
+    if let Some(billd_stripe::client::StripeError::Api(e)) =
+        error.downcast_ref::<billd_stripe::client::StripeError>()
+    {
+        // 400 and 404 are about the event's own objects; 401, 403 and 409
+        // are about billd's key or a moment's conflict, which a fix or a
+        // retry resolves without touching the event.
+        if e.status == 400 || e.status == 404 {
+            return Some(FailureClass::Permanent(DeadReason::StripeRefused));
+        }
     }
     if error.is::<billd_store::StoreError>() || error.is::<billd_stripe::client::StripeError>() {
         return Some(FailureClass::Transient);
@@ -497,7 +511,8 @@ mod tests {
     }
 
     #[test]
-    fn parse_errors_are_permanent_with_their_reason_and_the_rest_is_transient() {
+    fn parse_errors_and_stripe_refusals_are_permanent_with_their_reason_and_the_rest_is_transient()
+    {
         use anyhow::Context as _;
         use billd_stripe::events::ParseError;
         let class = |e: anyhow::Error| HandlerError::from(e).class();
@@ -537,6 +552,23 @@ mod tests {
             FailureClass::Transient
         );
         assert_eq!(class(anyhow::anyhow!("who knows")), FailureClass::Transient);
+        let refused = |status| {
+            let api = billd_stripe::client::ApiError {
+                status,
+                kind: "invalid_request_error".into(),
+                code: Some("resource_missing".into()),
+                decline_code: None,
+                param: None,
+                message: "No such charge".into(),
+            };
+            let error = billd_stripe::client::StripeError::Api(Box::new(api));
+            class(anyhow::Error::new(error).context("fetching charge"))
+        };
+        assert_eq!(refused(404), permanent(DeadReason::StripeRefused));
+        assert_eq!(refused(400), permanent(DeadReason::StripeRefused));
+        for status in [401, 403, 409] {
+            assert_eq!(refused(status), FailureClass::Transient, "{status}");
+        }
     }
 
     #[test]

@@ -95,7 +95,8 @@ pub struct Metrics {
     /// Processing outcomes (`processed`, `skipped`, `unlinked`, `retry`, `dead`).
     pub processing_outcomes: LabelledCounter,
     /// Events made `dead`, by reason code (`payload_invalid`, `id_invalid`,
-    /// `shape_unknown`, `invariant_violated`, `attempts_exhausted`).
+    /// `shape_unknown`, `invariant_violated`, `stripe_refused`,
+    /// `attempts_exhausted`).
     pub events_dead: LabelledCounter,
     /// Store errors by class (`unavailable`, `other`, ...).
     pub store_errors: LabelledCounter,

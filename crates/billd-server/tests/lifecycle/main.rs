@@ -12,6 +12,7 @@ mod alerts;
 mod checkout;
 mod deleted_gate;
 mod deletion;
+mod fuzz;
 mod http_api;
 mod idempotency;
 mod mail;

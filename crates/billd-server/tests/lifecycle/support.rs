@@ -181,6 +181,8 @@ pub struct Harness {
     pub stripe_client: StripeClient,
     /// Every request `stripe_client` sends, checked at [`Harness::shutdown`].
     pub requests: RequestCheck,
+    /// The signing secret of the emulator's endpoint for billd.
+    pub webhook_secret: String,
     running: Option<Running>,
     sim_handle: Option<SimHandle>,
     outbox: Option<tokio::task::JoinHandle<()>>,
@@ -319,7 +321,7 @@ impl Harness {
             Some(stripe.clone()),
             api_config,
         );
-        let mut config = server_config(secret);
+        let mut config = server_config(secret.clone());
         config.worker = WorkerConfig {
             max_attempts: 20,
             lease_secs: 60,
@@ -361,6 +363,7 @@ impl Harness {
             standard_price,
             stripe_client: stripe,
             requests,
+            webhook_secret: secret,
             running: Some(running),
             sim_handle: Some(sim_handle),
             outbox: Some(outbox),
