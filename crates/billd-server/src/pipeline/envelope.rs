@@ -104,6 +104,19 @@ pub fn parse_envelope(body: &[u8], received_at: i64) -> Result<NewEvent, Payload
         .data
         .and_then(|d| d.object)
         .ok_or_else(|| invalid("`data.object` must be an object"))?;
+    // PostgreSQL's text cannot hold NUL, and a row that fails to insert
+    // fails the whole group commit it is in: refuse it at the door.
+    let fields = [
+        Some(&id),
+        Some(&event_type),
+        envelope.api_version.as_ref(),
+        object.id.as_ref(),
+        object.object.as_ref(),
+        object.customer.as_ref(),
+    ];
+    if fields.into_iter().flatten().any(|f| f.contains('\0')) {
+        return Err(invalid("a field of the event holds a NUL character"));
+    }
     let stripe_customer = match object.customer {
         Some(customer) => Some(customer),
         None if object.object.as_deref() == Some("customer") => object.id.clone(),
@@ -133,6 +146,21 @@ mod tests {
         assert_eq!(event.object_id.as_deref(), Some("sub_1"));
         assert_eq!(event.api_version.as_deref(), Some("2026-09-30.endive"));
         assert_eq!((event.created, event.received_at), (5, 7));
+    }
+
+    #[test]
+    fn a_nul_character_in_a_stored_field_is_refused() {
+        for body in [
+            r#"{"id":"evt_1","type":"a\u0000b","created":5,"data":{"object":{}}}"#,
+            r#"{"id":"evt_\u0000","type":"customer.updated","created":5,"data":{"object":{}}}"#,
+            r#"{"id":"evt_1","type":"x","created":5,"data":{"object":{"customer":"cus_\u0000"}}}"#,
+        ] {
+            let refused = parse_envelope(body.as_bytes(), 7).unwrap_err();
+            assert!(refused.0.contains("NUL"), "{refused}");
+        }
+        // Elsewhere in the payload it is only text, stored as sent.
+        let body = r#"{"id":"evt_1","type":"x","created":5,"data":{"object":{"name":"a\u0000"}}}"#;
+        assert!(parse_envelope(body.as_bytes(), 7).is_ok());
     }
 
     #[test]
