@@ -6,13 +6,15 @@
 //!   the Stripe webhook endpoint;
 //! - [`pipeline`]: what happens to an event once it is in: group commit
 //!   into the inbox, the inbox worker, the lifecycle handler, the outbox and
-//!   its deliveries (email), Stripe customers, the clock;
+//!   its deliveries (email), Stripe customers, the clock, and what
+//!   `/metrics` reads of the store;
 //! - [`jobs`]: the scheduler and what it runs (reconciliation, sweeps,
 //!   reminders), and the alert monitor;
-//! - [`telemetry`]: metrics, business metrics, queue gauges.
+//! - [`telemetry`]: metrics (on `prometheus-client`), business metrics,
+//!   queue gauges.
 //!
 //! `http` → `pipeline`, `jobs` → `pipeline`; any of them → `telemetry`,
-//! which depends on none of them. This file and [`billing`] start them
+//! which depends on none of them, nor on billd-store. This file and [`billing`] start them
 //! together.
 
 pub mod billing;

@@ -281,11 +281,8 @@ async fn bench_backend(
     })
     .await
     .context("latency phase timed out")?;
-    let batches = running.metrics.ingest_batches.load(Ordering::Relaxed);
-    let batched = running
-        .metrics
-        .ingest_batched_events
-        .load(Ordering::Relaxed);
+    let batches = running.metrics.ingest_batches.get();
+    let batched = running.metrics.ingest_batched_events.get();
 
     // 5. The same offered rate straight into a group-commit writer like the
     // webhook endpoint's, no HTTP: the store's own latency, the floor of 4.

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::http::error::{self, ApiError};
 use crate::http::{openapi, respond, webhook};
-use crate::pipeline::{Clock, Ingestor};
+use crate::pipeline::{self, Clock, Ingestor};
 use crate::telemetry::{self, Metrics};
 
 /// How webhooks are verified.
@@ -122,14 +122,14 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>,
         return Err(ApiError::NotReady("the inbox writer has stopped".into()));
     }
     if let Err(e) = state.store.ping().await {
-        state.metrics.store_error(&e);
+        pipeline::count_store_error(&state.metrics, &e);
         return Err(ApiError::NotReady(format!("database: {e}")));
     }
     let stats = state.store.inbox_stats().await.map_err(|e| {
-        state.metrics.store_error(&e);
+        pipeline::count_store_error(&state.metrics, &e);
         ApiError::NotReady(format!("database: {e}"))
     })?;
-    let lag = telemetry::inbox_lag_secs(&stats, state.clock.now());
+    let lag = pipeline::inbox_lag_secs(&stats, state.clock.now());
     if lag > state.ready_max_lag_secs {
         return Err(ApiError::NotReady(format!(
             "inbox lag {lag}s exceeds {}s",
@@ -146,21 +146,10 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Ready>,
 #[utoipa::path(get, path = "/metrics", tag = "ops",
     responses((status = 200, description = "Prometheus text format.", body = String, content_type = "text/plain")))]
 pub(crate) async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let stats = match state.store.inbox_stats().await {
-        Ok(stats) => Some(stats),
-        Err(e) => {
-            state.metrics.store_error(&e);
-            None
-        }
-    };
-    let mut body = state.metrics.render(stats.as_ref(), state.clock.now());
-    match telemetry::DeadLetters::load(state.store.as_ref()).await {
-        Ok(dead) => body.push_str(&dead.render()),
-        Err(e) => state.metrics.store_error(&e),
-    }
-    match telemetry::QueueGauges::load(state.store.as_ref()).await {
-        Ok(gauges) => body.push_str(&gauges.render(state.clock.now())),
-        Err(e) => state.metrics.store_error(&e),
-    }
-    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+    let now = state.clock.now();
+    let scrape = pipeline::read_scrape(state.store.as_ref(), &state.metrics, now).await;
+    (
+        [(CONTENT_TYPE, telemetry::CONTENT_TYPE)],
+        state.metrics.render(&scrape, now),
+    )
 }

@@ -1,8 +1,6 @@
 //! `POST /webhooks/stripe`: verify, parse the envelope, group-commit into the
 //! inbox, then acknowledge. Never 2xx before the commit.
 
-use std::sync::atomic::Ordering;
-
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -48,23 +46,14 @@ pub async fn receive(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Ack>, ApiError> {
-    state
-        .metrics
-        .webhooks_received
-        .fetch_add(1, Ordering::Relaxed);
+    state.metrics.webhooks_received.inc();
     let result = accept(&state, &headers, body).await;
     match &result {
         Ok(ack) if ack.duplicate => {
-            state
-                .metrics
-                .webhooks_duplicate
-                .fetch_add(1, Ordering::Relaxed);
+            state.metrics.webhooks_duplicate.inc();
         }
         Ok(_) => {
-            state
-                .metrics
-                .webhooks_accepted
-                .fetch_add(1, Ordering::Relaxed);
+            state.metrics.webhooks_accepted.inc();
         }
         Err(e) => state.metrics.webhooks_rejected.inc(e.code()),
     }

@@ -96,7 +96,7 @@ impl Job for InboxSweep {
             .with("unlinked", count(&stats.by_status, EventStatus::Unlinked))
             .with(
                 "lag_secs",
-                u64::try_from(crate::telemetry::inbox_lag_secs(&stats, now)).unwrap_or(0),
+                u64::try_from(crate::pipeline::inbox_lag_secs(&stats, now)).unwrap_or(0),
             ))
     }
 }

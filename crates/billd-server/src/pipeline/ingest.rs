@@ -7,7 +7,6 @@
 //! together); SQLite has one writer, which starts the next commit as soon as
 //! the previous one ends, with whatever queued meanwhile.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use billd_store::{Backend, InsertOutcome, NewEvent, Store, StoreError};
@@ -171,10 +170,8 @@ impl Batcher {
         // A sender that gave up (client disconnected) still gets its event
         // written: Stripe will redeliver and find a duplicate, which is fine.
         let (events, waiters): (Vec<NewEvent>, Vec<_>) = jobs.into_iter().unzip();
-        metrics.ingest_batches.fetch_add(1, Ordering::Relaxed);
-        metrics
-            .ingest_batched_events
-            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        metrics.ingest_batches.inc();
+        metrics.ingest_batched_events.inc_by(events.len() as u64);
         match store.insert_events(&events).await {
             Ok(outcomes) if outcomes.len() == waiters.len() => {
                 let any_new = outcomes.contains(&InsertOutcome::Inserted);
@@ -197,7 +194,7 @@ impl Batcher {
                 }
             }
             Err(e) => {
-                metrics.store_error(&e);
+                crate::pipeline::count_store_error(metrics, &e);
                 tracing::warn!(error = %e, batch = waiters.len(), "inbox insert failed");
                 let err = match e {
                     StoreError::Unavailable(m) => IngestError::Unavailable(m),

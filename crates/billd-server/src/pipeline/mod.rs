@@ -3,7 +3,8 @@
 //! worker ([`InboxWorker`]) and the lifecycle handler it dispatches to
 //! ([`LifecycleHandler`]), the outbox ([`OutboxWorker`]) and its email
 //! delivery ([`EmailDelivery`]), the Stripe customer of a billd customer,
-//! and the clock everything reads time from.
+//! the clock everything reads time from, and what telemetry shows of the
+//! store ([`read_scrape`]).
 //!
 //! Depends on billd-core, billd-store, billd-stripe, billd-email and
 //! `telemetry`; never on `http` or `jobs`.
@@ -14,6 +15,7 @@ mod ingest;
 mod lifecycle;
 mod notify;
 mod outbox;
+mod readings;
 mod stripe_customer;
 mod worker;
 
@@ -31,6 +33,7 @@ pub use outbox::{
     outbox_items, refetch_event, synthetic_subscription_event, AlertChannels, Delivered, Delivery,
     DeliveryError, LogDelivery, OutboxConfig, OutboxReport, OutboxWorker, ALERT_WEBHOOK_KIND,
 };
+pub use readings::{count_store_error, inbox_lag_secs, read_scrape, store_error_kind};
 pub(crate) use stripe_customer::{ensure_stripe_customer, linked_stripe_customer, StripeCustomer};
 pub use stripe_customer::{erase_stripe_customer, StripeCustomerError};
 pub use worker::{

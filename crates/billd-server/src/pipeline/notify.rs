@@ -11,7 +11,6 @@
 //!   transient failure make the row dead; the alert monitor tells the
 //!   operator (`outbox_dead`, once per dedupe window, see `crate::jobs`).
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -20,25 +19,25 @@ use billd_email::{EmailConfig, Notifier, Recipient, SetupError};
 use billd_store::{BillingStore, OutboxItem};
 
 use crate::pipeline::outbox::{Delivered, Delivery, DeliveryError};
-use crate::telemetry::EmailCounters;
+use crate::telemetry::LabelledCounter;
 
-/// Counts one delivery of outbox row `item` into `counters`: a failure is
-/// `dead` when it is permanent or came on the row's last attempt
-/// (`max_attempts`, the outbox worker's), as the outbox worker decides.
+/// Counts one delivery of outbox row `item` into `emails`
+/// (`Metrics::emails`, by outcome): a failure is `dead` when it is
+/// permanent or came on the row's last attempt (`max_attempts`, the outbox
+/// worker's), as the outbox worker decides.
 pub fn count_email(
-    counters: &EmailCounters,
+    emails: &LabelledCounter,
     item: &OutboxItem,
     result: &Result<Delivered, DeliveryError>,
     max_attempts: i32,
 ) {
-    let counter = match result {
-        Ok(Delivered::Sent) => &counters.sent,
-        Ok(Delivered::NoRecipient) => &counters.no_recipient,
-        Ok(Delivered::Logged) => &counters.logged,
-        Err(DeliveryError::Transient(_)) if item.attempts < max_attempts => &counters.transient,
-        Err(_) => &counters.dead,
-    };
-    counter.fetch_add(1, Ordering::Relaxed);
+    emails.inc(match result {
+        Ok(Delivered::Sent) => "sent",
+        Ok(Delivered::NoRecipient) => "no_recipient",
+        Ok(Delivered::Logged) => "logged",
+        Err(DeliveryError::Transient(_)) if item.attempts < max_attempts => "transient_failure",
+        Err(_) => "dead",
+    });
 }
 
 /// Sends outbox emails and alerts with a [`Notifier`].

@@ -6,7 +6,6 @@
 //! store's `claim_events` reclaims them).
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -359,7 +358,7 @@ impl InboxWorker {
             let busy = match self.run_once().await {
                 Ok(report) => report.claimed > 0,
                 Err(e) => {
-                    self.metrics.store_error(&e);
+                    crate::pipeline::count_store_error(&self.metrics, &e);
                     tracing::warn!(error = %e, "inbox worker round failed");
                     false
                 }
@@ -440,9 +439,7 @@ impl InboxWorker {
     /// Runs the handler; returns the outcome still to be recorded, or none
     /// when the handler committed it with the state change.
     async fn process(&self, event: &StoredEvent) -> Option<EventResult> {
-        self.metrics
-            .processing_attempts
-            .fetch_add(1, Ordering::Relaxed);
+        self.metrics.processing_attempts.inc();
         let outcome = match self.registry.get(&event.event_type) {
             None => Ok(HandlerOutcome::Skipped),
             Some(handler) => handler.handle(event).await,

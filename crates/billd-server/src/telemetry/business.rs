@@ -10,11 +10,14 @@
 //! outcomes this process applied.
 
 use std::collections::VecDeque;
-use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
 use std::sync::Mutex;
 
 use billd_core::event::DisputeStatus;
 use billd_core::CustomerState;
+
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
 use crate::telemetry::metrics::LabelledCounter;
 
@@ -141,12 +144,32 @@ pub struct BusinessMetrics {
 /// The default failure-ratio window, seconds.
 pub const DEFAULT_PAYMENT_WINDOW_SECS: i64 = 3600;
 
-impl Default for BusinessMetrics {
-    fn default() -> Self {
+impl BusinessMetrics {
+    /// Registers the counters in `registry`, every label value listed (0
+    /// when nothing happened), so dashboards see the series.
+    pub(crate) fn register(registry: &mut Registry) -> Self {
         BusinessMetrics {
-            payments: LabelledCounter::default(),
-            disputes: LabelledCounter::default(),
-            refunds: LabelledCounter::default(),
+            payments: LabelledCounter::register(
+                registry,
+                "billd_payments",
+                "Payment attempts applied, by outcome",
+                "outcome",
+                &["succeeded", "failed", "action_required"],
+            ),
+            disputes: LabelledCounter::register(
+                registry,
+                "billd_disputes",
+                "Disputes applied, by event",
+                "event",
+                &["opened", "won", "lost"],
+            ),
+            refunds: LabelledCounter::register(
+                registry,
+                "billd_refunds",
+                "Refunds applied; full when the charge is now refunded entirely",
+                "kind",
+                &["full", "partial"],
+            ),
             window: Mutex::new(PaymentWindow {
                 secs: DEFAULT_PAYMENT_WINDOW_SECS,
                 samples: VecDeque::new(),
@@ -220,61 +243,23 @@ impl BusinessMetrics {
         }
     }
 
-    /// Prometheus text for the business metrics; every label value is
-    /// listed (0 when nothing happened), so dashboards see the series.
-    pub fn render(&self, now: i64) -> String {
-        let mut out = String::new();
-        fixed(
-            &mut out,
-            "billd_payments_total",
-            "Payment attempts applied, by outcome.",
-            "outcome",
-            &["succeeded", "failed", "action_required"],
-            &self.payments,
+    /// Registers `billd_payment_failure_ratio` of the window ending at
+    /// `now` in a scrape's `registry`.
+    pub(crate) fn register_failure_ratio(&self, registry: &mut Registry, now: i64) {
+        let ratio = Gauge::<f64, AtomicU64>::default();
+        ratio.set(self.failure_window(now).ratio());
+        registry.register(
+            "billd_payment_failure_ratio",
+            "Failed / (succeeded + failed) payments over the alert window",
+            ratio,
         );
-        let window = self.failure_window(now);
-        let _ = writeln!(
-            out,
-            "# HELP billd_payment_failure_ratio Failed / (succeeded + failed) payments over the alert window.\n# TYPE billd_payment_failure_ratio gauge\nbilld_payment_failure_ratio {}",
-            window.ratio()
-        );
-        fixed(
-            &mut out,
-            "billd_disputes_total",
-            "Disputes applied, by event.",
-            "event",
-            &["opened", "won", "lost"],
-            &self.disputes,
-        );
-        fixed(
-            &mut out,
-            "billd_refunds_total",
-            "Refunds applied; full when the charge is now refunded entirely.",
-            "kind",
-            &["full", "partial"],
-            &self.refunds,
-        );
-        out
-    }
-}
-
-fn fixed(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    label: &str,
-    values: &[&str],
-    counter: &LabelledCounter,
-) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-    for value in values {
-        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {}", counter.get(value));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::telemetry::{Metrics, Scrape};
     use billd_core::state::RefundState;
     use billd_core::{ChargeId, Currency, Money};
 
@@ -344,7 +329,8 @@ mod tests {
 
     #[test]
     fn the_failure_ratio_covers_only_the_window_and_ignores_action_required() {
-        let metrics = BusinessMetrics::default();
+        let all = Metrics::default();
+        let metrics = &all.business;
         metrics.set_payment_window(100);
         metrics.record(&[Observation::Payment(PaymentOutcome::Failed)], 1000);
         metrics.record(
@@ -375,8 +361,8 @@ mod tests {
 
     #[test]
     fn rendering_lists_every_label_even_at_zero() {
-        let metrics = BusinessMetrics::default();
-        metrics.record(
+        let metrics = Metrics::default();
+        metrics.business.record(
             &[
                 Observation::DisputeOpened,
                 Observation::Refund { full: true },
@@ -384,7 +370,7 @@ mod tests {
             10,
         );
 
-        let text = metrics.render(10);
+        let text = metrics.render(&Scrape::default(), 10);
 
         assert!(
             text.contains("billd_payments_total{outcome=\"failed\"} 0\n"),
@@ -402,6 +388,6 @@ mod tests {
             text.contains("billd_refunds_total{kind=\"full\"} 1\n"),
             "{text}"
         );
-        assert!(text.contains("billd_payment_failure_ratio 0\n"), "{text}");
+        assert!(text.contains("billd_payment_failure_ratio 0.0\n"), "{text}");
     }
 }

@@ -1,21 +1,18 @@
-//! Telemetry: the process metrics `/metrics` renders ([`Metrics`]), the
-//! business metrics counted from Stripe events, the email delivery counts
-//! and the scrape-time gauges of queued work.
+//! Telemetry: the process metrics `/metrics` renders ([`Metrics`], on
+//! `prometheus-client`), the business metrics counted from Stripe events,
+//! the email delivery counts and the scrape-time gauges of queued work.
 //!
-//! Depends on none of `http`, `pipeline` and `jobs` (they count into it);
-//! what it needs to know arrives as plain data or store rows.
+//! Depends on none of `http`, `pipeline` and `jobs` (they count into it),
+//! nor on billd-store: what it needs to know arrives as plain values
+//! ([`Scrape`]). `src/layout.rs` tests both.
 
 mod business;
-mod emails;
 mod metrics;
-mod queue_gauges;
+mod scrape;
 
 pub use business::{
     observe, BusinessMetrics, FailureWindow, Observation, PaymentOutcome,
     DEFAULT_PAYMENT_WINDOW_SECS,
 };
-pub use emails::EmailCounters;
-pub use metrics::{
-    inbox_lag_secs, store_error_kind, DeadLetters, LabelledCounter, Metrics, PairCounter,
-};
-pub use queue_gauges::QueueGauges;
+pub use metrics::{LabelledCounter, Metrics, PairCounter, CONTENT_TYPE};
+pub use scrape::{DeadLetters, InboxDepth, JobTimes, QueueGauges, Scrape};

@@ -326,12 +326,7 @@ async fn after_dropped_deliveries_reconciliation_makes_billd_equal_stripe(db: Db
     assert_eq!(report.events_ingested, dry.missing_events.len());
     assert!(report.not_settled.is_empty(), "{:?}", report.not_settled);
     assert_eq!(drift_total(&metrics), expected.len() as u64);
-    assert_eq!(
-        metrics
-            .reconcile_runs
-            .load(std::sync::atomic::Ordering::Relaxed),
-        1
-    );
+    assert_eq!(metrics.reconcile_runs.get(), 1);
     let by_kind = report.drift_by_kind();
     for kind in by_kind.keys() {
         assert_eq!(

@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use billd_core::Catalog;
 use billd_server::jobs::{billing_scheduler, JobContext};
 use billd_server::jobs::{Job, JobReport, JobRun, RunOutcome, Scheduler, SchedulerConfig};
+use billd_server::telemetry::Scrape;
 use billd_server::{Clock, ManualClock, Metrics};
 use billd_store::{EventFilter, EventStatus, Store};
 
@@ -151,7 +152,7 @@ async fn a_failed_run_is_recorded_counted_and_retried_sooner(db: Db) {
         "retried after retry_secs, not the interval"
     );
     assert_eq!(metrics.scheduler_runs.get("grace_expiry", "failed"), 1);
-    let text = metrics.render(None, T);
+    let text = metrics.render(&Scrape::default(), T);
     assert!(
         text.contains("billd_scheduler_runs_total{job=\"grace_expiry\",outcome=\"failed\"} 1\n"),
         "{text}"

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use billd_server::telemetry::Scrape;
 use billd_server::{
     EventHandler, HandlerError, HandlerOutcome, HandlerRegistry, InboxWorker, ManualClock, Metrics,
 };
@@ -186,7 +187,7 @@ async fn an_event_that_keeps_failing_is_dead_after_max_attempts_and_counted(db: 
     );
     assert_eq!(s.metrics.processing_outcomes.get("dead"), 1);
     assert_eq!(s.metrics.processing_outcomes.get("retry"), 2);
-    let text = s.metrics.render(None, T0);
+    let text = s.metrics.render(&Scrape::default(), T0);
     assert!(
         text.contains("billd_processing_outcomes_total{outcome=\"dead\"} 1\n"),
         "{text}"
@@ -396,7 +397,7 @@ async fn a_malformed_event_is_dead_after_one_attempt_and_its_customers_next_even
     assert_eq!(*handler.applied.lock().unwrap(), ["evt_work_1"]);
     assert_eq!(s.metrics.events_dead.get("id_invalid"), 1);
     assert_eq!(s.metrics.processing_outcomes.get("retry"), 0);
-    let text = s.metrics.render(None, T0);
+    let text = s.metrics.render(&Scrape::default(), T0);
     assert!(
         text.contains("billd_events_dead_total{reason=\"id_invalid\"} 1\n"),
         "{text}"

@@ -1,7 +1,6 @@
 //! The [`Reconciler`]: one run, planned (see `plan.rs`), then healed,
 //! ingested and waited for, counted in the metrics and alerted on.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -106,7 +105,7 @@ impl Reconciler {
         }
         report.not_settled = not_settled;
         if let Some(metrics) = &self.metrics {
-            metrics.reconcile_runs.fetch_add(1, Ordering::Relaxed);
+            metrics.reconcile_runs.inc();
             for d in &report.drift {
                 metrics.reconcile_drift.inc(d.kind.as_str());
             }
