@@ -12,6 +12,7 @@ mod billing;
 mod billing_sql;
 mod checkout;
 mod claim;
+mod console;
 mod dialect;
 mod erasure;
 mod error;
@@ -32,6 +33,7 @@ pub use billing::{
     OUTBOX_LEASE_CONFLICT, VERSION_CONFLICT,
 };
 pub use checkout::{CheckoutRecord, CheckoutStore};
+pub use console::{ConsoleStore, ReplayFilter};
 pub use idempotency::{
     IdempotencyScope, IdempotencyStore, IdempotentRequest, KeyTaken, StoredAnswer,
 };
@@ -291,6 +293,7 @@ pub struct InboxStats {
 pub trait Store:
     BillingStore
     + CheckoutStore
+    + ConsoleStore
     + IdempotencyStore
     + JobStore
     + RateLimitStore

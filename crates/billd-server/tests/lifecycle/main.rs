@@ -8,6 +8,7 @@
     reason = "scenarios and helpers live in plain functions the generated #[tokio::test]s call; a failed setup should panic"
 )]
 
+mod admin;
 mod alerts;
 mod checkout;
 mod deleted_gate;

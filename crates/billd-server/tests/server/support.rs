@@ -493,6 +493,36 @@ impl billd_store::CheckoutStore for SwitchableStore {
     }
 }
 
+/// The console's reads forward like the rest.
+#[async_trait]
+impl billd_store::ConsoleStore for SwitchableStore {
+    async fn search_customers(
+        &self,
+        query: &str,
+        after: Option<&billd_core::CustomerId>,
+        limit: u32,
+    ) -> StoreResult<Vec<billd_store::CustomerRecord>> {
+        self.check()?;
+        self.inner.search_customers(query, after, limit).await
+    }
+    async fn customer_events(
+        &self,
+        customer_id: &billd_core::CustomerId,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredEvent>> {
+        self.check()?;
+        self.inner.customer_events(customer_id, limit).await
+    }
+    async fn replay_events(
+        &self,
+        filter: &billd_store::ReplayFilter,
+        now: i64,
+    ) -> StoreResult<u64> {
+        self.check()?;
+        self.inner.replay_events(filter, now).await
+    }
+}
+
 /// Scheduler leases and sweeps forward like the rest.
 #[async_trait]
 impl billd_store::JobStore for SwitchableStore {

@@ -1,5 +1,9 @@
-//! The admin API (`/v1/admin/…`, admin key): the audit log and inbox
-//! operations.
+//! The admin API (`/v1/admin/…`, admin key): the overview, customers,
+//! the audit log and inbox operations (what the operator console shows).
+
+mod customers;
+mod overview;
+mod replay;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -12,6 +16,10 @@ use crate::http::error::ApiError;
 use crate::http::openapi::{route, Verb};
 use crate::pipeline::BillingBackend;
 
+pub(crate) use customers::{__path_get_customer, __path_resync_customer, __path_search_customers};
+pub(crate) use overview::__path_get_overview;
+pub(crate) use replay::__path_replay_events;
+
 /// Default and largest page sizes of the admin lists.
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
@@ -20,11 +28,41 @@ const MAX_LIMIT: u32 = 1000;
 pub(crate) fn router<S: BillingBackend + ?Sized>() -> Router<ApiState<S>> {
     let admin = route(Router::new(), Verb::Get, "/v1/admin/audit", get_audit::<S>);
     let admin = route(admin, Verb::Get, "/v1/admin/events", list_events::<S>);
-    route(
+    let admin = route(
         admin,
         Verb::Post,
         "/v1/admin/events/{id}/replay",
         replay_event::<S>,
+    );
+    let admin = route(
+        admin,
+        Verb::Post,
+        "/v1/admin/events/replay",
+        replay::replay_events::<S>,
+    );
+    let admin = route(
+        admin,
+        Verb::Get,
+        "/v1/admin/overview",
+        overview::get_overview::<S>,
+    );
+    let admin = route(
+        admin,
+        Verb::Get,
+        "/v1/admin/customers",
+        customers::search_customers::<S>,
+    );
+    let admin = route(
+        admin,
+        Verb::Get,
+        "/v1/admin/customers/{id}",
+        customers::get_customer::<S>,
+    );
+    route(
+        admin,
+        Verb::Post,
+        "/v1/admin/customers/{id}/resync",
+        customers::resync_customer::<S>,
     )
 }
 
