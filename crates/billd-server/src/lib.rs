@@ -165,6 +165,8 @@ pub fn start_with_parts(
     let http_cancel = cancel.clone();
     let http = tokio::spawn(async move {
         let router = http::service(state, routes);
+        // The peer's address: the console limits log-ins per client.
+        let router = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
         axum::serve(listener, router)
             .with_graceful_shutdown(async move { http_cancel.cancelled().await })
             .await

@@ -56,6 +56,10 @@ pub fn billing_config(config: &Config) -> anyhow::Result<BillingConfig> {
             proration_behavior: config.proration_behavior,
             stripe_customer_erasure: config.delete_stripe_customer,
             downgrade_timing: config.downgrade_timing,
+            secure_cookies: config
+                .public_url
+                .as_deref()
+                .is_some_and(|url| url.starts_with("https://")),
         },
         delivery: Arc::new(LogDelivery),
         metrics: Arc::new(Metrics::default()),

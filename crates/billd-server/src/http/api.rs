@@ -80,6 +80,9 @@ pub struct ApiConfig {
     pub stripe_customer_erasure: StripeCustomerErasure,
     /// When downgrades take effect (`BILLD_DOWNGRADE_TIMING`).
     pub downgrade_timing: crate::http::app::subscription::DowngradeTiming,
+    /// The console's session cookie is `Secure` (billd is served over
+    /// https: `BILLD_PUBLIC_URL` starts with `https://`).
+    pub secure_cookies: bool,
 }
 
 impl Default for ApiConfig {
@@ -90,6 +93,7 @@ impl Default for ApiConfig {
             proration_behavior: Default::default(),
             stripe_customer_erasure: StripeCustomerErasure::default(),
             downgrade_timing: Default::default(),
+            secure_cookies: false,
         }
     }
 }
@@ -180,14 +184,17 @@ pub fn routes<S: BillingBackend + ?Sized>(
         ));
     let admin = crate::http::admin::router::<S>();
     let admin = admin.route_layer(axum::middleware::from_fn_with_state(
-        keys,
+        keys.clone(),
         require_admin_key,
     ));
+    let secure = state.config.secure_cookies;
+    let console = crate::http::console::routes(state.clone(), keys, secure);
     app.merge(admin)
         .with_state(state)
         .layer(axum::middleware::from_fn(crate::http::router::log_errors))
         .merge(usage)
         .merge(checkout)
+        .merge(console)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(refuse_oversized))
 }

@@ -54,6 +54,12 @@ impl ApiKeys {
         }
     }
 
+    /// The admin keys, for deriving what must change when they change
+    /// (the console's session key).
+    pub(crate) fn admin_keys(&self) -> impl Iterator<Item = &str> {
+        self.admin.iter().map(|k| k.expose_secret())
+    }
+
     /// The role of `presented`, if it is a configured key.
     pub fn role(&self, presented: &str) -> Option<Role> {
         let matches = |keys: &[SecretString]| {

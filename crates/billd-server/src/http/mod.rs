@@ -11,6 +11,7 @@ mod admin;
 mod api;
 mod app;
 mod auth;
+mod console;
 mod error;
 mod idempotency;
 mod openapi;

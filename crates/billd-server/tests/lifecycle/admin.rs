@@ -191,7 +191,7 @@ async fn a_resync_applies_what_stripe_holds_when_no_webhook_came(db: Db) {
 
 /// A signed delivery of `event_type` about Stripe customer `cus` whose
 /// subscription id does not parse: dead at once as `id_invalid`.
-async fn deliver_poison(h: &Harness, id: &str, cus: &str) {
+pub(crate) async fn deliver_poison(h: &Harness, id: &str, cus: &str) {
     let body = json!({
         "id": id, "object": "event", "api_version": billd_stripe::API_VERSION,
         "created": t0(), "type": "customer.subscription.updated",

@@ -11,6 +11,7 @@
 mod admin;
 mod alerts;
 mod checkout;
+mod console;
 mod deleted_gate;
 mod deletion;
 mod fuzz;

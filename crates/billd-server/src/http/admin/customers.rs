@@ -93,6 +93,14 @@ pub(super) async fn search_customers<S: BillingBackend + ?Sized>(
         code: "invalid_query",
         message: e.body_text(),
     })?;
+    Ok(Json(search(&state, &query).await?))
+}
+
+/// A page of the customers `query` names (also the console's search).
+pub(crate) async fn search<S: BillingBackend + ?Sized>(
+    state: &ApiState<S>,
+    query: &SearchQuery,
+) -> Result<CustomerPage, ApiError> {
     bounded_opt("query", query.query.as_deref(), bounds::QUERY_TEXT)?;
     let after = query.cursor.as_deref().map(customer_id).transpose()?;
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
@@ -112,10 +120,10 @@ pub(super) async fn search_customers<S: BillingBackend + ?Sized>(
     } else {
         None
     };
-    Ok(Json(CustomerPage {
+    Ok(CustomerPage {
         data: rows.iter().map(CustomerSummary::from).collect(),
         next_cursor,
-    }))
+    })
 }
 
 /// Everything about one customer.
@@ -156,7 +164,15 @@ pub(super) async fn get_customer<S: BillingBackend + ?Sized>(
     State(state): State<ApiState<S>>,
     Path(id): Path<String>,
 ) -> Result<Json<CustomerView>, ApiError> {
-    let id = customer_id(&id)?;
+    Ok(Json(customer_view(&state, &id).await?))
+}
+
+/// Everything about customer `id` (also the console's customer page).
+pub(crate) async fn customer_view<S: BillingBackend + ?Sized>(
+    state: &ApiState<S>,
+    id: &str,
+) -> Result<CustomerView, ApiError> {
+    let id = customer_id(id)?;
     let store = &state.store;
     let record = store
         .get_customer(&id)
@@ -180,7 +196,7 @@ pub(super) async fn get_customer<S: BillingBackend + ?Sized>(
         })
         .await
         .map_err(store_error)?;
-    Ok(Json(CustomerView {
+    Ok(CustomerView {
         customer: CustomerSummary::from(&record),
         entitlements,
         version: record.version,
@@ -188,7 +204,7 @@ pub(super) async fn get_customer<S: BillingBackend + ?Sized>(
         events: events.into_iter().map(EventSummary::from).collect(),
         audit,
         outbox,
-    }))
+    })
 }
 
 /// The answer to a resync.
@@ -220,7 +236,16 @@ pub(super) async fn resync_customer<S: BillingBackend + ?Sized>(
     State(state): State<ApiState<S>>,
     Path(id): Path<String>,
 ) -> Result<Json<Resynced>, ApiError> {
-    let id: CustomerId = customer_id(&id)?;
+    Ok(Json(resync(&state, &id).await?))
+}
+
+/// Reads customer `id`'s subscriptions from Stripe and applies them (also
+/// the console's resync action).
+pub(crate) async fn resync<S: BillingBackend + ?Sized>(
+    state: &ApiState<S>,
+    id: &str,
+) -> Result<Resynced, ApiError> {
+    let id: CustomerId = customer_id(id)?;
     let record = crate::http::app::account::live_customer(&*state.store, &id).await?;
     let Some(stripe_customer) = record.stripe_customer_id.clone() else {
         return Err(ApiError::Conflict {
@@ -252,7 +277,7 @@ pub(super) async fn resync_customer<S: BillingBackend + ?Sized>(
                 .and_then(|sid| record.state.subscriptions.get(&sid))
                 .map_or(i64::MIN, |known| known.stamp.created);
             applied &= crate::http::app::subscription::feed_back_snapshot(
-                &state, watermark, sub_id, object, observed,
+                state, watermark, sub_id, object, observed,
             )
             .await?;
             subscriptions.push(sub_id.to_owned());
@@ -266,9 +291,9 @@ pub(super) async fn resync_customer<S: BillingBackend + ?Sized>(
         }
     }
     let record = crate::http::app::account::live_customer(&*state.store, &id).await?;
-    Ok(Json(Resynced {
+    Ok(Resynced {
         subscriptions,
         applied,
         entitlements: state.entitlements_of(&record).await?,
-    }))
+    })
 }

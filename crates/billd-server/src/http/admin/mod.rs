@@ -16,8 +16,11 @@ use crate::http::error::ApiError;
 use crate::http::openapi::{route, Verb};
 use crate::pipeline::BillingBackend;
 
-pub(crate) use customers::{__path_get_customer, __path_resync_customer, __path_search_customers};
-pub(crate) use overview::__path_get_overview;
+pub(crate) use customers::{
+    __path_get_customer, __path_resync_customer, __path_search_customers, customer_view, resync,
+    search, SearchQuery,
+};
+pub(crate) use overview::{__path_get_overview, read_overview};
 pub(crate) use replay::__path_replay_events;
 
 /// Default and largest page sizes of the admin lists.
@@ -182,6 +185,14 @@ async fn list_events<S: BillingBackend + ?Sized>(
         code: "invalid_query",
         message: e.body_text(),
     })?;
+    Ok(Json(events(&state, query).await?))
+}
+
+/// The inbox rows `query` picks, newest first (also the console's events page).
+pub(crate) async fn events<S: BillingBackend + ?Sized>(
+    state: &ApiState<S>,
+    query: EventsQuery,
+) -> Result<List<EventSummary>, ApiError> {
     let status = query
         .status
         .as_deref()
@@ -202,9 +213,9 @@ async fn list_events<S: BillingBackend + ?Sized>(
         .list_events(&filter)
         .await
         .map_err(store_error)?;
-    Ok(Json(List {
+    Ok(List {
         data: events.into_iter().map(EventSummary::from).collect(),
-    }))
+    })
 }
 
 /// The answer to a replay.
@@ -230,6 +241,14 @@ async fn replay_event<S: BillingBackend + ?Sized>(
     State(state): State<ApiState<S>>,
     Path(id): Path<String>,
 ) -> Result<Json<Replayed>, ApiError> {
+    Ok(Json(replay_one(&state, id).await?))
+}
+
+/// Puts event `id` back to pending (also the console's replay action).
+pub(crate) async fn replay_one<S: BillingBackend + ?Sized>(
+    state: &ApiState<S>,
+    id: String,
+) -> Result<Replayed, ApiError> {
     let found = state
         .store
         .requeue_event(&id, state.clock.now())
@@ -241,8 +260,8 @@ async fn replay_event<S: BillingBackend + ?Sized>(
             message: format!("no event {id}"),
         });
     }
-    Ok(Json(Replayed {
+    Ok(Replayed {
         id,
         status: EventStatus::Pending,
-    }))
+    })
 }

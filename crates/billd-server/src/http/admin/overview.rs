@@ -74,6 +74,13 @@ pub struct Overview {
 pub(super) async fn get_overview<S: BillingBackend + ?Sized>(
     State(state): State<ApiState<S>>,
 ) -> Result<Json<Overview>, ApiError> {
+    Ok(Json(read_overview(&state).await?))
+}
+
+/// The overview as of now (also the console's front page).
+pub(crate) async fn read_overview<S: BillingBackend + ?Sized>(
+    state: &ApiState<S>,
+) -> Result<Overview, ApiError> {
     let now = state.clock.now();
     let store = &state.store;
     let inbox = store.inbox_stats().await.map_err(store_error)?;
@@ -86,7 +93,7 @@ pub(super) async fn get_overview<S: BillingBackend + ?Sized>(
         .map(|(_, n)| *n)
         .sum();
     let lag = |oldest: Option<i64>| oldest.map_or(0, |at| (now - at).max(0));
-    Ok(Json(Overview {
+    Ok(Overview {
         at: now,
         inbox: QueueView {
             by_status: inbox
@@ -106,5 +113,5 @@ pub(super) async fn get_overview<S: BillingBackend + ?Sized>(
             lag_secs: lag(outbox.oldest_waiting_created_at),
         },
         jobs: jobs.into_iter().map(JobView::from).collect(),
-    }))
+    })
 }

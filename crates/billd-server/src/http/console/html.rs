@@ -1,0 +1,151 @@
+//! HTML for the console: escaping, the page shell, and formats. Every
+//! value that reaches a page goes through [`esc`] (or a function here that
+//! calls it); nothing is inserted raw but the fixed markup of this module.
+
+use std::fmt::Write as _;
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+/// The stylesheet, embedded at build time.
+pub(crate) const CSS: &str = include_str!("console.css");
+
+/// No script, no inline style, no framing, forms only to billd itself.
+pub(crate) const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; \
+     form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
+/// `text` escaped for HTML text and attribute values.
+pub(crate) fn esc(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `text` escaped for a URL query value.
+pub(crate) fn query_value(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+/// A unix time as a `<time>` element in UTC (RFC 3339), or `—`.
+pub(crate) fn time(at: Option<i64>) -> String {
+    let Some(at) = at else {
+        return "<span class=\"muted\">—</span>".to_owned();
+    };
+    let text = billd_core::calendar::rfc3339(at);
+    format!(
+        "<time datetime=\"{0}\" title=\"{0}\">{0}</time>",
+        esc(&text)
+    )
+}
+
+/// An optional text, escaped, or `—`.
+pub(crate) fn opt(text: Option<&str>) -> String {
+    text.map_or_else(|| "<span class=\"muted\">—</span>".to_owned(), esc)
+}
+
+/// The pages of the navigation bar: (path, label).
+const NAV: [(&str, &str); 3] = [
+    ("/console", "Overview"),
+    ("/console/customers", "Customers"),
+    ("/console/events", "Events"),
+];
+
+/// A whole page: the shell with the navigation (and the log-out form,
+/// carrying `csrf`), the title, and `body` (already HTML).
+pub(crate) fn page(title: &str, active: &str, csrf: &str, body: &str) -> String {
+    let mut nav = String::new();
+    for (path, label) in NAV {
+        let class = if path == active {
+            " class=\"active\""
+        } else {
+            ""
+        };
+        let _ = write!(nav, "<a href=\"{path}\"{class}>{label}</a>");
+    }
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{title} · billd</title>\
+         <link rel=\"stylesheet\" href=\"/console/assets/console.css\"></head>\
+         <body><header><strong>billd</strong><nav>{nav}</nav>\
+         <form method=\"post\" action=\"/console/logout\">{hidden}\
+         <button class=\"quiet\" type=\"submit\">Log out</button></form></header>\
+         <main><h1>{title}</h1>{body}</main></body></html>\n",
+        title = esc(title),
+        hidden = csrf_field(csrf),
+    )
+}
+
+/// The hidden field carrying the CSRF token of a form.
+pub(crate) fn csrf_field(csrf: &str) -> String {
+    format!(
+        "<input type=\"hidden\" name=\"csrf\" value=\"{}\">",
+        esc(csrf)
+    )
+}
+
+/// A page answer with the console's security headers.
+pub(crate) fn respond(status: StatusCode, html: String) -> Response {
+    let mut response = (status, html).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    secure_headers(headers);
+    response
+}
+
+/// The headers every console answer carries.
+pub(crate) fn secure_headers(headers: &mut axum::http::HeaderMap) {
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+}
+
+/// A bare page (login, errors) without navigation.
+pub(crate) fn bare(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{title} · billd</title>\
+         <link rel=\"stylesheet\" href=\"/console/assets/console.css\"></head>\
+         <body><main>{body}</main></body></html>\n",
+        title = esc(title),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_markup_character_is_escaped() {
+        assert_eq!(
+            esc("<script>alert('x\"&')</script>"),
+            "&lt;script&gt;alert(&#39;x&quot;&amp;&#39;)&lt;/script&gt;"
+        );
+        assert_eq!(opt(Some("<b>")), "&lt;b&gt;");
+        assert_eq!(query_value("a b&c"), "a+b%26c");
+    }
+}

@@ -1,0 +1,240 @@
+//! The operator console over real HTTP: log-in with an admin key, the
+//! session cookie, CSRF on every action, the log-in rate limit, escaping,
+//! and the pages and actions an operator uses.
+
+use reqwest::header::{CONTENT_SECURITY_POLICY, LOCATION, SET_COOKIE, X_FRAME_OPTIONS};
+use reqwest::redirect::Policy;
+use serde_json::json;
+
+use crate::admin::deliver_poison;
+use crate::on_both_databases;
+use crate::support::{t0, Db, Harness, ADMIN_KEY, APP_KEY};
+
+/// A console visitor: no redirects followed, its cookie kept by hand.
+struct Visitor<'h> {
+    h: &'h Harness,
+    http: reqwest::Client,
+    cookie: Option<String>,
+}
+
+/// What a request answered.
+struct Page {
+    status: u16,
+    location: Option<String>,
+    set_cookie: Option<String>,
+    csp: Option<String>,
+    frame: Option<String>,
+    body: String,
+}
+
+impl<'h> Visitor<'h> {
+    fn new(h: &'h Harness) -> Self {
+        let http = reqwest::Client::builder()
+            .redirect(Policy::none())
+            .build()
+            .unwrap();
+        Visitor {
+            h,
+            http,
+            cookie: None,
+        }
+    }
+
+    async fn send(&mut self, request: reqwest::RequestBuilder) -> Page {
+        let request = match &self.cookie {
+            Some(cookie) => request.header("Cookie", cookie),
+            None => request,
+        };
+        let response = request.send().await.unwrap();
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .map(|v: &reqwest::header::HeaderValue| v.to_str().unwrap().to_owned())
+        };
+        let set_cookie = header(SET_COOKIE);
+        if let Some(set) = &set_cookie {
+            let pair = set.split(';').next().unwrap().to_owned();
+            self.cookie = (!pair.ends_with('=')).then_some(pair);
+        }
+        Page {
+            status: response.status().as_u16(),
+            location: header(LOCATION),
+            set_cookie,
+            csp: header(CONTENT_SECURITY_POLICY),
+            frame: header(X_FRAME_OPTIONS),
+            body: response.text().await.unwrap(),
+        }
+    }
+
+    async fn get(&mut self, path: &str) -> Page {
+        let request = self.http.get(format!("{}{path}", self.h.base));
+        self.send(request).await
+    }
+
+    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+        let request = self.http.post(format!("{}{path}", self.h.base)).form(form);
+        self.send(request).await
+    }
+
+    async fn log_in(&mut self) {
+        let page = self.post("/console/login", &[("key", ADMIN_KEY)]).await;
+        assert_eq!(page.status, 303, "{}", page.body);
+        assert!(self.cookie.is_some());
+    }
+}
+
+/// The CSRF token of the first form of a page.
+fn csrf(body: &str) -> String {
+    let at = body.find("name=\"csrf\" value=\"").unwrap() + "name=\"csrf\" value=\"".len();
+    body[at..].split('"').next().unwrap().to_owned()
+}
+
+async fn the_console_needs_an_admin_session_and_csrf_and_limits_log_ins(db: Db) {
+    let h = Harness::start(db, t0(), Default::default()).await;
+    let mut v = Visitor::new(&h);
+    let page = v.get("/console").await;
+    assert_eq!(
+        (page.status, page.location.as_deref()),
+        (303, Some("/console/login"))
+    );
+    let page = v.get("/console/login").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("<form class=\"login\""), "{}", page.body);
+    let csp = page.csp.unwrap();
+    assert!(
+        csp.contains("default-src 'none'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+    assert_eq!(page.frame.as_deref(), Some("DENY"));
+
+    // An app key is no admin key: an HTML page, not the API's JSON.
+    let page = v.post("/console/login", &[("key", APP_KEY)]).await;
+    assert_eq!(page.status, 401);
+    assert!(page.body.starts_with("<!doctype html>"), "{}", page.body);
+    assert!(v.cookie.is_none());
+
+    v.log_in().await;
+    let cookie = v.cookie.clone().unwrap();
+    let page = v.get("/console").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("dead events"));
+    let set = page.set_cookie.unwrap();
+    for attribute in [
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/console",
+        "Max-Age=28800",
+    ] {
+        assert!(set.contains(attribute), "{set}");
+    }
+    for path in ["/console", "/console/customers", "/console/events"] {
+        let page = v.get(path).await;
+        assert_eq!(page.status, 200, "{path}");
+        assert!(!page.body.contains(ADMIN_KEY) && !page.body.contains(&h.webhook_secret));
+        assert!(page.csp.is_some(), "{path}");
+    }
+    let css = v.get("/console/assets/console.css").await;
+    assert_eq!(css.status, 200);
+
+    // Log-out wants the session's own token.
+    let token = csrf(&v.get("/console").await.body);
+    let page = v.post("/console/logout", &[("csrf", "forged")]).await;
+    assert_eq!(page.status, 403);
+    assert!(page.body.contains("csrf_invalid"));
+    let page = v.post("/console/logout", &[("csrf", &token)]).await;
+    assert_eq!(
+        (page.status, page.location.as_deref()),
+        (303, Some("/console/login"))
+    );
+    assert!(page.set_cookie.unwrap().contains("Max-Age=0"));
+    assert_eq!(v.get("/console").await.status, 303);
+    // A cookie from another key set is no session either.
+    v.cookie = Some(cookie.replace('.', "x"));
+    assert_eq!(v.get("/console").await.status, 303);
+
+    // Ten attempts a minute from one address: 2 were made above.
+    let mut statuses = Vec::new();
+    for _ in 0..9 {
+        statuses.push(v.post("/console/login", &[("key", "guess")]).await.status);
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 401, 401, 401, 429]);
+    // The right key too, until the minute is over.
+    let page = v.post("/console/login", &[("key", ADMIN_KEY)]).await;
+    assert_eq!(page.status, 429);
+    h.shutdown().await;
+}
+
+async fn an_operator_finds_a_customer_replays_its_dead_event_and_resyncs(db: Db) {
+    let h = Harness::start(db, t0(), Default::default()).await;
+    let (_, cus) = h.customer("u_ada", "pm_card_visa", true).await;
+    h.subscribe("u_ada", &cus, &h.pro_price);
+    h.wait_for("u_ada", "pro", |e| e["plan"] == "pro").await;
+    let renamed = h
+        .http
+        .put(format!("{}/v1/customers/u_ada", h.base))
+        .bearer_auth(APP_KEY)
+        .json(&json!({ "email": "u_ada@example.com", "name": "<script>alert(1)</script>" }))
+        .send()
+        .await
+        .unwrap();
+    assert!(renamed.status().is_success());
+    deliver_poison(&h, "evt_poison_<b>", &cus).await;
+
+    let mut v = Visitor::new(&h);
+    v.log_in().await;
+    let page = v.get("/console/customers?query=U_ADA%40example").await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains("href=\"/console/customers/u_ada\""),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert!(!page.body.contains("<script>alert(1)"));
+
+    let page = v.get("/console/customers/u_ada").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body.contains("<div class=\"n\">pro</div>"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("customer.subscription.created"));
+    assert!(!page.body.contains("<script>alert(1)"));
+    assert!(!page.body.contains("evt_poison_<b>"));
+    assert!(page.body.contains("evt_poison_&lt;b&gt;"));
+
+    // The poison event is dead; replaying it needs the token.
+    let dead = "/console/events?status=dead";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !v.get(dead).await.body.contains("evt_poison_&lt;b&gt;") {
+        assert!(std::time::Instant::now() < deadline, "never dead");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let replay = "/console/events/evt_poison_%3Cb%3E/replay";
+    let page = v.post(replay, &[]).await;
+    assert_eq!(page.status, 403);
+    let token = csrf(&v.get(dead).await.body);
+    let page = v.post(replay, &[("csrf", &token)]).await;
+    assert_eq!(page.status, 303, "{}", page.body);
+    let event = h.store.get_event("evt_poison_<b>").await.unwrap().unwrap();
+    assert!(event.attempts <= 1, "{event:?}");
+
+    let page = v
+        .post("/console/customers/u_ada/resync", &[("csrf", &token)])
+        .await;
+    assert_eq!(
+        (page.status, page.location.as_deref()),
+        (303, Some("/console/customers/u_ada"))
+    );
+    let page = v.get("/console/customers/u_nobody").await;
+    assert_eq!(page.status, 404);
+    assert!(page.body.contains("customer_not_found"));
+    h.shutdown().await;
+}
+
+on_both_databases!(
+    the_console_needs_an_admin_session_and_csrf_and_limits_log_ins,
+    an_operator_finds_a_customer_replays_its_dead_event_and_resyncs,
+);
