@@ -467,8 +467,10 @@ pub trait BillingStore: Send + Sync + 'static {
     /// Outbox rows matching a filter, newest first.
     async fn list_outbox(&self, filter: &OutboxFilter) -> StoreResult<Vec<OutboxItem>>;
 
-    /// Puts one outbox row back to `pending` (attempts reset, due now), for
-    /// an operator retrying a dead row. False when the id is unknown.
+    /// Puts one dead outbox row back to `pending` (attempts reset, due
+    /// now), for an operator retrying it. False when no dead row has that
+    /// id: a row still pending, being delivered or sent is left alone, so a
+    /// retry can never send twice.
     async fn requeue_outbox(&self, id: i64, now: i64) -> StoreResult<bool>;
 
     /// Adds `amount` to the counter if the result stays within `limit`, as

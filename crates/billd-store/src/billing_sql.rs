@@ -405,7 +405,7 @@ macro_rules! billing_store {
                 let done = sqlx::query(
                     "UPDATE outbox \
                      SET status = 'pending', attempts = 0, next_attempt_at = $2, done_at = NULL \
-                     WHERE id = $1",
+                     WHERE id = $1 AND status = 'dead'",
                 )
                 .bind(id)
                 .bind(now)

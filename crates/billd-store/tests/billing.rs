@@ -776,6 +776,13 @@ async fn an_outbox_row_that_fails_for_good_is_dead_until_requeued(h: &Harness) {
         .await
         .unwrap();
     let claimed = h.billing.claim_outbox(NOW, NOW + 30, 10).await.unwrap();
+    // Being delivered: a retry would send it twice.
+    let while_claimed = h
+        .billing
+        .requeue_outbox(claimed[0].id, NOW + 1)
+        .await
+        .unwrap();
+    assert!(!while_claimed);
 
     h.billing
         .finish_outbox(

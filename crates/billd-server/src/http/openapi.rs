@@ -383,6 +383,8 @@ fn add_codes(
         crate::http::admin::search_customers,
         crate::http::admin::get_customer,
         crate::http::admin::resync_customer,
+        crate::http::admin::list_outbox,
+        crate::http::admin::retry_outbox,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&SecuritySchemes, &CommonResponses),

@@ -128,7 +128,12 @@ async fn the_console_needs_an_admin_session_and_csrf_and_limits_log_ins(db: Db) 
     ] {
         assert!(set.contains(attribute), "{set}");
     }
-    for path in ["/console", "/console/customers", "/console/events"] {
+    for path in [
+        "/console",
+        "/console/customers",
+        "/console/events",
+        "/console/emails",
+    ] {
         let page = v.get(path).await;
         assert_eq!(page.status, 200, "{path}");
         assert!(!page.body.contains(ADMIN_KEY) && !page.body.contains(&h.webhook_secret));
@@ -234,7 +239,108 @@ async fn an_operator_finds_a_customer_replays_its_dead_event_and_resyncs(db: Db)
     h.shutdown().await;
 }
 
+/// A dead outbox row: a re-fetch of a subscription Stripe does not have
+/// (Stripe answers 404, which retrying cannot fix).
+async fn dead_outbox_row(h: &Harness) -> i64 {
+    let effect = billd_core::Effect::RefetchSubscription {
+        subscription: billd_core::StripeSubscriptionId::parse("sub_gone").unwrap(),
+        tie_created: t0(),
+        round: 0,
+        dedupe_key: "refetch_subscription:sub_gone:1".to_owned(),
+    };
+    let items = billd_server::pipeline::outbox_items(&[effect], Default::default()).unwrap();
+    h.store.enqueue_outbox(None, &items, t0()).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (status, rows) = h
+            .admin_get("/v1/admin/outbox?status=dead", Some(ADMIN_KEY))
+            .await;
+        assert_eq!(status, 200, "{rows}");
+        if let Some(id) = rows["data"][0]["id"].as_i64() {
+            assert_eq!(rows["data"][0]["kind"], "refetch_subscription");
+            return id;
+        }
+        assert!(std::time::Instant::now() < deadline, "never dead");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn a_dead_outbox_row_is_retried_once_and_a_sent_one_never(db: Db) {
+    let h = Harness::start(db, t0(), Default::default()).await;
+    let (_, cus) = h.customer("u_ada", "pm_card_visa", true).await;
+    h.subscribe("u_ada", &cus, &h.pro_price);
+    h.wait_for("u_ada", "pro", |e| e["plan"] == "pro").await;
+    let dead = dead_outbox_row(&h).await;
+
+    let mut v = Visitor::new(&h);
+    v.log_in().await;
+    let page = v.get("/console/emails?status=dead").await;
+    assert_eq!(page.status, 200);
+    assert!(
+        page.body.contains("refetch_subscription:sub_gone:1"),
+        "{}",
+        page.body
+    );
+    let retry = format!("/console/emails/{dead}/retry");
+    assert_eq!(v.post(&retry, &[]).await.status, 403);
+    let token = csrf(&page.body);
+    let page = v.post(&retry, &[("csrf", &token)]).await;
+    assert_eq!(page.status, 303, "{}", page.body);
+    // Dead again after its new attempt, and retried through the API.
+    let dead_again = dead_outbox_row(&h).await;
+    assert_eq!(dead_again, dead);
+    let response = h
+        .http
+        .post(format!("{}/v1/admin/outbox/{dead}/retry", h.base))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    // A sent email is never sent again.
+    let (_, sent) = h
+        .admin_get(
+            "/v1/admin/outbox?status=sent&customer=u_ada",
+            Some(ADMIN_KEY),
+        )
+        .await;
+    let sent = sent["data"][0]["id"].as_i64().unwrap();
+    for path in [
+        format!("/v1/admin/outbox/{sent}/retry"),
+        "/v1/admin/outbox/x/retry".into(),
+    ] {
+        let response = h
+            .http
+            .post(format!("{}{path}", h.base))
+            .bearer_auth(ADMIN_KEY)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let body: serde_json::Value = response.json().await.unwrap();
+        let code = body["error"]["code"].as_str().unwrap().to_owned();
+        assert!(
+            [
+                (404, "dead_outbox_row_not_found".to_owned()),
+                (400, "invalid_path".to_owned())
+            ]
+            .contains(&(status, code.clone())),
+            "{path}: {status} {code}"
+        );
+    }
+    let (status, body) = h
+        .admin_get("/v1/admin/outbox?status=lost", Some(ADMIN_KEY))
+        .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("invalid_status"))
+    );
+    h.shutdown().await;
+}
+
 on_both_databases!(
     the_console_needs_an_admin_session_and_csrf_and_limits_log_ins,
     an_operator_finds_a_customer_replays_its_dead_event_and_resyncs,
+    a_dead_outbox_row_is_retried_once_and_a_sent_one_never,
 );

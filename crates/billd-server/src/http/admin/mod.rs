@@ -2,6 +2,7 @@
 //! the audit log and inbox operations (what the operator console shows).
 
 mod customers;
+mod outbox;
 mod overview;
 mod replay;
 
@@ -19,6 +20,9 @@ use crate::pipeline::BillingBackend;
 pub(crate) use customers::{
     __path_get_customer, __path_resync_customer, __path_search_customers, customer_view, resync,
     search, SearchQuery,
+};
+pub(crate) use outbox::{
+    __path_list_outbox, __path_retry_outbox, outbox_rows, retry_dead, OutboxQuery,
 };
 pub(crate) use overview::{__path_get_overview, read_overview};
 pub(crate) use replay::__path_replay_events;
@@ -61,11 +65,23 @@ pub(crate) fn router<S: BillingBackend + ?Sized>() -> Router<ApiState<S>> {
         "/v1/admin/customers/{id}",
         customers::get_customer::<S>,
     );
-    route(
+    let admin = route(
         admin,
         Verb::Post,
         "/v1/admin/customers/{id}/resync",
         customers::resync_customer::<S>,
+    );
+    let admin = route(
+        admin,
+        Verb::Get,
+        "/v1/admin/outbox",
+        outbox::list_outbox::<S>,
+    );
+    route(
+        admin,
+        Verb::Post,
+        "/v1/admin/outbox/{id}/retry",
+        outbox::retry_outbox::<S>,
     )
 }
 

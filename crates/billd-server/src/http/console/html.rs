@@ -53,10 +53,11 @@ pub(crate) fn opt(text: Option<&str>) -> String {
 }
 
 /// The pages of the navigation bar: (path, label).
-const NAV: [(&str, &str); 3] = [
+const NAV: [(&str, &str); 4] = [
     ("/console", "Overview"),
     ("/console/customers", "Customers"),
     ("/console/events", "Events"),
+    ("/console/emails", "Emails"),
 ];
 
 /// A whole page: the shell with the navigation (and the log-out form,

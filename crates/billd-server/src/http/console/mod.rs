@@ -5,6 +5,7 @@
 //! address; every answer carries a Content-Security-Policy without inline
 //! scripts and `X-Frame-Options: DENY`.
 
+mod emails;
 mod html;
 mod pages;
 mod session;
@@ -72,6 +73,8 @@ pub(crate) fn routes<S: BillingBackend + ?Sized>(
         .route("/console/customers/{id}/resync", post(pages::resync::<S>))
         .route("/console/events", get(pages::events::<S>))
         .route("/console/events/{id}/replay", post(pages::replay::<S>))
+        .route("/console/emails", get(emails::emails::<S>))
+        .route("/console/emails/{id}/retry", post(emails::retry::<S>))
         .route("/console/logout", post(logout::<S>))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
