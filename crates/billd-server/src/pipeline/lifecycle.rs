@@ -5,7 +5,8 @@
 //!
 //! Linking finds the billd customer an event belongs to, in this order: the
 //! Stripe customer already linked; a Stripe object already linked
-//! (subscription, charge, payment intent, the event's own object);
+//! (subscription, charge, payment intent, a payment's invoice, the event's
+//! own object);
 //! `metadata[billd_customer_id]` or a Checkout `client_reference_id` (the
 //! link is created now); for a dispute, the charge fetched from Stripe.
 //! An event none of these resolve is parked as `unlinked` and requeued
@@ -34,8 +35,9 @@ use crate::pipeline::worker::{
 use crate::telemetry::observe;
 use crate::telemetry::Metrics;
 
-/// Every Stripe event type the lifecycle handler applies (issue 4's list).
-pub const HANDLED_EVENT_TYPES: [&str; 27] = [
+/// Every Stripe event type the lifecycle handler applies: issue 4's list,
+/// and the two that tie a payment intent to its invoice or customer.
+pub const HANDLED_EVENT_TYPES: [&str; 29] = [
     "checkout.session.completed",
     "checkout.session.expired",
     "customer.subscription.created",
@@ -63,6 +65,8 @@ pub const HANDLED_EVENT_TYPES: [&str; 27] = [
     "payment_method.attached",
     "payment_method.updated",
     "payment_method.automatically_updated",
+    "invoice_payment.paid",
+    "payment_intent.succeeded",
 ];
 
 /// Ids of the synthetic events the outbox feeds back after re-fetching a
@@ -178,6 +182,7 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
             hints.subscription.as_ref().map(ToString::to_string),
             hints.charge.as_ref().map(ToString::to_string),
             hints.payment_intent.as_ref().map(ToString::to_string),
+            hints.invoice.as_ref().map(ToString::to_string),
             event.object_id(),
         ];
         for object in objects.iter().flatten() {
@@ -358,9 +363,6 @@ fn object_links(event: &Event) -> Vec<String> {
     .into_iter()
     .flatten()
     .collect();
-    if let EventKind::Invoice { invoice, .. } = &event.kind {
-        links.extend(invoice.payment_intents.iter().map(ToString::to_string));
-    }
     links.sort();
     links.dedup();
     links

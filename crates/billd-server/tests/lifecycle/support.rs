@@ -181,6 +181,8 @@ pub struct Harness {
     pub stripe_client: StripeClient,
     /// Every request `stripe_client` sends, checked at [`Harness::shutdown`].
     pub requests: RequestCheck,
+    /// The signing secret of the sim's endpoint pointing at billd.
+    webhook_secret: String,
     running: Option<Running>,
     sim_handle: Option<SimHandle>,
     outbox: Option<tokio::task::JoinHandle<()>>,
@@ -319,7 +321,7 @@ impl Harness {
             Some(stripe.clone()),
             api_config,
         );
-        let mut config = server_config(secret);
+        let mut config = server_config(secret.clone());
         config.worker = WorkerConfig {
             max_attempts: 20,
             lease_secs: 60,
@@ -361,6 +363,7 @@ impl Harness {
             standard_price,
             stripe_client: stripe,
             requests,
+            webhook_secret: secret,
             running: Some(running),
             sim_handle: Some(sim_handle),
             outbox: Some(outbox),
@@ -427,6 +430,41 @@ impl Harness {
             "POST",
             &format!("/v1/customers/{cus}"),
             &format!("invoice_settings[default_payment_method]={pm}"),
+        );
+    }
+
+    /// Delivers a webhook of billd's test's own making, signed like the
+    /// sim's: for payloads the sim would not send. Panics unless billd
+    /// answers 2xx.
+    pub async fn deliver(&self, id: &str, event_type: &str, object: Value) {
+        let body = serde_json::json!({
+            "id": id,
+            "object": "event",
+            "api_version": billd_stripe::API_VERSION,
+            "created": self.clock.now(),
+            "livemode": false,
+            "pending_webhooks": 1,
+            "request": { "id": null, "idempotency_key": null },
+            "type": event_type,
+            "data": { "object": object },
+        })
+        .to_string();
+        // Signatures are checked against the wall clock (see `server_config`).
+        let header =
+            billd_stripe::webhook::sign(&self.webhook_secret, SystemClock.now(), body.as_bytes());
+        let response = self
+            .http
+            .post(format!("{}/webhooks/stripe", self.base))
+            .header("Content-Type", "application/json")
+            .header("Stripe-Signature", header)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{event_type} {id}: {}",
+            response.status()
         );
     }
 
