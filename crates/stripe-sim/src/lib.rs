@@ -263,6 +263,29 @@ impl Sim {
         self.lock().exchanges.clone().unwrap_or_default()
     }
 
+    /// Each request recorded since [`Sim::record_exchanges`] that Stripe's
+    /// definitions refuse ([`defs::check_decoded`]), with what is wrong,
+    /// whatever the emulator answered: how a suite whose Stripe client runs
+    /// in another process (billd's CLI) checks every request it sent.
+    pub fn request_problems(&self) -> Vec<String> {
+        self.exchanges()
+            .iter()
+            .filter_map(|x| {
+                let problems = defs::check_decoded(&x.method, &x.path, &x.params);
+                (!problems.is_empty()).then(|| {
+                    let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                    format!(
+                        "{} {} {}: {}",
+                        x.method,
+                        x.path,
+                        x.params,
+                        problems.join("; ")
+                    )
+                })
+            })
+            .collect()
+    }
+
     /// Every event so far, oldest first.
     pub fn events(&self) -> Vec<Value> {
         let s = self.lock();

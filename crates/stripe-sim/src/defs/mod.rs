@@ -327,6 +327,22 @@ pub fn check_request(method: &str, path: &str, params: &[(String, String)]) -> V
     out
 }
 
+/// [`check_request`] for parameters already decoded into their nested form
+/// (what the emulator records of each request it served, see
+/// [`crate::Sim::request_problems`]).
+pub fn check_decoded(method: &str, path: &str, params: &Value) -> Vec<Problem> {
+    let rest: Vec<&str> = match path.strip_prefix("/v1/") {
+        Some(r) => r.split('/').collect(),
+        None => return vec![Problem::UnknownEndpoint],
+    };
+    let Some(def) = endpoint(method, &rest) else {
+        return vec![Problem::UnknownEndpoint];
+    };
+    let mut out = Vec::new();
+    fits(def, params, "", &mut out);
+    out
+}
+
 fn bracket(path: &str, k: &str) -> String {
     if path.is_empty() {
         k.to_string()
