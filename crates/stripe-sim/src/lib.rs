@@ -286,6 +286,29 @@ impl Sim {
             .collect()
     }
 
+    /// How the answers recorded since [`Sim::record_exchanges`] (the
+    /// successful ones) and every event so far differ from Stripe's
+    /// definitions ([`defs::check_object`], [`defs::check_event`]): each
+    /// distinct problem with how often it was seen. Empty when all conform.
+    pub fn shape_problems(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut problems = std::collections::BTreeMap::new();
+        for x in self.exchanges().iter().filter(|x| x.status == 200) {
+            let seen = defs::Seen {
+                expand: params::expand_paths(&x.params).into_iter().collect(),
+                webhook: false,
+            };
+            for p in defs::check_object(&x.body, &seen) {
+                *problems.entry(p).or_default() += 1;
+            }
+        }
+        for e in self.events() {
+            for p in defs::check_event(&e) {
+                *problems.entry(p).or_default() += 1;
+            }
+        }
+        problems
+    }
+
     /// Every event so far, oldest first.
     pub fn events(&self) -> Vec<Value> {
         let s = self.lock();

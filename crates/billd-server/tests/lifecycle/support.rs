@@ -270,6 +270,7 @@ impl Harness {
         .await
         .unwrap();
         let sim = sim_handle.sim.clone();
+        sim.record_exchanges();
         let price = |name: &str, amount: u32| {
             let (status, body) = sim.call(
                 "POST",
@@ -551,6 +552,12 @@ impl Harness {
         }
         // After the workers stop: nothing billd sends goes unchecked.
         self.requests.check();
+        // Nor anything the sim answered or delivered in the scenario.
+        let problems = self.sim.shape_problems();
+        assert!(
+            problems.is_empty(),
+            "stripe-sim emitted objects Stripe's definitions refuse: {problems:#?}"
+        );
     }
 }
 
