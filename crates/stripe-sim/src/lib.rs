@@ -54,7 +54,6 @@
 //!   replaces the phases; `end_behavior=cancel` releases like `release`.
 //! - Updating a subscription replaces existing items' price/quantity only (no
 //!   adding or removing items).
-//! - `price.currency_options` is always shown (Stripe shows it when expanded).
 //! - An `incomplete` subscription expiring sends `customer.subscription.updated`.
 //! - Events are rendered in the pinned version whatever an endpoint's
 //!   `api_version`; first delivery attempts go out one at a time.
