@@ -359,7 +359,7 @@ fn is_decimal(s: &str) -> bool {
         && all_digits(whole)
         && all_digits(frac)
         && frac.len() <= 12
-        && (frac.is_empty() == !digits.contains('.'))
+        && frac.is_empty() != digits.contains('.')
 }
 
 fn bracket(path: &str, k: &str) -> String {
