@@ -531,7 +531,7 @@ class Sdk:
 
 
 PRIM = {"string": "s", "number": "n", "boolean": "b", "null": "null", "void": "void",
-        "true": "true", "false": "false", "any": "any", "unknown": "any", "Decimal": "s",
+        "true": "true", "false": "false", "any": "any", "unknown": "any", "Decimal": "d",
         "OtherString": "s", "Date": "any"}
 
 

@@ -230,7 +230,8 @@ pub struct AuditEntry {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
-    /// The event changed the state (or recorded a fact).
+    /// The event changed the state, recorded a fact, or (a payment) only
+    /// links objects to the customer.
     Applied,
     /// Seen before (same event or same fact): nothing changed.
     Duplicate,
@@ -565,6 +566,12 @@ pub fn apply(state: &CustomerState, event: &Event, catalog: &Catalog, now: i64) 
                     Outcome::Stale
                 }
             }
+        }
+        // Nothing to decide: the payment only links (the adapter records
+        // the payment intent as this customer's, idempotently), so the state
+        // keeps no trace of it and a replay changes nothing either.
+        EventKind::InvoicePayment { .. } | EventKind::PaymentIntentSucceeded { .. } => {
+            Outcome::Applied
         }
     };
 

@@ -114,6 +114,19 @@ pub enum EventKind {
         /// The payment method.
         payment_method: PaymentMethod,
     },
+    /// `invoice_payment.paid`: which payment intent paid which invoice. It
+    /// ties the payment intent to the invoice's customer, so a later refund
+    /// or dispute naming only the payment intent links.
+    InvoicePayment {
+        /// The invoice payment.
+        payment: InvoicePayment,
+    },
+    /// `payment_intent.succeeded`: ties the payment intent to its Stripe
+    /// customer, for the same reason.
+    PaymentIntentSucceeded {
+        /// The payment intent.
+        payment_intent: PaymentIntent,
+    },
 }
 
 /// Which `customer.subscription.*` event carried a snapshot.
@@ -342,11 +355,28 @@ pub struct Invoice {
     pub period_end: Option<i64>,
     /// The invoice metadata.
     pub metadata: BTreeMap<String, String>,
-    /// Payment intents that paid (or tried to pay) it, from
-    /// `payments.data[].payment.payment_intent`: links a later dispute or
-    /// refund, which name only the charge and payment intent, to the customer.
-    #[serde(default)]
-    pub payment_intents: Vec<PaymentIntentId>,
+}
+
+/// An `invoice_payment` object: the fields billd uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoicePayment {
+    /// `inpay_…`.
+    pub id: String,
+    /// The invoice it paid.
+    pub invoice: InvoiceId,
+    /// `payment.payment_intent` (absent for a payment record).
+    pub payment_intent: Option<PaymentIntentId>,
+}
+
+/// A payment intent: the fields billd uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentIntent {
+    /// `pi_…`.
+    pub id: PaymentIntentId,
+    /// The Stripe customer.
+    pub customer: Option<StripeCustomerId>,
+    /// The payment intent metadata.
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// A charge after `charge.refunded`.
@@ -579,9 +609,13 @@ pub struct LinkHints {
     pub subscription: Option<StripeSubscriptionId>,
     /// The charge a dispute or refund is about.
     pub charge: Option<ChargeId>,
-    /// The payment intent a dispute or refund is about (see
-    /// [`crate::CustomerState::paid_with`]).
+    /// The payment intent a dispute or refund is about, or that a payment
+    /// ties to its invoice or customer (`invoice_payment.paid`,
+    /// `payment_intent.succeeded`).
     pub payment_intent: Option<PaymentIntentId>,
+    /// The invoice a payment paid (`invoice_payment.paid`): its link gives
+    /// the customer.
+    pub invoice: Option<InvoiceId>,
 }
 
 fn metadata_customer(metadata: &BTreeMap<String, String>) -> Option<CustomerId> {
@@ -635,6 +669,8 @@ impl Event {
                 PaymentMethodChange::Updated => "payment_method.updated",
                 PaymentMethodChange::AutomaticallyUpdated => "payment_method.automatically_updated",
             },
+            EventKind::InvoicePayment { .. } => "invoice_payment.paid",
+            EventKind::PaymentIntentSucceeded { .. } => "payment_intent.succeeded",
         }
     }
 
@@ -652,6 +688,10 @@ impl Event {
             }
             EventKind::Discount { discount, .. } => Some(discount.id.to_string()),
             EventKind::PaymentMethod { payment_method, .. } => Some(payment_method.id.to_string()),
+            EventKind::InvoicePayment { payment } => Some(payment.id.clone()),
+            EventKind::PaymentIntentSucceeded { payment_intent } => {
+                Some(payment_intent.id.to_string())
+            }
         }
     }
 
@@ -665,6 +705,7 @@ impl Event {
                 subscription: Some(subscription.id.clone()),
                 charge: None,
                 payment_intent: None,
+                invoice: None,
             },
             EventKind::Checkout { session, .. } => LinkHints {
                 stripe_customer: session.customer.clone(),
@@ -677,6 +718,7 @@ impl Event {
                 subscription: session.subscription.clone(),
                 charge: None,
                 payment_intent: None,
+                invoice: None,
             },
             EventKind::Invoice { invoice, .. } => LinkHints {
                 stripe_customer: invoice.customer.clone(),
@@ -684,6 +726,7 @@ impl Event {
                 subscription: invoice.subscription.clone(),
                 charge: None,
                 payment_intent: None,
+                invoice: None,
             },
             EventKind::ChargeRefunded { charge } => LinkHints {
                 stripe_customer: charge.customer.clone(),
@@ -691,6 +734,7 @@ impl Event {
                 subscription: None,
                 charge: Some(charge.id.clone()),
                 payment_intent: charge.payment_intent.clone(),
+                invoice: None,
             },
             EventKind::Dispute { dispute, .. } => LinkHints {
                 stripe_customer: dispute.customer.clone(),
@@ -698,6 +742,7 @@ impl Event {
                 subscription: None,
                 charge: dispute.charge.clone(),
                 payment_intent: dispute.payment_intent.clone(),
+                invoice: None,
             },
             EventKind::Customer { customer, .. } | EventKind::CustomerDeleted { customer } => {
                 LinkHints {
@@ -706,6 +751,7 @@ impl Event {
                     subscription: None,
                     charge: None,
                     payment_intent: None,
+                    invoice: None,
                 }
             }
             EventKind::Discount { discount, .. } => LinkHints {
@@ -714,6 +760,7 @@ impl Event {
                 subscription: discount.subscription.clone(),
                 charge: None,
                 payment_intent: None,
+                invoice: None,
             },
             EventKind::PaymentMethod { payment_method, .. } => LinkHints {
                 stripe_customer: payment_method.customer.clone(),
@@ -721,6 +768,23 @@ impl Event {
                 subscription: None,
                 charge: None,
                 payment_intent: None,
+                invoice: None,
+            },
+            EventKind::InvoicePayment { payment } => LinkHints {
+                stripe_customer: None,
+                billd_customer_id: None,
+                subscription: None,
+                charge: None,
+                payment_intent: payment.payment_intent.clone(),
+                invoice: Some(payment.invoice.clone()),
+            },
+            EventKind::PaymentIntentSucceeded { payment_intent } => LinkHints {
+                stripe_customer: payment_intent.customer.clone(),
+                billd_customer_id: metadata_customer(&payment_intent.metadata),
+                subscription: None,
+                charge: None,
+                payment_intent: Some(payment_intent.id.clone()),
+                invoice: None,
             },
         }
     }

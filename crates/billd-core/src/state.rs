@@ -411,14 +411,6 @@ impl CustomerState {
             .max_by_key(|(id, inv)| (inv.invoice.value.created, *id))
     }
 
-    /// Some invoice of this customer was paid with that payment intent:
-    /// how the adapter links a dispute or refund that names no customer.
-    pub fn paid_with(&self, payment_intent: &crate::ids::PaymentIntentId) -> bool {
-        self.invoices
-            .values()
-            .any(|inv| inv.invoice.value.payment_intents.contains(payment_intent))
-    }
-
     /// The most recent invoice.
     pub fn last_invoice(&self) -> Option<&InvoiceState> {
         self.invoices

@@ -9,15 +9,17 @@
 //!
 //! Shape of the pinned version (`2026-09-30.endive`): period dates live on
 //! subscription items, and an invoice's subscription is at
-//! `parent.subscription_details.subscription`.
+//! `parent.subscription_details.subscription`. Includable properties
+//! (`invoice.payments`, `charge.refunds`) are never in a webhook, so none is
+//! read: `invoice_payment.paid` says which payment intent paid which invoice.
 
 use std::collections::BTreeMap;
 
 use billd_core::event::{
     Card, Charge, CheckoutChange, CheckoutSession, Coupon, CustomerChange, Discount,
-    DiscountChange, Dispute, DisputeChange, DisputeStatus, Invoice, InvoiceChange, PaymentMethod,
-    PaymentMethodChange, StripeCustomer, Subscription, SubscriptionChange, SubscriptionPrice,
-    SubscriptionStatus,
+    DiscountChange, Dispute, DisputeChange, DisputeStatus, Invoice, InvoiceChange, InvoicePayment,
+    PaymentIntent, PaymentMethod, PaymentMethodChange, StripeCustomer, Subscription,
+    SubscriptionChange, SubscriptionPrice, SubscriptionStatus,
 };
 use billd_core::{
     ChargeId, CheckoutSessionId, Currency, DiscountId, DisputeId, Event, EventId, EventKind,
@@ -27,9 +29,10 @@ use billd_core::{
 use serde::Deserialize;
 use serde_json::Value;
 
-/// Every Stripe event type billd parses into a domain event and applies;
+/// Every Stripe event type billd parses into a domain event and applies
+/// (the last two only tie a payment intent to its invoice or customer);
 /// [`parse_event`] gives every other type as [`ParsedEvent::Unhandled`].
-pub const HANDLED_EVENT_TYPES: [&str; 27] = [
+pub const HANDLED_EVENT_TYPES: [&str; 29] = [
     "checkout.session.completed",
     "checkout.session.expired",
     "customer.subscription.created",
@@ -57,6 +60,8 @@ pub const HANDLED_EVENT_TYPES: [&str; 27] = [
     "payment_method.attached",
     "payment_method.updated",
     "payment_method.automatically_updated",
+    "invoice_payment.paid",
+    "payment_intent.succeeded",
 ];
 
 /// Why a webhook payload could not be parsed. [`ParseError::code`] is stable.
@@ -316,6 +321,12 @@ fn parse_kind(event_type: &str, object: &Value) -> Result<Option<EventKind>, Par
         "payment_method.automatically_updated" => {
             payment_method(PaymentMethodChange::AutomaticallyUpdated)?
         }
+        "invoice_payment.paid" => EventKind::InvoicePayment {
+            payment: parse_invoice_payment(object)?,
+        },
+        "payment_intent.succeeded" => EventKind::PaymentIntentSucceeded {
+            payment_intent: parse_payment_intent(object)?,
+        },
         _ => return Ok(None),
     };
     Ok(Some(kind))
@@ -512,20 +523,6 @@ struct RawInvoice {
     parent: Option<RawInvoiceParent>,
     #[serde(default)]
     metadata: Option<BTreeMap<String, Value>>,
-    #[serde(default)]
-    payments: Option<RawList<RawInvoicePayment>>,
-}
-
-#[derive(Deserialize)]
-struct RawInvoicePayment {
-    #[serde(default)]
-    payment: Option<RawInvoicePaymentRef>,
-}
-
-#[derive(Deserialize)]
-struct RawInvoicePaymentRef {
-    #[serde(default)]
-    payment_intent: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -604,21 +601,53 @@ fn parse_invoice(object: &Value, preview: bool) -> Result<Invoice, ParseError> {
         period_start: line_period.and_then(|p| p.start).or(raw.period_start),
         period_end: line_period.and_then(|p| p.end).or(raw.period_end),
         metadata: invoice_metadata,
-        payment_intents: raw
-            .payments
-            .map(|p| p.data)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|p| p.payment.as_ref())
-            .filter_map(|p| {
-                parse_ref(
-                    "payments.data[].payment.payment_intent",
-                    p.payment_intent.as_ref(),
-                    PaymentIntentId::parse,
-                )
-                .transpose()
-            })
-            .collect::<Result<_, _>>()?,
+    })
+}
+
+#[derive(Deserialize)]
+struct RawInvoicePayment {
+    id: String,
+    #[serde(default)]
+    invoice: Option<Value>,
+    #[serde(default)]
+    payment: Option<RawInvoicePaymentRef>,
+}
+
+#[derive(Deserialize)]
+struct RawInvoicePaymentRef {
+    #[serde(default)]
+    payment_intent: Option<Value>,
+}
+
+fn parse_invoice_payment(object: &Value) -> Result<InvoicePayment, ParseError> {
+    let raw: RawInvoicePayment = from_object(object)?;
+    Ok(InvoicePayment {
+        invoice: parse_ref("invoice", raw.invoice.as_ref(), InvoiceId::parse)?
+            .ok_or(ParseError::MissingField("invoice"))?,
+        payment_intent: parse_ref(
+            "payment.payment_intent",
+            raw.payment.as_ref().and_then(|p| p.payment_intent.as_ref()),
+            PaymentIntentId::parse,
+        )?,
+        id: raw.id,
+    })
+}
+
+#[derive(Deserialize)]
+struct RawPaymentIntent {
+    id: String,
+    #[serde(default)]
+    customer: Option<Value>,
+    #[serde(default)]
+    metadata: Option<BTreeMap<String, Value>>,
+}
+
+fn parse_payment_intent(object: &Value) -> Result<PaymentIntent, ParseError> {
+    let raw: RawPaymentIntent = from_object(object)?;
+    Ok(PaymentIntent {
+        id: parse_id("id", &raw.id, PaymentIntentId::parse)?,
+        customer: parse_ref("customer", raw.customer.as_ref(), StripeCustomerId::parse)?,
+        metadata: metadata(raw.metadata),
     })
 }
 

@@ -78,6 +78,15 @@ fn example_for(event_type: &str) -> Value {
         "customer" => object("customer"),
         "customer.discount" => object("discount"),
         "payment_method" => object("payment_method"),
+        "payment_intent" => object("payment_intent"),
+        "invoice_payment" => {
+            // The example names its invoice and id by placeholders.
+            let mut payment = object("invoice_payment");
+            payment["id"] = json!("inpay_1PgafzB7WZ01zgkWa8nJ2Vbc");
+            payment["invoice"] = json!("in_1Pgc6tB7WZ01zgkWu9fdqL6I");
+            payment["payment"]["payment_intent"] = json!("pi_1PgafyB7WZ01zgkWSjxsAJo3");
+            payment
+        }
         other => panic!("no example for {other}"),
     }
 }
@@ -610,4 +619,59 @@ fn a_refetched_subscription_becomes_an_authoritative_snapshot() {
     canceled["status"] = json!("canceled");
     let event = refetched_subscription_event(trigger, CREATED + 5, &canceled).unwrap();
     assert!(matches!(event.kind, EventKind::SubscriptionDeleted { .. }));
+}
+
+#[test]
+fn invoice_payment_paid_names_the_invoice_and_the_payment_intent_for_linking() {
+    let payment = json!({
+        "id": "inpay_1PgafzB7WZ01zgkWa8nJ2Vbc", "object": "invoice_payment",
+        "amount_paid": 1900, "amount_requested": 1900, "created": CREATED, "currency": "eur",
+        "invoice": "in_1Pgc6tB7WZ01zgkWu9fdqL6I", "is_default": true, "livemode": false,
+        "payment": { "type": "payment_intent", "payment_intent": "pi_1PgafyB7WZ01zgkWSjxsAJo3" },
+        "status": "paid", "status_transitions": { "canceled_at": null, "paid_at": CREATED }
+    });
+    let event = handled("invoice_payment.paid", &payment);
+    assert_eq!(
+        event.object_id().as_deref(),
+        Some("inpay_1PgafzB7WZ01zgkWa8nJ2Vbc")
+    );
+    let hints = event.link_hints();
+    assert_eq!(
+        (
+            hints.invoice.map(|i| i.to_string()),
+            hints.payment_intent.map(|p| p.to_string()),
+            hints.stripe_customer,
+        ),
+        (
+            Some("in_1Pgc6tB7WZ01zgkWu9fdqL6I".to_owned()),
+            Some("pi_1PgafyB7WZ01zgkWSjxsAJo3".to_owned()),
+            None
+        )
+    );
+    let mut bad = payment.clone();
+    bad["invoice"] = Value::Null;
+    let err = parse_event(&envelope("invoice_payment.paid", &bad)).unwrap_err();
+    assert_eq!(err.code(), "missing_field", "{err}");
+}
+
+#[test]
+fn payment_intent_succeeded_ties_the_payment_intent_to_its_customer() {
+    let intent = json!({
+        "id": "pi_1PgafyB7WZ01zgkWSjxsAJo3", "object": "payment_intent",
+        "customer": "cus_QXg1o8vcGmoR32", "status": "succeeded", "amount": 1900,
+        "currency": "eur", "metadata": { "billd_customer_id": "user_42" }
+    });
+    let hints = handled("payment_intent.succeeded", &intent).link_hints();
+    assert_eq!(
+        (
+            hints.stripe_customer.map(|c| c.to_string()),
+            hints.billd_customer_id.map(|c| c.to_string()),
+            hints.payment_intent.map(|p| p.to_string()),
+        ),
+        (
+            Some("cus_QXg1o8vcGmoR32".to_owned()),
+            Some("user_42".to_owned()),
+            Some("pi_1PgafyB7WZ01zgkWSjxsAJo3".to_owned())
+        )
+    );
 }

@@ -54,10 +54,19 @@ fn invoice(paid: bool) -> Value {
     i["status"] = json!(if paid { "paid" } else { "open" });
     i["attempt_count"] = json!(1);
     i["hosted_invoice_url"] = json!("https://invoice.stripe.com/i/acct_1/test_sca");
-    i["payments"] = json!({ "object": "list", "data": [
-        { "object": "invoice_payment", "payment": { "type": "payment_intent", "payment_intent": "pi_1PgafyB7WZ01zgkWSjxsAJo3" } }
-    ] });
     i
+}
+
+/// What `invoice_payment.paid` carries: the invoice and the payment intent
+/// that paid it (the invoice's own `payments` is includable, so never in a webhook).
+fn invoice_payment() -> Value {
+    json!({
+        "id": "inpay_1PgafzB7WZ01zgkWa8nJ2Vbc", "object": "invoice_payment",
+        "amount_paid": 1900, "amount_requested": 1900, "created": T + 60, "currency": "eur",
+        "invoice": "in_1Pgc6tB7WZ01zgkWu9fdqL6I", "is_default": true, "livemode": false,
+        "payment": { "type": "payment_intent", "payment_intent": "pi_1PgafyB7WZ01zgkWSjxsAJo3" },
+        "status": "paid", "status_transitions": { "canceled_at": null, "paid_at": T + 60 }
+    })
 }
 
 fn dispute(status: &str) -> Value {
@@ -83,6 +92,12 @@ fn history() -> Vec<String> {
             &invoice(false),
         ),
         webhook("evt_03", "invoice.paid", T + 60, &invoice(true)),
+        webhook(
+            "evt_03b",
+            "invoice_payment.paid",
+            T + 60,
+            &invoice_payment(),
+        ),
         webhook(
             "evt_04",
             "customer.subscription.updated",
@@ -131,6 +146,7 @@ fn webhooks_drive_access_from_sca_to_paid_to_frozen_to_revoked() {
             (Access::Free, "free"),
             (Access::Free, "free"),
             (Access::Free, "free"),
+            (Access::Free, "free"),
             (Access::Paid, "pro"),
             (Access::Frozen, "pro"),
             (Access::Free, "free"),
@@ -159,19 +175,30 @@ fn webhooks_drive_access_from_sca_to_paid_to_frozen_to_revoked() {
 }
 
 #[test]
-fn a_dispute_naming_only_a_payment_intent_is_linked_through_the_paid_invoice() {
+fn the_invoice_payment_ties_the_disputed_payment_intent_to_the_paid_invoice() {
     let catalog = Catalog::seed();
     let all = events(&history());
-    let state = all[..4].iter().fold(CustomerState::default(), |state, e| {
+    let paid = &all[2];
+    let payment = &all[3];
+    let dispute = all[5].link_hints();
+    assert_eq!(dispute.stripe_customer, None);
+    assert!(dispute.payment_intent.is_some());
+    // The adapter links the payment's intent to whoever owns its invoice.
+    let hints = payment.link_hints();
+    assert_eq!(
+        hints.invoice.map(|id| id.to_string()),
+        paid.object_id(),
+        "the invoice the payment names is the paid one"
+    );
+    assert_eq!(hints.payment_intent, dispute.payment_intent);
+    // Linking is all it does: the state is left as it was.
+    let before = all[..3].iter().fold(CustomerState::default(), |state, e| {
         apply(&state, e, &catalog, e.created).state
     });
-    let hints = all[4].link_hints();
-    assert_eq!(hints.stripe_customer, None);
-    let payment_intent = hints
-        .payment_intent
-        .expect("the dispute names its payment intent");
-    assert!(state.paid_with(&payment_intent));
-    assert!(!CustomerState::default().paid_with(&payment_intent));
+    assert_eq!(
+        apply(&before, payment, &catalog, payment.created).state,
+        before
+    );
 }
 
 #[test]

@@ -51,14 +51,15 @@ impl ApiError {
         }))
     }
 
-    /// 400 `invalid_request_error` naming the offending parameter.
+    /// 400 `invalid_request_error` naming the offending parameter. Without
+    /// a `code`, as Stripe answers a value it refuses for a reason its
+    /// published error codes do not name (they have `parameter_unknown`,
+    /// `parameter_missing`, `parameter_invalid_empty`,
+    /// `parameter_invalid_integer`, `parameter_invalid_string_blank`,
+    /// `parameter_invalid_string_empty`, `parameters_exclusive`, and no
+    /// generic one); the constructors below set the ones the emulator uses.
     pub fn invalid(param: &str, message: impl Into<String>) -> Self {
-        let mut e = Self::new(
-            400,
-            "invalid_request_error",
-            Some("parameter_invalid"),
-            message,
-        );
+        let mut e = Self::new(400, "invalid_request_error", None, message);
         e.0.param = Some(param.to_string());
         e
     }
@@ -97,6 +98,17 @@ impl ApiError {
             format!("Invalid {param}: must be one of {list}"),
         );
         e.0.param = Some(param.to_string());
+        e
+    }
+
+    /// 400 `parameter_invalid_empty`: a required parameter sent empty,
+    /// which Stripe reads as an attempt to unset it.
+    pub fn invalid_empty(param: &str) -> Self {
+        let mut e = Self::invalid(
+            param,
+            format!("You passed an empty string for '{param}'. We assume empty values are an attempt to unset a parameter; however '{param}' cannot be unset. You should remove '{param}' from your request or supply a non-empty value."),
+        );
+        e.set_code("parameter_invalid_empty");
         e
     }
 

@@ -54,7 +54,6 @@
 //!   replaces the phases; `end_behavior=cancel` releases like `release`.
 //! - Updating a subscription replaces existing items' price/quantity only (no
 //!   adding or removing items).
-//! - `price.currency_options` is always shown (Stripe shows it when expanded).
 //! - An `incomplete` subscription expiring sends `customer.subscription.updated`.
 //! - Events are rendered in the pinned version whatever an endpoint's
 //!   `api_version`; first delivery attempts go out one at a time.
@@ -261,6 +260,52 @@ impl Sim {
     /// The requests and answers recorded since [`Sim::record_exchanges`].
     pub fn exchanges(&self) -> Vec<state::Exchange> {
         self.lock().exchanges.clone().unwrap_or_default()
+    }
+
+    /// Each request recorded since [`Sim::record_exchanges`] that Stripe's
+    /// definitions refuse ([`defs::check_decoded`]), with what is wrong,
+    /// whatever the emulator answered: how a suite whose Stripe client runs
+    /// in another process (billd's CLI) checks every request it sent.
+    pub fn request_problems(&self) -> Vec<String> {
+        self.exchanges()
+            .iter()
+            .filter_map(|x| {
+                let problems = defs::check_decoded(&x.method, &x.path, &x.params);
+                (!problems.is_empty()).then(|| {
+                    let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                    format!(
+                        "{} {} {}: {}",
+                        x.method,
+                        x.path,
+                        x.params,
+                        problems.join("; ")
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// How the answers recorded since [`Sim::record_exchanges`] (the
+    /// successful ones) and every event so far differ from Stripe's
+    /// definitions ([`defs::check_object`], [`defs::check_event`]): each
+    /// distinct problem with how often it was seen. Empty when all conform.
+    pub fn shape_problems(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut problems = std::collections::BTreeMap::new();
+        for x in self.exchanges().iter().filter(|x| x.status == 200) {
+            let seen = defs::Seen {
+                expand: params::expand_paths(&x.params).into_iter().collect(),
+                webhook: false,
+            };
+            for p in defs::check_object(&x.body, &seen) {
+                *problems.entry(p).or_default() += 1;
+            }
+        }
+        for e in self.events() {
+            for p in defs::check_event(&e) {
+                *problems.entry(p).or_default() += 1;
+            }
+        }
+        problems
     }
 
     /// Every event so far, oldest first.

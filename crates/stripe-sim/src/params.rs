@@ -16,9 +16,17 @@ pub fn str_at<'a>(p: &'a Value, path: &str) -> Option<&'a str> {
     cur.as_str().filter(|s| !s.is_empty())
 }
 
-/// A required string parameter.
+/// A required string parameter: absent is `parameter_missing`, sent empty
+/// (Stripe's way of unsetting) `parameter_invalid_empty`.
 pub fn req_str<'a>(p: &'a Value, path: &str) -> ApiResult<&'a str> {
-    str_at(p, path).ok_or_else(|| ApiError::missing(&bracketed(path)))
+    str_at(p, path).ok_or_else(|| {
+        let param = bracketed(path);
+        if at(p, path).and_then(Value::as_str) == Some("") {
+            ApiError::invalid_empty(&param)
+        } else {
+            ApiError::missing(&param)
+        }
+    })
 }
 
 /// The largest integer any parameter may carry: 9999-12-31T23:59:59Z as a timestamp.

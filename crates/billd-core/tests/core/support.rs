@@ -105,7 +105,6 @@ pub fn invoice(n: u32, attempt: u32) -> Invoice {
         period_start: None,
         period_end: None,
         metadata: BTreeMap::new(),
-        payment_intents: vec![],
     }
 }
 

@@ -5,7 +5,8 @@
 //!
 //! Linking finds the billd customer an event belongs to, in this order: the
 //! Stripe customer already linked; a Stripe object already linked
-//! (subscription, charge, payment intent, the event's own object);
+//! (subscription, charge, payment intent, a payment's invoice, the event's
+//! own object);
 //! `metadata[billd_customer_id]` or a Checkout `client_reference_id` (the
 //! link is created now); for a dispute, the charge fetched from Stripe.
 //! An event none of these resolve is parked as `unlinked` and requeued
@@ -149,6 +150,7 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
             hints.subscription.as_ref().map(ToString::to_string),
             hints.charge.as_ref().map(ToString::to_string),
             hints.payment_intent.as_ref().map(ToString::to_string),
+            hints.invoice.as_ref().map(ToString::to_string),
             event.object_id(),
         ];
         for object in objects.iter().flatten() {
@@ -329,9 +331,6 @@ fn object_links(event: &Event) -> Vec<String> {
     .into_iter()
     .flatten()
     .collect();
-    if let EventKind::Invoice { invoice, .. } = &event.kind {
-        links.extend(invoice.payment_intents.iter().map(ToString::to_string));
-    }
     links.sort();
     links.dedup();
     links

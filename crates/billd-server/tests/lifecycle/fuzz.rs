@@ -61,6 +61,8 @@ fn example_for<'a>(objects: &'a Value, event_type: &str) -> &'a Value {
         "invoice" => "invoice",
         "charge" => "charge",
         "payment_method" => "payment_method",
+        "payment_intent" => "payment_intent",
+        "invoice_payment" => "invoice_payment",
         _ => "customer",
     };
     &objects[name]

@@ -2,7 +2,7 @@
 
 use billd_core::{CustomerId, UsageKey};
 use billd_server::Clock;
-use billd_store::UsageRequest;
+use billd_store::{EventFilter, UsageRequest};
 use serde_json::Value;
 use stripe_sim::WebhookKnobs;
 
@@ -440,6 +440,111 @@ async fn the_audit_log_and_admin_api_need_an_admin_key(db: Db) {
     h.shutdown().await;
 }
 
+/// Real Stripe never puts an invoice's `payments` (includable) in a webhook:
+/// a refund or dispute naming only its payment intent reaches its payer
+/// through `invoice_payment.paid`, which names the invoice and the payment
+/// intent. `payment_intent.succeeded` (which names the customer too) is
+/// switched off here so that the invoice payment alone has to link it.
+async fn a_refund_and_a_dispute_naming_only_their_payment_intent_reach_the_payer(db: Db) {
+    let h = Harness::start(db, t0(), WebhookKnobs::default()).await;
+    let endpoint = h.stripe("GET", "/v1/webhook_endpoints", "")["data"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let events: Vec<String> = billd_server::pipeline::HANDLED_EVENT_TYPES
+        .iter()
+        .filter(|t| **t != "payment_intent.succeeded")
+        .map(|t| format!("enabled_events[]={t}"))
+        .collect();
+    h.stripe(
+        "POST",
+        &format!("/v1/webhook_endpoints/{endpoint}"),
+        &events.join("&"),
+    );
+    let mut payers = Vec::new();
+    for user in ["u_payer", "u_bystander"] {
+        let (_, cus) = h.customer(user, "pm_card_visa", true).await;
+        h.subscribe(user, &cus, &h.pro_price);
+        h.wait_for(user, "pro", |e| e["access"] == "paid").await;
+        let pi = h.stripe("GET", &format!("/v1/payment_intents?customer={cus}"), "")["data"][0]
+            ["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        payers.push((CustomerId::parse(user).unwrap(), pi));
+    }
+    let (payer, pi) = &payers[0];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while h.store.find_customer_by_object(pi).await.unwrap().as_ref() != Some(payer) {
+        assert!(std::time::Instant::now() < deadline, "{pi} never linked");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let received = h.store.list_events(&EventFilter::default()).await.unwrap();
+    assert!(
+        received
+            .iter()
+            .any(|e| e.event_type == "invoice_payment.paid"),
+        "billd got no invoice_payment.paid"
+    );
+    for e in &received {
+        assert_ne!(e.event_type, "payment_intent.succeeded", "switched off");
+        let payload: Value = serde_json::from_str(&e.payload).unwrap();
+        assert!(
+            payload["data"]["object"].get("payments").is_none(),
+            "{payload:#}"
+        );
+    }
+
+    // A charge and a dispute billd has never seen, naming no customer.
+    let charge = "ch_1NoCustomerKnown000000";
+    h.deliver(
+        "evt_1RefundOfTheIntentOnly",
+        "charge.refunded",
+        serde_json::json!({
+            "id": charge, "object": "charge", "customer": null, "amount": 1900,
+            "amount_refunded": 500, "refunded": false, "currency": "eur",
+            "payment_intent": pi, "metadata": {},
+        }),
+    )
+    .await;
+    h.deliver(
+        "evt_1DisputeOfTheIntentOnly",
+        "charge.dispute.created",
+        serde_json::json!({
+            "id": "dp_1NoCustomerKnown000000", "object": "dispute", "charge": charge,
+            "payment_intent": pi, "status": "needs_response", "amount": 1900,
+            "currency": "eur", "reason": "fraudulent",
+        }),
+    )
+    .await;
+    h.wait_for("u_payer", "frozen by the dispute", |e| {
+        e["access"] == "frozen"
+    })
+    .await;
+    let state = h.store.get_customer(payer).await.unwrap().unwrap().state;
+    assert_eq!(
+        state
+            .refunds
+            .iter()
+            .map(|(id, r)| (id.to_string(), r.amount_refunded))
+            .collect::<Vec<_>>(),
+        vec![(charge.to_owned(), 500)]
+    );
+    assert_eq!(state.disputes.len(), 1);
+    let (bystander, _) = &payers[1];
+    let other = h
+        .store
+        .get_customer(bystander)
+        .await
+        .unwrap()
+        .unwrap()
+        .state;
+    assert!(other.refunds.is_empty() && other.disputes.is_empty());
+    let (_, e) = h.entitlements("u_bystander").await;
+    assert_eq!(e["access"], "paid");
+    h.shutdown().await;
+}
+
 on_both_databases!(
     subscribing_to_pro_grants_pro_limits,
     a_failed_renewal_keeps_access_for_the_grace_period_then_blocks_until_paid,
@@ -447,6 +552,7 @@ on_both_databases!(
     a_lost_dispute_stays_revoked_and_cancels_the_subscription_at_stripe,
     a_full_refund_downgrades_to_free_and_cancels,
     a_partial_refund_is_recorded_and_changes_no_access,
+    a_refund_and_a_dispute_naming_only_their_payment_intent_reach_the_payer,
     a_downgrade_below_usage_keeps_usage_and_blocks_new_consumption,
     a_payment_needing_authentication_says_an_action_is_required,
     reordered_and_duplicated_deliveries_reach_the_same_state,

@@ -270,6 +270,7 @@ impl Harness {
         .await
         .unwrap();
         let sim = sim_handle.sim.clone();
+        sim.record_exchanges();
         let price = |name: &str, amount: u32| {
             let (status, body) = sim.call(
                 "POST",
@@ -433,6 +434,41 @@ impl Harness {
         );
     }
 
+    /// Delivers a webhook of billd's test's own making, signed like the
+    /// sim's: for payloads the sim would not send. Panics unless billd
+    /// answers 2xx.
+    pub async fn deliver(&self, id: &str, event_type: &str, object: Value) {
+        let body = serde_json::json!({
+            "id": id,
+            "object": "event",
+            "api_version": billd_stripe::API_VERSION,
+            "created": self.clock.now(),
+            "livemode": false,
+            "pending_webhooks": 1,
+            "request": { "id": null, "idempotency_key": null },
+            "type": event_type,
+            "data": { "object": object },
+        })
+        .to_string();
+        // Signatures are checked against the wall clock (see `server_config`).
+        let header =
+            billd_stripe::webhook::sign(&self.webhook_secret, SystemClock.now(), body.as_bytes());
+        let response = self
+            .http
+            .post(format!("{}/webhooks/stripe", self.base))
+            .header("Content-Type", "application/json")
+            .header("Stripe-Signature", header)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{event_type} {id}: {}",
+            response.status()
+        );
+    }
+
     pub fn subscribe(&self, user: &str, cus: &str, price: &str) -> Value {
         self.stripe(
             "POST",
@@ -516,6 +552,12 @@ impl Harness {
         }
         // After the workers stop: nothing billd sends goes unchecked.
         self.requests.check();
+        // Nor anything the sim answered or delivered in the scenario.
+        let problems = self.sim.shape_problems();
+        assert!(
+            problems.is_empty(),
+            "stripe-sim emitted objects Stripe's definitions refuse: {problems:#?}"
+        );
     }
 }
 

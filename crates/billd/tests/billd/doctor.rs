@@ -20,12 +20,23 @@ struct Setup {
     env: Vec<(String, String)>,
 }
 
+/// Every request made of the emulator, billd's and the setup's, is checked
+/// against Stripe's definitions when the setup goes.
+impl Drop for Setup {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            crate::assert_requests_conform(&self.sim.sim);
+        }
+    }
+}
+
 impl Setup {
     async fn correct() -> Setup {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let sim = stripe_sim::serve(listener, SimConfig::default())
             .await
             .unwrap();
+        sim.sim.record_exchanges();
         for (plan, currency, price) in Catalog::seed().prices() {
             let (status, body) = sim.sim.call(
                 "POST",

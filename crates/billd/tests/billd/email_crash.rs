@@ -124,6 +124,7 @@ async fn emails_committed_before_kill_9_are_sent_exactly_once_after_restart(
     )
     .await
     .unwrap();
+    sim.sim.record_exchanges();
     let price = call(
         &sim,
         "POST",
@@ -263,6 +264,7 @@ async fn emails_committed_before_kill_9_are_sent_exactly_once_after_restart(
             .count(),
         all.len()
     );
+    crate::assert_requests_conform(&sim.sim);
     sim.shutdown().await;
 }
 

@@ -18,6 +18,21 @@ mod reconcile;
 #[path = "../../../billd-email/tests/support/smtp_sink.rs"]
 mod smtp_sink;
 
+/// Panics naming each request `sim` served since
+/// [`stripe_sim::Sim::record_exchanges`] that Stripe's published definitions
+/// refuse (`stripe_sim::defs`), whatever the emulator answered: billd runs
+/// in another process in these tests, so the emulator's record of what it
+/// served is where billd's requests are checked.
+fn assert_requests_conform(sim: &stripe_sim::Sim) {
+    let problems = sim.request_problems();
+    assert!(
+        problems.is_empty(),
+        "{} Stripe request(s) that Stripe's definitions refuse:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
+
 /// `Command::env_clear` for the processes tests start, keeping what they
 /// need of the test's own environment: `PATH`, and libfaketime's variables
 /// when the suite runs under it (scripts/test-dates.sh), so that a billd the

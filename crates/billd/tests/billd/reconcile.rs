@@ -116,6 +116,7 @@ async fn reconcile_heals_what_stripe_never_delivered_and_a_dry_run_changes_nothi
     )
     .await
     .unwrap();
+    sim.sim.record_exchanges();
     let api_base = sim.url();
     let price = call(
         &sim,
@@ -230,6 +231,7 @@ async fn reconcile_heals_what_stripe_never_delivered_and_a_dry_run_changes_nothi
         again_stdout.starts_with("no drift: 2 subscription(s) checked"),
         "{again_stdout}"
     );
+    crate::assert_requests_conform(&sim.sim);
     sim.shutdown().await;
 }
 

@@ -360,11 +360,15 @@ pub(crate) fn mark_paid(s: &mut Inner, inv_id: &str, at: i64) -> ApiResult<()> {
     inv["attempted"] = json!(true);
     inv["next_payment_attempt"] = Value::Null;
     inv["status_transitions"]["paid_at"] = json!(at);
+    let mut newly_paid = Vec::new();
     if let Some(items) = inv["payments"]["data"].as_array_mut() {
         for ip in items.iter_mut() {
-            ip["status"] = json!("paid");
-            ip["amount_paid"] = json!(due);
-            ip["status_transitions"]["paid_at"] = json!(at);
+            if ip["status"] != "paid" {
+                ip["status"] = json!("paid");
+                ip["amount_paid"] = json!(due);
+                ip["status_transitions"]["paid_at"] = json!(at);
+                newly_paid.push(ip.clone());
+            }
         }
     }
     for ip in inv["payments"]["data"]
@@ -375,6 +379,11 @@ pub(crate) fn mark_paid(s: &mut Inner, inv_id: &str, at: i64) -> ApiResult<()> {
         s.put(ip);
     }
     s.put(inv.clone());
+    // The invoice's `payments` is includable, never in a webhook: this event
+    // is how Stripe tells which payment intent paid the invoice.
+    for ip in &newly_paid {
+        s.emit("invoice_payment.paid", ip, None, at);
+    }
     let prev = previous_attributes(&before, &inv);
     s.emit("invoice.paid", &inv, Some(prev.clone()), at);
     s.emit("invoice.payment_succeeded", &inv, Some(prev), at);

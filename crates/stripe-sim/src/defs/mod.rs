@@ -5,7 +5,8 @@
 //! of every object it emits (checked by the conformance tests with
 //! [`check_object`]).
 //!
-//! A type node is a string (`"s"` string, `"n"` number, `"b"` boolean,
+//! A type node is a string (`"s"` string, `"n"` number, `"d"` decimal
+//! string, the SDK's `Decimal`, e.g. `unit_amount_decimal`, `"b"` boolean,
 //! `"null"`, `"true"`, `"false"`, `"void"` never present, `"any"`) or an
 //! object: `{"e":[..]}` one of these literals, `{"u":[..]}` any of these,
 //! `{"o":{name:[optional,type]}}` an object, `{"a":t}` an array, `{"l":t}` a
@@ -107,7 +108,9 @@ pub fn unknown_param(def: &Value, params: &Value) -> Option<String> {
             // Form values are strings: a leaf where an object is expected
             // (`discounts=` to clear) is a value question, not an unknown name.
             (Value::Object(d), Value::Object(_)) if d.contains_key("a") => Some(path.into()),
-            (Value::String(s), Value::Object(_)) if s == "s" || s == "n" || s == "b" => {
+            (Value::String(s), Value::Object(_))
+                if s == "s" || s == "n" || s == "d" || s == "b" =>
+            {
                 Some(path.into())
             }
             (Value::Object(d), Value::Object(_)) if d.contains_key("e") => Some(path.into()),
@@ -160,7 +163,9 @@ fn walk_enum(def: &'static Value, v: &Value, path: &str) -> EnumVerdict {
     };
     match (def, v) {
         (Value::String(t), _) if t == "any" => Ok(()),
-        (Value::String(t), Value::String(_)) if t == "s" || t == "n" || t == "b" => Ok(()),
+        (Value::String(t), Value::String(_)) if t == "s" || t == "n" || t == "d" || t == "b" => {
+            Ok(())
+        }
         (Value::String(t), Value::String(s)) if t == "true" || t == "false" => {
             if s == t {
                 Ok(())
@@ -327,6 +332,36 @@ pub fn check_request(method: &str, path: &str, params: &[(String, String)]) -> V
     out
 }
 
+/// [`check_request`] for parameters already decoded into their nested form
+/// (what the emulator records of each request it served, see
+/// [`crate::Sim::request_problems`]).
+pub fn check_decoded(method: &str, path: &str, params: &Value) -> Vec<Problem> {
+    let rest: Vec<&str> = match path.strip_prefix("/v1/") {
+        Some(r) => r.split('/').collect(),
+        None => return vec![Problem::UnknownEndpoint],
+    };
+    let Some(def) = endpoint(method, &rest) else {
+        return vec![Problem::UnknownEndpoint];
+    };
+    let mut out = Vec::new();
+    fits(def, params, "", &mut out);
+    out
+}
+
+/// A `Decimal` as Stripe writes and takes it: a plain decimal number in a
+/// string (`"1250.5"`, `"-3"`), with at most 12 decimal places; no exponent,
+/// no sign-only or empty value.
+fn is_decimal(s: &str) -> bool {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    let (whole, frac) = digits.split_once('.').unwrap_or((digits, ""));
+    let all_digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+    !whole.is_empty()
+        && all_digits(whole)
+        && all_digits(frac)
+        && frac.len() <= 12
+        && frac.is_empty() != digits.contains('.')
+}
+
 fn bracket(path: &str, k: &str) -> String {
     if path.is_empty() {
         k.to_string()
@@ -361,6 +396,7 @@ fn fits(def: &'static Value, v: &Value, path: &str, out: &mut Vec<Problem>) {
                 // Form numbers are decimal strings; Stripe's "unset" is an
                 // empty string, which the SDK spells as a `""` alternative.
                 "n" => s.is_some_and(|s| s.parse::<f64>().is_ok_and(f64::is_finite)),
+                "d" => s.is_some_and(is_decimal),
                 "b" => s.is_some_and(|s| s == "true" || s == "false"),
                 "true" | "false" => s == Some(t.as_str()),
                 _ => false,
@@ -369,6 +405,7 @@ fn fits(def: &'static Value, v: &Value, path: &str, out: &mut Vec<Problem>) {
                 let expected = match t.as_str() {
                     "s" => "a string",
                     "n" => "a number",
+                    "d" => "a decimal string",
                     "b" => "a boolean",
                     "true" => "true",
                     "false" => "false",
@@ -705,6 +742,7 @@ impl Checker<'_> {
                 let ok = match s.as_str() {
                     "s" => v.is_string(),
                     "n" => v.is_number(),
+                    "d" => v.as_str().is_some_and(is_decimal),
                     "b" | "true" | "false" => v.is_boolean(),
                     "null" => v.is_null(),
                     "void" => false,
@@ -714,6 +752,7 @@ impl Checker<'_> {
                     let want = match s.as_str() {
                         "s" => "string",
                         "n" => "number",
+                        "d" => "decimal string",
                         "b" | "true" | "false" => "boolean",
                         "void" => "absent",
                         other => other,
@@ -900,6 +939,39 @@ mod tests {
         assert_eq!(
             endpoint_key("POST", "/v1/subscriptions/sub_1"),
             Some("POST /v1/subscriptions/{}")
+        );
+    }
+
+    #[test]
+    fn an_amount_is_a_number_and_a_decimal_amount_a_decimal_string() {
+        let price = |k: &str, v: &str| {
+            let form = pairs(&[
+                ("currency", "eur"),
+                ("product", "prod_1"),
+                ("recurring[interval]", "month"),
+                (k, v),
+            ]);
+            check_request("POST", "/v1/prices", &form)
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(price("unit_amount", "1900"), Vec::<String>::new());
+        assert_eq!(
+            price("unit_amount_decimal", "1900.125"),
+            Vec::<String>::new()
+        );
+        assert_eq!(price("unit_amount_decimal", "-3"), Vec::<String>::new());
+        for bad in ["1e3", "12.", ".5", "-", "", "12.5.1", "0.1234567890123"] {
+            assert_eq!(
+                price("unit_amount_decimal", bad),
+                vec![format!("unit_amount_decimal={bad}: not a decimal string")],
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            price("unit_amount", "many"),
+            vec!["unit_amount=many: not a number".to_string()]
         );
     }
 

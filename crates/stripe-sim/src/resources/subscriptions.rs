@@ -352,6 +352,7 @@ pub fn update(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
             let expires_at = now + 23 * 3600;
             held["pending_update"] = json!({
                 "billing_cycle_anchor": null,
+                "cancel_at_period_end": null,
                 "discount": null,
                 "discounts": [],
                 "expires_at": expires_at,

@@ -48,6 +48,7 @@ fn completing_checkout_creates_customer_subscription_and_paid_invoice_with_strip
             "payment_intent.created",
             "charge.succeeded",
             "payment_intent.succeeded",
+            "invoice_payment.paid",
             "invoice.paid",
             "invoice.payment_succeeded",
             "customer.subscription.updated",

@@ -252,3 +252,28 @@ fn a_parameter_the_pinned_version_lacks_is_parameter_unknown_even_when_nested() 
     assert_eq!(status, 400, "{body:#}");
     assert_eq!(body["error"]["param"], "customr");
 }
+
+#[test]
+fn the_recorded_requests_are_checked_against_the_definitions_whatever_the_emulator_answered() {
+    let sim = sim();
+    sim.record_exchanges();
+    let price = standard_price(&sim);
+    get(&sim, &format!("/v1/prices/{price}"));
+    assert_eq!(sim.request_problems(), Vec::<String>::new());
+    // Refused by the emulator (unknown parameter) and by the definitions.
+    let (status, _) = sim.call("GET", "/v1/invoices?customr=cus_x", "");
+    assert_eq!(status, 400);
+    // Accepted by the emulator, which does not check a limit's type; the
+    // definitions want a number.
+    sim.call("GET", "/v1/customers?limit=many", "");
+    let problems = sim.request_problems();
+    assert_eq!(problems.len(), 2, "{problems:#?}");
+    assert!(
+        problems[0].contains("customr: unknown parameter"),
+        "{problems:#?}"
+    );
+    assert!(
+        problems[1].contains("limit=many: not a number"),
+        "{problems:#?}"
+    );
+}

@@ -13,12 +13,45 @@ use stripe_sim::{Sim, SimConfig};
 pub const T0: i64 = 1_767_225_600;
 pub const DAY: i64 = 86_400;
 
-pub fn sim() -> Sim {
-    Sim::new(SimConfig {
+pub fn sim() -> Checked {
+    let sim = Sim::new(SimConfig {
         seed: 42,
         frozen_time: Some(T0),
         ..SimConfig::default()
-    })
+    });
+    sim.record_exchanges();
+    Checked(sim)
+}
+
+/// A [`Sim`] whose every successful answer and every event is checked
+/// against Stripe's definitions when the test ends
+/// ([`crate::conformance::conformance`]): the whole suite, not one
+/// scenario, is held to the shapes Stripe publishes.
+pub struct Checked(pub Sim);
+
+impl std::ops::Deref for Checked {
+    type Target = Sim;
+    fn deref(&self) -> &Sim {
+        &self.0
+    }
+}
+
+impl Drop for Checked {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let (_, _, problems) = crate::conformance::conformance(&self.0);
+        let report: Vec<String> = problems
+            .iter()
+            .map(|(p, n)| format!("{p} (×{n})"))
+            .collect();
+        assert!(
+            report.is_empty(),
+            "objects Stripe's definitions refuse:\n{}",
+            report.join("\n")
+        );
+    }
 }
 
 #[track_caller]

@@ -174,3 +174,30 @@ async fn a_value_outside_an_enumeration_is_refused_naming_the_accepted_values() 
     );
     h.shutdown().await;
 }
+
+/// Stripe's published error codes have no generic `parameter_invalid`: a
+/// required parameter sent empty is `parameter_invalid_empty`, an absent one
+/// `parameter_missing`, and a value refused for another reason (a boolean
+/// that is not one) carries no code, only `param` and the message.
+#[tokio::test]
+async fn refusals_carry_stripes_own_codes_or_none() {
+    let h = served().await;
+    assert_error(
+        &post(&h, "/v1/products", "name=").await,
+        Some("parameter_invalid_empty"),
+        "name",
+        "You passed an empty string for 'name'. We assume empty values are an attempt to unset a parameter; however 'name' cannot be unset. You should remove 'name' from your request or supply a non-empty value.",
+    );
+    assert_error(
+        &post(&h, "/v1/products", "description=D").await,
+        Some("parameter_missing"),
+        "name",
+        "Missing required param: name.",
+    );
+    assert_error(
+        &post(&h, "/v1/products", "name=P&active=maybe").await,
+        None,
+        "active",
+        "Invalid boolean: maybe",
+    );
+}

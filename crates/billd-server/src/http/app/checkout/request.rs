@@ -284,7 +284,7 @@ mod tests {
         StripeError::Api(Box::new(billd_stripe::client::ApiError {
             status: 400,
             kind: "invalid_request_error".into(),
-            code: Some("parameter_invalid".into()),
+            code: None,
             decline_code: None,
             param: param.map(str::to_owned),
             message: message.into(),
