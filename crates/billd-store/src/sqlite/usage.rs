@@ -14,13 +14,16 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
+use billd_core::CustomerId;
 use sqlx::SqliteConnection;
 
 use super::billing::{consume_in, guarded_in};
 use super::SqliteStore;
 use crate::billing::{check_amount, from_db, period_column, replay, Direction, StoredRequest};
 use crate::dialect::Dialect;
-use crate::usage::{GuardedConsume, GuardedOutcome, UsageStore};
+use crate::usage::{
+    snapshot_of, GuardedConsume, GuardedOutcome, SnapshotRow, UsageSnapshot, UsageStore, SNAPSHOT,
+};
 use crate::{StoreError, StoreResult, UsageOutcome, UsageRequest};
 
 /// The live versions of the customers in `$1` (a JSON array of ids): one
@@ -225,5 +228,18 @@ impl UsageStore for SqliteStore {
             .map(|c| (&c.request, c.limit, Some(c.customer_version)))
             .collect();
         consume_batch(self, &batch, now).await
+    }
+
+    async fn usage_snapshot(
+        &self,
+        customer: &CustomerId,
+        known_version: Option<i64>,
+    ) -> StoreResult<Option<UsageSnapshot>> {
+        let rows: Vec<SnapshotRow> = sqlx::query_as(SNAPSHOT)
+            .bind(customer.as_str())
+            .bind(known_version)
+            .fetch_all(self.reader())
+            .await?;
+        snapshot_of(customer, rows)
     }
 }
