@@ -572,7 +572,7 @@ pub(crate) struct CustomerRow {
 
 /// A stored value that does not parse: only a hand-edited database gets
 /// here, so report it rather than guess.
-fn corrupt(what: &str, key: &str, error: impl std::fmt::Display) -> StoreError {
+pub(crate) fn corrupt(what: &str, key: &str, error: impl std::fmt::Display) -> StoreError {
     StoreError::Other(format!("{what} of {key}: {error}"))
 }
 

@@ -42,7 +42,7 @@ pub use migrations::MigrationStatus;
 pub use postgres::PgStore;
 pub use rate_limit::{RateDecision, RateLimitStore};
 pub use sqlite::{SqliteOptions, SqliteStore};
-pub use usage::{GuardedConsume, GuardedOutcome, UsageStore};
+pub use usage::{GuardedConsume, GuardedOutcome, UsageSnapshot, UsageStore};
 
 /// Opens the store a database URL names: `sqlite://path` (the file is
 /// created if missing) or `postgres://…` / `postgresql://…`. Does not run

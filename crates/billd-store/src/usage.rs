@@ -9,7 +9,9 @@
 //! reads the customer again.
 
 use async_trait::async_trait;
+use billd_core::{CustomerId, CustomerState, Usage, UsageKey};
 
+use crate::billing::{corrupt, usage_from_rows};
 use crate::{StoreResult, UsageOutcome, UsageRequest};
 
 /// One consume decided on the customer state read at `customer_version`.
@@ -57,4 +59,87 @@ pub trait UsageStore: Send + Sync + 'static {
         batch: &[GuardedConsume],
         now: i64,
     ) -> StoreResult<Vec<StoreResult<GuardedOutcome>>>;
+
+    /// The customer's version, deletion, state (unless it is at
+    /// `known_version`) and counters in one statement on a reader
+    /// connection (never the writer); `None` when there is no such customer.
+    async fn usage_snapshot(
+        &self,
+        customer: &CustomerId,
+        known_version: Option<i64>,
+    ) -> StoreResult<Option<UsageSnapshot>>;
+}
+
+/// `$1` customer, `$2` the version whose state the caller has (or NULL):
+/// the customer's version, whether it is deleted, its state unless at
+/// `$2`, and one row per counter (NULLs when it has none).
+pub(crate) const SNAPSHOT: &str = "\
+SELECT c.version, c.deleted_at IS NOT NULL AS deleted, \
+       COALESCE(c.version = $2, FALSE) AS known, \
+       CASE WHEN c.version = $2 THEN NULL ELSE CAST(c.state AS TEXT) END AS state, \
+       u.feature, u.period_start, u.used \
+FROM customers AS c \
+LEFT JOIN usage_counters AS u ON u.customer_id = c.customer_id \
+WHERE c.customer_id = $1";
+
+/// A row of [`SNAPSHOT`].
+pub(crate) type SnapshotRow = (
+    i64,
+    bool,
+    bool,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+);
+
+/// A customer's billing state and counters as one read saw them (for
+/// `GET …/entitlements`, which keeps states it parsed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageSnapshot {
+    /// `CustomerRecord::version` at the read.
+    pub version: i64,
+    /// Whether the customer is deleted.
+    pub deleted: bool,
+    /// The state at `version`; `None` when that is the version the caller
+    /// said it has.
+    pub state: Option<CustomerState>,
+    /// Every counter of the customer: (feature, period column, used).
+    counters: Vec<(String, i64, i64)>,
+}
+
+impl UsageSnapshot {
+    /// The counters of `keys` (the current periods' ones).
+    pub fn usage(&self, keys: &[UsageKey]) -> Usage {
+        usage_from_rows(keys, self.counters.clone())
+    }
+}
+
+/// The snapshot of [`SNAPSHOT`]'s rows; `None` when there are none (no
+/// such customer).
+pub(crate) fn snapshot_of(
+    customer: &CustomerId,
+    rows: Vec<SnapshotRow>,
+) -> StoreResult<Option<UsageSnapshot>> {
+    let Some((version, deleted, known, state, ..)) = rows.first().cloned() else {
+        return Ok(None);
+    };
+    let state = match (known, state) {
+        (true, _) => None,
+        (false, None) => Some(CustomerState::default()),
+        (false, Some(json)) => Some(
+            serde_json::from_str(&json)
+                .map_err(|e| corrupt("customers.state", customer.as_str(), e))?,
+        ),
+    };
+    let counters = rows
+        .into_iter()
+        .filter_map(|(.., feature, period, used)| Some((feature?, period?, used?)))
+        .collect();
+    Ok(Some(UsageSnapshot {
+        version,
+        deleted,
+        state,
+        counters,
+    }))
 }

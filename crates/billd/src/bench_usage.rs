@@ -1,24 +1,22 @@
-//! `billd bench usage`: drives `POST /v1/customers/{id}/usage/{feature}` of a
-//! real `billd serve` process over HTTP keep-alive and prints figures (a
-//! benchmark, not a test: nothing is asserted).
+//! `billd bench usage`: drives `POST /v1/customers/{id}/usage/{feature}`
+//! and `GET /v1/customers/{id}/entitlements` of a real `billd serve`
+//! process over HTTP keep-alive and prints figures (a benchmark, not a
+//! test: nothing is asserted).
 //!
-//! For each database it measures, in one run:
-//! 1. the store's raw ceiling: the same consume calls (one per request,
-//!    unique idempotency keys, many customers) straight on the store, no
-//!    HTTP, both group-committed (`consume_batch` of as many requests as
-//!    there are HTTP clients, one batch after the other) and one commit
-//!    per consume from as many concurrent tasks; the ratio is taken against
-//!    the way the usage endpoint commits on that database (batched on
-//!    SQLite, concurrent single commits on PostgreSQL);
-//! 2. consumes/s and p50/p99 latency through HTTP from `clients` concurrent
-//!    keep-alive clients (closed loop: each sends its next request when the
-//!    answer to the previous one arrives);
-//! 3. the server's resident memory under that load (its `VmHWM`, peak RSS,
-//!    read from `/proc/<pid>/status`).
+//! For each database it measures, in one run and with the same load:
+//! 1. the ceiling: a minimal server for the same work
+//!    ([`crate::bench_ceiling`], a child process like billd's: same HTTP
+//!    stack and key check, one conditional counter UPDATE and one
+//!    idempotency-key INSERT per consume, group-committed, bare schema);
+//! 2. billd (`billd serve` as a child process);
 //!
-//! The server is this binary's own `serve`, started as a child process with
-//! a one-feature catalog whose free plan allows 10^12 consumes, so the
-//! limit is never what answers.
+//! each with `clients` concurrent keep-alive clients (closed loop: each
+//! sends its next request when the answer to the previous one arrives),
+//! then with one client (its p50 is the latency an app sees on an idle
+//! server), and each server's peak RSS (`VmHWM` from `/proc/<pid>/status`).
+//! Then billd's entitlement reads with `clients` clients. Every consume has
+//! a unique idempotency key; a one-feature catalog's free plan allows 10^12
+//! consumes, so the limit is never what answers.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -27,9 +25,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use billd_core::{usage_keys, Catalog, CustomerId, UsageKey};
+use billd_core::CustomerId;
 use billd_server::{Clock, SystemClock};
-use billd_store::{CustomerProfile, Store, UsageOutcome, UsageRequest};
+use billd_store::CustomerProfile;
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 
@@ -39,7 +37,7 @@ const FEATURE: &str = "bench_calls";
 /// The bench plan's limit (the catalog's `bench_calls`).
 const LIMIT: u64 = 1_000_000_000_000;
 
-/// The plans file the server and the ceiling run use.
+/// The plans file the server uses.
 const CATALOG: &str = r#"
 currency = "eur"
 
@@ -53,18 +51,21 @@ limits = { bench_calls = 1000000000000 }
 /// Options of `billd bench usage`.
 #[derive(Debug, clap::Args)]
 pub struct UsageBenchArgs {
-    /// Consume requests sent through HTTP (and consume calls in the ceiling run).
+    /// Consume requests sent with `clients` clients (and entitlement reads).
     #[arg(long, default_value_t = 20_000)]
     consumes: usize,
-    /// Concurrent keep-alive HTTP clients (and concurrent store callers in
-    /// the ceiling run).
+    /// Consume requests sent by the single client.
+    #[arg(long, default_value_t = 2_000)]
+    single: usize,
+    /// Concurrent keep-alive HTTP clients.
     #[arg(long, default_value_t = 64)]
     clients: usize,
     /// Distinct customers the requests are spread over.
     #[arg(long, default_value_t = 1_000)]
     customers: usize,
     /// Also benchmark this database (e.g. `postgres://…`; it is migrated
-    /// and written to, customers get a unique prefix).
+    /// and written to, customers get a unique prefix, the ceiling's tables
+    /// are created and dropped).
     #[arg(long)]
     database_url: Option<String>,
     /// Skip SQLite (only with --database-url).
@@ -75,90 +76,95 @@ pub struct UsageBenchArgs {
     phase_timeout_secs: u64,
 }
 
-struct Figures {
-    backend: String,
-    batched_per_sec: f64,
-    unbatched_per_sec: f64,
-    http_per_sec: f64,
+/// One load phase's figures.
+#[derive(Debug, Clone, Copy)]
+struct Load {
+    per_sec: f64,
     ok: usize,
     p50_ms: f64,
     p99_ms: f64,
+}
+
+/// One server's figures.
+struct Served {
+    many: Load,
+    single: Load,
     peak_rss_kib: Option<u64>,
 }
 
-impl Figures {
-    /// The raw ceiling of the way the usage endpoint commits on this database.
-    fn ceiling(&self) -> f64 {
-        if self.backend == "sqlite" {
-            self.batched_per_sec
-        } else {
-            self.unbatched_per_sec
-        }
-    }
+struct Figures {
+    backend: &'static str,
+    ceiling: Served,
+    billd: Served,
+    reads: Load,
 }
 
 /// Runs the benchmark and prints a table.
 pub async fn run(args: &UsageBenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("creating a temp dir")?;
-    let mut targets: Vec<String> = Vec::new();
+    let mut targets: Vec<(&'static str, String, String)> = Vec::new();
     if !args.no_sqlite {
-        targets.push(format!(
-            "sqlite://{}",
-            dir.path().join("bench-usage.db").display()
-        ));
+        let at = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
+        targets.push(("sqlite", at("bench-usage.db"), at("bench-ceiling.db")));
     }
     if let Some(url) = &args.database_url {
-        targets.push(url.clone());
+        targets.push(("postgres", url.clone(), url.clone()));
     }
     anyhow::ensure!(!targets.is_empty(), "nothing to benchmark");
     let plans = dir.path().join("bench-plans.toml");
     std::fs::write(&plans, CATALOG).context("writing the bench catalog")?;
     let mut all = Vec::new();
-    for url in targets {
-        let backend = if url.starts_with("sqlite:") {
-            "sqlite"
-        } else {
-            "postgres"
-        };
+    for (backend, url, ceiling_url) in targets {
         eprintln!("benchmarking usage on {backend}…");
-        all.push(bench_backend(backend, &url, &plans, args).await?);
+        all.push(bench_backend(backend, &url, &ceiling_url, &plans, args).await?);
     }
+    let rss = |k: Option<u64>| k.map_or("n/a".to_string(), |k| format!("{:.1}", k as f64 / 1024.0));
     println!(
-        "\n{:<9} {:>16} {:>16} {:>14} {:>7} {:>9} {:>9} {:>15}",
-        "backend",
-        "batched/s",
-        "unbatched/s",
-        "http cons/s",
-        "ratio",
-        "p50 ms",
-        "p99 ms",
-        "server peak RSS"
+        "\n{:<9} {:<8} {:>10} {:>8} {:>8} {:>12} {:>9}",
+        "backend", "server", "cons/s", "p50 ms", "p99 ms", "1-client p50", "RSS MiB"
     );
     for f in &all {
-        println!(
-            "{:<9} {:>16.0} {:>16.0} {:>14.0} {:>7.2} {:>9.2} {:>9.2} {:>15}",
-            f.backend,
-            f.batched_per_sec,
-            f.unbatched_per_sec,
-            f.http_per_sec,
-            f.http_per_sec / f.ceiling().max(1.0),
-            f.p50_ms,
-            f.p99_ms,
-            f.peak_rss_kib.map_or("n/a".to_string(), |k| format!(
-                "{:.1} MiB",
-                k as f64 / 1024.0
-            )),
-        );
+        for (name, s) in [("ceiling", &f.ceiling), ("billd", &f.billd)] {
+            println!(
+                "{:<9} {:<8} {:>10.0} {:>8.2} {:>8.2} {:>12.3} {:>9}",
+                f.backend,
+                name,
+                s.many.per_sec,
+                s.many.p50_ms,
+                s.many.p99_ms,
+                s.single.p50_ms,
+                rss(s.peak_rss_kib)
+            );
+        }
     }
+    println!();
     for f in &all {
         println!(
-            "{}: {} of {} HTTP consumes answered 200",
-            f.backend, f.ok, args.consumes
+            "{}: billd/ceiling consumes/s {:.2}, p99 {:.2}×, 1-client p50 {:.2}×; entitlement reads {:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
+            f.backend,
+            f.billd.many.per_sec / f.ceiling.many.per_sec.max(1.0),
+            f.billd.many.p99_ms / f.ceiling.many.p99_ms,
+            f.billd.single.p50_ms / f.ceiling.single.p50_ms,
+            f.reads.per_sec,
+            f.reads.p50_ms,
+            f.reads.p99_ms,
+        );
+        println!(
+            "{}: 200s: ceiling {}+{}, billd {}+{} of {}+{} consumes, {} of {} reads",
+            f.backend,
+            f.ceiling.many.ok,
+            f.ceiling.single.ok,
+            f.billd.many.ok,
+            f.billd.single.ok,
+            args.consumes,
+            args.single,
+            f.reads.ok,
+            args.consumes
         );
     }
     println!(
-        "\nbatched = store.consume_batch of {} per commit, one after the other; unbatched = store.consume (one commit each) from {} concurrent tasks; neither over HTTP. http = {} consumes over {} keep-alive clients to a `billd serve` child process; {} customers. ratio = http / the ceiling of the endpoint's commit mode (sqlite: batched, postgres: unbatched).",
-        args.clients, args.clients, args.consumes, args.clients, args.customers
+        "\n{} consumes (and {} entitlement reads) over {} keep-alive clients, then {} consumes from 1 client, to each server, {} customers. ceiling = the same HTTP stack and key check, one conditional UPDATE + one key INSERT per consume, group-committed (sqlite) or one statement each (postgres), bare schema.",
+        args.consumes, args.consumes, args.clients, args.single, args.customers
     );
     Ok(())
 }
@@ -166,6 +172,7 @@ pub async fn run(args: &UsageBenchArgs) -> anyhow::Result<()> {
 async fn bench_backend(
     backend: &'static str,
     url: &str,
+    ceiling_url: &str,
     plans: &Path,
     args: &UsageBenchArgs,
 ) -> anyhow::Result<Figures> {
@@ -173,22 +180,45 @@ async fn bench_backend(
         .sample_iter(&Alphanumeric)
         .take(8)
         .map(char::from)
-        .collect();
+        .collect::<String>()
+        .to_lowercase();
     let phase = Duration::from_secs(args.phase_timeout_secs);
-    let catalog = Catalog::from_toml(CATALOG).context("the bench catalog")?;
+    let prefix = format!("bench_{run}_");
     let customers: Vec<CustomerId> = (0..args.customers.max(1))
-        .map(|i| CustomerId::parse(&format!("bench_{run}_{i}")))
+        .map(|i| CustomerId::parse(&format!("{prefix}{i}")))
         .collect::<Result<_, _>>()
         .context("customer ids")?;
+    let customers = Arc::new(customers);
+    let api_key = format!("bench_app_key_{run}");
+    let exe = std::env::current_exe().context("locating the billd binary")?;
+    let work_dir = plans.parent().unwrap_or(Path::new("/"));
 
-    // Customers, then the raw ceiling, on a store this process opens.
-    let (batched_per_sec, unbatched_per_sec) = {
+    // The ceiling first, on its own tables (SQLite: its own file).
+    let port = free_port()?;
+    let table_prefix = format!("bench_ceiling_{run}");
+    let mut command = tokio::process::Command::new(&exe);
+    command
+        .args(["bench", "usage-ceiling", "--database-url", ceiling_url])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--api-key", &api_key, "--prefix", &table_prefix])
+        .args(["--customer-prefix", &prefix])
+        .args(["--customers", &customers.len().to_string()])
+        .args(["--limit", &LIMIT.to_string()])
+        .current_dir(work_dir);
+    let ceiling = serve_and_load(command, port, &customers, &api_key, &run, "c", args, phase).await;
+    if backend == "postgres" {
+        drop_ceiling_tables(ceiling_url, &table_prefix).await;
+    }
+    let ceiling = ceiling?;
+
+    // billd, on a store this process migrates and fills with customers.
+    {
         let store = billd_store::connect(url)
             .await
             .context("opening the store")?;
         store.migrate().await.context("migrating")?;
         let now = SystemClock.now();
-        for customer in &customers {
+        for customer in customers.iter() {
             store
                 .upsert_customer(
                     &CustomerProfile {
@@ -202,236 +232,215 @@ async fn bench_backend(
                 .await
                 .context("creating bench customers")?;
         }
-        let keys = usage_key_per_customer(store.as_ref(), &catalog, &customers, now).await?;
-        let keys = Arc::new(keys);
-        let batched = tokio::time::timeout(phase, batched_ceiling(&store, &keys, &run, args))
-            .await
-            .context("ceiling phase timed out")??;
-        let unbatched = tokio::time::timeout(phase, ceiling(store, keys, &run, args))
-            .await
-            .context("unbatched ceiling phase timed out")??;
-        (batched, unbatched)
-    };
-
-    // Through HTTP, against a real server process.
+    }
     let port = free_port()?;
-    let api_key = format!("bench_app_key_{run}");
-    let mut server =
-        tokio::process::Command::new(std::env::current_exe().context("locating the billd binary")?)
-            .arg("serve")
-            // Not the caller's directory: a billd.toml there must not apply.
-            .current_dir(plans.parent().unwrap_or(Path::new("/")))
-            .env("BILLD_DATABASE_URL", url)
-            .env("BILLD_LISTEN", format!("127.0.0.1:{port}"))
-            .env("BILLD_PLANS", plans)
-            .env("BILLD_API_KEYS", &api_key)
-            // A Stripe key and secret keep dev mode (and its emulator) off; the
-            // benchmark never needs Stripe.
-            .env("BILLD_STRIPE_API_KEY", "sk_test_bench_unused")
-            .env("BILLD_STRIPE_API_BASE", "http://127.0.0.1:9")
-            .env("BILLD_STRIPE_WEBHOOK_SECRETS", "whsec_bench_unused")
-            .env("BILLD_SMTP_URL", "")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting billd serve")?;
+    let mut command = tokio::process::Command::new(&exe);
+    command
+        .arg("serve")
+        // Not the caller's directory: a billd.toml there must not apply.
+        .current_dir(work_dir)
+        .env("BILLD_DATABASE_URL", url)
+        .env("BILLD_LISTEN", format!("127.0.0.1:{port}"))
+        .env("BILLD_PLANS", plans)
+        .env("BILLD_API_KEYS", &api_key)
+        // A Stripe key and secret keep dev mode (and its emulator) off; the
+        // benchmark never needs Stripe.
+        .env("BILLD_STRIPE_API_KEY", "sk_test_bench_unused")
+        .env("BILLD_STRIPE_API_BASE", "http://127.0.0.1:9")
+        .env("BILLD_STRIPE_WEBHOOK_SECRETS", "whsec_bench_unused")
+        .env("BILLD_SMTP_URL", "")
+        .env("RUST_LOG", "warn");
+    let (billd, reads) =
+        serve_and_load_with_reads(command, port, &customers, &api_key, &run, args, phase).await?;
+    Ok(Figures {
+        backend,
+        ceiling,
+        billd,
+        reads,
+    })
+}
+
+/// Starts a server, runs the consume phases against it, then kills it.
+#[allow(clippy::too_many_arguments, reason = "one call site per server")]
+async fn serve_and_load(
+    command: tokio::process::Command,
+    port: u16,
+    customers: &Arc<Vec<CustomerId>>,
+    api_key: &str,
+    run: &str,
+    tag: &str,
+    args: &UsageBenchArgs,
+    phase: Duration,
+) -> anyhow::Result<Served> {
+    let (served, _) = serve(
+        command, port, customers, api_key, run, tag, args, phase, false,
+    )
+    .await?;
+    Ok(served)
+}
+
+/// [`serve_and_load`], then entitlement reads.
+async fn serve_and_load_with_reads(
+    command: tokio::process::Command,
+    port: u16,
+    customers: &Arc<Vec<CustomerId>>,
+    api_key: &str,
+    run: &str,
+    args: &UsageBenchArgs,
+    phase: Duration,
+) -> anyhow::Result<(Served, Load)> {
+    let (served, reads) = serve(
+        command, port, customers, api_key, run, "h", args, phase, true,
+    )
+    .await?;
+    Ok((served, reads.context("no read phase")?))
+}
+
+#[allow(clippy::too_many_arguments, reason = "shared by the two wrappers")]
+async fn serve(
+    mut command: tokio::process::Command,
+    port: u16,
+    customers: &Arc<Vec<CustomerId>>,
+    api_key: &str,
+    run: &str,
+    tag: &str,
+    args: &UsageBenchArgs,
+    phase: Duration,
+    reads: bool,
+) -> anyhow::Result<(Served, Option<Load>)> {
+    let mut server = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting a server")?;
     let pid = server.id();
-    let base = format!("http://127.0.0.1:{port}");
+    let base = Arc::<str>::from(format!("http://127.0.0.1:{port}"));
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(4096)
         .build()?;
     wait_until_up(&client, &base, &mut server).await?;
-
-    let next = Arc::new(AtomicUsize::new(0));
-    let ok = Arc::new(AtomicUsize::new(0));
-    let (lat_tx, mut lat_rx) = tokio::sync::mpsc::unbounded_channel::<Duration>();
-    let customers = Arc::new(customers);
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..args.clients.max(1) {
-        let (client, base, next, ok, lat_tx, customers, api_key, run) = (
+    let consume = |tag: String| {
+        let (client, base, customers, api_key) = (
             client.clone(),
             base.clone(),
-            next.clone(),
-            ok.clone(),
-            lat_tx.clone(),
             customers.clone(),
-            api_key.clone(),
-            run.clone(),
+            api_key.to_owned(),
         );
-        let total = args.consumes;
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= total {
-                    break;
-                }
-                let customer = &customers[i % customers.len()];
-                let sent = Instant::now();
-                let answered = client
-                    .post(format!("{base}/v1/customers/{customer}/usage/{FEATURE}"))
-                    .bearer_auth(&api_key)
-                    .json(&serde_json::json!({ "idempotency_key": format!("h_{run}_{i}") }))
-                    .send()
-                    .await
-                    .map(|r| r.status().is_success());
-                if let Ok(true) = answered {
-                    ok.fetch_add(1, Ordering::Relaxed);
-                    let _ = lat_tx.send(sent.elapsed());
-                }
-            }
-        }));
-    }
-    drop(lat_tx);
-    let rss_probe = tokio::spawn(async move {
-        // VmHWM is the peak; sampling VmRSS as well keeps a figure if the
-        // kernel does not report VmHWM.
-        let mut peak = 0;
-        loop {
-            match pid
-                .and_then(|p| proc_status_kib(p, "VmHWM").or_else(|| proc_status_kib(p, "VmRSS")))
-            {
-                Some(kib) => peak = peak.max(kib),
-                None => return (peak > 0).then_some(peak),
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        move |i: usize| {
+            let customer = &customers[i % customers.len()];
+            client
+                .post(format!("{base}/v1/customers/{customer}/usage/{FEATURE}"))
+                .bearer_auth(&api_key)
+                .json(&serde_json::json!({ "idempotency_key": format!("{tag}{i}") }))
         }
-    });
-    let joined = tokio::time::timeout(phase, async {
-        for t in tasks {
-            let _ = t.await;
-        }
-    })
-    .await;
-    let elapsed = started.elapsed().as_secs_f64();
+    };
+    let many = tokio::time::timeout(
+        phase,
+        drive(
+            args.clients,
+            args.consumes,
+            consume(format!("{tag}_{run}_m")),
+        ),
+    )
+    .await
+    .context("the concurrent consume phase timed out")?;
+    let single = tokio::time::timeout(
+        phase,
+        drive(1, args.single, consume(format!("{tag}_{run}_s"))),
+    )
+    .await
+    .context("the single-client consume phase timed out")?;
+    let read_load = if reads {
+        let (client, base, customers, api_key) = (
+            client.clone(),
+            base.clone(),
+            customers.clone(),
+            api_key.to_owned(),
+        );
+        let read = move |i: usize| {
+            let customer = &customers[i % customers.len()];
+            client
+                .get(format!("{base}/v1/customers/{customer}/entitlements"))
+                .bearer_auth(&api_key)
+        };
+        Some(
+            tokio::time::timeout(phase, drive(args.clients, args.consumes, read))
+                .await
+                .context("the entitlement read phase timed out")?,
+        )
+    } else {
+        None
+    };
     let peak_rss_kib = pid.and_then(|p| proc_status_kib(p, "VmHWM"));
-    rss_probe.abort();
     let _ = server.kill().await;
-    joined.context("HTTP phase timed out")?;
-    let mut latencies = Vec::with_capacity(args.consumes);
-    while let Some(l) = lat_rx.recv().await {
-        latencies.push(l);
-    }
-    latencies.sort();
-    let ok = ok.load(Ordering::Relaxed);
-    Ok(Figures {
-        backend: backend.to_string(),
-        batched_per_sec,
-        unbatched_per_sec,
-        http_per_sec: ok as f64 / elapsed,
-        ok,
-        p50_ms: percentile_ms(&latencies, 0.50),
-        p99_ms: percentile_ms(&latencies, 0.99),
-        peak_rss_kib,
-    })
+    Ok((
+        Served {
+            many,
+            single,
+            peak_rss_kib,
+        },
+        read_load,
+    ))
 }
 
-/// The counter each customer's consumes go to, as the API computes it.
-async fn usage_key_per_customer(
-    store: &dyn Store,
-    catalog: &Catalog,
-    customers: &[CustomerId],
-    now: i64,
-) -> anyhow::Result<Vec<(CustomerId, UsageKey)>> {
-    let mut out = Vec::with_capacity(customers.len());
-    for customer in customers {
-        let record = store
-            .get_customer(customer)
-            .await?
-            .context("a bench customer vanished")?;
-        let key = usage_keys(&record.state, catalog, now)
-            .into_iter()
-            .find(|k| k.feature.as_str() == FEATURE)
-            .context("the bench feature has no usage counter")?;
-        out.push((customer.clone(), key));
-    }
-    Ok(out)
-}
-
-/// Consumes/s of `store.consume_batch` in batches of `args.clients`, one
-/// after the other (the one writer of the usage endpoint on SQLite).
-async fn batched_ceiling(
-    store: &Arc<dyn Store>,
-    keys: &[(CustomerId, UsageKey)],
-    run: &str,
-    args: &UsageBenchArgs,
-) -> anyhow::Result<f64> {
-    let requests: Vec<(UsageRequest, u64)> = (0..args.consumes)
-        .map(|i| {
-            let (customer, key) = &keys[i % keys.len()];
-            let request = UsageRequest {
-                customer_id: customer.clone(),
-                key: key.clone(),
-                amount: 1,
-                idempotency_key: format!("b_{run}_{i}"),
-            };
-            (request, LIMIT)
-        })
-        .collect();
-    let started = Instant::now();
-    let mut applied = 0usize;
-    for chunk in requests.chunks(args.clients.max(1)) {
-        for answer in store.consume_batch(chunk, SystemClock.now()).await? {
-            match answer? {
-                UsageOutcome::Applied { .. } => applied += 1,
-                UsageOutcome::LimitExceeded { .. } => anyhow::bail!("the bench limit was reached"),
-            }
-        }
-    }
-    Ok(applied as f64 / started.elapsed().as_secs_f64())
-}
-
-/// Consumes/s of `store.consume` from `args.clients` concurrent tasks.
-async fn ceiling(
-    store: Arc<dyn Store>,
-    keys: Arc<Vec<(CustomerId, UsageKey)>>,
-    run: &str,
-    args: &UsageBenchArgs,
-) -> anyhow::Result<f64> {
+/// Sends `total` requests made by `request(i)` from `clients` closed-loop
+/// clients; counts and times the 2xx answers.
+async fn drive<F>(clients: usize, total: usize, request: F) -> Load
+where
+    F: Fn(usize) -> reqwest::RequestBuilder + Clone + Send + 'static,
+{
     let next = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..args.clients.max(1) {
-        let (store, keys, next, done, run) = (
-            store.clone(),
-            keys.clone(),
-            next.clone(),
-            done.clone(),
-            run.to_string(),
-        );
-        let total = args.consumes;
+    for _ in 0..clients.max(1) {
+        let (next, request) = (next.clone(), request.clone());
         tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= total {
-                    return anyhow::Ok(());
+                    return latencies;
                 }
-                let (customer, key) = &keys[i % keys.len()];
-                let request = UsageRequest {
-                    customer_id: customer.clone(),
-                    key: key.clone(),
-                    amount: 1,
-                    idempotency_key: format!("c_{run}_{i}"),
-                };
-                match store.consume(&request, LIMIT, SystemClock.now()).await? {
-                    UsageOutcome::Applied { .. } => {
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                    UsageOutcome::LimitExceeded { .. } => {
-                        anyhow::bail!("the bench limit was reached")
+                let sent = Instant::now();
+                if let Ok(r) = request(i).send().await {
+                    let ok = r.status().is_success();
+                    // The whole answer, as a client would read it.
+                    if r.bytes().await.is_ok() && ok {
+                        latencies.push(sent.elapsed());
                     }
                 }
             }
         }));
     }
+    let mut latencies = Vec::with_capacity(total);
     for t in tasks {
-        t.await.context("a ceiling task panicked")??;
+        if let Ok(l) = t.await {
+            latencies.extend(l);
+        }
     }
-    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+    let elapsed = started.elapsed().as_secs_f64();
+    latencies.sort();
+    Load {
+        per_sec: latencies.len() as f64 / elapsed,
+        ok: latencies.len(),
+        p50_ms: percentile_ms(&latencies, 0.50),
+        p99_ms: percentile_ms(&latencies, 0.99),
+    }
+}
+
+/// Drops the ceiling's PostgreSQL tables (best effort: a leftover pair of
+/// empty-ish tables is harmless).
+async fn drop_ceiling_tables(url: &str, prefix: &str) {
+    if let Ok(pool) = sqlx::PgPool::connect(url).await {
+        for table in ["requests", "counters"] {
+            let _ = sqlx::query(&format!("DROP TABLE IF EXISTS {prefix}_{table}"))
+                .execute(&pool)
+                .await;
+        }
+        pool.close().await;
+    }
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -486,8 +495,8 @@ mod tests {
 
     #[test]
     fn the_bench_catalog_gives_free_customers_a_metered_counter() {
-        let catalog = Catalog::from_toml(CATALOG).unwrap();
-        let keys = usage_keys(
+        let catalog = billd_core::Catalog::from_toml(CATALOG).unwrap();
+        let keys = billd_core::usage_keys(
             &billd_core::CustomerState::default(),
             &catalog,
             1_800_000_000,

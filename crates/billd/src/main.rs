@@ -3,6 +3,7 @@
 //! and `sim`.
 
 mod bench;
+mod bench_ceiling;
 mod bench_usage;
 mod billing;
 mod config;
@@ -121,6 +122,10 @@ enum BenchCommand {
     /// and prints consumes/s, latency, the store's raw ceiling and the
     /// server's peak RSS.
     Usage(bench_usage::UsageBenchArgs),
+    /// The minimal consume server `bench usage` measures billd against
+    /// (started by it as a child process).
+    #[command(hide = true)]
+    UsageCeiling(bench_ceiling::CeilingArgs),
 }
 
 /// An inbox status on the command line.
@@ -237,6 +242,10 @@ async fn run(cli: Cli, config: Option<Result<Config, ConfigErrors>>) -> anyhow::
     if let Some(Command::Bench(BenchCommand::Usage(args))) = &cli.command {
         init_tracing(LogFormat::Text, "warn");
         return bench_usage::run(args).await;
+    }
+    if let Some(Command::Bench(BenchCommand::UsageCeiling(args))) = &cli.command {
+        init_tracing(LogFormat::Text, "warn");
+        return bench_ceiling::run(args).await;
     }
     if let Some(Command::Sim(args)) = &cli.command {
         init_tracing(LogFormat::Text, "info");

@@ -107,6 +107,8 @@ pub struct ApiState<S: BillingBackend + ?Sized> {
     /// 503 `stripe_unavailable`.
     pub(crate) stripe: Option<StripeClient>,
     pub(crate) config: Arc<ApiConfig>,
+    /// Customer states parsed recently, shared with the usage routes.
+    pub(crate) states: Arc<crate::http::app::usage_cache::StateCache>,
 }
 
 impl<S: BillingBackend + ?Sized> Clone for ApiState<S> {
@@ -117,6 +119,7 @@ impl<S: BillingBackend + ?Sized> Clone for ApiState<S> {
             clock: self.clock.clone(),
             stripe: self.stripe.clone(),
             config: self.config.clone(),
+            states: self.states.clone(),
         }
     }
 }
@@ -160,11 +163,15 @@ pub fn routes<S: BillingBackend + ?Sized>(
     stripe: Option<StripeClient>,
     config: ApiConfig,
 ) -> Router {
+    let states = Arc::new(crate::http::app::usage_cache::StateCache::new(
+        crate::http::app::usage_cache::CAPACITY,
+    ));
     let usage = crate::http::app::usage::routes(
         store.clone(),
         catalog.clone(),
         clock.clone(),
         keys.clone(),
+        states.clone(),
     );
     let keys = Arc::new(keys);
     let idem = Idempotency::new(store.clone(), clock.clone());
@@ -174,6 +181,7 @@ pub fn routes<S: BillingBackend + ?Sized>(
         clock,
         stripe,
         config: Arc::new(config),
+        states,
     };
     let checkout = crate::http::app::checkout::routes(state.clone(), keys.clone(), &idem);
     let app = crate::http::app::customers::router::<S>()

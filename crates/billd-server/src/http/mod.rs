@@ -21,10 +21,11 @@ mod webhook;
 
 pub use api::{bounds, routes, ApiConfig, ApiState, MAX_BODY_BYTES};
 pub use app::{DowngradeTiming, ProrationBehavior};
-pub use auth::{ApiKeys, Role};
+pub use auth::{require_app_key, ApiKeys, Role};
 pub use error::{ApiError, LoggedError, Transient};
 pub use openapi::{
     served_routes, ApiDoc, CustomerPath, ErrorBody, ErrorDetail, IdempotencyHeader,
     StripeCallErrors, UsagePath, Verb,
 };
+pub use respond::shape;
 pub use router::{app, service, AppState, WebhookConfig};

@@ -597,6 +597,14 @@ impl billd_store::UsageStore for SwitchableStore {
         self.check()?;
         self.inner.consume_guarded_batch(batch, now).await
     }
+    async fn usage_snapshot(
+        &self,
+        customer: &billd_core::CustomerId,
+        known_version: Option<i64>,
+    ) -> StoreResult<Option<billd_store::UsageSnapshot>> {
+        self.check()?;
+        self.inner.usage_snapshot(customer, known_version).await
+    }
 }
 
 /// Stored idempotent answers forward like the rest.

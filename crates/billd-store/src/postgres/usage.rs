@@ -14,12 +14,16 @@
 //! request that waited for a same-key request finds that answer too.
 
 use async_trait::async_trait;
+use billd_core::CustomerId;
 use sqlx::postgres::PgPool;
 
 use super::billing::consume_together;
 use super::PgStore;
 use crate::billing::{check_amount, from_db, period_column, replay, Direction, StoredRequest};
-use crate::usage::{GuardedConsume, GuardedOutcome, UsageStore};
+use crate::dialect::Dialect;
+use crate::usage::{
+    snapshot_of, GuardedConsume, GuardedOutcome, SnapshotRow, UsageSnapshot, UsageStore, SNAPSHOT,
+};
 use crate::{StoreError, StoreResult, UsageOutcome, UsageRequest};
 
 /// The primary key a same-key race fails on.
@@ -220,5 +224,18 @@ impl UsageStore for PgStore {
             .map(|c| (&c.request, c.limit, Some(c.customer_version)))
             .collect();
         consume_together(self, &batch, now).await
+    }
+
+    async fn usage_snapshot(
+        &self,
+        customer: &CustomerId,
+        known_version: Option<i64>,
+    ) -> StoreResult<Option<UsageSnapshot>> {
+        let rows: Vec<SnapshotRow> = sqlx::query_as(SNAPSHOT)
+            .bind(customer.as_str())
+            .bind(known_version)
+            .fetch_all(self.reader())
+            .await?;
+        snapshot_of(customer, rows)
     }
 }

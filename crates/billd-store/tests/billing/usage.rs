@@ -15,6 +15,7 @@ contract!(
     a_repeated_key_gets_its_first_answer_even_at_limit_zero,
     concurrent_guarded_consumes_stop_at_the_limit_and_count_each_key_once,
     a_guarded_batch_answers_each_consume_as_alone_and_keeps_only_what_was_applied,
+    a_usage_snapshot_has_the_counters_and_the_state_only_when_its_version_changed,
 );
 
 fn guarded(id: &str, amount: u64, key: &str, limit: u64, version: i64) -> GuardedConsume {
@@ -245,4 +246,79 @@ async fn a_guarded_batch_answers_each_consume_as_alone_and_keeps_only_what_was_a
     assert!(answers[4].is_err(), "another amount under a used key");
     assert_eq!(answers[5], Ok(applied(3, 3, false)));
     assert_eq!(counter(h, "user_g5").await, 3);
+}
+
+async fn a_usage_snapshot_has_the_counters_and_the_state_only_when_its_version_changed(
+    h: &Harness,
+) {
+    h.billing
+        .upsert_customer(&profile("user_s1", "s1@example.com"), NOW)
+        .await
+        .unwrap();
+    let key = UsageKey {
+        feature: FeatureName::parse("websites").unwrap(),
+        period_start: None,
+    };
+    let keys = std::slice::from_ref(&key);
+    let before_any = h
+        .store
+        .usage_snapshot(&customer("user_s1"), None)
+        .await
+        .unwrap()
+        .unwrap();
+    h.store
+        .consume_guarded(&guarded("user_s1", 2, "a", 5, 0), NOW)
+        .await
+        .unwrap();
+    let unknown_version = h
+        .store
+        .usage_snapshot(&customer("user_s1"), None)
+        .await
+        .unwrap()
+        .unwrap();
+    let known_version = h
+        .store
+        .usage_snapshot(&customer("user_s1"), Some(0))
+        .await
+        .unwrap()
+        .unwrap();
+    h.billing
+        .commit_customer(&commit("user_s1", 0, CustomerState::default()), NOW)
+        .await
+        .unwrap();
+    let changed = h
+        .store
+        .usage_snapshot(&customer("user_s1"), Some(0))
+        .await
+        .unwrap()
+        .unwrap();
+    h.billing
+        .delete_customer(&commit("user_s1", 1, CustomerState::default()), NOW)
+        .await
+        .unwrap();
+    let deleted = h
+        .store
+        .usage_snapshot(&customer("user_s1"), Some(1))
+        .await
+        .unwrap()
+        .unwrap();
+    let unknown = h
+        .store
+        .usage_snapshot(&customer("user_nobody"), None)
+        .await
+        .unwrap();
+
+    assert_eq!(before_any.usage(keys).used(&key), 0);
+    assert_eq!(
+        (unknown_version.version, unknown_version.deleted),
+        (0, false)
+    );
+    assert_eq!(unknown_version.state, Some(CustomerState::default()));
+    assert_eq!(unknown_version.usage(keys).used(&key), 2);
+    assert_eq!(known_version.state, None, "the caller has that state");
+    assert_eq!(known_version.usage(keys).used(&key), 2);
+    assert_eq!((changed.version, changed.deleted), (1, false));
+    assert!(changed.state.is_some());
+    assert!(deleted.deleted);
+    assert!(unknown.is_none());
 }

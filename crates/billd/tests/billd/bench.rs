@@ -39,11 +39,13 @@ async fn bench(args: &'static [&'static str]) -> (String, String) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_small_usage_benchmark_answers_every_consume_and_prints_the_ratio_and_rss() {
-    let (stdout, row) = bench(&[
+async fn a_small_usage_benchmark_answers_every_request_and_prints_the_ratios_and_rss() {
+    let (stdout, _) = bench(&[
         "usage",
         "--consumes",
         "60",
+        "--single",
+        "10",
         "--clients",
         "4",
         "--customers",
@@ -52,13 +54,25 @@ async fn a_small_usage_benchmark_answers_every_consume_and_prints_the_ratio_and_
     .await;
 
     assert!(
-        stdout.contains("sqlite: 60 of 60 HTTP consumes answered 200"),
+        stdout
+            .contains("sqlite: 200s: ceiling 60+10, billd 60+10 of 60+10 consumes, 60 of 60 reads"),
         "{stdout}"
     );
     assert!(
-        row.ends_with("MiB"),
-        "the server's peak RSS is shown: {row}"
+        stdout.contains("sqlite: billd/ceiling consumes/s "),
+        "{stdout}"
     );
+    for server in ["ceiling", "billd"] {
+        let row = stdout
+            .lines()
+            .find(|l| l.split_whitespace().take(2).eq(["sqlite", server]))
+            .unwrap_or_else(|| panic!("no {server} row: {stdout}"));
+        let rss = row.split_whitespace().last().unwrap();
+        assert!(
+            rss.parse::<f64>().is_ok_and(|mib| mib > 0.0),
+            "the {server} server's peak RSS is shown: {row}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

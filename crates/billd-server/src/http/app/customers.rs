@@ -200,6 +200,14 @@ async fn get_entitlements<S: BillingBackend + ?Sized>(
     Path(id): Path<String>,
 ) -> Result<Json<Entitlements>, ApiError> {
     let id = customer_id(&id)?;
-    let record = crate::http::app::account::live_customer(&*state.store, &id).await?;
-    Ok(Json(state.entitlements_of(&record).await?))
+    Ok(Json(
+        crate::http::app::usage::current_entitlements(
+            &*state.store,
+            &state.catalog,
+            state.clock.now(),
+            &state.states,
+            &id,
+        )
+        .await?,
+    ))
 }

@@ -8,6 +8,6 @@ pub(super) mod customers;
 pub(super) mod subscription;
 pub(super) mod usage;
 mod usage_batch;
-mod usage_cache;
+pub(super) mod usage_cache;
 
 pub use subscription::{DowngradeTiming, ProrationBehavior};

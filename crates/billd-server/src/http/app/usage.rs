@@ -30,7 +30,7 @@ use billd_store::{
 use serde::{Deserialize, Serialize};
 
 use crate::http::app::usage_batch::{ConsumeBatcher, MAX_BATCH};
-use crate::http::app::usage_cache::{CachedState, StateCache, CAPACITY};
+use crate::http::app::usage_cache::{CachedState, StateCache};
 use crate::http::auth::{require_app_key, ApiKeys};
 use crate::http::error::ApiError;
 use crate::pipeline::BillingBackend;
@@ -70,6 +70,7 @@ pub fn routes<S: BillingBackend + ?Sized>(
     catalog: Arc<Catalog>,
     clock: Arc<dyn Clock>,
     keys: ApiKeys,
+    states: Arc<StateCache>,
 ) -> Router {
     let idem = Idempotency::new(store.clone(), clock.clone());
     let router = route_with(
@@ -93,7 +94,7 @@ pub fn routes<S: BillingBackend + ?Sized>(
     .with_state(UsageState {
         consumer: (store.backend() == billd_store::Backend::Sqlite)
             .then(|| ConsumeBatcher::start(store.clone(), clock.clone(), MAX_BATCH)),
-        states: Arc::new(StateCache::new(CAPACITY)),
+        states,
         store,
         catalog,
         clock,
@@ -236,6 +237,50 @@ async fn load_entitlements<S: BillingBackend + ?Sized>(
         .await
         .map_err(store_error)?;
     Ok(entitlements(&record.state, &state.catalog, &usage, now))
+}
+
+/// The customer's entitlements as of one read on a reader connection
+/// (`UsageStore::usage_snapshot`): its version and counters are always
+/// read, so the answer is current (a consume answered 200 before is in
+/// it), but the state is parsed only when its version is not the one
+/// cached (404 `customer_not_found` or `customer_deleted`).
+pub(crate) async fn current_entitlements<S: BillingBackend + ?Sized>(
+    store: &S,
+    catalog: &Catalog,
+    now: i64,
+    states: &StateCache,
+    customer: &CustomerId,
+) -> Result<Entitlements, ApiError> {
+    let cached = states.get(customer);
+    let mut snapshot = store
+        .usage_snapshot(customer, cached.as_ref().map(|c| c.version))
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| crate::http::api::customer_not_found(customer))?;
+    if snapshot.deleted {
+        return Err(crate::http::app::account::customer_deleted(customer));
+    }
+    let state = match (snapshot.state.take(), cached) {
+        (None, Some(cached)) => cached.state,
+        (Some(state), _) => {
+            let state = Arc::new(state);
+            states.put(
+                customer,
+                CachedState {
+                    version: snapshot.version,
+                    state: state.clone(),
+                },
+            );
+            state
+        }
+        (None, None) => {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "the store left out a state the caller does not have"
+            )))
+        }
+    };
+    let usage = snapshot.usage(&usage_keys(&state, catalog, now));
+    Ok(entitlements(&state, catalog, &usage, now))
 }
 
 fn answer(feature: FeatureName, used: u64, limit: u64, replayed: bool) -> Json<UsageAnswer> {
