@@ -425,15 +425,21 @@ mod tests {
     }
 
     /// Routes must be registered through [`route`]: a plain `.route(` call
-    /// would serve a path the completeness test cannot see.
+    /// would serve a path the completeness test cannot see. The console is
+    /// the one exception: its pages are HTML for a browser, not operations
+    /// of the API this document describes.
     #[test]
     fn no_source_file_registers_a_route_around_the_helper() {
         let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let console = src.join("http").join("console");
         let mut offenders = Vec::new();
         let mut dirs = vec![src];
         while let Some(dir) = dirs.pop() {
             for entry in std::fs::read_dir(&dir).unwrap() {
                 let path = entry.unwrap().path();
+                if path == console {
+                    continue;
+                }
                 if path.is_dir() {
                     dirs.push(path);
                 } else if path.extension().is_some_and(|e| e == "rs")
