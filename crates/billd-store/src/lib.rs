@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 mod billing;
 mod billing_sql;
+pub mod ceiling;
 mod checkout;
 mod claim;
 mod console;

@@ -207,7 +207,7 @@ async fn bench_backend(
         .current_dir(work_dir);
     let ceiling = serve_and_load(command, port, &customers, &api_key, &run, "c", args, phase).await;
     if backend == "postgres" {
-        drop_ceiling_tables(ceiling_url, &table_prefix).await;
+        billd_store::ceiling::UsageCeiling::drop_tables(ceiling_url, &table_prefix).await;
     }
     let ceiling = ceiling?;
 
@@ -427,19 +427,6 @@ where
         ok: latencies.len(),
         p50_ms: percentile_ms(&latencies, 0.50),
         p99_ms: percentile_ms(&latencies, 0.99),
-    }
-}
-
-/// Drops the ceiling's PostgreSQL tables (best effort: a leftover pair of
-/// empty-ish tables is harmless).
-async fn drop_ceiling_tables(url: &str, prefix: &str) {
-    if let Ok(pool) = sqlx::PgPool::connect(url).await {
-        for table in ["requests", "counters"] {
-            let _ = sqlx::query(&format!("DROP TABLE IF EXISTS {prefix}_{table}"))
-                .execute(&pool)
-                .await;
-        }
-        pool.close().await;
     }
 }
 

@@ -1,0 +1,229 @@
+//! The bare schema benchmarks measure billd against: what a consume must
+//! cost at the least, one conditional counter UPDATE and one
+//! idempotency-key INSERT, in two tables of their own and nothing else.
+//!
+//! On SQLite (billd's file settings: WAL, `synchronous=FULL`) one writer
+//! task commits whatever has queued up as one transaction; on PostgreSQL
+//! each consume is one statement on a pool of billd's size, and PostgreSQL
+//! groups the WAL flushes of concurrent commits.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{StoreError, StoreResult};
+
+/// Most consumes in one SQLite commit (billd's usage writer's bound).
+const MAX_BATCH: usize = 512;
+
+/// PostgreSQL connections (billd's pool size).
+const PG_CONNECTIONS: u32 = 16;
+
+struct Job {
+    customer: String,
+    key: String,
+    reply: oneshot::Sender<StoreResult<Option<i64>>>,
+}
+
+#[derive(Clone)]
+enum Db {
+    /// The writer task's queue.
+    Sqlite(mpsc::Sender<Job>),
+    Postgres(PgPool),
+}
+
+/// Counters with a limit and the keys that consumed them, in tables named
+/// `{prefix}_counters` and `{prefix}_requests`.
+#[derive(Clone)]
+pub struct UsageCeiling {
+    db: Db,
+    limit: i64,
+    counters: Arc<str>,
+    requests: Arc<str>,
+}
+
+impl UsageCeiling {
+    /// Creates the tables afresh at `url` (`sqlite://…`, a file of its own,
+    /// or `postgres://…`) with a counter at 0 for each of `customers`,
+    /// every one limited to `limit`.
+    pub async fn open(
+        url: &str,
+        prefix: &str,
+        customers: impl IntoIterator<Item = String>,
+        limit: i64,
+    ) -> StoreResult<Self> {
+        let counters: Arc<str> = format!("{prefix}_counters").into();
+        let requests: Arc<str> = format!("{prefix}_requests").into();
+        let schema = [
+            format!("DROP TABLE IF EXISTS {requests}"),
+            format!("DROP TABLE IF EXISTS {counters}"),
+            format!("CREATE TABLE {counters} (customer_id TEXT PRIMARY KEY, used BIGINT NOT NULL)"),
+            format!(
+                "CREATE TABLE {requests} (customer_id TEXT NOT NULL, idempotency_key TEXT NOT NULL, \
+                 used BIGINT NOT NULL, PRIMARY KEY (customer_id, idempotency_key))"
+            ),
+        ];
+        let seed = format!("INSERT INTO {counters} (customer_id, used) VALUES ($1, 0)");
+        let db = if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await?;
+            for statement in &schema {
+                sqlx::query(statement).execute(&pool).await?;
+            }
+            let mut tx = pool.begin().await?;
+            for customer in customers {
+                sqlx::query(&seed).bind(customer).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            let (jobs, rx) = mpsc::channel(MAX_BATCH * 4);
+            tokio::spawn(sqlite_writer(
+                pool,
+                rx,
+                limit,
+                counters.clone(),
+                requests.clone(),
+            ));
+            Db::Sqlite(jobs)
+        } else {
+            let pool = PgPoolOptions::new()
+                .max_connections(PG_CONNECTIONS)
+                .connect(url)
+                .await?;
+            for statement in &schema {
+                sqlx::query(statement).execute(&pool).await?;
+            }
+            let mut tx = pool.begin().await?;
+            for customer in customers {
+                sqlx::query(&seed).bind(customer).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Db::Postgres(pool)
+        };
+        Ok(UsageCeiling {
+            db,
+            limit,
+            counters,
+            requests,
+        })
+    }
+
+    /// Every counter's limit.
+    pub fn limit(&self) -> i64 {
+        self.limit
+    }
+
+    /// Counts one for `customer` under `key` if that stays within the
+    /// limit: the count after it, or `None` at the limit.
+    pub async fn consume(&self, customer: String, key: String) -> StoreResult<Option<i64>> {
+        match &self.db {
+            Db::Sqlite(jobs) => {
+                let (reply, answer) = oneshot::channel();
+                let job = Job {
+                    customer,
+                    key,
+                    reply,
+                };
+                let gone = || StoreError::Unavailable("the ceiling's writer stopped".to_owned());
+                jobs.send(job).await.map_err(|_| gone())?;
+                answer.await.map_err(|_| gone())?
+            }
+            Db::Postgres(pool) => {
+                let sql = format!(
+                    "WITH bump AS (UPDATE {c} SET used = used + 1 \
+                       WHERE customer_id = $1 AND used + 1 <= $3 RETURNING used) \
+                     INSERT INTO {r} (customer_id, idempotency_key, used) \
+                     SELECT $1, $2, used FROM bump RETURNING used",
+                    c = self.counters,
+                    r = self.requests
+                );
+                Ok(sqlx::query_scalar(&sql)
+                    .bind(&customer)
+                    .bind(&key)
+                    .bind(self.limit)
+                    .fetch_optional(pool)
+                    .await?)
+            }
+        }
+    }
+
+    /// Drops the tables `prefix` names at `url` (best effort: a leftover
+    /// pair of small tables is harmless).
+    pub async fn drop_tables(url: &str, prefix: &str) {
+        if let Ok(pool) = PgPool::connect(url).await {
+            for table in ["requests", "counters"] {
+                let _ = sqlx::query(&format!("DROP TABLE IF EXISTS {prefix}_{table}"))
+                    .execute(&pool)
+                    .await;
+            }
+            pool.close().await;
+        }
+    }
+}
+
+/// Commits whatever has queued up as one transaction: per consume, the
+/// conditional UPDATE, then the key's INSERT when it applied.
+async fn sqlite_writer(
+    pool: SqlitePool,
+    mut rx: mpsc::Receiver<Job>,
+    limit: i64,
+    counters: Arc<str>,
+    requests: Arc<str>,
+) {
+    let bump = format!(
+        "UPDATE {counters} SET used = used + 1 WHERE customer_id = $1 AND used + 1 <= $2 \
+         RETURNING used"
+    );
+    let record =
+        format!("INSERT INTO {requests} (customer_id, idempotency_key, used) VALUES ($1, $2, $3)");
+    let mut jobs = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut jobs, MAX_BATCH).await > 0 {
+        let outcome: Result<Vec<Option<i64>>, sqlx::Error> = async {
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+            let mut answers = Vec::with_capacity(jobs.len());
+            for job in &jobs {
+                let used: Option<i64> = sqlx::query_scalar(&bump)
+                    .bind(&job.customer)
+                    .bind(limit)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                if let Some(used) = used {
+                    sqlx::query(&record)
+                        .bind(&job.customer)
+                        .bind(&job.key)
+                        .bind(used)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                answers.push(used);
+            }
+            tx.commit().await?;
+            Ok(answers)
+        }
+        .await;
+        match outcome {
+            Ok(answers) => {
+                for (job, answer) in jobs.drain(..).zip(answers) {
+                    let _ = job.reply.send(Ok(answer));
+                }
+            }
+            Err(e) => {
+                // A failed batch fails all of it; the bench counts only
+                // what succeeded.
+                let error = e.to_string();
+                for job in jobs.drain(..) {
+                    let _ = job.reply.send(Err(StoreError::Other(error.clone())));
+                }
+            }
+        }
+    }
+}
