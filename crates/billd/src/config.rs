@@ -538,7 +538,7 @@ impl Config {
         };
         let webhook_tolerance_secs = raw.int("webhook_tolerance_secs", 1, 86_400);
         let inbox_max_attempts = raw.int("inbox_max_attempts", 1, 1000);
-        let inbox_lease_secs = raw.int("inbox_lease_secs", 1, 86_400);
+        let inbox_lease_secs = raw.int("inbox_lease_secs", 3, 86_400);
         let outbox_lease_secs = raw.int("outbox_lease_secs", 3, 86_400);
         let inbox_backoff_base_secs = raw.int("inbox_backoff_base_secs", 1, 86_400);
         let inbox_backoff_cap_secs = raw.int("inbox_backoff_cap_secs", 1, 7 * 86_400);

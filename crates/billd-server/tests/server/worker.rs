@@ -384,13 +384,17 @@ async fn a_malformed_event_is_dead_after_one_attempt_and_its_customers_next_even
     let first = s.worker.run_once().await.unwrap();
     let second = s.worker.run_once().await.unwrap();
 
-    assert_eq!((first.claimed, first.dead, first.retried), (1, 1, 0));
+    // One batch: the dead event fails alone, its neighbour is applied.
+    assert_eq!(
+        (first.claimed, first.batches, first.dead, first.retried),
+        (2, 1, 1, 0)
+    );
     let dead = s.db.store.get_event("evt_work_bad").await.unwrap().unwrap();
     assert_eq!(dead.status, EventStatus::Dead);
     assert_eq!(dead.attempts, 1, "no retry for what cannot parse");
     let error = dead.last_error.unwrap();
     assert!(error.starts_with("id_invalid: "), "{error}");
-    assert_eq!(second.claimed, 1, "the next event did not wait for a retry");
+    assert_eq!(second.claimed, 0, "nothing left to retry");
     let next = event(&s).await;
     assert_eq!(next.status, EventStatus::Processed, "{:?}", next.last_error);
     assert_eq!(*handler.applied.lock().unwrap(), ["evt_work_1"]);
@@ -416,12 +420,14 @@ async fn a_transiently_failing_event_retries_while_its_customers_later_event_is_
     let failed = event(&s).await;
     let meanwhile = s.worker.run_once().await.unwrap();
 
-    assert_eq!((first.claimed, first.retried), (1, 1));
+    assert_eq!((first.claimed, first.batches, first.retried), (2, 1, 1));
     assert_eq!(failed.status, EventStatus::Failed);
     let retry_at = failed.next_attempt_at.unwrap();
     assert!(retry_at > T0, "{retry_at}");
-    assert_eq!(meanwhile.claimed, 1, "the later event was held back");
+    assert_eq!(meanwhile.claimed, 0, "the retry is not due yet");
     assert_eq!(*handler.applied.lock().unwrap(), ["evt_work_2"]);
+    let later = s.db.store.get_event("evt_work_2").await.unwrap().unwrap();
+    assert_eq!(later.status, EventStatus::Processed, "not held back");
 
     handler.outage.lock().unwrap().clear();
     s.clock.set(retry_at);
