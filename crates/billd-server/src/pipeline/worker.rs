@@ -499,8 +499,7 @@ impl InboxWorker {
         let mut results = Vec::with_capacity(batch.len());
         // Events of one handler go to it together, in claim order; a type
         // without a handler is skipped.
-        let mut runs: Vec<(Option<&Arc<dyn EventHandler>>, Vec<(usize, &StoredEvent)>)> =
-            Vec::new();
+        let mut runs: Vec<HandlerRun<'_>> = Vec::new();
         for &(index, event) in batch {
             let handler = self.registry.get(&event.event_type);
             match runs.iter_mut().find(|(h, _)| match (h, handler) {
@@ -570,6 +569,13 @@ impl InboxWorker {
         Some(result)
     }
 }
+
+/// Events of one batch that go to one handler (none: skipped), with their
+/// indexes into the round's claim.
+type HandlerRun<'a> = (
+    Option<&'a Arc<dyn EventHandler>>,
+    Vec<(usize, &'a StoredEvent)>,
+);
 
 /// The claim's events grouped into batches, in claim order: one per Stripe
 /// customer, and one per event without a customer.
