@@ -212,7 +212,8 @@ pub struct Config {
     pub webhook_tolerance_secs: i64,
     /// `BILLD_INBOX_MAX_ATTEMPTS`: attempts before an event is dead.
     pub inbox_max_attempts: i32,
-    /// `BILLD_INBOX_LEASE_SECS`: how long a claimed event is reserved.
+    /// `BILLD_INBOX_LEASE_SECS`: how long a claimed event is reserved;
+    /// renewed every third of it while its batch runs.
     pub inbox_lease_secs: i64,
     /// `BILLD_OUTBOX_LEASE_SECS`: how long a claimed outbox row (email,
     /// alert, Stripe call) is reserved; renewed every third of it while the
