@@ -402,6 +402,21 @@ pub trait BillingStore: Send + Sync + 'static {
         now: i64,
     ) -> StoreResult<CommitReceipt>;
 
+    /// [`BillingStore::commit_event`] for a batch of one worker's claimed
+    /// events, in ONE transaction (one commit, one fsync): writes each
+    /// customer commit, paired with the ids of the events it applies
+    /// (whose payloads are redacted with a deleted customer's), like
+    /// `commit_event` does, then finishes every event of `finishes` under
+    /// its claim. Any version mismatch ([`VERSION_CONFLICT`]), event no
+    /// longer held ([`LEASE_CONFLICT`]), unknown event (`NotFound`) or other
+    /// error writes nothing at all. Returns one receipt per commit.
+    async fn commit_events(
+        &self,
+        commits: &[(CustomerCommit, Vec<String>)],
+        finishes: &[crate::EventFinish],
+        now: i64,
+    ) -> StoreResult<Vec<CommitReceipt>>;
+
     /// Like [`BillingStore::commit_event`] for a change that no inbox event
     /// carries (an API call, the scheduler): state, audit, outbox and links
     /// in one transaction.

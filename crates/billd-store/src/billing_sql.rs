@@ -213,21 +213,46 @@ macro_rules! billing_store {
                 result: &EventResult,
                 now: i64,
             ) -> StoreResult<CommitReceipt> {
-                let mut tx = self.begin_write().await?;
-                let receipt = match commit {
-                    Some(commit) => write_commit(&mut tx, commit, Some(event_id), now).await?,
-                    None => CommitReceipt {
-                        version: None,
-                        outbox_inserted: 0,
-                    },
+                let finish = $crate::EventFinish {
+                    id: event_id.to_owned(),
+                    claim,
+                    result: result.clone(),
                 };
-                if !super::finish(&mut tx, event_id, claim, result, now).await? {
+                let commits: Vec<(CustomerCommit, Vec<String>)> = commit
+                    .map(|commit| (commit.clone(), vec![event_id.to_owned()]))
+                    .into_iter()
+                    .collect();
+                let receipts = self
+                    .commit_events(&commits, std::slice::from_ref(&finish), now)
+                    .await?;
+                Ok(receipts.into_iter().next().unwrap_or(CommitReceipt {
+                    version: None,
+                    outbox_inserted: 0,
+                }))
+            }
+
+            async fn commit_events(
+                &self,
+                commits: &[(CustomerCommit, Vec<String>)],
+                finishes: &[$crate::EventFinish],
+                now: i64,
+            ) -> StoreResult<Vec<CommitReceipt>> {
+                let mut tx = self.begin_write().await?;
+                let mut receipts = Vec::with_capacity(commits.len());
+                for (commit, events) in commits {
+                    let event_ids: Vec<&str> = events.iter().map(String::as_str).collect();
+                    receipts.push(write_commit(&mut tx, commit, &event_ids, now).await?);
+                }
+                for done in finishes {
+                    if super::finish(&mut tx, &done.id, done.claim, &done.result, now).await? {
+                        continue;
+                    }
                     let exists: Option<String> =
                         sqlx::query_scalar("SELECT status FROM stripe_events WHERE id = $1")
-                            .bind(event_id)
+                            .bind(done.id.as_str())
                             .fetch_optional(&mut *tx)
                             .await?;
-                    // Dropping the transaction rolls back the customer's writes too.
+                    // Dropping the transaction rolls back the customers' writes too.
                     return Err(match exists {
                         None => StoreError::NotFound,
                         Some(_) => StoreError::Conflict {
@@ -236,7 +261,7 @@ macro_rules! billing_store {
                     });
                 }
                 tx.commit().await?;
-                Ok(receipt)
+                Ok(receipts)
             }
 
             async fn commit_customer(
@@ -245,7 +270,7 @@ macro_rules! billing_store {
                 now: i64,
             ) -> StoreResult<CommitReceipt> {
                 let mut tx = self.begin_write().await?;
-                let receipt = write_commit(&mut tx, commit, None, now).await?;
+                let receipt = write_commit(&mut tx, commit, &[], now).await?;
                 tx.commit().await?;
                 Ok(receipt)
             }
@@ -478,7 +503,7 @@ macro_rules! billing_store {
                 now: i64,
             ) -> StoreResult<CommitReceipt> {
                 let mut tx = self.begin_write().await?;
-                let receipt = write_commit(&mut tx, commit, None, now).await?;
+                let receipt = write_commit(&mut tx, commit, &[], now).await?;
                 sqlx::query(
                     "UPDATE customers \
                      SET email = NULL, name = NULL, preferred_currency = NULL, \
@@ -489,7 +514,7 @@ macro_rules! billing_store {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-                let stripe_customers = erase_stored(&mut tx, &commit.customer_id, None).await?;
+                let stripe_customers = erase_stored(&mut tx, &commit.customer_id, &[]).await?;
                 tx.commit().await?;
                 self.erased().add(stripe_customers);
                 Ok(receipt)
@@ -589,7 +614,7 @@ macro_rules! billing_store {
         async fn write_commit(
             conn: &mut Conn,
             commit: &CustomerCommit,
-            event_id: Option<&str>,
+            event_ids: &[&str],
             now: i64,
         ) -> StoreResult<CommitReceipt> {
             let state = state_json(&commit.state)?;
@@ -654,7 +679,7 @@ macro_rules! billing_store {
             let outbox_inserted =
                 insert_outbox(conn, Some(&commit.customer_id), &commit.outbox, now).await?;
             if deleted {
-                erase_stored(conn, &commit.customer_id, event_id).await?;
+                erase_stored(conn, &commit.customer_id, event_ids).await?;
             }
             Ok(CommitReceipt {
                 version: Some(version),
@@ -668,13 +693,13 @@ macro_rules! billing_store {
         /// a dedupe key), and those of every
         /// stored Stripe payload about it (events naming one of its Stripe
         /// customers, events naming no customer whose object is linked to
-        /// it, and `event_id`). Rows stay, with their ids, types, amounts and
+        /// it, and `event_ids`). Rows stay, with their ids, types, amounts and
         /// dates; rows already redacted are not written again. Returns the
         /// customer's Stripe customer ids.
         async fn erase_stored(
             conn: &mut Conn,
             customer_id: &CustomerId,
-            event_id: Option<&str>,
+            event_ids: &[&str],
         ) -> StoreResult<Vec<String>> {
             let customer = customer_id.as_str();
             let audit: Vec<(i64, String, Option<String>, Option<String>)> = sqlx::query_as(
@@ -719,18 +744,27 @@ macro_rules! billing_store {
                     .await?;
                 }
             }
-            let events: Vec<(String, String)> = sqlx::query_as(
+            let mut events: Vec<(String, String)> = sqlx::query_as(
                 "SELECT id, payload FROM stripe_events \
                  WHERE stripe_customer IN \
                        (SELECT object_id FROM object_links WHERE customer_id = $1) \
                     OR (stripe_customer IS NULL AND object_id IN \
-                        (SELECT object_id FROM object_links WHERE customer_id = $1)) \
-                    OR id = $2",
+                        (SELECT object_id FROM object_links WHERE customer_id = $1))",
             )
             .bind(customer)
-            .bind(event_id)
             .fetch_all(&mut *conn)
             .await?;
+            for id in event_ids {
+                if events.iter().any(|(found, _)| found == id) {
+                    continue;
+                }
+                let payload: Option<String> =
+                    sqlx::query_scalar("SELECT payload FROM stripe_events WHERE id = $1")
+                        .bind(*id)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                events.extend(payload.map(|payload| ((*id).to_owned(), payload)));
+            }
             for (id, payload) in events {
                 if let Some(scrubbed) = billd_core::scrub_json_text(&payload) {
                     sqlx::query("UPDATE stripe_events SET payload = $2 WHERE id = $1")

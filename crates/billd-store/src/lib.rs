@@ -42,7 +42,7 @@ pub use jobs::{JobFinish, JobRecord, JobStore};
 pub use migrations::MigrationStatus;
 pub use postgres::PgStore;
 pub use rate_limit::{RateDecision, RateLimitStore};
-pub use sqlite::{SqliteOptions, SqliteStore};
+pub use sqlite::{ServeLock, ServeLockError, SqliteOptions, SqliteStore};
 pub use usage::{GuardedConsume, GuardedOutcome, UsageSnapshot, UsageStore};
 
 /// Opens the store a database URL names: `sqlite://path` (the file is
@@ -254,6 +254,24 @@ pub enum EventResult {
     },
 }
 
+/// How much one [`Store::claim_event_batches`] takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClaimLimits {
+    /// Customer batches (and events without a customer) per claim.
+    pub groups: u32,
+    /// Events per customer batch (at least 1).
+    pub per_customer: u32,
+}
+
+impl ClaimLimits {
+    /// The most events one claim can take.
+    pub fn max_events(self) -> usize {
+        let groups = usize::try_from(self.groups).unwrap_or(usize::MAX);
+        let per = usize::try_from(self.per_customer.max(1)).unwrap_or(usize::MAX);
+        groups.saturating_mul(per)
+    }
+}
+
 /// One outcome for [`Store::finish_events`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventFinish {
@@ -331,20 +349,51 @@ pub trait Store:
     /// seconds.
     async fn insert_events(&self, events: &[NewEvent]) -> StoreResult<Vec<InsertOutcome>>;
 
-    /// Claims up to `limit` events that are due (pending; failed with
-    /// `next_attempt_at <= now`; processing whose lease ended, also
-    /// `next_attempt_at <= now`), oldest `created` first (ties: the earlier
+    /// Claims events that are due (pending; failed with `next_attempt_at
+    /// <= now`; processing whose lease ended, also `next_attempt_at <=
+    /// now`), walking them oldest `created` first (ties: the earlier
     /// `insert_events` call first; within one batch the order is
-    /// unspecified), at most one per Stripe customer and never a customer
-    /// that already has an event under a live lease. Claimed rows
-    /// become `processing` with `next_attempt_at = lease_until` and
-    /// `attempts + 1`. Safe with several processes on one database.
+    /// unspecified): up to `limits.groups` groups, where a group is a
+    /// Stripe customer's batch of at most `limits.per_customer` events or
+    /// one event without a customer, and never a customer that already has
+    /// an event under a live lease. Returns the events in that order.
+    /// Claimed rows become `processing` with `next_attempt_at =
+    /// lease_until` and `attempts + 1`. Safe with several processes on one
+    /// database.
+    async fn claim_event_batches(
+        &self,
+        now: i64,
+        lease_until: i64,
+        limits: ClaimLimits,
+    ) -> StoreResult<Vec<StoredEvent>>;
+
+    /// [`Store::claim_event_batches`] taking at most one event per Stripe
+    /// customer: up to `limit` events.
     async fn claim_events(
         &self,
         now: i64,
         lease_until: i64,
         limit: u32,
-    ) -> StoreResult<Vec<StoredEvent>>;
+    ) -> StoreResult<Vec<StoredEvent>> {
+        let limits = ClaimLimits {
+            groups: limit,
+            per_customer: 1,
+        };
+        self.claim_event_batches(now, lease_until, limits).await
+    }
+
+    /// Extends the lease of claimed events still held under their claim
+    /// (`(id, claim)` pairs) to `lease_until`: the heartbeat of a worker
+    /// whose batch outlasts a short lease. Returns how many were renewed
+    /// (an event reclaimed or finished since is not).
+    async fn renew_events(&self, held: &[(String, i64)], lease_until: i64) -> StoreResult<u64>;
+
+    /// Ends every inbox lease and outbox claim at once, making their rows
+    /// due at `now` (attempts and claim numbers kept, so a late finish by
+    /// their old holder is still refused). Only for a process that knows
+    /// no other holds a claim on the database: a SQLite file served by one
+    /// process, at its start-up. Returns `(events, outbox rows)` released.
+    async fn release_all_claims(&self, now: i64) -> StoreResult<(u64, u64)>;
 
     /// Records how processing of a claimed event ended, if `claim` is still
     /// the event's current claim (its [`StoredEvent::claim`]). An event that

@@ -13,14 +13,15 @@ use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::QueryBuilder;
 
-use crate::claim::{in_claim_order, page_size, Picker};
+use crate::claim::{in_claim_order, page_size, Picker, MAX_PAGES};
 use crate::row::{
     finish_columns, first_occurrences, into_events, outcomes, EventRow, EVENT_COLUMNS,
+    RELEASE_EVENTS, RELEASE_OUTBOX,
 };
 use crate::sqlite::not_processing;
 use crate::{
-    Backend, EventFilter, EventFinish, EventResult, EventStatus, InboxStats, InsertOutcome,
-    NewEvent, Store, StoreError, StoreResult, StoredEvent,
+    Backend, ClaimLimits, EventFilter, EventFinish, EventResult, EventStatus, InboxStats,
+    InsertOutcome, NewEvent, Store, StoreError, StoreResult, StoredEvent,
 };
 
 mod billing;
@@ -165,22 +166,22 @@ impl Store for PgStore {
         Ok(outcomes(events, &repeated, &inserted))
     }
 
-    async fn claim_events(
+    async fn claim_event_batches(
         &self,
         now: i64,
         lease_until: i64,
-        limit: u32,
+        limits: ClaimLimits,
     ) -> StoreResult<Vec<StoredEvent>> {
-        if limit == 0 {
+        if limits.groups == 0 {
             return Ok(Vec::new());
         }
         let mut tx = self.pool.begin().await?;
-        let mut picker = Picker::new(limit);
-        let page = page_size(limit);
+        let mut picker = Picker::new(limits);
+        let page = page_size(limits);
         let mut after = (i64::MIN, i64::MIN);
         // Customer → whether this claim may take an event of theirs.
         let mut usable: HashMap<String, bool> = HashMap::new();
-        loop {
+        for _ in 0..MAX_PAGES {
             let rows: Vec<(String, Option<String>, i64, i64)> = sqlx::query_as(CANDIDATES)
                 .bind(now)
                 .bind(after.0)
@@ -328,6 +329,39 @@ impl Store for PgStore {
             .iter()
             .map(|done| finished.contains(&done.id))
             .collect())
+    }
+
+    async fn renew_events(&self, held: &[(String, i64)], lease_until: i64) -> StoreResult<u64> {
+        if held.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<&str> = held.iter().map(|(id, _)| id.as_str()).collect();
+        let claims: Vec<i64> = held.iter().map(|(_, claim)| *claim).collect();
+        let done = sqlx::query(
+            "UPDATE stripe_events AS e SET next_attempt_at = $1 \
+             FROM UNNEST($2::text[], $3::int8[]) AS r(id, claim) \
+             WHERE e.id = r.id AND e.claim = r.claim AND e.status = 'processing'",
+        )
+        .bind(lease_until)
+        .bind(ids)
+        .bind(claims)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn release_all_claims(&self, now: i64) -> StoreResult<(u64, u64)> {
+        let mut tx = self.pool.begin().await?;
+        let events = sqlx::query(RELEASE_EVENTS)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let outbox = sqlx::query(RELEASE_OUTBOX)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok((events.rows_affected(), outbox.rows_affected()))
     }
 
     async fn get_event(&self, id: &str) -> StoreResult<Option<StoredEvent>> {

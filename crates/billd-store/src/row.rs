@@ -8,6 +8,14 @@ pub(crate) const EVENT_COLUMNS: &str = "id, type, api_version, created, object_i
      stripe_customer, payload, status, attempts, next_attempt_at, last_error, received_at, \
      processed_at, claim";
 
+/// Ends every inbox lease: the rows are due at `$1`.
+pub(crate) const RELEASE_EVENTS: &str =
+    "UPDATE stripe_events SET next_attempt_at = $1 WHERE status = 'processing'";
+
+/// Ends every outbox claim: the rows are due at `$1`.
+pub(crate) const RELEASE_OUTBOX: &str =
+    "UPDATE outbox SET next_attempt_at = $1 WHERE status = 'processing'";
+
 #[derive(sqlx::FromRow)]
 pub(crate) struct EventRow {
     id: String,

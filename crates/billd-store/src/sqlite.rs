@@ -16,18 +16,22 @@ use sqlx::sqlite::{
 };
 use sqlx::QueryBuilder;
 
-use crate::claim::{in_claim_order, page_size, Picker};
+use crate::claim::{in_claim_order, page_size, Picker, MAX_PAGES};
 use crate::row::{
     finish_columns, first_occurrences, into_events, outcomes, EventRow, EVENT_COLUMNS,
+    RELEASE_EVENTS, RELEASE_OUTBOX,
 };
 use crate::{
-    Backend, EventFilter, EventFinish, EventResult, EventStatus, InboxStats, InsertOutcome,
-    NewEvent, Store, StoreError, StoreResult, StoredEvent,
+    Backend, ClaimLimits, EventFilter, EventFinish, EventResult, EventStatus, InboxStats,
+    InsertOutcome, NewEvent, Store, StoreError, StoreResult, StoredEvent,
 };
 
 mod billing;
 mod dialect;
+mod serve_lock;
 mod usage;
+
+pub use serve_lock::{ServeLock, ServeLockError};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -314,20 +318,20 @@ impl Store for SqliteStore {
         Ok(outcomes(events, &repeated, &inserted))
     }
 
-    async fn claim_events(
+    async fn claim_event_batches(
         &self,
         now: i64,
         lease_until: i64,
-        limit: u32,
+        limits: ClaimLimits,
     ) -> StoreResult<Vec<StoredEvent>> {
-        if limit == 0 {
+        if limits.groups == 0 {
             return Ok(Vec::new());
         }
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let mut picker = Picker::new(limit);
-        let page = page_size(limit);
+        let mut picker = Picker::new(limits);
+        let page = page_size(limits);
         let mut after = (i64::MIN, i64::MIN);
-        loop {
+        for _ in 0..MAX_PAGES {
             let rows: Vec<(String, Option<String>, i64, i64)> = sqlx::query_as(CANDIDATES)
                 .bind(now)
                 .bind(after.0)
@@ -396,6 +400,39 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(finished)
+    }
+
+    async fn renew_events(&self, held: &[(String, i64)], lease_until: i64) -> StoreResult<u64> {
+        if held.is_empty() {
+            return Ok(0);
+        }
+        let held_json = serde_json::to_string(held)
+            .map_err(|e| StoreError::Other(format!("encoding held events: {e}")))?;
+        let done = sqlx::query(
+            "UPDATE stripe_events SET next_attempt_at = ?1 \
+             WHERE status = 'processing' AND (id, claim) IN ( \
+               SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') \
+               FROM json_each(?2))",
+        )
+        .bind(lease_until)
+        .bind(held_json)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn release_all_claims(&self, now: i64) -> StoreResult<(u64, u64)> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let events = sqlx::query(RELEASE_EVENTS)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        let outbox = sqlx::query(RELEASE_OUTBOX)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok((events.rows_affected(), outbox.rows_affected()))
     }
 
     async fn get_event(&self, id: &str) -> StoreResult<Option<StoredEvent>> {

@@ -134,6 +134,7 @@ contract!(
     commit_event_with_a_version_conflict_leaves_the_event_claimed,
     commit_event_without_a_customer_only_finishes_the_event,
     commit_event_under_a_claim_that_was_superseded_writes_nothing,
+    commit_events_applies_a_batch_in_one_transaction_or_writes_nothing,
     an_effect_decided_twice_is_one_outbox_row,
     an_outbox_row_is_claimed_retried_and_sent,
     an_outbox_row_that_fails_for_good_is_dead_until_requeued,
@@ -637,6 +638,73 @@ async fn commit_event_under_a_claim_that_was_superseded_writes_nothing(h: &Harne
     assert_eq!(current.outbox_inserted, 1);
     let event = h.store.get_event("evt_stale").await.unwrap().unwrap();
     assert_eq!(event.status, EventStatus::Processed);
+}
+
+async fn commit_events_applies_a_batch_in_one_transaction_or_writes_nothing(h: &Harness) {
+    let events: Vec<NewEvent> = ["evt_b1", "evt_b2", "evt_b3"]
+        .into_iter()
+        .map(|id| event(id, Some("cus_b"), None))
+        .collect();
+    h.store.insert_events(&events).await.unwrap();
+    let limits = billd_store::ClaimLimits {
+        groups: 1,
+        per_customer: 3,
+    };
+    let batch = h
+        .store
+        .claim_event_batches(NOW, NOW + 60, limits)
+        .await
+        .unwrap();
+    assert_eq!(batch.len(), 3, "one customer's batch");
+    let finish = |id: &str, claim: i64| billd_store::EventFinish {
+        id: id.to_owned(),
+        claim,
+        result: EventResult::Processed,
+    };
+    let mut batch = commit("user_b", 0, state_with("cus_b", false));
+    batch.audit.push(audit("status", "evt_b1"));
+    batch.audit.push(audit("status", "evt_b2"));
+    batch.outbox.push(alert("alert_b"));
+    let applies = vec!["evt_b1".to_owned(), "evt_b2".to_owned()];
+
+    // evt_b3 was never claimed under claim 7: the whole batch is refused.
+    let refused = h
+        .billing
+        .commit_events(
+            &[(batch.clone(), applies.clone())],
+            &[finish("evt_b1", 1), finish("evt_b3", 7)],
+            NOW,
+        )
+        .await
+        .unwrap_err();
+    let receipts = h
+        .billing
+        .commit_events(
+            &[(batch.clone(), applies)],
+            &[finish("evt_b1", 1), finish("evt_b2", 1)],
+            NOW,
+        )
+        .await
+        .unwrap();
+
+    assert!(is_conflict(&refused, LEASE_CONFLICT), "{refused:?}");
+    assert_eq!(receipts.len(), 1);
+    assert_eq!(
+        receipts[0].version,
+        Some(1),
+        "one commit after the refused one"
+    );
+    assert_eq!(receipts[0].outbox_inserted, 1);
+    for (id, status) in [
+        ("evt_b1", EventStatus::Processed),
+        ("evt_b2", EventStatus::Processed),
+        ("evt_b3", EventStatus::Processing),
+    ] {
+        let event = h.store.get_event(id).await.unwrap().unwrap();
+        assert_eq!(event.status, status, "{id}");
+    }
+    let rows = h.billing.list_audit(&customer("user_b"), 0).await.unwrap();
+    assert_eq!(rows.len(), 2, "the refused batch wrote no audit row");
 }
 
 async fn an_effect_decided_twice_is_one_outbox_row(h: &Harness) {

@@ -11,6 +11,14 @@ use billd_store::{
 };
 use tempfile::TempDir;
 
+#[path = "contract/batches.rs"]
+mod batches;
+use batches::{
+    a_batch_claim_takes_each_customers_due_events_together_up_to_the_cap,
+    a_thousand_events_of_one_customer_are_claimed_in_batches_of_the_cap,
+    releasing_every_claim_makes_leased_events_and_outbox_rows_due_at_once,
+    renewing_extends_only_the_leases_still_held_under_their_claim,
+};
 #[path = "contract/counts.rs"]
 mod counts;
 #[path = "contract/fencing.rs"]
@@ -99,6 +107,10 @@ contract!(
     an_event_under_a_live_lease_is_not_claimed_again,
     an_event_whose_lease_expired_is_reclaimed,
     a_claim_takes_at_most_one_event_per_customer,
+    a_batch_claim_takes_each_customers_due_events_together_up_to_the_cap,
+    a_thousand_events_of_one_customer_are_claimed_in_batches_of_the_cap,
+    renewing_extends_only_the_leases_still_held_under_their_claim,
+    releasing_every_claim_makes_leased_events_and_outbox_rows_due_at_once,
     a_customer_with_a_leased_event_gets_nothing_more_until_it_finishes,
     events_without_a_customer_are_independent,
     a_failed_event_is_retried_only_from_its_next_attempt_time,

@@ -212,7 +212,8 @@ pub struct Config {
     pub webhook_tolerance_secs: i64,
     /// `BILLD_INBOX_MAX_ATTEMPTS`: attempts before an event is dead.
     pub inbox_max_attempts: i32,
-    /// `BILLD_INBOX_LEASE_SECS`: how long a claimed event is reserved.
+    /// `BILLD_INBOX_LEASE_SECS`: how long a claimed event is reserved;
+    /// renewed every third of it while its batch runs.
     pub inbox_lease_secs: i64,
     /// `BILLD_OUTBOX_LEASE_SECS`: how long a claimed outbox row (email,
     /// alert, Stripe call) is reserved; renewed every third of it while the
@@ -538,7 +539,7 @@ impl Config {
         };
         let webhook_tolerance_secs = raw.int("webhook_tolerance_secs", 1, 86_400);
         let inbox_max_attempts = raw.int("inbox_max_attempts", 1, 1000);
-        let inbox_lease_secs = raw.int("inbox_lease_secs", 1, 86_400);
+        let inbox_lease_secs = raw.int("inbox_lease_secs", 3, 86_400);
         let outbox_lease_secs = raw.int("outbox_lease_secs", 3, 86_400);
         let inbox_backoff_base_secs = raw.int("inbox_backoff_base_secs", 1, 86_400);
         let inbox_backoff_cap_secs = raw.int("inbox_backoff_cap_secs", 1, 7 * 86_400);

@@ -326,8 +326,14 @@ fn server_config(config: &Config) -> ServerConfig {
         worker: WorkerConfig {
             max_attempts: config.inbox_max_attempts,
             lease_secs: config.inbox_lease_secs,
+            heartbeat: Duration::from_secs(
+                u64::try_from(config.inbox_lease_secs / 3)
+                    .unwrap_or(1)
+                    .max(1),
+            ),
             concurrency: config.worker_concurrency,
             poll_interval: Duration::from_secs(1),
+            batch: WorkerConfig::default().batch,
             backoff: Backoff {
                 base_secs: config.inbox_backoff_base_secs,
                 cap_secs: config.inbox_backoff_cap_secs,
@@ -344,8 +350,21 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let mut dev = DevMode::apply(&mut config, Path::new(dev::STATE_DIR), addr).await?;
     tracing::info!(config = %config.summary(), "starting billd");
+    // Held until this function returns (or the process dies).
+    let serve_lock = billd_store::ServeLock::acquire(config.database_url.expose())?;
     let store = open_store(&config).await?;
     store.migrate().await.context("applying migrations")?;
+    if let Some(lock) = &serve_lock {
+        // This process alone serves the file: every lease and claim left
+        // in it belongs to a process that died, so release them now rather
+        // than after their leases.
+        let now = billd_server::Clock::now(&SystemClock);
+        let (events, outbox) = store
+            .release_all_claims(now)
+            .await
+            .context("releasing the claims of a previous process")?;
+        tracing::info!(lock = %lock.path().display(), events, outbox, "serving lock taken; claims left by a previous process released");
+    }
     let mut billing_config = billing::billing_config(&config)?;
     billing_config.delivery =
         billing::delivery(&config, store.clone(), billing_config.outbox.max_attempts)?;

@@ -20,8 +20,8 @@ use billd_core::{
     apply, erase_personal_data, Catalog, CustomerId, Event, EventId, EventKind, StripeCustomerId,
 };
 use billd_store::{
-    BillingStore, CustomerCommit, EventResult, Store, StoreError, StoredEvent, LEASE_CONFLICT,
-    VERSION_CONFLICT,
+    BillingStore, CustomerCommit, EventFinish, EventResult, Store, StoreError, StoredEvent,
+    LEASE_CONFLICT, VERSION_CONFLICT,
 };
 use billd_stripe::client::{Params, StripeClient};
 use billd_stripe::events::{parse_event, refetched_subscription_event, ParsedEvent};
@@ -386,21 +386,230 @@ impl<S: BillingBackend + ?Sized> EventHandler for LifecycleHandler<S> {
             tracing::info!(event_id = %stored.id, "event cannot be linked to a customer yet");
             return Ok(HandlerOutcome::Unlinked);
         };
-        self.apply_and_commit(stored, &event, &link.customer)
-            .await?;
+        self.apply_linked(stored, &event, link).await
+    }
+
+    /// Parses and links each event, then applies the linked ones in claim
+    /// order to their customer's state and commits every customer's state
+    /// and the events' outcomes in ONE transaction. An event that fails to
+    /// parse or link fails alone (the worker records it); a commit that
+    /// fails for another reason than a conflict falls back to one event at
+    /// a time, so a poison event only fails itself. An event that found no
+    /// customer is linked again once the batch is committed: an earlier
+    /// event of the batch may have written the link it needs.
+    async fn handle_batch(
+        &self,
+        events: &[&StoredEvent],
+    ) -> Vec<Result<HandlerOutcome, HandlerError>> {
+        if events.len() == 1 {
+            return vec![self.handle(events[0]).await];
+        }
+        let mut outcomes: Vec<Result<HandlerOutcome, HandlerError>> =
+            Vec::with_capacity(events.len());
+        let mut linked: Vec<Linked> = Vec::new();
+        let mut unlinked: Vec<(usize, Event)> = Vec::new();
+        for (index, stored) in events.iter().enumerate() {
+            let outcome = match parse_stored(stored) {
+                Err(e) => Err(HandlerError::from(e)),
+                Ok(None) => Ok(HandlerOutcome::Skipped),
+                Ok(Some(event)) => match self.link(&event).await {
+                    Err(e) => Err(HandlerError::from(e)),
+                    Ok(None) => {
+                        unlinked.push((index, event));
+                        Ok(HandlerOutcome::Unlinked)
+                    }
+                    Ok(Some(link)) => {
+                        linked.push(Linked { index, event, link });
+                        Ok(HandlerOutcome::Committed)
+                    }
+                },
+            };
+            outcomes.push(outcome);
+        }
+        if linked.is_empty() {
+            for (index, _) in &unlinked {
+                tracing::info!(event_id = %events[*index].id, "event cannot be linked to a customer yet");
+            }
+            return outcomes;
+        }
+        match self.apply_batch(events, &linked).await {
+            Ok(failed) => {
+                for (index, error) in failed {
+                    outcomes[index] = Err(error);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, events = linked.len(), "batch commit failed; applying its events one at a time");
+                for item in &linked {
+                    let stored = events[item.index];
+                    outcomes[item.index] = self
+                        .apply_and_commit(stored, &item.event, &item.link.customer)
+                        .await
+                        .map(|()| HandlerOutcome::Committed);
+                }
+            }
+        }
+        let mut requeue: Vec<String> = Vec::new();
+        for item in &linked {
+            if matches!(outcomes[item.index], Ok(HandlerOutcome::Committed)) {
+                requeue.extend(item.link.new_links.iter().cloned());
+                requeue.extend(object_links(&item.event));
+            }
+        }
+        requeue.sort();
+        requeue.dedup();
+        self.requeue_parked(&requeue).await;
+        for (index, event) in unlinked {
+            let stored = events[index];
+            outcomes[index] = match self.link(&event).await {
+                Err(e) => Err(HandlerError::from(e)),
+                Ok(None) => {
+                    tracing::info!(event_id = %stored.id, "event cannot be linked to a customer yet");
+                    Ok(HandlerOutcome::Unlinked)
+                }
+                Ok(Some(link)) => self.apply_linked(stored, &event, link).await,
+            };
+        }
+        outcomes
+    }
+}
+
+/// An event of a batch that found its customer.
+struct Linked {
+    /// Its position in the batch.
+    index: usize,
+    event: Event,
+    link: Link,
+}
+
+impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
+    /// Applies and commits one linked event, then requeues what its links
+    /// unpark.
+    async fn apply_linked(
+        &self,
+        stored: &StoredEvent,
+        event: &Event,
+        link: Link,
+    ) -> Result<HandlerOutcome, HandlerError> {
+        self.apply_and_commit(stored, event, &link.customer).await?;
         let mut requeue = link.new_links;
-        requeue.extend(object_links(&event));
-        let ids: Vec<&str> = requeue.iter().map(String::as_str).collect();
-        // The event is committed: a failure here must not fail it. Parked
-        // events also get another chance from `billd events replay`.
+        requeue.extend(object_links(event));
+        self.requeue_parked(&requeue).await;
+        Ok(HandlerOutcome::Committed)
+    }
+
+    /// Requeues the parked events of the objects in `ids`, whose links now
+    /// exist. The events that made them are committed: a failure here must
+    /// not fail them. Parked events also get another chance from `billd
+    /// events replay`.
+    async fn requeue_parked(&self, ids: &[String]) {
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
         match self.store.requeue_unlinked(&ids, self.clock.now()).await {
             Ok(0) => {}
-            Ok(requeued) => {
-                tracing::info!(customer = %link.customer, requeued, "parked events requeued after linking");
-            }
+            Ok(requeued) => tracing::info!(requeued, "parked events requeued after linking"),
             Err(e) => tracing::warn!(error = %e, "requeueing parked events failed"),
         }
-        Ok(HandlerOutcome::Committed)
+    }
+
+    /// Applies the `linked` events of `events` to their customers, one
+    /// customer state each, and commits them in one transaction (reloading and applying again while another writer
+    /// moves a customer's version). Returns the events that failed alone
+    /// (an effect `apply` decided that cannot be written); `Err` when the
+    /// commit failed and nothing was written.
+    async fn apply_batch(
+        &self,
+        events: &[&StoredEvent],
+        linked: &[Linked],
+    ) -> Result<Vec<(usize, HandlerError)>, StoreError> {
+        let mut customers: Vec<&CustomerId> = Vec::new();
+        for item in linked {
+            if !customers.contains(&&item.link.customer) {
+                customers.push(&item.link.customer);
+            }
+        }
+        for _ in 0..VERSION_RETRIES {
+            let now = self.clock.now();
+            let mut failed = Vec::new();
+            let mut commits = Vec::with_capacity(customers.len());
+            let mut finishes = Vec::with_capacity(linked.len());
+            let mut observed = Vec::new();
+            for &customer in &customers {
+                let record = self.store.get_customer(customer).await?;
+                let deleted = record.as_ref().is_some_and(|r| r.deleted_at.is_some());
+                let (before, version) = record.map(|r| (r.state, r.version)).unwrap_or_default();
+                let mut state = before.clone();
+                let (mut audit, mut outbox, mut links, mut applied) =
+                    (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                for item in linked.iter().filter(|item| &item.link.customer == customer) {
+                    let mut decision = apply(&state, &item.event, &self.catalog, now);
+                    if deleted {
+                        // As in `apply_and_commit`: a deleted account stays erased.
+                        decision.state = erase_personal_data(&decision.state);
+                        decision.effects.clear();
+                    }
+                    let items = match outbox_items(&decision.effects, self.alert_channels) {
+                        Ok(items) => items,
+                        Err(e) => {
+                            failed.push((
+                                item.index,
+                                HandlerError::permanent(DeadReason::InvariantViolated, e),
+                            ));
+                            continue;
+                        }
+                    };
+                    state = decision.state;
+                    audit.extend(decision.audit);
+                    outbox.extend(items);
+                    links.extend(object_links(&item.event));
+                    let stored = events[item.index];
+                    applied.push(stored.id.clone());
+                    finishes.push(EventFinish {
+                        id: stored.id.clone(),
+                        claim: stored.claim,
+                        result: EventResult::Processed,
+                    });
+                }
+                if applied.is_empty() {
+                    continue;
+                }
+                observed.push(observe(&before, &state));
+                links.sort();
+                links.dedup();
+                let commit = CustomerCommit {
+                    customer_id: customer.clone(),
+                    expected_version: version,
+                    state,
+                    audit,
+                    outbox,
+                    links,
+                };
+                commits.push((commit, applied));
+            }
+            match self.store.commit_events(&commits, &finishes, now).await {
+                Ok(_) => {
+                    if let Some(metrics) = &self.metrics {
+                        for seen in &observed {
+                            metrics.business.record(seen, now);
+                        }
+                    }
+                    tracing::debug!(events = finishes.len(), "batch applied");
+                    return Ok(failed);
+                }
+                Err(StoreError::Conflict { constraint }) if constraint == VERSION_CONFLICT => {
+                    continue
+                }
+                Err(StoreError::Conflict { constraint }) if constraint == LEASE_CONFLICT => {
+                    // The lease ended and another worker reclaimed the
+                    // batch (or part of it); it applies them.
+                    tracing::warn!("lost the batch's lease before committing; dropped");
+                    return Ok(failed);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::Conflict {
+            constraint: VERSION_CONFLICT.to_owned(),
+        })
     }
 }
 

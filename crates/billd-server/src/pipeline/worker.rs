@@ -1,16 +1,20 @@
-//! The inbox worker: claims due events, dispatches each by type to a
-//! handler, and records the outcome. Failures retry with exponential backoff
-//! and jitter; after `max_attempts` an event is `dead`, and one that cannot
-//! succeed however often it is tried (see [`HandlerError`]) is `dead` at once. Events left
+//! The inbox worker: claims due events in per-customer batches, hands each
+//! customer's batch to its handler in one task (the lifecycle handler
+//! applies it in one transaction), and records the outcomes. Failures retry
+//! with exponential backoff and jitter; after `max_attempts` an event is
+//! `dead`, and one that cannot succeed however often it is tried (see
+//! [`HandlerError`]) is `dead` at once. A heartbeat renews the round's
+//! leases while its handlers run, so leases can be short: events left
 //! `processing` by a crashed process come back when their lease ends (the
-//! store's `claim_events` reclaims them).
+//! store's claim reclaims them), or at once on a SQLite start-up
+//! (`Store::release_all_claims`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use billd_store::{EventFinish, EventResult, Store, StoreResult, StoredEvent};
+use billd_store::{ClaimLimits, EventFinish, EventResult, Store, StoreResult, StoredEvent};
 use rand::Rng;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -201,6 +205,21 @@ pub trait EventHandler: Send + Sync + 'static {
     /// Handles one claimed event. A transient `Err` is retried with
     /// backoff; a permanent one makes the event `dead` at once.
     async fn handle(&self, event: &StoredEvent) -> Result<HandlerOutcome, HandlerError>;
+
+    /// Handles a batch of one customer's claimed events, in claim order,
+    /// returning one outcome per event: a failing event fails alone. By
+    /// default one [`EventHandler::handle`] after another; a handler that
+    /// can apply them together (in one transaction) overrides it.
+    async fn handle_batch(
+        &self,
+        events: &[&StoredEvent],
+    ) -> Vec<Result<HandlerOutcome, HandlerError>> {
+        let mut outcomes = Vec::with_capacity(events.len());
+        for event in events {
+            outcomes.push(self.handle(event).await);
+        }
+        outcomes
+    }
 }
 
 /// Handlers keyed by event type. Types without a handler are `skipped`.
@@ -274,27 +293,37 @@ impl Backoff {
 pub struct WorkerConfig {
     /// Attempts before an event is `dead`.
     pub max_attempts: i32,
-    /// How long a claim lasts before another worker may reclaim it, seconds.
+    /// How long a claim lasts before another worker may reclaim it,
+    /// seconds: how long a crashed process's events wait (PostgreSQL; on
+    /// SQLite a restart releases them at once).
     pub lease_secs: i64,
-    /// Events claimed (and processed concurrently) per round.
+    /// Customer batches claimed (and processed concurrently) per round.
     pub concurrency: u32,
+    /// Events of one customer claimed (and applied together) per round.
+    pub batch: u32,
     /// How often to look for due events when nothing wakes the worker.
     pub poll_interval: Duration,
     /// Retry backoff.
     pub backoff: Backoff,
+    /// How often the leases of a round still running are renewed (to
+    /// `now + lease_secs`), so a long batch keeps its events; well under
+    /// `lease_secs`.
+    pub heartbeat: Duration,
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             max_attempts: 10,
-            lease_secs: 300,
+            lease_secs: 30,
             concurrency: 16,
+            batch: 256,
             poll_interval: Duration::from_secs(1),
             backoff: Backoff {
                 base_secs: 10,
                 cap_secs: 3600,
             },
+            heartbeat: Duration::from_secs(10),
         }
     }
 }
@@ -304,6 +333,8 @@ impl Default for WorkerConfig {
 pub struct RoundReport {
     /// Events claimed.
     pub claimed: usize,
+    /// Customer batches (and events without a customer) claimed.
+    pub batches: usize,
     /// Events that will be retried.
     pub retried: usize,
     /// Events that became dead.
@@ -351,10 +382,10 @@ impl InboxWorker {
     /// writer after each commit so new events are picked up at once.
     pub async fn run(self, wake: Arc<Notify>, cancel: CancellationToken) {
         loop {
-            // A round hands out one event per customer, so a customer's
-            // burst (a checkout makes about ten) drains one event a round:
-            // the next round follows at once while rounds find work, rather
-            // than after `poll_interval`.
+            // A round takes at most `batch` events of a customer (and
+            // nothing of a customer under a live lease), so a burst can
+            // need several: the next round follows at once while rounds
+            // find work, rather than after `poll_interval`.
             let busy = match self.run_once().await {
                 Ok(report) => report.claimed > 0,
                 Err(e) => {
@@ -382,24 +413,39 @@ impl InboxWorker {
     /// Claims what is due and processes it; returns what happened.
     pub async fn run_once(&self) -> StoreResult<RoundReport> {
         let now = self.clock.now();
+        let limits = ClaimLimits {
+            groups: self.config.concurrency,
+            per_customer: self.config.batch,
+        };
         let claimed = self
             .store
-            .claim_events(now, now + self.config.lease_secs, self.config.concurrency)
+            .claim_event_batches(now, now + self.config.lease_secs, limits)
             .await?;
+        let batches = batches(&claimed);
         let mut report = RoundReport {
             claimed: claimed.len(),
+            batches: batches.len(),
             ..RoundReport::default()
         };
-        // The store hands out at most one event per customer per round, so
-        // these can run concurrently without breaking per-customer order.
-        let results = futures::future::join_all(claimed.iter().map(|e| self.process(e))).await;
+        if claimed.is_empty() {
+            return Ok(report);
+        }
+        // Customers' batches run concurrently; within one, events are
+        // applied in claim order by one task, and no other worker takes an
+        // event of that customer while the claim's lease lives.
+        let work = futures::future::join_all(batches.iter().map(|batch| self.process_batch(batch)));
+        let held: Vec<(String, i64)> = claimed.iter().map(|e| (e.id.clone(), e.claim)).collect();
+        let results: Vec<(usize, Option<EventResult>)> = tokio::select! {
+            results = work => results.into_iter().flatten().collect(),
+            () = self.heartbeat(&held) => unreachable!("the heartbeat runs until the round ends"),
+        };
         // Outcomes the handler did not commit itself are recorded in one
         // transaction: on SQLite every commit takes the single writer (and an
         // fsync) away from the webhook group commit.
-        let to_finish: Vec<EventFinish> = claimed
-            .iter()
-            .zip(results)
-            .filter_map(|(event, result)| {
+        let to_finish: Vec<EventFinish> = results
+            .into_iter()
+            .filter_map(|(index, result)| {
+                let event = &claimed[index];
                 result.map(|result| EventFinish {
                     id: event.id.clone(),
                     claim: event.claim,
@@ -435,15 +481,68 @@ impl InboxWorker {
         Ok(report)
     }
 
+    /// Renews the leases of `held` every `heartbeat`, forever (the round
+    /// drops it when its handlers are done). A renewal that fails is
+    /// retried at the next beat; the rest of the lease absorbs a missed
+    /// beat or two.
+    async fn heartbeat(&self, held: &[(String, i64)]) {
+        loop {
+            tokio::time::sleep(self.config.heartbeat).await;
+            let lease_until = self.clock.now() + self.config.lease_secs;
+            match self.store.renew_events(held, lease_until).await {
+                Ok(renewed) => tracing::debug!(renewed, lease_until, "inbox leases renewed"),
+                Err(e) => {
+                    crate::pipeline::count_store_error(&self.metrics, &e);
+                    tracing::warn!(error = %e, "renewing inbox leases failed");
+                }
+            }
+        }
+    }
+
+    /// Runs one batch (indexes into the round's claim) through its
+    /// handlers; returns, per event, the outcome still to be recorded (none
+    /// when the handler committed it).
+    async fn process_batch(
+        &self,
+        batch: &[(usize, &StoredEvent)],
+    ) -> Vec<(usize, Option<EventResult>)> {
+        self.metrics.processing_attempts.inc_by(batch.len() as u64);
+        let mut results = Vec::with_capacity(batch.len());
+        // Events of one handler go to it together, in claim order; a type
+        // without a handler is skipped.
+        let mut runs: Vec<HandlerRun<'_>> = Vec::new();
+        for &(index, event) in batch {
+            let handler = self.registry.get(&event.event_type);
+            match runs.iter_mut().find(|(h, _)| match (h, handler) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }) {
+                Some((_, events)) => events.push((index, event)),
+                None => runs.push((handler, vec![(index, event)])),
+            }
+        }
+        for (handler, events) in runs {
+            let stored: Vec<&StoredEvent> = events.iter().map(|(_, event)| *event).collect();
+            let outcomes = match handler {
+                None => stored.iter().map(|_| Ok(HandlerOutcome::Skipped)).collect(),
+                Some(handler) => handler.handle_batch(&stored).await,
+            };
+            for ((index, event), outcome) in events.into_iter().zip(outcomes) {
+                results.push((index, self.record(event, outcome)));
+            }
+        }
+        results
+    }
+
     #[tracing::instrument(skip_all, fields(event_id = %event.id, event_type = %event.event_type, attempt = event.attempts))]
-    /// Runs the handler; returns the outcome still to be recorded, or none
-    /// when the handler committed it with the state change.
-    async fn process(&self, event: &StoredEvent) -> Option<EventResult> {
-        self.metrics.processing_attempts.inc();
-        let outcome = match self.registry.get(&event.event_type) {
-            None => Ok(HandlerOutcome::Skipped),
-            Some(handler) => handler.handle(event).await,
-        };
+    /// The outcome of one event still to be recorded, or none when the
+    /// handler committed it with the state change.
+    fn record(
+        &self,
+        event: &StoredEvent,
+        outcome: Result<HandlerOutcome, HandlerError>,
+    ) -> Option<EventResult> {
         let now = self.clock.now();
         let result = match outcome {
             Ok(HandlerOutcome::Committed) => {
@@ -480,6 +579,33 @@ impl InboxWorker {
         self.metrics.processing_outcomes.inc(outcome_label(&result));
         Some(result)
     }
+}
+
+/// Events of one batch that go to one handler (none: skipped), with their
+/// indexes into the round's claim.
+type HandlerRun<'a> = (
+    Option<&'a Arc<dyn EventHandler>>,
+    Vec<(usize, &'a StoredEvent)>,
+);
+
+/// The claim's events grouped into batches, in claim order: one per Stripe
+/// customer, and one per event without a customer.
+fn batches(claimed: &[StoredEvent]) -> Vec<Vec<(usize, &StoredEvent)>> {
+    let mut batches: Vec<Vec<(usize, &StoredEvent)>> = Vec::new();
+    let mut by_customer: HashMap<&str, usize> = HashMap::new();
+    for (index, event) in claimed.iter().enumerate() {
+        match event.stripe_customer.as_deref() {
+            Some(customer) => match by_customer.get(customer) {
+                Some(&batch) => batches[batch].push((index, event)),
+                None => {
+                    by_customer.insert(customer, batches.len());
+                    batches.push(vec![(index, event)]);
+                }
+            },
+            None => batches.push(vec![(index, event)]),
+        }
+    }
+    batches
 }
 
 fn outcome_label(result: &EventResult) -> &'static str {

@@ -85,7 +85,9 @@ pub fn server_config() -> ServerConfig {
         worker: WorkerConfig {
             max_attempts: 3,
             lease_secs: 60,
+            heartbeat: Duration::from_secs(20),
             concurrency: 8,
+            batch: 256,
             poll_interval: Duration::from_millis(50),
             backoff: Backoff {
                 base_secs: 10,
@@ -245,14 +247,24 @@ impl Store for SwitchableStore {
         self.check()?;
         self.inner.insert_events(events).await
     }
-    async fn claim_events(
+    async fn claim_event_batches(
         &self,
         now: i64,
         lease_until: i64,
-        limit: u32,
+        limits: billd_store::ClaimLimits,
     ) -> StoreResult<Vec<StoredEvent>> {
         self.check()?;
-        self.inner.claim_events(now, lease_until, limit).await
+        self.inner
+            .claim_event_batches(now, lease_until, limits)
+            .await
+    }
+    async fn renew_events(&self, held: &[(String, i64)], lease_until: i64) -> StoreResult<u64> {
+        self.check()?;
+        self.inner.renew_events(held, lease_until).await
+    }
+    async fn release_all_claims(&self, now: i64) -> StoreResult<(u64, u64)> {
+        self.check()?;
+        self.inner.release_all_claims(now).await
     }
     async fn finish_event(
         &self,
@@ -351,6 +363,15 @@ impl billd_store::BillingStore for SwitchableStore {
         self.inner
             .commit_event(event_id, claim, commit, result, now)
             .await
+    }
+    async fn commit_events(
+        &self,
+        commits: &[(billd_store::CustomerCommit, Vec<String>)],
+        finishes: &[billd_store::EventFinish],
+        now: i64,
+    ) -> StoreResult<Vec<billd_store::CommitReceipt>> {
+        self.check()?;
+        self.inner.commit_events(commits, finishes, now).await
     }
     async fn commit_customer(
         &self,

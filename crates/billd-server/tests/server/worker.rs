@@ -22,6 +22,9 @@ on_both_databases!(
     an_event_claimed_by_a_crashed_worker_is_reclaimed_after_the_lease,
     a_worker_that_outlives_its_lease_does_not_overwrite_the_reclaimers_outcome,
     a_burst_for_one_customer_drains_in_back_to_back_rounds_not_one_per_poll_interval,
+    a_burst_of_two_thousand_events_for_one_customer_drains_in_a_few_batched_rounds,
+    the_heartbeat_keeps_a_long_running_batch_leased_past_its_first_lease,
+    a_batch_whose_worker_stopped_renewing_is_reclaimed_by_another_worker_after_the_lease,
     a_malformed_event_is_dead_after_one_attempt_and_its_customers_next_event_is_applied_at_once,
     a_transiently_failing_event_retries_while_its_customers_later_event_is_applied,
 );
@@ -290,8 +293,8 @@ async fn a_worker_that_outlives_its_lease_does_not_overwrite_the_reclaimers_outc
 async fn a_burst_for_one_customer_drains_in_back_to_back_rounds_not_one_per_poll_interval(db: Db) {
     let handler = FlakyHandler::failing(0);
     let s = setup(db, Some(handler.clone())).await;
-    // Twenty events of one customer (a checkout makes about ten): a round
-    // hands out one event per customer, so they need twenty rounds.
+    // Twenty events of one customer (a checkout makes about ten), for a
+    // worker that nothing wakes: none may wait for a poll interval.
     let burst: Vec<_> = (2..=20)
         .map(|i| {
             let body = stripe_event(&format!("evt_work_{i}"), "invoice.paid", "invoice", T0 + i);
@@ -385,13 +388,17 @@ async fn a_malformed_event_is_dead_after_one_attempt_and_its_customers_next_even
     let first = s.worker.run_once().await.unwrap();
     let second = s.worker.run_once().await.unwrap();
 
-    assert_eq!((first.claimed, first.dead, first.retried), (1, 1, 0));
+    // One batch: the dead event fails alone, its neighbour is applied.
+    assert_eq!(
+        (first.claimed, first.batches, first.dead, first.retried),
+        (2, 1, 1, 0)
+    );
     let dead = s.db.store.get_event("evt_work_bad").await.unwrap().unwrap();
     assert_eq!(dead.status, EventStatus::Dead);
     assert_eq!(dead.attempts, 1, "no retry for what cannot parse");
     let error = dead.last_error.unwrap();
     assert!(error.starts_with("id_invalid: "), "{error}");
-    assert_eq!(second.claimed, 1, "the next event did not wait for a retry");
+    assert_eq!(second.claimed, 0, "nothing left to retry");
     let next = event(&s).await;
     assert_eq!(next.status, EventStatus::Processed, "{:?}", next.last_error);
     assert_eq!(*handler.applied.lock().unwrap(), ["evt_work_1"]);
@@ -417,12 +424,14 @@ async fn a_transiently_failing_event_retries_while_its_customers_later_event_is_
     let failed = event(&s).await;
     let meanwhile = s.worker.run_once().await.unwrap();
 
-    assert_eq!((first.claimed, first.retried), (1, 1));
+    assert_eq!((first.claimed, first.batches, first.retried), (2, 1, 1));
     assert_eq!(failed.status, EventStatus::Failed);
     let retry_at = failed.next_attempt_at.unwrap();
     assert!(retry_at > T0, "{retry_at}");
-    assert_eq!(meanwhile.claimed, 1, "the later event was held back");
+    assert_eq!(meanwhile.claimed, 0, "the retry is not due yet");
     assert_eq!(*handler.applied.lock().unwrap(), ["evt_work_2"]);
+    let later = s.db.store.get_event("evt_work_2").await.unwrap().unwrap();
+    assert_eq!(later.status, EventStatus::Processed, "not held back");
 
     handler.outage.lock().unwrap().clear();
     s.clock.set(retry_at);
@@ -436,4 +445,211 @@ async fn a_transiently_failing_event_retries_while_its_customers_later_event_is_
         ["evt_work_2", "evt_work_1"]
     );
     assert_eq!(s.metrics.events_dead.get("attempts_exhausted"), 0);
+}
+
+/// Counts the batches and events a handler is given.
+#[derive(Default)]
+struct BatchCounter {
+    batches: AtomicU32,
+    events: AtomicU32,
+}
+
+#[async_trait]
+impl EventHandler for BatchCounter {
+    async fn handle(&self, _event: &StoredEvent) -> Result<HandlerOutcome, HandlerError> {
+        self.events.fetch_add(1, Ordering::SeqCst);
+        Ok(HandlerOutcome::Processed)
+    }
+
+    async fn handle_batch(
+        &self,
+        events: &[&StoredEvent],
+    ) -> Vec<Result<HandlerOutcome, HandlerError>> {
+        self.batches.fetch_add(1, Ordering::SeqCst);
+        let mut outcomes = Vec::new();
+        for event in events {
+            outcomes.push(self.handle(event).await);
+        }
+        outcomes
+    }
+}
+
+async fn a_burst_of_two_thousand_events_for_one_customer_drains_in_a_few_batched_rounds(db: Db) {
+    let handler = Arc::new(BatchCounter::default());
+    let burst: Vec<_> = (0..2_000)
+        .map(|i| {
+            let body = stripe_event(
+                &format!("evt_burst_{i:04}"),
+                "invoice.paid",
+                "invoice",
+                T0 - 3_000 + i,
+            );
+            billd_server::pipeline::parse_envelope(body.as_bytes(), T0).unwrap()
+        })
+        .collect();
+    assert!(burst
+        .iter()
+        .all(|e| e.stripe_customer == burst[0].stripe_customer));
+    let s = setup_with(db, Some(handler.clone()), burst).await;
+
+    let mut rounds = Vec::new();
+    loop {
+        let report = s.worker.run_once().await.unwrap();
+        if report.claimed == 0 {
+            break;
+        }
+        rounds.push((report.claimed, report.batches));
+        assert!(rounds.len() <= 8, "{rounds:?}");
+    }
+
+    // 256 events a batch (the default): 2,000 events are 8 rounds of one
+    // batch each, not 2,000 rounds of one event.
+    assert_eq!(rounds.len(), 8, "{rounds:?}");
+    assert!(
+        rounds.iter().all(|&(_, batches)| batches == 1),
+        "{rounds:?}"
+    );
+    assert_eq!(
+        rounds.iter().map(|&(claimed, _)| claimed).sum::<usize>(),
+        2_000
+    );
+    assert_eq!(handler.batches.load(Ordering::SeqCst), 8);
+    assert_eq!(handler.events.load(Ordering::SeqCst), 2_000);
+    let processed =
+        s.db.store
+            .list_events(&billd_store::EventFilter {
+                status: Some(EventStatus::Processed),
+                ..billd_store::EventFilter::default()
+            })
+            .await
+            .unwrap();
+    assert_eq!(processed.len(), 2_000);
+    assert!(processed.iter().all(|e| e.attempts == 1));
+}
+
+/// Runs past its lease: moves the store's clock beyond the lease's end and
+/// waits (on the database, not on a timer) until the heartbeat has
+/// renewed it, then checks that another worker finds nothing to take.
+struct LongRunningHandler {
+    env: std::sync::OnceLock<(Arc<dyn billd_store::Store>, Arc<ManualClock>)>,
+    others_claim: std::sync::Mutex<Option<usize>>,
+}
+
+#[async_trait]
+impl EventHandler for LongRunningHandler {
+    async fn handle(&self, event: &StoredEvent) -> Result<HandlerOutcome, HandlerError> {
+        let (store, clock) = self.env.get().unwrap();
+        let first_lease_end = event.next_attempt_at.unwrap();
+        clock.set(first_lease_end + 5);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let now_held = store.get_event(&event.id).await.unwrap().unwrap();
+            if now_held.next_attempt_at.unwrap() > first_lease_end + 5 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the heartbeat never renewed the lease"
+            );
+            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let taken = store
+            .claim_events(first_lease_end + 5, first_lease_end + 65, 10)
+            .await
+            .unwrap();
+        *self.others_claim.lock().unwrap() = Some(taken.len());
+        Ok(HandlerOutcome::Processed)
+    }
+}
+
+async fn the_heartbeat_keeps_a_long_running_batch_leased_past_its_first_lease(db: Db) {
+    let handler = Arc::new(LongRunningHandler {
+        env: std::sync::OnceLock::new(),
+        others_claim: std::sync::Mutex::new(None),
+    });
+    let s = setup(db, Some(handler.clone())).await;
+    assert!(handler
+        .env
+        .set((s.db.store.clone(), s.clock.clone()))
+        .is_ok());
+    let mut registry = HandlerRegistry::new();
+    registry.register("invoice.paid", handler.clone());
+    let mut config = server_config().worker;
+    config.heartbeat = std::time::Duration::from_millis(20);
+    let worker = InboxWorker::new(
+        s.db.store.clone(),
+        registry,
+        config,
+        s.metrics.clone(),
+        s.clock.clone(),
+    );
+
+    let report = worker.run_once().await.unwrap();
+
+    assert_eq!(report.claimed, 1);
+    assert_eq!(
+        *handler.others_claim.lock().unwrap(),
+        Some(0),
+        "another worker took the event while its batch ran"
+    );
+    let e = event(&s).await;
+    assert_eq!(e.status, EventStatus::Processed);
+    assert_eq!(
+        (e.attempts, e.claim),
+        (1, 1),
+        "processed under its first claim"
+    );
+    assert_eq!(s.metrics.processing_outcomes.get("lease_lost"), 0);
+}
+
+async fn a_batch_whose_worker_stopped_renewing_is_reclaimed_by_another_worker_after_the_lease(
+    db: Db,
+) {
+    let handler = FlakyHandler::failing(0);
+    let events: Vec<_> = (1..=3)
+        .map(|i| {
+            let body = stripe_event(
+                &format!("evt_work_{i}"),
+                "invoice.paid",
+                "invoice",
+                T0 - 10 + i,
+            );
+            billd_server::pipeline::parse_envelope(body.as_bytes(), T0).unwrap()
+        })
+        .collect();
+    let s = setup_with(db, Some(handler.clone()), events).await;
+    // A process that claimed the batch under the default (short) lease and
+    // died: nothing renews it.
+    let lease = billd_server::WorkerConfig::default().lease_secs;
+    assert_eq!(lease, 30);
+    let limits = billd_store::ClaimLimits {
+        groups: 16,
+        per_customer: 256,
+    };
+    let abandoned =
+        s.db.store
+            .claim_event_batches(T0, T0 + lease, limits)
+            .await
+            .unwrap();
+    assert_eq!(abandoned.len(), 3);
+
+    s.clock.set(T0 + lease - 1);
+    let during = s.worker.run_once().await.unwrap();
+    s.clock.set(T0 + lease);
+    let after = s.worker.run_once().await.unwrap();
+
+    assert_eq!(during.claimed, 0, "a live lease is respected");
+    assert_eq!((after.claimed, after.batches), (3, 1));
+    for i in 1..=3 {
+        let e =
+            s.db.store
+                .get_event(&format!("evt_work_{i}"))
+                .await
+                .unwrap()
+                .unwrap();
+        assert_eq!(e.status, EventStatus::Processed);
+        assert_eq!((e.attempts, e.claim), (2, 2));
+    }
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 3, "each applied once");
 }

@@ -15,6 +15,7 @@ mod email_crash;
 mod listing;
 mod readme;
 mod reconcile;
+mod recovery;
 #[path = "../../../billd-email/tests/support/smtp_sink.rs"]
 mod smtp_sink;
 

@@ -1,0 +1,168 @@
+//! Crash recovery on SQLite with the real binary: one `billd serve` per
+//! database file, and a restart after `kill -9` releases the dead process's
+//! leases at once instead of waiting them out.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use billd_store::{ClaimLimits, EventFilter, EventStatus};
+
+use crate::crash::{deliver, free_port, invoice_created, now, Billd, SECRET};
+
+fn billd(dir: &std::path::Path, env: Vec<(&'static str, String)>) -> Billd {
+    let mut env = env;
+    env.push(("BILLD_STRIPE_WEBHOOK_SECRETS", SECRET.to_owned()));
+    Billd {
+        dir: dir.to_path_buf(),
+        database_url: format!("sqlite://{}", dir.join("billd.db").display()),
+        port: free_port(),
+        env,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_serve_on_the_same_sqlite_file_exits_naming_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = billd(dir.path(), Vec::new());
+    let client = reqwest::Client::new();
+    let mut running = first.spawn();
+    first.wait_healthy(&client, &mut running).await;
+    let second = Billd {
+        port: free_port(),
+        ..billd(dir.path(), Vec::new())
+    };
+
+    let output = tokio::task::spawn_blocking(move || {
+        second
+            .command()
+            .env("RUST_LOG", "off")
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let still_serving = client
+        .get(format!("{}/healthz", first.base()))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success());
+    running.kill().unwrap();
+    running.wait().unwrap();
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "the second billd served too");
+    assert!(
+        stderr.contains("already served by another billd"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("pid {} on ", running.id())),
+        "the holder is named: {stderr}"
+    );
+    assert!(still_serving, "the first billd kept serving");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_leased_by_a_killed_serve_are_applied_at_restart_not_after_their_lease() {
+    const EVENTS: usize = 300;
+    let dir = tempfile::tempdir().unwrap();
+    // A lease far longer than the test may wait.
+    let billd = billd(
+        dir.path(),
+        vec![("BILLD_INBOX_LEASE_SECS", "600".to_owned())],
+    );
+    let client = reqwest::Client::new();
+    let mut child = billd.spawn();
+    billd.wait_healthy(&client, &mut child).await;
+    let created = now();
+    let bodies: Vec<(String, String)> = (0..EVENTS)
+        .map(|i| {
+            let id = format!("evt_recover_{i:04}");
+            let body = invoice_created(&id, &format!("in_recover_{i:04}"), "cus_recover", created);
+            (id, body)
+        })
+        .collect();
+    let (first, rest) = bodies.split_at(EVENTS / 2);
+    for (_, body) in first {
+        assert!(deliver(&client, &billd.url(), body).await);
+    }
+    let store = billd_store::connect(&billd.database_url).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while skipped(&*store).await < EVENTS / 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the first events were not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // What the killed process held at its death: the rest of the events,
+    // stored and claimed under a lease that has ten minutes to run.
+    let rest: Vec<billd_store::NewEvent> = rest
+        .iter()
+        .map(|(_, body)| billd_server::pipeline::parse_envelope(body.as_bytes(), now()).unwrap())
+        .collect();
+    store.insert_events(&rest).await.unwrap();
+    let limits = ClaimLimits {
+        groups: 16,
+        per_customer: 1_000,
+    };
+    let leased = store
+        .claim_event_batches(now(), now() + 600, limits)
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), rest.len());
+
+    let started = Instant::now();
+    let mut child = billd.spawn();
+    billd.wait_healthy(&client, &mut child).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let rows = loop {
+        let rows = store
+            .list_events(&EventFilter {
+                limit: 10_000,
+                ..EventFilter::default()
+            })
+            .await
+            .unwrap();
+        if rows.len() == EVENTS && rows.iter().all(|e| e.status == EventStatus::Skipped) {
+            break rows;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {EVENTS} events done a minute after the restart",
+            rows.iter()
+                .filter(|e| e.status == EventStatus::Skipped)
+                .count()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let waited = started.elapsed();
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    for event in &rows {
+        let was_leased = leased.iter().any(|l| l.id == event.id);
+        let attempts = if was_leased { 2 } else { 1 };
+        assert_eq!(event.attempts, attempts, "{}", event.id);
+    }
+    eprintln!(
+        "{} events leased for 600 s at the kill were applied {:.2} s after the restart",
+        leased.len(),
+        waited.as_secs_f64()
+    );
+}
+
+async fn skipped(store: &dyn billd_store::Store) -> usize {
+    let rows = store
+        .list_events(&EventFilter {
+            status: Some(EventStatus::Skipped),
+            limit: 10_000,
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap();
+    rows.len()
+}
