@@ -31,6 +31,10 @@
 //! `POST /_sim/webhook_endpoints/{id}/roll_secret` (`expires_in`: the old secret
 //! keeps signing, as a second `v1`, until then).
 //!
+//! `GET /_sim/request_problems` lists the requests served (the first 1,000)
+//! that Stripe's published definitions refuse, whatever the emulator
+//! answered; each is also logged as a warning.
+//!
 //! # Knobs
 //! [`SimConfig`] at start; live through [`Sim::update_config`] or
 //! `GET|POST /_sim/config` (form keys mirror the struct:

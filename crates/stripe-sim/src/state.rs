@@ -196,7 +196,14 @@ pub struct Inner {
     pub deliveries: Option<UnboundedSender<Delivery>>,
     /// Every `/v1` request and its answer, while recording (conformance tests).
     pub exchanges: Option<Vec<Exchange>>,
+    /// Requests served that Stripe's definitions refuse, whatever the
+    /// emulator answered (the first [`MAX_REQUEST_PROBLEMS`]), for
+    /// `GET /_sim/request_problems`.
+    pub request_problems: Vec<String>,
 }
+
+/// How many refused requests the emulator keeps (it warns about each).
+pub const MAX_REQUEST_PROBLEMS: usize = 1000;
 
 /// One `/v1` request and the emulator's answer, as recorded for the
 /// conformance tests ([`crate::Sim::record_exchanges`]).
@@ -237,6 +244,7 @@ impl Inner {
             request_count: 0,
             deliveries: None,
             exchanges: None,
+            request_problems: Vec::new(),
         }
     }
 

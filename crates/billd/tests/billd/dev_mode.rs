@@ -146,6 +146,14 @@ fn serve_with_no_configuration_prints_a_walkthrough_that_pasted_literally_ends_o
             .unwrap_or_else(|e| panic!("{e}: a line that is not one body: {line}\n{out}"));
     }
     assert!(dir.path().join(".billd/sim.json").is_file());
+    // Every request billd sent the built-in emulator is one Stripe's
+    // definitions accept.
+    let problems = sh(&format!(
+        "curl -s {}/_sim/request_problems",
+        emulator_url(&steps)
+    ));
+    let problems: serde_json::Value = serde_json::from_str(&problems).unwrap();
+    assert_eq!(problems["data"], serde_json::json!([]), "{problems:#}");
 
     // After a restart the emulator is on the same port, and the same steps
     // pasted again show the existing subscription instead of failing.

@@ -240,6 +240,17 @@ pub fn handle(s: &mut Inner, req: &SimRequest) -> SimResponse {
         Err(e) => (e.status, e.body()),
     };
     if is_api {
+        // Whatever the emulator answered: a request real Stripe refuses is
+        // a defect in the caller the emulator may not have noticed.
+        let problems = crate::defs::check_decoded(&req.method, &path, &p);
+        if !problems.is_empty() {
+            let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            let line = format!("{} {}: {}", req.method, path, problems.join("; "));
+            tracing::warn!(request = %line, "stripe-sim: a request Stripe's definitions refuse");
+            if s.request_problems.len() < crate::state::MAX_REQUEST_PROBLEMS {
+                s.request_problems.push(line);
+            }
+        }
         if let Some(log) = s.exchanges.as_mut() {
             log.push(crate::state::Exchange {
                 method: req.method.clone(),
@@ -357,6 +368,10 @@ pub fn route(s: &mut Inner, method: &str, segs: &[&str], p: &Value) -> ApiResult
                 payment_methods::automatically_update(s, id, p)
             }
             ("GET" | "POST", ["config"]) => sim_config(s, method, p),
+            ("GET", ["request_problems"]) => Ok(serde_json::json!({
+                "object": "list",
+                "data": s.request_problems,
+            })),
             _ => Err(not_found()),
         };
     }

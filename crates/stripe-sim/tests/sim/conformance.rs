@@ -277,3 +277,25 @@ fn the_recorded_requests_are_checked_against_the_definitions_whatever_the_emulat
         "{problems:#?}"
     );
 }
+
+#[test]
+fn the_emulator_lists_every_request_stripe_would_refuse_even_when_it_answered() {
+    // No recording asked for: the emulator checks every request it serves
+    // (dev mode and `billd sim` callers read the list over HTTP).
+    let sim = sim();
+    let price = standard_price(&sim);
+    get(&sim, &format!("/v1/prices/{price}"));
+    let (status, listed) = sim.call("GET", "/_sim/request_problems", "");
+    assert_eq!((status, &listed["data"]), (200, &serde_json::json!([])));
+    sim.call("GET", "/v1/customers?limit=many", "");
+    let (_, listed) = sim.call("GET", "/_sim/request_problems", "");
+    let data = listed["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1, "{listed:#}");
+    assert!(
+        data[0]
+            .as_str()
+            .unwrap()
+            .starts_with("GET /v1/customers: limit=many: not a number"),
+        "{listed:#}"
+    );
+}
