@@ -13,9 +13,9 @@ use billd_store::OutboxStatus;
 use crate::http::admin::{outbox_rows, retry_dead, OutboxQuery};
 use crate::pipeline::BillingBackend;
 
-use super::html::{csrf_field, esc, opt, page, respond, time};
+use super::html::{csrf_field, esc, opt, page, respond, status_options, time};
 use super::session::Session;
-use super::{csrf_refusal, customer_path, error_page, see_other, ConsoleState, CsrfForm};
+use super::{act, customer_path, error_page, ConsoleState, CsrfForm};
 
 pub(super) async fn emails<S: BillingBackend + ?Sized>(
     State(state): State<ConsoleState<S>>,
@@ -30,15 +30,10 @@ pub(super) async fn emails<S: BillingBackend + ?Sized>(
         Ok(list) => list.data,
         Err(e) => return error_page(&e),
     };
-    let mut options = String::from("<option value=\"\">any status</option>");
-    for s in OutboxStatus::ALL {
-        let selected = if query.status.as_deref() == Some(s.as_str()) {
-            " selected"
-        } else {
-            ""
-        };
-        let _ = write!(options, "<option{selected}>{}</option>", s.as_str());
-    }
+    let options = status_options(
+        OutboxStatus::ALL.map(|s| s.as_str()),
+        query.status.as_deref(),
+    );
     let mut body = format!(
         "<form method=\"get\" action=\"/console/emails\"><select name=\"status\">{options}</select> \
          <button type=\"submit\">Filter</button></form><p></p>\
@@ -97,14 +92,14 @@ pub(super) async fn retry<S: BillingBackend + ?Sized>(
     Path(id): Path<String>,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
-    if let Some(refused) = csrf_refusal(&session, form) {
-        return refused;
-    }
-    match retry_dead(&state.api, &id).await {
-        Ok(_) => {
-            tracing::info!(outbox_id = %id, session = %session.nonce, "console: outbox row retried");
-            see_other("/console/emails?status=pending")
-        }
-        Err(e) => error_page(&e),
-    }
+    let done = retry_dead(&state.api, &id);
+    let what = format!("outbox row {id} retried");
+    act(
+        &session,
+        form,
+        done,
+        &what,
+        "/console/emails?status=pending",
+    )
+    .await
 }

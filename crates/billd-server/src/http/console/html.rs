@@ -86,6 +86,24 @@ pub(crate) fn page(title: &str, active: &str, csrf: &str, body: &str) -> String 
     )
 }
 
+/// `<option>`s of a status filter: "any status", then `statuses`, the one
+/// equal to `selected` selected.
+pub(crate) fn status_options<'a>(
+    statuses: impl IntoIterator<Item = &'a str>,
+    selected: Option<&str>,
+) -> String {
+    let mut options = String::from("<option value=\"\">any status</option>");
+    for status in statuses {
+        let mark = if selected == Some(status) {
+            " selected"
+        } else {
+            ""
+        };
+        let _ = write!(options, "<option{mark}>{}</option>", esc(status));
+    }
+    options
+}
+
 /// The hidden field carrying the CSRF token of a form.
 pub(crate) fn csrf_field(csrf: &str) -> String {
     format!(

@@ -277,6 +277,28 @@ pub(crate) fn csrf_refusal(
     }))
 }
 
+/// Runs an action: refused without the session's CSRF token (and then
+/// `action`, a future not yet polled, never runs); otherwise logged with
+/// the session's id and answered with a 303 to `back`, or its error page.
+pub(crate) async fn act<T>(
+    session: &Session,
+    form: Result<Form<CsrfForm>, FormRejection>,
+    action: impl std::future::Future<Output = Result<T, ApiError>>,
+    what: &str,
+    back: &str,
+) -> Response {
+    if let Some(refused) = csrf_refusal(session, form) {
+        return refused;
+    }
+    match action.await {
+        Ok(_) => {
+            tracing::info!(session = %session.nonce, "console: {what}");
+            see_other(back)
+        }
+        Err(e) => error_page(&e),
+    }
+}
+
 async fn logout<S: BillingBackend + ?Sized>(
     State(state): State<ConsoleState<S>>,
     axum::Extension(session): axum::Extension<Session>,

@@ -17,9 +17,9 @@ use crate::http::admin::{
 };
 use crate::pipeline::BillingBackend;
 
-use super::html::{csrf_field, esc, opt, page, query_value, respond, time};
+use super::html::{csrf_field, esc, opt, page, query_value, respond, status_options, time};
 use super::session::Session;
-use super::{csrf_refusal, customer_path, error_page, see_other, ConsoleState, CsrfForm};
+use super::{act, customer_path, error_page, ConsoleState, CsrfForm};
 
 /// A JSON value's text (a string without its quotes).
 fn text(value: &Value) -> String {
@@ -285,15 +285,10 @@ pub(super) async fn events<S: BillingBackend + ?Sized>(
         Ok(list) => list,
         Err(e) => return error_page(&e),
     };
-    let mut options = String::from("<option value=\"\">any status</option>");
-    for s in billd_store::EventStatus::ALL {
-        let selected = if status.as_deref() == Some(s.as_str()) {
-            " selected"
-        } else {
-            ""
-        };
-        let _ = write!(options, "<option{selected}>{}</option>", s.as_str());
-    }
+    let options = status_options(
+        billd_store::EventStatus::ALL.map(|s| s.as_str()),
+        status.as_deref(),
+    );
     let mut body = format!(
         "<form method=\"get\" action=\"/console/events\"><select name=\"status\">{options}</select> \
          <input type=\"text\" name=\"type\" value=\"{}\" placeholder=\"event type\"> \
@@ -313,19 +308,9 @@ pub(super) async fn replay<S: BillingBackend + ?Sized>(
     Path(id): Path<String>,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
-    if let Some(refused) = csrf_refusal(&session, form) {
-        return refused;
-    }
-    match replay_one(&state.api, id.clone()).await {
-        Ok(_) => {
-            tracing::info!(event_id = %id, session = %session.nonce, "console: event replayed");
-            see_other(&format!(
-                "/console/events?type=&status=pending#{}",
-                query_value(&id)
-            ))
-        }
-        Err(e) => error_page(&e),
-    }
+    let back = format!("/console/events?type=&status=pending#{}", query_value(&id));
+    let done = replay_one(&state.api, id.clone());
+    act(&session, form, done, &format!("event {id} replayed"), &back).await
 }
 
 pub(super) async fn resync<S: BillingBackend + ?Sized>(
@@ -334,14 +319,7 @@ pub(super) async fn resync<S: BillingBackend + ?Sized>(
     Path(id): Path<String>,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
-    if let Some(refused) = csrf_refusal(&session, form) {
-        return refused;
-    }
-    match resync_customer(&state.api, &id).await {
-        Ok(_) => {
-            tracing::info!(customer = %id, session = %session.nonce, "console: customer resynced");
-            see_other(&customer_path(&id))
-        }
-        Err(e) => error_page(&e),
-    }
+    let done = resync_customer(&state.api, &id);
+    let what = format!("customer {id} resynced");
+    act(&session, form, done, &what, &customer_path(&id)).await
 }
