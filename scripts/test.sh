@@ -6,7 +6,8 @@
 #     refuses root) on a free loopback port, exports BILLD_TEST_POSTGRES_URL,
 #     and always stops and removes it on exit;
 #   - installs the Python packages the emulator's tests drive (stripe,
-#     aiosmtpd) and the openssl command when missing, and the official Node
+#     aiosmtpd), the openssl command, and Chromium with its chromedriver (the
+#     console's browser test) when missing, and the official Node
 #     SDK (npm `stripe`) into $BILLD_NODE_SDK (default /var/cache/billd-node-sdk);
 #   - runs every test of the workspace (cargo nextest when installed, else
 #     cargo test). Extra arguments are passed on: `bash scripts/test.sh -p billd-store`;
@@ -116,6 +117,16 @@ python3 -c "import aiosmtpd" 2>/dev/null || { log "installing aiosmtpd"; pip_ins
 command -v openssl >/dev/null 2>&1 || {
     log "installing openssl"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+}
+
+# --------------------------------------------------------------- Chromium
+# The console's browser test (billd-server's tests/lifecycle/browser.rs)
+# drives Debian's headless Chromium through its chromedriver; it fails, never
+# skips, when they are missing. Screenshots of every console page land in
+# $BILLD_TEST_ARTIFACTS/console/<database>/ (default: $CARGO_TARGET_DIR/tmp/test-artifacts).
+[[ -x /usr/bin/chromium && -x /usr/bin/chromedriver ]] || {
+    log "installing chromium and chromium-driver"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
 }
 
 # stripe-sim's table of Stripe's definitions must match the official SDK

@@ -10,6 +10,7 @@
 
 mod admin;
 mod alerts;
+mod browser;
 mod checkout;
 mod console;
 mod deleted_gate;
