@@ -44,7 +44,8 @@ for date in "${dates[@]}"; do
         started=$SECONDS
         if ! (cd "$cwd" && FAKETIME_DONT_FAKE_MONOTONIC=1 faketime -f "@$date" "$binary" -q >"/tmp/test-dates.$$.log" 2>&1); then
             log "FAILED as of $date: $binary"
-            grep -E '^(test .* FAILED|failures:|    [a-z_:]+$|---- )' "/tmp/test-dates.$$.log" >&2 || true
+            # Each failure's output (its panic message first), at most 200 lines.
+            sed -n '/^failures:$/,/^test result/p' "/tmp/test-dates.$$.log" | head -n 200 >&2 || true
             failed=$((failed + 1))
         fi
         log "  $(basename "$binary"): $((SECONDS - started)) s"
