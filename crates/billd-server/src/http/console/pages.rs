@@ -45,7 +45,6 @@ pub(super) async fn overview<S: BillingBackend + ?Sized>(
         Err(e) => return error_page(&e),
     };
     let mut body = String::from("<h2>Inbox</h2><div class=\"cards\">");
-    body += &card("dead events", &overview.dead_events.to_string());
     body += &card("inbox lag (s)", &overview.inbox.lag_secs.to_string());
     for (status, n) in &overview.inbox.by_status {
         body += &card(&format!("{status} events"), &n.to_string());
