@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Generates crates/stripe-sim/src/defs/stripe-defs.json from the official
 Stripe Node SDK's TypeScript definitions (npm `stripe`, the release whose
-API version is billd's pinned one).
+API version is billd's pinned one), with the Python SDK of the same API
+version (PyPI `stripe`) telling integer parameters from other numbers.
 
 The table holds, for the resources stripe-sim emits and the endpoints it
 serves, Stripe's own published shapes: every property of every object
@@ -15,8 +16,9 @@ Usage:
   python3 scripts/stripe-defs.py --check    # exit 1 when it is out of date
   python3 scripts/stripe-defs.py --sdk DIR  # use an unpacked package at DIR
 
-Without --sdk the package is fetched with `npm pack` into
-$BILLD_SDK_CACHE (default /var/cache/billd-stripe-sdk) once.
+Without --sdk the npm package is fetched with `npm pack` into
+$BILLD_SDK_CACHE (default /var/cache/billd-stripe-sdk) once; the PyPI wheel
+always comes from there, fetched with `pip download` once.
 """
 
 import json
@@ -25,12 +27,17 @@ import re
 import subprocess
 import sys
 import tarfile
+import zipfile
+import ast
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "crates/stripe-sim/src/defs/stripe-defs.json")
 # The npm release whose ApiVersion is billd_stripe::API_VERSION.
 SDK_VERSION = "23.0.1"
 API_VERSION = "2026-09-30.endive"
+# The PyPI release of the Python SDK for the same API version: its request
+# parameters say `int` or `float` where the Node SDK says `number` for both.
+PY_SDK_VERSION = "16.0.1"
 
 # The `object` values stripe-sim emits: each is written with its full shape.
 OBJECTS = [
@@ -186,6 +193,78 @@ def sdk_dir(arg):
         with tarfile.open(os.path.join(cache, f"stripe-{SDK_VERSION}.tgz")) as t:
             t.extractall(unpacked, filter="data")
     return os.path.join(unpacked, "package")
+
+
+def py_sdk_dir():
+    """The Python SDK's unpacked wheel (fetched with pip into the cache once)."""
+    cache = os.environ.get("BILLD_SDK_CACHE", "/var/cache/billd-stripe-sdk")
+    unpacked = os.path.join(cache, f"stripe-py-{PY_SDK_VERSION}")
+    if not os.path.isdir(os.path.join(unpacked, "stripe", "params")):
+        os.makedirs(cache, exist_ok=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+             "--only-binary", ":all:", "-d", cache, f"stripe=={PY_SDK_VERSION}"],
+            check=True,
+        )
+        wheel = next(f for f in os.listdir(cache)
+                     if f.startswith(f"stripe-{PY_SDK_VERSION}-") and f.endswith(".whl"))
+        with zipfile.ZipFile(os.path.join(cache, wheel)) as z:
+            z.extractall(unpacked)
+    return os.path.join(unpacked, "stripe")
+
+
+def py_params(stripe_dir):
+    """Every TypedDict of the Python SDK's request parameters: class name ->
+    {field: annotation source}."""
+    api = open(os.path.join(stripe_dir, "_api_version.py")).read()
+    if API_VERSION not in api:
+        raise SystemExit(f"stripe=={PY_SDK_VERSION} (PyPI) does not speak {API_VERSION}")
+    classes = {}
+    params = os.path.join(stripe_dir, "params")
+    for name in sorted(os.listdir(params)):
+        if not name.endswith(".py"):
+            continue
+        tree = ast.parse(open(os.path.join(params, name)).read())
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef):
+                classes[node.name] = {
+                    item.target.id: ast.unparse(item.annotation)
+                    for item in node.body
+                    if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
+                }
+    return classes
+
+
+PY_NAME = re.compile(r"[A-Za-z_]\w*")
+
+
+def refine_numbers(conv, ann, classes):
+    """`conv` (a Node SDK type node) with each `number` the Python SDK types
+    as `int` (and never `float`) made `"i"`, following nested classes."""
+    names = set(PY_NAME.findall(ann))
+    if conv == "n":
+        return "i" if "int" in names and not names & {"float", "Decimal"} else conv
+    if isinstance(conv, dict):
+        if "u" in conv:
+            return {"u": [refine_numbers(c, ann, classes) for c in conv["u"]]}
+        if "a" in conv:
+            return {"a": refine_numbers(conv["a"], ann, classes)}
+        if "o" in conv:
+            nested = [n for n in names if n in classes]
+            if len(nested) == 1:
+                return refine_object(conv, nested[0], classes)
+    return conv
+
+
+def refine_object(node, cls, classes):
+    fields = classes.get(cls)
+    if fields is None:
+        return node
+    out = {}
+    for name, (opt, conv) in node["o"].items():
+        ann = fields.get(name)
+        out[name] = [opt, conv if ann is None else refine_numbers(conv, ann, classes)]
+    return {"o": out}
 
 
 # ------------------------------------------------------------------ parsing
@@ -677,7 +756,10 @@ class Gen:
                 out[f"{http} {path}"] = {"o": {}}
                 continue
             d = f.decls[ptype]
-            out[f"{http} {path}"] = self.interface(f, ptype.split("."), d, [(f.rel, ptype)])
+            params = self.interface(f, ptype.split("."), d, [(f.rel, ptype)])
+            # Both SDKs are generated from one spec and name a parameter
+            # class alike (Node's `A.B` is Python's `AB`).
+            out[f"{http} {path}"] = refine_object(params, ptype.replace(".", ""), self.py)
         return out
 
 
@@ -687,8 +769,9 @@ def generate(pkg):
         raise SystemExit(f"stripe@{SDK_VERSION} speaks {api}, not {API_VERSION}")
     sdk = Sdk(pkg)
     gen = Gen(sdk)
+    gen.py = py_params(py_sdk_dir())
     doc = {
-        "sdk": f"stripe@{SDK_VERSION} (npm)",
+        "sdk": f"stripe@{SDK_VERSION} (npm), integers from stripe=={PY_SDK_VERSION} (PyPI)",
         "api_version": api,
         "objects": gen.objects(),
         "endpoints": gen.endpoints(),

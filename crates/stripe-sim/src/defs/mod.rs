@@ -5,8 +5,9 @@
 //! of every object it emits (checked by the conformance tests with
 //! [`check_object`]).
 //!
-//! A type node is a string (`"s"` string, `"n"` number, `"d"` decimal
-//! string, the SDK's `Decimal`, e.g. `unit_amount_decimal`, `"b"` boolean,
+//! A type node is a string (`"s"` string, `"n"` number, `"i"` integer (a
+//! request parameter the Python SDK types `int`), `"d"` decimal string, the
+//! SDK's `Decimal`, e.g. `unit_amount_decimal`, `"b"` boolean,
 //! `"null"`, `"true"`, `"false"`, `"void"` never present, `"any"`) or an
 //! object: `{"e":[..]}` one of these literals, `{"u":[..]}` any of these,
 //! `{"o":{name:[optional,type]}}` an object, `{"a":t}` an array, `{"l":t}` a
@@ -109,7 +110,7 @@ pub fn unknown_param(def: &Value, params: &Value) -> Option<String> {
             // (`discounts=` to clear) is a value question, not an unknown name.
             (Value::Object(d), Value::Object(_)) if d.contains_key("a") => Some(path.into()),
             (Value::String(s), Value::Object(_))
-                if s == "s" || s == "n" || s == "d" || s == "b" =>
+                if s == "s" || s == "n" || s == "i" || s == "d" || s == "b" =>
             {
                 Some(path.into())
             }
@@ -163,7 +164,9 @@ fn walk_enum(def: &'static Value, v: &Value, path: &str) -> EnumVerdict {
     };
     match (def, v) {
         (Value::String(t), _) if t == "any" => Ok(()),
-        (Value::String(t), Value::String(_)) if t == "s" || t == "n" || t == "d" || t == "b" => {
+        (Value::String(t), Value::String(_))
+            if t == "s" || t == "n" || t == "i" || t == "d" || t == "b" =>
+        {
             Ok(())
         }
         (Value::String(t), Value::String(s)) if t == "true" || t == "false" => {
@@ -396,6 +399,7 @@ fn fits(def: &'static Value, v: &Value, path: &str, out: &mut Vec<Problem>) {
                 // Form numbers are decimal strings; Stripe's "unset" is an
                 // empty string, which the SDK spells as a `""` alternative.
                 "n" => s.is_some_and(|s| s.parse::<f64>().is_ok_and(f64::is_finite)),
+                "i" => s.is_some_and(|s| s.parse::<i64>().is_ok()),
                 "d" => s.is_some_and(is_decimal),
                 "b" => s.is_some_and(|s| s == "true" || s == "false"),
                 "true" | "false" => s == Some(t.as_str()),
@@ -405,6 +409,7 @@ fn fits(def: &'static Value, v: &Value, path: &str, out: &mut Vec<Problem>) {
                 let expected = match t.as_str() {
                     "s" => "a string",
                     "n" => "a number",
+                    "i" => "an integer",
                     "d" => "a decimal string",
                     "b" => "a boolean",
                     "true" => "true",
@@ -742,6 +747,7 @@ impl Checker<'_> {
                 let ok = match s.as_str() {
                     "s" => v.is_string(),
                     "n" => v.is_number(),
+                    "i" => v.is_i64() || v.is_u64(),
                     "d" => v.as_str().is_some_and(is_decimal),
                     "b" | "true" | "false" => v.is_boolean(),
                     "null" => v.is_null(),
@@ -752,6 +758,7 @@ impl Checker<'_> {
                     let want = match s.as_str() {
                         "s" => "string",
                         "n" => "number",
+                        "i" => "integer",
                         "d" => "decimal string",
                         "b" | "true" | "false" => "boolean",
                         "void" => "absent",
@@ -969,10 +976,15 @@ mod tests {
                 "{bad:?}"
             );
         }
-        assert_eq!(
-            price("unit_amount", "many"),
-            vec!["unit_amount=many: not a number".to_string()]
-        );
+        // An amount in the smallest unit is an integer (the Python SDK's
+        // `int`): a fraction is refused where the decimal form takes it.
+        for bad in ["many", "12.5"] {
+            assert_eq!(
+                price("unit_amount", bad),
+                vec![format!("unit_amount={bad}: not an integer")]
+            );
+        }
+        assert_eq!(price("unit_amount_decimal", "12.5"), Vec::<String>::new());
     }
 
     #[test]
@@ -999,7 +1011,7 @@ mod tests {
         let got = check_request("POST", "/v1/subscriptions/sub_1", &bad);
         let shown: Vec<String> = got.iter().map(ToString::to_string).collect();
         assert!(
-            shown.contains(&"items[0][quantity]=two: not a number".to_string()),
+            shown.contains(&"items[0][quantity]=two: not an integer".to_string()),
             "{shown:?}"
         );
         assert!(

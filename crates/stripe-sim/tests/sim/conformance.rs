@@ -273,7 +273,7 @@ fn the_recorded_requests_are_checked_against_the_definitions_whatever_the_emulat
         "{problems:#?}"
     );
     assert!(
-        problems[1].contains("limit=many: not a number"),
+        problems[1].contains("limit=many: not an integer"),
         "{problems:#?}"
     );
 }
@@ -295,7 +295,31 @@ fn the_emulator_lists_every_request_stripe_would_refuse_even_when_it_answered() 
         data[0]
             .as_str()
             .unwrap()
-            .starts_with("GET /v1/customers: limit=many: not a number"),
+            .starts_with("GET /v1/customers: limit=many: not an integer"),
         "{listed:#}"
     );
+}
+
+#[test]
+fn integers_and_decimals_are_told_apart_as_the_python_sdk_types_them() {
+    let sim = sim();
+    // `percent_off` is a float, `limit` an integer; the Node SDK calls both
+    // `number`, the Python SDK `float` and `int`.
+    let (status, coupon) = sim.call("POST", "/v1/coupons", "percent_off=12.5&duration=once");
+    assert_eq!(status, 200, "{coupon:#}");
+    sim.call("GET", "/v1/customers?limit=2.5", "");
+    sim.call("GET", "/v1/customers?limit=2", "");
+    let (_, listed) = sim.call("GET", "/_sim/request_problems", "");
+    let data: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p.as_str())
+        .collect();
+    assert_eq!(
+        data,
+        ["GET /v1/customers: limit=2.5: not an integer"],
+        "{listed:#}"
+    );
+    assert!(stripe_sim::defs::sdk().contains("(PyPI)"));
 }
