@@ -167,5 +167,15 @@ async fn the_official_node_sdk_runs_a_full_scenario_and_verifies_webhooks() {
     ] {
         assert!(types.contains(&t), "no verified {t} webhook in {types:?}");
     }
+    // Every object the SDK received as Stripe's definitions have it, and
+    // every request it sent too, but the one the scenario sends to be
+    // refused.
+    crate::support::assert_conforms(&h.sim);
+    let refused = h.sim.request_problems();
+    assert_eq!(refused.len(), 1, "{refused:#?}");
+    assert!(
+        refused[0].contains("recurring[interval]=fortnight"),
+        "{refused:#?}"
+    );
     h.shutdown().await;
 }

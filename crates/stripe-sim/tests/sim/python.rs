@@ -37,5 +37,9 @@ async fn the_official_python_sdk_runs_a_full_scenario_and_verifies_webhooks() {
     )
     .await;
     assert!(stdout.contains("SCENARIO OK"), "{stdout}");
+    // Every object the SDK received, and every request it sent, as
+    // Stripe's definitions have them.
+    crate::support::assert_conforms(&h.sim);
+    assert_eq!(h.sim.request_problems(), Vec::<String>::new());
     h.shutdown().await;
 }

@@ -41,17 +41,23 @@ impl Drop for Checked {
         if std::thread::panicking() {
             return;
         }
-        let (_, _, problems) = crate::conformance::conformance(&self.0);
-        let report: Vec<String> = problems
-            .iter()
-            .map(|(p, n)| format!("{p} (×{n})"))
-            .collect();
-        assert!(
-            report.is_empty(),
-            "objects Stripe's definitions refuse:\n{}",
-            report.join("\n")
-        );
+        assert_conforms(&self.0);
     }
+}
+
+/// Panics naming every object `sim` answered or delivered since it began
+/// recording that Stripe's definitions refuse.
+pub fn assert_conforms(sim: &Sim) {
+    let (_, _, problems) = crate::conformance::conformance(sim);
+    let report: Vec<String> = problems
+        .iter()
+        .map(|(p, n)| format!("{p} (×{n})"))
+        .collect();
+    assert!(
+        report.is_empty(),
+        "objects Stripe's definitions refuse:\n{}",
+        report.join("\n")
+    );
 }
 
 #[track_caller]
@@ -252,7 +258,7 @@ pub fn paid_checkout_with_promotion(sim: &Sim, price: &str) -> (String, String, 
 /// for the official SDKs' scenarios.
 pub async fn serve_for_sdk(seed: u64) -> stripe_sim::SimHandle {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    stripe_sim::serve(
+    let handle = stripe_sim::serve(
         listener,
         SimConfig {
             seed,
@@ -261,7 +267,10 @@ pub async fn serve_for_sdk(seed: u64) -> stripe_sim::SimHandle {
         },
     )
     .await
-    .unwrap()
+    .unwrap();
+    // What the SDK's scenario gets back is held to Stripe's shapes too.
+    handle.sim.record_exchanges();
+    handle
 }
 
 /// Runs an SDK scenario script to its end; its stdout, or a panic with
