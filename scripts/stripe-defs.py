@@ -249,6 +249,8 @@ def refine_numbers(conv, ann, classes):
             return {"u": [refine_numbers(c, ann, classes) for c in conv["u"]]}
         if "a" in conv:
             return {"a": refine_numbers(conv["a"], ann, classes)}
+        if "m" in conv and conv["m"] != "any":
+            return {"m": refine_numbers(conv["m"], ann, classes)}
         if "o" in conv:
             nested = [n for n in names if n in classes]
             if len(nested) == 1:

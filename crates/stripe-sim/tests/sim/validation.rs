@@ -201,3 +201,33 @@ async fn refusals_carry_stripes_own_codes_or_none() {
         "Invalid boolean: maybe",
     );
 }
+
+#[tokio::test]
+async fn a_value_of_the_wrong_type_is_refused_as_its_type_says_even_where_no_handler_reads_it() {
+    let h = served().await;
+    // `limit` is an integer, `percent_off` a number, `livemode`-like
+    // booleans are `true`/`false`: the definitions say so, not a handler.
+    let (_, prod) = post(&h, "/v1/products", "name=P").await;
+    let prod = prod["id"].as_str().unwrap().to_string();
+    assert_error(
+        &post(&h, "/v1/prices", &format!("product={prod}&currency=eur&unit_amount=100&recurring[interval]=month&recurring[interval_count]=1.5")).await,
+        Some("parameter_invalid_integer"),
+        "recurring[interval_count]",
+        "Invalid integer: 1.5",
+    );
+    assert_error(
+        &post(&h, "/v1/coupons", "percent_off=lots&duration=once").await,
+        None,
+        "percent_off",
+        "Invalid decimal: lots",
+    );
+    assert_error(
+        &post(&h, "/v1/products", "name=Q&active=maybe").await,
+        None,
+        "active",
+        "Invalid boolean: maybe",
+    );
+    let (status, _) = post(&h, "/v1/coupons", "percent_off=12.5&duration=once").await;
+    assert_eq!(status, 200);
+    h.shutdown().await;
+}
