@@ -351,3 +351,38 @@ async fn sqlite_writer(
         reply_all(jobs.drain(..).map(|j| j.reply), outcome);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An id is stored once: the second delivery of it is answered `false`,
+    /// and concurrent deliveries share commits without losing any.
+    async fn stores_each_id_once(url: &str, prefix: &str) {
+        let inbox = InboxCeiling::open(url, prefix).await.unwrap();
+        assert!(inbox.insert("evt_1".into(), "{}".into()).await.unwrap());
+        assert!(!inbox.insert("evt_1".into(), "{}".into()).await.unwrap());
+        let inserts = (0..50).map(|i| {
+            let inbox = inbox.clone();
+            tokio::spawn(async move { inbox.insert(format!("evt_{}", i % 25), "{}".into()).await })
+        });
+        let mut new = 0;
+        for insert in inserts {
+            new += usize::from(insert.await.unwrap().unwrap());
+        }
+        assert_eq!(new, 24, "evt_0 … evt_24 less evt_1, each once");
+    }
+
+    #[tokio::test]
+    async fn the_inbox_ceiling_stores_each_id_once_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("c.db").display());
+        stores_each_id_once(&url, "t").await;
+    }
+
+    #[tokio::test]
+    async fn the_inbox_ceiling_stores_each_id_once_on_postgres() {
+        let url = crate::testing::fresh_postgres_database().await.unwrap();
+        stores_each_id_once(&url, "t").await;
+    }
+}
