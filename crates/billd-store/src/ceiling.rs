@@ -1,10 +1,12 @@
-//! The bare schema benchmarks measure billd against: what a consume must
+//! The bare schemas benchmarks measure billd against: what a consume must
 //! cost at the least, one conditional counter UPDATE and one
-//! idempotency-key INSERT, in two tables of their own and nothing else.
+//! idempotency-key INSERT, in two tables of their own and nothing else
+//! ([`UsageCeiling`]); and what storing a webhook must cost at the least,
+//! one durable INSERT of (id unique, body) ([`InboxCeiling`]).
 //!
 //! On SQLite (billd's file settings: WAL, `synchronous=FULL`) one writer
 //! task commits whatever has queued up as one transaction; on PostgreSQL
-//! each consume is one statement on a pool of billd's size, and PostgreSQL
+//! each write is one statement on a pool of billd's size, and PostgreSQL
 //! groups the WAL flushes of concurrent commits.
 
 use std::str::FromStr;
@@ -69,17 +71,7 @@ impl UsageCeiling {
         ];
         let seed = format!("INSERT INTO {counters} (customer_id, used) VALUES ($1, 0)");
         let db = if url.starts_with("sqlite:") {
-            let options = SqliteConnectOptions::from_str(url)?
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Full);
-            let pool = SqlitePoolOptions::new()
-                .max_connections(1)
-                .connect_with(options)
-                .await?;
-            for statement in &schema {
-                sqlx::query(statement).execute(&pool).await?;
-            }
+            let pool = sqlite_pool(url, &schema).await?;
             let mut tx = pool.begin().await?;
             for customer in customers {
                 sqlx::query(&seed).bind(customer).execute(&mut *tx).await?;
@@ -95,13 +87,7 @@ impl UsageCeiling {
             ));
             Db::Sqlite(jobs)
         } else {
-            let pool = PgPoolOptions::new()
-                .max_connections(PG_CONNECTIONS)
-                .connect(url)
-                .await?;
-            for statement in &schema {
-                sqlx::query(statement).execute(&pool).await?;
-            }
+            let pool = pg_pool(url, &schema).await?;
             let mut tx = pool.begin().await?;
             for customer in customers {
                 sqlx::query(&seed).bind(customer).execute(&mut *tx).await?;
@@ -159,13 +145,165 @@ impl UsageCeiling {
     /// Drops the tables `prefix` names at `url` (best effort: a leftover
     /// pair of small tables is harmless).
     pub async fn drop_tables(url: &str, prefix: &str) {
-        if let Ok(pool) = PgPool::connect(url).await {
-            for table in ["requests", "counters"] {
-                let _ = sqlx::query(&format!("DROP TABLE IF EXISTS {prefix}_{table}"))
-                    .execute(&pool)
-                    .await;
+        drop_pg_tables(url, prefix, &["requests", "counters"]).await;
+    }
+}
+
+/// One SQLite connection with billd's durability settings, `schema` run.
+async fn sqlite_pool(url: &str, schema: &[String]) -> StoreResult<SqlitePool> {
+    let options = SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?;
+    for statement in schema {
+        sqlx::query(statement).execute(&pool).await?;
+    }
+    Ok(pool)
+}
+
+/// A PostgreSQL pool of billd's size, `schema` run.
+async fn pg_pool(url: &str, schema: &[String]) -> StoreResult<PgPool> {
+    let pool = PgPoolOptions::new()
+        .max_connections(PG_CONNECTIONS)
+        .connect(url)
+        .await?;
+    for statement in schema {
+        sqlx::query(statement).execute(&pool).await?;
+    }
+    Ok(pool)
+}
+
+/// Drops `{prefix}_{table}` for each of `tables` (best effort: a leftover
+/// small table is harmless).
+async fn drop_pg_tables(url: &str, prefix: &str, tables: &[&str]) {
+    if let Ok(pool) = PgPool::connect(url).await {
+        for table in tables {
+            let _ = sqlx::query(&format!("DROP TABLE IF EXISTS {prefix}_{table}"))
+                .execute(&pool)
+                .await;
+        }
+        pool.close().await;
+    }
+}
+
+/// A webhook to store: its event id and raw body.
+struct Delivery {
+    id: String,
+    body: String,
+    reply: oneshot::Sender<StoreResult<bool>>,
+}
+
+#[derive(Clone)]
+enum InboxDb {
+    /// The writer task's queue.
+    Sqlite(mpsc::Sender<Delivery>),
+    Postgres(PgPool, Arc<str>),
+}
+
+/// Webhook bodies by unique event id in one table, `{prefix}_inbox`, and
+/// nothing else: the least a durable webhook inbox must do.
+#[derive(Clone)]
+pub struct InboxCeiling {
+    db: InboxDb,
+}
+
+impl InboxCeiling {
+    /// Creates the table afresh at `url` (`sqlite://…`, a file of its own,
+    /// or `postgres://…`).
+    pub async fn open(url: &str, prefix: &str) -> StoreResult<Self> {
+        let table: Arc<str> = format!("{prefix}_inbox").into();
+        let schema = [
+            format!("DROP TABLE IF EXISTS {table}"),
+            format!("CREATE TABLE {table} (id TEXT PRIMARY KEY, body TEXT NOT NULL)"),
+        ];
+        let insert: Arc<str> =
+            format!("INSERT INTO {table} (id, body) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING")
+                .into();
+        let db = if url.starts_with("sqlite:") {
+            let pool = sqlite_pool(url, &schema).await?;
+            let (deliveries, rx) = mpsc::channel(MAX_BATCH * 4);
+            tokio::spawn(inbox_writer(pool, rx, insert));
+            InboxDb::Sqlite(deliveries)
+        } else {
+            InboxDb::Postgres(pg_pool(url, &schema).await?, insert)
+        };
+        Ok(InboxCeiling { db })
+    }
+
+    /// Stores `body` under `id` durably: `true` when it is new, `false`
+    /// when `id` was already stored.
+    pub async fn insert(&self, id: String, body: String) -> StoreResult<bool> {
+        match &self.db {
+            InboxDb::Sqlite(deliveries) => {
+                let (reply, answer) = oneshot::channel();
+                let gone = || StoreError::Unavailable("the ceiling's writer stopped".to_owned());
+                deliveries
+                    .send(Delivery { id, body, reply })
+                    .await
+                    .map_err(|_| gone())?;
+                answer.await.map_err(|_| gone())?
             }
-            pool.close().await;
+            InboxDb::Postgres(pool, insert) => {
+                let done = sqlx::query(insert)
+                    .bind(&id)
+                    .bind(&body)
+                    .execute(pool)
+                    .await?;
+                Ok(done.rows_affected() == 1)
+            }
+        }
+    }
+
+    /// Drops the table `prefix` names at `url` (best effort).
+    pub async fn drop_tables(url: &str, prefix: &str) {
+        drop_pg_tables(url, prefix, &["inbox"]).await;
+    }
+}
+
+/// Commits whatever deliveries have queued up as one transaction.
+async fn inbox_writer(pool: SqlitePool, mut rx: mpsc::Receiver<Delivery>, insert: Arc<str>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let outcome: Result<Vec<bool>, sqlx::Error> = async {
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+            let mut answers = Vec::with_capacity(batch.len());
+            for delivery in &batch {
+                let done = sqlx::query(&insert)
+                    .bind(&delivery.id)
+                    .bind(&delivery.body)
+                    .execute(&mut *tx)
+                    .await?;
+                answers.push(done.rows_affected() == 1);
+            }
+            tx.commit().await?;
+            Ok(answers)
+        }
+        .await;
+        reply_all(batch.drain(..).map(|d| d.reply), outcome);
+    }
+}
+
+/// Answers each of a batch's callers: all with their answer, or all with
+/// the batch's error (the bench counts only what succeeded).
+fn reply_all<T>(
+    replies: impl Iterator<Item = oneshot::Sender<StoreResult<T>>>,
+    outcome: Result<Vec<T>, sqlx::Error>,
+) {
+    match outcome {
+        Ok(answers) => {
+            for (reply, answer) in replies.zip(answers) {
+                let _ = reply.send(Ok(answer));
+            }
+        }
+        Err(e) => {
+            let error = e.to_string();
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::Other(error.clone())));
+            }
         }
     }
 }
@@ -210,20 +348,41 @@ async fn sqlite_writer(
             Ok(answers)
         }
         .await;
-        match outcome {
-            Ok(answers) => {
-                for (job, answer) in jobs.drain(..).zip(answers) {
-                    let _ = job.reply.send(Ok(answer));
-                }
-            }
-            Err(e) => {
-                // A failed batch fails all of it; the bench counts only
-                // what succeeded.
-                let error = e.to_string();
-                for job in jobs.drain(..) {
-                    let _ = job.reply.send(Err(StoreError::Other(error.clone())));
-                }
-            }
+        reply_all(jobs.drain(..).map(|j| j.reply), outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An id is stored once: the second delivery of it is answered `false`,
+    /// and concurrent deliveries share commits without losing any.
+    async fn stores_each_id_once(url: &str, prefix: &str) {
+        let inbox = InboxCeiling::open(url, prefix).await.unwrap();
+        assert!(inbox.insert("evt_1".into(), "{}".into()).await.unwrap());
+        assert!(!inbox.insert("evt_1".into(), "{}".into()).await.unwrap());
+        let inserts = (0..50).map(|i| {
+            let inbox = inbox.clone();
+            tokio::spawn(async move { inbox.insert(format!("evt_{}", i % 25), "{}".into()).await })
+        });
+        let mut new = 0;
+        for insert in inserts {
+            new += usize::from(insert.await.unwrap().unwrap());
         }
+        assert_eq!(new, 24, "evt_0 … evt_24 less evt_1, each once");
+    }
+
+    #[tokio::test]
+    async fn the_inbox_ceiling_stores_each_id_once_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("c.db").display());
+        stores_each_id_once(&url, "t").await;
+    }
+
+    #[tokio::test]
+    async fn the_inbox_ceiling_stores_each_id_once_on_postgres() {
+        let url = crate::testing::fresh_postgres_database().await.unwrap();
+        stores_each_id_once(&url, "t").await;
     }
 }

@@ -12,7 +12,13 @@
 //!    (1, 2 and 3 alternate in rounds);
 //! 4. ack latency (p50 … max) at a fixed offered rate (open loop);
 //! 5. the same offered rate straight into a group-commit writer like the
-//!    endpoint's, no HTTP: the store's own ack latency, the floor of 4.
+//!    endpoint's, no HTTP: the store's own ack latency, the floor of 4;
+//! 6. the minimal durable insert ceiling, a child process
+//!    ([`crate::bench_ceiling`]: the same HTTP stack, Stripe signature
+//!    check and group commit, storing only (id unique, body) in a bare
+//!    table), then `billd serve` as a child process, each given the
+//!    throughput run and the fixed-rate run of 2 and 4; their ratios and
+//!    each one's peak RSS.
 //!
 //! The requests come from [`crate::loadgen`], a lean HTTP/1.1 client, since
 //! it shares the machine's cores with the server it measures.
@@ -29,10 +35,11 @@ use billd_server::{
 };
 use billd_store::{Backend, InsertOutcome, NewEvent, Store};
 use billd_stripe::webhook::sign;
-use rand::distributions::Alphanumeric;
-use rand::Rng;
 use secrecy::SecretString;
 
+use crate::bench_ceiling::{
+    billd_command, free_port, rss_mib, run_tag, serve_command, ServerProcess,
+};
 use crate::loadgen;
 
 const SECRET: &str = "whsec_bench_secret";
@@ -100,6 +107,17 @@ struct Figures {
     /// The same offered rate into the group-commit writer, no HTTP.
     floor: Latencies,
     mean_batch: f64,
+    /// 6.: the minimal durable insert server, then `billd serve`.
+    ceiling_server: Served,
+    billd_server: Served,
+}
+
+/// A child server's figures under the throughput and fixed-rate runs.
+struct Served {
+    per_sec: f64,
+    accepted: usize,
+    latency: Latencies,
+    peak_rss_kib: Option<u64>,
 }
 
 /// Runs the benchmark and prints a table.
@@ -114,10 +132,23 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         targets.push(("postgres", url.clone()));
     }
     anyhow::ensure!(!targets.is_empty(), "nothing to benchmark");
+    let plans = dir.path().join("bench-plans.toml");
+    std::fs::write(&plans, crate::bench_usage::CATALOG).context("writing the bench catalog")?;
     let mut all = Vec::new();
     for (backend, url) in targets {
         eprintln!("benchmarking {backend}…");
-        all.push(bench_backend(backend, &url, args).await?);
+        let (ceiling_url, serve_url) = if backend == "sqlite" {
+            let at = |name: &str| format!("sqlite://{}", dir.path().join(name).display());
+            (at("bench-ceiling.db"), at("bench-serve.db"))
+        } else {
+            (url.clone(), url.clone())
+        };
+        let mut figures = bench_backend(backend, &url, args).await?;
+        let (ceiling_server, billd_server) =
+            bench_processes(backend, &ceiling_url, &serve_url, &plans, args).await?;
+        figures.ceiling_server = ceiling_server;
+        figures.billd_server = billd_server;
+        all.push(figures);
     }
     println!(
         "\n{:<9} {:>14} {:>12} {:>7} {:>12} {:>10} {:>9} {:>9} {:>11} {:>9} {:>10}",
@@ -162,7 +193,42 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
     }
     println!(
-        "\nceiling = insert_events in batches of {}, as many at once as the webhook writer commits at once (SQLite {}, PostgreSQL {}; no HTTP); http = {} events over {} connections; no-store = as many requests signed with an unknown secret, verified and rejected (400), nothing stored: the HTTP stack alone on these cores; the three alternate in {} rounds; latency at a fixed offered rate for {} s, through HTTP and then (floor) straight into a group-commit writer like the endpoint's; {} runtime threads on {} cores.",
+        "\n{:<9} {:<8} {:>10} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9}",
+        "backend", "server", "ev/s", "ratio", "offered/s", "p50 ms", "p99 ms", "p99 ×", "RSS MiB"
+    );
+    for f in &all {
+        let (c, b) = (&f.ceiling_server, &f.billd_server);
+        for (name, s) in [("minimal", c), ("billd", b)] {
+            println!(
+                "{:<9} {:<8} {:>10.0} {:>7.2} {:>10} {:>9.2} {:>9.2} {:>9.2} {:>9}",
+                f.backend,
+                name,
+                s.per_sec,
+                s.per_sec / c.per_sec.max(1.0),
+                f.offered,
+                s.latency.ms(0.50),
+                s.latency.ms(0.99),
+                s.latency.ms(0.99) / c.latency.ms(0.99),
+                rss_mib(s.peak_rss_kib),
+            );
+        }
+        println!(
+            "{}: child servers acknowledged: minimal {}+{}, billd {}+{} of {}+{} events",
+            f.backend,
+            c.accepted,
+            c.latency.acked.len(),
+            b.accepted,
+            b.latency.acked.len(),
+            args.events,
+            c.latency.sent,
+        );
+    }
+    println!(
+        "\nminimal = a child process with the same HTTP stack, Stripe signature check and group commit storing only (id unique, body) in a bare table (SQLite WAL, synchronous=FULL; PostgreSQL one statement each); billd = `billd serve` (its worker runs too); each given the {} events over {} connections, then the fixed rate for {} s.",
+        args.events, args.connections, args.rate_secs
+    );
+    println!(
+        "ceiling = insert_events in batches of {}, as many at once as the webhook writer commits at once (SQLite {}, PostgreSQL {}; no HTTP); http = {} events over {} connections; no-store = as many requests signed with an unknown secret, verified and rejected (400), nothing stored: the HTTP stack alone on these cores; the three alternate in {} rounds; latency at a fixed offered rate for {} s, through HTTP and then (floor) straight into a group-commit writer like the endpoint's; {} runtime threads on {} cores.",
         args.connections,
         commits_in_flight(Backend::Sqlite),
         commits_in_flight(Backend::Postgres),
@@ -185,11 +251,7 @@ async fn bench_backend(
         .await
         .context("opening the store")?;
     store.migrate().await.context("migrating")?;
-    let run: String = rand::thread_rng()
-        .sample_iter(&Alphanumeric)
-        .take(8)
-        .map(char::from)
-        .collect();
+    let run = run_tag();
     let phase = Duration::from_secs(args.phase_timeout_secs);
     let now = SystemClock.now();
 
@@ -269,18 +331,10 @@ async fn bench_backend(
 
     // 4. Fixed offered rate, open loop, through HTTP.
     let total = (args.rate * args.rate_secs) as usize;
-    let requests = Arc::new(presign(&format!("{run}r"), total, now, addr, SECRET));
-    let pool = Arc::new(loadgen::Pool::new(addr));
-    let http = open_loop(args, total, phase, move |i| {
-        let (pool, requests) = (pool.clone(), requests.clone());
-        async move {
-            pool.send(&requests[i])
-                .await
-                .is_ok_and(|answer| answer.status == 200)
-        }
-    })
-    .await
-    .context("latency phase timed out")?;
+    let requests = presign(&format!("{run}r"), total, now, addr, SECRET);
+    let http = paced_webhooks(args, requests, addr, phase)
+        .await
+        .context("latency phase timed out")?;
     let batches = running.metrics.ingest_batches.get();
     let batched = running.metrics.ingest_batched_events.get();
 
@@ -321,6 +375,116 @@ async fn bench_backend(
         http,
         floor,
         mean_batch: batched as f64 / batches.max(1) as f64,
+        ceiling_server: Served::none(),
+        billd_server: Served::none(),
+    })
+}
+
+impl Served {
+    /// Placeholder until 6. has run.
+    fn none() -> Served {
+        Served {
+            per_sec: 0.0,
+            accepted: 0,
+            latency: Latencies {
+                acked: Vec::new(),
+                sent: 0,
+            },
+            peak_rss_kib: None,
+        }
+    }
+}
+
+/// 6.: the minimal durable insert server, then `billd serve`, each a child
+/// process given the throughput run and then the fixed-rate run.
+async fn bench_processes(
+    backend: &'static str,
+    ceiling_url: &str,
+    serve_url: &str,
+    plans: &std::path::Path,
+    args: &BenchArgs,
+) -> anyhow::Result<(Served, Served)> {
+    let run = run_tag();
+    let work_dir = plans.parent().unwrap_or(std::path::Path::new("/"));
+    let port = free_port()?;
+    let table_prefix = format!("bench_inbox_{run}");
+    let listen = format!("127.0.0.1:{port}");
+    let command = billd_command(
+        work_dir,
+        &[
+            "bench",
+            "webhooks-ceiling",
+            "--database-url",
+            ceiling_url,
+            "--listen",
+            &listen,
+            "--secret",
+            SECRET,
+            "--prefix",
+            &table_prefix,
+        ],
+    )?;
+    let ceiling = load_process(command, port, &format!("{run}m"), args).await;
+    if backend == "postgres" {
+        billd_store::ceiling::InboxCeiling::drop_tables(ceiling_url, &table_prefix).await;
+    }
+    let ceiling = ceiling?;
+    let port = free_port()?;
+    let command = serve_command(
+        work_dir,
+        serve_url,
+        port,
+        plans,
+        &format!("bench_app_key_{run}"),
+        SECRET,
+    )?;
+    let billd = load_process(command, port, &format!("{run}b"), args).await?;
+    Ok((ceiling, billd))
+}
+
+/// Starts a child server, gives it the throughput run (`--events` over
+/// `--connections`) and the fixed-rate run, reads its peak RSS and stops it.
+async fn load_process(
+    command: tokio::process::Command,
+    port: u16,
+    prefix: &str,
+    args: &BenchArgs,
+) -> anyhow::Result<Served> {
+    let phase = Duration::from_secs(args.phase_timeout_secs);
+    let server = ServerProcess::start(command, port).await?;
+    let now = SystemClock.now();
+    let requests = Arc::new(presign(
+        &format!("{prefix}t"),
+        args.events,
+        now,
+        server.addr,
+        SECRET,
+    ));
+    let started = Instant::now();
+    let answered = closed_loop(
+        &requests,
+        0..args.events,
+        args.connections,
+        server.addr,
+        200,
+    );
+    let accepted = tokio::time::timeout(phase, answered)
+        .await
+        .context("child throughput phase timed out")?;
+    let per_sec = accepted as f64 / started.elapsed().as_secs_f64().max(f64::EPSILON);
+    drop(requests);
+    let total = (args.rate * args.rate_secs) as usize;
+    let requests = presign(&format!("{prefix}r"), total, now, server.addr, SECRET);
+    let latency = paced_webhooks(args, requests, server.addr, phase)
+        .await
+        .context("child latency phase timed out")?;
+    let peak_rss_kib = server.peak_rss_kib();
+    server.stop().await;
+    Ok(Served {
+        per_sec,
+        accepted,
+        latency,
+        peak_rss_kib,
     })
 }
 
@@ -353,6 +517,27 @@ impl Latencies {
         let idx = ((n as f64 * p).ceil() as usize).clamp(1, n) - 1;
         self.acked[idx].as_secs_f64() * 1000.0
     }
+}
+
+/// Sends `requests` to `addr` at `--rate` per second ([`open_loop`]); a
+/// 200 is an ack.
+async fn paced_webhooks(
+    args: &BenchArgs,
+    requests: Vec<Vec<u8>>,
+    addr: std::net::SocketAddr,
+    timeout: Duration,
+) -> Result<Latencies, tokio::time::error::Elapsed> {
+    let (total, requests) = (requests.len(), Arc::new(requests));
+    let pool = Arc::new(loadgen::Pool::new(addr));
+    open_loop(args, total, timeout, move |i| {
+        let (pool, requests) = (pool.clone(), requests.clone());
+        async move {
+            pool.send(&requests[i])
+                .await
+                .is_ok_and(|answer| answer.status == 200)
+        }
+    })
+    .await
 }
 
 /// Calls `send(i)` for `i` in `0..total` at `--rate` per second,

@@ -19,7 +19,6 @@
 //! consumes, so the limit is never what answers.
 
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,8 +27,10 @@ use anyhow::Context as _;
 use billd_core::CustomerId;
 use billd_server::{Clock, SystemClock};
 use billd_store::CustomerProfile;
-use rand::distributions::Alphanumeric;
-use rand::Rng;
+
+use crate::bench_ceiling::{
+    billd_command, free_port, rss_mib, run_tag, serve_command, ServerProcess,
+};
 
 /// The metered feature every request consumes.
 const FEATURE: &str = "bench_calls";
@@ -37,8 +38,8 @@ const FEATURE: &str = "bench_calls";
 /// The bench plan's limit (the catalog's `bench_calls`).
 const LIMIT: u64 = 1_000_000_000_000;
 
-/// The plans file the server uses.
-const CATALOG: &str = r#"
+/// The plans file the server uses (also `bench webhooks`' `billd serve`).
+pub(crate) const CATALOG: &str = r#"
 currency = "eur"
 
 [features]
@@ -118,7 +119,7 @@ pub async fn run(args: &UsageBenchArgs) -> anyhow::Result<()> {
         eprintln!("benchmarking usage on {backend}…");
         all.push(bench_backend(backend, &url, &ceiling_url, &plans, args).await?);
     }
-    let rss = |k: Option<u64>| k.map_or("n/a".to_string(), |k| format!("{:.1}", k as f64 / 1024.0));
+    let rss = rss_mib;
     println!(
         "\n{:<9} {:<8} {:>10} {:>8} {:>8} {:>12} {:>9}",
         "backend", "server", "cons/s", "p50 ms", "p99 ms", "1-client p50", "RSS MiB"
@@ -176,12 +177,7 @@ async fn bench_backend(
     plans: &Path,
     args: &UsageBenchArgs,
 ) -> anyhow::Result<Figures> {
-    let run: String = rand::thread_rng()
-        .sample_iter(&Alphanumeric)
-        .take(8)
-        .map(char::from)
-        .collect::<String>()
-        .to_lowercase();
+    let run = run_tag();
     let phase = Duration::from_secs(args.phase_timeout_secs);
     let prefix = format!("bench_{run}_");
     let customers: Vec<CustomerId> = (0..args.customers.max(1))
@@ -190,21 +186,34 @@ async fn bench_backend(
         .context("customer ids")?;
     let customers = Arc::new(customers);
     let api_key = format!("bench_app_key_{run}");
-    let exe = std::env::current_exe().context("locating the billd binary")?;
     let work_dir = plans.parent().unwrap_or(Path::new("/"));
 
     // The ceiling first, on its own tables (SQLite: its own file).
     let port = free_port()?;
     let table_prefix = format!("bench_ceiling_{run}");
-    let mut command = tokio::process::Command::new(&exe);
-    command
-        .args(["bench", "usage-ceiling", "--database-url", ceiling_url])
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--api-key", &api_key, "--prefix", &table_prefix])
-        .args(["--customer-prefix", &prefix])
-        .args(["--customers", &customers.len().to_string()])
-        .args(["--limit", &LIMIT.to_string()])
-        .current_dir(work_dir);
+    let listen = format!("127.0.0.1:{port}");
+    let (count, limit) = (customers.len().to_string(), LIMIT.to_string());
+    let command = billd_command(
+        work_dir,
+        &[
+            "bench",
+            "usage-ceiling",
+            "--database-url",
+            ceiling_url,
+            "--listen",
+            &listen,
+            "--api-key",
+            &api_key,
+            "--prefix",
+            &table_prefix,
+            "--customer-prefix",
+            &prefix,
+            "--customers",
+            &count,
+            "--limit",
+            &limit,
+        ],
+    )?;
     let ceiling = serve_and_load(command, port, &customers, &api_key, &run, "c", args, phase).await;
     if backend == "postgres" {
         billd_store::ceiling::UsageCeiling::drop_tables(ceiling_url, &table_prefix).await;
@@ -234,22 +243,7 @@ async fn bench_backend(
         }
     }
     let port = free_port()?;
-    let mut command = tokio::process::Command::new(&exe);
-    command
-        .arg("serve")
-        // Not the caller's directory: a billd.toml there must not apply.
-        .current_dir(work_dir)
-        .env("BILLD_DATABASE_URL", url)
-        .env("BILLD_LISTEN", format!("127.0.0.1:{port}"))
-        .env("BILLD_PLANS", plans)
-        .env("BILLD_API_KEYS", &api_key)
-        // A Stripe key and secret keep dev mode (and its emulator) off; the
-        // benchmark never needs Stripe.
-        .env("BILLD_STRIPE_API_KEY", "sk_test_bench_unused")
-        .env("BILLD_STRIPE_API_BASE", "http://127.0.0.1:9")
-        .env("BILLD_STRIPE_WEBHOOK_SECRETS", "whsec_bench_unused")
-        .env("BILLD_SMTP_URL", "")
-        .env("RUST_LOG", "warn");
+    let command = serve_command(work_dir, url, port, plans, &api_key, "whsec_bench_unused")?;
     let (billd, reads) =
         serve_and_load_with_reads(command, port, &customers, &api_key, &run, args, phase).await?;
     Ok(Figures {
@@ -298,7 +292,7 @@ async fn serve_and_load_with_reads(
 
 #[allow(clippy::too_many_arguments, reason = "shared by the two wrappers")]
 async fn serve(
-    mut command: tokio::process::Command,
+    command: tokio::process::Command,
     port: u16,
     customers: &Arc<Vec<CustomerId>>,
     api_key: &str,
@@ -308,19 +302,11 @@ async fn serve(
     phase: Duration,
     reads: bool,
 ) -> anyhow::Result<(Served, Option<Load>)> {
-    let mut server = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting a server")?;
-    let pid = server.id();
+    let server = ServerProcess::start(command, port).await?;
     let base = Arc::<str>::from(format!("http://127.0.0.1:{port}"));
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(4096)
         .build()?;
-    wait_until_up(&client, &base, &mut server).await?;
     let consume = |tag: String| {
         let (client, base, customers, api_key) = (
             client.clone(),
@@ -373,8 +359,8 @@ async fn serve(
     } else {
         None
     };
-    let peak_rss_kib = pid.and_then(|p| proc_status_kib(p, "VmHWM"));
-    let _ = server.kill().await;
+    let peak_rss_kib = server.peak_rss_kib();
+    server.stop().await;
     Ok((
         Served {
             many,
@@ -430,44 +416,6 @@ where
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
-    Ok(listener.local_addr()?.port())
-}
-
-async fn wait_until_up(
-    client: &reqwest::Client,
-    base: &str,
-    server: &mut tokio::process::Child,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(r) = client.get(format!("{base}/healthz")).send().await {
-            if r.status().is_success() {
-                return Ok(());
-            }
-        }
-        if let Some(status) = server.try_wait()? {
-            anyhow::bail!("billd serve exited before answering: {status}");
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "billd serve did not answer /healthz within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A `kB` field of `/proc/<pid>/status` (Linux only; `None` elsewhere or
-/// once the process is gone).
-fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|line| {
-        let rest = line.strip_prefix(field)?.strip_prefix(':')?;
-        rest.split_whitespace().next()?.parse().ok()
-    })
-}
-
 fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -500,12 +448,5 @@ mod tests {
         assert_eq!(percentile_ms(&l, 0.50), 50.0);
         assert_eq!(percentile_ms(&l, 0.99), 99.0);
         assert!(percentile_ms(&[], 0.5).is_nan());
-    }
-
-    #[test]
-    fn proc_status_reads_this_processes_peak_rss() {
-        if cfg!(target_os = "linux") {
-            assert!(proc_status_kib(std::process::id(), "VmHWM").unwrap() > 0);
-        }
     }
 }

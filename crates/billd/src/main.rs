@@ -116,7 +116,9 @@ struct ReplayArgs {
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
     /// Drives the real webhook endpoint on loopback and prints throughput,
-    /// ack latency and the store's raw group-commit ceiling.
+    /// ack latency, the store's raw group-commit ceiling, and a `billd
+    /// serve` child against a minimal durable inbox server (rates, latency
+    /// at a fixed offered rate, peak RSS).
     Webhooks(bench::BenchArgs),
     /// Drives the usage (consume) endpoint of a `billd serve` child process
     /// and prints consumes/s, latency, the store's raw ceiling and the
@@ -126,6 +128,10 @@ enum BenchCommand {
     /// (started by it as a child process).
     #[command(hide = true)]
     UsageCeiling(bench_ceiling::CeilingArgs),
+    /// The minimal durable webhook inbox `bench webhooks` measures billd
+    /// against (started by it as a child process).
+    #[command(hide = true)]
+    WebhooksCeiling(bench_ceiling::InboxCeilingArgs),
 }
 
 /// An inbox status on the command line.
@@ -246,6 +252,10 @@ async fn run(cli: Cli, config: Option<Result<Config, ConfigErrors>>) -> anyhow::
     if let Some(Command::Bench(BenchCommand::UsageCeiling(args))) = &cli.command {
         init_tracing(LogFormat::Text, "warn");
         return bench_ceiling::run(args).await;
+    }
+    if let Some(Command::Bench(BenchCommand::WebhooksCeiling(args))) = &cli.command {
+        init_tracing(LogFormat::Text, "warn");
+        return bench_ceiling::run_inbox(args).await;
     }
     if let Some(Command::Sim(args)) = &cli.command {
         init_tracing(LogFormat::Text, "info");

@@ -38,6 +38,19 @@ async fn bench(args: &'static [&'static str]) -> (String, String) {
     (stdout, row)
 }
 
+/// The cells of the `sqlite <server> …` row of the per-server table.
+fn server_row<'a>(stdout: &'a str, server: &str) -> Vec<&'a str> {
+    stdout
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|cells| cells.len() > 2 && cells[..2] == ["sqlite", server])
+        .unwrap_or_else(|| panic!("no {server} row: {stdout}"))
+}
+
+fn positive(cell: &str) -> bool {
+    cell.parse::<f64>().is_ok_and(|x| x > 0.0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_usage_benchmark_answers_every_request_and_prints_the_ratios_and_rss() {
     let (stdout, _) = bench(&[
@@ -63,14 +76,10 @@ async fn a_small_usage_benchmark_answers_every_request_and_prints_the_ratios_and
         "{stdout}"
     );
     for server in ["ceiling", "billd"] {
-        let row = stdout
-            .lines()
-            .find(|l| l.split_whitespace().take(2).eq(["sqlite", server]))
-            .unwrap_or_else(|| panic!("no {server} row: {stdout}"));
-        let rss = row.split_whitespace().last().unwrap();
+        let row = server_row(&stdout, server);
         assert!(
-            rss.parse::<f64>().is_ok_and(|mib| mib > 0.0),
-            "the {server} server's peak RSS is shown: {row}"
+            positive(row.last().unwrap()),
+            "the {server} server's peak RSS is shown: {row:?}"
         );
     }
 }
@@ -105,6 +114,29 @@ async fn a_small_webhook_benchmark_acknowledges_every_event_in_each_phase() {
                 "sqlite: latency at 100/s {path}: 100 of 100 acked, p50 "
             )),
             "{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains(
+            "sqlite: child servers acknowledged: minimal 150+100, billd 150+100 of 150+100 events"
+        ),
+        "{stdout}"
+    );
+    for server in ["minimal", "billd"] {
+        let row = stdout
+            .lines()
+            .find(|l| l.split_whitespace().take(2).eq(["sqlite", server]))
+            .unwrap_or_else(|| panic!("no {server} row: {stdout}"));
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        assert!(
+            cells[2].parse::<f64>().is_ok_and(|rate| rate > 0.0),
+            "the {server} server's rate is shown: {row}"
+        );
+        assert!(
+            cells[cells.len() - 1]
+                .parse::<f64>()
+                .is_ok_and(|mib| mib > 0.0),
+            "the {server} server's peak RSS is shown: {row}"
         );
     }
 }
