@@ -236,8 +236,14 @@ impl Browser {
                 .json()
                 .await
                 .unwrap();
+            // Chromium names a node of a page that is gone either way,
+            // depending on how far the new page has come.
+            let gone = answer["value"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("does not belong to the document"));
             match answer["value"]["error"].as_str() {
                 Some("stale element reference") => return,
+                Some(_) if gone => return,
                 None => {}
                 Some(_) => panic!("{css}: {answer}"),
             }
