@@ -229,12 +229,12 @@ async fn promotion_codes_are_checked_at_stripe_before_the_session(db: Db) {
     h.stripe(
         "POST",
         "/v1/promotion_codes",
-        &format!("promotion[coupon]={coupon}&code=LAUNCH20"),
+        &format!("promotion[type]=coupon&promotion[coupon]={coupon}&code=LAUNCH20"),
     );
     let off = h.stripe(
         "POST",
         "/v1/promotion_codes",
-        &format!("promotion[coupon]={coupon}&code=OLD10"),
+        &format!("promotion[type]=coupon&promotion[coupon]={coupon}&code=OLD10"),
     )["id"]
         .as_str()
         .unwrap()
@@ -248,7 +248,7 @@ async fn promotion_codes_are_checked_at_stripe_before_the_session(db: Db) {
     h.stripe(
         "POST",
         "/v1/promotion_codes",
-        &format!("promotion[coupon]={coupon}&code=SOON&expires_at={soon}"),
+        &format!("promotion[type]=coupon&promotion[coupon]={coupon}&code=SOON&expires_at={soon}"),
     );
     let with_code = |code: &str| {
         let mut body = plan("pro");

@@ -227,7 +227,7 @@ async fn a_promotion_code_is_shown_in_the_entitlements_until_its_discount_ends(d
     let promo = h.stripe(
         "POST",
         "/v1/promotion_codes",
-        &format!("promotion[coupon]={coupon}&code=LAUNCH25"),
+        &format!("promotion[type]=coupon&promotion[coupon]={coupon}&code=LAUNCH25"),
     )["id"]
         .as_str()
         .unwrap()

@@ -28,6 +28,9 @@ pub(crate) fn check_params(method: &str, rest: &[&str], p: &Value) -> ApiResult<
 fn wrong_type(method: &str, rest: &[&str], p: &Value) -> ApiResult<()> {
     let path = format!("/v1/{}", rest.join("/"));
     for problem in crate::defs::check_decoded(method, &path, p) {
+        if let crate::defs::Problem::MissingRequired(param) = &problem {
+            return Err(ApiError::missing(param));
+        }
         if let crate::defs::Problem::WrongType {
             param,
             value,
