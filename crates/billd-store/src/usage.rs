@@ -87,9 +87,13 @@ pub trait UsageStore: Send + Sync + 'static {
     }
 }
 
-/// A point in the store's sequence of commits ([`UsageStore::write_mark`]).
+/// A point in the store's sequence of commits ([`UsageStore::write_mark`]),
+/// and when it was taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WriteMark(pub(crate) u64);
+pub struct WriteMark {
+    pub(crate) commits: u64,
+    pub(crate) taken: std::time::Instant,
+}
 
 /// `$1` customer, `$2` the version whose state the caller has (or NULL):
 /// the customer's version, whether it is deleted, its state unless at

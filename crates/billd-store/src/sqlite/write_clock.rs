@@ -6,10 +6,19 @@
 //! pool only after its commits are visible. So a mark taken while no commit is
 //! pending, and still equal to the count of commit hooks later, proves that a
 //! read made after taking it is still current.
+//!
+//! Other processes can still write the file beside `billd serve` (`billd
+//! reconcile`, `billd events retry`); their commits are invisible here, so
+//! a mark also expires after [`MAX_AGE`], bounding how long they go unseen.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::usage::WriteMark;
+
+/// How long a mark vouches for a read when nothing is committed here: at
+/// most one re-read per customer per `MAX_AGE` under a steady read load.
+pub(super) const MAX_AGE: Duration = Duration::from_secs(1);
 
 /// Commits begun and commits known visible on the writer connection.
 #[derive(Debug, Default)]
@@ -40,12 +49,16 @@ impl WriteClock {
     pub(super) fn quiet(&self) -> Option<WriteMark> {
         let settled = self.settled.load(Ordering::SeqCst);
         let begun = self.begun.load(Ordering::SeqCst);
-        (settled == begun).then_some(WriteMark(begun))
+        (settled == begun).then(|| WriteMark {
+            commits: begun,
+            taken: Instant::now(),
+        })
     }
 
-    /// Whether no commit has begun since `mark` was taken.
+    /// Whether no commit has begun since `mark` was taken, less than
+    /// [`MAX_AGE`] ago.
     pub(super) fn still_quiet(&self, mark: WriteMark) -> bool {
-        self.begun.load(Ordering::SeqCst) == mark.0
+        self.begun.load(Ordering::SeqCst) == mark.commits && mark.taken.elapsed() < MAX_AGE
     }
 }
 
@@ -65,5 +78,10 @@ mod tests {
         let later = clock.quiet().expect("the commit settled");
         assert!(clock.still_quiet(later));
         assert!(!clock.still_quiet(mark));
+        let old = WriteMark {
+            taken: later.taken - MAX_AGE,
+            ..later
+        };
+        assert!(!clock.still_quiet(old), "a mark expires");
     }
 }
