@@ -43,7 +43,7 @@ pub use migrations::MigrationStatus;
 pub use postgres::PgStore;
 pub use rate_limit::{RateDecision, RateLimitStore};
 pub use sqlite::{ServeLock, ServeLockError, SqliteOptions, SqliteStore};
-pub use usage::{GuardedConsume, GuardedOutcome, UsageSnapshot, UsageStore};
+pub use usage::{GuardedConsume, GuardedOutcome, UsageSnapshot, UsageStore, WriteMark};
 
 /// Opens the store a database URL names: `sqlite://path` (the file is
 /// created if missing) or `postgres://…` / `postgresql://…`. Does not run

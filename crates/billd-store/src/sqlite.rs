@@ -30,6 +30,7 @@ mod billing;
 mod dialect;
 mod serve_lock;
 mod usage;
+mod write_clock;
 
 pub use serve_lock::{ServeLock, ServeLockError};
 
@@ -128,6 +129,8 @@ pub struct SqliteStore {
     /// Stripe customers of deleted accounts: their arriving events are
     /// scrubbed before they are stored.
     erased: Arc<crate::erasure::ErasedCustomers>,
+    /// Commits of the writer connection, for reads answered from memory.
+    writes: Arc<write_clock::WriteClock>,
 }
 
 impl SqliteStore {
@@ -158,9 +161,30 @@ impl SqliteStore {
             .pragma("temp_store", "MEMORY");
         // The writer connects first: it creates the file and switches it to
         // WAL before any reader opens it.
+        let writes = Arc::new(write_clock::WriteClock::default());
+        let (hooked, released) = (writes.clone(), writes.clone());
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
+            // Every writer connection reports its commits before they are
+            // visible, and its release once they are (`write_clock`).
+            .after_connect(move |conn, _meta| {
+                let writes = hooked.clone();
+                Box::pin(async move {
+                    conn.lock_handle().await?.set_commit_hook(move || {
+                        writes.committing();
+                        true
+                    });
+                    Ok(())
+                })
+            })
+            .after_release(move |_conn, _meta| {
+                let writes = released.clone();
+                Box::pin(async move {
+                    writes.settled();
+                    Ok(true)
+                })
+            })
             .acquire_timeout(tunables.acquire_timeout)
             .connect_with(
                 options
@@ -181,6 +205,7 @@ impl SqliteStore {
             _checkpointer: Arc::new(AbortOnDrop(checkpointer)),
             exact_insert_sql,
             erased: Arc::default(),
+            writes,
         })
     }
 

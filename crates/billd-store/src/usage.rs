@@ -68,6 +68,31 @@ pub trait UsageStore: Send + Sync + 'static {
         customer: &CustomerId,
         known_version: Option<i64>,
     ) -> StoreResult<Option<UsageSnapshot>>;
+
+    /// A mark to take just before a [`UsageStore::usage_snapshot`]: `Some`
+    /// only where this store sees every write to the database and none is
+    /// being committed now (SQLite under `billd serve`'s serving lock), so
+    /// that [`UsageStore::still_current`] can later tell, without reading,
+    /// that nothing was written since. `None` on PostgreSQL, where other
+    /// processes write.
+    fn write_mark(&self) -> Option<WriteMark> {
+        None
+    }
+
+    /// Whether nothing has been committed since `mark` was taken (a read
+    /// made after taking it is still what the database holds).
+    fn still_current(&self, mark: WriteMark) -> bool {
+        let _ = mark;
+        false
+    }
+}
+
+/// A point in the store's sequence of commits ([`UsageStore::write_mark`]),
+/// and when it was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteMark {
+    pub(crate) commits: u64,
+    pub(crate) taken: std::time::Instant,
 }
 
 /// `$1` customer, `$2` the version whose state the caller has (or NULL):

@@ -1,6 +1,7 @@
 //! Issue 5's usage endpoints (`POST /v1/customers/{id}/usage/{feature}` and
 //! `…/release`) through real HTTP, on both databases.
 
+use billd_store::BillingStore as _;
 use serde_json::{json, Value};
 use stripe_sim::WebhookKnobs;
 
@@ -421,6 +422,192 @@ async fn a_consume_after_the_customers_state_changed_is_decided_on_the_new_state
     h.shutdown().await;
 }
 
+/// The plan `billd_core` gives the customer's stored state (read from the
+/// store, not through the endpoint under test).
+async fn stored_plan(h: &Harness, user: &str) -> Value {
+    use billd_server::Clock as _;
+    let record = h
+        .store
+        .get_customer(&billd_core::CustomerId::parse(user).unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let catalog = billd_core::Catalog::seed();
+    let usage = billd_core::Usage::default();
+    let ent = billd_core::entitlements(&record.state, &catalog, &usage, h.clock.now());
+    serde_json::to_value(ent.plan).unwrap()
+}
+
+/// The entitlements read twice (the second may come from memory).
+async fn read_twice(h: &Harness, user: &str) -> Value {
+    let _ = h.entitlements(user).await;
+    let (status, e) = h.entitlements(user).await;
+    assert_eq!(status, 200, "{e:#}");
+    e
+}
+
+/// Entitlements may be answered from memory (SQLite): each kind of write
+/// is seen by the very next read, however often it was read before.
+async fn a_read_after_each_kind_of_write_sees_it(db: Db) {
+    let h = Harness::start(db, t0(), WebhookKnobs::default()).await;
+    let (_, cus) = h.customer("u_reads", "pm_card_visa", true).await;
+    let used = |e: &Value, feature: &str| e["features"][feature]["used"].as_u64();
+    let e = read_twice(&h, "u_reads").await;
+    assert_eq!(
+        (used(&e, "generations"), used(&e, "websites")),
+        (Some(0), Some(0))
+    );
+
+    let (status, body) = consume(
+        &h,
+        "u_reads",
+        "generations",
+        json!({ "idempotency_key": "g1" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body:#}");
+    assert_eq!(
+        used(&read_twice(&h, "u_reads").await, "generations"),
+        Some(1)
+    );
+    let (status, body) = consume(
+        &h,
+        "u_reads",
+        "websites",
+        json!({ "idempotency_key": "w1" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body:#}");
+    assert_eq!(used(&read_twice(&h, "u_reads").await, "websites"), Some(1));
+
+    let (status, body) = post(
+        &h,
+        "/v1/customers/u_reads/usage/websites/release",
+        Some(APP_KEY),
+        json!({ "idempotency_key": "r1" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body:#}");
+    assert_eq!(used(&read_twice(&h, "u_reads").await, "websites"), Some(0));
+
+    // A replayed key changes nothing and is read as such.
+    let (status, body) = consume(
+        &h,
+        "u_reads",
+        "generations",
+        json!({ "idempotency_key": "g1" }),
+    )
+    .await;
+    assert_eq!((status, &body["replayed"]), (200, &json!(true)), "{body:#}");
+    assert_eq!(
+        used(&read_twice(&h, "u_reads").await, "generations"),
+        Some(1)
+    );
+
+    // The webhook's plan change: once the store has it, the next read has it.
+    assert_eq!(
+        read_twice(&h, "u_reads").await["plan"],
+        stored_plan(&h, "u_reads").await
+    );
+    h.subscribe("u_reads", &cus, &h.pro_price);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while stored_plan(&h, "u_reads").await != json!("pro") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the subscription never applied"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (status, e) = h.entitlements("u_reads").await;
+    assert_eq!((status, &e["plan"]), (200, &json!("pro")), "{e:#}");
+
+    let deleted = h
+        .http
+        .delete(format!("{}/v1/customers/u_reads", h.base))
+        .bearer_auth(APP_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    let (status, gone) = h.entitlements("u_reads").await;
+    assert_eq!(
+        (status, &gone["error"]["code"]),
+        (404, &json!("customer_deleted")),
+        "{gone:#}"
+    );
+}
+
+/// On SQLite a current read is answered from memory, not the database: a
+/// write this process did not make (another connection to the file, which
+/// `billd serve`'s serving lock rules out in production) goes unseen until
+/// this process writes again. On PostgreSQL every read is a query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_current_read_does_not_query_sqlite() {
+    use billd_server::Clock as _;
+    let h = Harness::start(Db::Sqlite, t0(), WebhookKnobs::default()).await;
+    free_customer(&h, "u_memory").await;
+    let (status, body) = consume(
+        &h,
+        "u_memory",
+        "generations",
+        json!({ "idempotency_key": "m1" }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body:#}");
+    let used = |e: &Value| e["features"]["generations"]["used"].as_u64();
+    assert_eq!(used(&h.entitlements("u_memory").await.1), Some(1));
+
+    let customer = billd_core::CustomerId::parse("u_memory").unwrap();
+    let record = h.store.get_customer(&customer).await.unwrap().unwrap();
+    let key = billd_core::usage_keys(&record.state, &billd_core::Catalog::seed(), h.clock.now())
+        .into_iter()
+        .find(|k| k.feature.as_str() == "generations")
+        .unwrap();
+    let elsewhere = billd_store::SqliteStore::connect(&h.db_url).await.unwrap();
+    // The background workers may write too (then the read is a query and
+    // sees the sneaked consume): a few rounds, one of which must be served
+    // from memory.
+    let mut from_memory = 0;
+    for round in 0..5_u64 {
+        read_twice(&h, "u_memory").await;
+        let request = billd_store::UsageRequest {
+            customer_id: customer.clone(),
+            key: key.clone(),
+            amount: 1,
+            idempotency_key: format!("behind_its_back{round}"),
+        };
+        let outcome = elsewhere
+            .consume(&request, u64::MAX, h.clock.now())
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, billd_store::UsageOutcome::Applied { .. }),
+            "{outcome:?}"
+        );
+        let after = used(&h.entitlements("u_memory").await.1).unwrap();
+        // The database now holds 2 + round: only memory can answer less.
+        assert!(after <= 2 + round, "{after} in round {round}");
+        from_memory += u64::from(after < 2 + round);
+    }
+    elsewhere.close().await;
+    assert!(from_memory > 0, "every read queried the database");
+
+    // A write of this process is seen at once.
+    let deleted = h
+        .http
+        .delete(format!("{}/v1/customers/u_memory", h.base))
+        .bearer_auth(APP_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    let (status, gone) = h.entitlements("u_memory").await;
+    assert_eq!(
+        (status, &gone["error"]["code"]),
+        (404, &json!("customer_deleted"))
+    );
+}
+
 on_both_databases!(
     sixty_four_concurrent_clients_get_exactly_the_twenty_five_generations_of_pro,
     one_idempotency_key_retried_from_many_clients_is_counted_once,
@@ -428,4 +615,5 @@ on_both_databases!(
     a_customer_whose_grace_period_is_over_gets_no_access,
     every_app_route_needs_a_key_and_an_app_key_cannot_use_the_admin_api,
     a_consume_after_the_customers_state_changed_is_decided_on_the_new_state,
+    a_read_after_each_kind_of_write_sees_it,
 );

@@ -626,6 +626,12 @@ impl billd_store::UsageStore for SwitchableStore {
         self.check()?;
         self.inner.usage_snapshot(customer, known_version).await
     }
+    fn write_mark(&self) -> Option<billd_store::WriteMark> {
+        self.inner.write_mark()
+    }
+    fn still_current(&self, mark: billd_store::WriteMark) -> bool {
+        self.inner.still_current(mark)
+    }
 }
 
 /// Stored idempotent answers forward like the rest.

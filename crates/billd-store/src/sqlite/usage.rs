@@ -242,4 +242,12 @@ impl UsageStore for SqliteStore {
             .await?;
         snapshot_of(customer, rows)
     }
+
+    fn write_mark(&self) -> Option<crate::WriteMark> {
+        self.writes.quiet()
+    }
+
+    fn still_current(&self, mark: crate::WriteMark) -> bool {
+        self.writes.still_quiet(mark)
+    }
 }

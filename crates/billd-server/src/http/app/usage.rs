@@ -30,7 +30,7 @@ use billd_store::{
 use serde::{Deserialize, Serialize};
 
 use crate::http::app::usage_batch::{ConsumeBatcher, MAX_BATCH};
-use crate::http::app::usage_cache::{CachedState, StateCache};
+use crate::http::app::usage_cache::{CachedState, CurrentSnapshot, StateCache};
 use crate::http::auth::{require_app_key, ApiKeys};
 use crate::http::error::ApiError;
 use crate::pipeline::BillingBackend;
@@ -239,10 +239,13 @@ async fn load_entitlements<S: BillingBackend + ?Sized>(
     Ok(entitlements(&record.state, &state.catalog, &usage, now))
 }
 
-/// The customer's entitlements as of one read on a reader connection
-/// (`UsageStore::usage_snapshot`): its version and counters are always
+/// The customer's entitlements now. From memory when the store proves
+/// nothing was committed since the customer's last snapshot was read
+/// (`UsageStore::still_current`: SQLite, whose every write goes through
+/// this process); otherwise as of one read on a reader connection
+/// (`UsageStore::usage_snapshot`), whose version and counters are always
 /// read, so the answer is current (a consume answered 200 before is in
-/// it), but the state is parsed only when its version is not the one
+/// it), but whose state is parsed only when its version is not the one
 /// cached (404 `customer_not_found` or `customer_deleted`).
 pub(crate) async fn current_entitlements<S: BillingBackend + ?Sized>(
     store: &S,
@@ -251,6 +254,16 @@ pub(crate) async fn current_entitlements<S: BillingBackend + ?Sized>(
     states: &StateCache,
     customer: &CustomerId,
 ) -> Result<Entitlements, ApiError> {
+    if let Some(current) = states.snapshot(customer) {
+        if store.still_current(current.mark) {
+            let usage = current
+                .snapshot
+                .usage(&usage_keys(&current.state, catalog, now));
+            return Ok(entitlements(&current.state, catalog, &usage, now));
+        }
+    }
+    // Taken before the read: a commit after it makes the read stale.
+    let mark = store.write_mark();
     let cached = states.get(customer);
     let mut snapshot = store
         .usage_snapshot(customer, cached.as_ref().map(|c| c.version))
@@ -280,7 +293,18 @@ pub(crate) async fn current_entitlements<S: BillingBackend + ?Sized>(
         }
     };
     let usage = snapshot.usage(&usage_keys(&state, catalog, now));
-    Ok(entitlements(&state, catalog, &usage, now))
+    let answer = entitlements(&state, catalog, &usage, now);
+    if let Some(mark) = mark {
+        states.put_snapshot(
+            customer,
+            CurrentSnapshot {
+                mark,
+                state,
+                snapshot: Arc::new(snapshot),
+            },
+        );
+    }
+    Ok(answer)
 }
 
 fn answer(feature: FeatureName, used: u64, limit: u64, replayed: bool) -> Json<UsageAnswer> {

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use billd_core::{CustomerId, CustomerState};
+use billd_store::{UsageSnapshot, WriteMark};
 
 /// Most customers kept; beyond it an arbitrary entry makes room, which is
 /// enough since a miss only costs one read.
@@ -24,10 +25,25 @@ pub struct CachedState {
     pub state: Arc<CustomerState>,
 }
 
-/// Customer states by customer, bounded.
+/// A customer's snapshot and parsed state as read just after `mark` was
+/// taken: what the database holds for as long as the store says nothing was
+/// committed since (`billd_store::UsageStore::still_current`).
+#[derive(Debug, Clone)]
+pub struct CurrentSnapshot {
+    /// The store's write mark taken before the read.
+    pub mark: WriteMark,
+    /// The customer's state at the snapshot's version.
+    pub state: Arc<CustomerState>,
+    /// The read (version and counters).
+    pub snapshot: Arc<UsageSnapshot>,
+}
+
+/// Customer states by customer, bounded, and the snapshots known current
+/// (for `GET …/entitlements` answered from memory).
 #[derive(Debug)]
 pub struct StateCache {
     entries: Mutex<HashMap<CustomerId, CachedState>>,
+    snapshots: Mutex<HashMap<CustomerId, CurrentSnapshot>>,
     capacity: usize,
 }
 
@@ -36,6 +52,7 @@ impl StateCache {
     pub fn new(capacity: usize) -> Self {
         StateCache {
             entries: Mutex::new(HashMap::new()),
+            snapshots: Mutex::new(HashMap::new()),
             capacity: capacity.max(1),
         }
     }
@@ -43,6 +60,31 @@ impl StateCache {
     fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<CustomerId, CachedState>> {
         // The map holds no invariant a panicking holder could break.
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The last snapshot of a customer that was current when read (the
+    /// caller checks its mark is still current).
+    pub fn snapshot(&self, customer: &CustomerId) -> Option<CurrentSnapshot> {
+        self.snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(customer)
+            .cloned()
+    }
+
+    /// Remembers a customer's snapshot, replacing an older one.
+    pub fn put_snapshot(&self, customer: &CustomerId, current: CurrentSnapshot) {
+        // Like `entries`, the map holds no invariant a panic could break.
+        let mut snapshots = self
+            .snapshots
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !snapshots.contains_key(customer) && snapshots.len() >= self.capacity {
+            if let Some(victim) = snapshots.keys().next().cloned() {
+                snapshots.remove(&victim);
+            }
+        }
+        snapshots.insert(customer.clone(), current);
     }
 
     /// The cached state of a customer.
