@@ -43,7 +43,7 @@ fn ids(page: &Value) -> Vec<String> {
 }
 
 /// A paid customer `u_ada` with its Stripe customer and subscription.
-async fn paid(h: &Harness) -> (String, String) {
+pub(crate) async fn paid(h: &Harness) -> (String, String) {
     let (_, cus) = h.customer("u_ada", "pm_card_visa", true).await;
     let sub = h.subscribe("u_ada", &cus, &h.pro_price)["id"]
         .as_str()

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use crate::admin::deliver_poison;
+use crate::console::paid_with_a_dead_event;
 use crate::on_both_databases;
-use crate::support::{t0, Db, Harness, ADMIN_KEY, APP_KEY};
+use crate::support::{t0, Db, Harness, ADMIN_KEY};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -308,19 +308,7 @@ fn artifacts(db: Db) -> PathBuf {
 
 async fn an_operator_uses_the_console_in_a_browser(db: Db) {
     let h = Harness::start(db, t0(), Default::default()).await;
-    let (_, cus) = h.customer("u_ada", "pm_card_visa", true).await;
-    h.subscribe("u_ada", &cus, &h.pro_price);
-    h.wait_for("u_ada", "pro", |e| e["plan"] == "pro").await;
-    let renamed = h
-        .http
-        .put(format!("{}/v1/customers/u_ada", h.base))
-        .bearer_auth(APP_KEY)
-        .json(&json!({ "email": "ada@example.com", "name": "<script>alert(1)</script>" }))
-        .send()
-        .await
-        .unwrap();
-    assert!(renamed.status().is_success());
-    deliver_poison(&h, "evt_poison_<b>", &cus).await;
+    paid_with_a_dead_event(&h, "ada@example.com").await;
     let deadline = Instant::now() + PATIENCE;
     while h
         .store

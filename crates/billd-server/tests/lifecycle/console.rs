@@ -6,7 +6,7 @@ use reqwest::header::{CONTENT_SECURITY_POLICY, LOCATION, SET_COOKIE, X_FRAME_OPT
 use reqwest::redirect::Policy;
 use serde_json::json;
 
-use crate::admin::deliver_poison;
+use crate::admin::{deliver_poison, paid};
 use crate::on_both_databases;
 use crate::support::{t0, Db, Harness, ADMIN_KEY, APP_KEY};
 
@@ -88,6 +88,23 @@ impl<'h> Visitor<'h> {
 fn csrf(body: &str) -> String {
     let at = body.find("name=\"csrf\" value=\"").unwrap() + "name=\"csrf\" value=\"".len();
     body[at..].split('"').next().unwrap().to_owned()
+}
+
+/// The paid customer `u_ada`, renamed `<script>alert(1)</script>` with
+/// `email`, and a dead event of its Stripe customer (`evt_poison_<b>`, an
+/// id holding markup): what the console must show as text.
+pub(crate) async fn paid_with_a_dead_event(h: &Harness, email: &str) {
+    let (cus, _) = paid(h).await;
+    let renamed = h
+        .http
+        .put(format!("{}/v1/customers/u_ada", h.base))
+        .bearer_auth(APP_KEY)
+        .json(&json!({ "email": email, "name": "<script>alert(1)</script>" }))
+        .send()
+        .await
+        .unwrap();
+    assert!(renamed.status().is_success());
+    deliver_poison(h, "evt_poison_<b>", &cus).await;
 }
 
 async fn the_console_needs_an_admin_session_and_csrf_and_limits_log_ins(db: Db) {
@@ -172,19 +189,7 @@ async fn the_console_needs_an_admin_session_and_csrf_and_limits_log_ins(db: Db) 
 
 async fn an_operator_finds_a_customer_replays_its_dead_event_and_resyncs(db: Db) {
     let h = Harness::start(db, t0(), Default::default()).await;
-    let (_, cus) = h.customer("u_ada", "pm_card_visa", true).await;
-    h.subscribe("u_ada", &cus, &h.pro_price);
-    h.wait_for("u_ada", "pro", |e| e["plan"] == "pro").await;
-    let renamed = h
-        .http
-        .put(format!("{}/v1/customers/u_ada", h.base))
-        .bearer_auth(APP_KEY)
-        .json(&json!({ "email": "u_ada@example.com", "name": "<script>alert(1)</script>" }))
-        .send()
-        .await
-        .unwrap();
-    assert!(renamed.status().is_success());
-    deliver_poison(&h, "evt_poison_<b>", &cus).await;
+    paid_with_a_dead_event(&h, "u_ada@example.com").await;
 
     let mut v = Visitor::new(&h);
     v.log_in().await;
@@ -267,9 +272,7 @@ async fn dead_outbox_row(h: &Harness) -> i64 {
 
 async fn a_dead_outbox_row_is_retried_once_and_a_sent_one_never(db: Db) {
     let h = Harness::start(db, t0(), Default::default()).await;
-    let (_, cus) = h.customer("u_ada", "pm_card_visa", true).await;
-    h.subscribe("u_ada", &cus, &h.pro_price);
-    h.wait_for("u_ada", "pro", |e| e["plan"] == "pro").await;
+    paid(&h).await;
     let dead = dead_outbox_row(&h).await;
 
     let mut v = Visitor::new(&h);

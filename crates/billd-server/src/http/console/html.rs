@@ -72,18 +72,13 @@ pub(crate) fn page(title: &str, active: &str, csrf: &str, body: &str) -> String 
         };
         let _ = write!(nav, "<a href=\"{path}\"{class}>{label}</a>");
     }
-    format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{title} · billd</title>\
-         <link rel=\"stylesheet\" href=\"/console/assets/console.css\"></head>\
-         <body><header><strong>billd</strong><nav>{nav}</nav>\
-         <form method=\"post\" action=\"/console/logout\">{hidden}\
-         <button class=\"quiet\" type=\"submit\">Log out</button></form></header>\
-         <main><h1>{title}</h1>{body}</main></body></html>\n",
-        title = esc(title),
-        hidden = csrf_field(csrf),
-    )
+    let header = format!(
+        "<header><strong>billd</strong><nav>{nav}</nav>\
+         <form method=\"post\" action=\"/console/logout\">{}\
+         <button class=\"quiet\" type=\"submit\">Log out</button></form></header>",
+        csrf_field(csrf),
+    );
+    document(title, &header, &format!("<h1>{}</h1>{body}", esc(title)))
 }
 
 /// `<option>`s of a status filter: "any status", then `statuses`, the one
@@ -144,13 +139,19 @@ pub(crate) fn secure_headers(headers: &mut axum::http::HeaderMap) {
 
 /// A bare page (login, errors) without navigation.
 pub(crate) fn bare(title: &str, body: &str) -> String {
+    document(title, "", body)
+}
+
+/// The HTML document every console page is: `title`, then `header` and
+/// `main` (both already HTML).
+fn document(title: &str, header: &str, main: &str) -> String {
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{title} · billd</title>\
+         <title>{} · billd</title>\
          <link rel=\"stylesheet\" href=\"/console/assets/console.css\"></head>\
-         <body><main>{body}</main></body></html>\n",
-        title = esc(title),
+         <body>{header}<main>{main}</main></body></html>\n",
+        esc(title),
     )
 }
 
