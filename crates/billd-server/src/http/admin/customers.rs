@@ -8,7 +8,6 @@ use billd_core::{CustomerId, Entitlements, StripeSubscriptionId};
 use billd_store::{AuditRecord, CustomerRecord, OutboxFilter, OutboxItem};
 use billd_stripe::client::Params;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::http::api::{
     bounded_opt, bounds, customer_id, customer_not_found, store_error, ApiState,
@@ -255,40 +254,30 @@ pub(crate) async fn resync<S: BillingBackend + ?Sized>(
     };
     let observed = crate::pipeline::observation_ns();
     let stripe = state.stripe()?;
+    let listed = stripe
+        .list_all(
+            "/v1/subscriptions",
+            &Params::new()
+                .set("customer", stripe_customer.as_str())
+                .set("status", "all"),
+            usize::MAX,
+        )
+        .await?;
     let mut subscriptions = Vec::new();
     let mut applied = true;
-    let mut after: Option<String> = None;
-    loop {
-        let mut params = Params::new()
-            .set("customer", stripe_customer.as_str())
-            .set("status", "all")
-            .set("limit", "100");
-        if let Some(after) = &after {
-            params = params.set("starting_after", after.as_str());
-        }
-        let page = stripe.get("/v1/subscriptions", &params).await?;
-        let data = page["data"].as_array().cloned().unwrap_or_default();
-        for object in &data {
-            let Some(sub_id) = object["id"].as_str() else {
-                continue;
-            };
-            let watermark = StripeSubscriptionId::parse(sub_id)
-                .ok()
-                .and_then(|sid| record.state.subscriptions.get(&sid))
-                .map_or(i64::MIN, |known| known.stamp.created);
-            applied &= crate::http::app::subscription::feed_back_snapshot(
-                state, watermark, sub_id, object, observed,
-            )
-            .await?;
-            subscriptions.push(sub_id.to_owned());
-        }
-        after = data
-            .last()
-            .and_then(|o| o["id"].as_str())
-            .map(str::to_owned);
-        if page["has_more"] != Value::Bool(true) || after.is_none() {
-            break;
-        }
+    for object in &listed {
+        let Some(sub_id) = object["id"].as_str() else {
+            continue;
+        };
+        let watermark = StripeSubscriptionId::parse(sub_id)
+            .ok()
+            .and_then(|sid| record.state.subscriptions.get(&sid))
+            .map_or(i64::MIN, |known| known.stamp.created);
+        applied &= crate::http::app::subscription::feed_back_snapshot(
+            state, watermark, sub_id, object, observed,
+        )
+        .await?;
+        subscriptions.push(sub_id.to_owned());
     }
     let record = crate::http::app::account::live_customer(&*state.store, &id).await?;
     Ok(Resynced {
