@@ -1,6 +1,7 @@
 //! What the operator console and its admin API read across tables: finding
-//! a customer by any id it is known by, a customer's events, and replaying
-//! the events a filter picks. One body for both databases.
+//! a customer by any id it is known by, a customer's events, replaying the
+//! events a filter picks, and the record of what operators did. One body
+//! for both databases.
 
 use async_trait::async_trait;
 use billd_core::CustomerId;
@@ -25,7 +26,59 @@ pub struct ReplayFilter {
     pub received_until: Option<i64>,
 }
 
-/// The console's reads and its bulk replay. Implemented by both stores.
+/// Which inbox rows a console list shows (every field narrows it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventQuery {
+    /// Only events with this status.
+    pub status: Option<EventStatus>,
+    /// Only events of this type.
+    pub event_type: Option<String>,
+    /// Only events of this customer (see [`ConsoleStore::customer_events`]).
+    pub customer_id: Option<CustomerId>,
+    /// Only events received at or after this instant.
+    pub received_from: Option<i64>,
+    /// Only events received before this instant.
+    pub received_until: Option<i64>,
+    /// At most this many, newest first; 0 means no limit.
+    pub limit: u32,
+}
+
+/// An operator's action to record (see [`ConsoleStore::record_operator_action`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOperatorAction {
+    /// Who: `console session <id>` or `admin API`.
+    pub actor: String,
+    /// What (`replay_event`, `resync_customer`, `cancel_subscription`, …).
+    pub action: String,
+    /// To what: an event id, a customer id, an outbox row, a filter.
+    pub target: String,
+    /// The customer it concerns, when one.
+    pub customer_id: Option<CustomerId>,
+    /// How it ended: `ok`, `ok: <detail>`, or the error's stable code.
+    pub outcome: String,
+}
+
+/// A recorded operator action.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OperatorAction {
+    /// Row id (increasing in write order).
+    pub id: i64,
+    /// When it was done.
+    pub at: i64,
+    /// Who: `console session <id>` or `admin API`.
+    pub actor: String,
+    /// What.
+    pub action: String,
+    /// To what.
+    pub target: String,
+    /// The customer it concerns, when one.
+    pub customer_id: Option<String>,
+    /// How it ended.
+    pub outcome: String,
+}
+
+/// The console's reads, its bulk replay, and the operators' record.
+/// Implemented by both stores.
 #[async_trait]
 pub trait ConsoleStore: Send + Sync + 'static {
     /// Customers `query` names, in id order after `after`, at most `limit`
@@ -52,6 +105,24 @@ pub trait ConsoleStore: Send + Sync + 'static {
     /// Puts every event `filter` picks back to `pending` with its attempts
     /// reset, for the worker to apply again; returns how many.
     async fn replay_events(&self, filter: &ReplayFilter, now: i64) -> StoreResult<u64>;
+
+    /// Inbox rows `query` picks, newest first.
+    async fn find_events(&self, query: &EventQuery) -> StoreResult<Vec<StoredEvent>>;
+
+    /// Records what an operator did; returns the row's id.
+    async fn record_operator_action(
+        &self,
+        action: &NewOperatorAction,
+        now: i64,
+    ) -> StoreResult<i64>;
+
+    /// Recorded operator actions, newest first, only those concerning
+    /// `customer_id` when given; at most `limit` (0: no limit).
+    async fn operator_actions(
+        &self,
+        customer_id: Option<&CustomerId>,
+        limit: u32,
+    ) -> StoreResult<Vec<OperatorAction>>;
 }
 
 /// The events of customer `$n` (a bind), as a condition on `stripe_events`.
@@ -135,6 +206,81 @@ macro_rules! console_store {
                 .execute(self.writer())
                 .await?;
                 Ok(done.rows_affected())
+            }
+
+            async fn find_events(&self, query: &EventQuery) -> StoreResult<Vec<StoredEvent>> {
+                let rows: Vec<EventRow> = sqlx::query_as(&format!(
+                    "SELECT {EVENT_COLUMNS} FROM stripe_events \
+                     WHERE ($1 IS NULL OR status = $1) \
+                       AND ($2 IS NULL OR type = $2) \
+                       AND ($3 IS NULL OR received_at >= $3) \
+                       AND ($4 IS NULL OR received_at < $4) \
+                       AND ($5 IS NULL OR {}) \
+                     ORDER BY seq DESC LIMIT $6",
+                    events_of_customer!("$5")
+                ))
+                .bind(query.status.map(|s| s.as_str()))
+                .bind(query.event_type.as_deref())
+                .bind(query.received_from)
+                .bind(query.received_until)
+                .bind(query.customer_id.as_ref().map(CustomerId::as_str))
+                .bind(<$store as Dialect>::limit(query.limit))
+                .fetch_all(self.reader())
+                .await?;
+                into_events(rows)
+            }
+
+            async fn record_operator_action(
+                &self,
+                action: &NewOperatorAction,
+                now: i64,
+            ) -> StoreResult<i64> {
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO operator_actions \
+                     (at, actor, action, target, customer_id, outcome) \
+                     VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                )
+                .bind(now)
+                .bind(&action.actor)
+                .bind(&action.action)
+                .bind(&action.target)
+                .bind(action.customer_id.as_ref().map(CustomerId::as_str))
+                .bind(&action.outcome)
+                .fetch_one(self.writer())
+                .await?;
+                Ok(id)
+            }
+
+            async fn operator_actions(
+                &self,
+                customer_id: Option<&CustomerId>,
+                limit: u32,
+            ) -> StoreResult<Vec<OperatorAction>> {
+                let rows: Vec<(i64, i64, String, String, String, Option<String>, String)> =
+                    sqlx::query_as(
+                        "SELECT id, at, actor, action, target, customer_id, outcome \
+                         FROM operator_actions \
+                         WHERE ($1 IS NULL OR customer_id = $1) \
+                         ORDER BY id DESC LIMIT $2",
+                    )
+                    .bind(customer_id.map(CustomerId::as_str))
+                    .bind(<$store as Dialect>::limit(limit))
+                    .fetch_all(self.reader())
+                    .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(
+                        |(id, at, actor, action, target, customer_id, outcome)| OperatorAction {
+                            id,
+                            at,
+                            actor,
+                            action,
+                            target,
+                            customer_id,
+                            outcome,
+                        },
+                    )
+                    .collect())
             }
         }
     };

@@ -34,7 +34,7 @@ pub use billing::{
     OUTBOX_LEASE_CONFLICT, VERSION_CONFLICT,
 };
 pub use checkout::{CheckoutRecord, CheckoutStore};
-pub use console::{ConsoleStore, ReplayFilter};
+pub use console::{ConsoleStore, EventQuery, NewOperatorAction, OperatorAction, ReplayFilter};
 pub use idempotency::{
     IdempotencyScope, IdempotencyStore, IdempotentRequest, KeyTaken, StoredAnswer,
 };

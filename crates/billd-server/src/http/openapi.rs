@@ -376,6 +376,7 @@ fn add_codes(
         crate::http::app::subscription::cancel,
         crate::http::app::subscription::resume,
         crate::http::admin::get_audit,
+        crate::http::admin::list_actions,
         crate::http::admin::list_events,
         crate::http::admin::replay_event,
         crate::http::admin::replay_events,

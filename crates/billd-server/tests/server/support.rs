@@ -542,6 +542,26 @@ impl billd_store::ConsoleStore for SwitchableStore {
         self.check()?;
         self.inner.replay_events(filter, now).await
     }
+    async fn find_events(&self, query: &billd_store::EventQuery) -> StoreResult<Vec<StoredEvent>> {
+        self.check()?;
+        self.inner.find_events(query).await
+    }
+    async fn record_operator_action(
+        &self,
+        action: &billd_store::NewOperatorAction,
+        now: i64,
+    ) -> StoreResult<i64> {
+        self.check()?;
+        self.inner.record_operator_action(action, now).await
+    }
+    async fn operator_actions(
+        &self,
+        customer_id: Option<&billd_core::CustomerId>,
+        limit: u32,
+    ) -> StoreResult<Vec<billd_store::OperatorAction>> {
+        self.check()?;
+        self.inner.operator_actions(customer_id, limit).await
+    }
 }
 
 /// Scheduler leases and sweeps forward like the rest.

@@ -10,9 +10,13 @@ use axum::response::{IntoResponse, Response};
 /// The stylesheet, embedded at build time.
 pub(crate) const CSS: &str = include_str!("console.css");
 
-/// No script, no inline style, no framing, forms only to billd itself.
-pub(crate) const CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self' data:; \
-     form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+/// The one script (local times), embedded at build time.
+pub(crate) const JS: &str = include_str!("console.js");
+
+/// Scripts and styles only from billd's own files (no inline script or
+/// style), no framing, forms only to billd itself.
+pub(crate) const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// `text` escaped for HTML text and attribute values.
 pub(crate) fn esc(text: &str) -> String {
@@ -45,6 +49,28 @@ pub(crate) fn time(at: Option<i64>) -> String {
         "<time datetime=\"{0}\" title=\"{0}\">{0}</time>",
         esc(&text)
     )
+}
+
+/// The start of UTC day `YYYY-MM-DD` (unix seconds); none when `text`
+/// is not such a day.
+pub(crate) fn utc_day(text: &str) -> Option<i64> {
+    let mut parts = text.splitn(3, '-');
+    let (y, m, d) = (parts.next()?, parts.next()?, parts.next()?);
+    if y.len() != 4 || m.len() != 2 || d.len() != 2 {
+        return None;
+    }
+    let (y, m, d): (i64, i64, i64) = (y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
+    if !(1..=12).contains(&m) || d < 1 {
+        return None;
+    }
+    let days = billd_core::calendar::days_from_civil(y, m, d);
+    // Rejects 2026-02-30 and the like: the day must come back the same.
+    (billd_core::calendar::civil_from_days(days) == (y, m, d)).then_some(days * 86_400)
+}
+
+/// An amount with its currency's decimals (`12.50 EUR`).
+pub(crate) fn money(amount: &billd_core::Money) -> String {
+    esc(&amount.to_string())
 }
 
 /// An optional text, escaped, or `—`.
@@ -149,7 +175,8 @@ fn document(title: &str, header: &str, main: &str) -> String {
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{} · billd</title>\
-         <link rel=\"stylesheet\" href=\"/console/assets/console.css\"></head>\
+         <link rel=\"stylesheet\" href=\"/console/assets/console.css\">\
+         <script src=\"/console/assets/console.js\" defer></script></head>\
          <body>{header}<main>{main}</main></body></html>\n",
         esc(title),
     )
@@ -167,5 +194,14 @@ mod tests {
         );
         assert_eq!(opt(Some("<b>")), "&lt;b&gt;");
         assert_eq!(query_value("a b&c"), "a+b%26c");
+    }
+
+    #[test]
+    fn only_real_utc_days_parse() {
+        assert_eq!(utc_day("1970-01-02"), Some(86_400));
+        assert_eq!(utc_day("2027-03-01"), Some(1_803_859_200));
+        for bad in ["2027-02-30", "2027-13-01", "27-01-01", "2027-1-01", "", "x"] {
+            assert_eq!(utc_day(bad), None, "{bad}");
+        }
     }
 }
