@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use billd_core::CustomerId;
 
-use crate::billing::{CustomerRow, CUSTOMER_COLUMNS};
+use crate::billing::{into_outbox, CustomerRow, OutboxRow, CUSTOMER_COLUMNS, OUTBOX_COLUMNS};
 use crate::dialect::Dialect;
 use crate::row::{into_events, EventRow, EVENT_COLUMNS};
 use crate::{CustomerRecord, EventStatus, PgStore, SqliteStore, StoreResult, StoredEvent};
@@ -77,6 +77,61 @@ pub struct OperatorAction {
     pub outcome: String,
 }
 
+/// Inbox activity in one time bucket (see [`ConsoleStore::activity`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ActivityBucket {
+    /// The bucket's start (unix seconds).
+    pub start: i64,
+    /// Events received (Stripe's and billd's own: re-fetches, reconciliation, feed-backs).
+    pub events: i64,
+    /// Of them, Stripe's webhooks.
+    pub webhooks: i64,
+    /// `invoice.payment_failed` events.
+    pub payments_failed: i64,
+    /// `invoice.paid` events.
+    pub payments_succeeded: i64,
+    /// Events that are dead now.
+    pub dead: i64,
+}
+
+/// A finished reconciliation run to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewReconcileRun {
+    /// When it started.
+    pub started_at: i64,
+    /// Subscriptions compared.
+    pub checked: i64,
+    /// Differences found (and healed).
+    pub drift: i64,
+    /// Subscriptions of Stripe customers billd does not know.
+    pub unlinked: i64,
+    /// Missed events ingested.
+    pub ingested: i64,
+    /// The whole report, as JSON.
+    pub report: String,
+}
+
+/// A recorded reconciliation run.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReconcileRunRecord {
+    /// Row id.
+    pub id: i64,
+    /// When it started.
+    pub started_at: i64,
+    /// When it finished.
+    pub finished_at: i64,
+    /// Subscriptions compared.
+    pub checked: i64,
+    /// Differences found (and healed).
+    pub drift: i64,
+    /// Subscriptions of Stripe customers billd does not know.
+    pub unlinked: i64,
+    /// Missed events ingested.
+    pub ingested: i64,
+    /// The whole report, as JSON.
+    pub report: String,
+}
+
 /// The console's reads, its bulk replay, and the operators' record.
 /// Implemented by both stores.
 #[async_trait]
@@ -123,6 +178,25 @@ pub trait ConsoleStore: Send + Sync + 'static {
         customer_id: Option<&CustomerId>,
         limit: u32,
     ) -> StoreResult<Vec<OperatorAction>>;
+
+    /// Events received in `[from, until)` counted per `bucket_secs`-long
+    /// bucket from `from`; buckets without events are absent.
+    async fn activity(
+        &self,
+        from: i64,
+        until: i64,
+        bucket_secs: i64,
+    ) -> StoreResult<Vec<ActivityBucket>>;
+
+    /// Admin alerts raised (their outbox rows), newest first, created at or
+    /// after `since`; at most `limit` (0: no limit).
+    async fn alerts(&self, since: i64, limit: u32) -> StoreResult<Vec<crate::OutboxItem>>;
+
+    /// Records a finished reconciliation run; returns its id.
+    async fn record_reconcile_run(&self, run: &NewReconcileRun, now: i64) -> StoreResult<i64>;
+
+    /// Recorded reconciliation runs, newest first, at most `limit` (0: no limit).
+    async fn reconcile_runs(&self, limit: u32) -> StoreResult<Vec<ReconcileRunRecord>>;
 }
 
 /// The events of customer `$n` (a bind), as a condition on `stripe_events`.
@@ -278,6 +352,101 @@ macro_rules! console_store {
                             target,
                             customer_id,
                             outcome,
+                        },
+                    )
+                    .collect())
+            }
+
+            async fn activity(
+                &self,
+                from: i64,
+                until: i64,
+                bucket_secs: i64,
+            ) -> StoreResult<Vec<ActivityBucket>> {
+                let rows: Vec<(i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
+                    "SELECT (received_at - $1) / $3 AS bucket, COUNT(*), \
+                       SUM(CASE WHEN substr(id, 1, 10) <> 'evt_billd_' THEN 1 ELSE 0 END), \
+                       SUM(CASE WHEN type = 'invoice.payment_failed' THEN 1 ELSE 0 END), \
+                       SUM(CASE WHEN type = 'invoice.paid' THEN 1 ELSE 0 END), \
+                       SUM(CASE WHEN status = 'dead' THEN 1 ELSE 0 END) \
+                     FROM stripe_events WHERE received_at >= $1 AND received_at < $2 \
+                     GROUP BY bucket ORDER BY bucket",
+                )
+                .bind(from)
+                .bind(until)
+                .bind(bucket_secs.max(1))
+                .fetch_all(self.reader())
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(b, events, webhooks, failed, succeeded, dead)| ActivityBucket {
+                        start: from + b * bucket_secs.max(1),
+                        events,
+                        webhooks,
+                        payments_failed: failed,
+                        payments_succeeded: succeeded,
+                        dead,
+                    })
+                    .collect())
+            }
+
+            async fn alerts(&self, since: i64, limit: u32) -> StoreResult<Vec<crate::OutboxItem>> {
+                let rows: Vec<OutboxRow> = sqlx::query_as(&format!(
+                    "SELECT {OUTBOX_COLUMNS} FROM outbox \
+                     WHERE kind = 'admin_alert' AND created_at >= $1 \
+                     ORDER BY id DESC LIMIT $2"
+                ))
+                .bind(since)
+                .bind(<$store as Dialect>::limit(limit))
+                .fetch_all(self.reader())
+                .await?;
+                into_outbox(rows)
+            }
+
+            async fn record_reconcile_run(
+                &self,
+                run: &NewReconcileRun,
+                now: i64,
+            ) -> StoreResult<i64> {
+                let id: i64 = sqlx::query_scalar(
+                    "INSERT INTO reconcile_runs \
+                     (started_at, finished_at, checked, drift, unlinked, ingested, report) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                )
+                .bind(run.started_at)
+                .bind(now)
+                .bind(run.checked)
+                .bind(run.drift)
+                .bind(run.unlinked)
+                .bind(run.ingested)
+                .bind(&run.report)
+                .fetch_one(self.writer())
+                .await?;
+                Ok(id)
+            }
+
+            async fn reconcile_runs(&self, limit: u32) -> StoreResult<Vec<ReconcileRunRecord>> {
+                let rows: Vec<(i64, i64, i64, i64, i64, i64, i64, String)> = sqlx::query_as(
+                    "SELECT id, started_at, finished_at, checked, drift, unlinked, ingested, report \
+                     FROM reconcile_runs ORDER BY id DESC LIMIT $1",
+                )
+                .bind(<$store as Dialect>::limit(limit))
+                .fetch_all(self.reader())
+                .await?;
+                Ok(rows
+                    .into_iter()
+                    .map(
+                        |(id, started_at, finished_at, checked, drift, unlinked, ingested, report)| {
+                            ReconcileRunRecord {
+                                id,
+                                started_at,
+                                finished_at,
+                                checked,
+                                drift,
+                                unlinked,
+                                ingested,
+                                report,
+                            }
                         },
                     )
                     .collect())

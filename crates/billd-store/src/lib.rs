@@ -34,7 +34,10 @@ pub use billing::{
     OUTBOX_LEASE_CONFLICT, VERSION_CONFLICT,
 };
 pub use checkout::{CheckoutRecord, CheckoutStore};
-pub use console::{ConsoleStore, EventQuery, NewOperatorAction, OperatorAction, ReplayFilter};
+pub use console::{
+    ActivityBucket, ConsoleStore, EventQuery, NewOperatorAction, NewReconcileRun, OperatorAction,
+    ReconcileRunRecord, ReplayFilter,
+};
 pub use idempotency::{
     IdempotencyScope, IdempotencyStore, IdempotentRequest, KeyTaken, StoredAnswer,
 };

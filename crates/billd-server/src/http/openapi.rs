@@ -381,6 +381,8 @@ fn add_codes(
         crate::http::admin::replay_event,
         crate::http::admin::replay_events,
         crate::http::admin::get_overview,
+        crate::http::admin::list_runs,
+        crate::http::admin::list_alerts,
         crate::http::admin::search_customers,
         crate::http::admin::get_customer,
         crate::http::admin::resync_customer,

@@ -150,6 +150,8 @@ async fn the_console_needs_an_admin_session_and_csrf_and_limits_log_ins(db: Db) 
         "/console/customers",
         "/console/events",
         "/console/emails",
+        "/console/reconciliation",
+        "/console/alerts",
     ] {
         let page = v.get(path).await;
         assert_eq!(page.status, 200, "{path}");
@@ -552,7 +554,95 @@ async fn every_console_action_is_recorded_and_events_filter_by_customer_and_day(
     h.shutdown().await;
 }
 
+async fn the_overview_charts_the_last_day_and_the_alerts_page_lists_alerts(db: Db) {
+    let h = Harness::start(db, t0(), Default::default()).await;
+    paid_with_a_dead_event(&h, "u_ada@example.com").await;
+    wait_until_dead(&h, "evt_poison_<b>").await;
+    // Webhooks are stamped by the wall clock; look at the day they arrived.
+    let received = h
+        .store
+        .get_event("evt_poison_<b>")
+        .await
+        .unwrap()
+        .unwrap()
+        .received_at;
+    h.clock.set(received + 1);
+    let alert = billd_core::Effect::AdminAlert {
+        alert: billd_core::AlertKind::DisputeOpened,
+        dedupe_key: "dispute_opened:du_html".to_owned(),
+        message: "dispute <b>du_html</b> opened".to_owned(),
+    };
+    let items = billd_server::pipeline::outbox_items(&[alert], Default::default()).unwrap();
+    h.store
+        .enqueue_outbox(None, &items, received)
+        .await
+        .unwrap();
+
+    let (status, overview) = h.admin_get("/v1/admin/overview", Some(ADMIN_KEY)).await;
+    assert_eq!(status, 200, "{overview}");
+    let activity = overview["activity"].as_array().unwrap();
+    assert_eq!(activity.len(), 24);
+    // The poison's hour: the current one, or the one before when it came
+    // in the hour's last second.
+    let hour = received - received.rem_euclid(3600);
+    let last = activity.iter().find(|b| b["start"] == hour).unwrap();
+    assert!(activity[22]["start"] == hour || activity[23]["start"] == hour);
+    assert!(last["webhooks"].as_i64().unwrap() >= 5, "{last}");
+    assert_eq!(last["dead"], 1, "{last}");
+    let paid = last["payments_succeeded"].as_i64().unwrap();
+    assert!(paid >= 1, "{last}");
+    assert_eq!(last["payments_failed"], 0);
+    assert_eq!(overview["payment_failure_rate"], 0.0);
+    let sum = |k: &str| activity.iter().map(|b| b[k].as_i64().unwrap()).sum::<i64>();
+    let per_minute = overview["webhooks_per_minute"].as_f64().unwrap();
+    assert!(
+        (per_minute - sum("webhooks") as f64 / 60.0).abs() < 1e-9,
+        "{overview}"
+    );
+    assert_eq!(overview["alerts_24h"], 1);
+    assert!(overview["last_reconciliation"].is_null());
+
+    let mut v = Visitor::new(&h);
+    v.log_in().await;
+    let page = v.get("/console").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(page.body.matches("<rect class=\"bar\"").count(), 72);
+    for needle in [
+        "webhooks / min (last hour)",
+        "payment failure rate (24 h)",
+        "0.0 %",
+        "never",
+    ] {
+        assert!(page.body.contains(needle), "{needle}: {}", page.body);
+    }
+    let page = v.get("/console/alerts").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("dispute_opened"), "{}", page.body);
+    assert!(page
+        .body
+        .contains("dispute &lt;b&gt;du_html&lt;/b&gt; opened"));
+    assert!(!page.body.contains("<b>du_html"));
+    let (_, alerts) = h.admin_get("/v1/admin/alerts", Some(ADMIN_KEY)).await;
+    assert_eq!(alerts["data"][0]["alert"], "dispute_opened", "{alerts}");
+    assert_eq!(
+        alerts["data"][0]["message"],
+        "dispute <b>du_html</b> opened"
+    );
+    let (_, none) = h
+        .admin_get(
+            &format!("/v1/admin/alerts?since={}", received + 10),
+            Some(ADMIN_KEY),
+        )
+        .await;
+    assert_eq!(none["data"], json!([]));
+    let page = v.get("/console/reconciliation").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("No reconciliation has run yet."));
+    h.shutdown().await;
+}
+
 on_both_databases!(
+    the_overview_charts_the_last_day_and_the_alerts_page_lists_alerts,
     every_console_action_is_recorded_and_events_filter_by_customer_and_day,
     the_console_needs_an_admin_session_and_csrf_and_limits_log_ins,
     an_operator_finds_a_customer_replays_its_dead_event_and_resyncs,

@@ -3,6 +3,7 @@
 
 mod actions;
 mod customers;
+mod ops;
 mod outbox;
 mod overview;
 mod replay;
@@ -22,6 +23,10 @@ pub(crate) use actions::{__path_list_actions, record as record_action, Action, A
 pub(crate) use customers::{
     __path_get_customer, __path_resync_customer, __path_search_customers, customer_view, resync,
     search, CustomerView, Resynced, SearchQuery,
+};
+pub(crate) use ops::{
+    __path_list_alerts, __path_list_runs, alerts as list_alert_rows, runs as reconcile_runs,
+    OpsQuery,
 };
 pub(crate) use outbox::{
     __path_list_outbox, __path_retry_outbox, outbox_rows, retry_dead, OutboxQuery,
@@ -63,6 +68,13 @@ pub(crate) fn router<S: BillingBackend + ?Sized>() -> Router<ApiState<S>> {
         "/v1/admin/overview",
         overview::get_overview::<S>,
     );
+    let admin = route(
+        admin,
+        Verb::Get,
+        "/v1/admin/reconciliation",
+        ops::list_runs::<S>,
+    );
+    let admin = route(admin, Verb::Get, "/v1/admin/alerts", ops::list_alerts::<S>);
     let admin = route(
         admin,
         Verb::Get,

@@ -73,17 +73,61 @@ pub(crate) fn money(amount: &billd_core::Money) -> String {
     esc(&amount.to_string())
 }
 
+/// A bar chart as inline SVG (no script, no style attribute: the policy
+/// allows neither): one bar per `(start, value)`, each with its start (UTC)
+/// and value as a tooltip, labelled `label`.
+pub(crate) fn bars(label: &str, points: &[(i64, i64)]) -> String {
+    const W: usize = 10;
+    const H: i64 = 60;
+    let max = points.iter().map(|(_, v)| *v).max().unwrap_or(0).max(1);
+    let width = points.len().max(1) * W;
+    let mut svg = format!(
+        "<figure class=\"chart\"><svg viewBox=\"0 0 {width} {h}\" role=\"img\" \
+         aria-label=\"{}\" preserveAspectRatio=\"none\">",
+        esc(label),
+        h = H + 1
+    );
+    for (i, (start, value)) in points.iter().enumerate() {
+        // Any non-zero value shows at least one unit of height.
+        let height = if *value > 0 {
+            (value * H / max).max(1)
+        } else {
+            0
+        };
+        let _ = write!(
+            svg,
+            "<rect class=\"bar\" x=\"{}\" y=\"{}\" width=\"{}\" height=\"{height}\">\
+             <title>{} UTC: {value}</title></rect>",
+            i * W + 1,
+            H - height,
+            W - 2,
+            esc(&billd_core::calendar::rfc3339(*start)[..16].replace('T', " "))
+        );
+    }
+    let total: i64 = points.iter().map(|(_, v)| v).sum();
+    let _ = write!(
+        svg,
+        "<line class=\"axis\" x1=\"0\" y1=\"{H}\" x2=\"{width}\" y2=\"{H}\"></line></svg>\
+         <figcaption>{} <span class=\"muted\">(24 h: {total}, peak {})</span></figcaption></figure>",
+        esc(label),
+        points.iter().map(|(_, v)| *v).max().unwrap_or(0)
+    );
+    svg
+}
+
 /// An optional text, escaped, or `—`.
 pub(crate) fn opt(text: Option<&str>) -> String {
     text.map_or_else(|| "<span class=\"muted\">—</span>".to_owned(), esc)
 }
 
 /// The pages of the navigation bar: (path, label).
-const NAV: [(&str, &str); 4] = [
+const NAV: [(&str, &str); 6] = [
     ("/console", "Overview"),
     ("/console/customers", "Customers"),
     ("/console/events", "Events"),
     ("/console/emails", "Emails"),
+    ("/console/reconciliation", "Reconciliation"),
+    ("/console/alerts", "Alerts"),
 ];
 
 /// A whole page: the shell with the navigation (and the log-out form,
@@ -194,6 +238,19 @@ mod tests {
         );
         assert_eq!(opt(Some("<b>")), "&lt;b&gt;");
         assert_eq!(query_value("a b&c"), "a+b%26c");
+    }
+
+    #[test]
+    fn a_chart_has_one_bar_per_point_scaled_to_the_peak() {
+        let svg = bars("<webhooks>", &[(0, 0), (3600, 5), (7200, 10)]);
+        assert_eq!(svg.matches("<rect").count(), 3);
+        assert!(svg.contains("height=\"0\""), "{svg}");
+        assert!(svg.contains("y=\"30\" width=\"8\" height=\"30\""), "{svg}");
+        assert!(svg.contains("y=\"0\" width=\"8\" height=\"60\""), "{svg}");
+        assert!(svg.contains("1970-01-01 01:00 UTC: 5"), "{svg}");
+        assert!(svg.contains("&lt;webhooks&gt;") && !svg.contains("<webhooks>"));
+        assert!(svg.contains("(24 h: 15, peak 10)"));
+        assert!(!svg.contains("style="));
     }
 
     #[test]

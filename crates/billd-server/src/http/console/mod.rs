@@ -7,6 +7,7 @@
 
 mod emails;
 mod html;
+mod ops;
 mod pages;
 mod session;
 
@@ -79,6 +80,8 @@ pub(crate) fn routes<S: BillingBackend + ?Sized>(
         .route("/console/events/{id}", get(pages::event::<S>))
         .route("/console/events/{id}/replay", post(pages::replay::<S>))
         .route("/console/emails", get(emails::emails::<S>))
+        .route("/console/reconciliation", get(ops::reconciliation::<S>))
+        .route("/console/alerts", get(ops::alerts::<S>))
         .route("/console/emails/{id}/retry", post(emails::retry::<S>))
         .route("/console/logout", post(logout::<S>))
         .route_layer(axum::middleware::from_fn_with_state(

@@ -24,7 +24,7 @@ use crate::http::error::ApiError;
 use crate::pipeline::BillingBackend;
 
 use super::html::{
-    csrf_field, esc, money, opt, page, query_value, respond, status_options, time, utc_day,
+    bars, csrf_field, esc, money, opt, page, query_value, respond, status_options, time, utc_day,
 };
 use super::session::Session;
 use super::{
@@ -54,7 +54,43 @@ pub(super) async fn overview<S: BillingBackend + ?Sized>(
         Ok(o) => o,
         Err(e) => return error_page(&e),
     };
-    let mut body = String::from("<h2>Inbox</h2><div class=\"cards\">");
+    let mut body = String::from("<div class=\"cards\">");
+    let rate = overview
+        .payment_failure_rate
+        .map_or_else(|| "—".to_owned(), |r| format!("{:.1} %", r * 100.0));
+    body += &card(
+        "webhooks / min (last hour)",
+        &format!("{:.1}", overview.webhooks_per_minute),
+    );
+    body += &card("payment failure rate (24 h)", &rate);
+    body += &card("dead events", &overview.dead_events.to_string());
+    body += &card("alerts (24 h)", &overview.alerts_24h.to_string());
+    let reconciled = overview.last_reconciliation.as_ref().map_or_else(
+        || "never".to_owned(),
+        |r| format!("{} drift / {} checked", r.drift, r.checked),
+    );
+    body += &card("last reconciliation", &reconciled);
+    body += "</div><h2>Last 24 hours</h2><div class=\"charts\">";
+    let series = |f: fn(&billd_store::ActivityBucket) -> i64| -> Vec<(i64, i64)> {
+        overview.activity.iter().map(|b| (b.start, f(b))).collect()
+    };
+    body += &bars("webhooks per hour", &series(|b| b.webhooks));
+    body += &bars("failed payments per hour", &series(|b| b.payments_failed));
+    body += &bars("events now dead, by arrival hour", &series(|b| b.dead));
+    if let Some(r) = &overview.last_reconciliation {
+        let _ = write!(
+            body,
+            "</div><p>Last reconciliation finished {}: {} subscriptions checked, {} differences \
+             healed, {} unlinked. <a href=\"/console/reconciliation\">All runs</a></p>",
+            time(Some(r.finished_at)),
+            r.checked,
+            r.drift,
+            r.unlinked
+        );
+    } else {
+        body += "</div>";
+    }
+    body += "<h2>Inbox</h2><div class=\"cards\">";
     body += &card("inbox lag (s)", &overview.inbox.lag_secs.to_string());
     for (status, n) in &overview.inbox.by_status {
         body += &card(&format!("{status} events"), &n.to_string());

@@ -12,3 +12,19 @@ CREATE TABLE operator_actions (
     outcome     TEXT   NOT NULL
 );
 CREATE INDEX operator_actions_customer ON operator_actions (customer_id, id);
+
+-- Every finished reconciliation run (not dry runs): what it checked and
+-- found, for the console and the admin API. Small: one row per run.
+CREATE TABLE reconcile_runs (
+    id          BIGSERIAL PRIMARY KEY,
+    started_at  BIGINT NOT NULL,
+    finished_at BIGINT NOT NULL,
+    checked     BIGINT NOT NULL,
+    drift       BIGINT NOT NULL,
+    unlinked    BIGINT NOT NULL,
+    ingested    BIGINT NOT NULL,
+    report      TEXT NOT NULL
+);
+
+-- The console's charts and filters read events by arrival time.
+CREATE INDEX stripe_events_received ON stripe_events (received_at);
