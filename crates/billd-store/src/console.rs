@@ -283,24 +283,34 @@ macro_rules! console_store {
             }
 
             async fn find_events(&self, query: &EventQuery) -> StoreResult<Vec<StoredEvent>> {
-                let rows: Vec<EventRow> = sqlx::query_as(&format!(
-                    "SELECT {EVENT_COLUMNS} FROM stripe_events \
-                     WHERE ($1 IS NULL OR status = $1) \
-                       AND ($2 IS NULL OR type = $2) \
-                       AND ($3 IS NULL OR received_at >= $3) \
-                       AND ($4 IS NULL OR received_at < $4) \
-                       AND ($5 IS NULL OR {}) \
-                     ORDER BY seq DESC LIMIT $6",
-                    events_of_customer!("$5")
-                ))
-                .bind(query.status.map(|s| s.as_str()))
-                .bind(query.event_type.as_deref())
-                .bind(query.received_from)
-                .bind(query.received_until)
-                .bind(query.customer_id.as_ref().map(CustomerId::as_str))
-                .bind(<$store as Dialect>::limit(query.limit))
-                .fetch_all(self.reader())
-                .await?;
+                // Only the conditions given: a `$n IS NULL OR …` term would
+                // keep the planner from the index that condition needs.
+                let mut q = sqlx::QueryBuilder::new(format!(
+                    "SELECT {EVENT_COLUMNS} FROM stripe_events WHERE 1 = 1"
+                ));
+                if let Some(status) = query.status {
+                    q.push(" AND status = ").push_bind(status.as_str());
+                }
+                if let Some(event_type) = &query.event_type {
+                    q.push(" AND type = ").push_bind(event_type.as_str());
+                }
+                if let Some(from) = query.received_from {
+                    q.push(" AND received_at >= ").push_bind(from);
+                }
+                if let Some(until) = query.received_until {
+                    q.push(" AND received_at < ").push_bind(until);
+                }
+                if let Some(customer) = &query.customer_id {
+                    q.push(" AND (stripe_customer IN (SELECT object_id FROM object_links WHERE customer_id = ")
+                        .push_bind(customer.as_str())
+                        .push(") OR (stripe_customer IS NULL AND object_id IN \
+                               (SELECT object_id FROM object_links WHERE customer_id = ")
+                        .push_bind(customer.as_str())
+                        .push(")))");
+                }
+                q.push(" ORDER BY seq DESC LIMIT ")
+                    .push_bind(<$store as Dialect>::limit(query.limit));
+                let rows: Vec<EventRow> = q.build_query_as().fetch_all(self.reader()).await?;
                 into_events(rows)
             }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub mod bench_data;
 mod billing;
 mod billing_sql;
 pub mod ceiling;

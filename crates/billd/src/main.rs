@@ -4,6 +4,7 @@
 
 mod bench;
 mod bench_ceiling;
+mod bench_console;
 mod bench_usage;
 mod billing;
 mod config;
@@ -124,6 +125,10 @@ enum BenchCommand {
     /// and prints consumes/s, latency, the store's raw ceiling and the
     /// server's peak RSS.
     Usage(bench_usage::UsageBenchArgs),
+    /// Fills a database with many customers and events, starts a `billd
+    /// serve` child on it and prints each console page's latency (p50,
+    /// p99) against the log-in form's.
+    Console(bench_console::ConsoleBenchArgs),
     /// The minimal consume server `bench usage` measures billd against
     /// (started by it as a child process).
     #[command(hide = true)]
@@ -248,6 +253,10 @@ async fn run(cli: Cli, config: Option<Result<Config, ConfigErrors>>) -> anyhow::
     if let Some(Command::Bench(BenchCommand::Usage(args))) = &cli.command {
         init_tracing(LogFormat::Text, "warn");
         return bench_usage::run(args).await;
+    }
+    if let Some(Command::Bench(BenchCommand::Console(args))) = &cli.command {
+        init_tracing(LogFormat::Text, "warn");
+        return bench_console::run(args).await;
     }
     if let Some(Command::Bench(BenchCommand::UsageCeiling(args))) = &cli.command {
         init_tracing(LogFormat::Text, "warn");

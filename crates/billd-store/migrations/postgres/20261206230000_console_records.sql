@@ -28,3 +28,6 @@ CREATE TABLE reconcile_runs (
 
 -- The console's charts and filters read events by arrival time.
 CREATE INDEX stripe_events_received ON stripe_events (received_at);
+
+-- The alerts page and the overview read the outbox's alerts, newest first.
+CREATE INDEX outbox_kind ON outbox (kind, id);
