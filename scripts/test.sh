@@ -164,7 +164,11 @@ if [[ "$(mdbook --version 2>/dev/null)" != "mdbook v$MDBOOK_VERSION" ]]; then
     log "installing mdbook $MDBOOK_VERSION"
     cargo install mdbook --locked --version "$MDBOOK_VERSION" --quiet
 fi
-mdbook build docs --dest-dir "$CARGO_TARGET_DIR/book" >/dev/null
+if ! out="$(mdbook build docs --dest-dir "$CARGO_TARGET_DIR/book" 2>&1)"; then
+    printf '%s\n' "$out" >&2
+    log "mdbook build docs failed"
+    exit 1
+fi
 log "book built into $CARGO_TARGET_DIR/book"
 
 # ------------------------------------------------------------------ tests
