@@ -328,15 +328,12 @@ fn every_billd_name_in_the_code_and_the_docs_is_a_documented_setting_and_back() 
 }
 
 #[test]
-fn every_page_of_the_book_is_in_its_summary_and_every_local_link_resolves() {
+fn every_page_of_the_book_is_in_its_summary_and_every_local_link_and_anchor_resolves() {
     let summary = page("docs/src/SUMMARY.md");
     for (path, text) in pages() {
-        let Some(name) = path.strip_prefix("docs/src/") else {
-            continue;
-        };
-        if name != "SUMMARY.md" {
+        if let Some(name) = path.strip_prefix("docs/src/") {
             assert!(
-                summary.contains(&format!("]({name})")),
+                name == "SUMMARY.md" || summary.contains(&format!("]({name})")),
                 "docs/src/SUMMARY.md does not list {name}"
             );
         }
@@ -344,16 +341,58 @@ fn every_page_of_the_book_is_in_its_summary_and_every_local_link_resolves() {
         let base = base.parent().unwrap();
         for (at, _) in text.match_indices("](") {
             let target: String = text[at + 2..].chars().take_while(|c| *c != ')').collect();
-            if target.contains("://") || target.starts_with('#') || target.starts_with("mailto:") {
+            if target.contains("://") || target.starts_with("mailto:") {
                 continue;
             }
-            let file = target.split('#').next().unwrap_or_default();
+            if let Some(anchor) = target.strip_prefix('#') {
+                assert!(
+                    anchors(&text).contains(anchor),
+                    "{path} links to {target}, a heading it does not have"
+                );
+                continue;
+            }
+            let (file, anchor) = target.split_once('#').unwrap_or((target.as_str(), ""));
+            let linked = base.join(file);
             assert!(
-                base.join(file).exists(),
+                linked.exists(),
                 "{path} links to {target}, which does not exist"
             );
+            if !anchor.is_empty() {
+                assert!(
+                    anchors(&read(&linked)).contains(anchor),
+                    "{path} links to {target}, a heading {file} does not have"
+                );
+            }
         }
     }
+}
+
+/// The ids mdbook gives a page's headings (lower case, spaces as `-`, other
+/// punctuation dropped), and explicit `<a id="…">` anchors.
+fn anchors(text: &str) -> BTreeSet<String> {
+    let mut ids = BTreeSet::new();
+    let mut fenced = false;
+    for line in text.lines() {
+        if line.starts_with("```") {
+            fenced = !fenced;
+        } else if !fenced && line.starts_with('#') {
+            let heading = line.trim_start_matches('#').trim();
+            let id: String = heading
+                .chars()
+                .filter_map(|c| match c {
+                    c if c.is_whitespace() => Some('-'),
+                    c if c.is_alphanumeric() || c == '_' || c == '-' => {
+                        Some(c.to_ascii_lowercase())
+                    }
+                    _ => None,
+                })
+                .collect();
+            ids.insert(id);
+        } else if let Some(rest) = line.strip_prefix("<a id=\"") {
+            ids.insert(rest.split('"').next().unwrap_or_default().to_owned());
+        }
+    }
+    ids
 }
 
 /// The fenced `sh` blocks of a page that run `curl`, in order.
