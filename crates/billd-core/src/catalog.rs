@@ -470,7 +470,7 @@ impl Catalog {
         self.refund_policy
     }
 
-    /// Overrides the refund policy (e.g. from `BILLD_REFUND_POLICY`).
+    /// Overrides the plans file's refund policy (tests compare both policies).
     pub fn with_refund_policy(mut self, policy: RefundPolicy) -> Self {
         self.refund_policy = policy;
         self

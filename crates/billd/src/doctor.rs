@@ -375,7 +375,10 @@ fn check_local_settings(r: &mut Report, config: &Config) {
         "BILLD_SMTP_URL" => Some(smtp.expose().to_owned()),
         "BILLD_EMAIL_FROM" => config.email_from.clone(),
         "BILLD_ADMIN_EMAIL" => config.admin_email.clone(),
-        other => std::env::var(other).ok(),
+        "BILLD_TEMPLATES" => config.templates.as_ref().map(|d| d.display().to_string()),
+        "BILLD_PRODUCT_NAME" => config.product_name.clone(),
+        "BILLD_ACCOUNT_URL" => config.account_url.clone(),
+        _ => None,
     });
     match email {
         Err(e) => r.fail(

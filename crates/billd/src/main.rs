@@ -1,6 +1,6 @@
 //! billd's command-line entry point: `serve` (default), `migrate`,
-//! `events list|show|replay`, `audit <customer>`, `reconcile`, `bench webhooks`, `doctor`
-//! and `sim`.
+//! `events list|show|replay`, `audit <customer>`, `reconcile`, `bench webhooks|usage`, `doctor`,
+//! `sim` and `reference`.
 
 mod bench;
 mod bench_ceiling;
@@ -11,6 +11,7 @@ mod dev;
 mod doctor;
 mod loadgen;
 mod reconcile_cmd;
+mod reference;
 mod sim_cmd;
 mod table;
 
@@ -30,9 +31,24 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigErrors, LogFormat};
 use crate::dev::DevMode;
 
+/// `billd --version`: the crate version, the git revision it was built
+/// from and the Stripe API version billd speaks (pinned, see
+/// `billd_stripe::API_VERSION`).
+fn version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        format!(
+            "{} (git {}, Stripe API {})",
+            env!("CARGO_PKG_VERSION"),
+            env!("BILLD_GIT_REVISION"),
+            billd_stripe::API_VERSION
+        )
+    })
+}
+
 /// billd: a self-hosted Stripe billing engine.
 #[derive(Debug, Parser)]
-#[command(name = "billd", version, about, propagate_version = true)]
+#[command(name = "billd", version = version(), about, propagate_version = true)]
 struct Cli {
     /// Path to a billd.toml (default: ./billd.toml when it exists). Its
     /// settings override the built-in defaults; BILLD_* environment
@@ -74,6 +90,15 @@ enum Command {
         /// One JSON object per row and line (JSON Lines) instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Prints a reference page generated from the code: the configuration
+    /// (`config`), the HTTP API from the OpenAPI document (`api`), or an
+    /// example billd.toml (`toml`) or environment file (`env`) listing
+    /// every setting.
+    Reference {
+        /// Which page.
+        #[arg(value_enum)]
+        page: reference::Page,
     },
 }
 
@@ -217,7 +242,9 @@ fn config_file(cli: &Cli) -> Option<PathBuf> {
 /// doctor (which reports on the configuration itself) get `None`.
 fn load_config(cli: &Cli) -> Option<Result<Config, ConfigErrors>> {
     match &cli.command {
-        Some(Command::Bench(_) | Command::Sim(_) | Command::Doctor(_)) => None,
+        Some(
+            Command::Bench(_) | Command::Sim(_) | Command::Doctor(_) | Command::Reference { .. },
+        ) => None,
         _ => {
             let env: HashMap<String, String> = std::env::vars().collect();
             Some(Config::load(config_file(cli).as_deref(), &env))
@@ -261,6 +288,10 @@ async fn run(cli: Cli, config: Option<Result<Config, ConfigErrors>>) -> anyhow::
         init_tracing(LogFormat::Text, "info");
         return sim_cmd::run(args).await;
     }
+    if let Some(Command::Reference { page }) = &cli.command {
+        print!("{}", reference::render(*page));
+        return Ok(());
+    }
     if let Some(Command::Doctor(args)) = &cli.command {
         // An invalid configuration is one of doctor's findings, not a reason
         // to stop before the report.
@@ -284,7 +315,9 @@ async fn run(cli: Cli, config: Option<Result<Config, ConfigErrors>>) -> anyhow::
             store.migrate().await.context("applying migrations")?;
             events(store.as_ref(), cmd).await
         }
-        Command::Bench(_) | Command::Sim(_) | Command::Doctor(_) => Ok(()),
+        Command::Bench(_) | Command::Sim(_) | Command::Doctor(_) | Command::Reference { .. } => {
+            Ok(())
+        }
         Command::Reconcile(args) => {
             let store = open_store(&config).await?;
             store.migrate().await.context("applying migrations")?;
