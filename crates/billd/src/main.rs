@@ -369,11 +369,17 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         // in it belongs to a process that died, so release them now rather
         // than after their leases.
         let now = billd_server::Clock::now(&SystemClock);
-        let (events, outbox) = store
+        let released = store
             .release_all_claims(now)
             .await
             .context("releasing the claims of a previous process")?;
-        tracing::info!(lock = %lock.path().display(), events, outbox, "serving lock taken; claims left by a previous process released");
+        tracing::info!(
+            lock = %lock.path().display(),
+            events = released.events,
+            outbox = released.outbox,
+            jobs = released.jobs,
+            "serving lock taken; claims left by a previous process released"
+        );
     }
     let mut billing_config = billing::billing_config(&config)?;
     billing_config.delivery =
