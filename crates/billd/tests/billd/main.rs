@@ -13,6 +13,7 @@ mod dev_mode;
 mod doctor;
 mod email_crash;
 mod listing;
+mod many_instances;
 mod readme;
 mod reconcile;
 mod recovery;
