@@ -305,7 +305,7 @@ impl Cluster {
             let price = &self.prices[(step / 5 + 1) % 2];
             format!("items[0][id]={}&items[0][price]={price}", c.item)
         } else {
-            format!("cancel_at_period_end={}", step % 2 == 0)
+            format!("cancel_at_period_end={}", step.is_multiple_of(2))
         };
         call(
             &self.sim,
