@@ -3,6 +3,7 @@
 //! `sim` and `reference`.
 
 mod bench;
+mod bench_apply;
 mod bench_ceiling;
 mod bench_usage;
 mod billing;
@@ -149,12 +150,18 @@ enum BenchCommand {
     /// and prints consumes/s, latency, the store's raw ceiling and the
     /// server's peak RSS.
     Usage(bench_usage::UsageBenchArgs),
+    /// Sends webhooks to a `billd serve` child process and prints how soon
+    /// they are applied (acknowledged → applied latency at a fixed rate, a
+    /// one-customer burst, sustained applied events/s, peak RSS) against a
+    /// minimal server that stores and applies the same events.
+    Apply(bench_apply::ApplyBenchArgs),
     /// The minimal consume server `bench usage` measures billd against
     /// (started by it as a child process).
     #[command(hide = true)]
     UsageCeiling(bench_ceiling::CeilingArgs),
     /// The minimal durable webhook inbox `bench webhooks` measures billd
-    /// against (started by it as a child process).
+    /// against, and with `--apply` the minimal applying one of `bench
+    /// apply` (started by them as a child process).
     #[command(hide = true)]
     WebhooksCeiling(bench_ceiling::InboxCeilingArgs),
 }
@@ -275,6 +282,10 @@ async fn run(cli: Cli, config: Option<Result<Config, ConfigErrors>>) -> anyhow::
     if let Some(Command::Bench(BenchCommand::Usage(args))) = &cli.command {
         init_tracing(LogFormat::Text, "warn");
         return bench_usage::run(args).await;
+    }
+    if let Some(Command::Bench(BenchCommand::Apply(args))) = &cli.command {
+        init_tracing(LogFormat::Text, "warn");
+        return bench_apply::run(args).await;
     }
     if let Some(Command::Bench(BenchCommand::UsageCeiling(args))) = &cli.command {
         init_tracing(LogFormat::Text, "warn");
@@ -402,11 +413,17 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         // in it belongs to a process that died, so release them now rather
         // than after their leases.
         let now = billd_server::Clock::now(&SystemClock);
-        let (events, outbox) = store
+        let released = store
             .release_all_claims(now)
             .await
             .context("releasing the claims of a previous process")?;
-        tracing::info!(lock = %lock.path().display(), events, outbox, "serving lock taken; claims left by a previous process released");
+        tracing::info!(
+            lock = %lock.path().display(),
+            events = released.events,
+            outbox = released.outbox,
+            jobs = released.jobs,
+            "serving lock taken; claims left by a previous process released"
+        );
     }
     let mut billing_config = billing::billing_config(&config)?;
     billing_config.delivery =

@@ -258,6 +258,10 @@ const NOT_SETTINGS: &[&str] = &[
     "BILLD_NODE_SDK",
     "BILLD_SDK_CACHE",
     "BILLD_UPDATE_DOCS",
+    "BILLD_MANY_CUSTOMERS",
+    "BILLD_MANY_EVENTS",
+    "BILLD_MANY_SEED",
+    "BILLD_MANY_SOAK_SECS",
 ];
 
 fn rust_sources(dir: &Path, out: &mut Vec<PathBuf>) {

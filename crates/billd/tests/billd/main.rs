@@ -14,6 +14,7 @@ mod docs;
 mod doctor;
 mod email_crash;
 mod listing;
+mod many_instances;
 mod reconcile;
 mod recovery;
 #[path = "../../../billd-email/tests/support/smtp_sink.rs"]
