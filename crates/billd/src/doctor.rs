@@ -766,8 +766,12 @@ async fn check_prices(r: &mut Report, catalog: &Catalog, stripe: &StripeClient, 
         );
         return;
     }
-    for (plan, currency, price) in catalog.prices() {
-        let check = format!("price {plan}/{currency}");
+    for (plan, currency, interval, price) in catalog.prices() {
+        // Monthly prices keep the name they had before yearly ones existed.
+        let check = match interval {
+            billd_core::Interval::Month => format!("price {plan}/{currency}"),
+            other => format!("price {plan}/{currency}/{other}"),
+        };
         let found = match (&price.id, &price.lookup_key) {
             (Some(id), _) => match stripe
                 .get(&format!("/v1/prices/{id}"), &Params::new())
@@ -797,7 +801,7 @@ async fn check_prices(r: &mut Report, catalog: &Catalog, stripe: &StripeClient, 
                         let mut form = vec![
                             ("product_data[name]", plan.to_string()),
                             ("currency", currency.to_string()),
-                            ("recurring[interval]", "month".to_string()),
+                            ("recurring[interval]", interval.as_str().to_string()),
                             ("lookup_key", key.clone()),
                         ];
                         if let Some(amount) = price.unit_amount {
@@ -842,6 +846,19 @@ async fn check_prices(r: &mut Report, catalog: &Catalog, stripe: &StripeClient, 
                 "{id} is a one-time price; a subscription needs a recurring one"
             ));
             fixes.push("create a recurring price for the plan and point BILLD_PLANS at it".into());
+        }
+        if p["type"] == "recurring"
+            && (p["recurring"]["interval"].as_str() != Some(interval.as_str())
+                || p["recurring"]["interval_count"].as_i64().unwrap_or(1) != 1)
+        {
+            problems.push(format!(
+                "{id} bills every {} {}, the catalog lists it as its {interval} price",
+                p["recurring"]["interval_count"].as_i64().unwrap_or(1),
+                p["recurring"]["interval"].as_str().unwrap_or("?")
+            ));
+            fixes.push(format!(
+                "point BILLD_PLANS' {plan}.{currency}.{interval} at a price billed every {interval}"
+            ));
         }
         if p["currency"].as_str() != Some(currency.as_str()) {
             problems.push(format!(
