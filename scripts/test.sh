@@ -9,6 +9,9 @@
 #     aiosmtpd), the openssl command, and Chromium with its chromedriver (the
 #     console's browser test) when missing, and the official Node
 #     SDK (npm `stripe`) into $BILLD_NODE_SDK (default /var/cache/billd-node-sdk);
+#   - installs mdbook (a pinned release, from crates.io) when missing and
+#     builds the book in docs/ (its pages are checked by crates/billd's
+#     tests/billd/docs.rs);
 #   - runs every test of the workspace (cargo nextest when installed, else
 #     cargo test). Extra arguments are passed on: `bash scripts/test.sh -p billd-store`;
 #   - then runs the same test binaries as of two other dates (scripts/test-dates.sh,
@@ -151,6 +154,22 @@ if [[ "$installed" != "$STRIPE_NODE" ]]; then
     mkdir -p "$BILLD_NODE_SDK"
     npm install --prefix "$BILLD_NODE_SDK" --no-audit --no-fund --silent "stripe@$STRIPE_NODE"
 fi
+
+# ------------------------------------------------------------------ book
+# The book must build. mdbook is installed once into ~/.cargo/bin: about 4
+# minutes of CPU (18 minutes on a 2-core machine busy with other builds);
+# building the book then takes under a second.
+MDBOOK_VERSION=0.5.4
+if [[ "$(mdbook --version 2>/dev/null)" != "mdbook v$MDBOOK_VERSION" ]]; then
+    log "installing mdbook $MDBOOK_VERSION"
+    cargo install mdbook --locked --version "$MDBOOK_VERSION" --quiet
+fi
+if ! out="$(mdbook build docs --dest-dir "$CARGO_TARGET_DIR/book" 2>&1)"; then
+    printf '%s\n' "$out" >&2
+    log "mdbook build docs failed"
+    exit 1
+fi
+log "book built into $CARGO_TARGET_DIR/book"
 
 # ------------------------------------------------------------------ tests
 # Test the whole workspace unless the caller picked packages.

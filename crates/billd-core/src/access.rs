@@ -54,6 +54,9 @@ pub struct AccessView<'a> {
     pub subscription: Option<&'a SubscriptionState>,
     /// End of the grace period, for `past_due`.
     pub grace_until: Option<i64>,
+    /// The seats `plan`'s per-seat limits are multiplied by: the
+    /// subscription item's quantity on a plan with seats, else 1.
+    pub seats: u64,
 }
 
 /// Decides access at `now`.
@@ -67,6 +70,7 @@ pub fn access_at<'a>(state: &'a CustomerState, catalog: &'a Catalog, now: i64) -
             plan: free,
             subscription: None,
             grace_until: None,
+            seats: 1,
         };
     };
     let customer_deleted = state
@@ -100,6 +104,7 @@ pub fn access_at<'a>(state: &'a CustomerState, catalog: &'a Catalog, now: i64) -
         plan,
         subscription: Some(sub),
         grace_until,
+        seats: plan.seats_of(sub.snapshot.quantity),
     }
 }
 
@@ -194,6 +199,8 @@ pub fn usage_key(
         period_start: match kind {
             FeatureKind::Metered => Some(usage_period(state, now).start),
             FeatureKind::Capacity => None,
+            // A flag has no counter.
+            FeatureKind::Flag => return None,
         },
     })
 }
@@ -237,12 +244,21 @@ pub struct DiscountView {
     pub end: Option<i64>,
 }
 
+/// One flag feature: on or off now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlagEntitlement {
+    /// The plan that applies turns it on, and access allows using it (not
+    /// blocked or frozen).
+    pub enabled: bool,
+}
+
 /// One feature's quota.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeatureEntitlement {
     /// Metered or capacity.
     pub kind: FeatureKind,
-    /// The limit under the plan that applies.
+    /// The limit under the plan that applies, times the seats for a
+    /// per-seat feature.
     pub limit: u64,
     /// Used in the current period (metered) or live now (capacity).
     pub used: u64,
@@ -276,8 +292,14 @@ pub struct Entitlements {
     pub action_required: Option<ActionRequired>,
     /// The active discount.
     pub discount: Option<DiscountView>,
-    /// Quotas by feature.
+    /// The seat count, when the plan that applies is sold per seat.
+    #[serde(default)]
+    pub seats: Option<u64>,
+    /// Quotas by counted (metered or capacity) feature.
     pub features: BTreeMap<FeatureName, FeatureEntitlement>,
+    /// Flag features, on or off.
+    #[serde(default)]
+    pub flags: BTreeMap<FeatureName, FlagEntitlement>,
 }
 
 /// Computes entitlements at `now` from the state and the usage counters.
@@ -300,19 +322,22 @@ pub fn entitlements(
             s.period_plans.get(&start)?.plan.as_ref()
         })
         .and_then(|name| catalog.plan(name));
+    let seats = view.seats;
     let features = catalog
         .features()
         .iter()
+        .filter(|(_, kind)| kind.is_counted())
         .map(|(name, kind)| {
             let key = UsageKey {
                 feature: name.clone(),
                 period_start: (*kind == FeatureKind::Metered).then_some(period.start),
             };
+            let plan_limit = catalog.limit_for(view.plan, name, seats);
             let limit = match (kind, grandfathered) {
                 (FeatureKind::Metered, Some(start_plan)) => {
-                    view.plan.limit(name).max(start_plan.limit(name))
+                    plan_limit.max(catalog.limit_for(start_plan, name, seats))
                 }
-                _ => view.plan.limit(name),
+                _ => plan_limit,
             };
             let used = usage.used(&key);
             let remaining = if view.access.allows_consumption() {
@@ -330,6 +355,15 @@ pub fn entitlements(
                 usage_key: key,
             };
             (name.clone(), entitlement)
+        })
+        .collect();
+    let flags = catalog
+        .features()
+        .iter()
+        .filter(|(_, kind)| **kind == FeatureKind::Flag)
+        .map(|(name, _)| {
+            let enabled = view.plan.flag(name) && view.access.allows_consumption();
+            (name.clone(), FlagEntitlement { enabled })
         })
         .collect();
     let action_required = state.pending_action().map(|(id, inv)| ActionRequired {
@@ -383,7 +417,9 @@ pub fn entitlements(
         cancel_at_period_end: live_sub.is_some_and(|s| s.snapshot.cancel_at_period_end),
         action_required,
         discount,
+        seats: view.plan.seats.map(|_| seats),
         features,
+        flags,
     }
 }
 

@@ -1,9 +1,12 @@
 //! The plan catalog: features, plans, their limits and their Stripe prices.
 //!
-//! Loaded from the TOML format in DESIGN.md (`BILLD_PLANS`), or the built-in
-//! seed catalog (free / standard / pro in EUR).
+//! Loaded from the TOML plans file (`BILLD_PLANS`, documented in
+//! `docs/src/pricing.md`), or the built-in seed catalog (free / standard /
+//! pro in EUR). Features are metered (N per period), capacity (N live at
+//! once, optionally per seat) or flags (on/off); plans have limits, an
+//! optional seat range and trial, and prices per currency and interval.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -56,7 +59,8 @@ pub enum CatalogError {
     /// A price id or lookup key is used twice.
     #[error("price {0} is used by more than one plan or currency")]
     DuplicatePrice(String),
-    /// A price entry is neither a `price_…` id nor a lookup key.
+    /// A price entry is neither a `price_…` id nor a lookup key, or a
+    /// currency's prices are neither one price nor `month`/`year` entries.
     #[error("invalid price for plan {plan}: {reason}")]
     InvalidPrice {
         /// The plan.
@@ -70,14 +74,56 @@ pub enum CatalogError {
     /// A policy name is not one of the documented values.
     #[error("unknown policy {0:?}")]
     InvalidPolicy(String),
-    /// `bind_price` named a plan/currency with no price entry.
-    #[error("plan {plan} has no price in {currency}")]
+    /// `bind_price` named a plan/currency/interval with no price entry.
+    #[error("plan {plan} has no {interval} price in {currency}")]
     NoSuchPrice {
         /// The plan.
         plan: String,
         /// The currency.
         currency: String,
+        /// The interval.
+        interval: String,
     },
+    /// A feature's declaration is inconsistent (e.g. a per-seat flag).
+    #[error("feature {feature}: {reason}")]
+    InvalidFeature {
+        /// The feature.
+        feature: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A plan's value for a feature does not fit the feature's kind (a
+    /// number for a flag, `true` for a metered feature, a negative limit).
+    #[error("plan {plan} feature {feature}: {reason}")]
+    InvalidLimit {
+        /// The plan.
+        plan: String,
+        /// The feature.
+        feature: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A plan's `seats` range is out of bounds or on the free plan.
+    #[error("plan {plan} seats: {reason}")]
+    InvalidSeats {
+        /// The plan.
+        plan: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A plan's `trial_days` is out of bounds or on the free plan.
+    #[error("plan {plan} trial_days: {reason}")]
+    InvalidTrial {
+        /// The plan.
+        plan: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A part of the catalog format this billd does not implement yet
+    /// (metered `overage`, `credit_packs`): refused rather than ignored, so
+    /// nobody sells what billd would not bill.
+    #[error("{0} is not supported by this version of billd")]
+    Unsupported(String),
 }
 
 impl CatalogError {
@@ -97,6 +143,11 @@ impl CatalogError {
             CatalogError::InvalidGracePeriod(_) => "catalog_invalid_grace_period",
             CatalogError::NoSuchPrice { .. } => "catalog_no_such_price",
             CatalogError::InvalidPolicy(_) => "catalog_invalid_policy",
+            CatalogError::InvalidFeature { .. } => "catalog_invalid_feature",
+            CatalogError::InvalidLimit { .. } => "catalog_invalid_limit",
+            CatalogError::InvalidSeats { .. } => "catalog_invalid_seats",
+            CatalogError::InvalidTrial { .. } => "catalog_invalid_trial",
+            CatalogError::Unsupported(_) => "catalog_unsupported",
         }
     }
 }
@@ -171,6 +222,71 @@ pub enum FeatureKind {
     Metered,
     /// At most N live at once: consumed on create, released on delete.
     Capacity,
+    /// On or off per plan; nothing is counted.
+    Flag,
+}
+
+impl FeatureKind {
+    /// Whether usage is counted (metered or capacity).
+    pub fn is_counted(self) -> bool {
+        !matches!(self, FeatureKind::Flag)
+    }
+
+    /// The kind's name in the plans file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FeatureKind::Metered => "metered",
+            FeatureKind::Capacity => "capacity",
+            FeatureKind::Flag => "flag",
+        }
+    }
+}
+
+/// How often a price bills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Interval {
+    /// Every month (Stripe `recurring[interval]=month`).
+    Month,
+    /// Every year (Stripe `recurring[interval]=year`).
+    Year,
+}
+
+impl Interval {
+    /// Both intervals, shortest first.
+    pub const ALL: [Interval; 2] = [Interval::Month, Interval::Year];
+
+    /// Stripe's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Interval::Month => "month",
+            Interval::Year => "year",
+        }
+    }
+
+    /// How many of these make a year, to compare prices across intervals.
+    pub fn per_year(self) -> i64 {
+        match self {
+            Interval::Month => 12,
+            Interval::Year => 1,
+        }
+    }
+
+    /// Parses `month` or `year` (Stripe's `recurring.interval` with
+    /// `interval_count` 1).
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "month" => Some(Interval::Month),
+            "year" => Some(Interval::Year),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Interval {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What happens when a charge is refunded in full.
@@ -223,7 +339,7 @@ pub enum DowngradePolicy {
     AtPeriodEnd,
 }
 
-/// A plan's Stripe price in one currency.
+/// A plan's Stripe price in one currency and interval.
 ///
 /// Either a concrete `price_…` id, or a lookup key (Stripe's `lookup_key`)
 /// that dev mode and the emulator create with `unit_amount` and then bind
@@ -236,7 +352,8 @@ pub struct Price {
     pub id: Option<PriceId>,
     /// The Stripe `lookup_key` to find or create the price by.
     pub lookup_key: Option<String>,
-    /// Amount per interval in minor units, for creating the price.
+    /// Amount per interval (per seat on a plan with seats) in minor units,
+    /// for creating the price and showing it.
     pub unit_amount: Option<i64>,
 }
 
@@ -247,22 +364,92 @@ impl Price {
     }
 }
 
-/// One plan: its limits per feature and its prices per currency.
+/// The seat range of a plan sold per seat: the subscription item's quantity
+/// lies in `min..=max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeatRange {
+    /// The fewest seats (at least 1).
+    pub min: u64,
+    /// The most seats.
+    pub max: u64,
+}
+
+impl SeatRange {
+    /// The largest `max` a plans file may set (far above any team, far
+    /// below Stripe's quantity bound).
+    pub const LIMIT: u64 = 1_000_000;
+
+    /// Whether `seats` is in the range.
+    pub fn contains(&self, seats: u64) -> bool {
+        (self.min..=self.max).contains(&seats)
+    }
+}
+
+/// One plan: its limits and flags per feature, seats, trial and prices.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
     /// The plan's name.
     pub name: PlanName,
-    /// Limit per feature (every declared feature has one).
+    /// Limit per counted feature (every declared metered or capacity
+    /// feature has one), per seat for `per_seat` features.
     pub limits: BTreeMap<FeatureName, u64>,
-    /// Stripe price per currency (empty for `free`).
-    pub prices: BTreeMap<Currency, Price>,
+    /// On/off per flag feature (every declared flag has one).
+    #[serde(default)]
+    pub flags: BTreeMap<FeatureName, bool>,
+    /// The seat range when the plan is sold per seat.
+    #[serde(default)]
+    pub seats: Option<SeatRange>,
+    /// Days of trial a new subscription starts with.
+    #[serde(default)]
+    pub trial_days: Option<u32>,
+    /// Stripe price per currency and interval (empty for `free`).
+    pub prices: BTreeMap<Currency, BTreeMap<Interval, Price>>,
 }
 
 impl Plan {
-    /// The limit for a feature (0 if the feature is unknown).
+    /// The base limit for a counted feature (0 if the feature is unknown
+    /// or a flag), before any per-seat multiplication.
     pub fn limit(&self, feature: &FeatureName) -> u64 {
         self.limits.get(feature).copied().unwrap_or(0)
     }
+
+    /// Whether a flag feature is on under this plan (false if unknown).
+    pub fn flag(&self, feature: &FeatureName) -> bool {
+        self.flags.get(feature).copied().unwrap_or(false)
+    }
+
+    /// The price in a currency and interval.
+    pub fn price(&self, currency: &Currency, interval: Interval) -> Option<&Price> {
+        self.prices.get(currency)?.get(&interval)
+    }
+
+    /// Whether the plan is sold (has any price).
+    pub fn is_paid(&self) -> bool {
+        !self.prices.is_empty()
+    }
+
+    /// The seat count a subscription item's `quantity` stands for: the
+    /// quantity on a plan with seats, else 1 (a quantity on a plan without
+    /// seats buys nothing more).
+    pub fn seats_of(&self, quantity: Option<u64>) -> u64 {
+        match self.seats {
+            Some(_) => quantity.unwrap_or(1).max(1),
+            None => 1,
+        }
+    }
+}
+
+/// Where a Stripe price sits in the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PriceSlot<'c> {
+    /// The plan.
+    pub plan: &'c Plan,
+    /// The currency.
+    pub currency: &'c Currency,
+    /// The interval.
+    pub interval: Interval,
+    /// The catalog's entry.
+    pub price: &'c Price,
 }
 
 /// The validated plan catalog.
@@ -273,11 +460,14 @@ pub struct Catalog {
     refund_policy: RefundPolicy,
     downgrade: DowngradePolicy,
     features: BTreeMap<FeatureName, FeatureKind>,
+    #[serde(default)]
+    per_seat: BTreeSet<FeatureName>,
     plans: BTreeMap<PlanName, Plan>,
 }
 
 /// The seed's plans: free (3 generations, 1 website), standard (10, 3) and
-/// pro (25, 10), priced in EUR by lookup key so dev mode can create them.
+/// pro (25, 10), priced monthly in EUR by lookup key so dev mode can create
+/// them. Written in the old one-price form, which means `month`.
 pub const SEED_CATALOG_TOML: &str = r#"
 currency = "eur"
 grace_period_days = 3
@@ -312,6 +502,8 @@ struct RawCatalog {
     downgrade: DowngradePolicy,
     features: BTreeMap<String, RawFeature>,
     plans: BTreeMap<String, RawPlan>,
+    #[serde(default)]
+    credit_packs: Option<toml::Value>,
 }
 
 fn default_grace() -> i64 {
@@ -322,28 +514,30 @@ fn default_grace() -> i64 {
 #[serde(deny_unknown_fields)]
 struct RawFeature {
     kind: FeatureKind,
+    #[serde(default)]
+    per_seat: Option<bool>,
+    #[serde(default)]
+    overage: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawPlan {
     #[serde(default)]
-    limits: BTreeMap<String, u64>,
+    limits: BTreeMap<String, toml::Value>,
     #[serde(default)]
-    prices: BTreeMap<String, RawPrice>,
+    seats: Option<RawSeats>,
+    #[serde(default)]
+    trial_days: Option<i64>,
+    #[serde(default)]
+    prices: BTreeMap<String, toml::Value>,
 }
 
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum RawPrice {
-    Id(String),
-    Lookup {
-        lookup_key: String,
-        #[serde(default)]
-        unit_amount: Option<i64>,
-        #[serde(default)]
-        id: Option<String>,
-    },
+#[serde(deny_unknown_fields)]
+struct RawSeats {
+    min: i64,
+    max: i64,
 }
 
 impl Catalog {
@@ -366,66 +560,54 @@ impl Catalog {
         if !(0..=60).contains(&raw.grace_period_days) {
             return Err(CatalogError::InvalidGracePeriod(raw.grace_period_days));
         }
-        let features = raw
-            .features
-            .into_iter()
-            .map(|(name, f)| Ok((FeatureName::parse(&name)?, f.kind)))
-            .collect::<Result<BTreeMap<_, _>, CatalogError>>()?;
-
-        let mut plans = BTreeMap::new();
-        let mut seen_prices = std::collections::BTreeSet::new();
-        for (name, raw_plan) in raw.plans {
-            let plan_name = PlanName::parse(&name)?;
-            let mut limits = BTreeMap::new();
-            for (feature, limit) in raw_plan.limits {
-                let feature = FeatureName::parse(&feature)?;
-                if !features.contains_key(&feature) {
-                    return Err(CatalogError::UnknownFeature {
-                        plan: name,
-                        feature: feature.to_string(),
+        if raw.credit_packs.is_some() {
+            return Err(CatalogError::Unsupported("[credit_packs]".to_owned()));
+        }
+        let mut features = BTreeMap::new();
+        let mut per_seat = BTreeSet::new();
+        for (name, raw_feature) in raw.features {
+            let feature = FeatureName::parse(&name)?;
+            if raw_feature.overage.is_some() {
+                return Err(CatalogError::Unsupported(format!(
+                    "feature {name}: overage"
+                )));
+            }
+            if raw_feature.per_seat == Some(true) {
+                if !raw_feature.kind.is_counted() {
+                    return Err(CatalogError::InvalidFeature {
+                        feature: name,
+                        reason: "a flag cannot be per_seat".to_owned(),
                     });
                 }
-                limits.insert(feature, limit);
+                per_seat.insert(feature.clone());
             }
-            if let Some(missing) = features.keys().find(|f| !limits.contains_key(*f)) {
-                return Err(CatalogError::MissingLimit {
-                    plan: name,
-                    feature: missing.to_string(),
-                });
-            }
-            let mut prices = BTreeMap::new();
-            for (currency, raw_price) in raw_plan.prices {
-                let currency = Currency::parse(&currency)
-                    .map_err(|_| CatalogError::InvalidCurrency(currency))?;
-                let price = parse_price(&name, raw_price)?;
-                for key in [
-                    price.id.as_ref().map(|p| p.to_string()),
-                    price.lookup_key.clone(),
-                ]
-                .into_iter()
-                .flatten()
-                {
-                    if !seen_prices.insert(key.clone()) {
-                        return Err(CatalogError::DuplicatePrice(key));
-                    }
-                }
-                prices.insert(currency, price);
-            }
-            plans.insert(
-                plan_name.clone(),
-                Plan {
-                    name: plan_name,
-                    limits,
-                    prices,
-                },
-            );
+            features.insert(feature, raw_feature.kind);
+        }
+
+        let mut plans = BTreeMap::new();
+        let mut seen_prices = BTreeSet::new();
+        for (name, raw_plan) in raw.plans {
+            let plan = parse_plan(&name, raw_plan, &features, &mut seen_prices)?;
+            plans.insert(plan.name.clone(), plan);
         }
 
         let free = plans
             .get(&Self::free_plan_name())
             .ok_or(CatalogError::MissingFreePlan)?;
-        if !free.prices.is_empty() {
+        if free.is_paid() {
             return Err(CatalogError::FreePlanHasPrices);
+        }
+        if free.seats.is_some() {
+            return Err(CatalogError::InvalidSeats {
+                plan: "free".to_owned(),
+                reason: "the free plan has no subscription to count seats on".to_owned(),
+            });
+        }
+        if free.trial_days.is_some() {
+            return Err(CatalogError::InvalidTrial {
+                plan: "free".to_owned(),
+                reason: "the free plan has no subscription to try".to_owned(),
+            });
         }
         for plan in plans.values() {
             if plan.name != Self::free_plan_name() && !plan.prices.contains_key(&default_currency) {
@@ -442,6 +624,7 @@ impl Catalog {
             refund_policy: raw.refund_policy,
             downgrade: raw.downgrade,
             features,
+            per_seat,
             plans,
         })
     }
@@ -470,7 +653,7 @@ impl Catalog {
         self.refund_policy
     }
 
-    /// Overrides the refund policy (e.g. from `BILLD_REFUND_POLICY`).
+    /// Overrides the plans file's refund policy (tests compare both policies).
     pub fn with_refund_policy(mut self, policy: RefundPolicy) -> Self {
         self.refund_policy = policy;
         self
@@ -490,6 +673,22 @@ impl Catalog {
     /// The declared features and their kinds.
     pub fn features(&self) -> &BTreeMap<FeatureName, FeatureKind> {
         &self.features
+    }
+
+    /// Whether a feature's limit is per seat.
+    pub fn is_per_seat(&self, feature: &FeatureName) -> bool {
+        self.per_seat.contains(feature)
+    }
+
+    /// A counted feature's limit under `plan` for `seats` seats: the plan's
+    /// limit, times the seats for a per-seat feature (saturating).
+    pub fn limit_for(&self, plan: &Plan, feature: &FeatureName, seats: u64) -> u64 {
+        let base = plan.limit(feature);
+        if self.is_per_seat(feature) {
+            base.saturating_mul(seats.max(1))
+        } else {
+            base
+        }
     }
 
     /// All plans by name.
@@ -513,24 +712,64 @@ impl Catalog {
 
     /// The plan a Stripe price belongs to, by id or by the price's lookup key.
     pub fn plan_for_price(&self, id: &PriceId, lookup_key: Option<&str>) -> Option<&Plan> {
-        self.plans
-            .values()
-            .find(|plan| plan.prices.values().any(|p| p.matches(id, lookup_key)))
+        self.slot_for_price(id, lookup_key).map(|slot| slot.plan)
     }
 
-    /// Every price: (plan, currency, price), e.g. for dev mode to create
-    /// the prices known only by lookup key.
-    pub fn prices(&self) -> impl Iterator<Item = (&PlanName, &Currency, &Price)> {
+    /// Where a Stripe price sits in the catalog (plan, currency, interval),
+    /// by id or by the price's lookup key.
+    pub fn slot_for_price(&self, id: &PriceId, lookup_key: Option<&str>) -> Option<PriceSlot<'_>> {
+        self.slots().find(|slot| slot.price.matches(id, lookup_key))
+    }
+
+    /// Every price with its place in the catalog.
+    pub fn slots(&self) -> impl Iterator<Item = PriceSlot<'_>> {
         self.plans.values().flat_map(|plan| {
-            plan.prices
-                .iter()
-                .map(move |(currency, price)| (&plan.name, currency, price))
+            plan.prices.iter().flat_map(move |(currency, by_interval)| {
+                by_interval.iter().map(move |(interval, price)| PriceSlot {
+                    plan,
+                    currency,
+                    interval: *interval,
+                    price,
+                })
+            })
         })
     }
 
-    /// The price of a plan in a currency.
-    pub fn price_for(&self, plan: &PlanName, currency: &Currency) -> Option<&Price> {
-        self.plans.get(plan)?.prices.get(currency)
+    /// Every price: (plan, currency, interval, price), e.g. for dev mode to
+    /// create the prices known only by lookup key.
+    pub fn prices(&self) -> impl Iterator<Item = (&PlanName, &Currency, Interval, &Price)> {
+        self.slots()
+            .map(|slot| (&slot.plan.name, slot.currency, slot.interval, slot.price))
+    }
+
+    /// The price of a plan in a currency and interval.
+    pub fn price_for(
+        &self,
+        plan: &PlanName,
+        currency: &Currency,
+        interval: Interval,
+    ) -> Option<&Price> {
+        self.plans.get(plan)?.price(currency, interval)
+    }
+
+    /// Records the amount of a price the plans file gives by id only, as
+    /// Stripe has it (the plan picker); a price not in the catalog is left
+    /// alone.
+    pub fn set_unit_amount(
+        &mut self,
+        plan: &PlanName,
+        currency: &Currency,
+        interval: Interval,
+        amount: i64,
+    ) {
+        if let Some(price) = self
+            .plans
+            .get_mut(plan)
+            .and_then(|p| p.prices.get_mut(currency))
+            .and_then(|by_interval| by_interval.get_mut(&interval))
+        {
+            price.unit_amount = Some(amount);
+        }
     }
 
     /// Records the concrete Stripe id of a price known by lookup key (dev mode).
@@ -538,33 +777,221 @@ impl Catalog {
         &mut self,
         plan: &PlanName,
         currency: &Currency,
+        interval: Interval,
         id: PriceId,
     ) -> Result<(), CatalogError> {
         let price = self
             .plans
             .get_mut(plan)
             .and_then(|p| p.prices.get_mut(currency))
+            .and_then(|by_interval| by_interval.get_mut(&interval))
             .ok_or_else(|| CatalogError::NoSuchPrice {
                 plan: plan.to_string(),
                 currency: currency.to_string(),
+                interval: interval.to_string(),
             })?;
         price.id = Some(id);
         Ok(())
     }
 }
 
-fn parse_price(plan: &str, raw: RawPrice) -> Result<Price, CatalogError> {
+fn parse_plan(
+    name: &str,
+    raw: RawPlan,
+    features: &BTreeMap<FeatureName, FeatureKind>,
+    seen_prices: &mut BTreeSet<String>,
+) -> Result<Plan, CatalogError> {
+    let plan_name = PlanName::parse(name)?;
+    let mut limits = BTreeMap::new();
+    let mut flags = BTreeMap::new();
+    for (feature, value) in raw.limits {
+        let feature = FeatureName::parse(&feature)?;
+        let Some(kind) = features.get(&feature) else {
+            return Err(CatalogError::UnknownFeature {
+                plan: name.to_owned(),
+                feature: feature.to_string(),
+            });
+        };
+        let invalid = |reason: String| CatalogError::InvalidLimit {
+            plan: name.to_owned(),
+            feature: feature.to_string(),
+            reason,
+        };
+        match (kind, &value) {
+            (FeatureKind::Flag, toml::Value::Boolean(on)) => {
+                flags.insert(feature.clone(), *on);
+            }
+            (FeatureKind::Flag, other) => {
+                return Err(invalid(format!(
+                    "a flag is true or false, got {}",
+                    other.type_str()
+                )))
+            }
+            (_, toml::Value::Integer(n)) => {
+                let n = u64::try_from(*n)
+                    .map_err(|_| invalid(format!("a limit is 0 or more, got {n}")))?;
+                limits.insert(feature.clone(), n);
+            }
+            (kind, other) => {
+                return Err(invalid(format!(
+                    "a {} limit is a whole number, got {}",
+                    kind.as_str(),
+                    other.type_str()
+                )))
+            }
+        }
+    }
+    if let Some(missing) = features
+        .keys()
+        .find(|f| !limits.contains_key(*f) && !flags.contains_key(*f))
+    {
+        return Err(CatalogError::MissingLimit {
+            plan: name.to_owned(),
+            feature: missing.to_string(),
+        });
+    }
+    let seats = raw
+        .seats
+        .map(|s| {
+            let invalid = |reason: String| CatalogError::InvalidSeats {
+                plan: name.to_owned(),
+                reason,
+            };
+            let max_allowed = i64::try_from(SeatRange::LIMIT).unwrap_or(i64::MAX);
+            if s.min < 1 {
+                return Err(invalid(format!("min must be at least 1, got {}", s.min)));
+            }
+            if s.max < s.min || s.max > max_allowed {
+                return Err(invalid(format!(
+                    "max must lie in min ({}) to {max_allowed}, got {}",
+                    s.min, s.max
+                )));
+            }
+            Ok(SeatRange {
+                min: s.min.unsigned_abs(),
+                max: s.max.unsigned_abs(),
+            })
+        })
+        .transpose()?;
+    let trial_days = raw
+        .trial_days
+        .map(|days| {
+            // Stripe's own bound on trial_period_days.
+            u32::try_from(days)
+                .ok()
+                .filter(|d| (1..=730).contains(d))
+                .ok_or_else(|| CatalogError::InvalidTrial {
+                    plan: name.to_owned(),
+                    reason: format!("must lie in 1 to 730 days, got {days}"),
+                })
+        })
+        .transpose()?;
+    let mut prices = BTreeMap::new();
+    for (currency, value) in raw.prices {
+        let code =
+            Currency::parse(&currency).map_err(|_| CatalogError::InvalidCurrency(currency))?;
+        let by_interval = parse_currency_prices(name, &code, value)?;
+        for price in by_interval.values() {
+            for key in [
+                price.id.as_ref().map(|p| p.to_string()),
+                price.lookup_key.clone(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if !seen_prices.insert(key.clone()) {
+                    return Err(CatalogError::DuplicatePrice(key));
+                }
+            }
+        }
+        prices.insert(code, by_interval);
+    }
+    Ok(Plan {
+        name: plan_name,
+        limits,
+        flags,
+        seats,
+        trial_days,
+        prices,
+    })
+}
+
+/// One currency's prices: `"price_…"` or `{ lookup_key, unit_amount, id }`
+/// (the old one-price form, meaning `month`), or a table of `month` and
+/// `year` entries each in one of those forms.
+fn parse_currency_prices(
+    plan: &str,
+    currency: &Currency,
+    value: toml::Value,
+) -> Result<BTreeMap<Interval, Price>, CatalogError> {
     let invalid = |reason: String| CatalogError::InvalidPrice {
         plan: plan.to_owned(),
         reason,
     };
+    let by_interval = match value {
+        toml::Value::Table(table)
+            if Interval::ALL.iter().any(|i| table.contains_key(i.as_str())) =>
+        {
+            let mut by_interval = BTreeMap::new();
+            for (key, entry) in table {
+                let interval = Interval::parse(&key).ok_or_else(|| {
+                    invalid(format!(
+                        "{currency}: {key:?} is not an interval (month or year); a currency has either one price or month/year entries"
+                    ))
+                })?;
+                by_interval.insert(interval, parse_price(plan, currency, entry)?);
+            }
+            by_interval
+        }
+        one => BTreeMap::from([(Interval::Month, parse_price(plan, currency, one)?)]),
+    };
+    Ok(by_interval)
+}
+
+fn parse_price(plan: &str, currency: &Currency, raw: toml::Value) -> Result<Price, CatalogError> {
+    let invalid = |reason: String| CatalogError::InvalidPrice {
+        plan: plan.to_owned(),
+        reason: format!("{currency}: {reason}"),
+    };
     let (id, lookup_key, unit_amount) = match raw {
-        RawPrice::Id(id) => (Some(id), None, None),
-        RawPrice::Lookup {
-            lookup_key,
-            unit_amount,
-            id,
-        } => (id, Some(lookup_key), unit_amount),
+        toml::Value::String(id) => (Some(id), None, None),
+        toml::Value::Table(mut table) => {
+            let mut text = |key: &str| match table.remove(key) {
+                None => Ok(None),
+                Some(toml::Value::String(s)) => Ok(Some(s)),
+                Some(other) => Err(invalid(format!(
+                    "{key} must be a string, got {}",
+                    other.type_str()
+                ))),
+            };
+            let id = text("id")?;
+            let lookup_key = text("lookup_key")?;
+            let unit_amount = match table.remove("unit_amount") {
+                None => None,
+                Some(toml::Value::Integer(n)) => Some(n),
+                Some(other) => {
+                    return Err(invalid(format!(
+                        "unit_amount must be a whole number of minor units, got {}",
+                        other.type_str()
+                    )))
+                }
+            };
+            if let Some(unknown) = table.keys().next() {
+                return Err(invalid(format!(
+                    "unknown key {unknown:?} (expected id, lookup_key, unit_amount)"
+                )));
+            }
+            if lookup_key.is_none() {
+                return Err(invalid("a price table needs a lookup_key".to_owned()));
+            }
+            (id, lookup_key, unit_amount)
+        }
+        other => {
+            return Err(invalid(format!(
+                "a price is a \"price_…\" id or a {{ lookup_key, unit_amount }} table, got {}",
+                other.type_str()
+            )))
+        }
     };
     let id = id
         .map(|id| PriceId::parse(&id).map_err(|e| invalid(e.to_string())))
@@ -635,7 +1062,10 @@ mod tests {
             name("standard")
         );
         assert_eq!(
-            catalog.price_for(&name("standard"), &usd).unwrap().id,
+            catalog
+                .price_for(&name("standard"), &usd, Interval::Month)
+                .unwrap()
+                .id,
             Some(price)
         );
         assert!(catalog
@@ -649,7 +1079,8 @@ mod tests {
         let catalog = Catalog::seed();
         let listed: Vec<(String, String, Option<String>, Option<i64>)> = catalog
             .prices()
-            .map(|(plan, currency, price)| {
+            .map(|(plan, currency, interval, price)| {
+                assert_eq!(interval, Interval::Month);
                 (
                     plan.to_string(),
                     currency.to_string(),
@@ -691,7 +1122,7 @@ mod tests {
             name("pro")
         );
         catalog
-            .bind_price(&name("pro"), &eur, created.clone())
+            .bind_price(&name("pro"), &eur, Interval::Month, created.clone())
             .unwrap();
         assert_eq!(
             catalog.plan_for_price(&created, None).unwrap().name,
@@ -700,7 +1131,7 @@ mod tests {
         let usd = Currency::parse("usd").unwrap();
         assert_eq!(
             catalog
-                .bind_price(&name("pro"), &usd, created)
+                .bind_price(&name("pro"), &usd, Interval::Month, created)
                 .unwrap_err()
                 .code(),
             "catalog_no_such_price"
@@ -795,5 +1226,176 @@ mod tests {
             Catalog::seed().downgrade_policy(),
             DowngradePolicy::Immediate
         );
+    }
+
+    const ISSUE_EXAMPLE: &str = r#"
+        currency = "eur"
+
+        [features]
+        generations   = { kind = "metered" }
+        websites      = { kind = "capacity", per_seat = false }
+        seats_sites   = { kind = "capacity", per_seat = true }
+        custom_domain = { kind = "flag" }
+
+        [plans.free]
+        limits = { generations = 3, websites = 1, seats_sites = 1, custom_domain = false }
+
+        [plans.team]
+        limits     = { generations = 100, websites = 20, seats_sites = 5, custom_domain = true }
+        seats      = { min = 1, max = 50 }
+        trial_days = 14
+
+        [plans.team.prices.eur]
+        month = { lookup_key = "billd_team_eur_month", unit_amount = 1500 }
+        year  = { lookup_key = "billd_team_eur_year",  unit_amount = 15000 }
+
+        [plans.team.prices.usd]
+        year = "price_team_usd_year"
+    "#;
+
+    #[test]
+    fn the_interval_form_parses_with_seats_trials_flags_and_per_seat_features() {
+        let catalog = Catalog::from_toml(ISSUE_EXAMPLE).unwrap();
+        let team = catalog.plan(&name("team")).unwrap();
+        let eur = Currency::parse("eur").unwrap();
+        let usd = Currency::parse("usd").unwrap();
+
+        assert_eq!(team.seats, Some(SeatRange { min: 1, max: 50 }));
+        assert_eq!(team.trial_days, Some(14));
+        assert!(team.flag(&feature("custom_domain")));
+        assert!(!catalog.free_plan().flag(&feature("custom_domain")));
+        assert_eq!(team.limit(&feature("custom_domain")), 0);
+        assert_eq!(
+            catalog.features()[&feature("custom_domain")],
+            FeatureKind::Flag
+        );
+        assert!(catalog.is_per_seat(&feature("seats_sites")));
+        assert!(!catalog.is_per_seat(&feature("websites")));
+        assert_eq!(catalog.limit_for(team, &feature("seats_sites"), 4), 20);
+        assert_eq!(catalog.limit_for(team, &feature("websites"), 4), 20);
+        assert_eq!(
+            team.price(&eur, Interval::Year).unwrap().unit_amount,
+            Some(15000)
+        );
+        assert!(team.price(&usd, Interval::Month).is_none());
+        let slot = catalog
+            .slot_for_price(
+                &PriceId::parse("price_other").unwrap(),
+                Some("billd_team_eur_year"),
+            )
+            .unwrap();
+        assert_eq!(
+            (
+                slot.plan.name.as_str(),
+                slot.currency.as_str(),
+                slot.interval
+            ),
+            ("team", "eur", Interval::Year)
+        );
+        let slot = catalog
+            .slot_for_price(&PriceId::parse("price_team_usd_year").unwrap(), None)
+            .unwrap();
+        assert_eq!(
+            (slot.currency.as_str(), slot.interval),
+            ("usd", Interval::Year)
+        );
+        assert_eq!(catalog.prices().count(), 3);
+    }
+
+    #[test]
+    fn the_old_one_price_form_means_month_and_mixes_with_the_interval_form() {
+        let text = format!(
+            "{SEED_CATALOG_TOML}\n[plans.team]\nlimits = {{ generations = 1, websites = 1 }}\n[plans.team.prices.eur]\nyear = {{ lookup_key = \"t_y\", unit_amount = 100 }}\n"
+        );
+        let catalog = Catalog::from_toml(&text).unwrap();
+        let eur = Currency::parse("eur").unwrap();
+        let pro = catalog.plan(&name("pro")).unwrap();
+        assert_eq!(
+            pro.prices[&eur].keys().collect::<Vec<_>>(),
+            [&Interval::Month]
+        );
+        let team = catalog.plan(&name("team")).unwrap();
+        assert_eq!(
+            team.prices[&eur].keys().collect::<Vec<_>>(),
+            [&Interval::Year]
+        );
+        assert_eq!(team.seats_of(Some(9)), 1);
+        assert_eq!(pro.seats, None);
+    }
+
+    #[test]
+    fn bad_pricing_entries_are_refused_with_stable_codes() {
+        let ok = Catalog::from_toml(ISSUE_EXAMPLE);
+        assert!(ok.is_ok(), "{ok:?}");
+        let cases = [
+            ("custom_domain = true }", "custom_domain = 1 }", "catalog_invalid_limit"),
+            ("generations = 100,", "generations = true,", "catalog_invalid_limit"),
+            ("generations = 100,", "generations = -1,", "catalog_invalid_limit"),
+            (
+                "custom_domain = { kind = \"flag\" }",
+                "custom_domain = { kind = \"flag\", per_seat = true }",
+                "catalog_invalid_feature",
+            ),
+            (
+                "custom_domain = { kind = \"flag\" }",
+                "custom_domain = { kind = \"toggle\" }",
+                "catalog_invalid_toml",
+            ),
+            ("min = 1, max = 50", "min = 0, max = 50", "catalog_invalid_seats"),
+            ("min = 1, max = 50", "min = 5, max = 4", "catalog_invalid_seats"),
+            ("min = 1, max = 50", "min = 1, max = 2000000", "catalog_invalid_seats"),
+            ("trial_days = 14", "trial_days = 0", "catalog_invalid_trial"),
+            ("trial_days = 14", "trial_days = 731", "catalog_invalid_trial"),
+            (
+                "month = { lookup_key",
+                "week = { lookup_key",
+                "catalog_invalid_price",
+            ),
+            (
+                "unit_amount = 1500 }",
+                "unit_amount = 1500, currency = \"eur\" }",
+                "catalog_invalid_price",
+            ),
+            ("unit_amount = 1500 }", "unit_amount = 15.0 }", "catalog_invalid_price"),
+            (
+                "year = \"price_team_usd_year\"",
+                "year = 3",
+                "catalog_invalid_price",
+            ),
+            (
+                "year = \"price_team_usd_year\"",
+                "year = \"billd_team_eur_month\"",
+                "catalog_invalid_price",
+            ),
+            (
+                "year = \"price_team_usd_year\"",
+                "year = { lookup_key = \"billd_team_eur_month\" }",
+                "catalog_duplicate_price",
+            ),
+            (
+                "generations   = { kind = \"metered\" }",
+                "generations   = { kind = \"metered\", overage = { price = \"p\", per = 1, cap = 10 } }",
+                "catalog_unsupported",
+            ),
+            (
+                "[plans.free]\n        limits = {",
+                "[plans.free]\n        seats = { min = 1, max = 2 }\n        limits = {",
+                "catalog_invalid_seats",
+            ),
+            (
+                "[plans.free]\n        limits = {",
+                "[plans.free]\n        trial_days = 7\n        limits = {",
+                "catalog_invalid_trial",
+            ),
+        ];
+        for (from, to, code) in cases {
+            assert!(ISSUE_EXAMPLE.contains(from), "{from}");
+            let text = ISSUE_EXAMPLE.replacen(from, to, 1);
+            assert_eq!(error_code(&text), code, "{to}");
+        }
+        let packs = format!(
+            "{ISSUE_EXAMPLE}\n[credit_packs.gen_100]\nfeature = \"generations\"\namount = 100\n"
+        );
+        assert_eq!(error_code(&packs), "catalog_unsupported");
     }
 }

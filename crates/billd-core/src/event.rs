@@ -245,6 +245,9 @@ pub struct Subscription {
     pub created: i64,
     /// The first item's price.
     pub price: Option<SubscriptionPrice>,
+    /// The first item's quantity: the seat count on a plan with seats.
+    #[serde(default)]
+    pub quantity: Option<u64>,
     /// The first item's `current_period_start` (period dates live on items).
     pub current_period_start: Option<i64>,
     /// The first item's `current_period_end`.

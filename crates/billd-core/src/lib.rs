@@ -46,21 +46,22 @@ pub mod erasure;
 pub mod event;
 pub mod ids;
 pub mod money;
+pub mod pricing;
 pub mod quantity;
 pub mod schedule;
 pub mod state;
 
 pub use access::{
     access_at, check_consume, entitlements, usage_key, usage_keys, usage_period, Access,
-    ConsumeError, Entitlements, FeatureEntitlement, Period, Usage, UsageKey,
+    ConsumeError, Entitlements, FeatureEntitlement, FlagEntitlement, Period, Usage, UsageKey,
 };
 pub use apply::{
     apply, AlertKind, AuditEntry, CancelReason, Decision, Effect, EmailTemplate, Outcome,
     StripeCustomerErasure, MAX_REFETCH_ROUNDS,
 };
 pub use catalog::{
-    Catalog, CatalogError, DowngradePolicy, FeatureKind, FeatureName, Plan, PlanName, Price,
-    RefundPolicy,
+    Catalog, CatalogError, DowngradePolicy, FeatureKind, FeatureName, Interval, Plan, PlanName,
+    Price, PriceSlot, RefundPolicy, SeatRange,
 };
 pub use consume::{consume_target, ConsumeTarget};
 pub use email::{Email, EmailError};
@@ -75,6 +76,10 @@ pub use ids::{
     StripeCustomerId, StripeSubscriptionId,
 };
 pub use money::{Currency, Money, MoneyError};
+pub use pricing::{
+    check_seat_change, checkout_seats, eligibility, seats_after_change, yearly_amount, Choice,
+    Eligibility, SeatsError, Subscribed, Unavailable,
+};
 pub use quantity::{Quantity, QuantityError};
 pub use schedule::{
     access_suspended_key, account_deletion_effects, account_erasure_effects, erase_personal_data,

@@ -1,4 +1,4 @@
-//! The layout rule (README.md, "Layout"), checked over the source tree: the
+//! The layout rule (docs/src/development.md, "Layout"), checked over the source tree: the
 //! four modules depend on each other one way only, each is used through
 //! what its `mod.rs` exports, never through another module's files, and
 //! `telemetry` uses none of billd's adapter crates.

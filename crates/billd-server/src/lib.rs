@@ -1,5 +1,5 @@
 //! billd's HTTP server and background workers, in four modules whose
-//! dependencies point one way (README.md, "Layout"):
+//! dependencies point one way (docs/src/development.md, "Layout"):
 //!
 //! - [`http`]: the router, authentication, the error → status table, the
 //!   OpenAPI document, the app API ([`http`]'s `app/`), the admin API and

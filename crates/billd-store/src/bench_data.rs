@@ -117,7 +117,7 @@ fn event_row(seed: &ConsoleSeed, i: usize, j: usize) -> EventRow {
 
 /// The body of [`seed_console`] for one pool type (the SQL is the same).
 macro_rules! seed_with {
-    ($pool:expr, $seed:expr) => {{
+    ($pool:expr, $seed:expr, $json:expr) => {{
         let (pool, seed) = (&$pool, $seed);
         let state = serde_json::to_string(&billd_core::CustomerState::default())
             .unwrap_or_else(|_| "{}".to_owned());
@@ -140,6 +140,7 @@ macro_rules! seed_with {
                     .push_bind(seed.email(i))
                     .push_bind(format!("Customer {i}"))
                     .push_bind(state.clone())
+                    .push_unseparated($json)
                     .push_bind(1_i64)
                     .push_bind(seed.now - 40 * 86_400)
                     .push_bind(seed.now - 40 * 86_400);
@@ -230,10 +231,10 @@ pub async fn seed_console(url: &str, seed: &ConsoleSeed) -> StoreResult<()> {
             .max_connections(1)
             .connect_with(options)
             .await?;
-        seed_with!(pool, seed)
+        seed_with!(pool, seed, "")
     } else {
         let pool = PgPoolOptions::new().max_connections(2).connect(url).await?;
-        seed_with!(pool, seed)
+        seed_with!(pool, seed, "::jsonb")
     }
 }
 

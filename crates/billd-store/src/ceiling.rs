@@ -1,8 +1,13 @@
 //! The bare schemas benchmarks measure billd against: what a consume must
 //! cost at the least, one conditional counter UPDATE and one
 //! idempotency-key INSERT, in two tables of their own and nothing else
-//! ([`UsageCeiling`]); and what storing a webhook must cost at the least,
-//! one durable INSERT of (id unique, body) ([`InboxCeiling`]).
+//! ([`UsageCeiling`]); what storing a webhook must cost at the least,
+//! one durable INSERT of (id unique, body) ([`InboxCeiling`]); and what
+//! applying it must cost at the least: that insert, then, in batches of
+//! their own, the body parsed and one stamped upsert of its customer's row
+//! with the row marked applied ([`InboxCeiling::open_applying`]).
+//! [`Unapplied`] reads which stored events are not applied yet, from
+//! billd's inbox or the ceiling's.
 //!
 //! On SQLite (billd's file settings: WAL, `synchronous=FULL`) one writer
 //! task commits whatever has queued up as one transaction; on PostgreSQL
@@ -15,7 +20,7 @@ use std::sync::Arc;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{PgPool, SqlitePool};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Notify};
 
 use crate::{StoreError, StoreResult};
 
@@ -201,7 +206,22 @@ struct Delivery {
 enum InboxDb {
     /// The writer task's queue.
     Sqlite(mpsc::Sender<Delivery>),
-    Postgres(PgPool, Arc<str>),
+    /// The pool, the INSERT, and the apply task's wake-up when applying.
+    Postgres(PgPool, Arc<str>, Option<Arc<Notify>>),
+}
+
+/// Most events one apply transaction of the ceiling takes.
+const APPLY_BATCH: i64 = 1024;
+
+/// The statements of the applying ceiling.
+#[derive(Clone)]
+struct ApplySql {
+    /// Unapplied rows: `(id, body)`.
+    due: Arc<str>,
+    /// Upsert of a customer's `(status, stamp)` unless a later stamp is in.
+    upsert: Arc<str>,
+    /// Marks one row applied.
+    done: Arc<str>,
 }
 
 /// Webhook bodies by unique event id in one table, `{prefix}_inbox`, and
@@ -215,21 +235,73 @@ impl InboxCeiling {
     /// Creates the table afresh at `url` (`sqlite://…`, a file of its own,
     /// or `postgres://…`).
     pub async fn open(url: &str, prefix: &str) -> StoreResult<Self> {
+        Self::create(url, prefix, false).await
+    }
+
+    /// [`InboxCeiling::open`] with an `applied` flag on each row (and an
+    /// index of the unapplied ones) and a `{prefix}_state` table of one row
+    /// per customer, and a task that applies what was stored: it takes up
+    /// to 1,024 unapplied rows, parses each body as JSON, upserts its
+    /// customer's `(status, stamp)` (`data.object.customer`, else the
+    /// object's id; the object's `status`, else the event type; `created`)
+    /// unless a later stamp is in, and marks the rows applied, in one
+    /// transaction. On SQLite the writer task does it between its insert
+    /// commits; on PostgreSQL a task of its own, woken by each insert.
+    pub async fn open_applying(url: &str, prefix: &str) -> StoreResult<Self> {
+        Self::create(url, prefix, true).await
+    }
+
+    async fn create(url: &str, prefix: &str, applying: bool) -> StoreResult<Self> {
         let table: Arc<str> = format!("{prefix}_inbox").into();
-        let schema = [
+        let state = format!("{prefix}_state");
+        let mut schema = vec![
             format!("DROP TABLE IF EXISTS {table}"),
-            format!("CREATE TABLE {table} (id TEXT PRIMARY KEY, body TEXT NOT NULL)"),
+            format!("DROP TABLE IF EXISTS {state}"),
         ];
+        if applying {
+            schema.extend([
+                format!(
+                    "CREATE TABLE {table} (id TEXT PRIMARY KEY, body TEXT NOT NULL, \
+                     applied BIGINT NOT NULL DEFAULT 0)"
+                ),
+                format!("CREATE INDEX {prefix}_unapplied ON {table} (applied) WHERE applied = 0"),
+                format!(
+                    "CREATE TABLE {state} (customer TEXT PRIMARY KEY, status TEXT NOT NULL, \
+                     stamp BIGINT NOT NULL)"
+                ),
+            ]);
+        } else {
+            schema.push(format!(
+                "CREATE TABLE {table} (id TEXT PRIMARY KEY, body TEXT NOT NULL)"
+            ));
+        }
         let insert: Arc<str> =
             format!("INSERT INTO {table} (id, body) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING")
                 .into();
+        let apply = applying.then(|| ApplySql {
+            due: format!("SELECT id, body FROM {table} WHERE applied = 0 LIMIT {APPLY_BATCH}")
+                .into(),
+            upsert: format!(
+                "INSERT INTO {state} (customer, status, stamp) VALUES ($1, $2, $3) \
+                 ON CONFLICT (customer) DO UPDATE SET status = excluded.status, \
+                 stamp = excluded.stamp WHERE {state}.stamp <= excluded.stamp"
+            )
+            .into(),
+            done: format!("UPDATE {table} SET applied = 1 WHERE id = $1").into(),
+        });
         let db = if url.starts_with("sqlite:") {
             let pool = sqlite_pool(url, &schema).await?;
             let (deliveries, rx) = mpsc::channel(MAX_BATCH * 4);
-            tokio::spawn(inbox_writer(pool, rx, insert));
+            tokio::spawn(inbox_writer(pool, rx, insert, apply));
             InboxDb::Sqlite(deliveries)
         } else {
-            InboxDb::Postgres(pg_pool(url, &schema).await?, insert)
+            let pool = pg_pool(url, &schema).await?;
+            let wake = apply.map(|apply| {
+                let wake = Arc::new(Notify::new());
+                tokio::spawn(pg_applier(pool.clone(), apply, wake.clone()));
+                wake
+            });
+            InboxDb::Postgres(pool, insert, wake)
         };
         Ok(InboxCeiling { db })
     }
@@ -247,43 +319,203 @@ impl InboxCeiling {
                     .map_err(|_| gone())?;
                 answer.await.map_err(|_| gone())?
             }
-            InboxDb::Postgres(pool, insert) => {
+            InboxDb::Postgres(pool, insert, wake) => {
                 let done = sqlx::query(insert)
                     .bind(&id)
                     .bind(&body)
                     .execute(pool)
                     .await?;
+                if let Some(wake) = wake {
+                    wake.notify_one();
+                }
                 Ok(done.rows_affected() == 1)
             }
         }
     }
 
-    /// Drops the table `prefix` names at `url` (best effort).
+    /// Drops the tables `prefix` names at `url` (best effort).
     pub async fn drop_tables(url: &str, prefix: &str) {
-        drop_pg_tables(url, prefix, &["inbox"]).await;
+        drop_pg_tables(url, prefix, &["inbox", "state"]).await;
     }
 }
 
-/// Commits whatever deliveries have queued up as one transaction.
-async fn inbox_writer(pool: SqlitePool, mut rx: mpsc::Receiver<Delivery>, insert: Arc<str>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let outcome: Result<Vec<bool>, sqlx::Error> = async {
-            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-            let mut answers = Vec::with_capacity(batch.len());
-            for delivery in &batch {
-                let done = sqlx::query(&insert)
-                    .bind(&delivery.id)
-                    .bind(&delivery.body)
-                    .execute(&mut *tx)
+/// What the ceiling's apply keeps of an event: its customer, status and
+/// stamp; none for a body that is not an event (it is marked applied all
+/// the same, as billd marks a poison event dead).
+fn applied_fields(body: &str) -> Option<(String, String, i64)> {
+    let event: serde_json::Value = serde_json::from_str(body).ok()?;
+    let object = &event["data"]["object"];
+    let customer = object["customer"].as_str().or(object["id"].as_str())?;
+    let status = object["status"].as_str().or(event["type"].as_str())?;
+    Some((
+        customer.to_owned(),
+        status.to_owned(),
+        event["created"].as_i64()?,
+    ))
+}
+
+/// One apply transaction of the ceiling over `executor`'s connection:
+/// returns how many rows it applied.
+macro_rules! apply_round {
+    ($tx:expr, $sql:expr) => {{
+        let due: Vec<(String, String)> = sqlx::query_as(&$sql.due).fetch_all(&mut *$tx).await?;
+        for (id, body) in &due {
+            if let Some((customer, status, stamp)) = applied_fields(body) {
+                sqlx::query(&$sql.upsert)
+                    .bind(customer)
+                    .bind(status)
+                    .bind(stamp)
+                    .execute(&mut *$tx)
                     .await?;
-                answers.push(done.rows_affected() == 1);
             }
-            tx.commit().await?;
-            Ok(answers)
+            sqlx::query(&$sql.done).bind(id).execute(&mut *$tx).await?;
         }
-        .await;
-        reply_all(batch.drain(..).map(|d| d.reply), outcome);
+        due.len()
+    }};
+}
+
+/// Applies what is stored whenever woken, until a round finds nothing.
+async fn pg_applier(pool: PgPool, sql: ApplySql, wake: Arc<Notify>) {
+    loop {
+        wake.notified().await;
+        loop {
+            let round: Result<usize, sqlx::Error> = async {
+                let mut tx = pool.begin().await?;
+                let applied = apply_round!(tx, sql);
+                tx.commit().await?;
+                Ok(applied)
+            }
+            .await;
+            match round {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "the apply ceiling's round failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Commits whatever deliveries have queued up as one transaction; when
+/// applying, then applies what is stored in a transaction of its own, and
+/// goes on applying while deliveries leave it time.
+async fn inbox_writer(
+    pool: SqlitePool,
+    mut rx: mpsc::Receiver<Delivery>,
+    insert: Arc<str>,
+    apply: Option<ApplySql>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut behind = false;
+    loop {
+        if behind {
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(delivery) => batch.push(delivery),
+                    Err(_) => break,
+                }
+            }
+        } else if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            return;
+        }
+        if let Some(sql) = &apply {
+            if !batch.is_empty() {
+                insert_batch(&pool, &insert, &mut batch).await;
+            }
+            let round: Result<usize, sqlx::Error> = async {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let applied = apply_round!(tx, sql);
+                tx.commit().await?;
+                Ok(applied)
+            }
+            .await;
+            behind = round.as_ref().is_ok_and(|&n| n > 0);
+            if let Err(e) = round {
+                tracing::warn!(error = %e, "the apply ceiling's round failed");
+            }
+            continue;
+        }
+        insert_batch(&pool, &insert, &mut batch).await;
+    }
+}
+
+/// Inserts `batch` in one transaction and answers each of its callers.
+async fn insert_batch(pool: &SqlitePool, insert: &str, batch: &mut Vec<Delivery>) {
+    let outcome: Result<Vec<bool>, sqlx::Error> = async {
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut answers = Vec::with_capacity(batch.len());
+        for delivery in batch.iter() {
+            let done = sqlx::query(insert)
+                .bind(&delivery.id)
+                .bind(&delivery.body)
+                .execute(&mut *tx)
+                .await?;
+            answers.push(done.rows_affected() == 1);
+        }
+        tx.commit().await?;
+        Ok(answers)
+    }
+    .await;
+    reply_all(batch.drain(..).map(|d| d.reply), outcome);
+}
+
+/// Which stored events are not applied yet, read on a connection of its
+/// own: from billd's inbox (`pending`, `processing`, `failed` or
+/// `unlinked`: an event is applied when its row leaves these, in the
+/// transaction that applied it), or from an applying [`InboxCeiling`]'s
+/// table (`applied = 0`). Both queries read an index of the unfinished
+/// rows only, so a poll costs in proportion to the backlog, not the inbox.
+pub struct Unapplied {
+    db: ProbeDb,
+    sql: String,
+}
+
+enum ProbeDb {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl Unapplied {
+    /// billd's inbox at `url`.
+    pub async fn billd(url: &str) -> StoreResult<Self> {
+        let sql = "SELECT id FROM stripe_events \
+                   WHERE status IN ('pending', 'processing', 'failed', 'unlinked')";
+        Self::open(url, sql.to_owned()).await
+    }
+
+    /// The applying ceiling's table of `prefix` at `url`.
+    pub async fn ceiling(url: &str, prefix: &str) -> StoreResult<Self> {
+        Self::open(
+            url,
+            format!("SELECT id FROM {prefix}_inbox WHERE applied = 0"),
+        )
+        .await
+    }
+
+    async fn open(url: &str, sql: String) -> StoreResult<Self> {
+        let db = if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)?.read_only(true);
+            let pool = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(options)
+                .await?;
+            ProbeDb::Sqlite(pool)
+        } else {
+            let pool = PgPoolOptions::new().max_connections(1).connect(url).await?;
+            ProbeDb::Postgres(pool)
+        };
+        Ok(Unapplied { db, sql })
+    }
+
+    /// The ids of the events stored and not applied, now.
+    pub async fn ids(&self) -> StoreResult<std::collections::HashSet<String>> {
+        let ids: Vec<String> = match &self.db {
+            ProbeDb::Sqlite(pool) => sqlx::query_scalar(&self.sql).fetch_all(pool).await?,
+            ProbeDb::Postgres(pool) => sqlx::query_scalar(&self.sql).fetch_all(pool).await?,
+        };
+        Ok(ids.into_iter().collect())
     }
 }
 
@@ -384,5 +616,41 @@ mod tests {
     async fn the_inbox_ceiling_stores_each_id_once_on_postgres() {
         let url = crate::testing::fresh_postgres_database().await.unwrap();
         stores_each_id_once(&url, "t").await;
+    }
+
+    /// The applying ceiling applies every stored event (a body that is not
+    /// an event too), and the probe sees none left.
+    async fn applies_every_stored_event(url: &str) {
+        let inbox = InboxCeiling::open_applying(url, "a").await.unwrap();
+        let probe = Unapplied::ceiling(url, "a").await.unwrap();
+        let event = |i: i64| {
+            serde_json::json!({ "id": format!("evt_{i}"), "type": "invoice.paid", "created": i,
+                "data": { "object": { "id": format!("in_{i}"), "customer": format!("cus_{}", i % 3), "status": "paid" } } })
+            .to_string()
+        };
+        for i in 0..20 {
+            assert!(inbox.insert(format!("evt_{i}"), event(i)).await.unwrap());
+        }
+        assert!(inbox.insert("evt_bad".into(), "{".into()).await.unwrap());
+
+        let mut polls = 0;
+        while !probe.ids().await.unwrap().is_empty() {
+            polls += 1;
+            assert!(polls < 500, "the ceiling never applied everything");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_applying_ceiling_applies_every_stored_event_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        applies_every_stored_event(&format!("sqlite://{}", dir.path().join("a.db").display()))
+            .await;
+    }
+
+    #[tokio::test]
+    async fn the_applying_ceiling_applies_every_stored_event_on_postgres() {
+        let url = crate::testing::fresh_postgres_database().await.unwrap();
+        applies_every_stored_event(&url).await;
     }
 }

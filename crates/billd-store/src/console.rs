@@ -224,22 +224,41 @@ macro_rules! console_store {
                 limit: u32,
             ) -> StoreResult<Vec<CustomerRecord>> {
                 let query = query.trim();
-                let rows: Vec<CustomerRow> = sqlx::query_as(&format!(
-                    "SELECT {CUSTOMER_COLUMNS} FROM customers \
-                     WHERE ($2 IS NULL OR customer_id > $2) \
-                       AND ($1 = '' \
-                         OR substr(customer_id, 1, length($1)) = $1 \
-                         OR lower(substr(email, 1, length($1))) = lower($1) \
-                         OR stripe_customer_id = $1 \
-                         OR customer_id IN \
-                            (SELECT customer_id FROM object_links WHERE object_id = $1)) \
-                     ORDER BY customer_id LIMIT $3"
-                ))
-                .bind(query)
-                .bind(after.map(CustomerId::as_str))
-                .bind(<$store as Dialect>::limit(limit))
-                .fetch_all(self.reader())
-                .await?;
+                let after = after.map(CustomerId::as_str);
+                let limit = <$store as Dialect>::limit(limit);
+                let rows: Vec<CustomerRow> = if query.is_empty() {
+                    sqlx::query_as(&format!(
+                        "SELECT {CUSTOMER_COLUMNS} FROM customers \
+                         WHERE ($1 IS NULL OR customer_id > $1) ORDER BY customer_id LIMIT $2"
+                    ))
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(self.reader())
+                    .await?
+                } else {
+                    // Each way a customer is known by has its own index: an
+                    // id or email start is a range (`$1` up to `$1` followed
+                    // by the last code point), a Stripe id an equality.
+                    let byte = <$store as Dialect>::BYTE_ORDER;
+                    sqlx::query_as(&format!(
+                        "SELECT {CUSTOMER_COLUMNS} FROM customers WHERE customer_id IN ( \
+                           SELECT customer_id FROM customers \
+                            WHERE customer_id{byte} >= $1 AND customer_id{byte} < $1 || $2 \
+                           UNION SELECT customer_id FROM customers \
+                            WHERE lower(email){byte} >= lower($1) \
+                              AND lower(email){byte} < lower($1) || $2 \
+                           UNION SELECT customer_id FROM customers WHERE stripe_customer_id = $1 \
+                           UNION SELECT customer_id FROM object_links WHERE object_id = $1) \
+                         AND ($3 IS NULL OR customer_id > $3) \
+                         ORDER BY customer_id LIMIT $4"
+                    ))
+                    .bind(query)
+                    .bind(char::MAX.to_string())
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(self.reader())
+                    .await?
+                };
                 rows.into_iter().map(CustomerRecord::try_from).collect()
             }
 
@@ -308,7 +327,14 @@ macro_rules! console_store {
                         .push_bind(customer.as_str())
                         .push(")))");
                 }
-                q.push(" ORDER BY seq DESC LIMIT ")
+                // Within a time range the arrival index gives the order;
+                // otherwise the insertion order (the primary key) does.
+                let order = if query.received_from.is_some() || query.received_until.is_some() {
+                    " ORDER BY received_at DESC, seq DESC LIMIT "
+                } else {
+                    " ORDER BY seq DESC LIMIT "
+                };
+                q.push(order)
                     .push_bind(<$store as Dialect>::limit(query.limit));
                 let rows: Vec<EventRow> = q.build_query_as().fetch_all(self.reader()).await?;
                 into_events(rows)

@@ -258,6 +258,17 @@ pub enum EventResult {
     },
 }
 
+/// What [`Store::release_all_claims`] released.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReleasedClaims {
+    /// Inbox events that were `processing`.
+    pub events: u64,
+    /// Outbox rows that were `processing`.
+    pub outbox: u64,
+    /// Scheduler job leases that were live.
+    pub jobs: u64,
+}
+
 /// How much one [`Store::claim_event_batches`] takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClaimLimits {
@@ -392,12 +403,12 @@ pub trait Store:
     /// (an event reclaimed or finished since is not).
     async fn renew_events(&self, held: &[(String, i64)], lease_until: i64) -> StoreResult<u64>;
 
-    /// Ends every inbox lease and outbox claim at once, making their rows
-    /// due at `now` (attempts and claim numbers kept, so a late finish by
-    /// their old holder is still refused). Only for a process that knows
-    /// no other holds a claim on the database: a SQLite file served by one
-    /// process, at its start-up. Returns `(events, outbox rows)` released.
-    async fn release_all_claims(&self, now: i64) -> StoreResult<(u64, u64)>;
+    /// Ends every inbox lease, outbox claim and scheduler job lease at
+    /// once, making their rows due at `now` (attempts, claim numbers and
+    /// lease owners kept, so a late finish by their old holder is still
+    /// refused). Only for a process that knows no other holds a claim on
+    /// the database: a SQLite file served by one process, at its start-up.
+    async fn release_all_claims(&self, now: i64) -> StoreResult<ReleasedClaims>;
 
     /// Records how processing of a claimed event ended, if `claim` is still
     /// the event's current claim (its [`StoredEvent::claim`]). An event that

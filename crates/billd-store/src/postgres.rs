@@ -16,12 +16,12 @@ use sqlx::QueryBuilder;
 use crate::claim::{in_claim_order, page_size, Picker, MAX_PAGES};
 use crate::row::{
     finish_columns, first_occurrences, into_events, outcomes, EventRow, EVENT_COLUMNS,
-    RELEASE_EVENTS, RELEASE_OUTBOX,
+    RELEASE_EVENTS, RELEASE_JOBS, RELEASE_OUTBOX,
 };
 use crate::sqlite::not_processing;
 use crate::{
     Backend, ClaimLimits, EventFilter, EventFinish, EventResult, EventStatus, InboxStats,
-    InsertOutcome, NewEvent, Store, StoreError, StoreResult, StoredEvent,
+    InsertOutcome, NewEvent, ReleasedClaims, Store, StoreError, StoreResult, StoredEvent,
 };
 
 mod billing;
@@ -350,18 +350,26 @@ impl Store for PgStore {
         Ok(done.rows_affected())
     }
 
-    async fn release_all_claims(&self, now: i64) -> StoreResult<(u64, u64)> {
+    async fn release_all_claims(&self, now: i64) -> StoreResult<ReleasedClaims> {
         let mut tx = self.pool.begin().await?;
-        let events = sqlx::query(RELEASE_EVENTS)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        let outbox = sqlx::query(RELEASE_OUTBOX)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        let mut released = [0; 3];
+        for (statement, count) in [RELEASE_EVENTS, RELEASE_OUTBOX, RELEASE_JOBS]
+            .into_iter()
+            .zip(&mut released)
+        {
+            *count = sqlx::query(statement)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
         tx.commit().await?;
-        Ok((events.rows_affected(), outbox.rows_affected()))
+        let [events, outbox, jobs] = released;
+        Ok(ReleasedClaims {
+            events,
+            outbox,
+            jobs,
+        })
     }
 
     async fn get_event(&self, id: &str) -> StoreResult<Option<StoredEvent>> {

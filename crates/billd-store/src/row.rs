@@ -16,6 +16,12 @@ pub(crate) const RELEASE_EVENTS: &str =
 pub(crate) const RELEASE_OUTBOX: &str =
     "UPDATE outbox SET next_attempt_at = $1 WHERE status = 'processing'";
 
+/// Ends every scheduler job lease still live at `$1`: the job may be
+/// claimed at once (when due). The owner is kept, so the rows still say
+/// who held them last.
+pub(crate) const RELEASE_JOBS: &str =
+    "UPDATE scheduler_jobs SET lease_until = $1 WHERE lease_until > $1";
+
 #[derive(sqlx::FromRow)]
 pub(crate) struct EventRow {
     id: String,

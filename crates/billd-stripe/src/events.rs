@@ -421,6 +421,8 @@ struct RawSubscriptionItem {
     current_period_start: Option<i64>,
     #[serde(default)]
     current_period_end: Option<i64>,
+    #[serde(default)]
+    quantity: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -445,7 +447,7 @@ pub fn parse_subscription(object: &Value) -> Result<Subscription, ParseError> {
     let customer = parse_ref("customer", raw.customer.as_ref(), StripeCustomerId::parse)?
         .ok_or(ParseError::MissingField("customer"))?;
     let first_item = raw.items.and_then(|items| items.data.into_iter().next());
-    let (price, current_period_start, current_period_end) = match first_item {
+    let (price, quantity, current_period_start, current_period_end) = match first_item {
         Some(item) => {
             let price = item
                 .price
@@ -462,9 +464,14 @@ pub fn parse_subscription(object: &Value) -> Result<Subscription, ParseError> {
                     })
                 })
                 .transpose()?;
-            (price, item.current_period_start, item.current_period_end)
+            (
+                price,
+                item.quantity,
+                item.current_period_start,
+                item.current_period_end,
+            )
         }
-        None => (None, None, None),
+        None => (None, None, None, None),
     };
     Ok(Subscription {
         id: parse_id("id", &raw.id, StripeSubscriptionId::parse)?,
@@ -472,6 +479,7 @@ pub fn parse_subscription(object: &Value) -> Result<Subscription, ParseError> {
         status,
         created: raw.created.unwrap_or(0),
         price,
+        quantity,
         current_period_start,
         current_period_end,
         cancel_at_period_end: raw.cancel_at_period_end.unwrap_or(false),

@@ -7,7 +7,9 @@
 //! - `billd bench webhooks-ceiling` serves `POST /webhooks/stripe`, where a
 //!   delivery is verified as billd verifies it (Stripe's signature) and
 //!   stored as (id unique, body) in a bare table, group-committed
-//!   ([`billd_store::ceiling::InboxCeiling`]).
+//!   ([`billd_store::ceiling::InboxCeiling`]); with `--apply` it also
+//!   applies what it stored, one upsert per event into a bare table of
+//!   customers, in batches (`bench apply`'s ceiling).
 //!
 //! They run as child processes (hidden commands) so that they compete for
 //! the cores as `billd serve` does; [`ServerProcess`] starts either kind
@@ -121,6 +123,9 @@ pub struct InboxCeilingArgs {
     /// Table name prefix (the PostgreSQL table is dropped and created).
     #[arg(long)]
     prefix: String,
+    /// Also apply what is stored ([`InboxCeiling::open_applying`]).
+    #[arg(long)]
+    apply: bool,
 }
 
 /// billd's default signature tolerance, so both reject alike.
@@ -140,9 +145,12 @@ struct Envelope {
 
 /// Serves webhooks until killed.
 pub async fn run_inbox(args: &InboxCeilingArgs) -> anyhow::Result<()> {
-    let ceiling = InboxCeiling::open(&args.database_url, &args.prefix)
-        .await
-        .context("creating the ceiling's table")?;
+    let ceiling = if args.apply {
+        InboxCeiling::open_applying(&args.database_url, &args.prefix).await
+    } else {
+        InboxCeiling::open(&args.database_url, &args.prefix).await
+    }
+    .context("creating the ceiling's tables")?;
     let router = Router::new()
         .route("/webhooks/stripe", axum::routing::post(deliver))
         .route("/healthz", axum::routing::get(|| async { "ok" }))

@@ -85,14 +85,16 @@ pub fn delivery(
     let Some(smtp_url) = &config.smtp_url else {
         return Ok(Arc::new(LogDelivery));
     };
-    // The binary's config owns the three documented variables (file or
-    // environment); billd-email's extras (templates, product name, account
-    // URL) come from the environment.
+    // Every variable billd-email reads comes from the binary's config (file
+    // or environment), the one list of settings.
     let email = EmailConfig::from_vars(|name| match name {
         "BILLD_SMTP_URL" => Some(smtp_url.expose().to_owned()),
         "BILLD_EMAIL_FROM" => config.email_from.clone(),
         "BILLD_ADMIN_EMAIL" => config.admin_email.clone(),
-        other => std::env::var(other).ok(),
+        "BILLD_TEMPLATES" => config.templates.as_ref().map(|d| d.display().to_string()),
+        "BILLD_PRODUCT_NAME" => config.product_name.clone(),
+        "BILLD_ACCOUNT_URL" => config.account_url.clone(),
+        _ => None,
     })
     .context("email configuration")?;
     let store: Arc<dyn BillingStore> = store;

@@ -10,50 +10,84 @@ use std::path::{Path, PathBuf};
 use billd_server::http::{DowngradeTiming, ProrationBehavior};
 use secrecy::{ExposeSecret, SecretString};
 
-const DEFAULTS: &str = include_str!("defaults.toml");
+/// The built-in defaults (`defaults.toml`).
+pub const DEFAULTS: &str = include_str!("defaults.toml");
 
-/// Every key billd reads, as written in `billd.toml` (the environment
-/// variable is `BILLD_` + the upper-cased key), and whether it is a secret.
-const KEYS: &[(&str, bool)] = &[
-    ("database_url", true),
-    ("listen", false),
-    ("stripe_api_key", true),
-    ("stripe_api_base", false),
-    ("stripe_webhook_secrets", true),
-    ("api_keys", true),
-    ("admin_api_keys", true),
-    ("plans", false),
-    ("smtp_url", true),
-    ("email_from", false),
-    ("admin_email", false),
-    ("log_format", false),
-    ("webhook_tolerance_secs", false),
-    ("inbox_max_attempts", false),
-    ("inbox_lease_secs", false),
-    ("outbox_lease_secs", false),
-    ("inbox_backoff_base_secs", false),
-    ("inbox_backoff_cap_secs", false),
-    ("worker_concurrency", false),
-    ("ingest_max_batch", false),
-    ("worker_threads", false),
-    ("ready_max_lag_secs", false),
-    ("public_url", false),
-    ("checkout_rate_limit_per_min", false),
-    ("stripe_tax", false),
-    ("alert_webhook_url", true),
-    ("alert_dedupe_window_secs", false),
-    ("alert_check_interval_secs", false),
-    ("alert_signature_failures", false),
-    ("alert_signature_window_secs", false),
-    ("alert_payment_failure_percent", false),
-    ("alert_payment_window_secs", false),
-    ("alert_payment_min_count", false),
-    ("alert_webhook_silence_secs", false),
-    ("proration_behavior", false),
-    ("delete_stripe_customer", false),
-    ("downgrade_timing", false),
-    ("scheduler", false),
-    ("scheduler_intervals", false),
+/// One setting billd reads: its key as written in `billd.toml` (the
+/// environment variable is `BILLD_` + the upper-cased key), whether its value
+/// is a secret, and what it means. [`SETTINGS`] is the one list of them: the
+/// configuration reference (`billd reference config`) is rendered from it and
+/// a test fails when a `BILLD_*` name in the code or the docs is not in it.
+#[derive(Debug, Clone, Copy)]
+pub struct Setting {
+    /// The key in `billd.toml`, e.g. `database_url`.
+    pub key: &'static str,
+    /// Never echoed in errors or logs.
+    pub secret: bool,
+    /// The group it is listed under in the reference.
+    pub group: &'static str,
+    /// What it means, in Markdown; the default comes from `defaults.toml`.
+    pub meaning: &'static str,
+}
+
+const fn setting(
+    key: &'static str,
+    secret: bool,
+    group: &'static str,
+    meaning: &'static str,
+) -> Setting {
+    Setting {
+        key,
+        secret,
+        group,
+        meaning,
+    }
+}
+
+/// Every setting billd reads, in the order the reference lists them.
+pub const SETTINGS: &[Setting] = &[
+    setting("database_url", true, "Core", "`sqlite://path` or `postgres://user:pass@host/db`. On SQLite one `billd serve` holds the file (a lock file beside it); several may share one PostgreSQL database."),
+    setting("listen", false, "Core", "The HTTP address (app API, admin API, webhooks, console, metrics)."),
+    setting("public_url", false, "Core", "Where Stripe and browsers reach billd, e.g. `https://billing.example.com`. `billd doctor` then expects the webhook endpoint at exactly `{public_url}/webhooks/stripe`; the console's cookie is `Secure` when it is https."),
+    setting("api_keys", true, "Core", "Comma-separated bearer keys (at least 16 characters each) for the app API. Unset in dev mode: a key is generated into `.billd/dev_api_key`."),
+    setting("admin_api_keys", true, "Core", "Comma-separated bearer keys (at least 16 characters each) for `/v1/admin/…` and the console. Unset in dev mode: a key is generated into `.billd/dev_admin_key`."),
+    setting("plans", false, "Core", "Path to a plans TOML file; unset: the built-in catalog (see Plans and limits)."),
+    setting("log_format", false, "Core", "`text` or `json`. Logs go to stderr; the level is set with `RUST_LOG` (e.g. `RUST_LOG=info,billd_server=debug`)."),
+    setting("worker_threads", false, "Core", "Async runtime threads; `0`: one per core."),
+    setting("stripe_api_key", true, "Stripe", "Stripe secret or restricted key (`sk_…`/`rk_…`). Unset: dev mode, with the built-in Stripe emulator (nothing real is charged)."),
+    setting("stripe_api_base", false, "Stripe", "Stripe's API base. Point it at an emulator (`billd sim`) for tests; `billd doctor` warns when it is not Stripe's."),
+    setting("stripe_webhook_secrets", true, "Stripe", "Comma-separated `whsec_…` signing secrets; several during a rotation. Unset with a Stripe key: a dev secret is generated into `.billd/dev_webhook_secret`."),
+    setting("webhook_tolerance_secs", false, "Stripe", "Allowed distance, either way, between a webhook's signed timestamp and its arrival."),
+    setting("stripe_tax", false, "Stripe", "`true`: Checkout enables Stripe Tax (`automatic_tax`); the Stripe account must have Tax activated."),
+    setting("checkout_rate_limit_per_min", false, "Billing", "New Checkout sessions one customer may start per minute (repeats answered from the open session are not counted; shared by every billd process on the database)."),
+    setting("proration_behavior", false, "Billing", "Plan changes: `create_prorations` (proration on the next invoice) or `always_invoice` (charged at once, granted when paid)."),
+    setting("downgrade_timing", false, "Billing", "Downgrades: `immediate` (prorated now) or `period_end` (a Stripe subscription schedule switches the price at the period end)."),
+    setting("delete_stripe_customer", false, "Billing", "Account deletion `delete`s the Stripe customer, or with `anonymize` unsets its email, name, phone and address (metadata and history stay)."),
+    setting("smtp_url", true, "Email", "`smtp://host:port[?tls=starttls|required]` or `smtps://…`. Unset: every email and alert is written to the log instead."),
+    setting("email_from", false, "Email", "The sender, e.g. `Billing <billing@example.com>`; required with `smtp_url`."),
+    setting("admin_email", false, "Email", "Where admin alerts are emailed."),
+    setting("templates", false, "Email", "A directory of email template overrides: a file there named like a built-in one (`payment_failed.subject.txt`, `payment_failed.txt`, `payment_failed.html`, `_layout.html`, …) replaces it; each is checked at start-up. Unset: the built-in templates."),
+    setting("product_name", false, "Email", "The product's name as customers know it, used in emails; unset: `billd`."),
+    setting("account_url", false, "Email", "The app's billing page (where customers update their card), linked from emails; unset: no link."),
+    setting("inbox_max_attempts", false, "Workers", "Processing attempts before a webhook event is `dead`."),
+    setting("inbox_lease_secs", false, "Workers", "A claimed event is reserved this long, renewed every third of it while its batch runs; on PostgreSQL the events of a killed process are reclaimed after it."),
+    setting("outbox_lease_secs", false, "Workers", "A claimed outbox row (email, alert, Stripe call) is reserved this long, renewed every third of it while its delivery runs; rows claimed by a killed process are retried after it."),
+    setting("inbox_backoff_base_secs", false, "Workers", "First retry delay of a failed event: `base·2^(attempts-1)`, capped, jittered to [½, 1]×."),
+    setting("inbox_backoff_cap_secs", false, "Workers", "Longest retry delay (at least the base)."),
+    setting("worker_concurrency", false, "Workers", "Customers whose events are processed at once (each customer's due events, up to 256 a round, in order by one task and in one transaction)."),
+    setting("ingest_max_batch", false, "Workers", "Most webhook events per group commit."),
+    setting("ready_max_lag_secs", false, "Workers", "`/readyz` fails when the oldest waiting event is older than this."),
+    setting("scheduler", false, "Workers", "`off`: this process runs no scheduled jobs (with several instances they share the jobs anyway; one run each)."),
+    setting("scheduler_intervals", false, "Workers", "Per-job intervals in seconds, `job=seconds,…` (e.g. `renewal_reminders=1800`)."),
+    setting("alert_webhook_url", true, "Alerts", "Also post alerts here (Slack-compatible JSON)."),
+    setting("alert_dedupe_window_secs", false, "Alerts", "One alert per condition per window."),
+    setting("alert_check_interval_secs", false, "Alerts", "How often alert conditions are checked."),
+    setting("alert_signature_failures", false, "Alerts", "Alert on this many webhook signature failures within `alert_signature_window_secs`."),
+    setting("alert_signature_window_secs", false, "Alerts", "The window of `alert_signature_failures`."),
+    setting("alert_payment_failure_percent", false, "Alerts", "Alert when this share of payments failed within `alert_payment_window_secs` …"),
+    setting("alert_payment_window_secs", false, "Alerts", "… the window of the payment failure alert …"),
+    setting("alert_payment_min_count", false, "Alerts", "… counting only when at least this many payments were attempted."),
+    setting("alert_webhook_silence_secs", false, "Alerts", "Alert when no webhook arrived for this long while renewals were due."),
 ];
 
 /// The environment variable for a key.
@@ -206,6 +240,12 @@ pub struct Config {
     pub email_from: Option<String>,
     /// `BILLD_ADMIN_EMAIL`.
     pub admin_email: Option<String>,
+    /// `BILLD_TEMPLATES`: a directory of email template overrides.
+    pub templates: Option<PathBuf>,
+    /// `BILLD_PRODUCT_NAME`: the product's name in emails.
+    pub product_name: Option<String>,
+    /// `BILLD_ACCOUNT_URL`: the app's billing page, linked from emails.
+    pub account_url: Option<String>,
     /// `BILLD_LOG_FORMAT`: `text` or `json`.
     pub log_format: LogFormat,
     /// `BILLD_WEBHOOK_TOLERANCE_SECS`.
@@ -351,7 +391,7 @@ struct Raw {
 
 impl Raw {
     fn is_secret(key: &str) -> bool {
-        KEYS.iter().any(|(k, secret)| *k == key && *secret)
+        SETTINGS.iter().any(|s| s.key == key && s.secret)
     }
 
     fn describe(&self, key: &str) -> String {
@@ -440,9 +480,9 @@ impl Config {
                 ))),
             }
         }
-        for (key, _) in KEYS {
-            if let Some(value) = env.get(&env_name(key)) {
-                raw.values.insert(key, (value.clone(), Source::Env));
+        for setting in SETTINGS {
+            if let Some(value) = env.get(&env_name(setting.key)) {
+                raw.values.insert(setting.key, (value.clone(), Source::Env));
             }
         }
         let config = Self::from_raw(&mut raw);
@@ -529,6 +569,14 @@ impl Config {
                 }
             }
         }
+        let templates = raw.opt("templates").map(PathBuf::from);
+        if let Some(dir) = &templates {
+            if !dir.is_dir() {
+                raw.fail("templates", format!("no such directory: {}", dir.display()));
+            }
+        }
+        let product_name = raw.opt("product_name");
+        let account_url = raw.opt("account_url");
         let log_format = match raw.required("log_format").as_deref() {
             Some("json") => LogFormat::Json,
             Some("text") | None => LogFormat::Text,
@@ -633,6 +681,9 @@ impl Config {
             smtp_url,
             email_from,
             admin_email,
+            templates,
+            product_name,
+            account_url,
             log_format,
             webhook_tolerance_secs,
             inbox_max_attempts,
@@ -668,10 +719,14 @@ fn merge_toml(raw: &mut Raw, text: &str, source: Source) {
         }
     };
     for (key, value) in table {
-        let Some((known, _)) = KEYS.iter().find(|(k, _)| *k == key) else {
+        let Some(known) = SETTINGS.iter().map(|s| s.key).find(|k| *k == key) else {
             raw.errors.push(ConfigError(format!(
                 "{key} ({source}): unknown setting (known: {})",
-                KEYS.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+                SETTINGS
+                    .iter()
+                    .map(|s| s.key)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )));
             continue;
         };
@@ -715,6 +770,60 @@ mod tests {
 
     fn errors(result: Result<Config, ConfigErrors>) -> String {
         result.unwrap_err().to_string()
+    }
+
+    #[test]
+    fn every_setting_is_read_once_listed_once_and_every_default_is_a_setting() {
+        let source = include_str!("config.rs");
+        let mut keys: Vec<&str> = SETTINGS.iter().map(|s| s.key).collect();
+        let listed = keys.len();
+        keys.sort_unstable();
+        keys.dedup();
+
+        assert_eq!(keys.len(), listed, "a setting is listed twice");
+        for key in keys {
+            let read = ["opt", "int", "required", "list"]
+                .iter()
+                .any(|how| source.contains(&format!("raw.{how}(\"{key}\"")));
+            assert!(read, "the setting {key} is listed but never read");
+        }
+        let defaults: toml::Table = DEFAULTS.parse().unwrap();
+        for key in defaults.keys() {
+            assert!(
+                SETTINGS.iter().any(|s| s.key == key),
+                "defaults.toml sets {key}, which is no setting"
+            );
+        }
+    }
+
+    #[test]
+    fn the_email_settings_come_from_billd_toml_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("billd.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "templates = {:?}\nproduct_name = \"Sitegen\"\naccount_url = \"https://app.example.com/billing\"\n",
+                dir.path().display().to_string()
+            ),
+        )
+        .unwrap();
+        let config = Config::load(Some(&file), &env(&[])).unwrap();
+        let missing = errors(Config::load(
+            None,
+            &env(&[("BILLD_TEMPLATES", "/nonexistent/billd-templates")]),
+        ));
+
+        assert_eq!(config.templates.as_deref(), Some(dir.path()));
+        assert_eq!(config.product_name.as_deref(), Some("Sitegen"));
+        assert_eq!(
+            config.account_url.as_deref(),
+            Some("https://app.example.com/billing")
+        );
+        assert!(
+            missing.contains("BILLD_TEMPLATES (set in the environment): no such directory"),
+            "{missing}"
+        );
     }
 
     #[test]

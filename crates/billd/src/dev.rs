@@ -325,18 +325,19 @@ async fn bind_prices(
 ) -> anyhow::Result<Option<(String, String)>> {
     let wanted: Vec<_> = catalog
         .prices()
-        .filter(|(_, _, price)| price.id.is_none())
-        .filter_map(|(plan, currency, price)| {
+        .filter(|(_, _, _, price)| price.id.is_none())
+        .filter_map(|(plan, currency, interval, price)| {
             Some((
                 plan.clone(),
                 currency.clone(),
+                interval,
                 price.lookup_key.clone()?,
                 price.unit_amount?,
             ))
         })
         .collect();
     let mut example = None;
-    for (plan, currency, lookup_key, amount) in wanted {
+    for (plan, currency, interval, lookup_key, amount) in wanted {
         let found = sim
             .call(
                 reqwest::Method::GET,
@@ -355,7 +356,7 @@ async fn bind_prices(
                             ("product_data[name]", plan.to_string()),
                             ("currency", currency.to_string()),
                             ("unit_amount", amount.to_string()),
-                            ("recurring[interval]", "month".to_string()),
+                            ("recurring[interval]", interval.as_str().to_string()),
                             ("lookup_key", lookup_key.clone()),
                         ],
                     )
@@ -367,7 +368,7 @@ async fn bind_prices(
             }
         };
         let price_id = PriceId::parse(&id).with_context(|| format!("price id {id}"))?;
-        catalog.bind_price(&plan, &currency, price_id)?;
+        catalog.bind_price(&plan, &currency, interval, price_id)?;
         if example.is_none() || plan.to_string() == "pro" {
             example = Some((plan.to_string(), id));
         }
@@ -585,7 +586,7 @@ mod tests {
             "{banner}"
         );
         let catalog = dev.take_catalog().unwrap();
-        for (_, _, price) in catalog.prices() {
+        for (_, _, _, price) in catalog.prices() {
             let id = price.id.as_ref().unwrap().to_string();
             assert_eq!(
                 sim.object(&id).unwrap()["lookup_key"],
@@ -606,7 +607,7 @@ mod tests {
             .take_catalog()
             .unwrap()
             .prices()
-            .map(|(_, _, p)| p.id.as_ref().unwrap().to_string())
+            .map(|(_, _, _, p)| p.id.as_ref().unwrap().to_string())
             .collect();
         dev1.shutdown().await;
 
@@ -618,7 +619,7 @@ mod tests {
             .take_catalog()
             .unwrap()
             .prices()
-            .map(|(_, _, p)| p.id.as_ref().unwrap().to_string())
+            .map(|(_, _, _, p)| p.id.as_ref().unwrap().to_string())
             .collect();
         let sim = dev2
             .emulator

@@ -375,7 +375,10 @@ fn check_local_settings(r: &mut Report, config: &Config) {
         "BILLD_SMTP_URL" => Some(smtp.expose().to_owned()),
         "BILLD_EMAIL_FROM" => config.email_from.clone(),
         "BILLD_ADMIN_EMAIL" => config.admin_email.clone(),
-        other => std::env::var(other).ok(),
+        "BILLD_TEMPLATES" => config.templates.as_ref().map(|d| d.display().to_string()),
+        "BILLD_PRODUCT_NAME" => config.product_name.clone(),
+        "BILLD_ACCOUNT_URL" => config.account_url.clone(),
+        _ => None,
     });
     match email {
         Err(e) => r.fail(
@@ -763,8 +766,12 @@ async fn check_prices(r: &mut Report, catalog: &Catalog, stripe: &StripeClient, 
         );
         return;
     }
-    for (plan, currency, price) in catalog.prices() {
-        let check = format!("price {plan}/{currency}");
+    for (plan, currency, interval, price) in catalog.prices() {
+        // Monthly prices keep the name they had before yearly ones existed.
+        let check = match interval {
+            billd_core::Interval::Month => format!("price {plan}/{currency}"),
+            other => format!("price {plan}/{currency}/{other}"),
+        };
         let found = match (&price.id, &price.lookup_key) {
             (Some(id), _) => match stripe
                 .get(&format!("/v1/prices/{id}"), &Params::new())
@@ -794,7 +801,7 @@ async fn check_prices(r: &mut Report, catalog: &Catalog, stripe: &StripeClient, 
                         let mut form = vec![
                             ("product_data[name]", plan.to_string()),
                             ("currency", currency.to_string()),
-                            ("recurring[interval]", "month".to_string()),
+                            ("recurring[interval]", interval.as_str().to_string()),
                             ("lookup_key", key.clone()),
                         ];
                         if let Some(amount) = price.unit_amount {
@@ -839,6 +846,19 @@ async fn check_prices(r: &mut Report, catalog: &Catalog, stripe: &StripeClient, 
                 "{id} is a one-time price; a subscription needs a recurring one"
             ));
             fixes.push("create a recurring price for the plan and point BILLD_PLANS at it".into());
+        }
+        if p["type"] == "recurring"
+            && (p["recurring"]["interval"].as_str() != Some(interval.as_str())
+                || p["recurring"]["interval_count"].as_i64().unwrap_or(1) != 1)
+        {
+            problems.push(format!(
+                "{id} bills every {} {}, the catalog lists it as its {interval} price",
+                p["recurring"]["interval_count"].as_i64().unwrap_or(1),
+                p["recurring"]["interval"].as_str().unwrap_or("?")
+            ));
+            fixes.push(format!(
+                "point BILLD_PLANS' {plan}.{currency}.{interval} at a price billed every {interval}"
+            ));
         }
         if p["currency"].as_str() != Some(currency.as_str()) {
             problems.push(format!(

@@ -1,8 +1,9 @@
 //! billd's command-line entry point: `serve` (default), `migrate`,
-//! `events list|show|replay`, `audit <customer>`, `reconcile`, `bench webhooks`, `doctor`
-//! and `sim`.
+//! `events list|show|replay`, `audit <customer>`, `reconcile`, `bench webhooks|usage`, `doctor`,
+//! `sim` and `reference`.
 
 mod bench;
+mod bench_apply;
 mod bench_ceiling;
 mod bench_console;
 mod bench_usage;
@@ -12,6 +13,7 @@ mod dev;
 mod doctor;
 mod loadgen;
 mod reconcile_cmd;
+mod reference;
 mod sim_cmd;
 mod table;
 
@@ -31,9 +33,24 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, ConfigErrors, LogFormat};
 use crate::dev::DevMode;
 
+/// `billd --version`: the crate version, the git revision it was built
+/// from and the Stripe API version billd speaks (pinned, see
+/// `billd_stripe::API_VERSION`).
+fn version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        format!(
+            "{} (git {}, Stripe API {})",
+            env!("CARGO_PKG_VERSION"),
+            env!("BILLD_GIT_REVISION"),
+            billd_stripe::API_VERSION
+        )
+    })
+}
+
 /// billd: a self-hosted Stripe billing engine.
 #[derive(Debug, Parser)]
-#[command(name = "billd", version, about, propagate_version = true)]
+#[command(name = "billd", version = version(), about, propagate_version = true)]
 struct Cli {
     /// Path to a billd.toml (default: ./billd.toml when it exists). Its
     /// settings override the built-in defaults; BILLD_* environment
@@ -75,6 +92,15 @@ enum Command {
         /// One JSON object per row and line (JSON Lines) instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Prints a reference page generated from the code: the configuration
+    /// (`config`), the HTTP API from the OpenAPI document (`api`), or an
+    /// example billd.toml (`toml`) or environment file (`env`) listing
+    /// every setting.
+    Reference {
+        /// Which page.
+        #[arg(value_enum)]
+        page: reference::Page,
     },
 }
 
@@ -129,12 +155,18 @@ enum BenchCommand {
     /// serve` child on it and prints each console page's latency (p50,
     /// p99) against the log-in form's.
     Console(bench_console::ConsoleBenchArgs),
+    /// Sends webhooks to a `billd serve` child process and prints how soon
+    /// they are applied (acknowledged → applied latency at a fixed rate, a
+    /// one-customer burst, sustained applied events/s, peak RSS) against a
+    /// minimal server that stores and applies the same events.
+    Apply(bench_apply::ApplyBenchArgs),
     /// The minimal consume server `bench usage` measures billd against
     /// (started by it as a child process).
     #[command(hide = true)]
     UsageCeiling(bench_ceiling::CeilingArgs),
     /// The minimal durable webhook inbox `bench webhooks` measures billd
-    /// against (started by it as a child process).
+    /// against, and with `--apply` the minimal applying one of `bench
+    /// apply` (started by them as a child process).
     #[command(hide = true)]
     WebhooksCeiling(bench_ceiling::InboxCeilingArgs),
 }
@@ -222,7 +254,9 @@ fn config_file(cli: &Cli) -> Option<PathBuf> {
 /// doctor (which reports on the configuration itself) get `None`.
 fn load_config(cli: &Cli) -> Option<Result<Config, ConfigErrors>> {
     match &cli.command {
-        Some(Command::Bench(_) | Command::Sim(_) | Command::Doctor(_)) => None,
+        Some(
+            Command::Bench(_) | Command::Sim(_) | Command::Doctor(_) | Command::Reference { .. },
+        ) => None,
         _ => {
             let env: HashMap<String, String> = std::env::vars().collect();
             Some(Config::load(config_file(cli).as_deref(), &env))
@@ -258,6 +292,10 @@ async fn run(cli: Cli, config: Option<Result<Config, ConfigErrors>>) -> anyhow::
         init_tracing(LogFormat::Text, "warn");
         return bench_console::run(args).await;
     }
+    if let Some(Command::Bench(BenchCommand::Apply(args))) = &cli.command {
+        init_tracing(LogFormat::Text, "warn");
+        return bench_apply::run(args).await;
+    }
     if let Some(Command::Bench(BenchCommand::UsageCeiling(args))) = &cli.command {
         init_tracing(LogFormat::Text, "warn");
         return bench_ceiling::run(args).await;
@@ -269,6 +307,10 @@ async fn run(cli: Cli, config: Option<Result<Config, ConfigErrors>>) -> anyhow::
     if let Some(Command::Sim(args)) = &cli.command {
         init_tracing(LogFormat::Text, "info");
         return sim_cmd::run(args).await;
+    }
+    if let Some(Command::Reference { page }) = &cli.command {
+        print!("{}", reference::render(*page));
+        return Ok(());
     }
     if let Some(Command::Doctor(args)) = &cli.command {
         // An invalid configuration is one of doctor's findings, not a reason
@@ -293,7 +335,9 @@ async fn run(cli: Cli, config: Option<Result<Config, ConfigErrors>>) -> anyhow::
             store.migrate().await.context("applying migrations")?;
             events(store.as_ref(), cmd).await
         }
-        Command::Bench(_) | Command::Sim(_) | Command::Doctor(_) => Ok(()),
+        Command::Bench(_) | Command::Sim(_) | Command::Doctor(_) | Command::Reference { .. } => {
+            Ok(())
+        }
         Command::Reconcile(args) => {
             let store = open_store(&config).await?;
             store.migrate().await.context("applying migrations")?;
@@ -378,11 +422,17 @@ async fn serve(mut config: Config) -> anyhow::Result<()> {
         // in it belongs to a process that died, so release them now rather
         // than after their leases.
         let now = billd_server::Clock::now(&SystemClock);
-        let (events, outbox) = store
+        let released = store
             .release_all_claims(now)
             .await
             .context("releasing the claims of a previous process")?;
-        tracing::info!(lock = %lock.path().display(), events, outbox, "serving lock taken; claims left by a previous process released");
+        tracing::info!(
+            lock = %lock.path().display(),
+            events = released.events,
+            outbox = released.outbox,
+            jobs = released.jobs,
+            "serving lock taken; claims left by a previous process released"
+        );
     }
     let mut billing_config = billing::billing_config(&config)?;
     billing_config.delivery =

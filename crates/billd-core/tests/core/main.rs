@@ -9,6 +9,7 @@
 
 mod consume;
 mod convergence;
+mod pricing;
 mod quota;
 mod refetch;
 mod schedule;

@@ -51,6 +51,7 @@ pub fn subscription(
             currency: Some(eur()),
             unit_amount: Some(900),
         }),
+        quantity: Some(1),
         current_period_start: Some(period_start),
         current_period_end: Some(period_start + 30 * DAY),
         cancel_at_period_end: false,

@@ -25,7 +25,8 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 /// The most characters each free-text field of a request may have (400
 /// `field_too_long`, naming the field, beyond). Far above any real value;
 /// they stop a client from storing, forwarding to Stripe or echoing back
-/// megabytes. README.md lists them.
+/// megabytes. The book lists them (docs/src/integration.md, "Limits on
+/// input").
 pub mod bounds {
     /// `email` (RFC 5321's limit; see [`billd_core::Email`]).
     pub const EMAIL: usize = billd_core::Email::MAX_LEN;

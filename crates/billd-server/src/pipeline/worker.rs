@@ -432,8 +432,26 @@ impl InboxWorker {
         }
         // Customers' batches run concurrently; within one, events are
         // applied in claim order by one task, and no other worker takes an
-        // event of that customer while the claim's lease lives.
-        let work = futures::future::join_all(batches.iter().map(|batch| self.process_batch(batch)));
+        // event of that customer while the claim's lease lives. Events that
+        // name no Stripe customer (`invoice_payment.paid`, …) still belong
+        // to one, found only when they are linked: run beside that
+        // customer's batch they would commit to the same customer at the
+        // same time and lose to it on its version, again and again through
+        // a burst. They run after the batches, one after another.
+        let (customers, loose): (Vec<_>, Vec<_>) = batches.iter().partition(|batch| {
+            batch
+                .first()
+                .is_some_and(|(_, e)| e.stripe_customer.is_some())
+        });
+        let work = async {
+            let mut results =
+                futures::future::join_all(customers.into_iter().map(|b| self.process_batch(b)))
+                    .await;
+            for batch in loose {
+                results.push(self.process_batch(batch).await);
+            }
+            results
+        };
         let held: Vec<(String, i64)> = claimed.iter().map(|e| (e.id.clone(), e.claim)).collect();
         let results: Vec<(usize, Option<EventResult>)> = tokio::select! {
             results = work => results.into_iter().flatten().collect(),

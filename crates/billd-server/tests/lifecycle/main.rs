@@ -22,6 +22,7 @@ mod mail;
 mod notify;
 mod openapi;
 mod plan_change;
+mod pricing;
 mod reconcile;
 mod scenarios;
 mod scheduler;

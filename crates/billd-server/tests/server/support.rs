@@ -262,7 +262,7 @@ impl Store for SwitchableStore {
         self.check()?;
         self.inner.renew_events(held, lease_until).await
     }
-    async fn release_all_claims(&self, now: i64) -> StoreResult<(u64, u64)> {
+    async fn release_all_claims(&self, now: i64) -> StoreResult<billd_store::ReleasedClaims> {
         self.check()?;
         self.inner.release_all_claims(now).await
     }

@@ -27,6 +27,7 @@ on_both_databases!(
     a_batch_whose_worker_stopped_renewing_is_reclaimed_by_another_worker_after_the_lease,
     a_malformed_event_is_dead_after_one_attempt_and_its_customers_next_event_is_applied_at_once,
     a_transiently_failing_event_retries_while_its_customers_later_event_is_applied,
+    events_naming_no_customer_are_applied_after_the_customer_batches_never_beside_them,
 );
 
 const T0: i64 = 1_800_000_000;
@@ -652,4 +653,73 @@ async fn a_batch_whose_worker_stopped_renewing_is_reclaimed_by_another_worker_af
         assert_eq!((e.attempts, e.claim), (2, 2));
     }
     assert_eq!(handler.calls.load(Ordering::SeqCst), 3, "each applied once");
+}
+
+/// Records, per event, how many handler calls were running beside it.
+#[derive(Default)]
+struct OverlapProbe {
+    running: AtomicU32,
+    /// Events without a Stripe customer that ran beside another call.
+    loose_beside_others: AtomicU32,
+}
+
+#[async_trait]
+impl EventHandler for OverlapProbe {
+    async fn handle(&self, event: &StoredEvent) -> Result<HandlerOutcome, HandlerError> {
+        let before = self.running.fetch_add(1, Ordering::SeqCst);
+        // Give the round's other tasks their turn, as a commit would.
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        let beside = before > 0 || self.running.load(Ordering::SeqCst) > 1;
+        if beside && event.stripe_customer.is_none() {
+            self.loose_beside_others.fetch_add(1, Ordering::SeqCst);
+        }
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        Ok(HandlerOutcome::Processed)
+    }
+}
+
+/// An `invoice_payment.paid` names no customer: it is linked to one only
+/// when applied, so it must not run beside a batch that may be that
+/// customer's (they would conflict on the customer's version).
+async fn events_naming_no_customer_are_applied_after_the_customer_batches_never_beside_them(
+    db: Db,
+) {
+    let handler = Arc::new(OverlapProbe::default());
+    let mut events = Vec::new();
+    for i in 0..6_i64 {
+        let paid = stripe_event(
+            &format!("evt_cus_{i}"),
+            "invoice.paid",
+            "invoice",
+            T0 - 100 + i,
+        );
+        events.push(billd_server::pipeline::parse_envelope(paid.as_bytes(), T0).unwrap());
+        let loose = serde_json::json!({
+            "id": format!("evt_loose_{i}"), "object": "event", "type": "invoice_payment.paid",
+            "created": T0 - 100 + i, "api_version": billd_stripe::API_VERSION,
+            "data": { "object": { "id": format!("inpay_{i}"), "object": "invoice_payment" } }
+        })
+        .to_string();
+        events.push(billd_server::pipeline::parse_envelope(loose.as_bytes(), T0).unwrap());
+    }
+    assert!(events.iter().any(|e| e.stripe_customer.is_none()));
+    let s = setup_with(db, Some(handler.clone()), events).await;
+    let mut registry = HandlerRegistry::new();
+    registry.register("invoice.paid", handler.clone());
+    registry.register("invoice_payment.paid", handler.clone());
+    let worker = InboxWorker::new(
+        s.db.store.clone(),
+        registry,
+        server_config().worker,
+        s.metrics.clone(),
+        s.clock.clone(),
+    );
+
+    let report = worker.run_once().await.unwrap();
+
+    assert_eq!(report.claimed, 12);
+    assert_eq!(report.batches, 7, "one customer's batch and six alone");
+    assert_eq!(handler.loose_beside_others.load(Ordering::SeqCst), 0);
 }

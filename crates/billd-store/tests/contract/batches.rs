@@ -169,7 +169,7 @@ pub(crate) async fn releasing_every_claim_makes_leased_events_and_outbox_rows_du
         .expect("claim");
     let resent = h.store.claim_outbox(1_001, 1_031, 10).await.expect("claim");
 
-    assert_eq!(released, (2, 1));
+    assert_eq!((released.events, released.outbox), (2, 1));
     assert_eq!(ids(&reclaimed), ["evt_1", "evt_2", "evt_3"]);
     assert_eq!(reclaimed[0].attempts, 2, "the first attempt counts");
     assert_eq!(resent.len(), 1);

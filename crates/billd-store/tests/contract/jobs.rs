@@ -33,6 +33,7 @@ jobs_contract!(
     many_stores_claiming_one_due_job_at_once_give_exactly_one_lease,
     the_outbox_sweep_puts_rows_with_expired_leases_back_to_pending,
     the_inbox_sweep_marks_events_with_expired_leases_failed_for_a_retry,
+    releasing_every_claim_ends_live_job_leases_so_a_due_job_runs_at_once,
 );
 
 const T: i64 = 1_800_000_000;
@@ -229,4 +230,49 @@ async fn the_inbox_sweep_marks_events_with_expired_leases_failed_for_a_retry(h: 
         store.claim_events(T + 30, T + 60, 10).await.unwrap().len(),
         1
     );
+}
+
+/// A SQLite start-up (the serve lock held) releases the job leases a
+/// killed process left, as it releases its inbox and outbox claims: the
+/// job runs at once instead of after the lease, and the dead holder's late
+/// finish is refused once the new owner holds it.
+async fn releasing_every_claim_ends_live_job_leases_so_a_due_job_runs_at_once(h: &Harness) {
+    let store = &h.store;
+    store
+        .claim_job("reminders", "dead", T, T + 600)
+        .await
+        .unwrap()
+        .expect("due");
+    let finished = JobFinish {
+        next_run_at: T + 3_600,
+        error: None,
+    };
+    store
+        .claim_job("waiting", "dead", T, T + 60)
+        .await
+        .unwrap()
+        .expect("due");
+    assert!(store
+        .finish_job("waiting", "dead", &finished, T + 1)
+        .await
+        .unwrap());
+
+    let released = store.release_all_claims(T + 2).await.unwrap();
+    let reclaimed = store
+        .claim_job("reminders", "fresh", T + 2, T + 62)
+        .await
+        .unwrap();
+    let not_due = store
+        .claim_job("waiting", "fresh", T + 2, T + 62)
+        .await
+        .unwrap();
+
+    assert_eq!(released.jobs, 1, "only the live lease: {released:?}");
+    let reclaimed = reclaimed.expect("the released lease is claimed at once");
+    assert_eq!(reclaimed.lease_owner.as_deref(), Some("fresh"));
+    assert!(not_due.is_none(), "a release makes nothing due early");
+    assert!(!store
+        .finish_job("reminders", "dead", &finished, T + 3)
+        .await
+        .unwrap());
 }

@@ -1,5 +1,6 @@
-//! `billd bench usage` and `billd bench webhooks` run end to end on a small
-//! load: every request is answered, and the figures are printed.
+//! `billd bench usage`, `billd bench webhooks` and `billd bench apply` run
+//! end to end on a small load: every request is answered (every event
+//! applied), and the figures are printed.
 
 use crate::ClearEnv;
 use std::process::Command;
@@ -139,4 +140,48 @@ async fn a_small_webhook_benchmark_acknowledges_every_event_in_each_phase() {
             "the {server} server's peak RSS is shown: {row}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_apply_benchmark_applies_every_acknowledged_event_on_both_servers() {
+    let (stdout, _) = bench(&[
+        "apply",
+        "--customers",
+        "5",
+        "--rate",
+        "40",
+        "--rate-secs",
+        "1",
+        "--burst",
+        "30",
+        "--events",
+        "60",
+        "--connections",
+        "4",
+    ])
+    .await;
+
+    for server in ["minimal", "billd"] {
+        let row = server_row(&stdout, server);
+        assert_eq!(row[5], "40/40", "every paced event applied: {row:?}");
+        assert!(positive(row[6]), "the burst's time is shown: {row:?}");
+        assert!(positive(row[7]), "the applied rate is shown: {row:?}");
+        assert!(
+            positive(row.last().unwrap()),
+            "the {server} server's peak RSS is shown: {row:?}"
+        );
+        assert!(
+            stdout.contains(&format!("sqlite: {server}: burst 30 events acked in ")),
+            "{stdout}"
+        );
+    }
+    assert!(stdout.contains("sqlite: billd/minimal: p99 "), "{stdout}");
+    let inbox = stdout
+        .lines()
+        .find(|l| l.starts_with("sqlite: billd's inbox after the run: "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        !inbox.contains("dead") && !inbox.contains("pending") && !inbox.contains("unlinked"),
+        "{inbox}"
+    );
 }

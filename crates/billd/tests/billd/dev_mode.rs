@@ -56,7 +56,7 @@ pub(crate) fn spawn(
 }
 
 /// The shell lines between the walkthrough markers.
-fn walkthrough(rx: &Receiver<String>) -> Vec<String> {
+pub(crate) fn walkthrough(rx: &Receiver<String>) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut seen = Vec::new();
     let mut inside = false;

@@ -37,12 +37,12 @@ impl Setup {
             .await
             .unwrap();
         sim.sim.record_exchanges();
-        for (plan, currency, price) in Catalog::seed().prices() {
+        for (plan, currency, interval, price) in Catalog::seed().prices() {
             let (status, body) = sim.sim.call(
                 "POST",
                 "/v1/prices",
                 &format!(
-                    "product_data[name]={plan}&currency={currency}&unit_amount={}&recurring[interval]=month&lookup_key={}",
+                    "product_data[name]={plan}&currency={currency}&unit_amount={}&recurring[interval]={interval}&lookup_key={}",
                     price.unit_amount.unwrap(),
                     price.lookup_key.clone().unwrap()
                 ),

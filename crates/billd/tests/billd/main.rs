@@ -10,10 +10,11 @@ mod cli;
 mod crash;
 mod dev_keys;
 mod dev_mode;
+mod docs;
 mod doctor;
 mod email_crash;
 mod listing;
-mod readme;
+mod many_instances;
 mod reconcile;
 mod recovery;
 #[path = "../../../billd-email/tests/support/smtp_sink.rs"]

@@ -166,3 +166,67 @@ async fn skipped(store: &dyn billd_store::Store) -> usize {
         .unwrap();
     rows.len()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_leased_by_a_killed_serve_runs_at_restart_not_after_its_lease() {
+    let dir = tempfile::tempdir().unwrap();
+    let billd = billd(
+        dir.path(),
+        vec![
+            ("BILLD_SCHEDULER", "on".to_owned()),
+            ("BILLD_SCHEDULER_INTERVALS", "outbox_sweep=1".to_owned()),
+        ],
+    );
+    let client = reqwest::Client::new();
+    let mut child = billd.spawn();
+    billd.wait_healthy(&client, &mut child).await;
+    let store = billd_store::connect(&billd.database_url).await.unwrap();
+    let sweep = || async {
+        let jobs = store.list_jobs().await.unwrap();
+        jobs.into_iter().find(|j| j.name == "outbox_sweep")
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sweep().await.is_none_or(|j| j.runs == 0) {
+        assert!(Instant::now() < deadline, "the outbox sweep never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    // What a process killed mid-run leaves: the job under a lease with an
+    // hour to run (the scheduler's own last 15 minutes). It may have left
+    // one itself; otherwise take one as it would have.
+    let job = sweep().await.unwrap();
+    store
+        .claim_job(
+            "outbox_sweep",
+            "killed-process",
+            job.next_run_at.max(now()),
+            now() + 3_600,
+        )
+        .await
+        .unwrap();
+    let job = sweep().await.unwrap();
+    assert!(
+        job.lease_until.is_some_and(|until| until > now() + 600),
+        "{job:?}"
+    );
+
+    let mut child = billd.spawn();
+    billd.wait_healthy(&client, &mut child).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let after = loop {
+        let after = sweep().await.unwrap();
+        if after.runs > job.runs {
+            break after;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job waited for the dead process's lease: {after:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    assert!(after.last_error.is_none(), "{after:?}");
+}

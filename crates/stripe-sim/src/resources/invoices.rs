@@ -98,6 +98,7 @@ pub fn create_preview(s: &mut Inner, p: &Value) -> ApiResult {
     let currency = sub["currency"].as_str().unwrap_or_default().to_string();
     let mut changed = sub.clone();
     let mut prorations = Vec::new();
+    let mut interval_changed = false;
     if let Some(Value::Array(items)) = params::at(p, "subscription_details.items") {
         for (i, it) in items.iter().enumerate() {
             let param = format!("subscription_details[items][{i}][id]");
@@ -117,8 +118,17 @@ pub fn create_preview(s: &mut Inner, p: &Value) -> ApiResult {
             };
             let qty =
                 i64_at(it, "quantity")?.unwrap_or_else(|| item["quantity"].as_i64().unwrap_or(1));
+            let new_interval =
+                billing::price_interval(&price) != billing::price_interval(&item["price"]);
+            interval_changed |= new_interval;
             if behavior != "none" {
-                prorations.extend(billing::proration_lines(s, &sub, &item, &price, qty, date)?);
+                let mut lines = billing::proration_lines(s, &sub, &item, &price, qty, date)?;
+                if new_interval {
+                    // As the update does: the new interval is billed in full
+                    // from now; only the credit stays.
+                    lines.truncate(1);
+                }
+                prorations.extend(lines);
             }
             billing::set_item(&mut changed, si, &price, qty);
         }
@@ -129,7 +139,9 @@ pub fn create_preview(s: &mut Inner, p: &Value) -> ApiResult {
         .map(|m| m.pending_lines.clone())
         .unwrap_or_default();
     lines.extend(prorations);
-    if behavior != "always_invoice" {
+    // A new interval restarts the billing cycle now and invoices at once
+    // (see the update): the preview is that invoice, whatever the behaviour.
+    if behavior != "always_invoice" || interval_changed {
         // The next renewal: the (changed) items for the following period.
         for item in changed["items"]["data"]
             .as_array()
@@ -139,7 +151,11 @@ pub fn create_preview(s: &mut Inner, p: &Value) -> ApiResult {
             let price = &item["price"];
             let qty = item["quantity"].as_i64().unwrap_or(1);
             let amount = billing::unit_amount_in(price, &currency)? * qty;
-            let start = item["current_period_end"].as_i64().unwrap_or(now);
+            let start = if interval_changed {
+                now
+            } else {
+                item["current_period_end"].as_i64().unwrap_or(now)
+            };
             let end = add_interval(
                 start,
                 price["recurring"]["interval"].as_str().unwrap_or("month"),

@@ -1317,3 +1317,60 @@ fn a_subscription_schedule_switches_price_at_the_period_end_without_proration_th
     assert_eq!(sub["schedule"], Value::Null);
     assert_eq!(sub["items"]["data"][0]["price"]["id"], std_price);
 }
+
+#[test]
+fn a_switch_to_a_yearly_price_is_previewed_as_the_invoice_it_creates_and_seats_prorate() {
+    let sim = sim();
+    let monthly = standard_price(&sim);
+    let yearly = id(&post(
+        &sim,
+        "/v1/prices",
+        "product_data[name]=Yearly&currency=eur&unit_amount=30000&recurring[interval]=year",
+    ));
+    let (clock, cus) = clocked_customer(&sim, "pm_card_visa");
+    let sub = post(
+        &sim,
+        "/v1/subscriptions",
+        &format!("customer={cus}&items[0][price]={monthly}&items[0][quantity]=2"),
+    );
+    let si = sub["items"]["data"][0]["id"].as_str().unwrap().to_string();
+    let half = T0 + 31 * DAY / 2;
+    advance(&sim, &clock, half);
+    let more_seats = post(
+        &sim,
+        "/v1/invoices/create_preview",
+        &format!("subscription={}&subscription_details[items][0][id]={si}&subscription_details[items][0][quantity]=3&subscription_details[proration_date]={half}&subscription_details[proration_behavior]=always_invoice", id(&sub)),
+    );
+    let preview = post(
+        &sim,
+        "/v1/invoices/create_preview",
+        &format!("subscription={}&subscription_details[items][0][id]={si}&subscription_details[items][0][price]={yearly}&subscription_details[proration_date]={half}&subscription_details[proration_behavior]=create_prorations", id(&sub)),
+    );
+    let updated = post(
+        &sim,
+        &format!("/v1/subscriptions/{}", id(&sub)),
+        &format!("items[0][id]={si}&items[0][price]={yearly}&proration_behavior=create_prorations&proration_date={half}&expand[]=latest_invoice"),
+    );
+
+    // One more seat of 3000 for half the month.
+    assert_eq!(more_seats["amount_due"], 1500, "{:#}", more_seats["lines"]);
+    let invoice = &updated["latest_invoice"];
+    assert_eq!(invoice["billing_reason"], "subscription_update");
+    // Two yearly seats from now, less the unused half month of two monthly seats.
+    assert_eq!(
+        invoice["amount_due"],
+        2 * 30000 - 3000,
+        "{:#}",
+        invoice["lines"]
+    );
+    assert_eq!(
+        preview["amount_due"], invoice["amount_due"],
+        "{:#}",
+        preview["lines"]
+    );
+    let item = &updated["items"]["data"][0];
+    assert_eq!(item["quantity"], 2);
+    assert_eq!(item["current_period_start"], half);
+    let year = item["current_period_end"].as_i64().unwrap() - half;
+    assert!((365 * DAY..=366 * DAY).contains(&year), "{item:#}");
+}

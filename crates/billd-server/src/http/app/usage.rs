@@ -180,8 +180,15 @@ fn parse(
     let customer =
         CustomerId::parse(id).map_err(|e| invalid("invalid_customer_id", e.to_string()))?;
     let name = FeatureName::parse(feature).map_err(|_| unknown_feature(feature))?;
-    if !catalog.features().contains_key(&name) {
-        return Err(unknown_feature(feature));
+    match catalog.features().get(&name) {
+        None => return Err(unknown_feature(feature)),
+        Some(FeatureKind::Flag) => {
+            return Err(invalid(
+                "flag_feature",
+                format!("{feature} is a flag (on or off per plan, read it from the entitlements' flags); only metered and capacity features are counted"),
+            ))
+        }
+        Some(_) => {}
     }
     let Json(body) = body?;
     let amount = match &body.amount {
@@ -370,7 +377,7 @@ fn no_access(access: Access) -> ApiError {
     request_body = UsageBody,
     responses(
         (status = 200, description = "Counted (or the stored answer of the same key).", body = UsageAnswer),
-        (status = 400, description = "`idempotency_key_required`, `invalid_amount`, `idempotency_key_reused`, `field_too_long`, `invalid_body`.", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "`idempotency_key_required`, `invalid_amount`, `idempotency_key_reused`, `flag_feature`, `field_too_long`, `invalid_body`.", body = crate::http::openapi::ErrorBody),
         (status = 402, description = "`quota_exceeded` (with `feature`, `limit`, `used`, `remaining`, `requested`).", body = crate::http::openapi::ErrorBody),
         (status = 403, description = "`no_access` (with `access`).", body = crate::http::openapi::ErrorBody),
         (status = 404, description = "`unknown_feature`.", body = crate::http::openapi::ErrorBody),

@@ -116,6 +116,7 @@ mod tests {
             status,
             created: 100,
             price: None,
+            quantity: None,
             current_period_start: Some(100),
             current_period_end: Some(end),
             cancel_at_period_end: cancel,

@@ -39,6 +39,7 @@ use crate::pipeline::BillingBackend;
 
 // The handlers' OpenAPI descriptions, for the document's `paths(…)`.
 pub(crate) use portal::__path_create_portal;
+pub(crate) use request::{parse_interval, seats_error};
 pub(crate) use session::__path_create_checkout;
 pub(crate) use sync::__path_sync_checkout;
 

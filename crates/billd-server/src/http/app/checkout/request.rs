@@ -4,7 +4,9 @@
 //! Stripe's refusals map to the caller's codes. No I/O.
 
 use billd_core::event::SubscriptionStatus;
-use billd_core::{CheckoutSessionId, Currency, CustomerId, CustomerState, Plan, PlanName};
+use billd_core::{
+    CheckoutSessionId, Currency, CustomerId, CustomerState, Interval, Plan, PlanName, SeatsError,
+};
 use billd_store::CheckoutRecord;
 use billd_stripe::client::StripeError;
 use sha2::{Digest, Sha256};
@@ -20,6 +22,8 @@ pub(super) struct CheckoutRequest {
     pub(super) success_url: String,
     pub(super) cancel_url: String,
     pub(super) promotion_code: Option<String>,
+    pub(super) interval: Interval,
+    pub(super) seats: u64,
 }
 
 impl CheckoutRequest {
@@ -27,18 +31,74 @@ impl CheckoutRequest {
     /// the open session answers the request.
     pub(super) fn fingerprint(&self) -> String {
         let mut hash = Sha256::new();
+        let seats = self.seats.to_string();
         for part in [
             self.plan.as_str(),
             self.currency.as_str(),
             &self.success_url,
             &self.cancel_url,
             self.promotion_code.as_deref().unwrap_or(""),
+            self.interval.as_str(),
+            &seats,
         ] {
             hash.update(part.as_bytes());
             hash.update([0u8]);
         }
         hex::encode(&hash.finalize()[..16])
     }
+}
+
+/// The billing interval a request names (default `month`), or 400
+/// `invalid_interval`.
+pub(crate) fn parse_interval(raw: Option<&str>) -> Result<Interval, ApiError> {
+    match raw {
+        None => Ok(Interval::Month),
+        Some(raw) => Interval::parse(raw).ok_or_else(|| ApiError::InvalidRequest {
+            code: "invalid_interval",
+            message: format!("interval must be month or year, got {raw:?}"),
+        }),
+    }
+}
+
+/// A refused seat count as the caller's error: 409 `seats_in_use` (release
+/// capacity first), 409 `same_seats`, else 400 with the rule's code.
+pub(crate) fn seats_error(e: SeatsError) -> ApiError {
+    match e {
+        SeatsError::InUse { .. } | SeatsError::Unchanged(_) => ApiError::Conflict {
+            code: e.code(),
+            message: e.to_string(),
+        },
+        SeatsError::NotPerSeat { .. } | SeatsError::OutOfRange { .. } => ApiError::InvalidRequest {
+            code: e.code(),
+            message: e.to_string(),
+        },
+    }
+}
+
+/// 400 `interval_not_available` when the plan has no price at `interval`
+/// in `currency`.
+pub(crate) fn ensure_interval(
+    plan: &Plan,
+    currency: &Currency,
+    interval: Interval,
+) -> Result<(), ApiError> {
+    if plan.price(currency, interval).is_some() {
+        return Ok(());
+    }
+    let offered: Vec<&str> = plan
+        .prices
+        .get(currency)
+        .into_iter()
+        .flat_map(|by_interval| by_interval.keys().map(|i| i.as_str()))
+        .collect();
+    Err(ApiError::InvalidRequest {
+        code: "interval_not_available",
+        message: format!(
+            "plan {} has no {interval} price in {currency} (offered: {})",
+            plan.name,
+            offered.join(", ")
+        ),
+    })
 }
 
 /// An absolute http(s) URL, or 400 `field_too_long` / `invalid_url`.
@@ -231,6 +291,8 @@ mod tests {
             success_url: "https://a.test/ok".into(),
             cancel_url: "https://a.test/no".into(),
             promotion_code: None,
+            interval: Interval::Month,
+            seats: 1,
         };
         let mut variants = vec![base.clone()];
         variants.push(CheckoutRequest {
@@ -253,11 +315,19 @@ mod tests {
             promotion_code: Some("X".into()),
             ..base.clone()
         });
+        variants.push(CheckoutRequest {
+            interval: Interval::Year,
+            ..base.clone()
+        });
+        variants.push(CheckoutRequest {
+            seats: 2,
+            ..base.clone()
+        });
         let mut prints: Vec<String> = variants.iter().map(CheckoutRequest::fingerprint).collect();
         assert_eq!(prints[0], base.fingerprint());
         prints.sort();
         prints.dedup();
-        assert_eq!(prints.len(), 6);
+        assert_eq!(prints.len(), 8);
     }
 
     #[test]

@@ -13,8 +13,9 @@ use crate::http::error::ApiError;
 use crate::pipeline::{ensure_stripe_customer, BillingBackend};
 
 use super::request::{
-    absolute_url, already_subscribed, checkout_currency, currency_locked, ensure_not_subscribed,
-    may_be_open, purchasable_plan, session_error, CheckoutRequest,
+    absolute_url, already_subscribed, checkout_currency, currency_locked, ensure_interval,
+    ensure_not_subscribed, may_be_open, parse_interval, purchasable_plan, seats_error,
+    session_error, CheckoutRequest,
 };
 use super::stripe::{expire_session, open_sessions, promotion_code_id, Expired};
 use super::types::{CheckoutBody, CheckoutView};
@@ -34,7 +35,7 @@ const RACE_RETRIES: usize = 3;
     request_body = CheckoutBody,
     responses(
         (status = 200, description = "Send the user to `url`.", body = CheckoutView),
-        (status = 400, description = "`unknown_plan`, `plan_not_purchasable`, `invalid_currency`, `currency_not_available`, `invalid_url`, `promotion_code_invalid`, `promotion_code_expired`, `field_too_long`, `invalid_body`.", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "`unknown_plan`, `plan_not_purchasable`, `invalid_currency`, `currency_not_available`, `invalid_interval`, `interval_not_available`, `seats_out_of_range`, `seats_not_available`, `invalid_url`, `promotion_code_invalid`, `promotion_code_expired`, `field_too_long`, `invalid_body`.", body = crate::http::openapi::ErrorBody),
         (status = 409, description = "`already_subscribed`, `currency_locked`, `checkout_busy`.", body = crate::http::openapi::ErrorBody),
         (status = 429, description = "`rate_limited` (Retry-After).", body = crate::http::openapi::ErrorBody),
         crate::http::openapi::StripeCallErrors,
@@ -49,12 +50,15 @@ pub(super) async fn create_checkout<S: BillingBackend + ?Sized>(
     let Json(body) = body?;
     bounded("plan", &body.plan, bounds::CODE)?;
     bounded_opt("currency", body.currency.as_deref(), bounds::CODE)?;
+    bounded_opt("interval", body.interval.as_deref(), bounds::CODE)?;
     bounded_opt(
         "promotion_code",
         body.promotion_code.as_deref(),
         bounds::PROMOTION_CODE,
     )?;
     let plan = purchasable_plan(&state.api.catalog, &body.plan)?;
+    let interval = parse_interval(body.interval.as_deref())?;
+    let seats = billd_core::checkout_seats(plan, body.seats).map_err(seats_error)?;
     let success_url = absolute_url("success_url", &body.success_url)?;
     let cancel_url = absolute_url("cancel_url", &body.cancel_url)?;
     let promotion_code = body
@@ -70,6 +74,7 @@ pub(super) async fn create_checkout<S: BillingBackend + ?Sized>(
         body.currency.as_deref(),
         record.preferred_currency.as_deref(),
     )?;
+    ensure_interval(plan, &currency, interval)?;
     ensure_not_subscribed(&id, &record.state)?;
     let request = CheckoutRequest {
         plan: plan.name.clone(),
@@ -77,6 +82,8 @@ pub(super) async fn create_checkout<S: BillingBackend + ?Sized>(
         success_url,
         cancel_url,
         promotion_code,
+        interval,
+        seats,
     };
 
     let lock = state.lock_for(&id);
@@ -98,7 +105,7 @@ pub(super) async fn create_checkout<S: BillingBackend + ?Sized>(
             if row.fingerprint == request.fingerprint()
                 && may_be_open(row, &record.state, now + EXPIRY_MARGIN_SECS)
             {
-                return Ok(Json(CheckoutView::from(row)));
+                return Ok(Json(CheckoutView::of(row, interval, seats)));
             }
         }
         if !counted {
@@ -136,7 +143,7 @@ async fn new_session<S: BillingBackend + ?Sized>(
         return Err(currency_locked(locked, &request.currency));
     }
     let price = state
-        .price_id(stripe, &request.plan, &request.currency)
+        .price_id(stripe, &request.plan, &request.currency, request.interval)
         .await?;
     let promotion = match &request.promotion_code {
         Some(code) => Some(promotion_code_id(stripe, code, &customer, now).await?),
@@ -174,7 +181,7 @@ async fn new_session<S: BillingBackend + ?Sized>(
         .set("client_reference_id", id.as_str())
         .set("currency", request.currency.as_str())
         .set("line_items[0][price]", &price)
-        .set("line_items[0][quantity]", 1)
+        .set("line_items[0][quantity]", request.seats)
         .set("success_url", &request.success_url)
         .set("cancel_url", &request.cancel_url)
         .set("metadata[billd_customer_id]", id.as_str())
@@ -195,7 +202,11 @@ async fn new_session<S: BillingBackend + ?Sized>(
             "automatic_tax[enabled]",
             api.config.stripe_tax.then_some("true"),
         )
-        .set_opt("discounts[0][promotion_code]", promotion.as_deref());
+        .set_opt("discounts[0][promotion_code]", promotion.as_deref())
+        .set_opt(
+            "subscription_data[trial_period_days]",
+            api.catalog.plan(&request.plan).and_then(|p| p.trial_days),
+        );
     let key = format!("billd-checkout-{id}-{generation}-{fingerprint}");
     let session = stripe
         .post("/v1/checkout/sessions", &params, Some(&key))
@@ -225,14 +236,22 @@ async fn new_session<S: BillingBackend + ?Sized>(
         .map_err(store_error)?
     {
         tracing::info!(customer = %id, session = %row.session_id, generation, plan, "created a checkout session");
-        return Ok(Some(CheckoutView::from(&row)));
+        return Ok(Some(CheckoutView::of(
+            &row,
+            request.interval,
+            request.seats,
+        )));
     }
     // Another process recorded generation `generation` first. With the same
     // request it used the same idempotency key, so it holds this very
     // session; otherwise ours must not stay open beside theirs.
     let winner = api.store.get_checkout(id).await.map_err(store_error)?;
     if let Some(winner) = winner.filter(|w| w.session_id == row.session_id) {
-        return Ok(Some(CheckoutView::from(&winner)));
+        return Ok(Some(CheckoutView::of(
+            &winner,
+            request.interval,
+            request.seats,
+        )));
     }
     expire_session(stripe, &row.session_id).await?;
     Ok(None)

@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, PoisonError, Weak};
 
-use billd_core::{Currency, CustomerId, PlanName};
+use billd_core::{Currency, CustomerId, Interval, PlanName};
 use billd_store::RateDecision;
 use billd_stripe::client::{Params, StripeClient};
 
@@ -65,15 +65,16 @@ impl<S: BillingBackend + ?Sized> CheckoutState<S> {
         stripe: &StripeClient,
         plan: &PlanName,
         currency: &Currency,
+        interval: Interval,
     ) -> Result<String, ApiError> {
-        let price =
-            self.api
-                .catalog
-                .price_for(plan, currency)
-                .ok_or_else(|| ApiError::InvalidRequest {
-                    code: "currency_not_available",
-                    message: format!("plan {plan} has no price in {currency}"),
-                })?;
+        let price = self
+            .api
+            .catalog
+            .price_for(plan, currency, interval)
+            .ok_or_else(|| ApiError::InvalidRequest {
+                code: "interval_not_available",
+                message: format!("plan {plan} has no {interval} price in {currency}"),
+            })?;
         if let Some(id) = &price.id {
             return Ok(id.to_string());
         }

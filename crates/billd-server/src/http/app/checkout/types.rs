@@ -23,6 +23,12 @@ pub struct CheckoutBody {
     /// A promotion code the customer typed (e.g. `LAUNCH20`).
     #[schema(max_length = 255)]
     pub promotion_code: Option<String>,
+    /// `month` (default) or `year`: which of the plan's prices to buy.
+    #[schema(max_length = 64)]
+    pub interval: Option<String>,
+    /// Seats to buy on a plan sold per seat (default: the plan's minimum;
+    /// only 1 on other plans): the subscription item's quantity.
+    pub seats: Option<u64>,
 }
 
 /// The answer to a checkout request.
@@ -36,17 +42,26 @@ pub struct CheckoutView {
     pub plan: String,
     /// Its currency.
     pub currency: String,
+    /// Its billing interval (`month` or `year`).
+    pub interval: String,
+    /// The seats it sells (the line item's quantity).
+    pub seats: u64,
     /// When Stripe expires the session (unix seconds).
     pub expires_at: i64,
 }
 
-impl From<&CheckoutRecord> for CheckoutView {
-    fn from(row: &CheckoutRecord) -> Self {
+impl CheckoutView {
+    /// The answer for a stored session. The row keeps no interval or
+    /// seats: a row answers only a request with its fingerprint, which
+    /// covers both, so the request's values are the row's.
+    pub(super) fn of(row: &CheckoutRecord, interval: billd_core::Interval, seats: u64) -> Self {
         CheckoutView {
             url: row.url.clone(),
             session_id: row.session_id.clone(),
             plan: row.plan.clone(),
             currency: row.currency.clone(),
+            interval: interval.as_str().to_owned(),
+            seats,
             expires_at: row.expires_at,
         }
     }

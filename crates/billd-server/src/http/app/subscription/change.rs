@@ -18,8 +18,8 @@ use crate::http::idempotency::KeyedRun;
 use crate::pipeline::{observation_ns, BillingBackend};
 
 use super::decide::{
-    at_period_end, conflict, idempotency_key, invoice_summary, parse_body, plan_of_price,
-    refuse_same_plan,
+    at_period_end, conflict, idempotency_key, invoice_summary, is_current, parse_body,
+    refuse_same_plan, Target,
 };
 use super::feed::{feed_back, view};
 use super::live::{load, target_price, Context, LiveSubscription};
@@ -27,13 +27,13 @@ use super::types::{PlanChangeBody, ProrationBehavior, SubscriptionOutcome, Subsc
 
 #[utoipa::path(
     post, path = "/v1/customers/{id}/subscription/change", tag = "app", operation_id = "change_plan",
-    description = "Applies a plan change with proration (BILLD_PRORATION_BEHAVIOR). Honours `Idempotency-Key`.",
+    description = "Applies a plan change (another plan, the other interval, or other seats) with proration (BILLD_PRORATION_BEHAVIOR). Honours `Idempotency-Key`.",
     params(crate::http::openapi::CustomerPath, crate::http::openapi::IdempotencyHeader),
     request_body = PlanChangeBody,
     responses(
         (status = 200, description = "`status` `changed` (applies now) or `scheduled` (a downgrade at the period end): the subscription.", body = SubscriptionView),
         (status = 202, description = "`status` `action_required` (the proration invoice needs 3-D Secure at `hosted_invoice_url`) or `payment_failed`; the plan is granted once paid.", body = SubscriptionView),
-        (status = 400, description = "`unknown_plan`, `field_too_long`, `invalid_body`, `invalid_proration_date`.", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "`unknown_plan`, `invalid_interval`, `interval_not_available`, `seats_out_of_range`, `seats_not_available`, `field_too_long`, `invalid_body`, `invalid_proration_date`.", body = crate::http::openapi::ErrorBody),
         (status = 409, description = "`no_subscription`, `subscription_ended`, `same_plan`, `change_pending`.", body = crate::http::openapi::ErrorBody),
         crate::http::openapi::StripeCallErrors,
     )
@@ -47,9 +47,23 @@ pub(super) async fn change<S: BillingBackend + ?Sized>(
     let id = customer_id(&id)?;
     let (body, plan) = parse_body(body, &state.catalog)?;
     let ctx = load(&state, &id).await?;
+    let wanted = Target::of(&body, plan, &ctx.live)?;
+    apply_change(&state, &id, keyed, &body, &ctx, &wanted).await
+}
+
+/// Makes the change `wanted` (checked already) of the loaded subscription.
+pub(super) async fn apply_change<S: BillingBackend + ?Sized>(
+    state: &ApiState<S>,
+    id: &CustomerId,
+    keyed: Option<Extension<KeyedRun>>,
+    body: &PlanChangeBody,
+    ctx: &Context,
+    wanted: &Target,
+) -> Result<Response, ApiError> {
     let live = &ctx.live;
+    let plan = &wanted.plan;
     let stripe = state.stripe()?;
-    let target = target_price(stripe, &plan, &live.currency).await?;
+    let target = target_price(stripe, plan, &live.currency, wanted.interval).await?;
     let price = target["id"].as_str().unwrap_or_default().to_owned();
     if let Some(pending) = &live.pending_price {
         // A change is waiting for its invoice to be paid: the same change
@@ -61,9 +75,9 @@ pub(super) async fn change<S: BillingBackend + ?Sized>(
             ));
         }
         let invoice = latest_invoice(stripe, live.latest_invoice.as_deref()).await?;
-        return answer_held(&state, &id, &plan, live, invoice).await;
+        return answer_held(state, id, plan, live, invoice).await;
     }
-    let deferred = at_period_end(&state, live, &target);
+    let deferred = at_period_end(state, live, &target, wanted.seats);
     if let Some(schedule) = live.object["schedule"].as_str() {
         let scheduled = stripe
             .get(
@@ -76,7 +90,7 @@ pub(super) async fn change<S: BillingBackend + ?Sized>(
             .and_then(|p| p.as_str().or_else(|| p["id"].as_str()));
         if deferred && next_price == Some(price.as_str()) {
             // The same downgrade again: it is scheduled already.
-            return answer_scheduled(&state, &id, &plan, live).await;
+            return answer_scheduled(state, id, plan, live).await;
         }
         // Any other change replaces the scheduled downgrade.
         stripe
@@ -86,20 +100,20 @@ pub(super) async fn change<S: BillingBackend + ?Sized>(
                 Some(&format!("billd:release:{schedule}")),
             )
             .await?;
-        if plan_of_price(&state.catalog, &live.price).is_some_and(|p| p.name == plan.name) {
+        if is_current(&state.catalog, live, wanted) {
             // Back to the current plan: dropping the schedule was the change.
             let observed = observation_ns();
             let object = stripe.retrieve_subscription(&live.id).await?;
             let updated = LiveSubscription::parse(object)?;
-            feed_back(&state, &ctx, &updated, observed).await?;
-            let mut view = view(&state, &id, &updated, SubscriptionOutcome::Changed).await?;
-            view.requested_plan = Some(plan.name);
+            feed_back(state, ctx, &updated, observed).await?;
+            let mut view = view(state, id, &updated, SubscriptionOutcome::Changed).await?;
+            view.requested_plan = Some(plan.name.clone());
             return Ok(Json(view).into_response());
         }
     }
-    refuse_same_plan(&state.catalog, live, &plan)?;
+    refuse_same_plan(&state.catalog, live, wanted)?;
     if deferred {
-        return schedule_downgrade(&state, &ctx, &id, &plan, &price).await;
+        return schedule_downgrade(state, ctx, id, plan, &price, wanted.seats).await;
     }
     let now = state.clock.now();
     // Under an Idempotency-Key the change is prorated as of the key's first
@@ -127,6 +141,7 @@ pub(super) async fn change<S: BillingBackend + ?Sized>(
     let mut params = Params::new()
         .set("items[0][id]", &live.item_id)
         .set("items[0][price]", &price)
+        .set("items[0][quantity]", wanted.seats)
         .set("proration_behavior", behavior.as_str())
         .set("proration_date", proration_date)
         .set("metadata[billd_plan]", plan.name.as_str());
@@ -134,7 +149,14 @@ pub(super) async fn change<S: BillingBackend + ?Sized>(
         // Stripe keeps the old price until the proration invoice is paid.
         params = params.set("payment_behavior", "pending_if_incomplete");
     }
-    let key = idempotency_key("plan_change", live, &price, &ctx.watermark);
+    // The seats are part of the intended change: the same price with other
+    // seats is another change.
+    let key = idempotency_key(
+        "plan_change",
+        live,
+        &format!("{price}x{}", wanted.seats),
+        &ctx.watermark,
+    );
     let updated = stripe
         .post(
             &format!("/v1/subscriptions/{}", live.id),
@@ -152,15 +174,15 @@ pub(super) async fn change<S: BillingBackend + ?Sized>(
         .filter(|inv| live.latest_invoice.as_ref() != Some(inv));
     if updated.pending_price.is_some() {
         let invoice = latest_invoice(stripe, updated.latest_invoice.as_deref()).await?;
-        return answer_held(&state, &id, &plan, &updated, invoice).await;
+        return answer_held(state, id, plan, &updated, invoice).await;
     }
     let invoice = match new_invoice {
         Some(inv) => latest_invoice(stripe, Some(&inv)).await?,
         None => None,
     };
-    feed_back(&state, &ctx, &updated, observed).await?;
-    let mut view = view(&state, &id, &updated, SubscriptionOutcome::Changed).await?;
-    view.requested_plan = Some(plan.name);
+    feed_back(state, ctx, &updated, observed).await?;
+    let mut view = view(state, id, &updated, SubscriptionOutcome::Changed).await?;
+    view.requested_plan = Some(plan.name.clone());
     view.invoice = invoice.as_ref().map(invoice_summary);
     Ok(Json(view).into_response())
 }
@@ -175,6 +197,7 @@ async fn schedule_downgrade<S: BillingBackend + ?Sized>(
     id: &CustomerId,
     plan: &Plan,
     price: &str,
+    seats: u64,
 ) -> Result<Response, ApiError> {
     let live = &ctx.live;
     let stripe = state.stripe()?;
@@ -208,9 +231,11 @@ async fn schedule_downgrade<S: BillingBackend + ?Sized>(
         .unwrap_or(live.current_period_start);
     let phases = Params::new()
         .set("phases[0][items][0][price]", live.price_id())
+        .set("phases[0][items][0][quantity]", live.quantity)
         .set("phases[0][start_date]", start)
         .set("phases[0][end_date]", live.current_period_end)
         .set("phases[1][items][0][price]", price)
+        .set("phases[1][items][0][quantity]", seats)
         // One period of the new price (`iterations` is gone since API 2025-09-30).
         .set("phases[1][duration][interval]", interval.as_str())
         .set("phases[1][duration][interval_count]", interval_count)

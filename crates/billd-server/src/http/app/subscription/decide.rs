@@ -4,11 +4,12 @@
 
 use axum::extract::rejection::JsonRejection;
 use axum::Json;
-use billd_core::{Catalog, Plan, PlanName, PriceId};
+use billd_core::{Catalog, Interval, Plan, PlanName, PriceId};
 use billd_stripe::client::Params;
 use serde_json::Value;
 
-use crate::http::api::{bounded, bounds, ApiState};
+use crate::http::api::{bounded, bounded_opt, bounds, ApiState};
+use crate::http::app::checkout::{parse_interval, seats_error};
 use crate::http::error::ApiError;
 use crate::pipeline::BillingBackend;
 
@@ -22,12 +23,40 @@ pub(super) fn conflict(code: &'static str, message: impl Into<String>) -> ApiErr
     }
 }
 
+/// What a preview or change asks for: the plan, the interval and the seats
+/// (checked against the plan; the current count when none is given).
+pub(super) struct Target {
+    pub(super) plan: Plan,
+    pub(super) interval: Interval,
+    pub(super) seats: u64,
+}
+
+impl Target {
+    /// The target of a body against the live subscription.
+    pub(super) fn of(
+        body: &PlanChangeBody,
+        plan: Plan,
+        live: &LiveSubscription,
+    ) -> Result<Self, ApiError> {
+        let interval = parse_interval(body.interval.as_deref())?;
+        let seats = billd_core::seats_after_change(&plan, live.quantity, body.seats)
+            .map_err(seats_error)?;
+        Ok(Target {
+            plan,
+            interval,
+            seats,
+        })
+    }
+}
+
 pub(super) fn parse_body(
     body: Result<Json<PlanChangeBody>, JsonRejection>,
     catalog: &Catalog,
 ) -> Result<(PlanChangeBody, Plan), ApiError> {
     let Json(body) = body?;
     bounded("plan", &body.plan, bounds::CODE)?;
+    bounded_opt("interval", body.interval.as_deref(), bounds::CODE)?;
+    parse_interval(body.interval.as_deref())?;
     let plan = PlanName::parse(&body.plan)
         .ok()
         .and_then(|name| catalog.plan(&name))
@@ -40,10 +69,23 @@ pub(super) fn parse_body(
     Ok((body, plan))
 }
 
-/// The plan the Stripe price belongs to.
-pub(super) fn plan_of_price<'c>(catalog: &'c Catalog, price: &Value) -> Option<&'c Plan> {
+/// Where the Stripe price sits in the catalog (plan, currency, interval).
+pub(crate) fn slot_of_price<'c>(
+    catalog: &'c Catalog,
+    price: &Value,
+) -> Option<billd_core::PriceSlot<'c>> {
     let id = PriceId::parse(price["id"].as_str()?).ok()?;
-    catalog.plan_for_price(&id, price["lookup_key"].as_str())
+    catalog.slot_for_price(&id, price["lookup_key"].as_str())
+}
+
+/// Whether the live subscription is on `target` already: the same plan at
+/// the same interval with the same seats.
+pub(super) fn is_current(catalog: &Catalog, live: &LiveSubscription, target: &Target) -> bool {
+    slot_of_price(catalog, &live.price).is_some_and(|slot| {
+        slot.plan.name == target.plan.name
+            && slot.interval == target.interval
+            && live.quantity == target.seats
+    })
 }
 
 /// A price's amount per year, to tell an upgrade from a downgrade across
@@ -65,26 +107,32 @@ pub(super) fn yearly_amount(price: &Value) -> i64 {
 }
 
 /// Whether this change waits for the period end: a downgrade (cheaper per
-/// year) under `BILLD_DOWNGRADE_TIMING=period_end`.
+/// year for the seats) under `BILLD_DOWNGRADE_TIMING=period_end`.
 pub(super) fn at_period_end<S: BillingBackend + ?Sized>(
     state: &ApiState<S>,
     live: &LiveSubscription,
     target: &Value,
+    seats: u64,
 ) -> bool {
+    let times = |amount: i64, seats: u64| amount.saturating_mul(i64::try_from(seats).unwrap_or(1));
     state.config.downgrade_timing == DowngradeTiming::PeriodEnd
-        && yearly_amount(target) < yearly_amount(&live.price)
+        && times(yearly_amount(target), seats) < times(yearly_amount(&live.price), live.quantity)
 }
 
-/// Refuses a change to the plan the subscription is on already.
+/// Refuses a change to the plan, interval and seats the subscription is on
+/// already.
 pub(super) fn refuse_same_plan(
     catalog: &Catalog,
     live: &LiveSubscription,
-    plan: &Plan,
+    target: &Target,
 ) -> Result<(), ApiError> {
-    if plan_of_price(catalog, &live.price).is_some_and(|p| p.name == plan.name) {
+    if is_current(catalog, live, target) {
         return Err(conflict(
             "same_plan",
-            format!("the subscription is on plan {} already", plan.name),
+            format!(
+                "the subscription is on plan {} ({}, {} seats) already",
+                target.plan.name, target.interval, target.seats
+            ),
         ));
     }
     Ok(())
@@ -93,6 +141,7 @@ pub(super) fn refuse_same_plan(
 pub(super) fn preview_params(
     live: &LiveSubscription,
     price: &str,
+    seats: u64,
     behavior: &str,
     proration_date: i64,
 ) -> Params {
@@ -100,6 +149,7 @@ pub(super) fn preview_params(
         .set("subscription", &live.id)
         .set("subscription_details[items][0][id]", &live.item_id)
         .set("subscription_details[items][0][price]", price)
+        .set("subscription_details[items][0][quantity]", seats)
         .set("subscription_details[proration_behavior]", behavior)
         .set("subscription_details[proration_date]", proration_date)
 }

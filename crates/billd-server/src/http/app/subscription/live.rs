@@ -2,7 +2,7 @@
 //! with the customer and billd's own view of it ([`Context`]) before any
 //! preview or change; and the catalog price a change moves to.
 
-use billd_core::{CustomerId, Plan};
+use billd_core::{CustomerId, Interval, Plan};
 use billd_store::CustomerRecord;
 use billd_stripe::client::{Params, StripeClient};
 use serde_json::Value;
@@ -22,6 +22,7 @@ pub(super) struct LiveSubscription {
     pub(super) currency: String,
     pub(super) item_id: String,
     pub(super) price: Value,
+    pub(super) quantity: u64,
     pub(super) current_period_start: i64,
     pub(super) current_period_end: i64,
     pub(super) pending_price: Option<String>,
@@ -41,6 +42,7 @@ impl LiveSubscription {
             currency: text(&object["currency"]).unwrap_or_default(),
             item_id: text(&item["id"]).ok_or_else(|| missing("items"))?,
             price: item["price"].clone(),
+            quantity: item["quantity"].as_u64().unwrap_or(1).max(1),
             current_period_start: item["current_period_start"].as_i64().unwrap_or_default(),
             current_period_end: item["current_period_end"].as_i64().unwrap_or_default(),
             pending_price: object
@@ -118,17 +120,18 @@ pub(super) async fn load<S: BillingBackend + ?Sized>(
     })
 }
 
-/// The Stripe price object of `plan` in `currency` (by id, or found by its
-/// lookup key).
-pub(super) async fn target_price(
+/// The Stripe price object of `plan` in `currency` at `interval` (by id,
+/// or found by its lookup key).
+pub(crate) async fn target_price(
     stripe: &StripeClient,
     plan: &Plan,
     currency: &str,
+    interval: Interval,
 ) -> Result<Value, ApiError> {
-    let price = plan
+    let by_interval = plan
         .prices
         .iter()
-        .find(|(c, _)| c.to_string() == currency)
+        .find(|(c, _)| c.as_str() == currency)
         .map(|(_, p)| p)
         .ok_or_else(|| ApiError::InvalidRequest {
             code: "currency_not_available",
@@ -136,6 +139,12 @@ pub(super) async fn target_price(
                 "plan {} has no price in {currency}, the subscription's currency",
                 plan.name
             ),
+        })?;
+    let price = by_interval
+        .get(&interval)
+        .ok_or_else(|| ApiError::InvalidRequest {
+            code: "interval_not_available",
+            message: format!("plan {} has no {interval} price in {currency}", plan.name),
         })?;
     if let Some(id) = &price.id {
         return Ok(stripe

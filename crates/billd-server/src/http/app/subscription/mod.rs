@@ -1,5 +1,8 @@
 //! Plan changes and cancellation (app key): `POST /v1/customers/{id}/
-//! subscription/preview`, `…/change`, `…/cancel` and `…/resume`.
+//! subscription/preview`, `…/change`, `…/seats/preview`, `…/seats`,
+//! `…/cancel` and `…/resume`. A change moves to another plan, to the other
+//! interval of the same plan, or to other seats; seats are the Stripe
+//! item's quantity.
 //!
 //! Stripe decides the money: the preview is Stripe's invoice preview, the
 //! change is a subscription update with the configured proration
@@ -30,7 +33,9 @@ mod change;
 mod decide;
 mod feed;
 mod live;
+mod plans;
 mod preview;
+mod seats;
 mod types;
 
 use axum::Router;
@@ -46,7 +51,9 @@ pub use types::{DowngradeTiming, ProrationBehavior};
 // The handlers' OpenAPI descriptions, for the document's `paths(…)`.
 pub(crate) use cancel::{__path_cancel, __path_resume};
 pub(crate) use change::__path_change;
+pub(crate) use plans::{__path_customer_plans, __path_list_plans};
 pub(crate) use preview::__path_preview;
+pub(crate) use seats::{__path_change_seats, __path_preview_seats};
 
 /// The plan-change and cancellation routes, to merge into the app-key
 /// router. The three that change the subscription honour `Idempotency-Key`
@@ -54,6 +61,18 @@ pub(crate) use preview::__path_preview;
 pub(crate) fn router<S: BillingBackend + ?Sized>(idem: &Idempotency<S>) -> Router<ApiState<S>> {
     let router = route(
         Router::new(),
+        Verb::Get,
+        "/v1/plans",
+        plans::list_plans::<S>,
+    );
+    let router = route(
+        router,
+        Verb::Get,
+        "/v1/customers/{id}/plans",
+        plans::customer_plans::<S>,
+    );
+    let router = route(
+        router,
         Verb::Post,
         "/v1/customers/{id}/subscription/preview",
         preview::preview::<S>,
@@ -63,6 +82,19 @@ pub(crate) fn router<S: BillingBackend + ?Sized>(idem: &Idempotency<S>) -> Route
         Verb::Post,
         "/v1/customers/{id}/subscription/change",
         change::change::<S>,
+        idem.layer(),
+    );
+    let router = route(
+        router,
+        Verb::Post,
+        "/v1/customers/{id}/subscription/seats/preview",
+        seats::preview_seats::<S>,
+    );
+    let router = route_with(
+        router,
+        Verb::Post,
+        "/v1/customers/{id}/subscription/seats",
+        seats::change_seats::<S>,
         idem.layer(),
     );
     let router = route_with(

@@ -79,9 +79,17 @@ impl std::str::FromStr for DowngradeTiming {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PlanChangeBody {
-    /// The catalog plan to move to.
+    /// The catalog plan to move to (the current one to switch interval).
     #[schema(max_length = 64)]
     pub plan: String,
+    /// `month` (default) or `year`: which of the plan's prices to move to.
+    #[schema(max_length = 64)]
+    #[serde(default)]
+    pub interval: Option<String>,
+    /// Seats on the new plan (default: the current count brought into the
+    /// plan's range; 1 on a plan without seats).
+    #[serde(default)]
+    pub seats: Option<u64>,
     /// For `change`: the `proration_date` a preview answered, so the change
     /// is prorated at exactly the previewed instant (default: now).
     #[serde(default)]
@@ -118,6 +126,10 @@ pub struct PreviewView {
     /// The plan previewed.
     #[schema(value_type = String)]
     pub plan: PlanName,
+    /// The interval previewed (`month` or `year`).
+    pub interval: String,
+    /// The seats after the change.
+    pub seats: u64,
     /// The subscription's currency.
     pub currency: String,
     /// Charged when the change is made (minor units).
