@@ -166,17 +166,12 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
-            // Every writer connection reports its commits before they are
-            // visible, and its release once they are (`write_clock`).
+            // Every writer connection reports the customers each commit
+            // changes before it is visible, and its release once it is
+            // (`write_clock`).
             .after_connect(move |conn, _meta| {
                 let writes = hooked.clone();
-                Box::pin(async move {
-                    conn.lock_handle().await?.set_commit_hook(move || {
-                        writes.committing();
-                        true
-                    });
-                    Ok(())
-                })
+                Box::pin(async move { writes.install(conn).await })
             })
             .after_release(move |_conn, _meta| {
                 let writes = released.clone();
@@ -299,6 +294,9 @@ impl Store for SqliteStore {
 
     async fn migrate(&self) -> StoreResult<()> {
         MIGRATOR.run(&self.writer).await?;
+        // The writer's change triggers watch tables the migrations create.
+        let mut writer = self.writer.acquire().await?;
+        self.writes.arm(&mut writer).await?;
         Ok(())
     }
 

@@ -629,8 +629,12 @@ impl billd_store::UsageStore for SwitchableStore {
     fn write_mark(&self) -> Option<billd_store::WriteMark> {
         self.inner.write_mark()
     }
-    fn still_current(&self, mark: billd_store::WriteMark) -> bool {
-        self.inner.still_current(mark)
+    fn still_current(
+        &self,
+        mark: billd_store::WriteMark,
+        snapshot: &billd_store::UsageSnapshot,
+    ) -> bool {
+        self.inner.still_current(mark, snapshot)
     }
 }
 
