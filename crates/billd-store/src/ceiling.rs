@@ -5,9 +5,12 @@
 //! one durable INSERT of (id unique, body) ([`InboxCeiling`]).
 //!
 //! On SQLite (billd's file settings: WAL, `synchronous=FULL`) one writer
-//! task commits whatever has queued up as one transaction; on PostgreSQL
-//! each write is one statement on a pool of billd's size, and PostgreSQL
-//! groups the WAL flushes of concurrent commits.
+//! task commits whatever has queued up as one transaction. On PostgreSQL
+//! each consume is one statement on a pool of billd's size (PostgreSQL
+//! groups the WAL flushes of concurrent commits); webhooks are
+//! group-committed as billd's ingest does it there: whatever has queued up
+//! (up to [`INBOX_MAX_BATCH`]) as one multi-row statement, up to
+//! [`PG_COMMITS_IN_FLIGHT`] such commits at once.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -24,6 +27,12 @@ const MAX_BATCH: usize = 512;
 
 /// PostgreSQL connections (billd's pool size).
 const PG_CONNECTIONS: u32 = 16;
+
+/// Most webhooks in one group commit (billd's ingest default).
+pub const INBOX_MAX_BATCH: usize = 1024;
+
+/// Group commits at once on PostgreSQL (billd's ingest on PostgreSQL).
+pub const PG_COMMITS_IN_FLIGHT: usize = 4;
 
 struct Job {
     customer: String,
@@ -197,18 +206,12 @@ struct Delivery {
     reply: oneshot::Sender<StoreResult<bool>>,
 }
 
-#[derive(Clone)]
-enum InboxDb {
-    /// The writer task's queue.
-    Sqlite(mpsc::Sender<Delivery>),
-    Postgres(PgPool, Arc<str>),
-}
-
 /// Webhook bodies by unique event id in one table, `{prefix}_inbox`, and
 /// nothing else: the least a durable webhook inbox must do.
 #[derive(Clone)]
 pub struct InboxCeiling {
-    db: InboxDb,
+    /// The writer task's queue (either database).
+    deliveries: mpsc::Sender<Delivery>,
 }
 
 impl InboxCeiling {
@@ -223,39 +226,34 @@ impl InboxCeiling {
         let insert: Arc<str> =
             format!("INSERT INTO {table} (id, body) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING")
                 .into();
-        let db = if url.starts_with("sqlite:") {
+        let deliveries = if url.starts_with("sqlite:") {
             let pool = sqlite_pool(url, &schema).await?;
             let (deliveries, rx) = mpsc::channel(MAX_BATCH * 4);
             tokio::spawn(inbox_writer(pool, rx, insert));
-            InboxDb::Sqlite(deliveries)
+            deliveries
         } else {
-            InboxDb::Postgres(pg_pool(url, &schema).await?, insert)
+            let pool = pg_pool(url, &schema).await?;
+            let insert = format!(
+                "INSERT INTO {table} (id, body) SELECT * FROM UNNEST($1::text[], $2::text[]) \
+                 ON CONFLICT (id) DO NOTHING RETURNING id"
+            );
+            let (deliveries, rx) = mpsc::channel(INBOX_MAX_BATCH * 4);
+            tokio::spawn(pg_inbox_writer(pool, rx, insert.into()));
+            deliveries
         };
-        Ok(InboxCeiling { db })
+        Ok(InboxCeiling { deliveries })
     }
 
     /// Stores `body` under `id` durably: `true` when it is new, `false`
     /// when `id` was already stored.
     pub async fn insert(&self, id: String, body: String) -> StoreResult<bool> {
-        match &self.db {
-            InboxDb::Sqlite(deliveries) => {
-                let (reply, answer) = oneshot::channel();
-                let gone = || StoreError::Unavailable("the ceiling's writer stopped".to_owned());
-                deliveries
-                    .send(Delivery { id, body, reply })
-                    .await
-                    .map_err(|_| gone())?;
-                answer.await.map_err(|_| gone())?
-            }
-            InboxDb::Postgres(pool, insert) => {
-                let done = sqlx::query(insert)
-                    .bind(&id)
-                    .bind(&body)
-                    .execute(pool)
-                    .await?;
-                Ok(done.rows_affected() == 1)
-            }
-        }
+        let (reply, answer) = oneshot::channel();
+        let gone = || StoreError::Unavailable("the ceiling's writer stopped".to_owned());
+        self.deliveries
+            .send(Delivery { id, body, reply })
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
     }
 
     /// Drops the table `prefix` names at `url` (best effort).
@@ -284,6 +282,59 @@ async fn inbox_writer(pool: SqlitePool, mut rx: mpsc::Receiver<Delivery>, insert
         }
         .await;
         reply_all(batch.drain(..).map(|d| d.reply), outcome);
+    }
+}
+
+/// Commits whatever deliveries have queued up as one multi-row statement,
+/// [`PG_COMMITS_IN_FLIGHT`] commits at once: while one waits for its WAL
+/// flush, the next batch is on its way, and PostgreSQL flushes them
+/// together.
+async fn pg_inbox_writer(pool: PgPool, mut rx: mpsc::Receiver<Delivery>, insert: Arc<str>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(PG_COMMITS_IN_FLIGHT));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(INBOX_MAX_BATCH);
+        if rx.recv_many(&mut batch, INBOX_MAX_BATCH).await == 0 {
+            return;
+        }
+        let (pool, insert) = (pool.clone(), insert.clone());
+        tokio::spawn(async move {
+            // An id twice in one batch: the first is new, the second not.
+            let firsts: Vec<bool> = {
+                let mut seen = std::collections::HashSet::with_capacity(batch.len());
+                batch.iter().map(|d| seen.insert(d.id.as_str())).collect()
+            };
+            let ids: Vec<&str> = batch
+                .iter()
+                .zip(&firsts)
+                .filter(|(_, first)| **first)
+                .map(|(d, _)| d.id.as_str())
+                .collect();
+            let bodies: Vec<&str> = batch
+                .iter()
+                .zip(&firsts)
+                .filter(|(_, first)| **first)
+                .map(|(d, _)| d.body.as_str())
+                .collect();
+            let outcome: Result<Vec<bool>, sqlx::Error> = sqlx::query_scalar::<_, String>(&insert)
+                .bind(&ids)
+                .bind(&bodies)
+                .fetch_all(&pool)
+                .await
+                .map(|inserted| {
+                    let inserted: std::collections::HashSet<String> =
+                        inserted.into_iter().collect();
+                    batch
+                        .iter()
+                        .zip(&firsts)
+                        .map(|(d, first)| *first && inserted.contains(&d.id))
+                        .collect()
+                });
+            reply_all(batch.into_iter().map(|d| d.reply), outcome);
+            drop(slot);
+        });
     }
 }
 
