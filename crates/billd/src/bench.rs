@@ -224,7 +224,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "\nminimal = a child process with the same HTTP stack, Stripe signature check and group commit storing only (id unique, body) in a bare table (SQLite WAL, synchronous=FULL; PostgreSQL one statement each); billd = `billd serve` (its worker runs too); each given the {} events over {} connections, then the fixed rate for {} s.",
+        "\nminimal = a child process with the same HTTP stack, Stripe signature check and group commit storing only (id unique, body) in a bare table (SQLite WAL, synchronous=FULL; both databases group-committed like billd's ingest); billd = `billd serve` (its worker runs too); each given the {} events over {} connections, then the fixed rate for {} s.",
         args.events, args.connections, args.rate_secs
     );
     println!(
