@@ -169,6 +169,8 @@ enum BenchCommand {
 /// An inbox status on the command line.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum StatusArg {
+    /// Acknowledged, not derived by the worker yet.
+    Received,
     Pending,
     Processing,
     Processed,
@@ -181,6 +183,7 @@ enum StatusArg {
 impl From<StatusArg> for EventStatus {
     fn from(s: StatusArg) -> Self {
         match s {
+            StatusArg::Received => EventStatus::Received,
             StatusArg::Pending => EventStatus::Pending,
             StatusArg::Processing => EventStatus::Processing,
             StatusArg::Processed => EventStatus::Processed,

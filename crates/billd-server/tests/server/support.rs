@@ -247,6 +247,21 @@ impl Store for SwitchableStore {
         self.check()?;
         self.inner.insert_events(events).await
     }
+    async fn receive_events(
+        &self,
+        events: &[billd_store::ReceivedEvent],
+    ) -> StoreResult<Vec<InsertOutcome>> {
+        self.check()?;
+        self.inner.receive_events(events).await
+    }
+    async fn received_events(&self, limit: u32) -> StoreResult<Vec<billd_store::ReceivedEvent>> {
+        self.check()?;
+        self.inner.received_events(limit).await
+    }
+    async fn derive_events(&self, derived: &[billd_store::Derived], now: i64) -> StoreResult<u64> {
+        self.check()?;
+        self.inner.derive_events(derived, now).await
+    }
     async fn claim_event_batches(
         &self,
         now: i64,
