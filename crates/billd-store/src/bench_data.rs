@@ -206,6 +206,7 @@ macro_rules! seed_with {
                         .push_bind(e.object_id)
                         .push_bind(e.stripe_customer)
                         .push_bind(e.payload)
+                        .push_unseparated($json)
                         .push_bind(e.status)
                         .push_bind(1_i32)
                         .push_bind(e.last_error)

@@ -805,6 +805,28 @@ macro_rules! billing_store {
             Ok(erased.scrub(events))
         }
 
+        /// Per derived row, its payload scrubbed when it is about an erased
+        /// Stripe customer (`None`: stored as received), reloading the
+        /// store's set when due; the lean ingest scrubs when the worker
+        /// derives a row, the first moment its customer is known.
+        pub(super) async fn scrub_derived(
+            store: &$store,
+            derived: &[$crate::Derived],
+        ) -> StoreResult<Vec<Option<String>>> {
+            let erased = store.erased();
+            if let Some(_reloading) = erased.reload_guard().await {
+                let ids: Vec<String> = sqlx::query_scalar(
+                    "SELECT l.object_id FROM object_links l \
+                     JOIN customers c ON c.customer_id = l.customer_id \
+                     WHERE c.deleted_at IS NOT NULL AND substr(l.object_id, 1, 4) = 'cus_'",
+                )
+                .fetch_all(store.reader())
+                .await?;
+                erased.loaded(ids);
+            }
+            Ok(erased.scrub_derived(derived))
+        }
+
         /// Inserts outbox rows, due now, skipping existing dedupe keys.
         async fn insert_outbox(
             conn: &mut Conn,

@@ -10,9 +10,12 @@
 //! billd's inbox or the ceiling's.
 //!
 //! On SQLite (billd's file settings: WAL, `synchronous=FULL`) one writer
-//! task commits whatever has queued up as one transaction; on PostgreSQL
-//! each write is one statement on a pool of billd's size, and PostgreSQL
-//! groups the WAL flushes of concurrent commits.
+//! task commits whatever has queued up as one transaction. On PostgreSQL
+//! each consume is one statement on a pool of billd's size (PostgreSQL
+//! groups the WAL flushes of concurrent commits); webhooks are
+//! group-committed as billd's ingest does it there: whatever has queued up
+//! (up to [`INBOX_MAX_BATCH`]) as one multi-row statement, up to
+//! [`PG_COMMITS_IN_FLIGHT`] such commits at once.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -29,6 +32,12 @@ const MAX_BATCH: usize = 512;
 
 /// PostgreSQL connections (billd's pool size).
 const PG_CONNECTIONS: u32 = 16;
+
+/// Most webhooks in one group commit (billd's ingest default).
+pub const INBOX_MAX_BATCH: usize = 1024;
+
+/// Group commits at once on PostgreSQL (billd's ingest on PostgreSQL).
+pub const PG_COMMITS_IN_FLIGHT: usize = 4;
 
 struct Job {
     customer: String,
@@ -202,12 +211,13 @@ struct Delivery {
     reply: oneshot::Sender<StoreResult<bool>>,
 }
 
+/// Where an [`InboxCeiling`]'s deliveries go: a writer task's queue (on
+/// either database), and on PostgreSQL the apply task's wake-up when
+/// applying.
 #[derive(Clone)]
-enum InboxDb {
-    /// The writer task's queue.
-    Sqlite(mpsc::Sender<Delivery>),
-    /// The pool, the INSERT, and the apply task's wake-up when applying.
-    Postgres(PgPool, Arc<str>, Option<Arc<Notify>>),
+struct InboxDb {
+    deliveries: mpsc::Sender<Delivery>,
+    wake: Option<Arc<Notify>>,
 }
 
 /// Most events one apply transaction of the ceiling takes.
@@ -293,15 +303,24 @@ impl InboxCeiling {
             let pool = sqlite_pool(url, &schema).await?;
             let (deliveries, rx) = mpsc::channel(MAX_BATCH * 4);
             tokio::spawn(inbox_writer(pool, rx, insert, apply));
-            InboxDb::Sqlite(deliveries)
+            InboxDb {
+                deliveries,
+                wake: None,
+            }
         } else {
             let pool = pg_pool(url, &schema).await?;
+            let insert = format!(
+                "INSERT INTO {table} (id, body) SELECT * FROM UNNEST($1::text[], $2::text[]) \
+                 ON CONFLICT (id) DO NOTHING RETURNING id"
+            );
+            let (deliveries, rx) = mpsc::channel(INBOX_MAX_BATCH * 4);
+            tokio::spawn(pg_inbox_writer(pool.clone(), rx, insert.into()));
             let wake = apply.map(|apply| {
                 let wake = Arc::new(Notify::new());
-                tokio::spawn(pg_applier(pool.clone(), apply, wake.clone()));
+                tokio::spawn(pg_applier(pool, apply, wake.clone()));
                 wake
             });
-            InboxDb::Postgres(pool, insert, wake)
+            InboxDb { deliveries, wake }
         };
         Ok(InboxCeiling { db })
     }
@@ -309,28 +328,18 @@ impl InboxCeiling {
     /// Stores `body` under `id` durably: `true` when it is new, `false`
     /// when `id` was already stored.
     pub async fn insert(&self, id: String, body: String) -> StoreResult<bool> {
-        match &self.db {
-            InboxDb::Sqlite(deliveries) => {
-                let (reply, answer) = oneshot::channel();
-                let gone = || StoreError::Unavailable("the ceiling's writer stopped".to_owned());
-                deliveries
-                    .send(Delivery { id, body, reply })
-                    .await
-                    .map_err(|_| gone())?;
-                answer.await.map_err(|_| gone())?
-            }
-            InboxDb::Postgres(pool, insert, wake) => {
-                let done = sqlx::query(insert)
-                    .bind(&id)
-                    .bind(&body)
-                    .execute(pool)
-                    .await?;
-                if let Some(wake) = wake {
-                    wake.notify_one();
-                }
-                Ok(done.rows_affected() == 1)
-            }
+        let (reply, answer) = oneshot::channel();
+        let gone = || StoreError::Unavailable("the ceiling's writer stopped".to_owned());
+        self.db
+            .deliveries
+            .send(Delivery { id, body, reply })
+            .await
+            .map_err(|_| gone())?;
+        let stored = answer.await.map_err(|_| gone())?;
+        if let Some(wake) = &self.db.wake {
+            wake.notify_one();
         }
+        stored
     }
 
     /// Drops the tables `prefix` names at `url` (best effort).
@@ -462,8 +471,8 @@ async fn insert_batch(pool: &SqlitePool, insert: &str, batch: &mut Vec<Delivery>
 }
 
 /// Which stored events are not applied yet, read on a connection of its
-/// own: from billd's inbox (`pending`, `processing`, `failed` or
-/// `unlinked`: an event is applied when its row leaves these, in the
+/// own: from billd's inbox (`received`, `pending`, `processing`, `failed`
+/// or `unlinked`: an event is applied when its row leaves these, in the
 /// transaction that applied it), or from an applying [`InboxCeiling`]'s
 /// table (`applied = 0`). Both queries read an index of the unfinished
 /// rows only, so a poll costs in proportion to the backlog, not the inbox.
@@ -480,8 +489,10 @@ enum ProbeDb {
 impl Unapplied {
     /// billd's inbox at `url`.
     pub async fn billd(url: &str) -> StoreResult<Self> {
+        // Received rows (status NULL) are not even derived yet.
         let sql = "SELECT id FROM stripe_events \
-                   WHERE status IN ('pending', 'processing', 'failed', 'unlinked')";
+                   WHERE status IS NULL \
+                      OR status IN ('pending', 'processing', 'failed', 'unlinked')";
         Self::open(url, sql.to_owned()).await
     }
 
@@ -516,6 +527,59 @@ impl Unapplied {
             ProbeDb::Postgres(pool) => sqlx::query_scalar(&self.sql).fetch_all(pool).await?,
         };
         Ok(ids.into_iter().collect())
+    }
+}
+
+/// Commits whatever deliveries have queued up as one multi-row statement,
+/// [`PG_COMMITS_IN_FLIGHT`] commits at once: while one waits for its WAL
+/// flush, the next batch is on its way, and PostgreSQL flushes them
+/// together.
+async fn pg_inbox_writer(pool: PgPool, mut rx: mpsc::Receiver<Delivery>, insert: Arc<str>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(PG_COMMITS_IN_FLIGHT));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(INBOX_MAX_BATCH);
+        if rx.recv_many(&mut batch, INBOX_MAX_BATCH).await == 0 {
+            return;
+        }
+        let (pool, insert) = (pool.clone(), insert.clone());
+        tokio::spawn(async move {
+            // An id twice in one batch: the first is new, the second not.
+            let firsts: Vec<bool> = {
+                let mut seen = std::collections::HashSet::with_capacity(batch.len());
+                batch.iter().map(|d| seen.insert(d.id.as_str())).collect()
+            };
+            let ids: Vec<&str> = batch
+                .iter()
+                .zip(&firsts)
+                .filter(|(_, first)| **first)
+                .map(|(d, _)| d.id.as_str())
+                .collect();
+            let bodies: Vec<&str> = batch
+                .iter()
+                .zip(&firsts)
+                .filter(|(_, first)| **first)
+                .map(|(d, _)| d.body.as_str())
+                .collect();
+            let outcome: Result<Vec<bool>, sqlx::Error> = sqlx::query_scalar::<_, String>(&insert)
+                .bind(&ids)
+                .bind(&bodies)
+                .fetch_all(&pool)
+                .await
+                .map(|inserted| {
+                    let inserted: std::collections::HashSet<String> =
+                        inserted.into_iter().collect();
+                    batch
+                        .iter()
+                        .zip(&firsts)
+                        .map(|(d, first)| *first && inserted.contains(&d.id))
+                        .collect()
+                });
+            reply_all(batch.into_iter().map(|d| d.reply), outcome);
+            drop(slot);
+        });
     }
 }
 

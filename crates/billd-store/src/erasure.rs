@@ -101,6 +101,27 @@ impl ErasedCustomers {
         )
     }
 
+    /// Per derived row, its payload scrubbed when its Stripe customer is
+    /// erased (and scrubbing changes it), else `None`.
+    pub(crate) fn scrub_derived(&self, derived: &[crate::Derived]) -> Vec<Option<String>> {
+        self.read(|inner| {
+            derived
+                .iter()
+                .map(|derived| match derived {
+                    crate::Derived::Event(event)
+                        if event
+                            .stripe_customer
+                            .as_ref()
+                            .is_some_and(|c| inner.ids.contains(c)) =>
+                    {
+                        scrub_json_text(&event.payload)
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
+    }
+
     fn read<T>(&self, f: impl FnOnce(&Inner) -> T) -> T {
         // A panic while holding the lock cannot leave the set half-updated
         // in a harmful way (it only grows), so a poisoned lock is still used.

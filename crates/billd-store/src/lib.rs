@@ -104,6 +104,10 @@ pub enum Backend {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EventStatus {
+    /// Acknowledged and stored as received (id and raw body only); the
+    /// worker has not derived its columns yet (type, created, customer…:
+    /// empty, 0 and none until then). Stored as a NULL status.
+    Received,
     /// Stored, waiting for a worker.
     Pending,
     /// Claimed by a worker whose lease has not expired.
@@ -122,7 +126,8 @@ pub enum EventStatus {
 
 impl EventStatus {
     /// Every status, in lifecycle order.
-    pub const ALL: [EventStatus; 7] = [
+    pub const ALL: [EventStatus; 8] = [
+        EventStatus::Received,
         EventStatus::Pending,
         EventStatus::Processing,
         EventStatus::Processed,
@@ -135,6 +140,7 @@ impl EventStatus {
     /// The name stored in `stripe_events.status` (and used by the CLI).
     pub fn as_str(self) -> &'static str {
         match self {
+            EventStatus::Received => "received",
             EventStatus::Pending => "pending",
             EventStatus::Processing => "processing",
             EventStatus::Processed => "processed",
@@ -154,7 +160,7 @@ impl std::fmt::Display for EventStatus {
 
 /// A status name that is not one of [`EventStatus::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown event status {0:?} (expected one of pending, processing, processed, failed, dead, skipped, unlinked)")]
+#[error("unknown event status {0:?} (expected one of received, pending, processing, processed, failed, dead, skipped, unlinked)")]
 pub struct UnknownStatus(pub String);
 
 impl FromStr for EventStatus {
@@ -188,6 +194,45 @@ pub struct NewEvent {
     pub payload: String,
     /// When billd received it (unix seconds, billd's clock).
     pub received_at: i64,
+}
+
+/// A webhook as the lean ingest stores it when acknowledging it: the event
+/// id (unique) and the raw body, nothing derived. The inbox worker derives
+/// the rest ([`Store::derive_events`]) before it claims the event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedEvent {
+    /// Stripe event id (`evt_…`), unique in the inbox.
+    pub id: String,
+    /// The raw JSON body exactly as received.
+    pub payload: String,
+    /// When billd received it (unix seconds, billd's clock).
+    pub received_at: i64,
+}
+
+/// What the worker derived from a [`ReceivedEvent`]'s body.
+#[derive(Debug, Clone)]
+pub enum Derived {
+    /// The envelope's columns (its `received_at` and `payload` are not
+    /// written back, except a payload scrubbed for an erased customer).
+    Event(NewEvent),
+    /// The body is not an envelope billd can store: the row becomes `dead`
+    /// with `error` as its `last_error`.
+    Invalid {
+        /// The event id.
+        id: String,
+        /// Why (a stable reason code first).
+        error: String,
+    },
+}
+
+impl Derived {
+    /// The event id.
+    pub fn id(&self) -> &str {
+        match self {
+            Derived::Event(event) => &event.id,
+            Derived::Invalid { id, .. } => id,
+        }
+    }
 }
 
 /// What happened to one event of an insert batch.
@@ -363,6 +408,26 @@ pub trait Store:
     /// deletions made through another store on the same database within
     /// seconds.
     async fn insert_events(&self, events: &[NewEvent]) -> StoreResult<Vec<InsertOutcome>>;
+
+    /// The lean ingest: inserts a batch of acknowledged webhooks as
+    /// `received` rows (id, body and arrival time only: no derived column,
+    /// no index but the id's and the queue of received rows, no counter) in
+    /// one transaction (group commit). Returns one outcome per input, in
+    /// order; an id already stored (received or derived), or earlier in the
+    /// batch, is `Duplicate`. Returns only after the transaction is durably
+    /// committed.
+    async fn receive_events(&self, events: &[ReceivedEvent]) -> StoreResult<Vec<InsertOutcome>>;
+
+    /// Up to `limit` rows still `received` (not derived), oldest first.
+    async fn received_events(&self, limit: u32) -> StoreResult<Vec<ReceivedEvent>>;
+
+    /// Writes what the worker derived for received rows in one transaction:
+    /// an [`Derived::Event`] row becomes `pending` with its columns (its
+    /// payload stored scrubbed when it is about an erased Stripe customer,
+    /// as [`Store::insert_events`] does), an [`Derived::Invalid`] one
+    /// `dead`. Rows no longer `received` (derived meanwhile, by another
+    /// process on PostgreSQL) are left alone. Returns how many were derived.
+    async fn derive_events(&self, derived: &[Derived], now: i64) -> StoreResult<u64>;
 
     /// Claims events that are due (pending; failed with `next_attempt_at
     /// <= now`; processing whose lease ended, also `next_attempt_at <=

@@ -15,13 +15,14 @@ use sqlx::QueryBuilder;
 
 use crate::claim::{in_claim_order, page_size, Picker, MAX_PAGES};
 use crate::row::{
-    finish_columns, first_occurrences, into_events, outcomes, EventRow, EVENT_COLUMNS,
-    RELEASE_EVENTS, RELEASE_JOBS, RELEASE_OUTBOX,
+    finish_columns, first_occurrences, into_events, outcomes, DerivedColumns, EventRow,
+    EVENT_COLUMNS, RECEIVED_ROWS, RECEIVED_STATS, RELEASE_EVENTS, RELEASE_JOBS, RELEASE_OUTBOX,
 };
 use crate::sqlite::not_processing;
 use crate::{
-    Backend, ClaimLimits, EventFilter, EventFinish, EventResult, EventStatus, InboxStats,
-    InsertOutcome, NewEvent, ReleasedClaims, Store, StoreError, StoreResult, StoredEvent,
+    Backend, ClaimLimits, Derived, EventFilter, EventFinish, EventResult, EventStatus, InboxStats,
+    InsertOutcome, NewEvent, ReceivedEvent, ReleasedClaims, Store, StoreError, StoreResult,
+    StoredEvent,
 };
 
 mod billing;
@@ -145,12 +146,21 @@ impl Store for PgStore {
         // order, so `seq` follows the (sorted) batch order. A single statement is
         // its own transaction and commits (durably, synchronous_commit=on)
         // before it returns.
+        // No insert trigger counts statuses (it would copy every body into
+        // a transition table on the webhook path): the statement appends
+        // its own delta to the counters.
         let inserted: Vec<String> = sqlx::query_scalar(
-            "INSERT INTO stripe_events \
-               (id, type, api_version, created, object_id, stripe_customer, payload, received_at) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::text[], \
-                                  $6::text[], $7::text[], $8::int8[]) \
-             ON CONFLICT (id) DO NOTHING RETURNING id",
+            "WITH inserted AS ( \
+               INSERT INTO stripe_events \
+                 (id, type, api_version, created, object_id, stripe_customer, payload, \
+                  received_at, status) \
+               SELECT *, 'pending' FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], \
+                                    $5::text[], $6::text[], $7::text[], $8::int8[]) \
+               ON CONFLICT (id) DO NOTHING RETURNING id), \
+             counted AS ( \
+               INSERT INTO stripe_event_count_deltas (status, n) \
+               SELECT 'pending', COUNT(*) FROM inserted HAVING COUNT(*) > 0) \
+             SELECT id FROM inserted",
         )
         .bind(pick(|e| e.id.as_str()))
         .bind(pick(|e| e.event_type.as_str()))
@@ -164,6 +174,87 @@ impl Store for PgStore {
         .await?;
         let inserted: HashSet<String> = inserted.into_iter().collect();
         Ok(outcomes(events, &repeated, &inserted))
+    }
+
+    async fn receive_events(&self, events: &[ReceivedEvent]) -> StoreResult<Vec<InsertOutcome>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (mut unique, repeated) = first_occurrences(events);
+        // Keys in one global order across processes (see `insert_events`).
+        unique.sort_unstable_by(|&a, &b| events[a].id.cmp(&events[b].id));
+        let ids: Vec<&str> = unique.iter().map(|&i| events[i].id.as_str()).collect();
+        let payloads: Vec<&str> = unique.iter().map(|&i| events[i].payload.as_str()).collect();
+        let received: Vec<i64> = unique.iter().map(|&i| events[i].received_at).collect();
+        // One statement, its own transaction, durable (synchronous_commit
+        // on) when it returns.
+        let inserted: HashSet<String> = sqlx::query_scalar(
+            "INSERT INTO stripe_events (id, payload, received_at) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::int8[]) \
+             ON CONFLICT (id) DO NOTHING RETURNING id",
+        )
+        .bind(ids)
+        .bind(payloads)
+        .bind(received)
+        .fetch_all(&self.pool)
+        .await?
+        .into_iter()
+        .collect();
+        Ok(outcomes(events, &repeated, &inserted))
+    }
+
+    async fn received_events(&self, limit: u32) -> StoreResult<Vec<ReceivedEvent>> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(RECEIVED_ROWS)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, payload, received_at)| ReceivedEvent {
+                id,
+                payload,
+                received_at,
+            })
+            .collect())
+    }
+
+    async fn derive_events(&self, derived: &[Derived], now: i64) -> StoreResult<u64> {
+        if derived.is_empty() {
+            return Ok(0);
+        }
+        let scrubbed = billing::scrub_derived(self, derived).await?;
+        let c = DerivedColumns::new(derived, &scrubbed, now);
+        // Rows another process is deriving right now are skipped, not
+        // waited for (it writes the same columns); the rest are locked in
+        // id order, so two derivers never deadlock.
+        let done = sqlx::query(
+            "UPDATE stripe_events AS e \
+             SET status = r.status, type = r.type, api_version = r.api_version, \
+                 created = r.created, object_id = r.object_id, \
+                 stripe_customer = r.stripe_customer, payload = COALESCE(r.payload, e.payload), \
+                 last_error = r.last_error, processed_at = r.processed_at \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], \
+                         $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[]) \
+                  AS r(id, status, type, api_version, created, object_id, stripe_customer, \
+                       payload, last_error, processed_at) \
+             WHERE e.id = r.id AND e.status IS NULL \
+               AND e.id IN (SELECT id FROM stripe_events \
+                            WHERE id = ANY($1) AND status IS NULL \
+                            ORDER BY id FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(&c.ids)
+        .bind(&c.statuses)
+        .bind(&c.types)
+        .bind(&c.api_versions)
+        .bind(&c.created)
+        .bind(&c.object_ids)
+        .bind(&c.customers)
+        .bind(&c.payloads)
+        .bind(&c.errors)
+        .bind(&c.processed_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     async fn claim_event_batches(
@@ -386,8 +477,14 @@ impl Store for PgStore {
         let mut query = QueryBuilder::new(format!(
             "SELECT {EVENT_COLUMNS} FROM stripe_events WHERE 1 = 1"
         ));
-        if let Some(status) = filter.status {
-            query.push(" AND status = ").push_bind(status.as_str());
+        match filter.status {
+            Some(EventStatus::Received) => {
+                query.push(" AND status IS NULL");
+            }
+            Some(status) => {
+                query.push(" AND status = ").push_bind(status.as_str());
+            }
+            None => {}
         }
         if let Some(event_type) = &filter.event_type {
             query.push(" AND type = ").push_bind(event_type.as_str());
@@ -445,7 +542,10 @@ impl Store for PgStore {
         )
         .fetch_one(&self.pool)
         .await?;
-        crate::row::stats(counts, oldest)
+        let (received, oldest_received): (i64, Option<i64>) =
+            sqlx::query_as(RECEIVED_STATS).fetch_one(&self.pool).await?;
+        let oldest = oldest.into_iter().chain(oldest_received).min();
+        crate::row::stats(counts, received, oldest)
     }
 }
 

@@ -25,14 +25,15 @@ pub(crate) const RELEASE_JOBS: &str =
 #[derive(sqlx::FromRow)]
 pub(crate) struct EventRow {
     id: String,
+    // NULL until the worker derives a received row.
     #[sqlx(rename = "type")]
-    event_type: String,
+    event_type: Option<String>,
     api_version: Option<String>,
-    created: i64,
+    created: Option<i64>,
     object_id: Option<String>,
     stripe_customer: Option<String>,
     payload: String,
-    status: String,
+    status: Option<String>,
     attempts: i32,
     next_attempt_at: Option<i64>,
     last_error: Option<String>,
@@ -47,15 +48,19 @@ impl TryFrom<EventRow> for StoredEvent {
     fn try_from(row: EventRow) -> Result<Self, Self::Error> {
         // The CHECK constraint makes this unreachable unless someone edits
         // the table by hand; report it rather than guessing.
-        let status: EventStatus = row
-            .status
-            .parse()
-            .map_err(|e| StoreError::Other(format!("stripe_events.status of {}: {e}", row.id)))?;
+        let status: EventStatus = match row.status {
+            None => EventStatus::Received,
+            Some(status) => status.parse().map_err(|e| {
+                StoreError::Other(format!("stripe_events.status of {}: {e}", row.id))
+            })?,
+        };
         Ok(StoredEvent {
             id: row.id,
-            event_type: row.event_type,
+            // A received row shows an empty type and `created` 0 until the
+            // worker derives it (`EventStatus::Received`).
+            event_type: row.event_type.unwrap_or_default(),
             api_version: row.api_version,
-            created: row.created,
+            created: row.created.unwrap_or(0),
             object_id: row.object_id,
             stripe_customer: row.stripe_customer,
             payload: row.payload,
@@ -104,12 +109,12 @@ pub(crate) fn finish_columns(
 /// Splits a batch into the events to send to the database and the
 /// positions that repeat an id seen earlier in the same batch (those are
 /// duplicates whatever the table holds).
-pub(crate) fn first_occurrences(events: &[crate::NewEvent]) -> (Vec<usize>, Vec<bool>) {
+pub(crate) fn first_occurrences<E: HasEventId>(events: &[E]) -> (Vec<usize>, Vec<bool>) {
     let mut seen = std::collections::HashSet::with_capacity(events.len());
     let mut unique = Vec::with_capacity(events.len());
     let mut repeated = vec![false; events.len()];
     for (index, event) in events.iter().enumerate() {
-        if seen.insert(event.id.as_str()) {
+        if seen.insert(event.event_id()) {
             unique.push(index);
         } else {
             repeated[index] = true;
@@ -120,8 +125,8 @@ pub(crate) fn first_occurrences(events: &[crate::NewEvent]) -> (Vec<usize>, Vec<
 
 /// Builds the per-input outcomes from the set of ids the database reports
 /// as newly inserted.
-pub(crate) fn outcomes(
-    events: &[crate::NewEvent],
+pub(crate) fn outcomes<E: HasEventId>(
+    events: &[E],
     repeated: &[bool],
     inserted: &std::collections::HashSet<String>,
 ) -> Vec<crate::InsertOutcome> {
@@ -129,7 +134,7 @@ pub(crate) fn outcomes(
         .iter()
         .zip(repeated)
         .map(|(event, &repeated)| {
-            if !repeated && inserted.contains(&event.id) {
+            if !repeated && inserted.contains(event.event_id()) {
                 crate::InsertOutcome::Inserted
             } else {
                 crate::InsertOutcome::Duplicate
@@ -138,14 +143,153 @@ pub(crate) fn outcomes(
         .collect()
 }
 
-/// Builds [`crate::InboxStats`] from `(status, count)` rows, listing every
-/// status (zero when absent) so that metrics gauges go back to 0.
+/// Rows inserted by one batch: an event id to dedupe on.
+pub(crate) trait HasEventId {
+    fn event_id(&self) -> &str;
+}
+
+impl HasEventId for crate::NewEvent {
+    fn event_id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl HasEventId for crate::ReceivedEvent {
+    fn event_id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// Received rows (not derived yet): how many, and the arrival of the
+/// oldest. The counters leave them out (nothing but the row is written at
+/// acknowledgement); the worker keeps this queue short.
+pub(crate) const RECEIVED_STATS: &str =
+    "SELECT COUNT(*), MIN(received_at) FROM stripe_events WHERE status IS NULL";
+
+/// Up to `$1` received rows, oldest first.
+pub(crate) const RECEIVED_ROWS: &str = "SELECT id, payload, received_at FROM stripe_events \
+     WHERE status IS NULL ORDER BY seq LIMIT $1";
+
+/// The JSON array of arrays a derivation batch is bound as on SQLite (and
+/// the column vectors it is bound as on PostgreSQL): per row `[id, status,
+/// type, api_version, created, object_id, stripe_customer, scrubbed payload
+/// or null, last_error, processed_at]`.
+pub(crate) struct DerivedColumns<'a> {
+    pub(crate) ids: Vec<&'a str>,
+    pub(crate) statuses: Vec<&'static str>,
+    pub(crate) types: Vec<&'a str>,
+    pub(crate) api_versions: Vec<Option<&'a str>>,
+    pub(crate) created: Vec<i64>,
+    pub(crate) object_ids: Vec<Option<&'a str>>,
+    pub(crate) customers: Vec<Option<&'a str>>,
+    pub(crate) payloads: Vec<Option<&'a str>>,
+    pub(crate) errors: Vec<Option<&'a str>>,
+    pub(crate) processed_at: Vec<Option<i64>>,
+}
+
+impl<'a> DerivedColumns<'a> {
+    /// The columns of `derived`, with `scrubbed[i]` (when given) as the
+    /// payload to write back for row `i`. Ids are sorted so that two
+    /// PostgreSQL processes deriving overlapping batches lock rows in one
+    /// order.
+    pub(crate) fn new(
+        derived: &'a [crate::Derived],
+        scrubbed: &'a [Option<String>],
+        now: i64,
+    ) -> Self {
+        let mut order: Vec<usize> = (0..derived.len()).collect();
+        order.sort_unstable_by(|&a, &b| derived[a].id().cmp(derived[b].id()));
+        let n = derived.len();
+        let mut columns = DerivedColumns {
+            ids: Vec::with_capacity(n),
+            statuses: Vec::with_capacity(n),
+            types: Vec::with_capacity(n),
+            api_versions: Vec::with_capacity(n),
+            created: Vec::with_capacity(n),
+            object_ids: Vec::with_capacity(n),
+            customers: Vec::with_capacity(n),
+            payloads: Vec::with_capacity(n),
+            errors: Vec::with_capacity(n),
+            processed_at: Vec::with_capacity(n),
+        };
+        for index in order {
+            let payload = scrubbed.get(index).and_then(Option::as_deref);
+            match &derived[index] {
+                crate::Derived::Event(event) => {
+                    columns.ids.push(&event.id);
+                    columns.statuses.push(EventStatus::Pending.as_str());
+                    columns.types.push(&event.event_type);
+                    columns.api_versions.push(event.api_version.as_deref());
+                    columns.created.push(event.created);
+                    columns.object_ids.push(event.object_id.as_deref());
+                    columns.customers.push(event.stripe_customer.as_deref());
+                    columns.payloads.push(payload);
+                    columns.errors.push(None);
+                    columns.processed_at.push(None);
+                }
+                crate::Derived::Invalid { id, error } => {
+                    // Nothing could be read: an empty type and `created` 0
+                    // (a derived row has both), for an operator to look at.
+                    columns.ids.push(id);
+                    columns.statuses.push(EventStatus::Dead.as_str());
+                    columns.types.push("");
+                    columns.api_versions.push(None);
+                    columns.created.push(0);
+                    columns.object_ids.push(None);
+                    columns.customers.push(None);
+                    columns.payloads.push(None);
+                    columns.errors.push(Some(error));
+                    columns.processed_at.push(Some(now));
+                }
+            }
+        }
+        columns
+    }
+
+    /// The rows as one JSON array of arrays (SQLite's `json_each`).
+    pub(crate) fn to_json(&self) -> Result<String, StoreError> {
+        let rows: Vec<serde_json::Value> = (0..self.ids.len())
+            .map(|i| {
+                serde_json::json!([
+                    self.ids[i],
+                    self.statuses[i],
+                    self.types[i],
+                    self.api_versions[i],
+                    self.created[i],
+                    self.object_ids[i],
+                    self.customers[i],
+                    self.payloads[i],
+                    self.errors[i],
+                    self.processed_at[i],
+                ])
+            })
+            .collect();
+        serde_json::to_string(&rows)
+            .map_err(|e| StoreError::Other(format!("encoding derived events: {e}")))
+    }
+}
+
+/// Builds [`crate::InboxStats`] from `(status, count)` rows of derived
+/// rows and the count of received ones, listing every status (zero when
+/// absent) so that metrics gauges go back to 0.
 pub(crate) fn stats(
     counts: Vec<(String, i64)>,
+    received: i64,
     oldest_waiting_received_at: Option<i64>,
 ) -> Result<crate::InboxStats, StoreError> {
-    let mut by_status: Vec<(EventStatus, i64)> =
-        EventStatus::ALL.into_iter().map(|s| (s, 0)).collect();
+    let mut by_status: Vec<(EventStatus, i64)> = EventStatus::ALL
+        .into_iter()
+        .map(|s| {
+            (
+                s,
+                if s == EventStatus::Received {
+                    received
+                } else {
+                    0
+                },
+            )
+        })
+        .collect();
     for (status, count) in counts {
         let status: EventStatus = status
             .parse()

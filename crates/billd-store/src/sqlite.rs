@@ -18,12 +18,13 @@ use sqlx::QueryBuilder;
 
 use crate::claim::{in_claim_order, page_size, Picker, MAX_PAGES};
 use crate::row::{
-    finish_columns, first_occurrences, into_events, outcomes, EventRow, EVENT_COLUMNS,
-    RELEASE_EVENTS, RELEASE_JOBS, RELEASE_OUTBOX,
+    finish_columns, first_occurrences, into_events, outcomes, DerivedColumns, EventRow,
+    EVENT_COLUMNS, RECEIVED_ROWS, RECEIVED_STATS, RELEASE_EVENTS, RELEASE_JOBS, RELEASE_OUTBOX,
 };
 use crate::{
-    Backend, ClaimLimits, EventFilter, EventFinish, EventResult, EventStatus, InboxStats,
-    InsertOutcome, NewEvent, ReleasedClaims, Store, StoreError, StoreResult, StoredEvent,
+    Backend, ClaimLimits, Derived, EventFilter, EventFinish, EventResult, EventStatus, InboxStats,
+    InsertOutcome, NewEvent, ReceivedEvent, ReleasedClaims, Store, StoreError, StoreResult,
+    StoredEvent,
 };
 
 mod billing;
@@ -60,9 +61,20 @@ impl Default for SqliteOptions {
 /// Page size of a new database file.
 const PAGE_SIZE: u32 = 16_384;
 
-/// Page cache per connection, in KiB when negative (SQLite's convention):
-/// keeps the indexes of a large inbox in memory.
-const CACHE_SIZE: &str = "-65536";
+/// Page cache of the writer connection, in KiB when negative (SQLite's
+/// convention). Each connection keeps its own cache, which grows to this
+/// bound as pages are touched, and it is the bulk of a busy process's
+/// resident memory: at 64 MiB per connection, five connections took
+/// `billd serve` to 103 MiB under `billd bench webhooks` (every new row's
+/// page passes through the writer's cache, and through a reader's when the
+/// worker reads it back). The writer's hot set is the tail of the inbox
+/// and the upper levels of its indexes; the operating system's page cache
+/// holds the rest of the file, a read away.
+const WRITER_CACHE_SIZE: &str = "-16384";
+
+/// Page cache of each reader connection (KiB when negative): reads are
+/// short lookups and the worker's pass over rows just written.
+const READER_CACHE_SIZE: &str = "-4096";
 
 /// Reader connections; reads in WAL mode run beside the writer.
 const READERS: u32 = 4;
@@ -76,12 +88,28 @@ const READERS: u32 = 4;
 const ONE_STATEMENT_ROWS: usize = 64;
 
 /// Prepared statements the writer connection keeps: the exact-size inserts
-/// plus everything else billd writes.
+/// (derived and received) plus everything else billd writes.
 const WRITER_STATEMENT_CACHE: usize = 256;
 
-/// Inserted columns, in bind order.
+/// Inserted columns, in bind order (then the status, `pending`).
 const INSERT_COLUMNS: &str =
-    "id, type, api_version, created, object_id, stripe_customer, payload, received_at";
+    "id, type, api_version, created, object_id, stripe_customer, payload, received_at, status";
+
+/// Writes what the worker derived, for the rows of the JSON array `$1`
+/// ([`DerivedColumns::to_json`]) still received.
+const DERIVE: &str = "UPDATE stripe_events \
+     SET status = r.status, type = r.type, api_version = r.api_version, created = r.created, \
+         object_id = r.object_id, stripe_customer = r.stripe_customer, \
+         payload = COALESCE(r.payload, stripe_events.payload), last_error = r.last_error, \
+         processed_at = r.processed_at \
+     FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS status, \
+             json_extract(value, '$[2]') AS type, json_extract(value, '$[3]') AS api_version, \
+             json_extract(value, '$[4]') AS created, json_extract(value, '$[5]') AS object_id, \
+             json_extract(value, '$[6]') AS stripe_customer, \
+             json_extract(value, '$[7]') AS payload, json_extract(value, '$[8]') AS last_error, \
+             json_extract(value, '$[9]') AS processed_at \
+           FROM json_each($1)) AS r \
+     WHERE stripe_events.id = r.id AND stripe_events.status IS NULL";
 
 /// Due rows in claim order after a keyset position, leaving out customers
 /// that have an event under a live lease. `?1` = now, `?2`/`?3` = the last
@@ -126,6 +154,8 @@ pub struct SqliteStore {
     /// `INSERT … VALUES (…), … RETURNING id` for exactly 1 …
     /// [`ONE_STATEMENT_ROWS`] rows.
     exact_insert_sql: Vec<String>,
+    /// The same for received rows (the lean ingest).
+    exact_receive_sql: Vec<String>,
     /// Stripe customers of deleted accounts: their arriving events are
     /// scrubbed before they are stored.
     erased: Arc<crate::erasure::ErasedCustomers>,
@@ -153,7 +183,6 @@ impl SqliteStore {
             // mean fewer WAL frames, so fewer writes per group commit. Only
             // takes effect when the file is created.
             .page_size(PAGE_SIZE)
-            .pragma("cache_size", CACHE_SIZE)
             .pragma("wal_autocheckpoint", WAL_AUTOCHECKPOINT)
             // A multi-row INSERT with triggers keeps a statement journal
             // (its pages before the change); on disk it spills to a temp
@@ -166,17 +195,12 @@ impl SqliteStore {
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
-            // Every writer connection reports its commits before they are
-            // visible, and its release once they are (`write_clock`).
+            // Every writer connection reports the customers each commit
+            // changes before it is visible, and its release once it is
+            // (`write_clock`).
             .after_connect(move |conn, _meta| {
                 let writes = hooked.clone();
-                Box::pin(async move {
-                    conn.lock_handle().await?.set_commit_hook(move || {
-                        writes.committing();
-                        true
-                    });
-                    Ok(())
-                })
+                Box::pin(async move { writes.install(conn).await })
             })
             .after_release(move |_conn, _meta| {
                 let writes = released.clone();
@@ -189,21 +213,24 @@ impl SqliteStore {
             .connect_with(
                 options
                     .clone()
+                    .pragma("cache_size", WRITER_CACHE_SIZE)
                     .statement_cache_capacity(WRITER_STATEMENT_CACHE),
             )
             .await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(READERS)
             .acquire_timeout(tunables.acquire_timeout)
-            .connect_with(options)
+            .connect_with(options.pragma("cache_size", READER_CACHE_SIZE))
             .await?;
         let exact_insert_sql = (1..=ONE_STATEMENT_ROWS).map(insert_statement).collect();
+        let exact_receive_sql = (1..=ONE_STATEMENT_ROWS).map(receive_statement).collect();
         let checkpointer = tokio::spawn(checkpoint_forever(reader.clone()));
         Ok(SqliteStore {
             writer,
             reader,
             _checkpointer: Arc::new(AbortOnDrop(checkpointer)),
             exact_insert_sql,
+            exact_receive_sql,
             erased: Arc::default(),
             writes,
         })
@@ -211,10 +238,12 @@ impl SqliteStore {
 
     /// The insert statement for exactly `rows` rows (1 … [`ONE_STATEMENT_ROWS`]).
     fn one_statement_sql(&self, rows: usize) -> StoreResult<&str> {
-        rows.checked_sub(1)
-            .and_then(|i| self.exact_insert_sql.get(i))
-            .map(String::as_str)
-            .ok_or_else(|| StoreError::Other(format!("no insert statement for {rows} rows")))
+        exact(&self.exact_insert_sql, rows)
+    }
+
+    /// The received-row insert for exactly `rows` rows.
+    fn one_receive_sql(&self, rows: usize) -> StoreResult<&str> {
+        exact(&self.exact_receive_sql, rows)
     }
 
     /// Closes both pools, waiting for connections in use to be returned.
@@ -222,6 +251,14 @@ impl SqliteStore {
         self.writer.close().await;
         self.reader.close().await;
     }
+}
+
+/// The statement of `statements` for exactly `rows` rows.
+fn exact(statements: &[String], rows: usize) -> StoreResult<&str> {
+    rows.checked_sub(1)
+        .and_then(|i| statements.get(i))
+        .map(String::as_str)
+        .ok_or_else(|| StoreError::Other(format!("no insert statement for {rows} rows")))
 }
 
 /// Checkpoints the WAL from a reader connection, beside the writer. Left to
@@ -285,10 +322,41 @@ fn insert_statement(rows: usize) -> String {
         if row > 0 {
             sql.push(',');
         }
-        sql.push_str("(?,?,?,?,?,?,?,?)");
+        sql.push_str("(?,?,?,?,?,?,?,?,'pending')");
     }
     sql.push_str(" ON CONFLICT (id) DO NOTHING RETURNING id");
     sql
+}
+
+/// Inserts `rows` received rows: `(id, payload, received_at)` each, status
+/// NULL, so that no index but the id's and the received queue, and no
+/// counter trigger, is touched.
+fn receive_statement(rows: usize) -> String {
+    let mut sql = String::from("INSERT INTO stripe_events (id, payload, received_at) VALUES ");
+    for row in 0..rows {
+        if row > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?,?,?)");
+    }
+    sql.push_str(" ON CONFLICT (id) DO NOTHING RETURNING id");
+    sql
+}
+
+/// Binds `(id, payload, received_at)` of `events[i]` for each `i` in `rows`.
+fn bind_received<'q>(
+    mut query: sqlx::query::QueryScalar<'q, Sqlite, String, SqliteArguments<'q>>,
+    events: &'q [ReceivedEvent],
+    rows: &[usize],
+) -> sqlx::query::QueryScalar<'q, Sqlite, String, SqliteArguments<'q>> {
+    for &index in rows {
+        let event = &events[index];
+        query = query
+            .bind(event.id.as_str())
+            .bind(event.payload.as_str())
+            .bind(event.received_at);
+    }
+    query
 }
 
 #[async_trait]
@@ -299,6 +367,9 @@ impl Store for SqliteStore {
 
     async fn migrate(&self) -> StoreResult<()> {
         MIGRATOR.run(&self.writer).await?;
+        // The writer's change triggers watch tables the migrations create.
+        let mut writer = self.writer.acquire().await?;
+        self.writes.arm(&mut writer).await?;
         Ok(())
     }
 
@@ -341,6 +412,56 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(outcomes(events, &repeated, &inserted))
+    }
+
+    async fn receive_events(&self, events: &[ReceivedEvent]) -> StoreResult<Vec<InsertOutcome>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (unique, repeated) = first_occurrences(events);
+        let mut inserted = HashSet::with_capacity(unique.len());
+        if unique.len() <= ONE_STATEMENT_ROWS {
+            // One statement is its own transaction (see `insert_events`).
+            let sql = self.one_receive_sql(unique.len())?;
+            let query = bind_received(sqlx::query_scalar::<_, String>(sql), events, &unique);
+            inserted.extend(query.fetch_all(&self.writer).await?);
+            return Ok(outcomes(events, &repeated, &inserted));
+        }
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        for chunk in unique.chunks(ONE_STATEMENT_ROWS) {
+            let sql = self.one_receive_sql(chunk.len())?;
+            let query = bind_received(sqlx::query_scalar::<_, String>(sql), events, chunk);
+            inserted.extend(query.fetch_all(&mut *tx).await?);
+        }
+        tx.commit().await?;
+        Ok(outcomes(events, &repeated, &inserted))
+    }
+
+    async fn received_events(&self, limit: u32) -> StoreResult<Vec<ReceivedEvent>> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(RECEIVED_ROWS)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, payload, received_at)| ReceivedEvent {
+                id,
+                payload,
+                received_at,
+            })
+            .collect())
+    }
+
+    async fn derive_events(&self, derived: &[Derived], now: i64) -> StoreResult<u64> {
+        if derived.is_empty() {
+            return Ok(0);
+        }
+        let scrubbed = billing::scrub_derived(self, derived).await?;
+        let rows = DerivedColumns::new(derived, &scrubbed, now).to_json()?;
+        // One statement, one commit: the writer is back to the webhooks'
+        // group commit after a single round trip.
+        let done = sqlx::query(DERIVE).bind(rows).execute(&self.writer).await?;
+        Ok(done.rows_affected())
     }
 
     async fn claim_event_batches(
@@ -482,8 +603,14 @@ impl Store for SqliteStore {
         let mut query = QueryBuilder::new(format!(
             "SELECT {EVENT_COLUMNS} FROM stripe_events WHERE 1 = 1"
         ));
-        if let Some(status) = filter.status {
-            query.push(" AND status = ").push_bind(status.as_str());
+        match filter.status {
+            Some(EventStatus::Received) => {
+                query.push(" AND status IS NULL");
+            }
+            Some(status) => {
+                query.push(" AND status = ").push_bind(status.as_str());
+            }
+            None => {}
         }
         if let Some(event_type) = &filter.event_type {
             query.push(" AND type = ").push_bind(event_type.as_str());
@@ -535,7 +662,11 @@ impl Store for SqliteStore {
         )
         .fetch_one(&self.reader)
         .await?;
-        crate::row::stats(counts, oldest)
+        let (received, oldest_received): (i64, Option<i64>) = sqlx::query_as(RECEIVED_STATS)
+            .fetch_one(&self.reader)
+            .await?;
+        let oldest = oldest.into_iter().chain(oldest_received).min();
+        crate::row::stats(counts, received, oldest)
     }
 }
 

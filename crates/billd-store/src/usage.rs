@@ -70,42 +70,60 @@ pub trait UsageStore: Send + Sync + 'static {
     ) -> StoreResult<Option<UsageSnapshot>>;
 
     /// A mark to take just before a [`UsageStore::usage_snapshot`]: `Some`
-    /// only where this store sees every write to the database and none is
-    /// being committed now (SQLite under `billd serve`'s serving lock), so
-    /// that [`UsageStore::still_current`] can later tell, without reading,
-    /// that nothing was written since. `None` on PostgreSQL, where other
-    /// processes write.
+    /// only where this store sees every write to the database (SQLite under
+    /// `billd serve`'s serving lock, whose writes all go through its one
+    /// writer connection), so that [`UsageStore::still_current`] can later
+    /// tell, without reading, that nothing of that customer was written
+    /// since. `None` on PostgreSQL, where other processes write.
     fn write_mark(&self) -> Option<WriteMark> {
         None
     }
 
-    /// Whether nothing has been committed since `mark` was taken (a read
-    /// made after taking it is still what the database holds).
-    fn still_current(&self, mark: WriteMark) -> bool {
-        let _ = mark;
+    /// Whether nothing that `snapshot` reads (the customer's row and its
+    /// counters) has been committed since `mark` was taken, the snapshot
+    /// having been read after taking it: then the snapshot is still what
+    /// the database holds. Writes for other customers do not matter.
+    fn still_current(&self, mark: WriteMark, snapshot: &UsageSnapshot) -> bool {
+        let _ = (mark, snapshot);
         false
     }
 }
 
-/// A point in the store's sequence of commits ([`UsageStore::write_mark`]),
-/// and when it was taken.
+/// A point in the store's sequence of commits ([`UsageStore::write_mark`]):
+/// every commit up to it was visible when it was taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriteMark {
     pub(crate) commits: u64,
-    pub(crate) taken: std::time::Instant,
+}
+
+/// [`SNAPSHOT`] with `$key` as the column naming the customer's row to
+/// the store's change tracking (`change_key`).
+macro_rules! snapshot_sql {
+    ($key:literal) => {
+        concat!(
+            "SELECT c.version, c.deleted_at IS NOT NULL AS deleted, \
+                    COALESCE(c.version = $2, FALSE) AS known, \
+                    CASE WHEN c.version = $2 THEN NULL ELSE CAST(c.state AS TEXT) END AS state, ",
+            $key,
+            " AS change_key, u.feature, u.period_start, u.used \
+             FROM customers AS c \
+             LEFT JOIN usage_counters AS u ON u.customer_id = c.customer_id \
+             WHERE c.customer_id = $1"
+        )
+    };
 }
 
 /// `$1` customer, `$2` the version whose state the caller has (or NULL):
 /// the customer's version, whether it is deleted, its state unless at
-/// `$2`, and one row per counter (NULLs when it has none).
-pub(crate) const SNAPSHOT: &str = "\
-SELECT c.version, c.deleted_at IS NOT NULL AS deleted, \
-       COALESCE(c.version = $2, FALSE) AS known, \
-       CASE WHEN c.version = $2 THEN NULL ELSE CAST(c.state AS TEXT) END AS state, \
-       u.feature, u.period_start, u.used \
-FROM customers AS c \
-LEFT JOIN usage_counters AS u ON u.customer_id = c.customer_id \
-WHERE c.customer_id = $1";
+/// `$2`, and one row per counter (NULLs when it has none). PostgreSQL
+/// tracks no changes (`change_key` NULL).
+pub(crate) const SNAPSHOT: &str = snapshot_sql!("CAST(NULL AS BIGINT)");
+
+/// [`SNAPSHOT`] on SQLite, whose writer reports the changed customers by
+/// their row's rowid (`sqlite::write_clock`). A customer's rowid never
+/// changes: billd never replaces a customers row (an insert of one
+/// invalidates every memory answer anyway) and never runs `VACUUM`.
+pub(crate) const SNAPSHOT_SQLITE: &str = snapshot_sql!("c.rowid");
 
 /// A row of [`SNAPSHOT`].
 pub(crate) type SnapshotRow = (
@@ -113,6 +131,7 @@ pub(crate) type SnapshotRow = (
     bool,
     bool,
     Option<String>,
+    Option<i64>,
     Option<String>,
     Option<i64>,
     Option<i64>,
@@ -131,6 +150,9 @@ pub struct UsageSnapshot {
     pub state: Option<CustomerState>,
     /// Every counter of the customer: (feature, period column, used).
     counters: Vec<(String, i64, i64)>,
+    /// The customer's row to the store's change tracking
+    /// ([`UsageStore::still_current`]), where there is one.
+    pub(crate) change_key: Option<i64>,
 }
 
 impl UsageSnapshot {
@@ -146,7 +168,7 @@ pub(crate) fn snapshot_of(
     customer: &CustomerId,
     rows: Vec<SnapshotRow>,
 ) -> StoreResult<Option<UsageSnapshot>> {
-    let Some((version, deleted, known, state, ..)) = rows.first().cloned() else {
+    let Some((version, deleted, known, state, change_key, ..)) = rows.first().cloned() else {
         return Ok(None);
     };
     let state = match (known, state) {
@@ -166,5 +188,6 @@ pub(crate) fn snapshot_of(
         deleted,
         state,
         counters,
+        change_key,
     }))
 }

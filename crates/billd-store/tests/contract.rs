@@ -27,6 +27,8 @@ mod fencing;
 mod jobs;
 #[path = "contract/rate_limit.rs"]
 mod rate_limit;
+#[path = "contract/received.rs"]
+mod received;
 use rate_limit::{
     a_refused_hit_is_not_counted_and_ended_windows_are_pruned,
     concurrent_hits_from_two_stores_admit_exactly_the_limit,

@@ -2,7 +2,7 @@
 //! prints figures (it is a benchmark, not a test: nothing is asserted).
 //!
 //! For each database it measures, in one run:
-//! 1. the store's raw ceiling: the same rows inserted with `insert_events`
+//! 1. the store's raw ceiling: the same rows inserted with `receive_events`
 //!    in batches as large as the HTTP run can queue, as many at once as
 //!    the webhook writer commits at once, without HTTP;
 //! 2. accepted events/s through HTTP from `connections` keep-alive
@@ -33,7 +33,7 @@ use billd_server::{
     Clock, HandlerRegistry, IngestConfig, Ingestor, Metrics, ServerConfig, SystemClock,
     WebhookConfig, WorkerConfig, Workers,
 };
-use billd_store::{Backend, InsertOutcome, NewEvent, Store};
+use billd_store::{Backend, InsertOutcome, ReceivedEvent, Store};
 use billd_stripe::webhook::sign;
 use secrecy::SecretString;
 
@@ -224,11 +224,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "\nminimal = a child process with the same HTTP stack, Stripe signature check and group commit storing only (id unique, body) in a bare table (SQLite WAL, synchronous=FULL; PostgreSQL one statement each); billd = `billd serve` (its worker runs too); each given the {} events over {} connections, then the fixed rate for {} s.",
+        "\nminimal = a child process with the same HTTP stack, Stripe signature check and group commit storing only (id unique, body) in a bare table (SQLite WAL, synchronous=FULL; both databases group-committed like billd's ingest); billd = `billd serve` (its worker runs too); each given the {} events over {} connections, then the fixed rate for {} s.",
         args.events, args.connections, args.rate_secs
     );
     println!(
-        "ceiling = insert_events in batches of {}, as many at once as the webhook writer commits at once (SQLite {}, PostgreSQL {}; no HTTP); http = {} events over {} connections; no-store = as many requests signed with an unknown secret, verified and rejected (400), nothing stored: the HTTP stack alone on these cores; the three alternate in {} rounds; latency at a fixed offered rate for {} s, through HTTP and then (floor) straight into a group-commit writer like the endpoint's; {} runtime threads on {} cores.",
+        "ceiling = receive_events in batches of {}, as many at once as the webhook writer commits at once (SQLite {}, PostgreSQL {}; no HTTP); http = {} events over {} connections; no-store = as many requests signed with an unknown secret, verified and rejected (400), nothing stored: the HTTP stack alone on these cores; the three alternate in {} rounds; latency at a fixed offered rate for {} s, through HTTP and then (floor) straight into a group-commit writer like the endpoint's; {} runtime threads on {} cores.",
         args.connections,
         commits_in_flight(Backend::Sqlite),
         commits_in_flight(Backend::Postgres),
@@ -281,7 +281,7 @@ async fn bench_backend(
     // as many events through HTTP, then as many requests billd rejects. The
     // first two thus write to an inbox of the same size, and a slow spell of
     // the disk hits all three.
-    let rows = Arc::new(parsed_rows(&format!("{run}c"), args.events, now)?);
+    let rows = Arc::new(received_rows(&format!("{run}c"), args.events, now)?);
     let commits_at_once = commits_in_flight(store.backend());
     let requests = Arc::new(presign(&format!("{run}h"), args.events, now, addr, SECRET));
     let unverifiable = Arc::new(presign(
@@ -340,7 +340,7 @@ async fn bench_backend(
 
     // 5. The same offered rate straight into a group-commit writer like the
     // webhook endpoint's, no HTTP: the store's own latency, the floor of 4.
-    let rows = Arc::new(parsed_rows(&format!("{run}f"), total, now)?);
+    let rows = Arc::new(received_rows(&format!("{run}f"), total, now)?);
     let (ingestor, writer) = Ingestor::spawn(
         store.clone(),
         Arc::new(Metrics::default()),
@@ -490,12 +490,17 @@ async fn load_process(
 
 /// The inbox rows of `n` unique events, as the webhook endpoint would
 /// insert them.
-fn parsed_rows(prefix: &str, n: usize, now: i64) -> anyhow::Result<Vec<NewEvent>> {
+fn received_rows(prefix: &str, n: usize, now: i64) -> anyhow::Result<Vec<ReceivedEvent>> {
     (0..n)
         .map(|i| {
             let (_, body) = event_body(prefix, i, now);
-            billd_server::pipeline::parse_envelope(body.as_bytes(), now)
-                .map_err(|e| anyhow::anyhow!("bench event does not parse: {e}"))
+            let event = billd_server::pipeline::parse_envelope(body.as_bytes(), now)
+                .map_err(|e| anyhow::anyhow!("bench event does not parse: {e}"))?;
+            Ok(ReceivedEvent {
+                id: event.id,
+                payload: event.payload,
+                received_at: now,
+            })
         })
         .collect()
 }
@@ -595,11 +600,11 @@ where
     Ok(Latencies { acked, sent: total })
 }
 
-/// Inserts `rows[range]` with `insert_events` in batches of `batch`,
+/// Inserts `rows[range]` with `receive_events` in batches of `batch`,
 /// `in_flight` batches at once.
 async fn ceiling(
     store: &Arc<dyn Store>,
-    rows: &Arc<Vec<NewEvent>>,
+    rows: &Arc<Vec<ReceivedEvent>>,
     range: std::ops::Range<usize>,
     batch: usize,
     in_flight: usize,
@@ -616,7 +621,7 @@ async fn ceiling(
                     return anyhow::Ok(());
                 }
                 store
-                    .insert_events(&rows[start..(start + batch).min(end)])
+                    .receive_events(&rows[start..(start + batch).min(end)])
                     .await?;
             }
         }));

@@ -3,7 +3,9 @@
 //! - `billd bench usage-ceiling` serves `POST /v1/customers/{id}/usage/{feature}`
 //!   behind billd's bearer-key middleware, where a consume is nothing but
 //!   one conditional counter UPDATE and one idempotency-key INSERT in a
-//!   bare two-table schema ([`billd_store::ceiling::UsageCeiling`]);
+//!   bare two-table schema ([`billd_store::ceiling::UsageCeiling`]), and
+//!   `GET /v1/customers/{id}/entitlements` behind the same middleware,
+//!   answering JSON bytes computed once (entitlement reads' ceiling);
 //! - `billd bench webhooks-ceiling` serves `POST /webhooks/stripe`, where a
 //!   delivery is verified as billd verifies it (Stripe's signature) and
 //!   stored as (id unique, body) in a bare table, group-committed
@@ -23,6 +25,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
@@ -71,10 +74,18 @@ pub async fn run(args: &CeilingArgs) -> anyhow::Result<()> {
         .await
         .context("creating the ceiling's tables")?;
     let keys = ApiKeys::new(vec![SecretString::from(args.api_key.clone())], Vec::new());
+    let answer = cached_entitlements()?;
     let router = Router::new()
         .route(
             "/v1/customers/{id}/usage/{feature}",
             axum::routing::post(consume),
+        )
+        .route(
+            "/v1/customers/{id}/entitlements",
+            axum::routing::get(move |Path(_): Path<String>| {
+                let answer = answer.clone();
+                async move { ([(CONTENT_TYPE, "application/json")], answer) }
+            }),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             Arc::new(keys),
@@ -84,6 +95,22 @@ pub async fn run(args: &CeilingArgs) -> anyhow::Result<()> {
         .with_state(ceiling)
         .layer(axum::middleware::from_fn(billd_server::http::shape));
     listen_and_serve(&args.listen, router).await
+}
+
+/// The entitlements of a bench customer (free plan, nothing used) as JSON,
+/// computed once: the read ceiling answers these bytes to every read, the
+/// least a server that keeps entitlements in memory can do.
+fn cached_entitlements() -> anyhow::Result<Bytes> {
+    let catalog =
+        billd_core::Catalog::from_toml(crate::bench_usage::CATALOG).context("the bench catalog")?;
+    let now = billd_server::Clock::now(&billd_server::SystemClock);
+    let answer = billd_core::entitlements(
+        &billd_core::CustomerState::default(),
+        &catalog,
+        &billd_core::Usage::default(),
+        now,
+    );
+    Ok(Bytes::from(serde_json::to_vec(&answer)?))
 }
 
 async fn listen_and_serve(listen: &str, router: Router) -> anyhow::Result<()> {

@@ -58,6 +58,9 @@ pub struct UsageBenchArgs {
     /// Consume requests sent by the single client.
     #[arg(long, default_value_t = 2_000)]
     single: usize,
+    /// Entitlement reads sent with `clients` clients (to each server).
+    #[arg(long, default_value_t = 100_000)]
+    reads: usize,
     /// Concurrent keep-alive HTTP clients.
     #[arg(long, default_value_t = 64)]
     clients: usize,
@@ -97,6 +100,7 @@ struct Figures {
     backend: &'static str,
     ceiling: Served,
     billd: Served,
+    ceiling_reads: Load,
     reads: Load,
 }
 
@@ -141,17 +145,26 @@ pub async fn run(args: &UsageBenchArgs) -> anyhow::Result<()> {
     println!();
     for f in &all {
         println!(
-            "{}: billd/ceiling consumes/s {:.2}, p99 {:.2}×, 1-client p50 {:.2}×; entitlement reads {:.0}/s, p50 {:.2} ms, p99 {:.2} ms",
+            "{}: billd/ceiling consumes/s {:.2}, p99 {:.2}×, 1-client p50 {:.2}×",
             f.backend,
             f.billd.many.per_sec / f.ceiling.many.per_sec.max(1.0),
             f.billd.many.p99_ms / f.ceiling.many.p99_ms,
             f.billd.single.p50_ms / f.ceiling.single.p50_ms,
+        );
+        println!(
+            "{}: entitlement reads: billd {:.0}/s, p50 {:.2} ms, p99 {:.2} ms; read ceiling {:.0}/s, p50 {:.2} ms, p99 {:.2} ms; billd/ceiling reads/s {:.2}, p99 {:.2}×",
+            f.backend,
             f.reads.per_sec,
             f.reads.p50_ms,
             f.reads.p99_ms,
+            f.ceiling_reads.per_sec,
+            f.ceiling_reads.p50_ms,
+            f.ceiling_reads.p99_ms,
+            f.reads.per_sec / f.ceiling_reads.per_sec.max(1.0),
+            f.reads.p99_ms / f.ceiling_reads.p99_ms,
         );
         println!(
-            "{}: 200s: ceiling {}+{}, billd {}+{} of {}+{} consumes, {} of {} reads",
+            "{}: 200s: ceiling {}+{}, billd {}+{} of {}+{} consumes; ceiling {}, billd {} of {} reads",
             f.backend,
             f.ceiling.many.ok,
             f.ceiling.single.ok,
@@ -159,13 +172,14 @@ pub async fn run(args: &UsageBenchArgs) -> anyhow::Result<()> {
             f.billd.single.ok,
             args.consumes,
             args.single,
+            f.ceiling_reads.ok,
             f.reads.ok,
-            args.consumes
+            args.reads
         );
     }
     println!(
-        "\n{} consumes (and {} entitlement reads) over {} keep-alive clients, then {} consumes from 1 client, to each server, {} customers. ceiling = the same HTTP stack and key check, one conditional UPDATE + one key INSERT per consume, group-committed (sqlite) or one statement each (postgres), bare schema.",
-        args.consumes, args.consumes, args.clients, args.single, args.customers
+        "\n{} consumes over {} keep-alive clients, then {} consumes from 1 client, then {} entitlement reads over {} keep-alive clients (raw HTTP/1.1), to each server, {} customers. ceiling = the same HTTP stack and key check, one conditional UPDATE + one key INSERT per consume, group-committed (sqlite) or one statement each (postgres), bare schema; a read answers JSON bytes computed once.",
+        args.consumes, args.clients, args.single, args.reads, args.clients, args.customers
     );
     Ok(())
 }
@@ -214,11 +228,11 @@ async fn bench_backend(
             &limit,
         ],
     )?;
-    let ceiling = serve_and_load(command, port, &customers, &api_key, &run, "c", args, phase).await;
+    let ceiling = serve(command, port, &customers, &api_key, &run, "c", args, phase).await;
     if backend == "postgres" {
         billd_store::ceiling::UsageCeiling::drop_tables(ceiling_url, &table_prefix).await;
     }
-    let ceiling = ceiling?;
+    let (ceiling, ceiling_reads) = ceiling?;
 
     // billd, on a store this process migrates and fills with customers.
     {
@@ -244,53 +258,19 @@ async fn bench_backend(
     }
     let port = free_port()?;
     let command = serve_command(work_dir, url, port, plans, &api_key, "whsec_bench_unused")?;
-    let (billd, reads) =
-        serve_and_load_with_reads(command, port, &customers, &api_key, &run, args, phase).await?;
+    let (billd, reads) = serve(command, port, &customers, &api_key, &run, "h", args, phase).await?;
     Ok(Figures {
         backend,
         ceiling,
         billd,
+        ceiling_reads,
         reads,
     })
 }
 
-/// Starts a server, runs the consume phases against it, then kills it.
-#[allow(clippy::too_many_arguments, reason = "one call site per server")]
-async fn serve_and_load(
-    command: tokio::process::Command,
-    port: u16,
-    customers: &Arc<Vec<CustomerId>>,
-    api_key: &str,
-    run: &str,
-    tag: &str,
-    args: &UsageBenchArgs,
-    phase: Duration,
-) -> anyhow::Result<Served> {
-    let (served, _) = serve(
-        command, port, customers, api_key, run, tag, args, phase, false,
-    )
-    .await?;
-    Ok(served)
-}
-
-/// [`serve_and_load`], then entitlement reads.
-async fn serve_and_load_with_reads(
-    command: tokio::process::Command,
-    port: u16,
-    customers: &Arc<Vec<CustomerId>>,
-    api_key: &str,
-    run: &str,
-    args: &UsageBenchArgs,
-    phase: Duration,
-) -> anyhow::Result<(Served, Load)> {
-    let (served, reads) = serve(
-        command, port, customers, api_key, run, "h", args, phase, true,
-    )
-    .await?;
-    Ok((served, reads.context("no read phase")?))
-}
-
-#[allow(clippy::too_many_arguments, reason = "shared by the two wrappers")]
+/// Starts a server, runs the consume phases then the entitlement reads
+/// against it, then kills it.
+#[allow(clippy::too_many_arguments, reason = "one call per server")]
 async fn serve(
     command: tokio::process::Command,
     port: u16,
@@ -300,8 +280,7 @@ async fn serve(
     tag: &str,
     args: &UsageBenchArgs,
     phase: Duration,
-    reads: bool,
-) -> anyhow::Result<(Served, Option<Load>)> {
+) -> anyhow::Result<(Served, Load)> {
     let server = ServerProcess::start(command, port).await?;
     let base = Arc::<str>::from(format!("http://127.0.0.1:{port}"));
     let client = reqwest::Client::builder()
@@ -338,27 +317,25 @@ async fn serve(
     )
     .await
     .context("the single-client consume phase timed out")?;
-    let read_load = if reads {
-        let (client, base, customers, api_key) = (
-            client.clone(),
-            base.clone(),
-            customers.clone(),
-            api_key.to_owned(),
-        );
-        let read = move |i: usize| {
-            let customer = &customers[i % customers.len()];
-            client
-                .get(format!("{base}/v1/customers/{customer}/entitlements"))
-                .bearer_auth(&api_key)
-        };
-        Some(
-            tokio::time::timeout(phase, drive(args.clients, args.consumes, read))
-                .await
-                .context("the entitlement read phase timed out")?,
-        )
-    } else {
-        None
-    };
+    // Reads go through the raw client: reqwest costs the shared cores more
+    // than a memory answer costs the server.
+    let requests: Arc<Vec<Vec<u8>>> = Arc::new(
+        customers
+            .iter()
+            .map(|customer| {
+                format!(
+                    "GET /v1/customers/{customer}/entitlements HTTP/1.1\r\n\
+                     Host: 127.0.0.1:{port}\r\nAuthorization: Bearer {api_key}\r\n\r\n"
+                )
+                .into_bytes()
+            })
+            .collect(),
+    );
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let read_load =
+        tokio::time::timeout(phase, drive_raw(addr, args.clients, args.reads, requests))
+            .await
+            .context("the entitlement read phase timed out")?;
     let peak_rss_kib = server.peak_rss_kib();
     server.stop().await;
     Ok((
@@ -367,7 +344,7 @@ async fn serve(
             single,
             peak_rss_kib,
         },
-        read_load,
+        read_load?,
     ))
 }
 
@@ -406,6 +383,11 @@ where
             latencies.extend(l);
         }
     }
+    load_of(latencies, started)
+}
+
+/// The figures of a phase that started at `started` and just ended.
+fn load_of(mut latencies: Vec<Duration>, started: Instant) -> Load {
     let elapsed = started.elapsed().as_secs_f64();
     latencies.sort();
     Load {
@@ -413,6 +395,100 @@ where
         ok: latencies.len(),
         p50_ms: percentile_ms(&latencies, 0.50),
         p99_ms: percentile_ms(&latencies, 0.99),
+    }
+}
+
+/// Sends `total` requests, request `i` being `requests[i % len]`, over
+/// `clients` closed-loop HTTP/1.1 keep-alive connections written and read
+/// by hand (status line, `Content-Length` body): the cheapest client, so
+/// that the cores it shares with the server go to the server. Counts and
+/// times the 2xx answers; an error ends that connection.
+async fn drive_raw(
+    addr: std::net::SocketAddr,
+    clients: usize,
+    total: usize,
+    requests: Arc<Vec<Vec<u8>>>,
+) -> anyhow::Result<Load> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut connections = Vec::new();
+    for _ in 0..clients.max(1) {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        stream.set_nodelay(true)?;
+        connections.push(stream);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for mut stream in connections {
+        let (next, requests) = (next.clone(), requests.clone());
+        tasks.push(tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt as _;
+            let mut latencies = Vec::new();
+            let mut buf = Vec::with_capacity(8192);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total || requests.is_empty() {
+                    return latencies;
+                }
+                let sent = Instant::now();
+                if stream
+                    .write_all(&requests[i % requests.len()])
+                    .await
+                    .is_err()
+                {
+                    return latencies;
+                }
+                buf.clear();
+                let Some(ok) = read_answer(&mut stream, &mut buf).await else {
+                    return latencies;
+                };
+                if ok {
+                    latencies.push(sent.elapsed());
+                }
+            }
+        }));
+    }
+    let mut latencies = Vec::with_capacity(total);
+    for t in tasks {
+        if let Ok(l) = t.await {
+            latencies.extend(l);
+        }
+    }
+    Ok(load_of(latencies, started))
+}
+
+/// Reads one HTTP/1.1 answer (headers, then a `Content-Length` body) into
+/// `buf`; whether its status is 2xx, `None` when the connection failed.
+async fn read_answer(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<bool> {
+    use tokio::io::AsyncReadExt as _;
+    let mut chunk = [0_u8; 8192];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = std::str::from_utf8(&buf[..end]).ok()?;
+            let ok = head.split(' ').nth(1)?.starts_with('2');
+            let length: usize = head
+                .split("\r\n")
+                .find_map(|line| {
+                    let (name, value) = line.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse().ok())?
+                })
+                .unwrap_or(0);
+            while buf.len() < end + 4 + length {
+                let n = stream.read(&mut chunk).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return Some(ok);
+        }
+        let n = stream.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
     }
 }
 

@@ -174,6 +174,8 @@ enum BenchCommand {
 /// An inbox status on the command line.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum StatusArg {
+    /// Acknowledged, not derived by the worker yet.
+    Received,
     Pending,
     Processing,
     Processed,
@@ -186,6 +188,7 @@ enum StatusArg {
 impl From<StatusArg> for EventStatus {
     fn from(s: StatusArg) -> Self {
         match s {
+            StatusArg::Received => EventStatus::Received,
             StatusArg::Pending => EventStatus::Pending,
             StatusArg::Processing => EventStatus::Processing,
             StatusArg::Processed => EventStatus::Processed,
@@ -325,20 +328,37 @@ async fn run(cli: Cli, config: Option<Result<Config, ConfigErrors>>) -> anyhow::
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::Migrate => {
+            let _lock = exclusive(
+                &config,
+                "migrate",
+                "stop it first: `billd serve` applies the migrations itself when it starts",
+            )?;
             let store = open_store(&config).await?;
             store.migrate().await.context("applying migrations")?;
             println!("migrations applied to {}", config.database_url.redacted());
             Ok(())
         }
         Command::Events(cmd) => {
-            let store = open_store(&config).await?;
-            store.migrate().await.context("applying migrations")?;
+            let _lock = match &cmd {
+                EventsCommand::Replay(_) => Some(exclusive(
+                    &config,
+                    "events replay",
+                    "replay through its admin API instead (POST /v1/admin/events/{id}/replay or POST /v1/admin/events/replay)",
+                )?),
+                EventsCommand::List { .. } | EventsCommand::Show { .. } => None,
+            };
+            let store = open_reading(&config).await?;
             events(store.as_ref(), cmd).await
         }
         Command::Bench(_) | Command::Sim(_) | Command::Doctor(_) | Command::Reference { .. } => {
             Ok(())
         }
         Command::Reconcile(args) => {
+            let _lock = exclusive(
+                &config,
+                "reconcile",
+                "stop it for the reconciliation, or resync customers one at a time through its admin API (POST /v1/admin/customers/{id}/resync)",
+            )?;
             let store = open_store(&config).await?;
             store.migrate().await.context("applying migrations")?;
             reconcile_cmd::run(&config, store, &args).await
@@ -348,8 +368,7 @@ async fn run(cli: Cli, config: Option<Result<Config, ConfigErrors>>) -> anyhow::
             limit,
             json,
         } => {
-            let store = open_store(&config).await?;
-            store.migrate().await.context("applying migrations")?;
+            let store = open_reading(&config).await?;
             billing::audit(store.as_ref(), &customer, limit, json).await
         }
     }
@@ -373,6 +392,52 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     billd_store::connect(config.database_url.expose())
         .await
         .with_context(|| format!("opening the database {}", config.database_url.redacted()))
+}
+
+/// The SQLite file's serving lock, for a command that writes the database
+/// and so must not run beside `billd serve` (whose entitlement answers from
+/// memory rely on every write going through it): refused naming the serving
+/// process and what to do instead. `None` on PostgreSQL, where any number
+/// of processes write.
+fn exclusive(
+    config: &Config,
+    command: &str,
+    instead: &str,
+) -> anyhow::Result<Option<billd_store::ServeLock>> {
+    match billd_store::ServeLock::acquire(config.database_url.expose()) {
+        Ok(lock) => Ok(lock),
+        Err(billd_store::ServeLockError::Held {
+            database,
+            holder,
+            lock,
+        }) => Err(anyhow::anyhow!(
+            "billd {command} writes the SQLite database {}, which a running billd serves ({holder}; lock file {}); one process writes a SQLite file while it is served: {instead}",
+            database.display(),
+            lock.display()
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The store for a command that only reads: migrated first unless a running
+/// `billd serve` holds the SQLite file (it migrated it when it started, and
+/// this process must not write beside it).
+async fn open_reading(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    // `Some(lock)`: no server holds the file (`lock` is `None` on
+    // PostgreSQL, which any number of processes migrate and write).
+    let free = match billd_store::ServeLock::acquire(config.database_url.expose()) {
+        Ok(lock) => Some(lock),
+        Err(billd_store::ServeLockError::Held { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let store = open_store(config).await?;
+    if let Some(lock) = free {
+        store.migrate().await.context("applying migrations")?;
+        // Released at once: a read-only command must not keep a server
+        // from starting.
+        drop(lock);
+    }
+    Ok(store)
 }
 
 /// The server settings a configuration implies.

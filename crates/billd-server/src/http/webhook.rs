@@ -6,7 +6,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use billd_store::InsertOutcome;
+use billd_store::{InsertOutcome, ReceivedEvent};
 use billd_stripe::webhook::{verify, VerifyError, SIGNATURE_HEADER};
 use secrecy::ExposeSecret;
 use serde::Serialize;
@@ -90,9 +90,17 @@ async fn accept(
         .collect();
     verify(header, &body, &secrets, state.webhook.tolerance_secs, now)?;
 
+    // The whole envelope is checked here, so a body billd cannot store is
+    // refused (400) rather than acknowledged; only the id and the body are
+    // written, the worker derives the rest from the body later.
     let event = parse_envelope(&body, now)?;
     tracing::Span::current().record("event_id", event.id.as_str());
-    match state.ingestor.submit(event).await {
+    let received = ReceivedEvent {
+        id: event.id,
+        payload: event.payload,
+        received_at: now,
+    };
+    match state.ingestor.submit(received).await {
         Ok(InsertOutcome::Inserted) => Ok(Ack {
             received: true,
             duplicate: false,

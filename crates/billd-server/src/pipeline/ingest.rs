@@ -1,6 +1,8 @@
 //! Group commit for the webhook path: request handlers hand verified events
 //! to one writer task, which drains everything queued (up to a cap) and
-//! writes it in one transaction. One fsync then acknowledges many
+//! writes it in one transaction. What it writes is lean: the event id and
+//! the raw body ([`Store::receive_events`]); the inbox worker derives the
+//! rest later, in its own batched transactions. One fsync then acknowledges many
 //! deliveries, so throughput is not capped at one commit per event; each
 //! handler still answers only after its own event is durably committed.
 //! On PostgreSQL a few group commits run at once (the server flushes them
@@ -9,7 +11,7 @@
 
 use std::sync::Arc;
 
-use billd_store::{Backend, InsertOutcome, NewEvent, Store, StoreError};
+use billd_store::{Backend, InsertOutcome, ReceivedEvent, Store, StoreError};
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -30,7 +32,7 @@ pub enum IngestError {
 }
 
 type Job = (
-    NewEvent,
+    ReceivedEvent,
     oneshot::Sender<Result<InsertOutcome, IngestError>>,
 );
 
@@ -88,7 +90,7 @@ impl Ingestor {
 
     /// Queues `event` and waits until it is committed (or found to be a
     /// duplicate of a committed row).
-    pub async fn submit(&self, event: NewEvent) -> Result<InsertOutcome, IngestError> {
+    pub async fn submit(&self, event: ReceivedEvent) -> Result<InsertOutcome, IngestError> {
         let (done, wait) = oneshot::channel();
         self.tx
             .send((event, done))
@@ -169,10 +171,10 @@ impl Batcher {
         let (store, metrics, committed) = (&self.store, &self.metrics, &self.committed);
         // A sender that gave up (client disconnected) still gets its event
         // written: Stripe will redeliver and find a duplicate, which is fine.
-        let (events, waiters): (Vec<NewEvent>, Vec<_>) = jobs.into_iter().unzip();
+        let (events, waiters): (Vec<ReceivedEvent>, Vec<_>) = jobs.into_iter().unzip();
         metrics.ingest_batches.inc();
         metrics.ingest_batched_events.inc_by(events.len() as u64);
-        match store.insert_events(&events).await {
+        match store.receive_events(&events).await {
             Ok(outcomes) if outcomes.len() == waiters.len() => {
                 let any_new = outcomes.contains(&InsertOutcome::Inserted);
                 for (done, outcome) in waiters.into_iter().zip(outcomes) {

@@ -1,4 +1,6 @@
-//! The inbox worker: claims due events in per-customer batches, hands each
+//! The inbox worker: derives the columns of events the webhook stored lean
+//! (id and body only) in batched transactions, then claims due events in
+//! per-customer batches, hands each
 //! customer's batch to its handler in one task (the lifecycle handler
 //! applies it in one transaction), and records the outcomes. Failures retry
 //! with exponential backoff and jitter; after `max_attempts` an event is
@@ -14,7 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use billd_store::{ClaimLimits, EventFinish, EventResult, Store, StoreResult, StoredEvent};
+use billd_store::{
+    ClaimLimits, Derived, EventFinish, EventResult, Store, StoreResult, StoredEvent,
+};
 use rand::Rng;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -328,9 +332,16 @@ impl Default for WorkerConfig {
     }
 }
 
+/// Received events (stored lean by the webhook) derived per round at most:
+/// one read and one write transaction for up to this many.
+pub const DERIVE_BATCH: u32 = 1024;
+
 /// Counts of what one round did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RoundReport {
+    /// Received events whose columns were derived (they became pending,
+    /// or dead when their body is not an envelope).
+    pub derived: usize,
     /// Events claimed.
     pub claimed: usize,
     /// Customer batches (and events without a customer) claimed.
@@ -387,7 +398,7 @@ impl InboxWorker {
             // need several: the next round follows at once while rounds
             // find work, rather than after `poll_interval`.
             let busy = match self.run_once().await {
-                Ok(report) => report.claimed > 0,
+                Ok(report) => report.claimed > 0 || report.derived > 0,
                 Err(e) => {
                     crate::pipeline::count_store_error(&self.metrics, &e);
                     tracing::warn!(error = %e, "inbox worker round failed");
@@ -410,8 +421,48 @@ impl InboxWorker {
         tracing::info!("inbox worker stopped");
     }
 
-    /// Claims what is due and processes it; returns what happened.
+    /// Derives the columns of up to [`DERIVE_BATCH`] received events (the
+    /// webhook stored only their id and body) in one transaction, so the
+    /// claim that follows sees their type, customer and order. A body that
+    /// is not an envelope (the webhook refuses those, so only a row written
+    /// by hand) makes its event `dead` with `payload_invalid`. Returns how
+    /// many were read.
+    pub async fn derive_received(&self) -> StoreResult<usize> {
+        let received = self.store.received_events(DERIVE_BATCH).await?;
+        if received.is_empty() {
+            return Ok(0);
+        }
+        let derived: Vec<Derived> = received
+            .iter()
+            .map(|row| {
+                match crate::pipeline::parse_envelope(row.payload.as_bytes(), row.received_at) {
+                    Ok(event) if event.id == row.id => Derived::Event(event),
+                    Ok(event) => self.invalid(
+                        &row.id,
+                        format!("the body is the event {}, not {}", event.id, row.id),
+                    ),
+                    Err(e) => self.invalid(&row.id, e.to_string()),
+                }
+            })
+            .collect();
+        self.store.derive_events(&derived, self.clock.now()).await?;
+        Ok(received.len())
+    }
+
+    fn invalid(&self, id: &str, error: String) -> Derived {
+        let reason = DeadReason::PayloadInvalid;
+        tracing::error!(event_id = %id, %error, reason = reason.code(), "event is dead");
+        self.metrics.events_dead.inc(reason.code());
+        Derived::Invalid {
+            id: id.to_owned(),
+            error: format!("{}: {error}", reason.code()),
+        }
+    }
+
+    /// Derives what was received, claims what is due and processes it;
+    /// returns what happened.
     pub async fn run_once(&self) -> StoreResult<RoundReport> {
+        let derived = self.derive_received().await?;
         let now = self.clock.now();
         let limits = ClaimLimits {
             groups: self.config.concurrency,
@@ -423,6 +474,7 @@ impl InboxWorker {
             .await?;
         let batches = batches(&claimed);
         let mut report = RoundReport {
+            derived,
             claimed: claimed.len(),
             batches: batches.len(),
             ..RoundReport::default()

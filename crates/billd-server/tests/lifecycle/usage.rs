@@ -608,6 +608,129 @@ async fn a_current_read_does_not_query_sqlite() {
     );
 }
 
+/// On SQLite a memory answer is invalidated by a write for its customer
+/// only: a consume, a release or a deletion of another customer leaves it
+/// standing (seen because a write this process did not make, which the
+/// serving lock rules out in production, stays unseen), while its own
+/// customer's next write is seen at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_for_one_customer_leaves_another_customers_memory_answer_standing() {
+    use billd_server::Clock as _;
+    let h = Harness::start(Db::Sqlite, t0(), WebhookKnobs::default()).await;
+    free_customer(&h, "u_kept").await;
+    free_customer(&h, "u_busy").await;
+    free_customer(&h, "u_gone").await;
+    let used = |e: &Value| e["features"]["generations"]["used"].as_u64();
+    let customer = billd_core::CustomerId::parse("u_kept").unwrap();
+    let record = h.store.get_customer(&customer).await.unwrap().unwrap();
+    let key = billd_core::usage_keys(&record.state, &billd_core::Catalog::seed(), h.clock.now())
+        .into_iter()
+        .find(|k| k.feature.as_str() == "generations")
+        .unwrap();
+    let elsewhere = billd_store::SqliteStore::connect(&h.db_url).await.unwrap();
+    // Background workers may write u_kept's row (its Stripe customer),
+    // which makes that round's read a query: a few rounds, one of which
+    // must be answered from memory (with every commit invalidating every
+    // answer, none would be: each round writes for u_busy).
+    let mut from_memory = 0;
+    for round in 0..5_u64 {
+        assert_eq!(used(&read_twice(&h, "u_kept").await), Some(round));
+        let request = billd_store::UsageRequest {
+            customer_id: customer.clone(),
+            key: key.clone(),
+            amount: 1,
+            idempotency_key: format!("behind_its_back{round}"),
+        };
+        let outcome = elsewhere
+            .consume(&request, u64::MAX, h.clock.now())
+            .await
+            .unwrap();
+        assert!(
+            matches!(outcome, billd_store::UsageOutcome::Applied { .. }),
+            "{outcome:?}"
+        );
+        // Writes of this process for another customer: each is seen by
+        // that customer's next read.
+        let sites = |e: &Value| e["features"]["websites"]["used"].as_u64();
+        let (status, body) = consume(
+            &h,
+            "u_busy",
+            "websites",
+            json!({ "idempotency_key": format!("busy_site{round}") }),
+        )
+        .await;
+        assert_eq!(status, 200, "{body:#}");
+        assert_eq!(sites(&h.entitlements("u_busy").await.1), Some(1));
+        let (status, body) = post(
+            &h,
+            "/v1/customers/u_busy/usage/websites/release",
+            Some(APP_KEY),
+            json!({ "idempotency_key": format!("busy_release{round}") }),
+        )
+        .await;
+        assert_eq!(status, 200, "{body:#}");
+        assert_eq!(sites(&h.entitlements("u_busy").await.1), Some(0));
+
+        let after = used(&h.entitlements("u_kept").await.1).unwrap();
+        // The database holds 1 + round: only memory can answer round.
+        assert!(
+            after == round || after == round + 1,
+            "{after} in round {round}"
+        );
+        from_memory += u64::from(after == round);
+        // Seen from now on: a write of this process for u_kept.
+        let (status, body) = consume(
+            &h,
+            "u_kept",
+            "websites",
+            json!({ "idempotency_key": format!("kept{round}") }),
+        )
+        .await;
+        assert_eq!(status, 200, "{body:#}");
+        let (status, body) = post(
+            &h,
+            "/v1/customers/u_kept/usage/websites/release",
+            Some(APP_KEY),
+            json!({ "idempotency_key": format!("kept_release{round}") }),
+        )
+        .await;
+        assert_eq!(status, 200, "{body:#}");
+        assert_eq!(used(&h.entitlements("u_kept").await.1), Some(round + 1));
+    }
+    assert!(
+        from_memory > 0,
+        "a write for u_busy made u_kept's read a query"
+    );
+
+    // Deleting another customer leaves the answer standing too.
+    read_twice(&h, "u_kept").await;
+    let request = billd_store::UsageRequest {
+        customer_id: customer.clone(),
+        key: key.clone(),
+        amount: 1,
+        idempotency_key: "behind_its_back_last".to_owned(),
+    };
+    elsewhere
+        .consume(&request, u64::MAX, h.clock.now())
+        .await
+        .unwrap();
+    elsewhere.close().await;
+    let deleted = h
+        .http
+        .delete(format!("{}/v1/customers/u_gone", h.base))
+        .bearer_auth(APP_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert!(deleted.status().is_success(), "{}", deleted.status());
+    assert_eq!(
+        h.entitlements("u_gone").await.1["error"]["code"],
+        json!("customer_deleted")
+    );
+    let after = used(&h.entitlements("u_kept").await.1);
+    assert!(matches!(after, Some(5 | 6)), "{after:?}");
+}
+
 on_both_databases!(
     sixty_four_concurrent_clients_get_exactly_the_twenty_five_generations_of_pro,
     one_idempotency_key_retried_from_many_clients_is_counted_once,

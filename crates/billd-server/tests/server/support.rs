@@ -247,6 +247,21 @@ impl Store for SwitchableStore {
         self.check()?;
         self.inner.insert_events(events).await
     }
+    async fn receive_events(
+        &self,
+        events: &[billd_store::ReceivedEvent],
+    ) -> StoreResult<Vec<InsertOutcome>> {
+        self.check()?;
+        self.inner.receive_events(events).await
+    }
+    async fn received_events(&self, limit: u32) -> StoreResult<Vec<billd_store::ReceivedEvent>> {
+        self.check()?;
+        self.inner.received_events(limit).await
+    }
+    async fn derive_events(&self, derived: &[billd_store::Derived], now: i64) -> StoreResult<u64> {
+        self.check()?;
+        self.inner.derive_events(derived, now).await
+    }
     async fn claim_event_batches(
         &self,
         now: i64,
@@ -677,8 +692,12 @@ impl billd_store::UsageStore for SwitchableStore {
     fn write_mark(&self) -> Option<billd_store::WriteMark> {
         self.inner.write_mark()
     }
-    fn still_current(&self, mark: billd_store::WriteMark) -> bool {
-        self.inner.still_current(mark)
+    fn still_current(
+        &self,
+        mark: billd_store::WriteMark,
+        snapshot: &billd_store::UsageSnapshot,
+    ) -> bool {
+        self.inner.still_current(mark, snapshot)
     }
 }
 

@@ -32,6 +32,24 @@ async fn an_accepted_event_is_stored_once_with_its_envelope_fields(db: Db) {
     assert_eq!(status, 200, "{ack}");
     assert_eq!(ack["received"], true);
     assert_eq!(ack["duplicate"], false);
+    // Acknowledged lean: the id and the body, nothing derived yet.
+    let events = app.all_events().await;
+    assert_eq!(events.len(), 1);
+    let received = &events[0];
+    assert_eq!(received.status, EventStatus::Received);
+    assert_eq!(received.payload, body);
+    assert_eq!((received.event_type.as_str(), received.created), ("", 0));
+    assert_eq!(received.stripe_customer, None);
+
+    // The worker derives the envelope's columns before it claims anything.
+    let worker = billd_server::InboxWorker::new(
+        app.store.clone(),
+        billd_server::HandlerRegistry::new(),
+        crate::support::server_config().worker,
+        Arc::new(billd_server::Metrics::default()),
+        Arc::new(billd_server::SystemClock),
+    );
+    assert_eq!(worker.derive_received().await.unwrap(), 1);
     let events = app.all_events().await;
     assert_eq!(events.len(), 1);
     let stored = &events[0];

@@ -28,6 +28,7 @@ on_both_databases!(
     a_malformed_event_is_dead_after_one_attempt_and_its_customers_next_event_is_applied_at_once,
     a_transiently_failing_event_retries_while_its_customers_later_event_is_applied,
     events_naming_no_customer_are_applied_after_the_customer_batches_never_beside_them,
+    a_webhook_stored_lean_is_derived_and_applied_in_one_round,
 );
 
 const T0: i64 = 1_800_000_000;
@@ -722,4 +723,51 @@ async fn events_naming_no_customer_are_applied_after_the_customer_batches_never_
     assert_eq!(report.claimed, 12);
     assert_eq!(report.batches, 7, "one customer's batch and six alone");
     assert_eq!(handler.loose_beside_others.load(Ordering::SeqCst), 0);
+}
+
+async fn a_webhook_stored_lean_is_derived_and_applied_in_one_round(db: Db) {
+    let handler = FlakyHandler::failing(0);
+    let s = setup_with(db, Some(handler.clone()), Vec::new()).await;
+    let body = stripe_event("evt_lean_1", "invoice.paid", "invoice", T0 - 10);
+    // What the webhook endpoint writes: the id and the body. A row whose
+    // body is no envelope cannot come through the endpoint (it answers 400)
+    // but is dead at once, not retried, if one is there.
+    let rows = [
+        billd_store::ReceivedEvent {
+            id: "evt_lean_1".to_owned(),
+            payload: body,
+            received_at: T0,
+        },
+        billd_store::ReceivedEvent {
+            id: "evt_lean_bad".to_owned(),
+            payload: "{\"id\":\"evt_lean_bad\"}".to_owned(),
+            received_at: T0,
+        },
+    ];
+    s.db.store.receive_events(&rows).await.unwrap();
+
+    let report = s.worker.run_once().await.unwrap();
+
+    assert_eq!((report.derived, report.claimed), (2, 1));
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 1);
+    let applied = s.db.store.get_event("evt_lean_1").await.unwrap().unwrap();
+    assert_eq!(applied.status, EventStatus::Processed);
+    assert_eq!(applied.event_type, "invoice.paid");
+    assert_eq!(applied.created, T0 - 10);
+    assert_eq!(
+        applied.stripe_customer.as_deref(),
+        Some("cus_QXg1o8vcGmoR32")
+    );
+    let bad = s.db.store.get_event("evt_lean_bad").await.unwrap().unwrap();
+    assert_eq!(bad.status, EventStatus::Dead);
+    assert!(
+        bad.last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("payload_invalid: ")),
+        "{:?}",
+        bad.last_error
+    );
+    assert_eq!(s.metrics.events_dead.get("payload_invalid"), 1);
+    let next = s.worker.run_once().await.unwrap();
+    assert_eq!((next.derived, next.claimed), (0, 0), "nothing left");
 }

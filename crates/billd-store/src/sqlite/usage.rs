@@ -22,7 +22,8 @@ use super::SqliteStore;
 use crate::billing::{check_amount, from_db, period_column, replay, Direction, StoredRequest};
 use crate::dialect::Dialect;
 use crate::usage::{
-    snapshot_of, GuardedConsume, GuardedOutcome, SnapshotRow, UsageSnapshot, UsageStore, SNAPSHOT,
+    snapshot_of, GuardedConsume, GuardedOutcome, SnapshotRow, UsageSnapshot, UsageStore,
+    SNAPSHOT_SQLITE,
 };
 use crate::{StoreError, StoreResult, UsageOutcome, UsageRequest};
 
@@ -235,7 +236,7 @@ impl UsageStore for SqliteStore {
         customer: &CustomerId,
         known_version: Option<i64>,
     ) -> StoreResult<Option<UsageSnapshot>> {
-        let rows: Vec<SnapshotRow> = sqlx::query_as(SNAPSHOT)
+        let rows: Vec<SnapshotRow> = sqlx::query_as(SNAPSHOT_SQLITE)
             .bind(customer.as_str())
             .bind(known_version)
             .fetch_all(self.reader())
@@ -244,10 +245,10 @@ impl UsageStore for SqliteStore {
     }
 
     fn write_mark(&self) -> Option<crate::WriteMark> {
-        self.writes.quiet()
+        self.writes.mark()
     }
 
-    fn still_current(&self, mark: crate::WriteMark) -> bool {
-        self.writes.still_quiet(mark)
+    fn still_current(&self, mark: crate::WriteMark, snapshot: &UsageSnapshot) -> bool {
+        self.writes.unchanged_since(mark, snapshot.change_key)
     }
 }

@@ -64,12 +64,15 @@ async fn a_small_usage_benchmark_answers_every_request_and_prints_the_ratios_and
         "4",
         "--customers",
         "5",
+        "--reads",
+        "60",
     ])
     .await;
 
     assert!(
-        stdout
-            .contains("sqlite: 200s: ceiling 60+10, billd 60+10 of 60+10 consumes, 60 of 60 reads"),
+        stdout.contains(
+            "sqlite: 200s: ceiling 60+10, billd 60+10 of 60+10 consumes; ceiling 60, billd 60 of 60 reads"
+        ),
         "{stdout}"
     );
     assert!(

@@ -63,6 +63,78 @@ async fn a_second_serve_on_the_same_sqlite_file_exits_naming_the_first() {
     assert!(still_serving, "the first billd kept serving");
 }
 
+/// `billd <args>` on `billd`'s database and configuration, waited for.
+async fn cli(billd: &Billd, args: &'static [&'static str]) -> std::process::Output {
+    let command = billd.command();
+    // `command()` runs `serve`: the same environment, another command.
+    let mut cli = std::process::Command::new(command.get_program());
+    cli.args(args)
+        .current_dir(&billd.dir)
+        .env_clear()
+        .envs(
+            command
+                .get_envs()
+                .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned()))),
+        )
+        .env("RUST_LOG", "off")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    tokio::task::spawn_blocking(move || cli.output().unwrap())
+        .await
+        .unwrap()
+}
+
+/// The CLI commands that write the database refuse to run beside the
+/// serving process (whose entitlement answers from memory rely on every
+/// write going through it), naming it and what to do instead; reading
+/// commands still run; once it stopped, the writing ones run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writing_cli_commands_refuse_a_served_sqlite_file_naming_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = billd(
+        dir.path(),
+        vec![("BILLD_STRIPE_API_KEY", "sk_test_unused".to_owned())],
+    );
+    let client = reqwest::Client::new();
+    let mut running = server.spawn();
+    server.wait_healthy(&client, &mut running).await;
+
+    let holder = format!("pid {} on ", running.id());
+    for (args, instead) in [
+        (&["migrate"][..], "applies the migrations itself"),
+        (
+            &["events", "replay", "--status", "dead"][..],
+            "POST /v1/admin/events/replay",
+        ),
+        (&["reconcile"][..], "POST /v1/admin/customers/{id}/resync"),
+    ] {
+        let output = cli(&server, args).await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} ran: {stderr}");
+        assert!(stderr.contains(&holder), "{args:?}: {stderr}");
+        assert!(stderr.contains(instead), "{args:?}: {stderr}");
+    }
+    let listed = cli(&server, &["events", "list"]).await;
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    running.kill().unwrap();
+    running.wait().unwrap();
+
+    let replayed = cli(&server, &["events", "replay", "--status", "dead"]).await;
+    assert!(
+        replayed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replayed.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&replayed.stdout).trim(),
+        "0 dead event(s) requeued"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_leased_by_a_killed_serve_are_applied_at_restart_not_after_their_lease() {
     const EVENTS: usize = 300;

@@ -3,9 +3,11 @@
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::IntoResponse;
 use axum::{Json, Router};
-use billd_core::{Currency, CustomerId, Email, EmailError, Entitlements};
+use billd_core::{Currency, CustomerId, Email, EmailError};
 use billd_store::{CustomerProfile, CustomerRecord};
 use serde::{Deserialize, Serialize};
 
@@ -198,16 +200,18 @@ async fn get_customer<S: BillingBackend + ?Sized>(
 async fn get_entitlements<S: BillingBackend + ?Sized>(
     State(state): State<ApiState<S>>,
     Path(id): Path<String>,
-) -> Result<Json<Entitlements>, ApiError> {
+) -> Result<impl IntoResponse, ApiError> {
     let id = customer_id(&id)?;
-    Ok(Json(
-        crate::http::app::usage::current_entitlements(
-            &*state.store,
-            &state.catalog,
-            state.clock.now(),
-            &state.states,
-            &id,
-        )
-        .await?,
+    let answer = crate::http::app::usage::current_entitlements_json(
+        &*state.store,
+        &state.catalog,
+        state.clock.now(),
+        &state.states,
+        &id,
+    )
+    .await?;
+    Ok((
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        answer,
     ))
 }

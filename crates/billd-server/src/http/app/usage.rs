@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use crate::http::idempotency::Idempotency;
 use crate::http::openapi::{route_with, Verb};
+use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
@@ -246,30 +247,57 @@ async fn load_entitlements<S: BillingBackend + ?Sized>(
     Ok(entitlements(&record.state, &state.catalog, &usage, now))
 }
 
-/// The customer's entitlements now. From memory when the store proves
-/// nothing was committed since the customer's last snapshot was read
-/// (`UsageStore::still_current`: SQLite, whose every write goes through
-/// this process); otherwise as of one read on a reader connection
+/// The customer's entitlements now, as JSON. From memory when the store
+/// proves nothing of this customer was committed since its last snapshot was
+/// read (`UsageStore::still_current`: SQLite, whose every write goes through
+/// this process), the bytes computed at most once per snapshot and second;
+/// otherwise [`read_entitlements`] (404 `customer_not_found` or
+/// `customer_deleted`).
+pub(crate) async fn current_entitlements_json<S: BillingBackend + ?Sized>(
+    store: &S,
+    catalog: &Catalog,
+    now: i64,
+    states: &StateCache,
+    customer: &CustomerId,
+) -> Result<Bytes, ApiError> {
+    if let Some(current) = states.snapshot(customer) {
+        if store.still_current(current.mark, &current.snapshot) {
+            if let Some(answer) = current.answered.at(now) {
+                return Ok(answer);
+            }
+            let usage = current
+                .snapshot
+                .usage(&usage_keys(&current.state, catalog, now));
+            let answer = json_bytes(&entitlements(&current.state, catalog, &usage, now))?;
+            current.answered.remember(now, answer.clone());
+            return Ok(answer);
+        }
+    }
+    json_bytes(&read_entitlements(store, catalog, now, states, customer).await?)
+}
+
+/// `value` as the JSON an `axum::Json` answer would carry.
+fn json_bytes(value: &impl Serialize) -> Result<Bytes, ApiError> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("serialising entitlements: {e}")))
+}
+
+/// The customer's entitlements as of one read on a reader connection
 /// (`UsageStore::usage_snapshot`), whose version and counters are always
 /// read, so the answer is current (a consume answered 200 before is in
 /// it), but whose state is parsed only when its version is not the one
-/// cached (404 `customer_not_found` or `customer_deleted`).
-pub(crate) async fn current_entitlements<S: BillingBackend + ?Sized>(
+/// cached; remembered for answers from memory where the store can tell
+/// when it goes stale.
+async fn read_entitlements<S: BillingBackend + ?Sized>(
     store: &S,
     catalog: &Catalog,
     now: i64,
     states: &StateCache,
     customer: &CustomerId,
 ) -> Result<Entitlements, ApiError> {
-    if let Some(current) = states.snapshot(customer) {
-        if store.still_current(current.mark) {
-            let usage = current
-                .snapshot
-                .usage(&usage_keys(&current.state, catalog, now));
-            return Ok(entitlements(&current.state, catalog, &usage, now));
-        }
-    }
-    // Taken before the read: a commit after it makes the read stale.
+    // Taken before the read: a commit of this customer after it makes the
+    // read stale.
     let mark = store.write_mark();
     let cached = states.get(customer);
     let mut snapshot = store
@@ -308,6 +336,7 @@ pub(crate) async fn current_entitlements<S: BillingBackend + ?Sized>(
                 mark,
                 state,
                 snapshot: Arc::new(snapshot),
+                answered: Arc::default(),
             },
         );
     }

@@ -9,6 +9,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use axum::body::Bytes;
 use billd_core::{CustomerId, CustomerState};
 use billd_store::{UsageSnapshot, WriteMark};
 
@@ -27,7 +28,8 @@ pub struct CachedState {
 
 /// A customer's snapshot and parsed state as read just after `mark` was
 /// taken: what the database holds for as long as the store says nothing was
-/// committed since (`billd_store::UsageStore::still_current`).
+/// committed for that customer since
+/// (`billd_store::UsageStore::still_current`).
 #[derive(Debug, Clone)]
 pub struct CurrentSnapshot {
     /// The store's write mark taken before the read.
@@ -36,6 +38,31 @@ pub struct CurrentSnapshot {
     pub state: Arc<CustomerState>,
     /// The read (version and counters).
     pub snapshot: Arc<UsageSnapshot>,
+    /// The last answer computed from it, for reads in the same second.
+    pub answered: Arc<Answered>,
+}
+
+/// An entitlements answer (JSON) and the second (`Clock::now`) it was
+/// computed for: entitlements are a function of the snapshot, the catalog
+/// and that second alone, so a read from the same snapshot in the same
+/// second answers these bytes again instead of computing and serialising
+/// them.
+#[derive(Debug, Default)]
+pub struct Answered(Mutex<Option<(i64, Bytes)>>);
+
+impl Answered {
+    /// The answer computed for `now`, if any.
+    pub fn at(&self, now: i64) -> Option<Bytes> {
+        match &*self.0.lock().unwrap_or_else(PoisonError::into_inner) {
+            Some((second, answer)) if *second == now => Some(answer.clone()),
+            _ => None,
+        }
+    }
+
+    /// Keeps the answer computed for `now`.
+    pub fn remember(&self, now: i64, answer: Bytes) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some((now, answer));
+    }
 }
 
 /// Customer states by customer, bounded, and the snapshots known current

@@ -102,7 +102,12 @@ pub(crate) async fn feed_back_snapshot<S: BillingBackend + ?Sized>(
             .get_event(&id)
             .await
             .map_err(store_error)?
-            .is_some_and(|e| !matches!(e.status, EventStatus::Pending | EventStatus::Processing));
+            .is_some_and(|e| {
+                !matches!(
+                    e.status,
+                    EventStatus::Received | EventStatus::Pending | EventStatus::Processing
+                )
+            });
         if done {
             return Ok(true);
         }

@@ -1,0 +1,374 @@
+//! The lean ingest: a webhook is acknowledged once `receive_events` has
+//! durably stored its id and body; the worker derives the rest
+//! (`derive_events`) before it claims.
+
+#![expect(clippy::unwrap_used, reason = "test code: a panic is a failed test")]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use billd_store::{
+    Derived, EventFilter, EventStatus, InsertOutcome, NewEvent, ReceivedEvent, Store,
+};
+
+use super::{event, insert, Harness};
+
+macro_rules! received_contract {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_sqlite() {
+                    let harness = super::super::sqlite().await;
+                    super::$name(&harness).await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_postgres() {
+                    let harness = super::super::postgres().await;
+                    super::$name(&harness).await;
+                }
+            }
+        )*
+    };
+}
+
+received_contract!(
+    a_received_event_is_stored_once_and_shows_as_received_until_derived,
+    derived_events_become_pending_with_their_columns_and_are_claimed_in_created_order,
+    received_events_are_durable_for_a_store_opened_afterwards,
+    two_stores_receiving_and_deriving_the_same_events_store_and_derive_each_once,
+);
+
+/// `event`'s row as the webhook acknowledges it.
+fn received(event: &NewEvent) -> ReceivedEvent {
+    ReceivedEvent {
+        id: event.id.clone(),
+        payload: event.payload.clone(),
+        received_at: event.received_at,
+    }
+}
+
+async fn counts(store: &Arc<dyn Store>) -> BTreeMap<&'static str, i64> {
+    store
+        .inbox_stats()
+        .await
+        .unwrap()
+        .by_status
+        .into_iter()
+        .filter(|(_, n)| *n != 0)
+        .map(|(status, n)| (status.as_str(), n))
+        .collect()
+}
+
+async fn a_received_event_is_stored_once_and_shows_as_received_until_derived(h: &Harness) {
+    let derived_before = event("evt_old", Some("cus_1"), 5);
+    insert(&h.store, std::slice::from_ref(&derived_before)).await;
+    let a = event("evt_a", Some("cus_1"), 10);
+    let b = event("evt_b", None, 11);
+
+    let outcomes = h
+        .store
+        .receive_events(&[received(&a), received(&b), received(&a)])
+        .await
+        .unwrap();
+    assert_eq!(
+        outcomes,
+        [
+            InsertOutcome::Inserted,
+            InsertOutcome::Inserted,
+            InsertOutcome::Duplicate
+        ]
+    );
+    // Already stored: received, or derived (by the full insert).
+    let again = h
+        .store
+        .receive_events(&[received(&b), received(&derived_before)])
+        .await
+        .unwrap();
+    assert_eq!(again, [InsertOutcome::Duplicate, InsertOutcome::Duplicate]);
+    assert_eq!(
+        h.store
+            .insert_events(std::slice::from_ref(&a))
+            .await
+            .unwrap(),
+        [InsertOutcome::Duplicate]
+    );
+
+    let stored = h.store.get_event("evt_a").await.unwrap().unwrap();
+    assert_eq!(stored.status, EventStatus::Received);
+    assert_eq!(stored.payload, a.payload);
+    assert_eq!(stored.received_at, a.received_at);
+    assert_eq!(
+        (
+            stored.event_type.as_str(),
+            stored.created,
+            &stored.stripe_customer
+        ),
+        ("", 0, &None),
+        "nothing derived yet"
+    );
+    let listed = h
+        .store
+        .list_events(&EventFilter {
+            status: Some(EventStatus::Received),
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["evt_b", "evt_a"]
+    );
+    let queue = h.store.received_events(10).await.unwrap();
+    assert_eq!(queue, [received(&a), received(&b)], "oldest first");
+    assert_eq!(
+        counts(&h.store).await,
+        BTreeMap::from([("pending", 1), ("received", 2)])
+    );
+    let stats = h.store.inbox_stats().await.unwrap();
+    assert_eq!(
+        stats.oldest_waiting_received_at,
+        Some(derived_before.received_at)
+    );
+    // Not claimable before it is derived.
+    let claimed = h.store.claim_events(100, 130, 10).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["evt_old"]
+    );
+}
+
+async fn derived_events_become_pending_with_their_columns_and_are_claimed_in_created_order(
+    h: &Harness,
+) {
+    // Received in the opposite order of `created`.
+    let events: Vec<NewEvent> = (0..5)
+        .map(|n| event(&format!("evt_{n}"), Some("cus_1"), 50 - n))
+        .collect();
+    let rows: Vec<ReceivedEvent> = events.iter().map(received).collect();
+    h.store.receive_events(&rows).await.unwrap();
+    let mut derived: Vec<Derived> = events[..4].iter().cloned().map(Derived::Event).collect();
+    derived.push(Derived::Invalid {
+        id: "evt_4".to_owned(),
+        error: "payload_invalid: not a JSON Stripe event".to_owned(),
+    });
+
+    assert_eq!(h.store.derive_events(&derived, 900).await.unwrap(), 5);
+    // Deriving again changes nothing.
+    assert_eq!(h.store.derive_events(&derived, 901).await.unwrap(), 0);
+
+    assert!(h.store.received_events(10).await.unwrap().is_empty());
+    let stored = h.store.get_event("evt_1").await.unwrap().unwrap();
+    assert_eq!(stored.status, EventStatus::Pending);
+    assert_eq!(stored.event_type, events[1].event_type);
+    assert_eq!(stored.api_version, events[1].api_version);
+    assert_eq!(stored.created, events[1].created);
+    assert_eq!(stored.object_id, events[1].object_id);
+    assert_eq!(stored.stripe_customer, events[1].stripe_customer);
+    assert_eq!(stored.payload, events[1].payload);
+    let dead = h.store.get_event("evt_4").await.unwrap().unwrap();
+    assert_eq!(dead.status, EventStatus::Dead);
+    assert_eq!(
+        dead.last_error.as_deref(),
+        Some("payload_invalid: not a JSON Stripe event")
+    );
+    assert_eq!(dead.processed_at, Some(900));
+    assert_eq!(
+        counts(&h.store).await,
+        BTreeMap::from([("dead", 1), ("pending", 4)])
+    );
+    let by_type = h
+        .store
+        .list_events(&EventFilter {
+            event_type: Some("invoice.paid".to_owned()),
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_type.len(), 4);
+
+    let claimed = h
+        .store
+        .claim_event_batches(
+            1_000,
+            1_030,
+            billd_store::ClaimLimits {
+                groups: 4,
+                per_customer: 10,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["evt_3", "evt_2", "evt_1", "evt_0"],
+        "oldest created first, one customer's batch"
+    );
+}
+
+async fn received_events_are_durable_for_a_store_opened_afterwards(h: &Harness) {
+    let events: Vec<NewEvent> = (0..100)
+        .map(|n| event(&format!("evt_{n:03}"), Some(&format!("cus_{}", n % 7)), n))
+        .collect();
+    let rows: Vec<ReceivedEvent> = events.iter().map(received).collect();
+    let outcomes = h.store.receive_events(&rows).await.unwrap();
+    assert!(outcomes.iter().all(|o| *o == InsertOutcome::Inserted));
+
+    // Every acknowledged row is committed: another store (a new process,
+    // new connections) reads all of them, and dedupes against them.
+    let later = h.another().await;
+    assert_eq!(later.received_events(1_000).await.unwrap(), rows);
+    let again = later.receive_events(&rows[..10]).await.unwrap();
+    assert!(again.iter().all(|o| *o == InsertOutcome::Duplicate));
+}
+
+async fn two_stores_receiving_and_deriving_the_same_events_store_and_derive_each_once(h: &Harness) {
+    let events: Vec<NewEvent> = (0..300)
+        .map(|n| event(&format!("evt_{n:03}"), Some(&format!("cus_{}", n % 11)), n))
+        .collect();
+    let stores = [h.store.clone(), h.another().await];
+    let mut tasks = Vec::new();
+    for (which, store) in stores.iter().enumerate() {
+        let (store, events) = (store.clone(), events.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut inserted = 0;
+            // The two stores walk the events in opposite orders, in
+            // batches of 30, deriving what is received after each.
+            let mut order: Vec<&NewEvent> = events.iter().collect();
+            if which == 1 {
+                order.reverse();
+            }
+            for chunk in order.chunks(30) {
+                let rows: Vec<ReceivedEvent> = chunk.iter().map(|e| received(e)).collect();
+                let outcomes = store.receive_events(&rows).await.unwrap();
+                inserted += outcomes
+                    .iter()
+                    .filter(|o| **o == InsertOutcome::Inserted)
+                    .count();
+                let queue = store.received_events(1_000).await.unwrap();
+                let derived: Vec<Derived> = queue
+                    .iter()
+                    .map(|row| {
+                        let event = events.iter().find(|e| e.id == row.id).unwrap();
+                        Derived::Event(event.clone())
+                    })
+                    .collect();
+                store.derive_events(&derived, 500).await.unwrap();
+            }
+            inserted
+        }));
+    }
+    let mut inserted = 0;
+    for task in tasks {
+        inserted += task.await.unwrap();
+    }
+
+    assert_eq!(inserted, 300, "each event stored by exactly one store");
+    assert!(h.store.received_events(1_000).await.unwrap().is_empty());
+    assert_eq!(counts(&h.store).await, BTreeMap::from([("pending", 300)]));
+    let pending = h
+        .store
+        .list_events(&EventFilter {
+            status: Some(EventStatus::Pending),
+            ..EventFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(pending.len(), 300);
+    assert!(pending
+        .iter()
+        .all(|e| e.event_type == "invoice.paid" && e.stripe_customer.is_some()));
+}
+
+/// The version of the lean-ingest migration.
+const LEAN_MIGRATION: i64 = 20_261_207_000_000;
+
+/// Migrates `url` up to (not including) the lean ingest, stores events the
+/// way billd did before it, then migrates the rest: the old rows keep every
+/// column, count and claim.
+async fn events_stored_before_the_lean_migration_stay_valid(url: &str, dir: &str) {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir);
+    let mut before = sqlx::migrate::Migrator::new(path).await.unwrap();
+    before.migrations = before
+        .migrations
+        .iter()
+        .filter(|m| m.version < LEAN_MIGRATION)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    let old_insert = "INSERT INTO stripe_events \
+        (id, type, api_version, created, object_id, stripe_customer, payload, received_at) \
+        VALUES ($1, 'invoice.paid', NULL, $2, NULL, $3, '{}', $2)";
+    if url.starts_with("sqlite:") {
+        let pool = sqlx::SqlitePool::connect(&format!("{url}?mode=rwc"))
+            .await
+            .unwrap();
+        before.run(&pool).await.unwrap();
+        for (id, created, customer) in [("evt_o1", 7, Some("cus_o")), ("evt_o2", 3, None)] {
+            sqlx::query(old_insert)
+                .bind(id)
+                .bind(created)
+                .bind(customer)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+    } else {
+        let pool = sqlx::PgPool::connect(url).await.unwrap();
+        before.run(&pool).await.unwrap();
+        for (id, created, customer) in [("evt_o1", 7_i64, Some("cus_o")), ("evt_o2", 3, None)] {
+            sqlx::query(old_insert)
+                .bind(id)
+                .bind(created)
+                .bind(customer)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+    }
+
+    let store = billd_store::connect(url).await.unwrap();
+    store.migrate().await.unwrap();
+
+    let old = store.get_event("evt_o1").await.unwrap().unwrap();
+    assert_eq!(old.status, EventStatus::Pending);
+    assert_eq!(
+        (
+            old.event_type.as_str(),
+            old.created,
+            old.stripe_customer.as_deref()
+        ),
+        ("invoice.paid", 7, Some("cus_o"))
+    );
+    assert_eq!(counts(&store).await, BTreeMap::from([("pending", 2)]));
+    let new = event("evt_n1", None, 1);
+    store.receive_events(&[received(&new)]).await.unwrap();
+    store
+        .derive_events(&[Derived::Event(new)], 10)
+        .await
+        .unwrap();
+    let claimed = store.claim_events(100, 130, 10).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        ["evt_n1", "evt_o2", "evt_o1"]
+    );
+    assert_eq!(counts(&store).await, BTreeMap::from([("processing", 3)]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stored_before_the_lean_migration_stay_valid_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("old.db").display());
+    events_stored_before_the_lean_migration_stay_valid(&url, "migrations/sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stored_before_the_lean_migration_stay_valid_on_postgres() {
+    let url = billd_store::testing::fresh_postgres_database()
+        .await
+        .unwrap();
+    events_stored_before_the_lean_migration_stay_valid(&url, "migrations/postgres").await;
+}
