@@ -1186,18 +1186,21 @@ async fn console_events_filter_by_arrival_and_operator_actions_and_runs_list_new
         received_until: Some(300),
         ..Default::default()
     };
-    assert_eq!(ids(&h.store.find_events(&query).await.unwrap()), ["evt_b"]);
+    assert_eq!(
+        ids(&h.store.find_events(&query).await.expect("console store")),
+        ["evt_b"]
+    );
     let query = billd_store::EventQuery {
         event_type: Some("invoice.paid".into()),
         limit: 2,
         ..Default::default()
     };
     assert_eq!(
-        ids(&h.store.find_events(&query).await.unwrap()),
+        ids(&h.store.find_events(&query).await.expect("console store")),
         ["evt_c", "evt_b"]
     );
 
-    let ada = billd_core::CustomerId::parse("u_ada").unwrap();
+    let ada = billd_core::CustomerId::parse("u_ada").expect("console store");
     for (action, customer) in [
         ("retry_outbox", None),
         ("resync_customer", Some(ada.clone())),
@@ -1209,12 +1212,23 @@ async fn console_events_filter_by_arrival_and_operator_actions_and_runs_list_new
             customer_id: customer,
             outcome: "ok".into(),
         };
-        h.store.record_operator_action(&row, 500).await.unwrap();
+        h.store
+            .record_operator_action(&row, 500)
+            .await
+            .expect("console store");
     }
-    let all = h.store.operator_actions(None, 0).await.unwrap();
+    let all = h
+        .store
+        .operator_actions(None, 0)
+        .await
+        .expect("console store");
     let names: Vec<&str> = all.iter().map(|a| a.action.as_str()).collect();
     assert_eq!(names, ["resync_customer", "retry_outbox"]);
-    let of_ada = h.store.operator_actions(Some(&ada), 0).await.unwrap();
+    let of_ada = h
+        .store
+        .operator_actions(Some(&ada), 0)
+        .await
+        .expect("console store");
     assert_eq!(of_ada.len(), 1);
     assert_eq!(
         (of_ada[0].at, of_ada[0].customer_id.as_deref()),
@@ -1230,10 +1244,20 @@ async fn console_events_filter_by_arrival_and_operator_actions_and_runs_list_new
             ingested: 2,
             report: "{}".into(),
         };
-        h.store.record_reconcile_run(&run, 700).await.unwrap();
+        h.store
+            .record_reconcile_run(&run, 700)
+            .await
+            .expect("console store");
     }
-    let runs = h.store.reconcile_runs(1).await.unwrap();
+    let runs = h.store.reconcile_runs(1).await.expect("console store");
     assert_eq!(runs.len(), 1);
     assert_eq!((runs[0].drift, runs[0].finished_at), (0, 700));
-    assert_eq!(h.store.reconcile_runs(0).await.unwrap().len(), 2);
+    assert_eq!(
+        h.store
+            .reconcile_runs(0)
+            .await
+            .expect("console store")
+            .len(),
+        2
+    );
 }

@@ -43,6 +43,9 @@ pub struct ConsoleBenchArgs {
     no_sqlite: bool,
 }
 
+/// A page's path for request `k` (each request another customer or event).
+type PagePath = Box<dyn Fn(usize) -> String>;
+
 /// One page's figures.
 struct PageFigures {
     name: &'static str,
@@ -137,7 +140,7 @@ async fn bench_backend(
     let n = seed.customers;
     // A spread of customers: request k looks at customer pick(k).
     let pick = move |k: usize| (k.wrapping_mul(7_919) + 13) % n;
-    let pages: Vec<(&'static str, Box<dyn Fn(usize) -> String>)> = {
+    let pages: Vec<(&'static str, PagePath)> = {
         let s = seed.clone();
         let s2 = seed.clone();
         let s3 = seed.clone();
