@@ -46,6 +46,12 @@ pub(crate) trait Dialect {
     /// SQLite, whose single writer runs one claim at a time.
     const SKIP_LOCKED: &'static str;
 
+    /// Written after an expression to compare it byte by byte (code point
+    /// order), as a prefix range needs and as the expression index on
+    /// `lower(email)` is built: SQLite's default, `COLLATE "C"` on
+    /// PostgreSQL (whose database collation may order otherwise).
+    const BYTE_ORDER: &'static str;
+
     /// Pool for reads that need no transaction. On SQLite the reader pool:
     /// in WAL mode reads never wait for the writer.
     fn reader(&self) -> &Pool<Self::Db>;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub mod bench_data;
 mod billing;
 mod billing_sql;
 pub mod ceiling;
@@ -34,7 +35,10 @@ pub use billing::{
     OUTBOX_LEASE_CONFLICT, VERSION_CONFLICT,
 };
 pub use checkout::{CheckoutRecord, CheckoutStore};
-pub use console::{ConsoleStore, ReplayFilter};
+pub use console::{
+    ActivityBucket, ConsoleStore, EventQuery, NewOperatorAction, NewReconcileRun, OperatorAction,
+    ReconcileRunRecord, ReplayFilter,
+};
 pub use idempotency::{
     IdempotencyScope, IdempotencyStore, IdempotentRequest, KeyTaken, StoredAnswer,
 };

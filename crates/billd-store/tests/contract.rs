@@ -129,6 +129,8 @@ contract!(
     two_stores_on_one_database_share_one_limit_per_window,
     a_refused_hit_is_not_counted_and_ended_windows_are_pruned,
     concurrent_hits_from_two_stores_admit_exactly_the_limit,
+    console_activity_counts_each_bucket_and_tells_webhooks_from_billds_own_events,
+    console_events_filter_by_arrival_and_operator_actions_and_runs_list_newest_first,
 );
 
 // ---------------------------------------------------------------- fixtures
@@ -1124,5 +1126,138 @@ async fn a_sqlite_file_locked_by_another_writer_past_the_busy_timeout_is_unavail
     assert_eq!(
         retried.expect("insert after unlock"),
         [InsertOutcome::Inserted]
+    );
+}
+
+async fn console_activity_counts_each_bucket_and_tells_webhooks_from_billds_own_events(
+    h: &Harness,
+) {
+    // Received one second after `created` (see `event_of_type`).
+    insert(
+        &h.store,
+        &[
+            event_of_type("evt_1", "invoice.paid", Some("cus_a"), 3599),
+            event_of_type("evt_2", "invoice.payment_failed", Some("cus_a"), 3600),
+            event_of_type(
+                "evt_billd_sync_1",
+                "customer.subscription.updated",
+                None,
+                7199,
+            ),
+            event_of_type("evt_3", "invoice.paid", None, 10_799),
+            event_of_type("evt_0", "invoice.paid", None, 3598),
+        ],
+    )
+    .await;
+    let buckets = h
+        .store
+        .activity(3600, 10_800, 3600)
+        .await
+        .expect("activity");
+    let bucket = |start, events, webhooks, failed, succeeded| billd_store::ActivityBucket {
+        start,
+        events,
+        webhooks,
+        payments_failed: failed,
+        payments_succeeded: succeeded,
+        dead: 0,
+    };
+    assert_eq!(
+        buckets,
+        [bucket(3600, 2, 2, 1, 1), bucket(7200, 1, 0, 0, 0)],
+        "evt_0 arrived before the range and evt_3 at its end"
+    );
+}
+
+async fn console_events_filter_by_arrival_and_operator_actions_and_runs_list_newest_first(
+    h: &Harness,
+) {
+    insert(
+        &h.store,
+        &[
+            event("evt_a", Some("cus_a"), 99),
+            event("evt_b", Some("cus_a"), 199),
+            event("evt_c", Some("cus_b"), 299),
+        ],
+    )
+    .await;
+    let query = billd_store::EventQuery {
+        received_from: Some(200),
+        received_until: Some(300),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(&h.store.find_events(&query).await.expect("console store")),
+        ["evt_b"]
+    );
+    let query = billd_store::EventQuery {
+        event_type: Some("invoice.paid".into()),
+        limit: 2,
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(&h.store.find_events(&query).await.expect("console store")),
+        ["evt_c", "evt_b"]
+    );
+
+    let ada = billd_core::CustomerId::parse("u_ada").expect("console store");
+    for (action, customer) in [
+        ("retry_outbox", None),
+        ("resync_customer", Some(ada.clone())),
+    ] {
+        let row = billd_store::NewOperatorAction {
+            actor: "console session 00ff".into(),
+            action: action.into(),
+            target: "x".into(),
+            customer_id: customer,
+            outcome: "ok".into(),
+        };
+        h.store
+            .record_operator_action(&row, 500)
+            .await
+            .expect("console store");
+    }
+    let all = h
+        .store
+        .operator_actions(None, 0)
+        .await
+        .expect("console store");
+    let names: Vec<&str> = all.iter().map(|a| a.action.as_str()).collect();
+    assert_eq!(names, ["resync_customer", "retry_outbox"]);
+    let of_ada = h
+        .store
+        .operator_actions(Some(&ada), 0)
+        .await
+        .expect("console store");
+    assert_eq!(of_ada.len(), 1);
+    assert_eq!(
+        (of_ada[0].at, of_ada[0].customer_id.as_deref()),
+        (500, Some("u_ada"))
+    );
+
+    for drift in [3, 0] {
+        let run = billd_store::NewReconcileRun {
+            started_at: 600,
+            checked: 10,
+            drift,
+            unlinked: 1,
+            ingested: 2,
+            report: "{}".into(),
+        };
+        h.store
+            .record_reconcile_run(&run, 700)
+            .await
+            .expect("console store");
+    }
+    let runs = h.store.reconcile_runs(1).await.expect("console store");
+    assert_eq!(runs.len(), 1);
+    assert_eq!((runs[0].drift, runs[0].finished_at), (0, 700));
+    assert_eq!(
+        h.store
+            .reconcile_runs(0)
+            .await
+            .expect("console store")
+            .len(),
+        2
     );
 }

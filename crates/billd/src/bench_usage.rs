@@ -492,7 +492,8 @@ async fn read_answer(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> O
     }
 }
 
-fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+/// The nearest-rank percentile `p` of sorted latencies, in ms (NaN for none).
+pub(crate) fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }

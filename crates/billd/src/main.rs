@@ -5,6 +5,7 @@
 mod bench;
 mod bench_apply;
 mod bench_ceiling;
+mod bench_console;
 mod bench_usage;
 mod billing;
 mod config;
@@ -150,6 +151,10 @@ enum BenchCommand {
     /// and prints consumes/s, latency, the store's raw ceiling and the
     /// server's peak RSS.
     Usage(bench_usage::UsageBenchArgs),
+    /// Fills a database with many customers and events, starts a `billd
+    /// serve` child on it and prints each console page's latency (p50,
+    /// p99) against the log-in form's.
+    Console(bench_console::ConsoleBenchArgs),
     /// Sends webhooks to a `billd serve` child process and prints how soon
     /// they are applied (acknowledged → applied latency at a fixed rate, a
     /// one-customer burst, sustained applied events/s, peak RSS) against a
@@ -285,6 +290,10 @@ async fn run(cli: Cli, config: Option<Result<Config, ConfigErrors>>) -> anyhow::
     if let Some(Command::Bench(BenchCommand::Usage(args))) = &cli.command {
         init_tracing(LogFormat::Text, "warn");
         return bench_usage::run(args).await;
+    }
+    if let Some(Command::Bench(BenchCommand::Console(args))) = &cli.command {
+        init_tracing(LogFormat::Text, "warn");
+        return bench_console::run(args).await;
     }
     if let Some(Command::Bench(BenchCommand::Apply(args))) = &cli.command {
         init_tracing(LogFormat::Text, "warn");

@@ -150,6 +150,8 @@ async fn the_console_needs_an_admin_session_and_csrf_and_limits_log_ins(db: Db) 
         "/console/customers",
         "/console/events",
         "/console/emails",
+        "/console/reconciliation",
+        "/console/alerts",
     ] {
         let page = v.get(path).await;
         assert_eq!(page.status, 200, "{path}");
@@ -342,7 +344,306 @@ async fn a_dead_outbox_row_is_retried_once_and_a_sent_one_never(db: Db) {
     h.shutdown().await;
 }
 
+/// The latest operator action recorded.
+async fn last_action(h: &Harness) -> serde_json::Value {
+    let (status, actions) = h
+        .admin_get("/v1/admin/actions?limit=1", Some(ADMIN_KEY))
+        .await;
+    assert_eq!(status, 200, "{actions}");
+    actions["data"][0].clone()
+}
+
+async fn wait_until_dead(h: &Harness, id: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let event = h.store.get_event(id).await.unwrap().unwrap();
+        if event.status == billd_store::EventStatus::Dead {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never dead: {event:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn every_console_action_is_recorded_and_events_filter_by_customer_and_day(db: Db) {
+    let h = Harness::start(db, t0(), Default::default()).await;
+    paid_with_a_dead_event(&h, "u_ada@example.com").await;
+    wait_until_dead(&h, "evt_poison_<b>").await;
+    let mut v = Visitor::new(&h);
+    v.log_in().await;
+
+    // The one script is billd's own file, allowed by the policy; no inline script.
+    let page = v.get("/console/events?status=dead&customer=u_ada").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.csp.clone().unwrap().contains("script-src 'self'"));
+    assert_eq!(page.body.matches("<script").count(), 1, "{}", page.body);
+    assert!(page
+        .body
+        .contains("<script src=\"/console/assets/console.js\" defer></script>"));
+    let js = v.get("/console/assets/console.js").await;
+    assert_eq!(js.status, 200);
+    assert!(js.body.contains("getTimezoneOffset"), "{}", js.body);
+
+    // Filters: customer, type, and UTC days around the event's arrival
+    // (webhooks are stamped by the wall clock their signature is checked on).
+    let received = h
+        .store
+        .get_event("evt_poison_<b>")
+        .await
+        .unwrap()
+        .unwrap()
+        .received_at;
+    let today = billd_core::calendar::rfc3339(received)[..10].to_owned();
+    let yesterday = billd_core::calendar::rfc3339(received - 86_400)[..10].to_owned();
+    let shown = |body: &str| body.contains("evt_poison_&lt;b&gt;");
+    assert!(shown(&page.body), "{}", page.body);
+    for (query, expected) in [
+        ("customer=u_nobody".to_owned(), false),
+        (format!("from={today}&until={today}"), true),
+        (format!("until={yesterday}"), false),
+        (
+            format!("from={today}&customer=u_ada&type=customer.created"),
+            false,
+        ),
+    ] {
+        let page = v.get(&format!("/console/events?status=dead&{query}")).await;
+        assert_eq!(page.status, 200, "{query}: {}", page.body);
+        assert_eq!(shown(&page.body), expected, "{query}");
+    }
+    let page = v.get("/console/events?from=2027-02-30").await;
+    assert_eq!(page.status, 400);
+    assert!(page.body.contains("invalid_date"), "{}", page.body);
+
+    // One event, its payload pretty-printed and escaped.
+    let page = v.get("/console/events/evt_poison_%3Cb%3E").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body.contains("<pre class=\"payload\">{\n  &quot;"),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("evt_poison_<b>"));
+    assert_eq!(v.get("/console/events/evt_none").await.status, 404);
+
+    // Bulk replay of the dead events a filter picks: it needs the token,
+    // then takes exactly this customer's dead event, recorded as this
+    // session's action.
+    let token = csrf(&page.body);
+    let form = [
+        ("customer", "u_ada"),
+        ("type", ""),
+        ("from", today.as_str()),
+        ("until", ""),
+    ];
+    let page = v.post("/console/events/replay", &form).await;
+    assert_eq!(page.status, 403);
+    let mut with_token = form.to_vec();
+    with_token.push(("csrf", &token));
+    let page = v.post("/console/events/replay", &with_token).await;
+    assert_eq!(page.status, 303, "{}", page.body);
+    let action = last_action(&h).await;
+    assert_eq!(action["action"], "replay_events");
+    assert_eq!(action["outcome"], "ok: 1 replayed", "{action}");
+    assert_eq!(action["customer_id"], "u_ada");
+    let actor = action["actor"].as_str().unwrap().to_owned();
+    assert!(actor.starts_with("console session "), "{actor}");
+    assert!(action["target"]
+        .as_str()
+        .unwrap()
+        .contains("customer=u_ada"));
+    wait_until_dead(&h, "evt_poison_<b>").await;
+
+    // Cancel at period end, and resume, from the customer page.
+    let page = v.get("/console/customers/u_ada").await;
+    assert!(
+        page.body
+            .contains("action=\"/console/customers/u_ada/cancel\""),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("<h2>Invoices</h2>"));
+    assert!(page.body.contains("Stripe&#39;s page") || page.body.contains("Stripe's page"));
+    let page = v
+        .post("/console/customers/u_ada/cancel", &[("csrf", &token)])
+        .await;
+    assert_eq!(page.status, 303, "{}", page.body);
+    let (_, e) = h.entitlements("u_ada").await;
+    assert_eq!(e["cancel_at_period_end"], true, "{e}");
+    let action = last_action(&h).await;
+    assert_eq!(
+        (&action["action"], &action["outcome"]),
+        (&json!("cancel_subscription"), &json!("ok"))
+    );
+    assert_eq!(action["actor"], actor.as_str());
+    let page = v.get("/console/customers/u_ada").await;
+    assert!(
+        page.body
+            .contains("action=\"/console/customers/u_ada/resume\""),
+        "{}",
+        page.body
+    );
+    let page = v
+        .post("/console/customers/u_ada/resume", &[("csrf", &token)])
+        .await;
+    assert_eq!(page.status, 303, "{}", page.body);
+    assert_eq!(
+        h.entitlements("u_ada").await.1["cancel_at_period_end"],
+        false
+    );
+    assert_eq!(last_action(&h).await["action"], "resume_subscription");
+
+    // A refused action is recorded with its code; a forged form is no action.
+    let page = v
+        .post("/console/customers/u_nobody/resync", &[("csrf", &token)])
+        .await;
+    assert_eq!(page.status, 404);
+    let action = last_action(&h).await;
+    assert_eq!(
+        (&action["action"], &action["outcome"]),
+        (&json!("resync_customer"), &json!("customer_not_found"))
+    );
+    let before = action["id"].clone();
+    let page = v
+        .post("/console/customers/u_ada/cancel", &[("csrf", "x")])
+        .await;
+    assert_eq!(page.status, 403);
+    assert_eq!(last_action(&h).await["id"], before);
+
+    // The admin API's actions are recorded too, as the admin API's.
+    let response = h
+        .http
+        .post(format!("{}/v1/admin/customers/u_ada/resync", h.base))
+        .bearer_auth(ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let action = last_action(&h).await;
+    assert_eq!(
+        (&action["actor"], &action["action"]),
+        (&json!("admin API"), &json!("resync_customer"))
+    );
+    assert_eq!(action["outcome"], "ok: 1 subscriptions");
+
+    // The timeline merges events, state changes and operator actions.
+    let page = v.get("/console/customers/u_ada").await;
+    for needle in [
+        "<h2>Timeline</h2>",
+        "<td>event</td>",
+        "<td>change</td>",
+        "<td>operator</td>",
+        "cancel_subscription",
+        "by admin API",
+    ] {
+        assert!(page.body.contains(needle), "{needle}: {}", page.body);
+    }
+    let (_, view) = h
+        .admin_get("/v1/admin/customers/u_ada", Some(ADMIN_KEY))
+        .await;
+    assert!(view["actions"].as_array().unwrap().len() >= 4, "{view}");
+    let (status, body) = h
+        .admin_get("/v1/admin/actions?customer=u%20x", Some(ADMIN_KEY))
+        .await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (400, &json!("invalid_customer_id"))
+    );
+    h.shutdown().await;
+}
+
+async fn the_overview_charts_the_last_day_and_the_alerts_page_lists_alerts(db: Db) {
+    let h = Harness::start(db, t0(), Default::default()).await;
+    paid_with_a_dead_event(&h, "u_ada@example.com").await;
+    wait_until_dead(&h, "evt_poison_<b>").await;
+    // Webhooks are stamped by the wall clock; look at the day they arrived.
+    let received = h
+        .store
+        .get_event("evt_poison_<b>")
+        .await
+        .unwrap()
+        .unwrap()
+        .received_at;
+    h.clock.set(received + 1);
+    let alert = billd_core::Effect::AdminAlert {
+        alert: billd_core::AlertKind::DisputeOpened,
+        dedupe_key: "dispute_opened:du_html".to_owned(),
+        message: "dispute <b>du_html</b> opened".to_owned(),
+    };
+    let items = billd_server::pipeline::outbox_items(&[alert], Default::default()).unwrap();
+    h.store
+        .enqueue_outbox(None, &items, received)
+        .await
+        .unwrap();
+
+    let (status, overview) = h.admin_get("/v1/admin/overview", Some(ADMIN_KEY)).await;
+    assert_eq!(status, 200, "{overview}");
+    let activity = overview["activity"].as_array().unwrap();
+    assert_eq!(activity.len(), 24);
+    // The poison's hour: the current one, or the one before when it came
+    // in the hour's last second.
+    let hour = received - received.rem_euclid(3600);
+    let last = activity.iter().find(|b| b["start"] == hour).unwrap();
+    assert!(activity[22]["start"] == hour || activity[23]["start"] == hour);
+    assert!(last["webhooks"].as_i64().unwrap() >= 5, "{last}");
+    assert_eq!(last["dead"], 1, "{last}");
+    let paid = last["payments_succeeded"].as_i64().unwrap();
+    assert!(paid >= 1, "{last}");
+    assert_eq!(last["payments_failed"], 0);
+    assert_eq!(overview["payment_failure_rate"], 0.0);
+    let sum = |k: &str| activity.iter().map(|b| b[k].as_i64().unwrap()).sum::<i64>();
+    let per_minute = overview["webhooks_per_minute"].as_f64().unwrap();
+    assert!(
+        (per_minute - sum("webhooks") as f64 / 60.0).abs() < 1e-9,
+        "{overview}"
+    );
+    assert_eq!(overview["alerts_24h"], 1);
+    assert!(overview["last_reconciliation"].is_null());
+
+    let mut v = Visitor::new(&h);
+    v.log_in().await;
+    let page = v.get("/console").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(page.body.matches("<rect class=\"bar\"").count(), 72);
+    for needle in [
+        "webhooks / min (last hour)",
+        "payment failure rate (24 h)",
+        "0.0 %",
+        "never",
+    ] {
+        assert!(page.body.contains(needle), "{needle}: {}", page.body);
+    }
+    let page = v.get("/console/alerts").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("dispute_opened"), "{}", page.body);
+    assert!(page
+        .body
+        .contains("dispute &lt;b&gt;du_html&lt;/b&gt; opened"));
+    assert!(!page.body.contains("<b>du_html"));
+    let (_, alerts) = h.admin_get("/v1/admin/alerts", Some(ADMIN_KEY)).await;
+    assert_eq!(alerts["data"][0]["alert"], "dispute_opened", "{alerts}");
+    assert_eq!(
+        alerts["data"][0]["message"],
+        "dispute <b>du_html</b> opened"
+    );
+    let (_, none) = h
+        .admin_get(
+            &format!("/v1/admin/alerts?since={}", received + 10),
+            Some(ADMIN_KEY),
+        )
+        .await;
+    assert_eq!(none["data"], json!([]));
+    let page = v.get("/console/reconciliation").await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("No reconciliation has run yet."));
+    h.shutdown().await;
+}
+
 on_both_databases!(
+    the_overview_charts_the_last_day_and_the_alerts_page_lists_alerts,
+    every_console_action_is_recorded_and_events_filter_by_customer_and_day,
     the_console_needs_an_admin_session_and_csrf_and_limits_log_ins,
     an_operator_finds_a_customer_replays_its_dead_event_and_resyncs,
     a_dead_outbox_row_is_retried_once_and_a_sent_one_never,

@@ -376,6 +376,26 @@ async fn after_dropped_deliveries_reconciliation_makes_billd_equal_stripe(db: Db
     assert_eq!(again.heal_events_inserted, 0);
     assert_eq!(again.unlinked.len(), 1);
     assert_eq!(drift_total(&metrics), expected.len() as u64);
+
+    // Both real runs are recorded for operators, newest first; the dry run is not.
+    let (status, runs) = h
+        .admin_get("/v1/admin/reconciliation", Some(crate::support::ADMIN_KEY))
+        .await;
+    assert_eq!(status, 200, "{runs}");
+    let runs = runs["data"].as_array().unwrap().clone();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(runs[0]["drift"], 0);
+    assert_eq!(runs[1]["drift"], report.drift.len() as i64);
+    assert_eq!(runs[1]["checked"], report.subscriptions_checked as i64);
+    assert_eq!(runs[1]["unlinked"], 1);
+    assert_eq!(
+        runs[1]["report"]["drift"].as_array().unwrap().len(),
+        report.drift.len()
+    );
+    let (_, overview) = h
+        .admin_get("/v1/admin/overview", Some(crate::support::ADMIN_KEY))
+        .await;
+    assert_eq!(overview["last_reconciliation"]["drift"], 0, "{overview}");
     h.shutdown().await;
 }
 

@@ -228,9 +228,24 @@ impl Harness {
         catalog: Catalog,
         api_config: ApiConfig,
     ) -> Harness {
-        Self::start_full(db, t0, knobs, catalog, api_config, |_| {
-            Arc::new(LogDelivery)
-        })
+        let delivery = |_: Arc<dyn BillingBackend>| -> Arc<dyn Delivery> { Arc::new(LogDelivery) };
+        Self::start_full(db, t0, knobs, catalog, api_config, delivery, 20).await
+    }
+
+    /// Like [`Harness::start`], with the inbox worker giving an event up
+    /// (`dead`) after `max_attempts` transient failures instead of 20.
+    pub async fn start_with_attempts(db: Db, t0: i64, max_attempts: i32) -> Harness {
+        let (catalog, api) = (Catalog::seed(), ApiConfig::default());
+        let delivery = |_: Arc<dyn BillingBackend>| -> Arc<dyn Delivery> { Arc::new(LogDelivery) };
+        Self::start_full(
+            db,
+            t0,
+            WebhookKnobs::default(),
+            catalog,
+            api,
+            delivery,
+            max_attempts,
+        )
         .await
     }
 
@@ -242,7 +257,7 @@ impl Harness {
         delivery: impl FnOnce(Arc<dyn BillingBackend>) -> Arc<dyn Delivery>,
     ) -> Harness {
         let (catalog, api) = (Catalog::seed(), ApiConfig::default());
-        Self::start_full(db, t0, WebhookKnobs::default(), catalog, api, delivery).await
+        Self::start_full(db, t0, WebhookKnobs::default(), catalog, api, delivery, 20).await
     }
 
     async fn start_full(
@@ -252,6 +267,7 @@ impl Harness {
         catalog: Catalog,
         api_config: ApiConfig,
         delivery: impl FnOnce(Arc<dyn BillingBackend>) -> Arc<dyn Delivery>,
+        max_attempts: i32,
     ) -> Harness {
         let sim_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let sim_handle = stripe_sim::serve(
@@ -324,7 +340,7 @@ impl Harness {
         );
         let mut config = server_config(secret.clone());
         config.worker = WorkerConfig {
-            max_attempts: 20,
+            max_attempts,
             lease_secs: 60,
             concurrency: 8,
             ..config.worker

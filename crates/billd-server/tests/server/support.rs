@@ -557,6 +557,54 @@ impl billd_store::ConsoleStore for SwitchableStore {
         self.check()?;
         self.inner.replay_events(filter, now).await
     }
+    async fn find_events(&self, query: &billd_store::EventQuery) -> StoreResult<Vec<StoredEvent>> {
+        self.check()?;
+        self.inner.find_events(query).await
+    }
+    async fn record_operator_action(
+        &self,
+        action: &billd_store::NewOperatorAction,
+        now: i64,
+    ) -> StoreResult<i64> {
+        self.check()?;
+        self.inner.record_operator_action(action, now).await
+    }
+    async fn operator_actions(
+        &self,
+        customer_id: Option<&billd_core::CustomerId>,
+        limit: u32,
+    ) -> StoreResult<Vec<billd_store::OperatorAction>> {
+        self.check()?;
+        self.inner.operator_actions(customer_id, limit).await
+    }
+    async fn activity(
+        &self,
+        from: i64,
+        until: i64,
+        bucket_secs: i64,
+    ) -> StoreResult<Vec<billd_store::ActivityBucket>> {
+        self.check()?;
+        self.inner.activity(from, until, bucket_secs).await
+    }
+    async fn alerts(&self, since: i64, limit: u32) -> StoreResult<Vec<billd_store::OutboxItem>> {
+        self.check()?;
+        self.inner.alerts(since, limit).await
+    }
+    async fn record_reconcile_run(
+        &self,
+        run: &billd_store::NewReconcileRun,
+        now: i64,
+    ) -> StoreResult<i64> {
+        self.check()?;
+        self.inner.record_reconcile_run(run, now).await
+    }
+    async fn reconcile_runs(
+        &self,
+        limit: u32,
+    ) -> StoreResult<Vec<billd_store::ReconcileRunRecord>> {
+        self.check()?;
+        self.inner.reconcile_runs(limit).await
+    }
 }
 
 /// Scheduler leases and sweeps forward like the rest.

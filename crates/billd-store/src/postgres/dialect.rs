@@ -14,6 +14,7 @@ impl Dialect for PgStore {
     const JSON_ARRAY_ROWS: &'static str = "SELECT json_array_elements_text($1::json)";
     const GREATEST: &'static str = "GREATEST";
     const INDEXED_BY_OUTBOX_DUE: &'static str = "";
+    const BYTE_ORDER: &'static str = " COLLATE \"C\"";
     const SKIP_LOCKED: &'static str = " FOR UPDATE SKIP LOCKED";
 
     fn reader(&self) -> &PgPool {

@@ -14,6 +14,7 @@ impl Dialect for SqliteStore {
     const JSON_ARRAY_ROWS: &'static str = "SELECT value FROM json_each($1)";
     const GREATEST: &'static str = "MAX";
     const INDEXED_BY_OUTBOX_DUE: &'static str = " INDEXED BY outbox_due";
+    const BYTE_ORDER: &'static str = "";
     const SKIP_LOCKED: &'static str = "";
 
     fn reader(&self) -> &SqlitePool {

@@ -188,3 +188,48 @@ async fn a_small_apply_benchmark_applies_every_acknowledged_event_on_both_server
         "{inbox}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_console_benchmark_renders_every_page_for_its_seeded_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::task::spawn_blocking({
+        let dir = dir.path().to_path_buf();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_billd"))
+                .args(["bench", "console", "--customers", "300"])
+                .args(["--events-per-customer", "3", "--requests", "5"])
+                .current_dir(dir)
+                .clear_env()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    assert!(
+        stdout.contains("sqlite: 300 customers, 900 events; 5 requests per page"),
+        "{stdout}"
+    );
+    // Every page answered every request with a 200, the floor among them.
+    let pages: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("page "))
+        .skip(1)
+        .take_while(|l| !l.starts_with("sqlite: slowest"))
+        .collect();
+    assert_eq!(pages.len(), 14, "{stdout}");
+    for page in pages {
+        let cells: Vec<&str> = page.split_whitespace().collect();
+        let ok = cells[cells.len() - 4];
+        assert_eq!(ok, "5", "{page}");
+    }
+    assert!(stdout.contains("server peak RSS"), "{stdout}");
+}

@@ -5,7 +5,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use billd_core::{CustomerId, Entitlements, StripeSubscriptionId};
-use billd_store::{AuditRecord, CustomerRecord, OutboxFilter, OutboxItem};
+use billd_store::{AuditRecord, CustomerRecord, OperatorAction, OutboxFilter, OutboxItem};
 use billd_stripe::client::Params;
 use serde::{Deserialize, Serialize};
 
@@ -147,11 +147,15 @@ pub struct CustomerView {
     /// The latest emails and other outbox rows, newest first.
     #[schema(value_type = Vec<Object>)]
     pub outbox: Vec<OutboxItem>,
+    /// The latest operator actions concerning it (console and admin API),
+    /// newest first.
+    #[schema(value_type = Vec<Object>)]
+    pub actions: Vec<OperatorAction>,
 }
 
 #[utoipa::path(
     get, path = "/v1/admin/customers/{id}", tag = "admin", operation_id = "get_admin_customer",
-    description = "Everything about one customer: profile, entitlements, billing state, its latest 50 events, audit rows and outbox rows (emails among them). Deleted customers too.",
+    description = "Everything about one customer: profile, entitlements, billing state, its latest 50 events, audit rows, outbox rows (emails among them) and operator actions. Deleted customers too.",
     params(crate::http::openapi::CustomerPath),
     responses(
         (status = 200, description = "The customer.", body = CustomerView),
@@ -195,6 +199,10 @@ pub(crate) async fn customer_view<S: BillingBackend + ?Sized>(
         })
         .await
         .map_err(store_error)?;
+    let actions = store
+        .operator_actions(Some(&id), RECENT)
+        .await
+        .map_err(store_error)?;
     Ok(CustomerView {
         customer: CustomerSummary::from(&record),
         entitlements,
@@ -203,6 +211,7 @@ pub(crate) async fn customer_view<S: BillingBackend + ?Sized>(
         events: events.into_iter().map(EventSummary::from).collect(),
         audit,
         outbox,
+        actions,
     })
 }
 
@@ -235,7 +244,17 @@ pub(super) async fn resync_customer<S: BillingBackend + ?Sized>(
     State(state): State<ApiState<S>>,
     Path(id): Path<String>,
 ) -> Result<Json<Resynced>, ApiError> {
-    Ok(Json(resync(&state, &id).await?))
+    let action = super::Action {
+        name: "resync_customer",
+        target: id.clone(),
+        customer: CustomerId::parse(&id).ok(),
+    };
+    let done = resync(&state, &id).await;
+    super::record_action(&state, &super::Actor::AdminApi, action, &done, |r| {
+        Some(format!("{} subscriptions", r.subscriptions.len()))
+    })
+    .await;
+    Ok(Json(done?))
 }
 
 /// Reads customer `id`'s subscriptions from Stripe and applies them (also

@@ -1,7 +1,9 @@
 //! The admin API (`/v1/admin/…`, admin key): the overview, customers,
 //! the audit log and inbox operations (what the operator console shows).
 
+mod actions;
 mod customers;
+mod ops;
 mod outbox;
 mod overview;
 mod replay;
@@ -9,7 +11,7 @@ mod replay;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::{Json, Router};
-use billd_store::{AuditRecord, EventFilter, EventStatus, StoredEvent};
+use billd_store::{AuditRecord, EventQuery, EventStatus, StoredEvent};
 use serde::{Deserialize, Serialize};
 
 use crate::http::api::{bounded_opt, bounds, customer_id, store_error, ApiState};
@@ -17,15 +19,22 @@ use crate::http::error::ApiError;
 use crate::http::openapi::{route, Verb};
 use crate::pipeline::BillingBackend;
 
+pub(crate) use actions::{__path_list_actions, record as record_action, Action, Actor};
 pub(crate) use customers::{
     __path_get_customer, __path_resync_customer, __path_search_customers, customer_view, resync,
-    search, SearchQuery,
+    search, CustomerView, Resynced, SearchQuery,
+};
+pub(crate) use ops::{
+    __path_list_alerts, __path_list_runs, alerts as list_alert_rows, runs as reconcile_runs,
+    OpsQuery,
 };
 pub(crate) use outbox::{
     __path_list_outbox, __path_retry_outbox, outbox_rows, retry_dead, OutboxQuery,
 };
 pub(crate) use overview::{__path_get_overview, read_overview};
-pub(crate) use replay::__path_replay_events;
+pub(crate) use replay::{
+    __path_replay_events, describe as describe_filter, replay_matching, ReplayedCount,
+};
 
 /// Default and largest page sizes of the admin lists.
 const DEFAULT_LIMIT: u32 = 100;
@@ -34,6 +43,12 @@ const MAX_LIMIT: u32 = 1000;
 /// The admin routes (`/v1/admin/…`), before the admin-key layer.
 pub(crate) fn router<S: BillingBackend + ?Sized>() -> Router<ApiState<S>> {
     let admin = route(Router::new(), Verb::Get, "/v1/admin/audit", get_audit::<S>);
+    let admin = route(
+        admin,
+        Verb::Get,
+        "/v1/admin/actions",
+        actions::list_actions::<S>,
+    );
     let admin = route(admin, Verb::Get, "/v1/admin/events", list_events::<S>);
     let admin = route(
         admin,
@@ -53,6 +68,13 @@ pub(crate) fn router<S: BillingBackend + ?Sized>() -> Router<ApiState<S>> {
         "/v1/admin/overview",
         overview::get_overview::<S>,
     );
+    let admin = route(
+        admin,
+        Verb::Get,
+        "/v1/admin/reconciliation",
+        ops::list_runs::<S>,
+    );
+    let admin = route(admin, Verb::Get, "/v1/admin/alerts", ops::list_alerts::<S>);
     let admin = route(
         admin,
         Verb::Get,
@@ -136,6 +158,12 @@ pub struct EventsQuery {
     /// Only events of this type.
     #[serde(rename = "type")]
     pub event_type: Option<String>,
+    /// Only events of this customer (the app's user id).
+    pub customer: Option<String>,
+    /// Only events received at or after this instant (unix seconds).
+    pub received_from: Option<i64>,
+    /// Only events received before this instant (unix seconds).
+    pub received_until: Option<i64>,
     /// At most this many rows (default 100, at most 1000).
     pub limit: Option<u32>,
 }
@@ -187,10 +215,10 @@ impl From<StoredEvent> for EventSummary {
 #[utoipa::path(
     get, path = "/v1/admin/events", tag = "admin",
     description = "Inbox rows without payloads, newest first.",
-    params(("status" = Option<String>, Query, description = "pending, processing, processed, failed, dead, skipped, unlinked"), ("type" = Option<String>, Query, description = "Event type"), ("limit" = Option<u32>, Query, description = "Default 100, at most 1000")),
+    params(("status" = Option<String>, Query, description = "pending, processing, processed, failed, dead, skipped, unlinked"), ("type" = Option<String>, Query, description = "Event type"), ("customer" = Option<String>, Query, description = "Only this customer's events (the app's user id)"), ("received_from" = Option<i64>, Query, description = "Received at or after (unix seconds)"), ("received_until" = Option<i64>, Query, description = "Received before (unix seconds)"), ("limit" = Option<u32>, Query, description = "Default 100, at most 1000")),
     responses(
         (status = 200, description = "The rows, newest first.", body = List<EventSummary>),
-        (status = 400, description = "`invalid_query`, `invalid_status`, `field_too_long`.", body = crate::http::openapi::ErrorBody),
+        (status = 400, description = "`invalid_query`, `invalid_status`, `invalid_customer_id`, `field_too_long`.", body = crate::http::openapi::ErrorBody),
     )
 )]
 async fn list_events<S: BillingBackend + ?Sized>(
@@ -219,14 +247,17 @@ pub(crate) async fn events<S: BillingBackend + ?Sized>(
             message: e.to_string(),
         })?;
     bounded_opt("type", query.event_type.as_deref(), bounds::QUERY_TEXT)?;
-    let filter = EventFilter {
+    let filter = EventQuery {
         status,
         event_type: query.event_type,
+        customer_id: query.customer.as_deref().map(customer_id).transpose()?,
+        received_from: query.received_from,
+        received_until: query.received_until,
         limit: query.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT),
     };
     let events = state
         .store
-        .list_events(&filter)
+        .find_events(&filter)
         .await
         .map_err(store_error)?;
     Ok(List {
@@ -257,7 +288,14 @@ async fn replay_event<S: BillingBackend + ?Sized>(
     State(state): State<ApiState<S>>,
     Path(id): Path<String>,
 ) -> Result<Json<Replayed>, ApiError> {
-    Ok(Json(replay_one(&state, id).await?))
+    let action = Action {
+        name: "replay_event",
+        target: id.clone(),
+        customer: None,
+    };
+    let done = replay_one(&state, id).await;
+    record_action(&state, &Actor::AdminApi, action, &done, |_| None).await;
+    Ok(Json(done?))
 }
 
 /// Puts event `id` back to pending (also the console's replay action).

@@ -103,7 +103,14 @@ pub(super) async fn retry_outbox<S: BillingBackend + ?Sized>(
     State(state): State<ApiState<S>>,
     Path(id): Path<String>,
 ) -> Result<Json<Retried>, ApiError> {
-    Ok(Json(retry_dead(&state, &id).await?))
+    let action = super::Action {
+        name: "retry_outbox",
+        target: id.clone(),
+        customer: None,
+    };
+    let done = retry_dead(&state, &id).await;
+    super::record_action(&state, &super::Actor::AdminApi, action, &done, |_| None).await;
+    Ok(Json(done?))
 }
 
 /// Retries dead outbox row `id` (also the console's retry action).

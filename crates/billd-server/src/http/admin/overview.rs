@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use axum::extract::State;
 use axum::Json;
-use billd_store::JobRecord;
+use billd_store::{ActivityBucket, JobRecord};
 use serde::Serialize;
 
 use crate::http::api::{store_error, ApiState};
@@ -64,11 +64,59 @@ pub struct Overview {
     pub outbox: QueueView,
     /// The scheduled jobs (reconciliation among them), by name.
     pub jobs: Vec<JobView>,
+    /// Inbox activity per hour over the last 24 hours, oldest first (24
+    /// buckets, the last one the current hour).
+    #[schema(value_type = Vec<Object>)]
+    pub activity: Vec<ActivityBucket>,
+    /// Stripe's webhooks received per minute over the last hour.
+    pub webhooks_per_minute: f64,
+    /// `invoice.payment_failed` / (`invoice.payment_failed` + `invoice.paid`)
+    /// over the last 24 hours; none without either.
+    pub payment_failure_rate: Option<f64>,
+    /// The last reconciliation run, when one finished.
+    pub last_reconciliation: Option<ReconcileSummary>,
+    /// Alerts raised in the last 24 hours.
+    pub alerts_24h: i64,
+}
+
+/// A reconciliation run at a glance.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReconcileSummary {
+    /// When it finished.
+    pub finished_at: i64,
+    /// Subscriptions compared with Stripe.
+    pub checked: i64,
+    /// Differences found and healed.
+    pub drift: i64,
+    /// Subscriptions of Stripe customers billd does not know.
+    pub unlinked: i64,
+}
+
+/// How many hourly buckets the overview's charts hold.
+const HOURS: i64 = 24;
+
+/// `HOURS` hourly buckets ending with the hour of `now`, every hour present.
+fn hourly(now: i64, found: &[ActivityBucket]) -> (i64, Vec<ActivityBucket>) {
+    let first = now - now.rem_euclid(3600) - (HOURS - 1) * 3600;
+    let buckets = (0..HOURS)
+        .map(|h| {
+            let start = first + h * 3600;
+            found
+                .iter()
+                .find(|b| b.start == start)
+                .copied()
+                .unwrap_or(ActivityBucket {
+                    start,
+                    ..ActivityBucket::default()
+                })
+        })
+        .collect();
+    (first, buckets)
 }
 
 #[utoipa::path(
     get, path = "/v1/admin/overview", tag = "admin", operation_id = "get_overview",
-    description = "Inbox and outbox depth per status and their lag, dead events, and the last run of every scheduled job (reconciliation among them).",
+    description = "Inbox and outbox depth per status and their lag, dead events, the last run of every scheduled job, inbox activity per hour over 24 hours (events, webhooks, payment failures and successes, dead), webhooks per minute over the last hour, the payment failure rate over 24 hours, the last reconciliation run, and alerts raised in 24 hours.",
     responses((status = 200, description = "The overview.", body = Overview))
 )]
 pub(super) async fn get_overview<S: BillingBackend + ?Sized>(
@@ -93,6 +141,42 @@ pub(crate) async fn read_overview<S: BillingBackend + ?Sized>(
         .map(|(_, n)| *n)
         .sum();
     let lag = |oldest: Option<i64>| oldest.map_or(0, |at| (now - at).max(0));
+    let (first, _) = hourly(now, &[]);
+    let found = store
+        .activity(first, first + HOURS * 3600, 3600)
+        .await
+        .map_err(store_error)?;
+    let (_, activity) = hourly(now, &found);
+    let last_hour = store
+        .activity(now - 3599, now + 1, 3600)
+        .await
+        .map_err(store_error)?;
+    let webhooks_last_hour: i64 = last_hour.iter().map(|b| b.webhooks).sum();
+    let (failed, paid) = activity.iter().fold((0, 0), |(f, p), b| {
+        (f + b.payments_failed, p + b.payments_succeeded)
+    });
+    #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+    let payment_failure_rate = (failed + paid > 0).then(|| failed as f64 / (failed + paid) as f64);
+    let last_reconciliation = store
+        .reconcile_runs(1)
+        .await
+        .map_err(store_error)?
+        .into_iter()
+        .next()
+        .map(|r| ReconcileSummary {
+            finished_at: r.finished_at,
+            checked: r.checked,
+            drift: r.drift,
+            unlinked: r.unlinked,
+        });
+    let alerts_24h = i64::try_from(
+        store
+            .alerts(now - HOURS * 3600, 0)
+            .await
+            .map_err(store_error)?
+            .len(),
+    )
+    .unwrap_or(i64::MAX);
     Ok(Overview {
         at: now,
         inbox: QueueView {
@@ -113,5 +197,11 @@ pub(crate) async fn read_overview<S: BillingBackend + ?Sized>(
             lag_secs: lag(outbox.oldest_waiting_created_at),
         },
         jobs: jobs.into_iter().map(JobView::from).collect(),
+        activity,
+        #[allow(clippy::cast_precision_loss)]
+        webhooks_per_minute: webhooks_last_hour as f64 / 60.0,
+        payment_failure_rate,
+        last_reconciliation,
+        alerts_24h,
     })
 }

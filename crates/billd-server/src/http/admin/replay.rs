@@ -79,10 +79,46 @@ pub(super) async fn replay_events<S: BillingBackend + ?Sized>(
         received_from: body.received_from,
         received_until: body.received_until,
     };
+    let action = super::Action {
+        name: "replay_events",
+        target: describe(&filter),
+        customer: filter.customer_id.clone(),
+    };
+    let done = replay_matching(&state, &filter).await;
+    super::record_action(&state, &super::Actor::AdminApi, action, &done, |r| {
+        Some(format!("{} replayed", r.replayed))
+    })
+    .await;
+    Ok(Json(done?))
+}
+
+/// Replays every event `filter` picks (also the console's bulk replay).
+pub(crate) async fn replay_matching<S: BillingBackend + ?Sized>(
+    state: &ApiState<S>,
+    filter: &ReplayFilter,
+) -> Result<ReplayedCount, ApiError> {
     let replayed = state
         .store
-        .replay_events(&filter, state.clock.now())
+        .replay_events(filter, state.clock.now())
         .await
         .map_err(store_error)?;
-    Ok(Json(ReplayedCount { replayed }))
+    Ok(ReplayedCount { replayed })
+}
+
+/// A filter as the target of a recorded replay: `status=dead type=… …`.
+pub(crate) fn describe(filter: &ReplayFilter) -> String {
+    let mut parts = vec![format!("status={}", filter.status.as_str())];
+    if let Some(t) = &filter.event_type {
+        parts.push(format!("type={t}"));
+    }
+    if let Some(c) = &filter.customer_id {
+        parts.push(format!("customer={c}"));
+    }
+    if let Some(from) = filter.received_from {
+        parts.push(format!("received_from={from}"));
+    }
+    if let Some(until) = filter.received_until {
+        parts.push(format!("received_until={until}"));
+    }
+    parts.join(" ")
 }

@@ -10,7 +10,7 @@ use axum::response::Response;
 use axum::{Extension, Form};
 use billd_store::OutboxStatus;
 
-use crate::http::admin::{outbox_rows, retry_dead, OutboxQuery};
+use crate::http::admin::{outbox_rows, retry_dead, Action, OutboxQuery};
 use crate::pipeline::BillingBackend;
 
 use super::html::{csrf_field, esc, opt, page, respond, status_options, time};
@@ -92,14 +92,12 @@ pub(super) async fn retry<S: BillingBackend + ?Sized>(
     Path(id): Path<String>,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Response {
+    let action = Action {
+        name: "retry_outbox",
+        target: id.clone(),
+        customer: None,
+    };
     let done = retry_dead(&state.api, &id);
-    let what = format!("outbox row {id} retried");
-    act(
-        &session,
-        form,
-        done,
-        &what,
-        "/console/emails?status=pending",
-    )
-    .await
+    let back = "/console/emails?status=pending";
+    act(&state, &session, form, action, done, |_| None, back).await
 }

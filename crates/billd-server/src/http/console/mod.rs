@@ -7,6 +7,7 @@
 
 mod emails;
 mod html;
+mod ops;
 mod pages;
 mod session;
 
@@ -24,6 +25,7 @@ use axum::{Form, Router};
 use billd_store::RateDecision;
 use serde::Deserialize;
 
+use crate::http::admin::{record_action, Action, Actor};
 use crate::http::api::{store_error, ApiState};
 use crate::http::auth::{ApiKeys, Role};
 use crate::http::error::{ApiError, LoggedError};
@@ -71,9 +73,15 @@ pub(crate) fn routes<S: BillingBackend + ?Sized>(
         .route("/console/customers", get(pages::customers::<S>))
         .route("/console/customers/{id}", get(pages::customer::<S>))
         .route("/console/customers/{id}/resync", post(pages::resync::<S>))
+        .route("/console/customers/{id}/cancel", post(pages::cancel::<S>))
+        .route("/console/customers/{id}/resume", post(pages::resume::<S>))
         .route("/console/events", get(pages::events::<S>))
+        .route("/console/events/replay", post(pages::replay_all::<S>))
+        .route("/console/events/{id}", get(pages::event::<S>))
         .route("/console/events/{id}/replay", post(pages::replay::<S>))
         .route("/console/emails", get(emails::emails::<S>))
+        .route("/console/reconciliation", get(ops::reconciliation::<S>))
+        .route("/console/alerts", get(ops::alerts::<S>))
         .route("/console/emails/{id}/retry", post(emails::retry::<S>))
         .route("/console/logout", post(logout::<S>))
         .route_layer(axum::middleware::from_fn_with_state(
@@ -83,6 +91,7 @@ pub(crate) fn routes<S: BillingBackend + ?Sized>(
     Router::new()
         .route("/console/login", get(login_form).post(login::<S>))
         .route("/console/assets/console.css", get(stylesheet))
+        .route("/console/assets/console.js", get(script))
         .merge(pages)
         .with_state(state)
 }
@@ -150,12 +159,18 @@ pub(crate) fn error_page(error: &ApiError) -> Response {
 }
 
 async fn stylesheet() -> Response {
-    let mut response = html::CSS.into_response();
+    asset(html::CSS, "text/css; charset=utf-8")
+}
+
+async fn script() -> Response {
+    asset(html::JS, "text/javascript; charset=utf-8")
+}
+
+/// An embedded asset, cacheable for an hour.
+fn asset(body: &'static str, content_type: &'static str) -> Response {
+    let mut response = body.into_response();
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/css; charset=utf-8"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=3600"),
@@ -264,10 +279,13 @@ pub(crate) fn csrf_refusal(
     session: &Session,
     form: Result<Form<CsrfForm>, FormRejection>,
 ) -> Option<Response> {
-    let ok = form
-        .ok()
-        .is_some_and(|Form(f)| Sessions::csrf_ok(session, &f.csrf));
-    if ok {
+    let token = form.map(|Form(f)| f.csrf).unwrap_or_default();
+    csrf_refusal_token(session, &token)
+}
+
+/// [`csrf_refusal`] for a form that carries more than the token.
+pub(crate) fn csrf_refusal_token(session: &Session, token: &str) -> Option<Response> {
+    if Sessions::csrf_ok(session, token) {
         return None;
     }
     Some(error_page(&ApiError::Denied {
@@ -278,23 +296,38 @@ pub(crate) fn csrf_refusal(
 }
 
 /// Runs an action: refused without the session's CSRF token (and then
-/// `action`, a future not yet polled, never runs); otherwise logged with
-/// the session's id and answered with a 303 to `back`, or its error page.
-pub(crate) async fn act<T>(
+/// `run`, a future not yet polled, never runs); otherwise recorded as done
+/// by this session (with how it ended) and answered with a 303 to `back`,
+/// or its error page.
+pub(crate) async fn act<S: BillingBackend + ?Sized, T>(
+    state: &ConsoleState<S>,
     session: &Session,
     form: Result<Form<CsrfForm>, FormRejection>,
-    action: impl std::future::Future<Output = Result<T, ApiError>>,
-    what: &str,
+    action: Action,
+    run: impl std::future::Future<Output = Result<T, ApiError>>,
+    detail: impl FnOnce(&T) -> Option<String>,
     back: &str,
 ) -> Response {
     if let Some(refused) = csrf_refusal(session, form) {
         return refused;
     }
-    match action.await {
-        Ok(_) => {
-            tracing::info!(session = %session.nonce, "console: {what}");
-            see_other(back)
-        }
+    act_checked(state, session, action, run, detail, back).await
+}
+
+/// [`act`] once the form's CSRF token has been checked.
+pub(crate) async fn act_checked<S: BillingBackend + ?Sized, T>(
+    state: &ConsoleState<S>,
+    session: &Session,
+    action: Action,
+    run: impl std::future::Future<Output = Result<T, ApiError>>,
+    detail: impl FnOnce(&T) -> Option<String>,
+    back: &str,
+) -> Response {
+    let done = run.await;
+    let actor = Actor::Console(session.nonce.clone());
+    record_action(&state.api, &actor, action, &done, detail).await;
+    match done {
+        Ok(_) => see_other(back),
         Err(e) => error_page(&e),
     }
 }

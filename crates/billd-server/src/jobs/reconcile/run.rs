@@ -73,6 +73,7 @@ impl Reconciler {
         dry_run: bool,
         worker: Option<&InboxWorker>,
     ) -> Result<ReconcileReport, ReconcileError> {
+        let started_at = self.clock.now();
         let Plan {
             mut report,
             heal,
@@ -125,7 +126,29 @@ impl Reconciler {
             ingested = report.events_ingested,
             "reconciliation finished"
         );
+        self.record(started_at, &report).await;
         Ok(report)
+    }
+
+    /// Records a finished run for the console and the admin API. What the
+    /// run healed stays healed if this fails, so it is logged, not returned.
+    async fn record(&self, started_at: i64, report: &ReconcileReport) {
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        let run = billd_store::NewReconcileRun {
+            started_at,
+            checked: count(report.subscriptions_checked),
+            drift: count(report.drift.len()),
+            unlinked: count(report.unlinked.len()),
+            ingested: count(report.events_ingested),
+            report: serde_json::to_string(report).unwrap_or_default(),
+        };
+        if let Err(e) = self
+            .store
+            .record_reconcile_run(&run, self.clock.now())
+            .await
+        {
+            tracing::warn!(error = %e, "reconciliation run not recorded");
+        }
     }
 
     /// Waits until every event of `ids` is finished (applied, parked,

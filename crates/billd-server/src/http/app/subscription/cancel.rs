@@ -48,7 +48,9 @@ pub(super) async fn resume<S: BillingBackend + ?Sized>(
     set_cancel_at_period_end(state, id, false).await
 }
 
-async fn set_cancel_at_period_end<S: BillingBackend + ?Sized>(
+/// Sets or clears `cancel_at_period_end` at Stripe and applies the answer
+/// (also the console's cancel and resume actions).
+pub(crate) async fn set_cancel_at_period_end<S: BillingBackend + ?Sized>(
     state: ApiState<S>,
     id: String,
     cancel: bool,

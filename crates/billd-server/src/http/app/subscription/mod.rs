@@ -45,6 +45,7 @@ use crate::http::idempotency::Idempotency;
 use crate::http::openapi::{route, route_with, Verb};
 use crate::pipeline::BillingBackend;
 
+pub(crate) use cancel::set_cancel_at_period_end;
 pub(crate) use feed::feed_back_snapshot;
 pub use types::{DowngradeTiming, ProrationBehavior};
 // The handlers' OpenAPI descriptions, for the document's `paths(…)`.
