@@ -209,8 +209,12 @@ impl Cluster {
                         "Sitegen Billing <billing@sitegen.example>".to_owned(),
                     ),
                     // A killed instance's claims come back within seconds.
+                    // An outbox lease is not renewed while its email is
+                    // sent, so one that ran out mid-send (a loaded machine,
+                    // 3 s) had another instance send the email again: it
+                    // outlasts any send here.
                     ("BILLD_INBOX_LEASE_SECS", "3".to_owned()),
-                    ("BILLD_OUTBOX_LEASE_SECS", "3".to_owned()),
+                    ("BILLD_OUTBOX_LEASE_SECS", "12".to_owned()),
                     ("BILLD_SCHEDULER", "on".to_owned()),
                     ("BILLD_SCHEDULER_INTERVALS", intervals.clone()),
                 ],
