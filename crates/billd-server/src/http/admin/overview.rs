@@ -95,10 +95,15 @@ pub struct ReconcileSummary {
 /// How many hourly buckets the overview's charts hold.
 const HOURS: i64 = 24;
 
-/// `HOURS` hourly buckets ending with the hour of `now`, every hour present.
-fn hourly(now: i64, found: &[ActivityBucket]) -> (i64, Vec<ActivityBucket>) {
-    let first = now - now.rem_euclid(3600) - (HOURS - 1) * 3600;
-    let buckets = (0..HOURS)
+/// The start of the first of the `HOURS` hours ending with the hour of `now`.
+fn first_hour(now: i64) -> i64 {
+    now - now.rem_euclid(3600) - (HOURS - 1) * 3600
+}
+
+/// The `HOURS` hourly buckets from `first`, every hour present (those
+/// `found` lacks at zero).
+fn hourly(first: i64, found: &[ActivityBucket]) -> Vec<ActivityBucket> {
+    (0..HOURS)
         .map(|h| {
             let start = first + h * 3600;
             found
@@ -110,8 +115,7 @@ fn hourly(now: i64, found: &[ActivityBucket]) -> (i64, Vec<ActivityBucket>) {
                     ..ActivityBucket::default()
                 })
         })
-        .collect();
-    (first, buckets)
+        .collect()
 }
 
 #[utoipa::path(
@@ -141,12 +145,12 @@ pub(crate) async fn read_overview<S: BillingBackend + ?Sized>(
         .map(|(_, n)| *n)
         .sum();
     let lag = |oldest: Option<i64>| oldest.map_or(0, |at| (now - at).max(0));
-    let (first, _) = hourly(now, &[]);
+    let first = first_hour(now);
     let found = store
         .activity(first, first + HOURS * 3600, 3600)
         .await
         .map_err(store_error)?;
-    let (_, activity) = hourly(now, &found);
+    let activity = hourly(first, &found);
     let last_hour = store
         .activity(now - 3599, now + 1, 3600)
         .await
