@@ -541,13 +541,7 @@ async fn run_case(setup: &Setup, case: usize, ops: &[Op]) -> Result<(), TestCase
     Ok(())
 }
 
-async fn consume(
-    setup: &Setup,
-    customer: &str,
-    amount: u64,
-    key: &str,
-    to: usize,
-) -> (u16, Value) {
+async fn consume(setup: &Setup, customer: &str, amount: u64, key: &str, to: usize) -> (u16, Value) {
     setup
         .send(
             Method::POST,

@@ -328,7 +328,9 @@ async fn read_entitlements<S: BillingBackend + ?Sized>(
     }
     let current = match (snapshot.state.take(), cached, last) {
         // Nothing changed since the last read: its answer stands.
-        (None, Some(_), Some(last)) if *last.snapshot == snapshot => CurrentSnapshot { mark, ..last },
+        (None, Some(_), Some(last)) if *last.snapshot == snapshot => {
+            CurrentSnapshot { mark, ..last }
+        }
         (None, Some(cached), _) => CurrentSnapshot {
             mark,
             state: cached.state,
