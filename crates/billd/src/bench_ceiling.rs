@@ -110,7 +110,11 @@ fn cached_entitlements() -> anyhow::Result<Bytes> {
         &billd_core::Usage::default(),
         now,
     );
-    Ok(Bytes::from(serde_json::to_vec(&answer)?))
+    // With the final newline every JSON answer gets, as billd's memory
+    // answers have it: `shape` then sends the bytes as they are.
+    let mut json = serde_json::to_vec(&answer)?;
+    json.push(b'\n');
+    Ok(Bytes::from(json))
 }
 
 async fn listen_and_serve(listen: &str, router: Router) -> anyhow::Result<()> {

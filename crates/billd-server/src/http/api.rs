@@ -105,8 +105,9 @@ pub struct ApiState<S: BillingBackend + ?Sized> {
     pub(crate) catalog: Arc<Catalog>,
     pub(crate) clock: Arc<dyn Clock>,
     /// The Stripe API; `None` makes the endpoints that call Stripe answer
-    /// 503 `stripe_unavailable`.
-    pub(crate) stripe: Option<StripeClient>,
+    /// 503 `stripe_unavailable`. Behind an `Arc`: every request clones
+    /// the state, and a client's configuration is strings.
+    pub(crate) stripe: Option<Arc<StripeClient>>,
     pub(crate) config: Arc<ApiConfig>,
     /// Customer states parsed recently, shared with the usage routes.
     pub(crate) states: Arc<crate::http::app::usage_cache::StateCache>,
@@ -128,7 +129,7 @@ impl<S: BillingBackend + ?Sized> Clone for ApiState<S> {
 impl<S: BillingBackend + ?Sized> ApiState<S> {
     /// The Stripe client, or 503 when billd runs without one.
     pub fn stripe(&self) -> Result<&StripeClient, ApiError> {
-        Ok(billd_stripe::client::configured(self.stripe.as_ref())?)
+        Ok(billd_stripe::client::configured(self.stripe.as_deref())?)
     }
 
     /// What `record`'s customer may do now: its state with the usage
@@ -180,7 +181,7 @@ pub fn routes<S: BillingBackend + ?Sized>(
         store,
         catalog,
         clock,
-        stripe,
+        stripe: stripe.map(Arc::new),
         config: Arc::new(config),
         states,
     };

@@ -13,6 +13,7 @@ mod dev_mode;
 mod docs;
 mod doctor;
 mod email_crash;
+mod hot_path;
 mod listing;
 mod many_instances;
 mod reconcile;

@@ -99,7 +99,8 @@ async fn forward(State(proxy): State<Proxy>, headers: HeaderMap, body: Bytes) ->
     StatusCode::BAD_GATEWAY
 }
 
-async fn start_proxy(ports: Vec<u16>) -> u16 {
+/// A round-robin webhook proxy in front of `ports`; its port.
+pub(crate) async fn start_proxy(ports: Vec<u16>) -> u16 {
     let proxy = Proxy {
         ports: Arc::new(ports),
         next: Arc::new(AtomicUsize::new(0)),

@@ -252,7 +252,8 @@ async fn load_entitlements<S: BillingBackend + ?Sized>(
 /// read (`UsageStore::still_current`: SQLite, whose every write goes through
 /// this process), the bytes computed at most once per snapshot and second;
 /// otherwise [`read_entitlements`] (404 `customer_not_found` or
-/// `customer_deleted`).
+/// `customer_deleted`), whose bytes are those of the last snapshot again
+/// when the read found it unchanged.
 pub(crate) async fn current_entitlements_json<S: BillingBackend + ?Sized>(
     store: &S,
     catalog: &Catalog,
@@ -260,42 +261,59 @@ pub(crate) async fn current_entitlements_json<S: BillingBackend + ?Sized>(
     states: &StateCache,
     customer: &CustomerId,
 ) -> Result<Bytes, ApiError> {
-    if let Some(current) = states.snapshot(customer) {
-        if store.still_current(current.mark, &current.snapshot) {
-            if let Some(answer) = current.answered.at(now) {
-                return Ok(answer);
-            }
-            let usage = current
-                .snapshot
-                .usage(&usage_keys(&current.state, catalog, now));
-            let answer = json_bytes(&entitlements(&current.state, catalog, &usage, now))?;
-            current.answered.remember(now, answer.clone());
-            return Ok(answer);
+    let last = states.snapshot(customer);
+    if let Some(current) = &last {
+        if current
+            .mark
+            .is_some_and(|mark| store.still_current(mark, &current.snapshot))
+        {
+            return answer_of(current, catalog, now);
         }
     }
-    json_bytes(&read_entitlements(store, catalog, now, states, customer).await?)
+    read_entitlements(store, catalog, now, states, customer, last).await
 }
 
-/// `value` as the JSON an `axum::Json` answer would carry.
+/// The entitlements of a current snapshot at `now` as JSON: the bytes
+/// already computed for that second, else computed and kept.
+fn answer_of(current: &CurrentSnapshot, catalog: &Catalog, now: i64) -> Result<Bytes, ApiError> {
+    if let Some(answer) = current.answered.at(now) {
+        return Ok(answer);
+    }
+    let usage = current
+        .snapshot
+        .usage(&usage_keys(&current.state, catalog, now));
+    let answer = json_bytes(&entitlements(&current.state, catalog, &usage, now))?;
+    current.answered.remember(now, answer.clone());
+    Ok(answer)
+}
+
+/// `value` as the JSON an `axum::Json` answer would carry, with the final
+/// newline every JSON answer gets (`respond::shape`), so that those bytes
+/// are sent as they are.
 fn json_bytes(value: &impl Serialize) -> Result<Bytes, ApiError> {
-    serde_json::to_vec(value)
-        .map(Bytes::from)
-        .map_err(|e| ApiError::Internal(anyhow::anyhow!("serialising entitlements: {e}")))
+    let mut json = serde_json::to_vec(value)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("serialising entitlements: {e}")))?;
+    json.push(b'\n');
+    Ok(Bytes::from(json))
 }
 
 /// The customer's entitlements as of one read on a reader connection
 /// (`UsageStore::usage_snapshot`), whose version and counters are always
 /// read, so the answer is current (a consume answered 200 before is in
 /// it), but whose state is parsed only when its version is not the one
-/// cached; remembered for answers from memory where the store can tell
-/// when it goes stale.
+/// cached. The read is remembered as the customer's snapshot: for answers
+/// from memory where the store can tell when it goes stale (`mark`), and
+/// so that a read finding the same version and counters as `last` answers
+/// `last`'s bytes (entitlements are a function of the state at a version,
+/// the counters, the catalog and the second).
 async fn read_entitlements<S: BillingBackend + ?Sized>(
     store: &S,
     catalog: &Catalog,
     now: i64,
     states: &StateCache,
     customer: &CustomerId,
-) -> Result<Entitlements, ApiError> {
+    last: Option<CurrentSnapshot>,
+) -> Result<Bytes, ApiError> {
     // Taken before the read: a commit of this customer after it makes the
     // read stale.
     let mark = store.write_mark();
@@ -308,9 +326,18 @@ async fn read_entitlements<S: BillingBackend + ?Sized>(
     if snapshot.deleted {
         return Err(crate::http::app::account::customer_deleted(customer));
     }
-    let state = match (snapshot.state.take(), cached) {
-        (None, Some(cached)) => cached.state,
-        (Some(state), _) => {
+    let current = match (snapshot.state.take(), cached, last) {
+        // Nothing changed since the last read: its answer stands.
+        (None, Some(_), Some(last)) if *last.snapshot == snapshot => {
+            CurrentSnapshot { mark, ..last }
+        }
+        (None, Some(cached), _) => CurrentSnapshot {
+            mark,
+            state: cached.state,
+            snapshot: Arc::new(snapshot),
+            answered: Arc::default(),
+        },
+        (Some(state), ..) => {
             let state = Arc::new(state);
             states.put(
                 customer,
@@ -319,27 +346,21 @@ async fn read_entitlements<S: BillingBackend + ?Sized>(
                     state: state.clone(),
                 },
             );
-            state
-        }
-        (None, None) => {
-            return Err(ApiError::Internal(anyhow::anyhow!(
-                "the store left out a state the caller does not have"
-            )))
-        }
-    };
-    let usage = snapshot.usage(&usage_keys(&state, catalog, now));
-    let answer = entitlements(&state, catalog, &usage, now);
-    if let Some(mark) = mark {
-        states.put_snapshot(
-            customer,
             CurrentSnapshot {
                 mark,
                 state,
                 snapshot: Arc::new(snapshot),
                 answered: Arc::default(),
-            },
-        );
-    }
+            }
+        }
+        (None, None, _) => {
+            return Err(ApiError::Internal(anyhow::anyhow!(
+                "the store left out a state the caller does not have"
+            )))
+        }
+    };
+    let answer = answer_of(&current, catalog, now)?;
+    states.put_snapshot(customer, current);
     Ok(answer)
 }
 

@@ -26,14 +26,15 @@ pub struct CachedState {
     pub state: Arc<CustomerState>,
 }
 
-/// A customer's snapshot and parsed state as read just after `mark` was
-/// taken: what the database holds for as long as the store says nothing was
-/// committed for that customer since
-/// (`billd_store::UsageStore::still_current`).
+/// A customer's last snapshot and parsed state, read just after `mark` was
+/// taken: where the store gives marks (SQLite), what the database holds for
+/// as long as the store says nothing was committed for that customer since
+/// (`billd_store::UsageStore::still_current`); elsewhere only what the next
+/// read is compared with.
 #[derive(Debug, Clone)]
 pub struct CurrentSnapshot {
-    /// The store's write mark taken before the read.
-    pub mark: WriteMark,
+    /// The store's write mark taken before the read, if it gives them.
+    pub mark: Option<WriteMark>,
     /// The customer's state at the snapshot's version.
     pub state: Arc<CustomerState>,
     /// The read (version and counters).
