@@ -1,11 +1,12 @@
 //! The typed clients in `clients/`: generated from the OpenAPI document this
 //! billd serves (no drift), and each one's own tests run against a dev-mode
 //! billd over loopback HTTP — TypeScript type-checked by `tsc` and run by
-//! node, Python run by pytest and checked by mypy --strict.
+//! node, Python run by pytest and checked by mypy --strict; and the example
+//! app built on the Python client (`examples/fastapi-saas`).
 //!
 //! The tools come from scripts/test.sh: `tsc` and Node's types installed
 //! from npm into `$BILLD_CLIENT_TOOLS` (default /var/cache/billd-client-tools),
-//! httpx, pytest and mypy from PyPI. A missing tool fails the test.
+//! httpx, pytest, mypy and FastAPI from PyPI. A missing tool fails the test.
 
 use crate::ClearEnv;
 use std::path::{Path, PathBuf};
@@ -219,4 +220,37 @@ fn the_python_client_type_checks_and_walks_customers_from_checkout_to_cancellati
     );
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(report.contains("9 passed"), "{report}");
+}
+
+#[test]
+fn the_fastapi_example_takes_a_user_from_the_free_plan_through_checkout_to_account_deletion() {
+    let example = repo().join("examples/fastapi-saas");
+    let client = repo().join("clients/python");
+    let cache = tempfile::tempdir().unwrap();
+    run(
+        "mypy --strict",
+        Command::new("python3")
+            .args(["-m", "mypy", "--strict", "--cache-dir"])
+            .arg(cache.path())
+            .args(["app.py", "tests"])
+            .current_dir(&example)
+            .env("MYPYPATH", &client),
+    );
+
+    let billd_dir = tempfile::tempdir().unwrap();
+    let (_billd, env) = dev_billd(billd_dir.path());
+    let out = run(
+        "pytest",
+        Command::new("python3")
+            .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"])
+            .current_dir(&example)
+            .envs(env)
+            .env(
+                "PYTHONPATH",
+                format!("{}:{}", example.display(), client.display()),
+            )
+            .env("PYTHONDONTWRITEBYTECODE", "1"),
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("2 passed"), "{report}");
 }
