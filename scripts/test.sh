@@ -9,6 +9,9 @@
 #     aiosmtpd), the openssl command, and Chromium with its chromedriver (the
 #     console's browser test) when missing, and the official Node
 #     SDK (npm `stripe`) into $BILLD_NODE_SDK (default /var/cache/billd-node-sdk);
+#   - installs what the typed clients' tests use (clients/, examples/):
+#     typescript and Node's types into $BILLD_CLIENT_TOOLS, httpx, pytest,
+#     mypy and FastAPI;
 #   - installs mdbook (a pinned release, from crates.io) when missing and
 #     builds the book in docs/ (its pages are checked by crates/billd's
 #     tests/billd/docs.rs);
@@ -153,6 +156,30 @@ if [[ "$installed" != "$STRIPE_NODE" ]]; then
     log "installing the stripe Node SDK $STRIPE_NODE into $BILLD_NODE_SDK"
     mkdir -p "$BILLD_NODE_SDK"
     npm install --prefix "$BILLD_NODE_SDK" --no-audit --no-fund --silent "stripe@$STRIPE_NODE"
+fi
+
+# --------------------------------------------------------- typed clients
+# crates/billd/tests/billd/clients.rs type-checks and runs the clients in
+# clients/ and the example app built on the Python one (examples/) against a
+# dev-mode billd: tsc and Node's types from npm into $BILLD_CLIENT_TOOLS
+# (outside the repository), httpx, pytest, mypy and FastAPI from PyPI, each at
+# a pinned release.
+TYPESCRIPT=5.9.3
+NODE_TYPES=20.19.9
+export BILLD_CLIENT_TOOLS="${BILLD_CLIENT_TOOLS:-/var/cache/billd-client-tools}"
+npm_version() { node -p "require('$BILLD_CLIENT_TOOLS/node_modules/$1/package.json').version" 2>/dev/null || true; }
+if [[ "$(npm_version typescript)" != "$TYPESCRIPT" || "$(npm_version @types/node)" != "$NODE_TYPES" ]]; then
+    log "installing typescript $TYPESCRIPT and @types/node $NODE_TYPES into $BILLD_CLIENT_TOOLS"
+    mkdir -p "$BILLD_CLIENT_TOOLS"
+    npm install --prefix "$BILLD_CLIENT_TOOLS" --no-audit --no-fund --silent \
+        "typescript@$TYPESCRIPT" "@types/node@$NODE_TYPES"
+fi
+CLIENT_PY=(httpx==0.28.1 pytest==8.3.5 mypy==1.15.0 fastapi==0.115.12)
+if ! python3 -c 'import sys
+from importlib.metadata import version
+sys.exit(any(version(n) != v for n, v in (a.split("==") for a in sys.argv[1:])))' "${CLIENT_PY[@]}" 2>/dev/null; then
+    log "installing ${CLIENT_PY[*]}"
+    pip_install "${CLIENT_PY[@]}"
 fi
 
 # ------------------------------------------------------------------ book

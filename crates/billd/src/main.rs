@@ -94,9 +94,9 @@ enum Command {
         json: bool,
     },
     /// Prints a reference page generated from the code: the configuration
-    /// (`config`), the HTTP API from the OpenAPI document (`api`), or an
-    /// example billd.toml (`toml`) or environment file (`env`) listing
-    /// every setting.
+    /// (`config`), the HTTP API from the OpenAPI document (`api`), the
+    /// OpenAPI document as JSON (`openapi`), or an example billd.toml
+    /// (`toml`) or environment file (`env`) listing every setting.
     Reference {
         /// Which page.
         #[arg(value_enum)]

@@ -1,4 +1,4 @@
-//! `billd reference config|api|toml|env`: the reference pages of the book,
+//! `billd reference config|api|openapi|toml|env`: the reference pages of the book,
 //! rendered from the code they describe, the configuration's one list of
 //! settings ([`crate::config::SETTINGS`]) and the OpenAPI document the server
 //! serves at `/openapi.json`. The checked-in pages (`docs/src/…`) are
@@ -16,6 +16,9 @@ pub enum Page {
     Config,
     /// The HTTP API reference (Markdown), from the OpenAPI document.
     Api,
+    /// The OpenAPI document itself (JSON, as `GET /openapi.json` serves it):
+    /// what `scripts/gen-clients.sh` generates the typed clients from.
+    Openapi,
     /// An example `billd.toml` with every setting commented out at its default.
     Toml,
     /// An example environment file (systemd `EnvironmentFile=`), every
@@ -32,6 +35,16 @@ pub fn render(page: Page) -> String {
                 serde_json::to_value(<billd_server::http::ApiDoc as utoipa::OpenApi>::openapi())
                     .unwrap_or(Value::Null);
             api_markdown(&doc)
+        }
+        Page::Openapi => {
+            let doc =
+                serde_json::to_value(<billd_server::http::ApiDoc as utoipa::OpenApi>::openapi())
+                    .unwrap_or(Value::Null);
+            // Pretty and ending in a newline, so generated clients diff well.
+            format!(
+                "{}\n",
+                serde_json::to_string_pretty(&doc).unwrap_or_default()
+            )
         }
         Page::Toml => example_file(|s, default| {
             let value = match default {

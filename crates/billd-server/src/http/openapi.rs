@@ -128,6 +128,150 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
+// The JSON shape of `billd_core::Entitlements` for the document (billd-core
+// is pure and derives no schema); the test
+// `the_entitlements_schema_names_every_field_billd_answers` keeps the two
+// equal, so the typed clients generated from this document read every field
+// billd answers. Options are always answered (as null), hence `required`.
+
+/// What a customer may do now: the answer of `GET …/entitlements`.
+#[expect(dead_code, reason = "a shape for the document only, never built")]
+#[derive(Debug, ToSchema)]
+#[schema(as = Entitlements)]
+pub struct EntitlementsDoc {
+    /// The plan whose limits apply.
+    pub plan: String,
+    /// The Stripe subscription status, or `none`.
+    pub status: String,
+    /// What the customer may do now.
+    pub access: AccessDoc,
+    /// End of the grace period (past_due), unix seconds.
+    #[schema(required = true)]
+    pub grace_until: Option<i64>,
+    /// End of the trial (trialing), unix seconds.
+    #[schema(required = true)]
+    pub trial_end: Option<i64>,
+    /// The subscription ends at the period end.
+    pub cancel_at_period_end: bool,
+    /// A payment awaiting confirmation (3-D Secure).
+    #[schema(required = true)]
+    pub action_required: Option<ActionRequiredDoc>,
+    /// The active discount.
+    #[schema(required = true)]
+    pub discount: Option<DiscountDoc>,
+    /// The seat count, when the plan that applies is sold per seat.
+    #[schema(required = true)]
+    pub seats: Option<u64>,
+    /// Quotas by counted (metered or capacity) feature.
+    pub features: std::collections::BTreeMap<String, FeatureEntitlementDoc>,
+    /// Flag features, on or off.
+    pub flags: std::collections::BTreeMap<String, FlagEntitlementDoc>,
+}
+
+/// `paid`, `grace`, `free` (the free plan's limits), `blocked` (the grace
+/// period ran out) or `frozen` (a dispute is open).
+#[expect(dead_code, reason = "a shape for the document only, never built")]
+#[derive(Debug, ToSchema)]
+#[schema(as = Access, rename_all = "snake_case")]
+pub enum AccessDoc {
+    /// The paid plan's limits.
+    Paid,
+    /// The paid plan's limits while a failed payment is retried.
+    Grace,
+    /// The free plan's limits.
+    Free,
+    /// Nothing: the grace period ran out.
+    Blocked,
+    /// Nothing: a dispute is open.
+    Frozen,
+}
+
+/// One counted feature's quota in [`EntitlementsDoc`].
+#[expect(dead_code, reason = "a shape for the document only, never built")]
+#[derive(Debug, ToSchema)]
+#[schema(as = FeatureEntitlement)]
+pub struct FeatureEntitlementDoc {
+    /// `metered` or `capacity`.
+    pub kind: String,
+    /// The limit under the plan that applies, times the seats for a
+    /// per-seat feature.
+    pub limit: u64,
+    /// Used in the current period (metered) or live now (capacity).
+    pub used: u64,
+    /// What may still be consumed (0 when blocked or frozen).
+    pub remaining: u64,
+    /// Usage exceeds the limit (after a downgrade): consumption is refused
+    /// until usage is under it.
+    pub over_limit: bool,
+    /// When metered usage resets (the period end); null for capacity.
+    #[schema(required = true)]
+    pub resets_at: Option<i64>,
+    /// The counter consumption goes to.
+    pub usage_key: UsageKeyDoc,
+}
+
+/// The counter of a feature: metered ones have one per period.
+#[expect(dead_code, reason = "a shape for the document only, never built")]
+#[derive(Debug, ToSchema)]
+#[schema(as = UsageKey)]
+pub struct UsageKeyDoc {
+    /// The feature.
+    pub feature: String,
+    /// The period start for metered features; null for capacity.
+    #[schema(required = true)]
+    pub period_start: Option<i64>,
+}
+
+/// One flag feature in [`EntitlementsDoc`].
+#[expect(dead_code, reason = "a shape for the document only, never built")]
+#[derive(Debug, ToSchema)]
+#[schema(as = FlagEntitlement)]
+pub struct FlagEntitlementDoc {
+    /// The plan turns it on and access allows using it.
+    pub enabled: bool,
+}
+
+/// A payment the customer must confirm.
+#[expect(dead_code, reason = "a shape for the document only, never built")]
+#[derive(Debug, ToSchema)]
+#[schema(as = ActionRequired)]
+pub struct ActionRequiredDoc {
+    /// `confirm_payment` (3-D Secure).
+    pub kind: String,
+    /// The invoice (`in_…`).
+    pub invoice: String,
+    /// Where the customer confirms (Stripe's hosted invoice page).
+    #[schema(required = true)]
+    pub url: Option<String>,
+}
+
+/// The active discount.
+#[expect(dead_code, reason = "a shape for the document only, never built")]
+#[derive(Debug, ToSchema)]
+#[schema(as = Discount)]
+pub struct DiscountDoc {
+    /// The discount id.
+    pub id: String,
+    /// The coupon id.
+    #[schema(required = true)]
+    pub coupon: Option<String>,
+    /// The coupon's name.
+    #[schema(required = true)]
+    pub name: Option<String>,
+    /// Percent off in basis points (2550 = 25.5 %).
+    #[schema(required = true)]
+    pub percent_off_bp: Option<i64>,
+    /// Amount off, formatted (`5.00 EUR`).
+    #[schema(required = true)]
+    pub amount_off: Option<String>,
+    /// The promotion code entered.
+    #[schema(required = true)]
+    pub promotion_code: Option<String>,
+    /// When it ends (unix seconds).
+    #[schema(required = true)]
+    pub end: Option<i64>,
+}
+
 /// The `{id}` of every `/v1/customers/{id}…` route.
 #[derive(Debug, utoipa::IntoParams)]
 #[into_params(parameter_in = Path)]
@@ -393,7 +537,7 @@ fn add_codes(
         crate::http::admin::list_outbox,
         crate::http::admin::retry_outbox,
     ),
-    components(schemas(ErrorBody, ErrorDetail)),
+    components(schemas(ErrorBody, ErrorDetail, EntitlementsDoc)),
     modifiers(&SecuritySchemes, &CommonResponses),
     tags(
         (name = "app", description = "What the SaaS app calls (app or admin key)."),
@@ -429,6 +573,100 @@ mod tests {
         let events = &doc["paths"]["/v1/admin/events"]["get"]["responses"]["200"]["content"]
             ["application/json"]["schema"];
         assert!(events.to_string().contains("EventSummary"), "{events}");
+    }
+
+    /// Every key of a real entitlements answer (with a discount and a
+    /// pending payment, so the nested objects are there too) is a property
+    /// of the schema, and the other way round.
+    #[test]
+    fn the_entitlements_schema_names_every_field_billd_answers() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let catalog =
+            billd_core::Catalog::from_toml(billd_core::catalog::SEED_CATALOG_TOML).unwrap();
+        let mut answer = serde_json::to_value(billd_core::access::entitlements(
+            &billd_core::CustomerState::default(),
+            &catalog,
+            &billd_core::access::Usage::default(),
+            0,
+        ))
+        .unwrap();
+        answer["action_required"] =
+            serde_json::json!({"kind": "confirm_payment", "invoice": "in_1", "url": null});
+        let keys = |v: &serde_json::Value| -> BTreeSet<String> {
+            v.as_object().unwrap().keys().cloned().collect()
+        };
+        let props = |name: &str| keys(&schemas[name]["properties"]);
+
+        assert_eq!(keys(&answer), props("Entitlements"));
+        let feature = answer["features"]
+            .as_object()
+            .unwrap()
+            .values()
+            .next()
+            .unwrap();
+        assert_eq!(keys(feature), props("FeatureEntitlement"));
+        assert_eq!(keys(&feature["usage_key"]), props("UsageKey"));
+        let discount = serde_json::to_value(billd_core::access::DiscountView {
+            id: "di_1".into(),
+            coupon: None,
+            name: None,
+            percent_off_bp: None,
+            amount_off: None,
+            promotion_code: None,
+            end: None,
+        })
+        .unwrap();
+        assert_eq!(keys(&discount), props("Discount"));
+        let flag =
+            serde_json::to_value(billd_core::access::FlagEntitlement { enabled: true }).unwrap();
+        assert_eq!(keys(&flag), props("FlagEntitlement"));
+        let access: BTreeSet<String> = schemas["Access"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect();
+        for a in [
+            billd_core::Access::Paid,
+            billd_core::Access::Grace,
+            billd_core::Access::Free,
+            billd_core::Access::Blocked,
+            billd_core::Access::Frozen,
+        ] {
+            let name = serde_json::to_value(a).unwrap();
+            assert!(access.contains(name.as_str().unwrap()), "{name}");
+        }
+        assert_eq!(access.len(), 5);
+    }
+
+    /// Two Rust types of one name would share one schema, and one of the
+    /// routes would be documented with the other's shape.
+    #[test]
+    fn the_app_and_admin_customer_views_are_distinct_schemas() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let get = |path: &str, verb: &str| {
+            doc["paths"][path][verb]["responses"]["200"]["content"]["application/json"]["schema"]
+                ["$ref"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        assert_eq!(
+            get("/v1/customers/{id}", "get"),
+            "#/components/schemas/Customer"
+        );
+        assert_eq!(
+            get("/v1/admin/customers/{id}", "get"),
+            "#/components/schemas/AdminCustomerView"
+        );
+        assert!(doc["components"]["schemas"]["Customer"]["properties"]["email"].is_object());
+        for (path, verb) in [
+            ("/v1/customers/{id}/entitlements", "get"),
+            ("/v1/customers/{id}/checkout/sync", "post"),
+        ] {
+            assert_eq!(get(path, verb), "#/components/schemas/Entitlements");
+        }
     }
 
     /// Routes must be registered through [`route`]: a plain `.route(` call

@@ -7,6 +7,7 @@
 
 mod bench;
 mod cli;
+mod clients;
 mod crash;
 mod dev_keys;
 mod dev_mode;

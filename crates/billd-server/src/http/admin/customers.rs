@@ -127,12 +127,13 @@ pub(crate) async fn search<S: BillingBackend + ?Sized>(
 
 /// Everything about one customer.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = AdminCustomerView)]
 pub struct CustomerView {
     /// Who.
     pub customer: CustomerSummary,
     /// What it may do now (the body of `GET …/entitlements`); absent for a
     /// deleted customer.
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<crate::http::openapi::EntitlementsDoc>)]
     pub entitlements: Option<Entitlements>,
     /// The billing state billd holds (subscriptions, invoices, disputes …).
     #[schema(value_type = Object)]
@@ -224,7 +225,7 @@ pub struct Resynced {
     /// answered (they are applied moments later).
     pub applied: bool,
     /// The entitlements after the resync.
-    #[schema(value_type = Object)]
+    #[schema(value_type = crate::http::openapi::EntitlementsDoc)]
     pub entitlements: Entitlements,
 }
 

@@ -103,6 +103,7 @@ fn customer_profile(id: CustomerId, body: CustomerBody) -> Result<CustomerProfil
 
 /// A customer as the API shows it (no billing state document).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Customer)]
 pub struct CustomerView {
     /// The app's user id.
     #[schema(value_type = String)]
@@ -194,7 +195,7 @@ async fn get_customer<S: BillingBackend + ?Sized>(
     description = "Plan, status, access and per-feature limits, usage and remaining.",
     params(crate::http::openapi::CustomerPath),
     responses(
-        (status = 200, description = "`plan`, `status`, `access`, `grace_until`, `trial_end`, `cancel_at_period_end`, `action_required`, `discount`, `features.{name}.{limit,used,remaining,resets_at}`.", body = Object),
+        (status = 200, description = "`plan`, `status`, `access`, `grace_until`, `trial_end`, `cancel_at_period_end`, `action_required`, `discount`, `features.{name}.{limit,used,remaining,resets_at}`.", body = crate::http::openapi::EntitlementsDoc),
     )
 )]
 async fn get_entitlements<S: BillingBackend + ?Sized>(

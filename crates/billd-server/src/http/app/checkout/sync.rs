@@ -21,7 +21,7 @@ use super::CheckoutState;
     params(crate::http::openapi::CustomerPath),
     request_body = CheckoutSyncBody,
     responses(
-        (status = 200, description = "The customer's entitlements with the session's subscription applied (the body of `GET …/entitlements`).", body = Object),
+        (status = 200, description = "The customer's entitlements with the session's subscription applied (the body of `GET …/entitlements`).", body = crate::http::openapi::EntitlementsDoc),
         (status = 400, description = "`invalid_session_id`, `field_too_long`, `invalid_body`.", body = crate::http::openapi::ErrorBody),
         (status = 404, description = "`customer_not_found`, `checkout_session_not_found` (unknown, or another customer's).", body = crate::http::openapi::ErrorBody),
         (status = 409, description = "`checkout_not_complete` (the session is still open or expired).", body = crate::http::openapi::ErrorBody),

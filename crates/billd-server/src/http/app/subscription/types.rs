@@ -218,7 +218,7 @@ pub struct SubscriptionView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub effective_at: Option<i64>,
     /// The customer's entitlements after the call.
-    #[schema(value_type = Object)]
+    #[schema(value_type = crate::http::openapi::EntitlementsDoc)]
     pub entitlements: Entitlements,
 }
 

@@ -1,0 +1,5 @@
+// @billd/client: a typed client of billd's HTTP API.
+export { Billd } from "./client.js";
+export { BilldError } from "./core.js";
+export type { ClientOptions, KeyedRequestOptions, RequestOptions } from "./core.js";
+export type * from "./models.js";
