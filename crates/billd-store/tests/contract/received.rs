@@ -196,6 +196,7 @@ async fn derived_events_become_pending_with_their_columns_and_are_claimed_in_cre
             billd_store::ClaimLimits {
                 groups: 4,
                 per_customer: 10,
+                events: u32::MAX,
             },
         )
         .await
