@@ -155,9 +155,15 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
         registry
     }
 
+    /// Finds the customer `event` belongs to. Links it finds missing (its
+    /// Stripe customer, its own object, for a customer found by an object
+    /// or named in its metadata) are not written here but returned in
+    /// [`Link::new_links`], and written with the event's commit (the first
+    /// link of an object wins there): a round of new customers costs no
+    /// write transaction per customer before its one commit, and an event
+    /// whose commit fails leaves no link behind.
     async fn link(&self, event: &Event) -> anyhow::Result<Option<Link>> {
         let hints = event.link_hints();
-        let now = self.clock.now();
         if let Some(stripe_customer) = &hints.stripe_customer {
             if let Some(customer) = self.store.find_customer_by_stripe(stripe_customer).await? {
                 return Ok(Some(Link {
@@ -167,6 +173,13 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
                 }));
             }
         }
+        // From here on the Stripe customer (if any) has no owner yet: the
+        // event's customer adopts it.
+        let adopted: Vec<String> = hints
+            .stripe_customer
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         let objects = [
             hints.subscription.as_ref().map(ToString::to_string),
             hints.charge.as_ref().map(ToString::to_string),
@@ -176,25 +189,17 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
         ];
         for object in objects.iter().flatten() {
             if let Some(customer) = self.store.find_customer_by_object(object).await? {
-                let new_links = self
-                    .adopt_stripe_customer(&customer, hints.stripe_customer.as_ref(), now)
-                    .await?;
                 return Ok(Some(Link {
-                    stripe_owned: adopted(&new_links, hints.stripe_customer.as_ref()),
+                    stripe_owned: !adopted.is_empty(),
                     customer,
-                    new_links,
+                    new_links: adopted,
                 }));
             }
         }
         if let Some(customer) = hints.billd_customer_id.clone() {
-            let mut new_links = self
-                .adopt_stripe_customer(&customer, hints.stripe_customer.as_ref(), now)
-                .await?;
-            let stripe_owned = adopted(&new_links, hints.stripe_customer.as_ref());
-            if let Some(object) = event.object_id() {
-                self.store.link_object(&object, &customer, now).await?;
-                new_links.push(object);
-            }
+            let stripe_owned = !adopted.is_empty();
+            let mut new_links = adopted;
+            new_links.extend(event.object_id());
             return Ok(Some(Link {
                 customer,
                 new_links,
@@ -211,37 +216,6 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
             }
         }
         Ok(None)
-    }
-
-    /// Links `stripe_customer` to `customer` when it is not linked yet;
-    /// returns the ids whose parked events should be retried.
-    async fn adopt_stripe_customer(
-        &self,
-        customer: &CustomerId,
-        stripe_customer: Option<&StripeCustomerId>,
-        now: i64,
-    ) -> anyhow::Result<Vec<String>> {
-        let Some(stripe_customer) = stripe_customer else {
-            return Ok(Vec::new());
-        };
-        match self
-            .store
-            .link_stripe_customer(customer, stripe_customer, now)
-            .await
-        {
-            Ok(()) => Ok(vec![stripe_customer.to_string()]),
-            // Linked to someone else already: the event's own evidence
-            // (object link or metadata) decides where it goes; the Stripe
-            // customer keeps its first owner.
-            Err(StoreError::Conflict { constraint }) => {
-                tracing::warn!(
-                    %customer, %stripe_customer, %constraint,
-                    "stripe customer is linked to another customer"
-                );
-                Ok(Vec::new())
-            }
-            Err(e) => Err(e.into()),
-        }
     }
 
     /// Disputes may arrive without a customer: ask Stripe whose charge it was.
@@ -270,9 +244,13 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
         &self,
         stored: &StoredEvent,
         event: &Event,
-        customer: &CustomerId,
+        link: &Link,
     ) -> Result<(), HandlerError> {
-        let links = object_links(event);
+        let customer = &link.customer;
+        let mut links = object_links(event);
+        links.extend(link.new_links.iter().cloned());
+        links.sort();
+        links.dedup();
         for _ in 0..VERSION_RETRIES {
             let now = self.clock.now();
             let record = self.store.get_customer(customer).await?;
@@ -350,11 +328,6 @@ fn record_failed(
     for (index, error) in failed {
         outcomes[index] = Err(error);
     }
-}
-
-/// Whether adopting linked `stripe_customer` (it is among `new_links`).
-fn adopted(new_links: &[String], stripe_customer: Option<&StripeCustomerId>) -> bool {
-    stripe_customer.is_some_and(|id| new_links.iter().any(|link| link == id.as_str()))
 }
 
 /// The Stripe objects an event ties to its customer, so that later events
@@ -501,7 +474,10 @@ impl<S: BillingBackend + ?Sized> EventHandler for LifecycleHandler<S> {
                     tracing::info!(event_id = %events[index].id, "event cannot be linked to a customer yet");
                     outcomes[index] = Ok(HandlerOutcome::Unlinked);
                 }
-                Ok(Some(link)) => relinked.push(Linked { index, event, link }),
+                Ok(Some(link)) => {
+                    outcomes[index] = Ok(HandlerOutcome::Committed);
+                    relinked.push(Linked { index, event, link });
+                }
             }
         }
         if !relinked.is_empty() {
@@ -704,7 +680,7 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
                     tracing::warn!(%error, %customer, events = own.len(), "customer's commit failed; applying its events one at a time");
                     for item in own {
                         outcomes[item.index] = self
-                            .apply_and_commit(events[item.index], &item.event, &item.link.customer)
+                            .apply_and_commit(events[item.index], &item.event, &item.link)
                             .await
                             .map(|()| HandlerOutcome::Committed);
                     }
@@ -740,7 +716,7 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
         event: &Event,
         link: Link,
     ) -> Result<HandlerOutcome, HandlerError> {
-        self.apply_and_commit(stored, event, &link.customer).await?;
+        self.apply_and_commit(stored, event, &link).await?;
         let mut requeue = link.new_links;
         requeue.extend(object_links(event));
         self.requeue_parked(&requeue).await;
@@ -818,6 +794,7 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
                     audit.extend(decision.audit);
                     outbox.extend(items);
                     links.extend(object_links(&item.event));
+                    links.extend(item.link.new_links.iter().cloned());
                     let stored = events[item.index];
                     applied.push(stored.id.clone());
                     finishes.push(EventFinish {

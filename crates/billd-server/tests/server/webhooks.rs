@@ -2,7 +2,7 @@
 //! duplicates collapse into one row, rejections store nothing, oversized
 //! bodies get 413 and an unreachable store 503.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use billd_server::Workers;

@@ -31,6 +31,7 @@ on_both_databases!(
     a_webhook_stored_lean_is_derived_and_applied_in_one_round,
     a_round_of_several_customers_is_applied_in_one_transaction,
     a_round_whose_commit_fails_on_one_customer_applies_the_others_and_that_customers_good_events,
+    an_event_linked_by_a_later_event_of_its_round_is_applied_in_the_same_round,
 );
 
 const T0: i64 = 1_800_000_000;
@@ -787,19 +788,20 @@ fn customer_updated(id: &str, cus: &str, user: &str, created: i64) -> billd_stor
 
 /// The lifecycle handler's worker over `events` in a store that can refuse
 /// commits and counts them.
-async fn lifecycle_setup(
-    db: Db,
-    events: Vec<billd_store::NewEvent>,
-) -> (
-    TestDb,
-    Arc<crate::support::SwitchableStore>,
-    InboxWorker,
-    Arc<ManualClock>,
-) {
+struct LifecycleSetup {
+    db: TestDb,
+    store: Arc<crate::support::SwitchableStore>,
+    worker: InboxWorker,
+    clock: Arc<ManualClock>,
+    metrics: Arc<Metrics>,
+}
+
+async fn lifecycle_setup(db: Db, events: Vec<billd_store::NewEvent>) -> LifecycleSetup {
     let db = fresh_db(db).await;
     db.store.insert_events(&events).await.unwrap();
     let store = Arc::new(crate::support::SwitchableStore::new(db.store.clone()));
     let clock = Arc::new(ManualClock::new(T0));
+    let metrics = Arc::new(Metrics::default());
     let registry = billd_server::pipeline::LifecycleHandler::new(
         store.clone(),
         Arc::new(billd_core::Catalog::seed()),
@@ -811,10 +813,16 @@ async fn lifecycle_setup(
         store.clone(),
         registry,
         server_config().worker,
-        Arc::new(Metrics::default()),
+        metrics.clone(),
         clock.clone(),
     );
-    (db, store, worker, clock)
+    LifecycleSetup {
+        db,
+        store,
+        worker,
+        clock,
+        metrics,
+    }
 }
 
 async fn status_of(db: &TestDb, id: &str) -> (EventStatus, i32) {
@@ -833,7 +841,9 @@ async fn a_round_of_several_customers_is_applied_in_one_transaction(db: Db) {
             )
         })
         .collect();
-    let (db, store, worker, _) = lifecycle_setup(db, events).await;
+    let LifecycleSetup {
+        db, store, worker, ..
+    } = lifecycle_setup(db, events).await;
 
     let report = worker.run_once().await.unwrap();
 
@@ -866,7 +876,13 @@ async fn a_round_whose_commit_fails_on_one_customer_applies_the_others_and_that_
         customer_updated("evt_c_1", "cus_ccc", "u_c", T0 - 20),
         customer_updated("evt_b_2", "cus_bbb", "u_b", T0 - 10),
     ];
-    let (db, store, worker, clock) = lifecycle_setup(db, events).await;
+    let LifecycleSetup {
+        db,
+        store,
+        worker,
+        clock,
+        ..
+    } = lifecycle_setup(db, events).await;
     store.refused.lock().unwrap().push("evt_b_bad".to_owned());
 
     let report = worker.run_once().await.unwrap();
@@ -899,4 +915,31 @@ async fn a_round_whose_commit_fails_on_one_customer_applies_the_others_and_that_
         status_of(&db, "evt_b_bad").await,
         (EventStatus::Processed, 2)
     );
+}
+
+/// The first event of a Stripe customer names no billd customer; the
+/// second, in the same round, links it: the first is linked again once the
+/// round is committed and applied then, not parked.
+async fn an_event_linked_by_a_later_event_of_its_round_is_applied_in_the_same_round(db: Db) {
+    let mut anonymous = customer_updated("evt_r_1", "cus_rrr", "u_r", T0 - 20);
+    let mut body: serde_json::Value = serde_json::from_str(&anonymous.payload).unwrap();
+    body["data"]["object"]["metadata"] = serde_json::json!({});
+    anonymous.payload = body.to_string();
+    let named = customer_updated("evt_r_2", "cus_rrr", "u_r", T0 - 10);
+    let other = customer_updated("evt_o_1", "cus_ooo", "u_o", T0 - 5);
+    let s = lifecycle_setup(db, vec![anonymous, named, other]).await;
+
+    let report = s.worker.run_once().await.unwrap();
+
+    assert_eq!((report.claimed, report.retried, report.dead), (3, 0, 0));
+    for id in ["evt_r_1", "evt_r_2", "evt_o_1"] {
+        assert_eq!(
+            status_of(&s.db, id).await,
+            (EventStatus::Processed, 1),
+            "{id}"
+        );
+    }
+    assert_eq!(s.metrics.processing_outcomes.get("lease_lost"), 0);
+    // The round's commit, then the relinked event's.
+    assert_eq!(s.store.batch_commits.load(Ordering::SeqCst), 2);
 }
