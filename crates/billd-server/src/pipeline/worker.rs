@@ -327,7 +327,7 @@ impl Default for WorkerConfig {
             lease_secs: 30,
             concurrency: 16,
             batch: 256,
-            round_events: 1024,
+            round_events: 256,
             poll_interval: Duration::from_secs(1),
             backoff: Backoff {
                 base_secs: 10,
@@ -438,10 +438,13 @@ impl InboxWorker {
         Ok(read)
     }
 
-    /// Reads up to [`DERIVE_BATCH`] received events (from a reader) and
-    /// parses their envelopes: how many were read, and what to write.
+    /// Reads up to [`DERIVE_BATCH`] received events (from a reader), no
+    /// more than a round claims (a round's buffers are what the worker's
+    /// memory grows with), and parses their envelopes: how many were read,
+    /// and what to write.
     async fn read_received(&self) -> StoreResult<(usize, Vec<Derived>)> {
-        let received = self.store.received_events(DERIVE_BATCH).await?;
+        let limit = DERIVE_BATCH.min(self.config.round_events.max(1));
+        let received = self.store.received_events(limit).await?;
         let derived: Vec<Derived> = received
             .iter()
             .map(|row| {
