@@ -8,7 +8,8 @@
 //! (subscription, charge, payment intent, a payment's invoice, the event's
 //! own object);
 //! `metadata[billd_customer_id]` or a Checkout `client_reference_id` (the
-//! link is created now); for a dispute, the charge fetched from Stripe.
+//! link is written with the event's commit); for a dispute, the charge
+//! fetched from Stripe.
 //! An event none of these resolve is parked as `unlinked` and requeued
 //! when a link to its Stripe customer or object appears.
 
