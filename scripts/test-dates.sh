@@ -41,8 +41,12 @@ for date in "${dates[@]}"; do
     while IFS=$'\t' read -r binary cwd; do
         [[ -n "$binary" ]] || continue
         # Monotonic time stays real: timeouts and tokio's timers keep working.
+        # A process the test starts (a billd serve) goes on from the test's
+        # time instead of starting again at $date (libfaketime's default):
+        # three instances started seconds apart would otherwise hold clocks
+        # seconds apart, and one would take the others' leases as ended.
         started=$SECONDS
-        if ! (cd "$cwd" && FAKETIME_DONT_FAKE_MONOTONIC=1 faketime -f "@$date" "$binary" -q >"/tmp/test-dates.$$.log" 2>&1); then
+        if ! (cd "$cwd" && FAKETIME_DONT_FAKE_MONOTONIC=1 FAKETIME_DONT_RESET=1 faketime -f "@$date" "$binary" -q >"/tmp/test-dates.$$.log" 2>&1); then
             log "FAILED as of $date: $binary"
             # Each failure's output (its panic message first), at most 200 lines.
             sed -n '/^failures:$/,/^test result/p' "/tmp/test-dates.$$.log" | head -n 200 >&2 || true

@@ -74,6 +74,7 @@ pub fn start_billing(
     )
     .with_metrics(metrics.clone())
     .with_alert_channels(billing.alerts.channels())
+    .with_concurrency(usize::try_from(config.worker.concurrency).unwrap_or(1))
     .registry();
     let routes = http::routes(
         store.clone(),

@@ -279,6 +279,19 @@ macro_rules! billing_store {
                 if ids.is_empty() {
                     return Ok(0);
                 }
+                // Asked of a reader first: the worker calls this after
+                // every commit that links anything, and on SQLite an
+                // UPDATE takes the single writer even when it changes
+                // nothing. An event parked after this read waits for the
+                // next link, as one parked after the UPDATE would.
+                let parked: Option<i32> = sqlx::query_scalar(
+                    "SELECT 1 FROM stripe_events WHERE status = 'unlinked' LIMIT 1",
+                )
+                .fetch_optional(self.reader())
+                .await?;
+                if parked.is_none() {
+                    return Ok(0);
+                }
                 let ids_json = serde_json::to_string(ids)
                     .map_err(|e| StoreError::Other(format!("encoding ids: {e}")))?;
                 let done = sqlx::query(&format!(

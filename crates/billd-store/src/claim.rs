@@ -31,6 +31,9 @@ impl Picker {
     /// taken grow: the whole claim is leased to one worker, so no event of
     /// a taken customer runs elsewhere meanwhile.
     pub(crate) fn offer(&mut self, id: String, customer: Option<String>) {
+        if self.ids.len() >= self.limits.max_events() {
+            return;
+        }
         let per_customer = usize::try_from(self.limits.per_customer.max(1)).unwrap_or(usize::MAX);
         let groups = usize::try_from(self.limits.groups).unwrap_or(usize::MAX);
         match customer {
@@ -53,6 +56,7 @@ impl Picker {
     /// (Rows of the page at hand still join batches already taken.)
     pub(crate) fn is_full(&self) -> bool {
         self.groups >= usize::try_from(self.limits.groups).unwrap_or(usize::MAX)
+            || self.ids.len() >= self.limits.max_events()
     }
 
     pub(crate) fn into_ids(self) -> Vec<String> {
@@ -98,6 +102,7 @@ mod tests {
         ClaimLimits {
             groups,
             per_customer,
+            events: u32::MAX,
         }
     }
 
@@ -111,6 +116,21 @@ mod tests {
         picker.offer("evt_5".into(), Some("cus_b".into()));
 
         assert_eq!(picker.into_ids(), ["evt_1", "evt_3", "evt_4", "evt_5"]);
+    }
+
+    #[test]
+    fn picker_stops_at_the_cap_on_events_whatever_the_groups() {
+        let mut picker = Picker::new(ClaimLimits {
+            groups: 100,
+            per_customer: 10,
+            events: 3,
+        });
+        for n in 0..5 {
+            picker.offer(format!("evt_{n}"), Some(format!("cus_{n}")));
+        }
+
+        assert!(picker.is_full());
+        assert_eq!(picker.into_ids(), ["evt_0", "evt_1", "evt_2"]);
     }
 
     #[test]

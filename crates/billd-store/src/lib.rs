@@ -321,6 +321,9 @@ pub struct ClaimLimits {
     pub groups: u32,
     /// Events per customer batch (at least 1).
     pub per_customer: u32,
+    /// Events per claim in all (at least 1): a round's group commit is
+    /// bounded by this, however many customers it spans.
+    pub events: u32,
 }
 
 impl ClaimLimits {
@@ -328,8 +331,18 @@ impl ClaimLimits {
     pub fn max_events(self) -> usize {
         let groups = usize::try_from(self.groups).unwrap_or(usize::MAX);
         let per = usize::try_from(self.per_customer.max(1)).unwrap_or(usize::MAX);
-        groups.saturating_mul(per)
+        let events = usize::try_from(self.events.max(1)).unwrap_or(usize::MAX);
+        groups.saturating_mul(per).min(events)
     }
+}
+
+/// What one [`Store::derive_and_claim`] did.
+#[derive(Debug, Clone, Default)]
+pub struct DeriveClaim {
+    /// Received rows derived (they became pending, or dead).
+    pub derived: u64,
+    /// The events claimed, in claim order.
+    pub claimed: Vec<StoredEvent>,
 }
 
 /// One outcome for [`Store::finish_events`].
@@ -447,6 +460,22 @@ pub trait Store:
         limits: ClaimLimits,
     ) -> StoreResult<Vec<StoredEvent>>;
 
+    /// [`Store::derive_events`] then [`Store::claim_event_batches`] in ONE
+    /// write transaction (one commit: on SQLite one trip through the single
+    /// writer the webhooks' group commit also needs), so the rows derived
+    /// are claimable by the same call. The default runs the two calls.
+    async fn derive_and_claim(
+        &self,
+        derived: &[Derived],
+        now: i64,
+        lease_until: i64,
+        limits: ClaimLimits,
+    ) -> StoreResult<DeriveClaim> {
+        let derived = self.derive_events(derived, now).await?;
+        let claimed = self.claim_event_batches(now, lease_until, limits).await?;
+        Ok(DeriveClaim { derived, claimed })
+    }
+
     /// [`Store::claim_event_batches`] taking at most one event per Stripe
     /// customer: up to `limit` events.
     async fn claim_events(
@@ -458,6 +487,7 @@ pub trait Store:
         let limits = ClaimLimits {
             groups: limit,
             per_customer: 1,
+            events: limit,
         };
         self.claim_event_batches(now, lease_until, limits).await
     }

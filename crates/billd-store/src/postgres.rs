@@ -20,9 +20,9 @@ use crate::row::{
 };
 use crate::sqlite::not_processing;
 use crate::{
-    Backend, ClaimLimits, Derived, EventFilter, EventFinish, EventResult, EventStatus, InboxStats,
-    InsertOutcome, NewEvent, ReceivedEvent, ReleasedClaims, Store, StoreError, StoreResult,
-    StoredEvent,
+    Backend, ClaimLimits, DeriveClaim, Derived, EventFilter, EventFinish, EventResult, EventStatus,
+    InboxStats, InsertOutcome, NewEvent, ReceivedEvent, ReleasedClaims, Store, StoreError,
+    StoreResult, StoredEvent,
 };
 
 mod billing;
@@ -224,37 +224,8 @@ impl Store for PgStore {
         }
         let scrubbed = billing::scrub_derived(self, derived).await?;
         let c = DerivedColumns::new(derived, &scrubbed, now);
-        // Rows another process is deriving right now are skipped, not
-        // waited for (it writes the same columns); the rest are locked in
-        // id order, so two derivers never deadlock.
-        let done = sqlx::query(
-            "UPDATE stripe_events AS e \
-             SET status = r.status, type = r.type, api_version = r.api_version, \
-                 created = r.created, object_id = r.object_id, \
-                 stripe_customer = r.stripe_customer, payload = COALESCE(r.payload, e.payload), \
-                 last_error = r.last_error, processed_at = r.processed_at \
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], \
-                         $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[]) \
-                  AS r(id, status, type, api_version, created, object_id, stripe_customer, \
-                       payload, last_error, processed_at) \
-             WHERE e.id = r.id AND e.status IS NULL \
-               AND e.id IN (SELECT id FROM stripe_events \
-                            WHERE id = ANY($1) AND status IS NULL \
-                            ORDER BY id FOR UPDATE SKIP LOCKED)",
-        )
-        .bind(&c.ids)
-        .bind(&c.statuses)
-        .bind(&c.types)
-        .bind(&c.api_versions)
-        .bind(&c.created)
-        .bind(&c.object_ids)
-        .bind(&c.customers)
-        .bind(&c.payloads)
-        .bind(&c.errors)
-        .bind(&c.processed_at)
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+        let mut conn = self.pool.acquire().await?;
+        derive_in(&mut conn, &c).await
     }
 
     async fn claim_event_batches(
@@ -267,94 +238,33 @@ impl Store for PgStore {
             return Ok(Vec::new());
         }
         let mut tx = self.pool.begin().await?;
-        let mut picker = Picker::new(limits);
-        let page = page_size(limits);
-        let mut after = (i64::MIN, i64::MIN);
-        // Customer → whether this claim may take an event of theirs.
-        let mut usable: HashMap<String, bool> = HashMap::new();
-        for _ in 0..MAX_PAGES {
-            let rows: Vec<(String, Option<String>, i64, i64)> = sqlx::query_as(CANDIDATES)
-                .bind(now)
-                .bind(after.0)
-                .bind(after.1)
-                .bind(page)
-                .fetch_all(&mut *tx)
-                .await?;
-            let exhausted = i64::try_from(rows.len()).is_ok_and(|n| n < page);
-
-            let mut fresh: Vec<String> = Vec::new();
-            for customer in rows.iter().filter_map(|row| row.1.as_ref()) {
-                if !usable.contains_key(customer) && !fresh.contains(customer) {
-                    fresh.push(customer.clone());
-                }
-            }
-            if !fresh.is_empty() {
-                // Another process claiming an event of the same customer right
-                // now holds this lock until it commits; skip that customer.
-                let locked: HashSet<String> = sqlx::query_scalar(
-                    "SELECT c FROM UNNEST($1::text[]) AS c \
-                     WHERE pg_try_advisory_xact_lock(hashtextextended(c, 0))",
-                )
-                .bind(&fresh)
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .collect();
-                // With the lock held, a new statement sees every lease
-                // committed by a claimer that held it before us.
-                let leased: HashSet<String> = if locked.is_empty() {
-                    HashSet::new()
-                } else {
-                    let locked: Vec<&String> = locked.iter().collect();
-                    sqlx::query_scalar(
-                        "SELECT DISTINCT stripe_customer FROM stripe_events \
-                         WHERE status = 'processing' AND next_attempt_at > $1 \
-                           AND stripe_customer = ANY($2)",
-                    )
-                    .bind(now)
-                    .bind(locked)
-                    .fetch_all(&mut *tx)
-                    .await?
-                    .into_iter()
-                    .collect()
-                };
-                for customer in fresh {
-                    let ok = locked.contains(&customer) && !leased.contains(&customer);
-                    usable.insert(customer, ok);
-                }
-            }
-
-            for (id, customer, created, seq) in rows {
-                after = (created, seq);
-                let allowed = customer
-                    .as_ref()
-                    .is_none_or(|c| usable.get(c).copied().unwrap_or(false));
-                if allowed {
-                    picker.offer(id, customer);
-                }
-            }
-            if exhausted || picker.is_full() {
-                break;
-            }
-        }
-        let ids = picker.into_ids();
-        if ids.is_empty() {
-            tx.commit().await?;
-            return Ok(Vec::new());
-        }
-        let rows: Vec<EventRow> = sqlx::query_as(&format!(
-            "UPDATE stripe_events \
-             SET status = 'processing', attempts = attempts + 1, claim = claim + 1, \
-                 next_attempt_at = $1 \
-             WHERE id = ANY($2) \
-             RETURNING {EVENT_COLUMNS}"
-        ))
-        .bind(lease_until)
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?;
+        let claimed = claim_in(&mut tx, now, lease_until, limits).await?;
         tx.commit().await?;
-        Ok(in_claim_order(&ids, into_events(rows)?))
+        Ok(claimed)
+    }
+
+    async fn derive_and_claim(
+        &self,
+        derived: &[Derived],
+        now: i64,
+        lease_until: i64,
+        limits: ClaimLimits,
+    ) -> StoreResult<DeriveClaim> {
+        let scrubbed = billing::scrub_derived(self, derived).await?;
+        let c = DerivedColumns::new(derived, &scrubbed, now);
+        let mut tx = self.pool.begin().await?;
+        let derived = if derived.is_empty() {
+            0
+        } else {
+            derive_in(&mut tx, &c).await?
+        };
+        let claimed = if limits.groups == 0 {
+            Vec::new()
+        } else {
+            claim_in(&mut tx, now, lease_until, limits).await?
+        };
+        tx.commit().await?;
+        Ok(DeriveClaim { derived, claimed })
     }
 
     async fn finish_event(
@@ -547,6 +457,138 @@ impl Store for PgStore {
         let oldest = oldest.into_iter().chain(oldest_received).min();
         crate::row::stats(counts, received, oldest)
     }
+}
+
+/// The derive of [`Store::derive_events`] on the caller's connection (or
+/// transaction).
+async fn derive_in(conn: &mut sqlx::PgConnection, c: &DerivedColumns<'_>) -> StoreResult<u64> {
+    // Rows another process is deriving right now are skipped, not
+    // waited for (it writes the same columns); the rest are locked in
+    // id order, so two derivers never deadlock.
+    let done = sqlx::query(
+        "UPDATE stripe_events AS e \
+             SET status = r.status, type = r.type, api_version = r.api_version, \
+                 created = r.created, object_id = r.object_id, \
+                 stripe_customer = r.stripe_customer, payload = COALESCE(r.payload, e.payload), \
+                 last_error = r.last_error, processed_at = r.processed_at \
+             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], \
+                         $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[]) \
+                  AS r(id, status, type, api_version, created, object_id, stripe_customer, \
+                       payload, last_error, processed_at) \
+             WHERE e.id = r.id AND e.status IS NULL \
+               AND e.id IN (SELECT id FROM stripe_events \
+                            WHERE id = ANY($1) AND status IS NULL \
+                            ORDER BY id FOR UPDATE SKIP LOCKED)",
+    )
+    .bind(&c.ids)
+    .bind(&c.statuses)
+    .bind(&c.types)
+    .bind(&c.api_versions)
+    .bind(&c.created)
+    .bind(&c.object_ids)
+    .bind(&c.customers)
+    .bind(&c.payloads)
+    .bind(&c.errors)
+    .bind(&c.processed_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// The claim of [`Store::claim_event_batches`] inside the caller's
+/// transaction (its advisory locks last until that transaction ends).
+async fn claim_in(
+    tx: &mut sqlx::PgConnection,
+    now: i64,
+    lease_until: i64,
+    limits: ClaimLimits,
+) -> StoreResult<Vec<StoredEvent>> {
+    let mut picker = Picker::new(limits);
+    let page = page_size(limits);
+    let mut after = (i64::MIN, i64::MIN);
+    // Customer → whether this claim may take an event of theirs.
+    let mut usable: HashMap<String, bool> = HashMap::new();
+    for _ in 0..MAX_PAGES {
+        let rows: Vec<(String, Option<String>, i64, i64)> = sqlx::query_as(CANDIDATES)
+            .bind(now)
+            .bind(after.0)
+            .bind(after.1)
+            .bind(page)
+            .fetch_all(&mut *tx)
+            .await?;
+        let exhausted = i64::try_from(rows.len()).is_ok_and(|n| n < page);
+
+        let mut fresh: Vec<String> = Vec::new();
+        for customer in rows.iter().filter_map(|row| row.1.as_ref()) {
+            if !usable.contains_key(customer) && !fresh.contains(customer) {
+                fresh.push(customer.clone());
+            }
+        }
+        if !fresh.is_empty() {
+            // Another process claiming an event of the same customer right
+            // now holds this lock until it commits; skip that customer.
+            let locked: HashSet<String> = sqlx::query_scalar(
+                "SELECT c FROM UNNEST($1::text[]) AS c \
+                     WHERE pg_try_advisory_xact_lock(hashtextextended(c, 0))",
+            )
+            .bind(&fresh)
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+            // With the lock held, a new statement sees every lease
+            // committed by a claimer that held it before us.
+            let leased: HashSet<String> = if locked.is_empty() {
+                HashSet::new()
+            } else {
+                let locked: Vec<&String> = locked.iter().collect();
+                sqlx::query_scalar(
+                    "SELECT DISTINCT stripe_customer FROM stripe_events \
+                         WHERE status = 'processing' AND next_attempt_at > $1 \
+                           AND stripe_customer = ANY($2)",
+                )
+                .bind(now)
+                .bind(locked)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect()
+            };
+            for customer in fresh {
+                let ok = locked.contains(&customer) && !leased.contains(&customer);
+                usable.insert(customer, ok);
+            }
+        }
+
+        for (id, customer, created, seq) in rows {
+            after = (created, seq);
+            let allowed = customer
+                .as_ref()
+                .is_none_or(|c| usable.get(c).copied().unwrap_or(false));
+            if allowed {
+                picker.offer(id, customer);
+            }
+        }
+        if exhausted || picker.is_full() {
+            break;
+        }
+    }
+    let ids = picker.into_ids();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<EventRow> = sqlx::query_as(&format!(
+        "UPDATE stripe_events \
+             SET status = 'processing', attempts = attempts + 1, claim = claim + 1, \
+                 next_attempt_at = $1 \
+             WHERE id = ANY($2) \
+             RETURNING {EVENT_COLUMNS}"
+    ))
+    .bind(lease_until)
+    .bind(&ids)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(in_claim_order(&ids, into_events(rows)?))
 }
 
 /// Writes one outcome if the event is still under the lease of `claim`;

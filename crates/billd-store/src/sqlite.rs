@@ -22,9 +22,9 @@ use crate::row::{
     EVENT_COLUMNS, RECEIVED_ROWS, RECEIVED_STATS, RELEASE_EVENTS, RELEASE_JOBS, RELEASE_OUTBOX,
 };
 use crate::{
-    Backend, ClaimLimits, Derived, EventFilter, EventFinish, EventResult, EventStatus, InboxStats,
-    InsertOutcome, NewEvent, ReceivedEvent, ReleasedClaims, Store, StoreError, StoreResult,
-    StoredEvent,
+    Backend, ClaimLimits, DeriveClaim, Derived, EventFilter, EventFinish, EventResult, EventStatus,
+    InboxStats, InsertOutcome, NewEvent, ReceivedEvent, ReleasedClaims, Store, StoreError,
+    StoreResult, StoredEvent,
 };
 
 mod billing;
@@ -73,8 +73,10 @@ const PAGE_SIZE: u32 = 16_384;
 const WRITER_CACHE_SIZE: &str = "-16384";
 
 /// Page cache of each reader connection (KiB when negative): reads are
-/// short lookups and the worker's pass over rows just written.
-const READER_CACHE_SIZE: &str = "-4096";
+/// short lookups (a customer, a link) and the worker's pass over rows just
+/// written, which the operating system's cache still holds; four of them
+/// count in the process's resident memory.
+const READER_CACHE_SIZE: &str = "-2048";
 
 /// Reader connections; reads in WAL mode run beside the writer.
 const READERS: u32 = 4;
@@ -244,6 +246,13 @@ impl SqliteStore {
     /// The received-row insert for exactly `rows` rows.
     fn one_receive_sql(&self, rows: usize) -> StoreResult<&str> {
         exact(&self.exact_receive_sql, rows)
+    }
+
+    /// What [`DERIVE`] binds for `derived`: its rows as a JSON array, the
+    /// payloads of erased Stripe customers scrubbed.
+    async fn derived_rows(&self, derived: &[Derived], now: i64) -> StoreResult<String> {
+        let scrubbed = billing::scrub_derived(self, derived).await?;
+        DerivedColumns::new(derived, &scrubbed, now).to_json()
     }
 
     /// Closes both pools, waiting for connections in use to be returned.
@@ -456,8 +465,7 @@ impl Store for SqliteStore {
         if derived.is_empty() {
             return Ok(0);
         }
-        let scrubbed = billing::scrub_derived(self, derived).await?;
-        let rows = DerivedColumns::new(derived, &scrubbed, now).to_json()?;
+        let rows = self.derived_rows(derived, now).await?;
         // One statement, one commit: the writer is back to the webhooks'
         // group commit after a single round trip.
         let done = sqlx::query(DERIVE).bind(rows).execute(&self.writer).await?;
@@ -474,46 +482,40 @@ impl Store for SqliteStore {
             return Ok(Vec::new());
         }
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let mut picker = Picker::new(limits);
-        let page = page_size(limits);
-        let mut after = (i64::MIN, i64::MIN);
-        for _ in 0..MAX_PAGES {
-            let rows: Vec<(String, Option<String>, i64, i64)> = sqlx::query_as(CANDIDATES)
-                .bind(now)
-                .bind(after.0)
-                .bind(after.1)
-                .bind(page)
-                .fetch_all(&mut *tx)
-                .await?;
-            let exhausted = i64::try_from(rows.len()).is_ok_and(|n| n < page);
-            for (id, customer, created, seq) in rows {
-                after = (created, seq);
-                picker.offer(id, customer);
-            }
-            if exhausted || picker.is_full() {
-                break;
-            }
-        }
-        let ids = picker.into_ids();
-        if ids.is_empty() {
-            tx.commit().await?;
-            return Ok(Vec::new());
-        }
-        let ids_json = serde_json::to_string(&ids)
-            .map_err(|e| StoreError::Other(format!("encoding claimed ids: {e}")))?;
-        let rows: Vec<EventRow> = sqlx::query_as(&format!(
-            "UPDATE stripe_events \
-             SET status = 'processing', attempts = attempts + 1, claim = claim + 1, \
-                 next_attempt_at = ?1 \
-             WHERE id IN (SELECT value FROM json_each(?2)) \
-             RETURNING {EVENT_COLUMNS}"
-        ))
-        .bind(lease_until)
-        .bind(ids_json)
-        .fetch_all(&mut *tx)
-        .await?;
+        let claimed = claim_in(&mut tx, now, lease_until, limits).await?;
         tx.commit().await?;
-        Ok(in_claim_order(&ids, into_events(rows)?))
+        Ok(claimed)
+    }
+
+    async fn derive_and_claim(
+        &self,
+        derived: &[Derived],
+        now: i64,
+        lease_until: i64,
+        limits: ClaimLimits,
+    ) -> StoreResult<DeriveClaim> {
+        // Encoded (and scrubbed) before the write lock is taken.
+        let rows = if derived.is_empty() {
+            None
+        } else {
+            Some(self.derived_rows(derived, now).await?)
+        };
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let derived = match rows {
+            Some(rows) => sqlx::query(DERIVE)
+                .bind(rows)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected(),
+            None => 0,
+        };
+        let claimed = if limits.groups == 0 {
+            Vec::new()
+        } else {
+            claim_in(&mut tx, now, lease_until, limits).await?
+        };
+        tx.commit().await?;
+        Ok(DeriveClaim { derived, claimed })
     }
 
     async fn finish_event(
@@ -668,6 +670,54 @@ impl Store for SqliteStore {
         let oldest = oldest.into_iter().chain(oldest_received).min();
         crate::row::stats(counts, received, oldest)
     }
+}
+
+/// The claim of [`Store::claim_event_batches`] inside the caller's write
+/// transaction.
+async fn claim_in(
+    conn: &mut sqlx::SqliteConnection,
+    now: i64,
+    lease_until: i64,
+    limits: ClaimLimits,
+) -> StoreResult<Vec<StoredEvent>> {
+    let mut picker = Picker::new(limits);
+    let page = page_size(limits);
+    let mut after = (i64::MIN, i64::MIN);
+    for _ in 0..MAX_PAGES {
+        let rows: Vec<(String, Option<String>, i64, i64)> = sqlx::query_as(CANDIDATES)
+            .bind(now)
+            .bind(after.0)
+            .bind(after.1)
+            .bind(page)
+            .fetch_all(&mut *conn)
+            .await?;
+        let exhausted = i64::try_from(rows.len()).is_ok_and(|n| n < page);
+        for (id, customer, created, seq) in rows {
+            after = (created, seq);
+            picker.offer(id, customer);
+        }
+        if exhausted || picker.is_full() {
+            break;
+        }
+    }
+    let ids = picker.into_ids();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids_json = serde_json::to_string(&ids)
+        .map_err(|e| StoreError::Other(format!("encoding claimed ids: {e}")))?;
+    let rows: Vec<EventRow> = sqlx::query_as(&format!(
+        "UPDATE stripe_events \
+         SET status = 'processing', attempts = attempts + 1, claim = claim + 1, \
+             next_attempt_at = ?1 \
+         WHERE id IN (SELECT value FROM json_each(?2)) \
+         RETURNING {EVENT_COLUMNS}"
+    ))
+    .bind(lease_until)
+    .bind(ids_json)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(in_claim_order(&ids, into_events(rows)?))
 }
 
 /// Writes one outcome if the event is still under the lease of `claim`;

@@ -649,6 +649,7 @@ async fn commit_events_applies_a_batch_in_one_transaction_or_writes_nothing(h: &
     let limits = billd_store::ClaimLimits {
         groups: 1,
         per_customer: 3,
+        events: u32::MAX,
     };
     let batch = h
         .store

@@ -460,6 +460,7 @@ fn server_config(config: &Config) -> ServerConfig {
                     .max(1),
             ),
             concurrency: config.worker_concurrency,
+            round_events: config.inbox_batch,
             poll_interval: Duration::from_secs(1),
             batch: WorkerConfig::default().batch,
             backoff: Backoff {

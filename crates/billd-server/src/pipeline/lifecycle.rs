@@ -8,10 +8,12 @@
 //! (subscription, charge, payment intent, a payment's invoice, the event's
 //! own object);
 //! `metadata[billd_customer_id]` or a Checkout `client_reference_id` (the
-//! link is created now); for a dispute, the charge fetched from Stripe.
+//! link is written with the event's commit); for a dispute, the charge
+//! fetched from Stripe.
 //! An event none of these resolve is parked as `unlinked` and requeued
 //! when a link to its Stripe customer or object appears.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Context as _;
@@ -20,11 +22,13 @@ use billd_core::{
     apply, erase_personal_data, Catalog, CustomerId, Event, EventId, EventKind, StripeCustomerId,
 };
 use billd_store::{
-    BillingStore, CustomerCommit, EventFinish, EventResult, Store, StoreError, StoredEvent,
-    LEASE_CONFLICT, VERSION_CONFLICT,
+    BillingStore, CustomerCommit, CustomerRecord, EventFinish, EventResult, Store, StoreError,
+    StoreResult, StoredEvent, LEASE_CONFLICT, VERSION_CONFLICT,
 };
 use billd_stripe::client::{Params, StripeClient};
 use billd_stripe::events::{parse_event, refetched_subscription_event, ParsedEvent};
+use futures::future::BoxFuture;
+use futures::{StreamExt as _, TryStreamExt as _};
 use serde_json::Value;
 
 use crate::pipeline::clock::Clock;
@@ -55,6 +59,9 @@ pub const SYNC_EVENT_PREFIX: &str = "evt_billd_sync_";
 /// observed the object (`billd_core::Event::observed_ns`).
 pub const OBSERVED_NS_FIELD: &str = "billd_observed_ns";
 
+/// Customers of a round linked and loaded at once, by default.
+const DEFAULT_CONCURRENCY: usize = 16;
+
 /// How often a commit is retried when another writer moved the customer's
 /// version in between; each retry reloads the state and applies again.
 const VERSION_RETRIES: usize = 8;
@@ -74,6 +81,8 @@ pub struct LifecycleHandler<S: BillingBackend + ?Sized> {
     metrics: Option<Arc<Metrics>>,
     /// Admin alerts get a row per channel.
     alert_channels: AlertChannels,
+    /// Customers of a round linked and loaded at once.
+    concurrency: usize,
 }
 
 impl<S: BillingBackend + ?Sized> std::fmt::Debug for LifecycleHandler<S> {
@@ -91,6 +100,10 @@ struct Link {
     /// Ids whose parked events should be retried because this event just
     /// created a link for them.
     new_links: Vec<String>,
+    /// The event's Stripe customer is (now) linked to `customer`, so the
+    /// round's later events of that Stripe customer link there without
+    /// asking the database again.
+    stripe_owned: bool,
 }
 
 impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
@@ -109,7 +122,15 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
             clock,
             metrics: None,
             alert_channels: AlertChannels::default(),
+            concurrency: DEFAULT_CONCURRENCY,
         }
+    }
+
+    /// Links and loads up to `concurrency` customers of a round at once
+    /// (`BILLD_WORKER_CONCURRENCY`).
+    pub fn with_concurrency(mut self, concurrency: usize) -> Self {
+        self.concurrency = concurrency.max(1);
+        self
     }
 
     /// Counts what committed decisions record (`billd_payments_total`, …)
@@ -135,17 +156,31 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
         registry
     }
 
+    /// Finds the customer `event` belongs to. Links it finds missing (its
+    /// Stripe customer, its own object, for a customer found by an object
+    /// or named in its metadata) are not written here but returned in
+    /// [`Link::new_links`], and written with the event's commit (the first
+    /// link of an object wins there): a round of new customers costs no
+    /// write transaction per customer before its one commit, and an event
+    /// whose commit fails leaves no link behind.
     async fn link(&self, event: &Event) -> anyhow::Result<Option<Link>> {
         let hints = event.link_hints();
-        let now = self.clock.now();
         if let Some(stripe_customer) = &hints.stripe_customer {
             if let Some(customer) = self.store.find_customer_by_stripe(stripe_customer).await? {
                 return Ok(Some(Link {
                     customer,
                     new_links: Vec::new(),
+                    stripe_owned: true,
                 }));
             }
         }
+        // From here on the Stripe customer (if any) has no owner yet: the
+        // event's customer adopts it.
+        let adopted: Vec<String> = hints
+            .stripe_customer
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         let objects = [
             hints.subscription.as_ref().map(ToString::to_string),
             hints.charge.as_ref().map(ToString::to_string),
@@ -155,26 +190,21 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
         ];
         for object in objects.iter().flatten() {
             if let Some(customer) = self.store.find_customer_by_object(object).await? {
-                let new_links = self
-                    .adopt_stripe_customer(&customer, hints.stripe_customer.as_ref(), now)
-                    .await?;
                 return Ok(Some(Link {
+                    stripe_owned: !adopted.is_empty(),
                     customer,
-                    new_links,
+                    new_links: adopted,
                 }));
             }
         }
         if let Some(customer) = hints.billd_customer_id.clone() {
-            let mut new_links = self
-                .adopt_stripe_customer(&customer, hints.stripe_customer.as_ref(), now)
-                .await?;
-            if let Some(object) = event.object_id() {
-                self.store.link_object(&object, &customer, now).await?;
-                new_links.push(object);
-            }
+            let stripe_owned = !adopted.is_empty();
+            let mut new_links = adopted;
+            new_links.extend(event.object_id());
             return Ok(Some(Link {
                 customer,
                 new_links,
+                stripe_owned,
             }));
         }
         if let EventKind::Dispute { dispute, .. } = &event.kind {
@@ -182,41 +212,11 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
                 return Ok(Some(Link {
                     customer,
                     new_links: Vec::new(),
+                    stripe_owned: false,
                 }));
             }
         }
         Ok(None)
-    }
-
-    /// Links `stripe_customer` to `customer` when it is not linked yet;
-    /// returns the ids whose parked events should be retried.
-    async fn adopt_stripe_customer(
-        &self,
-        customer: &CustomerId,
-        stripe_customer: Option<&StripeCustomerId>,
-        now: i64,
-    ) -> anyhow::Result<Vec<String>> {
-        let Some(stripe_customer) = stripe_customer else {
-            return Ok(Vec::new());
-        };
-        match self
-            .store
-            .link_stripe_customer(customer, stripe_customer, now)
-            .await
-        {
-            Ok(()) => Ok(vec![stripe_customer.to_string()]),
-            // Linked to someone else already: the event's own evidence
-            // (object link or metadata) decides where it goes; the Stripe
-            // customer keeps its first owner.
-            Err(StoreError::Conflict { constraint }) => {
-                tracing::warn!(
-                    %customer, %stripe_customer, %constraint,
-                    "stripe customer is linked to another customer"
-                );
-                Ok(Vec::new())
-            }
-            Err(e) => Err(e.into()),
-        }
     }
 
     /// Disputes may arrive without a customer: ask Stripe whose charge it was.
@@ -245,9 +245,13 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
         &self,
         stored: &StoredEvent,
         event: &Event,
-        customer: &CustomerId,
+        link: &Link,
     ) -> Result<(), HandlerError> {
-        let links = object_links(event);
+        let customer = &link.customer;
+        let mut links = object_links(event);
+        links.extend(link.new_links.iter().cloned());
+        links.sort();
+        links.dedup();
         for _ in 0..VERSION_RETRIES {
             let now = self.clock.now();
             let record = self.store.get_customer(customer).await?;
@@ -314,6 +318,16 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
         Err(HandlerError::transient(anyhow::anyhow!(
             "customer {customer} kept changing during {VERSION_RETRIES} attempts"
         )))
+    }
+}
+
+/// Sets the outcome of each event that failed alone.
+fn record_failed(
+    failed: Vec<(usize, HandlerError)>,
+    outcomes: &mut [Result<HandlerOutcome, HandlerError>],
+) {
+    for (index, error) in failed {
+        outcomes[index] = Err(error);
     }
 }
 
@@ -389,14 +403,19 @@ impl<S: BillingBackend + ?Sized> EventHandler for LifecycleHandler<S> {
         self.apply_linked(stored, &event, link).await
     }
 
-    /// Parses and links each event, then applies the linked ones in claim
-    /// order to their customer's state and commits every customer's state
-    /// and the events' outcomes in ONE transaction. An event that fails to
-    /// parse or link fails alone (the worker records it); a commit that
-    /// fails for another reason than a conflict falls back to one event at
-    /// a time, so a poison event only fails itself. An event that found no
-    /// customer is linked again once the batch is committed: an earlier
-    /// event of the batch may have written the link it needs.
+    /// Handles a round's events: several customers' batches, each in claim
+    /// order. Parses and links them (the Stripe customers' batches
+    /// concurrently, up to `concurrency` at once, each batch's events one
+    /// after another; then the events naming no Stripe customer, which may
+    /// link through an object an earlier event of the round links), applies
+    /// each customer's linked events in order to its state in memory, and
+    /// commits every customer's state and every event's outcome in ONE
+    /// transaction. A failing event fails alone: one that does not parse or
+    /// link is recorded by the worker; a commit that fails falls back to one
+    /// transaction per customer, and a customer's that fails to one per
+    /// event, so a poison event only fails itself. An event that found no
+    /// customer is linked again once the round is committed (an earlier
+    /// event may have written the link it needs).
     async fn handle_batch(
         &self,
         events: &[&StoredEvent],
@@ -405,72 +424,123 @@ impl<S: BillingBackend + ?Sized> EventHandler for LifecycleHandler<S> {
             return vec![self.handle(events[0]).await];
         }
         let mut outcomes: Vec<Result<HandlerOutcome, HandlerError>> =
-            Vec::with_capacity(events.len());
-        let mut linked: Vec<Linked> = Vec::new();
-        let mut unlinked: Vec<(usize, Event)> = Vec::new();
+            events.iter().map(|_| Ok(HandlerOutcome::Skipped)).collect();
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut loose: Vec<usize> = Vec::new();
+        let mut by_customer: HashMap<&str, usize> = HashMap::new();
         for (index, stored) in events.iter().enumerate() {
-            let outcome = match parse_stored(stored) {
-                Err(e) => Err(HandlerError::from(e)),
-                Ok(None) => Ok(HandlerOutcome::Skipped),
-                Ok(Some(event)) => match self.link(&event).await {
-                    Err(e) => Err(HandlerError::from(e)),
-                    Ok(None) => {
-                        unlinked.push((index, event));
-                        Ok(HandlerOutcome::Unlinked)
-                    }
-                    Ok(Some(link)) => {
-                        linked.push(Linked { index, event, link });
-                        Ok(HandlerOutcome::Committed)
+            match stored.stripe_customer.as_deref() {
+                Some(customer) => match by_customer.get(customer) {
+                    Some(&group) => groups[group].push(index),
+                    None => {
+                        by_customer.insert(customer, groups.len());
+                        groups.push(vec![index]);
                     }
                 },
-            };
-            outcomes.push(outcome);
-        }
-        if linked.is_empty() {
-            for (index, _) in &unlinked {
-                tracing::info!(event_id = %events[*index].id, "event cannot be linked to a customer yet");
-            }
-            return outcomes;
-        }
-        match self.apply_batch(events, &linked).await {
-            Ok(failed) => {
-                for (index, error) in failed {
-                    outcomes[index] = Err(error);
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, events = linked.len(), "batch commit failed; applying its events one at a time");
-                for item in &linked {
-                    let stored = events[item.index];
-                    outcomes[item.index] = self
-                        .apply_and_commit(stored, &item.event, &item.link.customer)
-                        .await
-                        .map(|()| HandlerOutcome::Committed);
-                }
+                None => loose.push(index),
             }
         }
-        let mut requeue: Vec<String> = Vec::new();
-        for item in &linked {
-            if matches!(outcomes[item.index], Ok(HandlerOutcome::Committed)) {
-                requeue.extend(item.link.new_links.iter().cloned());
-                requeue.extend(object_links(&item.event));
-            }
+        // Boxed before they are streamed: a lazy `map` would keep its
+        // closure in this future, which must be Send for every lifetime.
+        let mut linking: Vec<BoxFuture<'_, Vec<(usize, Linking)>>> = Vec::new();
+        for group in &groups {
+            linking.push(Box::pin(self.link_group(events, group)));
         }
-        requeue.sort();
-        requeue.dedup();
-        self.requeue_parked(&requeue).await;
+        let linked_groups: Vec<Vec<(usize, Linking)>> = futures::stream::iter(linking)
+            .buffered(self.concurrency.max(1))
+            .collect()
+            .await;
+        let mut round = Round::default();
+        for (index, step) in linked_groups.into_iter().flatten() {
+            round.take(index, step, &mut outcomes);
+        }
+        for index in loose {
+            let step = self.link_loose(events[index], &round.objects).await;
+            round.take(index, step, &mut outcomes);
+        }
+        let Round {
+            linked, unlinked, ..
+        } = round;
+        if !linked.is_empty() {
+            let all: Vec<&Linked> = linked.iter().collect();
+            self.commit_round(events, &all, &mut outcomes).await;
+            self.requeue_committed(&all, &outcomes).await;
+        }
+        // Linked again now that the round's links are committed.
+        let mut relinked: Vec<Linked> = Vec::new();
         for (index, event) in unlinked {
-            let stored = events[index];
-            outcomes[index] = match self.link(&event).await {
-                Err(e) => Err(HandlerError::from(e)),
+            match self.link(&event).await {
+                Err(e) => outcomes[index] = Err(HandlerError::from(e)),
                 Ok(None) => {
-                    tracing::info!(event_id = %stored.id, "event cannot be linked to a customer yet");
-                    Ok(HandlerOutcome::Unlinked)
+                    tracing::info!(event_id = %events[index].id, "event cannot be linked to a customer yet");
+                    outcomes[index] = Ok(HandlerOutcome::Unlinked);
                 }
-                Ok(Some(link)) => self.apply_linked(stored, &event, link).await,
-            };
+                Ok(Some(link)) => {
+                    outcomes[index] = Ok(HandlerOutcome::Committed);
+                    relinked.push(Linked { index, event, link });
+                }
+            }
+        }
+        if !relinked.is_empty() {
+            let all: Vec<&Linked> = relinked.iter().collect();
+            self.commit_round(events, &all, &mut outcomes).await;
+            self.requeue_committed(&all, &outcomes).await;
         }
         outcomes
+    }
+}
+
+/// How linking one event of a round ended.
+enum Linking {
+    /// Parsing or linking failed.
+    Failed(HandlerError),
+    /// A type billd does not act on.
+    Skipped,
+    /// No customer found (yet).
+    Unlinked(Event),
+    /// Its customer.
+    Linked(Event, Link),
+}
+
+/// What linking a round found.
+#[derive(Default)]
+struct Round {
+    linked: Vec<Linked>,
+    unlinked: Vec<(usize, Event)>,
+    /// Objects the round's linked events link (committed with them), and
+    /// their customer: an event naming no Stripe customer links through
+    /// them before they are committed.
+    objects: HashMap<String, CustomerId>,
+}
+
+impl Round {
+    /// Records how the event at `index` linked.
+    fn take(
+        &mut self,
+        index: usize,
+        step: Linking,
+        outcomes: &mut [Result<HandlerOutcome, HandlerError>],
+    ) {
+        outcomes[index] = match step {
+            Linking::Failed(error) => Err(error),
+            Linking::Skipped => Ok(HandlerOutcome::Skipped),
+            Linking::Unlinked(event) => {
+                self.unlinked.push((index, event));
+                Ok(HandlerOutcome::Unlinked)
+            }
+            Linking::Linked(event, link) => {
+                for object in object_links(&event)
+                    .into_iter()
+                    .chain(link.new_links.clone())
+                {
+                    self.objects
+                        .entry(object)
+                        .or_insert_with(|| link.customer.clone());
+                }
+                self.linked.push(Linked { index, event, link });
+                Ok(HandlerOutcome::Committed)
+            }
+        };
     }
 }
 
@@ -483,6 +553,162 @@ struct Linked {
 }
 
 impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
+    /// Parses and links one Stripe customer's events of a round, in order;
+    /// once one of them found (or made) the Stripe customer's link, the
+    /// rest link through it without a read.
+    async fn link_group(&self, events: &[&StoredEvent], group: &[usize]) -> Vec<(usize, Linking)> {
+        let mut known: HashMap<String, CustomerId> = HashMap::new();
+        let mut steps = Vec::with_capacity(group.len());
+        for &index in group {
+            let event = match parse_stored(events[index]) {
+                Err(e) => {
+                    steps.push((index, Linking::Failed(HandlerError::from(e))));
+                    continue;
+                }
+                Ok(None) => {
+                    steps.push((index, Linking::Skipped));
+                    continue;
+                }
+                Ok(Some(event)) => event,
+            };
+            let stripe_customer = event.link_hints().stripe_customer.map(|id| id.to_string());
+            if let Some(customer) = stripe_customer.as_ref().and_then(|id| known.get(id)) {
+                let link = Link {
+                    customer: customer.clone(),
+                    new_links: Vec::new(),
+                    stripe_owned: true,
+                };
+                steps.push((index, Linking::Linked(event, link)));
+                continue;
+            }
+            let step = match self.link(&event).await {
+                Err(e) => Linking::Failed(HandlerError::from(e)),
+                Ok(None) => Linking::Unlinked(event),
+                Ok(Some(link)) => {
+                    if let (true, Some(id)) = (link.stripe_owned, stripe_customer) {
+                        known.insert(id, link.customer.clone());
+                    }
+                    Linking::Linked(event, link)
+                }
+            };
+            steps.push((index, step));
+        }
+        steps
+    }
+
+    /// Parses and links an event naming no Stripe customer: through the
+    /// database, else through an object the round links (`objects`).
+    async fn link_loose(
+        &self,
+        stored: &StoredEvent,
+        objects: &HashMap<String, CustomerId>,
+    ) -> Linking {
+        let event = match parse_stored(stored) {
+            Err(e) => return Linking::Failed(HandlerError::from(e)),
+            Ok(None) => return Linking::Skipped,
+            Ok(Some(event)) => event,
+        };
+        match self.link(&event).await {
+            Err(e) => Linking::Failed(HandlerError::from(e)),
+            Ok(Some(link)) => Linking::Linked(event, link),
+            Ok(None) => {
+                let hints = event.link_hints();
+                let found = [
+                    hints.subscription.as_ref().map(ToString::to_string),
+                    hints.charge.as_ref().map(ToString::to_string),
+                    hints.payment_intent.as_ref().map(ToString::to_string),
+                    hints.invoice.as_ref().map(ToString::to_string),
+                    event.object_id(),
+                ]
+                .into_iter()
+                .flatten()
+                .find_map(|object| objects.get(&object).cloned());
+                match found {
+                    Some(customer) => Linking::Linked(
+                        event,
+                        Link {
+                            customer,
+                            new_links: Vec::new(),
+                            stripe_owned: false,
+                        },
+                    ),
+                    None => Linking::Unlinked(event),
+                }
+            }
+        }
+    }
+
+    /// Applies `linked` and commits them in one transaction; when that
+    /// fails, one transaction per customer, and for a customer whose
+    /// commit fails, one per event. Sets each event's outcome.
+    async fn commit_round(
+        &self,
+        events: &[&StoredEvent],
+        linked: &[&Linked],
+        outcomes: &mut [Result<HandlerOutcome, HandlerError>],
+    ) {
+        let mut customers: Vec<&CustomerId> = Vec::new();
+        for item in linked {
+            if !customers.contains(&&item.link.customer) {
+                customers.push(&item.link.customer);
+            }
+        }
+        if customers.len() > 1 {
+            match self.apply_batch(events, linked).await {
+                Ok(failed) => return record_failed(failed, outcomes),
+                Err(error) => tracing::warn!(
+                    %error,
+                    customers = customers.len(),
+                    events = linked.len(),
+                    "round commit failed; committing each customer alone"
+                ),
+            }
+        }
+        for customer in customers {
+            let own: Vec<&Linked> = linked
+                .iter()
+                .copied()
+                .filter(|item| &item.link.customer == customer)
+                .collect();
+            match self.apply_batch(events, &own).await {
+                Ok(failed) => record_failed(failed, outcomes),
+                Err(StoreError::Conflict { constraint }) if constraint == LEASE_CONFLICT => {
+                    // The lease ended and another worker reclaimed the
+                    // batch (or part of it); it applies them.
+                    tracing::warn!(%customer, "lost the batch's lease before committing; dropped");
+                }
+                Err(error) => {
+                    tracing::warn!(%error, %customer, events = own.len(), "customer's commit failed; applying its events one at a time");
+                    for item in own {
+                        outcomes[item.index] = self
+                            .apply_and_commit(events[item.index], &item.event, &item.link)
+                            .await
+                            .map(|()| HandlerOutcome::Committed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Requeues the parked events that the committed events of `linked`
+    /// link.
+    async fn requeue_committed(
+        &self,
+        linked: &[&Linked],
+        outcomes: &[Result<HandlerOutcome, HandlerError>],
+    ) {
+        let mut requeue: Vec<String> = Vec::new();
+        for item in linked {
+            if matches!(outcomes[item.index], Ok(HandlerOutcome::Committed)) {
+                requeue.extend(item.link.new_links.iter().cloned());
+                requeue.extend(object_links(&item.event));
+            }
+        }
+        requeue.sort();
+        requeue.dedup();
+        self.requeue_parked(&requeue).await;
+    }
+
     /// Applies and commits one linked event, then requeues what its links
     /// unpark.
     async fn apply_linked(
@@ -491,7 +717,7 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
         event: &Event,
         link: Link,
     ) -> Result<HandlerOutcome, HandlerError> {
-        self.apply_and_commit(stored, event, &link.customer).await?;
+        self.apply_and_commit(stored, event, &link).await?;
         let mut requeue = link.new_links;
         requeue.extend(object_links(event));
         self.requeue_parked(&requeue).await;
@@ -519,7 +745,7 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
     async fn apply_batch(
         &self,
         events: &[&StoredEvent],
-        linked: &[Linked],
+        linked: &[&Linked],
     ) -> Result<Vec<(usize, HandlerError)>, StoreError> {
         let mut customers: Vec<&CustomerId> = Vec::new();
         for item in linked {
@@ -533,8 +759,16 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
             let mut commits = Vec::with_capacity(customers.len());
             let mut finishes = Vec::with_capacity(linked.len());
             let mut observed = Vec::new();
+            // Loaded concurrently: on PostgreSQL each is a round trip.
+            let mut loading: Vec<BoxFuture<'_, StoreResult<Option<CustomerRecord>>>> = Vec::new();
             for &customer in &customers {
-                let record = self.store.get_customer(customer).await?;
+                loading.push(self.store.get_customer(customer));
+            }
+            let records: Vec<Option<CustomerRecord>> = futures::stream::iter(loading)
+                .buffered(self.concurrency.max(1))
+                .try_collect()
+                .await?;
+            for (&customer, record) in customers.iter().zip(records) {
                 let deleted = record.as_ref().is_some_and(|r| r.deleted_at.is_some());
                 let (before, version) = record.map(|r| (r.state, r.version)).unwrap_or_default();
                 let mut state = before.clone();
@@ -561,6 +795,7 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
                     audit.extend(decision.audit);
                     outbox.extend(items);
                     links.extend(object_links(&item.event));
+                    links.extend(item.link.new_links.iter().cloned());
                     let stored = events[item.index];
                     applied.push(stored.id.clone());
                     finishes.push(EventFinish {
@@ -597,12 +832,6 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
                 }
                 Err(StoreError::Conflict { constraint }) if constraint == VERSION_CONFLICT => {
                     continue
-                }
-                Err(StoreError::Conflict { constraint }) if constraint == LEASE_CONFLICT => {
-                    // The lease ended and another worker reclaimed the
-                    // batch (or part of it); it applies them.
-                    tracing::warn!("lost the batch's lease before committing; dropped");
-                    return Ok(failed);
                 }
                 Err(e) => return Err(e),
             }

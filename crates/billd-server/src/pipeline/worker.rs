@@ -1,8 +1,9 @@
-//! The inbox worker: derives the columns of events the webhook stored lean
-//! (id and body only) in batched transactions, then claims due events in
-//! per-customer batches, hands each
-//! customer's batch to its handler in one task (the lifecycle handler
-//! applies it in one transaction), and records the outcomes. Failures retry
+//! The inbox worker: each round derives the columns of events the webhook
+//! stored lean (id and body only) and claims due events in per-customer
+//! batches, many customers a round, in one write transaction; hands the
+//! round's events to their handler in one call (the lifecycle handler
+//! applies them in one transaction, each customer's in order), and records
+//! the outcomes. Failures retry
 //! with exponential backoff and jitter; after `max_attempts` an event is
 //! `dead`, and one that cannot succeed however often it is tried (see
 //! [`HandlerError`]) is `dead` at once. A heartbeat renews the round's
@@ -210,10 +211,11 @@ pub trait EventHandler: Send + Sync + 'static {
     /// backoff; a permanent one makes the event `dead` at once.
     async fn handle(&self, event: &StoredEvent) -> Result<HandlerOutcome, HandlerError>;
 
-    /// Handles a batch of one customer's claimed events, in claim order,
-    /// returning one outcome per event: a failing event fails alone. By
-    /// default one [`EventHandler::handle`] after another; a handler that
-    /// can apply them together (in one transaction) overrides it.
+    /// Handles a round's claimed events of this handler, several
+    /// customers' (each customer's in claim order), returning one outcome
+    /// per event: a failing event fails alone. By default one
+    /// [`EventHandler::handle`] after another; a handler that can apply
+    /// them together (in one transaction) overrides it.
     async fn handle_batch(
         &self,
         events: &[&StoredEvent],
@@ -301,10 +303,13 @@ pub struct WorkerConfig {
     /// seconds: how long a crashed process's events wait (PostgreSQL; on
     /// SQLite a restart releases them at once).
     pub lease_secs: i64,
-    /// Customer batches claimed (and processed concurrently) per round.
+    /// Customers whose events a handler links and loads at once.
     pub concurrency: u32,
-    /// Events of one customer claimed (and applied together) per round.
+    /// Events of one customer claimed per round.
     pub batch: u32,
+    /// Events claimed per round in all, over as many customers as that
+    /// takes: the lifecycle handler commits them in one transaction.
+    pub round_events: u32,
     /// How often to look for due events when nothing wakes the worker.
     pub poll_interval: Duration,
     /// Retry backoff.
@@ -322,6 +327,7 @@ impl Default for WorkerConfig {
             lease_secs: 30,
             concurrency: 16,
             batch: 256,
+            round_events: 256,
             poll_interval: Duration::from_secs(1),
             backoff: Backoff {
                 base_secs: 10,
@@ -423,15 +429,22 @@ impl InboxWorker {
 
     /// Derives the columns of up to [`DERIVE_BATCH`] received events (the
     /// webhook stored only their id and body) in one transaction, so the
-    /// claim that follows sees their type, customer and order. A body that
-    /// is not an envelope (the webhook refuses those, so only a row written
-    /// by hand) makes its event `dead` with `payload_invalid`. Returns how
-    /// many were read.
+    /// worker can claim them. Returns how many were read.
     pub async fn derive_received(&self) -> StoreResult<usize> {
-        let received = self.store.received_events(DERIVE_BATCH).await?;
-        if received.is_empty() {
-            return Ok(0);
+        let (read, derived) = self.read_received().await?;
+        if read > 0 {
+            self.store.derive_events(&derived, self.clock.now()).await?;
         }
+        Ok(read)
+    }
+
+    /// Reads up to [`DERIVE_BATCH`] received events (from a reader), no
+    /// more than a round claims (a round's buffers are what the worker's
+    /// memory grows with), and parses their envelopes: how many were read,
+    /// and what to write.
+    async fn read_received(&self) -> StoreResult<(usize, Vec<Derived>)> {
+        let limit = DERIVE_BATCH.min(self.config.round_events.max(1));
+        let received = self.store.received_events(limit).await?;
         let derived: Vec<Derived> = received
             .iter()
             .map(|row| {
@@ -445,8 +458,7 @@ impl InboxWorker {
                 }
             })
             .collect();
-        self.store.derive_events(&derived, self.clock.now()).await?;
-        Ok(received.len())
+        Ok((received.len(), derived))
     }
 
     fn invalid(&self, id: &str, error: String) -> Derived {
@@ -459,22 +471,25 @@ impl InboxWorker {
         }
     }
 
-    /// Derives what was received, claims what is due and processes it;
-    /// returns what happened.
+    /// Derives what was received and claims what is due in one write
+    /// transaction, processes the claim and records the outcomes the
+    /// handlers did not commit themselves; returns what happened.
     pub async fn run_once(&self) -> StoreResult<RoundReport> {
-        let derived = self.derive_received().await?;
+        let (read, derived) = self.read_received().await?;
         let now = self.clock.now();
         let limits = ClaimLimits {
-            groups: self.config.concurrency,
+            groups: self.config.round_events,
             per_customer: self.config.batch,
+            events: self.config.round_events,
         };
         let claimed = self
             .store
-            .claim_event_batches(now, now + self.config.lease_secs, limits)
-            .await?;
+            .derive_and_claim(&derived, now, now + self.config.lease_secs, limits)
+            .await?
+            .claimed;
         let batches = batches(&claimed);
         let mut report = RoundReport {
-            derived,
+            derived: read,
             claimed: claimed.len(),
             batches: batches.len(),
             ..RoundReport::default()
@@ -482,31 +497,9 @@ impl InboxWorker {
         if claimed.is_empty() {
             return Ok(report);
         }
-        // Customers' batches run concurrently; within one, events are
-        // applied in claim order by one task, and no other worker takes an
-        // event of that customer while the claim's lease lives. Events that
-        // name no Stripe customer (`invoice_payment.paid`, …) still belong
-        // to one, found only when they are linked: run beside that
-        // customer's batch they would commit to the same customer at the
-        // same time and lose to it on its version, again and again through
-        // a burst. They run after the batches, one after another.
-        let (customers, loose): (Vec<_>, Vec<_>) = batches.iter().partition(|batch| {
-            batch
-                .first()
-                .is_some_and(|(_, e)| e.stripe_customer.is_some())
-        });
-        let work = async {
-            let mut results =
-                futures::future::join_all(customers.into_iter().map(|b| self.process_batch(b)))
-                    .await;
-            for batch in loose {
-                results.push(self.process_batch(batch).await);
-            }
-            results
-        };
         let held: Vec<(String, i64)> = claimed.iter().map(|e| (e.id.clone(), e.claim)).collect();
         let results: Vec<(usize, Option<EventResult>)> = tokio::select! {
-            results = work => results.into_iter().flatten().collect(),
+            results = self.process_round(&batches) => results,
             () = self.heartbeat(&held) => unreachable!("the heartbeat runs until the round ends"),
         };
         // Outcomes the handler did not commit itself are recorded in one
@@ -569,19 +562,28 @@ impl InboxWorker {
         }
     }
 
-    /// Runs one batch (indexes into the round's claim) through its
-    /// handlers; returns, per event, the outcome still to be recorded (none
+    /// Runs the round's batches (indexes into its claim) through their
+    /// handlers: each handler gets all of the round's events it handles in
+    /// one call (so it can commit them together), the customers' batches
+    /// first, each in claim order, then the events that name no Stripe
+    /// customer. Those are linked to their customer only when applied: put
+    /// after the batches, they are applied after (and with) the batch that
+    /// may be their customer's rather than beside it, where the two would
+    /// commit to the same customer at once and lose to each other on its
+    /// version. Returns, per event, the outcome still to be recorded (none
     /// when the handler committed it).
-    async fn process_batch(
+    async fn process_round(
         &self,
-        batch: &[(usize, &StoredEvent)],
+        batches: &[Vec<(usize, &StoredEvent)>],
     ) -> Vec<(usize, Option<EventResult>)> {
-        self.metrics.processing_attempts.inc_by(batch.len() as u64);
-        let mut results = Vec::with_capacity(batch.len());
-        // Events of one handler go to it together, in claim order; a type
-        // without a handler is skipped.
+        let (customers, loose): (Vec<_>, Vec<_>) = batches.iter().partition(|batch| {
+            batch
+                .first()
+                .is_some_and(|(_, e)| e.stripe_customer.is_some())
+        });
         let mut runs: Vec<HandlerRun<'_>> = Vec::new();
-        for &(index, event) in batch {
+        for &(index, event) in customers.into_iter().chain(loose).flatten() {
+            self.metrics.processing_attempts.inc_by(1);
             let handler = self.registry.get(&event.event_type);
             match runs.iter_mut().find(|(h, _)| match (h, handler) {
                 (Some(a), Some(b)) => Arc::ptr_eq(a, b),
@@ -592,6 +594,7 @@ impl InboxWorker {
                 None => runs.push((handler, vec![(index, event)])),
             }
         }
+        let mut results = Vec::new();
         for (handler, events) in runs {
             let stored: Vec<&StoredEvent> = events.iter().map(|(_, event)| *event).collect();
             let outcomes = match handler {

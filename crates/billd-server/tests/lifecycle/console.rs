@@ -105,6 +105,17 @@ pub(crate) async fn paid_with_a_dead_event(h: &Harness, email: &str) {
         .unwrap();
     assert!(renamed.status().is_success());
     deliver_poison(h, "evt_poison_<b>", &cus).await;
+    // Acknowledged, it is `received`, with no customer yet, until the
+    // worker's next round derives it; the customer's pages list it after.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let event = h.store.get_event("evt_poison_<b>").await.unwrap().unwrap();
+        if event.status != billd_store::EventStatus::Received {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never derived");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }
 
 async fn the_console_needs_an_admin_session_and_csrf_and_limits_log_ins(db: Db) {

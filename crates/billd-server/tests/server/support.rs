@@ -88,6 +88,7 @@ pub fn server_config() -> ServerConfig {
             heartbeat: Duration::from_secs(20),
             concurrency: 8,
             batch: 256,
+            round_events: 1024,
             poll_interval: Duration::from_millis(50),
             backoff: Backoff {
                 base_secs: 10,
@@ -214,18 +215,46 @@ pub fn stripe_event(id: &str, event_type: &str, object: &str, created: i64) -> S
 }
 
 /// A store that forwards to a real one until it is switched off, then
-/// answers `Unavailable` like a database that cannot be reached.
+/// answers `Unavailable` like a database that cannot be reached; it can
+/// also refuse every commit that would finish one of `refused`'s events
+/// (as a constraint the event's writes violate would), and counts commits.
 pub struct SwitchableStore {
     pub inner: Arc<dyn Store>,
     pub down: AtomicBool,
+    /// Event ids whose commits fail.
+    pub refused: std::sync::Mutex<Vec<String>>,
+    /// `commit_events` calls, refused ones included.
+    pub batch_commits: AtomicU64,
+    /// `commit_event` calls, refused ones included.
+    pub single_commits: AtomicU64,
 }
 
 impl SwitchableStore {
+    /// Forwards everything to `inner`.
+    pub fn new(inner: Arc<dyn Store>) -> Self {
+        SwitchableStore {
+            inner,
+            down: AtomicBool::new(false),
+            refused: std::sync::Mutex::new(Vec::new()),
+            batch_commits: AtomicU64::new(0),
+            single_commits: AtomicU64::new(0),
+        }
+    }
+
     fn check(&self) -> StoreResult<()> {
         if self.down.load(Ordering::SeqCst) {
             Err(StoreError::Unavailable("connection refused (test)".into()))
         } else {
             Ok(())
+        }
+    }
+
+    /// Fails when one of `ids` is refused.
+    fn check_commit<'a>(&self, mut ids: impl Iterator<Item = &'a str>) -> StoreResult<()> {
+        let refused = self.refused.lock().unwrap();
+        match ids.find(|id| refused.iter().any(|r| r == id)) {
+            Some(id) => Err(StoreError::Other(format!("commit of {id} refused (test)"))),
+            None => Ok(()),
         }
     }
 }
@@ -261,6 +290,18 @@ impl Store for SwitchableStore {
     async fn derive_events(&self, derived: &[billd_store::Derived], now: i64) -> StoreResult<u64> {
         self.check()?;
         self.inner.derive_events(derived, now).await
+    }
+    async fn derive_and_claim(
+        &self,
+        derived: &[billd_store::Derived],
+        now: i64,
+        lease_until: i64,
+        limits: billd_store::ClaimLimits,
+    ) -> StoreResult<billd_store::DeriveClaim> {
+        self.check()?;
+        self.inner
+            .derive_and_claim(derived, now, lease_until, limits)
+            .await
     }
     async fn claim_event_batches(
         &self,
@@ -375,6 +416,8 @@ impl billd_store::BillingStore for SwitchableStore {
         now: i64,
     ) -> StoreResult<billd_store::CommitReceipt> {
         self.check()?;
+        self.single_commits.fetch_add(1, Ordering::SeqCst);
+        self.check_commit(std::iter::once(event_id))?;
         self.inner
             .commit_event(event_id, claim, commit, result, now)
             .await
@@ -386,6 +429,8 @@ impl billd_store::BillingStore for SwitchableStore {
         now: i64,
     ) -> StoreResult<Vec<billd_store::CommitReceipt>> {
         self.check()?;
+        self.batch_commits.fetch_add(1, Ordering::SeqCst);
+        self.check_commit(finishes.iter().map(|f| f.id.as_str()))?;
         self.inner.commit_events(commits, finishes, now).await
     }
     async fn commit_customer(

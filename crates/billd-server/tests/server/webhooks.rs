@@ -2,7 +2,7 @@
 //! duplicates collapse into one row, rejections store nothing, oversized
 //! bodies get 413 and an unreachable store 503.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use billd_server::Workers;
@@ -236,10 +236,7 @@ async fn a_body_over_one_mebibyte_is_refused_with_413_and_stores_nothing(db: Db)
 
 async fn a_store_that_is_down_answers_503_and_readyz_fails(db: Db) {
     let test_db = crate::support::fresh_db(db).await;
-    let switchable = Arc::new(SwitchableStore {
-        inner: test_db.store.clone(),
-        down: AtomicBool::new(false),
-    });
+    let switchable = Arc::new(SwitchableStore::new(test_db.store.clone()));
     let app = TestApp::spawn_with_store(switchable.clone(), Workers::None).await;
     assert_eq!(app.get("/readyz").await.0, 200);
     switchable.down.store(true, Ordering::SeqCst);

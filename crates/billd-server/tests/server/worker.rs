@@ -29,6 +29,9 @@ on_both_databases!(
     a_transiently_failing_event_retries_while_its_customers_later_event_is_applied,
     events_naming_no_customer_are_applied_after_the_customer_batches_never_beside_them,
     a_webhook_stored_lean_is_derived_and_applied_in_one_round,
+    a_round_of_several_customers_is_applied_in_one_transaction,
+    a_round_whose_commit_fails_on_one_customer_applies_the_others_and_that_customers_good_events,
+    an_event_linked_by_a_later_event_of_its_round_is_applied_in_the_same_round,
 );
 
 const T0: i64 = 1_800_000_000;
@@ -628,6 +631,7 @@ async fn a_batch_whose_worker_stopped_renewing_is_reclaimed_by_another_worker_af
     let limits = billd_store::ClaimLimits {
         groups: 16,
         per_customer: 256,
+        events: u32::MAX,
     };
     let abandoned =
         s.db.store
@@ -770,4 +774,172 @@ async fn a_webhook_stored_lean_is_derived_and_applied_in_one_round(db: Db) {
     assert_eq!(s.metrics.events_dead.get("payload_invalid"), 1);
     let next = s.worker.run_once().await.unwrap();
     assert_eq!((next.derived, next.claimed), (0, 0), "nothing left");
+}
+
+/// A `customer.updated` of Stripe customer `cus` naming billd customer
+/// `user` in its metadata (so it links at once), created at `created`.
+fn customer_updated(id: &str, cus: &str, user: &str, created: i64) -> billd_store::NewEvent {
+    let mut body: serde_json::Value =
+        serde_json::from_str(&stripe_event(id, "customer.updated", "customer", created)).unwrap();
+    body["data"]["object"]["id"] = cus.into();
+    body["data"]["object"]["metadata"] = serde_json::json!({ "billd_customer_id": user });
+    billd_server::pipeline::parse_envelope(body.to_string().as_bytes(), T0).unwrap()
+}
+
+/// The lifecycle handler's worker over `events` in a store that can refuse
+/// commits and counts them.
+struct LifecycleSetup {
+    db: TestDb,
+    store: Arc<crate::support::SwitchableStore>,
+    worker: InboxWorker,
+    clock: Arc<ManualClock>,
+    metrics: Arc<Metrics>,
+}
+
+async fn lifecycle_setup(db: Db, events: Vec<billd_store::NewEvent>) -> LifecycleSetup {
+    let db = fresh_db(db).await;
+    db.store.insert_events(&events).await.unwrap();
+    let store = Arc::new(crate::support::SwitchableStore::new(db.store.clone()));
+    let clock = Arc::new(ManualClock::new(T0));
+    let metrics = Arc::new(Metrics::default());
+    let registry = billd_server::pipeline::LifecycleHandler::new(
+        store.clone(),
+        Arc::new(billd_core::Catalog::seed()),
+        None,
+        clock.clone(),
+    )
+    .registry();
+    let worker = InboxWorker::new(
+        store.clone(),
+        registry,
+        server_config().worker,
+        metrics.clone(),
+        clock.clone(),
+    );
+    LifecycleSetup {
+        db,
+        store,
+        worker,
+        clock,
+        metrics,
+    }
+}
+
+async fn status_of(db: &TestDb, id: &str) -> (EventStatus, i32) {
+    let event = db.store.get_event(id).await.unwrap().unwrap();
+    (event.status, event.attempts)
+}
+
+async fn a_round_of_several_customers_is_applied_in_one_transaction(db: Db) {
+    let events: Vec<_> = (0..20)
+        .map(|n| {
+            customer_updated(
+                &format!("evt_many_{n:02}"),
+                &format!("cus_many{n:02}"),
+                &format!("u_many_{n:02}"),
+                T0 - 100 + n,
+            )
+        })
+        .collect();
+    let LifecycleSetup {
+        db, store, worker, ..
+    } = lifecycle_setup(db, events).await;
+
+    let report = worker.run_once().await.unwrap();
+
+    assert_eq!((report.claimed, report.batches), (20, 20));
+    assert_eq!(store.batch_commits.load(Ordering::SeqCst), 1);
+    assert_eq!(store.single_commits.load(Ordering::SeqCst), 0);
+    for n in 0..20 {
+        let id = format!("evt_many_{n:02}");
+        assert_eq!(
+            status_of(&db, &id).await,
+            (EventStatus::Processed, 1),
+            "{id}"
+        );
+        let customer = billd_core::CustomerId::parse(&format!("u_many_{n:02}")).unwrap();
+        let record = db.store.get_customer(&customer).await.unwrap().unwrap();
+        assert_eq!(record.version, 1, "{customer}");
+    }
+}
+
+/// The round's one commit fails (one event's writes are refused): each
+/// customer is committed alone, and the customer of the refused event one
+/// event at a time, so only that event fails, and is retried.
+async fn a_round_whose_commit_fails_on_one_customer_applies_the_others_and_that_customers_good_events(
+    db: Db,
+) {
+    let events = vec![
+        customer_updated("evt_a_1", "cus_aaa", "u_a", T0 - 50),
+        customer_updated("evt_b_1", "cus_bbb", "u_b", T0 - 40),
+        customer_updated("evt_b_bad", "cus_bbb", "u_b", T0 - 30),
+        customer_updated("evt_c_1", "cus_ccc", "u_c", T0 - 20),
+        customer_updated("evt_b_2", "cus_bbb", "u_b", T0 - 10),
+    ];
+    let LifecycleSetup {
+        db,
+        store,
+        worker,
+        clock,
+        ..
+    } = lifecycle_setup(db, events).await;
+    store.refused.lock().unwrap().push("evt_b_bad".to_owned());
+
+    let report = worker.run_once().await.unwrap();
+
+    assert_eq!((report.claimed, report.batches), (5, 3));
+    assert_eq!((report.retried, report.dead), (1, 0));
+    for id in ["evt_a_1", "evt_b_1", "evt_c_1", "evt_b_2"] {
+        assert_eq!(
+            status_of(&db, id).await,
+            (EventStatus::Processed, 1),
+            "{id}"
+        );
+    }
+    assert_eq!(status_of(&db, "evt_b_bad").await, (EventStatus::Failed, 1));
+    // The round, then one per customer, then u_b's three events alone.
+    assert_eq!(store.batch_commits.load(Ordering::SeqCst), 1 + 3);
+    assert_eq!(store.single_commits.load(Ordering::SeqCst), 3);
+    for user in ["u_a", "u_b", "u_c"] {
+        let customer = billd_core::CustomerId::parse(user).unwrap();
+        assert!(db.store.get_customer(&customer).await.unwrap().is_some());
+    }
+
+    // Once its writes go through, the retry applies it.
+    store.refused.lock().unwrap().clear();
+    let failed = db.store.get_event("evt_b_bad").await.unwrap().unwrap();
+    clock.set(failed.next_attempt_at.unwrap());
+    let retry = worker.run_once().await.unwrap();
+    assert_eq!(retry.claimed, 1);
+    assert_eq!(
+        status_of(&db, "evt_b_bad").await,
+        (EventStatus::Processed, 2)
+    );
+}
+
+/// The first event of a Stripe customer names no billd customer; the
+/// second, in the same round, links it: the first is linked again once the
+/// round is committed and applied then, not parked.
+async fn an_event_linked_by_a_later_event_of_its_round_is_applied_in_the_same_round(db: Db) {
+    let mut anonymous = customer_updated("evt_r_1", "cus_rrr", "u_r", T0 - 20);
+    let mut body: serde_json::Value = serde_json::from_str(&anonymous.payload).unwrap();
+    body["data"]["object"]["metadata"] = serde_json::json!({});
+    anonymous.payload = body.to_string();
+    let named = customer_updated("evt_r_2", "cus_rrr", "u_r", T0 - 10);
+    let other = customer_updated("evt_o_1", "cus_ooo", "u_o", T0 - 5);
+    let s = lifecycle_setup(db, vec![anonymous, named, other]).await;
+
+    let report = s.worker.run_once().await.unwrap();
+
+    assert_eq!((report.claimed, report.retried, report.dead), (3, 0, 0));
+    for id in ["evt_r_1", "evt_r_2", "evt_o_1"] {
+        assert_eq!(
+            status_of(&s.db, id).await,
+            (EventStatus::Processed, 1),
+            "{id}"
+        );
+    }
+    assert_eq!(s.metrics.processing_outcomes.get("lease_lost"), 0);
+    // The round's commit, then the relinked event's.
+    assert_eq!(s.store.batch_commits.load(Ordering::SeqCst), 2);
 }

@@ -9,6 +9,7 @@ fn limits(groups: u32, per_customer: u32) -> ClaimLimits {
     ClaimLimits {
         groups,
         per_customer,
+        events: u32::MAX,
     }
 }
 

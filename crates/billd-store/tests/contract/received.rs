@@ -38,6 +38,7 @@ received_contract!(
     derived_events_become_pending_with_their_columns_and_are_claimed_in_created_order,
     received_events_are_durable_for_a_store_opened_afterwards,
     two_stores_receiving_and_deriving_the_same_events_store_and_derive_each_once,
+    derive_and_claim_claims_what_it_derives_in_the_same_call_up_to_the_cap_on_events,
 );
 
 /// `event`'s row as the webhook acknowledges it.
@@ -196,6 +197,7 @@ async fn derived_events_become_pending_with_their_columns_and_are_claimed_in_cre
             billd_store::ClaimLimits {
                 groups: 4,
                 per_customer: 10,
+                events: u32::MAX,
             },
         )
         .await
@@ -371,4 +373,58 @@ async fn events_stored_before_the_lean_migration_stay_valid_on_postgres() {
         .await
         .unwrap();
     events_stored_before_the_lean_migration_stay_valid(&url, "migrations/postgres").await;
+}
+
+async fn derive_and_claim_claims_what_it_derives_in_the_same_call_up_to_the_cap_on_events(
+    h: &Harness,
+) {
+    // Six customers, received newest first.
+    let events: Vec<NewEvent> = (0..6)
+        .map(|n| event(&format!("evt_{n}"), Some(&format!("cus_{n}")), 60 - n))
+        .collect();
+    let rows: Vec<ReceivedEvent> = events.iter().map(received).collect();
+    h.store.receive_events(&rows).await.unwrap();
+    let derived: Vec<Derived> = events.iter().cloned().map(Derived::Event).collect();
+    let limits = billd_store::ClaimLimits {
+        groups: 100,
+        per_customer: 10,
+        events: 4,
+    };
+
+    let first = h
+        .store
+        .derive_and_claim(&derived, 1_000, 1_030, limits)
+        .await
+        .unwrap();
+
+    assert_eq!(first.derived, 6);
+    assert_eq!(
+        first
+            .claimed
+            .iter()
+            .map(|e| e.id.as_str())
+            .collect::<Vec<_>>(),
+        ["evt_5", "evt_4", "evt_3", "evt_2"],
+        "oldest created first, four events in all"
+    );
+    assert!(first
+        .claimed
+        .iter()
+        .all(|e| e.status == EventStatus::Processing && e.claim == 1));
+    assert!(h.store.received_events(10).await.unwrap().is_empty());
+    // Nothing left to derive; the rest is claimed.
+    let second = h
+        .store
+        .derive_and_claim(&[], 1_000, 1_030, limits)
+        .await
+        .unwrap();
+    assert_eq!(second.derived, 0);
+    assert_eq!(
+        second
+            .claimed
+            .iter()
+            .map(|e| e.id.as_str())
+            .collect::<Vec<_>>(),
+        ["evt_1", "evt_0"]
+    );
 }

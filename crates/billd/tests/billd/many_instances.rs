@@ -209,13 +209,11 @@ impl Cluster {
                         "BILLD_EMAIL_FROM",
                         "Sitegen Billing <billing@sitegen.example>".to_owned(),
                     ),
-                    // A killed instance's claims come back within seconds.
-                    // An outbox lease is not renewed while its email is
-                    // sent, so one that ran out mid-send (a loaded machine,
-                    // 3 s) had another instance send the email again: it
-                    // outlasts any send here.
+                    // A killed instance's claims come back within seconds;
+                    // a live one renews its leases every second (a third of
+                    // them), also while an email is being sent.
                     ("BILLD_INBOX_LEASE_SECS", "3".to_owned()),
-                    ("BILLD_OUTBOX_LEASE_SECS", "12".to_owned()),
+                    ("BILLD_OUTBOX_LEASE_SECS", "3".to_owned()),
                     ("BILLD_SCHEDULER", "on".to_owned()),
                     ("BILLD_SCHEDULER_INTERVALS", intervals.clone()),
                 ],

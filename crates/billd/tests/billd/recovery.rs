@@ -180,6 +180,7 @@ async fn events_leased_by_a_killed_serve_are_applied_at_restart_not_after_their_
     let limits = ClaimLimits {
         groups: 16,
         per_customer: 1_000,
+        events: u32::MAX,
     };
     let leased = store
         .claim_event_batches(now(), now() + 600, limits)
