@@ -455,7 +455,8 @@ pub fn entitlements(
 /// The overage of `feature` open to the customer now: the catalog sells
 /// overage for it, the plan that applies is paid, access is `paid` (a
 /// customer in grace, on free, blocked or frozen gets none) and the
-/// subscription bills in the catalog's currency, the overage price's.
+/// subscription's price is in the catalog's currency and at the overage
+/// price's interval (the metered price can be an item of it).
 pub fn open_overage<'c>(
     view: &AccessView<'_>,
     catalog: &'c Catalog,
@@ -463,13 +464,13 @@ pub fn open_overage<'c>(
 ) -> Option<&'c Overage> {
     let overage = catalog.overage(feature)?;
     let sub = view.subscription?;
-    let currency_ok = sub
-        .snapshot
-        .price
-        .as_ref()
-        .and_then(|p| p.currency.as_ref())
-        .is_none_or(|c| c == catalog.default_currency());
-    (view.access == Access::Paid && view.plan.is_paid() && sub.is_live() && currency_ok)
+    let price = sub.snapshot.price.as_ref()?;
+    // The plan's price tells the subscription's currency and interval; a
+    // price outside the catalog (a plan named by metadata) tells neither.
+    let slot = catalog.slot_for_price(&price.id, price.lookup_key.as_deref())?;
+    let billed_with_it =
+        slot.currency == catalog.default_currency() && slot.interval == overage.interval;
+    (view.access == Access::Paid && view.plan.is_paid() && sub.is_live() && billed_with_it)
         .then_some(overage)
 }
 

@@ -411,6 +411,10 @@ pub struct Overage {
     pub cap: u64,
     /// The meter's `event_name`: what billd's meter events are sent as.
     pub meter_event_name: String,
+    /// The metered price's interval (default `month`): Stripe bills every
+    /// item of a subscription at one interval, so only subscriptions at
+    /// this interval carry the metered price and get overage.
+    pub interval: Interval,
 }
 
 impl Overage {
@@ -567,6 +571,8 @@ struct RawOverage {
     meter: Option<String>,
     #[serde(default)]
     unit_amount: Option<i64>,
+    #[serde(default)]
+    interval: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1041,11 +1047,17 @@ fn parse_overage(
     if meter_event_name.is_empty() || meter_event_name.len() > 100 {
         return Err(invalid("meter must be 1 to 100 characters".to_owned()));
     }
+    let interval = match raw.interval.as_deref() {
+        None => Interval::Month,
+        Some(raw) => Interval::parse(raw)
+            .ok_or_else(|| invalid(format!("interval must be month or year, got {raw:?}")))?,
+    };
     Ok(Overage {
         price,
         per,
         cap,
         meter_event_name,
+        interval,
     })
 }
 
@@ -1577,6 +1589,7 @@ mod tests {
                 per: 1,
                 cap: 1000,
                 meter_event_name: "billd_generations".to_owned(),
+                interval: Interval::Month,
             }
         );
         assert!(catalog.overage(&feature("websites")).is_none());

@@ -16,7 +16,13 @@ use crate::support::*;
 
 /// The seed catalog with overage on generations: 5 more per period.
 fn catalog() -> Catalog {
-    let text = billd_core::catalog::SEED_CATALOG_TOML.replacen(
+    let text = billd_core::catalog::SEED_CATALOG_TOML
+        .replacen(
+            "prices = { eur = { lookup_key = \"billd_pro_eur\", unit_amount = 1900 } }",
+            "prices = { eur = { lookup_key = \"billd_pro_eur\", unit_amount = 1900 }, usd = { lookup_key = \"billd_pro_usd\", unit_amount = 2100 } }",
+            1,
+        )
+        .replacen(
         "generations = { kind = \"metered\" }",
         "generations = { kind = \"metered\", overage = { price = \"billd_gen_overage_eur\", per = 1, cap = 5 } }",
         1,
@@ -96,6 +102,7 @@ fn overage_is_closed_on_free_in_grace_and_for_another_currency() {
     let mut usd_sub = subscription(1, "pro", SubscriptionStatus::Active, T0);
     if let Some(price) = usd_sub.price.as_mut() {
         price.currency = Some(billd_core::Currency::parse("usd").unwrap());
+        price.lookup_key = Some("billd_pro_usd".to_owned());
     }
     let usd = fold(&catalog, &[updated("evt_1", T0, usd_sub)], NOW);
     let target = consume_target(&usd, &catalog, &feature("generations"), 1, NOW).unwrap();
