@@ -683,6 +683,48 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_emulator_gets_each_overages_meter_and_metered_price_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let plans = dir.path().join("plans.toml");
+        std::fs::write(
+            &plans,
+            billd_core::catalog::SEED_CATALOG_TOML.replacen(
+                "generations = { kind = \"metered\" }",
+                "generations = { kind = \"metered\", overage = { price = \"gen_over\", per = 1, cap = 9, unit_amount = 20 } }",
+                1,
+            ),
+        )
+        .unwrap();
+        let env = HashMap::from([(
+            "BILLD_PLANS".to_string(),
+            plans.display().to_string(),
+        )]);
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let mut config = Config::load(None, &env).unwrap();
+            let mut dev = DevMode::apply(&mut config, dir.path(), addr())
+                .await
+                .unwrap();
+            let sim = dev.emulator.as_ref().unwrap().handle.as_ref().unwrap().sim.clone();
+            let catalog = dev.take_catalog().unwrap();
+            let overage = &catalog.overages()[&billd_core::FeatureName::parse("generations").unwrap()];
+            let id = overage.price.id.as_ref().unwrap().to_string();
+            let price = sim.object(&id).unwrap();
+            assert_eq!(
+                (&price["recurring"]["usage_type"], &price["unit_amount"], &price["lookup_key"]),
+                (&serde_json::json!("metered"), &serde_json::json!(20), &serde_json::json!("gen_over"))
+            );
+            let meter = sim.object(price["recurring"]["meter"].as_str().unwrap()).unwrap();
+            assert_eq!(meter["event_name"], "billd_generations");
+            let (_, meters) = sim.call("GET", "/v1/billing/meters", "");
+            assert_eq!(meters["data"].as_array().unwrap().len(), 1);
+            ids.push(id);
+            dev.shutdown().await;
+        }
+        assert_eq!(ids[0], ids[1], "a restart reuses the price");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_restart_reuses_the_emulators_prices_and_replaces_its_endpoint() {
         let dir = tempfile::tempdir().unwrap();
         let mut first = Config::load(None, &HashMap::new()).unwrap();
