@@ -311,7 +311,9 @@ impl StripeClient {
             .set("identifier", identifier)
             .set("timestamp", timestamp);
         match self
-            .post("/v1/billing/meter_events", &params, Some(identifier))
+            // No idempotency key of billd's: the identifier is Stripe's
+            // dedupe, and a resend must meet it rather than a replayed answer.
+            .post("/v1/billing/meter_events", &params, None)
             .await
         {
             Ok(event) => Ok(Some(event)),
