@@ -51,15 +51,8 @@ fn meter_total(h: &Harness, meter: &str, cus: &str) -> i64 {
     summary["data"][0]["aggregated_value"].as_i64().unwrap()
 }
 
-async fn overage_past_the_quota_is_metered_once_billed_at_renewal_and_capped(db: Db) {
-    let h = Harness::start_with(
-        db,
-        t0(),
-        WebhookKnobs::default(),
-        catalog(),
-        ApiConfig::default(),
-    )
-    .await;
+/// The meter and the metered overage price at the emulator: (meter, price).
+fn metered_price(h: &Harness) -> (String, String) {
     let meter = h.stripe(
         "POST",
         "/v1/billing/meters",
@@ -76,6 +69,73 @@ async fn overage_past_the_quota_is_metered_once_billed_at_renewal_and_capped(db:
         .as_str()
         .unwrap()
         .to_string();
+    (meter, overage)
+}
+
+async fn a_checkout_subscribes_to_the_plan_and_its_metered_overage_price(db: Db) {
+    let h = Harness::start_with(
+        db,
+        t0(),
+        WebhookKnobs::default(),
+        catalog(),
+        ApiConfig::default(),
+    )
+    .await;
+    let (_, overage) = metered_price(&h);
+    let put = h
+        .http
+        .put(format!("{}/v1/customers/u_co", h.base))
+        .bearer_auth(APP_KEY)
+        .json(&json!({ "email": "u_co@example.com" }))
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success());
+    let session: Value = h
+        .http
+        .post(format!("{}/v1/customers/u_co/checkout", h.base))
+        .bearer_auth(APP_KEY)
+        .json(&json!({ "plan": "standard", "success_url": "https://app.test/ok", "cancel_url": "https://app.test/no" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = session["session_id"].as_str().unwrap_or_else(|| panic!("{session:#}"));
+    let items = h.stripe("GET", &format!("/v1/checkout/sessions/{id}/line_items"), "");
+    let prices: Vec<&str> = items["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["price"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(prices, [h.standard_price.as_str(), overage.as_str()], "{items:#}");
+    h.stripe(
+        "POST",
+        &format!("/_sim/checkout/sessions/{id}/complete"),
+        "payment_method=pm_card_visa",
+    );
+    let ent = h
+        .wait_for("u_co", "paid standard", |e| {
+            e["plan"] == "standard" && e["access"] == "paid"
+        })
+        .await;
+    let gen = &ent["features"]["generations"];
+    assert_eq!((&gen["included"], &gen["overage_cap"]), (&json!(10), &json!(5)), "{ent:#}");
+    h.shutdown().await;
+}
+
+async fn overage_past_the_quota_is_metered_once_billed_at_renewal_and_capped(db: Db) {
+    let h = Harness::start_with(
+        db,
+        t0(),
+        WebhookKnobs::default(),
+        catalog(),
+        ApiConfig::default(),
+    )
+    .await;
+    let (meter, overage) = metered_price(&h);
     let (clock, cus) = h.customer("u_over", "pm_card_visa", true).await;
     h.stripe(
         "POST",
@@ -185,4 +245,7 @@ async fn overage_past_the_quota_is_metered_once_billed_at_renewal_and_capped(db:
     h.shutdown().await;
 }
 
-on_both_databases!(overage_past_the_quota_is_metered_once_billed_at_renewal_and_capped);
+on_both_databases!(
+    overage_past_the_quota_is_metered_once_billed_at_renewal_and_capped,
+    a_checkout_subscribes_to_the_plan_and_its_metered_overage_price,
+);
