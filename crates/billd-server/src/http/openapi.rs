@@ -111,8 +111,9 @@ pub(crate) async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
 }
 
 /// Every error body: `{"error":{"code","message"}}` (quota answers add
-/// `feature`, `limit`, `used`, `remaining`, `requested`; `no_access` adds
-/// `access`).
+/// `feature`, `limit`, `used`, `remaining`, `requested`;
+/// `overage_cap_reached` adds `feature`, `included`, `cap`, `used`,
+/// `requested`; `no_access` adds `access`).
 #[derive(Debug, ToSchema)]
 pub struct ErrorBody {
     /// The error.
