@@ -15,9 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{
-    Catalog, DowngradePolicy, FeatureKind, FeatureName, Overage, Plan, PlanName,
-};
+use crate::catalog::{Catalog, DowngradePolicy, FeatureKind, FeatureName, Overage, Plan, PlanName};
 use crate::event::SubscriptionStatus;
 use crate::ids::InvoiceId;
 use crate::state::{resolve_plan, CustomerState, SubscriptionState};

@@ -1603,9 +1603,15 @@ mod tests {
         let catalog = Catalog::from_toml(&named).unwrap();
         let overage = catalog.overage(&feature("generations")).unwrap();
         assert_eq!(
-            (overage.price.id.as_ref().map(PriceId::as_str), overage.price.unit_amount),
+            (
+                overage.price.id.as_ref().map(PriceId::as_str),
+                overage.price.unit_amount
+            ),
             (Some("price_gen"), Some(2))
         );
-        assert_eq!((overage.per, overage.cap, overage.meter_event_name.as_str()), (10, 0, "gen"));
+        assert_eq!(
+            (overage.per, overage.cap, overage.meter_event_name.as_str()),
+            (10, 0, "gen")
+        );
     }
 }

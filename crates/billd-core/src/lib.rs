@@ -53,11 +53,12 @@ pub mod state;
 
 pub use access::{
     access_at, check_consume, entitlements, open_overage, usage_key, usage_keys, usage_period,
-    Access, Balance, ConsumeError, Entitlements, FeatureEntitlement, FlagEntitlement, Period, Usage, UsageKey,
+    Access, Balance, ConsumeError, Entitlements, FeatureEntitlement, FlagEntitlement, Period,
+    Usage, UsageKey,
 };
 pub use apply::{
-    apply, meter_identifier, AlertKind, AuditEntry, CancelReason, Decision, Effect,
-    EmailTemplate, Outcome, StripeCustomerErasure, MAX_REFETCH_ROUNDS,
+    apply, meter_identifier, AlertKind, AuditEntry, CancelReason, Decision, Effect, EmailTemplate,
+    Outcome, StripeCustomerErasure, MAX_REFETCH_ROUNDS,
 };
 pub use catalog::{
     Catalog, CatalogError, DowngradePolicy, FeatureKind, FeatureName, Interval, Overage, Plan,

@@ -695,26 +695,42 @@ mod tests {
             ),
         )
         .unwrap();
-        let env = HashMap::from([(
-            "BILLD_PLANS".to_string(),
-            plans.display().to_string(),
-        )]);
+        let env = HashMap::from([("BILLD_PLANS".to_string(), plans.display().to_string())]);
         let mut ids = Vec::new();
         for _ in 0..2 {
             let mut config = Config::load(None, &env).unwrap();
             let mut dev = DevMode::apply(&mut config, dir.path(), addr())
                 .await
                 .unwrap();
-            let sim = dev.emulator.as_ref().unwrap().handle.as_ref().unwrap().sim.clone();
+            let sim = dev
+                .emulator
+                .as_ref()
+                .unwrap()
+                .handle
+                .as_ref()
+                .unwrap()
+                .sim
+                .clone();
             let catalog = dev.take_catalog().unwrap();
-            let overage = &catalog.overages()[&billd_core::FeatureName::parse("generations").unwrap()];
+            let overage =
+                &catalog.overages()[&billd_core::FeatureName::parse("generations").unwrap()];
             let id = overage.price.id.as_ref().unwrap().to_string();
             let price = sim.object(&id).unwrap();
             assert_eq!(
-                (&price["recurring"]["usage_type"], &price["unit_amount"], &price["lookup_key"]),
-                (&serde_json::json!("metered"), &serde_json::json!(20), &serde_json::json!("gen_over"))
+                (
+                    &price["recurring"]["usage_type"],
+                    &price["unit_amount"],
+                    &price["lookup_key"]
+                ),
+                (
+                    &serde_json::json!("metered"),
+                    &serde_json::json!(20),
+                    &serde_json::json!("gen_over")
+                )
             );
-            let meter = sim.object(price["recurring"]["meter"].as_str().unwrap()).unwrap();
+            let meter = sim
+                .object(price["recurring"]["meter"].as_str().unwrap())
+                .unwrap();
             assert_eq!(meter["event_name"], "billd_generations");
             let (_, meters) = sim.call("GET", "/v1/billing/meters", "");
             assert_eq!(meters["data"].as_array().unwrap().len(), 1);

@@ -916,7 +916,10 @@ async fn check_prices(r: &mut Report, catalog: &Catalog, stripe: &StripeClient, 
 }
 
 /// The active meter with `event_name` at Stripe, if any.
-async fn meter_named(stripe: &StripeClient, event_name: &str) -> Result<Option<Value>, StripeError> {
+async fn meter_named(
+    stripe: &StripeClient,
+    event_name: &str,
+) -> Result<Option<Value>, StripeError> {
     let meters = stripe
         .list_all(
             "/v1/billing/meters",
@@ -979,11 +982,10 @@ async fn check_overages(r: &mut Report, catalog: &Catalog, stripe: &StripeClient
         let price = match found {
             Ok(Some(price)) => price,
             Ok(None) => {
-                let name = overage
-                    .price
-                    .id
-                    .as_ref()
-                    .map_or_else(|| overage.price.lookup_key.clone().unwrap_or_default(), |id| id.to_string());
+                let name = overage.price.id.as_ref().map_or_else(
+                    || overage.price.lookup_key.clone().unwrap_or_default(),
+                    |id| id.to_string(),
+                );
                 let create_fix = match meter_named(stripe, event_name).await {
                     Err(e) => stripe_error_fix(&e, "billing meters"),
                     Ok(None) => fix.curl(
@@ -1008,7 +1010,11 @@ async fn check_overages(r: &mut Report, catalog: &Catalog, stripe: &StripeClient
                     ),
                     Ok(Some(_)) => "create the metered price in the Stripe dashboard and put its id into BILLD_PLANS".to_string(),
                 };
-                r.fail(&check, format!("no metered price {name:?} at Stripe"), create_fix);
+                r.fail(
+                    &check,
+                    format!("no metered price {name:?} at Stripe"),
+                    create_fix,
+                );
                 continue;
             }
             Err(e) => {
@@ -1092,7 +1098,9 @@ async fn check_overages(r: &mut Report, catalog: &Catalog, stripe: &StripeClient
             format!(
                 "{id}: metered on {} ({event_name}), {} {currency} per {} {feature}",
                 meter.as_ref().and_then(|m| m["id"].as_str()).unwrap_or("?"),
-                price["unit_amount"].as_i64().map_or("?".to_string(), |a| a.to_string()),
+                price["unit_amount"]
+                    .as_i64()
+                    .map_or("?".to_string(), |a| a.to_string()),
                 overage.per
             ),
         );

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use billd_core::event::SubscriptionStatus;
 use billd_core::{
-    check_consume, consume_target, entitlements, Catalog, ConsumeError, CustomerId,
-    CustomerState, Effect, Usage,
+    check_consume, consume_target, entitlements, Catalog, ConsumeError, CustomerId, CustomerState,
+    Effect, Usage,
 };
 use proptest::prelude::*;
 
@@ -51,7 +51,11 @@ fn a_paying_customer_sees_included_used_and_overage_and_may_consume_up_to_the_ca
     assert_eq!(target.limit, 25 + 5);
     let meter = target.overage.clone().unwrap();
     assert_eq!(
-        (meter.included, meter.event_name.as_str(), meter.stripe_customer.as_str()),
+        (
+            meter.included,
+            meter.event_name.as_str(),
+            meter.stripe_customer.as_str()
+        ),
         (25, "billd_generations", "cus_1")
     );
 
@@ -59,7 +63,14 @@ fn a_paying_customer_sees_included_used_and_overage_and_may_consume_up_to_the_ca
     let ent = entitlements(&state, &catalog, &usage, NOW);
     let gen = &ent.features[&feature("generations")];
     assert_eq!(
-        (gen.included, gen.used, gen.overage_used, gen.overage_cap, gen.remaining, gen.over_limit),
+        (
+            gen.included,
+            gen.used,
+            gen.overage_used,
+            gen.overage_cap,
+            gen.remaining,
+            gen.over_limit
+        ),
         (25, 28, 3, Some(5), 0, false)
     );
     assert_eq!(check_consume(&ent, &feature("generations"), 2), Ok(30));

@@ -222,9 +222,7 @@ impl ApiError {
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::PaymentRequired { .. }
             | ApiError::QuotaExceeded { .. }
-            | ApiError::OverageCapReached { .. } => {
-                StatusCode::PAYMENT_REQUIRED
-            }
+            | ApiError::OverageCapReached { .. } => StatusCode::PAYMENT_REQUIRED,
             ApiError::Denied { .. } | ApiError::NoAccess { .. } => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::StripeUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -102,7 +102,9 @@ async fn a_checkout_subscribes_to_the_plan_and_its_metered_overage_price(db: Db)
         .json()
         .await
         .unwrap();
-    let id = session["session_id"].as_str().unwrap_or_else(|| panic!("{session:#}"));
+    let id = session["session_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{session:#}"));
     let items = h.stripe("GET", &format!("/v1/checkout/sessions/{id}/line_items"), "");
     let prices: Vec<&str> = items["data"]
         .as_array()
@@ -110,7 +112,11 @@ async fn a_checkout_subscribes_to_the_plan_and_its_metered_overage_price(db: Db)
         .iter()
         .map(|i| i["price"]["id"].as_str().unwrap())
         .collect();
-    assert_eq!(prices, [h.standard_price.as_str(), overage.as_str()], "{items:#}");
+    assert_eq!(
+        prices,
+        [h.standard_price.as_str(), overage.as_str()],
+        "{items:#}"
+    );
     h.stripe(
         "POST",
         &format!("/_sim/checkout/sessions/{id}/complete"),
@@ -122,7 +128,11 @@ async fn a_checkout_subscribes_to_the_plan_and_its_metered_overage_price(db: Db)
         })
         .await;
     let gen = &ent["features"]["generations"];
-    assert_eq!((&gen["included"], &gen["overage_cap"]), (&json!(10), &json!(5)), "{ent:#}");
+    assert_eq!(
+        (&gen["included"], &gen["overage_cap"]),
+        (&json!(10), &json!(5)),
+        "{ent:#}"
+    );
     h.shutdown().await;
 }
 
@@ -156,7 +166,10 @@ async fn overage_past_the_quota_is_metered_once_billed_at_renewal_and_capped(db:
     let (status, second) = consume(&h, "u_over", 4, "k2").await;
     assert_eq!((status, &second["used"]), (200, &json!(12)), "{second:#}");
     let (status, replay) = consume(&h, "u_over", 4, "k2").await;
-    assert_eq!((status, &replay["used"], &replay["replayed"]), (200, &json!(12), &json!(true)));
+    assert_eq!(
+        (status, &replay["used"], &replay["replayed"]),
+        (200, &json!(12), &json!(true))
+    );
     assert_eq!(consume(&h, "u_over", 3, "k3").await.0, 200);
     let (status, refused) = consume(&h, "u_over", 1, "k4").await;
     assert_eq!(status, 402, "{refused:#}");
@@ -167,12 +180,22 @@ async fn overage_past_the_quota_is_metered_once_billed_at_renewal_and_capped(db:
             &refused["error"]["cap"],
             &refused["error"]["used"]
         ),
-        (&json!("overage_cap_reached"), &json!(10), &json!(5), &json!(15))
+        (
+            &json!("overage_cap_reached"),
+            &json!(10),
+            &json!(5),
+            &json!(15)
+        )
     );
     let (_, ent) = h.entitlements("u_over").await;
     let gen = &ent["features"]["generations"];
     assert_eq!(
-        (&gen["included"], &gen["used"], &gen["overage_used"], &gen["overage_cap"]),
+        (
+            &gen["included"],
+            &gen["used"],
+            &gen["overage_used"],
+            &gen["overage_cap"]
+        ),
         (&json!(10), &json!(15), &json!(5), &json!(5)),
         "{ent:#}"
     );
@@ -238,7 +261,10 @@ async fn overage_past_the_quota_is_metered_once_billed_at_renewal_and_capped(db:
         .find(|l| l["pricing"]["price_details"]["price"] == overage.as_str())
         .unwrap_or_else(|| panic!("{:#}", renewal["lines"]))
         .clone();
-    assert_eq!((&line["quantity"], &line["amount"]), (&json!(5), &json!(5 * 40)));
+    assert_eq!(
+        (&line["quantity"], &line["amount"]),
+        (&json!(5), &json!(5 * 40))
+    );
     assert_eq!(renewal["amount_due"], 900 + 5 * 40);
     let (_, ent) = h.entitlements("u_over").await;
     assert_eq!(ent["features"]["generations"]["overage_used"], 0);

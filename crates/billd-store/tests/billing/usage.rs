@@ -348,7 +348,9 @@ async fn meter_events(h: &Harness, id: &str) -> Vec<(String, u64)> {
         .into_iter()
         .filter(|row| row.kind == "meter_event")
         .map(|row| match row.effect().unwrap() {
-            billd_core::Effect::MeterEvent { value, identifier, .. } => {
+            billd_core::Effect::MeterEvent {
+                value, identifier, ..
+            } => {
                 assert_eq!(row.dedupe_key, format!("meter_event:{identifier}"));
                 (identifier, value)
             }
@@ -375,14 +377,26 @@ async fn an_overage_consume_writes_one_meter_event_in_its_transaction_on_every_p
 
     // One by one, guarded: within the quota, across it, a replay, past the cap.
     let one = |g: GuardedConsume| async move { h.store.consume_guarded(&g, NOW).await.unwrap() };
-    assert_eq!(one(guarded("user_m1", 2, "a")).await, applied(2, limit, false));
-    assert_eq!(one(guarded("user_m1", 3, "b")).await, applied(5, limit, false));
-    assert_eq!(one(guarded("user_m1", 3, "b")).await, applied(5, limit, true));
+    assert_eq!(
+        one(guarded("user_m1", 2, "a")).await,
+        applied(2, limit, false)
+    );
+    assert_eq!(
+        one(guarded("user_m1", 3, "b")).await,
+        applied(5, limit, false)
+    );
+    assert_eq!(
+        one(guarded("user_m1", 3, "b")).await,
+        applied(5, limit, true)
+    );
     assert_eq!(
         one(guarded("user_m1", 3, "c")).await,
         GuardedOutcome::Decided(UsageOutcome::LimitExceeded { used: 5, limit })
     );
-    assert_eq!(one(guarded("user_m1", 2, "d")).await, applied(7, limit, false));
+    assert_eq!(
+        one(guarded("user_m1", 2, "d")).await,
+        applied(7, limit, false)
+    );
     assert_eq!(
         meter_events(h, "user_m1").await,
         [("user_m1:b".to_owned(), 2), ("user_m1:d".to_owned(), 2)]
@@ -417,5 +431,8 @@ async fn an_overage_consume_writes_one_meter_event_in_its_transaction_on_every_p
             .await
             .unwrap();
     }
-    assert_eq!(meter_events(h, "user_m3").await, [("user_m3:x".to_owned(), 2)]);
+    assert_eq!(
+        meter_events(h, "user_m3").await,
+        [("user_m3:x".to_owned(), 2)]
+    );
 }

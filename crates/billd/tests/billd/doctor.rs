@@ -535,11 +535,19 @@ async fn an_overage_without_its_meter_and_price_fails_and_the_printed_fixes_crea
         fixes.push(fix);
     }
     assert!(fixes[0].contains("/v1/billing/meters"), "{fixes:?}");
-    assert!(fixes[1].contains("recurring[usage_type]=metered"), "{fixes:?}");
+    assert!(
+        fixes[1].contains("recurring[usage_type]=metered"),
+        "{fixes:?}"
+    );
     let (ok, rows) = setup.doctor().await;
     assert!(ok, "{rows:#?}");
-    let detail = row(&rows, "overage generations")["detail"].as_str().unwrap();
-    assert!(detail.contains("billd_generations") && detail.contains("20 eur per 10"), "{detail}");
+    let detail = row(&rows, "overage generations")["detail"]
+        .as_str()
+        .unwrap();
+    assert!(
+        detail.contains("billd_generations") && detail.contains("20 eur per 10"),
+        "{detail}"
+    );
 
     // The fixes made one meter, the one the price counts on.
     let (_, meters) = setup.sim.sim.call("GET", "/v1/billing/meters", "");

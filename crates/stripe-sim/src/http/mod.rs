@@ -397,9 +397,7 @@ pub fn route(s: &mut Inner, method: &str, segs: &[&str], p: &Value) -> ApiResult
         ("POST", ["billing", "meters"]) => meters::create_meter(s, p),
         ("GET", ["billing", "meters"]) => meters::list_meters(s, p),
         ("GET", ["billing", "meters", id]) => s.get("billing.meter", id, "id"),
-        ("GET", ["billing", "meters", id, "event_summaries"]) => {
-            meters::event_summaries(s, id, p)
-        }
+        ("GET", ["billing", "meters", id, "event_summaries"]) => meters::event_summaries(s, id, p),
         ("POST", ["billing", "meter_events"]) => meters::create_meter_event(s, p),
         ("POST", ["prices"]) => catalog::create_price(s, p),
         ("GET", ["prices"]) => catalog::list_prices(s, p),

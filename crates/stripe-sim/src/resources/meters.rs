@@ -43,8 +43,14 @@ pub fn create_meter(s: &mut Inner, p: &Value) -> ApiResult {
         ));
     }
     let window = str_at(p, "event_time_window").map(str::to_string);
-    if window.as_deref().is_some_and(|w| !matches!(w, "day" | "hour")) {
-        return Err(ApiError::invalid_enum("event_time_window", &["day", "hour"]));
+    if window
+        .as_deref()
+        .is_some_and(|w| !matches!(w, "day" | "hour"))
+    {
+        return Err(ApiError::invalid_enum(
+            "event_time_window",
+            &["day", "hour"],
+        ));
     }
     let customer_key = str_at(p, "customer_mapping.event_payload_key")
         .unwrap_or("stripe_customer_id")

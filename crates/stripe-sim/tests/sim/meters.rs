@@ -10,7 +10,9 @@ fn meter(sim: &stripe_sim::Sim, event_name: &str) -> String {
     id(&post(
         sim,
         "/v1/billing/meters",
-        &format!("display_name=Generations&event_name={event_name}&default_aggregation[formula]=sum"),
+        &format!(
+            "display_name=Generations&event_name={event_name}&default_aggregation[formula]=sum"
+        ),
     ))
 }
 
@@ -61,7 +63,8 @@ fn meters_are_created_listed_and_retrieved_and_an_event_name_is_one_active_meter
 }
 
 #[test]
-fn a_metered_price_bills_the_meters_sum_for_the_period_on_the_renewal_invoice_once_per_identifier() {
+fn a_metered_price_bills_the_meters_sum_for_the_period_on_the_renewal_invoice_once_per_identifier()
+{
     let sim = sim();
     let plan = standard_price(&sim);
     let mtr = meter(&sim, "gen");
@@ -105,7 +108,10 @@ fn a_metered_price_bills_the_meters_sum_for_the_period_on_the_renewal_invoice_on
 
     // The first invoice bills the plan only; the renewal bills the plan
     // ahead and the month's usage behind: ceil(12 / 10) × 0.50 EUR.
-    let first_invoice = get(&sim, &format!("/v1/invoices/{}", sub["latest_invoice"].as_str().unwrap()));
+    let first_invoice = get(
+        &sim,
+        &format!("/v1/invoices/{}", sub["latest_invoice"].as_str().unwrap()),
+    );
     assert_eq!(first_invoice["amount_due"], 3000);
     advance(&sim, &clock, T0 + 31 * DAY + 60);
     let invoices = get(&sim, &format!("/v1/invoices?customer={cus}"));
@@ -122,7 +128,10 @@ fn a_metered_price_bills_the_meters_sum_for_the_period_on_the_renewal_invoice_on
         .filter(|l| l["pricing"]["price_details"]["price"] == overage.as_str())
         .collect();
     assert_eq!(usage.len(), 1, "{:#}", renewal["lines"]);
-    assert_eq!((usage[0]["quantity"].as_i64(), usage[0]["amount"].as_i64()), (Some(2), Some(100)));
+    assert_eq!(
+        (usage[0]["quantity"].as_i64(), usage[0]["amount"].as_i64()),
+        (Some(2), Some(100))
+    );
     assert_eq!(usage[0]["period"]["start"], T0);
     assert_eq!(renewal["amount_due"], 3000 + 100);
 }
@@ -136,11 +145,17 @@ fn a_meter_event_needs_its_payload_keys_and_a_recent_timestamp() {
         "/v1/billing/meter_events",
         "event_name=gen&payload[value]=3",
     );
-    assert_eq!((status, body["error"]["param"].as_str()), (400, Some("payload[stripe_customer_id]")));
+    assert_eq!(
+        (status, body["error"]["param"].as_str()),
+        (400, Some("payload[stripe_customer_id]"))
+    );
     let (status, _) = sim.call(
         "POST",
         "/v1/billing/meter_events",
-        &format!("event_name=gen&payload[stripe_customer_id]=cus_x&payload[value]=3&timestamp={}", T0 - 40 * DAY),
+        &format!(
+            "event_name=gen&payload[stripe_customer_id]=cus_x&payload[value]=3&timestamp={}",
+            T0 - 40 * DAY
+        ),
     );
     assert_eq!(status, 400);
 }
