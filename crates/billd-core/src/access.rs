@@ -452,7 +452,8 @@ pub fn entitlements(
 
 /// The overage of `feature` open to the customer now: the catalog sells
 /// overage for it, the plan that applies is paid, access is `paid` (a
-/// customer in grace, on free, blocked or frozen gets none) and the
+/// customer in grace, on free, blocked or frozen gets none), the
+/// subscription is `active` (a trial is not charged for usage) and the
 /// subscription's price is in the catalog's currency and at the overage
 /// price's interval (the metered price can be an item of it).
 pub fn open_overage<'c>(
@@ -468,7 +469,9 @@ pub fn open_overage<'c>(
     let slot = catalog.slot_for_price(&price.id, price.lookup_key.as_deref())?;
     let billed_with_it =
         slot.currency == catalog.default_currency() && slot.interval == overage.interval;
-    (view.access == Access::Paid && view.plan.is_paid() && sub.is_live() && billed_with_it)
+    // A trial bills nothing, metered usage included: no overage in it.
+    let active = sub.snapshot.status == SubscriptionStatus::Active;
+    (view.access == Access::Paid && view.plan.is_paid() && active && billed_with_it)
         .then_some(overage)
 }
 

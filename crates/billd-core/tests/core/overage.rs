@@ -91,7 +91,7 @@ fn a_paying_customer_sees_included_used_and_overage_and_may_consume_up_to_the_ca
 }
 
 #[test]
-fn overage_is_closed_on_free_in_grace_and_for_another_currency() {
+fn overage_is_closed_on_free_in_a_trial_in_grace_and_for_another_currency() {
     let catalog = catalog();
     let free = consume_target(
         &CustomerState::default(),
@@ -102,6 +102,10 @@ fn overage_is_closed_on_free_in_grace_and_for_another_currency() {
     )
     .unwrap();
     assert_eq!((free.limit, free.overage), (3, None));
+
+    let trial = pro(SubscriptionStatus::Trialing);
+    let target = consume_target(&trial, &catalog, &feature("generations"), 1, NOW).unwrap();
+    assert_eq!((target.limit, target.overage), (25, None));
 
     let grace = pro(SubscriptionStatus::PastDue);
     let target = consume_target(&grace, &catalog, &feature("generations"), 1, NOW).unwrap();

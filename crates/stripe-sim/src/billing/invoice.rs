@@ -119,6 +119,10 @@ pub(crate) fn usage_lines(s: &mut Inner, sub_id: &str) -> ApiResult<Vec<Value>> 
     let currency = s_of(&sub["currency"]);
     let customer = s_of(&sub["customer"]);
     let mut lines = Vec::new();
+    // Usage during a trial is not charged.
+    if sub["status"] == "trialing" {
+        return Ok(lines);
+    }
     for item in sub["items"]["data"].as_array().cloned().unwrap_or_default() {
         let price = &item["price"];
         if !crate::resources::meters::is_metered(price) {
