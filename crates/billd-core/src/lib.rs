@@ -41,6 +41,7 @@ pub mod apply;
 pub mod calendar;
 pub mod catalog;
 pub mod consume;
+pub mod credits;
 pub mod email;
 pub mod erasure;
 pub mod event;
