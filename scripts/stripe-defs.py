@@ -42,6 +42,9 @@ PY_SDK_VERSION = "16.0.1"
 # The `object` values stripe-sim emits: each is written with its full shape.
 OBJECTS = [
     "account",
+    "billing.meter",
+    "billing.meter_event",
+    "billing.meter_event_summary",
     "billing_portal.configuration",
     "billing_portal.session",
     "charge",
@@ -88,6 +91,11 @@ INCLUDABLE = {
 # The endpoints stripe-sim serves (method, path with {} for ids).
 ENDPOINTS = [
     ("GET", "/v1/account"),
+    ("POST", "/v1/billing/meter_events"),
+    ("GET", "/v1/billing/meters"),
+    ("POST", "/v1/billing/meters"),
+    ("GET", "/v1/billing/meters/{}"),
+    ("GET", "/v1/billing/meters/{}/event_summaries"),
     ("GET", "/v1/billing_portal/configurations"),
     ("POST", "/v1/billing_portal/configurations"),
     ("GET", "/v1/billing_portal/configurations/{}"),

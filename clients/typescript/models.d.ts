@@ -283,8 +283,9 @@ export interface Entitlements {
 
 /**
  * Every error body: `{"error":{"code","message"}}` (quota answers add
- * `feature`, `limit`, `used`, `remaining`, `requested`; `no_access` adds
- * `access`).
+ * `feature`, `limit`, `used`, `remaining`, `requested`;
+ * `overage_cap_reached` adds `feature`, `included`, `cap`, `used`,
+ * `requested`; `no_access` adds `access`).
  */
 export interface ErrorBody {
   /** The error. */
@@ -325,6 +326,8 @@ export interface EventSummary {
 
 /** One counted feature's quota in [`EntitlementsDoc`]. */
 export interface FeatureEntitlement {
+  /** The quota included in the plan: the same as `limit`. */
+  included: number;
   /** `metered` or `capacity`. */
   kind: string;
   /**
@@ -337,13 +340,30 @@ export interface FeatureEntitlement {
    * until usage is under it.
    */
   over_limit: boolean;
-  /** What may still be consumed (0 when blocked or frozen). */
+  /**
+   * The most overage this period while overage is open (a metered
+   * feature with `overage` in the catalog, on a paid plan with paid
+   * access); null otherwise.
+   */
+  overage_cap: number | null;
+  /**
+   * The part of `used` beyond `included` while overage is open (0
+   * otherwise): what the period's invoice bills.
+   */
+  overage_used: number;
+  /**
+   * What may still be consumed within the included quota (0 when
+   * blocked or frozen).
+   */
   remaining: number;
   /** When metered usage resets (the period end); null for capacity. */
   resets_at: number | null;
   /** The counter consumption goes to. */
   usage_key: UsageKey;
-  /** Used in the current period (metered) or live now (capacity). */
+  /**
+   * Used in the current period (metered) or live now (capacity),
+   * overage included.
+   */
   used: number;
 }
 

@@ -326,8 +326,9 @@ class Entitlements(TypedDict):
 
 class ErrorBody(TypedDict):
     """Every error body: `{"error":{"code","message"}}` (quota answers add
-    `feature`, `limit`, `used`, `remaining`, `requested`; `no_access` adds
-    `access`).
+    `feature`, `limit`, `used`, `remaining`, `requested`;
+    `overage_cap_reached` adds `feature`, `included`, `cap`, `used`,
+    `requested`; `no_access` adds `access`).
     """
     error: ErrorDetail
     """The error."""
@@ -370,6 +371,8 @@ class EventSummary(_EventSummaryRequired, total=False):
 
 class FeatureEntitlement(TypedDict):
     """One counted feature's quota in [`EntitlementsDoc`]."""
+    included: int
+    """The quota included in the plan: the same as `limit`."""
     kind: str
     """`metered` or `capacity`."""
     limit: int
@@ -380,14 +383,27 @@ class FeatureEntitlement(TypedDict):
     """Usage exceeds the limit (after a downgrade): consumption is refused
     until usage is under it.
     """
+    overage_cap: int | None
+    """The most overage this period while overage is open (a metered
+    feature with `overage` in the catalog, on a paid plan with paid
+    access); null otherwise.
+    """
+    overage_used: int
+    """The part of `used` beyond `included` while overage is open (0
+    otherwise): what the period's invoice bills.
+    """
     remaining: int
-    """What may still be consumed (0 when blocked or frozen)."""
+    """What may still be consumed within the included quota (0 when
+    blocked or frozen).
+    """
     resets_at: int | None
     """When metered usage resets (the period end); null for capacity."""
     usage_key: UsageKey
     """The counter consumption goes to."""
     used: int
-    """Used in the current period (metered) or live now (capacity)."""
+    """Used in the current period (metered) or live now (capacity),
+    overage included.
+    """
 
 
 class FlagEntitlement(TypedDict):

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{Catalog, DowngradePolicy, FeatureKind, FeatureName, Plan, PlanName};
+use crate::catalog::{Catalog, DowngradePolicy, FeatureKind, FeatureName, Overage, Plan, PlanName};
 use crate::event::SubscriptionStatus;
 use crate::ids::InvoiceId;
 use crate::state::{resolve_plan, CustomerState, SubscriptionState};
@@ -260,12 +260,27 @@ pub struct FeatureEntitlement {
     /// The limit under the plan that applies, times the seats for a
     /// per-seat feature.
     pub limit: u64,
-    /// Used in the current period (metered) or live now (capacity).
+    /// The quota included in the plan: the same as `limit`.
+    #[serde(default)]
+    pub included: u64,
+    /// Used in the current period (metered) or live now (capacity),
+    /// overage included.
     pub used: u64,
-    /// What may still be consumed (0 when blocked or frozen).
+    /// What may still be consumed within the included quota (0 when
+    /// blocked or frozen).
     pub remaining: u64,
-    /// Usage exceeds the limit (after a downgrade): nothing is deleted,
-    /// consumption is blocked until usage is under the limit.
+    /// The part of `used` beyond `included` while overage is open (0
+    /// otherwise): what the period's invoice bills.
+    #[serde(default)]
+    pub overage_used: u64,
+    /// The most overage this period, while overage is open: a metered
+    /// feature with `overage` in the catalog, on a paid plan with paid
+    /// access, billed in the catalog's currency. `None` otherwise.
+    #[serde(default)]
+    pub overage_cap: Option<u64>,
+    /// Usage exceeds the limit (and the overage cap, while overage is
+    /// open), after a downgrade: nothing is deleted, consumption is blocked
+    /// until usage is under it.
     pub over_limit: bool,
     /// When metered usage resets (the period end).
     pub resets_at: Option<i64>,
@@ -345,12 +360,24 @@ pub fn entitlements(
             } else {
                 0
             };
+            let overage_cap = open_overage(&view, catalog, name).map(|o| o.cap);
+            let balance = Balance {
+                included: limit,
+                cap: overage_cap.unwrap_or(0),
+            };
             let entitlement = FeatureEntitlement {
                 kind: *kind,
                 limit,
+                included: limit,
                 used,
                 remaining,
-                over_limit: used > limit,
+                overage_used: if overage_cap.is_some() {
+                    balance.overage(used)
+                } else {
+                    0
+                },
+                overage_cap,
+                over_limit: used > balance.ceiling(),
                 resets_at: (*kind == FeatureKind::Metered).then_some(period.end),
                 usage_key: key,
             };
@@ -423,6 +450,59 @@ pub fn entitlements(
     }
 }
 
+/// The overage of `feature` open to the customer now: the catalog sells
+/// overage for it, the plan that applies is paid, access is `paid` (a
+/// customer in grace, on free, blocked or frozen gets none), the
+/// subscription is `active` (a trial is not charged for usage) and the
+/// subscription's price is in the catalog's currency and at the overage
+/// price's interval (the metered price can be an item of it).
+pub fn open_overage<'c>(
+    view: &AccessView<'_>,
+    catalog: &'c Catalog,
+    feature: &FeatureName,
+) -> Option<&'c Overage> {
+    let overage = catalog.overage(feature)?;
+    let sub = view.subscription?;
+    let price = sub.snapshot.price.as_ref()?;
+    // The plan's price tells the subscription's currency and interval; a
+    // price outside the catalog (a plan named by metadata) tells neither.
+    let slot = catalog.slot_for_price(&price.id, price.lookup_key.as_deref())?;
+    let billed_with_it =
+        slot.currency == catalog.default_currency() && slot.interval == overage.interval;
+    // A trial bills nothing, metered usage included: no overage in it.
+    let active = sub.snapshot.status == SubscriptionStatus::Active;
+    (view.access == Access::Paid && view.plan.is_paid() && active && billed_with_it)
+        .then_some(overage)
+}
+
+/// A metered counter's balance: the included quota, then up to `cap` of
+/// overage. The arithmetic of included and overage units, in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Balance {
+    /// The plan's included quota.
+    pub included: u64,
+    /// The most overage per period (0: none).
+    pub cap: u64,
+}
+
+impl Balance {
+    /// The most the counter may reach: included plus the cap.
+    pub fn ceiling(self) -> u64 {
+        self.included.saturating_add(self.cap)
+    }
+
+    /// The overage part of a counter at `used`.
+    pub fn overage(self, used: u64) -> u64 {
+        used.saturating_sub(self.included)
+    }
+
+    /// The overage a consume of `amount` that took the counter to
+    /// `used_after` added: the units of it beyond the included quota.
+    pub fn overage_added(self, used_after: u64, amount: u64) -> u64 {
+        self.overage(used_after).min(amount)
+    }
+}
+
 /// Why a consumption is refused. [`ConsumeError::code`] is stable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ConsumeError {
@@ -435,6 +515,18 @@ pub enum ConsumeError {
     /// Access is blocked or frozen.
     #[error("no access: {0:?}")]
     NoAccess(Access),
+    /// The consumption would pass the overage cap (overage open).
+    #[error("overage cap reached: {used} used of {included} included plus {cap} overage, {requested} requested")]
+    OverageCapReached {
+        /// The included quota.
+        included: u64,
+        /// The overage cap.
+        cap: u64,
+        /// Used so far (overage included).
+        used: u64,
+        /// The amount asked for.
+        requested: u64,
+    },
     /// The consumption would exceed the limit.
     #[error("quota exceeded: {used} of {limit} used, {requested} requested")]
     QuotaExceeded {
@@ -455,12 +547,14 @@ impl ConsumeError {
             ConsumeError::UnknownFeature => "unknown_feature",
             ConsumeError::NoAccess(_) => "no_access",
             ConsumeError::QuotaExceeded { .. } => "quota_exceeded",
+            ConsumeError::OverageCapReached { .. } => "overage_cap_reached",
         }
     }
 }
 
 /// Checks a consumption against the entitlements and returns the limit the
-/// store's conditional update must enforce (`used + amount <= limit`).
+/// store's conditional update must enforce (`used + amount <= limit`): the
+/// included quota plus the overage cap while overage is open.
 pub fn check_consume(
     ent: &Entitlements,
     feature: &FeatureName,
@@ -476,16 +570,29 @@ pub fn check_consume(
     if !ent.access.allows_consumption() {
         return Err(ConsumeError::NoAccess(ent.access));
     }
-    if quota
+    let balance = Balance {
+        included: quota.limit,
+        cap: quota.overage_cap.unwrap_or(0),
+    };
+    let ceiling = balance.ceiling();
+    let passes = quota
         .used
         .checked_add(amount)
-        .is_none_or(|total| total > quota.limit)
-    {
+        .is_none_or(|total| total > ceiling);
+    if passes {
+        if let Some(cap) = quota.overage_cap {
+            return Err(ConsumeError::OverageCapReached {
+                included: quota.limit,
+                cap,
+                used: quota.used,
+                requested: amount,
+            });
+        }
         return Err(ConsumeError::QuotaExceeded {
             limit: quota.limit,
             used: quota.used,
             requested: amount,
         });
     }
-    Ok(quota.limit)
+    Ok(ceiling)
 }

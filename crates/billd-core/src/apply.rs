@@ -174,6 +174,43 @@ pub enum Effect {
         /// Outbox dedupe key.
         dedupe_key: String,
     },
+    /// Report a consume's overage to a Stripe Billing Meter
+    /// (`POST /v1/billing/meter_events`). Written with the consume, in its
+    /// transaction; Stripe refuses a second event with the same
+    /// `identifier`, so a resend cannot bill twice.
+    MeterEvent {
+        /// The meter's `event_name`.
+        event_name: String,
+        /// `payload[stripe_customer_id]`.
+        stripe_customer: StripeCustomerId,
+        /// `payload[value]`: the overage units of the consume.
+        value: u64,
+        /// Stripe's dedupe key for the event (see [`meter_identifier`]).
+        identifier: String,
+        /// When the consume happened (unix seconds).
+        timestamp: i64,
+        /// Outbox dedupe key.
+        dedupe_key: String,
+    },
+}
+
+/// The meter event `identifier` of a consume: `{customer}:{idempotency
+/// key}`, since billd's keys are per customer and Stripe's identifiers are
+/// per account. Stripe allows 100 characters; a longer pair is shortened
+/// to its first 83 characters and a 16-hex-digit FNV-1a hash of the whole.
+pub fn meter_identifier(customer: &str, idempotency_key: &str) -> String {
+    let full = format!("{customer}:{idempotency_key}");
+    if full.len() <= 100 {
+        return full;
+    }
+    let hash = full.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut cut = 83;
+    while !full.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}:{hash:016x}", &full[..cut])
 }
 
 /// What account deletion does to the Stripe customer
@@ -197,7 +234,8 @@ impl Effect {
             | Effect::AdminAlert { dedupe_key, .. }
             | Effect::CancelSubscription { dedupe_key, .. }
             | Effect::RefetchSubscription { dedupe_key, .. }
-            | Effect::DeleteStripeCustomer { dedupe_key, .. } => dedupe_key,
+            | Effect::DeleteStripeCustomer { dedupe_key, .. }
+            | Effect::MeterEvent { dedupe_key, .. } => dedupe_key,
         }
     }
 }

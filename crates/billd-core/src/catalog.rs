@@ -119,9 +119,18 @@ pub enum CatalogError {
         /// What is wrong.
         reason: String,
     },
+    /// A metered feature's `overage` is malformed (on a feature that is not
+    /// metered, `per` below 1, a negative `cap`, a bad price or meter name).
+    #[error("feature {feature} overage: {reason}")]
+    InvalidOverage {
+        /// The feature.
+        feature: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A part of the catalog format this billd does not implement yet
-    /// (metered `overage`, `credit_packs`): refused rather than ignored, so
-    /// nobody sells what billd would not bill.
+    /// (`credit_packs`): refused rather than ignored, so nobody sells what
+    /// billd would not bill.
     #[error("{0} is not supported by this version of billd")]
     Unsupported(String),
 }
@@ -147,6 +156,7 @@ impl CatalogError {
             CatalogError::InvalidLimit { .. } => "catalog_invalid_limit",
             CatalogError::InvalidSeats { .. } => "catalog_invalid_seats",
             CatalogError::InvalidTrial { .. } => "catalog_invalid_trial",
+            CatalogError::InvalidOverage { .. } => "catalog_invalid_overage",
             CatalogError::Unsupported(_) => "catalog_unsupported",
         }
     }
@@ -385,6 +395,35 @@ impl SeatRange {
     }
 }
 
+/// Pay-as-you-go beyond a metered feature's included quota: consumption
+/// past the plan's limit is allowed, up to `cap` more per period, and
+/// reported to a Stripe Billing Meter whose metered price bills it on the
+/// next invoice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Overage {
+    /// The metered Stripe price (in the catalog's currency), by id or by
+    /// lookup key.
+    pub price: Price,
+    /// How many units of the feature one unit of the price buys (Stripe's
+    /// `transform_quantity[divide_by]`, rounded up); at least 1.
+    pub per: u64,
+    /// The most overage per billing period (whatever the seats).
+    pub cap: u64,
+    /// The meter's `event_name`: what billd's meter events are sent as.
+    pub meter_event_name: String,
+    /// The metered price's interval (default `month`): Stripe bills every
+    /// item of a subscription at one interval, so only subscriptions at
+    /// this interval carry the metered price and get overage.
+    pub interval: Interval,
+}
+
+impl Overage {
+    /// The default meter event name of a feature without `meter`.
+    pub fn default_event_name(feature: &FeatureName) -> String {
+        format!("billd_{feature}")
+    }
+}
+
 /// One plan: its limits and flags per feature, seats, trial and prices.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
@@ -462,6 +501,8 @@ pub struct Catalog {
     features: BTreeMap<FeatureName, FeatureKind>,
     #[serde(default)]
     per_seat: BTreeSet<FeatureName>,
+    #[serde(default)]
+    overage: BTreeMap<FeatureName, Overage>,
     plans: BTreeMap<PlanName, Plan>,
 }
 
@@ -517,7 +558,21 @@ struct RawFeature {
     #[serde(default)]
     per_seat: Option<bool>,
     #[serde(default)]
-    overage: Option<toml::Value>,
+    overage: Option<RawOverage>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOverage {
+    price: String,
+    per: i64,
+    cap: i64,
+    #[serde(default)]
+    meter: Option<String>,
+    #[serde(default)]
+    unit_amount: Option<i64>,
+    #[serde(default)]
+    interval: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -565,12 +620,18 @@ impl Catalog {
         }
         let mut features = BTreeMap::new();
         let mut per_seat = BTreeSet::new();
+        let mut overage = BTreeMap::new();
+        let mut seen_prices = BTreeSet::new();
         for (name, raw_feature) in raw.features {
             let feature = FeatureName::parse(&name)?;
-            if raw_feature.overage.is_some() {
-                return Err(CatalogError::Unsupported(format!(
-                    "feature {name}: overage"
-                )));
+            if let Some(raw_overage) = raw_feature.overage {
+                let parsed = parse_overage(&feature, raw_feature.kind, raw_overage)?;
+                for key in price_keys(&parsed.price) {
+                    if !seen_prices.insert(key.clone()) {
+                        return Err(CatalogError::DuplicatePrice(key));
+                    }
+                }
+                overage.insert(feature.clone(), parsed);
             }
             if raw_feature.per_seat == Some(true) {
                 if !raw_feature.kind.is_counted() {
@@ -585,7 +646,6 @@ impl Catalog {
         }
 
         let mut plans = BTreeMap::new();
-        let mut seen_prices = BTreeSet::new();
         for (name, raw_plan) in raw.plans {
             let plan = parse_plan(&name, raw_plan, &features, &mut seen_prices)?;
             plans.insert(plan.name.clone(), plan);
@@ -625,6 +685,7 @@ impl Catalog {
             downgrade: raw.downgrade,
             features,
             per_seat,
+            overage,
             plans,
         })
     }
@@ -673,6 +734,24 @@ impl Catalog {
     /// The declared features and their kinds.
     pub fn features(&self) -> &BTreeMap<FeatureName, FeatureKind> {
         &self.features
+    }
+
+    /// The overage of a metered feature sold beyond its quota.
+    pub fn overage(&self, feature: &FeatureName) -> Option<&Overage> {
+        self.overage.get(feature)
+    }
+
+    /// Every feature's overage.
+    pub fn overages(&self) -> &BTreeMap<FeatureName, Overage> {
+        &self.overage
+    }
+
+    /// Records the concrete Stripe id of an overage price known by lookup
+    /// key (dev mode); a feature without overage is left alone.
+    pub fn bind_overage_price(&mut self, feature: &FeatureName, id: PriceId) {
+        if let Some(overage) = self.overage.get_mut(feature) {
+            overage.price.id = Some(id);
+        }
     }
 
     /// Whether a feature's limit is per seat.
@@ -892,13 +971,7 @@ fn parse_plan(
             Currency::parse(&currency).map_err(|_| CatalogError::InvalidCurrency(currency))?;
         let by_interval = parse_currency_prices(name, &code, value)?;
         for price in by_interval.values() {
-            for key in [
-                price.id.as_ref().map(|p| p.to_string()),
-                price.lookup_key.clone(),
-            ]
-            .into_iter()
-            .flatten()
-            {
+            for key in price_keys(price) {
                 if !seen_prices.insert(key.clone()) {
                     return Err(CatalogError::DuplicatePrice(key));
                 }
@@ -913,6 +986,78 @@ fn parse_plan(
         seats,
         trial_days,
         prices,
+    })
+}
+
+/// The id and lookup key of a price, the names a catalog may use once.
+fn price_keys(price: &Price) -> impl Iterator<Item = String> {
+    [
+        price.id.as_ref().map(|p| p.to_string()),
+        price.lookup_key.clone(),
+    ]
+    .into_iter()
+    .flatten()
+}
+
+fn parse_overage(
+    feature: &FeatureName,
+    kind: FeatureKind,
+    raw: RawOverage,
+) -> Result<Overage, CatalogError> {
+    let invalid = |reason: String| CatalogError::InvalidOverage {
+        feature: feature.to_string(),
+        reason,
+    };
+    if kind != FeatureKind::Metered {
+        return Err(invalid(format!(
+            "only a metered feature has overage, not a {} one",
+            kind.as_str()
+        )));
+    }
+    let per = u64::try_from(raw.per)
+        .ok()
+        .filter(|per| *per >= 1)
+        .ok_or_else(|| invalid(format!("per must be at least 1, got {}", raw.per)))?;
+    let cap = u64::try_from(raw.cap)
+        .map_err(|_| invalid(format!("cap must be 0 or more, got {}", raw.cap)))?;
+    if raw.price.is_empty() || raw.price.len() > 200 {
+        return Err(invalid("price must be 1 to 200 characters".to_owned()));
+    }
+    // A `price_…` value is a Stripe price id; anything else is a lookup key.
+    let price = if raw.price.starts_with("price_") {
+        Price {
+            id: Some(PriceId::parse(&raw.price).map_err(|e| invalid(e.to_string()))?),
+            lookup_key: None,
+            unit_amount: raw.unit_amount,
+        }
+    } else {
+        Price {
+            id: None,
+            lookup_key: Some(raw.price),
+            unit_amount: raw.unit_amount,
+        }
+    };
+    if price.unit_amount.is_some_and(|a| a < 0) {
+        return Err(invalid("unit_amount must not be negative".to_owned()));
+    }
+    let meter_event_name = raw
+        .meter
+        .unwrap_or_else(|| Overage::default_event_name(feature));
+    // Stripe's bound on a meter's event_name.
+    if meter_event_name.is_empty() || meter_event_name.len() > 100 {
+        return Err(invalid("meter must be 1 to 100 characters".to_owned()));
+    }
+    let interval = match raw.interval.as_deref() {
+        None => Interval::Month,
+        Some(raw) => Interval::parse(raw)
+            .ok_or_else(|| invalid(format!("interval must be month or year, got {raw:?}")))?,
+    };
+    Ok(Overage {
+        price,
+        per,
+        cap,
+        meter_event_name,
+        interval,
     })
 }
 
@@ -1374,8 +1519,33 @@ mod tests {
             ),
             (
                 "generations   = { kind = \"metered\" }",
-                "generations   = { kind = \"metered\", overage = { price = \"p\", per = 1, cap = 10 } }",
-                "catalog_unsupported",
+                "generations   = { kind = \"metered\", overage = { price = \"p\", per = 0, cap = 10 } }",
+                "catalog_invalid_overage",
+            ),
+            (
+                "generations   = { kind = \"metered\" }",
+                "generations   = { kind = \"metered\", overage = { price = \"p\", per = 1, cap = -1 } }",
+                "catalog_invalid_overage",
+            ),
+            (
+                "generations   = { kind = \"metered\" }",
+                "generations   = { kind = \"metered\", overage = { price = \"p\", per = 1 } }",
+                "catalog_invalid_toml",
+            ),
+            (
+                "generations   = { kind = \"metered\" }",
+                "generations   = { kind = \"metered\", overage = { price = \"p\", per = 1, cap = 1, tiers = 2 } }",
+                "catalog_invalid_toml",
+            ),
+            (
+                "websites      = { kind = \"capacity\", per_seat = false }",
+                "websites      = { kind = \"capacity\", per_seat = false, overage = { price = \"p\", per = 1, cap = 1 } }",
+                "catalog_invalid_overage",
+            ),
+            (
+                "generations   = { kind = \"metered\" }",
+                "generations   = { kind = \"metered\", overage = { price = \"billd_team_eur_year\", per = 1, cap = 1 } }",
+                "catalog_duplicate_price",
             ),
             (
                 "[plans.free]\n        limits = {",
@@ -1397,5 +1567,51 @@ mod tests {
             "{ISSUE_EXAMPLE}\n[credit_packs.gen_100]\nfeature = \"generations\"\namount = 100\n"
         );
         assert_eq!(error_code(&packs), "catalog_unsupported");
+    }
+
+    #[test]
+    fn metered_overage_parses_as_in_the_issue_and_catalogs_without_it_have_none() {
+        let text = ISSUE_EXAMPLE.replacen(
+            "generations   = { kind = \"metered\" }",
+            "generations   = { kind = \"metered\", overage = { price = \"billd_gen_overage_eur\", per = 1, cap = 1000 } }",
+            1,
+        );
+        let catalog = Catalog::from_toml(&text).unwrap();
+        let overage = catalog.overage(&feature("generations")).unwrap();
+        assert_eq!(
+            overage,
+            &Overage {
+                price: Price {
+                    id: None,
+                    lookup_key: Some("billd_gen_overage_eur".to_owned()),
+                    unit_amount: None,
+                },
+                per: 1,
+                cap: 1000,
+                meter_event_name: "billd_generations".to_owned(),
+                interval: Interval::Month,
+            }
+        );
+        assert!(catalog.overage(&feature("websites")).is_none());
+        assert!(Catalog::seed().overages().is_empty());
+
+        let named = ISSUE_EXAMPLE.replacen(
+            "generations   = { kind = \"metered\" }",
+            "generations   = { kind = \"metered\", overage = { price = \"price_gen\", per = 10, cap = 0, meter = \"gen\", unit_amount = 2 } }",
+            1,
+        );
+        let catalog = Catalog::from_toml(&named).unwrap();
+        let overage = catalog.overage(&feature("generations")).unwrap();
+        assert_eq!(
+            (
+                overage.price.id.as_ref().map(PriceId::as_str),
+                overage.price.unit_amount
+            ),
+            (Some("price_gen"), Some(2))
+        );
+        assert_eq!(
+            (overage.per, overage.cap, overage.meter_event_name.as_str()),
+            (10, 0, "gen")
+        );
     }
 }

@@ -5,9 +5,61 @@
 //! that counts, so only the counter and the limit are needed, and both
 //! follow from the state, the catalog and the time.
 
-use crate::access::{check_consume, entitlements, Access, ConsumeError, Usage, UsageKey};
+use serde::{Deserialize, Serialize};
+
+use crate::access::{
+    access_at, check_consume, entitlements, open_overage, Access, Balance, ConsumeError, Usage,
+    UsageKey,
+};
+use crate::apply::{meter_identifier, Effect};
 use crate::catalog::{Catalog, FeatureName};
+use crate::ids::{CustomerId, StripeCustomerId};
 use crate::state::CustomerState;
+
+/// Where a consume's overage is reported: the included quota of its
+/// counter, the meter and the Stripe customer billed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverageMeter {
+    /// The included quota; counter units past it are overage.
+    pub included: u64,
+    /// The meter's `event_name`.
+    pub event_name: String,
+    /// The Stripe customer whose subscription bills the overage.
+    pub stripe_customer: StripeCustomerId,
+}
+
+impl OverageMeter {
+    /// The meter event of a consume of `amount` under `idempotency_key`
+    /// that took the counter to `used_after` at `now`, or `None` when it
+    /// stayed within the included quota. One per consume (the dedupe key
+    /// and the identifier are the consume's key), so a replayed consume,
+    /// which writes nothing, reports nothing more.
+    pub fn event(
+        &self,
+        customer: &CustomerId,
+        idempotency_key: &str,
+        used_after: u64,
+        amount: u64,
+        now: i64,
+    ) -> Option<Effect> {
+        let balance = Balance {
+            included: self.included,
+            cap: 0,
+        };
+        let value = balance.overage_added(used_after, amount);
+        (value > 0).then(|| {
+            let identifier = meter_identifier(customer.as_str(), idempotency_key);
+            Effect::MeterEvent {
+                event_name: self.event_name.clone(),
+                stripe_customer: self.stripe_customer.clone(),
+                value,
+                dedupe_key: format!("meter_event:{identifier}"),
+                identifier,
+                timestamp: now,
+            }
+        })
+    }
+}
 
 /// The counter a consume changes and the limit the store enforces.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +72,10 @@ pub struct ConsumeTarget {
     pub limit: u64,
     /// Why nothing new may be consumed, when access forbids it.
     pub refused: Option<Access>,
+    /// Where the overage goes, while overage is open: the limit is then
+    /// the included quota plus the cap, and a refusal is
+    /// `overage_cap_reached`.
+    pub overage: Option<OverageMeter>,
 }
 
 /// The target of consuming `amount` of `feature` at `now`: the same counter
@@ -34,21 +90,37 @@ pub fn consume_target(
     now: i64,
 ) -> Result<ConsumeTarget, ConsumeError> {
     let ent = entitlements(state, catalog, &Usage::default(), now);
-    let key = ent
+    let quota = ent
         .features
         .get(feature)
-        .map(|quota| quota.usage_key.clone())
         .ok_or(ConsumeError::UnknownFeature)?;
+    let key = quota.usage_key.clone();
+    let view = access_at(state, catalog, now);
+    let overage = open_overage(&view, catalog, feature)
+        .zip(view.subscription)
+        .map(|(overage, sub)| OverageMeter {
+            included: quota.limit,
+            event_name: overage.meter_event_name.clone(),
+            stripe_customer: sub.snapshot.customer.clone(),
+        });
     match check_consume(&ent, feature, amount) {
         Ok(limit) | Err(ConsumeError::QuotaExceeded { limit, .. }) => Ok(ConsumeTarget {
             key,
             limit,
             refused: None,
+            overage,
+        }),
+        Err(ConsumeError::OverageCapReached { included, cap, .. }) => Ok(ConsumeTarget {
+            key,
+            limit: included.saturating_add(cap),
+            refused: None,
+            overage,
         }),
         Err(ConsumeError::NoAccess(access)) => Ok(ConsumeTarget {
             key,
             limit: 0,
             refused: Some(access),
+            overage: None,
         }),
         Err(other) => Err(other),
     }
@@ -103,6 +175,7 @@ limits = { generations = 3, websites = 1 }
                 },
                 limit: 3,
                 refused: None,
+                overage: None,
             }
         );
     }

@@ -41,6 +41,7 @@ pub mod apply;
 pub mod calendar;
 pub mod catalog;
 pub mod consume;
+pub mod credits;
 pub mod email;
 pub mod erasure;
 pub mod event;
@@ -52,18 +53,19 @@ pub mod schedule;
 pub mod state;
 
 pub use access::{
-    access_at, check_consume, entitlements, usage_key, usage_keys, usage_period, Access,
-    ConsumeError, Entitlements, FeatureEntitlement, FlagEntitlement, Period, Usage, UsageKey,
+    access_at, check_consume, entitlements, open_overage, usage_key, usage_keys, usage_period,
+    Access, Balance, ConsumeError, Entitlements, FeatureEntitlement, FlagEntitlement, Period,
+    Usage, UsageKey,
 };
 pub use apply::{
-    apply, AlertKind, AuditEntry, CancelReason, Decision, Effect, EmailTemplate, Outcome,
-    StripeCustomerErasure, MAX_REFETCH_ROUNDS,
+    apply, meter_identifier, AlertKind, AuditEntry, CancelReason, Decision, Effect, EmailTemplate,
+    Outcome, StripeCustomerErasure, MAX_REFETCH_ROUNDS,
 };
 pub use catalog::{
-    Catalog, CatalogError, DowngradePolicy, FeatureKind, FeatureName, Interval, Plan, PlanName,
-    Price, PriceSlot, RefundPolicy, SeatRange,
+    Catalog, CatalogError, DowngradePolicy, FeatureKind, FeatureName, Interval, Overage, Plan,
+    PlanName, Price, PriceSlot, RefundPolicy, SeatRange,
 };
-pub use consume::{consume_target, ConsumeTarget};
+pub use consume::{consume_target, ConsumeTarget, OverageMeter};
 pub use email::{Email, EmailError};
 pub use erasure::{
     is_personal_audit_field, redact_audit, redact_audit_values, redact_dedupe_key, scrub_json,

@@ -306,6 +306,31 @@ pub struct UsageRequest {
     /// The caller's key: the same key again returns the stored answer and
     /// changes nothing. Keys are per customer.
     pub idempotency_key: String,
+    /// Where a consume's part beyond the included quota is reported
+    /// (`billd_core::ConsumeTarget::overage`): an applied consume that
+    /// passes it writes a `meter_event` outbox row in its transaction.
+    /// Ignored by a release.
+    pub overage: Option<billd_core::OverageMeter>,
+}
+
+impl UsageRequest {
+    /// The `meter_event` outbox row of this consume, applied with the
+    /// counter at `used` afterwards, when it went past the included quota.
+    pub(crate) fn meter_row(&self, used: i64, now: i64) -> StoreResult<Option<NewOutboxItem>> {
+        let Some(meter) = &self.overage else {
+            return Ok(None);
+        };
+        meter
+            .event(
+                &self.customer_id,
+                &self.idempotency_key,
+                from_db(used),
+                self.amount,
+                now,
+            )
+            .map(|effect| NewOutboxItem::from_effect(&effect))
+            .transpose()
+    }
 }
 
 /// The answer to a consume or release.

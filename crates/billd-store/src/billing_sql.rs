@@ -841,7 +841,7 @@ macro_rules! billing_store {
         }
 
         /// Inserts outbox rows, due now, skipping existing dedupe keys.
-        async fn insert_outbox(
+        pub(super) async fn insert_outbox(
             conn: &mut Conn,
             customer_id: Option<&CustomerId>,
             items: &[NewOutboxItem],
@@ -965,6 +965,9 @@ macro_rules! billing_store {
                 ));
             };
             record_answer(&mut *conn, request, used, limit_db).await?;
+            if let Some(row) = request.meter_row(used, now)? {
+                insert_outbox(&mut *conn, Some(&request.customer_id), &[row], now).await?;
+            }
             Ok((
                 UsageOutcome::Applied {
                     used: from_db(used),

@@ -291,6 +291,37 @@ impl StripeClient {
         }
     }
 
+    /// `POST /v1/billing/meter_events`: `value` units of `event_name` for
+    /// `stripe_customer` at `timestamp`, under Stripe's dedupe
+    /// `identifier`. Stripe refuses an identifier it already has (a resend
+    /// after a lost answer): that counts as delivered, and the answer is
+    /// `Ok(None)`; a new event answers `Ok(Some(event))`.
+    pub async fn create_meter_event(
+        &self,
+        event_name: &str,
+        stripe_customer: &str,
+        value: u64,
+        identifier: &str,
+        timestamp: i64,
+    ) -> Result<Option<Value>, StripeError> {
+        let params = Params::new()
+            .set("event_name", event_name)
+            .set("payload[stripe_customer_id]", stripe_customer)
+            .set("payload[value]", value)
+            .set("identifier", identifier)
+            .set("timestamp", timestamp);
+        match self
+            // No idempotency key of billd's: the identifier is Stripe's
+            // dedupe, and a resend must meet it rather than a replayed answer.
+            .post("/v1/billing/meter_events", &params, None)
+            .await
+        {
+            Ok(event) => Ok(Some(event)),
+            Err(StripeError::Api(e)) if is_duplicate_meter_event(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     async fn send(
         &self,
         method: Method,
@@ -459,6 +490,12 @@ fn is_already_canceled(e: &ApiError) -> bool {
     // Stripe refuses to cancel a canceled subscription with a 400 whose
     // message says so; the subscription itself is still retrievable.
     e.status == 400 && e.message.contains("canceled")
+}
+
+fn is_duplicate_meter_event(e: &ApiError) -> bool {
+    // Stripe answers a meter event whose identifier it has seen with a 400
+    // "An event already exists with identifier …".
+    e.status == 400 && e.message.contains("already exists with identifier")
 }
 
 fn random_idempotency_key() -> String {

@@ -434,6 +434,25 @@ struct RawPrice {
     currency: Option<String>,
     #[serde(default)]
     unit_amount: Option<i64>,
+    #[serde(default)]
+    recurring: Option<RawRecurring>,
+}
+
+#[derive(Deserialize)]
+struct RawRecurring {
+    #[serde(default)]
+    usage_type: Option<String>,
+}
+
+impl RawSubscriptionItem {
+    /// A metered item (overage billed by a meter) is not the plan's item.
+    fn is_metered(&self) -> bool {
+        self.price
+            .as_ref()
+            .and_then(|p| p.recurring.as_ref())
+            .and_then(|r| r.usage_type.as_deref())
+            == Some("metered")
+    }
 }
 
 /// Parses a subscription object (from an event or from the API).
@@ -446,7 +465,12 @@ pub fn parse_subscription(object: &Value) -> Result<Subscription, ParseError> {
         })?;
     let customer = parse_ref("customer", raw.customer.as_ref(), StripeCustomerId::parse)?
         .ok_or(ParseError::MissingField("customer"))?;
-    let first_item = raw.items.and_then(|items| items.data.into_iter().next());
+    // The plan's item: the first one that is not metered.
+    let first_item = raw.items.and_then(|items| {
+        let mut items = items.data;
+        let at = items.iter().position(|i| !i.is_metered()).unwrap_or(0);
+        (at < items.len()).then(|| items.swap_remove(at))
+    });
     let (price, quantity, current_period_start, current_period_end) = match first_item {
         Some(item) => {
             let price = item

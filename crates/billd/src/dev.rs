@@ -235,6 +235,7 @@ async fn start_emulator(
 
     let mut catalog = crate::billing::catalog(config)?;
     let example_price = bind_prices(&sim, &mut catalog).await?;
+    bind_overages(&sim, &mut catalog).await?;
 
     let secret = register_webhook(&sim, &format!("http://{billd_addr}/webhooks/stripe")).await?;
     config
@@ -374,6 +375,91 @@ async fn bind_prices(
         }
     }
     Ok(example)
+}
+
+/// Finds or creates, in the emulator, the meter and the metered price of
+/// every overage the catalog names by lookup key, and binds the price's id.
+async fn bind_overages(sim: &SimClient, catalog: &mut Catalog) -> anyhow::Result<()> {
+    let currency = catalog.default_currency().clone();
+    let wanted: Vec<_> = catalog
+        .overages()
+        .iter()
+        .filter(|(_, overage)| overage.price.id.is_none())
+        .map(|(feature, overage)| (feature.clone(), overage.clone()))
+        .collect();
+    for (feature, overage) in wanted {
+        let Some(lookup_key) = overage.price.lookup_key.clone() else {
+            continue;
+        };
+        let found = sim
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/prices?lookup_keys[]={lookup_key}"),
+                &[],
+            )
+            .await?;
+        let id = match found["data"][0]["id"].as_str() {
+            Some(id) => id.to_string(),
+            None => {
+                let amount = overage.price.unit_amount.with_context(|| {
+                    format!(
+                        "dev mode: the overage of {feature} ({lookup_key}) has no unit_amount to create its price with"
+                    )
+                })?;
+                let meters = sim
+                    .call(
+                        reqwest::Method::GET,
+                        "/v1/billing/meters?status=active&limit=100",
+                        &[],
+                    )
+                    .await?;
+                let existing = meters["data"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|m| m["event_name"] == overage.meter_event_name.as_str())
+                    .and_then(|m| m["id"].as_str())
+                    .map(str::to_string);
+                let meter = match existing {
+                    Some(meter) => meter,
+                    None => sim
+                        .call(
+                            reqwest::Method::POST,
+                            "/v1/billing/meters",
+                            &[
+                                ("display_name", format!("{feature} overage")),
+                                ("event_name", overage.meter_event_name.clone()),
+                                ("default_aggregation[formula]", "sum".to_string()),
+                            ],
+                        )
+                        .await?["id"]
+                        .as_str()
+                        .context("the emulator created a meter without an id")?
+                        .to_string(),
+                };
+                let mut form = vec![
+                    ("product_data[name]", format!("{feature} overage")),
+                    ("currency", currency.to_string()),
+                    ("unit_amount", amount.to_string()),
+                    ("recurring[interval]", overage.interval.as_str().to_string()),
+                    ("recurring[usage_type]", "metered".to_string()),
+                    ("recurring[meter]", meter),
+                    ("lookup_key", lookup_key.clone()),
+                ];
+                if overage.per > 1 {
+                    form.push(("transform_quantity[divide_by]", overage.per.to_string()));
+                    form.push(("transform_quantity[round]", "up".to_string()));
+                }
+                sim.call(reqwest::Method::POST, "/v1/prices", &form).await?["id"]
+                    .as_str()
+                    .context("the emulator created a price without an id")?
+                    .to_string()
+            }
+        };
+        let price_id = PriceId::parse(&id).with_context(|| format!("price id {id}"))?;
+        catalog.bind_overage_price(&feature, price_id);
+    }
+    Ok(())
 }
 
 /// Registers billd's endpoint for every event type billd handles (replacing
@@ -594,6 +680,64 @@ mod tests {
             );
         }
         dev.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_emulator_gets_each_overages_meter_and_metered_price_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let plans = dir.path().join("plans.toml");
+        std::fs::write(
+            &plans,
+            billd_core::catalog::SEED_CATALOG_TOML.replacen(
+                "generations = { kind = \"metered\" }",
+                "generations = { kind = \"metered\", overage = { price = \"gen_over\", per = 1, cap = 9, unit_amount = 20 } }",
+                1,
+            ),
+        )
+        .unwrap();
+        let env = HashMap::from([("BILLD_PLANS".to_string(), plans.display().to_string())]);
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let mut config = Config::load(None, &env).unwrap();
+            let mut dev = DevMode::apply(&mut config, dir.path(), addr())
+                .await
+                .unwrap();
+            let sim = dev
+                .emulator
+                .as_ref()
+                .unwrap()
+                .handle
+                .as_ref()
+                .unwrap()
+                .sim
+                .clone();
+            let catalog = dev.take_catalog().unwrap();
+            let overage =
+                &catalog.overages()[&billd_core::FeatureName::parse("generations").unwrap()];
+            let id = overage.price.id.as_ref().unwrap().to_string();
+            let price = sim.object(&id).unwrap();
+            assert_eq!(
+                (
+                    &price["recurring"]["usage_type"],
+                    &price["unit_amount"],
+                    &price["lookup_key"]
+                ),
+                (
+                    &serde_json::json!("metered"),
+                    &serde_json::json!(20),
+                    &serde_json::json!("gen_over")
+                )
+            );
+            let meter = sim
+                .object(price["recurring"]["meter"].as_str().unwrap())
+                .unwrap();
+            assert_eq!(meter["event_name"], "billd_generations");
+            let (_, meters) = sim.call("GET", "/v1/billing/meters", "");
+            assert_eq!(meters["data"].as_array().unwrap().len(), 1);
+            ids.push(id);
+            dev.shutdown().await;
+        }
+        assert_eq!(ids[0], ids[1], "a restart reuses the price");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

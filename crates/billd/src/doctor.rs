@@ -211,6 +211,7 @@ pub async fn diagnose(file: Option<&Path>, env: &HashMap<String, String>) -> Rep
     check_webhook(&mut r, &config, &stripe, &fix_base).await;
     if let Some(catalog) = &catalog {
         check_prices(&mut r, catalog, &stripe, &fix_base).await;
+        check_overages(&mut r, catalog, &stripe, &fix_base).await;
     } else {
         r.skip("prices", "the plan catalog did not load");
     }
@@ -911,6 +912,198 @@ async fn check_prices(r: &mut Report, catalog: &Catalog, stripe: &StripeClient, 
                 ),
             ),
         }
+    }
+}
+
+/// The active meter with `event_name` at Stripe, if any.
+async fn meter_named(
+    stripe: &StripeClient,
+    event_name: &str,
+) -> Result<Option<Value>, StripeError> {
+    let meters = stripe
+        .list_all(
+            "/v1/billing/meters",
+            &Params::new().set("status", "active"),
+            1000,
+        )
+        .await?;
+    Ok(meters.into_iter().find(|m| m["event_name"] == event_name))
+}
+
+/// The form that creates a metered overage price on `meter`.
+fn overage_price_form(
+    feature: &billd_core::FeatureName,
+    overage: &billd_core::Overage,
+    currency: &billd_core::Currency,
+    lookup_key: &str,
+    meter: &str,
+) -> Vec<(&'static str, String)> {
+    let mut form = vec![
+        ("product_data[name]", format!("{feature} overage")),
+        ("currency", currency.to_string()),
+        ("recurring[interval]", overage.interval.as_str().to_string()),
+        ("recurring[usage_type]", "metered".to_string()),
+        ("recurring[meter]", meter.to_string()),
+        ("lookup_key", lookup_key.to_string()),
+    ];
+    if let Some(amount) = overage.price.unit_amount {
+        form.push(("unit_amount", amount.to_string()));
+    }
+    if overage.per > 1 {
+        form.push(("transform_quantity[divide_by]", overage.per.to_string()));
+        form.push(("transform_quantity[round]", "up".to_string()));
+    }
+    form
+}
+
+/// Each metered feature's overage: its price exists at Stripe, is an
+/// active metered price in the catalog's currency at the overage's
+/// interval, and its meter exists, is active and has the catalog's event
+/// name with the payload keys billd sends.
+async fn check_overages(r: &mut Report, catalog: &Catalog, stripe: &StripeClient, fix: &FixBase) {
+    let currency = catalog.default_currency();
+    for (feature, overage) in catalog.overages() {
+        let check = format!("overage {feature}");
+        let event_name = &overage.meter_event_name;
+        let found = match (&overage.price.id, &overage.price.lookup_key) {
+            (Some(id), _) => stripe
+                .get(&format!("/v1/prices/{id}"), &Params::new())
+                .await
+                .map(Some),
+            (None, Some(key)) => stripe
+                .get(
+                    "/v1/prices",
+                    &Params::new().set("lookup_keys[]", key).set("limit", 1),
+                )
+                .await
+                .map(|list| list["data"].get(0).cloned()),
+            (None, None) => Ok(None),
+        };
+        let price = match found {
+            Ok(Some(price)) => price,
+            Ok(None) => {
+                let name = overage.price.id.as_ref().map_or_else(
+                    || overage.price.lookup_key.clone().unwrap_or_default(),
+                    |id| id.to_string(),
+                );
+                let create_fix = match meter_named(stripe, event_name).await {
+                    Err(e) => stripe_error_fix(&e, "billing meters"),
+                    Ok(None) => fix.curl(
+                        "POST",
+                        "/v1/billing/meters",
+                        &[
+                            ("display_name", format!("{feature} overage")),
+                            ("event_name", event_name.clone()),
+                            ("default_aggregation[formula]", "sum".to_string()),
+                        ],
+                    ) + " # then run billd doctor again for the price",
+                    Ok(Some(meter)) if overage.price.id.is_none() => fix.curl(
+                        "POST",
+                        "/v1/prices",
+                        &overage_price_form(
+                            feature,
+                            overage,
+                            currency,
+                            &name,
+                            meter["id"].as_str().unwrap_or("?"),
+                        ),
+                    ),
+                    Ok(Some(_)) => "create the metered price in the Stripe dashboard and put its id into BILLD_PLANS".to_string(),
+                };
+                r.fail(
+                    &check,
+                    format!("no metered price {name:?} at Stripe"),
+                    create_fix,
+                );
+                continue;
+            }
+            Err(e) => {
+                r.fail(
+                    &check,
+                    format!("cannot read the overage price: {e}"),
+                    stripe_error_fix(&e, "prices"),
+                );
+                continue;
+            }
+        };
+        let id = price["id"].as_str().unwrap_or("?").to_string();
+        let mut problems = Vec::new();
+        if price["active"] != true {
+            problems.push(format!("{id} is archived (active=false)"));
+        }
+        if price["recurring"]["usage_type"] != "metered" {
+            problems.push(format!("{id} is not a metered price"));
+        }
+        if price["recurring"]["interval"].as_str() != Some(overage.interval.as_str()) {
+            problems.push(format!(
+                "{id} bills every {}, the catalog says {}",
+                price["recurring"]["interval"].as_str().unwrap_or("?"),
+                overage.interval
+            ));
+        }
+        if price["currency"].as_str() != Some(currency.as_str()) {
+            problems.push(format!(
+                "{id} is in {}, overage is billed in {currency}",
+                price["currency"].as_str().unwrap_or("?")
+            ));
+        }
+        let meter = match price["recurring"]["meter"].as_str() {
+            None => {
+                problems.push(format!("{id} has no meter"));
+                None
+            }
+            Some(mtr) => match stripe
+                .get(&format!("/v1/billing/meters/{mtr}"), &Params::new())
+                .await
+            {
+                Ok(meter) => Some(meter),
+                Err(e) => {
+                    problems.push(format!("cannot read its meter {mtr}: {e}"));
+                    None
+                }
+            },
+        };
+        if let Some(meter) = &meter {
+            let mtr = meter["id"].as_str().unwrap_or("?");
+            if meter["status"] != "active" {
+                problems.push(format!("its meter {mtr} is deactivated"));
+            }
+            if meter["event_name"] != event_name.as_str() {
+                problems.push(format!(
+                    "its meter {mtr} counts {}, billd sends {event_name}",
+                    meter["event_name"]
+                ));
+            }
+            if meter["default_aggregation"]["formula"] != "sum" {
+                problems.push(format!("its meter {mtr} does not sum values"));
+            }
+            if meter["customer_mapping"]["event_payload_key"] != "stripe_customer_id"
+                || meter["value_settings"]["event_payload_key"] != "value"
+            {
+                problems.push(format!(
+                    "its meter {mtr} reads other payload keys than stripe_customer_id and value"
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            r.fail(
+                &check,
+                problems.join("; "),
+                format!("point BILLD_PLANS' {feature} overage at an active metered price in {currency} whose meter sums {event_name}"),
+            );
+            continue;
+        }
+        r.pass(
+            &check,
+            format!(
+                "{id}: metered on {} ({event_name}), {} {currency} per {} {feature}",
+                meter.as_ref().and_then(|m| m["id"].as_str()).unwrap_or("?"),
+                price["unit_amount"]
+                    .as_i64()
+                    .map_or("?".to_string(), |a| a.to_string()),
+                overage.per
+            ),
+        );
     }
 }
 

@@ -61,6 +61,12 @@
 //! - An `incomplete` subscription expiring sends `customer.subscription.updated`.
 //! - Events are rendered in the pinned version whatever an endpoint's
 //!   `api_version`; first delivery attempts go out one at a time.
+//! - Billing Meters: meter events are whole numbers, validated and counted
+//!   at once (Stripe aggregates asynchronously and reports bad events
+//!   later); an identifier stays known for good (Stripe: at least 24 hours);
+//!   event summaries are one summary over the window asked for; a metered
+//!   item's usage is billed at renewal only (not on cancellation); no
+//!   `billing.meter.*` events.
 
 #![recursion_limit = "256"]
 #![warn(missing_docs)]

@@ -151,6 +151,9 @@ pub struct Snapshot {
     /// The account id.
     #[serde(default)]
     pub account_id: Option<String>,
+    /// Billing meter events by identifier.
+    #[serde(default)]
+    pub meter_events: HashMap<String, Value>,
     /// Requests served.
     pub request_count: u64,
 }
@@ -188,6 +191,8 @@ pub struct Inner {
     pub tax_settings: Option<Value>,
     /// The account id `GET /v1/account` shows.
     pub account_id: Option<String>,
+    /// Billing meter events by `identifier` (they have no id).
+    pub meter_events: HashMap<String, Value>,
     /// The current request.
     pub request: Option<RequestCtx>,
     /// Requests served, for `Request-Id`.
@@ -240,6 +245,7 @@ impl Inner {
             rolled_secrets: HashMap::new(),
             tax_settings: None,
             account_id: None,
+            meter_events: HashMap::new(),
             request: None,
             request_count: 0,
             deliveries: None,
@@ -274,6 +280,7 @@ impl Inner {
             rolled_secrets: self.rolled_secrets.clone(),
             tax_settings: self.tax_settings.clone(),
             account_id: self.account_id.clone(),
+            meter_events: self.meter_events.clone(),
             request_count: self.request_count,
         }
     }
@@ -294,6 +301,7 @@ impl Inner {
         self.rolled_secrets = snap.rolled_secrets;
         self.tax_settings = snap.tax_settings;
         self.account_id = snap.account_id;
+        self.meter_events = snap.meter_events;
         self.request_count = snap.request_count;
     }
 

@@ -104,6 +104,22 @@ pub enum ApiError {
         /// The amount asked for.
         requested: u64,
     },
+    /// A consumption would pass the overage cap of a metered feature sold
+    /// beyond its quota (402 `overage_cap_reached`); the body also carries
+    /// `feature`, `included`, `cap`, `used` and `requested`.
+    #[error("overage cap reached: {used} used of {included} included plus {cap} overage, {requested} requested")]
+    OverageCapReached {
+        /// The feature.
+        feature: billd_core::FeatureName,
+        /// The included quota.
+        included: u64,
+        /// The overage cap per period.
+        cap: u64,
+        /// Used now, overage included.
+        used: u64,
+        /// The amount asked for.
+        requested: u64,
+    },
     /// Access is blocked, frozen or the grace period is over (403
     /// `no_access`); the body also carries `access`.
     #[error("no access: the customer's access is {access}")]
@@ -161,6 +177,7 @@ impl ApiError {
             | ApiError::PaymentRequired { code, .. }
             | ApiError::Denied { code, .. } => code,
             ApiError::QuotaExceeded { .. } => "quota_exceeded",
+            ApiError::OverageCapReached { .. } => "overage_cap_reached",
             ApiError::NoAccess { .. } => "no_access",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::StripeUnavailable(_) => "stripe_unavailable",
@@ -203,9 +220,9 @@ impl ApiError {
             ApiError::NotFound { .. } => StatusCode::NOT_FOUND,
             ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
-            ApiError::PaymentRequired { .. } | ApiError::QuotaExceeded { .. } => {
-                StatusCode::PAYMENT_REQUIRED
-            }
+            ApiError::PaymentRequired { .. }
+            | ApiError::QuotaExceeded { .. }
+            | ApiError::OverageCapReached { .. } => StatusCode::PAYMENT_REQUIRED,
             ApiError::Denied { .. } | ApiError::NoAccess { .. } => StatusCode::FORBIDDEN,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::StripeUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -308,6 +325,19 @@ impl IntoResponse for ApiError {
                 error["limit"] = serde_json::json!(limit);
                 error["used"] = serde_json::json!(used);
                 error["remaining"] = serde_json::json!(limit.saturating_sub(*used));
+                error["requested"] = serde_json::json!(requested);
+            }
+            ApiError::OverageCapReached {
+                feature,
+                included,
+                cap,
+                used,
+                requested,
+            } => {
+                error["feature"] = serde_json::json!(feature);
+                error["included"] = serde_json::json!(included);
+                error["cap"] = serde_json::json!(cap);
+                error["used"] = serde_json::json!(used);
                 error["requested"] = serde_json::json!(requested);
             }
             ApiError::NoAccess { access } => error["access"] = serde_json::json!(access),

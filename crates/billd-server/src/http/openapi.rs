@@ -111,8 +111,9 @@ pub(crate) async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
 }
 
 /// Every error body: `{"error":{"code","message"}}` (quota answers add
-/// `feature`, `limit`, `used`, `remaining`, `requested`; `no_access` adds
-/// `access`).
+/// `feature`, `limit`, `used`, `remaining`, `requested`;
+/// `overage_cap_reached` adds `feature`, `included`, `cap`, `used`,
+/// `requested`; `no_access` adds `access`).
 #[derive(Debug, ToSchema)]
 pub struct ErrorBody {
     /// The error.
@@ -196,10 +197,22 @@ pub struct FeatureEntitlementDoc {
     /// The limit under the plan that applies, times the seats for a
     /// per-seat feature.
     pub limit: u64,
-    /// Used in the current period (metered) or live now (capacity).
+    /// The quota included in the plan: the same as `limit`.
+    pub included: u64,
+    /// Used in the current period (metered) or live now (capacity),
+    /// overage included.
     pub used: u64,
-    /// What may still be consumed (0 when blocked or frozen).
+    /// What may still be consumed within the included quota (0 when
+    /// blocked or frozen).
     pub remaining: u64,
+    /// The part of `used` beyond `included` while overage is open (0
+    /// otherwise): what the period's invoice bills.
+    pub overage_used: u64,
+    /// The most overage this period while overage is open (a metered
+    /// feature with `overage` in the catalog, on a paid plan with paid
+    /// access); null otherwise.
+    #[schema(required = true)]
+    pub overage_cap: Option<u64>,
     /// Usage exceeds the limit (after a downgrade): consumption is refused
     /// until usage is under it.
     pub over_limit: bool,

@@ -12,6 +12,9 @@
 //!   `DELETE /v1/customers/{id}` (or, with `anonymize`, an update unsetting
 //!   email, name, phone and address), keyed by the row's dedupe key; a
 //!   customer Stripe no longer has counts as done;
+//! - `meter_event` → `POST /v1/billing/meter_events` with the consume's
+//!   identifier; Stripe refusing a known identifier (a resend after a lost
+//!   answer) counts as done, so an overage is billed once;
 //! - emails and admin alerts → a [`Delivery`] backend ([`LogDelivery`]
 //!   until a mailer is plugged in).
 //!
@@ -358,6 +361,30 @@ impl<S: BillingBackend + ?Sized> OutboxWorker<S> {
                 )
                 .await
                 .map_err(stripe_error)
+            }
+            Effect::MeterEvent {
+                event_name,
+                stripe_customer,
+                value,
+                identifier,
+                timestamp,
+                ..
+            } => {
+                let created = self
+                    .stripe()?
+                    .create_meter_event(
+                        event_name,
+                        stripe_customer.as_str(),
+                        *value,
+                        identifier,
+                        *timestamp,
+                    )
+                    .await
+                    .map_err(stripe_error)?;
+                if created.is_none() {
+                    tracing::info!(outbox_id = item.id, %identifier, "meter event already at Stripe");
+                }
+                Ok(())
             }
             Effect::RefetchSubscription {
                 subscription,

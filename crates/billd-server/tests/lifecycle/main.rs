@@ -21,6 +21,7 @@ mod idempotency;
 mod mail;
 mod notify;
 mod openapi;
+mod overage;
 mod plan_change;
 mod pricing;
 mod reconcile;

@@ -207,6 +207,7 @@ async fn a_downgrade_below_usage_keeps_usage_and_blocks_new_consumption(db: Db) 
                 key,
                 amount: 15,
                 idempotency_key: "gen-1".into(),
+                overage: None,
             },
             25,
             h.clock.now(),

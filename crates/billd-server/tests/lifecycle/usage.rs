@@ -575,6 +575,7 @@ async fn a_current_read_does_not_query_sqlite() {
             key: key.clone(),
             amount: 1,
             idempotency_key: format!("behind_its_back{round}"),
+            overage: None,
         };
         let outcome = elsewhere
             .consume(&request, u64::MAX, h.clock.now())
@@ -640,6 +641,7 @@ async fn a_write_for_one_customer_leaves_another_customers_memory_answer_standin
             key: key.clone(),
             amount: 1,
             idempotency_key: format!("behind_its_back{round}"),
+            overage: None,
         };
         let outcome = elsewhere
             .consume(&request, u64::MAX, h.clock.now())
@@ -709,6 +711,7 @@ async fn a_write_for_one_customer_leaves_another_customers_memory_answer_standin
         key: key.clone(),
         amount: 1,
         idempotency_key: "behind_its_back_last".to_owned(),
+        overage: None,
     };
     elsewhere
         .consume(&request, u64::MAX, h.clock.now())

@@ -122,7 +122,12 @@ pub(super) async fn consume(
     limit: u64,
     now: i64,
 ) -> StoreResult<UsageOutcome> {
-    match consume_one(&store.pool, request, limit, None, now).await? {
+    let outcome = if request.overage.is_some() {
+        with_meter(store, request, limit, None, now).await?
+    } else {
+        consume_one(&store.pool, request, limit, None, now).await?
+    };
+    match outcome {
         GuardedOutcome::Decided(outcome) => Ok(outcome),
         // Without a version to check, the statement always decides.
         GuardedOutcome::Stale => Err(StoreError::Other(
@@ -195,6 +200,22 @@ pub(super) async fn consume_one(
     }))
 }
 
+/// A consume that may report overage: the meter event's outbox row must
+/// commit with it, which the one-statement [`consume_one`] cannot write, so
+/// it takes the transactional path (one transaction, as a batch of one).
+async fn with_meter(
+    store: &PgStore,
+    request: &UsageRequest,
+    limit: u64,
+    version: Option<i64>,
+    now: i64,
+) -> StoreResult<GuardedOutcome> {
+    let mut answers = consume_together(store, &[(request, limit, version)], now).await?;
+    answers
+        .pop()
+        .unwrap_or_else(|| Err(StoreError::Other("a batch of one answered nothing".into())))
+}
+
 #[async_trait]
 impl UsageStore for PgStore {
     async fn consume_guarded(
@@ -202,14 +223,11 @@ impl UsageStore for PgStore {
         consume: &GuardedConsume,
         now: i64,
     ) -> StoreResult<GuardedOutcome> {
-        consume_one(
-            &self.pool,
-            &consume.request,
-            consume.limit,
-            Some(consume.customer_version),
-            now,
-        )
-        .await
+        let version = Some(consume.customer_version);
+        if consume.request.overage.is_some() {
+            return with_meter(self, &consume.request, consume.limit, version, now).await;
+        }
+        consume_one(&self.pool, &consume.request, consume.limit, version, now).await
     }
 
     async fn consume_guarded_batch(

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use billd_core::CustomerId;
 use sqlx::SqliteConnection;
 
-use super::billing::{consume_in, guarded_in};
+use super::billing::{consume_in, guarded_in, insert_outbox};
 use super::SqliteStore;
 use crate::billing::{check_amount, from_db, period_column, replay, Direction, StoredRequest};
 use crate::dialect::Dialect;
@@ -154,6 +154,10 @@ async fn consume_lean(
             .bind(used)
             .execute(&mut *conn)
             .await?;
+        // The meter event of the overage, in the consume's transaction.
+        if let Some(row) = request.meter_row(used, now)? {
+            insert_outbox(&mut *conn, Some(&request.customer_id), &[row], now).await?;
+        }
         return Ok(Ok(UsageOutcome::Applied {
             used: from_db(used),
             limit,

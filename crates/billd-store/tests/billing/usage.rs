@@ -16,6 +16,7 @@ contract!(
     concurrent_guarded_consumes_stop_at_the_limit_and_count_each_key_once,
     a_guarded_batch_answers_each_consume_as_alone_and_keeps_only_what_was_applied,
     a_usage_snapshot_has_the_counters_and_the_state_only_when_its_version_changed,
+    an_overage_consume_writes_one_meter_event_in_its_transaction_on_every_path,
 );
 
 fn guarded(id: &str, amount: u64, key: &str, limit: u64, version: i64) -> GuardedConsume {
@@ -321,4 +322,117 @@ async fn a_usage_snapshot_has_the_counters_and_the_state_only_when_its_version_c
     assert!(changed.state.is_some());
     assert!(deleted.deleted);
     assert!(unknown.is_none());
+}
+
+/// A metered consume whose overage (past 3 included) is reported.
+fn metered(id: &str, amount: u64, key: &str) -> billd_store::UsageRequest {
+    let mut request = usage(id, "generations", Some(NOW - 100), amount, key);
+    request.overage = Some(billd_core::OverageMeter {
+        included: 3,
+        event_name: "billd_generations".to_owned(),
+        stripe_customer: billd_core::StripeCustomerId::parse("cus_meter").unwrap(),
+    });
+    request
+}
+
+/// (dedupe key, value) of the customer's meter event rows.
+async fn meter_events(h: &Harness, id: &str) -> Vec<(String, u64)> {
+    h.billing
+        .list_outbox(&billd_store::OutboxFilter {
+            status: None,
+            customer_id: Some(customer(id)),
+            limit: 0,
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|row| row.kind == "meter_event")
+        .map(|row| match row.effect().unwrap() {
+            billd_core::Effect::MeterEvent {
+                value, identifier, ..
+            } => {
+                assert_eq!(row.dedupe_key, format!("meter_event:{identifier}"));
+                (identifier, value)
+            }
+            other => panic!("not a meter event: {other:?}"),
+        })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+async fn an_overage_consume_writes_one_meter_event_in_its_transaction_on_every_path(h: &Harness) {
+    for id in ["user_m1", "user_m2", "user_m3"] {
+        h.billing
+            .upsert_customer(&profile(id, &format!("{id}@example.com")), NOW)
+            .await
+            .unwrap();
+    }
+    let limit = 3 + 4;
+    let guarded = |id: &str, amount: u64, key: &str| GuardedConsume {
+        request: metered(id, amount, key),
+        limit,
+        customer_version: 0,
+    };
+
+    // One by one, guarded: within the quota, across it, a replay, past the cap.
+    let one = |g: GuardedConsume| async move { h.store.consume_guarded(&g, NOW).await.unwrap() };
+    assert_eq!(
+        one(guarded("user_m1", 2, "a")).await,
+        applied(2, limit, false)
+    );
+    assert_eq!(
+        one(guarded("user_m1", 3, "b")).await,
+        applied(5, limit, false)
+    );
+    assert_eq!(
+        one(guarded("user_m1", 3, "b")).await,
+        applied(5, limit, true)
+    );
+    assert_eq!(
+        one(guarded("user_m1", 3, "c")).await,
+        GuardedOutcome::Decided(UsageOutcome::LimitExceeded { used: 5, limit })
+    );
+    assert_eq!(
+        one(guarded("user_m1", 2, "d")).await,
+        applied(7, limit, false)
+    );
+    assert_eq!(
+        meter_events(h, "user_m1").await,
+        [("user_m1:b".to_owned(), 2), ("user_m1:d".to_owned(), 2)]
+    );
+
+    // Group-committed: the same answers, the same rows.
+    let batch = [
+        guarded("user_m2", 2, "a"),
+        guarded("user_m2", 3, "b"),
+        guarded("user_m2", 3, "b"),
+        guarded("user_m2", 3, "c"),
+        guarded("user_m2", 2, "d"),
+    ];
+    let answers: Vec<GuardedOutcome> = h
+        .store
+        .consume_guarded_batch(&batch, NOW)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(answers[4], applied(7, limit, false));
+    assert_eq!(
+        meter_events(h, "user_m2").await,
+        [("user_m2:b".to_owned(), 2), ("user_m2:d".to_owned(), 2)]
+    );
+
+    // Unguarded (`BillingStore::consume`), and the key's replay.
+    for _ in 0..2 {
+        h.billing
+            .consume(&metered("user_m3", 5, "x"), limit, NOW)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        meter_events(h, "user_m3").await,
+        [("user_m3:x".to_owned(), 2)]
+    );
 }

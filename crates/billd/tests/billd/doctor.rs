@@ -505,3 +505,51 @@ async fn an_invalid_configuration_is_a_failing_row_not_a_crash() {
         .unwrap()
         .contains("BILLD_WEBHOOK_TOLERANCE_SECS"));
 }
+
+#[tokio::test]
+async fn an_overage_without_its_meter_and_price_fails_and_the_printed_fixes_create_them() {
+    let mut setup = Setup::correct().await;
+    let plans = setup.dir.path().join("plans.toml");
+    std::fs::write(
+        &plans,
+        billd_core::catalog::SEED_CATALOG_TOML.replacen(
+            "generations = { kind = \"metered\" }",
+            "generations = { kind = \"metered\", overage = { price = \"billd_gen_overage_eur\", per = 10, cap = 1000, unit_amount = 20 } }",
+            1,
+        ),
+    )
+    .unwrap();
+    setup.set("BILLD_PLANS", plans.to_str().unwrap());
+
+    // First the meter is missing, then (once created) the price on it.
+    let mut fixes = Vec::new();
+    for _ in 0..2 {
+        let (ok, rows) = setup.doctor().await;
+        assert!(!ok);
+        assert_eq!(failing(&rows), vec!["overage generations"], "{rows:#?}");
+        let fix = row(&rows, "overage generations")["fix"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        setup.apply(&fix).await;
+        fixes.push(fix);
+    }
+    assert!(fixes[0].contains("/v1/billing/meters"), "{fixes:?}");
+    assert!(
+        fixes[1].contains("recurring[usage_type]=metered"),
+        "{fixes:?}"
+    );
+    let (ok, rows) = setup.doctor().await;
+    assert!(ok, "{rows:#?}");
+    let detail = row(&rows, "overage generations")["detail"]
+        .as_str()
+        .unwrap();
+    assert!(
+        detail.contains("billd_generations") && detail.contains("20 eur per 10"),
+        "{detail}"
+    );
+
+    // The fixes made one meter, the one the price counts on.
+    let (_, meters) = setup.sim.sim.call("GET", "/v1/billing/meters", "");
+    assert_eq!(meters["data"].as_array().unwrap().len(), 1);
+}

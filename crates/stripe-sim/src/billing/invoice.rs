@@ -83,6 +83,11 @@ pub(crate) fn period_lines(
     }
     for item in sub["items"]["data"].as_array().cloned().unwrap_or_default() {
         let price = &item["price"];
+        // Metered items are billed in arrears, at the period's end
+        // ([`usage_lines`]), not in advance.
+        if crate::resources::meters::is_metered(price) {
+            continue;
+        }
         let qty = item["quantity"].as_i64().unwrap_or(1);
         let amount = if trialing {
             0
@@ -102,6 +107,46 @@ pub(crate) fn period_lines(
         let si = s_of(&item["id"]);
         lines.push(line(
             s, sub_id, &si, price, qty, amount, &currency, per, false, desc,
+        ));
+    }
+    Ok(lines)
+}
+
+/// One line per metered item of a subscription: its meter's usage over
+/// the item's current period times the price (billed when the period ends).
+pub(crate) fn usage_lines(s: &mut Inner, sub_id: &str) -> ApiResult<Vec<Value>> {
+    let sub = s.get("subscription", sub_id, "subscription")?;
+    let currency = s_of(&sub["currency"]);
+    let customer = s_of(&sub["customer"]);
+    let mut lines = Vec::new();
+    // Usage during a trial is not charged.
+    if sub["status"] == "trialing" {
+        return Ok(lines);
+    }
+    for item in sub["items"]["data"].as_array().cloned().unwrap_or_default() {
+        let price = &item["price"];
+        if !crate::resources::meters::is_metered(price) {
+            continue;
+        }
+        let (qty, _) = crate::resources::meters::item_usage(s, &customer, &item);
+        let amount = unit_amount_in(price, &currency)? * qty;
+        let per = (
+            item["current_period_start"].as_i64().unwrap_or(0),
+            item["current_period_end"].as_i64().unwrap_or(0),
+        );
+        let si = s_of(&item["id"]);
+        let name = product_name(s, price);
+        lines.push(line(
+            s,
+            sub_id,
+            &si,
+            price,
+            qty,
+            amount,
+            &currency,
+            per,
+            false,
+            format!("{name} (usage: {qty})"),
         ));
     }
     Ok(lines)
@@ -457,8 +502,8 @@ pub fn proration_lines(
     };
     let old_price = &item["price"];
     let old_qty = item["quantity"].as_i64().unwrap_or(1);
-    let old_amount = unit_amount_in(old_price, &currency)? * old_qty;
-    let new_amount = unit_amount_in(new_price, &currency)? * qty;
+    let old_amount = licensed_unit_amount(old_price, &currency)? * old_qty;
+    let new_amount = licensed_unit_amount(new_price, &currency)? * qty;
     let si = s_of(&item["id"]);
     let sub_id = s_of(&sub["id"]);
     let old_name = product_name(s, old_price);

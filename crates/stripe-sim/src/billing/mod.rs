@@ -7,7 +7,7 @@
 use crate::clock::add_interval;
 use crate::config::RetriesExhausted;
 use crate::error::{ApiError, ApiResult};
-pub use crate::resources::catalog::unit_amount_in;
+pub use crate::resources::catalog::{licensed_unit_amount, unit_amount_in};
 use crate::state::{previous_attributes, CardBehavior, Inner};
 use serde_json::{json, Value};
 
@@ -74,13 +74,13 @@ pub fn plan_from_price(price: &Value) -> Value {
         "interval_count": price["recurring"]["interval_count"],
         "livemode": false,
         "metadata": price["metadata"],
-        "meter": null,
+        "meter": price["recurring"]["meter"],
         "nickname": price["nickname"],
         "product": price["product"],
         "tiers_mode": null,
         "transform_usage": null,
         "trial_period_days": price["recurring"]["trial_period_days"],
-        "usage_type": "licensed",
+        "usage_type": price["recurring"]["usage_type"],
     })
 }
 
@@ -92,7 +92,7 @@ pub(crate) fn sub_item(
     start: i64,
     end: i64,
 ) -> Value {
-    json!({
+    let mut item = json!({
         "id": s.id("si"),
         "object": "subscription_item",
         "billing_thresholds": null,
@@ -107,7 +107,14 @@ pub(crate) fn sub_item(
         "quantity": qty,
         "subscription": sub,
         "tax_rates": [],
-    })
+    });
+    // A metered item has no quantity: its meter's usage is billed.
+    if crate::resources::meters::is_metered(price) {
+        if let Some(item) = item.as_object_mut() {
+            item.remove("quantity");
+        }
+    }
+    item
 }
 
 pub(crate) fn price_interval(price: &Value) -> (String, i64) {

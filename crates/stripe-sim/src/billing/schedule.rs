@@ -242,8 +242,13 @@ pub(crate) fn preview_renewal(s: &mut Inner, sub_id: &str, at: i64) -> ApiResult
         .unwrap_or_default();
     let (_, end) = period(&sub);
     let currency = s_of(&sub["currency"]);
+    // The usage of the period ending, as far as metered so far.
+    lines.extend(usage_lines(s, sub_id)?);
     for item in sub["items"]["data"].as_array().cloned().unwrap_or_default() {
         let price = &item["price"];
+        if crate::resources::meters::is_metered(price) {
+            continue;
+        }
         let qty = item["quantity"].as_i64().unwrap_or(1);
         let (iv, n) = price_interval(price);
         let amount = unit_amount_in(price, &currency)? * qty;
@@ -295,6 +300,13 @@ pub fn renew(s: &mut Inner, sub_id: &str, t: i64) -> ApiResult<()> {
             _ => {}
         }
     }
+    // The period's metered usage goes on this renewal's invoice.
+    let usage = usage_lines(s, sub_id)?;
+    s.subs
+        .entry(sub_id.to_string())
+        .or_default()
+        .pending_lines
+        .extend(usage);
     let mut after = before.clone();
     start_new_period(&mut after, t);
     if after["status"] == "trialing" {

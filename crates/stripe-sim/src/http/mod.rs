@@ -7,8 +7,8 @@ use crate::error::{ApiError, ApiResult};
 use crate::form;
 use crate::params;
 use crate::resources::{
-    account, catalog, checkout, coupons, customers, events, invoices, payment_methods, payments,
-    search, subscriptions, test_clocks,
+    account, catalog, checkout, coupons, customers, events, invoices, meters, payment_methods,
+    payments, search, subscriptions, test_clocks,
 };
 use crate::state::{IdempotentResult, Inner, RequestCtx};
 use serde_json::{json, Value};
@@ -394,6 +394,11 @@ pub fn route(s: &mut Inner, method: &str, segs: &[&str], p: &Value) -> ApiResult
         ("GET", ["products"]) => catalog::list_products(s, p),
         ("GET", ["products", id]) => s.get("product", id, "id"),
         ("POST", ["products", id]) => catalog::update_product(s, id, p),
+        ("POST", ["billing", "meters"]) => meters::create_meter(s, p),
+        ("GET", ["billing", "meters"]) => meters::list_meters(s, p),
+        ("GET", ["billing", "meters", id]) => s.get("billing.meter", id, "id"),
+        ("GET", ["billing", "meters", id, "event_summaries"]) => meters::event_summaries(s, id, p),
+        ("POST", ["billing", "meter_events"]) => meters::create_meter_event(s, p),
         ("POST", ["prices"]) => catalog::create_price(s, p),
         ("GET", ["prices"]) => catalog::list_prices(s, p),
         ("GET", ["prices", id]) => s.get("price", id, "id"),

@@ -117,22 +117,63 @@ pub fn create_price(s: &mut Inner, p: &Value) -> ApiResult {
             }
         }
     }
-    let recurring = match params::at(p, "recurring") {
-        Some(r) if r.is_object() => {
-            let interval = params::req_str(p, "recurring.interval")?;
-            if !matches!(interval, "day" | "week" | "month" | "year") {
+    let recurring =
+        match params::at(p, "recurring") {
+            Some(r) if r.is_object() => {
+                let interval = params::req_str(p, "recurring.interval")?;
+                if !matches!(interval, "day" | "week" | "month" | "year") {
+                    return Err(ApiError::invalid_enum(
+                        "recurring[interval]",
+                        &["day", "month", "week", "year"],
+                    ));
+                }
+                let usage_type = str_at(p, "recurring.usage_type").unwrap_or("licensed");
+                if !matches!(usage_type, "licensed" | "metered") {
+                    return Err(ApiError::invalid_enum(
+                        "recurring[usage_type]",
+                        &["licensed", "metered"],
+                    ));
+                }
+                let meter = str_at(p, "recurring.meter").map(str::to_string);
+                match (usage_type, &meter) {
+                    ("metered", None) => {
+                        return Err(ApiError::invalid(
+                            "recurring[meter]",
+                            "A meter is required for prices with `recurring[usage_type]=metered`.",
+                        ))
+                    }
+                    ("licensed", Some(_)) => return Err(ApiError::invalid(
+                        "recurring[meter]",
+                        "A meter can only be set on prices with `recurring[usage_type]=metered`.",
+                    )),
+                    (_, Some(m)) => {
+                        s.get("billing.meter", m, "recurring[meter]")?;
+                    }
+                    _ => {}
+                }
+                json!({
+                    "interval": interval,
+                    "interval_count": interval_count(p, interval)?,
+                    "meter": meter,
+                    "trial_period_days": i64_at(p, "recurring.trial_period_days")?,
+                    "usage_type": usage_type,
+                })
+            }
+            _ => Value::Null,
+        };
+    let transform_quantity = match params::at(p, "transform_quantity") {
+        Some(t) if t.is_object() => {
+            let divide_by =
+                params::bounded_at(p, "transform_quantity.divide_by", 1..=1_000_000_000)?
+                    .ok_or_else(|| ApiError::missing("transform_quantity[divide_by]"))?;
+            let round = params::req_str(p, "transform_quantity.round")?;
+            if !matches!(round, "up" | "down") {
                 return Err(ApiError::invalid_enum(
-                    "recurring[interval]",
-                    &["day", "month", "week", "year"],
+                    "transform_quantity[round]",
+                    &["down", "up"],
                 ));
             }
-            json!({
-                "interval": interval,
-                "interval_count": interval_count(p, interval)?,
-                "meter": null,
-                "trial_period_days": i64_at(p, "recurring.trial_period_days")?,
-                "usage_type": "licensed",
-            })
+            json!({"divide_by": divide_by, "round": round})
         }
         _ => Value::Null,
     };
@@ -165,7 +206,7 @@ pub fn create_price(s: &mut Inner, p: &Value) -> ApiResult {
         "recurring": recurring,
         "tax_behavior": "unspecified",
         "tiers_mode": null,
-        "transform_quantity": null,
+        "transform_quantity": transform_quantity,
         "type": if recurring.is_null() { "one_time" } else { "recurring" },
         "unit_amount": unit_amount,
         "unit_amount_decimal": unit_amount.to_string(),
@@ -275,6 +316,18 @@ pub fn list_prices(s: &Inner, p: &Value) -> ApiResult {
             && keys
                 .as_ref()
                 .is_none_or(|ks| ks.iter().any(|k| o["lookup_key"] == k.as_str()))
+    })
+}
+
+/// What one unit of `price` adds to an invoice billed in advance: its unit
+/// amount in `currency`, or 0 for a metered price (billed in arrears from
+/// its meter, [`crate::resources::meters`]).
+pub fn licensed_unit_amount(price: &Value, currency: &str) -> ApiResult<i64> {
+    let amount = unit_amount_in(price, currency)?;
+    Ok(if crate::resources::meters::is_metered(price) {
+        0
+    } else {
+        amount
     })
 }
 

@@ -63,11 +63,18 @@ pub fn create(s: &mut Inner, p: &Value) -> ApiResult {
                 ),
             ));
         }
+        let metered = crate::resources::meters::is_metered(&price);
+        if metered && params::at(it, "quantity").is_some() {
+            return Err(ApiError::invalid(
+                &format!("line_items[{i}][quantity]"),
+                format!("Quantity should not be specified where usage_type is `metered`. Remove quantity from `line_items[{i}]`."),
+            ));
+        }
         let qty = params::bounded_at(it, "quantity", 1..=1_000_000_000)?.unwrap_or(1);
         let cur = currency
             .get_or_insert_with(|| price["currency"].as_str().unwrap_or("usd").to_string())
             .clone();
-        let unit = billing::unit_amount_in(&price, &cur)?;
+        let unit = billing::licensed_unit_amount(&price, &cur)?;
         line_items.push((price, qty, unit));
     }
     let currency = currency.unwrap_or_else(|| "usd".into());

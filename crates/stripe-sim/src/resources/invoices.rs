@@ -150,7 +150,7 @@ pub fn create_preview(s: &mut Inner, p: &Value) -> ApiResult {
         {
             let price = &item["price"];
             let qty = item["quantity"].as_i64().unwrap_or(1);
-            let amount = billing::unit_amount_in(price, &currency)? * qty;
+            let amount = billing::licensed_unit_amount(price, &currency)? * qty;
             let start = if interval_changed {
                 now
             } else {

@@ -8,6 +8,7 @@ pub mod customers;
 pub mod event_types;
 pub mod events;
 pub mod invoices;
+pub mod meters;
 pub mod payment_methods;
 pub mod payments;
 pub mod search;

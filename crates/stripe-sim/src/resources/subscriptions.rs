@@ -76,7 +76,7 @@ pub fn create(s: &mut Inner, p: &Value) -> ApiResult {
     let mut amount = 0;
     for (i, (price, qty)) in items.iter().enumerate() {
         let price = s.get("price", price, &format!("items[{i}][price]"))?;
-        amount += billing::unit_amount_in(&price, &currency)? * qty;
+        amount += billing::licensed_unit_amount(&price, &currency)? * qty;
     }
     let purchase = coupons::Purchase {
         amount,

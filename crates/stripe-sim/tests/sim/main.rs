@@ -8,6 +8,7 @@
 mod api;
 mod billing;
 mod conformance;
+mod meters;
 mod node;
 mod payments;
 mod properties;

@@ -195,7 +195,7 @@ async fn get_customer<S: BillingBackend + ?Sized>(
     description = "Plan, status, access and per-feature limits, usage and remaining.",
     params(crate::http::openapi::CustomerPath),
     responses(
-        (status = 200, description = "`plan`, `status`, `access`, `grace_until`, `trial_end`, `cancel_at_period_end`, `action_required`, `discount`, `features.{name}.{limit,used,remaining,resets_at}`.", body = crate::http::openapi::EntitlementsDoc),
+        (status = 200, description = "`plan`, `status`, `access`, `grace_until`, `trial_end`, `cancel_at_period_end`, `action_required`, `discount`, `features.{name}.{limit,included,used,remaining,overage_used,overage_cap,resets_at}` (`overage_cap` is set while overage is open).", body = crate::http::openapi::EntitlementsDoc),
     )
 )]
 async fn get_entitlements<S: BillingBackend + ?Sized>(

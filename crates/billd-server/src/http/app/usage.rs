@@ -428,7 +428,7 @@ fn no_access(access: Access) -> ApiError {
     responses(
         (status = 200, description = "Counted (or the stored answer of the same key).", body = UsageAnswer),
         (status = 400, description = "`idempotency_key_required`, `invalid_amount`, `idempotency_key_reused`, `flag_feature`, `field_too_long`, `invalid_body`.", body = crate::http::openapi::ErrorBody),
-        (status = 402, description = "`quota_exceeded` (with `feature`, `limit`, `used`, `remaining`, `requested`).", body = crate::http::openapi::ErrorBody),
+        (status = 402, description = "`quota_exceeded` (with `feature`, `limit`, `used`, `remaining`, `requested`), or with overage open `overage_cap_reached` (with `feature`, `included`, `cap`, `used`, `requested`).", body = crate::http::openapi::ErrorBody),
         (status = 403, description = "`no_access` (with `access`).", body = crate::http::openapi::ErrorBody),
         (status = 404, description = "`unknown_feature`.", body = crate::http::openapi::ErrorBody),
     )
@@ -459,6 +459,7 @@ async fn consume_usage<S: BillingBackend + ?Sized>(
                 key: target.key,
                 amount: p.amount.get(),
                 idempotency_key: p.idempotency_key.clone(),
+                overage: target.overage.clone(),
             },
             limit: target.limit,
             customer_version: cached.version,
@@ -481,12 +482,21 @@ async fn consume_usage<S: BillingBackend + ?Sized>(
                 _,
             ) => Ok(answer(p.feature, used, limit, replayed)),
             (UsageOutcome::LimitExceeded { .. }, Some(access)) => Err(no_access(access)),
-            (UsageOutcome::LimitExceeded { used, limit }, None) => Err(ApiError::QuotaExceeded {
-                feature: p.feature,
-                limit,
-                used,
-                requested: p.amount.get(),
-            }),
+            (UsageOutcome::LimitExceeded { used, limit }, None) => match &target.overage {
+                Some(meter) => Err(ApiError::OverageCapReached {
+                    feature: p.feature,
+                    included: meter.included,
+                    cap: limit.saturating_sub(meter.included),
+                    used,
+                    requested: p.amount.get(),
+                }),
+                None => Err(ApiError::QuotaExceeded {
+                    feature: p.feature,
+                    limit,
+                    used,
+                    requested: p.amount.get(),
+                }),
+            },
         };
     }
     Err(ApiError::StoreUnavailable(
@@ -530,6 +540,7 @@ async fn release_usage<S: BillingBackend + ?Sized>(
         key: quota.usage_key.clone(),
         amount: p.amount.get(),
         idempotency_key: p.idempotency_key,
+        overage: None,
     };
     let limit = quota.limit;
     match state

@@ -145,6 +145,9 @@ async fn new_session<S: BillingBackend + ?Sized>(
     let price = state
         .price_id(stripe, &request.plan, &request.currency, request.interval)
         .await?;
+    let metered = state
+        .overage_price_ids(stripe, &request.currency, request.interval)
+        .await?;
     let promotion = match &request.promotion_code {
         Some(code) => Some(promotion_code_id(stripe, code, &customer, now).await?),
         None => None,
@@ -207,6 +210,13 @@ async fn new_session<S: BillingBackend + ?Sized>(
             "subscription_data[trial_period_days]",
             api.catalog.plan(&request.plan).and_then(|p| p.trial_days),
         );
+    // Metered prices take no quantity: the meter's sum is the quantity.
+    let params = metered
+        .iter()
+        .enumerate()
+        .fold(params, |params, (i, price)| {
+            params.set(format!("line_items[{}][price]", i + 1), price)
+        });
     let key = format!("billd-checkout-{id}-{generation}-{fingerprint}");
     let session = stripe
         .post("/v1/checkout/sessions", &params, Some(&key))

@@ -75,12 +75,47 @@ impl<S: BillingBackend + ?Sized> CheckoutState<S> {
                 code: "interval_not_available",
                 message: format!("plan {plan} has no {interval} price in {currency}"),
             })?;
+        self.resolve(stripe, price, &format!("plan {plan}, {currency}"))
+            .await
+    }
+
+    /// The metered prices a new subscription at `currency` and `interval`
+    /// carries: one per feature sold with overage at that interval, in the
+    /// catalog's currency (the overage price's).
+    pub(super) async fn overage_price_ids(
+        &self,
+        stripe: &StripeClient,
+        currency: &Currency,
+        interval: Interval,
+    ) -> Result<Vec<String>, ApiError> {
+        let catalog = &self.api.catalog;
+        let mut ids = Vec::new();
+        if currency != catalog.default_currency() {
+            return Ok(ids);
+        }
+        for (feature, overage) in catalog.overages() {
+            if overage.interval == interval {
+                let what = format!("overage of {feature}");
+                ids.push(self.resolve(stripe, &overage.price, &what).await?);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// A catalog price's Stripe id: its bound id, else the active price
+    /// carrying its lookup key (cached). `what` names it in errors.
+    async fn resolve(
+        &self,
+        stripe: &StripeClient,
+        price: &billd_core::Price,
+        what: &str,
+    ) -> Result<String, ApiError> {
         if let Some(id) = &price.id {
             return Ok(id.to_string());
         }
         let Some(lookup_key) = &price.lookup_key else {
             return Err(ApiError::Internal(anyhow::anyhow!(
-                "plan {plan} in {currency} has neither a price id nor a lookup key"
+                "{what} has neither a price id nor a lookup key"
             )));
         };
         if let Some(id) = self
@@ -104,7 +139,7 @@ impl<S: BillingBackend + ?Sized> CheckoutState<S> {
             .map(str::to_owned)
             .ok_or_else(|| {
                 ApiError::Internal(anyhow::anyhow!(
-                    "no active Stripe price has lookup key {lookup_key} (plan {plan}, {currency})"
+                    "no active Stripe price has lookup key {lookup_key} ({what})"
                 ))
             })?;
         self.prices

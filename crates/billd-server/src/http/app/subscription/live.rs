@@ -32,7 +32,18 @@ pub(super) struct LiveSubscription {
 impl LiveSubscription {
     pub(super) fn parse(object: Value) -> Result<Self, ApiError> {
         let text = |v: &Value| v.as_str().map(str::to_owned);
-        let item = object.pointer("/items/data/0").cloned().unwrap_or_default();
+        // The plan's item: the first that is not a metered (overage) one.
+        let items = object
+            .pointer("/items/data")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let item = items
+            .iter()
+            .find(|i| i.pointer("/price/recurring/usage_type") != Some(&Value::from("metered")))
+            .or_else(|| items.first())
+            .cloned()
+            .unwrap_or_default();
         let missing = |what: &str| {
             ApiError::StripeRejected(format!("Stripe subscription without {what}: {object}"))
         };
