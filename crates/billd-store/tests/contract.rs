@@ -1224,7 +1224,11 @@ async fn console_lists_merge_received_rows_and_a_customers_two_kinds_of_events_n
         })
         .await
         .expect("list");
-    assert_eq!(ids(&listed), ["evt_a3", "evt_r1", "evt_x1"], "the CLI's list");
+    assert_eq!(
+        ids(&listed),
+        ["evt_a3", "evt_r1", "evt_x1"],
+        "the CLI's list"
+    );
     let only_received = find(billd_store::EventQuery {
         status: Some(EventStatus::Received),
         ..Default::default()
