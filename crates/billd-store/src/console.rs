@@ -181,7 +181,8 @@ pub trait ConsoleStore: Send + Sync + 'static {
 
     /// Events received in `[from, until)` (once derived: a `received` row
     /// counts moments later) counted per `bucket_secs`-long
-    /// bucket from `from`; buckets without events are absent.
+    /// bucket from `from`; buckets without events are absent. Meant for a
+    /// few buckets (each is one step of a recursive query).
     async fn activity(
         &self,
         from: i64,
@@ -193,11 +194,48 @@ pub trait ConsoleStore: Send + Sync + 'static {
     /// after `since`; at most `limit` (0: no limit).
     async fn alerts(&self, since: i64, limit: u32) -> StoreResult<Vec<crate::OutboxItem>>;
 
+    /// How many admin alerts were raised at or after `since`.
+    async fn count_alerts(&self, since: i64) -> StoreResult<i64>;
+
     /// Records a finished reconciliation run; returns its id.
     async fn record_reconcile_run(&self, run: &NewReconcileRun, now: i64) -> StoreResult<i64>;
 
     /// Recorded reconciliation runs, newest first, at most `limit` (0: no limit).
     async fn reconcile_runs(&self, limit: u32) -> StoreResult<Vec<ReconcileRunRecord>>;
+}
+
+/// A disjoint part of the events [`ConsoleStore::find_events`] lists,
+/// each read through an index of its own.
+enum EventPart<'a> {
+    /// Derived rows: every index on `stripe_events` but the id's holds
+    /// only them (`stripe_events_order` in insertion order).
+    Derived,
+    /// Received rows, not derived yet (`stripe_events_received`).
+    Received,
+    /// Events naming one of the customer's Stripe customers.
+    OfStripeCustomer(&'a CustomerId),
+    /// Events naming no Stripe customer whose object is linked to the
+    /// customer (a dispute names only a charge).
+    OfLinkedObject(&'a CustomerId),
+}
+
+/// The parts `query` reads. Received rows have nothing but an id, so any
+/// condition but none leaves them out.
+fn event_parts(query: &EventQuery) -> Vec<EventPart<'_>> {
+    if let Some(customer) = &query.customer_id {
+        return vec![
+            EventPart::OfStripeCustomer(customer),
+            EventPart::OfLinkedObject(customer),
+        ];
+    }
+    let unfiltered = query.event_type.is_none()
+        && query.received_from.is_none()
+        && query.received_until.is_none();
+    match query.status {
+        Some(EventStatus::Received) => vec![EventPart::Received],
+        None if unfiltered => vec![EventPart::Derived, EventPart::Received],
+        _ => vec![EventPart::Derived],
+    }
 }
 
 /// The events of customer `$n` (a bind), as a condition on `stripe_events`.
@@ -268,16 +306,12 @@ macro_rules! console_store {
                 customer_id: &CustomerId,
                 limit: u32,
             ) -> StoreResult<Vec<StoredEvent>> {
-                let rows: Vec<EventRow> = sqlx::query_as(&format!(
-                    "SELECT {EVENT_COLUMNS} FROM stripe_events WHERE {} \
-                     ORDER BY seq DESC LIMIT $2",
-                    events_of_customer!("$1")
-                ))
-                .bind(customer_id.as_str())
-                .bind(<$store as Dialect>::limit(limit))
-                .fetch_all(self.reader())
-                .await?;
-                into_events(rows)
+                self.find_events(&EventQuery {
+                    customer_id: Some(customer_id.clone()),
+                    limit,
+                    ..EventQuery::default()
+                })
+                .await
             }
 
             async fn replay_events(&self, filter: &ReplayFilter, _now: i64) -> StoreResult<u64> {
@@ -303,45 +337,73 @@ macro_rules! console_store {
             }
 
             async fn find_events(&self, query: &EventQuery) -> StoreResult<Vec<StoredEvent>> {
-                // Only the conditions given: a `$n IS NULL OR …` term would
-                // keep the planner from the index that condition needs.
-                let mut q = sqlx::QueryBuilder::new(format!(
-                    "SELECT {EVENT_COLUMNS} FROM stripe_events WHERE 1 = 1"
-                ));
-                if let Some(status) = query.status {
-                    q.push(" AND status = ").push_bind(status.as_str());
-                }
-                if let Some(event_type) = &query.event_type {
-                    q.push(" AND type = ").push_bind(event_type.as_str());
-                }
-                if let Some(from) = query.received_from {
-                    q.push(" AND received_at >= ").push_bind(from);
-                }
-                if let Some(until) = query.received_until {
-                    q.push(" AND received_at < ").push_bind(until);
-                }
-                if query.received_from.is_some() || query.received_until.is_some() {
-                    // What the arrival indexes hold (received rows are not
-                    // derived yet, and have no type to filter on).
-                    q.push(" AND status IS NOT NULL");
-                }
-                if let Some(customer) = &query.customer_id {
-                    q.push(" AND (stripe_customer IN (SELECT object_id FROM object_links WHERE customer_id = ")
-                        .push_bind(customer.as_str())
-                        .push(") OR (stripe_customer IS NULL AND object_id IN \
-                               (SELECT object_id FROM object_links WHERE customer_id = ")
-                        .push_bind(customer.as_str())
-                        .push(")))");
-                }
-                // Within a time range the arrival index gives the order;
-                // otherwise the insertion order (the primary key) does.
-                let order = if query.received_from.is_some() || query.received_until.is_some() {
+                let ranged = query.received_from.is_some() || query.received_until.is_some();
+                // Within a time range the arrival indexes give the order;
+                // otherwise the insertion order does.
+                let order = if ranged {
                     " ORDER BY received_at DESC, seq DESC LIMIT "
                 } else {
                     " ORDER BY seq DESC LIMIT "
                 };
-                q.push(order)
-                    .push_bind(<$store as Dialect>::limit(query.limit));
+                let limit = <$store as Dialect>::limit(query.limit);
+                let parts = event_parts(query);
+                // Each part is read newest first through an index of its
+                // own (an `OR` of them would be one scan of the table), and
+                // the parts, disjoint, are merged.
+                let union = parts.len() > 1;
+                let mut q = sqlx::QueryBuilder::new("");
+                for (i, part) in parts.iter().enumerate() {
+                    if union {
+                        q.push(if i == 0 { "SELECT * FROM (" } else { " UNION ALL SELECT * FROM (" });
+                    }
+                    q.push(format!("SELECT {EVENT_COLUMNS}, seq FROM stripe_events WHERE "));
+                    match part {
+                        EventPart::Derived => q.push("status IS NOT NULL"),
+                        EventPart::Received => q.push("status IS NULL"),
+                        EventPart::OfStripeCustomer(customer) => q
+                            .push("stripe_customer IN (SELECT object_id FROM object_links WHERE customer_id = ")
+                            .push_bind(customer.as_str())
+                            .push(")"),
+                        EventPart::OfLinkedObject(customer) => q
+                            .push("stripe_customer IS NULL AND object_id IN \
+                                   (SELECT object_id FROM object_links WHERE customer_id = ")
+                            .push_bind(customer.as_str())
+                            .push(")"),
+                    };
+                    // Only the conditions given: a `$n IS NULL OR …` term
+                    // would keep the planner from the index that condition
+                    // needs.
+                    match query.status {
+                        Some(EventStatus::Received) => {
+                            q.push(" AND status IS NULL");
+                        }
+                        Some(status) => {
+                            q.push(" AND status = ").push_bind(status.as_str());
+                        }
+                        None => {}
+                    }
+                    if let Some(event_type) = &query.event_type {
+                        q.push(" AND type = ").push_bind(event_type.as_str());
+                    }
+                    if let Some(from) = query.received_from {
+                        q.push(" AND received_at >= ").push_bind(from);
+                    }
+                    if let Some(until) = query.received_until {
+                        q.push(" AND received_at < ").push_bind(until);
+                    }
+                    if ranged {
+                        // What the arrival indexes hold (received rows are
+                        // not derived yet, and have no type to filter on).
+                        q.push(" AND status IS NOT NULL");
+                    }
+                    q.push(order).push_bind(limit);
+                    if union {
+                        q.push(format!(") AS part{i}"));
+                    }
+                }
+                if union {
+                    q.push(order).push_bind(limit);
+                }
                 let rows: Vec<EventRow> = q.build_query_as().fetch_all(self.reader()).await?;
                 into_events(rows)
             }
@@ -405,15 +467,24 @@ macro_rules! console_store {
                 until: i64,
                 bucket_secs: i64,
             ) -> StoreResult<Vec<ActivityBucket>> {
+                // One index range per bucket, each read in the arrival
+                // index's order, rather than grouping every event by an
+                // expression: PostgreSQL cannot tell that such a group key
+                // follows the index, so it sorted all of them (to disk, past
+                // `work_mem`); a join to the buckets it groups by hash.
                 let rows: Vec<(i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
-                    "SELECT (received_at - $1) / $3 AS bucket, COUNT(*), \
+                    "WITH RECURSIVE buckets (b) AS ( \
+                       SELECT CAST(0 AS BIGINT) \
+                       UNION ALL SELECT b + 1 FROM buckets WHERE $1 + (b + 1) * $3 < $2) \
+                     SELECT b, COUNT(*), \
                        SUM(CASE WHEN substr(id, 1, 10) <> 'evt_billd_' THEN 1 ELSE 0 END), \
                        SUM(CASE WHEN type = 'invoice.payment_failed' THEN 1 ELSE 0 END), \
                        SUM(CASE WHEN type = 'invoice.paid' THEN 1 ELSE 0 END), \
                        SUM(CASE WHEN status = 'dead' THEN 1 ELSE 0 END) \
-                     FROM stripe_events \
-                     WHERE received_at >= $1 AND received_at < $2 AND status IS NOT NULL \
-                     GROUP BY bucket ORDER BY bucket",
+                     FROM buckets JOIN stripe_events \
+                       ON received_at >= $1 + b * $3 AND received_at < $1 + (b + 1) * $3 \
+                     WHERE received_at < $2 AND status IS NOT NULL \
+                     GROUP BY b ORDER BY b",
                 )
                 .bind(from)
                 .bind(until)
@@ -444,6 +515,17 @@ macro_rules! console_store {
                 .fetch_all(self.reader())
                 .await?;
                 into_outbox(rows)
+            }
+
+            async fn count_alerts(&self, since: i64) -> StoreResult<i64> {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM outbox \
+                     WHERE kind = 'admin_alert' AND created_at >= $1",
+                )
+                .bind(since)
+                .fetch_one(self.reader())
+                .await?;
+                Ok(n)
             }
 
             async fn record_reconcile_run(

@@ -541,8 +541,17 @@ pub trait Store:
     /// One inbox row.
     async fn get_event(&self, id: &str) -> StoreResult<Option<StoredEvent>>;
 
-    /// Inbox rows matching a filter, newest first.
-    async fn list_events(&self, filter: &EventFilter) -> StoreResult<Vec<StoredEvent>>;
+    /// Inbox rows matching a filter, newest first (the console's list,
+    /// [`ConsoleStore::find_events`], with fewer filters).
+    async fn list_events(&self, filter: &EventFilter) -> StoreResult<Vec<StoredEvent>> {
+        self.find_events(&EventQuery {
+            status: filter.status,
+            event_type: filter.event_type.clone(),
+            limit: filter.limit,
+            ..EventQuery::default()
+        })
+        .await
+    }
 
     /// Puts one event back to `pending` (attempts reset) so it is processed
     /// again. Returns false when the id is unknown.

@@ -11,7 +11,6 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::QueryBuilder;
 
 use crate::claim::{in_claim_order, page_size, Picker, MAX_PAGES};
 use crate::row::{
@@ -20,9 +19,9 @@ use crate::row::{
 };
 use crate::sqlite::not_processing;
 use crate::{
-    Backend, ClaimLimits, DeriveClaim, Derived, EventFilter, EventFinish, EventResult, EventStatus,
-    InboxStats, InsertOutcome, NewEvent, ReceivedEvent, ReleasedClaims, Store, StoreError,
-    StoreResult, StoredEvent,
+    Backend, ClaimLimits, DeriveClaim, Derived, EventFinish, EventResult, EventStatus, InboxStats,
+    InsertOutcome, NewEvent, ReceivedEvent, ReleasedClaims, Store, StoreError, StoreResult,
+    StoredEvent,
 };
 
 mod billing;
@@ -98,6 +97,23 @@ fn pool_options() -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(MAX_CONNECTIONS)
         .acquire_timeout(ACQUIRE_TIMEOUT)
+        .after_connect(|conn, _meta| {
+            Box::pin(async move {
+                // billd's statements read a few rows through an index. JIT
+                // compilation starts whenever the planner's cost estimate
+                // passes `jit_above_cost`, which a misestimated join does
+                // (the console's hourly counts), and then costs tens of
+                // milliseconds on a statement that runs in a few. Set only
+                // where the server has the setting (PostgreSQL 11 and later).
+                sqlx::query(
+                    "SELECT set_config('jit', 'off', false) \
+                     FROM pg_settings WHERE name = 'jit'",
+                )
+                .execute(conn)
+                .await?;
+                Ok(())
+            })
+        })
 }
 
 #[async_trait]
@@ -381,29 +397,6 @@ impl Store for PgStore {
         .fetch_optional(&self.pool)
         .await?;
         row.map(StoredEvent::try_from).transpose()
-    }
-
-    async fn list_events(&self, filter: &EventFilter) -> StoreResult<Vec<StoredEvent>> {
-        let mut query = QueryBuilder::new(format!(
-            "SELECT {EVENT_COLUMNS} FROM stripe_events WHERE 1 = 1"
-        ));
-        match filter.status {
-            Some(EventStatus::Received) => {
-                query.push(" AND status IS NULL");
-            }
-            Some(status) => {
-                query.push(" AND status = ").push_bind(status.as_str());
-            }
-            None => {}
-        }
-        if let Some(event_type) = &filter.event_type {
-            query.push(" AND type = ").push_bind(event_type.as_str());
-        }
-        // LIMIT NULL is "no limit" in PostgreSQL.
-        let limit = (filter.limit > 0).then_some(i64::from(filter.limit));
-        query.push(" ORDER BY seq DESC LIMIT ").push_bind(limit);
-        let rows: Vec<EventRow> = query.build_query_as().fetch_all(&self.pool).await?;
-        into_events(rows)
     }
 
     async fn requeue_event(&self, id: &str, _now: i64) -> StoreResult<bool> {

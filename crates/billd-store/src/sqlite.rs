@@ -14,7 +14,6 @@ use sqlx::sqlite::{
     Sqlite, SqliteArguments, SqliteConnectOptions, SqliteJournalMode, SqlitePool,
     SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::QueryBuilder;
 
 use crate::claim::{in_claim_order, page_size, Picker, MAX_PAGES};
 use crate::row::{
@@ -22,9 +21,9 @@ use crate::row::{
     EVENT_COLUMNS, RECEIVED_ROWS, RECEIVED_STATS, RELEASE_EVENTS, RELEASE_JOBS, RELEASE_OUTBOX,
 };
 use crate::{
-    Backend, ClaimLimits, DeriveClaim, Derived, EventFilter, EventFinish, EventResult, EventStatus,
-    InboxStats, InsertOutcome, NewEvent, ReceivedEvent, ReleasedClaims, Store, StoreError,
-    StoreResult, StoredEvent,
+    Backend, ClaimLimits, DeriveClaim, Derived, EventFinish, EventResult, EventStatus, InboxStats,
+    InsertOutcome, NewEvent, ReceivedEvent, ReleasedClaims, Store, StoreError, StoreResult,
+    StoredEvent,
 };
 
 mod billing;
@@ -599,33 +598,6 @@ impl Store for SqliteStore {
         .fetch_optional(&self.reader)
         .await?;
         row.map(StoredEvent::try_from).transpose()
-    }
-
-    async fn list_events(&self, filter: &EventFilter) -> StoreResult<Vec<StoredEvent>> {
-        let mut query = QueryBuilder::new(format!(
-            "SELECT {EVENT_COLUMNS} FROM stripe_events WHERE 1 = 1"
-        ));
-        match filter.status {
-            Some(EventStatus::Received) => {
-                query.push(" AND status IS NULL");
-            }
-            Some(status) => {
-                query.push(" AND status = ").push_bind(status.as_str());
-            }
-            None => {}
-        }
-        if let Some(event_type) = &filter.event_type {
-            query.push(" AND type = ").push_bind(event_type.as_str());
-        }
-        // SQLite reads a negative LIMIT as "no limit".
-        let limit = if filter.limit == 0 {
-            -1
-        } else {
-            i64::from(filter.limit)
-        };
-        query.push(" ORDER BY seq DESC LIMIT ").push_bind(limit);
-        let rows: Vec<EventRow> = query.build_query_as().fetch_all(&self.reader).await?;
-        into_events(rows)
     }
 
     async fn requeue_event(&self, id: &str, _now: i64) -> StoreResult<bool> {

@@ -131,6 +131,7 @@ contract!(
     concurrent_hits_from_two_stores_admit_exactly_the_limit,
     console_activity_counts_each_bucket_and_tells_webhooks_from_billds_own_events,
     console_events_filter_by_arrival_and_operator_actions_and_runs_list_newest_first,
+    console_lists_merge_received_rows_and_a_customers_two_kinds_of_events_newest_first,
 );
 
 // ---------------------------------------------------------------- fixtures
@@ -1167,6 +1168,101 @@ async fn console_activity_counts_each_bucket_and_tells_webhooks_from_billds_own_
         [bucket(3600, 2, 2, 1, 1), bucket(7200, 1, 0, 0, 0)],
         "evt_0 arrived before the range and evt_3 at its end"
     );
+}
+
+async fn console_lists_merge_received_rows_and_a_customers_two_kinds_of_events_newest_first(
+    h: &Harness,
+) {
+    let ada = billd_core::CustomerId::parse("u_ada").expect("id");
+    let cus_ada = billd_core::StripeCustomerId::parse("cus_ada").expect("id");
+    h.store
+        .link_stripe_customer(&ada, &cus_ada, 1)
+        .await
+        .expect("link");
+    // evt_d1 names no Stripe customer; its object (`in_d1`) is Ada's.
+    h.store.link_object("in_d1", &ada, 1).await.expect("link");
+    // One at a time: a batch's rows may be stored in another order.
+    for stored in [
+        event("evt_a1", Some("cus_ada"), 100),
+        event("evt_d1", None, 200),
+        event("evt_b1", Some("cus_bob"), 300),
+        event("evt_a2", Some("cus_ada"), 50),
+        event("evt_x1", None, 400),
+    ] {
+        insert(&h.store, &[stored]).await;
+    }
+    // Acknowledged, not derived yet: in the newest-first list at its place.
+    let received = billd_store::ReceivedEvent {
+        id: "evt_r1".into(),
+        payload: "{}".into(),
+        received_at: 500,
+    };
+    h.store.receive_events(&[received]).await.expect("receive");
+    insert(&h.store, &[event("evt_a3", Some("cus_ada"), 10)]).await;
+
+    let find = |query: billd_store::EventQuery| {
+        let store = h.store.clone();
+        async move { store.find_events(&query).await.expect("find") }
+    };
+    let all = find(billd_store::EventQuery::default()).await;
+    assert_eq!(
+        ids(&all),
+        ["evt_a3", "evt_r1", "evt_x1", "evt_a2", "evt_b1", "evt_d1", "evt_a1"],
+        "insertion order, newest first, received rows included"
+    );
+    let newest = find(billd_store::EventQuery {
+        limit: 2,
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids(&newest), ["evt_a3", "evt_r1"]);
+    let listed = h
+        .store
+        .list_events(&EventFilter {
+            limit: 3,
+            ..EventFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(
+        ids(&listed),
+        ["evt_a3", "evt_r1", "evt_x1"],
+        "the CLI's list"
+    );
+    let only_received = find(billd_store::EventQuery {
+        status: Some(EventStatus::Received),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids(&only_received), ["evt_r1"]);
+
+    let of_ada = find(billd_store::EventQuery {
+        customer_id: Some(ada.clone()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        ids(&of_ada),
+        ["evt_a3", "evt_a2", "evt_d1", "evt_a1"],
+        "by her Stripe customer and by her linked object, merged newest first"
+    );
+    let recent = h.store.customer_events(&ada, 3).await.expect("events");
+    assert_eq!(ids(&recent), ["evt_a3", "evt_a2", "evt_d1"]);
+    let received_of_ada = find(billd_store::EventQuery {
+        customer_id: Some(ada.clone()),
+        status: Some(EventStatus::Received),
+        ..Default::default()
+    })
+    .await;
+    assert!(received_of_ada.is_empty(), "{:?}", ids(&received_of_ada));
+    let in_range = find(billd_store::EventQuery {
+        customer_id: Some(ada),
+        received_from: Some(100),
+        received_until: Some(300),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ids(&in_range), ["evt_d1", "evt_a1"], "in arrival order");
 }
 
 async fn console_events_filter_by_arrival_and_operator_actions_and_runs_list_newest_first(

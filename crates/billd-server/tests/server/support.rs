@@ -635,6 +635,10 @@ impl billd_store::ConsoleStore for SwitchableStore {
         self.check()?;
         self.inner.alerts(since, limit).await
     }
+    async fn count_alerts(&self, since: i64) -> StoreResult<i64> {
+        self.check()?;
+        self.inner.count_alerts(since).await
+    }
     async fn record_reconcile_run(
         &self,
         run: &billd_store::NewReconcileRun,

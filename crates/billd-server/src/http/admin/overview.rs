@@ -173,14 +173,10 @@ pub(crate) async fn read_overview<S: BillingBackend + ?Sized>(
             drift: r.drift,
             unlinked: r.unlinked,
         });
-    let alerts_24h = i64::try_from(
-        store
-            .alerts(now - HOURS * 3600, 0)
-            .await
-            .map_err(store_error)?
-            .len(),
-    )
-    .unwrap_or(i64::MAX);
+    let alerts_24h = store
+        .count_alerts(now - HOURS * 3600)
+        .await
+        .map_err(store_error)?;
     Ok(Overview {
         at: now,
         inbox: QueueView {
