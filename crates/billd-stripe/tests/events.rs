@@ -543,7 +543,7 @@ fn unknown_fields_are_ignored_and_unused_fields_may_be_missing() {
     let minimal = json!({
         "id": "sub_1", "customer": "cus_1", "status": "past_due",
         "a_field_from_the_future": { "nested": [1, 2, 3] },
-        "items": { "data": [{ "price": { "id": "price_1", "recurring": "changed shape" } }] },
+        "items": { "data": [{ "price": { "id": "price_1", "transform_quantity": "changed shape" } }] },
         "metadata": null
     });
     let EventKind::Subscription { subscription, .. } =
