@@ -238,28 +238,9 @@ macro_rules! billing_store {
                 now: i64,
             ) -> StoreResult<Vec<CommitReceipt>> {
                 let mut tx = self.begin_write().await?;
-                let mut receipts = Vec::with_capacity(commits.len());
-                for (commit, events) in commits {
-                    let event_ids: Vec<&str> = events.iter().map(String::as_str).collect();
-                    receipts.push(write_commit(&mut tx, commit, &event_ids, now).await?);
-                }
-                for done in finishes {
-                    if super::finish(&mut tx, &done.id, done.claim, &done.result, now).await? {
-                        continue;
-                    }
-                    let exists: Option<String> =
-                        sqlx::query_scalar("SELECT status FROM stripe_events WHERE id = $1")
-                            .bind(done.id.as_str())
-                            .fetch_optional(&mut *tx)
-                            .await?;
-                    // Dropping the transaction rolls back the customers' writes too.
-                    return Err(match exists {
-                        None => StoreError::NotFound,
-                        Some(_) => StoreError::Conflict {
-                            constraint: LEASE_CONFLICT.to_owned(),
-                        },
-                    });
-                }
+                // The backend's own (its `billing` module): row by row, or
+                // a statement per table.
+                let receipts = write_round(&mut tx, commits, finishes, now).await?;
                 tx.commit().await?;
                 Ok(receipts)
             }
@@ -698,6 +679,45 @@ macro_rules! billing_store {
                 version: Some(version),
                 outbox_inserted,
             })
+        }
+
+        /// A round's writes row by row, in order: each commit's
+        /// [`write_commit`], then each event's outcome. Any error leaves the
+        /// caller's transaction to be rolled back whole.
+        async fn write_round_each(
+            conn: &mut Conn,
+            commits: &[(CustomerCommit, Vec<String>)],
+            finishes: &[$crate::EventFinish],
+            now: i64,
+        ) -> StoreResult<Vec<CommitReceipt>> {
+            let mut receipts = Vec::with_capacity(commits.len());
+            for (commit, events) in commits {
+                let event_ids: Vec<&str> = events.iter().map(String::as_str).collect();
+                receipts.push(write_commit(&mut *conn, commit, &event_ids, now).await?);
+            }
+            for done in finishes {
+                if !super::finish(&mut *conn, &done.id, done.claim, &done.result, now).await? {
+                    return Err(unfinished(conn, &done.id).await);
+                }
+            }
+            Ok(receipts)
+        }
+
+        /// Why an event's outcome was not written: unknown (`NotFound`) or
+        /// no longer under the caller's lease.
+        async fn unfinished(conn: &mut Conn, event_id: &str) -> StoreError {
+            let exists: Result<Option<String>, sqlx::Error> =
+                sqlx::query_scalar("SELECT status FROM stripe_events WHERE id = $1")
+                    .bind(event_id)
+                    .fetch_optional(&mut *conn)
+                    .await;
+            match exists {
+                Err(e) => e.into(),
+                Ok(None) => StoreError::NotFound,
+                Ok(Some(_)) => StoreError::Conflict {
+                    constraint: LEASE_CONFLICT.to_owned(),
+                },
+            }
         }
 
         /// Redacts what the database still holds about a deleted customer,

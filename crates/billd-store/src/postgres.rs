@@ -306,42 +306,8 @@ impl Store for PgStore {
         if results.is_empty() {
             return Ok(Vec::new());
         }
-        let mut ids = Vec::with_capacity(results.len());
-        let mut claims = Vec::with_capacity(results.len());
-        let mut statuses = Vec::with_capacity(results.len());
-        let mut errors = Vec::with_capacity(results.len());
-        let mut next_attempts = Vec::with_capacity(results.len());
-        let mut processed = Vec::with_capacity(results.len());
-        for done in results {
-            let (status, error, next_attempt_at, processed_at) = finish_columns(&done.result, now);
-            ids.push(done.id.as_str());
-            claims.push(done.claim);
-            statuses.push(status.as_str());
-            errors.push(error);
-            next_attempts.push(next_attempt_at);
-            processed.push(processed_at);
-        }
-        // One statement (one round trip, one commit) for the whole batch.
-        let finished: HashSet<String> = sqlx::query_scalar(
-            "UPDATE stripe_events AS e \
-             SET status = r.status, last_error = COALESCE(r.last_error, e.last_error), \
-                 next_attempt_at = r.next_attempt_at, processed_at = r.processed_at \
-             FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], \
-                         $6::int8[]) \
-                  AS r(id, status, last_error, next_attempt_at, processed_at, claim) \
-             WHERE e.id = r.id AND e.status = 'processing' AND e.claim = r.claim \
-             RETURNING e.id",
-        )
-        .bind(ids)
-        .bind(statuses)
-        .bind(errors)
-        .bind(next_attempts)
-        .bind(processed)
-        .bind(claims)
-        .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .collect();
+        let mut conn = self.pool.acquire().await?;
+        let finished = finish_many(&mut conn, results, now).await?;
         Ok(results
             .iter()
             .map(|done| finished.contains(&done.id))
@@ -582,6 +548,52 @@ async fn claim_in(
     .fetch_all(&mut *tx)
     .await?;
     Ok(in_claim_order(&ids, into_events(rows)?))
+}
+
+/// Writes the outcomes of events still under the lease of their claim, in
+/// one statement; returns the ids written.
+pub(crate) async fn finish_many(
+    conn: &mut sqlx::PgConnection,
+    results: &[EventFinish],
+    now: i64,
+) -> StoreResult<HashSet<String>> {
+    let mut ids = Vec::with_capacity(results.len());
+    let mut claims = Vec::with_capacity(results.len());
+    let mut statuses = Vec::with_capacity(results.len());
+    let mut errors = Vec::with_capacity(results.len());
+    let mut next_attempts = Vec::with_capacity(results.len());
+    let mut processed = Vec::with_capacity(results.len());
+    for done in results {
+        let (status, error, next_attempt_at, processed_at) = finish_columns(&done.result, now);
+        ids.push(done.id.as_str());
+        claims.push(done.claim);
+        statuses.push(status.as_str());
+        errors.push(error);
+        next_attempts.push(next_attempt_at);
+        processed.push(processed_at);
+    }
+    // One statement (one round trip) for the whole batch.
+    let finished: HashSet<String> = sqlx::query_scalar(
+        "UPDATE stripe_events AS e \
+         SET status = r.status, last_error = COALESCE(r.last_error, e.last_error), \
+             next_attempt_at = r.next_attempt_at, processed_at = r.processed_at \
+         FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[], \
+                     $6::int8[]) \
+              AS r(id, status, last_error, next_attempt_at, processed_at, claim) \
+         WHERE e.id = r.id AND e.status = 'processing' AND e.claim = r.claim \
+         RETURNING e.id",
+    )
+    .bind(ids)
+    .bind(statuses)
+    .bind(errors)
+    .bind(next_attempts)
+    .bind(processed)
+    .bind(claims)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .collect();
+    Ok(finished)
 }
 
 /// Writes one outcome if the event is still under the lease of `claim`;

@@ -135,6 +135,7 @@ contract!(
     commit_event_without_a_customer_only_finishes_the_event,
     commit_event_under_a_claim_that_was_superseded_writes_nothing,
     commit_events_applies_a_batch_in_one_transaction_or_writes_nothing,
+    a_round_of_several_customers_keeps_each_commits_guards_and_order,
     an_effect_decided_twice_is_one_outbox_row,
     an_outbox_row_is_claimed_retried_and_sent,
     an_outbox_row_that_fails_for_good_is_dead_until_requeued,
@@ -707,6 +708,131 @@ async fn commit_events_applies_a_batch_in_one_transaction_or_writes_nothing(h: &
     }
     let rows = h.billing.list_audit(&customer("user_b"), 0).await.unwrap();
     assert_eq!(rows.len(), 2, "the refused batch wrote no audit row");
+}
+
+async fn a_round_of_several_customers_keeps_each_commits_guards_and_order(h: &Harness) {
+    h.billing
+        .commit_customer(&commit("user_r1", 0, state_with("cus_r1", false)), NOW)
+        .await
+        .unwrap();
+    // user_r1 exists at version 1, user_r2 and user_r3 have no row yet;
+    // user_r2 and user_r3 both link sub_shared and decide one effect.
+    let mut first = commit("user_r1", 1, state_with("cus_r1", false));
+    first.audit.push(audit("status", "r1"));
+    first.outbox.push(alert("alert_r1"));
+    let mut second = commit("user_r2", 0, state_with("cus_r2", false));
+    second.links.push("sub_shared".to_owned());
+    second.audit.push(audit("plan", "r2 first"));
+    second.audit.push(audit("status", "r2 second"));
+    second.outbox.push(alert("alert_shared"));
+    second.outbox.push(alert("alert_shared"));
+    let mut third = commit("user_r3", 0, state_with("cus_r3", false));
+    third.links.push("sub_shared".to_owned());
+    third.outbox.push(alert("alert_shared"));
+    third.outbox.push(alert("alert_r3"));
+    let round = |stale: Option<CustomerCommit>| {
+        let mut round: Vec<(CustomerCommit, Vec<String>)> = [&first, &second, &third]
+            .into_iter()
+            .map(|c| (c.clone(), Vec::new()))
+            .collect();
+        round.extend(stale.map(|c| (c, Vec::new())));
+        round
+    };
+
+    // A commit at a stale version refuses the whole round.
+    let refused = h
+        .billing
+        .commit_events(
+            &round(Some(commit("user_r4", 3, CustomerState::default()))),
+            &[],
+            NOW,
+        )
+        .await
+        .unwrap_err();
+    let receipts = h
+        .billing
+        .commit_events(&round(None), &[], NOW + 1)
+        .await
+        .unwrap();
+    // A round naming one customer twice: the second commit is at the
+    // version the first one wrote.
+    let again = h
+        .billing
+        .commit_events(
+            &[
+                (
+                    commit("user_r3", 1, state_with("cus_r3", false)),
+                    Vec::new(),
+                ),
+                (
+                    commit("user_r3", 2, state_with("cus_r3", false)),
+                    Vec::new(),
+                ),
+            ],
+            &[],
+            NOW + 2,
+        )
+        .await
+        .unwrap();
+
+    assert!(is_conflict(&refused, VERSION_CONFLICT), "{refused:?}");
+    let versions: Vec<Option<i64>> = receipts.iter().map(|r| r.version).collect();
+    assert_eq!(versions, [Some(2), Some(1), Some(1)]);
+    let inserted: Vec<u64> = receipts.iter().map(|r| r.outbox_inserted).collect();
+    assert_eq!(
+        inserted,
+        [1, 1, 1],
+        "a key twice in a round is its first commit's"
+    );
+    let again: Vec<Option<i64>> = again.iter().map(|r| r.version).collect();
+    assert_eq!(again, [Some(2), Some(3)]);
+    assert_eq!(
+        h.billing
+            .find_customer_by_object("sub_shared")
+            .await
+            .unwrap(),
+        Some(customer("user_r2")),
+        "the round's first link wins"
+    );
+    assert_eq!(
+        h.billing.find_customer_by_object("cus_r3").await.unwrap(),
+        Some(customer("user_r3"))
+    );
+    assert_eq!(
+        h.billing.get_customer(&customer("user_r4")).await.unwrap(),
+        None
+    );
+    let reasons: Vec<String> = h
+        .billing
+        .list_audit(&customer("user_r2"), 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| row.reason)
+        .collect();
+    assert_eq!(reasons, ["r2 second", "r2 first"], "newest first");
+    let outbox: Vec<(String, Option<String>)> = h
+        .billing
+        .list_outbox(&OutboxFilter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|item| {
+            (
+                item.dedupe_key,
+                item.customer_id.map(|c| c.as_str().to_owned()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outbox,
+        [
+            ("alert_r3".to_owned(), Some("user_r3".to_owned())),
+            ("alert_shared".to_owned(), Some("user_r2".to_owned())),
+            ("alert_r1".to_owned(), Some("user_r1".to_owned())),
+        ],
+        "newest first, in the round's order; nothing of the refused round"
+    );
 }
 
 async fn an_effect_decided_twice_is_one_outbox_row(h: &Harness) {
