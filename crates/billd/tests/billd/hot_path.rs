@@ -35,6 +35,7 @@ use serde_json::Value;
 use stripe_sim::{SimConfig, SimHandle};
 
 use crate::crash::{free_port, Billd};
+use crate::many_instances::{call, id, knob, plan_prices, start_proxy, webhook_endpoint};
 
 const APP_KEY: &str = "app_key_hot_path_0123456789abcdef";
 /// Customers of one case.
@@ -61,13 +62,6 @@ prices = { eur = { lookup_key = "billd_standard_eur", unit_amount = 900 } }
 limits = { slots = 7 }
 prices = { eur = { lookup_key = "billd_pro_eur", unit_amount = 1900 } }
 "#;
-
-fn knob(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn limit_of(plan: &str) -> u64 {
     LIMITS.iter().find(|(p, _)| *p == plan).unwrap().1
@@ -178,16 +172,6 @@ impl Drop for Setup {
     }
 }
 
-fn call(sim: &SimHandle, method: &str, path: &str, form: &str) -> Value {
-    let (status, body) = sim.sim.call(method, path, form);
-    assert_eq!(status, 200, "{method} {path} {form}: {body}");
-    body
-}
-
-fn id(v: &Value) -> String {
-    v["id"].as_str().unwrap().to_owned()
-}
-
 impl Setup {
     async fn start(database_url: String, dir: &std::path::Path, servers: usize) -> Setup {
         let sim = stripe_sim::serve(
@@ -196,26 +180,10 @@ impl Setup {
         )
         .await
         .unwrap();
-        let prices = ["standard", "pro"].map(|plan| {
-            let amount = if plan == "pro" { 1900 } else { 900 };
-            id(&call(
-                &sim,
-                "POST",
-                "/v1/prices",
-                &format!(
-                    "product_data[name]={plan}&currency=eur&unit_amount={amount}\
-                     &recurring[interval]=month&lookup_key=billd_{plan}_eur"
-                ),
-            ))
-        });
+        let prices = plan_prices(&sim);
         let ports: Vec<u16> = (0..servers).map(|_| free_port()).collect();
-        let proxy = crate::many_instances::start_proxy(ports.clone()).await;
-        let endpoint = call(
-            &sim,
-            "POST",
-            "/v1/webhook_endpoints",
-            &format!("url=http://127.0.0.1:{proxy}/webhooks/stripe&enabled_events[]=*"),
-        );
+        let proxy = start_proxy(ports.clone()).await;
+        let endpoint = webhook_endpoint(&sim, proxy);
         let undelivered = sim.sim.events().len();
         let plans = dir.join("hot-path-plans.toml");
         std::fs::write(&plans, PLANS).unwrap();

@@ -61,7 +61,8 @@ fn waiting(status: EventStatus) -> bool {
     )
 }
 
-fn knob(name: &str, default: u64) -> u64 {
+/// A test knob from the environment, or its default.
+pub(crate) fn knob(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
@@ -118,14 +119,43 @@ pub(crate) async fn start_proxy(ports: Vec<u16>) -> u16 {
     port
 }
 
-fn call(sim: &SimHandle, method: &str, path: &str, form: &str) -> Value {
+/// A call to the emulator that must succeed.
+pub(crate) fn call(sim: &SimHandle, method: &str, path: &str, form: &str) -> Value {
     let (status, body) = sim.sim.call(method, path, form);
     assert_eq!(status, 200, "{method} {path} {form}: {body}");
     body
 }
 
-fn id(v: &Value) -> String {
+/// The `id` of an emulator object.
+pub(crate) fn id(v: &Value) -> String {
     v["id"].as_str().unwrap().to_owned()
+}
+
+/// The `standard` and `pro` monthly EUR prices the tests' catalogs name by
+/// lookup key, created at the emulator.
+pub(crate) fn plan_prices(sim: &SimHandle) -> [String; 2] {
+    ["standard", "pro"].map(|plan| {
+        let amount = if plan == "pro" { 1900 } else { 900 };
+        id(&call(
+            sim,
+            "POST",
+            "/v1/prices",
+            &format!(
+                "product_data[name]={plan}&currency=eur&unit_amount={amount}\
+                 &recurring[interval]=month&lookup_key=billd_{plan}_eur"
+            ),
+        ))
+    })
+}
+
+/// A webhook endpoint for every event type, delivering to `proxy`.
+pub(crate) fn webhook_endpoint(sim: &SimHandle, proxy: u16) -> Value {
+    call(
+        sim,
+        "POST",
+        "/v1/webhook_endpoints",
+        &format!("url=http://127.0.0.1:{proxy}/webhooks/stripe&enabled_events[]=*"),
+    )
 }
 
 /// A customer of one round: billd's id, and its subscription and item at
@@ -163,26 +193,10 @@ impl Cluster {
         )
         .await
         .unwrap();
-        let prices = ["standard", "pro"].map(|plan| {
-            let amount = if plan == "pro" { 1900 } else { 900 };
-            id(&call(
-                &sim,
-                "POST",
-                "/v1/prices",
-                &format!(
-                    "product_data[name]={plan}&currency=eur&unit_amount={amount}\
-                     &recurring[interval]=month&lookup_key=billd_{plan}_eur"
-                ),
-            ))
-        });
+        let prices = plan_prices(&sim);
         let ports: Vec<u16> = (0..INSTANCES).map(|_| free_port()).collect();
         let proxy = start_proxy(ports.clone()).await;
-        let endpoint = call(
-            &sim,
-            "POST",
-            "/v1/webhook_endpoints",
-            &format!("url=http://127.0.0.1:{proxy}/webhooks/stripe&enabled_events[]=*"),
-        );
+        let endpoint = webhook_endpoint(&sim, proxy);
         let smtp = SmtpSink::start();
         let intervals = JOBS
             .iter()
