@@ -402,8 +402,14 @@ impl Store for PgStore {
         // (migration w_stripe_event_counts). Folding them into one row per
         // status here keeps the table small; a delta appended meanwhile is
         // not in this DELETE's snapshot, so it stays and is summed next.
+        // Statuses with one row are left alone, so a read with nothing to
+        // fold writes nothing.
         sqlx::query(
-            "WITH gone AS (DELETE FROM stripe_event_count_deltas RETURNING status, n) \
+            "WITH gone AS ( \
+               DELETE FROM stripe_event_count_deltas WHERE status IN ( \
+                 SELECT status FROM stripe_event_count_deltas \
+                 GROUP BY status HAVING COUNT(*) > 1) \
+               RETURNING status, n) \
              INSERT INTO stripe_event_count_deltas (status, n) \
              SELECT status, SUM(n) FROM gone GROUP BY status HAVING SUM(n) <> 0",
         )
