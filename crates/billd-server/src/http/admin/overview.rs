@@ -68,7 +68,9 @@ pub struct Overview {
     /// buckets, the last one the current hour).
     #[schema(value_type = Vec<Object>)]
     pub activity: Vec<ActivityBucket>,
-    /// Stripe's webhooks received per minute over the last hour.
+    /// Stripe's webhooks received per minute over the last hour: the
+    /// current minute and the 59 before it, by minute of arrival, counted
+    /// once the worker derives them.
     pub webhooks_per_minute: f64,
     /// `invoice.payment_failed` / (`invoice.payment_failed` + `invoice.paid`)
     /// over the last 24 hours; none without either.
