@@ -447,7 +447,11 @@ export interface Overview {
    * over the last 24 hours; none without either.
    */
   payment_failure_rate?: number | null;
-  /** Stripe's webhooks received per minute over the last hour. */
+  /**
+   * Stripe's webhooks received per minute over the last hour: the
+   * current minute and the 59 before it, by minute of arrival, counted
+   * once the worker derives them.
+   */
   webhooks_per_minute: number;
 }
 

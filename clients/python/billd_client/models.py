@@ -484,7 +484,10 @@ class _OverviewRequired(TypedDict):
     outbox: QueueView
     """The outbox (emails, Stripe calls, alerts)."""
     webhooks_per_minute: float
-    """Stripe's webhooks received per minute over the last hour."""
+    """Stripe's webhooks received per minute over the last hour: the
+    current minute and the 59 before it, by minute of arrival, counted
+    once the worker derives them.
+    """
 
 
 class Overview(_OverviewRequired, total=False):

@@ -532,10 +532,17 @@ macro_rules! billing_store {
             }
 
             async fn outbox_stats(&self) -> StoreResult<OutboxStats> {
-                let counts: Vec<(String, i64)> =
-                    sqlx::query_as("SELECT status, COUNT(*) FROM outbox GROUP BY status")
-                        .fetch_all(self.reader())
-                        .await?;
+                // Counters kept by triggers (migration console_counters),
+                // not a count of every email ever sent.
+                if let Some(fold) = <$store as Dialect>::FOLD_OUTBOX_COUNTS {
+                    sqlx::query(fold).execute(self.writer()).await?;
+                }
+                let counts: Vec<(String, i64)> = sqlx::query_as(
+                    "SELECT status, CAST(SUM(n) AS BIGINT) FROM outbox_counts \
+                     GROUP BY status HAVING SUM(n) <> 0",
+                )
+                .fetch_all(self.reader())
+                .await?;
                 let oldest: Option<i64> = sqlx::query_scalar(
                     "SELECT MIN(created_at) FROM outbox WHERE status IN ('pending', 'processing')",
                 )

@@ -77,6 +77,22 @@ pub struct OperatorAction {
     pub outcome: String,
 }
 
+/// Recounts `stripe_event_minutes` from the events (as the migration
+/// console_counters filled it): for rows written without the store, whose
+/// PostgreSQL inserts count themselves.
+pub(crate) const RECOUNT_EVENT_MINUTES: [&str; 2] = [
+    "DELETE FROM stripe_event_minutes",
+    "INSERT INTO stripe_event_minutes \
+       (minute, events, webhooks, payments_failed, payments_succeeded, dead) \
+     SELECT received_at - received_at % 60, COUNT(*), \
+       SUM(CASE WHEN substr(id, 1, 10) <> 'evt_billd_' THEN 1 ELSE 0 END), \
+       SUM(CASE WHEN type = 'invoice.payment_failed' THEN 1 ELSE 0 END), \
+       SUM(CASE WHEN type = 'invoice.paid' THEN 1 ELSE 0 END), \
+       SUM(CASE WHEN status = 'dead' THEN 1 ELSE 0 END) \
+     FROM stripe_events WHERE status IS NOT NULL \
+     GROUP BY received_at - received_at % 60",
+];
+
 /// Inbox activity in one time bucket (see [`ConsoleStore::activity`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ActivityBucket {
@@ -181,8 +197,10 @@ pub trait ConsoleStore: Send + Sync + 'static {
 
     /// Events received in `[from, until)` (once derived: a `received` row
     /// counts moments later) counted per `bucket_secs`-long
-    /// bucket from `from`; buckets without events are absent. Meant for a
-    /// few buckets (each is one step of a recursive query).
+    /// bucket from `from`; buckets without events are absent. Counted by
+    /// the minute of arrival: an event is in the bucket its minute's start
+    /// falls in, so `from`, `until` and `bucket_secs` are meant to be whole
+    /// minutes.
     async fn activity(
         &self,
         from: i64,
@@ -467,24 +485,24 @@ macro_rules! console_store {
                 until: i64,
                 bucket_secs: i64,
             ) -> StoreResult<Vec<ActivityBucket>> {
-                // One index range per bucket, each read in the arrival
-                // index's order, rather than grouping every event by an
-                // expression: PostgreSQL cannot tell that such a group key
-                // follows the index, so it sorted all of them (to disk, past
-                // `work_mem`); a join to the buckets it groups by hash.
+                // Per-minute counters kept by triggers (migration
+                // console_counters), not the day's events: a day is 1,440
+                // rows however busy it was.
+                if let Some(fold) = <$store as Dialect>::FOLD_EVENT_MINUTES {
+                    sqlx::query(fold)
+                        .bind(from)
+                        .bind(until)
+                        .execute(self.writer())
+                        .await?;
+                }
                 let rows: Vec<(i64, i64, i64, i64, i64, i64)> = sqlx::query_as(
-                    "WITH RECURSIVE buckets (b) AS ( \
-                       SELECT CAST(0 AS BIGINT) \
-                       UNION ALL SELECT b + 1 FROM buckets WHERE $1 + (b + 1) * $3 < $2) \
-                     SELECT b, COUNT(*), \
-                       SUM(CASE WHEN substr(id, 1, 10) <> 'evt_billd_' THEN 1 ELSE 0 END), \
-                       SUM(CASE WHEN type = 'invoice.payment_failed' THEN 1 ELSE 0 END), \
-                       SUM(CASE WHEN type = 'invoice.paid' THEN 1 ELSE 0 END), \
-                       SUM(CASE WHEN status = 'dead' THEN 1 ELSE 0 END) \
-                     FROM buckets JOIN stripe_events \
-                       ON received_at >= $1 + b * $3 AND received_at < $1 + (b + 1) * $3 \
-                     WHERE received_at < $2 AND status IS NOT NULL \
-                     GROUP BY b ORDER BY b",
+                    "SELECT b, CAST(SUM(events) AS BIGINT), CAST(SUM(webhooks) AS BIGINT), \
+                       CAST(SUM(payments_failed) AS BIGINT), \
+                       CAST(SUM(payments_succeeded) AS BIGINT), CAST(SUM(dead) AS BIGINT) \
+                     FROM (SELECT (minute - $1) / $3 AS b, events, webhooks, payments_failed, \
+                             payments_succeeded, dead \
+                           FROM stripe_event_minutes WHERE minute >= $1 AND minute < $2) AS m \
+                     GROUP BY b HAVING SUM(events) <> 0 ORDER BY b",
                 )
                 .bind(from)
                 .bind(until)

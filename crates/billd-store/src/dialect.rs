@@ -52,6 +52,16 @@ pub(crate) trait Dialect {
     /// PostgreSQL (whose database collation may order otherwise).
     const BYTE_ORDER: &'static str;
 
+    /// Folds the deltas of `outbox_counts` into one row per status, run on
+    /// the writer before they are read. PostgreSQL's triggers append a row
+    /// per statement (no transaction waits on a shared counter row); SQLite
+    /// keeps one row per status, so it has nothing to fold.
+    const FOLD_OUTBOX_COUNTS: Option<&'static str>;
+
+    /// Folds the deltas of `stripe_event_minutes` in `[$1, $2)` into one
+    /// row per minute (see [`Dialect::FOLD_OUTBOX_COUNTS`]).
+    const FOLD_EVENT_MINUTES: Option<&'static str>;
+
     /// Pool for reads that need no transaction. On SQLite the reader pool:
     /// in WAL mode reads never wait for the writer.
     fn reader(&self) -> &Pool<Self::Db>;

@@ -162,9 +162,9 @@ impl Store for PgStore {
         // order, so `seq` follows the (sorted) batch order. A single statement is
         // its own transaction and commits (durably, synchronous_commit=on)
         // before it returns.
-        // No insert trigger counts statuses (it would copy every body into
-        // a transition table on the webhook path): the statement appends
-        // its own delta to the counters.
+        // No insert trigger counts statuses or minutes (it would copy every
+        // body into a transition table on the webhook path): the statement
+        // appends its own deltas to the counters.
         let inserted: Vec<String> = sqlx::query_scalar(
             "WITH inserted AS ( \
                INSERT INTO stripe_events \
@@ -172,10 +172,18 @@ impl Store for PgStore {
                   received_at, status) \
                SELECT *, 'pending' FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], \
                                     $5::text[], $6::text[], $7::text[], $8::int8[]) \
-               ON CONFLICT (id) DO NOTHING RETURNING id), \
+               ON CONFLICT (id) DO NOTHING RETURNING id, type, received_at), \
              counted AS ( \
                INSERT INTO stripe_event_count_deltas (status, n) \
-               SELECT 'pending', COUNT(*) FROM inserted HAVING COUNT(*) > 0) \
+               SELECT 'pending', COUNT(*) FROM inserted HAVING COUNT(*) > 0), \
+             minutes AS ( \
+               INSERT INTO stripe_event_minutes \
+                 (minute, events, webhooks, payments_failed, payments_succeeded, dead) \
+               SELECT received_at - received_at % 60, COUNT(*), \
+                 COUNT(*) FILTER (WHERE substr(id, 1, 10) <> 'evt_billd_'), \
+                 COUNT(*) FILTER (WHERE type = 'invoice.payment_failed'), \
+                 COUNT(*) FILTER (WHERE type = 'invoice.paid'), 0 \
+               FROM inserted GROUP BY received_at - received_at % 60) \
              SELECT id FROM inserted",
         )
         .bind(pick(|e| e.id.as_str()))
@@ -394,8 +402,14 @@ impl Store for PgStore {
         // (migration w_stripe_event_counts). Folding them into one row per
         // status here keeps the table small; a delta appended meanwhile is
         // not in this DELETE's snapshot, so it stays and is summed next.
+        // Statuses with one row are left alone, so a read with nothing to
+        // fold writes nothing.
         sqlx::query(
-            "WITH gone AS (DELETE FROM stripe_event_count_deltas RETURNING status, n) \
+            "WITH gone AS ( \
+               DELETE FROM stripe_event_count_deltas WHERE status IN ( \
+                 SELECT status FROM stripe_event_count_deltas \
+                 GROUP BY status HAVING COUNT(*) > 1) \
+               RETURNING status, n) \
              INSERT INTO stripe_event_count_deltas (status, n) \
              SELECT status, SUM(n) FROM gone GROUP BY status HAVING SUM(n) <> 0",
         )

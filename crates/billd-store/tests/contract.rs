@@ -19,6 +19,8 @@ use batches::{
     releasing_every_claim_makes_leased_events_and_outbox_rows_due_at_once,
     renewing_extends_only_the_leases_still_held_under_their_claim,
 };
+#[path = "contract/console_counters.rs"]
+mod console_counters;
 #[path = "contract/counts.rs"]
 mod counts;
 #[path = "contract/fencing.rs"]

@@ -15,6 +15,8 @@ impl Dialect for SqliteStore {
     const GREATEST: &'static str = "MAX";
     const INDEXED_BY_OUTBOX_DUE: &'static str = " INDEXED BY outbox_due";
     const BYTE_ORDER: &'static str = "";
+    const FOLD_OUTBOX_COUNTS: Option<&'static str> = None;
+    const FOLD_EVENT_MINUTES: Option<&'static str> = None;
     const SKIP_LOCKED: &'static str = "";
 
     fn reader(&self) -> &SqlitePool {

@@ -68,7 +68,9 @@ pub struct Overview {
     /// buckets, the last one the current hour).
     #[schema(value_type = Vec<Object>)]
     pub activity: Vec<ActivityBucket>,
-    /// Stripe's webhooks received per minute over the last hour.
+    /// Stripe's webhooks received per minute over the last hour: the
+    /// current minute and the 59 before it, by minute of arrival, counted
+    /// once the worker derives them.
     pub webhooks_per_minute: f64,
     /// `invoice.payment_failed` / (`invoice.payment_failed` + `invoice.paid`)
     /// over the last 24 hours; none without either.
@@ -151,8 +153,11 @@ pub(crate) async fn read_overview<S: BillingBackend + ?Sized>(
         .await
         .map_err(store_error)?;
     let activity = hourly(first, &found);
+    // The counters are per minute: the last hour is this minute and the 59
+    // before it.
+    let this_minute = now - now.rem_euclid(60);
     let last_hour = store
-        .activity(now - 3599, now + 1, 3600)
+        .activity(this_minute - 59 * 60, this_minute + 60, 3600)
         .await
         .map_err(store_error)?;
     let webhooks_last_hour: i64 = last_hour.iter().map(|b| b.webhooks).sum();
