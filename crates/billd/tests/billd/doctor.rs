@@ -584,8 +584,5 @@ async fn a_credit_pack_without_its_price_fails_and_the_printed_fix_creates_it() 
     let detail = row(&rows, "credit pack gen_100 eur")["detail"]
         .as_str()
         .unwrap();
-    assert!(
-        detail.contains("500 eur for 100 generations"),
-        "{detail}"
-    );
+    assert!(detail.contains("500 eur for 100 generations"), "{detail}");
 }

@@ -88,7 +88,12 @@ pub(crate) struct PaymentIntentFields<'a> {
 }
 
 /// A new payment intent `id` (not stored), awaiting confirmation when it has a payment method.
-pub(crate) fn payment_intent_json(s: &mut Inner, id: &str, f: PaymentIntentFields<'_>, at: i64) -> Value {
+pub(crate) fn payment_intent_json(
+    s: &mut Inner,
+    id: &str,
+    f: PaymentIntentFields<'_>,
+    at: i64,
+) -> Value {
     let secret = format!("{id}_secret_{}", s.ids.tail(25));
     json!({
         "id": id,

@@ -156,7 +156,11 @@ pub(super) async fn create_credits_checkout<S: BillingBackend + ?Sized>(
     let price = match pack.prices.get(&currency) {
         Some(price) => {
             state
-                .resolve(stripe, price, &format!("credit pack {}, {currency}", pack.name))
+                .resolve(
+                    stripe,
+                    price,
+                    &format!("credit pack {}, {currency}", pack.name),
+                )
                 .await?
         }
         None => {
@@ -182,7 +186,10 @@ pub(super) async fn create_credits_checkout<S: BillingBackend + ?Sized>(
         params = params
             .set(format!("{scope}[billd_customer_id]"), id.as_str())
             .set(format!("{scope}[{METADATA_PACK}]"), pack.name.as_str())
-            .set(format!("{scope}[{METADATA_FEATURE}]"), pack.feature.as_str())
+            .set(
+                format!("{scope}[{METADATA_FEATURE}]"),
+                pack.feature.as_str(),
+            )
             .set(format!("{scope}[{METADATA_AMOUNT}]"), &amount);
     }
     let session = stripe
