@@ -116,7 +116,6 @@ fn pack_currency(
     responses(
         (status = 200, description = "Send the user to `url`.", body = CreditsCheckoutView),
         (status = 400, description = "`unknown_pack`, `invalid_currency`, `currency_not_available`, `invalid_url`, `field_too_long`, `invalid_body`.", body = crate::http::openapi::ErrorBody),
-        (status = 404, description = "`customer_not_found`, `customer_deleted`.", body = crate::http::openapi::ErrorBody),
         (status = 409, description = "`currency_locked`.", body = crate::http::openapi::ErrorBody),
         (status = 429, description = "`rate_limited` (Retry-After).", body = crate::http::openapi::ErrorBody),
         crate::http::openapi::StripeCallErrors,
