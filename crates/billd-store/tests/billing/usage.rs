@@ -458,6 +458,9 @@ fn credited(id: &str, amount: u64, key: &str) -> billd_store::UsageRequest {
     request
 }
 
+/// A consume of the credits scenario: (amount, key, answer, books after it).
+type Step = (u64, &'static str, GuardedOutcome, (u64, u64, u64));
+
 /// (period counter, credits used per pack) of the customer.
 async fn credit_books(h: &Harness, id: &str) -> (u64, u64, u64) {
     let key = UsageKey {
@@ -492,8 +495,9 @@ async fn a_consume_takes_the_quota_then_credits_first_bought_first_then_overage_
         customer_version: 0,
     };
     // 2 included; 1 included + 6 credits (5 of the first pack, 1 of the
-    // second); a replay; 9 credits; 3 = 0 credits left... then overage.
-    let steps: [(u64, &str, GuardedOutcome, (u64, u64, u64)); 6] = [
+    // second); a replay; 9 credits (none left); 5, past the cap of 4; 4 of
+    // overage. Each: (amount, key, answer, books after it).
+    let steps: [Step; 6] = [
         (2, "a", applied(2, limit, false), (2, 0, 0)),
         (7, "b", applied(3, limit, false), (3, 5, 1)),
         (7, "b", applied(3, limit, true), (3, 5, 1)),
@@ -536,7 +540,7 @@ async fn a_consume_takes_the_quota_then_credits_first_bought_first_then_overage_
         .into_iter()
         .map(Result::unwrap)
         .collect();
-    let expected: Vec<GuardedOutcome> = steps.iter().map(|(_, _, a, _)| a.clone()).collect();
+    let expected: Vec<GuardedOutcome> = steps.iter().map(|(_, _, a, _)| *a).collect();
     assert_eq!(answers, expected);
     assert_eq!(credit_books(h, "user_c2").await, (7, 5, 10));
     assert_eq!(
