@@ -1026,9 +1026,24 @@ macro_rules! billing_store {
             .fetch_one(&mut *conn)
             .await?;
             let counter = from_db(locked);
+            // The packs' counters exist and are locked too (a no-op update
+            // again): a consume of another period, which locks another
+            // period counter, still cannot take the same units.
+            for source in &credits.sources {
+                sqlx::query(
+                    "INSERT INTO usage_counters (customer_id, feature, period_start, used) \
+                     VALUES ($1, $2, 0, 0) \
+                     ON CONFLICT (customer_id, feature, period_start) DO NOTHING",
+                )
+                .bind(request.customer_id.as_str())
+                .bind($crate::billing::credit_counter(&source.payment))
+                .execute(&mut *conn)
+                .await?;
+            }
             let rows: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT feature, used FROM usage_counters \
-                 WHERE customer_id = $1 AND period_start = 0 AND feature LIKE 'credits:%'",
+                "UPDATE usage_counters SET used = used \
+                 WHERE customer_id = $1 AND period_start = 0 AND feature LIKE 'credits:%' \
+                 RETURNING feature, used",
             )
             .bind(request.customer_id.as_str())
             .fetch_all(&mut *conn)
