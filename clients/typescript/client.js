@@ -18,6 +18,9 @@ export class Billd extends BilldCore {
   createCheckout(id, body, options = {}) {
     return this.request({ method: "POST", path: `/v1/customers/${encodeURIComponent(id)}/checkout`, body, key: "header", options });
   }
+  createCreditsCheckout(id, body, options = {}) {
+    return this.request({ method: "POST", path: `/v1/customers/${encodeURIComponent(id)}/credits/checkout`, body, key: "header", options });
+  }
   createPortal(id, body, options = {}) {
     return this.request({ method: "POST", path: `/v1/customers/${encodeURIComponent(id)}/portal`, body, options });
   }

@@ -139,6 +139,39 @@ export interface ChoiceView {
   seats: number;
 }
 
+/** `POST /v1/customers/{id}/credits/checkout` body. */
+export interface CreditsCheckoutBody {
+  /** Where Stripe sends the customer who gives up (absolute http/https). */
+  cancel_url: string;
+  /**
+   * ISO currency code; default: the customer's preferred currency when
+   * the pack has a price in it, else the catalog's.
+   */
+  currency?: string | null;
+  /** The credit pack to buy (`[credit_packs.<name>]`). */
+  pack: string;
+  /** Where Stripe sends the customer after paying (absolute http/https). */
+  success_url: string;
+}
+
+/** The answer to a credit pack checkout. */
+export interface CreditsCheckoutView {
+  /** Units the pack brings once paid. */
+  amount: number;
+  /** Its currency. */
+  currency: string;
+  /** When Stripe expires the session (unix seconds). */
+  expires_at: number;
+  /** The metered feature the pack's units are of. */
+  feature: string;
+  /** The pack it sells. */
+  pack: string;
+  /** The Checkout session (`cs_…`). */
+  session_id: string;
+  /** Stripe's hosted Checkout page. */
+  url: string;
+}
+
 /** What the customer has now. */
 export interface CurrentView {
   /** The interval of its price (null when not the catalog's). */
@@ -326,6 +359,12 @@ export interface EventSummary {
 
 /** One counted feature's quota in [`EntitlementsDoc`]. */
 export interface FeatureEntitlement {
+  /**
+   * Units of credit packs left for a metered feature (0 without packs,
+   * and for capacity): consumed after the included quota and before
+   * overage, kept across renewals.
+   */
+  credits: number;
   /** The quota included in the plan: the same as `limit`. */
   included: number;
   /** `metered` or `capacity`. */

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from ._core import AsyncCore, SyncCore, quote
-from .models import AdminCustomerView, CheckoutView, Customer, CustomerPage, CustomerPlansView, DeletedCustomer, Entitlements, ListAlertView, ListEventSummary, ListReconcileRunView, Overview, PlansView, PortalView, PreviewView, Replayed, ReplayedCount, Resynced, Retried, SubscriptionView, UsageAnswer
+from .models import AdminCustomerView, CheckoutView, CreditsCheckoutView, Customer, CustomerPage, CustomerPlansView, DeletedCustomer, Entitlements, ListAlertView, ListEventSummary, ListReconcileRunView, Overview, PlansView, PortalView, PreviewView, Replayed, ReplayedCount, Resynced, Retried, SubscriptionView, UsageAnswer
 
 __all__ = ["AsyncBilld", "Billd"]
 
@@ -47,6 +47,13 @@ class Billd(SyncCore):
         Sends `idempotency_key` (else a new random key), the same on every retry.
         """
         return cast(CheckoutView, self._request("POST", f"/v1/customers/{quote(id)}/checkout", body={"cancel_url": cancel_url, "plan": plan, "success_url": success_url, "currency": currency, "interval": interval, "promotion_code": promotion_code, "seats": seats}, key=("header", idempotency_key)))
+
+    def create_credits_checkout(self, id: str, *, cancel_url: str, pack: str, success_url: str, currency: str | None = None, idempotency_key: str | None = None) -> CreditsCheckoutView:
+        """`POST /v1/customers/{id}/credits/checkout`: A Stripe Checkout session in payment mode for a credit pack. Its units are credited once the session completes paid (its webhook), consumed after the period's included quota and before overage, and kept across renewals; a refund of the payment removes what is left. Honours `Idempotency-Key`.
+
+        Sends `idempotency_key` (else a new random key), the same on every retry.
+        """
+        return cast(CreditsCheckoutView, self._request("POST", f"/v1/customers/{quote(id)}/credits/checkout", body={"cancel_url": cancel_url, "pack": pack, "success_url": success_url, "currency": currency}, key=("header", idempotency_key)))
 
     def create_portal(self, id: str, *, return_url: str) -> PortalView:
         """`POST /v1/customers/{id}/portal`: A Stripe customer portal session."""
@@ -192,6 +199,13 @@ class AsyncBilld(AsyncCore):
         Sends `idempotency_key` (else a new random key), the same on every retry.
         """
         return cast(CheckoutView, await self._request("POST", f"/v1/customers/{quote(id)}/checkout", body={"cancel_url": cancel_url, "plan": plan, "success_url": success_url, "currency": currency, "interval": interval, "promotion_code": promotion_code, "seats": seats}, key=("header", idempotency_key)))
+
+    async def create_credits_checkout(self, id: str, *, cancel_url: str, pack: str, success_url: str, currency: str | None = None, idempotency_key: str | None = None) -> CreditsCheckoutView:
+        """`POST /v1/customers/{id}/credits/checkout`: A Stripe Checkout session in payment mode for a credit pack. Its units are credited once the session completes paid (its webhook), consumed after the period's included quota and before overage, and kept across renewals; a refund of the payment removes what is left. Honours `Idempotency-Key`.
+
+        Sends `idempotency_key` (else a new random key), the same on every retry.
+        """
+        return cast(CreditsCheckoutView, await self._request("POST", f"/v1/customers/{quote(id)}/credits/checkout", body={"cancel_url": cancel_url, "pack": pack, "success_url": success_url, "currency": currency}, key=("header", idempotency_key)))
 
     async def create_portal(self, id: str, *, return_url: str) -> PortalView:
         """`POST /v1/customers/{id}/portal`: A Stripe customer portal session."""

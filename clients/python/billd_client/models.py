@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypedDict
 
-__all__ = ["Access", "ActionRequired", "AdminCustomerView", "AlertView", "CheckoutBody", "CheckoutSyncBody", "CheckoutView", "ChoiceView", "CurrentView", "Customer", "CustomerBody", "CustomerPage", "CustomerPlanView", "CustomerPlansView", "CustomerSummary", "DeletedCustomer", "Discount", "Entitlements", "ErrorBody", "ErrorDetail", "EventSummary", "FeatureEntitlement", "FlagEntitlement", "InvoiceSummary", "JobView", "ListAlertView", "ListEventSummary", "ListReconcileRunView", "Overview", "PendingStripeAction", "PlanChangeBody", "PlanFeatureView", "PlanPriceView", "PlanView", "PlansView", "PortalBody", "PortalView", "PreviewLine", "PreviewView", "QueueView", "QuotaOverflow", "ReconcileRunView", "ReconcileSummary", "ReplayBody", "Replayed", "ReplayedCount", "Resynced", "Retried", "SeatsBody", "SubscriptionOutcome", "SubscriptionView", "UsageAnswer", "UsageBody", "UsageKey"]
+__all__ = ["Access", "ActionRequired", "AdminCustomerView", "AlertView", "CheckoutBody", "CheckoutSyncBody", "CheckoutView", "ChoiceView", "CreditsCheckoutBody", "CreditsCheckoutView", "CurrentView", "Customer", "CustomerBody", "CustomerPage", "CustomerPlanView", "CustomerPlansView", "CustomerSummary", "DeletedCustomer", "Discount", "Entitlements", "ErrorBody", "ErrorDetail", "EventSummary", "FeatureEntitlement", "FlagEntitlement", "InvoiceSummary", "JobView", "ListAlertView", "ListEventSummary", "ListReconcileRunView", "Overview", "PendingStripeAction", "PlanChangeBody", "PlanFeatureView", "PlanPriceView", "PlanView", "PlansView", "PortalBody", "PortalView", "PreviewLine", "PreviewView", "QueueView", "QuotaOverflow", "ReconcileRunView", "ReconcileSummary", "ReplayBody", "Replayed", "ReplayedCount", "Resynced", "Retried", "SeatsBody", "SubscriptionOutcome", "SubscriptionView", "UsageAnswer", "UsageBody", "UsageKey"]
 
 
 Access = Literal["paid", "grace", "free", "blocked", "frozen"]
@@ -148,6 +148,41 @@ class ChoiceView(_ChoiceViewRequired, total=False):
     """Why it is unavailable: `no_price_in_currency`,
     `cancel_to_downgrade`, `seats_out_of_range`.
     """
+
+
+class _CreditsCheckoutBodyRequired(TypedDict):
+    cancel_url: str
+    """Where Stripe sends the customer who gives up (absolute http/https)."""
+    pack: str
+    """The credit pack to buy (`[credit_packs.<name>]`)."""
+    success_url: str
+    """Where Stripe sends the customer after paying (absolute http/https)."""
+
+
+class CreditsCheckoutBody(_CreditsCheckoutBodyRequired, total=False):
+    """`POST /v1/customers/{id}/credits/checkout` body."""
+    currency: str | None
+    """ISO currency code; default: the customer's preferred currency when
+    the pack has a price in it, else the catalog's.
+    """
+
+
+class CreditsCheckoutView(TypedDict):
+    """The answer to a credit pack checkout."""
+    amount: int
+    """Units the pack brings once paid."""
+    currency: str
+    """Its currency."""
+    expires_at: int
+    """When Stripe expires the session (unix seconds)."""
+    feature: str
+    """The metered feature the pack's units are of."""
+    pack: str
+    """The pack it sells."""
+    session_id: str
+    """The Checkout session (`cs_…`)."""
+    url: str
+    """Stripe's hosted Checkout page."""
 
 
 class _CurrentViewRequired(TypedDict):
@@ -371,6 +406,11 @@ class EventSummary(_EventSummaryRequired, total=False):
 
 class FeatureEntitlement(TypedDict):
     """One counted feature's quota in [`EntitlementsDoc`]."""
+    credits: int
+    """Units of credit packs left for a metered feature (0 without packs,
+    and for capacity): consumed after the included quota and before
+    overage, kept across renewals.
+    """
     included: int
     """The quota included in the plan: the same as `limit`."""
     kind: str

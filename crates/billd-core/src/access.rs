@@ -125,6 +125,8 @@ pub struct UsageKey {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Usage {
     counters: BTreeMap<UsageKey, u64>,
+    /// Units consumed from each credit pack, by payment intent.
+    credits_used: BTreeMap<String, u64>,
 }
 
 impl Usage {
@@ -147,6 +149,16 @@ impl Usage {
     /// A counter's value (0 when never used).
     pub fn used(&self, key: &UsageKey) -> u64 {
         self.counters.get(key).copied().unwrap_or(0)
+    }
+
+    /// Sets what was consumed from the credit pack of `payment`.
+    pub fn set_credits_used(&mut self, payment: &str, used: u64) {
+        self.credits_used.insert(payment.to_owned(), used);
+    }
+
+    /// What was consumed from the credit pack of `payment` (0 when nothing).
+    pub fn credits_used(&self, payment: &str) -> u64 {
+        self.credits_used.get(payment).copied().unwrap_or(0)
     }
 }
 
@@ -278,6 +290,11 @@ pub struct FeatureEntitlement {
     /// access, billed in the catalog's currency. `None` otherwise.
     #[serde(default)]
     pub overage_cap: Option<u64>,
+    /// Units of credit packs left for a metered feature: consumed after
+    /// the included quota and before overage, kept across renewals (0
+    /// without packs).
+    #[serde(default)]
+    pub credits: u64,
     /// Usage exceeds the limit (and the overage cap, while overage is
     /// open), after a downgrade: nothing is deleted, consumption is blocked
     /// until usage is under it.
@@ -377,6 +394,9 @@ pub fn entitlements(
                     0
                 },
                 overage_cap,
+                credits: state
+                    .credits
+                    .balance(name, |payment| usage.credits_used(payment)),
                 over_limit: used > balance.ceiling(),
                 resets_at: (*kind == FeatureKind::Metered).then_some(period.end),
                 usage_key: key,

@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::access::{access_at, Access};
 use crate::catalog::Catalog;
+use crate::credits::Purchase;
 use crate::event::{
-    CheckoutChange, DiscountChange, Event, EventKind, InvoiceChange, Subscription,
+    CheckoutChange, CheckoutSession, DiscountChange, Event, EventKind, InvoiceChange, Subscription,
     SubscriptionChange, SubscriptionStatus,
 };
 use crate::ids::{StripeCustomerId, StripeSubscriptionId};
@@ -306,6 +307,21 @@ pub(crate) fn email(
     }
 }
 
+/// Credits a pack once its session in `payment` mode completed paid: the
+/// session's metadata says what was bought, its payment intent is the
+/// grant's key. True when this credited it (the first time).
+fn credit_pack(state: &mut CustomerState, event: &Event, session: &CheckoutSession) -> bool {
+    let paid = session.mode.as_deref() == Some("payment")
+        && session.payment_status.as_deref() == Some("paid");
+    let (true, Some(pi)) = (paid, &session.payment_intent) else {
+        return false;
+    };
+    match Purchase::from_metadata(&session.metadata, event.created) {
+        Some(purchase) => state.credits.paid(pi.as_str(), &purchase),
+        None => false,
+    }
+}
+
 /// Applies one event to a customer's state.
 ///
 /// Pure and deterministic: the same state, event, catalog and `now` give the
@@ -359,7 +375,9 @@ pub fn apply(state: &CustomerState, event: &Event, catalog: &Catalog, now: i64) 
             if let Some(latest) = slot {
                 entry.session = latest;
             }
-            if first || newer {
+            let credited =
+                *change == CheckoutChange::Completed && credit_pack(&mut next, event, session);
+            if first || newer || credited {
                 Outcome::Applied
             } else {
                 Outcome::Duplicate
@@ -382,6 +400,7 @@ pub fn apply(state: &CustomerState, event: &Event, catalog: &Catalog, now: i64) 
                         refunded: false,
                         fully_refunded_at: None,
                         customer: charge.customer.clone(),
+                        payment_intent: charge.payment_intent.clone(),
                     });
                 entry.amount_refunded = entry.amount_refunded.max(charge.amount_refunded);
                 if charge.refunded {
@@ -394,6 +413,16 @@ pub fn apply(state: &CustomerState, event: &Event, catalog: &Catalog, now: i64) 
                 }
                 if entry.customer.is_none() {
                     entry.customer = charge.customer.clone();
+                }
+                if entry.payment_intent.is_none() {
+                    entry.payment_intent = charge.payment_intent.clone();
+                }
+                // A full refund of a pack's payment removes what is left of
+                // it (told before the payment, the pack never counts).
+                if charge.refunded {
+                    if let Some(pi) = &charge.payment_intent {
+                        next.credits.refunded(pi.as_str());
+                    }
                 }
                 effects.push(email(
                     EmailTemplate::RefundIssued,
@@ -1112,6 +1141,18 @@ fn audit_view(state: &CustomerState, catalog: &Catalog, now: i64) -> BTreeMap<St
             Money::new(refund.amount_refunded, refund.amount.currency.clone()).to_string(),
         );
         view.insert(format!("refund.{id}.refunded"), refund.refunded.to_string());
+    }
+    for (payment, grant) in state.credits.grants() {
+        view.insert(
+            format!("credits.{payment}"),
+            format!(
+                "feature={} amount={} paid={} refunded={}",
+                opt(&grant.feature.as_ref().map(ToString::to_string)),
+                grant.amount,
+                grant.paid,
+                grant.refunded
+            ),
+        );
     }
     for (id, dispute) in &state.disputes {
         view.insert(

@@ -128,11 +128,44 @@ pub enum CatalogError {
         /// What is wrong.
         reason: String,
     },
-    /// A part of the catalog format this billd does not implement yet
-    /// (`credit_packs`): refused rather than ignored, so nobody sells what
-    /// billd would not bill.
-    #[error("{0} is not supported by this version of billd")]
-    Unsupported(String),
+    /// A credit pack names a feature not declared under `[features]`.
+    #[error("credit pack {pack} names unknown feature {feature}")]
+    CreditPackUnknownFeature {
+        /// The pack.
+        pack: String,
+        /// The undeclared feature.
+        feature: String,
+    },
+    /// A credit pack's feature is not metered (credits are consumed after
+    /// a period's included quota, which only a metered feature has).
+    #[error(
+        "credit pack {pack}: feature {feature} is {kind}; only a metered feature takes credits"
+    )]
+    CreditPackFeatureKind {
+        /// The pack.
+        pack: String,
+        /// The feature.
+        feature: String,
+        /// The feature's kind.
+        kind: String,
+    },
+    /// A credit pack's `amount` is not a whole number of at least 1.
+    #[error("credit pack {pack}: amount must be at least 1, got {amount}")]
+    CreditPackInvalidAmount {
+        /// The pack.
+        pack: String,
+        /// The amount given.
+        amount: i64,
+    },
+    /// A credit pack's prices are missing, malformed, not one price per
+    /// currency, or lack the default currency.
+    #[error("credit pack {pack} prices: {reason}")]
+    CreditPackInvalidPrice {
+        /// The pack.
+        pack: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl CatalogError {
@@ -157,7 +190,10 @@ impl CatalogError {
             CatalogError::InvalidSeats { .. } => "catalog_invalid_seats",
             CatalogError::InvalidTrial { .. } => "catalog_invalid_trial",
             CatalogError::InvalidOverage { .. } => "catalog_invalid_overage",
-            CatalogError::Unsupported(_) => "catalog_unsupported",
+            CatalogError::CreditPackUnknownFeature { .. } => "catalog_credit_pack_unknown_feature",
+            CatalogError::CreditPackFeatureKind { .. } => "catalog_credit_pack_feature_kind",
+            CatalogError::CreditPackInvalidAmount { .. } => "catalog_credit_pack_invalid_amount",
+            CatalogError::CreditPackInvalidPrice { .. } => "catalog_credit_pack_invalid_price",
         }
     }
 }
@@ -222,6 +258,10 @@ name_type!(
 name_type!(
     /// A limited feature's name (`generations`, `websites`).
     FeatureName
+);
+name_type!(
+    /// A credit pack's name in the catalog (`gen_100`).
+    PackName
 );
 
 /// How a feature's usage is counted.
@@ -424,6 +464,21 @@ impl Overage {
     }
 }
 
+/// A credit pack: `amount` prepaid units of a metered feature, bought
+/// once through Checkout in payment mode at its one-time price
+/// (`[credit_packs.<name>]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditPack {
+    /// The pack's name (`gen_100`).
+    pub name: PackName,
+    /// The metered feature its units are of.
+    pub feature: FeatureName,
+    /// Units it brings (at least 1).
+    pub amount: u64,
+    /// Its one-time Stripe price per currency.
+    pub prices: BTreeMap<Currency, Price>,
+}
+
 /// One plan: its limits and flags per feature, seats, trial and prices.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Plan {
@@ -504,6 +559,8 @@ pub struct Catalog {
     #[serde(default)]
     overage: BTreeMap<FeatureName, Overage>,
     plans: BTreeMap<PlanName, Plan>,
+    #[serde(default)]
+    credit_packs: BTreeMap<PackName, CreditPack>,
 }
 
 /// The seed's plans: free (3 generations, 1 website), standard (10, 3) and
@@ -544,7 +601,16 @@ struct RawCatalog {
     features: BTreeMap<String, RawFeature>,
     plans: BTreeMap<String, RawPlan>,
     #[serde(default)]
-    credit_packs: Option<toml::Value>,
+    credit_packs: BTreeMap<String, RawCreditPack>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCreditPack {
+    feature: String,
+    amount: i64,
+    #[serde(default)]
+    prices: BTreeMap<String, toml::Value>,
 }
 
 fn default_grace() -> i64 {
@@ -615,9 +681,6 @@ impl Catalog {
         if !(0..=60).contains(&raw.grace_period_days) {
             return Err(CatalogError::InvalidGracePeriod(raw.grace_period_days));
         }
-        if raw.credit_packs.is_some() {
-            return Err(CatalogError::Unsupported("[credit_packs]".to_owned()));
-        }
         let mut features = BTreeMap::new();
         let mut per_seat = BTreeSet::new();
         let mut overage = BTreeMap::new();
@@ -678,6 +741,18 @@ impl Catalog {
             }
         }
 
+        let mut credit_packs = BTreeMap::new();
+        for (name, raw_pack) in raw.credit_packs {
+            let pack = parse_credit_pack(
+                &name,
+                raw_pack,
+                &features,
+                &default_currency,
+                &mut seen_prices,
+            )?;
+            credit_packs.insert(pack.name.clone(), pack);
+        }
+
         Ok(Self {
             default_currency,
             grace_period_days: u32::try_from(raw.grace_period_days).unwrap_or(0),
@@ -687,6 +762,7 @@ impl Catalog {
             per_seat,
             overage,
             plans,
+            credit_packs,
         })
     }
 
@@ -751,6 +827,33 @@ impl Catalog {
     pub fn bind_overage_price(&mut self, feature: &FeatureName, id: PriceId) {
         if let Some(overage) = self.overage.get_mut(feature) {
             overage.price.id = Some(id);
+        }
+    }
+
+    /// Every credit pack by name.
+    pub fn credit_packs(&self) -> &BTreeMap<PackName, CreditPack> {
+        &self.credit_packs
+    }
+
+    /// A credit pack by name.
+    pub fn credit_pack(&self, name: &PackName) -> Option<&CreditPack> {
+        self.credit_packs.get(name)
+    }
+
+    /// Whether some credit pack sells units of `feature`.
+    pub fn sells_credits(&self, feature: &FeatureName) -> bool {
+        self.credit_packs.values().any(|p| &p.feature == feature)
+    }
+
+    /// Records the concrete Stripe id of a pack's price known by lookup key
+    /// (dev mode); an unknown pack or currency is left alone.
+    pub fn bind_pack_price(&mut self, pack: &PackName, currency: &Currency, id: PriceId) {
+        if let Some(price) = self
+            .credit_packs
+            .get_mut(pack)
+            .and_then(|p| p.prices.get_mut(currency))
+        {
+            price.id = Some(id);
         }
     }
 
@@ -985,6 +1088,68 @@ fn parse_plan(
         flags,
         seats,
         trial_days,
+        prices,
+    })
+}
+
+fn parse_credit_pack(
+    name: &str,
+    raw: RawCreditPack,
+    features: &BTreeMap<FeatureName, FeatureKind>,
+    default_currency: &Currency,
+    seen_prices: &mut BTreeSet<String>,
+) -> Result<CreditPack, CatalogError> {
+    let pack = PackName::parse(name)?;
+    let feature = FeatureName::parse(&raw.feature)?;
+    let kind = features
+        .get(&feature)
+        .ok_or_else(|| CatalogError::CreditPackUnknownFeature {
+            pack: name.to_owned(),
+            feature: feature.to_string(),
+        })?;
+    if *kind != FeatureKind::Metered {
+        return Err(CatalogError::CreditPackFeatureKind {
+            pack: name.to_owned(),
+            feature: feature.to_string(),
+            kind: kind.as_str().to_owned(),
+        });
+    }
+    let amount = u64::try_from(raw.amount).ok().filter(|a| *a >= 1).ok_or(
+        CatalogError::CreditPackInvalidAmount {
+            pack: name.to_owned(),
+            amount: raw.amount,
+        },
+    )?;
+    let invalid = |reason: String| CatalogError::CreditPackInvalidPrice {
+        pack: name.to_owned(),
+        reason,
+    };
+    let mut prices = BTreeMap::new();
+    for (currency, value) in raw.prices {
+        let code =
+            Currency::parse(&currency).map_err(|_| CatalogError::InvalidCurrency(currency))?;
+        // One one-time price per currency, in the plans' price forms
+        // (a `price_…` id or a `{ lookup_key, unit_amount }` table).
+        let price = parse_price(name, &code, value).map_err(|e| match e {
+            CatalogError::InvalidPrice { reason, .. } => invalid(reason),
+            other => other,
+        })?;
+        for key in price_keys(&price) {
+            if !seen_prices.insert(key.clone()) {
+                return Err(CatalogError::DuplicatePrice(key));
+            }
+        }
+        prices.insert(code, price);
+    }
+    if !prices.contains_key(default_currency) {
+        return Err(invalid(format!(
+            "no price in the default currency {default_currency}"
+        )));
+    }
+    Ok(CreditPack {
+        name: pack,
+        feature,
+        amount,
         prices,
     })
 }
@@ -1563,10 +1728,80 @@ mod tests {
             let text = ISSUE_EXAMPLE.replacen(from, to, 1);
             assert_eq!(error_code(&text), code, "{to}");
         }
-        let packs = format!(
-            "{ISSUE_EXAMPLE}\n[credit_packs.gen_100]\nfeature = \"generations\"\namount = 100\n"
+    }
+
+    const PACK: &str = "\n[credit_packs.gen_100]\nfeature = \"generations\"\namount  = 100\nprices  = { eur = { lookup_key = \"billd_gen_100_eur\", unit_amount = 500 } }\n";
+
+    #[test]
+    fn credit_packs_parse_as_in_the_issue() {
+        let catalog = Catalog::from_toml(&format!("{ISSUE_EXAMPLE}{PACK}")).unwrap();
+        let name = PackName::parse("gen_100").unwrap();
+        let pack = catalog.credit_pack(&name).unwrap();
+        assert_eq!((pack.feature.as_str(), pack.amount), ("generations", 100));
+        let eur = pack.prices.get(&Currency::parse("eur").unwrap()).unwrap();
+        assert_eq!(
+            (eur.lookup_key.as_deref(), eur.unit_amount, eur.id.as_ref()),
+            (Some("billd_gen_100_eur"), Some(500), None)
         );
-        assert_eq!(error_code(&packs), "catalog_unsupported");
+        assert!(catalog.sells_credits(&feature("generations")));
+        assert!(!catalog.sells_credits(&feature("websites")));
+        assert!(Catalog::seed().credit_packs().is_empty());
+    }
+
+    #[test]
+    fn a_bad_credit_pack_has_its_own_code() {
+        let cases = [
+            (
+                "feature = \"generations\"",
+                "feature = \"nope\"",
+                "catalog_credit_pack_unknown_feature",
+            ),
+            (
+                "feature = \"generations\"",
+                "feature = \"websites\"",
+                "catalog_credit_pack_feature_kind",
+            ),
+            (
+                "amount  = 100",
+                "amount  = 0",
+                "catalog_credit_pack_invalid_amount",
+            ),
+            (
+                "amount  = 100",
+                "amount  = -5",
+                "catalog_credit_pack_invalid_amount",
+            ),
+            (
+                "unit_amount = 500",
+                "unit_amount = -1",
+                "catalog_credit_pack_invalid_price",
+            ),
+            ("eur = {", "usd = {", "catalog_credit_pack_invalid_price"),
+            (
+                "{ lookup_key = \"billd_gen_100_eur\", unit_amount = 500 }",
+                "3",
+                "catalog_credit_pack_invalid_price",
+            ),
+            (
+                "billd_gen_100_eur",
+                "billd_team_eur_month",
+                "catalog_duplicate_price",
+            ),
+            (
+                "amount  = 100",
+                "amount  = 100\nextra = 1",
+                "catalog_invalid_toml",
+            ),
+        ];
+        for (from, to, code) in cases {
+            assert!(PACK.contains(from), "{from}");
+            let text = format!("{ISSUE_EXAMPLE}{}", PACK.replacen(from, to, 1));
+            assert_eq!(error_code(&text), code, "{to}");
+        }
+        let no_prices = format!(
+            "{ISSUE_EXAMPLE}\n[credit_packs.gen_100]\nfeature = \"generations\"\namount = 1\n"
+        );
+        assert_eq!(error_code(&no_prices), "catalog_credit_pack_invalid_price");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::access::{
 };
 use crate::apply::{meter_identifier, Effect};
 use crate::catalog::{Catalog, FeatureName};
+use crate::credits::CreditSource;
 use crate::ids::{CustomerId, StripeCustomerId};
 use crate::state::CustomerState;
 
@@ -61,6 +62,16 @@ impl OverageMeter {
     }
 }
 
+/// The credit packs a consume may take from, past the included quota.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditTarget {
+    /// The included quota: the counter's units up to it are included,
+    /// those past it overage.
+    pub included: u64,
+    /// The live packs of the feature, first bought first.
+    pub sources: Vec<CreditSource>,
+}
+
 /// The counter a consume changes and the limit the store enforces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsumeTarget {
@@ -76,6 +87,10 @@ pub struct ConsumeTarget {
     /// the included quota plus the cap, and a refusal is
     /// `overage_cap_reached`.
     pub overage: Option<OverageMeter>,
+    /// The credit packs to take from once the included quota is used, when
+    /// the customer has live packs of the feature and may consume. The
+    /// counter then counts the included and overage units only.
+    pub credits: Option<CreditTarget>,
 }
 
 /// The target of consuming `amount` of `feature` at `now`: the same counter
@@ -103,24 +118,32 @@ pub fn consume_target(
             event_name: overage.meter_event_name.clone(),
             stripe_customer: sub.snapshot.customer.clone(),
         });
+    let sources = state.credits.sources(feature);
+    let credits = (!sources.is_empty()).then_some(CreditTarget {
+        included: quota.limit,
+        sources,
+    });
     match check_consume(&ent, feature, amount) {
         Ok(limit) | Err(ConsumeError::QuotaExceeded { limit, .. }) => Ok(ConsumeTarget {
             key,
             limit,
             refused: None,
             overage,
+            credits,
         }),
         Err(ConsumeError::OverageCapReached { included, cap, .. }) => Ok(ConsumeTarget {
             key,
             limit: included.saturating_add(cap),
             refused: None,
             overage,
+            credits,
         }),
         Err(ConsumeError::NoAccess(access)) => Ok(ConsumeTarget {
             key,
             limit: 0,
             refused: Some(access),
             overage: None,
+            credits: None,
         }),
         Err(other) => Err(other),
     }
@@ -176,6 +199,7 @@ limits = { generations = 3, websites = 1 }
                 limit: 3,
                 refused: None,
                 overage: None,
+                credits: None,
             }
         );
     }

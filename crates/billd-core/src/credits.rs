@@ -1,48 +1,68 @@
-//! Credit packs' balance arithmetic: prepaid units of a metered feature,
-//! bought one-time, credited once per payment, consumed after the period's
-//! included quota and before overage, never reset by renewals; a refund
-//! removes what is left of its pack.
+//! Credit packs' balance rules: prepaid units of a metered feature, bought
+//! one-time through Checkout, credited once per payment, consumed after the
+//! period's included quota and before overage, never reset by renewals; a
+//! refund removes what is left of its pack.
 //!
-//! The rules only: the catalog does not sell packs yet (`[credit_packs]` is
-//! refused with `catalog_unsupported`), so nothing here is reachable from
-//! the API.
+//! The customer's state keeps the packs bought (the [`CreditLedger`], keyed
+//! by payment intent, which makes a duplicate or reordered webhook credit
+//! once); what was consumed from each pack is a counter of the store, taken
+//! in the consume's transaction ([`take`]), so consuming never rewrites the
+//! state.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// One pack bought: its units, what of them was consumed, whether its
-/// payment was refunded.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+use crate::catalog::{FeatureName, PackName};
+
+/// Metadata keys billd puts on a pack's Checkout session (and its payment
+/// intent): what was bought, so the grant does not depend on a catalog
+/// edited since.
+pub const METADATA_PACK: &str = "billd_credit_pack";
+/// The feature of the pack bought.
+pub const METADATA_FEATURE: &str = "billd_credit_feature";
+/// The units of the pack bought.
+pub const METADATA_AMOUNT: &str = "billd_credit_amount";
+
+/// One pack bought, by its payment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
+    /// The feature its units are of (unknown while only its refund is known).
+    pub feature: Option<FeatureName>,
+    /// The pack's name in the catalog at purchase.
+    pub pack: Option<PackName>,
     /// Units the pack brought (0 until its payment is known as paid).
     pub amount: u64,
-    /// Units consumed from it.
-    pub used: u64,
-    /// Its payment was refunded: what is left is gone.
-    pub refunded: bool,
     /// Its payment is known as paid.
     pub paid: bool,
+    /// Its payment was refunded: what is left is gone.
+    pub refunded: bool,
+    /// When the session completed (`created` of the event): consumption is
+    /// first bought, first used.
+    pub purchased_at: i64,
 }
 
 impl Grant {
-    /// What can still be consumed from it.
-    pub fn left(&self) -> u64 {
-        if self.refunded || !self.paid {
-            0
-        } else {
-            self.amount.saturating_sub(self.used)
-        }
+    /// Whether its units can be consumed.
+    pub fn is_live(&self) -> bool {
+        self.paid && !self.refunded
     }
 }
 
-/// One feature's packs, by payment (the key that makes crediting once
-/// whatever the duplicates), oldest first by key order of purchase.
+/// A live pack to consume from: its payment (the store's counter of what
+/// was used) and its units.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreditSource {
+    /// The payment intent id.
+    pub payment: String,
+    /// The units the pack brought.
+    pub amount: u64,
+}
+
+/// Every pack of a customer, by payment intent id.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CreditLedger {
     grants: BTreeMap<String, Grant>,
-    /// Purchase order of the payments (consumption is first in, first out).
-    order: Vec<String>,
 }
 
 /// How a consume splits over the included quota, credits and overage.
@@ -56,62 +76,151 @@ pub struct Split {
     pub overage: u64,
 }
 
+/// What a pack was bought as: the session's metadata and completion time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Purchase {
+    /// The feature.
+    pub feature: FeatureName,
+    /// The pack's name.
+    pub pack: PackName,
+    /// Its units.
+    pub amount: u64,
+    /// When it was paid.
+    pub at: i64,
+}
+
+impl Purchase {
+    /// The purchase a completed session's metadata tells, when it is a
+    /// pack's (all three keys present and valid).
+    pub fn from_metadata(metadata: &BTreeMap<String, String>, at: i64) -> Option<Self> {
+        Some(Self {
+            pack: PackName::parse(metadata.get(METADATA_PACK)?).ok()?,
+            feature: FeatureName::parse(metadata.get(METADATA_FEATURE)?).ok()?,
+            amount: metadata
+                .get(METADATA_AMOUNT)?
+                .parse()
+                .ok()
+                .filter(|a| *a > 0)?,
+            at,
+        })
+    }
+}
+
 impl CreditLedger {
     /// No packs.
     pub fn new() -> Self {
         Self::default()
     }
 
-    fn grant(&mut self, payment: &str) -> &mut Grant {
-        if !self.grants.contains_key(payment) {
-            self.order.push(payment.to_owned());
-        }
-        self.grants.entry(payment.to_owned()).or_default()
+    /// No pack was ever bought or refunded.
+    pub fn is_empty(&self) -> bool {
+        self.grants.is_empty()
     }
 
-    /// The payment of a pack of `amount` units is paid: credited once,
-    /// whatever how often (or after its refund) this is told.
-    pub fn paid(&mut self, payment: &str, amount: u64) {
+    fn grant(&mut self, payment: &str) -> &mut Grant {
+        self.grants
+            .entry(payment.to_owned())
+            .or_insert_with(|| Grant {
+                feature: None,
+                pack: None,
+                amount: 0,
+                paid: false,
+                refunded: false,
+                purchased_at: i64::MAX,
+            })
+    }
+
+    /// The payment of a pack was paid: credited once, whatever how often
+    /// (or after its refund) this is told. True the first time.
+    pub fn paid(&mut self, payment: &str, purchase: &Purchase) -> bool {
         let grant = self.grant(payment);
-        grant.amount = amount;
-        grant.paid = true;
+        let first = !grant.paid;
+        if first {
+            grant.feature = Some(purchase.feature.clone());
+            grant.pack = Some(purchase.pack.clone());
+            grant.amount = purchase.amount;
+            grant.paid = true;
+        }
+        // Duplicates of the same completion may carry other seconds; the
+        // earliest orders consumption, whatever the delivery order.
+        grant.purchased_at = grant.purchased_at.min(purchase.at);
+        first
     }
 
     /// The payment was refunded: what is left of its pack goes (told before
-    /// the payment, the pack never counts).
-    pub fn refunded(&mut self, payment: &str) {
-        self.grant(payment).refunded = true;
+    /// the payment, the pack never counts). True the first time.
+    pub fn refunded(&mut self, payment: &str) -> bool {
+        let grant = self.grant(payment);
+        let first = !grant.refunded;
+        grant.refunded = true;
+        first
     }
 
-    /// Units that can be consumed from credits now.
-    pub fn balance(&self) -> u64 {
-        self.grants
-            .values()
-            .map(Grant::left)
-            .fold(0, u64::saturating_add)
+    /// Whether `payment` bought a pack (a refund of it is the pack's, not
+    /// the subscription's).
+    pub fn is_pack_payment(&self, payment: &str) -> bool {
+        self.grants.get(payment).is_some_and(|g| g.paid)
     }
 
-    /// Takes `units` from the packs, oldest first; the units taken (at most
-    /// the balance).
-    pub fn take(&mut self, units: u64) -> u64 {
-        let mut wanted = units;
-        for payment in &self.order {
-            if wanted == 0 {
-                break;
-            }
-            if let Some(grant) = self.grants.get_mut(payment) {
-                let from_it = grant.left().min(wanted);
-                grant.used += from_it;
-                wanted -= from_it;
-            }
+    /// The live packs of `feature`, first bought first.
+    pub fn sources(&self, feature: &FeatureName) -> Vec<CreditSource> {
+        let mut live: Vec<(&String, &Grant)> = self
+            .grants
+            .iter()
+            .filter(|(_, g)| g.is_live() && g.feature.as_ref() == Some(feature))
+            .collect();
+        live.sort_by_key(|(payment, g)| (g.purchased_at, *payment));
+        live.into_iter()
+            .map(|(payment, g)| CreditSource {
+                payment: payment.clone(),
+                amount: g.amount,
+            })
+            .collect()
+    }
+
+    /// Units of `feature` that can be consumed from credits, `used` giving
+    /// what was consumed from each payment's pack.
+    pub fn balance(&self, feature: &FeatureName, used: impl Fn(&str) -> u64) -> u64 {
+        balance(&self.sources(feature), used)
+    }
+
+    /// Every grant by payment.
+    pub fn grants(&self) -> &BTreeMap<String, Grant> {
+        &self.grants
+    }
+}
+
+/// What is left of `sources`, `used` giving what was consumed from each.
+pub fn balance(sources: &[CreditSource], used: impl Fn(&str) -> u64) -> u64 {
+    sources
+        .iter()
+        .map(|s| s.amount.saturating_sub(used(&s.payment)))
+        .fold(0, u64::saturating_add)
+}
+
+/// Takes `units` from `sources`, first bought first: the units to add to
+/// each pack's counter (only packs taken from), at most the balance in all.
+pub fn take(
+    sources: &[CreditSource],
+    used: impl Fn(&str) -> u64,
+    units: u64,
+) -> Vec<(String, u64)> {
+    let mut wanted = units;
+    let mut taken = Vec::new();
+    for source in sources {
+        if wanted == 0 {
+            break;
         }
-        units - wanted
+        let from_it = source
+            .amount
+            .saturating_sub(used(&source.payment))
+            .min(wanted);
+        if from_it > 0 {
+            taken.push((source.payment.clone(), from_it));
+            wanted -= from_it;
+        }
     }
-
-    /// A pack's grant, by payment.
-    pub fn grant_of(&self, payment: &str) -> Option<&Grant> {
-        self.grants.get(payment)
-    }
+    taken
 }
 
 /// Splits a consume of `amount` with `included_left` of the quota,
@@ -155,11 +264,56 @@ mod tests {
 
     const PACKS: [u64; 4] = [100, 50, 10, 1];
 
+    fn feature() -> FeatureName {
+        FeatureName::parse("generations").unwrap()
+    }
+
+    fn purchase(payment: usize) -> Purchase {
+        Purchase {
+            feature: feature(),
+            pack: PackName::parse("pack").unwrap(),
+            amount: PACKS[payment],
+            // Bought in payment order, whatever the order told.
+            at: 1_000 + payment as i64,
+        }
+    }
+
     fn apply(ledger: &mut CreditLedger, (payment, what): (usize, Told)) {
         let key = format!("pi_{payment}");
         match what {
-            Told::Paid => ledger.paid(&key, PACKS[payment]),
-            Told::Refunded => ledger.refunded(&key),
+            Told::Paid => {
+                ledger.paid(&key, &purchase(payment));
+            }
+            Told::Refunded => {
+                ledger.refunded(&key);
+            }
+        }
+    }
+
+    /// A ledger with the store's counters of what each pack gave.
+    #[derive(Default)]
+    struct Books {
+        ledger: CreditLedger,
+        used: BTreeMap<String, u64>,
+    }
+
+    impl Books {
+        fn used(&self) -> impl Fn(&str) -> u64 + '_ {
+            |p| self.used.get(p).copied().unwrap_or(0)
+        }
+
+        fn balance(&self) -> u64 {
+            self.ledger.balance(&feature(), self.used())
+        }
+
+        fn take(&mut self, units: u64) -> u64 {
+            let taken = take(&self.ledger.sources(&feature()), self.used(), units);
+            let mut total = 0;
+            for (payment, n) in taken {
+                *self.used.entry(payment).or_default() += n;
+                total += n;
+            }
+            total
         }
     }
 
@@ -189,8 +343,10 @@ mod tests {
                 .filter(|p| !events.iter().any(|(q, t)| q == p && matches!(t, Told::Refunded)))
                 .map(|p| PACKS[p])
                 .sum();
-            prop_assert_eq!(in_order.balance(), expected);
-            prop_assert_eq!(reordered.balance(), expected);
+            prop_assert_eq!(in_order.balance(&feature(), |_| 0), expected);
+            prop_assert_eq!(reordered.balance(&feature(), |_| 0), expected);
+            // The same state whatever the order: consumption order included.
+            prop_assert_eq!(&in_order, &reordered);
         }
 
         #[test]
@@ -198,32 +354,31 @@ mod tests {
             events in told(),
             takes in prop::collection::vec(0u64..40, 0..10),
         ) {
-            let mut ledger = CreditLedger::new();
+            let mut books = Books::default();
             let mut taken = 0u64;
             for (i, e) in events.iter().enumerate() {
-                apply(&mut ledger, *e);
+                apply(&mut books.ledger, *e);
                 if let Some(units) = takes.get(i) {
-                    let before = ledger.balance();
-                    let got = ledger.take(*units);
+                    let before = books.balance();
+                    let got = books.take(*units);
                     prop_assert_eq!(got, (*units).min(before));
-                    prop_assert_eq!(ledger.balance(), before - got);
+                    prop_assert_eq!(books.balance(), before - got);
                     taken += got;
                 }
             }
-            let credited: u64 = (0..4)
-                .filter_map(|p| ledger.grant_of(&format!("pi_{p}")))
-                .filter(|g| g.paid)
-                .map(|g| g.amount)
+            for (payment, used) in &books.used {
+                let grant = &books.ledger.grants()[payment];
+                prop_assert!(*used <= grant.amount);
+            }
+            prop_assert_eq!(books.used.values().sum::<u64>(), taken);
+            let live_left: u64 = books
+                .ledger
+                .grants()
+                .iter()
+                .filter(|(_, g)| g.is_live())
+                .map(|(p, g)| g.amount - books.used.get(p).copied().unwrap_or(0))
                 .sum();
-            let used: u64 = (0..4)
-                .filter_map(|p| ledger.grant_of(&format!("pi_{p}")))
-                .map(|g| {
-                    assert!(g.used <= g.amount);
-                    g.used
-                })
-                .sum();
-            prop_assert_eq!(used, taken);
-            prop_assert!(taken <= credited);
+            prop_assert_eq!(books.balance(), live_left);
         }
 
         #[test]
@@ -253,18 +408,41 @@ mod tests {
 
     #[test]
     fn a_refund_keeps_what_was_consumed_and_removes_the_rest_of_its_pack_only() {
-        let mut ledger = CreditLedger::new();
-        ledger.paid("pi_a", 100);
-        ledger.paid("pi_b", 50);
-        assert_eq!(ledger.take(120), 120);
-        ledger.refunded("pi_b");
-        assert_eq!(ledger.balance(), 0);
-        assert_eq!(ledger.grant_of("pi_b").map(|g| g.used), Some(20));
-        ledger.paid("pi_b", 50);
+        let mut books = Books::default();
+        books.ledger.paid("pi_a", &purchase(0));
+        books.ledger.paid("pi_b", &purchase(1));
+        assert_eq!(books.take(120), 120);
+        assert_eq!(books.used.get("pi_a"), Some(&100), "the older pack first");
+        books.ledger.refunded("pi_b");
+        assert_eq!(books.balance(), 0);
+        assert_eq!(books.used.get("pi_b"), Some(&20));
+        assert!(!books.ledger.paid("pi_b", &purchase(1)));
         assert_eq!(
-            ledger.balance(),
+            books.balance(),
             0,
             "a late duplicate of the payment credits nothing"
         );
+    }
+
+    #[test]
+    fn a_purchase_is_read_from_the_sessions_metadata_only_when_complete() {
+        let metadata: BTreeMap<String, String> = [
+            (METADATA_PACK, "gen_100"),
+            (METADATA_FEATURE, "generations"),
+            (METADATA_AMOUNT, "100"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let purchase = Purchase::from_metadata(&metadata, 7).unwrap();
+        assert_eq!((purchase.amount, purchase.at), (100, 7));
+        for key in [METADATA_PACK, METADATA_FEATURE, METADATA_AMOUNT] {
+            let mut partial = metadata.clone();
+            partial.remove(key);
+            assert_eq!(Purchase::from_metadata(&partial, 7), None, "{key}");
+        }
+        let mut zero = metadata;
+        zero.insert(METADATA_AMOUNT.to_owned(), "0".to_owned());
+        assert_eq!(Purchase::from_metadata(&zero, 7), None);
     }
 }

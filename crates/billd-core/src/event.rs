@@ -289,6 +289,9 @@ pub struct CheckoutSession {
     pub mode: Option<String>,
     /// `paid`, `unpaid`, `no_payment_required`.
     pub payment_status: Option<String>,
+    /// The payment intent of a `payment` mode session.
+    #[serde(default)]
+    pub payment_intent: Option<PaymentIntentId>,
     /// The session metadata.
     pub metadata: BTreeMap<String, String>,
 }
@@ -720,7 +723,8 @@ impl Event {
                 }),
                 subscription: session.subscription.clone(),
                 charge: None,
-                payment_intent: None,
+                // A pack's payment: its refund names only the payment intent.
+                payment_intent: session.payment_intent.clone(),
                 invoice: None,
             },
             EventKind::Invoice { invoice, .. } => LinkHints {

@@ -62,10 +62,10 @@ pub use apply::{
     Outcome, StripeCustomerErasure, MAX_REFETCH_ROUNDS,
 };
 pub use catalog::{
-    Catalog, CatalogError, DowngradePolicy, FeatureKind, FeatureName, Interval, Overage, Plan,
-    PlanName, Price, PriceSlot, RefundPolicy, SeatRange,
+    Catalog, CatalogError, CreditPack, DowngradePolicy, FeatureKind, FeatureName, Interval,
+    Overage, PackName, Plan, PlanName, Price, PriceSlot, RefundPolicy, SeatRange,
 };
-pub use consume::{consume_target, ConsumeTarget, OverageMeter};
+pub use consume::{consume_target, ConsumeTarget, CreditTarget, OverageMeter};
 pub use email::{Email, EmailError};
 pub use erasure::{
     is_personal_audit_field, redact_audit, redact_audit_values, redact_dedupe_key, scrub_json,

@@ -11,12 +11,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{Catalog, Plan, PlanName, RefundPolicy};
+use crate::credits::CreditLedger;
 use crate::event::{
     CheckoutSession, Discount, Dispute, Invoice, PaymentMethod, Subscription, SubscriptionStatus,
 };
 use crate::ids::{
-    ChargeId, CheckoutSessionId, DiscountId, DisputeId, EventId, InvoiceId, PaymentMethodId,
-    StripeCustomerId, StripeSubscriptionId,
+    ChargeId, CheckoutSessionId, DiscountId, DisputeId, EventId, InvoiceId, PaymentIntentId,
+    PaymentMethodId, StripeCustomerId, StripeSubscriptionId,
 };
 use crate::money::Money;
 
@@ -243,6 +244,10 @@ pub struct RefundState {
     pub fully_refunded_at: Option<i64>,
     /// The Stripe customer.
     pub customer: Option<StripeCustomerId>,
+    /// The charge's payment intent (a credit pack's refund is not the
+    /// subscription's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_intent: Option<PaymentIntentId>,
 }
 
 /// One dispute as billd knows it.
@@ -311,6 +316,9 @@ pub struct CustomerState {
     pub payment_methods: BTreeMap<PaymentMethodId, Latest<PaymentMethod>>,
     /// Keys of fact events already applied (exactly-once).
     pub applied_facts: BTreeSet<String>,
+    /// Credit packs bought, by payment intent.
+    #[serde(default, skip_serializing_if = "CreditLedger::is_empty")]
+    pub credits: CreditLedger,
 }
 
 impl CustomerState {
@@ -361,7 +369,11 @@ impl CustomerState {
                 cause: RevocationCause::DisputeLost,
             });
         let refunded = self.refunds.values().filter_map(|r| {
-            (catalog.refund_policy() == RefundPolicy::RevokeAndCancel)
+            let of_a_pack = r
+                .payment_intent
+                .as_ref()
+                .is_some_and(|pi| self.credits.is_pack_payment(pi.as_str()));
+            (catalog.refund_policy() == RefundPolicy::RevokeAndCancel && !of_a_pack)
                 .then_some(r.fully_refunded_at)
                 .flatten()
                 .map(|at| Revocation {

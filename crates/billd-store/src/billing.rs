@@ -311,12 +311,41 @@ pub struct UsageRequest {
     /// passes it writes a `meter_event` outbox row in its transaction.
     /// Ignored by a release.
     pub overage: Option<billd_core::OverageMeter>,
+    /// The credit packs a consume may take from past the included quota
+    /// (`billd_core::ConsumeTarget::credits`): the consume then splits over
+    /// the quota, the packs (first bought first) and overage in its
+    /// transaction, the counter counting the included and overage units
+    /// only. Ignored by a release.
+    pub credits: Option<billd_core::CreditTarget>,
 }
+
+/// The `usage_counters` feature column of what was consumed from the credit
+/// pack bought by `payment` (period column 0): a counter of the customer
+/// like the others, so every reader of a customer's counters sees it and a
+/// consume's transaction writes it with the period's counter.
+pub(crate) fn credit_counter(payment: &str) -> String {
+    format!("{CREDIT_COUNTER_PREFIX}{payment}")
+}
+
+/// The prefix of [`credit_counter`]'s names (never a feature name, which
+/// has no `:`).
+pub(crate) const CREDIT_COUNTER_PREFIX: &str = "credits:";
 
 impl UsageRequest {
     /// The `meter_event` outbox row of this consume, applied with the
     /// counter at `used` afterwards, when it went past the included quota.
     pub(crate) fn meter_row(&self, used: i64, now: i64) -> StoreResult<Option<NewOutboxItem>> {
+        self.meter_row_of(used, self.amount, now)
+    }
+
+    /// [`UsageRequest::meter_row`] for a consume that added `units` to the
+    /// counter (less than its amount when credits gave the rest).
+    pub(crate) fn meter_row_of(
+        &self,
+        used: i64,
+        units: u64,
+        now: i64,
+    ) -> StoreResult<Option<NewOutboxItem>> {
         let Some(meter) = &self.overage else {
             return Ok(None);
         };
@@ -325,7 +354,7 @@ impl UsageRequest {
                 &self.customer_id,
                 &self.idempotency_key,
                 from_db(used),
-                self.amount,
+                units,
                 now,
             )
             .map(|effect| NewOutboxItem::from_effect(&effect))
@@ -850,6 +879,11 @@ pub(crate) fn replay(
 /// named by `keys`.
 pub(crate) fn usage_from_rows(keys: &[UsageKey], rows: Vec<(String, i64, i64)>) -> Usage {
     let mut usage = Usage::new();
+    for (feature, _, used) in &rows {
+        if let Some(payment) = feature.strip_prefix(CREDIT_COUNTER_PREFIX) {
+            usage.set_credits_used(payment, from_db(*used));
+        }
+    }
     for key in keys {
         let column = period_column(key);
         if let Some((_, _, used)) = rows

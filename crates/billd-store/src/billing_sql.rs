@@ -968,6 +968,9 @@ macro_rules! billing_store {
                 return Ok((replay(stored, Direction::Consume, request)?, false));
             }
             ensure_counter(&mut *conn, request).await?;
+            if let Some(credits) = &request.credits {
+                return consume_with_credits(conn, request, credits, limit, now).await;
+            }
             let used: Option<i64> = sqlx::query_scalar(
                 "UPDATE usage_counters SET used = used + $4 \
                      WHERE customer_id = $1 AND feature = $2 AND period_start = $3 \
@@ -998,6 +1001,114 @@ macro_rules! billing_store {
             Ok((
                 UsageOutcome::Applied {
                     used: from_db(used),
+                    limit,
+                    replayed: false,
+                },
+                true,
+            ))
+        }
+
+        /// The rest of [`consume_in`] for a consume that may take credits:
+        /// the period's counter (locked by a no-op update, so concurrent
+        /// consumes of the customer's credits queue behind each other) and
+        /// the packs' counters are read, the amount split over the included
+        /// quota, the packs and overage (`billd_core::credits::split`), and
+        /// the counters written, all in the caller's transaction.
+        async fn consume_with_credits(
+            conn: &mut Conn,
+            request: &UsageRequest,
+            credits: &billd_core::CreditTarget,
+            limit: u64,
+            now: i64,
+        ) -> StoreResult<(UsageOutcome, bool)> {
+            use billd_core::credits::{balance, split, take};
+            let locked: i64 = sqlx::query_scalar(
+                "UPDATE usage_counters SET used = used \
+                     WHERE customer_id = $1 AND feature = $2 AND period_start = $3 \
+                     RETURNING used",
+            )
+            .bind(request.customer_id.as_str())
+            .bind(request.key.feature.as_str())
+            .bind(period_column(&request.key))
+            .fetch_one(&mut *conn)
+            .await?;
+            let counter = from_db(locked);
+            // The packs' counters exist and are locked too (a no-op update
+            // again): a consume of another period, which locks another
+            // period counter, still cannot take the same units.
+            for source in &credits.sources {
+                sqlx::query(
+                    "INSERT INTO usage_counters (customer_id, feature, period_start, used) \
+                     VALUES ($1, $2, 0, 0) \
+                     ON CONFLICT (customer_id, feature, period_start) DO NOTHING",
+                )
+                .bind(request.customer_id.as_str())
+                .bind($crate::billing::credit_counter(&source.payment))
+                .execute(&mut *conn)
+                .await?;
+            }
+            let rows: Vec<(String, i64)> = sqlx::query_as(
+                "UPDATE usage_counters SET used = used \
+                 WHERE customer_id = $1 AND period_start = 0 AND feature LIKE 'credits:%' \
+                 RETURNING feature, used",
+            )
+            .bind(request.customer_id.as_str())
+            .fetch_all(&mut *conn)
+            .await?;
+            let used_of = |payment: &str| {
+                let name = $crate::billing::credit_counter(payment);
+                rows.iter()
+                    .find(|(feature, _)| *feature == name)
+                    .map_or(0, |(_, used)| from_db(*used))
+            };
+            let included_left = credits.included.saturating_sub(counter);
+            let overage_left = limit.saturating_sub(counter.max(credits.included));
+            let left = balance(&credits.sources, used_of);
+            let Some(parts) = split(request.amount, included_left, left, overage_left) else {
+                return Ok((
+                    UsageOutcome::LimitExceeded {
+                        used: counter,
+                        limit,
+                    },
+                    false,
+                ));
+            };
+            let to_counter = parts.included + parts.overage;
+            let used = counter.saturating_add(to_counter);
+            let used_db = to_db(used, "usage counter")?;
+            if to_counter > 0 {
+                sqlx::query(
+                    "UPDATE usage_counters SET used = $4 \
+                     WHERE customer_id = $1 AND feature = $2 AND period_start = $3",
+                )
+                .bind(request.customer_id.as_str())
+                .bind(request.key.feature.as_str())
+                .bind(period_column(&request.key))
+                .bind(used_db)
+                .execute(&mut *conn)
+                .await?;
+            }
+            for (payment, units) in take(&credits.sources, used_of, parts.credits) {
+                sqlx::query(
+                    "INSERT INTO usage_counters (customer_id, feature, period_start, used) \
+                     VALUES ($1, $2, 0, $3) \
+                     ON CONFLICT (customer_id, feature, period_start) \
+                     DO UPDATE SET used = usage_counters.used + excluded.used",
+                )
+                .bind(request.customer_id.as_str())
+                .bind($crate::billing::credit_counter(&payment))
+                .bind(to_db(units, "credits taken")?)
+                .execute(&mut *conn)
+                .await?;
+            }
+            let limit_db = i64::try_from(limit).unwrap_or(i64::MAX);
+            record_answer(&mut *conn, request, used_db, limit_db).await?;
+            if let Some(row) = request.meter_row_of(used_db, to_counter, now)? {
+                insert_outbox(&mut *conn, Some(&request.customer_id), &[row], now).await?;
+            }
+            Ok((
+                UsageOutcome::Applied {
+                    used,
                     limit,
                     replayed: false,
                 },

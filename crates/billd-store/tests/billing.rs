@@ -259,6 +259,7 @@ fn usage(id: &str, feature: &str, period: Option<i64>, amount: u64, key: &str) -
         amount,
         idempotency_key: key.to_owned(),
         overage: None,
+        credits: None,
     }
 }
 

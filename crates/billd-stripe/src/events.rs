@@ -936,6 +936,8 @@ struct RawCheckoutSession {
     #[serde(default)]
     payment_status: Option<String>,
     #[serde(default)]
+    payment_intent: Option<Value>,
+    #[serde(default)]
     metadata: Option<BTreeMap<String, Value>>,
 }
 
@@ -952,6 +954,11 @@ fn parse_checkout_session(object: &Value) -> Result<CheckoutSession, ParseError>
         client_reference_id: raw.client_reference_id,
         mode: raw.mode,
         payment_status: raw.payment_status,
+        payment_intent: parse_ref(
+            "payment_intent",
+            raw.payment_intent.as_ref(),
+            PaymentIntentId::parse,
+        )?,
         metadata: metadata(raw.metadata),
     })
 }

@@ -148,6 +148,7 @@ fn cases() -> Vec<Case> {
                 "client_reference_id",
                 "mode",
                 "payment_status",
+                "payment_intent",
                 "metadata",
             ],
         ),

@@ -236,6 +236,7 @@ async fn start_emulator(
     let mut catalog = crate::billing::catalog(config)?;
     let example_price = bind_prices(&sim, &mut catalog).await?;
     bind_overages(&sim, &mut catalog).await?;
+    bind_packs(&sim, &mut catalog).await?;
 
     let secret = register_webhook(&sim, &format!("http://{billd_addr}/webhooks/stripe")).await?;
     config
@@ -458,6 +459,67 @@ async fn bind_overages(sim: &SimClient, catalog: &mut Catalog) -> anyhow::Result
         };
         let price_id = PriceId::parse(&id).with_context(|| format!("price id {id}"))?;
         catalog.bind_overage_price(&feature, price_id);
+    }
+    Ok(())
+}
+
+/// Finds or creates, in the emulator, the one-time price of every credit
+/// pack the catalog names by lookup key, and binds its id.
+async fn bind_packs(sim: &SimClient, catalog: &mut Catalog) -> anyhow::Result<()> {
+    let wanted: Vec<_> = catalog
+        .credit_packs()
+        .values()
+        .flat_map(|pack| {
+            pack.prices
+                .iter()
+                .filter(|(_, price)| price.id.is_none())
+                .filter_map(|(currency, price)| {
+                    Some((
+                        pack.name.clone(),
+                        currency.clone(),
+                        price.lookup_key.clone()?,
+                        price.unit_amount,
+                    ))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for (pack, currency, lookup_key, amount) in wanted {
+        let found = sim
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/prices?lookup_keys[]={lookup_key}"),
+                &[],
+            )
+            .await?;
+        let id = match found["data"][0]["id"].as_str() {
+            Some(id) => id.to_string(),
+            None => {
+                let amount = amount.with_context(|| {
+                    format!(
+                        "dev mode: credit pack {pack} ({lookup_key}) has no unit_amount to create its price with"
+                    )
+                })?;
+                // No `recurring`: a one-time price, what Checkout sells in
+                // payment mode.
+                sim.call(
+                    reqwest::Method::POST,
+                    "/v1/prices",
+                    &[
+                        ("product_data[name]", format!("credit pack {pack}")),
+                        ("currency", currency.to_string()),
+                        ("unit_amount", amount.to_string()),
+                        ("lookup_key", lookup_key.clone()),
+                    ],
+                )
+                .await?["id"]
+                    .as_str()
+                    .context("the emulator created a price without an id")?
+                    .to_string()
+            }
+        };
+        let price_id = PriceId::parse(&id).with_context(|| format!("price id {id}"))?;
+        catalog.bind_pack_price(&pack, &currency, price_id);
     }
     Ok(())
 }
@@ -734,6 +796,55 @@ mod tests {
             assert_eq!(meter["event_name"], "billd_generations");
             let (_, meters) = sim.call("GET", "/v1/billing/meters", "");
             assert_eq!(meters["data"].as_array().unwrap().len(), 1);
+            ids.push(id);
+            dev.shutdown().await;
+        }
+        assert_eq!(ids[0], ids[1], "a restart reuses the price");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_emulator_gets_each_credit_packs_one_time_price_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let plans = dir.path().join("plans.toml");
+        std::fs::write(
+            &plans,
+            format!(
+                "{}\n[credit_packs.gen_100]\nfeature = \"generations\"\namount = 100\nprices = {{ eur = {{ lookup_key = \"billd_gen_100_eur\", unit_amount = 500 }} }}\n",
+                billd_core::catalog::SEED_CATALOG_TOML
+            ),
+        )
+        .unwrap();
+        let env = HashMap::from([("BILLD_PLANS".to_string(), plans.display().to_string())]);
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let mut config = Config::load(None, &env).unwrap();
+            let mut dev = DevMode::apply(&mut config, dir.path(), addr())
+                .await
+                .unwrap();
+            let sim = dev
+                .emulator
+                .as_ref()
+                .unwrap()
+                .handle
+                .as_ref()
+                .unwrap()
+                .sim
+                .clone();
+            let catalog = dev.take_catalog().unwrap();
+            let pack = catalog
+                .credit_pack(&billd_core::PackName::parse("gen_100").unwrap())
+                .unwrap();
+            let eur = billd_core::Currency::parse("eur").unwrap();
+            let id = pack.prices[&eur].id.as_ref().unwrap().to_string();
+            let price = sim.object(&id).unwrap();
+            assert_eq!(
+                (&price["type"], &price["unit_amount"], &price["lookup_key"]),
+                (
+                    &serde_json::json!("one_time"),
+                    &serde_json::json!(500),
+                    &serde_json::json!("billd_gen_100_eur")
+                )
+            );
             ids.push(id);
             dev.shutdown().await;
         }

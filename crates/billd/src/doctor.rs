@@ -212,6 +212,7 @@ pub async fn diagnose(file: Option<&Path>, env: &HashMap<String, String>) -> Rep
     if let Some(catalog) = &catalog {
         check_prices(&mut r, catalog, &stripe, &fix_base).await;
         check_overages(&mut r, catalog, &stripe, &fix_base).await;
+        check_credit_packs(&mut r, catalog, &stripe, &fix_base).await;
     } else {
         r.skip("prices", "the plan catalog did not load");
     }
@@ -1104,6 +1105,106 @@ async fn check_overages(r: &mut Report, catalog: &Catalog, stripe: &StripeClient
                 overage.per
             ),
         );
+    }
+}
+
+/// Each credit pack's price in each currency: it exists at Stripe (by id
+/// or lookup key), is active, one-time (Checkout sells it in payment
+/// mode), in that currency.
+async fn check_credit_packs(
+    r: &mut Report,
+    catalog: &Catalog,
+    stripe: &StripeClient,
+    fix: &FixBase,
+) {
+    for pack in catalog.credit_packs().values() {
+        for (currency, price) in &pack.prices {
+            let check = format!("credit pack {} {currency}", pack.name);
+            let name = price.id.as_ref().map_or_else(
+                || price.lookup_key.clone().unwrap_or_default(),
+                |id| id.to_string(),
+            );
+            let found = match (&price.id, &price.lookup_key) {
+                (Some(id), _) => stripe
+                    .get(&format!("/v1/prices/{id}"), &Params::new())
+                    .await
+                    .map(Some),
+                (None, Some(key)) => stripe
+                    .get(
+                        "/v1/prices",
+                        &Params::new().set("lookup_keys[]", key).set("limit", 1),
+                    )
+                    .await
+                    .map(|list| list["data"].get(0).cloned()),
+                (None, None) => Ok(None),
+            };
+            let found = match found {
+                Ok(Some(found)) => found,
+                Ok(None) => {
+                    let create = match (&price.id, price.unit_amount) {
+                        (None, Some(amount)) => fix.curl(
+                            "POST",
+                            "/v1/prices",
+                            &[
+                                ("product_data[name]", format!("credit pack {}", pack.name)),
+                                ("currency", currency.to_string()),
+                                ("unit_amount", amount.to_string()),
+                                ("lookup_key", name.clone()),
+                            ],
+                        ),
+                        _ => "create the one-time price in the Stripe dashboard and put its id into BILLD_PLANS".to_string(),
+                    };
+                    r.fail(&check, format!("no price {name:?} at Stripe"), create);
+                    continue;
+                }
+                Err(e) => {
+                    r.fail(
+                        &check,
+                        format!("cannot read the credit pack's price: {e}"),
+                        stripe_error_fix(&e, "prices"),
+                    );
+                    continue;
+                }
+            };
+            let id = found["id"].as_str().unwrap_or("?").to_string();
+            let mut problems = Vec::new();
+            if found["active"] != true {
+                problems.push(format!("{id} is archived (active=false)"));
+            }
+            if found["type"] != "one_time" {
+                problems.push(format!(
+                    "{id} is a recurring price; Checkout sells a pack at a one-time price"
+                ));
+            }
+            if found["currency"].as_str() != Some(currency.as_str()) {
+                problems.push(format!(
+                    "{id} is in {}, the catalog says {currency}",
+                    found["currency"].as_str().unwrap_or("?")
+                ));
+            }
+            if !problems.is_empty() {
+                r.fail(
+                    &check,
+                    problems.join("; "),
+                    format!(
+                        "point BILLD_PLANS' credit pack {} at an active one-time price in {currency}",
+                        pack.name
+                    ),
+                );
+                continue;
+            }
+            r.pass(
+                &check,
+                format!(
+                    "{id}: {} {currency} for {} {}",
+                    found["unit_amount"]
+                        .as_i64()
+                        .map_or("?".to_string(), |a| a.to_string()),
+                    pack.amount,
+                    pack.feature
+                ),
+            );
+        }
     }
 }
 

@@ -50,8 +50,10 @@
 //! signatures always use the wall clock, since receivers check tolerance against theirs.
 //!
 //! # Known simplifications
-//! - Checkout supports `mode=subscription` only; declining cards are refused on
-//!   the page (no customer or subscription is created, the session stays open).
+//! - Checkout supports `mode=subscription` and `mode=payment` (one-time prices,
+//!   paid at once; 3-D Secure cards are refused there); declining cards are
+//!   refused on the page (no customer or subscription is created, the session
+//!   stays open).
 //! - Invoices are finalized when created (no one-hour draft); `invoice.updated`
 //!   is not emitted; taxes are never computed.
 //! - Subscription schedules are created `from_subscription` only; an update

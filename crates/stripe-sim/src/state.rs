@@ -108,6 +108,9 @@ pub struct CheckoutPlan {
     /// `tax_id_collection[enabled]`.
     #[serde(default)]
     pub collect_tax_id: bool,
+    /// `payment_intent_data[metadata]` of a `mode=payment` session.
+    #[serde(default)]
+    pub payment_metadata: Value,
 }
 
 impl CheckoutPlan {

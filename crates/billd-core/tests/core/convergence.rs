@@ -7,13 +7,14 @@
 use std::collections::BTreeMap;
 
 use billd_core::event::{
-    Card, CheckoutChange, CheckoutSession, CustomerChange, Discount, DiscountChange, DisputeChange,
-    DisputeStatus, InvoiceChange, PaymentMethod, PaymentMethodChange, StripeCustomer, Subscription,
-    SubscriptionChange, SubscriptionStatus,
+    Card, Charge, CheckoutChange, CheckoutSession, CustomerChange, Discount, DiscountChange,
+    DisputeChange, DisputeStatus, InvoiceChange, PaymentMethod, PaymentMethodChange,
+    StripeCustomer, Subscription, SubscriptionChange, SubscriptionStatus,
 };
 use billd_core::{
-    apply, entitlements, usage_key, Catalog, CheckoutSessionId, CustomerState, DiscountId,
-    DowngradePolicy, Event, EventKind, PaymentMethodId, StripeCustomerId, Usage,
+    apply, entitlements, usage_key, Catalog, ChargeId, CheckoutSessionId, CustomerState,
+    DiscountId, DowngradePolicy, Event, EventKind, Money, PaymentIntentId, PaymentMethodId,
+    StripeCustomerId, Usage,
 };
 use proptest::prelude::*;
 
@@ -45,6 +46,8 @@ enum Step {
     DiscountDeleted,
     PaymentMethodUpdated,
     Checkout(bool),
+    /// A credit pack bought (false) or the last one's payment refunded (true).
+    Pack(bool),
 }
 
 fn status() -> impl Strategy<Value = SubscriptionStatus> {
@@ -85,6 +88,7 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::DiscountDeleted),
         1 => Just(Step::PaymentMethodUpdated),
         1 => any::<bool>().prop_map(Step::Checkout),
+        1 => any::<bool>().prop_map(Step::Pack),
     ]
 }
 
@@ -110,6 +114,8 @@ fn history(steps: &[Step]) -> Vec<Event> {
     let mut refunded = 0;
     let mut discount_n = 0;
     let mut customer_deleted = false;
+    let mut pack_n = 0;
+    let mut pack_refunded = 0;
     let snapshot = |events: &mut Vec<Event>,
                     id: String,
                     t: i64,
@@ -413,6 +419,7 @@ fn history(steps: &[Step]) -> Vec<Event> {
                     client_reference_id: Some("user_1".to_owned()),
                     mode: Some("subscription".to_owned()),
                     payment_status: Some(if *completed { "paid" } else { "unpaid" }.to_owned()),
+                    payment_intent: None,
                     metadata: BTreeMap::new(),
                 };
                 let change = if *completed {
@@ -424,6 +431,56 @@ fn history(steps: &[Step]) -> Vec<Event> {
                     &next_id("evt"),
                     t,
                     EventKind::Checkout { change, session },
+                ));
+            }
+            Step::Pack(false) => {
+                pack_n += 1;
+                let session = CheckoutSession {
+                    id: CheckoutSessionId::parse(&format!("cs_pack_{pack_n}")).unwrap(),
+                    customer: Some(cus()),
+                    subscription: None,
+                    client_reference_id: Some("user_1".to_owned()),
+                    mode: Some("payment".to_owned()),
+                    payment_status: Some("paid".to_owned()),
+                    payment_intent: Some(
+                        PaymentIntentId::parse(&format!("pi_pack_{pack_n}")).unwrap(),
+                    ),
+                    metadata: [
+                        ("billd_credit_pack", "gen_100"),
+                        ("billd_credit_feature", "generations"),
+                        ("billd_credit_amount", "100"),
+                    ]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                    .collect(),
+                };
+                events.push(event(
+                    &next_id("evt"),
+                    t,
+                    EventKind::Checkout {
+                        change: CheckoutChange::Completed,
+                        session,
+                    },
+                ));
+            }
+            // Stripe refunds a payment in full once.
+            Step::Pack(true) if pack_n > pack_refunded => {
+                pack_refunded = pack_n;
+                let charge = Charge {
+                    id: ChargeId::parse(&format!("ch_pack_{pack_n}")).unwrap(),
+                    customer: Some(cus()),
+                    amount: Money::new(500, eur()),
+                    amount_refunded: 500,
+                    refunded: true,
+                    payment_intent: Some(
+                        PaymentIntentId::parse(&format!("pi_pack_{pack_n}")).unwrap(),
+                    ),
+                    metadata: BTreeMap::new(),
+                };
+                events.push(event(
+                    &next_id("evt"),
+                    t,
+                    EventKind::ChargeRefunded { charge },
                 ));
             }
             // Steps that do not fit the current state (e.g. an update after deletion) emit nothing.
@@ -662,6 +719,8 @@ fn the_generator_produces_same_second_ties_and_every_event_family() {
         Step::DisputeOpened,
         Step::DisputeClosed(false),
         Step::Refund(true),
+        Step::Pack(false),
+        Step::Pack(true),
         Step::Tick(3),
         Step::Delete,
     ];
@@ -675,6 +734,7 @@ fn the_generator_produces_same_second_ties_and_every_event_family() {
         "invoice.paid",
         "charge.dispute.closed",
         "charge.refunded",
+        "checkout.session.completed",
     ] {
         assert!(
             types.contains(expected),

@@ -9,6 +9,7 @@
 
 mod consume;
 mod convergence;
+mod credits;
 mod overage;
 mod pricing;
 mod quota;

@@ -213,6 +213,10 @@ pub struct FeatureEntitlementDoc {
     /// access); null otherwise.
     #[schema(required = true)]
     pub overage_cap: Option<u64>,
+    /// Units of credit packs left for a metered feature (0 without packs,
+    /// and for capacity): consumed after the included quota and before
+    /// overage, kept across renewals.
+    pub credits: u64,
     /// Usage exceeds the limit (after a downgrade): consumption is refused
     /// until usage is under it.
     pub over_limit: bool,
@@ -527,6 +531,7 @@ fn add_codes(
         crate::http::app::usage::release_usage,
         crate::http::app::checkout::create_checkout,
         crate::http::app::checkout::sync_checkout,
+        crate::http::app::checkout::create_credits_checkout,
         crate::http::app::checkout::create_portal,
         crate::http::app::subscription::preview,
         crate::http::app::subscription::change,

@@ -280,6 +280,7 @@ mod tests {
                 refunded: false,
                 fully_refunded_at: None,
                 customer: None,
+                payment_intent: None,
             },
         );
         state

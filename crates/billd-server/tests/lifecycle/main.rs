@@ -13,6 +13,7 @@ mod alerts;
 mod browser;
 mod checkout;
 mod console;
+mod credits;
 mod deleted_gate;
 mod deletion;
 mod fuzz;

@@ -14,7 +14,7 @@ use crate::on_both_databases;
 use crate::support::{t0, Db, Harness, APP_KEY, DAY};
 
 /// The seed's plans with 5 generations of overage per period at 0.40 EUR.
-fn catalog() -> Catalog {
+pub(crate) fn catalog() -> Catalog {
     Catalog::from_toml(&billd_core::catalog::SEED_CATALOG_TOML.replacen(
         "generations = { kind = \"metered\" }",
         "generations = { kind = \"metered\", overage = { price = \"billd_gen_overage_eur\", per = 1, cap = 5, unit_amount = 40 } }",
@@ -23,7 +23,7 @@ fn catalog() -> Catalog {
     .unwrap()
 }
 
-async fn consume(h: &Harness, user: &str, amount: u64, key: &str) -> (u16, Value) {
+pub(crate) async fn consume(h: &Harness, user: &str, amount: u64, key: &str) -> (u16, Value) {
     let response = h
         .http
         .post(format!("{}/v1/customers/{user}/usage/generations", h.base))
@@ -52,7 +52,7 @@ fn meter_total(h: &Harness, meter: &str, cus: &str) -> i64 {
 }
 
 /// The meter and the metered overage price at the emulator: (meter, price).
-fn metered_price(h: &Harness) -> (String, String) {
+pub(crate) fn metered_price(h: &Harness) -> (String, String) {
     let meter = h.stripe(
         "POST",
         "/v1/billing/meters",

@@ -208,6 +208,7 @@ async fn a_downgrade_below_usage_keeps_usage_and_blocks_new_consumption(db: Db) 
                 amount: 15,
                 idempotency_key: "gen-1".into(),
                 overage: None,
+                credits: None,
             },
             25,
             h.clock.now(),

@@ -576,6 +576,7 @@ async fn a_current_read_does_not_query_sqlite() {
             amount: 1,
             idempotency_key: format!("behind_its_back{round}"),
             overage: None,
+            credits: None,
         };
         let outcome = elsewhere
             .consume(&request, u64::MAX, h.clock.now())
@@ -642,6 +643,7 @@ async fn a_write_for_one_customer_leaves_another_customers_memory_answer_standin
             amount: 1,
             idempotency_key: format!("behind_its_back{round}"),
             overage: None,
+            credits: None,
         };
         let outcome = elsewhere
             .consume(&request, u64::MAX, h.clock.now())
@@ -712,6 +714,7 @@ async fn a_write_for_one_customer_leaves_another_customers_memory_answer_standin
         amount: 1,
         idempotency_key: "behind_its_back_last".to_owned(),
         overage: None,
+        credits: None,
     };
     elsewhere
         .consume(&request, u64::MAX, h.clock.now())

@@ -122,7 +122,7 @@ pub(super) async fn consume(
     limit: u64,
     now: i64,
 ) -> StoreResult<UsageOutcome> {
-    let outcome = if request.overage.is_some() {
+    let outcome = if request.overage.is_some() || request.credits.is_some() {
         with_meter(store, request, limit, None, now).await?
     } else {
         consume_one(&store.pool, request, limit, None, now).await?
@@ -200,9 +200,10 @@ pub(super) async fn consume_one(
     }))
 }
 
-/// A consume that may report overage: the meter event's outbox row must
-/// commit with it, which the one-statement [`consume_one`] cannot write, so
-/// it takes the transactional path (one transaction, as a batch of one).
+/// A consume that may report overage or take credits: the meter event's
+/// outbox row and the packs' counters must commit with it, which the
+/// one-statement [`consume_one`] cannot write, so it takes the
+/// transactional path (one transaction, as a batch of one).
 async fn with_meter(
     store: &PgStore,
     request: &UsageRequest,
@@ -224,7 +225,7 @@ impl UsageStore for PgStore {
         now: i64,
     ) -> StoreResult<GuardedOutcome> {
         let version = Some(consume.customer_version);
-        if consume.request.overage.is_some() {
+        if consume.request.overage.is_some() || consume.request.credits.is_some() {
             return with_meter(self, &consume.request, consume.limit, version, now).await;
         }
         consume_one(&self.pool, &consume.request, consume.limit, version, now).await

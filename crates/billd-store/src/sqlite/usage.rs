@@ -108,6 +108,22 @@ pub(super) async fn consume_batch(
                 continue;
             }
         }
+        if request.credits.is_some() {
+            // Credits take the shared transactional consume, whose refusal
+            // or replay must be undone alone.
+            sqlx::query("SAVEPOINT credits").execute(&mut *tx).await?;
+            let result = consume_in(&mut tx, request, *limit, now).await;
+            if !matches!(result, Ok((_, true))) {
+                sqlx::query("ROLLBACK TO SAVEPOINT credits")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            sqlx::query("RELEASE SAVEPOINT credits")
+                .execute(&mut *tx)
+                .await?;
+            out.push(result.map(|(outcome, _)| GuardedOutcome::Decided(outcome)));
+            continue;
+        }
         let answer = consume_lean(&mut tx, request, *limit, now).await?;
         out.push(answer.map(GuardedOutcome::Decided));
     }

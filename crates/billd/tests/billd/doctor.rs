@@ -553,3 +553,36 @@ async fn an_overage_without_its_meter_and_price_fails_and_the_printed_fixes_crea
     let (_, meters) = setup.sim.sim.call("GET", "/v1/billing/meters", "");
     assert_eq!(meters["data"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_credit_pack_without_its_price_fails_and_the_printed_fix_creates_it() {
+    let mut setup = Setup::correct().await;
+    let plans = setup.dir.path().join("plans.toml");
+    std::fs::write(
+        &plans,
+        format!(
+            "{}\n[credit_packs.gen_100]\nfeature = \"generations\"\namount = 100\nprices = {{ eur = {{ lookup_key = \"billd_gen_100_eur\", unit_amount = 500 }} }}\n",
+            billd_core::catalog::SEED_CATALOG_TOML
+        ),
+    )
+    .unwrap();
+    setup.set("BILLD_PLANS", plans.to_str().unwrap());
+
+    let (ok, rows) = setup.doctor().await;
+    assert!(!ok);
+    assert_eq!(failing(&rows), vec!["credit pack gen_100 eur"], "{rows:#?}");
+    let fix = row(&rows, "credit pack gen_100 eur")["fix"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(fix.contains("lookup_key=billd_gen_100_eur"), "{fix}");
+    assert!(!fix.contains("recurring"), "{fix}");
+    setup.apply(&fix).await;
+
+    let (ok, rows) = setup.doctor().await;
+    assert!(ok, "{rows:#?}");
+    let detail = row(&rows, "credit pack gen_100 eur")["detail"]
+        .as_str()
+        .unwrap();
+    assert!(detail.contains("500 eur for 100 generations"), "{detail}");
+}

@@ -24,55 +24,26 @@ pub fn open_payment_intent(
         return Ok(pi);
     }
     let id = s.id("pi");
-    let secret = format!("{id}_secret_{}", s.ids.tail(25));
     let amount = inv["amount_remaining"].as_i64().unwrap_or(0);
     let reason = inv["billing_reason"].as_str().unwrap_or("manual");
-    let pi = json!({
-        "id": id,
-        "object": "payment_intent",
-        "amount": amount,
-        "amount_capturable": 0,
-        "amount_details": {"tip": {}},
-        "allowed_payment_method_types": null,
-        "amount_received": 0,
-        "application": null,
-        "application_fee_amount": null,
-        "automatic_payment_methods": null,
-        "canceled_at": null,
-        "cancellation_reason": null,
-        "capture_method": "automatic",
-        "client_secret": secret,
-        "confirmation_method": "automatic",
-        "created": at,
-        "currency": inv["currency"],
-        "customer": inv["customer"],
-        "customer_account": null,
-        "description": if reason == "subscription_create" { "Subscription creation" } else { "Subscription update" },
-        "excluded_payment_method_types": null,
-        "last_payment_error": null,
-        "latest_charge": null,
-        "livemode": false,
-        "managed_payments": {"enabled": false},
-        "metadata": {},
-        "next_action": null,
-        "on_behalf_of": null,
-        "payment_method": pm,
-        "payment_method_configuration_details": null,
-        "payment_method_options": {"card": {"installments": null, "mandate_options": null, "network": null, "request_three_d_secure": "automatic"}},
-        "payment_method_types": ["card"],
-        "payment_record": null,
-        "processing": null,
-        "receipt_email": null,
-        "review": null,
-        "setup_future_usage": "off_session",
-        "shipping": null,
-        "source": null,
-        "statement_descriptor": null,
-        "statement_descriptor_suffix": null,
-        "status": if pm.is_some() { "requires_confirmation" } else { "requires_payment_method" },
-        "transfer_data": null,
-        "transfer_group": null,
-    });
+    let pi = payment_intent_json(
+        s,
+        &id,
+        PaymentIntentFields {
+            amount,
+            currency: &inv["currency"],
+            customer: &inv["customer"],
+            description: json!(if reason == "subscription_create" {
+                "Subscription creation"
+            } else {
+                "Subscription update"
+            }),
+            payment_method: pm,
+            setup_future_usage: json!("off_session"),
+            metadata: json!({}),
+        },
+        at,
+    );
     s.insert(pi.clone());
     s.emit("payment_intent.created", &pi, None, at);
     let ip = json!({
@@ -96,6 +67,80 @@ pub fn open_payment_intent(
     }
     s.put(inv2);
     Ok(id)
+}
+
+/// What differs between payment intents: an invoice's or a one-time Checkout payment's.
+pub(crate) struct PaymentIntentFields<'a> {
+    /// `amount`.
+    pub amount: i64,
+    /// `currency`.
+    pub currency: &'a Value,
+    /// `customer`.
+    pub customer: &'a Value,
+    /// `description`.
+    pub description: Value,
+    /// `payment_method`.
+    pub payment_method: Option<&'a str>,
+    /// `setup_future_usage`.
+    pub setup_future_usage: Value,
+    /// `metadata`.
+    pub metadata: Value,
+}
+
+/// A new payment intent `id` (not stored), awaiting confirmation when it has a payment method.
+pub(crate) fn payment_intent_json(
+    s: &mut Inner,
+    id: &str,
+    f: PaymentIntentFields<'_>,
+    at: i64,
+) -> Value {
+    let secret = format!("{id}_secret_{}", s.ids.tail(25));
+    json!({
+        "id": id,
+        "object": "payment_intent",
+        "amount": f.amount,
+        "amount_capturable": 0,
+        "amount_details": {"tip": {}},
+        "allowed_payment_method_types": null,
+        "amount_received": 0,
+        "application": null,
+        "application_fee_amount": null,
+        "automatic_payment_methods": null,
+        "canceled_at": null,
+        "cancellation_reason": null,
+        "capture_method": "automatic",
+        "client_secret": secret,
+        "confirmation_method": "automatic",
+        "created": at,
+        "currency": f.currency,
+        "customer": f.customer,
+        "customer_account": null,
+        "description": f.description,
+        "excluded_payment_method_types": null,
+        "last_payment_error": null,
+        "latest_charge": null,
+        "livemode": false,
+        "managed_payments": {"enabled": false},
+        "metadata": f.metadata,
+        "next_action": null,
+        "on_behalf_of": null,
+        "payment_method": f.payment_method,
+        "payment_method_configuration_details": null,
+        "payment_method_options": {"card": {"installments": null, "mandate_options": null, "network": null, "request_three_d_secure": "automatic"}},
+        "payment_method_types": ["card"],
+        "payment_record": null,
+        "processing": null,
+        "receipt_email": null,
+        "review": null,
+        "setup_future_usage": f.setup_future_usage,
+        "shipping": null,
+        "source": null,
+        "statement_descriptor": null,
+        "statement_descriptor_suffix": null,
+        "status": if f.payment_method.is_some() { "requires_confirmation" } else { "requires_payment_method" },
+        "transfer_data": null,
+        "transfer_group": null,
+    })
 }
 
 /// The card error for a declining card.

@@ -10,11 +10,27 @@ use serde_json::{json, Value};
 
 /// `POST /v1/checkout/sessions`.
 pub fn create(s: &mut Inner, p: &Value) -> ApiResult {
-    let mode = params::req_str(p, "mode")?;
-    if mode != "subscription" {
+    let mode = params::req_str(p, "mode")?.to_string();
+    let payment = match mode.as_str() {
+        "subscription" => false,
+        "payment" => true,
+        _ => {
+            return Err(ApiError::invalid(
+                "mode",
+                "stripe-sim supports Checkout in mode=subscription and mode=payment only.",
+            ))
+        }
+    };
+    if payment && params::at(p, "subscription_data").is_some() {
         return Err(ApiError::invalid(
-            "mode",
-            "stripe-sim supports Checkout in mode=subscription only.",
+            "subscription_data",
+            "You can not pass `subscription_data` in `payment` mode.",
+        ));
+    }
+    if !payment && params::at(p, "payment_intent_data").is_some() {
+        return Err(ApiError::invalid(
+            "payment_intent_data",
+            "You can not pass `payment_intent_data` in `subscription` mode.",
         ));
     }
     let ui_mode = str_at(p, "ui_mode").map(str::to_string);
@@ -49,7 +65,13 @@ pub fn create(s: &mut Inner, p: &Value) -> ApiResult {
         let pid = str_at(it, "price")
             .ok_or_else(|| ApiError::missing(&format!("line_items[{i}][price]")))?;
         let price = s.get("price", pid, &format!("line_items[{i}][price]"))?;
-        if price["type"] != "recurring" {
+        if payment && price["type"] != "one_time" {
+            return Err(ApiError::invalid(
+                &format!("line_items[{i}][price]"),
+                "You specified `payment` mode but passed a recurring price. Either switch to `subscription` mode or use only one-time prices.",
+            ));
+        }
+        if !payment && price["type"] != "recurring" {
             return Err(ApiError::invalid(
                 &format!("line_items[{i}][price]"),
                 "In subscription mode, you must provide at least one recurring price.",
@@ -163,23 +185,31 @@ pub fn create(s: &mut Inner, p: &Value) -> ApiResult {
         "custom_text": {"after_submit": null, "shipping_address": null, "submit": null, "terms_of_service_acceptance": null},
         "customer": customer,
         "customer_account": null,
-        "customer_creation": if customer.is_some() { Value::Null } else { json!("always") },
+        "customer_creation": match (&customer, payment) {
+            (Some(_), _) => Value::Null,
+            (None, true) => json!("if_required"),
+            (None, false) => json!("always"),
+        },
         "customer_details": str_at(p, "customer_email").map(|e| json!({"address": null, "business_name": null, "email": e, "individual_name": null, "name": null, "phone": null, "tax_exempt": "none", "tax_ids": null})),
         "customer_email": str_at(p, "customer_email"),
         "discounts": discounts,
         "expires_at": expires_at,
         "integration_identifier": null,
         "invoice": null,
-        "invoice_creation": null,
+        "invoice_creation": if payment {
+            json!({"enabled": false, "invoice_data": {"account_tax_ids": null, "custom_fields": null, "description": null, "footer": null, "issuer": null, "metadata": {}, "rendering_options": null}})
+        } else {
+            Value::Null
+        },
         "livemode": false,
         "locale": str_at(p, "locale"),
         "managed_payments": {"enabled": false},
         "metadata": params::metadata(p, "metadata"),
-        "mode": "subscription",
+        "mode": mode,
         "origin_context": null,
         "payment_intent": null,
         "payment_link": null,
-        "payment_method_collection": str_at(p, "payment_method_collection").unwrap_or("always"),
+        "payment_method_collection": if payment { json!(str_at(p, "payment_method_collection").unwrap_or("if_required")) } else { json!(str_at(p, "payment_method_collection").unwrap_or("always")) },
         "payment_method_configuration_details": null,
         "payment_method_options": {"card": {"request_three_d_secure": "automatic"}},
         "payment_method_types": ["card"],
@@ -225,6 +255,7 @@ pub fn create(s: &mut Inner, p: &Value) -> ApiResult {
             save_address,
             save_name,
             collect_tax_id,
+            payment_metadata: params::metadata(p, "payment_intent_data.metadata"),
         },
     );
     Ok(session)
@@ -454,6 +485,9 @@ pub fn complete(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
         )?;
         coupon = Some((c, Some(pc)));
     }
+    if sess["mode"] == "payment" {
+        return pay_once(s, id, &customer, pm.as_deref(), behavior, &plan, now);
+    }
     let req = NewSubscription {
         customer: customer.clone(),
         items: plan
@@ -498,6 +532,82 @@ pub fn complete(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
         }
         PayOutcome::Declined(e) => Err(e),
     }
+}
+
+/// Completes a `mode=payment` session: a payment intent for its total,
+/// confirmed with the card (`payment_intent.created`, `charge.succeeded`,
+/// `payment_intent.succeeded`), then `checkout.session.completed` with
+/// `payment_status=paid` and its `payment_intent`. A card needing 3-D
+/// Secure is refused on the page (not emulated in this mode).
+fn pay_once(
+    s: &mut Inner,
+    id: &str,
+    customer: &str,
+    pm: Option<&str>,
+    behavior: Option<CardBehavior>,
+    plan: &CheckoutPlan,
+    now: i64,
+) -> ApiResult {
+    let Some(pm) = pm else {
+        return Err(ApiError::missing("payment_method"));
+    };
+    if behavior == Some(CardBehavior::AuthRequired) {
+        return Err(ApiError::invalid(
+            "payment_method",
+            "stripe-sim does not emulate 3-D Secure on Checkout in payment mode.",
+        ));
+    }
+    let mut sess = s.get("checkout.session", id, "id")?;
+    let pi_id = s.id("pi");
+    let mut pi = billing::payment_intent_json(
+        s,
+        &pi_id,
+        billing::PaymentIntentFields {
+            amount: sess["amount_total"].as_i64().unwrap_or(0),
+            currency: &sess["currency"],
+            customer: &json!(customer),
+            description: Value::Null,
+            payment_method: Some(pm),
+            setup_future_usage: Value::Null,
+            metadata: if plan.payment_metadata.is_object() {
+                plan.payment_metadata.clone()
+            } else {
+                json!({})
+            },
+        },
+        now,
+    );
+    s.insert(pi.clone());
+    s.emit("payment_intent.created", &pi, None, now);
+    let ch = billing::create_charge(s, &pi, pm, None, now)?;
+    pi["status"] = json!("succeeded");
+    pi["amount_received"] = pi["amount"].clone();
+    pi["latest_charge"] = json!(ch);
+    s.put(pi.clone());
+    s.emit("payment_intent.succeeded", &pi, None, now);
+    if behavior == Some(CardBehavior::Dispute) {
+        crate::resources::payments::open_dispute(s, &ch, now)?;
+    }
+    let cus = s.get("customer", customer, "customer")?;
+    let entered = s.checkout_details.get(id).cloned().unwrap_or_default();
+    sess["status"] = json!("complete");
+    sess["url"] = Value::Null;
+    sess["customer"] = json!(customer);
+    sess["payment_intent"] = json!(pi_id);
+    sess["payment_status"] = json!("paid");
+    sess["customer_details"] = json!({
+        "address": entered["address"],
+        "business_name": null,
+        "email": cus["email"],
+        "individual_name": null,
+        "name": cus["name"],
+        "phone": null,
+        "tax_exempt": "none",
+        "tax_ids": entered.get("tax_ids").cloned().unwrap_or_else(|| json!([])),
+    });
+    s.put(sess.clone());
+    s.emit("checkout.session.completed", &sess, None, now);
+    Ok(sess)
 }
 
 /// The billing address typed on the page: `address[…]` fields, or a test address.

@@ -1,7 +1,7 @@
 //! Charges, refunds, disputes, coupons and promotion codes.
 
 use crate::support::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 fn paid_subscription(sim: &stripe_sim::Sim, pm: &str) -> (String, Value) {
     let price = standard_price(sim);
@@ -388,4 +388,129 @@ fn promotion_code_restrictions_on_minimum_amount_and_first_purchase_are_enforced
     assert_eq!(sub(&id(&big)).0, 400, "30.00 is below the 50.00 minimum");
     assert_eq!(sub(&id(&first)).0, 200, "a first purchase");
     assert_eq!(sub(&id(&first)).0, 400, "no longer a first purchase");
+}
+
+#[test]
+fn a_payment_mode_checkout_charges_a_one_time_price_once_and_its_refund_is_told() {
+    let sim = sim();
+    let (_, cus) = clocked_customer(&sim, "pm_card_visa");
+    let one_time = id(&post(
+        &sim,
+        "/v1/prices",
+        "product_data[name]=Pack&currency=eur&unit_amount=500&lookup_key=pack_100",
+    ));
+    let recurring = standard_price(&sim);
+    let base = format!("mode=payment&customer={cus}&success_url=https://app.test/ok&cancel_url=https://app.test/no");
+
+    // A recurring price, or subscription_data, has no place in payment mode;
+    // payment_intent_data none in subscription mode.
+    let (status, body) = sim.call(
+        "POST",
+        "/v1/checkout/sessions",
+        &format!("{base}&line_items[0][price]={recurring}&line_items[0][quantity]=1"),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "line_items[0][price]");
+    let (status, body) = sim.call(
+        "POST",
+        "/v1/checkout/sessions",
+        &format!("{base}&line_items[0][price]={one_time}&line_items[0][quantity]=1&subscription_data[metadata][a]=b"),
+    );
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = sim.call(
+        "POST",
+        "/v1/checkout/sessions",
+        &format!("mode=subscription&customer={cus}&success_url=https://app.test/ok&line_items[0][price]={recurring}&line_items[0][quantity]=1&payment_intent_data[metadata][a]=b"),
+    );
+    assert_eq!(status, 400, "{body}");
+
+    let cs = post(
+        &sim,
+        "/v1/checkout/sessions",
+        &format!("{base}&line_items[0][price]={one_time}&line_items[0][quantity]=1&metadata[pack]=gen_100&payment_intent_data[metadata][pack]=gen_100"),
+    );
+    assert_eq!(
+        (
+            &cs["mode"],
+            &cs["payment_status"],
+            &cs["payment_intent"],
+            &cs["amount_total"]
+        ),
+        (
+            &json!("payment"),
+            &json!("unpaid"),
+            &Value::Null,
+            &json!(500)
+        )
+    );
+    assert_eq!(cs["invoice_creation"]["enabled"], false);
+    let before = sim.events().len();
+    let done = post(
+        &sim,
+        &format!("/_sim/checkout/sessions/{}/complete", id(&cs)),
+        "payment_method=pm_card_visa",
+    );
+    assert_eq!(
+        (
+            &done["status"],
+            &done["payment_status"],
+            &done["subscription"]
+        ),
+        (&json!("complete"), &json!("paid"), &Value::Null)
+    );
+    let pi = get(
+        &sim,
+        &format!(
+            "/v1/payment_intents/{}",
+            done["payment_intent"].as_str().unwrap()
+        ),
+    );
+    assert_eq!(
+        (
+            &pi["status"],
+            &pi["amount"],
+            &pi["metadata"]["pack"],
+            &pi["customer"]
+        ),
+        (
+            &json!("succeeded"),
+            &json!(500),
+            &json!("gen_100"),
+            &json!(cus)
+        )
+    );
+    assert_eq!(
+        events_since(&sim, before),
+        [
+            "payment_method.attached",
+            "payment_intent.created",
+            "charge.succeeded",
+            "payment_intent.succeeded",
+            "checkout.session.completed"
+        ]
+    );
+    assert!(
+        get(&sim, &format!("/v1/subscriptions?customer={cus}"))["data"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "a payment makes no subscription"
+    );
+
+    let before = sim.events().len();
+    post(&sim, "/v1/refunds", &format!("payment_intent={}", id(&pi)));
+    assert_eq!(
+        events_since(&sim, before),
+        ["refund.created", "charge.refunded"]
+    );
+    let refunded = sim.events().last().unwrap().clone();
+    let charge = &refunded["data"]["object"];
+    assert_eq!(
+        (
+            &charge["refunded"],
+            &charge["amount_refunded"],
+            &charge["payment_intent"]
+        ),
+        (&json!(true), &json!(500), &pi["id"])
+    );
 }

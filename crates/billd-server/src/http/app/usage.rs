@@ -460,6 +460,7 @@ async fn consume_usage<S: BillingBackend + ?Sized>(
                 amount: p.amount.get(),
                 idempotency_key: p.idempotency_key.clone(),
                 overage: target.overage.clone(),
+                credits: target.credits.clone(),
             },
             limit: target.limit,
             customer_version: cached.version,
@@ -541,6 +542,7 @@ async fn release_usage<S: BillingBackend + ?Sized>(
         amount: p.amount.get(),
         idempotency_key: p.idempotency_key,
         overage: None,
+        credits: None,
     };
     let limit = quota.limit;
     match state

@@ -133,6 +133,7 @@ mod tests {
             amount: 1,
             idempotency_key: key.to_string(),
             overage: None,
+            credits: None,
         }
     }
 

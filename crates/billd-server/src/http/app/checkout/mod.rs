@@ -17,6 +17,7 @@
 //! The counter is a store row (`billd_store::RateLimitStore`), so the limit
 //! holds across every billd process on one database.
 
+mod credits;
 mod portal;
 mod request;
 mod session;
@@ -38,6 +39,7 @@ use crate::http::openapi::{route, route_with, Verb};
 use crate::pipeline::BillingBackend;
 
 // The handlers' OpenAPI descriptions, for the document's `paths(…)`.
+pub(crate) use credits::__path_create_credits_checkout;
 pub(crate) use portal::__path_create_portal;
 pub(crate) use request::{parse_interval, seats_error};
 pub(crate) use session::__path_create_checkout;
@@ -81,6 +83,13 @@ pub(crate) fn routes<S: BillingBackend + ?Sized>(
         Verb::Post,
         "/v1/customers/{id}/checkout/sync",
         sync::sync_checkout::<S>,
+    );
+    let router = route_with(
+        router,
+        Verb::Post,
+        "/v1/customers/{id}/credits/checkout",
+        credits::create_credits_checkout::<S>,
+        idem.layer(),
     );
     route(
         router,

@@ -104,7 +104,7 @@ impl<S: BillingBackend + ?Sized> CheckoutState<S> {
 
     /// A catalog price's Stripe id: its bound id, else the active price
     /// carrying its lookup key (cached). `what` names it in errors.
-    async fn resolve(
+    pub(super) async fn resolve(
         &self,
         stripe: &StripeClient,
         price: &billd_core::Price,

@@ -93,6 +93,8 @@ pub(super) async fn open_sessions(
     Ok(sessions
         .iter()
         .filter(|s| s["metadata"]["billd_customer_id"] == id.as_str())
+        // A credit pack's session is a purchase of its own, not a plan's.
+        .filter(|s| s["mode"] != "payment")
         .filter_map(|s| s["id"].as_str().map(str::to_owned))
         .collect())
 }
