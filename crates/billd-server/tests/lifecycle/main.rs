@@ -29,6 +29,7 @@ mod scenarios;
 mod scheduler;
 mod seed_items;
 mod support;
+mod trials;
 mod ties;
 mod usage;
 mod wiring;

@@ -23,7 +23,7 @@ fn catalog() -> Catalog {
     .unwrap()
 }
 
-async fn consume(h: &Harness, user: &str, amount: u64, key: &str) -> (u16, Value) {
+pub(crate) async fn consume(h: &Harness, user: &str, amount: u64, key: &str) -> (u16, Value) {
     let response = h
         .http
         .post(format!("{}/v1/customers/{user}/usage/generations", h.base))
@@ -38,7 +38,7 @@ async fn consume(h: &Harness, user: &str, amount: u64, key: &str) -> (u16, Value
 
 /// The meter's total for the Stripe customer over the first period, as the
 /// emulator has it.
-fn meter_total(h: &Harness, meter: &str, cus: &str) -> i64 {
+pub(crate) fn meter_total(h: &Harness, meter: &str, cus: &str) -> i64 {
     let summary = h.stripe(
         "GET",
         &format!(
@@ -52,7 +52,7 @@ fn meter_total(h: &Harness, meter: &str, cus: &str) -> i64 {
 }
 
 /// The meter and the metered overage price at the emulator: (meter, price).
-fn metered_price(h: &Harness) -> (String, String) {
+pub(crate) fn metered_price(h: &Harness) -> (String, String) {
     let meter = h.stripe(
         "POST",
         "/v1/billing/meters",
