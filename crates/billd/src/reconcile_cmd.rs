@@ -111,6 +111,14 @@ pub fn render(report: &ReconcileReport) -> String {
             kinds.join(", ")
         ));
     }
+    for m in &report.missing_overage {
+        out.push_str(&format!(
+            "missing overage: {} of {} has no metered item for {}: its overage is metered but not invoiced; the next plan change adds it\n",
+            m.subscription,
+            m.customer,
+            m.features.join(", ")
+        ));
+    }
     for u in &report.unlinked {
         out.push_str(&format!(
             "unlinked: {} of Stripe customer {} ({}) names no billd customer; parked as {}\n",

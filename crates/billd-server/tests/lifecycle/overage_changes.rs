@@ -5,10 +5,13 @@
 //! (Stripe bills every item of a subscription at one interval) and the
 //! switch back adds it again, under either proration behaviour.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use billd_core::Catalog;
 use billd_server::http::{ApiConfig, ProrationBehavior};
+use billd_server::jobs::{ReconcileConfig, Reconciler};
+use billd_store::Store;
 use serde_json::{json, Value};
 use stripe_sim::WebhookKnobs;
 
@@ -114,12 +117,36 @@ async fn subscribed(h: &Harness, user: &str, items: &str, plan: &str) -> (String
     (clock, cus, sub)
 }
 
+/// What a dry reconciliation reports as lacking its metered item:
+/// (subscription, features).
+async fn missing_overage(h: &Harness) -> Vec<(String, Vec<String>)> {
+    let store: Arc<dyn Store> = h.store.clone();
+    let reconciler = Reconciler::new(
+        store,
+        h.stripe_client.clone(),
+        Arc::new(Catalog::from_toml(CATALOG).unwrap()),
+        h.clock.clone(),
+        None,
+        ReconcileConfig::default(),
+    );
+    let report = reconciler.run(true, None).await.unwrap();
+    report
+        .missing_overage
+        .into_iter()
+        .map(|m| (m.subscription, m.features))
+        .collect()
+}
+
 async fn a_subscription_without_the_metered_item_gets_it_at_its_next_plan_change(db: Db) {
     let (h, _, _, (meter, overage)) = harness(db, ProrationBehavior::CreateProrations).await;
     // Made before the catalog sold overage: the plan's price only.
     let items = format!("items[0][price]={}", h.standard_price);
     let (clock, cus, sub) = subscribed(&h, "u_old", &items, "standard").await;
     assert_eq!(item_prices(&h, &sub), [h.standard_price.clone()]);
+    assert_eq!(
+        missing_overage(&h).await,
+        [(sub.clone(), vec!["generations".to_owned()])]
+    );
 
     h.advance(&clock, t0() + 5 * DAY);
     let (status, body) = post(

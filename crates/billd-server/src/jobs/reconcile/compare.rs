@@ -4,7 +4,8 @@
 
 use billd_core::event::Subscription;
 use billd_core::state::{resolve_plan, SubscriptionState};
-use billd_core::Catalog;
+use billd_core::{Catalog, PriceId};
+use serde_json::Value;
 
 use super::types::{DriftKind, FieldDrift};
 
@@ -210,4 +211,50 @@ mod tests {
             vec!["missing", "status", "plan", "cancel_flag", "period"]
         );
     }
+}
+
+/// The features sold with overage at a live subscription's interval (in the
+/// catalog's currency) whose metered price is not an item of `object`, a
+/// Stripe subscription: their overage would be metered but not invoiced.
+pub fn missing_overage(object: &Value, catalog: &Catalog) -> Vec<String> {
+    if matches!(
+        object["status"].as_str(),
+        Some("canceled" | "incomplete_expired") | None
+    ) || object["currency"].as_str() != Some(catalog.default_currency().as_str())
+    {
+        return Vec::new();
+    }
+    let items = object
+        .pointer("/items/data")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let metered =
+        |i: &&Value| i.pointer("/price/recurring/usage_type") == Some(&Value::from("metered"));
+    let Some(interval) = items
+        .iter()
+        .find(|i| !metered(i))
+        .and_then(|i| i.pointer("/price/recurring/interval"))
+        .and_then(Value::as_str)
+    else {
+        return Vec::new();
+    };
+    catalog
+        .overages()
+        .iter()
+        .filter(|(_, o)| o.interval.as_str() == interval)
+        .filter(|(_, o)| {
+            !items.iter().filter(metered).any(|i| {
+                let id = i
+                    .pointer("/price/id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                PriceId::parse(id).is_ok_and(|pid| {
+                    o.price
+                        .matches(&pid, i.pointer("/price/lookup_key").and_then(Value::as_str))
+                })
+            })
+        })
+        .map(|(feature, _)| feature.to_string())
+        .collect()
 }
