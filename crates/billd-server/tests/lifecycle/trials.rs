@@ -1,7 +1,8 @@
 //! Trials sold through billd's Checkout, over real HTTP against stripe-sim
 //! on both databases: a plan's `trial_days` with a card ends in a paid,
 //! active subscription; with `trial_card = false` the checkout asks for no
-//! card and a trial ending without one is canceled, back on free. Either
+//! card and a trial ending without one is canceled, back on free (with one
+//! added meanwhile it converts). Either
 //! way the trial-ending email is written three days ahead, and overage
 //! stays closed while trialing.
 
@@ -176,7 +177,9 @@ async fn a_trial_with_a_card_ends_in_a_paid_active_subscription_with_overage(db:
     h.shutdown().await;
 }
 
-async fn a_trial_without_a_card_asks_for_none_and_ends_canceled_on_free_limits(db: Db) {
+/// A trial sold without a card; `add_card`: the customer adds one (as the
+/// portal does) before it ends.
+async fn cardless_trial(db: Db, add_card: bool) {
     let h = harness(db).await;
     let plans: Value = h
         .http
@@ -231,6 +234,27 @@ async fn a_trial_without_a_card_asks_for_none_and_ends_canceled_on_free_limits(d
     })
     .await;
 
+    if add_card {
+        h.pay_with(&cus, "pm_card_visa");
+        h.advance(&clock, trial_end + 60);
+        let e = h
+            .wait_for("u_tnocard", "active after the trial", |e| {
+                e["status"] == "active"
+            })
+            .await;
+        assert_eq!((&e["plan"], &e["access"]), (&json!("pro"), &json!("paid")));
+        let invoices = h.stripe("GET", &format!("/v1/invoices?customer={cus}"), "");
+        assert!(
+            invoices["data"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["billing_reason"] == "subscription_cycle" && i["amount_paid"] == 1900),
+            "{invoices:#}"
+        );
+        h.shutdown().await;
+        return;
+    }
     h.advance(&clock, trial_end + 60);
     let e = h
         .wait_for("u_tnocard", "canceled at the trial's end", |e| {
@@ -263,7 +287,16 @@ async fn a_trial_without_a_card_asks_for_none_and_ends_canceled_on_free_limits(d
     h.shutdown().await;
 }
 
+async fn a_trial_without_a_card_asks_for_none_and_ends_canceled_on_free_limits(db: Db) {
+    cardless_trial(db, false).await;
+}
+
+async fn a_trial_without_a_card_converts_when_a_card_is_added_before_it_ends(db: Db) {
+    cardless_trial(db, true).await;
+}
+
 on_both_databases!(
     a_trial_with_a_card_ends_in_a_paid_active_subscription_with_overage,
     a_trial_without_a_card_asks_for_none_and_ends_canceled_on_free_limits,
+    a_trial_without_a_card_converts_when_a_card_is_added_before_it_ends,
 );
