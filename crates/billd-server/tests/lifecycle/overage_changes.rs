@@ -142,7 +142,7 @@ async fn a_subscription_without_the_metered_item_gets_it_at_its_next_plan_change
     // Made before the catalog sold overage: the plan's price only.
     let items = format!("items[0][price]={}", h.standard_price);
     let (clock, cus, sub) = subscribed(&h, "u_old", &items, "standard").await;
-    assert_eq!(item_prices(&h, &sub), [h.standard_price.clone()]);
+    assert_eq!(item_prices(&h, &sub), [h.standard_price.as_str()]);
     assert_eq!(
         missing_overage(&h).await,
         [(sub.clone(), vec!["generations".to_owned()])]
@@ -214,7 +214,7 @@ async fn interval_switches_swap_the_metered_item(db: Db, behavior: ProrationBeha
     let (status, body) = post(&h, "/v1/customers/u_switch/subscription/change", to_year).await;
     assert_eq!(status, 200, "{body:#}");
     assert_eq!(body["status"], "changed", "{body:#}");
-    assert_eq!(item_prices(&h, &sub), [year.clone()]);
+    assert_eq!(item_prices(&h, &sub), [year.as_str()]);
     let ent = h
         .wait_for("u_switch", "team yearly", |e| {
             e["features"]["generations"]["overage_cap"].is_null() && e["access"] == "paid"
