@@ -3,13 +3,14 @@
 //! item gets it at its next plan change (and its overage is then billed);
 //! a switch to the interval the overage is not sold at removes the item
 //! (Stripe bills every item of a subscription at one interval) and the
-//! switch back adds it again, under either proration behaviour.
+//! switch back adds it again, under either proration behaviour; a
+//! downgrade scheduled for the period end keeps it in both phases.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use billd_core::Catalog;
-use billd_server::http::{ApiConfig, ProrationBehavior};
+use billd_server::http::{ApiConfig, DowngradeTiming, ProrationBehavior};
 use billd_server::jobs::{ReconcileConfig, Reconciler};
 use billd_store::Store;
 use serde_json::{json, Value};
@@ -49,14 +50,7 @@ year  = { lookup_key = "billd_team_eur_year",  unit_amount = 15000 }
 
 /// The harness on [`CATALOG`] with the team prices and the metered price at
 /// the emulator: (harness, team monthly, team yearly, (meter, metered price)).
-async fn harness(
-    db: Db,
-    behavior: ProrationBehavior,
-) -> (Harness, String, String, (String, String)) {
-    let api = ApiConfig {
-        proration_behavior: behavior,
-        ..ApiConfig::default()
-    };
+async fn harness(db: Db, api: ApiConfig) -> (Harness, String, String, (String, String)) {
     let catalog = Catalog::from_toml(CATALOG).unwrap();
     let h = Harness::start_with(db, t0(), WebhookKnobs::default(), catalog, api).await;
     let price = |interval: &str, amount: u32| {
@@ -138,7 +132,7 @@ async fn missing_overage(h: &Harness) -> Vec<(String, Vec<String>)> {
 }
 
 async fn a_subscription_without_the_metered_item_gets_it_at_its_next_plan_change(db: Db) {
-    let (h, _, _, (meter, overage)) = harness(db, ProrationBehavior::CreateProrations).await;
+    let (h, _, _, (meter, overage)) = harness(db, ApiConfig::default()).await;
     // Made before the catalog sold overage: the plan's price only.
     let items = format!("items[0][price]={}", h.standard_price);
     let (clock, cus, sub) = subscribed(&h, "u_old", &items, "standard").await;
@@ -196,7 +190,11 @@ async fn a_subscription_without_the_metered_item_gets_it_at_its_next_plan_change
 /// Month → year drops the monthly metered item (no overage at year);
 /// year → month brings it back.
 async fn interval_switches_swap_the_metered_item(db: Db, behavior: ProrationBehavior) {
-    let (h, month, year, (_, overage)) = harness(db, behavior).await;
+    let api = ApiConfig {
+        proration_behavior: behavior,
+        ..ApiConfig::default()
+    };
+    let (h, month, year, (_, overage)) = harness(db, api).await;
     let items = format!("items[0][price]={month}&items[1][price]={overage}");
     let (clock, _, sub) = subscribed(&h, "u_switch", &items, "team").await;
     let (_, ent) = h.entitlements("u_switch").await;
@@ -252,7 +250,77 @@ async fn under_always_invoice_the_metered_item_goes_before_the_held_switch(db: D
     interval_switches_swap_the_metered_item(db, ProrationBehavior::AlwaysInvoice).await;
 }
 
+async fn a_downgrade_at_period_end_keeps_the_metered_item_in_both_phases(db: Db) {
+    let api = ApiConfig {
+        downgrade_timing: DowngradeTiming::PeriodEnd,
+        ..ApiConfig::default()
+    };
+    let (h, _, _, (_, overage)) = harness(db, api).await;
+    let items = format!("items[0][price]={}&items[1][price]={overage}", h.pro_price);
+    let (clock, _, sub) = subscribed(&h, "u_later", &items, "pro").await;
+    h.advance(&clock, t0() + 10 * DAY);
+
+    let (status, body) = post(
+        &h,
+        "/v1/customers/u_later/subscription/change",
+        json!({ "plan": "standard" }),
+    )
+    .await;
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &json!("scheduled")),
+        "{body:#}"
+    );
+    let schedule_id = h.stripe("GET", &format!("/v1/subscriptions/{sub}"), "")["schedule"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let schedule = h.stripe(
+        "GET",
+        &format!("/v1/subscription_schedules/{schedule_id}"),
+        "",
+    );
+    let phase_prices = |i: usize| -> Vec<String> {
+        schedule["phases"][i]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|it| {
+                let p = &it["price"];
+                p.as_str().or_else(|| p["id"].as_str()).unwrap().to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(
+        phase_prices(0),
+        [h.pro_price.clone(), overage.clone()],
+        "{schedule:#}"
+    );
+    assert_eq!(
+        phase_prices(1),
+        [h.standard_price.clone(), overage.clone()],
+        "{schedule:#}"
+    );
+    assert_eq!(
+        item_prices(&h, &sub),
+        [h.pro_price.clone(), overage.clone()]
+    );
+
+    let period_end = body["effective_at"].as_i64().unwrap();
+    h.advance(&clock, period_end + 60);
+    h.wait_for("u_later", "standard with overage", |e| {
+        e["plan"] == "standard" && e["features"]["generations"]["overage_cap"] == 5
+    })
+    .await;
+    assert_eq!(
+        item_prices(&h, &sub),
+        [h.standard_price.clone(), overage.clone()]
+    );
+    h.shutdown().await;
+}
+
 on_both_databases!(
+    a_downgrade_at_period_end_keeps_the_metered_item_in_both_phases,
     a_subscription_without_the_metered_item_gets_it_at_its_next_plan_change,
     a_month_to_year_switch_drops_the_metered_item_and_back_adds_it,
     under_always_invoice_the_metered_item_goes_before_the_held_switch,
