@@ -567,6 +567,11 @@ export interface PlanView {
   prices: Record<string, Record<string, PlanPriceView>>;
   /** Sold per seat: the range of seats. */
   seats?: Record<string, unknown> | null;
+  /**
+   * With a trial: whether its checkout asks for a card (`false`: no card
+   * until the trial ends, when the subscription is canceled without one).
+   */
+  trial_card?: boolean | null;
   /** Days of trial a checkout starts with. */
   trial_days?: number | null;
 }

@@ -259,6 +259,10 @@ class PlanView(_PlanViewRequired, total=False):
     """A plan as the picker shows it."""
     seats: dict[str, Any] | None
     """Sold per seat: the range of seats."""
+    trial_card: bool | None
+    """With a trial: whether its checkout asks for a card (`false`: no card
+    until the trial ends, when the subscription is canceled without one).
+    """
     trial_days: int | None
     """Days of trial a checkout starts with."""
 

@@ -111,7 +111,8 @@ pub enum CatalogError {
         /// What is wrong.
         reason: String,
     },
-    /// A plan's `trial_days` is out of bounds or on the free plan.
+    /// A plan's `trial_days` is out of bounds or on the free plan, or
+    /// `trial_card` is given without `trial_days`.
     #[error("plan {plan} trial_days: {reason}")]
     InvalidTrial {
         /// The plan.
@@ -408,7 +409,8 @@ pub struct Price {
 }
 
 impl Price {
-    fn matches(&self, id: &PriceId, lookup_key: Option<&str>) -> bool {
+    /// Whether a Stripe price (its id and lookup key) is this catalog price.
+    pub fn matches(&self, id: &PriceId, lookup_key: Option<&str>) -> bool {
         self.id.as_ref() == Some(id)
             || (lookup_key.is_some() && self.lookup_key.as_deref() == lookup_key)
     }
@@ -496,11 +498,26 @@ pub struct Plan {
     /// Days of trial a new subscription starts with.
     #[serde(default)]
     pub trial_days: Option<u32>,
+    /// Whether the trial's checkout asks for a card (`trial_card`, default
+    /// true). Without one, Stripe cancels the subscription at the trial's
+    /// end unless the customer has added a payment method by then.
+    #[serde(default = "card_by_default")]
+    pub trial_card: bool,
     /// Stripe price per currency and interval (empty for `free`).
     pub prices: BTreeMap<Currency, BTreeMap<Interval, Price>>,
 }
 
+fn card_by_default() -> bool {
+    true
+}
+
 impl Plan {
+    /// Whether a checkout of the plan starts a trial without asking for a
+    /// card.
+    pub fn trial_without_card(&self) -> bool {
+        self.trial_days.is_some() && !self.trial_card
+    }
+
     /// The base limit for a counted feature (0 if the feature is unknown
     /// or a flag), before any per-seat multiplication.
     pub fn limit(&self, feature: &FeatureName) -> u64 {
@@ -650,6 +667,8 @@ struct RawPlan {
     seats: Option<RawSeats>,
     #[serde(default)]
     trial_days: Option<i64>,
+    #[serde(default)]
+    trial_card: Option<bool>,
     #[serde(default)]
     prices: BTreeMap<String, toml::Value>,
 }
@@ -1068,6 +1087,12 @@ fn parse_plan(
                 })
         })
         .transpose()?;
+    if raw.trial_card.is_some() && trial_days.is_none() {
+        return Err(CatalogError::InvalidTrial {
+            plan: name.to_owned(),
+            reason: "trial_card needs trial_days".to_owned(),
+        });
+    }
     let mut prices = BTreeMap::new();
     for (currency, value) in raw.prices {
         let code =
@@ -1088,6 +1113,7 @@ fn parse_plan(
         flags,
         seats,
         trial_days,
+        trial_card: raw.trial_card.unwrap_or(true),
         prices,
     })
 }
@@ -1572,6 +1598,13 @@ mod tests {
 
         assert_eq!(team.seats, Some(SeatRange { min: 1, max: 50 }));
         assert_eq!(team.trial_days, Some(14));
+        assert!(team.trial_card && !team.trial_without_card());
+        let cardless = Catalog::from_toml(&ISSUE_EXAMPLE.replace(
+            "trial_days = 14",
+            "trial_days = 14\n        trial_card = false",
+        ))
+        .unwrap();
+        assert!(cardless.plan(&name("team")).unwrap().trial_without_card());
         assert!(team.flag(&feature("custom_domain")));
         assert!(!catalog.free_plan().flag(&feature("custom_domain")));
         assert_eq!(team.limit(&feature("custom_domain")), 0);
@@ -1656,6 +1689,17 @@ mod tests {
             ("min = 1, max = 50", "min = 1, max = 2000000", "catalog_invalid_seats"),
             ("trial_days = 14", "trial_days = 0", "catalog_invalid_trial"),
             ("trial_days = 14", "trial_days = 731", "catalog_invalid_trial"),
+            ("trial_days = 14", "trial_card = false", "catalog_invalid_trial"),
+            (
+                "trial_days = 14",
+                "trial_days = 14\n        trial_card = \"no\"",
+                "catalog_invalid_toml",
+            ),
+            (
+                "[plans.free]\n        limits = {",
+                "[plans.free]\n        trial_card = false\n        limits = {",
+                "catalog_invalid_trial",
+            ),
             (
                 "month = { lookup_key",
                 "week = { lookup_key",

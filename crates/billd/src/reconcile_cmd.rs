@@ -111,6 +111,14 @@ pub fn render(report: &ReconcileReport) -> String {
             kinds.join(", ")
         ));
     }
+    for m in &report.missing_overage {
+        out.push_str(&format!(
+            "missing overage: {} of {} has no metered item for {}: its overage is metered but not invoiced; the next plan change adds it\n",
+            m.subscription,
+            m.customer,
+            m.features.join(", ")
+        ));
+    }
     for u in &report.unlinked {
         out.push_str(&format!(
             "unlinked: {} of Stripe customer {} ({}) names no billd customer; parked as {}\n",
@@ -217,5 +225,26 @@ mod tests {
         );
         assert!(shown.contains("dry run: nothing changed"), "{shown}");
         assert!(!shown.contains("healed"), "{shown}");
+    }
+
+    #[test]
+    fn a_subscription_without_its_metered_item_is_named_with_its_features() {
+        let report = ReconcileReport {
+            missing_overage: vec![billd_server::jobs::MissingOverage {
+                customer: billd_core::CustomerId::parse("u_1").unwrap(),
+                subscription: "sub_1".into(),
+                features: vec!["generations".into(), "exports".into()],
+            }],
+            ..ReconcileReport::default()
+        };
+
+        let shown = render(&report);
+
+        assert!(
+            shown.contains(
+                "missing overage: sub_1 of u_1 has no metered item for generations, exports"
+            ),
+            "{shown}"
+        );
     }
 }

@@ -58,8 +58,12 @@
 //!   is not emitted; taxes are never computed.
 //! - Subscription schedules are created `from_subscription` only; an update
 //!   replaces the phases; `end_behavior=cancel` releases like `release`.
-//! - Updating a subscription replaces existing items' price/quantity only (no
-//!   adding or removing items).
+//! - Updating a subscription (or previewing an update) swaps items' price and
+//!   quantity, adds items (`items[i][price]` without an id) and deletes them
+//!   (`items[i][deleted]`, refused in a pending update as Stripe does); an
+//!   added or deleted item is not prorated, and a deleted metered item's
+//!   usage is not billed. Items at mixed intervals are refused as Stripe
+//!   does.
 //! - An `incomplete` subscription expiring sends `customer.subscription.updated`.
 //! - Events are rendered in the pinned version whatever an endpoint's
 //!   `api_version`; first delivery attempts go out one at a time.

@@ -28,8 +28,9 @@ pub use alerts::{
 };
 pub use customers::{CardExpiry, GraceExpiry, RenewalReminders};
 pub use reconcile::{
-    compare, heal_created, Drift, DriftKind, FieldDrift, ReconcileConfig, ReconcileError,
-    ReconcileJob, ReconcileReport, Reconciler, UnlinkedSubscription, EVENTS_WINDOW_SECS,
+    compare, heal_created, missing_overage, Drift, DriftKind, FieldDrift, MissingOverage,
+    ReconcileConfig, ReconcileError, ReconcileJob, ReconcileReport, Reconciler,
+    UnlinkedSubscription, EVENTS_WINDOW_SECS,
 };
 pub use scheduler::{Job, JobReport, JobRun, RunOutcome, Scheduler, SchedulerConfig};
 pub use sweeps::{IdempotencySweep, InboxSweep, OutboxSweep};

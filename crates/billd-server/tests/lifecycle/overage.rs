@@ -38,7 +38,7 @@ pub(crate) async fn consume(h: &Harness, user: &str, amount: u64, key: &str) -> 
 
 /// The meter's total for the Stripe customer over the first period, as the
 /// emulator has it.
-fn meter_total(h: &Harness, meter: &str, cus: &str) -> i64 {
+pub(crate) fn meter_total(h: &Harness, meter: &str, cus: &str) -> i64 {
     let summary = h.stripe(
         "GET",
         &format!(

@@ -16,7 +16,7 @@ use crate::support::{t0, Db, Harness, ADMIN_KEY, APP_KEY, DAY};
 
 /// `PUT /v1/customers/{user}` on billd, then a Stripe customer carrying
 /// `metadata[billd_customer_id]` on a new test clock, with no payment method.
-async fn customer_without_card(h: &Harness, user: &str) -> (String, String) {
+pub(crate) async fn customer_without_card(h: &Harness, user: &str) -> (String, String) {
     let response = h
         .http
         .put(format!("{}/v1/customers/{user}", h.base))
@@ -46,7 +46,12 @@ async fn customer_without_card(h: &Harness, user: &str) -> (String, String) {
 }
 
 /// The customer's outbox effects, once `done` holds for them.
-async fn wait_for_outbox(h: &Harness, user: &str, what: &str, done: impl Fn(&[Effect]) -> bool) {
+pub(crate) async fn wait_for_outbox(
+    h: &Harness,
+    user: &str,
+    what: &str,
+    done: impl Fn(&[Effect]) -> bool,
+) {
     let filter = OutboxFilter {
         customer_id: Some(CustomerId::parse(user).unwrap()),
         ..OutboxFilter::default()
@@ -72,7 +77,7 @@ async fn wait_for_outbox(h: &Harness, user: &str, what: &str, done: impl Fn(&[Ef
     }
 }
 
-fn has_key(effects: &[Effect], key: &str) -> bool {
+pub(crate) fn has_key(effects: &[Effect], key: &str) -> bool {
     effects.iter().any(|e| e.dedupe_key() == key)
 }
 

@@ -480,3 +480,62 @@ pub fn set_item(sub: &mut Value, si: &str, price: &Value, qty: i64) {
         }
     }
 }
+
+/// Removes an item (`items[i][deleted]=true`) from the subscription JSON.
+pub fn remove_item(sub: &mut Value, si: &str) {
+    if let Some(items) = sub["items"]["data"].as_array_mut() {
+        items.retain(|i| i["id"] != si);
+    }
+}
+
+/// Adds an item for `price` (`items[i][price]` without an id) over the
+/// subscription's current period. A metered price takes no quantity, as
+/// Stripe says.
+pub fn add_item(
+    s: &mut Inner,
+    sub: &mut Value,
+    price: &Value,
+    qty: Option<i64>,
+    param: &str,
+) -> ApiResult<()> {
+    if crate::resources::meters::is_metered(price) && qty.is_some() {
+        return Err(ApiError::invalid(
+            &format!("{param}[quantity]"),
+            format!("Quantity should not be specified where usage_type is `metered`. Remove quantity from `{param}`."),
+        ));
+    }
+    if sub["items"]["data"]
+        .as_array()
+        .is_some_and(|d| d.iter().any(|i| i["price"]["id"] == price["id"]))
+    {
+        return Err(ApiError::invalid(
+            &format!("{param}[price]"),
+            "Cannot add multiple subscription items with the same price.",
+        ));
+    }
+    let (start, end) = period(sub);
+    let sub_id = s_of(&sub["id"]);
+    let item = sub_item(s, &sub_id, price, qty.unwrap_or(1), start, end);
+    if let Some(items) = sub["items"]["data"].as_array_mut() {
+        items.push(item);
+    }
+    Ok(())
+}
+
+/// Stripe's refusal of a subscription whose items bill at different
+/// intervals.
+pub fn check_one_interval(sub: &Value, param: &str) -> ApiResult<()> {
+    let intervals: std::collections::HashSet<_> = sub["items"]["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|i| price_interval(&i["price"]))
+        .collect();
+    if intervals.len() > 1 {
+        return Err(ApiError::invalid(
+            param,
+            "All prices on a subscription must have the same `recurring.interval` and `recurring.interval_count`.",
+        ));
+    }
+    Ok(())
+}

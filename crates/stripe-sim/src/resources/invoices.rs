@@ -102,7 +102,26 @@ pub fn create_preview(s: &mut Inner, p: &Value) -> ApiResult {
     if let Some(Value::Array(items)) = params::at(p, "subscription_details.items") {
         for (i, it) in items.iter().enumerate() {
             let param = format!("subscription_details[items][{i}][id]");
-            let si = str_at(it, "id").ok_or_else(|| ApiError::missing(&param))?;
+            let Some(si) = str_at(it, "id") else {
+                // A new item, as the update adds it.
+                let at = format!("subscription_details[items][{i}]");
+                let pid = str_at(it, "price")
+                    .ok_or_else(|| ApiError::missing(&format!("{at}[price]")))?;
+                let price = s.get("price", pid, &format!("{at}[price]"))?;
+                let qty = params::bounded_at(it, "quantity", 1..=1_000_000_000)?;
+                billing::add_item(s, &mut changed, &price, qty, &at)?;
+                continue;
+            };
+            if params::bool_at(it, "deleted")?.unwrap_or(false) {
+                if !changed["items"]["data"]
+                    .as_array()
+                    .is_some_and(|d| d.iter().any(|x| x["id"] == si))
+                {
+                    return Err(ApiError::no_such("subscription_item", si, &param));
+                }
+                billing::remove_item(&mut changed, si);
+                continue;
+            }
             let item = sub["items"]["data"]
                 .as_array()
                 .and_then(|d| d.iter().find(|x| x["id"] == si))
@@ -133,6 +152,7 @@ pub fn create_preview(s: &mut Inner, p: &Value) -> ApiResult {
             billing::set_item(&mut changed, si, &price, qty);
         }
     }
+    billing::check_one_interval(&changed, "subscription_details[items]")?;
     let mut lines = s
         .subs
         .get(&sub_id)

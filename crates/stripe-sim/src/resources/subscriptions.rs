@@ -243,12 +243,41 @@ pub fn update(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
     let mut interval_changed = false;
     if let Some(Value::Array(items)) = params::at(p, "items") {
         for (i, it) in items.iter().enumerate() {
-            let si = str_at(it, "id").ok_or_else(|| {
-                ApiError::invalid(
-                    &format!("items[{i}][id]"),
-                    "stripe-sim replaces existing items only: pass items[i][id] with the new price or quantity.",
-                )
-            })?;
+            let deleted = params::bool_at(it, "deleted")?.unwrap_or(false);
+            if deleted && payment_behavior == "pending_if_incomplete" {
+                // A pending update changes items' price and quantity only.
+                return Err(ApiError::invalid(
+                    &format!("items[{i}][deleted]"),
+                    "You can only update `price` and `quantity` of subscription items when using `payment_behavior=pending_if_incomplete`.",
+                ));
+            }
+            let Some(si) = str_at(it, "id") else {
+                // A new item: metered ones are not prorated (billed in
+                // arrears from their meter); stripe-sim prorates no new item.
+                let pid = str_at(it, "price")
+                    .ok_or_else(|| ApiError::missing(&format!("items[{i}][price]")))?;
+                let price = s.get("price", pid, &format!("items[{i}][price]"))?;
+                billing::unit_amount_in(&price, after["currency"].as_str().unwrap_or_default())?;
+                let qty = params::bounded_at(it, "quantity", 1..=1_000_000_000)?;
+                billing::add_item(s, &mut after, &price, qty, &format!("items[{i}]"))?;
+                items_changed = true;
+                continue;
+            };
+            if deleted {
+                if !after["items"]["data"]
+                    .as_array()
+                    .is_some_and(|d| d.iter().any(|x| x["id"] == si))
+                {
+                    return Err(ApiError::no_such(
+                        "subscription_item",
+                        si,
+                        &format!("items[{i}][id]"),
+                    ));
+                }
+                billing::remove_item(&mut after, si);
+                items_changed = true;
+                continue;
+            }
             let item = after["items"]["data"]
                 .as_array()
                 .and_then(|d| d.iter().find(|x| x["id"] == si))
@@ -282,20 +311,15 @@ pub fn update(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
             billing::set_item(&mut after, si, &price, qty);
         }
     }
+    if after["items"]["data"].as_array().is_some_and(Vec::is_empty) {
+        return Err(ApiError::invalid(
+            "items",
+            "A subscription must have at least one active plan.",
+        ));
+    }
+    billing::check_one_interval(&after, "items")?;
     if interval_changed {
         // Stripe resets the billing cycle to now and invoices at once when the interval changes.
-        if after["items"]["data"].as_array().is_some_and(|d| {
-            d.iter()
-                .map(|i| billing::price_interval(&i["price"]))
-                .collect::<std::collections::HashSet<_>>()
-                .len()
-                > 1
-        }) {
-            return Err(ApiError::invalid(
-                "items",
-                "All prices on a subscription must have the same `recurring.interval` and `recurring.interval_count`.",
-            ));
-        }
         billing::start_new_period(&mut after, now);
         after["billing_cycle_anchor"] = json!(now);
         if after["status"] == "trialing" {

@@ -159,3 +159,105 @@ fn a_meter_event_needs_its_payload_keys_and_a_recent_timestamp() {
     );
     assert_eq!(status, 400);
 }
+
+#[test]
+fn metered_items_are_added_and_deleted_by_an_update_and_every_item_bills_at_one_interval() {
+    let sim = sim();
+    let month = standard_price(&sim);
+    let year = id(&post(
+        &sim,
+        "/v1/prices",
+        "product_data[name]=Yearly&currency=eur&unit_amount=9000&recurring[interval]=year",
+    ));
+    let mtr = meter(&sim, "gen");
+    let overage = id(&post(
+        &sim,
+        "/v1/prices",
+        &format!("product_data[name]=Overage&currency=eur&unit_amount=50&recurring[interval]=month&recurring[usage_type]=metered&recurring[meter]={mtr}"),
+    ));
+    let (_, cus) = clocked_customer(&sim, "pm_card_visa");
+    let sub = post(
+        &sim,
+        "/v1/subscriptions",
+        &format!("customer={cus}&items[0][price]={month}"),
+    );
+    let sub_id = id(&sub);
+    let plan_item = sub["items"]["data"][0]["id"].as_str().unwrap().to_string();
+    let path = format!("/v1/subscriptions/{sub_id}");
+
+    // A metered item takes no quantity.
+    let (status, body) = sim.call(
+        "POST",
+        &path,
+        &format!("items[0][price]={overage}&items[0][quantity]=1"),
+    );
+    assert_eq!(
+        (status, &body["error"]["param"]),
+        (400, &Value::from("items[0][quantity]")),
+        "{body:#}"
+    );
+    let added = post(&sim, &path, &format!("items[0][price]={overage}"));
+    let items = added["items"]["data"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{added:#}");
+    assert_eq!(items[1]["price"]["id"], overage.as_str());
+    assert_eq!(
+        items[1]["current_period_end"],
+        items[0]["current_period_end"]
+    );
+    let metered_item = items[1]["id"].as_str().unwrap().to_string();
+
+    // The yearly price beside the monthly metered one: refused as Stripe does.
+    let (status, body) = sim.call(
+        "POST",
+        &path,
+        &format!("items[0][id]={plan_item}&items[0][price]={year}"),
+    );
+    assert_eq!(status, 400, "{body:#}");
+    assert_eq!(
+        (&body["error"]["type"], &body["error"]["param"], &body["error"]["message"]),
+        (
+            &Value::from("invalid_request_error"),
+            &Value::from("items"),
+            &Value::from("All prices on a subscription must have the same `recurring.interval` and `recurring.interval_count`.")
+        )
+    );
+    let (status, preview) = sim.call(
+        "POST",
+        "/v1/invoices/create_preview",
+        &format!("subscription={sub_id}&subscription_details[items][0][id]={plan_item}&subscription_details[items][0][price]={year}"),
+    );
+    assert_eq!(
+        (status, &preview["error"]["param"]),
+        (400, &Value::from("subscription_details[items]")),
+        "{preview:#}"
+    );
+    // A pending update cannot delete an item.
+    let (status, body) = sim.call(
+        "POST",
+        &path,
+        &format!("payment_behavior=pending_if_incomplete&proration_behavior=always_invoice&items[0][id]={metered_item}&items[0][deleted]=true"),
+    );
+    assert_eq!(
+        (status, &body["error"]["param"]),
+        (400, &Value::from("items[0][deleted]")),
+        "{body:#}"
+    );
+
+    // Deleting the metered item in the same update makes the switch valid.
+    let (status, preview) = sim.call(
+        "POST",
+        "/v1/invoices/create_preview",
+        &format!("subscription={sub_id}&subscription_details[items][0][id]={plan_item}&subscription_details[items][0][price]={year}&subscription_details[items][1][id]={metered_item}&subscription_details[items][1][deleted]=true"),
+    );
+    assert_eq!(status, 200, "{preview:#}");
+    let switched = post(
+        &sim,
+        &path,
+        &format!("items[0][id]={plan_item}&items[0][price]={year}&items[1][id]={metered_item}&items[1][deleted]=true"),
+    );
+    let items = switched["items"]["data"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{switched:#}");
+    assert_eq!(items[0]["price"]["id"], year.as_str());
+    let (status, _) = sim.call("POST", &path, &format!("items[0][price]={overage}"));
+    assert_eq!(status, 400);
+}

@@ -4,7 +4,8 @@
 
 use billd_core::event::Subscription;
 use billd_core::state::{resolve_plan, SubscriptionState};
-use billd_core::Catalog;
+use billd_core::{Catalog, PriceId};
+use serde_json::Value;
 
 use super::types::{DriftKind, FieldDrift};
 
@@ -99,6 +100,52 @@ fn period_label(s: &Subscription) -> String {
         show(s.current_period_start),
         show(s.current_period_end)
     )
+}
+
+/// The features sold with overage at a live subscription's interval (in the
+/// catalog's currency) whose metered price is not an item of `object`, a
+/// Stripe subscription: their overage would be metered but not invoiced.
+pub fn missing_overage(object: &Value, catalog: &Catalog) -> Vec<String> {
+    if matches!(
+        object["status"].as_str(),
+        Some("canceled" | "incomplete_expired") | None
+    ) || object["currency"].as_str() != Some(catalog.default_currency().as_str())
+    {
+        return Vec::new();
+    }
+    let items = object
+        .pointer("/items/data")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let metered =
+        |i: &&Value| i.pointer("/price/recurring/usage_type") == Some(&Value::from("metered"));
+    let Some(interval) = items
+        .iter()
+        .find(|i| !metered(i))
+        .and_then(|i| i.pointer("/price/recurring/interval"))
+        .and_then(Value::as_str)
+    else {
+        return Vec::new();
+    };
+    catalog
+        .overages()
+        .iter()
+        .filter(|(_, o)| o.interval.as_str() == interval)
+        .filter(|(_, o)| {
+            !items.iter().filter(metered).any(|i| {
+                let id = i
+                    .pointer("/price/id")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                PriceId::parse(id).is_ok_and(|pid| {
+                    o.price
+                        .matches(&pid, i.pointer("/price/lookup_key").and_then(Value::as_str))
+                })
+            })
+        })
+        .map(|(feature, _)| feature.to_string())
+        .collect()
 }
 
 #[cfg(test)]
@@ -209,5 +256,40 @@ mod tests {
             labels,
             vec!["missing", "status", "plan", "cancel_flag", "period"]
         );
+    }
+
+    #[test]
+    fn a_live_subscription_lacking_the_metered_item_of_its_interval_is_reported() {
+        let catalog = Catalog::from_toml(&billd_core::catalog::SEED_CATALOG_TOML.replacen(
+            "generations = { kind = \"metered\" }",
+            "generations = { kind = \"metered\", overage = { price = \"billd_gen_overage_eur\", per = 1, cap = 5 } }",
+            1,
+        ))
+        .unwrap();
+        let item = |id: &str, interval: &str, usage: &str, key: &str| {
+            serde_json::json!({ "price": { "id": id, "lookup_key": key,
+                "recurring": { "interval": interval, "usage_type": usage } } })
+        };
+        let sub = |status: &str, currency: &str, items: Vec<Value>| serde_json::json!({ "status": status, "currency": currency, "items": { "data": items } });
+        let plan = item("price_std", "month", "licensed", "billd_standard_eur");
+        let metered = item("price_over", "month", "metered", "billd_gen_overage_eur");
+        let yearly = item("price_std_y", "year", "licensed", "billd_standard_eur_y");
+        assert_eq!(
+            missing_overage(&sub("active", "eur", vec![plan.clone()]), &catalog),
+            ["generations"]
+        );
+        assert_eq!(
+            missing_overage(&sub("trialing", "eur", vec![plan.clone()]), &catalog),
+            ["generations"]
+        );
+        for (status, currency, items) in [
+            ("active", "eur", vec![plan.clone(), metered]),
+            ("canceled", "eur", vec![plan.clone()]),
+            ("active", "usd", vec![plan]),
+            ("active", "eur", vec![yearly]),
+        ] {
+            let object = sub(status, currency, items);
+            assert!(missing_overage(&object, &catalog).is_empty(), "{object}");
+        }
     }
 }

@@ -31,10 +31,10 @@ mod plan;
 mod run;
 mod types;
 
-pub use compare::{compare, heal_created};
+pub use compare::{compare, heal_created, missing_overage};
 pub use job::ReconcileJob;
 pub use run::Reconciler;
 pub use types::{
-    Drift, DriftKind, FieldDrift, ReconcileConfig, ReconcileError, ReconcileReport,
+    Drift, DriftKind, FieldDrift, MissingOverage, ReconcileConfig, ReconcileError, ReconcileReport,
     UnlinkedSubscription, EVENTS_WINDOW_SECS,
 };

@@ -13,10 +13,10 @@ use serde_json::Value;
 
 use crate::pipeline::{synthetic_subscription_event, RECONCILE_EVENT_PREFIX};
 
-use super::compare::{compare, heal_created};
+use super::compare::{compare, heal_created, missing_overage};
 use super::pager::Pager;
 use super::run::Reconciler;
-use super::types::{Drift, ReconcileError, ReconcileReport, UnlinkedSubscription};
+use super::types::{Drift, MissingOverage, ReconcileError, ReconcileReport, UnlinkedSubscription};
 
 /// The plan of a run, before anything is written.
 pub(super) struct Plan {
@@ -107,6 +107,14 @@ impl Reconciler {
                 heal.push(event);
                 continue;
             };
+            let features = missing_overage(&object, &self.catalog);
+            if !features.is_empty() {
+                report.missing_overage.push(MissingOverage {
+                    customer: customer.clone(),
+                    subscription: sub_id.clone(),
+                    features,
+                });
+            }
             if !customers.contains_key(&customer) {
                 let record = self.store.get_customer(&customer).await?;
                 customers.insert(customer.clone(), record);

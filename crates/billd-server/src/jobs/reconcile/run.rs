@@ -90,6 +90,12 @@ impl Reconciler {
                 "reconciliation: healing drift"
             );
         }
+        for m in &report.missing_overage {
+            tracing::warn!(
+                customer = %m.customer, subscription = %m.subscription, features = ?m.features,
+                "reconciliation: subscription without its metered overage item; its overage is not invoiced until a plan change adds it"
+            );
+        }
         for u in &report.unlinked {
             tracing::warn!(
                 subscription = %u.subscription, stripe_customer = %u.stripe_customer,

@@ -120,6 +120,19 @@ pub struct UnlinkedSubscription {
     pub event: String,
 }
 
+/// A live subscription at Stripe without the metered item of an overage
+/// the catalog sells at its interval: its overage is metered but not
+/// invoiced until the item is added (the next plan change adds it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MissingOverage {
+    /// The billd customer.
+    pub customer: CustomerId,
+    /// The Stripe subscription.
+    pub subscription: String,
+    /// The features whose metered item it lacks.
+    pub features: Vec<String>,
+}
+
 /// What one run found and did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ReconcileReport {
@@ -131,6 +144,9 @@ pub struct ReconcileReport {
     pub drift: Vec<Drift>,
     /// Subscriptions whose customer billd cannot link.
     pub unlinked: Vec<UnlinkedSubscription>,
+    /// Live subscriptions lacking a metered overage item (reported, not
+    /// changed at Stripe).
+    pub missing_overage: Vec<MissingOverage>,
     /// Events Stripe lists as not (yet) delivered in the window.
     pub undelivered_events: usize,
     /// Those the inbox lacked: ingested (or, in a dry run, to ingest).

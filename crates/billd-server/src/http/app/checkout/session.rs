@@ -210,6 +210,22 @@ async fn new_session<S: BillingBackend + ?Sized>(
             "subscription_data[trial_period_days]",
             api.catalog.plan(&request.plan).and_then(|p| p.trial_days),
         );
+    // A trial without a card: Checkout asks for none while nothing is due,
+    // and Stripe cancels the subscription at the trial's end unless a
+    // payment method was added by then (the customer is back on free).
+    let cardless = api
+        .catalog
+        .plan(&request.plan)
+        .is_some_and(|p| p.trial_without_card());
+    let params = params
+        .set_opt(
+            "payment_method_collection",
+            cardless.then_some("if_required"),
+        )
+        .set_opt(
+            "subscription_data[trial_settings][end_behavior][missing_payment_method]",
+            cardless.then_some("cancel"),
+        );
     // Metered prices take no quantity: the meter's sum is the quantity.
     let params = metered
         .iter()

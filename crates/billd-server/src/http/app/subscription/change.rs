@@ -22,7 +22,7 @@ use super::decide::{
     refuse_same_plan, Target,
 };
 use super::feed::{feed_back, view};
-use super::live::{load, target_price, Context, LiveSubscription};
+use super::live::{load, overage_price_ids, target_price, Context, LiveSubscription, MeteredItems};
 use super::types::{PlanChangeBody, ProrationBehavior, SubscriptionOutcome, SubscriptionView};
 
 #[utoipa::path(
@@ -112,9 +112,12 @@ pub(super) async fn apply_change<S: BillingBackend + ?Sized>(
         }
     }
     refuse_same_plan(&state.catalog, live, wanted)?;
+    let overage =
+        overage_price_ids(stripe, &state.catalog, &live.currency, wanted.interval).await?;
     if deferred {
-        return schedule_downgrade(state, ctx, id, plan, &price, wanted.seats).await;
+        return schedule_downgrade(state, ctx, id, plan, &price, wanted.seats, &overage).await;
     }
+    let metered = MeteredItems::of(live, &state.catalog, &overage, wanted.interval);
     let now = state.clock.now();
     // Under an Idempotency-Key the change is prorated as of the key's first
     // run: a run that takes over from one that died sends Stripe the same
@@ -145,16 +148,39 @@ pub(super) async fn apply_change<S: BillingBackend + ?Sized>(
         .set("proration_behavior", behavior.as_str())
         .set("proration_date", proration_date)
         .set("metadata[billd_plan]", plan.name.as_str());
-    if behavior == ProrationBehavior::AlwaysInvoice {
+    let pending = behavior == ProrationBehavior::AlwaysInvoice;
+    if pending {
         // Stripe keeps the old price until the proration invoice is paid.
         params = params.set("payment_behavior", "pending_if_incomplete");
+        // A pending update takes prices and quantities only, no deletion:
+        // the metered items the new interval cannot carry go first.
+        remove_metered(stripe, ctx, &metered.remove).await?;
     }
-    // The seats are part of the intended change: the same price with other
-    // seats is another change.
+    let mut index = 1;
+    if !pending {
+        for item in &metered.remove {
+            params = params
+                .set(format!("items[{index}][id]"), item)
+                .set(format!("items[{index}][deleted]"), "true");
+            index += 1;
+        }
+    }
+    // Metered prices take no quantity: the meter's sum is the quantity.
+    for overage_price in &metered.add {
+        params = params.set(format!("items[{index}][price]"), overage_price);
+        index += 1;
+    }
+    // The seats and metered items are part of the intended change: the
+    // same price with other seats is another change.
     let key = idempotency_key(
         "plan_change",
         live,
-        &format!("{price}x{}", wanted.seats),
+        &format!(
+            "{price}x{}+{}-{}",
+            wanted.seats,
+            metered.add.join(","),
+            metered.remove.join(",")
+        ),
         &ctx.watermark,
     );
     let updated = stripe
@@ -187,6 +213,40 @@ pub(super) async fn apply_change<S: BillingBackend + ?Sized>(
     Ok(Json(view).into_response())
 }
 
+/// Deletes metered items (their usage is not prorated) ahead of a change
+/// Stripe may hold as a pending update, which cannot delete items.
+async fn remove_metered(
+    stripe: &StripeClient,
+    ctx: &Context,
+    items: &[String],
+) -> Result<(), ApiError> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    let live = &ctx.live;
+    let params = items.iter().enumerate().fold(
+        Params::new().set("proration_behavior", "none"),
+        |params, (i, item)| {
+            params
+                .set(format!("items[{i}][id]"), item)
+                .set(format!("items[{i}][deleted]"), "true")
+        },
+    );
+    stripe
+        .post(
+            &format!("/v1/subscriptions/{}", live.id),
+            &params,
+            Some(&idempotency_key(
+                "metered_remove",
+                live,
+                &items.join(","),
+                &ctx.watermark,
+            )),
+        )
+        .await?;
+    Ok(())
+}
+
 /// Schedules a downgrade for the period end: a subscription schedule made
 /// from the subscription, whose first phase keeps the current price until
 /// the period ends and whose second phase bills `price` for one period
@@ -198,6 +258,7 @@ async fn schedule_downgrade<S: BillingBackend + ?Sized>(
     plan: &Plan,
     price: &str,
     seats: u64,
+    overage: &[String],
 ) -> Result<Response, ApiError> {
     let live = &ctx.live;
     let stripe = state.stripe()?;
@@ -229,13 +290,38 @@ async fn schedule_downgrade<S: BillingBackend + ?Sized>(
         .pointer("/phases/0/start_date")
         .and_then(Value::as_i64)
         .unwrap_or(live.current_period_start);
+    // A phase lists every item of the subscription: the metered ones stay
+    // in the first phase as they are, and the second carries the overage
+    // sold at its interval (metered items take no quantity).
+    let current_metered: Vec<String> = live
+        .object
+        .pointer("/items/data")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|i| i.pointer("/price/recurring/usage_type") == Some(&Value::from("metered")))
+        .filter_map(|i| i.pointer("/price/id").and_then(Value::as_str))
+        .map(str::to_owned)
+        .collect();
     let phases = Params::new()
         .set("phases[0][items][0][price]", live.price_id())
         .set("phases[0][items][0][quantity]", live.quantity)
         .set("phases[0][start_date]", start)
         .set("phases[0][end_date]", live.current_period_end)
         .set("phases[1][items][0][price]", price)
-        .set("phases[1][items][0][quantity]", seats)
+        .set("phases[1][items][0][quantity]", seats);
+    let phases = current_metered
+        .iter()
+        .enumerate()
+        .fold(phases, |phases, (i, p)| {
+            phases.set(format!("phases[0][items][{}][price]", i + 1), p)
+        });
+    let phases = overage
+        .iter()
+        .enumerate()
+        .fold(phases, |phases, (i, p)| {
+            phases.set(format!("phases[1][items][{}][price]", i + 1), p)
+        })
         // One period of the new price (`iterations` is gone since API 2025-09-30).
         .set("phases[1][duration][interval]", interval.as_str())
         .set("phases[1][duration][interval_count]", interval_count)

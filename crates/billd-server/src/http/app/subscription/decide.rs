@@ -13,7 +13,7 @@ use crate::http::app::checkout::{parse_interval, seats_error};
 use crate::http::error::ApiError;
 use crate::pipeline::BillingBackend;
 
-use super::live::LiveSubscription;
+use super::live::{LiveSubscription, MeteredItems};
 use super::types::{DowngradeTiming, InvoiceSummary, PlanChangeBody, PreviewLine};
 
 pub(super) fn conflict(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -138,20 +138,42 @@ pub(super) fn refuse_same_plan(
     Ok(())
 }
 
+/// The invoice preview of a change: the plan's item and the metered items
+/// as the change would leave them (Stripe refuses a preview whose items
+/// bill at different intervals, as it refuses the change).
 pub(super) fn preview_params(
     live: &LiveSubscription,
     price: &str,
     seats: u64,
+    metered: &MeteredItems,
     behavior: &str,
     proration_date: i64,
 ) -> Params {
-    Params::new()
+    let mut params = Params::new()
         .set("subscription", &live.id)
         .set("subscription_details[items][0][id]", &live.item_id)
         .set("subscription_details[items][0][price]", price)
         .set("subscription_details[items][0][quantity]", seats)
         .set("subscription_details[proration_behavior]", behavior)
-        .set("subscription_details[proration_date]", proration_date)
+        .set("subscription_details[proration_date]", proration_date);
+    let mut index = 1;
+    for item in &metered.remove {
+        params = params
+            .set(format!("subscription_details[items][{index}][id]"), item)
+            .set(
+                format!("subscription_details[items][{index}][deleted]"),
+                "true",
+            );
+        index += 1;
+    }
+    for overage in &metered.add {
+        params = params.set(
+            format!("subscription_details[items][{index}][price]"),
+            overage,
+        );
+        index += 1;
+    }
+    params
 }
 
 pub(super) fn lines_of(invoice: &Value) -> Vec<PreviewLine> {

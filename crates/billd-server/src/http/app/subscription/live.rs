@@ -2,7 +2,7 @@
 //! with the customer and billd's own view of it ([`Context`]) before any
 //! preview or change; and the catalog price a change moves to.
 
-use billd_core::{CustomerId, Interval, Plan};
+use billd_core::{Catalog, CustomerId, Interval, Plan, PriceId};
 use billd_store::CustomerRecord;
 use billd_stripe::client::{Params, StripeClient};
 use serde_json::Value;
@@ -177,6 +177,112 @@ pub(crate) async fn target_price(
             plan.name
         ))
     })
+}
+
+/// The metered (overage) prices a subscription at `currency` and
+/// `interval` carries: one per feature sold with overage at that interval,
+/// in the catalog's currency; by id, or found by lookup key.
+pub(crate) async fn overage_price_ids(
+    stripe: &StripeClient,
+    catalog: &Catalog,
+    currency: &str,
+    interval: Interval,
+) -> Result<Vec<String>, ApiError> {
+    let mut ids = Vec::new();
+    if currency != catalog.default_currency().as_str() {
+        return Ok(ids);
+    }
+    for (feature, overage) in catalog.overages() {
+        if overage.interval != interval {
+            continue;
+        }
+        if let Some(id) = &overage.price.id {
+            ids.push(id.to_string());
+            continue;
+        }
+        let key = overage.price.lookup_key.clone().unwrap_or_default();
+        let list = stripe
+            .get(
+                "/v1/prices",
+                &Params::new()
+                    .set("lookup_keys[]", &key)
+                    .set("active", "true"),
+            )
+            .await?;
+        let id = list
+            .pointer("/data/0/id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                ApiError::StripeRejected(format!(
+                    "no active Stripe price has the lookup key {key} of the overage of {feature}"
+                ))
+            })?;
+        ids.push(id.to_owned());
+    }
+    Ok(ids)
+}
+
+/// How a change brings a subscription's metered items in line with the
+/// overage sold at its new interval.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct MeteredItems {
+    /// Item ids to delete: an overage price of the catalog not sold at the
+    /// new interval, or any metered item at another interval (Stripe bills
+    /// every item of a subscription at one interval).
+    pub(super) remove: Vec<String>,
+    /// Overage prices the subscription lacks (it predates the overage, or
+    /// was made outside billd).
+    pub(super) add: Vec<String>,
+    /// Overage prices it keeps, in its item order.
+    pub(super) keep: Vec<String>,
+}
+
+impl MeteredItems {
+    /// The difference between `live`'s metered items and `wanted` (from
+    /// [`overage_price_ids`]) for a subscription moving to `interval`.
+    pub(super) fn of(
+        live: &LiveSubscription,
+        catalog: &Catalog,
+        wanted: &[String],
+        interval: Interval,
+    ) -> Self {
+        let mut plan = MeteredItems::default();
+        let items = live
+            .object
+            .pointer("/items/data")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for item in items
+            .iter()
+            .filter(|i| i.pointer("/price/recurring/usage_type") == Some(&Value::from("metered")))
+        {
+            let price = &item["price"];
+            let id = price["id"].as_str().unwrap_or_default();
+            if wanted.iter().any(|w| w == id) {
+                plan.keep.push(id.to_owned());
+                continue;
+            }
+            let ours = PriceId::parse(id).is_ok_and(|pid| {
+                catalog
+                    .overages()
+                    .values()
+                    .any(|o| o.price.matches(&pid, price["lookup_key"].as_str()))
+            });
+            let other_interval = price.pointer("/recurring/interval").and_then(Value::as_str)
+                != Some(interval.as_str());
+            if ours || other_interval {
+                plan.remove
+                    .push(item["id"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+        plan.add = wanted
+            .iter()
+            .filter(|w| !plan.keep.contains(w))
+            .cloned()
+            .collect();
+        plan
+    }
 }
 
 /// A live subscription on `price` (for the tests of this module's files).

@@ -63,6 +63,9 @@ pub struct PlanView {
     pub seats: Option<SeatRange>,
     /// Days of trial a checkout starts with.
     pub trial_days: Option<u32>,
+    /// With a trial: whether its checkout asks for a card (`false`: no card
+    /// until the trial ends, when the subscription is canceled without one).
+    pub trial_card: Option<bool>,
     /// Every declared feature.
     pub features: BTreeMap<String, PlanFeatureView>,
     /// Prices by currency, then interval (`month`, `year`); empty for free.
@@ -216,6 +219,7 @@ fn plan_view(catalog: &Catalog, plan: &Plan) -> PlanView {
         name: plan.name.to_string(),
         seats: plan.seats,
         trial_days: plan.trial_days,
+        trial_card: plan.trial_days.map(|_| plan.trial_card),
         features,
         prices,
     }

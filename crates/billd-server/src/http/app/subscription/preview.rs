@@ -15,7 +15,7 @@ use crate::pipeline::BillingBackend;
 use super::decide::{
     amount_due, at_period_end, lines_of, parse_body, preview_params, refuse_same_plan, Target,
 };
-use super::live::{load, target_price, Context};
+use super::live::{load, overage_price_ids, target_price, Context, MeteredItems};
 use super::types::{PlanChangeBody, PreviewView, ProrationBehavior, QuotaOverflow};
 
 /// Features whose current usage exceeds `plan`'s limits with `seats` seats.
@@ -78,8 +78,11 @@ pub(super) async fn preview_target<S: BillingBackend + ?Sized>(
     let proration_date = state.clock.now();
     let behavior = state.config.proration_behavior;
     let seats = wanted.seats;
+    let overage =
+        overage_price_ids(stripe, &state.catalog, &live.currency, wanted.interval).await?;
+    let metered = MeteredItems::of(live, &state.catalog, &overage, wanted.interval);
     let preview = |behavior: &'static str| {
-        let params = preview_params(live, &price, seats, behavior, proration_date);
+        let params = preview_params(live, &price, seats, &metered, behavior, proration_date);
         async move {
             stripe
                 .post("/v1/invoices/create_preview", &params, None)
