@@ -730,8 +730,7 @@ pub(crate) async fn finish_many(
     let rows: Vec<serde_json::Value> = results
         .iter()
         .map(|done| {
-            let (status, error, next_attempt_at, processed_at) =
-                finish_columns(&done.result, now);
+            let (status, error, next_attempt_at, processed_at) = finish_columns(&done.result, now);
             serde_json::json!([
                 done.id,
                 status.as_str(),
@@ -745,7 +744,8 @@ pub(crate) async fn finish_many(
     let rows = serde_json::to_string(&rows)
         .map_err(|e| StoreError::Other(format!("encoding outcomes: {e}")))?;
     // Columns renamed in a subquery: json_each's own `id` would shadow
-    // the event's.
+    // the event's. The `+` keeps SQLite from walking the status index (every
+    // claimed row, once per outcome) instead of looking each id up.
     let finished: Vec<String> = sqlx::query_scalar(
         "UPDATE stripe_events \
          SET status = r.status, last_error = COALESCE(r.error, last_error), \
@@ -753,7 +753,7 @@ pub(crate) async fn finish_many(
          FROM (SELECT value ->> 0 AS eid, value ->> 1 AS status, value ->> 2 AS error, \
                       value ->> 3 AS next_at, value ->> 4 AS done_at, value ->> 5 AS held \
                FROM json_each(?1)) AS r \
-         WHERE stripe_events.id = r.eid AND stripe_events.status = 'processing' \
+         WHERE stripe_events.id = r.eid AND +stripe_events.status = 'processing' \
            AND stripe_events.claim = r.held \
          RETURNING id",
     )

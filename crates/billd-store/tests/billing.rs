@@ -1288,7 +1288,12 @@ async fn many_customers_read_in_one_call_read_as_one_at_a_time(h: &Harness) {
     }
     assert_eq!(records.len(), 3);
     assert!(h.billing.get_customers(&[]).await.unwrap().is_empty());
-    assert!(h.billing.find_customers_by_stripe(&[]).await.unwrap().is_empty());
+    assert!(h
+        .billing
+        .find_customers_by_stripe(&[])
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn an_object_keeps_the_customer_it_was_first_linked_to(h: &Harness) {
