@@ -7,6 +7,8 @@
 //! is durable or none of it is, so a crash never applies an event twice or
 //! loses its effects.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use serde::Serialize;
 
@@ -413,6 +415,39 @@ pub trait BillingStore: Send + Sync + 'static {
     /// The customer a Stripe object (`sub_`, `in_`, `ch_`, `pi_`, `cs_`, …)
     /// was linked to.
     async fn find_customer_by_object(&self, object_id: &str) -> StoreResult<Option<CustomerId>>;
+
+    /// The records of `customer_ids` that exist, keyed by id: what a round
+    /// of the inbox worker loads, in one read where the store can (a read
+    /// per customer costs a round trip each on PostgreSQL, a call into a
+    /// reader's thread each on SQLite).
+    async fn get_customers(
+        &self,
+        customer_ids: &[&CustomerId],
+    ) -> StoreResult<HashMap<CustomerId, CustomerRecord>> {
+        let mut found = HashMap::new();
+        for &id in customer_ids {
+            if let Some(record) = self.get_customer(id).await? {
+                found.insert(id.clone(), record);
+            }
+        }
+        Ok(found)
+    }
+
+    /// [`BillingStore::find_customer_by_stripe`] for many Stripe customers,
+    /// in one read where the store can: the customer of each that has one,
+    /// keyed by the Stripe customer id.
+    async fn find_customers_by_stripe(
+        &self,
+        stripe_customer_ids: &[&StripeCustomerId],
+    ) -> StoreResult<HashMap<String, CustomerId>> {
+        let mut found = HashMap::new();
+        for &id in stripe_customer_ids {
+            if let Some(customer) = self.find_customer_by_stripe(id).await? {
+                found.insert(id.to_string(), customer);
+            }
+        }
+        Ok(found)
+    }
 
     /// Links a Stripe customer to a customer, creating the customer row
     /// (empty profile) if missing. Linking the same pair again is a no-op;

@@ -151,6 +151,61 @@ macro_rules! billing_store {
                 found.as_deref().map(parse_customer).transpose()
             }
 
+            async fn get_customers(
+                &self,
+                customer_ids: &[&CustomerId],
+            ) -> StoreResult<std::collections::HashMap<CustomerId, CustomerRecord>> {
+                if customer_ids.is_empty() {
+                    return Ok(std::collections::HashMap::new());
+                }
+                let ids: Vec<&str> = customer_ids.iter().map(|id| id.as_str()).collect();
+                let rows: Vec<CustomerRow> = sqlx::query_as(&format!(
+                    "SELECT {CUSTOMER_COLUMNS} FROM customers \
+                     WHERE customer_id IN ({JSON_ARRAY_ROWS})"
+                ))
+                .bind(ids_json(&ids)?)
+                .fetch_all(self.reader())
+                .await?;
+                rows.into_iter()
+                    .map(|row| {
+                        let record = CustomerRecord::try_from(row)?;
+                        Ok((record.customer_id.clone(), record))
+                    })
+                    .collect()
+            }
+
+            async fn find_customers_by_stripe(
+                &self,
+                stripe_customer_ids: &[&StripeCustomerId],
+            ) -> StoreResult<std::collections::HashMap<String, CustomerId>> {
+                if stripe_customer_ids.is_empty() {
+                    return Ok(std::collections::HashMap::new());
+                }
+                let ids: Vec<&str> = stripe_customer_ids.iter().map(|id| id.as_str()).collect();
+                // Both of `find_customer_by_stripe`'s reads in one
+                // statement: the current link (rank 0) wins over an
+                // earlier one kept as an object link (rank 1).
+                let rows: Vec<(i32, String, String)> = sqlx::query_as(&format!(
+                    "SELECT 0, stripe_customer_id, customer_id FROM customers \
+                     WHERE stripe_customer_id IN ({JSON_ARRAY_ROWS}) \
+                     UNION ALL \
+                     SELECT 1, object_id, customer_id FROM object_links \
+                     WHERE object_id IN ({JSON_ARRAY_ROWS})"
+                ))
+                .bind(ids_json(&ids)?)
+                .fetch_all(self.reader())
+                .await?;
+                let mut found = std::collections::HashMap::new();
+                for rank in [0, 1] {
+                    for (_, stripe, customer) in rows.iter().filter(|row| row.0 == rank) {
+                        if !found.contains_key(stripe) {
+                            found.insert(stripe.clone(), parse_customer(customer)?);
+                        }
+                    }
+                }
+                Ok(found)
+            }
+
             async fn link_stripe_customer(
                 &self,
                 customer_id: &CustomerId,
@@ -564,6 +619,11 @@ macro_rules! billing_store {
                 .await?;
                 Ok(usage_from_rows(keys, rows))
             }
+        }
+
+        /// `ids` as the JSON array [`JSON_ARRAY_ROWS`] reads.
+        fn ids_json(ids: &[&str]) -> StoreResult<String> {
+            serde_json::to_string(ids).map_err(|e| StoreError::Other(format!("encoding ids: {e}")))
         }
 
         fn parse_customer(raw: &str) -> StoreResult<CustomerId> {

@@ -719,6 +719,50 @@ async fn finish(
     Ok(done.rows_affected() > 0)
 }
 
+/// Writes the outcomes of `results` in one statement (their rows read from
+/// one JSON array), each only while its event is under the lease of its
+/// claim; the ids written. Ids must be distinct.
+pub(crate) async fn finish_many(
+    conn: &mut sqlx::SqliteConnection,
+    results: &[EventFinish],
+    now: i64,
+) -> StoreResult<HashSet<String>> {
+    let rows: Vec<serde_json::Value> = results
+        .iter()
+        .map(|done| {
+            let (status, error, next_attempt_at, processed_at) = finish_columns(&done.result, now);
+            serde_json::json!([
+                done.id,
+                status.as_str(),
+                error,
+                next_attempt_at,
+                processed_at,
+                done.claim
+            ])
+        })
+        .collect();
+    let rows = serde_json::to_string(&rows)
+        .map_err(|e| StoreError::Other(format!("encoding outcomes: {e}")))?;
+    // Columns renamed in a subquery: json_each's own `id` would shadow
+    // the event's. The `+` keeps SQLite from walking the status index (every
+    // claimed row, once per outcome) instead of looking each id up.
+    let finished: Vec<String> = sqlx::query_scalar(
+        "UPDATE stripe_events \
+         SET status = r.status, last_error = COALESCE(r.error, last_error), \
+             next_attempt_at = r.next_at, processed_at = r.done_at \
+         FROM (SELECT value ->> 0 AS eid, value ->> 1 AS status, value ->> 2 AS error, \
+                      value ->> 3 AS next_at, value ->> 4 AS done_at, value ->> 5 AS held \
+               FROM json_each(?1)) AS r \
+         WHERE stripe_events.id = r.eid AND +stripe_events.status = 'processing' \
+           AND stripe_events.claim = r.held \
+         RETURNING id",
+    )
+    .bind(rows)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(finished.into_iter().collect())
+}
+
 /// The error for finishing an event that is not under the lease of
 /// `claim`, given the row's current `(status, claim)`.
 pub(crate) fn not_processing(current: Option<(String, i64)>, claim: i64) -> StoreError {

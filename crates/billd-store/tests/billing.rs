@@ -144,6 +144,7 @@ contract!(
     a_renewed_outbox_lease_keeps_the_row_from_being_reclaimed,
     a_stripe_customer_links_to_one_customer_only,
     a_deleted_stripe_customer_is_unlinked_but_still_finds_its_customer,
+    many_customers_read_in_one_call_read_as_one_at_a_time,
     an_object_keeps_the_customer_it_was_first_linked_to,
     requeue_unlinked_puts_back_the_matching_and_the_customerless_parked_events,
     the_audit_log_lists_a_customers_rows_newest_first,
@@ -1230,6 +1231,70 @@ async fn a_deleted_stripe_customer_is_unlinked_but_still_finds_its_customer(h: &
             .unwrap(),
         Some(customer("user_10"))
     );
+}
+
+async fn many_customers_read_in_one_call_read_as_one_at_a_time(h: &Harness) {
+    // cus_30 is user_30's current Stripe customer; cus_31 was user_31's
+    // and is deleted (only its object link is left); cus_32 is a Stripe
+    // customer linked as an object of user_32 while user_32's current one
+    // is cus_33; cus_nobody is unknown.
+    h.billing
+        .link_stripe_customer(&customer("user_30"), &stripe("cus_30"), NOW)
+        .await
+        .unwrap();
+    h.billing
+        .link_stripe_customer(&customer("user_31"), &stripe("cus_31"), NOW)
+        .await
+        .unwrap();
+    h.billing
+        .commit_customer(&commit("user_31", 0, state_with("cus_31", true)), NOW + 1)
+        .await
+        .unwrap();
+    h.billing
+        .link_stripe_customer(&customer("user_32"), &stripe("cus_33"), NOW)
+        .await
+        .unwrap();
+    h.billing
+        .link_object("cus_32", &customer("user_32"), NOW)
+        .await
+        .unwrap();
+    let stripes: Vec<StripeCustomerId> = ["cus_30", "cus_31", "cus_32", "cus_33", "cus_nobody"]
+        .into_iter()
+        .map(stripe)
+        .collect();
+    let customers: Vec<CustomerId> = ["user_30", "user_31", "user_32", "nobody"]
+        .into_iter()
+        .map(customer)
+        .collect();
+
+    let owners = h
+        .billing
+        .find_customers_by_stripe(&stripes.iter().collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let records = h
+        .billing
+        .get_customers(&customers.iter().collect::<Vec<_>>())
+        .await
+        .unwrap();
+
+    for id in &stripes {
+        let alone = h.billing.find_customer_by_stripe(id).await.unwrap();
+        assert_eq!(owners.get(id.as_str()).cloned(), alone, "{id}");
+    }
+    assert_eq!(owners.len(), 4, "{owners:?}");
+    for id in &customers {
+        let alone = h.billing.get_customer(id).await.unwrap();
+        assert_eq!(records.get(id).cloned(), alone, "{id}");
+    }
+    assert_eq!(records.len(), 3);
+    assert!(h.billing.get_customers(&[]).await.unwrap().is_empty());
+    assert!(h
+        .billing
+        .find_customers_by_stripe(&[])
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn an_object_keeps_the_customer_it_was_first_linked_to(h: &Harness) {

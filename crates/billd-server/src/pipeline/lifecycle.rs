@@ -22,13 +22,13 @@ use billd_core::{
     apply, erase_personal_data, Catalog, CustomerId, Event, EventId, EventKind, StripeCustomerId,
 };
 use billd_store::{
-    BillingStore, CustomerCommit, CustomerRecord, EventFinish, EventResult, Store, StoreError,
-    StoreResult, StoredEvent, LEASE_CONFLICT, VERSION_CONFLICT,
+    BillingStore, CustomerCommit, EventFinish, EventResult, Store, StoreError, StoredEvent,
+    LEASE_CONFLICT, VERSION_CONFLICT,
 };
 use billd_stripe::client::{Params, StripeClient};
 use billd_stripe::events::{parse_event, refetched_subscription_event, ParsedEvent};
 use futures::future::BoxFuture;
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::StreamExt as _;
 use serde_json::Value;
 
 use crate::pipeline::clock::Clock;
@@ -164,9 +164,24 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
     /// write transaction per customer before its one commit, and an event
     /// whose commit fails leaves no link behind.
     async fn link(&self, event: &Event) -> anyhow::Result<Option<Link>> {
+        self.link_read(event, None).await
+    }
+
+    /// [`Self::link`], given the owner of the event's Stripe customer when
+    /// the round read it already (`Some(None)`: it has none), so that read
+    /// is not made again.
+    async fn link_read(
+        &self,
+        event: &Event,
+        owner: Option<Option<CustomerId>>,
+    ) -> anyhow::Result<Option<Link>> {
         let hints = event.link_hints();
         if let Some(stripe_customer) = &hints.stripe_customer {
-            if let Some(customer) = self.store.find_customer_by_stripe(stripe_customer).await? {
+            let owner = match owner {
+                Some(owner) => owner,
+                None => self.store.find_customer_by_stripe(stripe_customer).await?,
+            };
+            if let Some(customer) = owner {
                 return Ok(Some(Link {
                     customer,
                     new_links: Vec::new(),
@@ -440,11 +455,12 @@ impl<S: BillingBackend + ?Sized> EventHandler for LifecycleHandler<S> {
                 None => loose.push(index),
             }
         }
+        let owners = self.stripe_owners(events, &groups).await;
         // Boxed before they are streamed: a lazy `map` would keep its
         // closure in this future, which must be Send for every lifetime.
         let mut linking: Vec<BoxFuture<'_, Vec<(usize, Linking)>>> = Vec::new();
         for group in &groups {
-            linking.push(Box::pin(self.link_group(events, group)));
+            linking.push(Box::pin(self.link_group(events, group, &owners)));
         }
         let linked_groups: Vec<Vec<(usize, Linking)>> = futures::stream::iter(linking)
             .buffered(self.concurrency.max(1))
@@ -552,11 +568,53 @@ struct Linked {
     link: Link,
 }
 
+/// The owners of a round's Stripe customers, read in one statement: the
+/// customer each is linked to, or none; a Stripe customer missing from the
+/// map was not read (its events read it themselves).
+type StripeOwners = HashMap<String, Option<CustomerId>>;
+
 impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
+    /// Reads the owners of the Stripe customers of a round's `groups` in
+    /// one statement, rather than one read per customer while linking
+    /// (each a round trip on PostgreSQL, a call into a reader's thread on
+    /// SQLite). When the read fails the map is empty and each group reads
+    /// its own, so the failure is the events' own, as before.
+    async fn stripe_owners(&self, events: &[&StoredEvent], groups: &[Vec<usize>]) -> StripeOwners {
+        let ids: Vec<StripeCustomerId> = groups
+            .iter()
+            .filter_map(|group| group.first())
+            .filter_map(|&index| events[index].stripe_customer.as_deref())
+            .filter_map(|raw| StripeCustomerId::parse(raw).ok())
+            .collect();
+        if ids.len() < 2 {
+            return StripeOwners::new();
+        }
+        let refs: Vec<&StripeCustomerId> = ids.iter().collect();
+        match self.store.find_customers_by_stripe(&refs).await {
+            Ok(mut found) => ids
+                .iter()
+                .map(|id| {
+                    let id = id.to_string();
+                    let owner = found.remove(&id);
+                    (id, owner)
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the round's Stripe customers failed; linking each alone");
+                StripeOwners::new()
+            }
+        }
+    }
+
     /// Parses and links one Stripe customer's events of a round, in order;
     /// once one of them found (or made) the Stripe customer's link, the
     /// rest link through it without a read.
-    async fn link_group(&self, events: &[&StoredEvent], group: &[usize]) -> Vec<(usize, Linking)> {
+    async fn link_group(
+        &self,
+        events: &[&StoredEvent],
+        group: &[usize],
+        owners: &StripeOwners,
+    ) -> Vec<(usize, Linking)> {
         let mut known: HashMap<String, CustomerId> = HashMap::new();
         let mut steps = Vec::with_capacity(group.len());
         for &index in group {
@@ -581,7 +639,10 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
                 steps.push((index, Linking::Linked(event, link)));
                 continue;
             }
-            let step = match self.link(&event).await {
+            let owner = stripe_customer
+                .as_ref()
+                .and_then(|id| owners.get(id).cloned());
+            let step = match self.link_read(&event, owner).await {
                 Err(e) => Linking::Failed(HandlerError::from(e)),
                 Ok(None) => Linking::Unlinked(event),
                 Ok(Some(link)) => {
@@ -759,16 +820,11 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
             let mut commits = Vec::with_capacity(customers.len());
             let mut finishes = Vec::with_capacity(linked.len());
             let mut observed = Vec::new();
-            // Loaded concurrently: on PostgreSQL each is a round trip.
-            let mut loading: Vec<BoxFuture<'_, StoreResult<Option<CustomerRecord>>>> = Vec::new();
+            // One read for the round: on PostgreSQL each read is a round
+            // trip, on SQLite a call into a reader's thread.
+            let mut records = self.store.get_customers(&customers).await?;
             for &customer in &customers {
-                loading.push(self.store.get_customer(customer));
-            }
-            let records: Vec<Option<CustomerRecord>> = futures::stream::iter(loading)
-                .buffered(self.concurrency.max(1))
-                .try_collect()
-                .await?;
-            for (&customer, record) in customers.iter().zip(records) {
+                let record = records.remove(customer);
                 let deleted = record.as_ref().is_some_and(|r| r.deleted_at.is_some());
                 let (before, version) = record.map(|r| (r.state, r.version)).unwrap_or_default();
                 let mut state = before.clone();
