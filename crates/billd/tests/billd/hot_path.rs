@@ -667,7 +667,7 @@ async fn postgres_batched_reads_at_one_process_show_every_consume_answered_at_th
     // Each customer's counter goes up and down (a consume, then a release
     // of it), every change answered at the first process and then read at
     // the second.
-    let mut used = vec![0_u64; READ_CUSTOMERS];
+    let mut used = [0_u64; READ_CUSTOMERS];
     for round in 0..ROUNDS {
         for (c, customer) in customers.iter().enumerate() {
             for release in [false, true] {
