@@ -69,6 +69,22 @@ pub trait UsageStore: Send + Sync + 'static {
         known_version: Option<i64>,
     ) -> StoreResult<Option<UsageSnapshot>>;
 
+    /// [`UsageStore::usage_snapshot`] of several customers, answered in
+    /// order, as of one moment after the call: every write committed before
+    /// it is in every answer. On PostgreSQL one statement for all of them
+    /// (so that the reads that arrive together cost one round trip); where
+    /// reads are local (SQLite) one read each.
+    async fn usage_snapshots(
+        &self,
+        reads: &[(CustomerId, Option<i64>)],
+    ) -> StoreResult<Vec<Option<UsageSnapshot>>> {
+        let mut snapshots = Vec::with_capacity(reads.len());
+        for (customer, known_version) in reads {
+            snapshots.push(self.usage_snapshot(customer, *known_version).await?);
+        }
+        Ok(snapshots)
+    }
+
     /// A mark to take just before a [`UsageStore::usage_snapshot`]: `Some`
     /// only where this store sees every write to the database (SQLite under
     /// `billd serve`'s serving lock, whose writes all go through its one
@@ -96,36 +112,54 @@ pub struct WriteMark {
     pub(crate) commits: u64,
 }
 
-/// [`SNAPSHOT`] with `$key` as the column naming the customer's row to
-/// the store's change tracking (`change_key`).
-macro_rules! snapshot_sql {
-    ($key:literal) => {
+/// The columns of a snapshot row: `$known` is the version whose state the
+/// caller has (or NULL), `$key` the column naming the customer's row to the
+/// store's change tracking (`change_key`).
+macro_rules! snapshot_columns {
+    ($known:literal, $key:literal) => {
         concat!(
-            "SELECT c.version, c.deleted_at IS NOT NULL AS deleted, \
-                    COALESCE(c.version = $2, FALSE) AS known, \
-                    CASE WHEN c.version = $2 THEN NULL ELSE CAST(c.state AS TEXT) END AS state, ",
+            "c.version, c.deleted_at IS NOT NULL AS deleted, \
+             COALESCE(c.version = ",
+            $known,
+            ", FALSE) AS known, \
+             CASE WHEN c.version = ",
+            $known,
+            " THEN NULL ELSE CAST(c.state AS TEXT) END AS state, ",
             $key,
-            " AS change_key, u.feature, u.period_start, u.used \
-             FROM customers AS c \
-             LEFT JOIN usage_counters AS u ON u.customer_id = c.customer_id \
-             WHERE c.customer_id = $1"
+            " AS change_key, u.feature, u.period_start, u.used"
         )
     };
 }
 
 /// `$1` customer, `$2` the version whose state the caller has (or NULL):
 /// the customer's version, whether it is deleted, its state unless at
-/// `$2`, and one row per counter (NULLs when it has none). PostgreSQL
-/// tracks no changes (`change_key` NULL).
-pub(crate) const SNAPSHOT: &str = snapshot_sql!("CAST(NULL AS BIGINT)");
-
-/// [`SNAPSHOT`] on SQLite, whose writer reports the changed customers by
-/// their row's rowid (`sqlite::write_clock`). A customer's rowid never
-/// changes: billd never replaces a customers row (an insert of one
+/// `$2`, and one row per counter (NULLs when it has none). On SQLite, whose
+/// writer reports the changed customers by their row's rowid
+/// (`sqlite::write_clock`), `change_key` is that rowid. A customer's rowid
+/// never changes: billd never replaces a customers row (an insert of one
 /// invalidates every memory answer anyway) and never runs `VACUUM`.
-pub(crate) const SNAPSHOT_SQLITE: &str = snapshot_sql!("c.rowid");
+pub(crate) const SNAPSHOT_SQLITE: &str = concat!(
+    "SELECT ",
+    snapshot_columns!("$2", "c.rowid"),
+    " FROM customers AS c \
+     LEFT JOIN usage_counters AS u ON u.customer_id = c.customer_id \
+     WHERE c.customer_id = $1"
+);
 
-/// A row of [`SNAPSHOT`].
+/// The snapshots of many customers in one statement (PostgreSQL): `$1` the
+/// customers, `$2` the version whose state the caller has for each (NULL
+/// where none), `i` the 1-based position of the customer the row is for;
+/// otherwise the rows of [`SNAPSHOT_SQLITE`], with no change tracking
+/// (`change_key` NULL). A customer that does not exist has no row.
+pub(crate) const SNAPSHOTS: &str = concat!(
+    "SELECT r.i, ",
+    snapshot_columns!("r.known", "CAST(NULL AS BIGINT)"),
+    " FROM UNNEST($1::TEXT[], $2::BIGINT[]) WITH ORDINALITY AS r(customer_id, known, i) \
+     JOIN customers AS c ON c.customer_id = r.customer_id \
+     LEFT JOIN usage_counters AS u ON u.customer_id = c.customer_id"
+);
+
+/// A row of [`SNAPSHOT_SQLITE`] (and of [`SNAPSHOTS`] after its position).
 pub(crate) type SnapshotRow = (
     i64,
     bool,
@@ -162,10 +196,10 @@ impl UsageSnapshot {
     }
 }
 
-/// The snapshot of [`SNAPSHOT`]'s rows; `None` when there are none (no
+/// The snapshot of [`SNAPSHOT_SQLITE`]'s rows (one customer's); `None` when there are none (no
 /// such customer).
 pub(crate) fn snapshot_of(
-    customer: &CustomerId,
+    customer: &str,
     rows: Vec<SnapshotRow>,
 ) -> StoreResult<Option<UsageSnapshot>> {
     let Some((version, deleted, known, state, change_key, ..)) = rows.first().cloned() else {
@@ -174,10 +208,9 @@ pub(crate) fn snapshot_of(
     let state = match (known, state) {
         (true, _) => None,
         (false, None) => Some(CustomerState::default()),
-        (false, Some(json)) => Some(
-            serde_json::from_str(&json)
-                .map_err(|e| corrupt("customers.state", customer.as_str(), e))?,
-        ),
+        (false, Some(json)) => {
+            Some(serde_json::from_str(&json).map_err(|e| corrupt("customers.state", customer, e))?)
+        }
     };
     let counters = rows
         .into_iter()

@@ -111,6 +111,10 @@ pub struct ApiState<S: BillingBackend + ?Sized> {
     pub(crate) config: Arc<ApiConfig>,
     /// Customer states parsed recently, shared with the usage routes.
     pub(crate) states: Arc<crate::http::app::usage_cache::StateCache>,
+    /// On PostgreSQL, entitlement reads that arrive together share one
+    /// statement (see [`crate::http::app::usage_reads`]); SQLite answers
+    /// from memory or reads locally.
+    pub(crate) reads: Option<crate::http::app::usage_reads::ReadBatcher>,
 }
 
 impl<S: BillingBackend + ?Sized> Clone for ApiState<S> {
@@ -122,6 +126,7 @@ impl<S: BillingBackend + ?Sized> Clone for ApiState<S> {
             stripe: self.stripe.clone(),
             config: self.config.clone(),
             states: self.states.clone(),
+            reads: self.reads.clone(),
         }
     }
 }
@@ -177,6 +182,13 @@ pub fn routes<S: BillingBackend + ?Sized>(
     );
     let keys = Arc::new(keys);
     let idem = Idempotency::new(store.clone(), clock.clone());
+    let reads = (store.backend() == billd_store::Backend::Postgres).then(|| {
+        crate::http::app::usage_reads::ReadBatcher::start(
+            store.clone(),
+            crate::http::app::usage_reads::MAX_BATCH,
+            crate::http::app::usage_reads::IN_FLIGHT,
+        )
+    });
     let state = ApiState {
         store,
         catalog,
@@ -184,6 +196,7 @@ pub fn routes<S: BillingBackend + ?Sized>(
         stripe: stripe.map(Arc::new),
         config: Arc::new(config),
         states,
+        reads,
     };
     let checkout = crate::http::app::checkout::routes(state.clone(), keys.clone(), &idem);
     let app = crate::http::app::customers::router::<S>()

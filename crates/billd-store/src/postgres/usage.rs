@@ -13,6 +13,8 @@
 //! the retry finds the first answer. A refusal reads once more, so a
 //! request that waited for a same-key request finds that answer too.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use billd_core::CustomerId;
 use sqlx::postgres::PgPool;
@@ -22,7 +24,7 @@ use super::PgStore;
 use crate::billing::{check_amount, from_db, period_column, replay, Direction, StoredRequest};
 use crate::dialect::Dialect;
 use crate::usage::{
-    snapshot_of, GuardedConsume, GuardedOutcome, SnapshotRow, UsageSnapshot, UsageStore, SNAPSHOT,
+    snapshot_of, GuardedConsume, GuardedOutcome, SnapshotRow, UsageSnapshot, UsageStore, SNAPSHOTS,
 };
 use crate::{StoreError, StoreResult, UsageOutcome, UsageRequest};
 
@@ -72,6 +74,19 @@ SELECT (SELECT used FROM usage_counters \
        p.direction, p.feature, p.amount, p.used, p.quota \
 FROM (SELECT 1) AS one \
 LEFT JOIN usage_requests AS p ON p.customer_id = $1 AND p.idempotency_key = $2";
+
+/// A row of [`SNAPSHOTS`]: the read's 1-based position, then a [`SnapshotRow`].
+type PositionedRow = (
+    i64,
+    i64,
+    bool,
+    bool,
+    Option<String>,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+);
 
 /// The earlier request under the key, when there is one (all NULL if not).
 #[derive(sqlx::FromRow)]
@@ -250,11 +265,65 @@ impl UsageStore for PgStore {
         customer: &CustomerId,
         known_version: Option<i64>,
     ) -> StoreResult<Option<UsageSnapshot>> {
-        let rows: Vec<SnapshotRow> = sqlx::query_as(SNAPSHOT)
-            .bind(customer.as_str())
-            .bind(known_version)
+        let mut one = self
+            .usage_snapshots(&[(customer.clone(), known_version)])
+            .await?;
+        Ok(one.pop().flatten())
+    }
+
+    async fn usage_snapshots(
+        &self,
+        reads: &[(CustomerId, Option<i64>)],
+    ) -> StoreResult<Vec<Option<UsageSnapshot>>> {
+        // Reads of the same customer with the same known version (a hot
+        // customer) are asked once.
+        let mut asked: HashMap<(&str, Option<i64>), usize> = HashMap::new();
+        let mut customers = Vec::new();
+        let mut knowns = Vec::new();
+        let position: Vec<usize> = reads
+            .iter()
+            .map(|(customer, known)| {
+                *asked.entry((customer.as_str(), *known)).or_insert_with(|| {
+                    customers.push(customer.as_str());
+                    knowns.push(*known);
+                    customers.len() - 1
+                })
+            })
+            .collect();
+        let rows: Vec<PositionedRow> = sqlx::query_as(SNAPSHOTS)
+            .bind(&customers)
+            .bind(&knowns)
             .fetch_all(self.reader())
             .await?;
-        snapshot_of(customer, rows)
+        let mut per_customer: Vec<Vec<SnapshotRow>> = vec![Vec::new(); customers.len()];
+        for (i, version, deleted, known, state, key, feature, period, used) in rows {
+            let slot = usize::try_from(i - 1)
+                .ok()
+                .and_then(|i| per_customer.get_mut(i))
+                .ok_or_else(|| StoreError::Other(format!("a snapshot row for position {i}")))?;
+            slot.push((version, deleted, known, state, key, feature, period, used));
+        }
+        let mut uses = vec![0_usize; customers.len()];
+        for &i in &position {
+            uses[i] += 1;
+        }
+        let mut snapshots = per_customer
+            .into_iter()
+            .zip(&customers)
+            .map(|(rows, customer)| snapshot_of(customer, rows))
+            .collect::<StoreResult<Vec<_>>>()?;
+        // Each answer once, moved out at its last use.
+        let answers = position
+            .into_iter()
+            .map(|i| {
+                uses[i] -= 1;
+                if uses[i] == 0 {
+                    snapshots[i].take()
+                } else {
+                    snapshots[i].clone()
+                }
+            })
+            .collect();
+        Ok(answers)
     }
 }

@@ -261,7 +261,7 @@ impl UsageStore for SqliteStore {
             .bind(known_version)
             .fetch_all(self.reader())
             .await?;
-        snapshot_of(customer, rows)
+        snapshot_of(customer.as_str(), rows)
     }
 
     fn write_mark(&self) -> Option<crate::WriteMark> {

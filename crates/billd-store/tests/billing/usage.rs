@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use billd_core::{CustomerState, FeatureName, UsageKey};
+use billd_core::{CustomerId, CustomerState, FeatureName, UsageKey};
 use billd_store::{GuardedConsume, GuardedOutcome, StoreError, UsageOutcome};
 
 use super::{commit, customer, postgres, profile, sqlite, usage, Harness, NOW};
@@ -16,6 +16,7 @@ contract!(
     concurrent_guarded_consumes_stop_at_the_limit_and_count_each_key_once,
     a_guarded_batch_answers_each_consume_as_alone_and_keeps_only_what_was_applied,
     a_usage_snapshot_has_the_counters_and_the_state_only_when_its_version_changed,
+    snapshots_of_many_customers_answer_each_read_as_alone_in_order,
     an_overage_consume_writes_one_meter_event_in_its_transaction_on_every_path,
     a_consume_takes_the_quota_then_credits_first_bought_first_then_overage_on_every_path,
     concurrent_consumes_of_two_periods_never_take_a_packs_unit_twice,
@@ -324,6 +325,92 @@ async fn a_usage_snapshot_has_the_counters_and_the_state_only_when_its_version_c
     assert!(changed.state.is_some());
     assert!(deleted.deleted);
     assert!(unknown.is_none());
+}
+
+async fn snapshots_of_many_customers_answer_each_read_as_alone_in_order(h: &Harness) {
+    // 40 customers, customer i with i websites used (0 has no counter row),
+    // every third one at version 1, one deleted.
+    let ids: Vec<String> = (0..40).map(|i| format!("user_many{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        h.billing
+            .upsert_customer(&profile(id, &format!("{id}@example.com")), NOW)
+            .await
+            .unwrap();
+        if i > 0 {
+            let amount = u64::try_from(i).unwrap();
+            h.store
+                .consume_guarded(&guarded(id, amount, "k", 100, 0), NOW)
+                .await
+                .unwrap();
+        }
+        if i % 3 == 0 {
+            h.billing
+                .commit_customer(&commit(id, 0, CustomerState::default()), NOW)
+                .await
+                .unwrap();
+        }
+    }
+    h.billing
+        .delete_customer(&commit("user_many7", 0, CustomerState::default()), NOW)
+        .await
+        .unwrap();
+    // Every customer twice (once knowing version 0, once knowing nothing),
+    // one of them a third time, and a customer that does not exist, in an
+    // order unlike the rows'.
+    let mut reads: Vec<(CustomerId, Option<i64>)> = Vec::new();
+    for id in ids.iter().rev() {
+        reads.push((customer(id), Some(0)));
+        reads.push((customer("user_nobody"), None));
+        reads.push((customer(id), None));
+    }
+    reads.push((customer("user_many5"), Some(0)));
+
+    let together = h.store.usage_snapshots(&reads).await.unwrap();
+
+    assert_eq!(together.len(), reads.len());
+    for ((id, known), snapshot) in reads.iter().zip(&together) {
+        let alone = h.store.usage_snapshot(id, *known).await.unwrap();
+        assert_eq!(snapshot, &alone, "{id} knowing {known:?}");
+    }
+    let key = UsageKey {
+        feature: FeatureName::parse("websites").unwrap(),
+        period_start: None,
+    };
+    let keys = std::slice::from_ref(&key);
+    for (i, id) in ids.iter().enumerate() {
+        if i == 7 {
+            continue;
+        }
+        let at = reads
+            .iter()
+            .position(|(c, k)| c.as_str() == id && k.is_none())
+            .unwrap();
+        let snapshot = together[at].as_ref().unwrap();
+        assert_eq!(
+            snapshot.usage(keys).used(&key),
+            u64::try_from(i).unwrap(),
+            "{id}"
+        );
+        let version = i64::from(i % 3 == 0);
+        assert_eq!(
+            (snapshot.version, snapshot.deleted),
+            (version, false),
+            "{id}"
+        );
+        assert!(snapshot.state.is_some(), "{id}: the caller knew no version");
+        let known = together[at - 2].as_ref().unwrap();
+        assert_eq!(known.state.is_none(), known.version == 0, "{id}");
+    }
+    let deleted = reads
+        .iter()
+        .position(|(c, _)| c.as_str() == "user_many7")
+        .unwrap();
+    assert!(together[deleted].as_ref().unwrap().deleted);
+    assert!(
+        together.iter().skip(1).step_by(3).all(Option::is_none),
+        "user_nobody"
+    );
+    assert!(h.store.usage_snapshots(&[]).await.unwrap().is_empty());
 }
 
 /// A metered consume whose overage (past 3 included) is reported.

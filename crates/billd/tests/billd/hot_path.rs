@@ -600,3 +600,106 @@ async fn sqlite_one_serving_process_beside_a_refused_cli_writer_answers_as_the_m
     let url = format!("sqlite://{}", dir.path().join("hot-path.db").display());
     property(url, 1).await;
 }
+
+/// `slots` used as an entitlements answer shows it.
+fn slots_used(status: u16, answer: &Value) -> u64 {
+    assert_eq!(status, 200, "entitlements: {answer}");
+    answer["features"][FEATURE]["used"].as_u64().unwrap()
+}
+
+/// On PostgreSQL a process sends the entitlement reads that arrive together
+/// as one statement. Reads at one process, many at once and with other
+/// reads always under way (so that each joins a batch while another
+/// statement is on the wire), each sent after a consume answered `200` at
+/// the other process: every one shows that consume, and each customer's
+/// read shows that customer's counter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_batched_reads_at_one_process_show_every_consume_answered_at_the_other() {
+    const READ_CUSTOMERS: usize = 8;
+    const ROUNDS: usize = 6;
+    let url = billd_store::testing::fresh_postgres_database()
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL test database: {e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let setup = Arc::new(Setup::start(url, dir.path(), 2).await);
+    let customers: Vec<String> = (0..READ_CUSTOMERS).map(|i| format!("br_{i}")).collect();
+    for customer in &customers {
+        let (status, body) = setup
+            .send(
+                Method::PUT,
+                format!("{}/v1/customers/{customer}", setup.base(0)),
+                Some(serde_json::json!({ "email": format!("{customer}@example.com") })),
+            )
+            .await;
+        assert!((200..300).contains(&status), "PUT {customer}: {body}");
+    }
+    let reader = setup.clone();
+    let read = move |customer: String| {
+        let setup = reader.clone();
+        async move {
+            let (status, answer) = setup
+                .send(
+                    Method::GET,
+                    format!("{}/v1/customers/{customer}/entitlements", setup.base(1)),
+                    None,
+                )
+                .await;
+            slots_used(status, &answer)
+        }
+    };
+    // Readers that keep statements under way at the second process until
+    // the consumes are done (bounded either way).
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let background: Vec<_> = (0..READ_CUSTOMERS)
+        .map(|r| {
+            let (done, read, customer) = (done.clone(), read.clone(), customers[r].clone());
+            tokio::spawn(async move {
+                for _ in 0..5_000 {
+                    if done.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    read(customer.clone()).await;
+                }
+            })
+        })
+        .collect();
+
+    // Each customer's counter goes up and down (a consume, then a release
+    // of it), every change answered at the first process and then read at
+    // the second.
+    let mut used = [0_u64; READ_CUSTOMERS];
+    for round in 0..ROUNDS {
+        for (c, customer) in customers.iter().enumerate() {
+            for release in [false, true] {
+                let path = if release { "/release" } else { "" };
+                let (status, answer) = setup
+                    .send(
+                        Method::POST,
+                        format!("{}/v1/customers/{customer}/usage/{FEATURE}{path}", setup.base(0)),
+                        Some(serde_json::json!({ "amount": 1, "idempotency_key": format!("k{round}{path}") })),
+                    )
+                    .await;
+                assert_eq!(status, 200, "{customer}{path}: {answer}");
+                used[c] = if release { used[c] - 1 } else { used[c] + 1 };
+                // Every customer read at once, the changed one four times.
+                let reads = customers
+                    .iter()
+                    .cloned()
+                    .chain(std::iter::repeat_n(customer.clone(), 3))
+                    .map(&read);
+                let answers = futures::future::join_all(reads).await;
+                let expected = used.iter().copied().chain(std::iter::repeat_n(used[c], 3));
+                for (i, (got, want)) in answers.into_iter().zip(expected).enumerate() {
+                    assert_eq!(
+                        got, want,
+                        "read {i} after the 200 of {customer}{path} in round {round}"
+                    );
+                }
+            }
+        }
+    }
+    done.store(true, Ordering::Relaxed);
+    for reader in background {
+        reader.await.unwrap();
+    }
+}

@@ -208,6 +208,7 @@ async fn get_entitlements<S: BillingBackend + ?Sized>(
         &state.catalog,
         state.clock.now(),
         &state.states,
+        state.reads.as_ref(),
         &id,
     )
     .await?;

@@ -9,5 +9,6 @@ pub(super) mod subscription;
 pub(super) mod usage;
 mod usage_batch;
 pub(super) mod usage_cache;
+pub(super) mod usage_reads;
 
 pub use subscription::{DowngradeTiming, ProrationBehavior};

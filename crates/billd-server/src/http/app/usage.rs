@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::http::app::usage_batch::{ConsumeBatcher, MAX_BATCH};
 use crate::http::app::usage_cache::{CachedState, CurrentSnapshot, StateCache};
+use crate::http::app::usage_reads::ReadBatcher;
 use crate::http::auth::{require_app_key, ApiKeys};
 use crate::http::error::ApiError;
 use crate::pipeline::BillingBackend;
@@ -259,6 +260,7 @@ pub(crate) async fn current_entitlements_json<S: BillingBackend + ?Sized>(
     catalog: &Catalog,
     now: i64,
     states: &StateCache,
+    reads: Option<&ReadBatcher>,
     customer: &CustomerId,
 ) -> Result<Bytes, ApiError> {
     let last = states.snapshot(customer);
@@ -270,7 +272,7 @@ pub(crate) async fn current_entitlements_json<S: BillingBackend + ?Sized>(
             return answer_of(current, catalog, now);
         }
     }
-    read_entitlements(store, catalog, now, states, customer, last).await
+    read_entitlements(store, catalog, now, states, reads, customer, last).await
 }
 
 /// The entitlements of a current snapshot at `now` as JSON: the bytes
@@ -298,7 +300,8 @@ fn json_bytes(value: &impl Serialize) -> Result<Bytes, ApiError> {
 }
 
 /// The customer's entitlements as of one read on a reader connection
-/// (`UsageStore::usage_snapshot`), whose version and counters are always
+/// (`UsageStore::usage_snapshot`; on PostgreSQL in one statement with the
+/// reads queued with it, [`ReadBatcher`]), whose version and counters are always
 /// read, so the answer is current (a consume answered 200 before is in
 /// it), but whose state is parsed only when its version is not the one
 /// cached. The read is remembered as the customer's snapshot: for answers
@@ -311,6 +314,7 @@ async fn read_entitlements<S: BillingBackend + ?Sized>(
     catalog: &Catalog,
     now: i64,
     states: &StateCache,
+    reads: Option<&ReadBatcher>,
     customer: &CustomerId,
     last: Option<CurrentSnapshot>,
 ) -> Result<Bytes, ApiError> {
@@ -318,9 +322,12 @@ async fn read_entitlements<S: BillingBackend + ?Sized>(
     // read stale.
     let mark = store.write_mark();
     let cached = states.get(customer);
-    let mut snapshot = store
-        .usage_snapshot(customer, cached.as_ref().map(|c| c.version))
-        .await
+    let known_version = cached.as_ref().map(|c| c.version);
+    let read = match reads {
+        Some(reads) => reads.read(customer, known_version).await,
+        None => store.usage_snapshot(customer, known_version).await,
+    };
+    let mut snapshot = read
         .map_err(store_error)?
         .ok_or_else(|| crate::http::api::customer_not_found(customer))?;
     if snapshot.deleted {

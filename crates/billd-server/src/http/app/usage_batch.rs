@@ -102,7 +102,7 @@ async fn write_batches<S: UsageStore + ?Sized>(
 }
 
 /// The same classification for every caller of a failed batch.
-fn copy(e: &StoreError) -> StoreError {
+pub(super) fn copy(e: &StoreError) -> StoreError {
     match e {
         StoreError::NotFound => StoreError::NotFound,
         StoreError::Conflict { constraint } => StoreError::Conflict {
