@@ -256,6 +256,7 @@ mod tests {
             amount,
             idempotency_key: key.to_owned(),
             overage: None,
+            credits: None,
         };
         let outcome = store.consume(&request, 1_000, 0).await.unwrap();
         assert!(
