@@ -99,6 +99,6 @@ export declare class Billd extends BilldCore {
   retryOutbox(id: string, options?: RequestOptions): Promise<Retried>;
   /** `GET /v1/admin/customers`: Customers by billd id (or its start), email (or its start, any case) or any linked Stripe id (customer, subscription, invoice, charge …), in id order, paginated with cursors. Without `query`, every customer. */
   searchCustomers(query?: { query?: string; cursor?: string; limit?: number }, options?: RequestOptions): Promise<CustomerPage>;
-  /** `POST /v1/customers/{id}/checkout/sync`: Applies a completed Checkout session's subscription at once, read from Stripe, without waiting for its webhooks; answers the entitlements. For the success page: put `{CHECKOUT_SESSION_ID}` in `success_url` and call this with it. Safe to repeat. */
+  /** `POST /v1/customers/{id}/checkout/sync`: Applies a completed Checkout session at once, read from Stripe, without waiting for its webhooks: a plan's subscription, or a credit pack's payment once it is paid (credited once, whether the webhook came before or comes after); answers the entitlements. For the success page: put `{CHECKOUT_SESSION_ID}` in `success_url` and call this with it. Safe to repeat. */
   syncCheckout(id: string, body: CheckoutSyncBody, options?: RequestOptions): Promise<Entitlements>;
 }

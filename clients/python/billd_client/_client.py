@@ -158,7 +158,7 @@ class Billd(SyncCore):
         return cast(CustomerPage, self._request("GET", "/v1/admin/customers", query={"query": query, "cursor": cursor, "limit": limit}))
 
     def sync_checkout(self, id: str, *, session_id: str) -> Entitlements:
-        """`POST /v1/customers/{id}/checkout/sync`: Applies a completed Checkout session's subscription at once, read from Stripe, without waiting for its webhooks; answers the entitlements. For the success page: put `{CHECKOUT_SESSION_ID}` in `success_url` and call this with it. Safe to repeat."""
+        """`POST /v1/customers/{id}/checkout/sync`: Applies a completed Checkout session at once, read from Stripe, without waiting for its webhooks: a plan's subscription, or a credit pack's payment once it is paid (credited once, whether the webhook came before or comes after); answers the entitlements. For the success page: put `{CHECKOUT_SESSION_ID}` in `success_url` and call this with it. Safe to repeat."""
         return cast(Entitlements, self._request("POST", f"/v1/customers/{quote(id)}/checkout/sync", body={"session_id": session_id}))
 
 
@@ -310,5 +310,5 @@ class AsyncBilld(AsyncCore):
         return cast(CustomerPage, await self._request("GET", "/v1/admin/customers", query={"query": query, "cursor": cursor, "limit": limit}))
 
     async def sync_checkout(self, id: str, *, session_id: str) -> Entitlements:
-        """`POST /v1/customers/{id}/checkout/sync`: Applies a completed Checkout session's subscription at once, read from Stripe, without waiting for its webhooks; answers the entitlements. For the success page: put `{CHECKOUT_SESSION_ID}` in `success_url` and call this with it. Safe to repeat."""
+        """`POST /v1/customers/{id}/checkout/sync`: Applies a completed Checkout session at once, read from Stripe, without waiting for its webhooks: a plan's subscription, or a credit pack's payment once it is paid (credited once, whether the webhook came before or comes after); answers the entitlements. For the success page: put `{CHECKOUT_SESSION_ID}` in `success_url` and call this with it. Safe to repeat."""
         return cast(Entitlements, await self._request("POST", f"/v1/customers/{quote(id)}/checkout/sync", body={"session_id": session_id}))

@@ -349,7 +349,14 @@ pub fn apply(state: &CustomerState, event: &Event, catalog: &Catalog, now: i64) 
         EventKind::Checkout { change, session } => {
             // A session's outcome is a lattice (completed beats expired), so
             // no fact bookkeeping is needed: merging again changes nothing.
-            let this = stamp(event, u8::from(*change == CheckoutChange::Completed));
+            // A settled payment's payload is newer than the completion's of
+            // the same second (it says whether the payment went through).
+            let rank = match change {
+                CheckoutChange::Expired => 0,
+                CheckoutChange::Completed => 1,
+                CheckoutChange::AsyncPaymentSucceeded | CheckoutChange::AsyncPaymentFailed => 2,
+            };
+            let this = stamp(event, rank);
             if let Some(customer) = &session.customer {
                 next.stripe_customers.entry(customer.clone()).or_default();
             }
@@ -364,9 +371,10 @@ pub fn apply(state: &CustomerState, event: &Event, catalog: &Catalog, now: i64) 
                     completed: false,
                     expired: false,
                 });
+            // A payment settles only after its session completed.
             let flag = match change {
-                CheckoutChange::Completed => &mut entry.completed,
                 CheckoutChange::Expired => &mut entry.expired,
+                _ => &mut entry.completed,
             };
             let first = !*flag;
             *flag = true;
@@ -375,8 +383,13 @@ pub fn apply(state: &CustomerState, event: &Event, catalog: &Catalog, now: i64) 
             if let Some(latest) = slot {
                 entry.session = latest;
             }
-            let credited =
-                *change == CheckoutChange::Completed && credit_pack(&mut next, event, session);
+            // A pack is credited by whichever tells first that its session
+            // is paid: the completion (card), the delayed payment's success,
+            // or the success page's sync (its payload fetched from Stripe).
+            let credited = matches!(
+                change,
+                CheckoutChange::Completed | CheckoutChange::AsyncPaymentSucceeded
+            ) && credit_pack(&mut next, event, session);
             if first || newer || credited {
                 Outcome::Applied
             } else {

@@ -62,9 +62,9 @@ pub enum EventKind {
         /// The object at deletion.
         subscription: Subscription,
     },
-    /// `checkout.session.completed|expired`.
+    /// `checkout.session.completed|expired|async_payment_succeeded|async_payment_failed`.
     Checkout {
-        /// Completed or expired.
+        /// Completed, expired, or its delayed payment settled.
         change: CheckoutChange,
         /// The session.
         session: CheckoutSession,
@@ -264,7 +264,8 @@ pub struct Subscription {
     pub metadata: BTreeMap<String, String>,
 }
 
-/// `checkout.session.completed` or `.expired`.
+/// `checkout.session.completed`, `.expired`, `.async_payment_succeeded` or
+/// `.async_payment_failed`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckoutChange {
@@ -272,6 +273,10 @@ pub enum CheckoutChange {
     Completed,
     /// The session expired unused.
     Expired,
+    /// A completed session's delayed payment (bank debit, transfer) was paid.
+    AsyncPaymentSucceeded,
+    /// A completed session's delayed payment failed.
+    AsyncPaymentFailed,
 }
 
 /// A Checkout session: the fields billd uses.
@@ -645,6 +650,8 @@ impl Event {
             EventKind::Checkout { change, .. } => match change {
                 CheckoutChange::Completed => "checkout.session.completed",
                 CheckoutChange::Expired => "checkout.session.expired",
+                CheckoutChange::AsyncPaymentSucceeded => "checkout.session.async_payment_succeeded",
+                CheckoutChange::AsyncPaymentFailed => "checkout.session.async_payment_failed",
             },
             EventKind::Invoice { change, .. } => match change {
                 InvoiceChange::Upcoming => "invoice.upcoming",

@@ -32,9 +32,11 @@ use serde_json::Value;
 /// Every Stripe event type billd parses into a domain event and applies
 /// (the last two only tie a payment intent to its invoice or customer);
 /// [`parse_event`] gives every other type as [`ParsedEvent::Unhandled`].
-pub const HANDLED_EVENT_TYPES: [&str; 29] = [
+pub const HANDLED_EVENT_TYPES: [&str; 31] = [
     "checkout.session.completed",
     "checkout.session.expired",
+    "checkout.session.async_payment_succeeded",
+    "checkout.session.async_payment_failed",
     "customer.subscription.created",
     "customer.subscription.updated",
     "customer.subscription.deleted",
@@ -296,6 +298,10 @@ fn parse_kind(event_type: &str, object: &Value) -> Result<Option<EventKind>, Par
         },
         "checkout.session.completed" => checkout(CheckoutChange::Completed)?,
         "checkout.session.expired" => checkout(CheckoutChange::Expired)?,
+        "checkout.session.async_payment_succeeded" => {
+            checkout(CheckoutChange::AsyncPaymentSucceeded)?
+        }
+        "checkout.session.async_payment_failed" => checkout(CheckoutChange::AsyncPaymentFailed)?,
         "invoice.paid" => invoice(InvoiceChange::Paid)?,
         "invoice.payment_succeeded" => invoice(InvoiceChange::PaymentSucceeded)?,
         "invoice.payment_failed" => invoice(InvoiceChange::PaymentFailed)?,

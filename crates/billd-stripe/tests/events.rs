@@ -520,6 +520,33 @@ fn checkout_session_events_parse_the_links_to_customer_and_subscription() {
 }
 
 #[test]
+fn a_delayed_payments_outcome_is_a_checkout_change() {
+    for (event_type, expected) in [
+        (
+            "checkout.session.async_payment_succeeded",
+            CheckoutChange::AsyncPaymentSucceeded,
+        ),
+        (
+            "checkout.session.async_payment_failed",
+            CheckoutChange::AsyncPaymentFailed,
+        ),
+    ] {
+        let mut session = object("checkout.session");
+        session["mode"] = json!("payment");
+        session["payment_intent"] = json!("pi_3Pgc6rB7WZ01zgkW0a1b2c3d");
+        let EventKind::Checkout { change, session } = handled(event_type, &session).kind else {
+            panic!("{event_type}")
+        };
+        assert_eq!(change, expected);
+        assert_eq!(
+            session.payment_intent.map(|p| p.to_string()).as_deref(),
+            Some("pi_3Pgc6rB7WZ01zgkW0a1b2c3d")
+        );
+        assert!(HANDLED_EVENT_TYPES.contains(&event_type));
+    }
+}
+
+#[test]
 fn unknown_event_types_are_unhandled_rather_than_errors() {
     let parsed = parse_event(&envelope(
         "product.created",

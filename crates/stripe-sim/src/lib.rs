@@ -19,8 +19,14 @@
 //!   `pm_card_visa`), optional `email`, `name`, `promotion_code` (a code, when the
 //!   session allows them). Declining cards answer 402 and leave the session open
 //!   (nothing is created, as on Stripe's page); `pm_card_authenticationRequired`
-//!   answers the `requires_action` payment intent.
+//!   answers the `requires_action` payment intent. `delayed=true` (a
+//!   `mode=payment` session) pays as a bank debit would: the session completes
+//!   `unpaid` and its payment intent stays `processing` until settled.
 //! - `POST /_sim/payment_intents/{id}/authenticate` — `outcome=success|failure`.
+//! - `POST /_sim/payment_intents/{id}/settle` — `outcome=success|failure`: the
+//!   bank's answer to a delayed payment (a `mode=payment` session completed
+//!   with `delayed=true`), emitting `checkout.session.async_payment_succeeded`
+//!   or `…_failed`.
 //! - `POST /_sim/disputes/{id}/close` — `outcome=won|lost`.
 //! - `GET /_sim/checkout/{id}` is a small HTML page (the session's `url`) posting
 //!   to the complete control, for people trying things in a browser.

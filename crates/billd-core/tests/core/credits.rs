@@ -24,13 +24,18 @@ fn catalog() -> Catalog {
 }
 
 fn bought(id: &str, at: i64, n: u32) -> Event {
+    paid_by(id, at, n, CheckoutChange::Completed, "paid")
+}
+
+/// A pack's session `n` told by `change` with `payment_status`.
+fn paid_by(id: &str, at: i64, n: u32, change: CheckoutChange, status: &str) -> Event {
     let session = CheckoutSession {
         id: CheckoutSessionId::parse(&format!("cs_pack_{n}")).unwrap(),
         customer: Some(cus()),
         subscription: None,
         client_reference_id: Some("user_1".to_owned()),
         mode: Some("payment".to_owned()),
-        payment_status: Some("paid".to_owned()),
+        payment_status: Some(status.to_owned()),
         payment_intent: Some(PaymentIntentId::parse(&format!("pi_pack_{n}")).unwrap()),
         metadata: [
             ("billd_credit_pack", "gen_100"),
@@ -41,14 +46,7 @@ fn bought(id: &str, at: i64, n: u32) -> Event {
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect(),
     };
-    event(
-        id,
-        at,
-        EventKind::Checkout {
-            change: CheckoutChange::Completed,
-            session,
-        },
-    )
+    event(id, at, EventKind::Checkout { change, session })
 }
 
 fn refunded(id: &str, at: i64, n: u32) -> Event {
@@ -65,6 +63,69 @@ fn refunded(id: &str, at: i64, n: u32) -> Event {
 }
 
 const NOW: i64 = T0 + DAY;
+
+#[test]
+fn a_delayed_payment_credits_its_pack_once_when_it_succeeds_in_any_order_and_never_when_it_fails() {
+    let catalog = catalog();
+    let usage = Usage::new();
+    let sub = updated(
+        "evt_1",
+        T0,
+        subscription(1, "pro", SubscriptionStatus::Active, T0),
+    );
+    let credits = |events: &[Event]| {
+        let state = fold(&catalog, events, NOW);
+        entitlements(&state, &catalog, &usage, NOW).features[&feature("generations")].credits
+    };
+    let completed = paid_by("evt_2", T0, 1, CheckoutChange::Completed, "unpaid");
+    let succeeded = paid_by(
+        "evt_3",
+        T0 + 60,
+        1,
+        CheckoutChange::AsyncPaymentSucceeded,
+        "paid",
+    );
+    let failed = paid_by(
+        "evt_4",
+        T0 + 60,
+        1,
+        CheckoutChange::AsyncPaymentFailed,
+        "unpaid",
+    );
+    // The sync's completed-and-paid, told after the payment settled.
+    let synced = paid_by(
+        "evt_billd_checkout_cs_pack_1_paid",
+        T0,
+        1,
+        CheckoutChange::Completed,
+        "paid",
+    );
+    assert_eq!(credits(&[sub.clone(), completed.clone()]), 0);
+    for events in [
+        vec![sub.clone(), completed.clone(), succeeded.clone()],
+        vec![sub.clone(), succeeded.clone(), completed.clone()],
+        vec![
+            sub.clone(),
+            completed.clone(),
+            succeeded.clone(),
+            synced.clone(),
+        ],
+        vec![
+            sub.clone(),
+            synced.clone(),
+            succeeded.clone(),
+            completed.clone(),
+        ],
+        vec![sub.clone(), succeeded.clone(), succeeded.clone()],
+    ] {
+        assert_eq!(credits(&events), 100);
+    }
+    assert_eq!(
+        credits(&[sub.clone(), completed.clone(), failed.clone()]),
+        0
+    );
+    assert_eq!(credits(&[sub, failed, completed]), 0);
+}
 
 #[test]
 fn a_paid_pack_is_credited_once_and_its_refund_removes_what_is_left_but_not_the_plan() {

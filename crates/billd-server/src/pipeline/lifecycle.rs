@@ -55,6 +55,11 @@ pub const RECONCILE_EVENT_PREFIX: &str = "evt_billd_reconcile_";
 /// like re-fetches they are authoritative (see `http::app::subscription` for the
 /// second they are stamped at).
 pub const SYNC_EVENT_PREFIX: &str = "evt_billd_sync_";
+/// Ids of the synthetic events the checkout sync feeds back for a credit
+/// pack's session start with this: a `checkout.session.completed` carrying
+/// the session as Stripe returned it, applied like its webhook (the pack is
+/// credited once by its payment intent, whichever comes first).
+pub const CHECKOUT_SYNC_EVENT_PREFIX: &str = "evt_billd_checkout_";
 /// The envelope field of those synthetic events that says when billd
 /// observed the object (`billd_core::Event::observed_ns`).
 pub const OBSERVED_NS_FIELD: &str = "billd_observed_ns";

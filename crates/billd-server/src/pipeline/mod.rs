@@ -25,8 +25,9 @@ pub use ingest::{commits_in_flight, IngestConfig, IngestError, Ingestor};
 #[cfg(test)]
 pub(crate) use lifecycle::claimed;
 pub use lifecycle::{
-    parse_stored, BillingBackend, LifecycleHandler, HANDLED_EVENT_TYPES, OBSERVED_NS_FIELD,
-    RECONCILE_EVENT_PREFIX, REFETCH_EVENT_PREFIX, SYNC_EVENT_PREFIX,
+    parse_stored, BillingBackend, LifecycleHandler, CHECKOUT_SYNC_EVENT_PREFIX,
+    HANDLED_EVENT_TYPES, OBSERVED_NS_FIELD, RECONCILE_EVENT_PREFIX, REFETCH_EVENT_PREFIX,
+    SYNC_EVENT_PREFIX,
 };
 pub use notify::{count_email, EmailDelivery};
 pub use outbox::{

@@ -3,6 +3,9 @@
 //! Checkout in payment mode is credited once, consumed after the period's
 //! included quota and before overage, kept across a renewal, and a refund
 //! of its payment removes what is left of it without touching the plan.
+//! The success page's sync credits a paid pack once with its webhook,
+//! whichever comes first, and a pack paid by a delayed method is credited
+//! when its payment succeeds, not when it fails.
 
 use std::time::{Duration, Instant};
 
@@ -228,4 +231,162 @@ async fn a_pack_is_credited_once_used_after_the_quota_kept_at_renewal_and_refund
     h.shutdown().await;
 }
 
-on_both_databases!(a_pack_is_credited_once_used_after_the_quota_kept_at_renewal_and_refunded);
+/// Buys a pack and pays it on the emulator's page by bank debit: the
+/// session completes `unpaid` until the payment settles. (session, payment
+/// intent).
+async fn buy_pack_delayed(h: &Harness, user: &str) -> (String, String) {
+    let view: Value = h
+        .http
+        .post(format!("{}/v1/customers/{user}/credits/checkout", h.base))
+        .bearer_auth(APP_KEY)
+        .json(&json!({ "pack": "gen_100", "success_url": "https://app.test/ok", "cancel_url": "https://app.test/no" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = view["session_id"].as_str().unwrap().to_string();
+    let done = h.stripe(
+        "POST",
+        &format!("/_sim/checkout/sessions/{id}/complete"),
+        "payment_method=pm_card_visa&delayed=true",
+    );
+    assert_eq!(
+        (&done["status"], &done["payment_status"]),
+        (&json!("complete"), &json!("unpaid")),
+        "{done:#}"
+    );
+    let pi = done["payment_intent"].as_str().unwrap().to_string();
+    (id, pi)
+}
+
+/// `POST …/checkout/sync` for `session`: the entitlements it answers.
+async fn sync(h: &Harness, user: &str, session: &str) -> Value {
+    let response = h
+        .http
+        .post(format!("{}/v1/customers/{user}/checkout/sync", h.base))
+        .bearer_auth(APP_KEY)
+        .json(&json!({ "session_id": session }))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 200, "{body:#}");
+    body
+}
+
+/// The id of the emulator's one event of `event_type` about `session`.
+fn event_about(h: &Harness, event_type: &str, session: &str) -> String {
+    let events = h.stripe("GET", &format!("/v1/events?type={event_type}"), "");
+    let found: Vec<&str> = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["data"]["object"]["id"] == session)
+        .filter_map(|e| e["id"].as_str())
+        .collect();
+    assert_eq!(found.len(), 1, "{events:#}");
+    found[0].to_owned()
+}
+
+async fn a_pack_is_credited_once_by_the_sync_and_its_webhooks_in_either_order_and_when_paid_later(
+    db: Db,
+) {
+    let knobs = WebhookKnobs {
+        duplicate_rate: 1.0,
+        reorder_window_ms: 100,
+        ..WebhookKnobs::default()
+    };
+    let h = Harness::start_with(db, t0(), knobs, catalog(), ApiConfig::default()).await;
+    let (_, overage) = metered_price(&h);
+    h.stripe(
+        "POST",
+        "/v1/prices",
+        "product_data[name]=gen_100&currency=eur&unit_amount=500&lookup_key=billd_gen_100_eur",
+    );
+    let (_, cus) = h.customer("u_sync", "pm_card_visa", true).await;
+    h.stripe(
+        "POST",
+        "/v1/subscriptions",
+        &format!(
+            "customer={cus}&items[0][price]={}&items[1][price]={overage}&metadata[billd_customer_id]=u_sync",
+            h.standard_price
+        ),
+    );
+    h.wait_for("u_sync", "standard, paid", |e| {
+        e["plan"] == "standard" && e["access"] == "paid"
+    })
+    .await;
+    let credits = |ent: &Value| ent["features"]["generations"]["credits"].clone();
+
+    // The sync before the webhook: Stripe's webhooks are lost for now, the
+    // success page's sync credits the pack, a repeated sync and the webhook
+    // told late add nothing.
+    h.sim.update_config(|c| c.webhooks.drop_rate = 1.0);
+    let (first, _) = buy_pack(&h, "u_sync").await;
+    assert_eq!(credits(&sync(&h, "u_sync", &first).await), 100);
+    assert_eq!(credits(&sync(&h, "u_sync", &first).await), 100);
+    let session = h.stripe("GET", &format!("/v1/checkout/sessions/{first}"), "");
+    h.deliver("evt_pack_after_sync", "checkout.session.completed", session)
+        .await;
+    wait_processed(&h, "evt_pack_after_sync").await;
+    let (_, ent) = h.entitlements("u_sync").await;
+    assert_eq!(credits(&ent), 100, "{ent:#}");
+    h.sim.update_config(|c| c.webhooks.drop_rate = 0.0);
+
+    // The webhook before the sync: the sync adds nothing.
+    let (second, _) = buy_pack(&h, "u_sync").await;
+    h.wait_for("u_sync", "the second pack", |e| credits(e) == 200)
+        .await;
+    assert_eq!(credits(&sync(&h, "u_sync", &second).await), 200);
+    let (_, ent) = h.entitlements("u_sync").await;
+    assert_eq!(credits(&ent), 200, "{ent:#}");
+
+    // Paid by bank debit: completed unpaid credits nothing, whether told
+    // by the webhook or the sync; the payment's success credits it once.
+    let (third, third_pi) = buy_pack_delayed(&h, "u_sync").await;
+    wait_processed(&h, &event_about(&h, "checkout.session.completed", &third)).await;
+    assert_eq!(credits(&sync(&h, "u_sync", &third).await), 200);
+    h.stripe(
+        "POST",
+        &format!("/_sim/payment_intents/{third_pi}/settle"),
+        "outcome=success",
+    );
+    h.wait_for("u_sync", "the settled pack", |e| credits(e) == 300)
+        .await;
+    assert_eq!(credits(&sync(&h, "u_sync", &third).await), 300);
+    let session = h.stripe("GET", &format!("/v1/checkout/sessions/{third}"), "");
+    assert_eq!(session["payment_status"], "paid", "{session:#}");
+    h.deliver(
+        "evt_pack_settled_again",
+        "checkout.session.async_payment_succeeded",
+        session,
+    )
+    .await;
+    wait_processed(&h, "evt_pack_settled_again").await;
+    let (_, ent) = h.entitlements("u_sync").await;
+    assert_eq!(credits(&ent), 300, "{ent:#}");
+
+    // A bank debit that fails credits nothing, told by its webhook or the
+    // sync.
+    let (fourth, fourth_pi) = buy_pack_delayed(&h, "u_sync").await;
+    h.stripe(
+        "POST",
+        &format!("/_sim/payment_intents/{fourth_pi}/settle"),
+        "outcome=failure",
+    );
+    let failed = event_about(&h, "checkout.session.async_payment_failed", &fourth);
+    wait_processed(&h, &failed).await;
+    wait_processed(&h, &event_about(&h, "checkout.session.completed", &fourth)).await;
+    assert_eq!(credits(&sync(&h, "u_sync", &fourth).await), 300);
+    let (_, ent) = h.entitlements("u_sync").await;
+    assert_eq!(credits(&ent), 300, "{ent:#}");
+    h.shutdown().await;
+}
+
+on_both_databases!(
+    a_pack_is_credited_once_used_after_the_quota_kept_at_renewal_and_refunded,
+    a_pack_is_credited_once_by_the_sync_and_its_webhooks_in_either_order_and_when_paid_later,
+);

@@ -362,6 +362,19 @@ pub fn route(s: &mut Inner, method: &str, segs: &[&str], p: &Value) -> ApiResult
                 }
                 s.get("payment_intent", id, "id")
             }
+            ("POST", ["payment_intents", id, "settle"]) => {
+                let success = match params::str_at(p, "outcome").unwrap_or("success") {
+                    "success" => true,
+                    "failure" => false,
+                    _ => {
+                        return Err(ApiError::invalid(
+                            "outcome",
+                            "outcome must be success or failure",
+                        ))
+                    }
+                };
+                checkout::settle(s, id, success)
+            }
             ("POST", ["disputes", id, "close"]) => payments::close_dispute(s, id, p),
             ("POST", ["webhook_endpoints", id, "roll_secret"]) => events::roll_secret(s, id, p),
             ("POST", ["payment_methods", id, "automatically_update"]) => {

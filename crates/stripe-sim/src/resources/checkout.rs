@@ -486,7 +486,13 @@ pub fn complete(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
         coupon = Some((c, Some(pc)));
     }
     if sess["mode"] == "payment" {
-        return pay_once(s, id, &customer, pm.as_deref(), behavior, &plan, now);
+        let delayed = str_at(p, "delayed") == Some("true");
+        let how = Payment {
+            pm: pm.as_deref(),
+            behavior,
+            delayed,
+        };
+        return pay_once(s, id, &customer, how, &plan, now);
     }
     let req = NewSubscription {
         customer: customer.clone(),
@@ -538,16 +544,23 @@ pub fn complete(s: &mut Inner, id: &str, p: &Value) -> ApiResult {
 /// confirmed with the card (`payment_intent.created`, `charge.succeeded`,
 /// `payment_intent.succeeded`), then `checkout.session.completed` with
 /// `payment_status=paid` and its `payment_intent`. A card needing 3-D
-/// Secure is refused on the page (not emulated in this mode).
+/// Secure is refused on the page (not emulated in this mode). A delayed
+/// payment (`delayed=true`, a bank debit's) leaves the payment intent
+/// `processing` and the session complete with `payment_status=unpaid`, to be
+/// settled with `POST /_sim/payment_intents/{id}/settle`.
 fn pay_once(
     s: &mut Inner,
     id: &str,
     customer: &str,
-    pm: Option<&str>,
-    behavior: Option<CardBehavior>,
+    how: Payment<'_>,
     plan: &CheckoutPlan,
     now: i64,
 ) -> ApiResult {
+    let Payment {
+        pm,
+        behavior,
+        delayed,
+    } = how;
     let Some(pm) = pm else {
         return Err(ApiError::missing("payment_method"));
     };
@@ -579,14 +592,20 @@ fn pay_once(
     );
     s.insert(pi.clone());
     s.emit("payment_intent.created", &pi, None, now);
-    let ch = billing::create_charge(s, &pi, pm, None, now)?;
-    pi["status"] = json!("succeeded");
-    pi["amount_received"] = pi["amount"].clone();
-    pi["latest_charge"] = json!(ch);
-    s.put(pi.clone());
-    s.emit("payment_intent.succeeded", &pi, None, now);
-    if behavior == Some(CardBehavior::Dispute) {
-        crate::resources::payments::open_dispute(s, &ch, now)?;
+    if delayed {
+        pi["status"] = json!("processing");
+        s.put(pi.clone());
+        s.emit("payment_intent.processing", &pi, None, now);
+    } else {
+        let ch = billing::create_charge(s, &pi, pm, None, now)?;
+        pi["status"] = json!("succeeded");
+        pi["amount_received"] = pi["amount"].clone();
+        pi["latest_charge"] = json!(ch);
+        s.put(pi.clone());
+        s.emit("payment_intent.succeeded", &pi, None, now);
+        if behavior == Some(CardBehavior::Dispute) {
+            crate::resources::payments::open_dispute(s, &ch, now)?;
+        }
     }
     let cus = s.get("customer", customer, "customer")?;
     let entered = s.checkout_details.get(id).cloned().unwrap_or_default();
@@ -594,7 +613,7 @@ fn pay_once(
     sess["url"] = Value::Null;
     sess["customer"] = json!(customer);
     sess["payment_intent"] = json!(pi_id);
-    sess["payment_status"] = json!("paid");
+    sess["payment_status"] = json!(if delayed { "unpaid" } else { "paid" });
     sess["customer_details"] = json!({
         "address": entered["address"],
         "business_name": null,
@@ -608,6 +627,79 @@ fn pay_once(
     s.put(sess.clone());
     s.emit("checkout.session.completed", &sess, None, now);
     Ok(sess)
+}
+
+/// How a `mode=payment` session is paid on the page.
+struct Payment<'a> {
+    pm: Option<&'a str>,
+    behavior: Option<CardBehavior>,
+    /// A delayed method (bank debit): settled later.
+    delayed: bool,
+}
+
+/// `POST /_sim/payment_intents/{id}/settle`: the bank's answer to a delayed
+/// payment of a `mode=payment` session. `outcome=success` charges it
+/// (`charge.succeeded`, `payment_intent.succeeded`), marks the session
+/// `paid` and emits `checkout.session.async_payment_succeeded`;
+/// `outcome=failure` fails it (`payment_intent.payment_failed`) and emits
+/// `checkout.session.async_payment_failed`, the session staying `unpaid`.
+pub fn settle(s: &mut Inner, pi_id: &str, success: bool) -> ApiResult {
+    let mut pi = s.get("payment_intent", pi_id, "id")?;
+    if pi["status"] != "processing" {
+        return Err(ApiError::state(
+            "payment_intent_unexpected_state",
+            format!(
+                "This PaymentIntent is {}, not processing: nothing to settle.",
+                pi["status"].as_str().unwrap_or_default()
+            ),
+        ));
+    }
+    let session = s
+        .by_kind
+        .get("checkout.session")
+        .into_iter()
+        .flatten()
+        .find(|sid| {
+            s.objects
+                .get(*sid)
+                .is_some_and(|o| o["payment_intent"] == pi_id)
+        })
+        .cloned();
+    let customer = pi["customer"].as_str().map(str::to_string);
+    let now = s.now_for_customer(customer.as_deref());
+    if success {
+        let pm = pi["payment_method"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        let ch = billing::create_charge(s, &pi, &pm, None, now)?;
+        pi["status"] = json!("succeeded");
+        pi["amount_received"] = pi["amount"].clone();
+        pi["latest_charge"] = json!(ch);
+        s.put(pi.clone());
+        s.emit("payment_intent.succeeded", &pi, None, now);
+    } else {
+        pi["status"] = json!("requires_payment_method");
+        pi["last_payment_error"] = json!({
+            "type": "card_error",
+            "code": "payment_intent_payment_attempt_failed",
+            "message": "The payment failed.",
+        });
+        s.put(pi.clone());
+        s.emit("payment_intent.payment_failed", &pi, None, now);
+    }
+    if let Some(sid) = session {
+        let mut sess = s.get("checkout.session", &sid, "id")?;
+        let kind = if success {
+            sess["payment_status"] = json!("paid");
+            s.put(sess.clone());
+            "checkout.session.async_payment_succeeded"
+        } else {
+            "checkout.session.async_payment_failed"
+        };
+        s.emit(kind, &sess, None, now);
+    }
+    s.get("payment_intent", pi_id, "id")
 }
 
 /// The billing address typed on the page: `address[…]` fields, or a test address.

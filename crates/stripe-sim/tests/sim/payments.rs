@@ -514,3 +514,85 @@ fn a_payment_mode_checkout_charges_a_one_time_price_once_and_its_refund_is_told(
         (&json!(true), &json!(500), &pi["id"])
     );
 }
+
+#[test]
+fn a_delayed_payment_completes_its_session_unpaid_and_tells_its_outcome_when_settled() {
+    let sim = sim();
+    let (_, cus) = clocked_customer(&sim, "pm_card_visa");
+    let one_time = id(&post(
+        &sim,
+        "/v1/prices",
+        "product_data[name]=Pack&currency=eur&unit_amount=500&lookup_key=pack_100",
+    ));
+    let session = || {
+        post(
+            &sim,
+            "/v1/checkout/sessions",
+            &format!("mode=payment&customer={cus}&success_url=https://app.test/ok&line_items[0][price]={one_time}&line_items[0][quantity]=1"),
+        )
+    };
+    for (outcome, event, paid, pi_status) in [
+        (
+            "success",
+            "checkout.session.async_payment_succeeded",
+            "paid",
+            "succeeded",
+        ),
+        (
+            "failure",
+            "checkout.session.async_payment_failed",
+            "unpaid",
+            "requires_payment_method",
+        ),
+    ] {
+        let cs = id(&session());
+        let before = sim.events().len();
+        let done = post(
+            &sim,
+            &format!("/_sim/checkout/sessions/{cs}/complete"),
+            "payment_method=pm_card_visa&delayed=true",
+        );
+        assert_eq!(
+            (&done["status"], &done["payment_status"]),
+            (&json!("complete"), &json!("unpaid"))
+        );
+        let pi = done["payment_intent"].as_str().unwrap().to_owned();
+        assert_eq!(
+            get(&sim, &format!("/v1/payment_intents/{pi}"))["status"],
+            "processing"
+        );
+        assert_eq!(
+            events_since(&sim, before),
+            [
+                "payment_method.attached",
+                "payment_intent.created",
+                "payment_intent.processing",
+                "checkout.session.completed"
+            ]
+        );
+        let before = sim.events().len();
+        let settled = post(
+            &sim,
+            &format!("/_sim/payment_intents/{pi}/settle"),
+            &format!("outcome={outcome}"),
+        );
+        assert_eq!(settled["status"], pi_status);
+        let told = events_since(&sim, before);
+        assert_eq!(told.last().map(String::as_str), Some(event), "{told:?}");
+        let last = sim.events().last().unwrap().clone();
+        assert_eq!(
+            (
+                &last["data"]["object"]["id"],
+                &last["data"]["object"]["payment_status"]
+            ),
+            (&json!(cs), &json!(paid))
+        );
+        // Settled once: the payment intent is no longer processing.
+        let (status, _) = sim.call(
+            "POST",
+            &format!("/_sim/payment_intents/{pi}/settle"),
+            "outcome=success",
+        );
+        assert_eq!(status, 400);
+    }
+}

@@ -1,27 +1,29 @@
-//! `POST /v1/customers/{id}/checkout/sync`: a completed session's
-//! subscription read from Stripe and applied at once, for the success page.
+//! `POST /v1/customers/{id}/checkout/sync`: a completed session read from
+//! Stripe and applied at once, for the success page: a plan's subscription,
+//! or a credit pack's payment (credited once with its webhooks, whichever
+//! comes first, by its payment intent).
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::Json;
 use billd_core::{CheckoutSessionId, CustomerId};
 use billd_stripe::client::{Params, StripeError};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::http::api::{bounded, bounds, customer_id};
 use crate::http::error::ApiError;
-use crate::pipeline::BillingBackend;
+use crate::pipeline::{parse_envelope, BillingBackend, CHECKOUT_SYNC_EVENT_PREFIX};
 
 use super::types::CheckoutSyncBody;
 use super::CheckoutState;
 
 #[utoipa::path(
     post, path = "/v1/customers/{id}/checkout/sync", tag = "app",
-    description = "Applies a completed Checkout session's subscription at once, read from Stripe, without waiting for its webhooks; answers the entitlements. For the success page: put `{CHECKOUT_SESSION_ID}` in `success_url` and call this with it. Safe to repeat.",
+    description = "Applies a completed Checkout session at once, read from Stripe, without waiting for its webhooks: a plan's subscription, or a credit pack's payment once it is paid (credited once, whether the webhook came before or comes after); answers the entitlements. For the success page: put `{CHECKOUT_SESSION_ID}` in `success_url` and call this with it. Safe to repeat.",
     params(crate::http::openapi::CustomerPath),
     request_body = CheckoutSyncBody,
     responses(
-        (status = 200, description = "The customer's entitlements with the session's subscription applied (the body of `GET …/entitlements`).", body = crate::http::openapi::EntitlementsDoc),
+        (status = 200, description = "The customer's entitlements with the session's subscription or paid credit pack applied (the body of `GET …/entitlements`).", body = crate::http::openapi::EntitlementsDoc),
         (status = 400, description = "`invalid_session_id`, `field_too_long`, `invalid_body`.", body = crate::http::openapi::ErrorBody),
         (status = 404, description = "`customer_not_found`, `checkout_session_not_found` (unknown, or another customer's).", body = crate::http::openapi::ErrorBody),
         (status = 409, description = "`checkout_not_complete` (the session is still open or expired).", body = crate::http::openapi::ErrorBody),
@@ -73,6 +75,9 @@ pub(super) async fn sync_checkout<S: BillingBackend + ?Sized>(
             ),
         });
     }
+    if session["mode"] == "payment" {
+        feed_back_payment(api, &session).await?;
+    }
     if let Some(subscription) = session["subscription"]
         .as_object()
         .map(|o| Value::Object(o.clone()))
@@ -110,4 +115,36 @@ fn session_belongs_to(session: &Value, id: &CustomerId, stripe_customer: Option<
         .as_str()
         .or_else(|| session["customer"]["id"].as_str());
     named || (customer.is_some() && customer == stripe_customer)
+}
+
+/// Feeds a `payment` mode session as Stripe returned it into the inbox as
+/// the `checkout.session.completed` it is, and waits for it: a paid pack's
+/// session credits the pack exactly as its webhook would (the grant's key
+/// is the payment intent, so the later or earlier webhook adds nothing).
+/// One id per session and payment status: a repeated sync is a duplicate,
+/// one after a delayed payment settled is not.
+async fn feed_back_payment<S: BillingBackend + ?Sized>(
+    api: &crate::http::api::ApiState<S>,
+    session: &Value,
+) -> Result<(), ApiError> {
+    let id = session["id"].as_str().unwrap_or_default();
+    let status = session["payment_status"].as_str().unwrap_or("unpaid");
+    // The session's creation is Stripe's second, never after its
+    // completion: a pack's purchase order is the same whichever of the
+    // webhook and the sync comes first (the earliest is kept).
+    let created = session["created"]
+        .as_i64()
+        .unwrap_or_else(|| api.clock.now());
+    let payload = json!({
+        "id": format!("{CHECKOUT_SYNC_EVENT_PREFIX}{id}_{status}"),
+        "object": "event",
+        "type": "checkout.session.completed",
+        "created": created,
+        "api_version": billd_stripe::API_VERSION,
+        "data": { "object": session },
+    });
+    let event = parse_envelope(payload.to_string().as_bytes(), api.clock.now())
+        .map_err(|e| ApiError::StripeRejected(format!("Checkout session {id}: {}", e.0)))?;
+    crate::http::app::subscription::insert_and_wait(api, event).await?;
+    Ok(())
 }

@@ -89,6 +89,15 @@ pub(crate) async fn feed_back_snapshot<S: BillingBackend + ?Sized>(
         object.clone(),
         state.clock.now(),
     );
+    insert_and_wait(state, event).await
+}
+
+/// Inserts a synthetic inbox event and waits (bounded) until the worker
+/// applied it; false when it is not applied yet (it will be, later).
+pub(crate) async fn insert_and_wait<S: BillingBackend + ?Sized>(
+    state: &ApiState<S>,
+    event: NewEvent,
+) -> Result<bool, ApiError> {
     let id = event.id.clone();
     state
         .store
@@ -113,7 +122,7 @@ pub(crate) async fn feed_back_snapshot<S: BillingBackend + ?Sized>(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tracing::warn!(event_id = %id, "fed-back subscription not applied yet; answering anyway");
+    tracing::warn!(event_id = %id, "fed-back event not applied yet; answering anyway");
     Ok(false)
 }
 

@@ -46,7 +46,7 @@ use crate::http::openapi::{route, route_with, Verb};
 use crate::pipeline::BillingBackend;
 
 pub(crate) use cancel::set_cancel_at_period_end;
-pub(crate) use feed::feed_back_snapshot;
+pub(crate) use feed::{feed_back_snapshot, insert_and_wait};
 pub use types::{DowngradeTiming, ProrationBehavior};
 // The handlers' OpenAPI descriptions, for the document's `paths(…)`.
 pub(crate) use cancel::{__path_cancel, __path_resume};
