@@ -68,8 +68,12 @@ const PAGE_SIZE: u32 = 16_384;
 /// page passes through the writer's cache, and through a reader's when the
 /// worker reads it back). The writer's hot set is the tail of the inbox
 /// and the upper levels of its indexes; the operating system's page cache
-/// holds the rest of the file, a read away.
-const WRITER_CACHE_SIZE: &str = "-16384";
+/// holds the rest of the file, a read away. 8 MiB (512 pages) holds that
+/// set: at 16 MiB the cache filled as the file grew and `billd serve` peaked
+/// at 67 MiB under `billd bench apply --events 5000`, at 8 MiB 58–61 MiB
+/// with the same throughput and latency (71–83 MiB under `bench webhooks`,
+/// from 79–85).
+const WRITER_CACHE_SIZE: &str = "-8192";
 
 /// Page cache of each reader connection (KiB when negative): reads are
 /// short lookups (a customer, a link) and the worker's pass over rows just
