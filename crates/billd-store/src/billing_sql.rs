@@ -21,6 +21,7 @@
 macro_rules! billing_store {
     ($store:ty) => {
         use async_trait::async_trait;
+        use std::collections::HashSet;
         use billd_core::{CustomerId, StripeCustomerId, Usage, UsageKey};
         use sqlx::QueryBuilder;
 
@@ -768,6 +769,52 @@ macro_rules! billing_store {
                 }
             }
             Ok(receipts)
+        }
+
+        /// A round's writes with one statement per table (the backend's
+        /// `write_states`, `write_links`, `write_audit`, `write_outbox` and
+        /// `finish_many`): same guards and conflict rules as
+        /// [`write_commit`]. A round naming one customer or one event twice
+        /// is written row by row instead: one statement cannot update a row
+        /// twice.
+        async fn write_round(
+            conn: &mut Conn,
+            commits: &[(CustomerCommit, Vec<String>)],
+            finishes: &[$crate::EventFinish],
+            now: i64,
+        ) -> StoreResult<Vec<CommitReceipt>> {
+            let customers: HashSet<&str> = commits
+                .iter()
+                .map(|(commit, _)| commit.customer_id.as_str())
+                .collect();
+            let events: HashSet<&str> = finishes.iter().map(|done| done.id.as_str()).collect();
+            if customers.len() != commits.len() || events.len() != finishes.len() {
+                return write_round_each(conn, commits, finishes, now).await;
+            }
+            let written = write_states(&mut *conn, commits, now).await?;
+            write_links(&mut *conn, commits, now).await?;
+            write_audit(&mut *conn, commits).await?;
+            let inserted = write_outbox(&mut *conn, commits, now).await?;
+            for ((commit, events), (_, deleted)) in commits.iter().zip(&written) {
+                if *deleted {
+                    let event_ids: Vec<&str> = events.iter().map(String::as_str).collect();
+                    erase_stored(&mut *conn, &commit.customer_id, &event_ids).await?;
+                }
+            }
+            if !finishes.is_empty() {
+                let finished = super::finish_many(&mut *conn, finishes, now).await?;
+                if let Some(done) = finishes.iter().find(|done| !finished.contains(&done.id)) {
+                    return Err(unfinished(conn, &done.id).await);
+                }
+            }
+            Ok(written
+                .into_iter()
+                .zip(inserted)
+                .map(|((version, _), outbox_inserted)| CommitReceipt {
+                    version: Some(version),
+                    outbox_inserted,
+                })
+                .collect())
         }
 
         /// Why an event's outcome was not written: unknown (`NotFound`) or

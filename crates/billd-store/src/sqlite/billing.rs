@@ -2,62 +2,23 @@
 //! (`crate::billing_sql`), whose writes run on the single writer connection
 //! inside `BEGIN IMMEDIATE`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
 crate::billing_sql::billing_store!(super::SqliteStore);
 
-/// A round's writes with one statement per table, each reading its rows
-/// from one JSON array (`json_each`), as PostgreSQL's do from `UNNEST`.
-/// Every statement is a call into the writer connection's thread and runs
-/// while the webhooks' group commit waits for that one writer: row by row,
-/// a round of a few hundred events was a few thousand calls. Same guards
-/// and conflict rules as [`write_commit`]: a customer is written only at
-/// its expected version (or created when it had no row), a link's first
-/// customer wins, an outbox row whose dedupe key exists is skipped, an
-/// outcome is written only under its lease; rows go in in the round's
-/// order. A round naming one customer or one event twice is written row by
-/// row instead: one statement cannot update a row twice.
-async fn write_round(
-    conn: &mut Conn,
-    commits: &[(CustomerCommit, Vec<String>)],
-    finishes: &[crate::EventFinish],
-    now: i64,
-) -> StoreResult<Vec<CommitReceipt>> {
-    let customers: HashSet<&str> = commits
-        .iter()
-        .map(|(commit, _)| commit.customer_id.as_str())
-        .collect();
-    let events: HashSet<&str> = finishes.iter().map(|done| done.id.as_str()).collect();
-    if customers.len() != commits.len() || events.len() != finishes.len() {
-        return write_round_each(conn, commits, finishes, now).await;
-    }
-    let written = write_states(&mut *conn, commits, now).await?;
-    write_links(&mut *conn, commits, now).await?;
-    write_audit(&mut *conn, commits).await?;
-    let inserted = write_outbox(&mut *conn, commits, now).await?;
-    for ((commit, events), (_, deleted)) in commits.iter().zip(&written) {
-        if *deleted {
-            let event_ids: Vec<&str> = events.iter().map(String::as_str).collect();
-            erase_stored(&mut *conn, &commit.customer_id, &event_ids).await?;
-        }
-    }
-    if !finishes.is_empty() {
-        let finished = super::finish_many(&mut *conn, finishes, now).await?;
-        if let Some(done) = finishes.iter().find(|done| !finished.contains(&done.id)) {
-            return Err(unfinished(conn, &done.id).await);
-        }
-    }
-    Ok(written
-        .into_iter()
-        .zip(inserted)
-        .map(|((version, _), outbox_inserted)| CommitReceipt {
-            version: Some(version),
-            outbox_inserted,
-        })
-        .collect())
-}
+// The table writers of the shared `write_round`: one statement per table, each reading its rows
+// from one JSON array (`json_each`), as PostgreSQL's do from `UNNEST`.
+// Every statement is a call into the writer connection's thread and runs
+// while the webhooks' group commit waits for that one writer: row by row,
+// a round of a few hundred events was a few thousand calls. Same guards
+// and conflict rules as [`write_commit`]: a customer is written only at
+// its expected version (or created when it had no row), a link's first
+// customer wins, an outbox row whose dedupe key exists is skipped, an
+// outcome is written only under its lease; rows go in in the round's
+// order. A round naming one customer or one event twice is written row by
+// row instead: one statement cannot update a row twice.
 
 /// `rows` as the one JSON array a statement reads with `json_each`.
 fn rows_json(rows: &[Value]) -> StoreResult<String> {
