@@ -38,7 +38,8 @@ use tokio_util::sync::CancellationToken;
 pub use crate::http::{ApiError, AppState, WebhookConfig};
 pub use crate::pipeline::{
     Backoff, Clock, DeadReason, EventHandler, FailureClass, HandlerError, HandlerOutcome,
-    HandlerRegistry, InboxWorker, IngestConfig, Ingestor, ManualClock, SystemClock, WorkerConfig,
+    HandlerRegistry, InboxWorker, IngestConfig, IngestLoad, Ingestor, ManualClock, SystemClock,
+    WorkerConfig,
 };
 pub use crate::telemetry::Metrics;
 
@@ -153,6 +154,7 @@ pub fn start_with_parts(
     let wake = Arc::new(Notify::new());
     let (ingestor, writer) =
         Ingestor::spawn(store.clone(), metrics.clone(), wake.clone(), config.ingest);
+    let ingest_load = ingestor.load();
     let state = AppState {
         store: store.clone(),
         metrics: metrics.clone(),
@@ -172,7 +174,8 @@ pub fn start_with_parts(
             .await
     });
     let worker = (workers == Workers::Run).then(|| {
-        let worker = InboxWorker::new(store, registry, config.worker, metrics.clone(), clock);
+        let worker = InboxWorker::new(store, registry, config.worker, metrics.clone(), clock)
+            .with_ingest_load(ingest_load);
         tokio::spawn(worker.run(wake, cancel.clone()))
     });
     Ok(Running {

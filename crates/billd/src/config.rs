@@ -74,8 +74,9 @@ pub const SETTINGS: &[Setting] = &[
     setting("outbox_lease_secs", false, "Workers", "A claimed outbox row (email, alert, Stripe call) is reserved this long, renewed every third of it while its delivery runs; rows claimed by a killed process are retried after it."),
     setting("inbox_backoff_base_secs", false, "Workers", "First retry delay of a failed event: `base·2^(attempts-1)`, capped, jittered to [½, 1]×."),
     setting("inbox_backoff_cap_secs", false, "Workers", "Longest retry delay (at least the base)."),
-    setting("worker_concurrency", false, "Workers", "Customers whose events the inbox worker links and loads at once within a round (each customer's due events, up to 256 a round, applied in order)."),
+    setting("worker_concurrency", false, "Workers", "Customers whose events the inbox worker links and loads at once within a round (each customer's due events, up to `inbox_batch` a round, applied in order)."),
     setting("inbox_batch", false, "Workers", "Most events one inbox worker round claims, over as many customers as that takes; the round's states, outcomes and outbox rows are committed in one transaction."),
+    setting("inbox_batch_under_ingest", false, "Workers", "Most events an inbox worker round claims while webhooks wait for their acknowledgement (at most `inbox_batch`): short rounds hold SQLite's one writer briefly, so deliveries are acknowledged sooner and the process's peak memory stays lower, at some cost in applied events/s while webhooks arrive faster than they are applied."),
     setting("ingest_max_batch", false, "Workers", "Most webhook events per group commit."),
     setting("ready_max_lag_secs", false, "Workers", "`/readyz` fails when the oldest waiting event is older than this."),
     setting("scheduler", false, "Workers", "`off`: this process runs no scheduled jobs (with several instances they share the jobs anyway; one run each)."),
@@ -269,6 +270,9 @@ pub struct Config {
     pub worker_concurrency: u32,
     /// `BILLD_INBOX_BATCH`: most events per inbox worker round (one commit).
     pub inbox_batch: u32,
+    /// `BILLD_INBOX_BATCH_UNDER_INGEST`: most events per round while
+    /// webhooks wait for their acknowledgement.
+    pub inbox_batch_under_ingest: u32,
     /// `BILLD_INGEST_MAX_BATCH`: most webhook events per group commit.
     pub ingest_max_batch: usize,
     /// `BILLD_WORKER_THREADS`: async runtime threads; 0 is one per core.
@@ -605,6 +609,7 @@ impl Config {
         }
         let worker_concurrency = raw.int("worker_concurrency", 1, 1024);
         let inbox_batch = raw.int("inbox_batch", 1, 100_000);
+        let inbox_batch_under_ingest = raw.int("inbox_batch_under_ingest", 1, 100_000);
         let ingest_max_batch = raw.int("ingest_max_batch", 1, 100_000);
         let worker_threads = raw.int("worker_threads", 0, 1024);
         let ready_max_lag_secs = raw.int("ready_max_lag_secs", 1, 30 * 86_400);
@@ -698,6 +703,7 @@ impl Config {
             inbox_backoff_cap_secs,
             worker_concurrency,
             inbox_batch,
+            inbox_batch_under_ingest,
             ingest_max_batch,
             worker_threads,
             ready_max_lag_secs,

@@ -461,6 +461,7 @@ fn server_config(config: &Config) -> ServerConfig {
             ),
             concurrency: config.worker_concurrency,
             round_events: config.inbox_batch,
+            round_events_under_ingest: config.inbox_batch_under_ingest,
             poll_interval: Duration::from_secs(1),
             batch: WorkerConfig::default().batch,
             backoff: Backoff {

@@ -9,6 +9,7 @@
 //! together); SQLite has one writer, which starts the next commit as soon as
 //! the previous one ends, with whatever queued meanwhile.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use billd_store::{Backend, InsertOutcome, ReceivedEvent, Store, StoreError};
@@ -40,6 +41,38 @@ type Job = (
 #[derive(Debug, Clone)]
 pub struct Ingestor {
     tx: mpsc::Sender<Job>,
+    waiting: IngestLoad,
+}
+
+/// How many deliveries are waiting for their acknowledgement (queued for
+/// the writer or in its commit): the inbox worker reads it to keep its
+/// rounds short while webhooks wait, on SQLite for the one writer they
+/// share. Cheap to clone; all clones count the same deliveries.
+#[derive(Debug, Clone, Default)]
+pub struct IngestLoad(Arc<AtomicUsize>);
+
+impl IngestLoad {
+    /// Deliveries submitted and not answered yet.
+    pub fn waiting(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// Counts one delivery as waiting for its acknowledgement until the
+    /// returned guard is dropped (answered, or the request went away).
+    pub fn delivery(&self) -> WaitingDelivery {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        WaitingDelivery(self.0.clone())
+    }
+}
+
+/// One delivery counted by an [`IngestLoad`] while it lives.
+#[derive(Debug)]
+pub struct WaitingDelivery(Arc<AtomicUsize>);
+
+impl Drop for WaitingDelivery {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Tuning for the writer.
@@ -85,12 +118,24 @@ impl Ingestor {
                 in_flight,
             },
         ));
-        (Ingestor { tx }, handle)
+        (
+            Ingestor {
+                tx,
+                waiting: IngestLoad::default(),
+            },
+            handle,
+        )
+    }
+
+    /// The count of deliveries waiting for their acknowledgement.
+    pub fn load(&self) -> IngestLoad {
+        self.waiting.clone()
     }
 
     /// Queues `event` and waits until it is committed (or found to be a
     /// duplicate of a committed row).
     pub async fn submit(&self, event: ReceivedEvent) -> Result<InsertOutcome, IngestError> {
+        let _waiting = self.waiting.delivery();
         let (done, wait) = oneshot::channel();
         self.tx
             .send((event, done))

@@ -41,6 +41,9 @@ use crate::telemetry::Metrics;
 
 pub use billd_stripe::events::HANDLED_EVENT_TYPES;
 
+/// Customers a round applies between two yields to the runtime.
+const YIELD_EVERY: usize = 8;
+
 /// Ids of the synthetic events the outbox feeds back after re-fetching a
 /// subscription start with this; they carry Stripe's fetched object and
 /// are applied as authoritative at the tied second.
@@ -828,7 +831,13 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
             // One read for the round: on PostgreSQL each read is a round
             // trip, on SQLite a call into a reader's thread.
             let mut records = self.store.get_customers(&customers).await?;
-            for &customer in &customers {
+            for (n, &customer) in customers.iter().enumerate() {
+                if n % YIELD_EVERY == YIELD_EVERY - 1 {
+                    // Applying a round is CPU work with no await in it; the
+                    // webhooks' and the app's requests share these runtime
+                    // threads, so let them in between customers.
+                    tokio::task::yield_now().await;
+                }
                 let record = records.remove(customer);
                 let deleted = record.as_ref().is_some_and(|r| r.deleted_at.is_some());
                 let (before, version) = record.map(|r| (r.state, r.version)).unwrap_or_default();

@@ -21,7 +21,9 @@ mod worker;
 
 pub use clock::{observation_ns, Clock, ManualClock, SystemClock};
 pub use envelope::{parse_envelope, PayloadInvalid};
-pub use ingest::{commits_in_flight, IngestConfig, IngestError, Ingestor};
+pub use ingest::{
+    commits_in_flight, IngestConfig, IngestError, IngestLoad, Ingestor, WaitingDelivery,
+};
 #[cfg(test)]
 pub(crate) use lifecycle::claimed;
 pub use lifecycle::{

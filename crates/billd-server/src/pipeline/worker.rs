@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::clock::Clock;
+use crate::pipeline::ingest::IngestLoad;
 use crate::telemetry::Metrics;
 
 /// How a handler finished an event it accepted.
@@ -310,6 +311,14 @@ pub struct WorkerConfig {
     /// Events claimed per round in all, over as many customers as that
     /// takes: the lifecycle handler commits them in one transaction.
     pub round_events: u32,
+    /// Events claimed per round while webhooks wait for their
+    /// acknowledgement (at most `round_events`). A round's two write
+    /// transactions take SQLite's one writer for a time that grows with
+    /// the round, and every delivery that arrives meanwhile waits for them;
+    /// a short round also keeps the worker's buffers (and so the process's
+    /// peak memory) small while the webhooks use the cores. With nothing
+    /// waiting, rounds take `round_events`.
+    pub round_events_under_ingest: u32,
     /// How often to look for due events when nothing wakes the worker.
     pub poll_interval: Duration,
     /// Retry backoff.
@@ -327,7 +336,8 @@ impl Default for WorkerConfig {
             lease_secs: 30,
             concurrency: 16,
             batch: 256,
-            round_events: 256,
+            round_events: 128,
+            round_events_under_ingest: 32,
             poll_interval: Duration::from_secs(1),
             backoff: Backoff {
                 base_secs: 10,
@@ -341,6 +351,9 @@ impl Default for WorkerConfig {
 /// Received events (stored lean by the webhook) derived per round at most:
 /// one read and one write transaction for up to this many.
 pub const DERIVE_BATCH: u32 = 1024;
+
+/// Envelopes parsed between two yields to the runtime.
+const PARSES_PER_YIELD: usize = 32;
 
 /// Counts of what one round did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -366,6 +379,9 @@ pub struct InboxWorker {
     config: WorkerConfig,
     metrics: Arc<Metrics>,
     clock: Arc<dyn Clock>,
+    /// Deliveries waiting for their acknowledgement, when this process
+    /// takes webhooks.
+    ingest: Option<IngestLoad>,
 }
 
 impl std::fmt::Debug for InboxWorker {
@@ -392,6 +408,26 @@ impl InboxWorker {
             config,
             metrics,
             clock,
+            ingest: None,
+        }
+    }
+
+    /// Keeps rounds to `round_events_under_ingest` events while `load`
+    /// counts deliveries waiting for their acknowledgement.
+    #[must_use]
+    pub fn with_ingest_load(mut self, load: IngestLoad) -> Self {
+        self.ingest = Some(load);
+        self
+    }
+
+    /// Events the next round may claim (and derive).
+    fn round_events(&self) -> u32 {
+        let full = self.config.round_events.max(1);
+        match &self.ingest {
+            Some(load) if load.waiting() > 0 => {
+                full.min(self.config.round_events_under_ingest.max(1))
+            }
+            _ => full,
         }
     }
 
@@ -431,7 +467,7 @@ impl InboxWorker {
     /// webhook stored only their id and body) in one transaction, so the
     /// worker can claim them. Returns how many were read.
     pub async fn derive_received(&self) -> StoreResult<usize> {
-        let (read, derived) = self.read_received().await?;
+        let (read, derived) = self.read_received(self.round_events()).await?;
         if read > 0 {
             self.store.derive_events(&derived, self.clock.now()).await?;
         }
@@ -442,12 +478,17 @@ impl InboxWorker {
     /// more than a round claims (a round's buffers are what the worker's
     /// memory grows with), and parses their envelopes: how many were read,
     /// and what to write.
-    async fn read_received(&self) -> StoreResult<(usize, Vec<Derived>)> {
-        let limit = DERIVE_BATCH.min(self.config.round_events.max(1));
+    async fn read_received(&self, round: u32) -> StoreResult<(usize, Vec<Derived>)> {
+        let limit = DERIVE_BATCH.min(round);
         let received = self.store.received_events(limit).await?;
-        let derived: Vec<Derived> = received
-            .iter()
-            .map(|row| {
+        let mut derived: Vec<Derived> = Vec::with_capacity(received.len());
+        for (n, row) in received.iter().enumerate() {
+            if n % PARSES_PER_YIELD == PARSES_PER_YIELD - 1 {
+                // Parsing is CPU work with no await in it: let the requests
+                // that share these runtime threads in between.
+                tokio::task::yield_now().await;
+            }
+            derived.push(
                 match crate::pipeline::parse_envelope(row.payload.as_bytes(), row.received_at) {
                     Ok(event) if event.id == row.id => Derived::Event(event),
                     Ok(event) => self.invalid(
@@ -455,9 +496,9 @@ impl InboxWorker {
                         format!("the body is the event {}, not {}", event.id, row.id),
                     ),
                     Err(e) => self.invalid(&row.id, e.to_string()),
-                }
-            })
-            .collect();
+                },
+            );
+        }
         Ok((received.len(), derived))
     }
 
@@ -475,12 +516,13 @@ impl InboxWorker {
     /// transaction, processes the claim and records the outcomes the
     /// handlers did not commit themselves; returns what happened.
     pub async fn run_once(&self) -> StoreResult<RoundReport> {
-        let (read, derived) = self.read_received().await?;
+        let round = self.round_events();
+        let (read, derived) = self.read_received(round).await?;
         let now = self.clock.now();
         let limits = ClaimLimits {
-            groups: self.config.round_events,
+            groups: round,
             per_customer: self.config.batch,
-            events: self.config.round_events,
+            events: round,
         };
         let claimed = self
             .store

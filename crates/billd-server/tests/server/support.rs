@@ -89,6 +89,7 @@ pub fn server_config() -> ServerConfig {
             concurrency: 8,
             batch: 256,
             round_events: 1024,
+            round_events_under_ingest: WorkerConfig::default().round_events_under_ingest,
             poll_interval: Duration::from_millis(50),
             backoff: Backoff {
                 base_secs: 10,

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use billd_server::telemetry::Scrape;
 use billd_server::{
-    EventHandler, HandlerError, HandlerOutcome, HandlerRegistry, InboxWorker, ManualClock, Metrics,
+    EventHandler, HandlerError, HandlerOutcome, HandlerRegistry, InboxWorker, IngestLoad,
+    ManualClock, Metrics,
 };
 use billd_store::{EventStatus, StoreError, StoredEvent};
 
@@ -23,6 +24,7 @@ on_both_databases!(
     a_worker_that_outlives_its_lease_does_not_overwrite_the_reclaimers_outcome,
     a_burst_for_one_customer_drains_in_back_to_back_rounds_not_one_per_poll_interval,
     a_burst_of_two_thousand_events_for_one_customer_drains_in_a_few_batched_rounds,
+    rounds_stay_short_while_webhooks_wait_for_their_acknowledgement,
     the_heartbeat_keeps_a_long_running_batch_leased_past_its_first_lease,
     a_batch_whose_worker_stopped_renewing_is_reclaimed_by_another_worker_after_the_lease,
     a_malformed_event_is_dead_after_one_attempt_and_its_customers_next_event_is_applied_at_once,
@@ -293,6 +295,44 @@ async fn a_worker_that_outlives_its_lease_does_not_overwrite_the_reclaimers_outc
     assert_eq!(e.last_error, None, "the late failure wrote nothing");
     assert_eq!(e.claim, 2);
     assert_eq!(s.metrics.processing_outcomes.get("lease_lost"), 1);
+}
+
+async fn rounds_stay_short_while_webhooks_wait_for_their_acknowledgement(db: Db) {
+    let handler = FlakyHandler::failing(0);
+    let s = setup(db, Some(handler.clone())).await;
+    let more: Vec<_> = (2..=20)
+        .map(|i| {
+            let body = stripe_event(&format!("evt_work_{i}"), "invoice.paid", "invoice", T0 + i);
+            billd_server::pipeline::parse_envelope(body.as_bytes(), T0).unwrap()
+        })
+        .collect();
+    s.db.store.insert_events(&more).await.unwrap();
+    let mut registry = HandlerRegistry::new();
+    registry.register("invoice.paid", handler.clone());
+    let mut config = server_config().worker;
+    config.round_events = 1024;
+    config.round_events_under_ingest = 6;
+    let load = IngestLoad::default();
+    let worker = InboxWorker::new(
+        s.db.store.clone(),
+        registry,
+        config,
+        s.metrics.clone(),
+        s.clock.clone(),
+    )
+    .with_ingest_load(load.clone());
+
+    // Two deliveries wait for their acknowledgement: rounds of 6.
+    let (first, second) = (load.delivery(), load.delivery());
+    assert_eq!(worker.run_once().await.unwrap().claimed, 6);
+    drop(first);
+    assert_eq!(load.waiting(), 1);
+    assert_eq!(worker.run_once().await.unwrap().claimed, 6);
+    // Nothing waits: the round takes everything due (8 left).
+    drop(second);
+    assert_eq!(load.waiting(), 0);
+    assert_eq!(worker.run_once().await.unwrap().claimed, 8);
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 20);
 }
 
 async fn a_burst_for_one_customer_drains_in_back_to_back_rounds_not_one_per_poll_interval(db: Db) {
