@@ -123,6 +123,35 @@ async fn event(setup: &Setup) -> StoredEvent {
         .unwrap()
 }
 
+/// `evt_work_2` … `evt_work_{last}`: more `invoice.paid` events of the
+/// setup's customer, one second apart.
+fn more_work(last: i64) -> Vec<billd_store::NewEvent> {
+    (2..=last)
+        .map(|i| {
+            let body = stripe_event(&format!("evt_work_{i}"), "invoice.paid", "invoice", T0 + i);
+            billd_server::pipeline::parse_envelope(body.as_bytes(), T0).unwrap()
+        })
+        .collect()
+}
+
+/// A worker over the setup's store, clock and metrics sending
+/// `invoice.paid` to `handler`, with `config`.
+fn worker_with<H: EventHandler + 'static>(
+    s: &Setup,
+    handler: Arc<H>,
+    config: billd_server::WorkerConfig,
+) -> InboxWorker {
+    let mut registry = HandlerRegistry::new();
+    registry.register("invoice.paid", handler);
+    InboxWorker::new(
+        s.db.store.clone(),
+        registry,
+        config,
+        s.metrics.clone(),
+        s.clock.clone(),
+    )
+}
+
 async fn unknown_event_types_are_marked_skipped_after_one_attempt(db: Db) {
     let s = setup(db, None::<Arc<FlakyHandler>>).await;
 
@@ -300,27 +329,12 @@ async fn a_worker_that_outlives_its_lease_does_not_overwrite_the_reclaimers_outc
 async fn rounds_stay_short_while_webhooks_wait_for_their_acknowledgement(db: Db) {
     let handler = FlakyHandler::failing(0);
     let s = setup(db, Some(handler.clone())).await;
-    let more: Vec<_> = (2..=20)
-        .map(|i| {
-            let body = stripe_event(&format!("evt_work_{i}"), "invoice.paid", "invoice", T0 + i);
-            billd_server::pipeline::parse_envelope(body.as_bytes(), T0).unwrap()
-        })
-        .collect();
-    s.db.store.insert_events(&more).await.unwrap();
-    let mut registry = HandlerRegistry::new();
-    registry.register("invoice.paid", handler.clone());
+    s.db.store.insert_events(&more_work(20)).await.unwrap();
     let mut config = server_config().worker;
     config.round_events = 1024;
     config.round_events_under_ingest = 6;
     let load = IngestLoad::default();
-    let worker = InboxWorker::new(
-        s.db.store.clone(),
-        registry,
-        config,
-        s.metrics.clone(),
-        s.clock.clone(),
-    )
-    .with_ingest_load(load.clone());
+    let worker = worker_with(&s, handler.clone(), config).with_ingest_load(load.clone());
 
     // Two deliveries wait for their acknowledgement: rounds of 6.
     let (first, second) = (load.delivery(), load.delivery());
@@ -340,12 +354,7 @@ async fn a_burst_for_one_customer_drains_in_back_to_back_rounds_not_one_per_poll
     let s = setup(db, Some(handler.clone())).await;
     // Twenty events of one customer (a checkout makes about ten), for a
     // worker that nothing wakes: none may wait for a poll interval.
-    let burst: Vec<_> = (2..=20)
-        .map(|i| {
-            let body = stripe_event(&format!("evt_work_{i}"), "invoice.paid", "invoice", T0 + i);
-            billd_server::pipeline::parse_envelope(body.as_bytes(), T0).unwrap()
-        })
-        .collect();
+    let burst = more_work(20);
     let customer = event(&s).await.stripe_customer;
     assert!(customer.is_some());
     assert!(burst.iter().all(|e| e.stripe_customer == customer));
@@ -353,17 +362,9 @@ async fn a_burst_for_one_customer_drains_in_back_to_back_rounds_not_one_per_poll
 
     // A worker that sleeps a minute after a round that finds nothing, and
     // that nothing wakes.
-    let mut registry = HandlerRegistry::new();
-    registry.register("invoice.paid", handler.clone());
     let mut config = server_config().worker;
     config.poll_interval = std::time::Duration::from_secs(60);
-    let worker = InboxWorker::new(
-        s.db.store.clone(),
-        registry,
-        config,
-        s.metrics.clone(),
-        s.clock.clone(),
-    );
+    let worker = worker_with(&s, handler.clone(), config);
     let cancel = tokio_util::sync::CancellationToken::new();
     let running = tokio::spawn(worker.run(Arc::new(tokio::sync::Notify::new()), cancel.clone()));
 
@@ -618,17 +619,9 @@ async fn the_heartbeat_keeps_a_long_running_batch_leased_past_its_first_lease(db
         .env
         .set((s.db.store.clone(), s.clock.clone()))
         .is_ok());
-    let mut registry = HandlerRegistry::new();
-    registry.register("invoice.paid", handler.clone());
     let mut config = server_config().worker;
     config.heartbeat = std::time::Duration::from_millis(20);
-    let worker = InboxWorker::new(
-        s.db.store.clone(),
-        registry,
-        config,
-        s.metrics.clone(),
-        s.clock.clone(),
-    );
+    let worker = worker_with(&s, handler.clone(), config);
 
     let report = worker.run_once().await.unwrap();
 
