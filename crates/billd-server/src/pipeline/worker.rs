@@ -10,7 +10,9 @@
 //! leases while its handlers run, so leases can be short: events left
 //! `processing` by a crashed process come back when their lease ends (the
 //! store's claim reclaims them), or at once on a SQLite start-up
-//! (`Store::release_all_claims`).
+//! (`Store::release_all_claims`). While no webhook waits for its
+//! acknowledgement, the next round is derived and claimed while the current
+//! one is applied, and processed after it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -352,6 +354,37 @@ impl Default for WorkerConfig {
 /// one read and one write transaction for up to this many.
 pub const DERIVE_BATCH: u32 = 1024;
 
+/// What one round claimed.
+#[derive(Debug, Default)]
+struct Claim {
+    /// Received events read (and derived) by the claim's transaction.
+    read: usize,
+    /// The events claimed, leased to this worker.
+    claimed: Vec<StoredEvent>,
+}
+
+/// The leases of a round claimed while another is processed, for that
+/// round's heartbeat to renew.
+#[derive(Debug, Default)]
+struct HeldLeases(std::sync::Mutex<Vec<(String, i64)>>);
+
+impl HeldLeases {
+    fn add(&self, claimed: &[StoredEvent]) {
+        let mut held = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        held.extend(claimed.iter().map(|e| (e.id.clone(), e.claim)));
+    }
+
+    fn snapshot(&self) -> Vec<(String, i64)> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
 /// Envelopes parsed between two yields to the runtime.
 const PARSES_PER_YIELD: usize = 32;
 
@@ -420,38 +453,81 @@ impl InboxWorker {
         self
     }
 
+    /// Whether deliveries wait for their acknowledgement.
+    fn webhooks_waiting(&self) -> bool {
+        self.ingest.as_ref().is_some_and(|load| load.waiting() > 0)
+    }
+
     /// Events the next round may claim (and derive).
     fn round_events(&self) -> u32 {
         let full = self.config.round_events.max(1);
-        match &self.ingest {
-            Some(load) if load.waiting() > 0 => {
-                full.min(self.config.round_events_under_ingest.max(1))
-            }
-            _ => full,
+        if self.webhooks_waiting() {
+            full.min(self.config.round_events_under_ingest.max(1))
+        } else {
+            full
         }
     }
 
     /// Runs rounds until `cancel` fires. `wake` is notified by the webhook
     /// writer after each commit so new events are picked up at once.
     pub async fn run(self, wake: Arc<Notify>, cancel: CancellationToken) {
+        // The round claimed while the previous one was processed.
+        let mut ahead: Option<Claim> = None;
         loop {
             // A round takes at most `batch` events of a customer (and
             // nothing of a customer under a live lease), so a burst can
             // need several: the next round follows at once while rounds
             // find work, rather than after `poll_interval`.
-            let busy = match self.run_once().await {
-                Ok(report) => report.claimed > 0 || report.derived > 0,
+            let claim = match ahead.take() {
+                Some(claim) if !claim.claimed.is_empty() => Ok(claim),
+                // Claimed empty a round ago: what is due now may differ.
+                _ => self.claim_round().await,
+            };
+            let busy = match claim {
+                Ok(claim) if claim.claimed.is_empty() => claim.read > 0,
+                Ok(claim) if self.webhooks_waiting() => {
+                    // Webhooks wait for the writer and the cores: one round
+                    // at a time, and a short one (`round_events`).
+                    if let Err(e) = self.process_claim(claim, &HeldLeases::default()).await {
+                        self.round_failed(&e);
+                    }
+                    true
+                }
+                Ok(claim) => {
+                    // The next round is derived and claimed while this one
+                    // is linked, applied and committed. Its customers are
+                    // not this round's (their events are under this round's
+                    // live lease), and it is processed only after this
+                    // round's commit, so per customer nothing runs beside
+                    // anything else, as with one round at a time; the
+                    // heartbeat of this round keeps its leases too.
+                    // A task of its own, so that its parsing runs on the
+                    // other core beside this round's applying.
+                    let next = Arc::new(HeldLeases::default());
+                    let claiming = tokio::spawn({
+                        let (worker, next) = (self.clone(), next.clone());
+                        async move { worker.claim_round_into(&next).await }
+                    });
+                    if let Err(e) = self.process_claim(claim, &next).await {
+                        self.round_failed(&e);
+                    }
+                    match claiming.await {
+                        Ok(Ok(claim)) => ahead = Some(claim),
+                        Ok(Err(e)) => self.round_failed(&e),
+                        Err(e) => tracing::error!(error = %e, "claiming the next round panicked"),
+                    }
+                    true
+                }
                 Err(e) => {
-                    crate::pipeline::count_store_error(&self.metrics, &e);
-                    tracing::warn!(error = %e, "inbox worker round failed");
+                    self.round_failed(&e);
                     false
                 }
             };
+            if cancel.is_cancelled() {
+                break;
+            }
             if busy {
-                // More may be due right away; still yield to cancellation.
-                if cancel.is_cancelled() {
-                    break;
-                }
+                // More may be due right away.
                 continue;
             }
             tokio::select! {
@@ -460,7 +536,19 @@ impl InboxWorker {
                 () = tokio::time::sleep(self.config.poll_interval) => {}
             }
         }
+        // A round claimed ahead is applied before the worker stops, rather
+        // than left leased (on PostgreSQL, until its lease ends).
+        if let Some(claim) = ahead.filter(|claim| !claim.claimed.is_empty()) {
+            if let Err(e) = self.process_claim(claim, &HeldLeases::default()).await {
+                self.round_failed(&e);
+            }
+        }
         tracing::info!("inbox worker stopped");
+    }
+
+    fn round_failed(&self, e: &billd_store::StoreError) {
+        crate::pipeline::count_store_error(&self.metrics, e);
+        tracing::warn!(error = %e, "inbox worker round failed");
     }
 
     /// Derives the columns of up to [`DERIVE_BATCH`] received events (the
@@ -516,6 +604,13 @@ impl InboxWorker {
     /// transaction, processes the claim and records the outcomes the
     /// handlers did not commit themselves; returns what happened.
     pub async fn run_once(&self) -> StoreResult<RoundReport> {
+        let claim = self.claim_round().await?;
+        self.process_claim(claim, &HeldLeases::default()).await
+    }
+
+    /// Derives what was received and claims what is due, in one write
+    /// transaction.
+    async fn claim_round(&self) -> StoreResult<Claim> {
         let round = self.round_events();
         let (read, derived) = self.read_received(round).await?;
         let now = self.clock.now();
@@ -529,6 +624,22 @@ impl InboxWorker {
             .derive_and_claim(&derived, now, now + self.config.lease_secs, limits)
             .await?
             .claimed;
+        Ok(Claim { read, claimed })
+    }
+
+    /// [`InboxWorker::claim_round`], whose leases `held` then lists for
+    /// the heartbeat of the round under way.
+    async fn claim_round_into(&self, held: &HeldLeases) -> StoreResult<Claim> {
+        let claim = self.claim_round().await?;
+        held.add(&claim.claimed);
+        Ok(claim)
+    }
+
+    /// Processes a claimed round and records the outcomes the handlers
+    /// did not commit themselves. Its heartbeat also renews the leases in
+    /// `ahead` (a round claimed meanwhile, waiting for this one).
+    async fn process_claim(&self, claim: Claim, ahead: &HeldLeases) -> StoreResult<RoundReport> {
+        let Claim { read, claimed } = claim;
         let batches = batches(&claimed);
         let mut report = RoundReport {
             derived: read,
@@ -542,7 +653,7 @@ impl InboxWorker {
         let held: Vec<(String, i64)> = claimed.iter().map(|e| (e.id.clone(), e.claim)).collect();
         let results: Vec<(usize, Option<EventResult>)> = tokio::select! {
             results = self.process_round(&batches) => results,
-            () = self.heartbeat(&held) => unreachable!("the heartbeat runs until the round ends"),
+            () = self.heartbeat(&held, ahead) => unreachable!("the heartbeat runs until the round ends"),
         };
         // Outcomes the handler did not commit itself are recorded in one
         // transaction: on SQLite every commit takes the single writer (and an
@@ -590,11 +701,13 @@ impl InboxWorker {
     /// drops it when its handlers are done). A renewal that fails is
     /// retried at the next beat; the rest of the lease absorbs a missed
     /// beat or two.
-    async fn heartbeat(&self, held: &[(String, i64)]) {
+    async fn heartbeat(&self, held: &[(String, i64)], ahead: &HeldLeases) {
         loop {
             tokio::time::sleep(self.config.heartbeat).await;
             let lease_until = self.clock.now() + self.config.lease_secs;
-            match self.store.renew_events(held, lease_until).await {
+            let mut renew = held.to_vec();
+            renew.extend(ahead.snapshot());
+            match self.store.renew_events(&renew, lease_until).await {
                 Ok(renewed) => tracing::debug!(renewed, lease_until, "inbox leases renewed"),
                 Err(e) => {
                     crate::pipeline::count_store_error(&self.metrics, &e);

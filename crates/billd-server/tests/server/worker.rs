@@ -25,6 +25,7 @@ on_both_databases!(
     a_burst_for_one_customer_drains_in_back_to_back_rounds_not_one_per_poll_interval,
     a_burst_of_two_thousand_events_for_one_customer_drains_in_a_few_batched_rounds,
     rounds_stay_short_while_webhooks_wait_for_their_acknowledgement,
+    the_next_round_is_claimed_while_one_is_applied_unless_webhooks_wait,
     the_heartbeat_keeps_a_long_running_batch_leased_past_its_first_lease,
     a_batch_whose_worker_stopped_renewing_is_reclaimed_by_another_worker_after_the_lease,
     a_malformed_event_is_dead_after_one_attempt_and_its_customers_next_event_is_applied_at_once,
@@ -347,6 +348,94 @@ async fn rounds_stay_short_while_webhooks_wait_for_their_acknowledgement(db: Db)
     assert_eq!(load.waiting(), 0);
     assert_eq!(worker.run_once().await.unwrap().claimed, 8);
     assert_eq!(handler.calls.load(Ordering::SeqCst), 20);
+}
+
+/// While it handles `evt_work_1`, looks (for at most `patience`) whether
+/// `evt_other` is already claimed; handles everything else at once.
+struct AheadObserver {
+    store: std::sync::OnceLock<Arc<dyn billd_store::Store>>,
+    patience: std::time::Duration,
+    saw_ahead: std::sync::atomic::AtomicBool,
+    calls: AtomicU32,
+}
+
+#[async_trait]
+impl EventHandler for AheadObserver {
+    async fn handle(&self, event: &StoredEvent) -> Result<HandlerOutcome, HandlerError> {
+        if event.id == "evt_work_1" {
+            let store = self.store.get().unwrap();
+            let deadline = std::time::Instant::now() + self.patience;
+            while std::time::Instant::now() < deadline {
+                let other = store.get_event("evt_other").await.unwrap().unwrap();
+                if other.status == EventStatus::Processing {
+                    self.saw_ahead.store(true, Ordering::SeqCst);
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        Ok(HandlerOutcome::Processed)
+    }
+}
+
+/// Runs a worker whose rounds take one event over `evt_work_1` and an
+/// event of another customer, with `waiting` deliveries waiting for their
+/// acknowledgement, until both are handled; whether the second was
+/// claimed while the first was handled.
+async fn claimed_ahead(db: Db, waiting: usize, patience: std::time::Duration) -> bool {
+    let handler = Arc::new(AheadObserver {
+        store: std::sync::OnceLock::new(),
+        patience,
+        saw_ahead: std::sync::atomic::AtomicBool::new(false),
+        calls: AtomicU32::new(0),
+    });
+    let s = setup(db, Some(handler.clone())).await;
+    assert!(handler.store.set(s.db.store.clone()).is_ok());
+    let mut other: serde_json::Value = serde_json::from_str(&stripe_event(
+        "evt_other",
+        "invoice.paid",
+        "invoice",
+        T0 - 5,
+    ))
+    .unwrap();
+    other["data"]["object"]["customer"] = serde_json::json!("cus_someone_else");
+    let other = billd_server::pipeline::parse_envelope(other.to_string().as_bytes(), T0).unwrap();
+    assert_ne!(other.stripe_customer, event(&s).await.stripe_customer);
+    s.db.store.insert_events(&[other]).await.unwrap();
+    let mut config = server_config().worker;
+    config.round_events = 1;
+    config.round_events_under_ingest = 1;
+    let load = IngestLoad::default();
+    let held: Vec<_> = (0..waiting).map(|_| load.delivery()).collect();
+    let worker = worker_with(&s, handler.clone(), config).with_ingest_load(load);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(worker.run(Arc::new(tokio::sync::Notify::new()), cancel.clone()));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while handler.calls.load(Ordering::SeqCst) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the events were not applied"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    cancel.cancel();
+    running.await.unwrap();
+    drop(held);
+    for id in ["evt_work_1", "evt_other"] {
+        let e = s.db.store.get_event(id).await.unwrap().unwrap();
+        assert_eq!(e.status, EventStatus::Processed, "{id}");
+    }
+    handler.saw_ahead.load(Ordering::SeqCst)
+}
+
+async fn the_next_round_is_claimed_while_one_is_applied_unless_webhooks_wait(db: Db) {
+    // Nothing waits: the other customer's event is claimed (under lease)
+    // while the first round's event is handled.
+    assert!(claimed_ahead(db, 0, std::time::Duration::from_secs(10)).await);
+    // A delivery waits for its acknowledgement: one round at a time, so
+    // the other event stays pending until the first round is done.
+    assert!(!claimed_ahead(db, 1, std::time::Duration::from_millis(300)).await);
 }
 
 async fn a_burst_for_one_customer_drains_in_back_to_back_rounds_not_one_per_poll_interval(db: Db) {
