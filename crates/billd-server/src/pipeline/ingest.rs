@@ -59,17 +59,17 @@ impl IngestLoad {
 
     /// Counts one delivery as waiting for its acknowledgement until the
     /// returned guard is dropped (answered, or the request went away).
-    pub fn delivery(&self) -> WaitingDelivery {
+    pub fn delivery(&self) -> WaitingDelivery<'_> {
         self.0.fetch_add(1, Ordering::Relaxed);
-        WaitingDelivery(self.0.clone())
+        WaitingDelivery(&self.0)
     }
 }
 
 /// One delivery counted by an [`IngestLoad`] while it lives.
 #[derive(Debug)]
-pub struct WaitingDelivery(Arc<AtomicUsize>);
+pub struct WaitingDelivery<'a>(&'a AtomicUsize);
 
-impl Drop for WaitingDelivery {
+impl Drop for WaitingDelivery<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }

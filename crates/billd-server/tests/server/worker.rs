@@ -153,6 +153,31 @@ fn worker_with<H: EventHandler + 'static>(
     )
 }
 
+/// Runs `worker` (nothing wakes it) until its handler has been called
+/// `events` times, failing after `within` with `why`; then stops it and
+/// waits for it to end.
+async fn run_until_handled(
+    worker: InboxWorker,
+    calls: &AtomicU32,
+    events: u32,
+    within: std::time::Duration,
+    why: &str,
+) {
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(worker.run(Arc::new(tokio::sync::Notify::new()), cancel.clone()));
+    let deadline = std::time::Instant::now() + within;
+    while calls.load(Ordering::SeqCst) < events {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {events} events applied{why}",
+            calls.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    cancel.cancel();
+    running.await.unwrap();
+}
+
 async fn unknown_event_types_are_marked_skipped_after_one_attempt(db: Db) {
     let s = setup(db, None::<Arc<FlakyHandler>>).await;
 
@@ -408,19 +433,15 @@ async fn claimed_ahead(db: Db, waiting: usize, patience: std::time::Duration) ->
     config.round_events_under_ingest = 1;
     let load = IngestLoad::default();
     let held: Vec<_> = (0..waiting).map(|_| load.delivery()).collect();
-    let worker = worker_with(&s, handler.clone(), config).with_ingest_load(load);
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let running = tokio::spawn(worker.run(Arc::new(tokio::sync::Notify::new()), cancel.clone()));
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while handler.calls.load(Ordering::SeqCst) < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the events were not applied"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
-    cancel.cancel();
-    running.await.unwrap();
+    let worker = worker_with(&s, handler.clone(), config).with_ingest_load(load.clone());
+    run_until_handled(
+        worker,
+        &handler.calls,
+        2,
+        std::time::Duration::from_secs(20),
+        "",
+    )
+    .await;
     drop(held);
     for id in ["evt_work_1", "evt_other"] {
         let e = s.db.store.get_event(id).await.unwrap().unwrap();
@@ -454,20 +475,14 @@ async fn a_burst_for_one_customer_drains_in_back_to_back_rounds_not_one_per_poll
     let mut config = server_config().worker;
     config.poll_interval = std::time::Duration::from_secs(60);
     let worker = worker_with(&s, handler.clone(), config);
-    let cancel = tokio_util::sync::CancellationToken::new();
-    let running = tokio::spawn(worker.run(Arc::new(tokio::sync::Notify::new()), cancel.clone()));
-
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while handler.calls.load(Ordering::SeqCst) < 20 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} of 20 events applied: the worker waited between rounds",
-            handler.calls.load(Ordering::SeqCst)
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    cancel.cancel();
-    running.await.unwrap();
+    run_until_handled(
+        worker,
+        &handler.calls,
+        20,
+        std::time::Duration::from_secs(10),
+        ": the worker waited between rounds",
+    )
+    .await;
     assert_eq!(handler.calls.load(Ordering::SeqCst), 20);
 }
 
