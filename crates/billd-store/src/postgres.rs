@@ -25,6 +25,7 @@ use crate::{
 };
 
 mod billing;
+mod change_feed;
 mod dialect;
 mod usage;
 
@@ -58,6 +59,8 @@ pub struct PgStore {
     /// Stripe customers of deleted accounts: their arriving events are
     /// scrubbed before they are stored.
     erased: Arc<crate::erasure::ErasedCustomers>,
+    /// Changes of customers announced by the database, once followed.
+    changes: Arc<change_feed::ChangeFeed>,
 }
 
 impl PgStore {
@@ -68,6 +71,7 @@ impl PgStore {
         Ok(PgStore {
             pool,
             erased: Arc::default(),
+            changes: Arc::default(),
         })
     }
 
@@ -78,6 +82,7 @@ impl PgStore {
         Ok(PgStore {
             pool,
             erased: Arc::default(),
+            changes: Arc::default(),
         })
     }
 

@@ -85,12 +85,13 @@ pub trait UsageStore: Send + Sync + 'static {
         Ok(snapshots)
     }
 
-    /// A mark to take just before a [`UsageStore::usage_snapshot`]: `Some`
-    /// only where this store sees every write to the database (SQLite under
-    /// `billd serve`'s serving lock, whose writes all go through its one
-    /// writer connection), so that [`UsageStore::still_current`] can later
-    /// tell, without reading, that nothing of that customer was written
-    /// since. `None` on PostgreSQL, where other processes write.
+    /// A mark to take just before a [`UsageStore::usage_snapshot`], so that
+    /// [`UsageStore::still_current`] can later tell, without reading, that
+    /// nothing of that customer was written since. `Some` only where this
+    /// store learns of every write to the database: SQLite under `billd
+    /// serve`'s serving lock (whose writes all go through its one writer
+    /// connection), and PostgreSQL while it follows the changes of every
+    /// process ([`UsageStore::follow_changes`]).
     fn write_mark(&self) -> Option<WriteMark> {
         None
     }
@@ -98,11 +99,34 @@ pub trait UsageStore: Send + Sync + 'static {
     /// Whether nothing that `snapshot` reads (the customer's row and its
     /// counters) has been committed since `mark` was taken, the snapshot
     /// having been read after taking it: then the snapshot is still what
-    /// the database holds. Writes for other customers do not matter.
+    /// the database held when [`UsageStore::settle`] last answered true (on
+    /// SQLite: now). Writes for other customers do not matter.
     fn still_current(&self, mark: WriteMark, snapshot: &UsageSnapshot) -> bool {
         let _ = (mark, snapshot);
         false
     }
+
+    /// Waits until [`UsageStore::still_current`] accounts for every write
+    /// committed before the call, in any process; false when the store
+    /// cannot tell (then read instead). On PostgreSQL one round trip,
+    /// shared by the readers that ask together; where every write goes
+    /// through this store (SQLite) there is nothing to wait for
+    /// ([`UsageStore::settles`] is false).
+    async fn settle(&self) -> bool {
+        true
+    }
+
+    /// Whether [`UsageStore::settle`] has anything to wait for, so that a
+    /// memory answer on SQLite needs no await at all.
+    fn settles(&self) -> bool {
+        false
+    }
+
+    /// Starts following the writes of other processes where the store can
+    /// (PostgreSQL: listening for the database's announcements of changed
+    /// customers), so that it gives write marks; later calls do nothing.
+    /// Needs a tokio runtime.
+    fn follow_changes(&self) {}
 }
 
 /// A point in the store's sequence of commits ([`UsageStore::write_mark`]):

@@ -182,6 +182,9 @@ pub fn routes<S: BillingBackend + ?Sized>(
     );
     let keys = Arc::new(keys);
     let idem = Idempotency::new(store.clone(), clock.clone());
+    // On PostgreSQL, entitlement reads answer from memory only while this
+    // process hears every process's changes.
+    store.follow_changes();
     let reads = (store.backend() == billd_store::Backend::Postgres).then(|| {
         crate::http::app::usage_reads::ReadBatcher::start(
             store.clone(),

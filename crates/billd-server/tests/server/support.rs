@@ -749,6 +749,15 @@ impl billd_store::UsageStore for SwitchableStore {
     ) -> bool {
         self.inner.still_current(mark, snapshot)
     }
+    async fn settle(&self) -> bool {
+        self.check().is_ok() && self.inner.settle().await
+    }
+    fn settles(&self) -> bool {
+        self.inner.settles()
+    }
+    fn follow_changes(&self) {
+        self.inner.follow_changes();
+    }
 }
 
 /// Stored idempotent answers forward like the rest.

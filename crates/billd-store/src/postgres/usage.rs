@@ -13,13 +13,14 @@
 //! the retry finds the first answer. A refusal reads once more, so a
 //! request that waited for a same-key request finds that answer too.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use billd_core::CustomerId;
 use sqlx::postgres::PgPool;
 
 use super::billing::consume_together;
+use super::change_feed;
 use super::PgStore;
 use crate::billing::{check_amount, from_db, period_column, replay, Direction, StoredRequest};
 use crate::dialect::Dialect;
@@ -30,6 +31,9 @@ use crate::{StoreError, StoreResult, UsageOutcome, UsageRequest};
 
 /// The primary key a same-key race fails on.
 const REQUESTS_KEY: &str = "usage_requests_pkey";
+
+/// The SQLSTATE of a transaction PostgreSQL aborted to break a lock cycle.
+const DEADLOCK_DETECTED: &str = "40P01";
 
 /// How often a consume that lost a same-key race is retried; the retry
 /// finds the winner's answer, so one is enough unless keys are reused
@@ -215,6 +219,198 @@ pub(super) async fn consume_one(
     }))
 }
 
+/// `$1`..`$3` customers, features and period columns: their counters, at
+/// 0 where missing (for live customers only; the counters' foreign key).
+const ENSURE_COUNTERS: &str = "\
+INSERT INTO usage_counters (customer_id, feature, period_start, used) \
+SELECT r.customer_id, r.feature, r.period_start, 0 \
+FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[]) AS r(customer_id, feature, period_start) \
+JOIN customers AS c ON c.customer_id = r.customer_id AND c.deleted_at IS NULL \
+ON CONFLICT (customer_id, feature, period_start) DO NOTHING";
+
+/// The consumes of a batch, each on a counter of its own and under a key
+/// of its own: `$1` customers, `$2` keys, `$3` features, `$4` period
+/// columns, `$5` amounts, `$6` limits, `$7` expected customer versions,
+/// `$8` now. Applies those whose customer is at the version, whose key is
+/// new and that fit under their limit, records their answers, and returns
+/// (customer, key, counter after) for each applied one.
+const CONSUME_MANY: &str = "\
+WITH r AS ( \
+    SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::TEXT[], $4::BIGINT[], $5::BIGINT[], \
+                         $6::BIGINT[], $7::BIGINT[]) \
+        AS r(customer_id, idempotency_key, feature, period_start, amount, quota, version) \
+), due AS ( \
+    SELECT r.* FROM r \
+    JOIN customers AS c ON c.customer_id = r.customer_id \
+        AND c.version = r.version AND c.deleted_at IS NULL \
+    WHERE NOT EXISTS (SELECT 1 FROM usage_requests AS p \
+        WHERE p.customer_id = r.customer_id AND p.idempotency_key = r.idempotency_key) \
+), bump AS ( \
+    UPDATE usage_counters AS u SET used = u.used + due.amount FROM due \
+    WHERE u.customer_id = due.customer_id AND u.feature = due.feature \
+      AND u.period_start = due.period_start AND u.used + due.amount <= due.quota \
+    RETURNING due.customer_id, due.idempotency_key, due.feature, due.period_start, \
+              due.amount, due.quota, u.used \
+), answer AS ( \
+    INSERT INTO usage_requests \
+      (customer_id, idempotency_key, direction, feature, period_start, amount, used, quota, \
+       created_at) \
+    SELECT customer_id, idempotency_key, 'consume', feature, period_start, amount, used, quota, $8 \
+    FROM bump \
+    RETURNING customer_id, idempotency_key, used \
+) \
+SELECT customer_id, idempotency_key, used FROM answer";
+
+/// `UsageStore::consume_guarded_batch`: the consumes that can go together
+/// (no credits or overage, each on a counter and under a key no earlier one
+/// of the batch uses) are applied in one transaction of two statements, so
+/// that concurrent consumes share a commit (and its announcement of the
+/// changed customers, which PostgreSQL serialises database-wide). Every
+/// other one, and every one of those that the statement did not apply (a
+/// stale version, a repeated key, over its limit), is then decided alone,
+/// in batch order, by the one-statement path, which gives its exact answer.
+async fn consume_batch(
+    store: &PgStore,
+    batch: &[GuardedConsume],
+    now: i64,
+) -> StoreResult<Vec<StoreResult<GuardedOutcome>>> {
+    let mut answers: Vec<Option<GuardedOutcome>> = (0..batch.len()).map(|_| None).collect();
+    let mut counters = HashSet::new();
+    let mut keys = HashSet::new();
+    let mut together = Vec::new();
+    for (i, consume) in batch.iter().enumerate() {
+        let request = &consume.request;
+        if request.overage.is_some() || request.credits.is_some() {
+            continue;
+        }
+        let Ok(amount) = check_amount(request) else {
+            continue;
+        };
+        let counter = (
+            request.customer_id.as_str(),
+            request.key.feature.as_str(),
+            period_column(&request.key),
+        );
+        let key = (
+            request.customer_id.as_str(),
+            request.idempotency_key.as_str(),
+        );
+        // Both sets learn of every candidate, so a later consume of the
+        // same counter or key is decided alone, after this one.
+        let (new_counter, new_key) = (counters.insert(counter), keys.insert(key));
+        if new_counter && new_key {
+            together.push((i, amount));
+        }
+    }
+    // In counter order, so that two batches under way at once lock their
+    // counters in the same order and never wait on each other in a cycle.
+    together.sort_by_key(|&(i, _)| {
+        let key = &batch[i].request.key;
+        (
+            batch[i].request.customer_id.as_str(),
+            key.feature.as_str(),
+            period_column(key),
+        )
+    });
+    if together.len() > 1 {
+        for (i, used) in apply_together(store, batch, &together, now).await? {
+            let consume = &batch[i];
+            answers[i] = Some(GuardedOutcome::Decided(UsageOutcome::Applied {
+                used: from_db(used),
+                limit: consume.limit,
+                replayed: false,
+            }));
+        }
+    }
+    let mut out = Vec::with_capacity(batch.len());
+    for (consume, answer) in batch.iter().zip(answers) {
+        out.push(match answer {
+            Some(answer) => Ok(answer),
+            None => store.consume_guarded(consume, now).await,
+        });
+    }
+    Ok(out)
+}
+
+/// The consumes `together` (batch positions and amounts) in one
+/// transaction: the positions applied and their counters after. A
+/// same-key race with another process, or a lock cycle with another
+/// process's batch, applies none of them (each is then decided alone).
+async fn apply_together(
+    store: &PgStore,
+    batch: &[GuardedConsume],
+    together: &[(usize, i64)],
+    now: i64,
+) -> StoreResult<Vec<(usize, i64)>> {
+    let mut customers = Vec::with_capacity(together.len());
+    let mut idempotency = Vec::with_capacity(together.len());
+    let mut features = Vec::with_capacity(together.len());
+    let mut periods = Vec::with_capacity(together.len());
+    let mut amounts = Vec::with_capacity(together.len());
+    let mut limits = Vec::with_capacity(together.len());
+    let mut versions = Vec::with_capacity(together.len());
+    let mut position = HashMap::with_capacity(together.len());
+    for &(i, amount) in together {
+        let consume = &batch[i];
+        let request = &consume.request;
+        customers.push(request.customer_id.as_str());
+        idempotency.push(request.idempotency_key.as_str());
+        features.push(request.key.feature.as_str());
+        periods.push(period_column(&request.key));
+        amounts.push(amount);
+        // A limit beyond BIGINT cannot be reached anyway.
+        limits.push(i64::try_from(consume.limit).unwrap_or(i64::MAX));
+        versions.push(consume.customer_version);
+        position.insert(
+            (
+                request.customer_id.as_str(),
+                request.idempotency_key.as_str(),
+            ),
+            i,
+        );
+    }
+    let mut tx = store.pool.begin().await?;
+    sqlx::query(ENSURE_COUNTERS)
+        .bind(&customers)
+        .bind(&features)
+        .bind(&periods)
+        .execute(&mut *tx)
+        .await?;
+    let applied: Result<Vec<(String, String, i64)>, sqlx::Error> = sqlx::query_as(CONSUME_MANY)
+        .bind(&customers)
+        .bind(&idempotency)
+        .bind(&features)
+        .bind(&periods)
+        .bind(&amounts)
+        .bind(&limits)
+        .bind(&versions)
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await;
+    let applied = match applied {
+        Err(sqlx::Error::Database(e))
+            if e.constraint() == Some(REQUESTS_KEY)
+                || e.code().as_deref() == Some(DEADLOCK_DETECTED) =>
+        {
+            tx.rollback().await?;
+            return Ok(Vec::new());
+        }
+        other => other?,
+    };
+    tx.commit().await?;
+    applied
+        .into_iter()
+        .map(|(customer, key, used)| {
+            position
+                .get(&(customer.as_str(), key.as_str()))
+                .map(|&i| (i, used))
+                .ok_or_else(|| {
+                    StoreError::Other(format!("an applied consume {customer}/{key} not asked"))
+                })
+        })
+        .collect()
+}
+
 /// A consume that may report overage or take credits: the meter event's
 /// outbox row and the packs' counters must commit with it, which the
 /// one-statement [`consume_one`] cannot write, so it takes the
@@ -251,13 +447,7 @@ impl UsageStore for PgStore {
         batch: &[GuardedConsume],
         now: i64,
     ) -> StoreResult<Vec<StoreResult<GuardedOutcome>>> {
-        // Group-committed like SQLite's (one transaction, a savepoint per
-        // request), unlike the one-statement `consume_guarded`.
-        let batch: Vec<_> = batch
-            .iter()
-            .map(|c| (&c.request, c.limit, Some(c.customer_version)))
-            .collect();
-        consume_together(self, &batch, now).await
+        consume_batch(self, batch, now).await
     }
 
     async fn usage_snapshot(
@@ -310,7 +500,13 @@ impl UsageStore for PgStore {
         let mut snapshots = per_customer
             .into_iter()
             .zip(&customers)
-            .map(|(rows, customer)| snapshot_of(customer, rows))
+            .map(|(rows, customer)| {
+                let mut snapshot = snapshot_of(customer, rows)?;
+                if let Some(snapshot) = &mut snapshot {
+                    snapshot.change_key = Some(change_feed::bucket_of(customer));
+                }
+                Ok(snapshot)
+            })
             .collect::<StoreResult<Vec<_>>>()?;
         // Each answer once, moved out at its last use.
         let answers = position
@@ -325,5 +521,25 @@ impl UsageStore for PgStore {
             })
             .collect();
         Ok(answers)
+    }
+
+    fn write_mark(&self) -> Option<crate::WriteMark> {
+        self.changes.mark()
+    }
+
+    fn still_current(&self, mark: crate::WriteMark, snapshot: &UsageSnapshot) -> bool {
+        self.changes.unchanged_since(mark, snapshot.change_key)
+    }
+
+    async fn settle(&self) -> bool {
+        self.changes.settle().await
+    }
+
+    fn settles(&self) -> bool {
+        true
+    }
+
+    fn follow_changes(&self) {
+        self.changes.follow(&self.pool);
     }
 }

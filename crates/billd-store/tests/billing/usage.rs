@@ -15,6 +15,7 @@ contract!(
     a_repeated_key_gets_its_first_answer_even_at_limit_zero,
     concurrent_guarded_consumes_stop_at_the_limit_and_count_each_key_once,
     a_guarded_batch_answers_each_consume_as_alone_and_keeps_only_what_was_applied,
+    a_guarded_batch_over_many_counters_answers_each_consume_as_alone,
     a_usage_snapshot_has_the_counters_and_the_state_only_when_its_version_changed,
     snapshots_of_many_customers_answer_each_read_as_alone_in_order,
     an_overage_consume_writes_one_meter_event_in_its_transaction_on_every_path,
@@ -250,6 +251,77 @@ async fn a_guarded_batch_answers_each_consume_as_alone_and_keeps_only_what_was_a
     assert!(answers[4].is_err(), "another amount under a used key");
     assert_eq!(answers[5], Ok(applied(3, 3, false)));
     assert_eq!(counter(h, "user_g5").await, 3);
+}
+
+/// A batch whose consumes are on many counters (on PostgreSQL, applied
+/// together in one statement where they can be) answers each as alone, in
+/// batch order.
+async fn a_guarded_batch_over_many_counters_answers_each_consume_as_alone(h: &Harness) {
+    for id in [
+        "user_m1", "user_m2", "user_m3", "user_m4", "user_m5", "user_m6",
+    ] {
+        h.billing
+            .upsert_customer(&profile(id, "m@example.com"), NOW)
+            .await
+            .unwrap();
+    }
+    h.store
+        .consume_guarded(&guarded("user_m4", 1, "earlier", 5, 0), NOW)
+        .await
+        .unwrap();
+    h.billing
+        .delete_customer(&commit("user_m6", 0, CustomerState::default()), NOW)
+        .await
+        .unwrap();
+    let batch = [
+        guarded("user_m1", 2, "a", 5, 0),
+        guarded("user_m2", 1, "b", 5, 7),
+        guarded("user_m3", 9, "c", 5, 0),
+        guarded("user_m4", 1, "earlier", 5, 0),
+        guarded("user_m5", 5, "e", 5, 0),
+        guarded("user_m1", 3, "a2", 5, 0),
+        guarded("user_m1", 1, "a3", 5, 0),
+        guarded("user_nobody", 1, "n", 5, 0),
+        guarded("user_m6", 1, "d", 5, 1),
+        guarded("user_m3", 5, "c2", 5, 0),
+    ];
+
+    let answers = h.store.consume_guarded_batch(&batch, NOW).await.unwrap();
+
+    let answers: Vec<GuardedOutcome> = answers.into_iter().map(Result::unwrap).collect();
+    let refused = |used| GuardedOutcome::Decided(UsageOutcome::LimitExceeded { used, limit: 5 });
+    assert_eq!(
+        answers,
+        [
+            applied(2, 5, false),
+            GuardedOutcome::Stale,
+            refused(0),
+            applied(1, 5, true),
+            applied(5, 5, false),
+            applied(5, 5, false),
+            refused(5),
+            GuardedOutcome::Stale,
+            GuardedOutcome::Stale,
+            applied(5, 5, false),
+        ]
+    );
+    for (id, used) in [
+        ("user_m1", 5),
+        ("user_m2", 0),
+        ("user_m3", 5),
+        ("user_m4", 1),
+        ("user_m5", 5),
+    ] {
+        assert_eq!(counter(h, id).await, used, "{id}");
+    }
+    // Each applied consume's answer is stored under its key.
+    let again = h
+        .store
+        .consume_guarded_batch(&[batch[0].clone(), batch[4].clone()], NOW)
+        .await
+        .unwrap();
+    let again: Vec<GuardedOutcome> = again.into_iter().map(Result::unwrap).collect();
+    assert_eq!(again, [applied(2, 5, true), applied(5, 5, true)]);
 }
 
 async fn a_usage_snapshot_has_the_counters_and_the_state_only_when_its_version_changed(
@@ -703,5 +775,191 @@ async fn concurrent_consumes_of_two_periods_never_take_a_packs_unit_twice(h: &Ha
     assert_eq!(applied, counter + next_counter + first + second);
     if unavailable == 0 {
         assert_eq!(applied, 21);
+    }
+}
+
+/// PostgreSQL only: other processes write the database, so a snapshot is
+/// known current only from the database's announcements of changes, heard
+/// by a store that follows them ([`UsageStore::follow_changes`]).
+mod followed_changes {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use billd_core::CustomerState;
+    use billd_store::{BillingStore, PgStore, UsageStore};
+
+    use super::super::{commit, customer, postgres, profile};
+    use super::{guarded, NOW};
+
+    async fn connect(url: &str) -> sqlx::PgConnection {
+        <sqlx::PgConnection as sqlx::Connection>::connect(url)
+            .await
+            .unwrap()
+    }
+
+    /// The pid of the database's one listening connection, if any.
+    async fn listening_backend(sql: &mut sqlx::PgConnection) -> Option<i32> {
+        let pids: Vec<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity \
+             WHERE datname = current_database() AND application_name = 'billd change feed'",
+        )
+        .fetch_all(sql)
+        .await
+        .unwrap();
+        assert!(pids.len() <= 1, "{pids:?}");
+        pids.first().copied()
+    }
+
+    /// Settles `store`, waiting for its listener to be up first.
+    async fn settled(store: &PgStore) {
+        for _ in 0..200 {
+            if store.write_mark().is_some() && store.settle().await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the change feed did not start listening");
+    }
+
+    /// Whether a snapshot of `id` read after `mark` is still current once
+    /// settled.
+    async fn current(store: &PgStore, mark: billd_store::WriteMark, id: &str) -> bool {
+        let snapshot = store
+            .usage_snapshot(&customer(id), None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(store.settle().await);
+        store.still_current(mark, &snapshot)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_stays_current_until_any_process_changes_its_customer() {
+        let harness = postgres().await;
+        let reader = PgStore::connect(&harness.url).await.unwrap();
+        let writer: Arc<dyn BillingStore> = harness.another().await;
+        for id in ["user_f1", "user_f2"] {
+            writer
+                .upsert_customer(&profile(id, "f@example.com"), NOW)
+                .await
+                .unwrap();
+        }
+        assert_eq!(reader.write_mark(), None, "no marks before following");
+        reader.follow_changes();
+        settled(&reader).await;
+
+        // Nothing written since: both current.
+        let mark = reader.write_mark().unwrap();
+        let f1 = reader
+            .usage_snapshot(&customer("user_f1"), None)
+            .await
+            .unwrap()
+            .unwrap();
+        let f2 = reader
+            .usage_snapshot(&customer("user_f2"), None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(reader.settle().await);
+        assert!(reader.still_current(mark, &f1));
+        assert!(reader.still_current(mark, &f2));
+
+        // A consume by another process: stale at once after settling (no
+        // wait for the announcement beyond `settle`), the other customer
+        // not. Twenty times, since an announcement usually arrives soon
+        // enough even without settling.
+        let consumer = PgStore::connect(&harness.url).await.unwrap();
+        for i in 0..20 {
+            let mark = reader.write_mark().unwrap();
+            let f1 = reader
+                .usage_snapshot(&customer("user_f1"), None)
+                .await
+                .unwrap()
+                .unwrap();
+            consumer
+                .consume_guarded(&guarded("user_f1", 1, &format!("k{i}"), 50, 0), NOW)
+                .await
+                .unwrap();
+            assert!(reader.settle().await);
+            assert!(!reader.still_current(mark, &f1), "a counter changed ({i})");
+            assert!(reader.still_current(mark, &f2), "another customer ({i})");
+        }
+
+        // A state committed by another process.
+        let mark = reader.write_mark().unwrap();
+        assert!(current(&reader, mark, "user_f2").await);
+        writer
+            .commit_customer(&commit("user_f2", 0, CustomerState::default()), NOW)
+            .await
+            .unwrap();
+        assert!(!current(&reader, mark, "user_f2").await, "a state changed");
+
+        // A write no billd code makes (an operator's SQL) is heard as well,
+        // and a rolled-back one is not.
+        let mark = reader.write_mark().unwrap();
+        let mut sql = connect(&harness.url).await;
+        let mut tx = sqlx::Connection::begin(&mut sql).await.unwrap();
+        sqlx::query("UPDATE usage_counters SET used = 0 WHERE customer_id = 'user_f1'")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        assert!(current(&reader, mark, "user_f1").await, "rolled back");
+        sqlx::query("UPDATE usage_counters SET used = 0 WHERE customer_id = 'user_f1'")
+            .execute(&mut sql)
+            .await
+            .unwrap();
+        assert!(!current(&reader, mark, "user_f1").await, "committed");
+
+        // A TRUNCATE changes every customer.
+        let mark = reader.write_mark().unwrap();
+        assert!(current(&reader, mark, "user_f2").await);
+        sqlx::query("TRUNCATE usage_counters")
+            .execute(&mut sql)
+            .await
+            .unwrap();
+        assert!(!current(&reader, mark, "user_f2").await, "truncated");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_listener_answers_nothing_from_memory_until_it_listens_again() {
+        let harness = postgres().await;
+        let reader = PgStore::connect(&harness.url).await.unwrap();
+        reader
+            .upsert_customer(&profile("user_l1", "l@example.com"), NOW)
+            .await
+            .unwrap();
+        reader.follow_changes();
+        settled(&reader).await;
+        let mark = reader.write_mark().unwrap();
+        assert!(current(&reader, mark, "user_l1").await);
+
+        // The server ends the listening connection (a restart, a network
+        // failure, an operator).
+        let mut sql = connect(&harness.url).await;
+        let before = listening_backend(&mut sql).await.unwrap();
+        sqlx::query("SELECT pg_terminate_backend($1)")
+            .bind(before)
+            .execute(&mut sql)
+            .await
+            .unwrap();
+        // It listens again on a new connection (by then it has noticed).
+        let mut again = None;
+        for _ in 0..200 {
+            again = listening_backend(&mut sql)
+                .await
+                .filter(|pid| *pid != before);
+            if again.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(again.is_some(), "the change feed did not listen again");
+        // Changes made while it was down are lost, so every earlier mark is
+        // stale, even once it listens again.
+        settled(&reader).await;
+        assert!(!current(&reader, mark, "user_l1").await);
+        let mark = reader.write_mark().unwrap();
+        assert!(current(&reader, mark, "user_l1").await);
     }
 }

@@ -30,7 +30,7 @@ use billd_store::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::http::app::usage_batch::{ConsumeBatcher, MAX_BATCH};
+use crate::http::app::usage_batch::{ConsumeBatcher, MAX_BATCH, PG_IN_FLIGHT};
 use crate::http::app::usage_cache::{CachedState, CurrentSnapshot, StateCache};
 use crate::http::app::usage_reads::ReadBatcher;
 use crate::http::auth::{require_app_key, ApiKeys};
@@ -47,9 +47,9 @@ struct UsageState<S: BillingBackend + ?Sized> {
     store: Arc<S>,
     catalog: Arc<Catalog>,
     clock: Arc<dyn Clock>,
-    /// On SQLite, consumes go through one writer that group-commits them
-    /// (see [`crate::http::app::usage_batch`] for why not on PostgreSQL).
-    consumer: Option<ConsumeBatcher>,
+    /// Consumes go through a writer that group-commits them (see
+    /// [`crate::http::app::usage_batch`]).
+    consumer: ConsumeBatcher,
     /// Customer states consumes were decided on.
     states: Arc<StateCache>,
 }
@@ -94,8 +94,15 @@ pub fn routes<S: BillingBackend + ?Sized>(
         require_app_key,
     ))
     .with_state(UsageState {
-        consumer: (store.backend() == billd_store::Backend::Sqlite)
-            .then(|| ConsumeBatcher::start(store.clone(), clock.clone(), MAX_BATCH)),
+        consumer: ConsumeBatcher::start(
+            store.clone(),
+            clock.clone(),
+            MAX_BATCH,
+            match store.backend() {
+                billd_store::Backend::Sqlite => 1,
+                billd_store::Backend::Postgres => PG_IN_FLIGHT,
+            },
+        ),
         states,
         store,
         catalog,
@@ -251,7 +258,9 @@ async fn load_entitlements<S: BillingBackend + ?Sized>(
 /// The customer's entitlements now, as JSON. From memory when the store
 /// proves nothing of this customer was committed since its last snapshot was
 /// read (`UsageStore::still_current`: SQLite, whose every write goes through
-/// this process), the bytes computed at most once per snapshot and second;
+/// this process; PostgreSQL after `UsageStore::settle`, from the database's
+/// announcements of changes), the bytes computed at most once per snapshot
+/// and second;
 /// otherwise [`read_entitlements`] (404 `customer_not_found` or
 /// `customer_deleted`), whose bytes are those of the last snapshot again
 /// when the read found it unchanged.
@@ -265,11 +274,13 @@ pub(crate) async fn current_entitlements_json<S: BillingBackend + ?Sized>(
 ) -> Result<Bytes, ApiError> {
     let last = states.snapshot(customer);
     if let Some(current) = &last {
-        if current
-            .mark
-            .is_some_and(|mark| store.still_current(mark, &current.snapshot))
-        {
-            return answer_of(current, catalog, now);
+        // Settled first: every write committed before this read arrived,
+        // in any process, is then known to the store.
+        if let Some(mark) = current.mark {
+            let settled = !store.settles() || store.settle().await;
+            if settled && store.still_current(mark, &current.snapshot) {
+                return answer_of(current, catalog, now);
+            }
         }
     }
     read_entitlements(store, catalog, now, states, reads, customer, last).await
@@ -381,20 +392,13 @@ fn answer(feature: FeatureName, used: u64, limit: u64, replayed: bool) -> Json<U
     })
 }
 
-/// One guarded consume, group-committed where that pays.
+/// One guarded consume, group-committed with the consumes that arrive
+/// with it.
 async fn consume<S: BillingBackend + ?Sized>(
     state: &UsageState<S>,
     consume: GuardedConsume,
 ) -> Result<GuardedOutcome, StoreError> {
-    match &state.consumer {
-        Some(batcher) => batcher.consume(consume).await,
-        None => {
-            state
-                .store
-                .consume_guarded(&consume, state.clock.now())
-                .await
-        }
-    }
+    state.consumer.consume(consume).await
 }
 
 /// The customer's state: the cached one, unless `reread`, else read

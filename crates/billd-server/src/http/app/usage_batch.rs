@@ -1,25 +1,30 @@
 //! Group commit for the usage endpoint: concurrent consumes are handed to
 //! one writer task, which commits whatever has queued up while the previous
-//! commit was on disk as one `consume_batch` (one transaction, one fsync)
-//! and then answers each caller. Under no load a batch is one request and
-//! nothing waits; under load the fsync cost is shared. Every answer is sent
-//! only after its batch committed, so a 200 is still durable.
+//! commit was under way as one `consume_guarded_batch` and then answers
+//! each caller. Under no load a batch is one request and nothing waits;
+//! under load the commit's cost is shared. Every answer is sent only after
+//! its batch committed, so a 200 is still durable.
 //!
-//! Used on SQLite, which has a single writer anyway. On PostgreSQL each
-//! statement is a network round trip, so a lone writer leaves the server
-//! idle, and concurrent batches sharing hot counters wait on each other's
-//! whole transaction; there the endpoint commits each consume on its own
-//! connection and PostgreSQL's WAL flush groups concurrent commits itself.
+//! On SQLite, which has a single writer anyway, one batch at a time (one
+//! transaction, one fsync). On PostgreSQL [`PG_IN_FLIGHT`] batches at once,
+//! since each statement is a network round trip: there a batch applies the
+//! consumes of distinct counters in one transaction of two statements, and
+//! so one announcement of the changed customers (`NOTIFY`, whose commits
+//! PostgreSQL serialises database-wide) serves them all.
 
 use std::sync::Arc;
 
 use billd_store::{GuardedConsume, GuardedOutcome, StoreError, StoreResult, UsageStore};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::pipeline::Clock;
 
 /// Most consumes in one commit.
 pub const MAX_BATCH: usize = 512;
+
+/// Batches under way at once on PostgreSQL: one on the wire while the next
+/// one gathers.
+pub const PG_IN_FLIGHT: usize = 2;
 
 struct Job {
     consume: GuardedConsume,
@@ -45,10 +50,11 @@ impl ConsumeBatcher {
         store: Arc<S>,
         clock: Arc<dyn Clock>,
         max_batch: usize,
+        in_flight: usize,
     ) -> Self {
         let max_batch = max_batch.max(1);
         let (jobs, rx) = mpsc::channel(max_batch * 4);
-        tokio::spawn(write_batches(store, clock, rx, max_batch));
+        tokio::spawn(write_batches(store, clock, rx, max_batch, in_flight.max(1)));
         ConsumeBatcher { jobs }
     }
 
@@ -69,33 +75,88 @@ impl ConsumeBatcher {
 async fn write_batches<S: UsageStore + ?Sized>(
     store: Arc<S>,
     clock: Arc<dyn Clock>,
-    mut rx: mpsc::Receiver<Job>,
+    rx: mpsc::Receiver<Job>,
     max_batch: usize,
+    in_flight: usize,
 ) {
-    let mut jobs = Vec::with_capacity(max_batch);
-    while rx.recv_many(&mut jobs, max_batch).await > 0 {
-        let batch: Vec<GuardedConsume> = jobs.iter().map(|j| j.consume.clone()).collect();
-        match store.consume_guarded_batch(&batch, clock.now()).await {
-            Ok(answers) if answers.len() == jobs.len() => {
-                for (job, answer) in jobs.drain(..).zip(answers) {
-                    // A caller that went away (client disconnected) needs no answer.
-                    let _ = job.reply.send(answer);
-                }
+    in_batches(rx, max_batch, in_flight, move |jobs: Vec<Job>| {
+        let (store, now) = (store.clone(), clock.now());
+        async move {
+            let batch: Vec<GuardedConsume> = jobs.iter().map(|j| j.consume.clone()).collect();
+            let answers = store.consume_guarded_batch(&batch, now).await;
+            let replies = jobs.into_iter().map(|j| j.reply).collect();
+            answer_each(replies, answers, "consume_guarded_batch");
+        }
+    })
+    .await;
+}
+
+/// Hands what queues on `rx` to `handle` in batches of at most
+/// `max_batch`, up to `in_flight` batches under way at once, until every
+/// sender is gone. A batch takes what queued by the time a slot was free,
+/// so what queues while every slot is busy goes together in the next one.
+/// With one slot each batch is handled in this task, without a hand-over
+/// to another.
+pub(super) async fn in_batches<J, F, H>(
+    mut rx: mpsc::Receiver<J>,
+    max_batch: usize,
+    in_flight: usize,
+    handle: H,
+) where
+    J: Send + 'static,
+    F: std::future::Future<Output = ()> + Send + 'static,
+    H: Fn(Vec<J>) -> F,
+{
+    let slots = Arc::new(Semaphore::new(in_flight.max(1)));
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = Vec::with_capacity(max_batch);
+        if rx.recv_many(&mut batch, max_batch).await == 0 {
+            return;
+        }
+        let handled = handle(batch);
+        let handled = async move {
+            handled.await;
+            drop(slot);
+        };
+        if in_flight <= 1 {
+            handled.await;
+        } else {
+            tokio::spawn(handled);
+        }
+    }
+}
+
+/// Sends each caller its answer, or the batch's error to every caller;
+/// `what` names the call in the error when the answers do not match the
+/// callers one to one.
+pub(super) fn answer_each<T>(
+    replies: Vec<oneshot::Sender<StoreResult<T>>>,
+    answers: StoreResult<Vec<StoreResult<T>>>,
+    what: &str,
+) {
+    match answers {
+        Ok(answers) if answers.len() == replies.len() => {
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                // A caller that went away (client disconnected) needs no answer.
+                let _ = reply.send(answer);
             }
-            Ok(answers) => {
-                let message = format!(
-                    "consume_guarded_batch gave {} answers for {} requests",
-                    answers.len(),
-                    jobs.len()
-                );
-                for job in jobs.drain(..) {
-                    let _ = job.reply.send(Err(StoreError::Other(message.clone())));
-                }
+        }
+        Ok(answers) => {
+            let message = format!(
+                "{what} gave {} answers for {} requests",
+                answers.len(),
+                replies.len()
+            );
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::Other(message.clone())));
             }
-            Err(e) => {
-                for job in jobs.drain(..) {
-                    let _ = job.reply.send(Err(copy(&e)));
-                }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(copy(&e)));
             }
         }
     }
@@ -167,6 +228,7 @@ mod tests {
             store.clone(),
             Arc::new(crate::pipeline::SystemClock),
             MAX_BATCH,
+            1,
         );
 
         let answers = futures::future::join_all((0..64).map(|i| {

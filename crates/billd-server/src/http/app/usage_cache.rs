@@ -27,7 +27,8 @@ pub struct CachedState {
 }
 
 /// A customer's last snapshot and parsed state, read just after `mark` was
-/// taken: where the store gives marks (SQLite), what the database holds for
+/// taken: where the store gives marks (SQLite; PostgreSQL while it follows
+/// every process's changes), what the database holds for
 /// as long as the store says nothing was committed for that customer since
 /// (`billd_store::UsageStore::still_current`); elsewhere only what the next
 /// read is compared with.

@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 use billd_core::CustomerId;
 use billd_store::{StoreError, StoreResult, UsageSnapshot, UsageStore};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::http::app::usage_batch::{answer_each, in_batches};
 
 /// Most reads in one statement.
 pub const MAX_BATCH: usize = 256;
@@ -86,61 +88,26 @@ impl ReadBatcher {
 
 async fn send_batches<S: UsageStore + ?Sized>(
     store: Arc<S>,
-    mut rx: mpsc::Receiver<Read>,
+    rx: mpsc::Receiver<Read>,
     max_batch: usize,
     in_flight: usize,
 ) {
-    let slots = Arc::new(Semaphore::new(in_flight));
-    loop {
-        // A free slot first, then the reads queued by then: what queues
-        // while every slot is busy goes in the next statement.
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        let mut batch = Vec::with_capacity(max_batch);
-        if rx.recv_many(&mut batch, max_batch).await == 0 {
-            return;
-        }
+    in_batches(rx, max_batch, in_flight, move |batch: Vec<Read>| {
         let store = store.clone();
-        tokio::spawn(async move {
+        async move {
             let asked: Vec<(CustomerId, Option<i64>)> = batch
                 .iter()
                 .map(|r| (r.customer.clone(), r.known_version))
                 .collect();
-            let answers = store.usage_snapshots(&asked).await;
-            drop(slot);
-            answer(batch, answers);
-        });
-    }
-}
-
-/// Sends each read its snapshot, or the batch's error to every read.
-fn answer(batch: Vec<Read>, answers: StoreResult<Vec<Option<UsageSnapshot>>>) {
-    match answers {
-        Ok(snapshots) if snapshots.len() == batch.len() => {
-            for (read, snapshot) in batch.into_iter().zip(snapshots) {
-                // A caller that went away (client disconnected) needs no answer.
-                let _ = read.reply.send(Ok(snapshot));
-            }
+            let answers = store
+                .usage_snapshots(&asked)
+                .await
+                .map(|snapshots| snapshots.into_iter().map(Ok).collect());
+            let replies = batch.into_iter().map(|r| r.reply).collect();
+            answer_each(replies, answers, "usage_snapshots");
         }
-        Ok(snapshots) => {
-            let message = format!(
-                "usage_snapshots gave {} answers for {} reads",
-                snapshots.len(),
-                batch.len()
-            );
-            for read in batch {
-                let _ = read.reply.send(Err(StoreError::Other(message.clone())));
-            }
-        }
-        Err(e) => {
-            for read in batch {
-                let _ = read
-                    .reply
-                    .send(Err(crate::http::app::usage_batch::copy(&e)));
-            }
-        }
-    }
+    })
+    .await;
 }
 
 #[cfg(test)]
@@ -154,6 +121,7 @@ mod tests {
         BillingStore, CustomerProfile, GuardedConsume, GuardedOutcome, SqliteStore, Store,
         UsageOutcome, UsageRequest,
     };
+    use tokio::sync::Semaphore;
 
     /// A store whose batched reads read the database at once, report their
     /// size, and then hold their answer until the test lets one through:
