@@ -41,6 +41,11 @@ const BUCKETS: usize = 1 << 16;
 /// How long to wait before listening again after the connection failed.
 const RECONNECT_DELAY: Duration = Duration::from_millis(500);
 
+/// A token not back by then means a connection that no longer delivers
+/// (a half-open TCP connection looks alive): its readers read the database
+/// instead, and the listener connects again.
+const TOKEN_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The announcements received, by customer bucket.
 #[derive(Debug)]
 pub(super) struct ChangeFeed {
@@ -55,14 +60,14 @@ pub(super) struct ChangeFeed {
     live: AtomicBool,
     /// Whether [`ChangeFeed::follow`] has started the listener.
     started: AtomicBool,
-    sync: Mutex<Sync>,
+    sync: Mutex<Waiting>,
     /// Wakes the listener to send a token for the readers waiting.
     asked: Notify,
 }
 
 /// The readers waiting to settle.
 #[derive(Debug, Default)]
-struct Sync {
+struct Waiting {
     /// The token under way and the readers it answers.
     sent: Option<(u64, Vec<oneshot::Sender<bool>>)>,
     /// Readers that asked after the token under way was sent.
@@ -93,7 +98,7 @@ pub(super) fn bucket_of(customer: &str) -> i64 {
 }
 
 impl ChangeFeed {
-    fn sync(&self) -> MutexGuard<'_, Sync> {
+    fn sync(&self) -> MutexGuard<'_, Waiting> {
         // Holders only move senders and numbers; a panic leaves nothing
         // that a reader could mistake for settled.
         self.sync.lock().unwrap_or_else(PoisonError::into_inner)
@@ -143,7 +148,14 @@ impl ChangeFeed {
                 self.asked.notify_one();
             }
         }
-        settled.await.unwrap_or(false)
+        tokio::time::timeout(TOKEN_TIMEOUT, settled)
+            .await
+            .is_ok_and(|answer| answer.unwrap_or(false))
+    }
+
+    /// Whether a token is under way.
+    fn token_under_way(&self) -> bool {
+        self.sync().sent.is_some()
     }
 
     /// The readers waiting now, under `token` (none under way).
@@ -243,11 +255,17 @@ async fn listen_once(feed: &ChangeFeed, pool: &PgPool) -> Result<(), sqlx::Error
     listener.listen_all([CHANGES, channel.as_str()]).await?;
     feed.listening();
     let mut token = 0_u64;
+    let mut sent_at = tokio::time::Instant::now();
     loop {
-        // Both branches are cancel-safe: `try_recv` keeps a partly read
-        // message, and `notified` a permit it did not take.
+        // Every branch is cancel-safe: `try_recv` keeps a partly read
+        // message, `notified` a permit it did not take.
         tokio::select! {
             biased;
+            () = tokio::time::sleep_until(sent_at + TOKEN_TIMEOUT), if feed.token_under_way() => {
+                return Err(sqlx::Error::Protocol(format!(
+                    "token {token} not back within {TOKEN_TIMEOUT:?}"
+                )));
+            }
             notification = listener.try_recv() => {
                 let Some(notification) = notification? else {
                     return Ok(());
@@ -261,6 +279,7 @@ async fn listen_once(feed: &ChangeFeed, pool: &PgPool) -> Result<(), sqlx::Error
                 if !feed.take_waiting(token) {
                     continue;
                 }
+                sent_at = tokio::time::Instant::now();
                 // The token is no data: its commit need not wait for the disk.
                 sqlx::query(
                     "SELECT set_config('synchronous_commit', 'off', true), pg_notify($1, $2)",
@@ -344,6 +363,16 @@ mod tests {
         let mark = feed.mark().expect("live");
         assert!(!feed.unchanged_since(mark, None));
         assert!(!feed.unchanged_since(mark, Some(-1)));
+    }
+
+    #[tokio::test]
+    async fn a_token_that_does_not_come_back_settles_nothing() {
+        // Live, but nothing sends or hears tokens: a connection that no
+        // longer delivers. The reader gives up after `TOKEN_TIMEOUT`.
+        let feed = live();
+        let asked = std::time::Instant::now();
+        assert!(!feed.settle().await);
+        assert!(asked.elapsed() >= TOKEN_TIMEOUT);
     }
 
     #[tokio::test]
