@@ -280,25 +280,21 @@ async fn consume_batch(
     let mut together = Vec::new();
     for (i, consume) in batch.iter().enumerate() {
         let request = &consume.request;
-        if request.overage.is_some() || request.credits.is_some() {
-            continue;
-        }
-        let Ok(amount) = check_amount(request) else {
-            continue;
-        };
-        let counter = (
+        // Every consume claims its counter and key, so a later one on either
+        // is decided after it, as in batch order.
+        let first = counters.insert((
             request.customer_id.as_str(),
             request.key.feature.as_str(),
             period_column(&request.key),
-        );
-        let key = (
+        )) & keys.insert((
             request.customer_id.as_str(),
             request.idempotency_key.as_str(),
-        );
-        // Both sets learn of every candidate, so a later consume of the
-        // same counter or key is decided alone, after this one.
-        let (new_counter, new_key) = (counters.insert(counter), keys.insert(key));
-        if new_counter && new_key {
+        ));
+        let plain = request.overage.is_none() && request.credits.is_none();
+        let Ok(amount) = check_amount(request) else {
+            continue;
+        };
+        if first && plain {
             together.push((i, amount));
         }
     }

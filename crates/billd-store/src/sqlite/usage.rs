@@ -2,16 +2,19 @@
 //! `BEGIN IMMEDIATE`, the version check and the consume cannot interleave
 //! with any other write (another process's writer waits for the lock).
 //!
-//! That is what lets a group-committed batch cost two statements per
-//! consume ([`consume_batch`]): the versions of the batch's customers are
-//! read once, then each consume is an INSERT of its idempotency key whose
-//! answer (the counter after it) is computed in the statement and which
-//! inserts nothing past the limit or over an existing key, and, when it
-//! inserted, the counter set to that answer. Nothing else can write
-//! between the two, and a consume that is refused or replayed wrote
-//! nothing, so no savepoint is needed to undo it.
+//! That is what lets a group-committed batch cost a few statements
+//! ([`consume_batch`]): the versions of the batch's customers are read
+//! once; then the consumes of distinct counters and keys together, and the
+//! others one by one, are an INSERT of the idempotency keys whose answers
+//! (the counter after each consume) are computed in the statement and
+//! which inserts nothing past the limit or over an existing key, and the
+//! counters set to the answers stored. Nothing else can write between the
+//! two, and a consume that is refused or replayed wrote nothing, so no
+//! savepoint is needed to undo it. Each statement is a hand-over to
+//! SQLite's connection thread and back, so two statements for the whole
+//! batch instead of two per consume is what sets the writer's rate.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use billd_core::CustomerId;
@@ -60,6 +63,32 @@ const NOT_TAKEN: &str = "SELECT (SELECT used FROM usage_counters \
      FROM (SELECT 1) AS one \
      LEFT JOIN usage_requests AS p ON p.customer_id = $1 AND p.idempotency_key = $2";
 
+/// [`TAKE_KEY`] for many consumes at once, each on a counter and under a
+/// key of its own: `$1` a JSON array of [customer, key, feature, period
+/// column, amount, limit], `$2` now. Returns (customer, key, counter
+/// after) for each answer stored.
+const TAKE_KEYS: &str = "INSERT INTO usage_requests \
+       (customer_id, idempotency_key, direction, feature, period_start, amount, used, quota, \
+        created_at) \
+     SELECT r.c, r.k, 'consume', r.f, r.p, r.a, COALESCE(u.used, 0) + r.a, r.q, $2 \
+     FROM (SELECT json_extract(value, '$[0]') AS c, json_extract(value, '$[1]') AS k, \
+                  json_extract(value, '$[2]') AS f, json_extract(value, '$[3]') AS p, \
+                  json_extract(value, '$[4]') AS a, json_extract(value, '$[5]') AS q \
+           FROM json_each($1)) AS r \
+     LEFT JOIN usage_counters AS u \
+       ON u.customer_id = r.c AND u.feature = r.f AND u.period_start = r.p \
+     WHERE COALESCE(u.used, 0) + r.a <= r.q \
+     ON CONFLICT (customer_id, idempotency_key) DO NOTHING \
+     RETURNING customer_id, idempotency_key, used";
+
+/// [`SET_COUNTER`] for the answers [`TAKE_KEYS`] stored: `$1` a JSON array
+/// of [customer, feature, period column, counter after].
+const SET_COUNTERS: &str = "INSERT INTO usage_counters (customer_id, feature, period_start, used) \
+     SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
+            json_extract(value, '$[2]'), json_extract(value, '$[3]') \
+     FROM json_each($1) WHERE TRUE \
+     ON CONFLICT (customer_id, feature, period_start) DO UPDATE SET used = excluded.used";
+
 /// The row of [`NOT_TAKEN`].
 type NotTaken = (
     Option<i64>,
@@ -101,12 +130,21 @@ pub(super) async fn consume_batch(
             .into_iter()
             .collect()
     };
-    for (request, limit, version) in batch {
+    let mut taken = take_together(&mut tx, batch, &live, now).await?;
+    for (i, (request, limit, version)) in batch.iter().enumerate() {
         if let Some(version) = version {
             if live.get(request.customer_id.as_str()) != Some(version) {
                 out.push(Ok(GuardedOutcome::Stale));
                 continue;
             }
+        }
+        if let Some(used) = taken.remove(&i) {
+            out.push(Ok(GuardedOutcome::Decided(UsageOutcome::Applied {
+                used: from_db(used),
+                limit: *limit,
+                replayed: false,
+            })));
+            continue;
         }
         if request.credits.is_some() {
             // Credits take the shared transactional consume, whose refusal
@@ -129,6 +167,96 @@ pub(super) async fn consume_batch(
     }
     tx.commit().await?;
     Ok(out)
+}
+
+/// The first step of [`consume_batch`]: the consumes that can go together
+/// (at their customer's live version, no credits or overage, each the first
+/// of the batch on its counter and under its key) take their keys in one
+/// statement and set their counters in another. Returns the counter after
+/// each one applied, by batch position; the others (refused, replayed)
+/// wrote nothing and are decided alone, in batch order, like the rest.
+async fn take_together(
+    conn: &mut SqliteConnection,
+    batch: &[(&UsageRequest, u64, Option<i64>)],
+    live: &HashMap<String, i64>,
+    now: i64,
+) -> StoreResult<HashMap<usize, i64>> {
+    let mut counters = HashSet::new();
+    let mut keys = HashSet::new();
+    let mut together = Vec::new();
+    let mut position = HashMap::new();
+    for (i, (request, limit, version)) in batch.iter().enumerate() {
+        let period = period_column(&request.key);
+        // Every consume claims its counter and key, so a later one on either
+        // is decided after it, as in batch order.
+        let first = counters.insert((
+            request.customer_id.as_str(),
+            request.key.feature.as_str(),
+            period,
+        )) & keys.insert((
+            request.customer_id.as_str(),
+            request.idempotency_key.as_str(),
+        ));
+        let fresh = version.is_some_and(|v| live.get(request.customer_id.as_str()) == Some(&v));
+        let plain = request.credits.is_none() && request.overage.is_none();
+        let Ok(amount) = check_amount(request) else {
+            continue;
+        };
+        if first && fresh && plain {
+            together.push(serde_json::json!([
+                request.customer_id.as_str(),
+                request.idempotency_key.as_str(),
+                request.key.feature.as_str(),
+                period,
+                amount,
+                // A limit beyond BIGINT cannot be reached anyway.
+                i64::try_from(*limit).unwrap_or(i64::MAX),
+            ]));
+            position.insert(
+                (
+                    request.customer_id.as_str(),
+                    request.idempotency_key.as_str(),
+                ),
+                i,
+            );
+        }
+    }
+    let mut applied = HashMap::new();
+    if together.len() < 2 {
+        return Ok(applied);
+    }
+    let taken: Vec<(String, String, i64)> = match sqlx::query_as(TAKE_KEYS)
+        .bind(serde_json::Value::Array(together).to_string())
+        .bind(now)
+        .fetch_all(&mut *conn)
+        .await
+    {
+        Ok(taken) => taken,
+        // SQLite undoes a failed statement alone: each consume is then
+        // decided alone, and reports its own error.
+        Err(_) => return Ok(applied),
+    };
+    let mut set = Vec::with_capacity(taken.len());
+    for (customer, key, used) in taken {
+        let i = *position
+            .get(&(customer.as_str(), key.as_str()))
+            .ok_or_else(|| StoreError::Other(format!("a key {customer}/{key} not asked")))?;
+        let request = batch[i].0;
+        set.push(serde_json::json!([
+            customer,
+            request.key.feature.as_str(),
+            period_column(&request.key),
+            used
+        ]));
+        applied.insert(i, used);
+    }
+    if !set.is_empty() {
+        sqlx::query(SET_COUNTERS)
+            .bind(serde_json::Value::Array(set).to_string())
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(applied)
 }
 
 /// One consume of [`consume_batch`]. The outer error is one that may leave
