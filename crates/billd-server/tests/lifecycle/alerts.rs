@@ -257,12 +257,19 @@ impl World {
     async fn expect_alerts(&self, kind: &str, n: usize) -> (Vec<Value>, Vec<Value>) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.alert_emails(kind).len() < n || self.alert_posts(kind).len() < n {
-            assert!(
-                Instant::now() < deadline,
-                "expected {n} {kind} alert(s); emails {:#?}, posts {:#?}",
-                self.alert_emails(kind),
-                self.hooks.bodies.lock().unwrap()
-            );
+            if Instant::now() >= deadline {
+                // The outbox rows say why one did not go (a retry waits for
+                // this world's manual clock, which the wait does not move).
+                let outbox = self
+                    .store
+                    .list_outbox(&billd_store::OutboxFilter::default())
+                    .await;
+                panic!(
+                    "expected {n} {kind} alert(s); emails {:#?}, posts {:#?}, outbox {outbox:#?}",
+                    self.alert_emails(kind),
+                    self.hooks.bodies.lock().unwrap()
+                );
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         tokio::time::sleep(Duration::from_millis(1200)).await;
