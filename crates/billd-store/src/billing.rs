@@ -931,6 +931,35 @@ pub(crate) fn usage_from_rows(keys: &[UsageKey], rows: Vec<(String, i64, i64)>) 
     usage
 }
 
+/// The consumes of a batch that may be applied together, in one set-based
+/// step: (batch position, amount) of each that is the first of the batch on
+/// its counter and under its key, takes no credits, reports no overage and
+/// has a valid amount. Every consume claims its counter and key, so a later
+/// one on either is decided after it, as in batch order.
+pub(crate) fn first_plain_consumes<'a>(
+    requests: impl Iterator<Item = &'a UsageRequest>,
+) -> Vec<(usize, i64)> {
+    let mut counters = std::collections::HashSet::new();
+    let mut keys = std::collections::HashSet::new();
+    let mut together = Vec::new();
+    for (i, request) in requests.enumerate() {
+        let first = counters.insert((
+            request.customer_id.as_str(),
+            request.key.feature.as_str(),
+            period_column(&request.key),
+        )) & keys.insert((
+            request.customer_id.as_str(),
+            request.idempotency_key.as_str(),
+        ));
+        let plain = request.credits.is_none() && request.overage.is_none();
+        match check_amount(request) {
+            Ok(amount) if first && plain => together.push((i, amount)),
+            _ => {}
+        }
+    }
+    together
+}
+
 /// The error for an amount of zero.
 pub(crate) fn check_amount(request: &UsageRequest) -> StoreResult<i64> {
     if request.amount == 0 {

@@ -98,7 +98,7 @@ pub(super) fn bucket_of(customer: &str) -> i64 {
 }
 
 impl ChangeFeed {
-    fn sync(&self) -> MutexGuard<'_, Waiting> {
+    fn waiting(&self) -> MutexGuard<'_, Waiting> {
         // Holders only move senders and numbers; a panic leaves nothing
         // that a reader could mistake for settled.
         self.sync.lock().unwrap_or_else(PoisonError::into_inner)
@@ -139,7 +139,7 @@ impl ChangeFeed {
     pub(super) async fn settle(&self) -> bool {
         let (answer, settled) = oneshot::channel();
         {
-            let mut sync = self.sync();
+            let mut sync = self.waiting();
             if !self.live.load(Ordering::SeqCst) {
                 return false;
             }
@@ -155,12 +155,12 @@ impl ChangeFeed {
 
     /// Whether a token is under way.
     fn token_under_way(&self) -> bool {
-        self.sync().sent.is_some()
+        self.waiting().sent.is_some()
     }
 
     /// The readers waiting now, under `token` (none under way).
     fn take_waiting(&self, token: u64) -> bool {
-        let mut sync = self.sync();
+        let mut sync = self.waiting();
         if sync.sent.is_some() || sync.waiting.is_empty() {
             return false;
         }
@@ -172,7 +172,7 @@ impl ChangeFeed {
     /// Answers the readers of `token`; whether readers asked since (then
     /// the next token is due).
     fn token_back(&self, token: u64) -> bool {
-        let mut sync = self.sync();
+        let mut sync = self.waiting();
         if sync.sent.as_ref().is_some_and(|(t, _)| *t == token) {
             if let Some((_, readers)) = sync.sent.take() {
                 for reader in readers {
@@ -203,7 +203,7 @@ impl ChangeFeed {
     fn lost(&self) {
         self.live.store(false, Ordering::SeqCst);
         self.changed("");
-        let mut sync = self.sync();
+        let mut sync = self.waiting();
         let readers = sync.sent.take().map(|(_, r)| r).unwrap_or_default();
         for reader in readers.into_iter().chain(sync.waiting.drain(..)) {
             let _ = reader.send(false);
@@ -270,9 +270,7 @@ async fn listen_once(feed: &ChangeFeed, pool: &PgPool) -> Result<(), sqlx::Error
                 let Some(notification) = notification? else {
                     return Ok(());
                 };
-                if received(feed, &channel, &notification) {
-                    feed.asked.notify_one();
-                }
+                received(feed, &channel, &notification);
             }
             () = feed.asked.notified() => {
                 token += 1;
@@ -290,27 +288,25 @@ async fn listen_once(feed: &ChangeFeed, pool: &PgPool) -> Result<(), sqlx::Error
                 .await?;
                 // What arrived meanwhile (the token among it) is buffered.
                 while let Some(notification) = listener.next_buffered() {
-                    if received(feed, &channel, &notification) {
-                        feed.asked.notify_one();
-                    }
+                    received(feed, &channel, &notification);
                 }
             }
         }
     }
 }
 
-/// Takes in one notification; whether readers wait for the next token.
-fn received(feed: &ChangeFeed, channel: &str, notification: &PgNotification) -> bool {
+/// Takes in one notification, and wakes the listener when a token came
+/// back while readers wait for the next one.
+fn received(feed: &ChangeFeed, channel: &str, notification: &PgNotification) {
     if notification.channel() == CHANGES {
         feed.changed(notification.payload());
-        false
-    } else if notification.channel() == channel {
-        notification
+    } else if notification.channel() == channel
+        && notification
             .payload()
             .parse()
             .is_ok_and(|token| feed.token_back(token))
-    } else {
-        false
+    {
+        feed.asked.notify_one();
     }
 }
 

@@ -13,7 +13,7 @@
 //! the retry finds the first answer. A refusal reads once more, so a
 //! request that waited for a same-key request finds that answer too.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use billd_core::CustomerId;
@@ -22,7 +22,9 @@ use sqlx::postgres::PgPool;
 use super::billing::consume_together;
 use super::change_feed;
 use super::PgStore;
-use crate::billing::{check_amount, from_db, period_column, replay, Direction, StoredRequest};
+use crate::billing::{
+    check_amount, first_plain_consumes, from_db, period_column, replay, Direction, StoredRequest,
+};
 use crate::dialect::Dialect;
 use crate::usage::{
     snapshot_of, GuardedConsume, GuardedOutcome, SnapshotRow, UsageSnapshot, UsageStore, SNAPSHOTS,
@@ -275,29 +277,7 @@ async fn consume_batch(
     now: i64,
 ) -> StoreResult<Vec<StoreResult<GuardedOutcome>>> {
     let mut answers: Vec<Option<GuardedOutcome>> = (0..batch.len()).map(|_| None).collect();
-    let mut counters = HashSet::new();
-    let mut keys = HashSet::new();
-    let mut together = Vec::new();
-    for (i, consume) in batch.iter().enumerate() {
-        let request = &consume.request;
-        // Every consume claims its counter and key, so a later one on either
-        // is decided after it, as in batch order.
-        let first = counters.insert((
-            request.customer_id.as_str(),
-            request.key.feature.as_str(),
-            period_column(&request.key),
-        )) & keys.insert((
-            request.customer_id.as_str(),
-            request.idempotency_key.as_str(),
-        ));
-        let plain = request.overage.is_none() && request.credits.is_none();
-        let Ok(amount) = check_amount(request) else {
-            continue;
-        };
-        if first && plain {
-            together.push((i, amount));
-        }
-    }
+    let mut together = first_plain_consumes(batch.iter().map(|c| &c.request));
     // In counter order, so that two batches under way at once lock their
     // counters in the same order and never wait on each other in a cycle.
     together.sort_by_key(|&(i, _)| {

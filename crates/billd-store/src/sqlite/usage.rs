@@ -14,7 +14,7 @@
 //! SQLite's connection thread and back, so two statements for the whole
 //! batch instead of two per consume is what sets the writer's rate.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use billd_core::CustomerId;
@@ -22,7 +22,9 @@ use sqlx::SqliteConnection;
 
 use super::billing::{consume_in, guarded_in, insert_outbox};
 use super::SqliteStore;
-use crate::billing::{check_amount, from_db, period_column, replay, Direction, StoredRequest};
+use crate::billing::{
+    check_amount, first_plain_consumes, from_db, period_column, replay, Direction, StoredRequest,
+};
 use crate::dialect::Dialect;
 use crate::usage::{
     snapshot_of, GuardedConsume, GuardedOutcome, SnapshotRow, UsageSnapshot, UsageStore,
@@ -181,45 +183,30 @@ async fn take_together(
     live: &HashMap<String, i64>,
     now: i64,
 ) -> StoreResult<HashMap<usize, i64>> {
-    let mut counters = HashSet::new();
-    let mut keys = HashSet::new();
     let mut together = Vec::new();
     let mut position = HashMap::new();
-    for (i, (request, limit, version)) in batch.iter().enumerate() {
-        let period = period_column(&request.key);
-        // Every consume claims its counter and key, so a later one on either
-        // is decided after it, as in batch order.
-        let first = counters.insert((
-            request.customer_id.as_str(),
-            request.key.feature.as_str(),
-            period,
-        )) & keys.insert((
+    for (i, amount) in first_plain_consumes(batch.iter().map(|(request, ..)| *request)) {
+        let (request, limit, version) = batch[i];
+        let fresh = version.is_some_and(|v| live.get(request.customer_id.as_str()) == Some(&v));
+        if !fresh {
+            continue;
+        }
+        together.push(serde_json::json!([
             request.customer_id.as_str(),
             request.idempotency_key.as_str(),
-        ));
-        let fresh = version.is_some_and(|v| live.get(request.customer_id.as_str()) == Some(&v));
-        let plain = request.credits.is_none() && request.overage.is_none();
-        let Ok(amount) = check_amount(request) else {
-            continue;
-        };
-        if first && fresh && plain {
-            together.push(serde_json::json!([
+            request.key.feature.as_str(),
+            period_column(&request.key),
+            amount,
+            // A limit beyond BIGINT cannot be reached anyway.
+            i64::try_from(limit).unwrap_or(i64::MAX),
+        ]));
+        position.insert(
+            (
                 request.customer_id.as_str(),
                 request.idempotency_key.as_str(),
-                request.key.feature.as_str(),
-                period,
-                amount,
-                // A limit beyond BIGINT cannot be reached anyway.
-                i64::try_from(*limit).unwrap_or(i64::MAX),
-            ]));
-            position.insert(
-                (
-                    request.customer_id.as_str(),
-                    request.idempotency_key.as_str(),
-                ),
-                i,
-            );
-        }
+            ),
+            i,
+        );
     }
     let mut applied = HashMap::new();
     if together.len() < 2 {
