@@ -478,7 +478,10 @@ async fn insert_batch(pool: &SqlitePool, insert: &str, batch: &mut Vec<Delivery>
 /// rows only, so a poll costs in proportion to the backlog, not the inbox.
 pub struct Unapplied {
     db: ProbeDb,
-    sql: String,
+    /// The inbox table.
+    table: String,
+    /// What makes one of its rows unapplied (an SQL condition).
+    unapplied: &'static str,
 }
 
 enum ProbeDb {
@@ -490,22 +493,17 @@ impl Unapplied {
     /// billd's inbox at `url`.
     pub async fn billd(url: &str) -> StoreResult<Self> {
         // Received rows (status NULL) are not even derived yet.
-        let sql = "SELECT id FROM stripe_events \
-                   WHERE status IS NULL \
-                      OR status IN ('pending', 'processing', 'failed', 'unlinked')";
-        Self::open(url, sql.to_owned()).await
+        let unapplied = "(status IS NULL \
+                         OR status IN ('pending', 'processing', 'failed', 'unlinked'))";
+        Self::open(url, "stripe_events".to_owned(), unapplied).await
     }
 
     /// The applying ceiling's table of `prefix` at `url`.
     pub async fn ceiling(url: &str, prefix: &str) -> StoreResult<Self> {
-        Self::open(
-            url,
-            format!("SELECT id FROM {prefix}_inbox WHERE applied = 0"),
-        )
-        .await
+        Self::open(url, format!("{prefix}_inbox"), "applied = 0").await
     }
 
-    async fn open(url: &str, sql: String) -> StoreResult<Self> {
+    async fn open(url: &str, table: String, unapplied: &'static str) -> StoreResult<Self> {
         let db = if url.starts_with("sqlite:") {
             let options = SqliteConnectOptions::from_str(url)?.read_only(true);
             let pool = SqlitePoolOptions::new()
@@ -514,19 +512,83 @@ impl Unapplied {
                 .await?;
             ProbeDb::Sqlite(pool)
         } else {
-            let pool = PgPoolOptions::new().max_connections(1).connect(url).await?;
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        sqlx::query("SET enable_seqscan = off")
+                            .execute(conn)
+                            .await
+                            .map(|_| ())
+                    })
+                })
+                .connect(url)
+                .await?;
             ProbeDb::Postgres(pool)
         };
-        Ok(Unapplied { db, sql })
+        Ok(Unapplied {
+            db,
+            table,
+            unapplied,
+        })
     }
 
     /// The ids of the events stored and not applied, now.
     pub async fn ids(&self) -> StoreResult<std::collections::HashSet<String>> {
+        let sql = format!("SELECT id FROM {} WHERE {}", self.table, self.unapplied);
         let ids: Vec<String> = match &self.db {
-            ProbeDb::Sqlite(pool) => sqlx::query_scalar(&self.sql).fetch_all(pool).await?,
-            ProbeDb::Postgres(pool) => sqlx::query_scalar(&self.sql).fetch_all(pool).await?,
+            ProbeDb::Sqlite(pool) => sqlx::query_scalar(&sql).fetch_all(pool).await?,
+            ProbeDb::Postgres(pool) => sqlx::query_scalar(&sql).fetch_all(pool).await?,
         };
         Ok(ids.into_iter().collect())
+    }
+
+    /// Those of `ids` stored and not applied, now. A poll that names the
+    /// events it waits for costs in proportion to them (one primary-key
+    /// lookup each), not to the inbox's unapplied rows or its history.
+    pub async fn among(&self, ids: &[&str]) -> StoreResult<std::collections::HashSet<String>> {
+        if ids.is_empty() {
+            return Ok(std::collections::HashSet::new());
+        }
+        let found: Vec<String> = match &self.db {
+            ProbeDb::Sqlite(pool) => {
+                let sql = format!(
+                    "SELECT id FROM {} WHERE id IN (SELECT value FROM json_each(?1)) AND {}",
+                    self.table, self.unapplied
+                );
+                let ids = serde_json::to_string(ids)
+                    .map_err(|e| StoreError::Other(format!("encoding ids: {e}")))?;
+                sqlx::query_scalar(&sql).bind(ids).fetch_all(pool).await?
+            }
+            ProbeDb::Postgres(pool) => {
+                // The fence (OFFSET 0) keeps the status test out of the
+                // scan, and the probe's connection plans no sequential
+                // scan, so the rows are found by their key whatever the
+                // planner believes of a young table (its statistics,
+                // until the first ANALYZE, call it a few pages).
+                let sql = format!(
+                    "SELECT id FROM (SELECT id, {} AS unapplied FROM {} \
+                     WHERE id = ANY($1) OFFSET 0) AS looked_up WHERE unapplied",
+                    self.unapplied, self.table
+                );
+                sqlx::query_scalar(&sql).bind(ids).fetch_all(pool).await?
+            }
+        };
+        Ok(found.into_iter().collect())
+    }
+
+    /// Whether any stored event is not applied, now: one row at most, so a
+    /// poll costs the same whatever the backlog.
+    pub async fn any(&self) -> StoreResult<bool> {
+        let sql = format!(
+            "SELECT 1 FROM {} WHERE {} LIMIT 1",
+            self.table, self.unapplied
+        );
+        let found: Option<i32> = match &self.db {
+            ProbeDb::Sqlite(pool) => sqlx::query_scalar(&sql).fetch_optional(pool).await?,
+            ProbeDb::Postgres(pool) => sqlx::query_scalar(&sql).fetch_optional(pool).await?,
+        };
+        Ok(found.is_some())
     }
 }
 
@@ -703,6 +765,61 @@ mod tests {
             assert!(polls < 500, "the ceiling never applied everything");
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+    }
+
+    /// The probe's three questions over a table of known rows: which are
+    /// unapplied, which of some named ids are, whether any is.
+    async fn the_probe_answers_from_the_rows(url: &str) {
+        let schema = [
+            "DROP TABLE IF EXISTS p_inbox".to_owned(),
+            "CREATE TABLE p_inbox (id TEXT PRIMARY KEY, body TEXT NOT NULL, \
+             applied BIGINT NOT NULL DEFAULT 0)"
+                .to_owned(),
+            "INSERT INTO p_inbox (id, body, applied) VALUES ('evt_1', '{}', 1), \
+             ('evt_2', '{}', 0), ('evt_3', '{}', 1), ('evt_4', '{}', 0)"
+                .to_owned(),
+        ];
+        if url.starts_with("sqlite:") {
+            sqlite_pool(url, &schema).await.unwrap();
+        } else {
+            pg_pool(url, &schema).await.unwrap();
+        }
+        let probe = Unapplied::ceiling(url, "p").await.unwrap();
+        let set = |ids: &[&str]| {
+            ids.iter()
+                .map(|id| (*id).to_owned())
+                .collect::<std::collections::HashSet<_>>()
+        };
+        assert_eq!(probe.ids().await.unwrap(), set(&["evt_2", "evt_4"]));
+        assert_eq!(
+            probe.among(&["evt_1", "evt_2", "evt_9"]).await.unwrap(),
+            set(&["evt_2"])
+        );
+        assert_eq!(probe.among(&["evt_1", "evt_3"]).await.unwrap(), set(&[]));
+        assert_eq!(probe.among(&[]).await.unwrap(), set(&[]));
+        assert!(probe.any().await.unwrap());
+
+        let applied = "UPDATE p_inbox SET applied = 1".to_owned();
+        if url.starts_with("sqlite:") {
+            sqlite_pool(url, &[applied]).await.unwrap();
+        } else {
+            pg_pool(url, &[applied]).await.unwrap();
+        }
+        assert!(!probe.any().await.unwrap());
+        assert_eq!(probe.among(&["evt_2", "evt_4"]).await.unwrap(), set(&[]));
+    }
+
+    #[tokio::test]
+    async fn the_probe_answers_from_the_rows_on_sqlite() {
+        let dir = tempfile::tempdir().unwrap();
+        the_probe_answers_from_the_rows(&format!("sqlite://{}", dir.path().join("p.db").display()))
+            .await;
+    }
+
+    #[tokio::test]
+    async fn the_probe_answers_from_the_rows_on_postgres() {
+        let url = crate::testing::fresh_postgres_database().await.unwrap();
+        the_probe_answers_from_the_rows(&url).await;
     }
 
     #[tokio::test]

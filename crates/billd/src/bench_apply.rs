@@ -440,10 +440,21 @@ async fn bulk(
     futures::future::join_all(connections).await;
     let acked_in = started.elapsed();
     let acked: Vec<String> = std::mem::take(&mut *lock(&acked_ids));
+    // Polls ask whether anything is left (one row at most), so polling does
+    // not grow with the backlog and take the cores from the server; once
+    // a second, whether any of the acknowledged events is left, in case a
+    // row not acknowledged here stays unapplied.
+    let acked_refs: Vec<&str> = acked.iter().map(String::as_str).collect();
+    let mut exact_at = Instant::now();
     loop {
-        let unapplied = probe.ids().await?;
-        if !acked.iter().any(|id| unapplied.contains(id)) {
+        if !probe.any().await? {
             break;
+        }
+        if exact_at.elapsed() >= Duration::from_secs(1) {
+            if probe.among(&acked_refs).await?.is_empty() {
+                break;
+            }
+            exact_at = Instant::now();
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -492,7 +503,11 @@ impl<'a> Tracker<'a> {
     /// unapplied is applied, at the poll's end. Returns how many still wait.
     async fn poll(&self) -> anyhow::Result<usize> {
         let started = Instant::now();
-        let unapplied = self.probe.ids().await?;
+        // Only the events still waiting are looked up: a poll then costs
+        // what they do, not what the inbox holds.
+        let asked: Vec<String> = lock(&self.waiting).keys().cloned().collect();
+        let asked: Vec<&str> = asked.iter().map(String::as_str).collect();
+        let unapplied = self.probe.among(&asked).await?;
         let seen = Instant::now();
         let mut waiting = lock(&self.waiting);
         let mut latencies = lock(&self.latencies);
