@@ -23,6 +23,7 @@ pub mod jobs;
 #[cfg(test)]
 mod layout;
 pub mod pipeline;
+pub mod planner;
 pub mod telemetry;
 
 use std::net::SocketAddr;
@@ -173,6 +174,13 @@ pub fn start_with_parts(
             .with_graceful_shutdown(async move { http_cancel.cancelled().await })
             .await
     });
+    if workers == Workers::Run && store.backend() == billd_store::Backend::Postgres {
+        tokio::spawn(planner::keep_statistics(
+            store.clone(),
+            planner::STATISTICS_INTERVAL,
+            cancel.clone(),
+        ));
+    }
     let worker = (workers == Workers::Run).then(|| {
         let worker = InboxWorker::new(store, registry, config.worker, metrics.clone(), clock)
             .with_ingest_load(ingest_load);

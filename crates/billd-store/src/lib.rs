@@ -562,4 +562,21 @@ pub trait Store:
 
     /// Depth per status and the age of the oldest waiting event.
     async fn inbox_stats(&self) -> StoreResult<InboxStats>;
+
+    /// Brings the query planner's statistics of billd's busiest tables up
+    /// to date where they lag far behind the rows; returns the tables
+    /// analysed. On PostgreSQL a table changed by more rows since its last
+    /// analysis than it held then (at least [`STATISTICS_MIN_CHANGES`]) is
+    /// analysed: a young table's statistics (and its indexes', built
+    /// empty) describe it as empty, and the planner then scans a whole
+    /// index or table per claim or finish until autovacuum, a minute or
+    /// more later, analyses it. SQLite's hot statements name their
+    /// indexes (`INDEXED BY`) and need no statistics: nothing to do there.
+    async fn refresh_statistics(&self) -> StoreResult<Vec<String>> {
+        Ok(Vec::new())
+    }
 }
+
+/// Row changes since a table's last analysis below which
+/// [`Store::refresh_statistics`] leaves it alone, however small it is.
+pub const STATISTICS_MIN_CHANGES: i64 = 1000;

@@ -121,6 +121,19 @@ fn pool_options() -> PgPoolOptions {
         })
 }
 
+/// The tables whose rows billd's hot statements find through the planner:
+/// the inbox, the outbox, customers and what a round or a consume writes.
+const STATISTICS_TABLES: [&str; 8] = [
+    "audit_log",
+    "customers",
+    "idempotency_keys",
+    "object_links",
+    "outbox",
+    "stripe_events",
+    "usage_counters",
+    "usage_requests",
+];
+
 #[async_trait]
 impl Store for PgStore {
     fn backend(&self) -> Backend {
@@ -400,6 +413,45 @@ impl Store for PgStore {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
+    }
+
+    async fn refresh_statistics(&self) -> StoreResult<Vec<String>> {
+        // `reltuples` is -1 before a table's first analysis.
+        let stale: Vec<String> = sqlx::query_scalar(
+            "SELECT s.relname::text FROM pg_stat_user_tables s \
+             JOIN pg_class c ON c.oid = s.relid \
+             WHERE s.schemaname = current_schema() AND s.relname = ANY($1) \
+               AND s.n_mod_since_analyze > GREATEST($2, c.reltuples) \
+             ORDER BY s.relname",
+        )
+        .bind(&STATISTICS_TABLES[..])
+        .bind(crate::STATISTICS_MIN_CHANGES)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut analysed = Vec::with_capacity(stale.len());
+        for table in stale {
+            // Another instance analysing the same table holds its lock:
+            // that analysis does the job, so this one gives up rather than
+            // queue behind it. (The whole table: an ANALYZE of some
+            // columns leaves the change count that triggers this as it
+            // is.)
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SET LOCAL lock_timeout = '200ms'")
+                .execute(&mut *tx)
+                .await?;
+            match sqlx::query(&format!("ANALYZE {table}"))
+                .execute(&mut *tx)
+                .await
+            {
+                Ok(_) => {
+                    tx.commit().await?;
+                    analysed.push(table);
+                }
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(analysed)
     }
 
     async fn inbox_stats(&self) -> StoreResult<InboxStats> {

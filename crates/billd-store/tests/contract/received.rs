@@ -39,6 +39,7 @@ received_contract!(
     received_events_are_durable_for_a_store_opened_afterwards,
     two_stores_receiving_and_deriving_the_same_events_store_and_derive_each_once,
     derive_and_claim_claims_what_it_derives_in_the_same_call_up_to_the_cap_on_events,
+    a_young_inbox_is_analysed_once_it_outgrows_its_statistics,
 );
 
 /// `event`'s row as the webhook acknowledges it.
@@ -427,4 +428,58 @@ async fn derive_and_claim_claims_what_it_derives_in_the_same_call_up_to_the_cap_
             .collect::<Vec<_>>(),
         ["evt_1", "evt_0"]
     );
+}
+
+/// On PostgreSQL a new inbox's statistics (and its indexes', built empty)
+/// say it is empty until analysed; once more rows changed than the last
+/// analysis saw (and at least the floor), `refresh_statistics` analyses
+/// it, and then not again until it changes as much once more. SQLite has
+/// nothing to refresh.
+async fn a_young_inbox_is_analysed_once_it_outgrows_its_statistics(h: &Harness) {
+    use sqlx::Connection;
+
+    let rows: Vec<ReceivedEvent> = (0..1_500)
+        .map(|i| received(&event(&format!("evt_stat_{i}"), Some("cus_1"), i)))
+        .collect();
+    if h.store.backend() == billd_store::Backend::Sqlite {
+        h.store.receive_events(&rows).await.unwrap();
+        assert!(h.store.refresh_statistics().await.unwrap().is_empty());
+        return;
+    }
+    let mut db = sqlx::PgConnection::connect(&h.url).await.unwrap();
+    const PKEY_ROWS: &str = "SELECT reltuples FROM pg_class WHERE relname = 'stripe_events_pkey'";
+    let built: f32 = sqlx::query_scalar(PKEY_ROWS)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert!(built < 1.0, "built empty: {built}");
+    // Below the floor (and once the change counts have arrived): left
+    // alone.
+    h.store.receive_events(&rows[..100]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let small = h.store.refresh_statistics().await.unwrap();
+    assert!(!small.iter().any(|t| t == "stripe_events"), "{small:?}");
+    h.store.receive_events(&rows[100..]).await.unwrap();
+    // The server's change counts arrive within a second or so of the commit.
+    let mut analysed = Vec::new();
+    for _ in 0..100 {
+        analysed = h.store.refresh_statistics().await.unwrap();
+        if analysed.iter().any(|t| t == "stripe_events") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        analysed.iter().any(|t| t == "stripe_events"),
+        "the inbox was never analysed: {analysed:?}"
+    );
+    let analysed_rows: f32 = sqlx::query_scalar(PKEY_ROWS)
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    assert!(analysed_rows >= 1_500.0, "{analysed_rows}");
+    // Analysed now: the next look leaves it alone.
+    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    let again = h.store.refresh_statistics().await.unwrap();
+    assert!(!again.iter().any(|t| t == "stripe_events"), "{again:?}");
 }
