@@ -416,12 +416,16 @@ impl Store for PgStore {
     }
 
     async fn refresh_statistics(&self) -> StoreResult<Vec<String>> {
-        // `reltuples` is -1 before a table's first analysis.
+        // `reltuples` is -1 before a table's first analysis. Only the
+        // owner (or a superuser) may analyse a table; for anyone else
+        // PostgreSQL skips it with a warning, and the change count would
+        // call for it again at every look.
         let stale: Vec<String> = sqlx::query_scalar(
             "SELECT s.relname::text FROM pg_stat_user_tables s \
              JOIN pg_class c ON c.oid = s.relid \
              WHERE s.schemaname = current_schema() AND s.relname = ANY($1) \
                AND s.n_mod_since_analyze > GREATEST($2, c.reltuples) \
+               AND pg_has_role(c.relowner, 'MEMBER') \
              ORDER BY s.relname",
         )
         .bind(&STATISTICS_TABLES[..])

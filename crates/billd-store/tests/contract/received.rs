@@ -456,7 +456,7 @@ async fn a_young_inbox_is_analysed_once_it_outgrows_its_statistics(h: &Harness) 
     // Below the floor (and once the change counts have arrived): left
     // alone.
     h.store.receive_events(&rows[..100]).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
+    changes_counted(&mut db, 100).await;
     let small = h.store.refresh_statistics().await.unwrap();
     assert!(!small.iter().any(|t| t == "stripe_events"), "{small:?}");
     h.store.receive_events(&rows[100..]).await.unwrap();
@@ -479,7 +479,63 @@ async fn a_young_inbox_is_analysed_once_it_outgrows_its_statistics(h: &Harness) 
         .unwrap();
     assert!(analysed_rows >= 1_500.0, "{analysed_rows}");
     // Analysed now: the next look leaves it alone.
-    tokio::time::sleep(std::time::Duration::from_millis(1_200)).await;
     let again = h.store.refresh_statistics().await.unwrap();
     assert!(!again.iter().any(|t| t == "stripe_events"), "{again:?}");
+
+    // A role that does not own the tables (it could not analyse them)
+    // leaves them alone, however much they changed.
+    let more: Vec<ReceivedEvent> = (1_500..4_000)
+        .map(|i| received(&event(&format!("evt_stat_{i}"), Some("cus_1"), i)))
+        .collect();
+    h.store.receive_events(&more).await.unwrap();
+    changes_counted(&mut db, 2_500).await;
+    let options: sqlx::postgres::PgConnectOptions = h.url.parse().unwrap();
+    let database = options.get_database().unwrap().to_owned();
+    let role = format!("{database}_reader");
+    for statement in [
+        format!("CREATE ROLE \"{role}\" LOGIN"),
+        format!("GRANT SELECT ON ALL TABLES IN SCHEMA public TO \"{role}\""),
+    ] {
+        sqlx::query(&statement).execute(&mut db).await.unwrap();
+    }
+    let reader_url = format!(
+        "postgres://{role}@{}:{}/{database}",
+        options.get_host(),
+        options.get_port()
+    );
+    let reader = billd_store::connect(&reader_url).await.unwrap();
+    let as_reader = reader.refresh_statistics().await.unwrap();
+    assert!(as_reader.is_empty(), "{as_reader:?}");
+    // The owner still sees the table due.
+    let as_owner = h.store.refresh_statistics().await.unwrap();
+    assert!(
+        as_owner.iter().any(|t| t == "stripe_events"),
+        "{as_owner:?}"
+    );
+    drop(reader);
+    for statement in [
+        format!("DROP OWNED BY \"{role}\""),
+        format!("DROP ROLE \"{role}\""),
+    ] {
+        let _ = sqlx::query(&statement).execute(&mut db).await;
+    }
+}
+
+/// Waits until PostgreSQL's statistics count at least `changes` row changes
+/// of `stripe_events` since its last analysis (a backend reports its counts
+/// up to ten seconds after its commits).
+async fn changes_counted(db: &mut sqlx::PgConnection, changes: i64) {
+    for _ in 0..300 {
+        let counted: i64 = sqlx::query_scalar(
+            "SELECT n_mod_since_analyze FROM pg_stat_user_tables WHERE relname = 'stripe_events'",
+        )
+        .fetch_one(&mut *db)
+        .await
+        .unwrap();
+        if counted >= changes {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("PostgreSQL never counted {changes} changes of stripe_events");
 }
