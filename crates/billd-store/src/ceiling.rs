@@ -474,8 +474,9 @@ async fn insert_batch(pool: &SqlitePool, insert: &str, batch: &mut Vec<Delivery>
 /// own: from billd's inbox (`received`, `pending`, `processing`, `failed`
 /// or `unlinked`: an event is applied when its row leaves these, in the
 /// transaction that applied it), or from an applying [`InboxCeiling`]'s
-/// table (`applied = 0`). Both queries read an index of the unfinished
-/// rows only, so a poll costs in proportion to the backlog, not the inbox.
+/// table (`applied = 0`). A benchmark polls it while the server works, so
+/// its cheap questions ([`Unapplied::among`], [`Unapplied::any`]) cost
+/// what the events waited for do, not what the backlog holds.
 pub struct Unapplied {
     db: ProbeDb,
     /// The inbox table.
