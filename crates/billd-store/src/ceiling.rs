@@ -768,6 +768,15 @@ mod tests {
         }
     }
 
+    /// Runs `statements` at `url` on a connection of their own.
+    async fn execute(url: &str, statements: &[String]) {
+        if url.starts_with("sqlite:") {
+            sqlite_pool(url, statements).await.unwrap();
+        } else {
+            pg_pool(url, statements).await.unwrap();
+        }
+    }
+
     /// The probe's three questions over a table of known rows: which are
     /// unapplied, which of some named ids are, whether any is.
     async fn the_probe_answers_from_the_rows(url: &str) {
@@ -780,11 +789,7 @@ mod tests {
              ('evt_2', '{}', 0), ('evt_3', '{}', 1), ('evt_4', '{}', 0)"
                 .to_owned(),
         ];
-        if url.starts_with("sqlite:") {
-            sqlite_pool(url, &schema).await.unwrap();
-        } else {
-            pg_pool(url, &schema).await.unwrap();
-        }
+        execute(url, &schema).await;
         let probe = Unapplied::ceiling(url, "p").await.unwrap();
         let set = |ids: &[&str]| {
             ids.iter()
@@ -800,12 +805,7 @@ mod tests {
         assert_eq!(probe.among(&[]).await.unwrap(), set(&[]));
         assert!(probe.any().await.unwrap());
 
-        let applied = "UPDATE p_inbox SET applied = 1".to_owned();
-        if url.starts_with("sqlite:") {
-            sqlite_pool(url, &[applied]).await.unwrap();
-        } else {
-            pg_pool(url, &[applied]).await.unwrap();
-        }
+        execute(url, &["UPDATE p_inbox SET applied = 1".to_owned()]).await;
         assert!(!probe.any().await.unwrap());
         assert_eq!(probe.among(&["evt_2", "evt_4"]).await.unwrap(), set(&[]));
     }
