@@ -95,8 +95,15 @@ impl Billd {
         self.command().spawn().unwrap()
     }
 
-    /// The `billd serve` command [`Billd::spawn`] runs (output discarded).
+    /// The `billd serve` command [`Billd::spawn`] runs: its output is
+    /// discarded, its log (`RUST_LOG`: `error` unless `env` sets it) is
+    /// appended to [`Billd::log_path`].
     pub fn command(&self) -> Command {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_billd"));
         command
             .arg("serve")
@@ -105,11 +112,17 @@ impl Billd {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("BILLD_DATABASE_URL", &self.database_url)
             .env("BILLD_LISTEN", format!("127.0.0.1:{}", self.port))
-            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("RUST_LOG", "error")
+            .envs(self.env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stderr(log);
         command
+    }
+
+    /// The server's log: `billd-PORT.log` in `dir` (a restart on the same
+    /// port appends to it).
+    pub fn log_path(&self) -> std::path::PathBuf {
+        self.dir.join(format!("billd-{}.log", self.port))
     }
 
     /// `http://127.0.0.1:PORT`.
