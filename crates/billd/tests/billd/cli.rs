@@ -86,6 +86,26 @@ fn an_invalid_setting_stops_start_up_with_a_message_naming_the_variable() {
 }
 
 #[test]
+fn a_log_that_is_not_a_terminal_has_no_colour_codes() {
+    // Under systemd or into a file, colour codes would be noise in every
+    // line; the test's pipe is such a destination.
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_billd"))
+        .arg("migrate")
+        .current_dir(dir.path())
+        .clear_env()
+        .env("BILLD_DATABASE_URL", "sqlite://x.db")
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(" DEBUG "), "a log was written: {stderr}");
+    assert!(!stderr.contains('\u{1b}'), "{stderr}");
+}
+
+#[test]
 fn a_billd_toml_in_the_working_directory_is_read_when_no_config_is_given() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("billd.toml"), "log_format = \"yaml\"\n").unwrap();
