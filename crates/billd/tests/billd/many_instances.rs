@@ -3,10 +3,11 @@
 //! webhooks of thousands of Stripe events for many customers (with
 //! duplicates and reorders), and two of them, picked by a seeded random
 //! generator, are killed (-9) mid-run and restarted. Then every event is
-//! processed, each email arrived exactly once at a real SMTP server, each
-//! scheduled job ran at most once per period, and every customer's
-//! entitlements equal those of a single `billd serve` that was given the
-//! same events once each, in order.
+//! processed, each email arrived once at a real SMTP server (once more for
+//! each kill it was in flight at, or each delivery of it that outlived its
+//! claim), each scheduled job ran at most once per period, and every
+//! customer's entitlements equal those of a single `billd serve` that was
+//! given the same events once each, in order.
 //!
 //! Sizes come from the environment, so that `scripts/soak.sh` runs the same
 //! bigger and longer: `BILLD_MANY_CUSTOMERS` (60), `BILLD_MANY_EVENTS`
