@@ -443,6 +443,12 @@ impl Store for PgStore {
             sqlx::query("SET LOCAL lock_timeout = '200ms'")
                 .execute(&mut *tx)
                 .await?;
+            sqlx::query(&format!(
+                "SET LOCAL default_statistics_target = {}",
+                crate::STATISTICS_TARGET
+            ))
+            .execute(&mut *tx)
+            .await?;
             match sqlx::query(&format!("ANALYZE {table}"))
                 .execute(&mut *tx)
                 .await

@@ -484,6 +484,17 @@ async fn a_young_inbox_is_analysed_once_it_outgrows_its_statistics(h: &Harness) 
         .await
         .unwrap();
     assert!(analysed_rows >= 1_500.0, "{analysed_rows}");
+    // From a small sample: the ids' histogram has the refresh's target of
+    // buckets, not the server's default of 100.
+    let buckets: i32 = sqlx::query_scalar(
+        "SELECT array_length(histogram_bounds::text::text[], 1) - 1 FROM pg_stats \
+         WHERE schemaname = current_schema() AND tablename = 'stripe_events' \
+           AND attname = 'id'",
+    )
+    .fetch_one(&mut db)
+    .await
+    .unwrap();
+    assert_eq!(buckets, billd_store::STATISTICS_TARGET);
     // Analysed now: the next look leaves it alone.
     let again = h.store.refresh_statistics().await.unwrap();
     assert!(!again.iter().any(|t| t == "stripe_events"), "{again:?}");
