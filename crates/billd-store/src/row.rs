@@ -22,6 +22,38 @@ pub(crate) const RELEASE_OUTBOX: &str =
 pub(crate) const RELEASE_JOBS: &str =
     "UPDATE scheduler_jobs SET lease_until = $1 WHERE lease_until > $1";
 
+/// The body of `Store::release_all_claims` on either database: ends every
+/// inbox lease, outbox claim and job lease at `$now` in the write
+/// transaction `$tx`, commits, and returns the counts.
+macro_rules! release_all_claims {
+    ($tx:expr, $now:expr) => {{
+        let mut tx = $tx;
+        let mut released = [0; 3];
+        for (statement, count) in [
+            $crate::row::RELEASE_EVENTS,
+            $crate::row::RELEASE_OUTBOX,
+            $crate::row::RELEASE_JOBS,
+        ]
+        .into_iter()
+        .zip(&mut released)
+        {
+            *count = sqlx::query(statement)
+                .bind($now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
+        let [events, outbox, jobs] = released;
+        Ok($crate::ReleasedClaims {
+            events,
+            outbox,
+            jobs,
+        })
+    }};
+}
+pub(crate) use release_all_claims;
+
 #[derive(sqlx::FromRow)]
 pub(crate) struct EventRow {
     id: String,

@@ -18,7 +18,7 @@ use sqlx::sqlite::{
 use crate::claim::{in_claim_order, page_size, Picker, MAX_PAGES};
 use crate::row::{
     finish_columns, first_occurrences, into_events, outcomes, DerivedColumns, EventRow,
-    EVENT_COLUMNS, RECEIVED_ROWS, RECEIVED_STATS, RELEASE_EVENTS, RELEASE_JOBS, RELEASE_OUTBOX,
+    EVENT_COLUMNS, RECEIVED_ROWS, RECEIVED_STATS,
 };
 use crate::{
     Backend, ClaimLimits, DeriveClaim, Derived, EventFinish, EventResult, EventStatus, InboxStats,
@@ -573,25 +573,7 @@ impl Store for SqliteStore {
     }
 
     async fn release_all_claims(&self, now: i64) -> StoreResult<ReleasedClaims> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let mut released = [0; 3];
-        for (statement, count) in [RELEASE_EVENTS, RELEASE_OUTBOX, RELEASE_JOBS]
-            .into_iter()
-            .zip(&mut released)
-        {
-            *count = sqlx::query(statement)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        }
-        tx.commit().await?;
-        let [events, outbox, jobs] = released;
-        Ok(ReleasedClaims {
-            events,
-            outbox,
-            jobs,
-        })
+        crate::row::release_all_claims!(self.writer.begin_with("BEGIN IMMEDIATE").await?, now)
     }
 
     async fn get_event(&self, id: &str) -> StoreResult<Option<StoredEvent>> {
