@@ -422,13 +422,11 @@ impl Store for PgStore {
             // columns leaves the change count that triggers this as it
             // is.)
             let mut tx = self.pool.begin().await?;
-            sqlx::query("SET LOCAL lock_timeout = '200ms'")
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(&format!(
-                "SET LOCAL default_statistics_target = {}",
-                crate::STATISTICS_TARGET
-            ))
+            sqlx::query(
+                "SELECT set_config('lock_timeout', '200ms', true), \
+                        set_config('default_statistics_target', $1, true)",
+            )
+            .bind(crate::STATISTICS_TARGET.to_string())
             .execute(&mut *tx)
             .await?;
             match sqlx::query(&format!("ANALYZE {table}"))
