@@ -41,5 +41,5 @@ pub(crate) use stripe_customer::{ensure_stripe_customer, linked_stripe_customer,
 pub use stripe_customer::{erase_stripe_customer, StripeCustomerError};
 pub use worker::{
     Backoff, DeadReason, EventHandler, FailureClass, HandlerError, HandlerOutcome, HandlerRegistry,
-    InboxWorker, RoundReport, WorkerConfig,
+    InboxWorker, RoundReport, WorkerConfig, INGEST_BUSY,
 };

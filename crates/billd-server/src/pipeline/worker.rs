@@ -10,9 +10,10 @@
 //! leases while its handlers run, so leases can be short: events left
 //! `processing` by a crashed process come back when their lease ends (the
 //! store's claim reclaims them), or at once on a SQLite start-up
-//! (`Store::release_all_claims`). While no webhook waits for its
-//! acknowledgement, the next round is derived and claimed while the current
-//! one is applied, and processed after it.
+//! (`Store::release_all_claims`). The next round is derived and claimed
+//! while the current one is applied, and processed after it, except while
+//! webhooks wait for their acknowledgement on SQLite (or many wait on
+//! PostgreSQL; see [`INGEST_BUSY`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use billd_store::{
-    ClaimLimits, Derived, EventFinish, EventResult, Store, StoreResult, StoredEvent,
+    Backend, ClaimLimits, Derived, EventFinish, EventResult, Store, StoreResult, StoredEvent,
 };
 use rand::Rng;
 use tokio::sync::Notify;
@@ -354,6 +355,12 @@ impl Default for WorkerConfig {
 /// one read and one write transaction for up to this many.
 pub const DERIVE_BATCH: u32 = 1024;
 
+/// Deliveries waiting for their acknowledgement from which, on
+/// PostgreSQL, rounds run one at a time. Fewer is a trickle (1,000 events/s
+/// keeps 2 to 5 waiting), whose events then wait for one round rather than
+/// two; a flood of deliveries keeps dozens waiting.
+pub const INGEST_BUSY: usize = 16;
+
 /// What one round claimed.
 #[derive(Debug, Default)]
 struct Claim {
@@ -458,6 +465,19 @@ impl InboxWorker {
         self.ingest.as_ref().is_some_and(|load| load.waiting() > 0)
     }
 
+    /// Whether rounds run one at a time, none claimed while another is
+    /// applied: while webhooks wait on SQLite, whose one writer a round
+    /// claimed ahead would take from their group commit; on PostgreSQL only
+    /// while [`INGEST_BUSY`] or more wait, when the webhooks need the cores
+    /// more than a trickle of events needs its latency.
+    fn one_round_at_a_time(&self) -> bool {
+        let waiting = self.ingest.as_ref().map_or(0, IngestLoad::waiting);
+        match self.store.backend() {
+            Backend::Sqlite => waiting > 0,
+            Backend::Postgres => waiting >= INGEST_BUSY,
+        }
+    }
+
     /// Events the next round may claim (and derive).
     fn round_events(&self) -> u32 {
         let full = self.config.round_events.max(1);
@@ -485,8 +505,8 @@ impl InboxWorker {
             };
             let busy = match claim {
                 Ok(claim) if claim.claimed.is_empty() => claim.read > 0,
-                Ok(claim) if self.webhooks_waiting() => {
-                    // Webhooks wait for the writer and the cores: one round
+                Ok(claim) if self.one_round_at_a_time() => {
+                    // Webhooks wait for the writer or the cores: one round
                     // at a time, and a short one (`round_events`).
                     if let Err(e) = self.process_claim(claim, &HeldLeases::default()).await {
                         self.round_failed(&e);
