@@ -433,6 +433,22 @@ pub trait BillingStore: Send + Sync + 'static {
         Ok(found)
     }
 
+    /// [`BillingStore::find_customer_by_object`] for many objects, in one
+    /// read where the store can: the customer of each that has one, keyed
+    /// by the object id.
+    async fn find_customers_by_objects(
+        &self,
+        object_ids: &[&str],
+    ) -> StoreResult<HashMap<String, CustomerId>> {
+        let mut found = HashMap::new();
+        for &id in object_ids {
+            if let Some(customer) = self.find_customer_by_object(id).await? {
+                found.insert(id.to_owned(), customer);
+            }
+        }
+        Ok(found)
+    }
+
     /// [`BillingStore::find_customer_by_stripe`] for many Stripe customers,
     /// in one read where the store can: the customer of each that has one,
     /// keyed by the Stripe customer id.

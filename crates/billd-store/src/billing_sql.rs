@@ -175,6 +175,25 @@ macro_rules! billing_store {
                     .collect()
             }
 
+            async fn find_customers_by_objects(
+                &self,
+                object_ids: &[&str],
+            ) -> StoreResult<std::collections::HashMap<String, CustomerId>> {
+                if object_ids.is_empty() {
+                    return Ok(std::collections::HashMap::new());
+                }
+                let rows: Vec<(String, String)> = sqlx::query_as(&format!(
+                    "SELECT object_id, customer_id FROM object_links \
+                     WHERE object_id IN ({JSON_ARRAY_ROWS})"
+                ))
+                .bind(ids_json(object_ids)?)
+                .fetch_all(self.reader())
+                .await?;
+                rows.into_iter()
+                    .map(|(object, customer)| Ok((object, parse_customer(&customer)?)))
+                    .collect()
+            }
+
             async fn find_customers_by_stripe(
                 &self,
                 stripe_customer_ids: &[&StripeCustomerId],

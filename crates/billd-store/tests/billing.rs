@@ -1288,6 +1288,27 @@ async fn many_customers_read_in_one_call_read_as_one_at_a_time(h: &Harness) {
         assert_eq!(records.get(id).cloned(), alone, "{id}");
     }
     assert_eq!(records.len(), 3);
+    h.billing
+        .link_object("sub_30", &customer("user_30"), NOW)
+        .await
+        .unwrap();
+    let objects = ["sub_30", "cus_31", "cus_32", "cus_30", "sub_nobody"];
+    let objects_owners = h.billing.find_customers_by_objects(&objects).await.unwrap();
+    for object in objects {
+        let alone = h.billing.find_customer_by_object(object).await.unwrap();
+        assert_eq!(objects_owners.get(object).cloned(), alone, "{object}");
+    }
+    assert_eq!(
+        objects_owners.get("sub_30"),
+        Some(&customer("user_30")),
+        "{objects_owners:?}"
+    );
+    assert!(h
+        .billing
+        .find_customers_by_objects(&[])
+        .await
+        .unwrap()
+        .is_empty());
     assert!(h.billing.get_customers(&[]).await.unwrap().is_empty());
     assert!(h
         .billing

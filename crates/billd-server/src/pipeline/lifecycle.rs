@@ -172,16 +172,18 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
     /// write transaction per customer before its one commit, and an event
     /// whose commit fails leaves no link behind.
     async fn link(&self, event: &Event) -> anyhow::Result<Option<Link>> {
-        self.link_read(event, None).await
+        self.link_read(event, None, &ObjectOwners::new()).await
     }
 
     /// [`Self::link`], given the owner of the event's Stripe customer when
-    /// the round read it already (`Some(None)`: it has none), so that read
-    /// is not made again.
+    /// the round read it already (`Some(None)`: it has none), and the
+    /// owners of the objects the round read already, so those reads are
+    /// not made again.
     async fn link_read(
         &self,
         event: &Event,
         owner: Option<Option<CustomerId>>,
+        objects: &ObjectOwners,
     ) -> anyhow::Result<Option<Link>> {
         let hints = event.link_hints();
         if let Some(stripe_customer) = &hints.stripe_customer {
@@ -204,15 +206,12 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
             .iter()
             .map(ToString::to_string)
             .collect();
-        let objects = [
-            hints.subscription.as_ref().map(ToString::to_string),
-            hints.charge.as_ref().map(ToString::to_string),
-            hints.payment_intent.as_ref().map(ToString::to_string),
-            hints.invoice.as_ref().map(ToString::to_string),
-            event.object_id(),
-        ];
-        for object in objects.iter().flatten() {
-            if let Some(customer) = self.store.find_customer_by_object(object).await? {
+        for object in linking_objects(event) {
+            let owner = match objects.get(&object) {
+                Some(owner) => owner.clone(),
+                None => self.store.find_customer_by_object(&object).await?,
+            };
+            if let Some(customer) = owner {
                 return Ok(Some(Link {
                     stripe_owned: !adopted.is_empty(),
                     customer,
@@ -373,6 +372,22 @@ fn object_links(event: &Event) -> Vec<String> {
     links
 }
 
+/// The Stripe objects whose links may name an event's customer, in the
+/// order they are asked.
+fn linking_objects(event: &Event) -> Vec<String> {
+    let hints = event.link_hints();
+    [
+        hints.subscription.as_ref().map(ToString::to_string),
+        hints.charge.as_ref().map(ToString::to_string),
+        hints.payment_intent.as_ref().map(ToString::to_string),
+        hints.invoice.as_ref().map(ToString::to_string),
+        event.object_id(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
 /// The round of a re-fetch event: the `_r{round}` suffix
 /// `crate::pipeline::outbox::refetch_event` gives rounds after the first; 0 otherwise
 /// (the first round, and the other synthetic events).
@@ -464,11 +479,25 @@ impl<S: BillingBackend + ?Sized> EventHandler for LifecycleHandler<S> {
             }
         }
         let owners = self.stripe_owners(events, &groups).await;
+        let mut parsed: Vec<ParsedGroup> = Vec::with_capacity(groups.len());
+        for (n, group) in groups.iter().enumerate() {
+            if n % YIELD_EVERY == YIELD_EVERY - 1 {
+                // Parsing is CPU work with no await in it (see `apply_batch`).
+                tokio::task::yield_now().await;
+            }
+            parsed.push(
+                group
+                    .iter()
+                    .map(|&index| (index, parse_stored(events[index])))
+                    .collect(),
+            );
+        }
+        let objects = self.object_owners(&parsed, events, &owners).await;
         // Boxed before they are streamed: a lazy `map` would keep its
         // closure in this future, which must be Send for every lifetime.
         let mut linking: Vec<BoxFuture<'_, Vec<(usize, Linking)>>> = Vec::new();
-        for group in &groups {
-            linking.push(Box::pin(self.link_group(events, group, &owners)));
+        for group in parsed {
+            linking.push(Box::pin(self.link_group(group, &owners, &objects)));
         }
         let linked_groups: Vec<Vec<(usize, Linking)>> = futures::stream::iter(linking)
             .buffered(self.concurrency.max(1))
@@ -581,6 +610,15 @@ struct Linked {
 /// map was not read (its events read it themselves).
 type StripeOwners = HashMap<String, Option<CustomerId>>;
 
+/// The owners of Stripe objects a round read in one statement: the
+/// customer each is linked to, or none; an object missing from the map was
+/// not read.
+type ObjectOwners = HashMap<String, Option<CustomerId>>;
+
+/// One Stripe customer's events of a round, parsed (none: a type billd does
+/// not act on), with their indexes into the round.
+type ParsedGroup = Vec<(usize, anyhow::Result<Option<Event>>)>;
+
 impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
     /// Reads the owners of the Stripe customers of a round's `groups` in
     /// one statement, rather than one read per customer while linking
@@ -614,19 +652,63 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
         }
     }
 
-    /// Parses and links one Stripe customer's events of a round, in order;
+    /// Reads in one statement the owners of the objects through which the
+    /// round's events of Stripe customers without an owner link (a new
+    /// customer's checkout names its subscription, invoice, payment…),
+    /// rather than one read per object while linking, one after another
+    /// for each event. When the read fails the map is empty and each event
+    /// reads its own objects, so the failure is the events' own.
+    async fn object_owners(
+        &self,
+        parsed: &[ParsedGroup],
+        events: &[&StoredEvent],
+        owners: &StripeOwners,
+    ) -> ObjectOwners {
+        let mut asked: Vec<String> = Vec::new();
+        for (index, event) in parsed.iter().flatten() {
+            let Ok(Some(event)) = event else { continue };
+            let unowned = events[*index]
+                .stripe_customer
+                .as_ref()
+                .is_some_and(|customer| matches!(owners.get(customer), Some(None)));
+            if unowned {
+                asked.extend(linking_objects(event));
+            }
+        }
+        asked.sort();
+        asked.dedup();
+        if asked.is_empty() {
+            return ObjectOwners::new();
+        }
+        let refs: Vec<&str> = asked.iter().map(String::as_str).collect();
+        match self.store.find_customers_by_objects(&refs).await {
+            Ok(mut found) => asked
+                .into_iter()
+                .map(|object| {
+                    let owner = found.remove(&object);
+                    (object, owner)
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the round's object links failed; linking each alone");
+                ObjectOwners::new()
+            }
+        }
+    }
+
+    /// Links one Stripe customer's events of a round (parsed), in order;
     /// once one of them found (or made) the Stripe customer's link, the
     /// rest link through it without a read.
     async fn link_group(
         &self,
-        events: &[&StoredEvent],
-        group: &[usize],
+        group: ParsedGroup,
         owners: &StripeOwners,
+        objects: &ObjectOwners,
     ) -> Vec<(usize, Linking)> {
         let mut known: HashMap<String, CustomerId> = HashMap::new();
         let mut steps = Vec::with_capacity(group.len());
-        for &index in group {
-            let event = match parse_stored(events[index]) {
+        for (index, parsed) in group {
+            let event = match parsed {
                 Err(e) => {
                     steps.push((index, Linking::Failed(HandlerError::from(e))));
                     continue;
@@ -650,7 +732,7 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
             let owner = stripe_customer
                 .as_ref()
                 .and_then(|id| owners.get(id).cloned());
-            let step = match self.link_read(&event, owner).await {
+            let step = match self.link_read(&event, owner, objects).await {
                 Err(e) => Linking::Failed(HandlerError::from(e)),
                 Ok(None) => Linking::Unlinked(event),
                 Ok(Some(link)) => {
@@ -681,17 +763,9 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
             Err(e) => Linking::Failed(HandlerError::from(e)),
             Ok(Some(link)) => Linking::Linked(event, link),
             Ok(None) => {
-                let hints = event.link_hints();
-                let found = [
-                    hints.subscription.as_ref().map(ToString::to_string),
-                    hints.charge.as_ref().map(ToString::to_string),
-                    hints.payment_intent.as_ref().map(ToString::to_string),
-                    hints.invoice.as_ref().map(ToString::to_string),
-                    event.object_id(),
-                ]
-                .into_iter()
-                .flatten()
-                .find_map(|object| objects.get(&object).cloned());
+                let found = linking_objects(&event)
+                    .into_iter()
+                    .find_map(|object| objects.get(&object).cloned());
                 match found {
                     Some(customer) => Linking::Linked(
                         event,

@@ -228,6 +228,10 @@ pub struct SwitchableStore {
     pub batch_commits: AtomicU64,
     /// `commit_event` calls, refused ones included.
     pub single_commits: AtomicU64,
+    /// `find_customer_by_object` calls (one object each).
+    pub object_reads: AtomicU64,
+    /// `find_customers_by_objects` calls (many objects each).
+    pub object_batch_reads: AtomicU64,
 }
 
 impl SwitchableStore {
@@ -239,6 +243,8 @@ impl SwitchableStore {
             refused: std::sync::Mutex::new(Vec::new()),
             batch_commits: AtomicU64::new(0),
             single_commits: AtomicU64::new(0),
+            object_reads: AtomicU64::new(0),
+            object_batch_reads: AtomicU64::new(0),
         }
     }
 
@@ -386,7 +392,16 @@ impl billd_store::BillingStore for SwitchableStore {
         object_id: &str,
     ) -> StoreResult<Option<billd_core::CustomerId>> {
         self.check()?;
+        self.object_reads.fetch_add(1, Ordering::SeqCst);
         self.inner.find_customer_by_object(object_id).await
+    }
+    async fn find_customers_by_objects(
+        &self,
+        object_ids: &[&str],
+    ) -> StoreResult<std::collections::HashMap<String, billd_core::CustomerId>> {
+        self.check()?;
+        self.object_batch_reads.fetch_add(1, Ordering::SeqCst);
+        self.inner.find_customers_by_objects(object_ids).await
     }
     async fn link_stripe_customer(
         &self,

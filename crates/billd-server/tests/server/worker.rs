@@ -999,6 +999,10 @@ async fn a_round_of_several_customers_is_applied_in_one_transaction(db: Db) {
     assert_eq!((report.claimed, report.batches), (20, 20));
     assert_eq!(store.batch_commits.load(Ordering::SeqCst), 1);
     assert_eq!(store.single_commits.load(Ordering::SeqCst), 0);
+    // Twenty Stripe customers nobody owns yet: the objects they could link
+    // through are read in one statement, not one read per event.
+    assert_eq!(store.object_batch_reads.load(Ordering::SeqCst), 1);
+    assert_eq!(store.object_reads.load(Ordering::SeqCst), 0);
     for n in 0..20 {
         let id = format!("evt_many_{n:02}");
         assert_eq!(
