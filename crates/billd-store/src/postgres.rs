@@ -267,7 +267,8 @@ impl Store for PgStore {
         let scrubbed = billing::scrub_derived(self, derived).await?;
         let c = DerivedColumns::new(derived, &scrubbed, now);
         let mut conn = self.pool.acquire().await?;
-        derive_in(&mut conn, &c).await
+        let (written, _) = derive_in(&mut conn, &c, &HashSet::new(), 0).await?;
+        Ok(written)
     }
 
     async fn claim_event_batches(
@@ -295,18 +296,89 @@ impl Store for PgStore {
         let scrubbed = billing::scrub_derived(self, derived).await?;
         let c = DerivedColumns::new(derived, &scrubbed, now);
         let mut tx = self.pool.begin().await?;
-        let derived = if derived.is_empty() {
-            0
+        // The rows derived now are offered to the claim after the due rows
+        // derived before, in claim order (`created`, then arrival: the
+        // order they were read in), and the ones it takes are derived as
+        // leased: one write of each such row, not a derivation and then a
+        // claim.
+        let mut picker = Picker::new(limits);
+        let mut fresh: Vec<&NewEvent> = derived
+            .iter()
+            .filter_map(|d| match d {
+                Derived::Event(event) => Some(event),
+                Derived::Invalid { .. } => None,
+            })
+            .collect();
+        fresh.sort_by_key(|event| event.created);
+        if limits.groups > 0 {
+            let mut usable = Usable::new();
+            pick_due(&mut tx, now, limits, &mut picker, &mut usable).await?;
+            let customers = fresh
+                .iter()
+                .filter_map(|event| event.stripe_customer.clone())
+                .collect();
+            settle_customers(&mut tx, now, customers, &mut usable).await?;
+            for event in &fresh {
+                let allowed = event
+                    .stripe_customer
+                    .as_ref()
+                    .is_none_or(|c| usable.get(c).copied().unwrap_or(false));
+                if allowed {
+                    picker.offer(event.id.clone(), event.stripe_customer.clone());
+                }
+            }
+        }
+        let ids = picker.into_ids();
+        let fresh_ids: HashSet<&str> = fresh.iter().map(|event| event.id.as_str()).collect();
+        let (taken_fresh, taken_due): (Vec<&String>, Vec<&String>) =
+            ids.iter().partition(|id| fresh_ids.contains(id.as_str()));
+        let taken_fresh: HashSet<&str> = taken_fresh.into_iter().map(String::as_str).collect();
+        let taken_due: Vec<String> = taken_due.into_iter().cloned().collect();
+        let (written, leased) = if derived.is_empty() {
+            (0, Vec::new())
         } else {
-            derive_in(&mut tx, &c).await?
+            derive_in(&mut tx, &c, &taken_fresh, lease_until).await?
         };
-        let claimed = if limits.groups == 0 {
-            Vec::new()
-        } else {
-            claim_in(&mut tx, now, lease_until, limits).await?
-        };
+        let mut claimed = claim_picked(&mut tx, lease_until, &taken_due).await?;
         tx.commit().await?;
-        Ok(DeriveClaim { derived, claimed })
+        // The leased fresh rows as their columns were just written.
+        let payloads: HashMap<&str, &str> = c
+            .ids
+            .iter()
+            .zip(&c.payloads)
+            .filter_map(|(id, payload)| payload.map(|p| (*id, p)))
+            .collect();
+        let by_id: HashMap<&str, &NewEvent> = fresh
+            .iter()
+            .map(|event| (event.id.as_str(), *event))
+            .collect();
+        for (id, attempts, claim) in leased {
+            let Some(event) = by_id.get(id.as_str()) else {
+                continue;
+            };
+            claimed.push(StoredEvent {
+                payload: payloads
+                    .get(id.as_str())
+                    .map_or_else(|| event.payload.clone(), |p| (*p).to_owned()),
+                id,
+                event_type: event.event_type.clone(),
+                api_version: event.api_version.clone(),
+                created: event.created,
+                object_id: event.object_id.clone(),
+                stripe_customer: event.stripe_customer.clone(),
+                status: EventStatus::Processing,
+                attempts,
+                claim,
+                next_attempt_at: Some(lease_until),
+                last_error: None,
+                received_at: event.received_at,
+                processed_at: None,
+            });
+        }
+        Ok(DeriveClaim {
+            derived: written,
+            claimed: in_claim_order(&ids, claimed),
+        })
     }
 
     async fn finish_event(
@@ -480,25 +552,40 @@ impl Store for PgStore {
 }
 
 /// The derive of [`Store::derive_events`] on the caller's connection (or
-/// transaction).
-async fn derive_in(conn: &mut sqlx::PgConnection, c: &DerivedColumns<'_>) -> StoreResult<u64> {
+/// transaction): writes the derived columns of received rows; those in `claim` are
+/// leased at once (until `lease_until`), the rest become pending (or dead).
+/// Returns how many rows were written, and the id, attempts and claim of
+/// each row leased.
+async fn derive_in(
+    conn: &mut sqlx::PgConnection,
+    c: &DerivedColumns<'_>,
+    claim: &HashSet<&str>,
+    lease_until: i64,
+) -> StoreResult<(u64, Vec<(String, i32, i64)>)> {
+    let claimed: Vec<bool> = c.ids.iter().map(|id| claim.contains(id)).collect();
     // Rows another process is deriving right now are skipped, not
     // waited for (it writes the same columns); the rest are locked in
     // id order, so two derivers never deadlock.
-    let done = sqlx::query(
+    let written: Vec<(String, bool, i32, i64)> = sqlx::query_as(
         "UPDATE stripe_events AS e \
-             SET status = r.status, type = r.type, api_version = r.api_version, \
+             SET status = CASE WHEN r.claimed THEN 'processing' ELSE r.status END, \
+                 type = r.type, api_version = r.api_version, \
                  created = r.created, object_id = r.object_id, \
                  stripe_customer = r.stripe_customer, payload = COALESCE(r.payload, e.payload), \
-                 last_error = r.last_error, processed_at = r.processed_at \
+                 last_error = r.last_error, processed_at = r.processed_at, \
+                 attempts = e.attempts + CASE WHEN r.claimed THEN 1 ELSE 0 END, \
+                 claim = e.claim + CASE WHEN r.claimed THEN 1 ELSE 0 END, \
+                 next_attempt_at = CASE WHEN r.claimed THEN $12 ELSE e.next_attempt_at END \
              FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], \
-                         $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[]) \
+                         $6::text[], $7::text[], $8::text[], $9::text[], $10::int8[], \
+                         $11::bool[]) \
                   AS r(id, status, type, api_version, created, object_id, stripe_customer, \
-                       payload, last_error, processed_at) \
+                       payload, last_error, processed_at, claimed) \
              WHERE e.id = r.id AND e.status IS NULL \
                AND e.id IN (SELECT id FROM stripe_events \
                             WHERE id = ANY($1) AND status IS NULL \
-                            ORDER BY id FOR UPDATE SKIP LOCKED)",
+                            ORDER BY id FOR UPDATE SKIP LOCKED) \
+             RETURNING e.id, r.claimed, e.attempts, e.claim",
     )
     .bind(&c.ids)
     .bind(&c.statuses)
@@ -510,10 +597,21 @@ async fn derive_in(conn: &mut sqlx::PgConnection, c: &DerivedColumns<'_>) -> Sto
     .bind(&c.payloads)
     .bind(&c.errors)
     .bind(&c.processed_at)
-    .execute(&mut *conn)
+    .bind(&claimed)
+    .bind(lease_until)
+    .fetch_all(&mut *conn)
     .await?;
-    Ok(done.rows_affected())
+    let count = written.len() as u64;
+    let leased = written
+        .into_iter()
+        .filter(|row| row.1)
+        .map(|(id, _, attempts, claim)| (id, attempts, claim))
+        .collect();
+    Ok((count, leased))
 }
+
+/// Customer → whether this claim may take an event of theirs.
+type Usable = HashMap<String, bool>;
 
 /// The claim of [`Store::claim_event_batches`] inside the caller's
 /// transaction (its advisory locks last until that transaction ends).
@@ -524,10 +622,23 @@ async fn claim_in(
     limits: ClaimLimits,
 ) -> StoreResult<Vec<StoredEvent>> {
     let mut picker = Picker::new(limits);
+    pick_due(tx, now, limits, &mut picker, &mut Usable::new()).await?;
+    let ids = picker.into_ids();
+    let claimed = claim_picked(tx, lease_until, &ids).await?;
+    Ok(in_claim_order(&ids, claimed))
+}
+
+/// Offers the picker the due rows already derived, in claim order, page
+/// by page, skipping customers another claimer works on.
+async fn pick_due(
+    tx: &mut sqlx::PgConnection,
+    now: i64,
+    limits: ClaimLimits,
+    picker: &mut Picker,
+    usable: &mut Usable,
+) -> StoreResult<()> {
     let page = page_size(limits);
     let mut after = (i64::MIN, i64::MIN);
-    // Customer → whether this claim may take an event of theirs.
-    let mut usable: HashMap<String, bool> = HashMap::new();
     for _ in 0..MAX_PAGES {
         let rows: Vec<(String, Option<String>, i64, i64)> = sqlx::query_as(CANDIDATES)
             .bind(now)
@@ -537,49 +648,8 @@ async fn claim_in(
             .fetch_all(&mut *tx)
             .await?;
         let exhausted = i64::try_from(rows.len()).is_ok_and(|n| n < page);
-
-        let mut fresh: Vec<String> = Vec::new();
-        for customer in rows.iter().filter_map(|row| row.1.as_ref()) {
-            if !usable.contains_key(customer) && !fresh.contains(customer) {
-                fresh.push(customer.clone());
-            }
-        }
-        if !fresh.is_empty() {
-            // Another process claiming an event of the same customer right
-            // now holds this lock until it commits; skip that customer.
-            let locked: HashSet<String> = sqlx::query_scalar(
-                "SELECT c FROM UNNEST($1::text[]) AS c \
-                     WHERE pg_try_advisory_xact_lock(hashtextextended(c, 0))",
-            )
-            .bind(&fresh)
-            .fetch_all(&mut *tx)
-            .await?
-            .into_iter()
-            .collect();
-            // With the lock held, a new statement sees every lease
-            // committed by a claimer that held it before us.
-            let leased: HashSet<String> = if locked.is_empty() {
-                HashSet::new()
-            } else {
-                let locked: Vec<&String> = locked.iter().collect();
-                sqlx::query_scalar(
-                    "SELECT DISTINCT stripe_customer FROM stripe_events \
-                         WHERE status = 'processing' AND next_attempt_at > $1 \
-                           AND stripe_customer = ANY($2)",
-                )
-                .bind(now)
-                .bind(locked)
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .collect()
-            };
-            for customer in fresh {
-                let ok = locked.contains(&customer) && !leased.contains(&customer);
-                usable.insert(customer, ok);
-            }
-        }
-
+        let fresh: Vec<String> = rows.iter().filter_map(|row| row.1.clone()).collect();
+        settle_customers(tx, now, fresh, usable).await?;
         for (id, customer, created, seq) in rows {
             after = (created, seq);
             let allowed = customer
@@ -593,7 +663,68 @@ async fn claim_in(
             break;
         }
     }
-    let ids = picker.into_ids();
+    Ok(())
+}
+
+/// Decides, for the customers of `customers` not in `usable` yet, whether
+/// this claim may take their events: it must get the customer's advisory
+/// lock (another process claiming for the same customer right now holds it
+/// until it commits) and find no event of theirs under a live lease.
+async fn settle_customers(
+    tx: &mut sqlx::PgConnection,
+    now: i64,
+    customers: Vec<String>,
+    usable: &mut Usable,
+) -> StoreResult<()> {
+    let mut fresh: Vec<String> = Vec::new();
+    for customer in customers {
+        if !usable.contains_key(&customer) && !fresh.contains(&customer) {
+            fresh.push(customer);
+        }
+    }
+    if fresh.is_empty() {
+        return Ok(());
+    }
+    let locked: HashSet<String> = sqlx::query_scalar(
+        "SELECT c FROM UNNEST($1::text[]) AS c \
+             WHERE pg_try_advisory_xact_lock(hashtextextended(c, 0))",
+    )
+    .bind(&fresh)
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    // With the lock held, a new statement sees every lease committed by a
+    // claimer that held it before us.
+    let leased: HashSet<String> = if locked.is_empty() {
+        HashSet::new()
+    } else {
+        let locked: Vec<&String> = locked.iter().collect();
+        sqlx::query_scalar(
+            "SELECT DISTINCT stripe_customer FROM stripe_events \
+                 WHERE status = 'processing' AND next_attempt_at > $1 \
+                   AND stripe_customer = ANY($2)",
+        )
+        .bind(now)
+        .bind(locked)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect()
+    };
+    for customer in fresh {
+        let ok = locked.contains(&customer) && !leased.contains(&customer);
+        usable.insert(customer, ok);
+    }
+    Ok(())
+}
+
+/// Leases the derived rows `ids` (in no particular order).
+async fn claim_picked(
+    tx: &mut sqlx::PgConnection,
+    lease_until: i64,
+    ids: &[String],
+) -> StoreResult<Vec<StoredEvent>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -605,10 +736,10 @@ async fn claim_in(
              RETURNING {EVENT_COLUMNS}"
     ))
     .bind(lease_until)
-    .bind(&ids)
+    .bind(ids)
     .fetch_all(&mut *tx)
     .await?;
-    Ok(in_claim_order(&ids, into_events(rows)?))
+    into_events(rows)
 }
 
 /// Writes the outcomes of events still under the lease of their claim, in

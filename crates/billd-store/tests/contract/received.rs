@@ -39,6 +39,7 @@ received_contract!(
     received_events_are_durable_for_a_store_opened_afterwards,
     two_stores_receiving_and_deriving_the_same_events_store_and_derive_each_once,
     derive_and_claim_claims_what_it_derives_in_the_same_call_up_to_the_cap_on_events,
+    derive_and_claim_leaves_a_new_event_of_a_customer_under_lease_pending,
     a_young_inbox_is_analysed_once_it_outgrows_its_statistics,
 );
 
@@ -412,6 +413,16 @@ async fn derive_and_claim_claims_what_it_derives_in_the_same_call_up_to_the_cap_
         .claimed
         .iter()
         .all(|e| e.status == EventStatus::Processing && e.claim == 1));
+    // What the claim hands over is what it stored.
+    for claimed in &first.claimed {
+        let stored = h.store.get_event(&claimed.id).await.unwrap().unwrap();
+        assert_eq!(
+            serde_json::to_value(&stored).unwrap(),
+            serde_json::to_value(claimed).unwrap(),
+            "{}",
+            claimed.id
+        );
+    }
     assert!(h.store.received_events(10).await.unwrap().is_empty());
     // Nothing left to derive; the rest is claimed.
     let second = h
@@ -427,6 +438,48 @@ async fn derive_and_claim_claims_what_it_derives_in_the_same_call_up_to_the_cap_
             .map(|e| e.id.as_str())
             .collect::<Vec<_>>(),
         ["evt_1", "evt_0"]
+    );
+}
+
+async fn derive_and_claim_leaves_a_new_event_of_a_customer_under_lease_pending(h: &Harness) {
+    let limits = billd_store::ClaimLimits {
+        groups: 100,
+        per_customer: 10,
+        events: 100,
+    };
+    let derive_and_claim = |events: &[&NewEvent], now: i64| {
+        let rows: Vec<ReceivedEvent> = events.iter().map(|e| received(e)).collect();
+        let derived: Vec<Derived> = events.iter().map(|&e| Derived::Event(e.clone())).collect();
+        let store = h.store.clone();
+        async move {
+            store.receive_events(&rows).await.unwrap();
+            let claim = store
+                .derive_and_claim(&derived, now, now + 30, limits)
+                .await
+                .unwrap();
+            claim.claimed.into_iter().map(|e| e.id).collect::<Vec<_>>()
+        }
+    };
+    let leased = event("evt_leased", Some("cus_busy"), 10);
+    assert_eq!(derive_and_claim(&[&leased], 1_000).await, ["evt_leased"]);
+
+    // While its lease lasts, the customer's new event is derived but not
+    // claimed; another customer's is.
+    let later = event("evt_later", Some("cus_busy"), 20);
+    let other = event("evt_other", Some("cus_free"), 30);
+    assert_eq!(
+        derive_and_claim(&[&later, &other], 1_010).await,
+        ["evt_other"]
+    );
+    let waiting = h.store.get_event("evt_later").await.unwrap().unwrap();
+    assert_eq!((waiting.status, waiting.claim), (EventStatus::Pending, 0));
+
+    // Once the lease ended, both of that customer's events are claimed
+    // together, in created order, with a new event of theirs.
+    let newest = event("evt_newest", Some("cus_busy"), 40);
+    assert_eq!(
+        derive_and_claim(&[&newest], 1_031).await,
+        ["evt_leased", "evt_later", "evt_newest"]
     );
 }
 
