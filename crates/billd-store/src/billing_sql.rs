@@ -44,7 +44,7 @@ macro_rules! billing_store {
         type Conn = <<$store as Dialect>::Db as sqlx::Database>::Connection;
 
         const JSON: &str = <$store as Dialect>::JSON;
-        const JSON_ARRAY_ROWS: &str = <$store as Dialect>::JSON_ARRAY_ROWS;
+        const IN_JSON_ARRAY: &str = <$store as Dialect>::IN_JSON_ARRAY;
         const GREATEST: &str = <$store as Dialect>::GREATEST;
         const INDEXED_BY_OUTBOX_DUE: &str = <$store as Dialect>::INDEXED_BY_OUTBOX_DUE;
         const SKIP_LOCKED: &str = <$store as Dialect>::SKIP_LOCKED;
@@ -162,7 +162,7 @@ macro_rules! billing_store {
                 let ids: Vec<&str> = customer_ids.iter().map(|id| id.as_str()).collect();
                 let rows: Vec<CustomerRow> = sqlx::query_as(&format!(
                     "SELECT {CUSTOMER_COLUMNS} FROM customers \
-                     WHERE customer_id IN ({JSON_ARRAY_ROWS})"
+                     WHERE customer_id {IN_JSON_ARRAY}"
                 ))
                 .bind(ids_json(&ids)?)
                 .fetch_all(self.reader())
@@ -184,7 +184,7 @@ macro_rules! billing_store {
                 }
                 let rows: Vec<(String, String)> = sqlx::query_as(&format!(
                     "SELECT object_id, customer_id FROM object_links \
-                     WHERE object_id IN ({JSON_ARRAY_ROWS})"
+                     WHERE object_id {IN_JSON_ARRAY}"
                 ))
                 .bind(ids_json(object_ids)?)
                 .fetch_all(self.reader())
@@ -207,10 +207,10 @@ macro_rules! billing_store {
                 // earlier one kept as an object link (rank 1).
                 let rows: Vec<(i32, String, String)> = sqlx::query_as(&format!(
                     "SELECT 0, stripe_customer_id, customer_id FROM customers \
-                     WHERE stripe_customer_id IN ({JSON_ARRAY_ROWS}) \
+                     WHERE stripe_customer_id {IN_JSON_ARRAY} \
                      UNION ALL \
                      SELECT 1, object_id, customer_id FROM object_links \
-                     WHERE object_id IN ({JSON_ARRAY_ROWS})"
+                     WHERE object_id {IN_JSON_ARRAY}"
                 ))
                 .bind(ids_json(&ids)?)
                 .fetch_all(self.reader())
@@ -356,8 +356,8 @@ macro_rules! billing_store {
                          processed_at = NULL \
                      WHERE status = 'unlinked' \
                        AND (stripe_customer IS NULL \
-                            OR stripe_customer IN ({JSON_ARRAY_ROWS}) \
-                            OR object_id IN ({JSON_ARRAY_ROWS}))"
+                            OR stripe_customer {IN_JSON_ARRAY} \
+                            OR object_id {IN_JSON_ARRAY})"
                 ))
                 .bind(ids_json)
                 .execute(self.writer())
@@ -641,7 +641,7 @@ macro_rules! billing_store {
             }
         }
 
-        /// `ids` as the JSON array [`JSON_ARRAY_ROWS`] reads.
+        /// `ids` as the JSON array [`IN_JSON_ARRAY`] reads.
         fn ids_json(ids: &[&str]) -> StoreResult<String> {
             serde_json::to_string(ids).map_err(|e| StoreError::Other(format!("encoding ids: {e}")))
         }

@@ -27,10 +27,13 @@ pub(crate) trait Dialect {
     /// columns are text.
     const JSON: &'static str;
 
-    /// A one-column query of the text elements of the JSON array bound as
-    /// `$1`. SQLite has no array parameters, so both bind a list of ids as
-    /// one JSON text.
-    const JSON_ARRAY_ROWS: &'static str;
+    /// The test that a column's value is one of the text elements of the
+    /// JSON array bound as `$1`, written after the column. SQLite has no
+    /// array parameters, so both bind a list of ids as one JSON text.
+    /// PostgreSQL's makes the elements an array first: as a subquery, the
+    /// planner would expect 100 of them whatever their number and scan a
+    /// small table whole rather than look each up in its index.
+    const IN_JSON_ARRAY: &'static str;
 
     /// The two-argument maximum: SQLite's scalar `MAX`, PostgreSQL's
     /// `GREATEST`.

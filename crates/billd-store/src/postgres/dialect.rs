@@ -11,7 +11,7 @@ impl Dialect for PgStore {
     type Limit = Option<i64>;
 
     const JSON: &'static str = "::jsonb";
-    const JSON_ARRAY_ROWS: &'static str = "SELECT json_array_elements_text($1::json)";
+    const IN_JSON_ARRAY: &'static str = "= ANY (ARRAY(SELECT json_array_elements_text($1::json)))";
     const GREATEST: &'static str = "GREATEST";
     const INDEXED_BY_OUTBOX_DUE: &'static str = "";
     const BYTE_ORDER: &'static str = " COLLATE \"C\"";

@@ -11,7 +11,7 @@ impl Dialect for SqliteStore {
     type Limit = i64;
 
     const JSON: &'static str = "";
-    const JSON_ARRAY_ROWS: &'static str = "SELECT value FROM json_each($1)";
+    const IN_JSON_ARRAY: &'static str = "IN (SELECT value FROM json_each($1))";
     const GREATEST: &'static str = "MAX";
     const INDEXED_BY_OUTBOX_DUE: &'static str = " INDEXED BY outbox_due";
     const BYTE_ORDER: &'static str = "";
