@@ -619,6 +619,28 @@ type ObjectOwners = HashMap<String, Option<CustomerId>>;
 /// not act on), with their indexes into the round.
 type ParsedGroup = Vec<(usize, anyhow::Result<Option<Event>>)>;
 
+/// What a round's read of owners found: every id `asked` with its owner,
+/// or none; nothing when the read failed (and so each event reads its own).
+fn owners_read(
+    asked: impl IntoIterator<Item = String>,
+    read: Result<HashMap<String, CustomerId>, StoreError>,
+    what: &str,
+) -> HashMap<String, Option<CustomerId>> {
+    match read {
+        Ok(mut found) => asked
+            .into_iter()
+            .map(|id| {
+                let owner = found.remove(&id);
+                (id, owner)
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the round's {what} failed; linking each alone");
+            HashMap::new()
+        }
+    }
+}
+
 impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
     /// Reads the owners of the Stripe customers of a round's `groups` in
     /// one statement, rather than one read per customer while linking
@@ -636,20 +658,12 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
             return StripeOwners::new();
         }
         let refs: Vec<&StripeCustomerId> = ids.iter().collect();
-        match self.store.find_customers_by_stripe(&refs).await {
-            Ok(mut found) => ids
-                .iter()
-                .map(|id| {
-                    let id = id.to_string();
-                    let owner = found.remove(&id);
-                    (id, owner)
-                })
-                .collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the round's Stripe customers failed; linking each alone");
-                StripeOwners::new()
-            }
-        }
+        let read = self.store.find_customers_by_stripe(&refs).await;
+        owners_read(
+            ids.iter().map(ToString::to_string),
+            read,
+            "Stripe customers",
+        )
     }
 
     /// Reads in one statement the owners of the objects through which the
@@ -681,19 +695,8 @@ impl<S: BillingBackend + ?Sized> LifecycleHandler<S> {
             return ObjectOwners::new();
         }
         let refs: Vec<&str> = asked.iter().map(String::as_str).collect();
-        match self.store.find_customers_by_objects(&refs).await {
-            Ok(mut found) => asked
-                .into_iter()
-                .map(|object| {
-                    let owner = found.remove(&object);
-                    (object, owner)
-                })
-                .collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "reading the round's object links failed; linking each alone");
-                ObjectOwners::new()
-            }
-        }
+        let read = self.store.find_customers_by_objects(&refs).await;
+        owners_read(asked, read, "object links")
     }
 
     /// Links one Stripe customer's events of a round (parsed), in order;
