@@ -302,23 +302,28 @@ impl Store for PgStore {
         // leased: one write of each such row, not a derivation and then a
         // claim.
         let mut picker = Picker::new(limits);
-        let mut fresh: Vec<&NewEvent> = derived
+        // Each event derived now, with the payload written back for it
+        // (scrubbed for an erased customer), if any.
+        let mut fresh: Vec<(&NewEvent, Option<&str>)> = derived
             .iter()
-            .filter_map(|d| match d {
-                Derived::Event(event) => Some(event),
+            .enumerate()
+            .filter_map(|(index, d)| match d {
+                Derived::Event(event) => {
+                    Some((event, scrubbed.get(index).and_then(Option::as_deref)))
+                }
                 Derived::Invalid { .. } => None,
             })
             .collect();
-        fresh.sort_by_key(|event| event.created);
+        fresh.sort_by_key(|(event, _)| event.created);
         if limits.groups > 0 {
             let mut usable = Usable::new();
             pick_due(&mut tx, now, limits, &mut picker, &mut usable).await?;
             let customers = fresh
                 .iter()
-                .filter_map(|event| event.stripe_customer.clone())
+                .filter_map(|(event, _)| event.stripe_customer.as_deref())
                 .collect();
             settle_customers(&mut tx, now, customers, &mut usable).await?;
-            for event in &fresh {
+            for (event, _) in &fresh {
                 let allowed = event
                     .stripe_customer
                     .as_ref()
@@ -329,9 +334,12 @@ impl Store for PgStore {
             }
         }
         let ids = picker.into_ids();
-        let fresh_ids: HashSet<&str> = fresh.iter().map(|event| event.id.as_str()).collect();
+        let by_id: HashMap<&str, (&NewEvent, Option<&str>)> = fresh
+            .iter()
+            .map(|&(event, payload)| (event.id.as_str(), (event, payload)))
+            .collect();
         let (taken_fresh, taken_due): (Vec<&String>, Vec<&String>) =
-            ids.iter().partition(|id| fresh_ids.contains(id.as_str()));
+            ids.iter().partition(|id| by_id.contains_key(id.as_str()));
         let taken_fresh: HashSet<&str> = taken_fresh.into_iter().map(String::as_str).collect();
         let taken_due: Vec<String> = taken_due.into_iter().cloned().collect();
         let (written, leased) = if derived.is_empty() {
@@ -342,24 +350,12 @@ impl Store for PgStore {
         let mut claimed = claim_picked(&mut tx, lease_until, &taken_due).await?;
         tx.commit().await?;
         // The leased fresh rows as their columns were just written.
-        let payloads: HashMap<&str, &str> = c
-            .ids
-            .iter()
-            .zip(&c.payloads)
-            .filter_map(|(id, payload)| payload.map(|p| (*id, p)))
-            .collect();
-        let by_id: HashMap<&str, &NewEvent> = fresh
-            .iter()
-            .map(|event| (event.id.as_str(), *event))
-            .collect();
         for (id, attempts, claim) in leased {
-            let Some(event) = by_id.get(id.as_str()) else {
+            let Some(&(event, scrubbed)) = by_id.get(id.as_str()) else {
                 continue;
             };
             claimed.push(StoredEvent {
-                payload: payloads
-                    .get(id.as_str())
-                    .map_or_else(|| event.payload.clone(), |p| (*p).to_owned()),
+                payload: scrubbed.map_or_else(|| event.payload.clone(), str::to_owned),
                 id,
                 event_type: event.event_type.clone(),
                 api_version: event.api_version.clone(),
@@ -648,8 +644,8 @@ async fn pick_due(
             .fetch_all(&mut *tx)
             .await?;
         let exhausted = i64::try_from(rows.len()).is_ok_and(|n| n < page);
-        let fresh: Vec<String> = rows.iter().filter_map(|row| row.1.clone()).collect();
-        settle_customers(tx, now, fresh, usable).await?;
+        let customers = rows.iter().filter_map(|row| row.1.as_deref()).collect();
+        settle_customers(tx, now, customers, usable).await?;
         for (id, customer, created, seq) in rows {
             after = (created, seq);
             let allowed = customer
@@ -673,13 +669,13 @@ async fn pick_due(
 async fn settle_customers(
     tx: &mut sqlx::PgConnection,
     now: i64,
-    customers: Vec<String>,
+    customers: Vec<&str>,
     usable: &mut Usable,
 ) -> StoreResult<()> {
     let mut fresh: Vec<String> = Vec::new();
     for customer in customers {
-        if !usable.contains_key(&customer) && !fresh.contains(&customer) {
-            fresh.push(customer);
+        if !usable.contains_key(customer) && !fresh.iter().any(|c| c == customer) {
+            fresh.push(customer.to_owned());
         }
     }
     if fresh.is_empty() {
