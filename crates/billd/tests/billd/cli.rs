@@ -10,12 +10,18 @@ use billd_store::{EventResult, EventStatus, NewEvent};
 use billd_stripe::webhook::sign;
 
 fn billd(dir: &std::path::Path, db: &str, args: &[&str]) -> Output {
+    billd_with(dir, db, args, &[])
+}
+
+/// [`billd`] with more environment variables.
+fn billd_with(dir: &std::path::Path, db: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_billd"))
         .args(args)
         .current_dir(dir)
         .clear_env()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("BILLD_DATABASE_URL", db)
+        .envs(env.iter().copied())
         .output()
         .unwrap()
 }
@@ -65,15 +71,15 @@ fn every_command_has_help() {
 #[test]
 fn an_invalid_setting_stops_start_up_with_a_message_naming_the_variable() {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_billd"))
-        .arg("migrate")
-        .current_dir(dir.path())
-        .clear_env()
-        .env("BILLD_LISTEN", "nowhere")
-        .env("BILLD_DATABASE_URL", "postgres://u:hunter22@127.0.0.1:1/x")
-        .env("BILLD_WEBHOOK_TOLERANCE_SECS", "-5")
-        .output()
-        .unwrap();
+    let out = billd_with(
+        dir.path(),
+        "postgres://u:hunter22@127.0.0.1:1/x",
+        &["migrate"],
+        &[
+            ("BILLD_LISTEN", "nowhere"),
+            ("BILLD_WEBHOOK_TOLERANCE_SECS", "-5"),
+        ],
+    );
 
     let stderr = text(&out.stderr);
     assert!(!out.status.success());
@@ -90,14 +96,12 @@ fn a_log_that_is_not_a_terminal_has_no_colour_codes() {
     // Under systemd or into a file, colour codes would be noise in every
     // line; the test's pipe is such a destination.
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_billd"))
-        .arg("migrate")
-        .current_dir(dir.path())
-        .clear_env()
-        .env("BILLD_DATABASE_URL", "sqlite://x.db")
-        .env("RUST_LOG", "debug")
-        .output()
-        .unwrap();
+    let out = billd_with(
+        dir.path(),
+        "sqlite://x.db",
+        &["migrate"],
+        &[("RUST_LOG", "debug")],
+    );
 
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
